@@ -1,0 +1,35 @@
+//! # tern
+//!
+//! An edge agent and its control server for Docker hosts behind slow,
+//! intermittent, metered links. One crate, one binary (`tern`), two roles:
+//!
+//! * **agent** (feature `agent`): runs next to a Docker engine, polls the
+//!   server over HTTPS, sends what changed as compact deltas, runs the
+//!   commands it is given and reports their results in its next poll;
+//! * **server** (feature `server`): the control plane.
+//!
+//! ```text
+//! Docker engine --bollard--> collector --> canonical State (sorted, volatile fields dropped)
+//!                                               |  blake3 per object, root hash
+//!                                               v
+//!    acked base State + current State --diff--> Delta (protobuf) --zstd+dict--> poll body
+//!                                                                                  |
+//!                                                     HTTPS POST (hyper + rustls)  v
+//! server: authenticate --> decode --> apply Delta to stored State --> verify root hash
+//!         --> store --> reply { base ack | resync, commands, changed intervals }
+//! ```
+//!
+//! Modules that do no I/O: [`sync`] (state, digests, diff/apply) and
+//! [`wire`] (schema, field diff, body codec). [`baseline`] costs the same
+//! states the way Portainer's async agent sends them, for comparison, and
+//! [`fixture`] loads the recorded engine responses in `tests/fixtures/`.
+//!
+//! What this crate does not do: open inbound ports on the edge, tunnel
+//! interactive sessions, or keep live stats.
+
+#![warn(missing_docs)]
+
+pub mod baseline;
+pub mod fixture;
+pub mod sync;
+pub mod wire;

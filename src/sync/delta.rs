@@ -1,0 +1,290 @@
+//! `diff(base, current)` and `apply(base, delta)`.
+//!
+//! A delta names objects of the base by their position in the base's key
+//! order, so it never repeats a 32-byte id for an object both sides hold.
+//! Changed objects carry only their changed fields (see [`crate::wire::fields`]).
+//! Every non-empty delta carries the first [`ROOT_LEN`] bytes of the root
+//! digest the receiver must reach; a receiver that reaches another digest
+//! rejects the delta and keeps its state.
+
+use prost::Message;
+
+use super::state::{InvalidObject, Object, State, Table};
+use crate::wire::fields::{self, FieldError, FieldPatch};
+use crate::wire::pb;
+
+/// Bytes of the root digest a delta carries. 128 bits: a random mismatch
+/// goes unnoticed with probability 2^-128; forgery is the MAC's job.
+pub const ROOT_LEN: usize = 16;
+
+/// A state delta, ready to encode. Build one with [`diff`], check and use
+/// one with [`apply`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Delta(pub(crate) pb::Delta);
+
+/// Why a delta was rejected. The base state is left as it was.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    /// The bytes are not an encoded delta.
+    #[error("undecodable delta: {0}")]
+    Decode(String),
+    /// A changed field list or object encoding is malformed.
+    #[error("malformed patch: {0}")]
+    Field(#[from] FieldError),
+    /// An object in the delta is invalid.
+    #[error("invalid object: {0}")]
+    Object(#[from] InvalidObject),
+    /// A position past the end of the base's objects.
+    #[error("{kind}: position {index} is past the {len} objects of the base")]
+    IndexOutOfRange {
+        /// Which kind.
+        kind: &'static str,
+        /// The position.
+        index: u32,
+        /// How many objects the base holds.
+        len: usize,
+    },
+    /// Positions not strictly ascending, or one both removed and changed.
+    #[error("{0}: positions are not strictly ascending and disjoint")]
+    NotAscending(&'static str),
+    /// A patch changed an object's key.
+    #[error("{0}: a patch may not change an object's key")]
+    KeyChanged(&'static str),
+    /// An added object whose key already exists.
+    #[error("{0}: added object already exists")]
+    Duplicate(&'static str),
+    /// A non-empty delta without its root digest.
+    #[error("delta carries changes but no root digest")]
+    MissingRoot,
+    /// The state after applying does not have the digest the sender said.
+    #[error("root digest mismatch: the sender holds a different state (resync needed)")]
+    RootMismatch,
+}
+
+impl Delta {
+    /// True when nothing changed.
+    pub fn is_empty(&self) -> bool {
+        let d = &self.0;
+        d.host.is_none()
+            && [&d.containers, &d.images, &d.volumes, &d.networks].iter().all(|k| k.is_none())
+    }
+
+    /// The root digest prefix the receiver must reach (empty for an empty delta).
+    pub fn root(&self) -> &[u8] {
+        &self.0.root
+    }
+
+    /// The protobuf encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        self.0.encode_to_vec()
+    }
+
+    /// Decodes a delta; its contents are checked by [`apply`].
+    ///
+    /// # Errors
+    /// When the bytes are not an encoded delta.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ApplyError> {
+        pb::Delta::decode(bytes).map(Self).map_err(|e| ApplyError::Decode(e.to_string()))
+    }
+
+    /// Counts of (removed, changed, added) objects over all kinds.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let d = &self.0;
+        [&d.containers, &d.images, &d.volumes, &d.networks].iter().flat_map(|k| k.as_ref()).fold(
+            (0, usize::from(d.host.is_some()), 0),
+            |(r, c, a), k| (r + k.removed.len(), c + k.changed.len(), a + k.added.len()),
+        )
+    }
+}
+
+fn patch_of(old: &[u8], new: &[u8]) -> FieldPatch {
+    // Both are our own canonical encodings, so they are well formed.
+    fields::diff(old, new).expect("canonical encodings are well formed")
+}
+
+fn diff_table<T: Object>(base: &Table<T>, current: &Table<T>) -> Option<pb::KindDelta> {
+    let mut out = pb::KindDelta::default();
+    let mut cur = current.entries.iter().peekable();
+    for (index, (key, old)) in base.entries.iter().enumerate() {
+        // Everything in `current` before this key is new.
+        while let Some((_, e)) = cur.next_if(|(k, _)| *k < key) {
+            out.added.push(e.encoded.clone());
+        }
+        match cur.next_if(|(k, _)| *k == key) {
+            Some((_, new)) if new.digest != old.digest => {
+                let p = patch_of(&old.encoded, &new.encoded);
+                out.changed.push(pb::Patch { index: index as u32, set: p.set, cleared: p.cleared });
+            }
+            Some(_) => {}
+            None => out.removed.push(index as u32),
+        }
+    }
+    out.added.extend(cur.map(|(_, e)| e.encoded.clone()));
+    (out != pb::KindDelta::default()).then_some(out)
+}
+
+/// The delta that turns `base` into `current`. Empty when they are equal.
+pub fn diff(base: &State, current: &State) -> Delta {
+    let (old_host, new_host) = (base.host.encode(), current.host.encode());
+    let host = (old_host != new_host).then(|| {
+        let p = patch_of(&old_host, &new_host);
+        pb::Patch { index: 0, set: p.set, cleared: p.cleared }
+    });
+    let mut delta = Delta(pb::Delta {
+        root: Vec::new(),
+        host,
+        containers: diff_table(&base.containers, &current.containers),
+        images: diff_table(&base.images, &current.images),
+        volumes: diff_table(&base.volumes, &current.volumes),
+        networks: diff_table(&base.networks, &current.networks),
+    });
+    if !delta.is_empty() {
+        delta.0.root = current.root()[..ROOT_LEN].to_vec();
+    }
+    delta
+}
+
+fn kind_name<T: Object>() -> &'static str {
+    match T::KIND {
+        super::state::Kind::Host => "host",
+        super::state::Kind::Container => "containers",
+        super::state::Kind::Image => "images",
+        super::state::Kind::Volume => "volumes",
+        super::state::Kind::Network => "networks",
+    }
+}
+
+fn check_ascending<T: Object>(indices: impl Iterator<Item = u32>, len: usize) -> Result<(), ApplyError> {
+    let kind = kind_name::<T>();
+    let mut last: Option<u32> = None;
+    for index in indices {
+        if index as usize >= len {
+            return Err(ApplyError::IndexOutOfRange { kind, index, len });
+        }
+        if last.is_some_and(|l| l >= index) {
+            return Err(ApplyError::NotAscending(kind));
+        }
+        last = Some(index);
+    }
+    Ok(())
+}
+
+fn apply_table<T: Object>(base: &Table<T>, delta: Option<&pb::KindDelta>) -> Result<Table<T>, ApplyError> {
+    let Some(d) = delta else { return Ok(base.clone()) };
+    let kind = kind_name::<T>();
+    let len = base.len();
+    check_ascending::<T>(d.removed.iter().copied(), len)?;
+    check_ascending::<T>(d.changed.iter().map(|p| p.index), len)?;
+    // Disjoint: merge-walk the two ascending lists.
+    let mut removed = d.removed.iter().peekable();
+    for p in &d.changed {
+        while removed.next_if(|&&r| r < p.index).is_some() {}
+        if removed.peek() == Some(&&p.index) {
+            return Err(ApplyError::NotAscending(kind));
+        }
+    }
+
+    let mut out = Table::default();
+    let mut removed = d.removed.iter().peekable();
+    let mut changed = d.changed.iter().peekable();
+    for (index, (key, entry)) in base.entries.iter().enumerate() {
+        let index = index as u32;
+        if removed.next_if(|&&r| r == index).is_some() {
+            continue;
+        }
+        match changed.next_if(|p| p.index == index) {
+            None => {
+                out.entries.insert(key.clone(), entry.clone());
+            }
+            Some(p) => {
+                let patch = FieldPatch { set: p.set.clone(), cleared: p.cleared.clone() };
+                let merged = fields::merge(&entry.encoded, &patch)?;
+                let value = T::decode(&merged)?;
+                if value.key() != *key {
+                    return Err(ApplyError::KeyChanged(kind));
+                }
+                out.insert(value);
+            }
+        }
+    }
+    for bytes in &d.added {
+        let value = T::decode(bytes)?;
+        if out.entries.contains_key(&value.key()) {
+            return Err(ApplyError::Duplicate(kind));
+        }
+        out.insert(value);
+    }
+    Ok(out)
+}
+
+/// Applies a delta to `base` and returns the new state, or an error and no
+/// state at all: `base` is never modified.
+///
+/// # Errors
+/// When the delta is malformed, does not fit the base, or leads to a state
+/// whose root digest is not the one the delta carries.
+pub fn apply(base: &State, delta: &Delta) -> Result<State, ApplyError> {
+    let d = &delta.0;
+    if delta.is_empty() {
+        if !d.root.is_empty() && d.root != base.root()[..d.root.len().min(32)] {
+            return Err(ApplyError::RootMismatch);
+        }
+        return Ok(base.clone());
+    }
+    if d.root.len() != ROOT_LEN {
+        return Err(ApplyError::MissingRoot);
+    }
+    let host = match &d.host {
+        None => base.host.clone(),
+        Some(p) => {
+            let patch = FieldPatch { set: p.set.clone(), cleared: p.cleared.clone() };
+            super::state::Host::decode(&fields::merge(&base.host.encode(), &patch)?)?
+        }
+    };
+    let next = State {
+        host,
+        containers: apply_table(&base.containers, d.containers.as_ref())?,
+        images: apply_table(&base.images, d.images.as_ref())?,
+        volumes: apply_table(&base.volumes, d.volumes.as_ref())?,
+        networks: apply_table(&base.networks, d.networks.as_ref())?,
+    };
+    if next.root()[..ROOT_LEN] != d.root[..] {
+        return Err(ApplyError::RootMismatch);
+    }
+    Ok(next)
+}
+
+/// Helpers for tests that tamper with deltas. Not part of the API.
+#[doc(hidden)]
+pub mod testing {
+    use super::Delta;
+
+    /// Drops the `i`-th part of a delta: the host patch first, then per kind
+    /// its removals, patches and additions.
+    pub fn drop_part(delta: &Delta, mut i: usize) -> Delta {
+        let mut d = delta.0.clone();
+        if d.host.is_some() {
+            if i == 0 {
+                d.host = None;
+                return Delta(d);
+            }
+            i -= 1;
+        }
+        let mut done = false;
+        for k in [&mut d.containers, &mut d.images, &mut d.volumes, &mut d.networks].into_iter().flatten() {
+            for (which, len) in [k.removed.len(), k.changed.len(), k.added.len()].into_iter().enumerate() {
+                if !done && i < len {
+                    match which {
+                        0 => drop(k.removed.remove(i)),
+                        1 => drop(k.changed.remove(i)),
+                        _ => drop(k.added.remove(i)),
+                    }
+                    done = true;
+                } else if !done {
+                    i -= len;
+                }
+            }
+        }
+        Delta(d)
+    }
+}

@@ -1,0 +1,317 @@
+//! The poll request and reply, as hand-written types validated at decode.
+
+use prost::Message;
+
+use super::pb;
+use crate::sync::delta::Delta;
+use crate::sync::state::{Id, InvalidObject};
+
+/// Why a poll message could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PollError {
+    /// Not a protobuf encoding of the message.
+    #[error("undecodable poll message: {0}")]
+    Decode(String),
+    /// A field holds a value this build does not accept.
+    #[error("invalid poll message: {0}")]
+    Invalid(#[from] InvalidObject),
+    /// A command without an action this build knows.
+    #[error("command {0} has no action this agent knows")]
+    UnknownAction(u64),
+}
+
+/// What to do to a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerOp {
+    /// `docker start`.
+    Start,
+    /// `docker stop`.
+    Stop,
+    /// `docker restart`.
+    Restart,
+    /// `docker kill`.
+    Kill,
+    /// `docker pause`.
+    Pause,
+    /// `docker unpause`.
+    Unpause,
+    /// `docker rm --force --volumes`.
+    Remove,
+}
+
+/// A command's action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Act on a container.
+    Container(ContainerOp, Id),
+    /// Pull an image by reference.
+    ImagePull(String),
+    /// Remove an image by id or reference.
+    ImageRemove(String),
+    /// Remove a volume by name.
+    VolumeRemove(String),
+    /// Remove a network by id.
+    NetworkRemove(Id),
+}
+
+/// A command for the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    /// Unique per environment, increasing.
+    pub id: u64,
+    /// What to do.
+    pub action: Action,
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResultStatus {
+    /// It worked.
+    Ok,
+    /// The engine refused or failed; see the error text.
+    Failed,
+    /// The agent did not understand the command.
+    Rejected,
+}
+
+/// The result of one command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandResult {
+    /// The command's id.
+    pub id: u64,
+    /// How it ended.
+    pub status: ResultStatus,
+    /// The engine's error text, when it failed.
+    pub error: String,
+    /// When it ended, in seconds since the epoch.
+    pub finished_at: i64,
+}
+
+/// Poll intervals in seconds; 0 disables a timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Intervals {
+    /// Heartbeat.
+    pub ping: u32,
+    /// State snapshot.
+    pub snapshot: u32,
+    /// Command check.
+    pub command: u32,
+}
+
+/// Who is polling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentInfo {
+    /// Agent version.
+    pub version: String,
+    /// The agent's EDGE_ID.
+    pub edge_id: String,
+}
+
+/// The body an agent sends.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PollRequest {
+    /// Sequence number of the acknowledged base state the delta applies to.
+    pub base: u64,
+    /// The state change, when there is one.
+    pub delta: Option<Delta>,
+    /// Results of commands run since the last acknowledged poll.
+    pub results: Vec<CommandResult>,
+    /// Sent on first contact and after an upgrade.
+    pub agent: Option<AgentInfo>,
+}
+
+/// The body the server replies with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PollReply {
+    /// The sequence number of the state the server now holds.
+    pub acked: u64,
+    /// The delta could not be applied: send the whole state.
+    pub resync: bool,
+    /// Commands due.
+    pub commands: Vec<Command>,
+    /// New intervals, only when they changed.
+    pub intervals: Option<Intervals>,
+    /// Ids of the results the server stored.
+    pub results_acked: Vec<u64>,
+}
+
+fn id(bytes: &[u8]) -> Result<Id, InvalidObject> {
+    <[u8; 32]>::try_from(bytes).map(Id).map_err(|_| InvalidObject::BadIdLength(bytes.len()))
+}
+
+impl PollRequest {
+    /// The protobuf encoding (before the body codec).
+    pub fn encode(&self) -> Vec<u8> {
+        pb::PollRequest {
+            base: self.base,
+            delta: self.delta.as_ref().map(|d| d.0.clone()),
+            results: self
+                .results
+                .iter()
+                .map(|r| pb::CommandResult {
+                    id: r.id,
+                    status: match r.status {
+                        ResultStatus::Ok => pb::ResultStatus::Ok,
+                        ResultStatus::Failed => pb::ResultStatus::Failed,
+                        ResultStatus::Rejected => pb::ResultStatus::Rejected,
+                    } as i32,
+                    error: r.error.clone(),
+                    finished_at: r.finished_at,
+                })
+                .collect(),
+            agent: self.agent.as_ref().map(|a| pb::AgentInfo { version: a.version.clone(), edge_id: a.edge_id.clone() }),
+        }
+        .encode_to_vec()
+    }
+
+    /// Decodes and validates a request.
+    ///
+    /// # Errors
+    /// When the bytes are not a valid request. The delta inside is checked
+    /// later, against the base, by [`crate::sync::delta::apply`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, PollError> {
+        let p = pb::PollRequest::decode(bytes).map_err(|e| PollError::Decode(e.to_string()))?;
+        let results = p
+            .results
+            .into_iter()
+            .map(|r| {
+                let status = match pb::ResultStatus::try_from(r.status) {
+                    Ok(pb::ResultStatus::Ok) => ResultStatus::Ok,
+                    Ok(pb::ResultStatus::Failed) => ResultStatus::Failed,
+                    Ok(pb::ResultStatus::Rejected) => ResultStatus::Rejected,
+                    _ => return Err(InvalidObject::UnknownEnum { what: "ResultStatus", value: r.status }),
+                };
+                Ok(CommandResult { id: r.id, status, error: r.error, finished_at: r.finished_at })
+            })
+            .collect::<Result<_, InvalidObject>>()?;
+        Ok(Self {
+            base: p.base,
+            delta: p.delta.map(Delta),
+            results,
+            agent: p.agent.map(|a| AgentInfo { version: a.version, edge_id: a.edge_id }),
+        })
+    }
+}
+
+impl PollReply {
+    /// The protobuf encoding (before the body codec).
+    pub fn encode(&self) -> Vec<u8> {
+        use pb::command::Action as A;
+        let commands = self
+            .commands
+            .iter()
+            .map(|c| {
+                let action = match &c.action {
+                    Action::Container(op, cid) => A::Container(pb::ContainerCommand {
+                        op: match op {
+                            ContainerOp::Start => pb::ContainerOp::Start,
+                            ContainerOp::Stop => pb::ContainerOp::Stop,
+                            ContainerOp::Restart => pb::ContainerOp::Restart,
+                            ContainerOp::Kill => pb::ContainerOp::Kill,
+                            ContainerOp::Pause => pb::ContainerOp::Pause,
+                            ContainerOp::Unpause => pb::ContainerOp::Unpause,
+                            ContainerOp::Remove => pb::ContainerOp::Remove,
+                        } as i32,
+                        container_id: cid.0.to_vec(),
+                    }),
+                    Action::ImagePull(r) => A::Image(pb::ImageCommand { op: pb::ImageOp::Pull as i32, reference: r.clone() }),
+                    Action::ImageRemove(r) => {
+                        A::Image(pb::ImageCommand { op: pb::ImageOp::Remove as i32, reference: r.clone() })
+                    }
+                    Action::VolumeRemove(name) => A::VolumeRemove(pb::VolumeRemove { name: name.clone() }),
+                    Action::NetworkRemove(nid) => A::NetworkRemove(pb::NetworkRemove { network_id: nid.0.to_vec() }),
+                };
+                pb::Command { id: c.id, action: Some(action) }
+            })
+            .collect();
+        pb::PollReply {
+            acked: self.acked,
+            resync: self.resync,
+            commands,
+            intervals: self.intervals.map(|i| pb::Intervals { ping: i.ping, snapshot: i.snapshot, command: i.command }),
+            results_acked: self.results_acked.clone(),
+        }
+        .encode_to_vec()
+    }
+
+    /// Decodes and validates a reply.
+    ///
+    /// # Errors
+    /// When the bytes are not a valid reply, or a command is one this build
+    /// does not know (the agent then reports it as rejected).
+    pub fn decode(bytes: &[u8]) -> Result<Self, PollError> {
+        use pb::command::Action as A;
+        let p = pb::PollReply::decode(bytes).map_err(|e| PollError::Decode(e.to_string()))?;
+        let commands = p
+            .commands
+            .into_iter()
+            .map(|c| {
+                let action = match c.action {
+                    Some(A::Container(cc)) => {
+                        let op = match pb::ContainerOp::try_from(cc.op) {
+                            Ok(pb::ContainerOp::Start) => ContainerOp::Start,
+                            Ok(pb::ContainerOp::Stop) => ContainerOp::Stop,
+                            Ok(pb::ContainerOp::Restart) => ContainerOp::Restart,
+                            Ok(pb::ContainerOp::Kill) => ContainerOp::Kill,
+                            Ok(pb::ContainerOp::Pause) => ContainerOp::Pause,
+                            Ok(pb::ContainerOp::Unpause) => ContainerOp::Unpause,
+                            Ok(pb::ContainerOp::Remove) => ContainerOp::Remove,
+                            _ => return Err(PollError::UnknownAction(c.id)),
+                        };
+                        Action::Container(op, id(&cc.container_id)?)
+                    }
+                    Some(A::Image(ic)) => match pb::ImageOp::try_from(ic.op) {
+                        Ok(pb::ImageOp::Pull) => Action::ImagePull(ic.reference),
+                        Ok(pb::ImageOp::Remove) => Action::ImageRemove(ic.reference),
+                        _ => return Err(PollError::UnknownAction(c.id)),
+                    },
+                    Some(A::VolumeRemove(v)) => Action::VolumeRemove(v.name),
+                    Some(A::NetworkRemove(n)) => Action::NetworkRemove(id(&n.network_id)?),
+                    None => return Err(PollError::UnknownAction(c.id)),
+                };
+                Ok(Command { id: c.id, action })
+            })
+            .collect::<Result<_, PollError>>()?;
+        Ok(Self {
+            acked: p.acked,
+            resync: p.resync,
+            commands,
+            intervals: p.intervals.map(|i| Intervals { ping: i.ping, snapshot: i.snapshot, command: i.command }),
+            results_acked: p.results_acked,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_round_trips() {
+        let reply = PollReply {
+            acked: 9,
+            resync: false,
+            commands: vec![
+                Command { id: 1, action: Action::Container(ContainerOp::Stop, Id([3; 32])) },
+                Command { id: 2, action: Action::ImagePull("nginx:1.25".into()) },
+                Command { id: 3, action: Action::VolumeRemove("data".into()) },
+                Command { id: 4, action: Action::NetworkRemove(Id([4; 32])) },
+            ],
+            intervals: Some(Intervals { ping: 60, snapshot: 300, command: 60 }),
+            results_acked: vec![1, 2],
+        };
+        assert_eq!(PollReply::decode(&reply.encode()).unwrap(), reply);
+    }
+
+    #[test]
+    fn request_round_trips_and_rejects_garbage() {
+        let req = PollRequest {
+            base: 3,
+            delta: None,
+            results: vec![CommandResult { id: 1, status: ResultStatus::Failed, error: "no such container".into(), finished_at: 5 }],
+            agent: Some(AgentInfo { version: "0.1.0".into(), edge_id: "edge-1".into() }),
+        };
+        assert_eq!(PollRequest::decode(&req.encode()).unwrap(), req);
+        assert!(PollRequest::decode(&[0xff, 0xff]).is_err());
+    }
+}

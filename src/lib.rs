@@ -22,14 +22,21 @@
 //! Modules that do no I/O: [`sync`] (state, digests, diff/apply) and
 //! [`wire`] (schema, field diff, body codec). [`baseline`] costs the same
 //! states the way Portainer's async agent sends them, for comparison, and
-//! [`fixture`] loads the recorded engine responses in `tests/fixtures/`.
+//! [`fixture`] loads the recorded engine responses in `tests/fixtures/`,
+//! and `scenarios` costs both on them (benches and budget tests).
 //!
 //! What this crate does not do: open inbound ports on the edge, tunnel
 //! interactive sessions, or keep live stats.
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "agent")]
+pub mod agent;
 pub mod baseline;
 pub mod fixture;
+#[doc(hidden)]
+pub mod fuzzing;
+#[doc(hidden)]
+pub mod scenarios;
 pub mod sync;
 pub mod wire;

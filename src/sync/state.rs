@@ -18,6 +18,7 @@ pub type Timestamp = i64;
 
 /// A 32-byte Docker id (container, image or network), kept raw. It is
 /// written as 64 hex digits, as Docker does.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Id(pub [u8; 32]);
 
@@ -118,6 +119,7 @@ macro_rules! wire_enum {
     ($(#[$m:meta])* $name:ident from $pb:ident { $($(#[$vm:meta])* $variant:ident = $pbv:ident),+ $(,)? }) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+        #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
         #[allow(missing_docs)]
         pub enum $name {
             #[default]
@@ -180,6 +182,7 @@ wire_enum!(
 );
 
 /// A port a container exposes, and where it is published on the host.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Port {
     /// Port inside the container.
@@ -193,6 +196,7 @@ pub struct Port {
 }
 
 /// A mount in a container.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Mount {
     /// Bind, volume, tmpfs...
@@ -206,6 +210,7 @@ pub struct Mount {
 }
 
 /// A container's attachment to a network.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Attachment {
     /// The network's name.
@@ -217,6 +222,7 @@ pub struct Attachment {
 }
 
 /// A container.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Container {
     /// The container id.
@@ -270,6 +276,7 @@ impl Default for Id {
 }
 
 /// An image.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Image {
     /// The image id (sha256 of its config).
@@ -287,6 +294,7 @@ pub struct Image {
 }
 
 /// A volume.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Volume {
     /// The volume's name (its key).
@@ -304,6 +312,7 @@ pub struct Volume {
 }
 
 /// One IPAM pool of a network.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct IpamPool {
     /// CIDR subnet.
@@ -315,6 +324,7 @@ pub struct IpamPool {
 }
 
 /// A network.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Network {
     /// The network id.
@@ -340,6 +350,7 @@ pub struct Network {
 }
 
 /// The Docker host itself.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Host {
     /// The engine host's name.
@@ -506,6 +517,13 @@ impl<T: Object> Table<T> {
     }
 }
 
+#[cfg(feature = "arbitrary")]
+impl<'a, T: Object + arbitrary::Arbitrary<'a>> arbitrary::Arbitrary<'a> for Table<T> {
+    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
+        Ok(u.arbitrary_iter::<T>()?.collect::<arbitrary::Result<Vec<T>>>()?.into_iter().collect())
+    }
+}
+
 impl<T: Object> FromIterator<T> for Table<T> {
     fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
         let mut t = Self::default();
@@ -517,6 +535,7 @@ impl<T: Object> FromIterator<T> for Table<T> {
 }
 
 /// The whole canonical state of a host.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct State {
     /// The host (engine and machine).

@@ -9,7 +9,7 @@
 
 use prost::Message;
 
-use super::state::{InvalidObject, Object, State, Table};
+use super::state::{Entry, InvalidObject, Object, State, Table};
 use crate::wire::fields::{self, FieldError, FieldPatch};
 use crate::wire::pb;
 
@@ -198,21 +198,20 @@ fn apply_table<T: Object>(base: &Table<T>, delta: Option<&pb::KindDelta>) -> Res
             }
             Some(p) => {
                 let patch = FieldPatch { set: p.set.clone(), cleared: p.cleared.clone() };
-                let merged = fields::merge(&entry.encoded, &patch)?;
-                let value = T::decode(&merged)?;
-                if value.key() != *key {
+                let merged = Entry::<T>::received(fields::merge(&entry.encoded, &patch)?)?;
+                if merged.value.key() != *key {
                     return Err(ApplyError::KeyChanged(kind));
                 }
-                out.insert(value);
+                out.insert_entry(merged);
             }
         }
     }
     for bytes in &d.added {
-        let value = T::decode(bytes)?;
-        if out.entries.contains_key(&value.key()) {
+        let added = Entry::<T>::received(bytes.clone())?;
+        if out.entries.contains_key(&added.value.key()) {
             return Err(ApplyError::Duplicate(kind));
         }
-        out.insert(value);
+        out.insert_entry(added);
     }
     Ok(out)
 }
@@ -252,6 +251,36 @@ pub fn apply(base: &State, delta: &Delta) -> Result<State, ApplyError> {
         return Err(ApplyError::RootMismatch);
     }
     Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::state::{Container, Id, object_digest, Kind};
+
+    #[test]
+    fn fields_from_a_newer_peer_survive_and_keep_the_digest() {
+        let base = State::default();
+        let c = Container { id: Id([1; 32]), name: "web".into(), ..Container::default() };
+        // A newer agent's encoding: today's fields plus field 99 (a string).
+        let mut newer = c.encode();
+        newer.extend_from_slice(&[0x9a, 0x06, 3, b'n', b'e', b'w']);
+        let mut d = pb::Delta { containers: Some(pb::KindDelta { added: vec![newer.clone()], ..Default::default() }), ..Default::default() };
+        let mut sender = State::default();
+        sender.containers.insert_entry(Entry::received(newer.clone()).unwrap());
+        d.root = sender.root()[..ROOT_LEN].to_vec();
+        let got = apply(&base, &Delta(d)).expect("a newer object is accepted");
+        assert_eq!(got.containers.get(&c.id), Some(&c));
+        assert_eq!(got.containers.digest(&c.id), Some(&object_digest(Kind::Container, &newer)));
+        assert_eq!(got.root(), sender.root());
+    }
+
+    #[test]
+    fn an_empty_delta_applies_to_any_base_unchanged() {
+        let mut s = State::default();
+        s.containers.insert(Container { id: Id([2; 32]), ..Container::default() });
+        assert_eq!(apply(&s, &diff(&s, &s)).unwrap(), s);
+    }
 }
 
 /// Helpers for tests that tamper with deltas. Not part of the API.

@@ -459,6 +459,16 @@ impl<T: Object> Entry<T> {
         let digest = object_digest(T::KIND, &encoded);
         Self { value, encoded, digest }
     }
+
+    /// An entry for an encoding received from a peer. The bytes are kept as
+    /// received (after they decode and validate), so fields added by a newer
+    /// peer survive and the digest is the one the peer computed: an older
+    /// server does not fall into a resync loop with a newer agent.
+    pub(crate) fn received(encoded: Vec<u8>) -> Result<Self, InvalidObject> {
+        let value = T::decode(&encoded)?;
+        let digest = object_digest(T::KIND, &encoded);
+        Ok(Self { value, encoded, digest })
+    }
 }
 
 /// The objects of one kind, sorted by key, each with its encoding and digest.
@@ -484,6 +494,10 @@ impl<T: Object> Table<T> {
     /// Inserts or replaces an object; returns the one it replaced.
     pub fn insert(&mut self, value: T) -> Option<T> {
         self.entries.insert(value.key(), Entry::new(value)).map(|e| e.value)
+    }
+
+    pub(crate) fn insert_entry(&mut self, entry: Entry<T>) {
+        self.entries.insert(entry.value.key(), entry);
     }
 
     /// Removes an object.

@@ -75,7 +75,12 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("host40");
     g.sample_size(20);
-    let pairs = [("first full snapshot", None, 0), ("unchanged state", Some(0), 1), ("one container stopped", Some(1), 2), ("one image pulled", Some(2), 3)];
+    let pairs = [
+        ("first full snapshot", None, 0),
+        ("unchanged state", Some(0), 1),
+        ("one container stopped", Some(1), 2),
+        ("one image pulled", Some(2), 3),
+    ];
     for (name, from, to) in pairs {
         let empty = State::default();
         let base = from.map_or(&empty, |i| &p.states[i]);

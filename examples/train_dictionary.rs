@@ -13,8 +13,8 @@
 use std::collections::BTreeSet;
 
 use tern::fixture;
-use tern::sync::{State, diff};
 use tern::sync::state::Object;
+use tern::sync::{State, diff};
 use tern::wire::codec::train_dictionary;
 use tern::wire::poll::PollRequest;
 

@@ -122,10 +122,19 @@ pub fn load(dir: &Path, name: &str) -> Result<Recording, FixtureError> {
             inspects,
         };
         let raw = RawSnapshot {
-            containers: json.inspects.iter().zip(&s.containers).map(|(v, f)| typed(&objects, v, f)).collect::<Result<_, _>>()?,
+            containers: json
+                .inspects
+                .iter()
+                .zip(&s.containers)
+                .map(|(v, f)| typed(&objects, v, f))
+                .collect::<Result<_, _>>()?,
             images: typed(&objects, &json.images, &s.images)?,
-            volumes: typed::<Option<Vec<_>>>(&objects, json.volumes.get("Volumes").unwrap_or(&Value::Null), &s.volumes)?
-                .unwrap_or_default(),
+            volumes: typed::<Option<Vec<_>>>(
+                &objects,
+                json.volumes.get("Volumes").unwrap_or(&Value::Null),
+                &s.volumes,
+            )?
+            .unwrap_or_default(),
             networks: typed(&objects, &json.networks, &s.networks)?,
             info: typed(&objects, &json.info, &s.info)?,
             version: typed(&objects, &json.version, &s.version)?,

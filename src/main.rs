@@ -87,14 +87,27 @@ mod snapshot {
         let portainer = baseline::full_bytes(&baseline::snapshot(&json));
 
         let h = &state.host;
-        println!("host        {} ({} {}, engine {}, {} CPUs, {} MiB)", h.hostname, h.operating_system, h.architecture, h.engine_version, h.cpus, h.memory_bytes >> 20);
+        println!(
+            "host        {} ({} {}, engine {}, {} CPUs, {} MiB)",
+            h.hostname,
+            h.operating_system,
+            h.architecture,
+            h.engine_version,
+            h.cpus,
+            h.memory_bytes >> 20
+        );
         println!("containers  {}", state.containers.len());
         println!("images      {}", state.images.len());
         println!("volumes     {}", state.volumes.len());
         println!("networks    {}", state.networks.len());
         println!("stacks      {}", state.stacks().len());
         println!("root        {}", blake3::Hash::from(state.root()).to_hex());
-        println!("full snapshot on the wire: {} B protobuf, {} B encoded (tern) vs ~{} B gzip'd JSON (Portainer-style, approximate)", body.len(), wire.len(), portainer);
+        println!(
+            "full snapshot on the wire: {} B protobuf, {} B encoded (tern) vs ~{} B gzip'd JSON (Portainer-style, approximate)",
+            body.len(),
+            wire.len(),
+            portainer
+        );
         if verbose {
             for c in state.containers.iter() {
                 println!("  {} {:<32} {:<28} {:?}", c.id.short(), c.name, c.image, c.status);

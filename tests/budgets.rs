@@ -23,7 +23,12 @@ fn find<'a>(costs: &'a [Cost], prefix: &str) -> &'a Cost {
 fn byte_budgets_hold_on_the_recorded_host() {
     let costs = costs();
     let full = find(&costs, "first full snapshot");
-    assert!(full.tern * 3 <= full.portainer, "full snapshot {} B > 1/3 of Portainer-style {} B", full.tern, full.portainer);
+    assert!(
+        full.tern * 3 <= full.portainer,
+        "full snapshot {} B > 1/3 of Portainer-style {} B",
+        full.tern,
+        full.portainer
+    );
 
     let unchanged = find(&costs, "unchanged state");
     assert!(unchanged.tern <= 8, "unchanged state costs {} B of body, budget 8", unchanged.tern);
@@ -33,7 +38,12 @@ fn byte_budgets_hold_on_the_recorded_host() {
 
     let churn = find(&costs, "churn trace");
     assert!(churn.polls >= 50, "the churn trace has only {} events", churn.polls);
-    assert!(churn.tern * 20 <= churn.portainer, "churn trace {} B > 1/20 of Portainer-style {} B", churn.tern, churn.portainer);
+    assert!(
+        churn.tern * 20 <= churn.portainer,
+        "churn trace {} B > 1/20 of Portainer-style {} B",
+        churn.tern,
+        churn.portainer
+    );
 }
 
 #[test]

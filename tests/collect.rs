@@ -102,7 +102,11 @@ async fn collects_the_real_engine_into_a_stable_canonical_state() {
     assert_eq!(web.ports.len(), 1);
     assert_eq!((web.ports[0].container_port, web.ports[0].host_port), (80, 18080));
     assert_eq!(web.ports[0].host_ip, Some("127.0.0.1".parse().unwrap()));
-    assert!(web.mounts.iter().any(|m| m.kind == MountType::Volume && m.source == format!("{}-vol", fx.prefix) && m.destination == "/data"));
+    assert!(
+        web.mounts.iter().any(|m| m.kind == MountType::Volume
+            && m.source == format!("{}-vol", fx.prefix)
+            && m.destination == "/data")
+    );
     assert!(web.networks.iter().any(|n| n.network == format!("{}-net", fx.prefix)));
     assert!(first.volumes.get(&format!("{}-vol", fx.prefix)).is_some());
     assert!(first.networks.iter().any(|n| n.name == format!("{}-net", fx.prefix)));

@@ -50,8 +50,16 @@ fn container() -> impl Strategy<Value = Container> {
             ];
             let healths = [Health::None, Health::Starting, Health::Healthy, Health::Unhealthy];
             let protocols = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
-            let mounts = [MountType::Bind, MountType::Volume, MountType::Tmpfs, MountType::Npipe, MountType::Cluster, MountType::Image];
-            let policies = [RestartPolicy::No, RestartPolicy::Always, RestartPolicy::UnlessStopped, RestartPolicy::OnFailure];
+            let mounts = [
+                MountType::Bind,
+                MountType::Volume,
+                MountType::Tmpfs,
+                MountType::Npipe,
+                MountType::Cluster,
+                MountType::Image,
+            ];
+            let policies =
+                [RestartPolicy::No, RestartPolicy::Always, RestartPolicy::UnlessStopped, RestartPolicy::OnFailure];
             Container {
                 id: a.0,
                 name: a.1,
@@ -96,23 +104,50 @@ fn container() -> impl Strategy<Value = Container> {
 }
 
 fn image() -> impl Strategy<Value = Image> {
-    (id(), prop::collection::vec(word(), 0..3), prop::collection::vec(word(), 0..2), any::<i64>(), any::<i64>(), labels())
+    (
+        id(),
+        prop::collection::vec(word(), 0..3),
+        prop::collection::vec(word(), 0..2),
+        any::<i64>(),
+        any::<i64>(),
+        labels(),
+    )
         .prop_map(|(id, tags, digests, size, created, labels)| Image { id, tags, digests, size, created, labels })
 }
 
 fn volume() -> impl Strategy<Value = Volume> {
-    ((0u8..12).prop_map(|i| format!("vol{i}")), word(), word(), labels(), any::<i64>(), word())
-        .prop_map(|(name, driver, mountpoint, labels, created, scope)| Volume { name, driver, mountpoint, labels, created, scope })
+    ((0u8..12).prop_map(|i| format!("vol{i}")), word(), word(), labels(), any::<i64>(), word()).prop_map(
+        |(name, driver, mountpoint, labels, created, scope)| Volume {
+            name,
+            driver,
+            mountpoint,
+            labels,
+            created,
+            scope,
+        },
+    )
 }
 
 fn network() -> impl Strategy<Value = Network> {
-    (id(), word(), word(), word(), prop::collection::vec((word(), word()), 0..2), labels(), any::<[bool; 3]>(), any::<i64>())
+    (
+        id(),
+        word(),
+        word(),
+        word(),
+        prop::collection::vec((word(), word()), 0..2),
+        labels(),
+        any::<[bool; 3]>(),
+        any::<i64>(),
+    )
         .prop_map(|(id, name, driver, scope, ipam, labels, flags, created)| Network {
             id,
             name,
             driver,
             scope,
-            ipam: ipam.into_iter().map(|(subnet, gateway)| IpamPool { subnet, gateway, ip_range: String::new() }).collect(),
+            ipam: ipam
+                .into_iter()
+                .map(|(subnet, gateway)| IpamPool { subnet, gateway, ip_range: String::new() })
+                .collect(),
             labels,
             internal: flags[0],
             attachable: flags[1],

@@ -65,8 +65,7 @@ impl Delta {
     /// True when nothing changed.
     pub fn is_empty(&self) -> bool {
         let d = &self.0;
-        d.host.is_none()
-            && [&d.containers, &d.images, &d.volumes, &d.networks].iter().all(|k| k.is_none())
+        d.host.is_none() && [&d.containers, &d.images, &d.volumes, &d.networks].iter().all(|k| k.is_none())
     }
 
     /// The root digest prefix the receiver must reach (empty for an empty delta).
@@ -90,10 +89,12 @@ impl Delta {
     /// Counts of (removed, changed, added) objects over all kinds.
     pub fn counts(&self) -> (usize, usize, usize) {
         let d = &self.0;
-        [&d.containers, &d.images, &d.volumes, &d.networks].iter().flat_map(|k| k.as_ref()).fold(
-            (0, usize::from(d.host.is_some()), 0),
-            |(r, c, a), k| (r + k.removed.len(), c + k.changed.len(), a + k.added.len()),
-        )
+        [&d.containers, &d.images, &d.volumes, &d.networks]
+            .iter()
+            .flat_map(|k| k.as_ref())
+            .fold((0, usize::from(d.host.is_some()), 0), |(r, c, a), k| {
+                (r + k.removed.len(), c + k.changed.len(), a + k.added.len())
+            })
     }
 }
 
@@ -256,7 +257,7 @@ pub fn apply(base: &State, delta: &Delta) -> Result<State, ApplyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sync::state::{Container, Id, object_digest, Kind};
+    use crate::sync::state::{Container, Id, Kind, object_digest};
 
     #[test]
     fn fields_from_a_newer_peer_survive_and_keep_the_digest() {
@@ -265,7 +266,10 @@ mod tests {
         // A newer agent's encoding: today's fields plus field 99 (a string).
         let mut newer = c.encode();
         newer.extend_from_slice(&[0x9a, 0x06, 3, b'n', b'e', b'w']);
-        let mut d = pb::Delta { containers: Some(pb::KindDelta { added: vec![newer.clone()], ..Default::default() }), ..Default::default() };
+        let mut d = pb::Delta {
+            containers: Some(pb::KindDelta { added: vec![newer.clone()], ..Default::default() }),
+            ..Default::default()
+        };
         let mut sender = State::default();
         sender.containers.insert_entry(Entry::received(newer.clone()).unwrap());
         d.root = sender.root()[..ROOT_LEN].to_vec();

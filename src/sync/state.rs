@@ -19,7 +19,7 @@ pub type Timestamp = i64;
 /// A 32-byte Docker id (container, image or network), kept raw. It is
 /// written as 64 hex digits, as Docker does.
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Id(pub [u8; 32]);
 
 impl Id {
@@ -269,11 +269,6 @@ pub struct Container {
     pub restart_max_retries: u32,
 }
 
-impl Default for Id {
-    fn default() -> Self {
-        Self([0; 32])
-    }
-}
 
 /// An image.
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
@@ -853,7 +848,11 @@ impl Object for Network {
             ipam: self
                 .ipam
                 .iter()
-                .map(|p| pb::IpamConfig { subnet: p.subnet.clone(), gateway: p.gateway.clone(), ip_range: p.ip_range.clone() })
+                .map(|p| pb::IpamConfig {
+                    subnet: p.subnet.clone(),
+                    gateway: p.gateway.clone(),
+                    ip_range: p.ip_range.clone(),
+                })
                 .collect(),
             labels: self.labels.clone(),
             internal: self.internal,
@@ -868,7 +867,11 @@ impl Object for Network {
             name: p.name,
             driver: p.driver,
             scope: p.scope,
-            ipam: p.ipam.into_iter().map(|c| IpamPool { subnet: c.subnet, gateway: c.gateway, ip_range: c.ip_range }).collect(),
+            ipam: p
+                .ipam
+                .into_iter()
+                .map(|c| IpamPool { subnet: c.subnet, gateway: c.gateway, ip_range: c.ip_range })
+                .collect(),
             labels: p.labels,
             internal: p.internal,
             attachable: p.attachable,

@@ -176,6 +176,9 @@ mod tests {
         assert_eq!(group(&[0x0a, 0x05, 1]), Err(FieldError::Truncated));
         assert_eq!(group(&[0x0b]), Err(FieldError::BadWireType(3)));
         assert_eq!(group(&[0x00]), Err(FieldError::BadFieldNumber(0)));
-        assert_eq!(group(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]), Err(FieldError::Truncated));
+        assert_eq!(
+            group(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
+            Err(FieldError::Truncated)
+        );
     }
 }

@@ -159,7 +159,10 @@ impl PollRequest {
                     finished_at: r.finished_at,
                 })
                 .collect(),
-            agent: self.agent.as_ref().map(|a| pb::AgentInfo { version: a.version.clone(), edge_id: a.edge_id.clone() }),
+            agent: self
+                .agent
+                .as_ref()
+                .map(|a| pb::AgentInfo { version: a.version.clone(), edge_id: a.edge_id.clone() }),
         }
         .encode_to_vec()
     }
@@ -214,7 +217,9 @@ impl PollReply {
                         } as i32,
                         container_id: cid.0.to_vec(),
                     }),
-                    Action::ImagePull(r) => A::Image(pb::ImageCommand { op: pb::ImageOp::Pull as i32, reference: r.clone() }),
+                    Action::ImagePull(r) => {
+                        A::Image(pb::ImageCommand { op: pb::ImageOp::Pull as i32, reference: r.clone() })
+                    }
                     Action::ImageRemove(r) => {
                         A::Image(pb::ImageCommand { op: pb::ImageOp::Remove as i32, reference: r.clone() })
                     }
@@ -308,7 +313,12 @@ mod tests {
         let req = PollRequest {
             base: 3,
             delta: None,
-            results: vec![CommandResult { id: 1, status: ResultStatus::Failed, error: "no such container".into(), finished_at: 5 }],
+            results: vec![CommandResult {
+                id: 1,
+                status: ResultStatus::Failed,
+                error: "no such container".into(),
+                finished_at: 5,
+            }],
             agent: Some(AgentInfo { version: "0.1.0".into(), edge_id: "edge-1".into() }),
         };
         assert_eq!(PollRequest::decode(&req.encode()).unwrap(), req);

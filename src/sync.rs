@@ -4,9 +4,11 @@
 //! * [`state`]: the canonical host state, per-object and root digests.
 //! * [`docker`]: building that state from the engine's API types.
 //! * [`delta`]: `diff` and `apply`.
+//! * [`schedule`]: the agent's poll scheduler (timers, coalescing, backoff).
 
 pub mod delta;
 pub mod docker;
+pub mod schedule;
 pub mod state;
 
 pub use delta::{ApplyError, Delta, apply, diff};

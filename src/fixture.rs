@@ -1,6 +1,7 @@
 //! Loads the engine recordings in `tests/fixtures/` (made by
 //! `scripts/make-fixtures.sh` against a real engine): a manifest of steps,
-//! each naming the raw API responses recorded after one event.
+//! each naming the raw API responses recorded after one event. The responses
+//! are stored gzip'd, byte for byte as the engine sent them.
 
 use std::path::{Path, PathBuf};
 
@@ -93,8 +94,16 @@ pub fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+/// Reads a JSON file; `.gz` files (the stored engine responses) are
+/// decompressed first.
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, FixtureError> {
-    let bytes = std::fs::read(path).map_err(|source| FixtureError::Io { path: path.into(), source })?;
+    let io = |source| FixtureError::Io { path: path.into(), source };
+    let mut bytes = std::fs::read(path).map_err(io)?;
+    if path.extension().is_some_and(|e| e == "gz") {
+        let mut raw = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(bytes.as_slice()), &mut raw).map_err(io)?;
+        bytes = raw;
+    }
     serde_json::from_slice(&bytes).map_err(|source| FixtureError::Json { path: path.into(), source })
 }
 

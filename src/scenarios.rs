@@ -16,6 +16,8 @@ use crate::wire::poll::PollRequest;
 /// Bytes of one scenario, both ways of sending it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cost {
+    /// Scenario key, as in `budgets.toml`.
+    pub key: &'static str,
     /// Scenario name.
     pub name: String,
     /// Poll bodies tern sends (codec output, all polls summed).
@@ -74,26 +76,29 @@ pub const CHURN_START: usize = 4;
 /// # Errors
 /// When the codec refuses a body.
 pub fn costs(p: &Prepared, codec: &mut Codec) -> Result<Vec<Cost>, CodecError> {
-    let step = |codec: &mut Codec, name: &str, from: usize, to: usize| -> Result<Cost, CodecError> {
+    let step = |codec: &mut Codec, key: &'static str, name: &str, from: usize, to: usize| -> Result<Cost, CodecError> {
         Ok(Cost {
+            key,
             name: name.into(),
-            tern: poll_body(codec, from as u64, &p.states[from], &p.states[to])?.len(),
+            // The server acknowledged `from` as sequence number from + 1.
+            tern: poll_body(codec, from as u64 + 1, &p.states[from], &p.states[to])?.len(),
             portainer: baseline::patch_bytes(&p.documents[from], &p.documents[to]),
             polls: 1,
         })
     };
     let mut out = vec![Cost {
+        key: "first_full_snapshot",
         name: "first full snapshot".into(),
         tern: poll_body(codec, 0, &State::default(), &p.states[0])?.len(),
         portainer: baseline::full_bytes(&p.documents[0]),
         polls: 1,
     }];
-    out.push(step(codec, "unchanged state", 0, 1)?);
-    out.push(step(codec, "one container stopped", 1, 2)?);
-    out.push(step(codec, "one image pulled", 2, 3)?);
-    let mut churn = Cost { name: String::new(), tern: 0, portainer: 0, polls: 0 };
+    out.push(step(codec, "unchanged_state", "unchanged state", 0, 1)?);
+    out.push(step(codec, "one_container_stopped", "one container stopped", 1, 2)?);
+    out.push(step(codec, "one_image_pulled", "one image pulled", 2, 3)?);
+    let mut churn = Cost { key: "churn_trace", name: String::new(), tern: 0, portainer: 0, polls: 0 };
     for i in CHURN_START..p.states.len() {
-        let c = step(codec, "", i - 1, i)?;
+        let c = step(codec, "", "", i - 1, i)?;
         churn.tern += c.tern;
         churn.portainer += c.portainer;
         churn.polls += 1;

@@ -159,7 +159,8 @@ impl Scheduler {
         if self.retry_at.is_some_and(|r| now < r) {
             return due;
         }
-        let fired: Vec<Timer> = TIMERS.into_iter().filter(|&t| self.next[t as usize].is_some_and(|n| n <= now)).collect();
+        let fired: Vec<Timer> =
+            TIMERS.into_iter().filter(|&t| self.next[t as usize].is_some_and(|n| n <= now)).collect();
         if fired.is_empty() {
             return due;
         }

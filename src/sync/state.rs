@@ -110,6 +110,16 @@ fn ip_to_bytes(ip: Option<IpAddr>) -> Vec<u8> {
     }
 }
 
+/// A time relative to `base` for the wire: 0 for never, else offset + 1.
+fn after(base: Timestamp, t: Timestamp) -> i64 {
+    if t == 0 { 0 } else { t.wrapping_sub(base).wrapping_add(1) }
+}
+
+/// The inverse of [`after`].
+fn at(base: Timestamp, wire: i64) -> Timestamp {
+    if wire == 0 { 0 } else { base.wrapping_add(wire).wrapping_sub(1) }
+}
+
 fn port(value: u32) -> Result<u16, InvalidObject> {
     u16::try_from(value).map_err(|_| InvalidObject::BadPort(value))
 }
@@ -268,7 +278,6 @@ pub struct Container {
     /// Retries for `on-failure`.
     pub restart_max_retries: u32,
 }
-
 
 /// An image.
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
@@ -675,8 +684,8 @@ impl Object for Container {
             command: self.command.clone(),
             created: self.created,
             status: self.status.to_wire(),
-            started_at: self.started_at,
-            finished_at: self.finished_at,
+            started_after: after(self.created, self.started_at),
+            finished_after: after(self.created, self.finished_at),
             exit_code: self.exit_code,
             health: self.health.to_wire(),
             restart_count: self.restart_count,
@@ -734,8 +743,8 @@ impl Object for Container {
             command: p.command,
             created: p.created,
             status: ContainerStatus::from_wire(p.status)?,
-            started_at: p.started_at,
-            finished_at: p.finished_at,
+            started_at: at(p.created, p.started_after),
+            finished_at: at(p.created, p.finished_after),
             exit_code: p.exit_code,
             health: Health::from_wire(p.health)?,
             restart_count: p.restart_count,

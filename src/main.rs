@@ -26,6 +26,15 @@ enum Command {
         #[arg(long, short)]
         verbose: bool,
     },
+    /// Decode a captured poll body (request or reply) and print it: header,
+    /// codec, sizes and the decoded message.
+    DecodeBody {
+        /// File holding the body as sent on the wire; `-` for standard input.
+        file: std::path::PathBuf,
+        /// The body is a server reply (default: an agent's poll request).
+        #[arg(long)]
+        reply: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -37,6 +46,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         #[cfg(feature = "agent")]
         Command::Snapshot { show_secrets, verbose } => snapshot::run(show_secrets, verbose),
+        Command::DecodeBody { file, reply } => decode_body(&file, reply),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -45,6 +55,38 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn decode_body(file: &std::path::Path, reply: bool) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use tern::wire::codec::{Codec, Limits};
+    use tern::wire::poll::{PollReply, PollRequest};
+    let wire = if file.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+        buf
+    } else {
+        std::fs::read(file).with_context(|| format!("reading {}", file.display()))?
+    };
+    let body = Codec::new(Limits::default())?.decode(&wire)?;
+    println!("{} B on the wire, version {}, codec {}, {} B decoded", wire.len(), wire[0], wire[1], body.len());
+    if reply {
+        println!("{:#?}", PollReply::decode(&body)?);
+        return Ok(());
+    }
+    let req = PollRequest::decode(&body)?;
+    println!("poll request: base {}, {} results, agent {:?}", req.base, req.results.len(), req.agent);
+    match &req.delta {
+        Some(d) => {
+            let (removed, changed, added) = d.counts();
+            println!("delta: {removed} removed, {changed} changed, {added} added, root {:02x?}", d.root());
+        }
+        None => println!("no state change"),
+    }
+    for r in &req.results {
+        println!("result: {r:?}");
+    }
+    Ok(())
 }
 
 #[cfg(feature = "agent")]

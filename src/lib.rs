@@ -32,6 +32,7 @@
 
 #[cfg(feature = "agent")]
 pub mod agent;
+pub mod auth;
 pub mod baseline;
 pub mod fixture;
 #[doc(hidden)]

@@ -256,7 +256,7 @@ impl CounterReservation {
 
     /// The next counter, and `Some(end)` when a new block end must be
     /// persisted (durably) *before* the counter is used.
-    pub fn next(&mut self) -> (u64, Option<u64>) {
+    pub fn take(&mut self) -> (u64, Option<u64>) {
         let c = self.next;
         self.next += 1;
         if c > self.reserved_to {
@@ -336,14 +336,14 @@ mod tests {
     #[test]
     fn counters_never_repeat_across_restarts() {
         let mut r = CounterReservation::resume(0, 100);
-        assert_eq!(r.next(), (1, Some(100)));
-        assert_eq!(r.next(), (2, None));
+        assert_eq!(r.take(), (1, Some(100)));
+        assert_eq!(r.take(), (2, None));
         // Crash after using 2 with 100 persisted: resume starts at 101.
         let mut r = CounterReservation::resume(100, 100);
-        assert_eq!(r.next(), (101, Some(200)));
+        assert_eq!(r.take(), (101, Some(200)));
         for _ in 102..=200 {
-            assert_eq!(r.next().1, None);
+            assert_eq!(r.take().1, None);
         }
-        assert_eq!(r.next(), (201, Some(300)));
+        assert_eq!(r.take(), (201, Some(300)));
     }
 }

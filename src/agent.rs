@@ -1,5 +1,7 @@
-//! The agent role. For now: the collector, which reads a [`RawSnapshot`]
-//! from the local Docker engine through bollard.
+//! The agent role: its configuration ([`config`]) and the collector, which
+//! reads a [`RawSnapshot`] from the local Docker engine through bollard.
+
+pub mod config;
 
 use bollard::Docker;
 use bollard::query_parameters::{ListContainersOptions, ListImagesOptions, ListNetworksOptions, ListVolumesOptions};

@@ -1,0 +1,229 @@
+//! The agent's configuration, read the Portainer way from environment
+//! variables so its users feel at home. Read once, validated once; secrets
+//! live in types whose `Debug` masks them. The environment comes in as a
+//! map, so tests feed one.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::auth::{AuthError, JoinToken};
+
+/// A secret string (AGENT_SECRET) whose `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(pub String);
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretString(****)")
+    }
+}
+
+/// Log verbosity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warn,
+    /// The default.
+    Info,
+    /// Chatty.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    /// The `tracing` filter directive.
+    pub fn as_filter(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Warn => "warn",
+            Self::Info => "info",
+            Self::Debug => "debug",
+            Self::Trace => "trace",
+        }
+    }
+}
+
+/// The agent's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// From EDGE_KEY.
+    pub token: JoinToken,
+    /// EDGE_ID; generated and persisted in the data path when absent.
+    pub edge_id: Option<String>,
+    /// EDGE_INSECURE_POLL=1: accept any server certificate (loudly).
+    pub insecure_poll: bool,
+    /// AGENT_SECRET, which must match the server's when it has one.
+    pub agent_secret: Option<SecretString>,
+    /// DATA_PATH: where the agent keeps what must survive a restart.
+    pub data_path: PathBuf,
+    /// DOCKER_HOST, when set; otherwise the local default socket.
+    pub docker_host: Option<String>,
+    /// LOG_LEVEL.
+    pub log_level: LogLevel,
+}
+
+/// A configuration error: one clear line, and the agent exits with code 2.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// EDGE_KEY is not set.
+    #[error("EDGE_KEY is not set: pass the join token printed by `tern env add`")]
+    MissingKey,
+    /// EDGE_KEY is not a valid token.
+    #[error("EDGE_KEY is invalid: {0}")]
+    BadKey(AuthError),
+    /// A variable has a value it cannot take.
+    #[error("{name}={value:?} is invalid: {why}")]
+    BadValue {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// What it should be.
+        why: &'static str,
+    },
+    /// An EDGE_* / AGENT_* variable tern does not know: most likely a typo.
+    #[error("unknown setting {0}{1}")]
+    Unknown(String, String),
+}
+
+/// Variables the agent reads.
+const KNOWN: &[&str] =
+    &["EDGE_KEY", "EDGE_ID", "EDGE_INSECURE_POLL", "AGENT_SECRET", "DATA_PATH", "DOCKER_HOST", "LOG_LEVEL"];
+
+/// Variables from Portainer's edge agent command that tern accepts and
+/// ignores, so a copied `docker run` line works: tern is always an edge
+/// agent, and always asynchronous.
+const PORTAINER_NO_OPS: &[&str] = &["EDGE", "EDGE_ASYNC"];
+
+/// The default data path: the volume the generated `docker run` mounts.
+pub const DEFAULT_DATA_PATH: &str = "/data";
+
+fn flag(env: &BTreeMap<String, String>, name: &'static str) -> Result<bool, ConfigError> {
+    match env.get(name).map(|v| v.trim().to_ascii_lowercase()) {
+        None => Ok(false),
+        Some(v) if v.is_empty() || v == "0" || v == "false" || v == "no" => Ok(false),
+        Some(v) if v == "1" || v == "true" || v == "yes" => Ok(true),
+        Some(v) => Err(ConfigError::BadValue { name, value: v, why: "use 1 or 0" }),
+    }
+}
+
+fn closest(name: &str) -> String {
+    let score = |k: &str| {
+        let common = k.chars().zip(name.chars()).take_while(|(a, b)| a == b).count();
+        common as isize - (k.len() as isize - name.len() as isize).abs()
+    };
+    KNOWN
+        .iter()
+        .max_by_key(|k| score(k))
+        .filter(|k| score(k) >= 4)
+        .map(|k| format!(" (did you mean {k}?)"))
+        .unwrap_or_default()
+}
+
+impl AgentConfig {
+    /// Reads the settings from an environment.
+    ///
+    /// # Errors
+    /// The first problem found, as one line.
+    pub fn from_env(env: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        for name in env.keys() {
+            let ours = name.starts_with("EDGE") || name.starts_with("AGENT_");
+            if ours && !KNOWN.contains(&name.as_str()) && !PORTAINER_NO_OPS.contains(&name.as_str()) {
+                return Err(ConfigError::Unknown(name.clone(), closest(name)));
+            }
+        }
+        let key = env.get("EDGE_KEY").map(|k| k.trim()).filter(|k| !k.is_empty()).ok_or(ConfigError::MissingKey)?;
+        let token = JoinToken::parse(key).map_err(ConfigError::BadKey)?;
+        let edge_id = match env.get("EDGE_ID").map(|v| v.trim().to_owned()) {
+            None => None,
+            Some(v) if v.is_empty() => None,
+            Some(v) if v.len() > 128 || !v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) => {
+                return Err(ConfigError::BadValue {
+                    name: "EDGE_ID",
+                    value: v,
+                    why: "use up to 128 letters, digits, '-', '_', '.' or ':'",
+                });
+            }
+            Some(v) => Some(v),
+        };
+        let log_level = match env.get("LOG_LEVEL").map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+            None | Some("") | Some("info") => LogLevel::Info,
+            Some("error") => LogLevel::Error,
+            Some("warn") | Some("warning") => LogLevel::Warn,
+            Some("debug") => LogLevel::Debug,
+            Some("trace") => LogLevel::Trace,
+            Some(v) => {
+                return Err(ConfigError::BadValue {
+                    name: "LOG_LEVEL",
+                    value: v.to_owned(),
+                    why: "use error, warn, info, debug or trace",
+                });
+            }
+        };
+        Ok(Self {
+            token,
+            edge_id,
+            insecure_poll: flag(env, "EDGE_INSECURE_POLL")?,
+            agent_secret: env.get("AGENT_SECRET").filter(|s| !s.is_empty()).map(|s| SecretString(s.clone())),
+            data_path: env.get("DATA_PATH").filter(|s| !s.is_empty()).map_or(DEFAULT_DATA_PATH.into(), PathBuf::from),
+            docker_host: env.get("DOCKER_HOST").filter(|s| !s.is_empty()).cloned(),
+            log_level,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Secret;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn key() -> String {
+        JoinToken { url: "https://ops:9443".into(), environment: 3, secret: Secret([5; 32]), cert_sha256: [6; 32] }
+            .encode()
+    }
+
+    #[test]
+    fn a_portainer_style_command_line_is_understood() {
+        let k = key();
+        let c = AgentConfig::from_env(&env(&[
+            ("EDGE", "1"),
+            ("EDGE_ASYNC", "1"),
+            ("EDGE_KEY", &k),
+            ("EDGE_ID", "site-17"),
+            ("EDGE_INSECURE_POLL", "1"),
+            ("AGENT_SECRET", "s3cret"),
+            ("PATH", "/usr/bin"),
+        ]))
+        .unwrap();
+        assert_eq!(c.token.environment, 3);
+        assert_eq!(c.edge_id.as_deref(), Some("site-17"));
+        assert!(c.insecure_poll);
+        assert_eq!(c.data_path, PathBuf::from("/data"));
+        assert_eq!(c.log_level, LogLevel::Info);
+        assert!(!format!("{c:?}").contains("s3cret"), "secrets stay out of Debug");
+    }
+
+    #[test]
+    fn bad_configuration_gets_one_clear_line() {
+        let k = key();
+        assert_eq!(AgentConfig::from_env(&env(&[])), Err(ConfigError::MissingKey));
+        let e = AgentConfig::from_env(&env(&[("EDGE_KEY", "portainer-style-key")])).unwrap_err();
+        assert_eq!(e.to_string(), "EDGE_KEY is invalid: not a tern join token (it should start with tern1_)");
+        let e = AgentConfig::from_env(&env(&[("EDGE_KEY", &k), ("EDGE_INSECURE_POL", "1")])).unwrap_err();
+        assert_eq!(e.to_string(), "unknown setting EDGE_INSECURE_POL (did you mean EDGE_INSECURE_POLL?)");
+        let e = AgentConfig::from_env(&env(&[("EDGE_KEY", &k), ("EDGE_INSECURE_POLL", "maybe")])).unwrap_err();
+        assert_eq!(e.to_string(), "EDGE_INSECURE_POLL=\"maybe\" is invalid: use 1 or 0");
+        let e = AgentConfig::from_env(&env(&[("EDGE_KEY", &k), ("LOG_LEVEL", "loud")])).unwrap_err();
+        assert!(e.to_string().starts_with("LOG_LEVEL=\"loud\" is invalid"));
+        let e = AgentConfig::from_env(&env(&[("EDGE_KEY", &k), ("EDGE_ID", "a b")])).unwrap_err();
+        assert!(e.to_string().starts_with("EDGE_ID=\"a b\" is invalid"));
+        assert!(!e.to_string().contains('\n'));
+    }
+}

@@ -2,6 +2,7 @@
 //! reads a [`RawSnapshot`] from the local Docker engine through bollard.
 
 pub mod config;
+pub mod store;
 
 use bollard::Docker;
 use bollard::query_parameters::{ListContainersOptions, ListImagesOptions, ListNetworksOptions, ListVolumesOptions};

@@ -1,0 +1,278 @@
+//! What the agent keeps on disk (DATA_PATH), so that a restart resends
+//! nothing and runs no command twice:
+//!
+//! * `edge_id`: the generated EDGE_ID, when none is configured;
+//! * `meta.json`: the end of the reserved poll-counter block and the
+//!   sequence number of the acknowledged base state;
+//! * `base.bin`: that base state, encoded as a delta from the empty state
+//!   (so loading it re-checks its root digest);
+//! * `journal.json`: commands started and results not yet acknowledged.
+//!
+//! Every file is replaced atomically (write, fsync, rename, fsync the
+//! directory): a crash leaves the old file or the new one, never half of one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::sync::{Delta, State, apply, diff};
+use crate::wire::codec::{Codec, Limits};
+
+/// Why the store could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// Which file.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// A file holds something this build cannot read.
+    #[error("{path}: corrupt: {why}")]
+    Corrupt {
+        /// Which file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+}
+
+/// Small counters kept across restarts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Meta {
+    /// End of the reserved block of poll counters.
+    pub counter_end: u64,
+    /// Sequence number of the acknowledged base state (0: none).
+    pub acked_seq: u64,
+}
+
+/// A command's result waiting for the server's acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredResult {
+    /// Command id.
+    pub id: u64,
+    /// `ok`, `failed` or `rejected`.
+    pub status: String,
+    /// Error text.
+    pub error: String,
+    /// When it ended.
+    pub finished_at: i64,
+}
+
+/// Commands the agent has started, and results it still has to deliver.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Journal {
+    /// Ids of commands started (persisted before they run), kept until the
+    /// server stops sending them, so a repeated reply runs nothing twice.
+    pub started: BTreeSet<u64>,
+    /// Results by command id, until the server acknowledges them.
+    pub results: BTreeMap<u64, StoredResult>,
+}
+
+/// The agent's data directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io { path: path.to_owned(), source }
+}
+
+/// Replaces `path` with `bytes` atomically.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(bytes).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    if let Some(dir) = path.parent() {
+        // Make the rename itself durable.
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+    }
+    Ok(())
+}
+
+fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::Io { path: path.to_owned(), source: e }),
+    }
+}
+
+impl Store {
+    /// Opens (and creates) the data directory.
+    ///
+    /// # Errors
+    /// When it cannot be created or is not writable.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let probe = dir.join(".writable");
+        write_atomic(&probe, b"")?;
+        let _ = std::fs::remove_file(&probe);
+        Ok(Self { dir })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The EDGE_ID: the configured one, else the one generated on an earlier
+    /// start, else a new random one (persisted before it is returned).
+    ///
+    /// # Errors
+    /// When the file cannot be read or written.
+    pub fn edge_id(&self, configured: Option<&str>) -> Result<String, StoreError> {
+        if let Some(id) = configured {
+            return Ok(id.to_owned());
+        }
+        let path = self.dir.join("edge_id");
+        if let Some(b) = read_optional(&path)? {
+            let id = String::from_utf8(b)
+                .map_err(|_| StoreError::Corrupt { path: path.clone(), why: "not UTF-8".into() })?;
+            let id = id.trim();
+            if !id.is_empty() {
+                return Ok(id.to_owned());
+            }
+        }
+        let mut rng = fastrand::Rng::new();
+        let id = format!("tern-{:016x}", rng.u64(..));
+        write_atomic(&path, id.as_bytes())?;
+        Ok(id)
+    }
+
+    fn load_json<T: for<'de> Deserialize<'de> + Default>(&self, name: &str) -> Result<T, StoreError> {
+        let path = self.dir.join(name);
+        match read_optional(&path)? {
+            None => Ok(T::default()),
+            Some(b) => {
+                serde_json::from_slice(&b).map_err(|e| StoreError::Corrupt { path: path.clone(), why: e.to_string() })
+            }
+        }
+    }
+
+    fn save_json<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StoreError> {
+        write_atomic(&self.dir.join(name), &serde_json::to_vec(value).expect("serializable"))
+    }
+
+    /// The persisted counters (zero on first start).
+    ///
+    /// # Errors
+    /// When the file cannot be read or is corrupt.
+    pub fn meta(&self) -> Result<Meta, StoreError> {
+        self.load_json("meta.json")
+    }
+
+    /// Persists the counters.
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn save_meta(&self, meta: &Meta) -> Result<(), StoreError> {
+        self.save_json("meta.json", meta)
+    }
+
+    /// The command journal.
+    ///
+    /// # Errors
+    /// When the file cannot be read or is corrupt.
+    pub fn journal(&self) -> Result<Journal, StoreError> {
+        self.load_json("journal.json")
+    }
+
+    /// Persists the command journal.
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn save_journal(&self, journal: &Journal) -> Result<(), StoreError> {
+        self.save_json("journal.json", journal)
+    }
+
+    /// The acknowledged base state, if one was saved. Its root digest is
+    /// checked as it loads.
+    ///
+    /// # Errors
+    /// When the file cannot be read, or does not decode to a state with
+    /// the digest it carries.
+    pub fn base(&self) -> Result<Option<State>, StoreError> {
+        let path = self.dir.join("base.bin");
+        let Some(wire) = read_optional(&path)? else { return Ok(None) };
+        let corrupt = |why: String| StoreError::Corrupt { path: path.clone(), why };
+        let body = Codec::new(Limits::default())
+            .map_err(|e| corrupt(e.to_string()))?
+            .decode(&wire)
+            .map_err(|e| corrupt(e.to_string()))?;
+        let delta = Delta::decode(&body).map_err(|e| corrupt(e.to_string()))?;
+        apply(&State::default(), &delta).map(Some).map_err(|e| corrupt(e.to_string()))
+    }
+
+    /// Saves the acknowledged base state.
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn save_base(&self, state: &State) -> Result<(), StoreError> {
+        let body = diff(&State::default(), state).encode();
+        let wire = Codec::new(Limits::default())
+            .and_then(|mut c| c.encode(&body))
+            .map_err(|e| StoreError::Corrupt { path: self.dir.join("base.bin"), why: e.to_string() })?;
+        write_atomic(&self.dir.join("base.bin"), &wire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::state::{Container, Id};
+
+    fn tempdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("tern-store-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn everything_survives_a_restart() {
+        let dir = tempdir("restart");
+        let store = Store::open(&dir).unwrap();
+        let id = store.edge_id(None).unwrap();
+        assert!(id.starts_with("tern-"));
+        let mut state = State::default();
+        state.containers.insert(Container { id: Id([1; 32]), name: "web".into(), ..Container::default() });
+        store.save_base(&state).unwrap();
+        store.save_meta(&Meta { counter_end: 100, acked_seq: 7 }).unwrap();
+        let mut j = Journal::default();
+        j.started.insert(5);
+        store.save_journal(&j).unwrap();
+
+        let again = Store::open(&dir).unwrap();
+        assert_eq!(again.edge_id(None).unwrap(), id, "the generated EDGE_ID is kept");
+        assert_eq!(again.edge_id(Some("site-1")).unwrap(), "site-1", "a configured one wins");
+        assert_eq!(again.base().unwrap(), Some(state));
+        assert_eq!(again.meta().unwrap(), Meta { counter_end: 100, acked_seq: 7 });
+        assert_eq!(again.journal().unwrap(), j);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_first_start_has_nothing_and_corruption_is_reported() {
+        let dir = tempdir("corrupt");
+        let store = Store::open(&dir).unwrap();
+        assert_eq!(store.base().unwrap(), None);
+        assert_eq!(store.meta().unwrap(), Meta::default());
+        std::fs::write(dir.join("base.bin"), b"\x01\x00garbage").unwrap();
+        assert!(matches!(store.base(), Err(StoreError::Corrupt { .. })));
+        std::fs::write(dir.join("meta.json"), b"{\"counter_end\": 1, \"surprise\": 2}").unwrap();
+        assert!(matches!(store.meta(), Err(StoreError::Corrupt { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -81,7 +81,7 @@ fn decode_body(file: &std::path::Path, reply: bool) -> anyhow::Result<()> {
             let (removed, changed, added) = d.counts();
             println!("delta: {removed} removed, {changed} changed, {added} added, root {:02x?}", d.root());
         }
-        None => println!("no state change"),
+        None => println!("no state reported (heartbeat or command poll)"),
     }
     for r in &req.results {
         println!("result: {r:?}");

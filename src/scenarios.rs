@@ -63,8 +63,9 @@ pub fn prepare(rec: &Recording) -> Prepared {
 /// # Errors
 /// When the codec refuses the body (over its limits).
 pub fn poll_body(codec: &mut Codec, seq: u64, base: &State, current: &State) -> Result<Vec<u8>, CodecError> {
-    let delta = diff(base, current);
-    let delta = (!delta.is_empty()).then_some(delta);
+    // A snapshot poll always carries its delta, empty when nothing changed,
+    // so the server can tell it from a heartbeat (see sync::session).
+    let delta = Some(diff(base, current));
     codec.encode(&PollRequest { base: seq, delta, ..PollRequest::default() }.encode())
 }
 

@@ -5,10 +5,12 @@
 //! * [`docker`]: building that state from the engine's API types.
 //! * [`delta`]: `diff` and `apply`.
 //! * [`schedule`]: the agent's poll scheduler (timers, coalescing, backoff).
+//! * [`session`]: both ends of state sync (acks, lost replies, resync).
 
 pub mod delta;
 pub mod docker;
 pub mod schedule;
+pub mod session;
 pub mod state;
 
 pub use delta::{ApplyError, Delta, apply, diff};

@@ -124,25 +124,8 @@ impl JoinToken {
     }
 }
 
-fn varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
 fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64, AuthError> {
-    let mut v = 0u64;
-    for i in 0..10 {
-        let b = *buf.get(*pos).ok_or(AuthError::Truncated)?;
-        *pos += 1;
-        v |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Ok(v);
-        }
-    }
-    Err(AuthError::Truncated)
+    crate::wire::fields::read_varint(buf, pos).map_err(|_| AuthError::Truncated)
 }
 
 fn tag(context: &str, secret: &Secret, parts: &[&[u8]]) -> [u8; TAG_LEN] {
@@ -159,8 +142,8 @@ fn tag(context: &str, secret: &Secret, parts: &[&[u8]]) -> [u8; TAG_LEN] {
 /// Seals a poll body: the agent's side.
 pub fn seal_request(environment: u64, counter: u64, secret: &Secret, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 28);
-    varint(&mut out, environment);
-    varint(&mut out, counter);
+    prost::encoding::encode_varint(environment, &mut out);
+    prost::encoding::encode_varint(counter, &mut out);
     let header_len = out.len();
     let t = tag(REQUEST_CONTEXT, secret, &[&out[..header_len], body]);
     out.extend_from_slice(&t);

@@ -29,7 +29,8 @@ pub enum FieldError {
 /// The largest field number protobuf allows.
 const MAX_FIELD: u64 = (1 << 29) - 1;
 
-fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64, FieldError> {
+/// Reads a protobuf varint at `pos`, advancing it.
+pub(crate) fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64, FieldError> {
     let mut value = 0u64;
     for i in 0..10 {
         let byte = *buf.get(*pos).ok_or(FieldError::BadVarint)?;

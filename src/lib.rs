@@ -39,5 +39,7 @@ pub mod fixture;
 pub mod fuzzing;
 #[doc(hidden)]
 pub mod scenarios;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod sync;
 pub mod wire;

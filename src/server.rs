@@ -1,0 +1,4 @@
+//! The server role. For now: its store, the only module that touches the
+//! database.
+
+pub mod store;

@@ -270,11 +270,10 @@ proptest! {
         let mut p = diff(&a, &b).encode();
         let i = pos.index(p.len());
         p[i] ^= mask;
-        if let Ok(d) = Delta::decode(&p) {
-            if let Ok(s) = apply(&a, &d) {
+        if let Ok(d) = Delta::decode(&p)
+            && let Ok(s) = apply(&a, &d) {
                 prop_assert_eq!(s, b);
             }
-        }
     }
 
     #[test]

@@ -156,10 +156,10 @@ pub fn container(c: &ContainerInspectResponse, opts: &CanonicalOptions) -> Resul
         }
     }
     for key in config.and_then(|c| c.exposed_ports.as_ref()).into_iter().flatten() {
-        if let Some((container_port, protocol)) = port_key(key) {
-            if !ports.iter().any(|p| p.container_port == container_port && p.protocol == protocol) {
-                ports.push(Port { container_port, protocol, host_ip: None, host_port: 0 });
-            }
+        if let Some((container_port, protocol)) = port_key(key)
+            && !ports.iter().any(|p| p.container_port == container_port && p.protocol == protocol)
+        {
+            ports.push(Port { container_port, protocol, host_ip: None, host_port: 0 });
         }
     }
     ports.sort();

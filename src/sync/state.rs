@@ -606,10 +606,10 @@ impl State {
             if let Some(files) = c.labels.get("com.docker.compose.project.config_files") {
                 s.config_files = files.split(',').filter(|f| !f.is_empty()).map(str::to_owned).collect();
             }
-            if let Some(service) = c.labels.get("com.docker.compose.service") {
-                if !s.services.contains(service) {
-                    s.services.push(service.clone());
-                }
+            if let Some(service) = c.labels.get("com.docker.compose.service")
+                && !s.services.contains(service)
+            {
+                s.services.push(service.clone());
             }
             s.containers.push(c.id);
         }

@@ -42,4 +42,6 @@ pub mod scenarios;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod sync;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod wire;

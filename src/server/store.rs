@@ -198,10 +198,13 @@ impl Store {
     ///
     /// # Errors
     /// When SQLite fails.
-    pub fn accept_poll(&self, id: u64, counter: u64, edge_id: &str, now: i64) -> Result<bool, StoreError> {
+    /// An agent names itself (`edge_id`) on its first poll after a start;
+    /// later polls may leave it out, but only once the environment is bound.
+    pub fn accept_poll(&self, id: u64, counter: u64, edge_id: Option<&str>, now: i64) -> Result<bool, StoreError> {
         let n = self.conn.execute(
             "UPDATE environments SET last_counter = ?2, edge_id = COALESCE(edge_id, ?3), last_poll_at = ?4
-             WHERE id = ?1 AND last_counter < ?2 AND (edge_id IS NULL OR edge_id = ?3)",
+             WHERE id = ?1 AND last_counter < ?2
+               AND ((?3 IS NULL AND edge_id IS NOT NULL) OR (?3 IS NOT NULL AND (edge_id IS NULL OR edge_id = ?3)))",
             params![id as i64, counter as i64, edge_id, now],
         )?;
         Ok(n == 1)
@@ -283,12 +286,13 @@ mod tests {
         let s = Store::in_memory().unwrap();
         let e = s.create_environment("ship-1", Secret([1; 32]), 100).unwrap();
         assert!(matches!(s.create_environment("ship-1", Secret([2; 32]), 100), Err(StoreError::NameTaken(_))));
-        assert!(s.accept_poll(e.id, 1, "edge-a", 101).unwrap());
-        assert!(!s.accept_poll(e.id, 1, "edge-a", 102).unwrap(), "replayed counter");
-        assert!(!s.accept_poll(e.id, 2, "edge-b", 102).unwrap(), "another agent with the same token");
-        assert!(s.accept_poll(e.id, 2, "edge-a", 103).unwrap());
+        assert!(!s.accept_poll(e.id, 1, None, 101).unwrap(), "the first poll must name its agent");
+        assert!(s.accept_poll(e.id, 1, Some("edge-a"), 101).unwrap());
+        assert!(!s.accept_poll(e.id, 1, Some("edge-a"), 102).unwrap(), "replayed counter");
+        assert!(!s.accept_poll(e.id, 2, Some("edge-b"), 102).unwrap(), "another agent with the same token");
+        assert!(s.accept_poll(e.id, 2, None, 103).unwrap());
         s.reset_binding(e.id).unwrap();
-        assert!(s.accept_poll(e.id, 3, "edge-b", 104).unwrap(), "an operator reset lets a new agent in");
+        assert!(s.accept_poll(e.id, 3, Some("edge-b"), 104).unwrap(), "an operator reset lets a new agent in");
         let got = s.environment(e.id).unwrap();
         assert_eq!((got.edge_id.as_deref(), got.last_counter), (Some("edge-b"), 3));
         assert!(matches!(s.environment(99), Err(StoreError::NotFound(99))));

@@ -1,6 +1,7 @@
 //! The agent role: its configuration ([`config`]) and the collector, which
 //! reads a [`RawSnapshot`] from the local Docker engine through bollard.
 
+pub mod client;
 pub mod config;
 pub mod store;
 

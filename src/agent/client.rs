@@ -1,0 +1,130 @@
+//! The agent's connection to its server: HTTP/1.1 (hyper) over TLS 1.3
+//! (rustls), one connection kept alive and reused while it lasts, and
+//! replaced when it does not (a carrier NAT may drop it between polls).
+//!
+//! Requests carry only what HTTP/1.1 requires: `POST /p`, `host` and
+//! `content-length`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+
+use crate::tls::{Trust, client_config};
+
+/// Why a poll could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server URL is not `https://host[:port]`.
+    #[error("server URL {0:?} is not https://host[:port]")]
+    BadUrl(String),
+    /// TLS could not be set up.
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
+    /// The connection failed (refused, reset, TLS handshake, timeout).
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// HTTP failed.
+    #[error("http: {0}")]
+    Http(String),
+    /// The reply was larger than allowed.
+    #[error("reply over {0} bytes")]
+    TooLarge(usize),
+}
+
+/// A poll client for one server.
+pub struct Client {
+    host: String,
+    port: u16,
+    authority: String,
+    connector: tokio_rustls::TlsConnector,
+    conn: Option<SendRequest<Full<Bytes>>>,
+    max_reply: usize,
+    /// Connections opened so far (a measure of keep-alive's success).
+    pub connections: u64,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("authority", &self.authority).finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client for `url` (from the join token).
+    ///
+    /// # Errors
+    /// When the URL is not https, or TLS cannot be set up.
+    pub fn new(url: &str, trust: Trust, max_reply: usize) -> Result<Self, ClientError> {
+        let bad = || ClientError::BadUrl(url.to_owned());
+        let uri: hyper::Uri = url.parse().map_err(|_| bad())?;
+        if uri.scheme_str() != Some("https") || uri.path().trim_start_matches('/') != "" {
+            return Err(bad());
+        }
+        let authority = uri.authority().ok_or_else(bad)?.as_str().to_owned();
+        let host = uri.host().ok_or_else(bad)?.trim_matches(['[', ']']).to_owned();
+        let port = uri.port_u16().unwrap_or(443);
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(trust)?));
+        Ok(Self { host, port, authority, connector, conn: None, max_reply, connections: 0 })
+    }
+
+    async fn connect(&mut self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+        let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
+        tcp.set_nodelay(true)?;
+        // A pinned certificate is checked by fingerprint, not name; the name
+        // is still sent (SNI) for servers behind a proxy.
+        let name = ServerName::try_from(self.host.clone()).map_err(|_| ClientError::BadUrl(self.authority.clone()))?;
+        let tls = self.connector.connect(name, tcp).await?;
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("connection closed: {e}");
+            }
+        });
+        self.connections += 1;
+        Ok(send)
+    }
+
+    /// POSTs a poll body; returns the status and the reply body.
+    ///
+    /// # Errors
+    /// When no connection can be made or the exchange fails. A kept-alive
+    /// connection that turns out dead is replaced once.
+    pub async fn post(&mut self, path: &str, body: Vec<u8>) -> Result<(u16, Bytes), ClientError> {
+        let body = Bytes::from(body);
+        for attempt in 0..2 {
+            let mut send = match self.conn.take() {
+                Some(s) if !s.is_closed() => s,
+                _ => self.connect().await?,
+            };
+            if send.ready().await.is_err() {
+                continue;
+            }
+            let request = hyper::Request::post(path)
+                .header(hyper::header::HOST, &self.authority)
+                .body(Full::new(body.clone()))
+                .map_err(|e| ClientError::Http(e.to_string()))?;
+            match send.send_request(request).await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let collected = Limited::new(response.into_body(), self.max_reply)
+                        .collect()
+                        .await
+                        .map_err(|_| ClientError::TooLarge(self.max_reply))?;
+                    self.conn = Some(send);
+                    return Ok((status, collected.to_bytes()));
+                }
+                // A reused connection the server already closed: try a new one.
+                Err(e) if attempt == 0 && e.is_canceled() => continue,
+                Err(e) => return Err(ClientError::Http(e.to_string())),
+            }
+        }
+        Err(ClientError::Http("the connection closed twice".into()))
+    }
+}

@@ -1,0 +1,134 @@
+//! The server's one HTTPS port: TLS 1.3 (rustls) and HTTP/1.1 (hyper),
+//! routed by axum. For now it serves the agents' poll endpoint, `POST /p`.
+//!
+//! Every header byte is paid on every poll, so the poll reply carries only
+//! what HTTP/1.1 requires (status line and `content-length`): no `date`, no
+//! `content-type`.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{Response, StatusCode};
+use axum::routing::post;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use super::poll::{self, Refusal};
+use super::store::Store;
+use crate::wire::codec::{Codec, Limits};
+
+/// The poll endpoint's path: one byte of path, paid on every poll.
+pub const POLL_PATH: &str = "/p";
+
+/// What the handlers share. SQLite calls are short and run on the blocking
+/// pool, one at a time.
+pub struct AppState {
+    inner: Mutex<(Store, Codec)>,
+    limits: Limits,
+}
+
+impl AppState {
+    /// Wraps the store.
+    ///
+    /// # Errors
+    /// When the codec cannot be set up.
+    pub fn new(store: Store, limits: Limits) -> Result<Arc<Self>, crate::wire::codec::CodecError> {
+        Ok(Arc::new(Self { inner: Mutex::new((store, Codec::new(limits)?)), limits }))
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+fn status(code: StatusCode, text: &str) -> Response<Body> {
+    let mut r = Response::new(Body::from(text.to_owned()));
+    *r.status_mut() = code;
+    r
+}
+
+async fn poll_handler(State(state): State<Arc<AppState>>, body: Bytes) -> Response<Body> {
+    let shared = state.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let mut guard = shared.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (store, codec) = &mut *guard;
+        poll::handle(store, codec, &body, now())
+    })
+    .await;
+    match result {
+        Ok(Ok(reply)) => Response::new(Body::from(reply)),
+        Ok(Err(Refusal::Unauthenticated)) => status(StatusCode::UNAUTHORIZED, ""),
+        Ok(Err(Refusal::Replay)) => status(StatusCode::CONFLICT, "replayed poll"),
+        Ok(Err(e @ Refusal::BoundToAnother(_))) => status(StatusCode::CONFLICT, &e.to_string()),
+        Ok(Err(e @ Refusal::BadBody(_))) => status(StatusCode::BAD_REQUEST, &e.to_string()),
+        Ok(Err(e @ Refusal::Store(_))) => {
+            tracing::error!("poll: {e}");
+            status(StatusCode::INTERNAL_SERVER_ERROR, "")
+        }
+        Err(e) => {
+            tracing::error!("poll handler panicked: {e}");
+            status(StatusCode::INTERNAL_SERVER_ERROR, "")
+        }
+    }
+}
+
+/// The routes.
+pub fn router(state: Arc<AppState>) -> Router {
+    // The envelope adds at most 36 bytes to a body the codec accepts.
+    let limit = state.limits.max_encoded + 64;
+    Router::new().route(POLL_PATH, post(poll_handler)).layer(DefaultBodyLimit::max(limit)).with_state(state)
+}
+
+/// Serves `router` over TLS on an already-bound listener until `shutdown`
+/// completes. Connections are kept alive between polls.
+///
+/// # Errors
+/// Never at present; accept errors are logged and the loop goes on.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: Router,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let acceptor = TlsAcceptor::from(tls);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!("accept: {e}");
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let (acceptor, router) = (acceptor.clone(), router.clone());
+                tokio::spawn(async move {
+                    let tls = match acceptor.accept(tcp).await {
+                        Ok(tls) => tls,
+                        Err(e) => {
+                            tracing::debug!("tls from {peer}: {e}");
+                            return;
+                        }
+                    };
+                    let service = TowerToHyperService::new(router);
+                    let result = hyper::server::conn::http1::Builder::new()
+                        .auto_date_header(false)
+                        .keep_alive(true)
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                    if let Err(e) = result {
+                        tracing::debug!("connection from {peer}: {e}");
+                    }
+                });
+            }
+        }
+    }
+}

@@ -62,7 +62,7 @@ impl Client {
     pub fn new(url: &str, trust: Trust, max_reply: usize) -> Result<Self, ClientError> {
         let bad = || ClientError::BadUrl(url.to_owned());
         let uri: hyper::Uri = url.parse().map_err(|_| bad())?;
-        if uri.scheme_str() != Some("https") || uri.path().trim_start_matches('/') != "" {
+        if uri.scheme_str() != Some("https") || !uri.path().trim_start_matches('/').is_empty() {
             return Err(bad());
         }
         let authority = uri.authority().ok_or_else(bad)?.as_str().to_owned();

@@ -26,6 +26,25 @@ enum Command {
         #[arg(long, short)]
         verbose: bool,
     },
+    /// Run the control server: one HTTPS port, an embedded database.
+    #[cfg(feature = "server")]
+    Server {
+        /// Address to listen on.
+        #[arg(long, env = "TERN_LISTEN", default_value = tern::server::DEFAULT_LISTEN)]
+        listen: std::net::SocketAddr,
+        /// Data directory (database, certificate, key).
+        #[arg(long, env = "TERN_DATA", default_value = "tern-data")]
+        data: std::path::PathBuf,
+        /// PEM certificate chain to use instead of the self-signed one.
+        #[arg(long, env = "TERN_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<std::path::PathBuf>,
+        /// PEM private key for --tls-cert.
+        #[arg(long, env = "TERN_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<std::path::PathBuf>,
+        /// Names for the self-signed certificate (made at first start).
+        #[arg(long = "cert-name", default_values = ["localhost", "127.0.0.1"])]
+        cert_names: Vec<String>,
+    },
     /// Decode a captured poll body (request or reply) and print it: header,
     /// codec, sizes and the decoded message.
     DecodeBody {
@@ -47,6 +66,11 @@ fn main() -> ExitCode {
         #[cfg(feature = "agent")]
         Command::Snapshot { show_secrets, verbose } => snapshot::run(show_secrets, verbose),
         Command::DecodeBody { file, reply } => decode_body(&file, reply),
+        #[cfg(feature = "server")]
+        Command::Server { listen, data, tls_cert, tls_key, cert_names } => {
+            let cert = tls_cert.zip(tls_key);
+            server(listen, tern::server::ServerConfig { data, cert, names: cert_names })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -55,6 +79,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[cfg(feature = "server")]
+fn server(listen: std::net::SocketAddr, config: tern::server::ServerConfig) -> anyhow::Result<()> {
+    let prepared = tern::server::prepare(&config)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        // Printed on stdout, one item a line, so scripts and tests can read them.
+        println!("listening on {}", listener.local_addr()?);
+        println!("data directory {}", config.data.display());
+        println!("certificate sha256 {}", tern::server::fingerprint_hex(&prepared.fingerprint));
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+            eprintln!("tern: shutting down");
+        };
+        tern::server::run(prepared, listener, shutdown).await?;
+        Ok(())
+    })
 }
 
 fn decode_body(file: &std::path::Path, reply: bool) -> anyhow::Result<()> {

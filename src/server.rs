@@ -1,6 +1,85 @@
-//! The server role. For now: its store, the only module that touches the
-//! database.
+//! The server role: the HTTPS port ([`http`]), the poll logic ([`poll`]) and
+//! the store ([`store`], the only module that touches the database).
 
 pub mod http;
 pub mod poll;
 pub mod store;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// How `tern server` runs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The data directory: database, certificate and key.
+    pub data: PathBuf,
+    /// A user-supplied certificate chain and key (PEM), instead of the
+    /// self-signed one.
+    pub cert: Option<(PathBuf, PathBuf)>,
+    /// Names for the self-signed certificate.
+    pub names: Vec<String>,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory could not be created.
+    #[error("data directory {0}: {1}")]
+    Data(PathBuf, std::io::Error),
+    /// TLS setup failed.
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
+    /// The database could not be opened.
+    #[error("{0}")]
+    Store(#[from] store::StoreError),
+    /// The codec could not be set up.
+    #[error("{0}")]
+    Codec(#[from] crate::wire::codec::CodecError),
+}
+
+/// A server ready to serve: what `run` needs, and what to tell the operator.
+pub struct Prepared {
+    /// SHA-256 of the certificate, as join tokens carry it.
+    pub fingerprint: [u8; 32],
+    tls: Arc<rustls::ServerConfig>,
+    state: Arc<http::AppState>,
+}
+
+/// Opens the data directory: creates the certificate at first start, opens
+/// (and migrates) the database.
+///
+/// # Errors
+/// When the directory, certificate or database cannot be set up.
+pub fn prepare(config: &ServerConfig) -> Result<Prepared, StartError> {
+    std::fs::create_dir_all(&config.data).map_err(|e| StartError::Data(config.data.clone(), e))?;
+    let identity = match &config.cert {
+        Some((cert, key)) => crate::tls::ServerIdentity::load(cert, key)?,
+        None => crate::tls::ServerIdentity::load_or_create(&config.data, &config.names)?,
+    };
+    let store = store::Store::open(&config.data.join("tern.db"))?;
+    Ok(Prepared {
+        fingerprint: identity.fingerprint(),
+        tls: Arc::new(identity.server_config()?),
+        state: http::AppState::new(store, crate::wire::codec::Limits::default())?,
+    })
+}
+
+/// Serves on an already-bound listener until `shutdown` completes.
+///
+/// # Errors
+/// When serving fails.
+pub async fn run(
+    prepared: Prepared,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    http::serve(listener, prepared.tls, http::router(prepared.state), shutdown).await
+}
+
+/// The default port, as Portainer's UI port.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:9443";
+
+/// Formats a fingerprint the way operators compare them.
+pub fn fingerprint_hex(f: &[u8; 32]) -> String {
+    f.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}

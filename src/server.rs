@@ -1,6 +1,7 @@
 //! The server role: the HTTPS port ([`http`]), the poll logic ([`poll`]) and
 //! the store ([`store`], the only module that touches the database).
 
+pub mod api;
 pub mod http;
 pub mod poll;
 pub mod store;
@@ -57,11 +58,40 @@ pub fn prepare(config: &ServerConfig) -> Result<Prepared, StartError> {
         None => crate::tls::ServerIdentity::load_or_create(&config.data, &config.names)?,
     };
     let store = store::Store::open(&config.data.join("tern.db"))?;
+    let admin_token = admin_token(&config.data)?;
+    let fingerprint = identity.fingerprint();
     Ok(Prepared {
-        fingerprint: identity.fingerprint(),
+        fingerprint,
         tls: Arc::new(identity.server_config()?),
-        state: http::AppState::new(store, crate::wire::codec::Limits::default())?,
+        state: http::AppState::new(store, crate::wire::codec::Limits::default(), &admin_token, fingerprint)?,
     })
+}
+
+/// The admin token file in a data directory.
+pub fn admin_token_path(data: &std::path::Path) -> PathBuf {
+    data.join("admin-token")
+}
+
+/// Reads the admin token, making one (random, mode 0600) at first start.
+fn admin_token(data: &std::path::Path) -> Result<String, StartError> {
+    let path = admin_token_path(data);
+    let err = |e| StartError::Data(path.clone(), e);
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| err(std::io::Error::other("no randomness")))?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    std::io::Write::write_all(&mut opts.open(&path).map_err(err)?, token.as_bytes()).map_err(err)?;
+    Ok(token)
 }
 
 /// Serves on an already-bound listener until `shutdown` completes.

@@ -34,7 +34,7 @@ async fn an_agent_syncs_the_real_engine_to_a_real_server_over_pinned_tls() {
     let server = tokio::spawn(serve(
         listener,
         Arc::new(identity.server_config().unwrap()),
-        router(AppState::new(store, Limits::default()).unwrap()),
+        router(AppState::new(store, Limits::default(), "admin", identity.fingerprint()).unwrap()),
         async {
             let _ = stopped.await;
         },

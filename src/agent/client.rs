@@ -97,6 +97,24 @@ impl Client {
     /// When no connection can be made or the exchange fails. A kept-alive
     /// connection that turns out dead is replaced once.
     pub async fn post(&mut self, path: &str, body: Vec<u8>) -> Result<(u16, Bytes), ClientError> {
+        self.post_with(path, None, body).await
+    }
+
+    /// POSTs JSON with an `Authorization: Bearer` header (the CLI's API
+    /// calls).
+    ///
+    /// # Errors
+    /// As [`Self::post`].
+    pub async fn post_json(&mut self, path: &str, bearer: &str, body: Vec<u8>) -> Result<(u16, Bytes), ClientError> {
+        self.post_with(path, Some(bearer), body).await
+    }
+
+    async fn post_with(
+        &mut self,
+        path: &str,
+        bearer: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<(u16, Bytes), ClientError> {
         let body = Bytes::from(body);
         for attempt in 0..2 {
             let mut send = match self.conn.take() {
@@ -106,10 +124,13 @@ impl Client {
             if send.ready().await.is_err() {
                 continue;
             }
-            let request = hyper::Request::post(path)
-                .header(hyper::header::HOST, &self.authority)
-                .body(Full::new(body.clone()))
-                .map_err(|e| ClientError::Http(e.to_string()))?;
+            let mut request = hyper::Request::post(path).header(hyper::header::HOST, &self.authority);
+            if let Some(token) = bearer {
+                request = request
+                    .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
+                    .header(hyper::header::CONTENT_TYPE, "application/json");
+            }
+            let request = request.body(Full::new(body.clone())).map_err(|e| ClientError::Http(e.to_string()))?;
             match send.send_request(request).await {
                 Ok(response) => {
                     let status = response.status().as_u16();

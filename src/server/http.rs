@@ -30,6 +30,10 @@ pub const POLL_PATH: &str = "/p";
 pub struct AppState {
     inner: Mutex<(Store, Codec)>,
     limits: Limits,
+    /// blake3 of the admin token (the token itself is not kept in memory).
+    admin_token_hash: [u8; 32],
+    /// The certificate fingerprint join tokens carry.
+    pub fingerprint: [u8; 32],
 }
 
 impl AppState {
@@ -37,8 +41,30 @@ impl AppState {
     ///
     /// # Errors
     /// When the codec cannot be set up.
-    pub fn new(store: Store, limits: Limits) -> Result<Arc<Self>, crate::wire::codec::CodecError> {
-        Ok(Arc::new(Self { inner: Mutex::new((store, Codec::new(limits)?)), limits }))
+    pub fn new(
+        store: Store,
+        limits: Limits,
+        admin_token: &str,
+        fingerprint: [u8; 32],
+    ) -> Result<Arc<Self>, crate::wire::codec::CodecError> {
+        Ok(Arc::new(Self {
+            inner: Mutex::new((store, Codec::new(limits)?)),
+            limits,
+            admin_token_hash: *blake3::hash(admin_token.as_bytes()).as_bytes(),
+            fingerprint,
+        }))
+    }
+
+    /// Whether `given` is the admin token (compared as blake3 hashes, so in
+    /// constant time with respect to the token).
+    pub fn admin_token_matches(&self, given: &str) -> bool {
+        !given.is_empty() && blake3::hash(given.as_bytes()) == blake3::Hash::from(self.admin_token_hash)
+    }
+
+    /// Runs `f` with the store (call from a blocking task).
+    pub fn with_store<T>(&self, f: impl FnOnce(&Store) -> T) -> T {
+        let guard = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&guard.0)
     }
 }
 
@@ -81,7 +107,11 @@ async fn poll_handler(State(state): State<Arc<AppState>>, body: Bytes) -> Respon
 pub fn router(state: Arc<AppState>) -> Router {
     // The envelope adds at most 36 bytes to a body the codec accepts.
     let limit = state.limits.max_encoded + 64;
-    Router::new().route(POLL_PATH, post(poll_handler)).layer(DefaultBodyLimit::max(limit)).with_state(state)
+    Router::new()
+        .route(POLL_PATH, post(poll_handler))
+        .route("/api/environments", post(super::api::create_environment))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
 }
 
 /// Serves `router` over TLS on an already-bound listener until `shutdown`

@@ -158,12 +158,8 @@ fn env_add(name: &str, url: Option<String>, api: &ApiArgs) -> anyhow::Result<()>
             let bytes: Result<Vec<u8>, _> = hex.split(':').map(|b| u8::from_str_radix(b, 16)).collect();
             bytes.ok().and_then(|b| <[u8; 32]>::try_from(b).ok()).context("--fingerprint: 32 hex bytes, aa:bb:...")?
         }
-        None => {
-            let cert = api.data.join("cert.pem");
-            let id = tern::tls::ServerIdentity::load(&cert, &api.data.join("key.pem"))
-                .with_context(|| format!("no --fingerprint, and no certificate in {}", api.data.display()))?;
-            id.fingerprint()
-        }
+        None => tern::tls::fingerprint_of_pem(&api.data.join("cert.pem"))
+            .with_context(|| format!("no --fingerprint, and no certificate in {}", api.data.display()))?,
     };
     let body = serde_json::json!({ "name": name, "url": url.as_deref().unwrap_or(&api.server) });
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -49,6 +49,16 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> [u8; 32] {
     d.as_ref().try_into().expect("SHA-256 is 32 bytes")
 }
 
+/// The fingerprint of the first certificate in a PEM file (what `tern env
+/// add` pins when it runs on the server's host; the key is not needed).
+///
+/// # Errors
+/// When the file holds no certificate.
+pub fn fingerprint_of_pem(path: &Path) -> Result<[u8; 32], TlsError> {
+    let cert = CertificateDer::from_pem_file(path).map_err(|_| TlsError::Pem(path.to_owned()))?;
+    Ok(fingerprint(&cert))
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -257,6 +267,7 @@ mod tests {
         let id = ServerIdentity::load_or_create(&dir, &["tern-server".into()]).unwrap();
         let again = ServerIdentity::load_or_create(&dir, &["tern-server".into()]).unwrap();
         assert_eq!(id.fingerprint(), again.fingerprint(), "the identity is kept, not regenerated");
+        assert_eq!(fingerprint_of_pem(&dir.join("cert.pem")).unwrap(), id.fingerprint());
 
         let addr = serve(&id, 4).await;
         let pinned = Arc::new(client_config(Trust::Pinned(id.fingerprint())).unwrap());

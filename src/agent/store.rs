@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::sync::{Delta, State, apply, diff};
+use crate::sync::State;
 use crate::wire::codec::{Codec, Limits};
 
 /// Why the store could not be read or written.
@@ -212,8 +212,7 @@ impl Store {
             .map_err(|e| corrupt(e.to_string()))?
             .decode(&wire)
             .map_err(|e| corrupt(e.to_string()))?;
-        let delta = Delta::decode(&body).map_err(|e| corrupt(e.to_string()))?;
-        apply(&State::default(), &delta).map(Some).map_err(|e| corrupt(e.to_string()))
+        State::from_snapshot(&body).map(Some).map_err(|e| corrupt(e.to_string()))
     }
 
     /// Saves the acknowledged base state.
@@ -221,7 +220,7 @@ impl Store {
     /// # Errors
     /// When the file cannot be written.
     pub fn save_base(&self, state: &State) -> Result<(), StoreError> {
-        let body = diff(&State::default(), state).encode();
+        let body = state.to_snapshot();
         let wire = Codec::new(Limits::default())
             .and_then(|mut c| c.encode(&body))
             .map_err(|e| StoreError::Corrupt { path: self.dir.join("base.bin"), why: e.to_string() })?;

@@ -11,8 +11,8 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::auth::Secret;
+use crate::sync::State;
 use crate::sync::session::Replica;
-use crate::sync::{Delta, State, apply, diff};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -98,14 +98,8 @@ pub struct Store {
     conn: Connection,
 }
 
-fn encode_state(state: &State) -> Vec<u8> {
-    diff(&State::default(), state).encode()
-}
-
 fn decode_state(bytes: &[u8], environment: u64) -> Result<State, StoreError> {
-    let corrupt = || StoreError::Corrupt { what: "state", environment };
-    let delta = Delta::decode(bytes).map_err(|_| corrupt())?;
-    apply(&State::default(), &delta).map_err(|_| corrupt())
+    State::from_snapshot(bytes).map_err(|_| StoreError::Corrupt { what: "state", environment })
 }
 
 impl Store {
@@ -264,9 +258,9 @@ impl Store {
             params![
                 id as i64,
                 seq as i64,
-                encode_state(state),
+                state.to_snapshot(),
                 prev.map(|(s, _)| s as i64),
-                prev.map(|(_, st)| encode_state(st))
+                prev.map(|(_, st)| st.to_snapshot())
             ],
         )?;
         tx.execute("UPDATE environments SET snapshot_at = ?2 WHERE id = ?1", params![id as i64, now])?;
@@ -278,6 +272,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sync::diff;
     use crate::sync::session::Received;
     use crate::sync::state::{Container, Id};
 

@@ -290,6 +290,22 @@ mod tests {
     }
 }
 
+impl State {
+    /// The whole state as bytes: the delta from the empty state. Both
+    /// stores keep states this way, so loading one re-checks its root digest.
+    pub fn to_snapshot(&self) -> Vec<u8> {
+        diff(&State::default(), self).encode()
+    }
+
+    /// The inverse of [`State::to_snapshot`].
+    ///
+    /// # Errors
+    /// When the bytes are not a snapshot, or do not reach the digest they carry.
+    pub fn from_snapshot(bytes: &[u8]) -> Result<State, ApplyError> {
+        apply(&State::default(), &Delta::decode(bytes)?)
+    }
+}
+
 /// Helpers for tests that tamper with deltas. Not part of the API.
 #[doc(hidden)]
 pub mod testing {

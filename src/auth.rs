@@ -43,6 +43,28 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+const AGENT_SECRET_CONTEXT: &str = "tern v1 agent secret";
+
+impl Secret {
+    /// The MAC key of an environment whose server has an `AGENT_SECRET`: the
+    /// environment's secret mixed with it, so that a leaked EDGE_KEY alone
+    /// cannot poll. Without one (`None` or empty) the key is the
+    /// environment's secret itself. Both ends derive it the same way; a
+    /// mismatch shows as a bad MAC, which the server then tells apart
+    /// (see `server::poll`).
+    pub fn with_agent_secret(&self, agent_secret: Option<&str>) -> Secret {
+        match agent_secret.filter(|s| !s.is_empty()) {
+            None => self.clone(),
+            Some(s) => {
+                let mut h = blake3::Hasher::new_derive_key(AGENT_SECRET_CONTEXT);
+                h.update(&self.0);
+                h.update(s.as_bytes());
+                Secret(*h.finalize().as_bytes())
+            }
+        }
+    }
+}
+
 /// Why a token or an envelope was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {

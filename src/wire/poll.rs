@@ -118,6 +118,12 @@ pub struct PollRequest {
     pub results: Vec<CommandResult>,
     /// Sent on first contact and after an upgrade.
     pub agent: Option<AgentInfo>,
+    /// The highest command id the agent has recorded as received (0: not
+    /// sent); only when it moved since the last poll that got a reply.
+    pub commands_seen: u64,
+    /// The intervals the agent runs with, on the first poll after a start
+    /// and after it applied new ones.
+    pub intervals: Option<Intervals>,
 }
 
 /// The body the server replies with.
@@ -133,6 +139,16 @@ pub struct PollReply {
     pub intervals: Option<Intervals>,
     /// Ids of the results the server stored.
     pub results_acked: Vec<u64>,
+}
+
+impl Intervals {
+    fn to_pb(self) -> pb::Intervals {
+        pb::Intervals { ping: self.ping, snapshot: self.snapshot, command: self.command }
+    }
+
+    fn from_pb(i: pb::Intervals) -> Self {
+        Self { ping: i.ping, snapshot: i.snapshot, command: i.command }
+    }
 }
 
 fn id(bytes: &[u8]) -> Result<Id, InvalidObject> {
@@ -163,6 +179,8 @@ impl PollRequest {
                 .agent
                 .as_ref()
                 .map(|a| pb::AgentInfo { version: a.version.clone(), edge_id: a.edge_id.clone() }),
+            commands_seen: self.commands_seen,
+            intervals: self.intervals.map(Intervals::to_pb),
         }
         .encode_to_vec()
     }
@@ -192,6 +210,8 @@ impl PollRequest {
             delta: p.delta.map(Delta),
             results,
             agent: p.agent.map(|a| AgentInfo { version: a.version, edge_id: a.edge_id }),
+            commands_seen: p.commands_seen,
+            intervals: p.intervals.map(Intervals::from_pb),
         })
     }
 }
@@ -233,7 +253,7 @@ impl PollReply {
             acked: self.acked,
             resync: self.resync,
             commands,
-            intervals: self.intervals.map(|i| pb::Intervals { ping: i.ping, snapshot: i.snapshot, command: i.command }),
+            intervals: self.intervals.map(Intervals::to_pb),
             results_acked: self.results_acked.clone(),
         }
         .encode_to_vec()
@@ -281,7 +301,7 @@ impl PollReply {
             acked: p.acked,
             resync: p.resync,
             commands,
-            intervals: p.intervals.map(|i| Intervals { ping: i.ping, snapshot: i.snapshot, command: i.command }),
+            intervals: p.intervals.map(Intervals::from_pb),
             results_acked: p.results_acked,
         })
     }
@@ -320,6 +340,8 @@ mod tests {
                 finished_at: 5,
             }],
             agent: Some(AgentInfo { version: "0.1.0".into(), edge_id: "edge-1".into() }),
+            commands_seen: 12,
+            intervals: Some(Intervals { ping: 60, snapshot: 0, command: 5 }),
         };
         assert_eq!(PollRequest::decode(&req.encode()).unwrap(), req);
         assert!(PollRequest::decode(&[0xff, 0xff]).is_err());

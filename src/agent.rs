@@ -1,14 +1,24 @@
-//! The agent role: its configuration ([`config`]) and the collector, which
-//! reads a [`RawSnapshot`] from the local Docker engine through bollard.
+//! The agent role: its configuration ([`config`]), what it keeps on disk
+//! ([`store`]), its connection to the server ([`client`]), the poll loop
+//! ([`run`]), and the local Docker engine: the collector, which reads a
+//! [`RawSnapshot`] through bollard, the event follower, and the commands.
 
 pub mod client;
 pub mod config;
+pub mod run;
 pub mod store;
 
-use bollard::Docker;
-use bollard::query_parameters::{ListContainersOptions, ListImagesOptions, ListNetworksOptions, ListVolumesOptions};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::sync::RawSnapshot;
+use bollard::Docker;
+use bollard::query_parameters::{
+    ListContainersOptions, ListImagesOptions, ListNetworksOptions, ListVolumesOptions, RemoveImageOptions,
+};
+use futures_util::StreamExt;
+
+use crate::sync::{CanonicalOptions, RawSnapshot, State};
+use crate::wire::poll::{Action, ContainerOp};
 
 /// Why the engine could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -52,4 +62,115 @@ pub async fn collect(docker: &Docker) -> Result<RawSnapshot, CollectError> {
         info: docker.info().await?,
         version: docker.version().await?,
     })
+}
+
+/// Runs one command's action against the engine. The error is the engine's
+/// own text, which the operator sees.
+///
+/// # Errors
+/// The engine's refusal or failure, as text.
+pub async fn execute(docker: &Docker, action: &Action) -> Result<(), String> {
+    use bollard::query_parameters::{CreateImageOptions, RemoveContainerOptions, RemoveVolumeOptions};
+    let r = match action {
+        Action::Container(op, id) => {
+            let id = id.to_string();
+            match op {
+                ContainerOp::Start => docker.start_container(&id, None).await,
+                ContainerOp::Stop => docker.stop_container(&id, None).await,
+                ContainerOp::Restart => docker.restart_container(&id, None).await,
+                ContainerOp::Kill => docker.kill_container(&id, None).await,
+                ContainerOp::Pause => docker.pause_container(&id).await,
+                ContainerOp::Unpause => docker.unpause_container(&id).await,
+                ContainerOp::Remove => {
+                    let opts = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+                    docker.remove_container(&id, Some(opts)).await
+                }
+            }
+        }
+        Action::ImagePull(reference) => {
+            let opts = CreateImageOptions { from_image: Some(reference.clone()), ..Default::default() };
+            let mut progress = docker.create_image(Some(opts), None, None);
+            let mut result = Ok(());
+            while let Some(item) = progress.next().await {
+                match item {
+                    Ok(info) => {
+                        if let Some(e) = info.error_detail.and_then(|d| d.message) {
+                            result = Err(e);
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        result = Err(engine_error(e));
+                        break;
+                    }
+                }
+            }
+            return result;
+        }
+        Action::ImageRemove(reference) => docker.remove_image(reference, None::<RemoveImageOptions>, None).await.map(drop),
+        Action::VolumeRemove(name) => docker.remove_volume(name, None::<RemoveVolumeOptions>).await,
+        Action::NetworkRemove(id) => docker.remove_network(&id.to_string()).await,
+    };
+    r.map_err(engine_error)
+}
+
+/// The engine's message without bollard's wrapping.
+fn engine_error(e: bollard::errors::Error) -> String {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { status_code, message } => {
+            format!("{message} (HTTP {status_code})")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Follows the engine's event stream and sets `changed` on every event, so
+/// the next snapshot re-reads the engine only when something happened. When
+/// the stream breaks (engine restart), it sets `changed` too and reconnects
+/// after a pause. Runs until the task is dropped.
+pub async fn follow_events(docker: Docker, changed: Arc<AtomicBool>) {
+    loop {
+        let mut events = docker.events(None::<bollard::query_parameters::EventsOptions>);
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(_) => changed.store(true, Ordering::Release),
+                Err(e) => {
+                    tracing::debug!("docker event stream: {e}");
+                    break;
+                }
+            }
+        }
+        changed.store(true, Ordering::Release);
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    }
+}
+
+/// The local engine, as the agent's runtime sees it.
+#[derive(Debug, Clone)]
+pub struct DockerEngine {
+    docker: Docker,
+    opts: CanonicalOptions,
+}
+
+impl DockerEngine {
+    /// Wraps a connected engine.
+    pub fn new(docker: Docker) -> Self {
+        Self { docker, opts: CanonicalOptions::default() }
+    }
+
+    /// The bollard handle.
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+}
+
+impl run::Engine for DockerEngine {
+    async fn state(&self) -> Result<State, String> {
+        let raw = collect(&self.docker).await.map_err(|e| e.to_string())?;
+        raw.canonical(&self.opts).map_err(|e| format!("engine state: {e}"))
+    }
+
+    async fn run(&self, action: &Action) -> Result<(), String> {
+        execute(&self.docker, action).await
+    }
 }

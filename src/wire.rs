@@ -13,3 +13,6 @@ pub mod poll;
 pub(crate) mod pb {
     include!(concat!(env!("OUT_DIR"), "/tern.v1.rs"));
 }
+
+/// The poll endpoint's path: one byte of path, paid on every poll.
+pub const POLL_PATH: &str = "/p";

@@ -3,10 +3,12 @@
 //!
 //! * `edge_id`: the generated EDGE_ID, when none is configured;
 //! * `meta.json`: the end of the reserved poll-counter block and the
-//!   sequence number of the acknowledged base state;
-//! * `base.bin`: that base state, encoded as a delta from the empty state
-//!   (so loading it re-checks its root digest);
-//! * `journal.json`: commands started and results not yet acknowledged.
+//!   intervals the server last set;
+//! * `base.bin`: the acknowledged base state and its sequence number in one
+//!   file (so they cannot disagree after a crash), the state encoded as a
+//!   delta from the empty state (so loading it re-checks its root digest);
+//! * `journal.json`: the highest command id received, commands running,
+//!   and results not yet acknowledged.
 //!
 //! Every file is replaced atomically (write, fsync, rename, fsync the
 //! directory): a crash leaves the old file or the new one, never half of one.
@@ -47,8 +49,10 @@ pub enum StoreError {
 pub struct Meta {
     /// End of the reserved block of poll counters.
     pub counter_end: u64,
-    /// Sequence number of the acknowledged base state (0: none).
-    pub acked_seq: u64,
+    /// The intervals (ping, snapshot, command; seconds, 0 = disabled) the
+    /// server last set, so a restart does not fall back to the defaults.
+    #[serde(default)]
+    pub intervals: Option<[u32; 3]>,
 }
 
 /// A command's result waiting for the server's acknowledgement.
@@ -65,14 +69,23 @@ pub struct StoredResult {
     pub finished_at: i64,
 }
 
-/// Commands the agent has started, and results it still has to deliver.
+/// What makes commands run at most once: the highest command id received
+/// (persisted before any of them runs, so a repeated reply or a restart
+/// runs nothing twice), the commands running, and the results the server
+/// has not acknowledged yet.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Journal {
-    /// Ids of commands started (persisted before they run), kept until the
-    /// server stops sending them, so a repeated reply runs nothing twice.
-    pub started: BTreeSet<u64>,
+    /// Highest command id received. Commands at or below it are ignored.
+    #[serde(default)]
+    pub seen: u64,
+    /// Commands handed to the engine and not finished. One found here at
+    /// start was interrupted by the restart: it is reported as failed, not
+    /// run again.
+    #[serde(default)]
+    pub running: BTreeSet<u64>,
     /// Results by command id, until the server acknowledges them.
+    #[serde(default)]
     pub results: BTreeMap<u64, StoredResult>,
 }
 
@@ -198,33 +211,37 @@ impl Store {
         self.save_json("journal.json", journal)
     }
 
-    /// The acknowledged base state, if one was saved. Its root digest is
-    /// checked as it loads.
+    /// The acknowledged base state and its sequence number, if one was
+    /// saved. Its root digest is checked as it loads.
     ///
     /// # Errors
     /// When the file cannot be read, or does not decode to a state with
     /// the digest it carries.
-    pub fn base(&self) -> Result<Option<State>, StoreError> {
+    pub fn base(&self) -> Result<Option<(u64, State)>, StoreError> {
         let path = self.dir.join("base.bin");
-        let Some(wire) = read_optional(&path)? else { return Ok(None) };
+        let Some(file) = read_optional(&path)? else { return Ok(None) };
         let corrupt = |why: String| StoreError::Corrupt { path: path.clone(), why };
+        let (seq, wire) = file.split_first_chunk::<8>().ok_or_else(|| corrupt("truncated".into()))?;
         let body = Codec::new(Limits::default())
             .map_err(|e| corrupt(e.to_string()))?
-            .decode(&wire)
+            .decode(wire)
             .map_err(|e| corrupt(e.to_string()))?;
-        State::from_snapshot(&body).map(Some).map_err(|e| corrupt(e.to_string()))
+        let state = State::from_snapshot(&body).map_err(|e| corrupt(e.to_string()))?;
+        Ok(Some((u64::from_le_bytes(*seq), state)))
     }
 
-    /// Saves the acknowledged base state.
+    /// Saves the acknowledged base state with its sequence number.
     ///
     /// # Errors
     /// When the file cannot be written.
-    pub fn save_base(&self, state: &State) -> Result<(), StoreError> {
+    pub fn save_base(&self, seq: u64, state: &State) -> Result<(), StoreError> {
         let body = state.to_snapshot();
         let wire = Codec::new(Limits::default())
             .and_then(|mut c| c.encode(&body))
             .map_err(|e| StoreError::Corrupt { path: self.dir.join("base.bin"), why: e.to_string() })?;
-        write_atomic(&self.dir.join("base.bin"), &wire)
+        let mut file = seq.to_le_bytes().to_vec();
+        file.extend_from_slice(&wire);
+        write_atomic(&self.dir.join("base.bin"), &file)
     }
 }
 
@@ -247,17 +264,17 @@ mod tests {
         assert!(id.starts_with("tern-"));
         let mut state = State::default();
         state.containers.insert(Container { id: Id([1; 32]), name: "web".into(), ..Container::default() });
-        store.save_base(&state).unwrap();
-        store.save_meta(&Meta { counter_end: 100, acked_seq: 7 }).unwrap();
-        let mut j = Journal::default();
-        j.started.insert(5);
+        store.save_base(7, &state).unwrap();
+        store.save_meta(&Meta { counter_end: 100, intervals: Some([60, 300, 0]) }).unwrap();
+        let mut j = Journal { seen: 6, ..Journal::default() };
+        j.running.insert(5);
         store.save_journal(&j).unwrap();
 
         let again = Store::open(&dir).unwrap();
         assert_eq!(again.edge_id(None).unwrap(), id, "the generated EDGE_ID is kept");
         assert_eq!(again.edge_id(Some("site-1")).unwrap(), "site-1", "a configured one wins");
-        assert_eq!(again.base().unwrap(), Some(state));
-        assert_eq!(again.meta().unwrap(), Meta { counter_end: 100, acked_seq: 7 });
+        assert_eq!(again.base().unwrap(), Some((7, state)));
+        assert_eq!(again.meta().unwrap(), Meta { counter_end: 100, intervals: Some([60, 300, 0]) });
         assert_eq!(again.journal().unwrap(), j);
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -268,7 +285,7 @@ mod tests {
         let store = Store::open(&dir).unwrap();
         assert_eq!(store.base().unwrap(), None);
         assert_eq!(store.meta().unwrap(), Meta::default());
-        std::fs::write(dir.join("base.bin"), b"\x01\x00garbage").unwrap();
+        std::fs::write(dir.join("base.bin"), b"\x07\0\0\0\0\0\0\0\x01\x00garbage").unwrap();
         assert!(matches!(store.base(), Err(StoreError::Corrupt { .. })));
         std::fs::write(dir.join("meta.json"), b"{\"counter_end\": 1, \"surprise\": 2}").unwrap();
         assert!(matches!(store.meta(), Err(StoreError::Corrupt { .. })));

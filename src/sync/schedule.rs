@@ -214,6 +214,23 @@ impl Scheduler {
         delay
     }
 
+    /// Brings the snapshot and command timers forward to `at` (when they
+    /// are later): command results are waiting, or the server asked for a
+    /// resync. When both timers are disabled, the ping timer carries them.
+    /// A backoff in progress is not cut short.
+    pub fn hurry(&mut self, at: Duration) {
+        let mut moved = false;
+        for t in [Timer::Snapshot, Timer::Command] {
+            if let Some(n) = self.next[t as usize].as_mut() {
+                *n = (*n).min(at);
+                moved = true;
+            }
+        }
+        if !moved && let Some(n) = self.next[Timer::Ping as usize].as_mut() {
+            *n = (*n).min(at);
+        }
+    }
+
     /// True while backing off after a failure.
     pub fn backing_off(&self) -> bool {
         self.backoff.is_some()
@@ -300,6 +317,25 @@ mod tests {
         assert_eq!(s.next_wake(), Some(now + S(60)));
         // And the next failure starts small again.
         assert!(s.on_failure(now) <= S(2));
+    }
+
+    #[test]
+    fn hurry_brings_snapshot_and_command_forward_only() {
+        let mut s = sched(60, 300, 60);
+        let d = s.due(S(0));
+        s.on_success(S(0), d, None);
+        s.hurry(S(2));
+        assert_eq!(s.next_wake(), Some(S(2)));
+        assert_eq!(s.due(S(2)), Due { ping: false, snapshot: true, command: true });
+        // A timer already due sooner stays.
+        s.hurry(S(100));
+        assert_eq!(s.next_wake(), Some(S(2)));
+        // With snapshot and command disabled, the ping carries the results.
+        let mut p = sched(60, 0, 0);
+        let d = p.due(S(0));
+        p.on_success(S(0), d, None);
+        p.hurry(S(3));
+        assert_eq!(p.due(S(3)), Due { ping: true, snapshot: false, command: false });
     }
 
     #[test]

@@ -139,6 +139,10 @@ pub struct PollReply {
     pub intervals: Option<Intervals>,
     /// Ids of the results the server stored.
     pub results_acked: Vec<u64>,
+    /// Ids of commands whose action this build does not know or cannot
+    /// read (from a newer server). Never encoded; the agent reports each
+    /// as rejected instead of failing the whole reply.
+    pub unknown_commands: Vec<u64>,
 }
 
 impl Intervals {
@@ -153,6 +157,75 @@ impl Intervals {
 
 fn id(bytes: &[u8]) -> Result<Id, InvalidObject> {
     <[u8; 32]>::try_from(bytes).map(Id).map_err(|_| InvalidObject::BadIdLength(bytes.len()))
+}
+
+impl Action {
+    fn to_pb(&self) -> pb::command::Action {
+        use pb::command::Action as A;
+        match self {
+            Action::Container(op, cid) => A::Container(pb::ContainerCommand {
+                op: match op {
+                    ContainerOp::Start => pb::ContainerOp::Start,
+                    ContainerOp::Stop => pb::ContainerOp::Stop,
+                    ContainerOp::Restart => pb::ContainerOp::Restart,
+                    ContainerOp::Kill => pb::ContainerOp::Kill,
+                    ContainerOp::Pause => pb::ContainerOp::Pause,
+                    ContainerOp::Unpause => pb::ContainerOp::Unpause,
+                    ContainerOp::Remove => pb::ContainerOp::Remove,
+                } as i32,
+                container_id: cid.0.to_vec(),
+            }),
+            Action::ImagePull(r) => A::Image(pb::ImageCommand { op: pb::ImageOp::Pull as i32, reference: r.clone() }),
+            Action::ImageRemove(r) => {
+                A::Image(pb::ImageCommand { op: pb::ImageOp::Remove as i32, reference: r.clone() })
+            }
+            Action::VolumeRemove(name) => A::VolumeRemove(pb::VolumeRemove { name: name.clone() }),
+            Action::NetworkRemove(nid) => A::NetworkRemove(pb::NetworkRemove { network_id: nid.0.to_vec() }),
+        }
+    }
+
+    fn from_pb(action: Option<pb::command::Action>) -> Result<Self, PollError> {
+        use pb::command::Action as A;
+        Ok(match action {
+            Some(A::Container(cc)) => {
+                let op = match pb::ContainerOp::try_from(cc.op) {
+                    Ok(pb::ContainerOp::Start) => ContainerOp::Start,
+                    Ok(pb::ContainerOp::Stop) => ContainerOp::Stop,
+                    Ok(pb::ContainerOp::Restart) => ContainerOp::Restart,
+                    Ok(pb::ContainerOp::Kill) => ContainerOp::Kill,
+                    Ok(pb::ContainerOp::Pause) => ContainerOp::Pause,
+                    Ok(pb::ContainerOp::Unpause) => ContainerOp::Unpause,
+                    Ok(pb::ContainerOp::Remove) => ContainerOp::Remove,
+                    _ => return Err(PollError::UnknownAction(0)),
+                };
+                Action::Container(op, id(&cc.container_id)?)
+            }
+            Some(A::Image(ic)) => match pb::ImageOp::try_from(ic.op) {
+                Ok(pb::ImageOp::Pull) => Action::ImagePull(ic.reference),
+                Ok(pb::ImageOp::Remove) => Action::ImageRemove(ic.reference),
+                _ => return Err(PollError::UnknownAction(0)),
+            },
+            Some(A::VolumeRemove(v)) => Action::VolumeRemove(v.name),
+            Some(A::NetworkRemove(n)) => Action::NetworkRemove(id(&n.network_id)?),
+            None => return Err(PollError::UnknownAction(0)),
+        })
+    }
+
+    /// The action alone: a protobuf `Command` message without its id, so
+    /// the same bytes as in a reply less the id. The server stores queued
+    /// commands this way.
+    pub fn encode(&self) -> Vec<u8> {
+        pb::Command { id: 0, action: Some(self.to_pb()) }.encode_to_vec()
+    }
+
+    /// Decodes what [`Self::encode`] made.
+    ///
+    /// # Errors
+    /// When the bytes are not a `Command` holding an action this build
+    /// knows ([`PollError::UnknownAction`] then names command 0).
+    pub fn decode(bytes: &[u8]) -> Result<Self, PollError> {
+        Self::from_pb(pb::Command::decode(bytes).map_err(|e| PollError::Decode(e.to_string()))?.action)
+    }
 }
 
 impl PollRequest {
@@ -262,15 +335,15 @@ impl PollReply {
     /// Decodes and validates a reply.
     ///
     /// # Errors
-    /// When the bytes are not a valid reply, or a command is one this build
-    /// does not know (the agent then reports it as rejected).
+    /// When the bytes are not a valid reply. A command this build does not
+    /// know lands in `unknown_commands` instead.
     pub fn decode(bytes: &[u8]) -> Result<Self, PollError> {
         use pb::command::Action as A;
         let p = pb::PollReply::decode(bytes).map_err(|e| PollError::Decode(e.to_string()))?;
-        let commands = p
-            .commands
-            .into_iter()
-            .map(|c| {
+        let mut commands = Vec::with_capacity(p.commands.len());
+        let mut unknown = Vec::new();
+        for c in p.commands {
+            let decoded = (|| {
                 let action = match c.action {
                     Some(A::Container(cc)) => {
                         let op = match pb::ContainerOp::try_from(cc.op) {
@@ -294,15 +367,20 @@ impl PollReply {
                     Some(A::NetworkRemove(n)) => Action::NetworkRemove(id(&n.network_id)?),
                     None => return Err(PollError::UnknownAction(c.id)),
                 };
-                Ok(Command { id: c.id, action })
-            })
-            .collect::<Result<_, PollError>>()?;
+                Ok::<_, PollError>(Command { id: c.id, action })
+            })();
+            match decoded {
+                Ok(cmd) => commands.push(cmd),
+                Err(_) => unknown.push(c.id),
+            }
+        }
         Ok(Self {
             acked: p.acked,
             resync: p.resync,
             commands,
             intervals: p.intervals.map(Intervals::from_pb),
             results_acked: p.results_acked,
+            unknown_commands: unknown,
         })
     }
 }
@@ -324,8 +402,45 @@ mod tests {
             ],
             intervals: Some(Intervals { ping: 60, snapshot: 300, command: 60 }),
             results_acked: vec![1, 2],
+            unknown_commands: vec![],
         };
         assert_eq!(PollReply::decode(&reply.encode()).unwrap(), reply);
+        // A command from a newer server does not cost the rest of the reply.
+        let newer = pb::PollReply {
+            acked: 3,
+            commands: vec![
+                pb::Command { id: 7, action: None },
+                pb::Command {
+                    id: 8,
+                    action: Some(pb::command::Action::NetworkRemove(pb::NetworkRemove { network_id: vec![1; 5] })),
+                },
+                pb::Command {
+                    id: 9,
+                    action: Some(pb::command::Action::VolumeRemove(pb::VolumeRemove { name: "v".into() })),
+                },
+            ],
+            ..pb::PollReply::default()
+        };
+        let got = PollReply::decode(&newer.encode_to_vec()).unwrap();
+        assert_eq!(got.unknown_commands, vec![7, 8]);
+        assert_eq!(got.commands, vec![Command { id: 9, action: Action::VolumeRemove("v".into()) }]);
+    }
+
+    #[test]
+    fn a_single_action_round_trips() {
+        let actions = [
+            Action::Container(ContainerOp::Restart, Id([5; 32])),
+            Action::Container(ContainerOp::Remove, Id([6; 32])),
+            Action::ImagePull("nginx:1.25".into()),
+            Action::ImageRemove("sha256:abc".into()),
+            Action::VolumeRemove("data".into()),
+            Action::NetworkRemove(Id([7; 32])),
+        ];
+        for a in actions {
+            assert_eq!(Action::decode(&a.encode()).unwrap(), a);
+        }
+        assert!(Action::decode(&[]).is_err(), "a command without an action");
+        assert!(Action::decode(&[0xff]).is_err());
     }
 
     #[test]

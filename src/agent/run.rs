@@ -1,0 +1,854 @@
+//! The agent's poll loop: scheduler, engine, sync session, journal and
+//! transport put together.
+//!
+//! ```text
+//!   wake at the scheduler's next time (or when a command finishes)
+//!   -> what is due? (ping / snapshot / command, coalesced)
+//!   -> snapshot due: re-read the engine if an event said it changed (or the
+//!      safety re-read is due), diff against the acknowledged base
+//!   -> one request: delta, every unacknowledged result, commands_seen
+//!   -> reply: new base, results acknowledged, new commands (journaled
+//!      before they run), new intervals
+//!   -> failure: backoff with full jitter, the timers stay due
+//! ```
+//!
+//! The engine and the transport are traits, so the loop runs against the
+//! real Docker engine and HTTPS client in production and against fakes in
+//! unit tests, which drive it on tokio's paused clock.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::store::{Journal, Meta, Store, StoreError, StoredResult};
+use crate::auth::{CounterReservation, Secret, open_reply, seal_request};
+use crate::sync::State;
+use crate::sync::schedule::{BackoffPolicy, Due, Intervals, Scheduler};
+use crate::sync::session::AgentSync;
+use crate::wire::codec::{Codec, Limits};
+use crate::wire::poll::{self, Action, AgentInfo, Command, CommandResult, PollReply, PollRequest, ResultStatus};
+
+/// The Docker engine as the loop sees it.
+pub trait Engine: Send + Sync + 'static {
+    /// Reads the whole canonical state.
+    fn state(&self) -> impl Future<Output = Result<State, String>> + Send;
+    /// Runs one command's action; the error is the text the operator sees.
+    fn run(&self, action: &Action) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// How a poll reaches the server.
+pub trait Transport: Send {
+    /// Sends one sealed poll; returns the HTTP status and the reply body.
+    fn send_poll(&mut self, wire: Vec<u8>) -> impl Future<Output = Result<(u16, Bytes), String>> + Send;
+}
+
+impl Transport for super::client::Client {
+    async fn send_poll(&mut self, wire: Vec<u8>) -> Result<(u16, Bytes), String> {
+        self.post(crate::wire::POLL_PATH, wire).await.map_err(|e| e.to_string())
+    }
+}
+
+/// Who the agent is and how it behaves.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The environment id from the join token.
+    pub environment: u64,
+    /// The MAC key: the environment secret, mixed with AGENT_SECRET when set.
+    pub key: Secret,
+    /// The EDGE_ID.
+    pub edge_id: String,
+    /// Reported to the server on first contact.
+    pub version: String,
+    /// Re-read the whole engine at least this often, even without events.
+    pub reread: Duration,
+    /// Backoff while the server cannot be reached.
+    pub backoff: BackoffPolicy,
+    /// Poll counters reserved on disk per write.
+    pub counter_block: u64,
+    /// A poll that takes longer than this failed.
+    pub request_timeout: Duration,
+    /// After a command finishes, poll this soon to report it.
+    pub result_delay: Duration,
+    /// At most this many results in one poll.
+    pub results_per_poll: usize,
+}
+
+impl Settings {
+    /// Production defaults for an environment.
+    pub fn new(environment: u64, key: Secret, edge_id: String) -> Self {
+        Self {
+            environment,
+            key,
+            edge_id,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            // Events tell us about changes; this only guards against a
+            // missed event, so it can be rare.
+            reread: Duration::from_secs(600),
+            backoff: BackoffPolicy::default(),
+            // One fsync per 100 polls; a restart skips at most 100 counters.
+            counter_block: 100,
+            // A 12 KB first snapshot on a 50 kbit/s link with 2 % loss takes
+            // a few seconds; two minutes leaves room for a very bad link.
+            request_timeout: Duration::from_secs(120),
+            // Long enough for the state change a command causes to show in
+            // the same poll as its result.
+            result_delay: Duration::from_secs(2),
+            results_per_poll: 100,
+        }
+    }
+}
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The data directory failed; continuing could run a command twice.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// The codec could not be set up.
+    #[error("codec: {0}")]
+    Codec(#[from] crate::wire::codec::CodecError),
+}
+
+/// What one poll attempt did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing was due.
+    Idle,
+    /// The server answered.
+    Sent {
+        /// Bytes of the sealed request body.
+        up: usize,
+        /// Bytes of the reply body.
+        down: usize,
+        /// The server asked for the whole state.
+        resync: bool,
+        /// New commands received.
+        commands: usize,
+    },
+    /// The poll failed; the next attempt is after a backoff.
+    Failed {
+        /// Why.
+        why: String,
+        /// Delay before the retry.
+        retry_in: Duration,
+    },
+}
+
+/// Counters for logs and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Polls answered.
+    pub polls: u64,
+    /// Polls that failed.
+    pub failures: u64,
+    /// Request body bytes sent in answered polls.
+    pub bytes_up: u64,
+    /// Reply body bytes received.
+    pub bytes_down: u64,
+    /// Full engine reads.
+    pub reads: u64,
+}
+
+/// The running agent.
+pub struct Agent<E: Engine, T: Transport> {
+    settings: Settings,
+    engine: Arc<E>,
+    transport: T,
+    store: Store,
+    codec: Codec,
+    sync: AgentSync,
+    counters: CounterReservation,
+    meta: Meta,
+    journal: Journal,
+    sched: Scheduler,
+    epoch: Instant,
+    current: Option<State>,
+    changed: Arc<AtomicBool>,
+    last_read: Option<Duration>,
+    /// The server has our AgentInfo since this start.
+    named: bool,
+    /// The `commands_seen` the server has from us.
+    seen_reported: u64,
+    /// The server has the intervals we run with.
+    intervals_reported: bool,
+    exec: mpsc::UnboundedSender<Command>,
+    finished: mpsc::UnboundedReceiver<CommandResult>,
+    /// Counters.
+    pub stats: Stats,
+}
+
+impl<E: Engine, T: Transport> std::fmt::Debug for Agent<E, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").field("edge_id", &self.settings.edge_id).field("stats", &self.stats).finish()
+    }
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+fn status_text(s: ResultStatus) -> &'static str {
+    match s {
+        ResultStatus::Ok => "ok",
+        ResultStatus::Failed => "failed",
+        ResultStatus::Rejected => "rejected",
+    }
+}
+
+fn status_of(text: &str) -> ResultStatus {
+    match text {
+        "ok" => ResultStatus::Ok,
+        "rejected" => ResultStatus::Rejected,
+        _ => ResultStatus::Failed,
+    }
+}
+
+/// Error texts are kept short: they travel on a metered link.
+const MAX_ERROR: usize = 500;
+
+fn stored(r: &CommandResult) -> StoredResult {
+    let mut error = r.error.clone();
+    if error.len() > MAX_ERROR {
+        let mut cut = MAX_ERROR;
+        while !error.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        error.truncate(cut);
+        error.push('…');
+    }
+    StoredResult { id: r.id, status: status_text(r.status).to_owned(), error, finished_at: r.finished_at }
+}
+
+fn interval_array(i: Intervals) -> [u32; 3] {
+    let s = |d: Option<Duration>| d.map_or(0, |d| d.as_secs().min(u64::from(u32::MAX)) as u32);
+    [s(i.ping), s(i.snapshot), s(i.command)]
+}
+
+impl<E: Engine, T: Transport> Agent<E, T> {
+    /// Opens the agent's state from `store`. Commands that were running when
+    /// the agent last stopped are reported as failed (they may or may not
+    /// have taken effect), never run again. `changed` is set by whoever
+    /// follows the engine's events.
+    ///
+    /// # Errors
+    /// When the store cannot be read or written.
+    pub fn new(
+        settings: Settings,
+        engine: E,
+        transport: T,
+        store: Store,
+        changed: Arc<AtomicBool>,
+    ) -> Result<Self, RunError> {
+        let meta = store.meta()?;
+        let mut journal = store.journal()?;
+        let (seq, base) = store.base()?.unwrap_or_default();
+        if !journal.running.is_empty() {
+            let finished_at = now_unix();
+            for id in std::mem::take(&mut journal.running) {
+                tracing::warn!(command = id, "the agent stopped while this command ran; reporting it as failed");
+                journal.results.insert(
+                    id,
+                    StoredResult {
+                        id,
+                        status: "failed".into(),
+                        error: "the agent restarted while this command was running; it may or may not have \
+                                taken effect"
+                            .into(),
+                        finished_at,
+                    },
+                );
+            }
+            store.save_journal(&journal)?;
+        }
+        let intervals = meta.intervals.map_or_else(Intervals::default, |[p, s, c]| Intervals::from_secs(p, s, c));
+        let seed = fastrand::u64(..);
+        let sched = Scheduler::new(Duration::ZERO, intervals, settings.backoff, seed);
+        let counters = CounterReservation::resume(meta.counter_end, settings.counter_block);
+        let engine = Arc::new(engine);
+        let (exec, mut queue) = mpsc::unbounded_channel::<Command>();
+        let (done, finished) = mpsc::unbounded_channel();
+        // One worker runs commands in the order received, so a stop then a
+        // remove of the same container happen in that order, while polls go
+        // on (a pull over a slow link may take a long time).
+        let worker = engine.clone();
+        tokio::spawn(async move {
+            while let Some(cmd) = queue.recv().await {
+                let r = worker.run(&cmd.action).await;
+                let (status, error) = match r {
+                    Ok(()) => (ResultStatus::Ok, String::new()),
+                    Err(e) => (ResultStatus::Failed, e),
+                };
+                if done.send(CommandResult { id: cmd.id, status, error, finished_at: now_unix() }).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self {
+            engine,
+            transport,
+            codec: Codec::new(Limits::default())?,
+            sync: AgentSync::restore(seq, base),
+            counters,
+            meta,
+            journal,
+            sched,
+            epoch: Instant::now(),
+            current: None,
+            changed,
+            last_read: None,
+            named: false,
+            seen_reported: 0,
+            intervals_reported: false,
+            exec,
+            finished,
+            stats: Stats::default(),
+            store,
+            settings,
+        })
+    }
+
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
+    /// The acknowledged base's sequence number.
+    pub fn acked(&self) -> u64 {
+        self.sync.base().0
+    }
+
+    /// The intervals in force.
+    pub fn intervals(&self) -> Intervals {
+        self.sched.intervals()
+    }
+
+    /// Runs until `shutdown` completes.
+    ///
+    /// # Errors
+    /// Only when the data directory fails: running on could run a command
+    /// twice or lose a result. Network and engine failures are retried.
+    pub async fn run(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+        tokio::pin!(shutdown);
+        loop {
+            let wake = self.sched.next_wake().map(|d| self.epoch + d);
+            tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                Some(result) = self.finished.recv() => self.finished(result)?,
+                () = async {
+                    match wake {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => match self.poll_once().await? {
+                    Outcome::Failed { why, retry_in } => {
+                        tracing::warn!("poll failed: {why}; retrying in {:.1} s", retry_in.as_secs_f64());
+                    }
+                    Outcome::Sent { up, down, resync, commands } => {
+                        tracing::debug!(up, down, resync, commands, "poll");
+                    }
+                    Outcome::Idle => {}
+                },
+            }
+        }
+    }
+
+    fn finished(&mut self, result: CommandResult) -> Result<(), RunError> {
+        tracing::info!(command = result.id, status = status_text(result.status), error = %result.error, "command finished");
+        self.journal.running.remove(&result.id);
+        self.journal.results.insert(result.id, stored(&result));
+        self.store.save_journal(&self.journal)?;
+        self.sched.hurry(self.now() + self.settings.result_delay);
+        Ok(())
+    }
+
+    /// Reads the engine when the state may have changed.
+    async fn refresh(&mut self, now: Duration) -> Result<(), String> {
+        let stale = self.last_read.is_none_or(|t| now.saturating_sub(t) >= self.settings.reread);
+        // Clear the flag before reading: an event during the read marks the
+        // next snapshot dirty again.
+        if self.changed.swap(false, Ordering::AcqRel) || stale || self.current.is_none() {
+            match self.engine.state().await {
+                Ok(s) => {
+                    self.current = Some(s);
+                    self.last_read = Some(now);
+                    self.stats.reads += 1;
+                }
+                Err(e) => {
+                    self.changed.store(true, Ordering::Release);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes one poll if one is due now.
+    ///
+    /// # Errors
+    /// When the data directory fails.
+    pub async fn poll_once(&mut self) -> Result<Outcome, RunError> {
+        let now = self.now();
+        let mut due = self.sched.due(now);
+        if due.is_empty() {
+            return Ok(Outcome::Idle);
+        }
+        if due.snapshot
+            && let Err(e) = self.refresh(now).await
+        {
+            // The engine is down: still report results and take commands,
+            // but say nothing about the state.
+            tracing::warn!("cannot read the docker engine: {e}");
+            due = Due { snapshot: false, ..due };
+            if due.is_empty() {
+                due.ping = true;
+            }
+        }
+        let current = self.current.clone().unwrap_or_default();
+        let out = self.sync.prepare(&current, due.snapshot && self.current.is_some());
+        let results: Vec<CommandResult> = self
+            .journal
+            .results
+            .values()
+            .take(self.settings.results_per_poll)
+            .map(|r| CommandResult {
+                id: r.id,
+                status: status_of(&r.status),
+                error: r.error.clone(),
+                finished_at: r.finished_at,
+            })
+            .collect();
+        let sent_intervals = (!self.intervals_reported).then(|| {
+            let [ping, snapshot, command] = interval_array(self.sched.intervals());
+            poll::Intervals { ping, snapshot, command }
+        });
+        let seen = if self.journal.seen > self.seen_reported { self.journal.seen } else { 0 };
+        let request = PollRequest {
+            base: out.base,
+            delta: out.delta.clone(),
+            results,
+            agent: (!self.named)
+                .then(|| AgentInfo { version: self.settings.version.clone(), edge_id: self.settings.edge_id.clone() }),
+            commands_seen: seen,
+            intervals: sent_intervals,
+        };
+        let body = self.codec.encode(&request.encode())?;
+        let (counter, reserve) = self.counters.take();
+        if let Some(end) = reserve {
+            self.meta.counter_end = end;
+            self.store.save_meta(&self.meta)?;
+        }
+        let wire = seal_request(self.settings.environment, counter, &self.settings.key, &body);
+        let up = wire.len();
+        let sent = tokio::time::timeout(self.settings.request_timeout, self.transport.send_poll(wire)).await;
+        let reply = match sent {
+            Err(_) => Err(format!("no reply within {} s", self.settings.request_timeout.as_secs())),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok((200, bytes))) => self.open(counter, &bytes).map(|r| (r, bytes.len())),
+            Ok(Ok((status, bytes))) => Err(refusal(status, &bytes)),
+        };
+        let (reply, down) = match reply {
+            Ok(r) => r,
+            Err(why) => {
+                self.stats.failures += 1;
+                let retry_in = self.sched.on_failure(self.now());
+                return Ok(Outcome::Failed { why, retry_in });
+            }
+        };
+        self.stats.polls += 1;
+        self.stats.bytes_up += up as u64;
+        self.stats.bytes_down += down as u64;
+        self.named = true;
+        self.seen_reported = self.seen_reported.max(seen);
+        if sent_intervals.is_some() {
+            self.intervals_reported = true;
+        }
+        let resync = reply.resync;
+        if self.sync.on_reply(out, reply.acked, reply.resync) {
+            let (seq, base) = self.sync.base();
+            self.store.save_base(seq, base)?;
+        }
+        let commands = self.take_reply(&reply)?;
+        let new_intervals = reply.intervals.map(|i| Intervals::from_secs(i.ping, i.snapshot, i.command));
+        let before = self.sched.intervals();
+        self.sched.on_success(self.now(), due, new_intervals);
+        if self.sched.intervals() != before {
+            tracing::info!("intervals from the server: {:?}", self.sched.intervals());
+            self.meta.intervals = Some(interval_array(self.sched.intervals()));
+            self.store.save_meta(&self.meta)?;
+            self.intervals_reported = false;
+        }
+        if resync {
+            tracing::info!("the server asked for the whole state");
+            self.sched.hurry(self.now());
+        }
+        if !self.journal.results.is_empty() && !reply.results_acked.is_empty() {
+            // More results than fit in one poll: send the rest soon.
+            self.sched.hurry(self.now() + self.settings.result_delay);
+        }
+        Ok(Outcome::Sent { up, down, resync, commands })
+    }
+
+    /// Opens, checks and decodes a reply.
+    fn open(&mut self, counter: u64, wire: &[u8]) -> Result<PollReply, String> {
+        let body = open_reply(counter, &self.settings.key, wire)
+            .map_err(|e| format!("reply refused ({e}): not from our server, or altered on the way"))?;
+        let bytes = self.codec.decode(body).map_err(|e| format!("reply: {e}"))?;
+        PollReply::decode(&bytes).map_err(|e| format!("reply: {e}"))
+    }
+
+    /// Applies a reply's results acknowledgement and new commands to the
+    /// journal (persisted before any command runs), then hands the
+    /// commands to the worker. Returns how many are new.
+    fn take_reply(&mut self, reply: &PollReply) -> Result<usize, RunError> {
+        let mut dirty = false;
+        for id in &reply.results_acked {
+            dirty |= self.journal.results.remove(id).is_some();
+        }
+        let seen = self.journal.seen;
+        let fresh: Vec<&Command> = reply.commands.iter().filter(|c| c.id > seen).collect();
+        let finished_at = now_unix();
+        for &id in reply.unknown_commands.iter().filter(|&&id| id > seen) {
+            tracing::warn!(command = id, "a command this agent does not know; rejected");
+            self.journal.results.insert(
+                id,
+                StoredResult {
+                    id,
+                    status: "rejected".into(),
+                    error: "this agent does not know this command (upgrade the agent)".into(),
+                    finished_at,
+                },
+            );
+            self.journal.seen = self.journal.seen.max(id);
+            dirty = true;
+        }
+        for c in &fresh {
+            self.journal.seen = self.journal.seen.max(c.id);
+            self.journal.running.insert(c.id);
+            dirty = true;
+        }
+        if dirty {
+            self.store.save_journal(&self.journal)?;
+        }
+        for c in &fresh {
+            tracing::info!(command = c.id, action = ?c.action, "running command");
+            // The worker lives as long as the agent.
+            let _ = self.exec.send((*c).clone());
+        }
+        if !reply.unknown_commands.is_empty() {
+            self.sched.hurry(self.now() + self.settings.result_delay);
+        }
+        Ok(fresh.len())
+    }
+}
+
+/// A refusal's meaning, for the log.
+fn refusal(status: u16, body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(300)]).trim().to_owned();
+    match status {
+        401 => "the server does not accept this agent's EDGE_KEY (a wrong or deleted environment, or an \
+                AGENT_SECRET that does not match the server's)"
+            .to_owned(),
+        403 => format!("refused: {text}"),
+        409 => format!("refused: {text}"),
+        s => format!("HTTP {s}: {text}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::auth::RequestEnvelope;
+    use crate::sync::session::{Received, Replica};
+    use crate::sync::state::{Container, ContainerStatus, Id};
+    use crate::wire::poll::ContainerOp;
+
+    /// An engine whose state the test sets, and which records the actions it runs.
+    #[derive(Default)]
+    struct FakeEngine {
+        state: Mutex<State>,
+        ran: Mutex<Vec<Action>>,
+        reads: Mutex<u32>,
+    }
+
+    impl Engine for Arc<FakeEngine> {
+        async fn state(&self) -> Result<State, String> {
+            *self.reads.lock().unwrap() += 1;
+            Ok(self.state.lock().unwrap().clone())
+        }
+
+        async fn run(&self, action: &Action) -> Result<(), String> {
+            self.ran.lock().unwrap().push(action.clone());
+            match action {
+                Action::ImagePull(r) => Err(format!("pull access denied for {r}")),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    /// A scripted server: the real envelope, codec and replica, a command
+    /// queue, and a switch to drop the link.
+    struct FakeServer {
+        key: Secret,
+        replica: Replica,
+        last_counter: u64,
+        queue: Vec<Command>,
+        seen: u64,
+        results: Vec<CommandResult>,
+        intervals: poll::Intervals,
+        agent_intervals: Option<poll::Intervals>,
+        down: bool,
+        /// (time, request) of every poll that reached the server.
+        log: Vec<(Duration, PollRequest)>,
+        epoch: Instant,
+        lose_replies: u32,
+    }
+
+    #[derive(Clone)]
+    struct Link(Arc<Mutex<FakeServer>>);
+
+    impl Transport for Link {
+        async fn send_poll(&mut self, wire: Vec<u8>) -> Result<(u16, Bytes), String> {
+            let mut s = self.0.lock().unwrap();
+            if s.down {
+                return Err("connection refused".into());
+            }
+            let env = RequestEnvelope::parse(&wire).map_err(|e| e.to_string())?;
+            if env.verify(&s.key, s.last_counter).is_err() {
+                return Ok((401, Bytes::new()));
+            }
+            s.last_counter = env.counter;
+            let mut codec = Codec::new(Limits::default()).unwrap();
+            let req = PollRequest::decode(&codec.decode(env.body).unwrap()).unwrap();
+            let at = s.epoch.elapsed();
+            s.log.push((at, req.clone()));
+            let mut reply = PollReply::default();
+            match s.replica.receive(req.base, req.delta.as_ref()) {
+                Received::Acked(seq) => reply.acked = seq,
+                Received::Resync => (reply.acked, reply.resync) = (s.replica.current().0, true),
+            }
+            for r in &req.results {
+                if !s.results.iter().any(|x| x.id == r.id) {
+                    s.results.push(r.clone());
+                }
+                reply.results_acked.push(r.id);
+            }
+            s.seen = s.seen.max(req.commands_seen);
+            if let Some(i) = req.intervals {
+                s.agent_intervals = Some(i);
+            }
+            if s.agent_intervals != Some(s.intervals) {
+                reply.intervals = Some(s.intervals);
+            }
+            let seen = s.seen;
+            reply.commands = s.queue.iter().filter(|c| c.id > seen).cloned().collect();
+            let body = codec.encode(&reply.encode()).unwrap();
+            if s.lose_replies > 0 {
+                s.lose_replies -= 1;
+                return Err("connection reset".into());
+            }
+            Ok((200, Bytes::from(crate::auth::seal_reply(env.counter, &s.key, &body))))
+        }
+    }
+
+    fn host(n: u8, status: ContainerStatus) -> State {
+        let mut s = State::default();
+        for i in 0..n {
+            s.containers.insert(Container { id: Id([i + 1; 32]), name: format!("c{i}"), status, ..Container::default() });
+        }
+        s
+    }
+
+    fn dir(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("tern-run-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    struct Rig {
+        engine: Arc<FakeEngine>,
+        server: Arc<Mutex<FakeServer>>,
+        changed: Arc<AtomicBool>,
+        dir: std::path::PathBuf,
+    }
+
+    impl Rig {
+        fn new(name: &str) -> Self {
+            let engine = Arc::new(FakeEngine::default());
+            *engine.state.lock().unwrap() = host(3, ContainerStatus::Running);
+            let server = Arc::new(Mutex::new(FakeServer {
+                key: Secret([5; 32]),
+                replica: Replica::default(),
+                last_counter: 0,
+                queue: vec![],
+                seen: 0,
+                results: vec![],
+                intervals: poll::Intervals { ping: 60, snapshot: 60, command: 60 },
+                agent_intervals: None,
+                down: false,
+                log: vec![],
+                epoch: Instant::now(),
+                lose_replies: 0,
+            }));
+            Self { engine, server, changed: Arc::new(AtomicBool::new(false)), dir: dir(name) }
+        }
+
+        fn agent(&self) -> Agent<Arc<FakeEngine>, Link> {
+            let mut settings = Settings::new(1, Secret([5; 32]), "edge-test".into());
+            settings.counter_block = 3;
+            let store = Store::open(&self.dir).unwrap();
+            Agent::new(settings, self.engine.clone(), Link(self.server.clone()), store, self.changed.clone()).unwrap()
+        }
+
+        fn log(&self) -> Vec<(Duration, PollRequest)> {
+            self.server.lock().unwrap().log.clone()
+        }
+    }
+
+    async fn run_for(agent: &mut Agent<Arc<FakeEngine>, Link>, d: Duration) {
+        agent.run(tokio::time::sleep(d)).await.unwrap();
+    }
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[tokio::test(start_paused = true)]
+    async fn first_contact_at_start_then_one_poll_a_minute_with_nothing_to_say() {
+        let rig = Rig::new("idle");
+        let mut agent = rig.agent();
+        run_for(&mut agent, S(185)).await;
+        let log = rig.log();
+        let times: Vec<u64> = log.iter().map(|(t, _)| t.as_secs()).collect();
+        assert_eq!(times, vec![0, 60, 120, 180], "first contact at start, then the 60 s timers together");
+        let (_, first) = &log[0];
+        assert!(first.agent.is_some() && first.intervals.is_some(), "first contact names the agent");
+        assert!(first.delta.as_ref().is_some_and(|d| !d.is_empty()));
+        for (_, r) in &log[1..] {
+            assert!(r.agent.is_none() && r.intervals.is_none() && r.results.is_empty());
+            assert!(r.delta.as_ref().is_some_and(crate::sync::Delta::is_empty), "unchanged: an empty delta");
+        }
+        assert_eq!(*rig.engine.reads.lock().unwrap(), 1, "no event, no re-read");
+        assert_eq!(rig.server.lock().unwrap().replica.current().1, &host(3, ContainerStatus::Running));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_event_makes_the_next_snapshot_reread_and_send_a_small_delta() {
+        let rig = Rig::new("event");
+        let mut agent = rig.agent();
+        run_for(&mut agent, S(30)).await;
+        *rig.engine.state.lock().unwrap() = host(3, ContainerStatus::Exited);
+        rig.changed.store(true, Ordering::Release);
+        run_for(&mut agent, S(40)).await;
+        assert_eq!(*rig.engine.reads.lock().unwrap(), 2);
+        assert_eq!(rig.server.lock().unwrap().replica.current().1, &host(3, ContainerStatus::Exited));
+        assert_eq!(agent.acked(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_link_down_for_hours_backs_off_then_sends_one_delta() {
+        let rig = Rig::new("offline");
+        let mut agent = rig.agent();
+        run_for(&mut agent, S(1)).await;
+        rig.server.lock().unwrap().down = true;
+        // Three hours offline, with the state changing several times.
+        for i in 0..6 {
+            *rig.engine.state.lock().unwrap() = host(3 + i, ContainerStatus::Running);
+            rig.changed.store(true, Ordering::Release);
+            run_for(&mut agent, S(1800)).await;
+        }
+        let attempts = agent.stats.failures;
+        // Backoff capped at 10 minutes with full jitter: far fewer attempts
+        // than one a minute (180), and more than a handful.
+        assert!((10..120).contains(&attempts), "{attempts} attempts in 3 h");
+        rig.server.lock().unwrap().down = false;
+        let before = rig.log().len();
+        run_for(&mut agent, S(660)).await;
+        let log = rig.log();
+        let (_, back) = &log[before];
+        assert_eq!(back.base, 1, "one delta against the last acknowledged state");
+        assert_eq!(rig.server.lock().unwrap().replica.current().1, &host(8, ContainerStatus::Running));
+        // Then the regular rhythm again.
+        let gaps: Vec<u64> = log[before..].windows(2).map(|w| (w[1].0 - w[0].0).as_secs()).collect();
+        assert!(gaps.iter().all(|g| *g == 60), "{gaps:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn commands_run_once_even_when_replies_repeat_and_results_are_batched() {
+        let rig = Rig::new("commands");
+        let mut agent = rig.agent();
+        run_for(&mut agent, S(1)).await;
+        {
+            let mut s = rig.server.lock().unwrap();
+            s.queue = vec![
+                Command { id: 1, action: Action::Container(ContainerOp::Stop, Id([1; 32])) },
+                Command { id: 2, action: Action::ImagePull("nginx:1.25".into()) },
+            ];
+            // The reply carrying them is lost after the server sent it.
+            s.lose_replies = 1;
+        }
+        run_for(&mut agent, S(59)).await;
+        assert!(rig.engine.ran.lock().unwrap().is_empty(), "a lost reply runs nothing");
+        // The next poll gets them; later replies repeat them until the
+        // server has commands_seen.
+        run_for(&mut agent, S(120)).await;
+        assert_eq!(rig.engine.ran.lock().unwrap().len(), 2, "each ran once");
+        let s = rig.server.lock().unwrap();
+        assert_eq!(s.seen, 2);
+        let mut got = s.results.clone();
+        got.sort_by_key(|r| r.id);
+        assert_eq!((got[0].id, got[0].status), (1, ResultStatus::Ok));
+        assert_eq!((got[1].id, got[1].status), (2, ResultStatus::Failed));
+        assert!(got[1].error.contains("pull access denied"));
+        // Both results went in one poll, a couple of seconds after they finished.
+        let carrying: Vec<_> = s.log.iter().filter(|(_, r)| !r.results.is_empty()).collect();
+        assert_eq!(carrying.len(), 1);
+        assert_eq!(carrying[0].1.results.len(), 2);
+        drop(s);
+        assert!(agent.journal.results.is_empty(), "acknowledged results are dropped");
+        assert_eq!(Store::open(&rig.dir).unwrap().journal().unwrap().seen, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_resends_no_state_and_reports_an_interrupted_command_as_failed() {
+        let rig = Rig::new("restart");
+        {
+            let mut agent = rig.agent();
+            run_for(&mut agent, S(1)).await;
+            // Simulate a crash while command 7 ran: it is journaled as running.
+            agent.journal.running.insert(7);
+            agent.journal.seen = 7;
+            agent.store.save_journal(&agent.journal).unwrap();
+        }
+        let mut agent = rig.agent();
+        run_for(&mut agent, S(1)).await;
+        let log = rig.log();
+        let (_, after) = log.last().unwrap();
+        assert_eq!(after.base, 1);
+        assert!(after.delta.as_ref().is_some_and(crate::sync::Delta::is_empty), "nothing resent");
+        assert!(after.agent.is_some());
+        assert_eq!(after.results.len(), 1);
+        assert_eq!((after.results[0].id, after.results[0].status), (7, ResultStatus::Failed));
+        assert!(rig.engine.ran.lock().unwrap().is_empty(), "never run again");
+        // The counter went on above the reserved block.
+        let s = rig.server.lock().unwrap();
+        assert!(s.last_counter > 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn intervals_from_the_server_apply_and_survive_a_restart() {
+        let rig = Rig::new("intervals");
+        rig.server.lock().unwrap().intervals = poll::Intervals { ping: 3600, snapshot: 300, command: 120 };
+        let mut agent = rig.agent();
+        run_for(&mut agent, S(1000)).await;
+        let times: Vec<u64> = rig.log().iter().map(|(t, _)| t.as_secs()).collect();
+        assert_eq!(times, vec![0, 120, 240, 300, 360, 480, 600, 720, 840, 900, 960]);
+        // A reply repeats intervals only until the agent reports them.
+        drop(agent);
+        let agent = rig.agent();
+        assert_eq!(agent.intervals(), Intervals::from_secs(3600, 300, 120));
+    }
+}

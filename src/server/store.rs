@@ -1,6 +1,13 @@
 //! The server's embedded database (SQLite, WAL): environments, each agent's
-//! reconstructed state, the command queue and command results. The only
-//! module that touches the database.
+//! reconstructed state, the command queue and command results, and the
+//! server-wide settings. The only module that touches the database.
+//!
+//! A command's life: `queued` when an operator asks for it; included in
+//! every reply (`sent_at` is stamped each time) until the agent reports
+//! through `commands_seen` that it recorded it, then `delivered`; then `ok`,
+//! `failed` or `rejected` when its result arrives. Only a command that was
+//! never sent can be `cancelled`: once sent, the agent may run it whatever
+//! the server does.
 //!
 //! Schema changes are numbered migrations, applied in order at open and
 //! recorded in `PRAGMA user_version`; a database from a newer build is
@@ -13,6 +20,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::auth::Secret;
 use crate::sync::State;
 use crate::sync::session::Replica;
+use crate::wire::poll::{Action, Command, CommandResult, Intervals, ResultStatus};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +50,15 @@ pub enum StoreError {
     /// The name is taken.
     #[error("an environment named {0:?} exists already")]
     NameTaken(String),
+    /// No such command.
+    #[error("no command {0}")]
+    CommandNotFound(u64),
+    /// The command cannot be cancelled: the agent may already run it.
+    #[error("command {0} was already sent to the agent; it can no longer be cancelled")]
+    AlreadySent(u64),
+    /// A server setting holds a value this build cannot read.
+    #[error("corrupt setting {0:?}")]
+    CorruptSetting(&'static str),
 }
 
 /// Migrations, in order. Never edit one that has shipped; add another.
@@ -75,7 +92,213 @@ const MIGRATIONS: &[&str] = &[
         finished_at INTEGER
     );
     CREATE INDEX commands_due ON commands(environment, status);",
+    // 2: per-environment intervals (NULL: the server default; 0: disabled),
+    // the intervals the agent last reported (NULL: unknown), the highest
+    // command id the agent recorded, when a command was last sent, and the
+    // server-wide settings.
+    "ALTER TABLE environments ADD COLUMN ping_interval INTEGER;
+    ALTER TABLE environments ADD COLUMN snapshot_interval INTEGER;
+    ALTER TABLE environments ADD COLUMN command_interval INTEGER;
+    ALTER TABLE environments ADD COLUMN agent_ping INTEGER;
+    ALTER TABLE environments ADD COLUMN agent_snapshot INTEGER;
+    ALTER TABLE environments ADD COLUMN agent_command INTEGER;
+    ALTER TABLE environments ADD COLUMN commands_seen INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE commands ADD COLUMN sent_at INTEGER;
+    CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );",
 ];
+
+/// The interval every timer runs at when neither the environment nor the
+/// server settings say otherwise, in seconds (Portainer's default).
+pub const DEFAULT_INTERVAL: u32 = 60;
+
+/// The longest error text kept from a command result; the rest is cut.
+pub const MAX_ERROR_LEN: usize = 4096;
+
+const SETTING_PING: &str = "interval.ping";
+const SETTING_SNAPSHOT: &str = "interval.snapshot";
+const SETTING_COMMAND: &str = "interval.command";
+const SETTING_AGENT_SECRET: &str = "agent_secret";
+
+/// An environment's own intervals, in seconds: `None` follows the server
+/// default, 0 disables that timer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IntervalSettings {
+    /// Heartbeat.
+    pub ping: Option<u32>,
+    /// State snapshot.
+    pub snapshot: Option<u32>,
+    /// Command check.
+    pub command: Option<u32>,
+}
+
+impl IntervalSettings {
+    /// These settings over `defaults`.
+    pub fn resolve(self, defaults: Intervals) -> Intervals {
+        Intervals {
+            ping: self.ping.unwrap_or(defaults.ping),
+            snapshot: self.snapshot.unwrap_or(defaults.snapshot),
+            command: self.command.unwrap_or(defaults.command),
+        }
+    }
+}
+
+/// Where a command is in its life (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandStatus {
+    /// Waiting for the agent's next poll.
+    Queued,
+    /// Included in a reply, not yet confirmed recorded by the agent (stored
+    /// as `queued` with a `sent_at`); sent again with every reply until then.
+    Sent,
+    /// The agent recorded it (its `commands_seen` reached it).
+    Delivered,
+    /// It ran and worked.
+    Ok,
+    /// It ran and the engine refused or failed; see the error text.
+    Failed,
+    /// The agent did not understand it.
+    Rejected,
+    /// Cancelled before it was ever sent.
+    Cancelled,
+}
+
+impl CommandStatus {
+    /// The name the API shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Sent => "sent",
+            Self::Delivered => "delivered",
+            Self::Ok => "ok",
+            Self::Failed => "failed",
+            Self::Rejected => "rejected",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    fn from_row(status: &str, sent_at: Option<i64>) -> Option<Self> {
+        Some(match status {
+            "queued" if sent_at.is_some() => Self::Sent,
+            "queued" => Self::Queued,
+            "delivered" => Self::Delivered,
+            "ok" => Self::Ok,
+            "failed" => Self::Failed,
+            "rejected" => Self::Rejected,
+            "cancelled" => Self::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// A command as stored, for the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandRecord {
+    /// Its id (unique across environments, increasing).
+    pub id: u64,
+    /// The environment it is for.
+    pub environment: u64,
+    /// What to do.
+    pub action: Action,
+    /// Where it is in its life.
+    pub status: CommandStatus,
+    /// The engine's error text, when it failed or was rejected.
+    pub error: String,
+    /// When it was queued.
+    pub created_at: i64,
+    /// When it was last included in a reply.
+    pub sent_at: Option<i64>,
+    /// When the agent confirmed it recorded it (or its result came).
+    pub delivered_at: Option<i64>,
+    /// When it ended, by the agent's clock.
+    pub finished_at: Option<i64>,
+}
+
+/// An environment as the list shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvironmentInfo {
+    /// Its id.
+    pub id: u64,
+    /// Its name.
+    pub name: String,
+    /// The EDGE_ID bound at first poll.
+    pub edge_id: Option<String>,
+    /// When it was created.
+    pub created_at: i64,
+    /// When its agent last polled (accepted polls only).
+    pub last_poll_at: Option<i64>,
+    /// When its stored state last changed.
+    pub snapshot_at: Option<i64>,
+}
+
+/// How many objects a state holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ObjectCounts {
+    /// Containers.
+    pub containers: usize,
+    /// Images.
+    pub images: usize,
+    /// Volumes.
+    pub volumes: usize,
+    /// Networks.
+    pub networks: usize,
+    /// Compose stacks (derived from the containers).
+    pub stacks: usize,
+}
+
+/// An environment in detail, for the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvironmentSummary {
+    /// What the list shows.
+    pub info: EnvironmentInfo,
+    /// The sequence number of the stored state (0: none yet).
+    pub seq: u64,
+    /// The stored state's blake3 root digest, as the agent computes it.
+    pub root: [u8; 32],
+    /// What the stored state holds.
+    pub counts: ObjectCounts,
+    /// The environment's own intervals.
+    pub intervals: IntervalSettings,
+    /// The intervals the agent should run with.
+    pub effective: Intervals,
+    /// The intervals the agent last reported it runs with.
+    pub agent_intervals: Option<Intervals>,
+    /// The highest command id the agent recorded as received.
+    pub commands_seen: u64,
+}
+
+/// A command row before its action and status are decoded.
+struct RawCommand {
+    id: u64,
+    environment: u64,
+    action: Vec<u8>,
+    status: String,
+    error: String,
+    created_at: i64,
+    sent_at: Option<i64>,
+    delivered_at: Option<i64>,
+    finished_at: Option<i64>,
+}
+
+fn opt_u32(v: Option<i64>) -> Option<u32> {
+    v.and_then(|v| u32::try_from(v).ok())
+}
+
+/// A u64 from the wire as an SQLite integer: values above `i64::MAX` can
+/// name nothing stored, so they saturate.
+fn sql_id(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
 
 /// An environment as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,14 +360,30 @@ impl Store {
         Ok(Self { conn })
     }
 
-    /// Creates an environment with a fresh secret.
+    /// Creates an environment with a fresh secret, following the server's
+    /// default intervals.
     ///
     /// # Errors
     /// When the name is taken or SQLite fails.
     pub fn create_environment(&self, name: &str, secret: Secret, now: i64) -> Result<Environment, StoreError> {
+        self.create_environment_with(name, secret, IntervalSettings::default(), now)
+    }
+
+    /// Creates an environment with a fresh secret and its own intervals.
+    ///
+    /// # Errors
+    /// When the name is taken or SQLite fails.
+    pub fn create_environment_with(
+        &self,
+        name: &str,
+        secret: Secret,
+        intervals: IntervalSettings,
+        now: i64,
+    ) -> Result<Environment, StoreError> {
         let r = self.conn.execute(
-            "INSERT INTO environments (name, secret, created_at) VALUES (?1, ?2, ?3)",
-            params![name, &secret.0[..], now],
+            "INSERT INTO environments (name, secret, created_at, ping_interval, snapshot_interval, command_interval)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![name, &secret.0[..], now, intervals.ping, intervals.snapshot, intervals.command],
         );
         match r {
             Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
@@ -267,6 +506,411 @@ impl Store {
         tx.commit()?;
         Ok(())
     }
+
+    /// Every environment, by id.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub fn environments(&self) -> Result<Vec<EnvironmentInfo>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, name, edge_id, created_at, last_poll_at, snapshot_at FROM environments ORDER BY id")?;
+        let rows = stmt.query_map([], Self::info_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn info_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EnvironmentInfo> {
+        Ok(EnvironmentInfo {
+            id: r.get::<_, i64>(0)? as u64,
+            name: r.get(1)?,
+            edge_id: r.get(2)?,
+            created_at: r.get(3)?,
+            last_poll_at: r.get(4)?,
+            snapshot_at: r.get(5)?,
+        })
+    }
+
+    /// An environment in detail: its row, its intervals, and what its stored
+    /// state holds (the state is decoded, so this costs more than a lookup).
+    ///
+    /// # Errors
+    /// When it does not exist, SQLite fails or the stored state is corrupt.
+    pub fn environment_summary(&self, id: u64) -> Result<EnvironmentSummary, StoreError> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT id, name, edge_id, created_at, last_poll_at, snapshot_at,
+                        ping_interval, snapshot_interval, command_interval,
+                        agent_ping, agent_snapshot, agent_command, commands_seen
+                 FROM environments WHERE id = ?1",
+                [sql_id(id)],
+                |r| {
+                    let intervals = IntervalSettings {
+                        ping: opt_u32(r.get(6)?),
+                        snapshot: opt_u32(r.get(7)?),
+                        command: opt_u32(r.get(8)?),
+                    };
+                    let agent = Self::agent_intervals_of(r.get(9)?, r.get(10)?, r.get(11)?);
+                    Ok((Self::info_row(r)?, intervals, agent, r.get::<_, i64>(12)? as u64))
+                },
+            )
+            .optional()?;
+        let (info, intervals, agent_intervals, commands_seen) = row.ok_or(StoreError::NotFound(id))?;
+        let replica = self.replica(id)?;
+        let (seq, state) = replica.current();
+        Ok(EnvironmentSummary {
+            info,
+            seq,
+            root: state.root(),
+            counts: ObjectCounts {
+                containers: state.containers.len(),
+                images: state.images.len(),
+                volumes: state.volumes.len(),
+                networks: state.networks.len(),
+                stacks: state.stacks().len(),
+            },
+            intervals,
+            effective: intervals.resolve(self.default_intervals()?),
+            agent_intervals,
+            commands_seen,
+        })
+    }
+
+    fn agent_intervals_of(ping: Option<i64>, snapshot: Option<i64>, command: Option<i64>) -> Option<Intervals> {
+        Some(Intervals { ping: opt_u32(ping)?, snapshot: opt_u32(snapshot)?, command: opt_u32(command)? })
+    }
+
+    // ----- intervals and settings -----
+
+    /// Sets an environment's own intervals (all `None`: follow the server
+    /// defaults).
+    ///
+    /// # Errors
+    /// When it does not exist or SQLite fails.
+    pub fn set_intervals(&self, id: u64, intervals: IntervalSettings) -> Result<(), StoreError> {
+        let n = self.conn.execute(
+            "UPDATE environments SET ping_interval = ?2, snapshot_interval = ?3, command_interval = ?4 WHERE id = ?1",
+            params![sql_id(id), intervals.ping, intervals.snapshot, intervals.command],
+        )?;
+        if n == 0 { Err(StoreError::NotFound(id)) } else { Ok(()) }
+    }
+
+    /// An environment's own intervals.
+    ///
+    /// # Errors
+    /// When it does not exist or SQLite fails.
+    pub fn intervals(&self, id: u64) -> Result<IntervalSettings, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT ping_interval, snapshot_interval, command_interval FROM environments WHERE id = ?1",
+                [sql_id(id)],
+                |r| {
+                    Ok(IntervalSettings {
+                        ping: opt_u32(r.get(0)?),
+                        snapshot: opt_u32(r.get(1)?),
+                        command: opt_u32(r.get(2)?),
+                    })
+                },
+            )
+            .optional()?
+            .ok_or(StoreError::NotFound(id))
+    }
+
+    /// Records the intervals the agent reported it runs with.
+    ///
+    /// # Errors
+    /// When it does not exist or SQLite fails.
+    pub fn set_agent_intervals(&self, id: u64, intervals: Intervals) -> Result<(), StoreError> {
+        let n = self.conn.execute(
+            "UPDATE environments SET agent_ping = ?2, agent_snapshot = ?3, agent_command = ?4 WHERE id = ?1",
+            params![sql_id(id), intervals.ping, intervals.snapshot, intervals.command],
+        )?;
+        if n == 0 { Err(StoreError::NotFound(id)) } else { Ok(()) }
+    }
+
+    /// The intervals the agent last reported (`None` until it has).
+    ///
+    /// # Errors
+    /// When it does not exist or SQLite fails.
+    pub fn agent_intervals(&self, id: u64) -> Result<Option<Intervals>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT agent_ping, agent_snapshot, agent_command FROM environments WHERE id = ?1",
+                [sql_id(id)],
+                |r| Ok(Self::agent_intervals_of(r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?
+            .ok_or(StoreError::NotFound(id))
+    }
+
+    /// The intervals an environment's agent should run with: its own where
+    /// set, the server defaults elsewhere.
+    ///
+    /// # Errors
+    /// When it does not exist or SQLite fails.
+    pub fn effective_intervals(&self, id: u64) -> Result<Intervals, StoreError> {
+        Ok(self.intervals(id)?.resolve(self.default_intervals()?))
+    }
+
+    fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.conn.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+    }
+
+    fn set_setting(&self, key: &str, value: Option<&str>) -> Result<(), StoreError> {
+        match value {
+            Some(v) => self.conn.execute(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2",
+                [key, v],
+            )?,
+            None => self.conn.execute("DELETE FROM settings WHERE key = ?1", [key])?,
+        };
+        Ok(())
+    }
+
+    /// The server-wide default intervals ([`DEFAULT_INTERVAL`] each until
+    /// set).
+    ///
+    /// # Errors
+    /// When SQLite fails or a stored value is not a number of seconds.
+    pub fn default_intervals(&self) -> Result<Intervals, StoreError> {
+        let get = |key: &'static str| -> Result<u32, StoreError> {
+            match self.setting(key)? {
+                None => Ok(DEFAULT_INTERVAL),
+                Some(v) => v.parse().map_err(|_| StoreError::CorruptSetting(key)),
+            }
+        };
+        Ok(Intervals { ping: get(SETTING_PING)?, snapshot: get(SETTING_SNAPSHOT)?, command: get(SETTING_COMMAND)? })
+    }
+
+    /// Sets the server-wide default intervals.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub fn set_default_intervals(&self, intervals: Intervals) -> Result<(), StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        self.set_setting(SETTING_PING, Some(&intervals.ping.to_string()))?;
+        self.set_setting(SETTING_SNAPSHOT, Some(&intervals.snapshot.to_string()))?;
+        self.set_setting(SETTING_COMMAND, Some(&intervals.command.to_string()))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The server's `AGENT_SECRET`, when it has one: every agent must then
+    /// hold the same (see [`Secret::with_agent_secret`]).
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub fn agent_secret(&self) -> Result<Option<String>, StoreError> {
+        Ok(self.setting(SETTING_AGENT_SECRET)?.filter(|s| !s.is_empty()))
+    }
+
+    /// Sets or (with `None` or an empty text) removes the server's
+    /// `AGENT_SECRET`.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub fn set_agent_secret(&self, secret: Option<&str>) -> Result<(), StoreError> {
+        self.set_setting(SETTING_AGENT_SECRET, secret.filter(|s| !s.is_empty()))
+    }
+
+    // ----- commands -----
+
+    /// Queues a command for an environment's agent; returns its id.
+    ///
+    /// # Errors
+    /// When the environment does not exist or SQLite fails.
+    pub fn enqueue_command(&self, environment: u64, action: &Action, now: i64) -> Result<u64, StoreError> {
+        let n = self.conn.execute(
+            "INSERT INTO commands (environment, action, status, created_at)
+             SELECT id, ?2, 'queued', ?3 FROM environments WHERE id = ?1",
+            params![sql_id(environment), action.encode(), now],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(environment));
+        }
+        Ok(self.conn.last_insert_rowid() as u64)
+    }
+
+    /// The commands to put in a reply to this environment's agent: queued
+    /// ones it has not confirmed, oldest first, at most `limit`. Each is
+    /// stamped as sent now. A command whose stored action no longer decodes
+    /// (which this build never writes) is failed rather than left to block
+    /// the queue.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub fn commands_due(&self, environment: u64, now: i64, limit: usize) -> Result<Vec<Command>, StoreError> {
+        let env = sql_id(environment);
+        let tx = self.conn.unchecked_transaction()?;
+        let rows: Vec<(i64, Vec<u8>)> = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT c.id, c.action FROM commands c JOIN environments e ON e.id = c.environment
+                 WHERE c.environment = ?1 AND c.status = 'queued' AND c.id > e.commands_seen
+                 ORDER BY c.id LIMIT ?2",
+            )?;
+            stmt.query_map(params![env, i64::try_from(limit).unwrap_or(i64::MAX)], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?
+        };
+        let mut due = Vec::with_capacity(rows.len());
+        for (id, bytes) in rows {
+            match Action::decode(&bytes) {
+                Ok(action) => {
+                    tx.execute("UPDATE commands SET sent_at = ?2 WHERE id = ?1", params![id, now])?;
+                    due.push(Command { id: id as u64, action });
+                }
+                Err(e) => {
+                    tracing::error!("command {id} of environment {environment}: stored action: {e}");
+                    tx.execute(
+                        "UPDATE commands SET status = 'failed', error = 'the server could not read its stored action',
+                         finished_at = ?2 WHERE id = ?1",
+                        params![id, now],
+                    )?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(due)
+    }
+
+    /// The agent recorded every command up to `seen`: raises the
+    /// environment's `commands_seen` (never lowers it, and never past the
+    /// highest command it was sent) and marks those still queued delivered.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub fn mark_seen(&self, environment: u64, seen: u64, now: i64) -> Result<(), StoreError> {
+        let env = sql_id(environment);
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "UPDATE environments SET commands_seen = MAX(commands_seen, MIN(?2,
+                (SELECT COALESCE(MAX(id), 0) FROM commands WHERE environment = ?1 AND sent_at IS NOT NULL)))
+             WHERE id = ?1",
+            params![env, sql_id(seen)],
+        )?;
+        tx.execute(
+            "UPDATE commands SET status = 'delivered', delivered_at = ?2
+             WHERE environment = ?1 AND status = 'queued'
+               AND id <= (SELECT commands_seen FROM environments WHERE id = ?1)",
+            params![env, now],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Stores a command's result. Only a command of this environment that
+    /// has not ended takes one: a repeated result (the agent missed our
+    /// acknowledgement) or one for another environment's command changes
+    /// nothing and returns false. A result for a cancelled command is
+    /// recorded all the same, since it ran. The error text is cut at
+    /// [`MAX_ERROR_LEN`] bytes; a missing finish time is `now`.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub fn store_result(&self, environment: u64, result: &CommandResult, now: i64) -> Result<bool, StoreError> {
+        let Ok(id) = i64::try_from(result.id) else { return Ok(false) };
+        let status = match result.status {
+            ResultStatus::Ok => "ok",
+            ResultStatus::Failed => "failed",
+            ResultStatus::Rejected => "rejected",
+        };
+        let finished_at = if result.finished_at > 0 { result.finished_at } else { now };
+        let n = self.conn.execute(
+            "UPDATE commands SET status = ?3, error = ?4, finished_at = ?5, delivered_at = COALESCE(delivered_at, ?6)
+             WHERE id = ?1 AND environment = ?2 AND status IN ('queued', 'delivered', 'cancelled')",
+            params![id, sql_id(environment), status, truncate(&result.error, MAX_ERROR_LEN), finished_at, now],
+        )?;
+        Ok(n == 1)
+    }
+
+    const COMMAND_COLUMNS: &str =
+        "id, environment, action, status, error, created_at, sent_at, delivered_at, finished_at";
+
+    /// Reads a row of [`Self::COMMAND_COLUMNS`]; the action and status are
+    /// checked by [`Self::finish_record`], outside SQLite's callback.
+    fn command_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawCommand> {
+        Ok(RawCommand {
+            id: r.get::<_, i64>(0)? as u64,
+            environment: r.get::<_, i64>(1)? as u64,
+            action: r.get(2)?,
+            status: r.get(3)?,
+            error: r.get(4)?,
+            created_at: r.get(5)?,
+            sent_at: r.get(6)?,
+            delivered_at: r.get(7)?,
+            finished_at: r.get(8)?,
+        })
+    }
+
+    fn finish_record(c: RawCommand) -> Result<CommandRecord, StoreError> {
+        let corrupt = || StoreError::Corrupt { what: "command", environment: c.environment };
+        Ok(CommandRecord {
+            id: c.id,
+            environment: c.environment,
+            action: Action::decode(&c.action).map_err(|_| corrupt())?,
+            status: CommandStatus::from_row(&c.status, c.sent_at).ok_or_else(corrupt)?,
+            error: c.error,
+            created_at: c.created_at,
+            sent_at: c.sent_at,
+            delivered_at: c.delivered_at,
+            finished_at: c.finished_at,
+        })
+    }
+
+    /// One command.
+    ///
+    /// # Errors
+    /// When it does not exist, SQLite fails or it is corrupt.
+    pub fn command(&self, id: u64) -> Result<CommandRecord, StoreError> {
+        let row = self
+            .conn
+            .query_row(
+                &format!("SELECT {} FROM commands WHERE id = ?1", Self::COMMAND_COLUMNS),
+                [sql_id(id)],
+                Self::command_row,
+            )
+            .optional()?
+            .ok_or(StoreError::CommandNotFound(id))?;
+        Self::finish_record(row)
+    }
+
+    /// An environment's commands, newest first, at most `limit`.
+    ///
+    /// # Errors
+    /// When the environment does not exist, SQLite fails or a command is
+    /// corrupt.
+    pub fn commands(&self, environment: u64, limit: usize) -> Result<Vec<CommandRecord>, StoreError> {
+        self.environment(environment)?;
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {} FROM commands WHERE environment = ?1 ORDER BY id DESC LIMIT ?2",
+            Self::COMMAND_COLUMNS
+        ))?;
+        let rows = stmt
+            .query_map(params![sql_id(environment), i64::try_from(limit).unwrap_or(i64::MAX)], Self::command_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter().map(Self::finish_record).collect()
+    }
+
+    /// Cancels a command that was never sent. Cancelling a cancelled
+    /// command again is fine.
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadySent`] once it was in a reply (the agent may run
+    /// it whatever the server does), [`StoreError::CommandNotFound`], or
+    /// when SQLite fails.
+    pub fn cancel_command(&self, id: u64, now: i64) -> Result<(), StoreError> {
+        let n = self.conn.execute(
+            "UPDATE commands SET status = 'cancelled', finished_at = ?2
+             WHERE id = ?1 AND status = 'queued' AND sent_at IS NULL",
+            params![sql_id(id), now],
+        )?;
+        if n == 1 {
+            return Ok(());
+        }
+        match self.command(id)?.status {
+            CommandStatus::Cancelled => Ok(()),
+            _ => Err(StoreError::AlreadySent(id)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -323,6 +967,223 @@ mod tests {
         let path = dir.join("tern.db");
         Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
         assert!(matches!(Store::open(&path), Err(StoreError::TooNew { found: 99, .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn tempdb(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("tern-server-store-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tern.db");
+        (dir, path)
+    }
+
+    fn stop(id: u8) -> Action {
+        Action::Container(crate::wire::poll::ContainerOp::Stop, Id([id; 32]))
+    }
+
+    fn result(id: u64, status: ResultStatus, error: &str) -> CommandResult {
+        CommandResult { id, status, error: error.into(), finished_at: 0 }
+    }
+
+    #[test]
+    fn a_command_goes_queued_sent_delivered_then_ends_with_its_result() {
+        let s = Store::in_memory().unwrap();
+        let e = s.create_environment("site", Secret([1; 32]), 0).unwrap();
+        let id = s.enqueue_command(e.id, &stop(7), 10).unwrap();
+        let c = s.command(id).unwrap();
+        assert_eq!(
+            (c.status, c.environment, c.action.clone(), c.created_at, c.sent_at),
+            (CommandStatus::Queued, e.id, stop(7), 10, None)
+        );
+        // Sent with every reply until the agent confirms it.
+        assert_eq!(s.commands_due(e.id, 11, 100).unwrap(), vec![Command { id, action: stop(7) }]);
+        assert_eq!(s.commands_due(e.id, 12, 100).unwrap().len(), 1, "sent again: the agent may have lost the reply");
+        let c = s.command(id).unwrap();
+        assert_eq!((c.status, c.sent_at), (CommandStatus::Sent, Some(12)));
+        assert!(matches!(s.cancel_command(id, 13), Err(StoreError::AlreadySent(i)) if i == id));
+        s.mark_seen(e.id, id, 14).unwrap();
+        let c = s.command(id).unwrap();
+        assert_eq!((c.status, c.delivered_at), (CommandStatus::Delivered, Some(14)));
+        assert!(s.commands_due(e.id, 15, 100).unwrap().is_empty(), "never sent again once recorded");
+        // The result ends it, once.
+        let done = CommandResult { id, status: ResultStatus::Ok, error: String::new(), finished_at: 16 };
+        assert!(s.store_result(e.id, &done, 17).unwrap());
+        assert!(!s.store_result(e.id, &result(id, ResultStatus::Failed, "late"), 18).unwrap(), "idempotent");
+        let c = s.command(id).unwrap();
+        assert_eq!((c.status, c.error.as_str(), c.finished_at), (CommandStatus::Ok, "", Some(16)));
+    }
+
+    #[test]
+    fn results_for_unknown_or_foreign_commands_change_nothing() {
+        let s = Store::in_memory().unwrap();
+        let a = s.create_environment("a", Secret([1; 32]), 0).unwrap();
+        let b = s.create_environment("b", Secret([2; 32]), 0).unwrap();
+        let id = s.enqueue_command(a.id, &stop(1), 1).unwrap();
+        assert!(!s.store_result(b.id, &result(id, ResultStatus::Ok, ""), 2).unwrap(), "another environment's");
+        assert!(!s.store_result(a.id, &result(id + 1, ResultStatus::Ok, ""), 2).unwrap(), "unknown");
+        assert!(!s.store_result(a.id, &result(u64::MAX, ResultStatus::Ok, ""), 2).unwrap());
+        assert_eq!(s.command(id).unwrap().status, CommandStatus::Queued);
+        // A result may come before commands_seen reached the server: it was delivered.
+        let long = "x".repeat(MAX_ERROR_LEN + 10);
+        assert!(s.store_result(a.id, &result(id, ResultStatus::Failed, &long), 3).unwrap());
+        let c = s.command(id).unwrap();
+        assert_eq!(
+            (c.status, c.error.len(), c.delivered_at, c.finished_at),
+            (CommandStatus::Failed, MAX_ERROR_LEN, Some(3), Some(3))
+        );
+        assert!(matches!(s.enqueue_command(99, &stop(1), 1), Err(StoreError::NotFound(99))));
+        assert!(matches!(s.command(999), Err(StoreError::CommandNotFound(999))));
+        assert!(matches!(s.commands(99, 10), Err(StoreError::NotFound(99))));
+    }
+
+    #[test]
+    fn only_a_command_never_sent_can_be_cancelled_and_a_cancelled_one_is_never_sent() {
+        let s = Store::in_memory().unwrap();
+        let e = s.create_environment("site", Secret([1; 32]), 0).unwrap();
+        let first = s.enqueue_command(e.id, &stop(1), 1).unwrap();
+        let second = s.enqueue_command(e.id, &Action::ImagePull("nginx:1.25".into()), 2).unwrap();
+        s.cancel_command(first, 3).unwrap();
+        s.cancel_command(first, 4).unwrap();
+        assert_eq!(s.command(first).unwrap().finished_at, Some(3), "cancelling again changes nothing");
+        assert_eq!(s.commands_due(e.id, 5, 100).unwrap().iter().map(|c| c.id).collect::<Vec<_>>(), vec![second]);
+        // A result for a cancelled command is recorded: it ran.
+        assert!(s.store_result(e.id, &result(first, ResultStatus::Ok, ""), 6).unwrap());
+        assert_eq!(s.command(first).unwrap().status, CommandStatus::Ok);
+        assert!(matches!(s.cancel_command(first, 7), Err(StoreError::AlreadySent(_))));
+        assert!(matches!(s.cancel_command(77, 7), Err(StoreError::CommandNotFound(77))));
+        let listed: Vec<_> = s.commands(e.id, 100).unwrap().iter().map(|c| (c.id, c.status)).collect();
+        assert_eq!(listed, vec![(second, CommandStatus::Sent), (first, CommandStatus::Ok)], "newest first");
+        assert_eq!(s.commands(e.id, 1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn commands_seen_only_rises_and_never_past_what_was_sent() {
+        let s = Store::in_memory().unwrap();
+        let e = s.create_environment("site", Secret([1; 32]), 0).unwrap();
+        let ids: Vec<u64> = (0..5).map(|i| s.enqueue_command(e.id, &stop(i), 1).unwrap()).collect();
+        assert_eq!(s.commands_due(e.id, 2, 2).unwrap().len(), 2, "at most `limit`, oldest first");
+        // A confused agent claims more than it was sent: capped at what it got.
+        s.mark_seen(e.id, u64::MAX, 3).unwrap();
+        let due: Vec<u64> = s.commands_due(e.id, 4, 100).unwrap().iter().map(|c| c.id).collect();
+        assert_eq!(due, ids[2..]);
+        s.mark_seen(e.id, ids[3], 5).unwrap();
+        s.mark_seen(e.id, ids[0], 6).unwrap();
+        let status: Vec<_> = ids.iter().map(|&i| s.command(i).unwrap().status).collect();
+        use CommandStatus::*;
+        assert_eq!(status, [Delivered, Delivered, Delivered, Delivered, Sent]);
+        assert_eq!(s.environment_summary(e.id).unwrap().commands_seen, ids[3]);
+        assert_eq!(s.command(ids[0]).unwrap().delivered_at, Some(3), "a lower commands_seen changes nothing");
+    }
+
+    #[test]
+    fn queued_commands_and_settings_survive_a_server_restart() {
+        let (dir, path) = tempdb("commands");
+        let (env, id) = {
+            let s = Store::open(&path).unwrap();
+            let e = s.create_environment("site", Secret([3; 32]), 1).unwrap();
+            let id = s.enqueue_command(e.id, &Action::VolumeRemove("data".into()), 2).unwrap();
+            s.set_agent_secret(Some("s3cret")).unwrap();
+            s.set_default_intervals(Intervals { ping: 30, snapshot: 300, command: 15 }).unwrap();
+            (e.id, id)
+        };
+        let s = Store::open(&path).unwrap();
+        assert_eq!(
+            s.commands_due(env, 3, 100).unwrap(),
+            vec![Command { id, action: Action::VolumeRemove("data".into()) }]
+        );
+        assert_eq!(s.agent_secret().unwrap().as_deref(), Some("s3cret"));
+        assert_eq!(s.effective_intervals(env).unwrap(), Intervals { ping: 30, snapshot: 300, command: 15 });
+        drop(s);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn intervals_are_the_environments_own_else_the_server_defaults() {
+        let s = Store::in_memory().unwrap();
+        let sixty = Intervals { ping: 60, snapshot: 60, command: 60 };
+        assert_eq!(s.default_intervals().unwrap(), sixty);
+        let own = IntervalSettings { ping: Some(0), snapshot: Some(600), command: None };
+        let e = s.create_environment_with("ship", Secret([1; 32]), own, 0).unwrap();
+        let plain = s.create_environment("yard", Secret([2; 32]), 0).unwrap();
+        assert_eq!(s.intervals(e.id).unwrap(), own);
+        assert_eq!(s.effective_intervals(e.id).unwrap(), Intervals { ping: 0, snapshot: 600, command: 60 });
+        assert_eq!(s.effective_intervals(plain.id).unwrap(), sixty);
+        s.set_default_intervals(Intervals { ping: 120, snapshot: 900, command: 30 }).unwrap();
+        assert_eq!(s.effective_intervals(e.id).unwrap(), Intervals { ping: 0, snapshot: 600, command: 30 });
+        s.set_intervals(e.id, IntervalSettings::default()).unwrap();
+        assert_eq!(s.effective_intervals(e.id).unwrap(), Intervals { ping: 120, snapshot: 900, command: 30 });
+        assert!(matches!(s.set_intervals(99, own), Err(StoreError::NotFound(99))));
+        assert!(matches!(s.effective_intervals(99), Err(StoreError::NotFound(99))));
+        // What the agent runs with is unknown until it says.
+        assert_eq!(s.agent_intervals(e.id).unwrap(), None);
+        s.set_agent_intervals(e.id, sixty).unwrap();
+        assert_eq!(s.agent_intervals(e.id).unwrap(), Some(sixty));
+        assert!(matches!(s.set_agent_intervals(99, sixty), Err(StoreError::NotFound(99))));
+        s.conn.execute("UPDATE settings SET value = 'soon' WHERE key = ?1", [SETTING_PING]).unwrap();
+        assert!(matches!(s.default_intervals(), Err(StoreError::CorruptSetting(SETTING_PING))));
+    }
+
+    #[test]
+    fn the_agent_secret_is_optional_and_empty_means_none() {
+        let s = Store::in_memory().unwrap();
+        assert_eq!(s.agent_secret().unwrap(), None);
+        s.set_agent_secret(Some("one")).unwrap();
+        s.set_agent_secret(Some("two")).unwrap();
+        assert_eq!(s.agent_secret().unwrap().as_deref(), Some("two"));
+        s.set_agent_secret(Some("")).unwrap();
+        assert_eq!(s.agent_secret().unwrap(), None);
+        s.set_agent_secret(Some("three")).unwrap();
+        s.set_agent_secret(None).unwrap();
+        assert_eq!(s.agent_secret().unwrap(), None);
+    }
+
+    #[test]
+    fn the_summary_shows_the_stored_state_its_root_and_counts() {
+        let s = Store::in_memory().unwrap();
+        let e = s.create_environment("site", Secret([1; 32]), 5).unwrap();
+        let empty = s.environment_summary(e.id).unwrap();
+        assert_eq!(
+            (empty.seq, empty.root, empty.counts),
+            (0, crate::sync::state::empty_root(), ObjectCounts::default())
+        );
+        assert_eq!((empty.info.name.as_str(), empty.info.created_at, empty.info.last_poll_at), ("site", 5, None));
+        let mut state = State::default();
+        state.containers.insert(Container { id: Id([4; 32]), name: "db".into(), ..Container::default() });
+        let mut replica = Replica::default();
+        replica.receive(0, Some(&diff(&State::default(), &state)));
+        s.save_replica(e.id, &replica, 9).unwrap();
+        assert!(s.accept_poll(e.id, 1, Some("edge-1"), 9).unwrap());
+        let sum = s.environment_summary(e.id).unwrap();
+        assert_eq!((sum.seq, sum.root, sum.counts.containers, sum.counts.images), (1, state.root(), 1, 0));
+        assert_eq!(
+            (sum.info.edge_id.as_deref(), sum.info.snapshot_at, sum.info.last_poll_at),
+            (Some("edge-1"), Some(9), Some(9))
+        );
+        assert_eq!(s.environments().unwrap(), vec![sum.info]);
+        assert!(matches!(s.environment_summary(99), Err(StoreError::NotFound(99))));
+    }
+
+    #[test]
+    fn a_database_of_schema_1_is_migrated_and_keeps_its_data() {
+        let (dir, path) = tempdb("v1");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute("INSERT INTO environments (name, secret, created_at) VALUES ('old', ?1, 1)", [&[5u8; 32][..]])
+                .unwrap();
+            conn.execute(
+                "INSERT INTO commands (environment, action, status, created_at) VALUES (1, ?1, 'queued', 2)",
+                [stop(1).encode()],
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.environment(1).unwrap().name, "old");
+        assert_eq!(s.effective_intervals(1).unwrap(), s.default_intervals().unwrap());
+        assert_eq!(s.commands_due(1, 3, 100).unwrap().len(), 1, "the command queued before the upgrade is sent");
+        drop(s);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

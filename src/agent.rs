@@ -107,7 +107,9 @@ pub async fn execute(docker: &Docker, action: &Action) -> Result<(), String> {
             }
             return result;
         }
-        Action::ImageRemove(reference) => docker.remove_image(reference, None::<RemoveImageOptions>, None).await.map(drop),
+        Action::ImageRemove(reference) => {
+            docker.remove_image(reference, None::<RemoveImageOptions>, None).await.map(drop)
+        }
         Action::VolumeRemove(name) => docker.remove_volume(name, None::<RemoveVolumeOptions>).await,
         Action::NetworkRemove(id) => docker.remove_network(&id.to_string()).await,
     };
@@ -173,4 +175,64 @@ impl run::Engine for DockerEngine {
     async fn run(&self, action: &Action) -> Result<(), String> {
         execute(&self.docker, action).await
     }
+}
+
+/// Why `tern agent` stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The data directory.
+    #[error("{0}")]
+    Store(#[from] store::StoreError),
+    /// The engine.
+    #[error("{0}")]
+    Collect(#[from] CollectError),
+    /// TLS or URL setup.
+    #[error("{0}")]
+    Client(#[from] client::ClientError),
+    /// The loop.
+    #[error("{0}")]
+    Run(#[from] run::RunError),
+}
+
+/// Runs the agent for `config` until `shutdown` completes: the engine named
+/// by DOCKER_HOST (or the default socket), the server named by the join
+/// token, state in DATA_PATH.
+///
+/// # Errors
+/// When the data directory, the engine connection or TLS cannot be set up
+/// at start, or the data directory fails later.
+pub async fn start(
+    config: config::AgentConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let store = store::Store::open(&config.data_path)?;
+    let edge_id = store.edge_id(config.edge_id.as_deref())?;
+    let trust = if config.insecure_poll {
+        tracing::warn!(
+            "EDGE_INSECURE_POLL=1: the server's certificate is NOT checked. Anyone on the path can read this \
+             agent's traffic (polls are still authenticated both ways, so they cannot forge commands)."
+        );
+        crate::tls::Trust::Insecure
+    } else {
+        crate::tls::Trust::Pinned(config.token.cert_sha256)
+    };
+    let transport =
+        client::Client::new(&config.token.url, trust, crate::wire::codec::Limits::default().max_encoded + 64)?;
+    let docker = connect().await?;
+    let changed = Arc::new(AtomicBool::new(true));
+    let events = tokio::spawn(follow_events(docker.clone(), changed.clone()));
+    let key = config.token.secret.with_agent_secret(config.agent_secret.as_ref().map(|s| s.0.as_str()));
+    let settings = run::Settings::new(config.token.environment, key, edge_id.clone());
+    tracing::info!(
+        edge_id = %edge_id,
+        environment = config.token.environment,
+        server = %config.token.url,
+        data = %config.data_path.display(),
+        "agent starting"
+    );
+    let mut agent = run::Agent::new(settings, DockerEngine::new(docker), transport, store, changed)?;
+    let r = agent.run(shutdown).await;
+    events.abort();
+    tracing::info!(polls = agent.stats.polls, failures = agent.stats.failures, "agent stopped");
+    Ok(r?)
 }

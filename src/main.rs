@@ -26,6 +26,14 @@ enum Command {
         #[arg(long, short)]
         verbose: bool,
     },
+    /// Run the agent for the local engine, configured the Portainer way by
+    /// environment variables: EDGE_KEY, EDGE_ID, EDGE_INSECURE_POLL,
+    /// AGENT_SECRET, DATA_PATH, DOCKER_HOST, LOG_LEVEL.
+    #[cfg(feature = "agent")]
+    Agent {
+        #[command(subcommand)]
+        command: Option<AgentCommand>,
+    },
     /// Run the control server: one HTTPS port, an embedded database.
     #[cfg(feature = "server")]
     Server {
@@ -57,6 +65,22 @@ enum Command {
         /// The body is a server reply (default: an agent's poll request).
         #[arg(long)]
         reply: bool,
+    },
+}
+
+#[cfg(feature = "agent")]
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Read the local engine and print, as JSON, what this host costs: the
+    /// object counts, the root digest, the encoded size of a full snapshot
+    /// and of the delta from --base.
+    DryRun {
+        /// Save the state read, for a later --base.
+        #[arg(long)]
+        save: Option<std::path::PathBuf>,
+        /// A state saved earlier with --save: also report the delta from it.
+        #[arg(long)]
+        base: Option<std::path::PathBuf>,
     },
 }
 
@@ -107,6 +131,12 @@ fn main() -> ExitCode {
         #[cfg(feature = "agent")]
         Command::Snapshot { show_secrets, verbose } => snapshot::run(show_secrets, verbose),
         Command::DecodeBody { file, reply } => decode_body(&file, reply),
+        #[cfg(feature = "agent")]
+        Command::Agent { command: None } => return agent_main(),
+        #[cfg(feature = "agent")]
+        Command::Agent { command: Some(AgentCommand::DryRun { save, base }) } => {
+            snapshot::dry_run(save.as_deref(), base.as_deref())
+        }
         #[cfg(all(feature = "server", feature = "agent"))]
         Command::Env(EnvCommand::Add { name, url, api }) => env_add(&name, url, &api),
         #[cfg(feature = "server")]
@@ -124,6 +154,52 @@ fn main() -> ExitCode {
     }
 }
 
+/// `tern agent`: exit code 2 for a configuration error, 1 for a failure.
+#[cfg(feature = "agent")]
+fn agent_main() -> ExitCode {
+    let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    let config = match tern::agent::config::AgentConfig::from_env(&env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tern agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tern agent: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(tern::agent::start(config, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tern agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Ctrl-C, or SIGTERM (what `docker stop` sends).
+#[cfg(any(feature = "agent", feature = "server"))]
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    eprintln!("tern: shutting down");
+}
+
 #[cfg(feature = "server")]
 fn server(listen: std::net::SocketAddr, config: tern::server::ServerConfig) -> anyhow::Result<()> {
     let prepared = tern::server::prepare(&config)?;
@@ -134,11 +210,7 @@ fn server(listen: std::net::SocketAddr, config: tern::server::ServerConfig) -> a
         println!("listening on {}", listener.local_addr()?);
         println!("data directory {}", config.data.display());
         println!("certificate sha256 {}", tern::server::fingerprint_hex(&prepared.fingerprint));
-        let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
-            eprintln!("tern: shutting down");
-        };
-        tern::server::run(prepared, listener, shutdown).await?;
+        tern::server::run(prepared, listener, shutdown_signal()).await?;
         Ok(())
     })
 }
@@ -219,6 +291,47 @@ mod snapshot {
     use tern::wire::codec::{Codec, Limits};
     use tern::wire::poll::PollRequest;
     use tern::{agent, baseline};
+
+    /// `tern agent dry-run`.
+    pub fn dry_run(save: Option<&std::path::Path>, base: Option<&std::path::Path>) -> anyhow::Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let raw = rt.block_on(async {
+            let docker = agent::connect().await?;
+            agent::collect(&docker).await
+        })?;
+        // The same options the agent uses (secrets redacted).
+        let state = raw.canonical(&CanonicalOptions::default()).context("building the canonical state")?;
+        let mut codec = Codec::new(Limits::default())?;
+        let size = |codec: &mut Codec, from: &State| -> anyhow::Result<usize> {
+            let body = PollRequest { base: 0, delta: Some(diff(from, &state)), ..PollRequest::default() }.encode();
+            Ok(codec.encode(&body)?.len())
+        };
+        let full = size(&mut codec, &State::default())?;
+        let delta = match base {
+            Some(path) => {
+                let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                let old = State::from_snapshot(&bytes)
+                    .map_err(|e| anyhow::anyhow!("{}: not a state saved by --save: {e}", path.display()))?;
+                Some(size(&mut codec, &old)?)
+            }
+            None => None,
+        };
+        if let Some(path) = save {
+            std::fs::write(path, state.to_snapshot()).with_context(|| format!("writing {}", path.display()))?;
+        }
+        let out = serde_json::json!({
+            "containers": state.containers.len(),
+            "images": state.images.len(),
+            "volumes": state.volumes.len(),
+            "networks": state.networks.len(),
+            "stacks": state.stacks().len(),
+            "root": blake3::Hash::from(state.root()).to_hex().to_string(),
+            "full_snapshot_bytes": full,
+            "delta_bytes": delta,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        Ok(())
+    }
 
     pub fn run(show_secrets: bool, verbose: bool) -> anyhow::Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

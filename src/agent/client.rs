@@ -5,13 +5,17 @@
 //! Requests carry only what HTTP/1.1 requires: `POST /p`, `host` and
 //! `content-length`.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::tls::{Trust, client_config};
@@ -46,6 +50,61 @@ pub struct Client {
     max_reply: usize,
     /// Connections opened so far (a measure of keep-alive's success).
     pub connections: u64,
+    /// Connections that resumed a TLS session (no certificate exchange).
+    pub resumed: u64,
+    /// Bytes through the TCP socket (TLS records, handshakes included),
+    /// over every connection: what the link carries above TCP/IP.
+    pub wire: Arc<WireBytes>,
+}
+
+/// Bytes counted at the socket, under TLS.
+#[derive(Debug, Default)]
+pub struct WireBytes {
+    /// Written to the socket.
+    pub sent: AtomicU64,
+    /// Read from the socket.
+    pub received: AtomicU64,
+}
+
+impl WireBytes {
+    /// (sent, received) so far.
+    pub fn get(&self) -> (u64, u64) {
+        (self.sent.load(Ordering::Relaxed), self.received.load(Ordering::Relaxed))
+    }
+}
+
+/// A stream that counts the bytes through it.
+struct Counting<S> {
+    inner: S,
+    wire: Arc<WireBytes>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.wire.received.fetch_add(n as u64, Ordering::Relaxed);
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.wire.sent.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -69,7 +128,17 @@ impl Client {
         let host = uri.host().ok_or_else(bad)?.trim_matches(['[', ']']).to_owned();
         let port = uri.port_u16().unwrap_or(443);
         let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(trust)?));
-        Ok(Self { host, port, authority, connector, conn: None, max_reply, connections: 0 })
+        Ok(Self {
+            host,
+            port,
+            authority,
+            connector,
+            conn: None,
+            max_reply,
+            connections: 0,
+            resumed: 0,
+            wire: Arc::default(),
+        })
     }
 
     async fn connect(&mut self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
@@ -78,7 +147,11 @@ impl Client {
         // A pinned certificate is checked by fingerprint, not name; the name
         // is still sent (SNI) for servers behind a proxy.
         let name = ServerName::try_from(self.host.clone()).map_err(|_| ClientError::BadUrl(self.authority.clone()))?;
+        let tcp = Counting { inner: tcp, wire: self.wire.clone() };
         let tls = self.connector.connect(name, tcp).await?;
+        if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            self.resumed += 1;
+        }
         let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| ClientError::Http(e.to_string()))?;
@@ -89,6 +162,12 @@ impl Client {
         });
         self.connections += 1;
         Ok(send)
+    }
+
+    /// Drops the kept-alive connection (the next request opens a new one,
+    /// resuming the TLS session when it can).
+    pub fn disconnect(&mut self) {
+        self.conn = None;
     }
 
     /// POSTs a poll body; returns the status and the reply body.

@@ -110,16 +110,14 @@ fn flag(env: &BTreeMap<String, String>, name: &'static str) -> Result<bool, Conf
     }
 }
 
+/// The known name within a few typos of `name`, as a hint.
 fn closest(name: &str) -> String {
-    let score = |k: &str| {
-        let common = k.chars().zip(name.chars()).take_while(|(a, b)| a == b).count();
-        common as isize - (k.len() as isize - name.len() as isize).abs()
-    };
     KNOWN
         .iter()
-        .max_by_key(|k| score(k))
-        .filter(|k| score(k) >= 4)
-        .map(|k| format!(" (did you mean {k}?)"))
+        .map(|k| (strsim::levenshtein(k, name), k))
+        .min()
+        .filter(|(d, _)| *d <= 3)
+        .map(|(_, k)| format!(" (did you mean {k}?)"))
         .unwrap_or_default()
 }
 
@@ -208,6 +206,14 @@ mod tests {
         assert_eq!(c.data_path, PathBuf::from("/data"));
         assert_eq!(c.log_level, LogLevel::Info);
         assert!(!format!("{c:?}").contains("s3cret"), "secrets stay out of Debug");
+    }
+
+    #[test]
+    fn typos_get_the_nearest_name() {
+        assert_eq!(closest("EDGE_KY"), " (did you mean EDGE_KEY?)");
+        assert_eq!(closest("EDGE_INSECURE_POL"), " (did you mean EDGE_INSECURE_POLL?)");
+        assert_eq!(closest("AGENT_SECRETS"), " (did you mean AGENT_SECRET?)");
+        assert_eq!(closest("EDGE_SOMETHING_ELSE"), "");
     }
 
     #[test]

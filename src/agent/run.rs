@@ -321,6 +321,21 @@ impl<E: Engine, T: Transport> Agent<E, T> {
         self.sync.base().0
     }
 
+    /// The transport (to inspect its counters, or drop its connection).
+    pub fn transport_mut(&mut self) -> &mut T {
+        &mut self.transport
+    }
+
+    /// Polls now with a snapshot and a command check, whatever the timers
+    /// say (a test, or an operator's "check in now").
+    ///
+    /// # Errors
+    /// When the data directory fails.
+    pub async fn poll_now(&mut self) -> Result<Outcome, RunError> {
+        self.sched.hurry(self.now());
+        self.poll_once().await
+    }
+
     /// The intervals in force.
     pub fn intervals(&self) -> Intervals {
         self.sched.intervals()
@@ -659,7 +674,12 @@ mod tests {
     fn host(n: u8, status: ContainerStatus) -> State {
         let mut s = State::default();
         for i in 0..n {
-            s.containers.insert(Container { id: Id([i + 1; 32]), name: format!("c{i}"), status, ..Container::default() });
+            s.containers.insert(Container {
+                id: Id([i + 1; 32]),
+                name: format!("c{i}"),
+                status,
+                ..Container::default()
+            });
         }
         s
     }

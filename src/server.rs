@@ -94,6 +94,29 @@ fn admin_token(data: &std::path::Path) -> Result<String, StartError> {
     Ok(token)
 }
 
+impl Prepared {
+    /// Sets the server's `AGENT_SECRET` (as `tern server` reads it from its
+    /// environment): from now on every agent must hold the same one, mixed
+    /// into its MAC key (see [`crate::auth::Secret::with_agent_secret`]).
+    /// It is kept in the database, so it holds across restarts: `None` (not
+    /// given) keeps the stored one, an empty text removes it.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub fn set_agent_secret(&self, secret: Option<&str>) -> Result<(), StartError> {
+        let Some(secret) = secret else { return Ok(()) };
+        Ok(self.state.with_store(|s| s.set_agent_secret(Some(secret)))?)
+    }
+
+    /// Whether the server requires an `AGENT_SECRET` of its agents.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub fn requires_agent_secret(&self) -> Result<bool, StartError> {
+        Ok(self.state.with_store(store::Store::agent_secret)?.is_some())
+    }
+}
+
 /// Serves on an already-bound listener until `shutdown` completes.
 ///
 /// # Errors
@@ -112,4 +135,30 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:9443";
 /// Formats a fingerprint the way operators compare them.
 pub fn fingerprint_hex(f: &[u8; 32]) -> String {
     f.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_secret_given_at_start_is_kept_until_cleared() {
+        let data = std::env::temp_dir().join(format!("tern-server-prepare-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        let config = ServerConfig { data: data.clone(), cert: None, names: vec!["localhost".into()] };
+        let first = prepare(&config).unwrap();
+        assert!(!first.requires_agent_secret().unwrap());
+        first.set_agent_secret(Some("s3cret")).unwrap();
+        assert!(first.requires_agent_secret().unwrap());
+        drop(first);
+        // Restarted without AGENT_SECRET: the stored one holds.
+        let again = prepare(&config).unwrap();
+        again.set_agent_secret(None).unwrap();
+        assert!(again.requires_agent_secret().unwrap());
+        // An empty one clears it.
+        again.set_agent_secret(Some("")).unwrap();
+        assert!(!again.requires_agent_secret().unwrap());
+        drop(again);
+        std::fs::remove_dir_all(&data).unwrap();
+    }
 }

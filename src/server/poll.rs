@@ -1,12 +1,29 @@
 //! The poll endpoint's logic, apart from HTTP: authenticate, decode, apply
-//! the delta, store, answer. The HTTP layer only moves bytes and maps a
-//! [`Refusal`] to a status code.
+//! the delta, store the results, answer with the commands due. The HTTP
+//! layer only moves bytes and maps a [`Refusal`] to a status code.
+//!
+//! After the state part, a poll is handled in this order:
+//!
+//! 1. each command result is stored (once: a repeated one changes nothing)
+//!    and its id acknowledged, also when it names no command of this
+//!    environment, so that the agent drops it either way;
+//! 2. `commands_seen` marks the commands the agent recorded delivered;
+//! 3. the intervals the agent reports are noted, and the reply carries the
+//!    configured ones only while the agent's are unknown or differ;
+//! 4. the reply carries every queued command the agent has not confirmed,
+//!    oldest first, so a lost reply loses no command.
+//!
+//! A resync reply carries all of that too: the agent's results and
+//! acknowledgements do not depend on the state part.
 
-use crate::auth::{RequestEnvelope, seal_reply};
+use crate::auth::{AuthError, RequestEnvelope, seal_reply};
 use crate::server::store::{Store, StoreError};
 use crate::sync::session::Received;
 use crate::wire::codec::{Codec, CodecError};
 use crate::wire::poll::{PollReply, PollRequest};
+
+/// The most commands one reply carries; the rest follow in later replies.
+pub const MAX_COMMANDS_PER_REPLY: usize = 100;
 
 /// Why a poll was refused. Nothing was changed.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +39,13 @@ pub enum Refusal {
     /// token); an operator can reset the binding.
     #[error("environment {0} is bound to another agent (EDGE_ID); reset the binding to move it")]
     BoundToAnother(u64),
+    /// The server has an `AGENT_SECRET` and the agent has none: its poll
+    /// proves it holds the environment's secret, so its operator is told
+    /// what to fix (a stranger learns nothing). An agent with a *wrong*
+    /// AGENT_SECRET cannot be told from a forgery and gets
+    /// [`Self::Unauthenticated`].
+    #[error("the server requires AGENT_SECRET and the agent's does not match")]
+    AgentSecret,
     /// The body does not decode.
     #[error("bad body: {0}")]
     BadBody(String),
@@ -48,10 +72,20 @@ pub fn handle(store: &Store, codec: &mut Codec, wire: &[u8], now: i64) -> Result
         Err(StoreError::NotFound(_)) => return Err(Refusal::Unauthenticated),
         Err(e) => return Err(e.into()),
     };
-    envelope.verify(&env.secret, env.last_counter).map_err(|e| match e {
-        crate::auth::AuthError::Replay { .. } => Refusal::Replay,
-        _ => Refusal::Unauthenticated,
-    })?;
+    let agent_secret = store.agent_secret()?;
+    let key = env.secret.with_agent_secret(agent_secret.as_deref());
+    match envelope.verify(&key, env.last_counter) {
+        Ok(()) => {}
+        Err(AuthError::Replay { .. }) => return Err(Refusal::Replay),
+        // The right environment secret without the server's AGENT_SECRET
+        // mixed in (a replayed counter proves the secret just as well).
+        Err(_)
+            if agent_secret.is_some() && envelope.verify(&env.secret, env.last_counter) != Err(AuthError::BadMac) =>
+        {
+            return Err(Refusal::AgentSecret);
+        }
+        Err(_) => return Err(Refusal::Unauthenticated),
+    }
     // Authenticated from here on. Decode before touching anything.
     let request = PollRequest::decode(&codec.decode(envelope.body)?).map_err(|e| Refusal::BadBody(e.to_string()))?;
     let edge_id = request.agent.as_ref().map(|a| a.edge_id.as_str());
@@ -66,7 +100,7 @@ pub fn handle(store: &Store, codec: &mut Codec, wire: &[u8], now: i64) -> Result
     let mut replica = store.replica(env.id)?;
     let before = replica.current().0;
     let received = replica.receive(request.base, request.delta.as_ref());
-    let reply = match received {
+    let mut reply = match received {
         Received::Acked(seq) => {
             // The replica changes exactly when its sequence number moves.
             if seq != before {
@@ -76,21 +110,40 @@ pub fn handle(store: &Store, codec: &mut Codec, wire: &[u8], now: i64) -> Result
         }
         Received::Resync => PollReply { acked: replica.current().0, resync: true, ..PollReply::default() },
     };
-    Ok(seal_reply(envelope.counter, &env.secret, &codec.encode(&reply.encode())?))
+    for result in &request.results {
+        store.store_result(env.id, result, now)?;
+        reply.results_acked.push(result.id);
+    }
+    if request.commands_seen > 0 {
+        store.mark_seen(env.id, request.commands_seen, now)?;
+    }
+    if let Some(intervals) = request.intervals {
+        store.set_agent_intervals(env.id, intervals)?;
+    }
+    let effective = store.effective_intervals(env.id)?;
+    if store.agent_intervals(env.id)? != Some(effective) {
+        reply.intervals = Some(effective);
+    }
+    reply.commands = store.commands_due(env.id, now, MAX_COMMANDS_PER_REPLY)?;
+    Ok(seal_reply(envelope.counter, &key, &codec.encode(&reply.encode())?))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::auth::{Secret, open_reply, seal_request};
+    use crate::server::store::CommandStatus;
     use crate::sync::State;
     use crate::sync::session::AgentSync;
+    use crate::sync::state::Id;
     use crate::wire::codec::Limits;
-    use crate::wire::poll::AgentInfo;
+    use crate::wire::poll::{Action, AgentInfo, Command, CommandResult, ContainerOp, Intervals, ResultStatus};
 
     struct Agent {
         env: u64,
-        secret: Secret,
+        /// The MAC key: the environment's secret, with the agent's
+        /// AGENT_SECRET mixed in when it has one.
+        key: Secret,
         counter: u64,
         sync: AgentSync,
         named: bool,
@@ -98,22 +151,40 @@ mod tests {
     }
 
     impl Agent {
+        /// A poll with a snapshot of `current`.
         fn poll(&mut self, store: &Store, codec: &mut Codec, current: &State) -> Result<PollReply, Refusal> {
-            self.counter += 1;
-            let out = self.sync.prepare(current, true);
-            let req = PollRequest {
-                base: out.base,
-                delta: out.delta.clone(),
-                agent: (!self.named).then(|| AgentInfo { version: "test".into(), edge_id: self.edge_id.clone() }),
-                ..PollRequest::default()
-            };
-            let wire = seal_request(self.env, self.counter, &self.secret, &codec.encode(&req.encode()).unwrap());
-            let reply_wire = handle(store, codec, &wire, 1000 + self.counter as i64)?;
-            let body = open_reply(self.counter, &self.secret, &reply_wire).expect("authentic reply");
+            self.poll_with(store, codec, Some(current), PollRequest::default())
+        }
+
+        /// A poll carrying `extra`'s results, commands_seen and intervals,
+        /// and a snapshot when `current` is given.
+        fn poll_with(
+            &mut self,
+            store: &Store,
+            codec: &mut Codec,
+            current: Option<&State>,
+            extra: PollRequest,
+        ) -> Result<PollReply, Refusal> {
+            let out = self.sync.prepare(current.unwrap_or(&State::default()), current.is_some());
+            let reply_wire =
+                self.send(store, codec, PollRequest { base: out.base, delta: out.delta.clone(), ..extra })?;
+            let body = open_reply(self.counter, &self.key, &reply_wire).expect("authentic reply");
             let reply = PollReply::decode(&codec.decode(body).unwrap()).unwrap();
             self.named = true;
             self.sync.on_reply(out, reply.acked, reply.resync);
             Ok(reply)
+        }
+
+        /// Sends a request; the reply's bytes come back, unopened (as good
+        /// as lost unless the caller opens them).
+        fn send(&mut self, store: &Store, codec: &mut Codec, req: PollRequest) -> Result<Vec<u8>, Refusal> {
+            self.counter += 1;
+            let req = PollRequest {
+                agent: (!self.named).then(|| AgentInfo { version: "test".into(), edge_id: self.edge_id.clone() }),
+                ..req
+            };
+            let wire = seal_request(self.env, self.counter, &self.key, &codec.encode(&req.encode()).unwrap());
+            handle(store, codec, &wire, 1000 + self.counter as i64)
         }
     }
 
@@ -122,7 +193,7 @@ mod tests {
         let e = store.create_environment("site", Secret([8; 32]), 0).unwrap();
         let agent = Agent {
             env: e.id,
-            secret: e.secret,
+            key: e.secret,
             counter: 0,
             sync: AgentSync::default(),
             named: false,
@@ -132,9 +203,20 @@ mod tests {
     }
 
     fn host40(step: usize) -> State {
-        let rec = crate::fixture::load(&crate::fixture::dir(), "host40").unwrap();
+        static REC: std::sync::OnceLock<crate::fixture::Recording> = std::sync::OnceLock::new();
+        let rec = REC.get_or_init(|| crate::fixture::load(&crate::fixture::dir(), "host40").unwrap());
         rec.steps[step].raw.canonical(&Default::default()).unwrap()
     }
+
+    fn restart(id: u8) -> Action {
+        Action::Container(ContainerOp::Restart, Id([id; 32]))
+    }
+
+    fn ok(id: u64) -> CommandResult {
+        CommandResult { id, status: ResultStatus::Ok, error: String::new(), finished_at: 1500 }
+    }
+
+    const SIXTY: Intervals = Intervals { ping: 60, snapshot: 60, command: 60 };
 
     #[test]
     fn a_real_host_syncs_through_the_poll_handler() {
@@ -162,12 +244,12 @@ mod tests {
         assert!(matches!(handle(&store, &mut codec, &forged, 5), Err(Refusal::Unauthenticated)));
         // Unknown environment, garbage.
         assert!(matches!(
-            handle(&store, &mut codec, &seal_request(77, 1, &agent.secret, &body), 5),
+            handle(&store, &mut codec, &seal_request(77, 1, &agent.key, &body), 5),
             Err(Refusal::Unauthenticated)
         ));
         assert!(matches!(handle(&store, &mut codec, b"\x01", 5), Err(Refusal::Unauthenticated)));
         // Replayed: the agent's own last request again.
-        let replay = seal_request(agent.env, agent.counter, &agent.secret, &body);
+        let replay = seal_request(agent.env, agent.counter, &agent.key, &body);
         assert!(matches!(handle(&store, &mut codec, &replay, 5), Err(Refusal::Replay)));
         // A second agent with the same token.
         let mut other =
@@ -176,8 +258,150 @@ mod tests {
         let env = store.environment(other.env).unwrap();
         assert_eq!((env.edge_id.as_deref(), env.last_counter), (Some("edge-1"), 1));
         // An authenticated body that does not decode.
-        let bad = seal_request(other.env, 60, &other.secret, b"\x01\x00\xff\xff");
+        let bad = seal_request(other.env, 60, &other.key, b"\x01\x00\xff\xff");
         assert!(matches!(handle(&store, &mut codec, &bad, 5), Err(Refusal::BadBody(_))));
         assert_eq!(store.environment(other.env).unwrap().last_counter, 1, "nothing changed");
+    }
+
+    #[test]
+    fn a_command_goes_queued_sent_delivered_then_ok_with_its_result() {
+        let (store, mut codec, mut agent) = setup();
+        let id = store.enqueue_command(agent.env, &restart(1), 900).unwrap();
+        assert_eq!(store.command(id).unwrap().status, CommandStatus::Queued);
+        // The next reply carries it, whatever the poll was for.
+        let r = agent.poll_with(&store, &mut codec, None, PollRequest::default()).unwrap();
+        assert_eq!(r.commands, vec![Command { id, action: restart(1) }]);
+        let c = store.command(id).unwrap();
+        assert_eq!((c.status, c.sent_at), (CommandStatus::Sent, Some(1001)));
+        // The agent recorded it: delivered, and never sent again.
+        let seen = PollRequest { commands_seen: id, ..PollRequest::default() };
+        let r = agent.poll_with(&store, &mut codec, None, seen).unwrap();
+        assert!(r.commands.is_empty() && r.results_acked.is_empty());
+        let c = store.command(id).unwrap();
+        assert_eq!((c.status, c.delivered_at), (CommandStatus::Delivered, Some(1002)));
+        // It ran: the result is stored and acknowledged.
+        let done = PollRequest { results: vec![ok(id)], ..PollRequest::default() };
+        let r = agent.poll_with(&store, &mut codec, None, done).unwrap();
+        assert_eq!(r.results_acked, vec![id]);
+        let c = store.command(id).unwrap();
+        assert_eq!((c.status, c.finished_at), (CommandStatus::Ok, Some(1500)));
+    }
+
+    #[test]
+    fn a_repeated_result_is_acknowledged_again_and_stored_once() {
+        let (store, mut codec, mut agent) = setup();
+        let id = store.enqueue_command(agent.env, &restart(1), 900).unwrap();
+        agent.poll_with(&store, &mut codec, None, PollRequest::default()).unwrap();
+        let failed =
+            CommandResult { id, status: ResultStatus::Failed, error: "no such container".into(), finished_at: 1 };
+        let first = PollRequest { results: vec![failed.clone()], commands_seen: id, ..PollRequest::default() };
+        assert_eq!(agent.poll_with(&store, &mut codec, None, first).unwrap().results_acked, vec![id]);
+        // The acknowledgement was lost: the agent sends the result again,
+        // here with a different outcome, which must not overwrite the first.
+        let again = PollRequest { results: vec![ok(id)], ..PollRequest::default() };
+        assert_eq!(agent.poll_with(&store, &mut codec, None, again).unwrap().results_acked, vec![id]);
+        let c = store.command(id).unwrap();
+        assert_eq!((c.status, c.error.as_str(), c.finished_at), (CommandStatus::Failed, "no such container", Some(1)));
+        // Results naming no command of this environment are acknowledged, so
+        // the agent drops them, and change nothing.
+        let other = store.create_environment("other", Secret([9; 32]), 0).unwrap();
+        let foreign = store.enqueue_command(other.id, &restart(2), 900).unwrap();
+        let strays = PollRequest { results: vec![ok(foreign), ok(999), ok(u64::MAX)], ..PollRequest::default() };
+        assert_eq!(
+            agent.poll_with(&store, &mut codec, None, strays).unwrap().results_acked,
+            vec![foreign, 999, u64::MAX]
+        );
+        assert_eq!(store.command(foreign).unwrap().status, CommandStatus::Queued);
+    }
+
+    #[test]
+    fn a_lost_reply_loses_no_command() {
+        let (store, mut codec, mut agent) = setup();
+        let id = store.enqueue_command(agent.env, &restart(1), 900).unwrap();
+        // The reply with the command never reaches the agent.
+        agent.send(&store, &mut codec, PollRequest::default()).unwrap();
+        assert_eq!(store.command(id).unwrap().status, CommandStatus::Sent);
+        agent.named = true;
+        // Its next poll has no commands_seen: the same command comes again.
+        let r = agent.poll_with(&store, &mut codec, None, PollRequest::default()).unwrap();
+        assert_eq!(r.commands, vec![Command { id, action: restart(1) }]);
+        let later = store.enqueue_command(agent.env, &restart(2), 900).unwrap();
+        let r = agent.poll_with(&store, &mut codec, None, PollRequest::default()).unwrap();
+        assert_eq!(r.commands.iter().map(|c| c.id).collect::<Vec<_>>(), vec![id, later], "oldest first");
+    }
+
+    #[test]
+    fn a_resync_reply_still_acknowledges_results_and_carries_commands() {
+        let (store, mut codec, mut agent) = setup();
+        agent.poll(&store, &mut codec, &host40(0)).unwrap();
+        let id = store.enqueue_command(agent.env, &restart(1), 900).unwrap();
+        store.mark_seen(agent.env, 0, 900).unwrap();
+        let before = store.replica(agent.env).unwrap();
+        // An agent whose base the server never had.
+        agent.sync = AgentSync::restore(42, host40(2));
+        let req = PollRequest { results: vec![ok(id)], ..PollRequest::default() };
+        let r = agent.poll_with(&store, &mut codec, Some(&host40(3)), req).unwrap();
+        assert!(r.resync);
+        assert_eq!(r.results_acked, vec![id]);
+        assert_eq!(store.command(id).unwrap().status, CommandStatus::Ok);
+        assert_eq!(store.replica(agent.env).unwrap(), before, "the state stays as it was");
+        let next = store.enqueue_command(agent.env, &restart(2), 900).unwrap();
+        let r = agent.poll_with(&store, &mut codec, Some(&host40(3)), PollRequest::default()).unwrap();
+        assert_eq!((r.resync, r.commands.len(), r.commands[0].id), (false, 1, next));
+    }
+
+    #[test]
+    fn intervals_are_sent_only_while_the_agents_differ() {
+        let (store, mut codec, mut agent) = setup();
+        // Unknown at first contact without them.
+        let r = agent.poll_with(&store, &mut codec, None, PollRequest::default()).unwrap();
+        assert_eq!(r.intervals, Some(SIXTY));
+        // The agent reports what it runs with: the same, so nothing is sent.
+        let report = |i| PollRequest { intervals: Some(i), ..PollRequest::default() };
+        assert_eq!(agent.poll_with(&store, &mut codec, None, report(SIXTY)).unwrap().intervals, None);
+        assert_eq!(agent.poll_with(&store, &mut codec, None, PollRequest::default()).unwrap().intervals, None);
+        // The operator changes them: sent until the agent reports them applied.
+        let own = crate::server::store::IntervalSettings { snapshot: Some(300), ..Default::default() };
+        store.set_intervals(agent.env, own).unwrap();
+        let new = Intervals { snapshot: 300, ..SIXTY };
+        assert_eq!(agent.poll_with(&store, &mut codec, None, PollRequest::default()).unwrap().intervals, Some(new));
+        assert_eq!(agent.poll_with(&store, &mut codec, None, PollRequest::default()).unwrap().intervals, Some(new));
+        assert_eq!(agent.poll_with(&store, &mut codec, None, report(new)).unwrap().intervals, None);
+        // An agent restarted with other intervals is corrected.
+        let stale = Intervals { ping: 5, ..new };
+        assert_eq!(agent.poll_with(&store, &mut codec, None, report(stale)).unwrap().intervals, Some(new));
+        assert_eq!(store.agent_intervals(agent.env).unwrap(), Some(stale));
+    }
+
+    #[test]
+    fn an_agent_secret_mismatch_is_refused_with_its_reason_and_changes_nothing() {
+        let (store, mut codec, mut agent) = setup();
+        agent.poll(&store, &mut codec, &host40(0)).unwrap();
+        let env_secret = agent.key.clone();
+        store.set_agent_secret(Some("s3cret")).unwrap();
+        let id = store.enqueue_command(agent.env, &restart(1), 900).unwrap();
+        let before = (store.environment(agent.env).unwrap(), store.replica(agent.env).unwrap());
+        let with_results = || PollRequest { results: vec![ok(id)], commands_seen: id, ..PollRequest::default() };
+        // An agent without AGENT_SECRET: told apart from a forgery.
+        let refused = agent.poll_with(&store, &mut codec, Some(&host40(2)), with_results());
+        assert!(matches!(refused, Err(Refusal::AgentSecret)), "{refused:?}");
+        // A wrong AGENT_SECRET, or a stranger without the environment's
+        // secret, cannot be told from a forgery.
+        for key in [env_secret.with_agent_secret(Some("wrong")), Secret([0; 32])] {
+            agent.key = key;
+            let refused = agent.send(&store, &mut codec, with_results());
+            assert!(matches!(refused, Err(Refusal::Unauthenticated)), "{refused:?}");
+        }
+        assert_eq!((store.environment(agent.env).unwrap(), store.replica(agent.env).unwrap()), before);
+        assert_eq!(store.command(id).unwrap().status, CommandStatus::Queued, "nothing changed");
+        // With the right one, the poll goes through, and the reply is sealed
+        // with the same derived key.
+        agent.key = env_secret.with_agent_secret(Some("s3cret"));
+        let wire = agent.send(&store, &mut codec, PollRequest::default()).unwrap();
+        assert!(open_reply(agent.counter, &env_secret, &wire).is_err());
+        let body = open_reply(agent.counter, &agent.key, &wire).unwrap();
+        let r = PollReply::decode(&codec.decode(body).unwrap()).unwrap();
+        assert_eq!((r.acked, r.commands.len()), (1, 1));
+        assert_eq!(store.environment(agent.env).unwrap().last_counter, agent.counter);
     }
 }

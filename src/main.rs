@@ -53,6 +53,23 @@ enum Command {
         #[arg(long = "cert-name", default_values = ["localhost", "127.0.0.1"])]
         cert_names: Vec<String>,
     },
+    /// Start a server on its embedded database and an agent for the local
+    /// Docker engine, in one process: the quickest way to see tern work.
+    /// Ctrl-C stops both; run it again and both carry on where they were.
+    #[cfg(all(feature = "server", feature = "agent"))]
+    Quickstart {
+        /// Address to listen on (loopback only by default: the agent is local).
+        #[arg(long, default_value = "127.0.0.1:9443")]
+        listen: std::net::SocketAddr,
+        /// Data directory (database, certificate, admin token, the local
+        /// agent's state).
+        #[arg(long, env = "TERN_DATA", default_value = "tern-data")]
+        data: std::path::PathBuf,
+        /// Poll intervals of the local environment, in seconds. Short, since
+        /// a local agent costs no data plan.
+        #[arg(long, default_value_t = 5)]
+        interval: u32,
+    },
     /// Manage environments through the server's API.
     #[cfg(all(feature = "server", feature = "agent"))]
     #[command(subcommand)]
@@ -125,6 +142,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        // Plain text when the log goes to a file or `docker logs`.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -139,6 +158,8 @@ fn main() -> ExitCode {
         }
         #[cfg(all(feature = "server", feature = "agent"))]
         Command::Env(EnvCommand::Add { name, url, api }) => env_add(&name, url, &api),
+        #[cfg(all(feature = "server", feature = "agent"))]
+        Command::Quickstart { listen, data, interval } => quickstart(listen, data, interval),
         #[cfg(feature = "server")]
         Command::Server { listen, data, tls_cert, tls_key, cert_names } => {
             let cert = tls_cert.zip(tls_key);
@@ -212,6 +233,101 @@ fn server(listen: std::net::SocketAddr, config: tern::server::ServerConfig) -> a
         println!("certificate sha256 {}", tern::server::fingerprint_hex(&prepared.fingerprint));
         tern::server::run(prepared, listener, shutdown_signal()).await?;
         Ok(())
+    })
+}
+
+/// `tern quickstart`: the server, an environment named `local` (made once,
+/// its join token kept in `<data>/local-agent/edge_key`), and its agent.
+#[cfg(all(feature = "server", feature = "agent"))]
+fn quickstart(listen: std::net::SocketAddr, data: std::path::PathBuf, interval: u32) -> anyhow::Result<()> {
+    use anyhow::{Context, bail};
+    let config = tern::server::ServerConfig {
+        data: data.clone(),
+        cert: None,
+        names: vec!["localhost".into(), "127.0.0.1".into()],
+    };
+    let prepared = tern::server::prepare(&config)?;
+    let fingerprint = prepared.fingerprint;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen} (another tern running? try --listen 127.0.0.1:0)"))?;
+        let addr = listener.local_addr()?;
+        let url = format!("https://127.0.0.1:{}", addr.port());
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let server = tokio::spawn(tern::server::run(prepared, listener, stopped(stop_rx.clone())));
+
+        let agent_dir = data.join("local-agent");
+        std::fs::create_dir_all(&agent_dir).with_context(|| format!("creating {}", agent_dir.display()))?;
+        let key_path = agent_dir.join("edge_key");
+        let edge_key = match std::fs::read_to_string(&key_path) {
+            Ok(k) => k.trim().to_owned(),
+            Err(_) => {
+                let admin = std::fs::read_to_string(tern::server::admin_token_path(&data))?;
+                let mut api = tern::agent::client::Client::new(&url, tern::tls::Trust::Pinned(fingerprint), 1 << 20)?;
+                let body = serde_json::json!({
+                    "name": "local",
+                    "url": url,
+                    "intervals": { "ping": interval, "snapshot": interval, "command": interval },
+                });
+                let (status, reply) =
+                    api.post_json("/api/environments", admin.trim(), body.to_string().into_bytes()).await?;
+                if status != 201 {
+                    bail!(
+                        "creating the local environment: server answered {status}: {} (remove {} to start afresh)",
+                        String::from_utf8_lossy(&reply),
+                        data.display()
+                    );
+                }
+                let created: tern::server::api::CreatedEnvironment = serde_json::from_slice(&reply)?;
+                std::fs::write(&key_path, &created.edge_key)?;
+                created.edge_key
+            }
+        };
+        let mut token = tern::auth::JoinToken::parse(&edge_key).context("the saved local EDGE_KEY")?;
+        // The port may differ from the first run's (--listen 127.0.0.1:0).
+        token.url = url.clone();
+        let env_id = token.environment;
+        let agent_config = tern::agent::config::AgentConfig {
+            token,
+            edge_id: None,
+            insecure_poll: false,
+            agent_secret: None,
+            data_path: agent_dir.clone(),
+            docker_host: None,
+            log_level: tern::agent::config::LogLevel::Info,
+        };
+        println!("tern is running: a server and an agent for this host's Docker engine.");
+        println!();
+        println!("  server       {url}  (certificate sha256 {})", tern::server::fingerprint_hex(&fingerprint));
+        println!("  data         {}", data.display());
+        println!("  admin token  {}", tern::server::admin_token_path(&data).display());
+        println!("  environment  local, polling every {interval} s; agent state in {}", agent_dir.display());
+        println!();
+        println!("Look at it from another terminal:");
+        println!(
+            "  curl -sk -H \"Authorization: Bearer $(cat {})\" {url}/api/environments/{env_id}/state",
+            tern::server::admin_token_path(&data).display()
+        );
+        println!("  tern env add --name another-host --server {url} --data {}", data.display());
+        println!();
+        println!("Ctrl-C stops both.");
+        let agent = tern::agent::start(agent_config, stopped(stop_rx.clone()));
+        tokio::pin!(agent);
+        let result = tokio::select! {
+            r = &mut agent => r.map_err(anyhow::Error::from),
+            () = shutdown_signal() => {
+                let _ = stop_tx.send(true);
+                agent.await.map_err(anyhow::Error::from)
+            }
+        };
+        let _ = stop_tx.send(true);
+        server.await??;
+        result
     })
 }
 

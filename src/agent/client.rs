@@ -185,7 +185,22 @@ impl Client {
     /// # Errors
     /// As [`Self::post`].
     pub async fn post_json(&mut self, path: &str, bearer: &str, body: Vec<u8>) -> Result<(u16, Bytes), ClientError> {
-        self.post_with(path, Some(bearer), body).await
+        self.request(hyper::Method::POST, path, Some(bearer), Some(body)).await
+    }
+
+    /// Any API call: `method` on `path` with a bearer token and an optional
+    /// JSON body.
+    ///
+    /// # Errors
+    /// As [`Self::post`].
+    pub async fn api(
+        &mut self,
+        method: hyper::Method,
+        path: &str,
+        bearer: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, Bytes), ClientError> {
+        self.request(method, path, Some(bearer), body).await
     }
 
     async fn post_with(
@@ -194,7 +209,18 @@ impl Client {
         bearer: Option<&str>,
         body: Vec<u8>,
     ) -> Result<(u16, Bytes), ClientError> {
-        let body = Bytes::from(body);
+        self.request(hyper::Method::POST, path, bearer, Some(body)).await
+    }
+
+    async fn request(
+        &mut self,
+        method: hyper::Method,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, Bytes), ClientError> {
+        let json = body.is_some() && bearer.is_some();
+        let body = Bytes::from(body.unwrap_or_default());
         for attempt in 0..2 {
             let mut send = match self.conn.take() {
                 Some(s) if !s.is_closed() => s,
@@ -203,11 +229,15 @@ impl Client {
             if send.ready().await.is_err() {
                 continue;
             }
-            let mut request = hyper::Request::post(path).header(hyper::header::HOST, &self.authority);
+            let mut request = hyper::Request::builder()
+                .method(method.clone())
+                .uri(path)
+                .header(hyper::header::HOST, &self.authority);
             if let Some(token) = bearer {
-                request = request
-                    .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
-                    .header(hyper::header::CONTENT_TYPE, "application/json");
+                request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+            }
+            if json {
+                request = request.header(hyper::header::CONTENT_TYPE, "application/json");
             }
             let request = request.body(Full::new(body.clone())).map_err(|e| ClientError::Http(e.to_string()))?;
             match send.send_request(request).await {

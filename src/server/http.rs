@@ -1,5 +1,6 @@
 //! The server's one HTTPS port: TLS 1.3 (rustls) and HTTP/1.1 (hyper),
-//! routed by axum. For now it serves the agents' poll endpoint, `POST /p`.
+//! routed by axum. It serves the agents' poll endpoint, `POST /p`, and the
+//! REST API under `/api/` (see [`super::api`]).
 //!
 //! Every header byte is paid on every poll, so the poll reply carries only
 //! what HTTP/1.1 requires (status line and `content-length`): no `date`, no
@@ -68,7 +69,8 @@ impl AppState {
     }
 }
 
-fn now() -> i64 {
+/// Seconds since the Unix epoch.
+pub(super) fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
@@ -110,7 +112,9 @@ pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.limits.max_encoded + 64;
     Router::new()
         .route(POLL_PATH, post(poll_handler))
-        .route("/api/environments", post(super::api::create_environment))
+        .merge(super::api::routes(state.clone()))
+        .fallback(super::api::not_found)
+        .method_not_allowed_fallback(super::api::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }

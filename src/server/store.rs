@@ -519,6 +519,21 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// One environment as the list shows it.
+    ///
+    /// # Errors
+    /// When it does not exist or SQLite fails.
+    pub fn environment_info(&self, id: u64) -> Result<EnvironmentInfo, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT id, name, edge_id, created_at, last_poll_at, snapshot_at FROM environments WHERE id = ?1",
+                [sql_id(id)],
+                Self::info_row,
+            )
+            .optional()?
+            .ok_or(StoreError::NotFound(id))
+    }
+
     fn info_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EnvironmentInfo> {
         Ok(EnvironmentInfo {
             id: r.get::<_, i64>(0)? as u64,
@@ -1160,7 +1175,9 @@ mod tests {
             (sum.info.edge_id.as_deref(), sum.info.snapshot_at, sum.info.last_poll_at),
             (Some("edge-1"), Some(9), Some(9))
         );
+        assert_eq!(s.environment_info(e.id).unwrap(), sum.info);
         assert_eq!(s.environments().unwrap(), vec![sum.info]);
+        assert!(matches!(s.environment_info(99), Err(StoreError::NotFound(99))));
         assert!(matches!(s.environment_summary(99), Err(StoreError::NotFound(99))));
     }
 

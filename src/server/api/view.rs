@@ -1,0 +1,447 @@
+//! The API's JSON: what the store holds, shown to operators. Times are
+//! seconds since the Unix epoch, `null` for never; ids are 64 hex digits.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::server::store::{CommandRecord, EnvironmentInfo, EnvironmentSummary, IntervalSettings};
+use crate::sync::State;
+use crate::sync::state::{ContainerStatus, Health, MountType, Protocol, RestartPolicy, Timestamp};
+use crate::wire::poll::{Action, ContainerOp, Intervals};
+
+/// Intervals as an operator sets them, in seconds: absent or `null` follows
+/// the server default, 0 disables that timer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntervalsBody {
+    /// Heartbeat.
+    #[serde(default)]
+    pub ping: Option<u32>,
+    /// State snapshot.
+    #[serde(default)]
+    pub snapshot: Option<u32>,
+    /// Command check.
+    #[serde(default)]
+    pub command: Option<u32>,
+}
+
+impl From<IntervalsBody> for IntervalSettings {
+    fn from(b: IntervalsBody) -> Self {
+        Self { ping: b.ping, snapshot: b.snapshot, command: b.command }
+    }
+}
+
+impl From<IntervalSettings> for IntervalsBody {
+    fn from(s: IntervalSettings) -> Self {
+        Self { ping: s.ping, snapshot: s.snapshot, command: s.command }
+    }
+}
+
+/// Intervals in force, in seconds (0: disabled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntervalsView {
+    /// Heartbeat.
+    pub ping: u32,
+    /// State snapshot.
+    pub snapshot: u32,
+    /// Command check.
+    pub command: u32,
+}
+
+impl From<Intervals> for IntervalsView {
+    fn from(i: Intervals) -> Self {
+        Self { ping: i.ping, snapshot: i.snapshot, command: i.command }
+    }
+}
+
+/// An environment in the list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvironmentItem {
+    /// Its id.
+    pub id: u64,
+    /// Its name.
+    pub name: String,
+    /// The EDGE_ID of the agent bound to it.
+    pub edge_id: Option<String>,
+    /// When it was created.
+    pub created_at: i64,
+    /// When its agent last polled.
+    pub last_poll_at: Option<i64>,
+    /// When its stored state last changed.
+    pub snapshot_at: Option<i64>,
+}
+
+impl From<EnvironmentInfo> for EnvironmentItem {
+    fn from(e: EnvironmentInfo) -> Self {
+        Self {
+            id: e.id,
+            name: e.name,
+            edge_id: e.edge_id,
+            created_at: e.created_at,
+            last_poll_at: e.last_poll_at,
+            snapshot_at: e.snapshot_at,
+        }
+    }
+}
+
+/// How many objects the stored state holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountsView {
+    /// Containers.
+    pub containers: usize,
+    /// Images.
+    pub images: usize,
+    /// Volumes.
+    pub volumes: usize,
+    /// Networks.
+    pub networks: usize,
+    /// Compose stacks.
+    pub stacks: usize,
+}
+
+/// An environment in detail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvironmentDetail {
+    /// What the list shows.
+    #[serde(flatten)]
+    pub item: EnvironmentItem,
+    /// The stored state's sequence number (0: no snapshot yet).
+    pub seq: u64,
+    /// The stored state's blake3 root digest (64 hex digits), the one the
+    /// agent computes over the same state.
+    pub root: String,
+    /// What the stored state holds.
+    pub counts: CountsView,
+    /// The environment's own intervals (`null`: the server default).
+    pub intervals: IntervalsBody,
+    /// The intervals its agent should run with.
+    pub effective_intervals: IntervalsView,
+    /// The intervals its agent last reported (`null`: not yet).
+    pub agent_intervals: Option<IntervalsView>,
+    /// The highest command id the agent confirmed it recorded.
+    pub commands_seen: u64,
+}
+
+impl From<EnvironmentSummary> for EnvironmentDetail {
+    fn from(s: EnvironmentSummary) -> Self {
+        Self {
+            item: s.info.into(),
+            seq: s.seq,
+            root: hex(&s.root),
+            counts: CountsView {
+                containers: s.counts.containers,
+                images: s.counts.images,
+                volumes: s.counts.volumes,
+                networks: s.counts.networks,
+                stacks: s.counts.stacks,
+            },
+            intervals: s.intervals.into(),
+            effective_intervals: s.effective.into(),
+            agent_intervals: s.agent_intervals.map(Into::into),
+            commands_seen: s.commands_seen,
+        }
+    }
+}
+
+/// An environment's intervals after a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntervalsReply {
+    /// Its own (`null`: the server default).
+    pub intervals: IntervalsBody,
+    /// What its agent will run with, from its next poll on.
+    pub effective_intervals: IntervalsView,
+}
+
+/// `POST /api/environments/{id}/commands`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCommand {
+    /// `container.start`, `image.pull`, ... (see [`ACTIONS`]).
+    pub action: String,
+    /// A container or network id, id prefix or name; an image reference;
+    /// a volume name.
+    pub target: String,
+}
+
+/// A command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandView {
+    /// Its id.
+    pub id: u64,
+    /// The environment it is for.
+    pub environment: u64,
+    /// What it does (see [`ACTIONS`]).
+    pub action: String,
+    /// What it acts on: a 64-hex id for containers and networks, the
+    /// reference for images, the name for volumes.
+    pub target: String,
+    /// `queued`, `sent`, `delivered`, `ok`, `failed`, `rejected` or
+    /// `cancelled`.
+    pub status: String,
+    /// The engine's error text, when it failed or was rejected.
+    pub error: Option<String>,
+    /// When it was queued.
+    pub created_at: i64,
+    /// When it was last sent to the agent.
+    pub sent_at: Option<i64>,
+    /// When the agent confirmed it recorded it.
+    pub delivered_at: Option<i64>,
+    /// When it ended.
+    pub finished_at: Option<i64>,
+}
+
+impl From<CommandRecord> for CommandView {
+    fn from(c: CommandRecord) -> Self {
+        Self {
+            id: c.id,
+            environment: c.environment,
+            action: action_name(&c.action).to_owned(),
+            target: action_target(&c.action),
+            status: c.status.as_str().to_owned(),
+            error: (!c.error.is_empty()).then_some(c.error),
+            created_at: c.created_at,
+            sent_at: c.sent_at,
+            delivered_at: c.delivered_at,
+            finished_at: c.finished_at,
+        }
+    }
+}
+
+/// The action names the API takes, each with what its target names.
+pub const ACTIONS: &[(&str, Kind)] = &[
+    ("container.start", Kind::Container(ContainerOp::Start)),
+    ("container.stop", Kind::Container(ContainerOp::Stop)),
+    ("container.restart", Kind::Container(ContainerOp::Restart)),
+    ("container.kill", Kind::Container(ContainerOp::Kill)),
+    ("container.pause", Kind::Container(ContainerOp::Pause)),
+    ("container.unpause", Kind::Container(ContainerOp::Unpause)),
+    ("container.remove", Kind::Container(ContainerOp::Remove)),
+    ("image.pull", Kind::ImagePull),
+    ("image.remove", Kind::ImageRemove),
+    ("volume.remove", Kind::VolumeRemove),
+    ("network.remove", Kind::NetworkRemove),
+];
+
+/// An action before its target is resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// On a container (id, prefix or name).
+    Container(ContainerOp),
+    /// Pull an image (reference).
+    ImagePull,
+    /// Remove an image (reference or id).
+    ImageRemove,
+    /// Remove a volume (name).
+    VolumeRemove,
+    /// Remove a network (id, prefix or name).
+    NetworkRemove,
+}
+
+/// The API's name of an action.
+pub fn action_name(action: &Action) -> &'static str {
+    let kind = match action {
+        Action::Container(op, _) => Kind::Container(*op),
+        Action::ImagePull(_) => Kind::ImagePull,
+        Action::ImageRemove(_) => Kind::ImageRemove,
+        Action::VolumeRemove(_) => Kind::VolumeRemove,
+        Action::NetworkRemove(_) => Kind::NetworkRemove,
+    };
+    ACTIONS.iter().find(|(_, k)| *k == kind).map_or("unknown", |(name, _)| name)
+}
+
+fn action_target(action: &Action) -> String {
+    match action {
+        Action::Container(_, id) | Action::NetworkRemove(id) => id.to_string(),
+        Action::ImagePull(r) | Action::ImageRemove(r) | Action::VolumeRemove(r) => r.clone(),
+    }
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn time(t: Timestamp) -> Option<Timestamp> {
+    (t != 0).then_some(t)
+}
+
+fn status(s: ContainerStatus) -> &'static str {
+    match s {
+        ContainerStatus::Unknown => "unknown",
+        ContainerStatus::Created => "created",
+        ContainerStatus::Running => "running",
+        ContainerStatus::Paused => "paused",
+        ContainerStatus::Restarting => "restarting",
+        ContainerStatus::Removing => "removing",
+        ContainerStatus::Exited => "exited",
+        ContainerStatus::Dead => "dead",
+    }
+}
+
+fn health(h: Health) -> Option<&'static str> {
+    match h {
+        Health::None => None,
+        Health::Starting => Some("starting"),
+        Health::Healthy => Some("healthy"),
+        Health::Unhealthy => Some("unhealthy"),
+    }
+}
+
+fn restart_policy(p: RestartPolicy) -> &'static str {
+    match p {
+        RestartPolicy::No => "no",
+        RestartPolicy::Always => "always",
+        RestartPolicy::UnlessStopped => "unless-stopped",
+        RestartPolicy::OnFailure => "on-failure",
+    }
+}
+
+fn protocol(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Sctp => "sctp",
+    }
+}
+
+fn mount_type(m: MountType) -> &'static str {
+    match m {
+        MountType::Bind => "bind",
+        MountType::Volume => "volume",
+        MountType::Tmpfs => "tmpfs",
+        MountType::Npipe => "npipe",
+        MountType::Cluster => "cluster",
+        MountType::Image => "image",
+    }
+}
+
+/// An environment's stored state, as JSON.
+pub fn state(seq: u64, state: &State) -> Value {
+    let h = &state.host;
+    let containers: Vec<Value> = state
+        .containers
+        .iter()
+        .map(|c| {
+            json!({
+                "id": c.id.to_string(),
+                "name": c.name,
+                "image": c.image,
+                "image_id": c.image_id.map(|i| i.to_string()),
+                "status": status(c.status),
+                "health": health(c.health),
+                "created": time(c.created),
+                "started_at": time(c.started_at),
+                "finished_at": time(c.finished_at),
+                "exit_code": c.exit_code,
+                "restart_count": c.restart_count,
+                "restart_policy": restart_policy(c.restart_policy),
+                "oom_killed": c.oom_killed,
+                "error": (!c.error.is_empty()).then_some(&c.error),
+                "command": c.command,
+                "labels": c.labels,
+                "env": c.env,
+                "ports": c.ports.iter().map(|p| json!({
+                    "container_port": p.container_port,
+                    "protocol": protocol(p.protocol),
+                    "host_ip": p.host_ip.map(|ip| ip.to_string()),
+                    "host_port": (p.host_port != 0).then_some(p.host_port),
+                })).collect::<Vec<_>>(),
+                "mounts": c.mounts.iter().map(|m| json!({
+                    "type": mount_type(m.kind),
+                    "source": m.source,
+                    "destination": m.destination,
+                    "read_only": m.read_only,
+                })).collect::<Vec<_>>(),
+                "networks": c.networks.iter().map(|n| json!({
+                    "name": n.network,
+                    "ipv4": n.ipv4.map(|ip| ip.to_string()),
+                    "ipv6": n.ipv6.map(|ip| ip.to_string()),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let images: Vec<Value> = state
+        .images
+        .iter()
+        .map(|i| {
+            json!({
+                "id": i.id.to_string(),
+                "tags": i.tags,
+                "digests": i.digests,
+                "size": i.size,
+                "created": time(i.created),
+                "labels": i.labels,
+            })
+        })
+        .collect();
+    let volumes: Vec<Value> = state
+        .volumes
+        .iter()
+        .map(|v| {
+            json!({
+                "name": v.name,
+                "driver": v.driver,
+                "mountpoint": v.mountpoint,
+                "scope": v.scope,
+                "created": time(v.created),
+                "labels": v.labels,
+            })
+        })
+        .collect();
+    let networks: Vec<Value> = state
+        .networks
+        .iter()
+        .map(|n| {
+            json!({
+                "id": n.id.to_string(),
+                "name": n.name,
+                "driver": n.driver,
+                "scope": n.scope,
+                "internal": n.internal,
+                "attachable": n.attachable,
+                "enable_ipv6": n.enable_ipv6,
+                "created": time(n.created),
+                "ipam": n.ipam.iter().map(|p| json!({
+                    "subnet": p.subnet,
+                    "gateway": p.gateway,
+                    "ip_range": p.ip_range,
+                })).collect::<Vec<_>>(),
+                "labels": n.labels,
+            })
+        })
+        .collect();
+    let stacks: Vec<Value> = state
+        .stacks()
+        .into_iter()
+        .map(|s| {
+            json!({
+                "name": s.name,
+                "working_dir": s.working_dir,
+                "config_files": s.config_files,
+                "services": s.services,
+                "containers": s.containers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "seq": seq,
+        "root": hex(&state.root()),
+        "host": {
+            "hostname": h.hostname,
+            "engine_version": h.engine_version,
+            "api_version": h.api_version,
+            "operating_system": h.operating_system,
+            "os_type": h.os_type,
+            "kernel_version": h.kernel_version,
+            "architecture": h.architecture,
+            "cpus": h.cpus,
+            "memory_bytes": h.memory_bytes,
+            "engine_id": h.engine_id,
+        },
+        "containers": containers,
+        "images": images,
+        "volumes": volumes,
+        "networks": networks,
+        "stacks": stacks,
+    })
+}

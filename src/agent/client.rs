@@ -18,7 +18,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::tls::{Trust, client_config};
+use crate::tls::{TlsOptions, Trust, client_config_with};
 
 /// Why a poll could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -114,11 +114,21 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// A client for `url` (from the join token).
+    /// A client for `url` (from the join token), with the default TLS
+    /// options (X25519 key exchange).
     ///
     /// # Errors
     /// When the URL is not https, or TLS cannot be set up.
     pub fn new(url: &str, trust: Trust, max_reply: usize) -> Result<Self, ClientError> {
+        Self::with_tls(url, trust, TlsOptions::default(), max_reply)
+    }
+
+    /// A client for `url` with TLS `options` (`EDGE_TLS_PQ=1`: the
+    /// post-quantum hybrid key exchange).
+    ///
+    /// # Errors
+    /// When the URL is not https, or TLS cannot be set up.
+    pub fn with_tls(url: &str, trust: Trust, options: TlsOptions, max_reply: usize) -> Result<Self, ClientError> {
         let bad = || ClientError::BadUrl(url.to_owned());
         let uri: hyper::Uri = url.parse().map_err(|_| bad())?;
         if uri.scheme_str() != Some("https") || !uri.path().trim_start_matches('/').is_empty() {
@@ -127,7 +137,7 @@ impl Client {
         let authority = uri.authority().ok_or_else(bad)?.as_str().to_owned();
         let host = uri.host().ok_or_else(bad)?.trim_matches(['[', ']']).to_owned();
         let port = uri.port_u16().unwrap_or(443);
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(trust)?));
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config_with(trust, options)?));
         Ok(Self {
             host,
             port,
@@ -229,10 +239,8 @@ impl Client {
             if send.ready().await.is_err() {
                 continue;
             }
-            let mut request = hyper::Request::builder()
-                .method(method.clone())
-                .uri(path)
-                .header(hyper::header::HOST, &self.authority);
+            let mut request =
+                hyper::Request::builder().method(method.clone()).uri(path).header(hyper::header::HOST, &self.authority);
             if let Some(token) = bearer {
                 request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
             }

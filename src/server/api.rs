@@ -703,6 +703,7 @@ mod tests {
             ("container.restart", "ABCD02", id_of("db").to_string()),
             ("container.kill", &id_of("cache").to_string(), id_of("cache").to_string()),
             ("network.remove", "bridge", state.networks.iter().next().unwrap().id.to_string()),
+            ("container.start", &"9f".repeat(32), "9f".repeat(32)),
             ("image.pull", "nginx:1.27", "nginx:1.27".into()),
             ("image.remove", "sha256:5500", "sha256:5500".into()),
             ("volume.remove", "data", "data".into()),
@@ -735,8 +736,8 @@ mod tests {
 
         let (_, list) = api.call(Method::GET, &format!("/api/environments/{env}/commands"), None).await;
         let list: Vec<CommandView> = serde_json::from_value(list).unwrap();
-        assert_eq!(list.len(), 7);
-        assert_eq!((list[0].action.as_str(), list[6].id), ("volume.remove", first.id), "newest first");
+        assert_eq!(list.len(), 8);
+        assert_eq!((list[0].action.as_str(), list[7].id), ("volume.remove", first.id), "newest first");
 
         // Never sent: can be cancelled.
         let (status, v) = api.call(Method::DELETE, &format!("/api/commands/{}", list[0].id), None).await;
@@ -752,7 +753,7 @@ mod tests {
         };
         let agent = Some(crate::wire::poll::AgentInfo { version: "t".into(), edge_id: "e".into() });
         let reply = poll(1, PollRequest { agent, ..PollRequest::default() }, &mut codec);
-        assert_eq!(reply.commands.len(), 6);
+        assert_eq!(reply.commands.len(), 7);
         assert_eq!(reply.commands[0].action, Action::Container(ContainerOp::Stop, id_of("web")));
         let (status, v) = api.call(Method::DELETE, &format!("/api/commands/{}", first.id), None).await;
         assert_eq!(status, 409);

@@ -158,8 +158,9 @@ pub struct IntervalsReply {
 pub struct CreateCommand {
     /// `container.start`, `image.pull`, ... (see [`ACTIONS`]).
     pub action: String,
-    /// A container or network id, id prefix or name; an image reference;
-    /// a volume name.
+    /// A container or network: its full id (taken as it is), a unique id
+    /// prefix of 4 hex digits or more, or its name (both resolved against
+    /// the stored state); an image reference; a volume name.
     pub target: String,
 }
 

@@ -52,6 +52,10 @@ enum Command {
         /// Names for the self-signed certificate (made at first start).
         #[arg(long = "cert-name", default_values = ["localhost", "127.0.0.1"])]
         cert_names: Vec<String>,
+        /// A shared secret every agent must also be given (AGENT_SECRET on
+        /// the agent); kept in the database. An empty value removes it.
+        #[arg(long, env = "AGENT_SECRET", hide_env_values = true)]
+        agent_secret: Option<String>,
     },
     /// Start a server on its embedded database and an agent for the local
     /// Docker engine, in one process: the quickest way to see tern work.
@@ -161,9 +165,9 @@ fn main() -> ExitCode {
         #[cfg(all(feature = "server", feature = "agent"))]
         Command::Quickstart { listen, data, interval } => quickstart(listen, data, interval),
         #[cfg(feature = "server")]
-        Command::Server { listen, data, tls_cert, tls_key, cert_names } => {
+        Command::Server { listen, data, tls_cert, tls_key, cert_names, agent_secret } => {
             let cert = tls_cert.zip(tls_key);
-            server(listen, tern::server::ServerConfig { data, cert, names: cert_names })
+            server(listen, tern::server::ServerConfig { data, cert, names: cert_names }, agent_secret.as_deref())
         }
     };
     match result {
@@ -193,7 +197,7 @@ fn agent_main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(tern::agent::start(config, shutdown_signal())) {
+    match rt.block_on(async { tern::agent::start(config, shutdown_signal()).await }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tern agent: {e}");
@@ -202,36 +206,58 @@ fn agent_main() -> ExitCode {
     }
 }
 
-/// Ctrl-C, or SIGTERM (what `docker stop` sends).
-#[cfg(any(feature = "agent", feature = "server"))]
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(t) => t,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+/// Waits for a registered signal (forever when it could not be registered).
+#[cfg(unix)]
+async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+    match s {
+        Some(s) => {
+            s.recv().await;
         }
+        None => std::future::pending().await,
     }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-    eprintln!("tern: shutting down");
+}
+
+/// Ctrl-C, or SIGTERM (what `docker stop` sends). The handlers are
+/// registered when this is called (inside the runtime), not when the future
+/// is first polled, so a signal that comes right after start is not lost.
+#[cfg(any(feature = "agent", feature = "server"))]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    let (mut int, mut term) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (signal(SignalKind::interrupt()).ok(), signal(SignalKind::terminate()).ok())
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                () = recv(&mut int) => {}
+                () = recv(&mut term) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("tern: shutting down");
+    }
 }
 
 #[cfg(feature = "server")]
-fn server(listen: std::net::SocketAddr, config: tern::server::ServerConfig) -> anyhow::Result<()> {
+fn server(
+    listen: std::net::SocketAddr,
+    config: tern::server::ServerConfig,
+    agent_secret: Option<&str>,
+) -> anyhow::Result<()> {
     let prepared = tern::server::prepare(&config)?;
+    prepared.set_agent_secret(agent_secret)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
+        let shutdown = shutdown_signal();
         let listener = tokio::net::TcpListener::bind(listen).await?;
         // Printed on stdout, one item a line, so scripts and tests can read them.
         println!("listening on {}", listener.local_addr()?);
         println!("data directory {}", config.data.display());
         println!("certificate sha256 {}", tern::server::fingerprint_hex(&prepared.fingerprint));
-        tern::server::run(prepared, listener, shutdown_signal()).await?;
+        tern::server::run(prepared, listener, shutdown).await?;
         Ok(())
     })
 }

@@ -64,7 +64,12 @@ async fn wait_stored(api: &mut Api, env: u64, name: &str, want: Option<&str>) {
 /// Queues a command and waits for its end; returns the command's JSON.
 async fn command(api: &mut Api, env: u64, action: &str, target: &str) -> Value {
     let queued = api
-        .ok("POST", &format!("/api/environments/{env}/commands"), Some(json!({"action": action, "target": target})), 201)
+        .ok(
+            "POST",
+            &format!("/api/environments/{env}/commands"),
+            Some(json!({"action": action, "target": target})),
+            201,
+        )
         .await;
     let id = queued["id"].as_u64().unwrap();
     wait_command(api, id).await
@@ -207,6 +212,7 @@ async fn a_real_agent_keeps_a_real_server_in_sync_and_runs_every_command_once() 
         deadline.tick("a poll after the agent restart").await;
     }
     let after = poll_sizes(&agent.log())[before];
+    println!("first contact {full} B; first poll after an agent restart {after} B");
     assert!(after < 120 && after * 3 < full, "first poll after a restart: {after} B (first contact was {full} B)");
     converged(&mut api, env).await;
 

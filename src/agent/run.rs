@@ -463,7 +463,20 @@ impl<E: Engine, T: Transport> Agent<E, T> {
             Err(_) => Err(format!("no reply within {} s", self.settings.request_timeout.as_secs())),
             Ok(Err(e)) => Err(e),
             Ok(Ok((200, bytes))) => self.open(counter, &bytes).map(|r| (r, bytes.len())),
-            Ok(Ok((status, bytes))) => Err(refusal(status, &bytes)),
+            Ok(Ok((status, bytes))) => {
+                if let Some(last) = replayed_above(status, &bytes).filter(|&last| last >= counter) {
+                    // Our counter is behind the server's: the data directory
+                    // was lost or restored from a backup. Jump above it
+                    // (never down), and retry after the usual backoff.
+                    tracing::warn!(
+                        "the server has seen counter {last} already (data directory lost?); jumping above it"
+                    );
+                    self.counters = CounterReservation::resume(last, self.settings.counter_block);
+                    self.meta.counter_end = last;
+                    self.store.save_meta(&self.meta)?;
+                }
+                Err(refusal(status, &bytes))
+            }
         };
         let (reply, down) = match reply {
             Ok(r) => r,
@@ -560,6 +573,14 @@ impl<E: Engine, T: Transport> Agent<E, T> {
     }
 }
 
+/// The server's highest accepted counter, from a replay refusal.
+fn replayed_above(status: u16, body: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(body).ok()?;
+    let n = text.strip_prefix("replayed poll; last accepted counter ")?.trim().parse().ok()?;
+    // A forged answer could only push our counter up; keep it far from overflow.
+    (status == 409 && n < u64::MAX / 2).then_some(n)
+}
+
 /// A refusal's meaning, for the log.
 fn refusal(status: u16, body: &[u8]) -> String {
     let text = String::from_utf8_lossy(&body[..body.len().min(300)]).trim().to_owned();
@@ -568,6 +589,7 @@ fn refusal(status: u16, body: &[u8]) -> String {
                 AGENT_SECRET that does not match the server's)"
             .to_owned(),
         403 => format!("refused: {text}"),
+        409 if text.starts_with("replayed") => format!("refused: {text} (this agent's counter was behind)"),
         409 => format!("refused: {text}"),
         s => format!("HTTP {s}: {text}"),
     }
@@ -634,8 +656,12 @@ mod tests {
                 return Err("connection refused".into());
             }
             let env = RequestEnvelope::parse(&wire).map_err(|e| e.to_string())?;
-            if env.verify(&s.key, s.last_counter).is_err() {
-                return Ok((401, Bytes::new()));
+            match env.verify(&s.key, s.last_counter) {
+                Ok(()) => {}
+                Err(crate::auth::AuthError::Replay { last, .. }) => {
+                    return Ok((409, Bytes::from(format!("replayed poll; last accepted counter {last}"))));
+                }
+                Err(_) => return Ok((401, Bytes::new())),
             }
             s.last_counter = env.counter;
             let mut codec = Codec::new(Limits::default()).unwrap();
@@ -856,6 +882,18 @@ mod tests {
         // The counter went on above the reserved block.
         let s = rig.server.lock().unwrap();
         assert!(s.last_counter > 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_agent_that_lost_its_counter_jumps_above_the_servers() {
+        let rig = Rig::new("counter");
+        rig.server.lock().unwrap().last_counter = 5_000;
+        let mut agent = rig.agent();
+        run_for(&mut agent, S(10)).await;
+        assert_eq!(agent.stats.failures, 1, "one refused poll");
+        assert_eq!(agent.stats.polls, 1, "then accepted");
+        assert_eq!(rig.server.lock().unwrap().last_counter, 5_001);
+        assert!(Store::open(&rig.dir).unwrap().meta().unwrap().counter_end > 5_000, "persisted");
     }
 
     #[tokio::test(start_paused = true)]

@@ -91,7 +91,7 @@ async fn poll_handler(State(state): State<Arc<AppState>>, body: Bytes) -> Respon
     match result {
         Ok(Ok(reply)) => Response::new(Body::from(reply)),
         Ok(Err(Refusal::Unauthenticated)) => status(StatusCode::UNAUTHORIZED, ""),
-        Ok(Err(Refusal::Replay)) => status(StatusCode::CONFLICT, "replayed poll"),
+        Ok(Err(e @ Refusal::Replay(_))) => status(StatusCode::CONFLICT, &e.to_string()),
         Ok(Err(e @ Refusal::BoundToAnother(_))) => status(StatusCode::CONFLICT, &e.to_string()),
         Ok(Err(e @ Refusal::AgentSecret)) => status(StatusCode::FORBIDDEN, &e.to_string()),
         Ok(Err(e @ Refusal::BadBody(_))) => status(StatusCode::BAD_REQUEST, &e.to_string()),

@@ -32,9 +32,11 @@ pub enum Refusal {
     /// answer does not say which, to a client that proved nothing.
     #[error("unauthenticated poll")]
     Unauthenticated,
-    /// A replayed counter.
-    #[error("replayed poll")]
-    Replay,
+    /// A replayed counter. The highest counter accepted is not a secret:
+    /// an agent that lost its data directory (and so its counter) jumps
+    /// above it and carries on; a replay stays refused either way.
+    #[error("replayed poll; last accepted counter {0}")]
+    Replay(u64),
     /// Another agent holds this environment (a second agent with the same
     /// token); an operator can reset the binding.
     #[error("environment {0} is bound to another agent (EDGE_ID); reset the binding to move it")]
@@ -74,9 +76,12 @@ pub fn handle(store: &Store, codec: &mut Codec, wire: &[u8], now: i64) -> Result
     };
     let agent_secret = store.agent_secret()?;
     let key = env.secret.with_agent_secret(agent_secret.as_deref());
+    let mut replayed = false;
     match envelope.verify(&key, env.last_counter) {
         Ok(()) => {}
-        Err(AuthError::Replay { .. }) => return Err(Refusal::Replay),
+        // Authentic but not new: decode it first, to tell a second agent
+        // (another EDGE_ID) from a replay.
+        Err(AuthError::Replay { .. }) => replayed = true,
         // The right environment secret without the server's AGENT_SECRET
         // mixed in (a replayed counter proves the secret just as well).
         Err(_)
@@ -89,10 +94,13 @@ pub fn handle(store: &Store, codec: &mut Codec, wire: &[u8], now: i64) -> Result
     // Authenticated from here on. Decode before touching anything.
     let request = PollRequest::decode(&codec.decode(envelope.body)?).map_err(|e| Refusal::BadBody(e.to_string()))?;
     let edge_id = request.agent.as_ref().map(|a| a.edge_id.as_str());
-    if !store.accept_poll(env.id, envelope.counter, edge_id, now)? {
+    if replayed || !store.accept_poll(env.id, envelope.counter, edge_id, now)? {
         let now_env = store.environment(env.id)?;
-        return Err(if envelope.counter <= now_env.last_counter {
-            Refusal::Replay
+        let another = matches!((&now_env.edge_id, edge_id), (Some(bound), Some(named)) if bound != named);
+        return Err(if another {
+            Refusal::BoundToAnother(env.id)
+        } else if envelope.counter <= now_env.last_counter {
+            Refusal::Replay(now_env.last_counter)
         } else {
             Refusal::BoundToAnother(env.id)
         });
@@ -250,7 +258,7 @@ mod tests {
         assert!(matches!(handle(&store, &mut codec, b"\x01", 5), Err(Refusal::Unauthenticated)));
         // Replayed: the agent's own last request again.
         let replay = seal_request(agent.env, agent.counter, &agent.key, &body);
-        assert!(matches!(handle(&store, &mut codec, &replay, 5), Err(Refusal::Replay)));
+        assert!(matches!(handle(&store, &mut codec, &replay, 5), Err(Refusal::Replay(_))));
         // A second agent with the same token.
         let mut other =
             Agent { edge_id: "edge-2".into(), named: false, counter: 50, sync: AgentSync::default(), ..agent };

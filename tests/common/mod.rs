@@ -68,9 +68,12 @@ impl Objects {
         format!("{}-{name}", self.prefix)
     }
 
-    /// Starts a container that sleeps.
+    /// Starts a container that sleeps, and exits at once on SIGTERM (a
+    /// shell as PID 1 with a trap; a bare `sleep` would ignore it and make
+    /// every stop wait out Docker's 10 s grace period).
     pub fn run_sleeper(&self, name: &str) -> String {
-        docker(&["run", "-d", "--name", &self.name(name), &self.image, "/bin/busybox", "sleep", "3600"])
+        let script = "trap 'exit 0' TERM; while :; do /bin/busybox sleep 1; done";
+        docker(&["run", "-d", "--name", &self.name(name), &self.image, "/bin/busybox", "sh", "-c", script])
     }
 
     /// A container's `.State.Status`, or `None` when it is gone.
@@ -97,7 +100,13 @@ impl Drop for Objects {
             }
         }
         let images = Command::new("docker")
-            .args(["images", "--format", "{{.Repository}}:{{.Tag}}", "--filter", &format!("reference={}-*", self.prefix)])
+            .args([
+                "images",
+                "--format",
+                "{{.Repository}}:{{.Tag}}",
+                "--filter",
+                &format!("reference={}-*", self.prefix),
+            ])
             .output()
             .unwrap();
         for r in String::from_utf8_lossy(&images.stdout).split_whitespace() {
@@ -118,9 +127,15 @@ pub struct Server {
 impl Server {
     /// Starts on `listen` (e.g. `127.0.0.1:0`).
     pub fn start(data: &Path, listen: &str) -> Self {
+        Self::start_with(data, listen, &[])
+    }
+
+    /// Starts with extra environment variables.
+    pub fn start_with(data: &Path, listen: &str, vars: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
             .args(["server", "--listen", listen, "--data"])
             .arg(data)
+            .envs(vars.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -201,7 +216,12 @@ pub struct Api {
 
 impl Api {
     /// Any call; returns the status and the JSON body (Null when empty).
-    pub async fn call(&mut self, method: &str, path: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+    pub async fn call(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
         let method = hyper::Method::from_bytes(method.as_bytes()).unwrap();
         let (status, bytes) =
             self.client.api(method, path, &self.token, body.map(|b| b.to_string().into_bytes())).await.unwrap();
@@ -215,7 +235,13 @@ impl Api {
     }
 
     /// A call that must answer `expect`.
-    pub async fn ok(&mut self, method: &str, path: &str, body: Option<serde_json::Value>, expect: u16) -> serde_json::Value {
+    pub async fn ok(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+        expect: u16,
+    ) -> serde_json::Value {
         let (status, json) = self.call(method, path, body).await;
         assert_eq!(status, expect, "{method} {path}: {json}");
         json

@@ -1,0 +1,163 @@
+//! Everything the server must refuse, refused with a clear error and no
+//! change: a wrong secret, a wrong EDGE_ID, a missing or wrong AGENT_SECRET,
+//! a certificate that does not match the pin (real `tern agent` processes,
+//! their logs read as an operator would), and a replayed or tampered poll
+//! (sent by hand through the real client).
+
+#![cfg(all(feature = "agent", feature = "server"))]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{AgentProcess, Api, Deadline, Server, tempdir};
+use serde_json::{Value, json};
+use tern::agent::client::Client;
+use tern::auth::{JoinToken, Secret, seal_request};
+use tern::tls::Trust;
+use tern::wire::codec::{Codec, Limits};
+use tern::wire::poll::{AgentInfo, PollRequest};
+
+async fn create(api: &mut Api, name: &str, url: &str) -> (u64, JoinToken) {
+    let created = api
+        .ok(
+            "POST",
+            "/api/environments",
+            Some(json!({"name": name, "url": url, "intervals": {"ping": 1, "snapshot": 1, "command": 1}})),
+            201,
+        )
+        .await;
+    (created["id"].as_u64().unwrap(), JoinToken::parse(created["edge_key"].as_str().unwrap()).unwrap())
+}
+
+async fn summary(api: &mut Api, env: u64) -> Value {
+    let mut s = api.ok("GET", &format!("/api/environments/{env}"), None, 200).await;
+    // Only what a refused poll must not touch.
+    json!({"edge_id": s["edge_id"].take(), "seq": s["seq"].take(), "root": s["root"].take(), "last_poll_at": s["last_poll_at"].take()})
+}
+
+/// Waits until the agent's log shows `text` (and returns the log).
+async fn logged(agent: &AgentProcess, text: &str) -> String {
+    let deadline = Deadline::new(Duration::from_secs(30));
+    loop {
+        let log = agent.log();
+        if log.contains(text) {
+            return log;
+        }
+        deadline.tick(format_args!("{text:?} in the agent's log:\n{log}")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_secrets_ids_and_pins_are_refused_with_a_clear_error_and_change_nothing() {
+    let dir = tempdir("tern-refusals");
+    let server = Server::start_with(&dir.join("server"), "127.0.0.1:0", &[("AGENT_SECRET", "s3cret")]);
+    let mut api = server.api();
+    let (env, token) = create(&mut api, "refusals", &server.url()).await;
+    let untouched = summary(&mut api, env).await;
+    let data = |n: &str| dir.join(n).to_str().unwrap().to_owned();
+
+    // AGENT_SECRET missing: the server says so (403), nothing changes.
+    let key = token.encode();
+    let d = data("a1");
+    let mut agent = AgentProcess::start(&[("EDGE_KEY", &key), ("DATA_PATH", &d)], &dir.join("a1.log"));
+    logged(&agent, "AGENT_SECRET").await;
+    agent.stop();
+    assert_eq!(summary(&mut api, env).await, untouched);
+
+    // AGENT_SECRET wrong: indistinguishable from a forgery (401); the
+    // agent's message names both causes.
+    let mut agent =
+        AgentProcess::start(&[("EDGE_KEY", &key), ("DATA_PATH", &d), ("AGENT_SECRET", "guess")], &dir.join("a2.log"));
+    logged(&agent, "does not accept this agent's EDGE_KEY").await;
+    agent.stop();
+    assert_eq!(summary(&mut api, env).await, untouched);
+
+    // A wrong environment secret in the token.
+    let mut forged = token.clone();
+    forged.secret = Secret([7; 32]);
+    let mut agent = AgentProcess::start(
+        &[("EDGE_KEY", &forged.encode()), ("DATA_PATH", &d), ("AGENT_SECRET", "s3cret")],
+        &dir.join("a3.log"),
+    );
+    logged(&agent, "does not accept this agent's EDGE_KEY").await;
+    agent.stop();
+    assert_eq!(summary(&mut api, env).await, untouched);
+
+    // A certificate that does not match the pin: the agent refuses the
+    // server, and sends it nothing.
+    let mut pinned_elsewhere = token.clone();
+    pinned_elsewhere.cert_sha256 = [9; 32];
+    let mut agent = AgentProcess::start(
+        &[("EDGE_KEY", &pinned_elsewhere.encode()), ("DATA_PATH", &d), ("AGENT_SECRET", "s3cret")],
+        &dir.join("a4.log"),
+    );
+    logged(&agent, "certificate").await;
+    agent.stop();
+    assert_eq!(summary(&mut api, env).await, untouched);
+
+    // The right agent binds the environment to its EDGE_ID...
+    let good =
+        [("EDGE_KEY", key.as_str()), ("DATA_PATH", d.as_str()), ("AGENT_SECRET", "s3cret"), ("EDGE_ID", "site-a")];
+    let mut agent = AgentProcess::start(&good, &dir.join("a5.log"));
+    let deadline = Deadline::new(Duration::from_secs(30));
+    while summary(&mut api, env).await["edge_id"] != "site-a" {
+        deadline.tick("the environment to bind to site-a").await;
+    }
+    agent.stop();
+    let bound = summary(&mut api, env).await;
+
+    // ...and a second agent with the same token is refused until an
+    // operator resets the binding.
+    let d2 = data("b");
+    let other =
+        [("EDGE_KEY", key.as_str()), ("DATA_PATH", d2.as_str()), ("AGENT_SECRET", "s3cret"), ("EDGE_ID", "site-b")];
+    let mut agent = AgentProcess::start(&other, &dir.join("b.log"));
+    logged(&agent, "bound to another agent").await;
+    assert_eq!(summary(&mut api, env).await, bound);
+    api.ok("POST", &format!("/api/environments/{env}/reset-binding"), None, 200).await;
+    let deadline = Deadline::new(Duration::from_secs(30));
+    while summary(&mut api, env).await["edge_id"] != "site-b" {
+        deadline.tick("the environment to bind to site-b after the reset").await;
+    }
+    agent.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn replayed_and_tampered_polls_are_refused_and_change_nothing() {
+    let dir = tempdir("tern-replay");
+    let server = Server::start(&dir.join("server"), "127.0.0.1:0");
+    let mut api = server.api();
+    let (env, token) = create(&mut api, "replay", &server.url()).await;
+    let mut client = Client::new(&token.url, Trust::Pinned(token.cert_sha256), 1 << 20).unwrap();
+    let mut codec = Codec::new(Limits::default()).unwrap();
+    let request = PollRequest {
+        agent: Some(AgentInfo { version: "test".into(), edge_id: "by-hand".into() }),
+        ..PollRequest::default()
+    };
+    let body = codec.encode(&request.encode()).unwrap();
+    let wire = seal_request(token.environment, 1, &token.secret, &body);
+    let (status, _) = client.post("/p", wire.clone()).await.unwrap();
+    assert_eq!(status, 200);
+    let accepted = summary(&mut api, env).await;
+
+    let (status, text) = client.post("/p", wire.clone()).await.unwrap();
+    assert_eq!(status, 409, "a replay");
+    assert!(String::from_utf8_lossy(&text).contains("replay"));
+
+    let mut tampered = seal_request(token.environment, 2, &token.secret, &body);
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    let (status, _) = client.post("/p", tampered).await.unwrap();
+    assert_eq!(status, 401, "a tampered body");
+
+    // An oversized body is refused before it is read: a 413, or the server
+    // closing the connection while the client still writes.
+    match client.post("/p", vec![0; 32 << 20]).await {
+        Ok((status, _)) => assert_eq!(status, 413),
+        Err(e) => assert!(e.to_string().contains("body"), "{e}"),
+    }
+    assert_eq!(summary(&mut api, env).await, accepted);
+    let _ = std::fs::remove_dir_all(&dir);
+}

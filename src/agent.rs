@@ -216,8 +216,14 @@ pub async fn start(
     } else {
         crate::tls::Trust::Pinned(config.token.cert_sha256)
     };
-    let transport =
-        client::Client::new(&config.token.url, trust, crate::wire::codec::Limits::default().max_encoded + 64)?;
+    let tls = crate::tls::TlsOptions { post_quantum: config.tls_pq };
+    if tls.post_quantum {
+        tracing::info!(
+            "EDGE_TLS_PQ=1: offering the X25519MLKEM768 post-quantum key exchange (about 2.3 KB a connection)"
+        );
+    }
+    let max_reply = crate::wire::codec::Limits::default().max_encoded + 64;
+    let transport = client::Client::with_tls(&config.token.url, trust, tls, max_reply)?;
     let docker = connect().await?;
     let changed = Arc::new(AtomicBool::new(true));
     let events = tokio::spawn(follow_events(docker.clone(), changed.clone()));

@@ -322,6 +322,7 @@ fn quickstart(listen: std::net::SocketAddr, data: std::path::PathBuf, interval: 
             token,
             edge_id: None,
             insecure_poll: false,
+            tls_pq: false,
             agent_secret: None,
             data_path: agent_dir.clone(),
             docker_host: None,

@@ -276,6 +276,7 @@ fn quickstart(listen: std::net::SocketAddr, data: std::path::PathBuf, interval: 
     let fingerprint = prepared.fingerprint;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
+        let interrupted = shutdown_signal();
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen} (another tern running? try --listen 127.0.0.1:0)"))?;
@@ -328,26 +329,39 @@ fn quickstart(listen: std::net::SocketAddr, data: std::path::PathBuf, interval: 
             docker_host: None,
             log_level: tern::agent::config::LogLevel::Info,
         };
-        println!("tern is running: a server and an agent for this host's Docker engine.");
-        println!();
-        println!("  server       {url}  (certificate sha256 {})", tern::server::fingerprint_hex(&fingerprint));
-        println!("  data         {}", data.display());
-        println!("  admin token  {}", tern::server::admin_token_path(&data).display());
-        println!("  environment  local, polling every {interval} s; agent state in {}", agent_dir.display());
-        println!();
-        println!("Look at it from another terminal:");
-        println!(
+        let mut banner = String::new();
+        use std::fmt::Write as _;
+        let _ = writeln!(banner, "tern is running: a server and an agent for this host's Docker engine.");
+        let _ = writeln!(banner);
+        let _ = writeln!(
+            banner,
+            "  server       {url}  (certificate sha256 {})",
+            tern::server::fingerprint_hex(&fingerprint)
+        );
+        let _ = writeln!(banner, "  data         {}", data.display());
+        let _ = writeln!(banner, "  admin token  {}", tern::server::admin_token_path(&data).display());
+        let _ = writeln!(
+            banner,
+            "  environment  local, polling every {interval} s; agent state in {}",
+            agent_dir.display()
+        );
+        let _ = writeln!(banner);
+        let _ = writeln!(banner, "Look at it from another terminal:");
+        let _ = writeln!(
+            banner,
             "  curl -sk -H \"Authorization: Bearer $(cat {})\" {url}/api/environments/{env_id}/state",
             tern::server::admin_token_path(&data).display()
         );
-        println!("  tern env add --name another-host --server {url} --data {}", data.display());
-        println!();
-        println!("Ctrl-C stops both.");
+        let _ = writeln!(banner, "  tern env add --name another-host --server {url} --data {}", data.display());
+        let _ = writeln!(banner);
+        let _ = writeln!(banner, "Ctrl-C stops both.");
+        // Not println!: a closed stdout (a pipe to `head`) must not stop the server.
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), banner.as_bytes());
         let agent = tern::agent::start(agent_config, stopped(stop_rx.clone()));
         tokio::pin!(agent);
         let result = tokio::select! {
             r = &mut agent => r.map_err(anyhow::Error::from),
-            () = shutdown_signal() => {
+            () = interrupted => {
                 let _ = stop_tx.send(true);
                 agent.await.map_err(anyhow::Error::from)
             }

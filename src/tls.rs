@@ -195,8 +195,18 @@ impl ServerCertVerifier for Verifier {
         match self.trust {
             Trust::Insecure => Ok(ServerCertVerified::assertion()),
             Trust::Pinned(pin) if fingerprint(end_entity) == pin => Ok(ServerCertVerified::assertion()),
-            Trust::Pinned(_) => {
-                Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
+            Trust::Pinned(pin) => {
+                // Say what the operator needs to fix, in the agent's log.
+                let hex = |f: &[u8; 32]| f.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+                let why = format!(
+                    "the server's certificate (sha256 {}) is not the one pinned in EDGE_KEY ({}); a server with a \
+                     new certificate needs a new EDGE_KEY (or EDGE_INSECURE_POLL=1)",
+                    hex(&fingerprint(end_entity)),
+                    hex(&pin)
+                );
+                Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+                    std::sync::Arc::new(std::io::Error::other(why)),
+                ))))
             }
         }
     }

@@ -92,7 +92,7 @@ async fn wrong_secrets_ids_and_pins_are_refused_with_a_clear_error_and_change_no
         &[("EDGE_KEY", &pinned_elsewhere.encode()), ("DATA_PATH", &d), ("AGENT_SECRET", "s3cret")],
         &dir.join("a4.log"),
     );
-    logged(&agent, "certificate").await;
+    logged(&agent, "is not the one pinned in EDGE_KEY").await;
     agent.stop();
     assert_eq!(summary(&mut api, env).await, untouched);
 

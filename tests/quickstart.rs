@@ -26,11 +26,12 @@ impl Drop for Quickstart {
 
 /// Starts it and returns the server URL and pin it printed.
 fn start(data: &std::path::Path) -> (Quickstart, String, [u8; 32]) {
+    #[allow(clippy::zombie_processes)] // Quickstart's Drop waits for it.
     let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
         .args(["quickstart", "--listen", "127.0.0.1:0", "--interval", "1", "--data"])
         .arg(data)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(data.with_extension("log")).unwrap())
         .spawn()
         .unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
@@ -50,7 +51,10 @@ fn start(data: &std::path::Path) -> (Quickstart, String, [u8; 32]) {
 
 async fn state(url: &str, pin: [u8; 32], token: &str) -> serde_json::Value {
     let mut client = Client::new(url, Trust::Pinned(pin), 16 << 20).unwrap();
-    let (status, body) = client.api(hyper::Method::GET, "/api/environments/1/state", token, None).await.unwrap();
+    let (status, body) = client
+        .api(hyper::Method::GET, "/api/environments/1/state", token, None)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}/api/environments/1/state: {e}"));
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     serde_json::from_slice(&body).unwrap()
 }
@@ -81,4 +85,5 @@ async fn quickstart_brings_the_local_engine_online_and_stops_on_ctrl_c() {
         assert!(status.success(), "round {round}: {status}");
     }
     let _ = std::fs::remove_dir_all(&data);
+    let _ = std::fs::remove_file(data.with_extension("log"));
 }

@@ -34,6 +34,8 @@
 pub mod agent;
 pub mod auth;
 pub mod baseline;
+#[cfg(all(feature = "server", feature = "agent"))]
+pub mod cli;
 pub mod fixture;
 #[doc(hidden)]
 pub mod fuzzing;

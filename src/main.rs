@@ -76,8 +76,12 @@ enum Command {
     },
     /// Manage environments through the server's API.
     #[cfg(all(feature = "server", feature = "agent"))]
-    #[command(subcommand)]
-    Env(EnvCommand),
+    Env {
+        #[command(subcommand)]
+        command: tern::cli::env::EnvCommand,
+        #[command(flatten)]
+        api: tern::cli::ApiArgs,
+    },
     /// Decode a captured poll body (request or reply) and print it: header,
     /// codec, sizes and the decoded message.
     DecodeBody {
@@ -105,43 +109,6 @@ enum AgentCommand {
     },
 }
 
-#[cfg(all(feature = "server", feature = "agent"))]
-#[derive(Subcommand)]
-enum EnvCommand {
-    /// Create an environment; prints its join token (EDGE_KEY) and the
-    /// `docker run` command that deploys its agent.
-    Add {
-        /// The environment's name.
-        #[arg(long)]
-        name: String,
-        /// The server URL as the edge sees it (default: --server).
-        #[arg(long)]
-        url: Option<String>,
-        #[command(flatten)]
-        api: ApiArgs,
-    },
-}
-
-/// How the CLI finds and authenticates to the server.
-#[cfg(all(feature = "server", feature = "agent"))]
-#[derive(clap::Args)]
-struct ApiArgs {
-    /// The server's API URL.
-    #[arg(long, env = "TERN_SERVER", default_value = "https://127.0.0.1:9443")]
-    server: String,
-    /// The admin token (default: read from <data>/admin-token).
-    #[arg(long, env = "TERN_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// The server's data directory, when the CLI runs on the server's host:
-    /// the token and the certificate to pin are read from it.
-    #[arg(long, env = "TERN_DATA", default_value = "tern-data")]
-    data: std::path::PathBuf,
-    /// SHA-256 of the server certificate to pin (aa:bb:...), when the data
-    /// directory is not at hand.
-    #[arg(long, env = "TERN_SERVER_FINGERPRINT")]
-    fingerprint: Option<String>,
-}
-
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL").unwrap_or_else(|_| "info".into()))
@@ -161,7 +128,7 @@ fn main() -> ExitCode {
             snapshot::dry_run(save.as_deref(), base.as_deref())
         }
         #[cfg(all(feature = "server", feature = "agent"))]
-        Command::Env(EnvCommand::Add { name, url, api }) => env_add(&name, url, &api),
+        Command::Env { command, api } => tern::cli::env::run(command, &api),
         #[cfg(all(feature = "server", feature = "agent"))]
         Command::Quickstart { listen, data, interval } => quickstart(listen, data, interval),
         #[cfg(feature = "server")]
@@ -370,42 +337,6 @@ fn quickstart(listen: std::net::SocketAddr, data: std::path::PathBuf, interval: 
         server.await??;
         result
     })
-}
-
-#[cfg(all(feature = "server", feature = "agent"))]
-fn env_add(name: &str, url: Option<String>, api: &ApiArgs) -> anyhow::Result<()> {
-    use anyhow::{Context, bail};
-    let token = match &api.token {
-        Some(t) => t.clone(),
-        None => std::fs::read_to_string(tern::server::admin_token_path(&api.data))
-            .with_context(|| format!("no --token / TERN_TOKEN, and no admin token in {}", api.data.display()))?
-            .trim()
-            .to_owned(),
-    };
-    let pin = match &api.fingerprint {
-        Some(hex) => {
-            let bytes: Result<Vec<u8>, _> = hex.split(':').map(|b| u8::from_str_radix(b, 16)).collect();
-            bytes.ok().and_then(|b| <[u8; 32]>::try_from(b).ok()).context("--fingerprint: 32 hex bytes, aa:bb:...")?
-        }
-        None => tern::tls::fingerprint_of_pem(&api.data.join("cert.pem"))
-            .with_context(|| format!("no --fingerprint, and no certificate in {}", api.data.display()))?,
-    };
-    let body = serde_json::json!({ "name": name, "url": url.as_deref().unwrap_or(&api.server) });
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let (status, reply) = rt.block_on(async {
-        let mut client = tern::agent::client::Client::new(&api.server, tern::tls::Trust::Pinned(pin), 1 << 20)?;
-        client.post_json("/api/environments", &token, serde_json::to_vec(&body)?).await.map_err(anyhow::Error::from)
-    })?;
-    if status != 201 {
-        bail!("server answered {status}: {}", String::from_utf8_lossy(&reply));
-    }
-    let created: tern::server::api::CreatedEnvironment = serde_json::from_slice(&reply)?;
-    println!("environment {} ({})", created.id, created.name);
-    println!();
-    println!("EDGE_KEY={}", created.edge_key);
-    println!();
-    println!("{}", created.docker_run);
-    Ok(())
 }
 
 fn decode_body(file: &std::path::Path, reply: bool) -> anyhow::Result<()> {

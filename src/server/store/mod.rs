@@ -13,6 +13,10 @@
 //! recorded in `PRAGMA user_version`; a database from a newer build is
 //! refused rather than guessed at.
 
+mod access;
+mod fleet;
+mod usage;
+
 use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -108,6 +112,67 @@ const MIGRATIONS: &[&str] = &[
         key TEXT PRIMARY KEY,
         value TEXT NOT NULL
     );",
+    // 3: operators (see `access.rs`): the admin account (argon2 hash), UI
+    // sessions (only a hash of the session id is kept, with its CSRF
+    // token), and API tokens (only a hash kept; revoked ones stay listed).
+    "CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        password_hash TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE sessions (
+        id_hash BLOB PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        csrf TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    CREATE TABLE api_tokens (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        token_hash BLOB NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL,
+        last_used_at INTEGER,
+        revoked_at INTEGER
+    );",
+    // 4: the fleet (see `fleet.rs`): groups and tags, and what an
+    // environment was created with (the URL the edge sees, host variables
+    // passed through to the agent, self-signed certificates allowed, the
+    // host's Docker volume path).
+    "CREATE TABLE groups (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE
+    );
+    CREATE TABLE tags (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE
+    );
+    CREATE TABLE environment_tags (
+        environment INTEGER NOT NULL REFERENCES environments(id) ON DELETE CASCADE,
+        tag INTEGER NOT NULL REFERENCES tags(id) ON DELETE CASCADE,
+        PRIMARY KEY (environment, tag)
+    ) WITHOUT ROWID;
+    CREATE INDEX environment_tags_by_tag ON environment_tags(tag);
+    ALTER TABLE environments ADD COLUMN group_id INTEGER REFERENCES groups(id) ON DELETE SET NULL;
+    ALTER TABLE environments ADD COLUMN url TEXT NOT NULL DEFAULT '';
+    ALTER TABLE environments ADD COLUMN env_vars TEXT NOT NULL DEFAULT '';
+    ALTER TABLE environments ADD COLUMN allow_self_signed INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE environments ADD COLUMN volume_path TEXT;
+    CREATE INDEX environments_by_group ON environments(group_id);",
+    // 5: data usage (see `usage.rs`): per environment and hour, bytes at
+    // the TLS socket both ways, poll body bytes both ways, and polls. Kept
+    // 30 days.
+    "CREATE TABLE usage_hourly (
+        environment INTEGER NOT NULL REFERENCES environments(id) ON DELETE CASCADE,
+        hour INTEGER NOT NULL,
+        tls_up INTEGER NOT NULL DEFAULT 0,
+        tls_down INTEGER NOT NULL DEFAULT 0,
+        body_up INTEGER NOT NULL DEFAULT 0,
+        body_down INTEGER NOT NULL DEFAULT 0,
+        polls INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (environment, hour)
+    ) WITHOUT ROWID;",
 ];
 
 /// The interval every timer runs at when neither the environment nor the

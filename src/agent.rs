@@ -69,7 +69,7 @@ pub async fn collect(docker: &Docker) -> Result<RawSnapshot, CollectError> {
 ///
 /// # Errors
 /// The engine's refusal or failure, as text.
-pub async fn execute(docker: &Docker, action: &Action) -> Result<(), String> {
+pub async fn execute(docker: &Docker, action: &Action) -> Result<Vec<u8>, String> {
     use bollard::query_parameters::{CreateImageOptions, RemoveContainerOptions, RemoveVolumeOptions};
     let r = match action {
         Action::Container(op, id) => {
@@ -105,15 +105,44 @@ pub async fn execute(docker: &Docker, action: &Action) -> Result<(), String> {
                     }
                 }
             }
-            return result;
+            return result.map(|()| Vec::new());
         }
         Action::ImageRemove(reference) => {
             docker.remove_image(reference, None::<RemoveImageOptions>, None).await.map(drop)
         }
         Action::VolumeRemove(name) => docker.remove_volume(name, None::<RemoveVolumeOptions>).await,
         Action::NetworkRemove(id) => docker.remove_network(&id.to_string()).await,
+        Action::ContainerLogs(id, tail) => return logs(docker, id, *tail).await,
     };
-    r.map_err(engine_error)
+    r.map(|()| Vec::new()).map_err(engine_error)
+}
+
+/// A command's output is capped to its last this many bytes: enough for a
+/// few hundred log lines, small enough for a slow link.
+pub const OUTPUT_CAP: usize = 64 * 1024;
+
+/// Log lines when the command does not say.
+const DEFAULT_TAIL: u32 = 100;
+
+/// The last `tail` lines of a container's stdout and stderr, interleaved as
+/// the engine returns them, capped to the last [`OUTPUT_CAP`] bytes.
+async fn logs(docker: &Docker, id: &crate::sync::state::Id, tail: u32) -> Result<Vec<u8>, String> {
+    use bollard::query_parameters::LogsOptions;
+    let tail = if tail == 0 { DEFAULT_TAIL } else { tail };
+    let opts = LogsOptions { stdout: true, stderr: true, tail: tail.to_string(), ..Default::default() };
+    let mut stream = docker.logs(&id.to_string(), Some(opts));
+    let mut out = Vec::new();
+    while let Some(item) = stream.next().await {
+        let chunk = item.map_err(engine_error)?;
+        out.extend_from_slice(&chunk.into_bytes());
+        if out.len() > 2 * OUTPUT_CAP {
+            out.drain(..out.len() - OUTPUT_CAP);
+        }
+    }
+    if out.len() > OUTPUT_CAP {
+        out.drain(..out.len() - OUTPUT_CAP);
+    }
+    Ok(out)
 }
 
 /// The engine's message without bollard's wrapping.
@@ -172,7 +201,7 @@ impl run::Engine for DockerEngine {
         raw.canonical(&self.opts).map_err(|e| format!("engine state: {e}"))
     }
 
-    async fn run(&self, action: &Action) -> Result<(), String> {
+    async fn run(&self, action: &Action) -> Result<Vec<u8>, String> {
         execute(&self.docker, action).await
     }
 }

@@ -173,6 +173,26 @@ async fn a_real_agent_keeps_a_real_server_in_sync_and_runs_every_command_once() 
         assert_eq!(engine_events(&web, &since, event), 1, "{event} ran once");
     }
 
+    // The last lines of a container's logs come back in a later poll.
+    let talker = objects.name("talker");
+    docker(&[
+        "run", "-d", "--name", &talker, &objects.image, "/bin/busybox", "sh", "-c",
+        "echo first; echo second >&2; echo third; trap 'exit 0' TERM; while :; do /bin/busybox sleep 1; done",
+    ]);
+    wait_stored(&mut api, env, &talker, Some("running")).await;
+    let queued = api
+        .ok(
+            "POST",
+            &format!("/api/environments/{env}/commands"),
+            Some(json!({"action": "container.logs", "target": talker, "tail": 2})),
+            201,
+        )
+        .await;
+    let c = wait_command(&mut api, queued["id"].as_u64().unwrap()).await;
+    assert_eq!(c["status"], "ok", "{c}");
+    let output = c["output"].as_str().unwrap();
+    assert!(output.contains("second") && output.contains("third") && !output.contains("first"), "{output:?}");
+
     // Remove (force, with volumes).
     let c = command(&mut api, env, "container.remove", &web).await;
     assert_eq!(c["status"], "ok", "{c}");

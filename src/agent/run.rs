@@ -37,8 +37,9 @@ use crate::wire::poll::{self, Action, AgentInfo, Command, CommandResult, PollRep
 pub trait Engine: Send + Sync + 'static {
     /// Reads the whole canonical state.
     fn state(&self) -> impl Future<Output = Result<State, String>> + Send;
-    /// Runs one command's action; the error is the text the operator sees.
-    fn run(&self, action: &Action) -> impl Future<Output = Result<(), String>> + Send;
+    /// Runs one command's action; returns what it printed (logs), or the
+    /// error text the operator sees.
+    fn run(&self, action: &Action) -> impl Future<Output = Result<Vec<u8>, String>> + Send;
 }
 
 /// How a poll reaches the server.
@@ -208,6 +209,9 @@ fn status_of(text: &str) -> ResultStatus {
     }
 }
 
+/// At most this many bytes of results (error texts and outputs) in one poll.
+const RESULT_BYTES_PER_POLL: usize = 512 * 1024;
+
 /// Error texts are kept short: they travel on a metered link.
 const MAX_ERROR: usize = 500;
 
@@ -221,7 +225,14 @@ fn stored(r: &CommandResult) -> StoredResult {
         error.truncate(cut);
         error.push('…');
     }
-    StoredResult { id: r.id, status: status_text(r.status).to_owned(), error, finished_at: r.finished_at }
+    StoredResult {
+        id: r.id,
+        status: status_text(r.status).to_owned(),
+        error,
+        finished_at: r.finished_at,
+        // Logs are text; bytes that are not UTF-8 are replaced.
+        output: String::from_utf8_lossy(&r.output).into_owned(),
+    }
 }
 
 fn interval_array(i: Intervals) -> [u32; 3] {
@@ -260,6 +271,7 @@ impl<E: Engine, T: Transport> Agent<E, T> {
                                 taken effect"
                             .into(),
                         finished_at,
+                        output: String::new(),
                     },
                 );
             }
@@ -279,11 +291,12 @@ impl<E: Engine, T: Transport> Agent<E, T> {
         tokio::spawn(async move {
             while let Some(cmd) = queue.recv().await {
                 let r = worker.run(&cmd.action).await;
-                let (status, error) = match r {
-                    Ok(()) => (ResultStatus::Ok, String::new()),
-                    Err(e) => (ResultStatus::Failed, e),
+                let (status, error, output) = match r {
+                    Ok(output) => (ResultStatus::Ok, String::new(), output),
+                    Err(e) => (ResultStatus::Failed, e, Vec::new()),
                 };
-                if done.send(CommandResult { id: cmd.id, status, error, finished_at: now_unix() }).is_err() {
+                let result = CommandResult { id: cmd.id, status, error, finished_at: now_unix(), output };
+                if done.send(result).is_err() {
                     break;
                 }
             }
@@ -424,16 +437,26 @@ impl<E: Engine, T: Transport> Agent<E, T> {
         }
         let current = self.current.clone().unwrap_or_default();
         let out = self.sync.prepare(&current, due.snapshot && self.current.is_some());
+        // Results ride in batches, bounded in count and in bytes (logs can be
+        // large); the rest follow in the next poll.
+        let mut budget = RESULT_BYTES_PER_POLL;
         let results: Vec<CommandResult> = self
             .journal
             .results
             .values()
             .take(self.settings.results_per_poll)
+            .take_while(|r| {
+                let size = r.output.len() + r.error.len() + 16;
+                let fits = size <= budget || budget == RESULT_BYTES_PER_POLL;
+                budget = budget.saturating_sub(size);
+                fits
+            })
             .map(|r| CommandResult {
                 id: r.id,
                 status: status_of(&r.status),
                 error: r.error.clone(),
                 finished_at: r.finished_at,
+                output: r.output.clone().into_bytes(),
             })
             .collect();
         let sent_intervals = (!self.intervals_reported).then(|| {
@@ -548,6 +571,7 @@ impl<E: Engine, T: Transport> Agent<E, T> {
                     status: "rejected".into(),
                     error: "this agent does not know this command (upgrade the agent)".into(),
                     finished_at,
+                    output: String::new(),
                 },
             );
             self.journal.seen = self.journal.seen.max(id);
@@ -619,11 +643,12 @@ mod tests {
             Ok(self.state.lock().unwrap().clone())
         }
 
-        async fn run(&self, action: &Action) -> Result<(), String> {
+        async fn run(&self, action: &Action) -> Result<Vec<u8>, String> {
             self.ran.lock().unwrap().push(action.clone());
             match action {
                 Action::ImagePull(r) => Err(format!("pull access denied for {r}")),
-                _ => Ok(()),
+                Action::ContainerLogs(_, tail) => Ok(format!("{tail} lines\n").into_bytes()),
+                _ => Ok(Vec::new()),
             }
         }
     }
@@ -832,6 +857,7 @@ mod tests {
             s.queue = vec![
                 Command { id: 1, action: Action::Container(ContainerOp::Stop, Id([1; 32])) },
                 Command { id: 2, action: Action::ImagePull("nginx:1.25".into()) },
+                Command { id: 3, action: Action::ContainerLogs(Id([1; 32]), 7) },
             ];
             // The reply carrying them is lost after the server sent it.
             s.lose_replies = 1;
@@ -841,21 +867,22 @@ mod tests {
         // The next poll gets them; later replies repeat them until the
         // server has commands_seen.
         run_for(&mut agent, S(120)).await;
-        assert_eq!(rig.engine.ran.lock().unwrap().len(), 2, "each ran once");
+        assert_eq!(rig.engine.ran.lock().unwrap().len(), 3, "each ran once");
         let s = rig.server.lock().unwrap();
-        assert_eq!(s.seen, 2);
+        assert_eq!(s.seen, 3);
         let mut got = s.results.clone();
         got.sort_by_key(|r| r.id);
         assert_eq!((got[0].id, got[0].status), (1, ResultStatus::Ok));
         assert_eq!((got[1].id, got[1].status), (2, ResultStatus::Failed));
         assert!(got[1].error.contains("pull access denied"));
-        // Both results went in one poll, a couple of seconds after they finished.
+        assert_eq!((got[2].status, got[2].output.as_slice()), (ResultStatus::Ok, &b"7 lines\n"[..]));
+        // All results went in one poll, a couple of seconds after they finished.
         let carrying: Vec<_> = s.log.iter().filter(|(_, r)| !r.results.is_empty()).collect();
         assert_eq!(carrying.len(), 1);
-        assert_eq!(carrying[0].1.results.len(), 2);
+        assert_eq!(carrying[0].1.results.len(), 3);
         drop(s);
         assert!(agent.journal.results.is_empty(), "acknowledged results are dropped");
-        assert_eq!(Store::open(&rig.dir).unwrap().journal().unwrap().seen, 2);
+        assert_eq!(Store::open(&rig.dir).unwrap().journal().unwrap().seen, 3);
     }
 
     #[tokio::test(start_paused = true)]

@@ -67,6 +67,9 @@ pub struct StoredResult {
     pub error: String,
     /// When it ended.
     pub finished_at: i64,
+    /// What it printed (logs), as text.
+    #[serde(default)]
+    pub output: String,
 }
 
 /// What makes commands run at most once: the highest command id received

@@ -221,7 +221,7 @@ mod tests {
     }
 
     fn ok(id: u64) -> CommandResult {
-        CommandResult { id, status: ResultStatus::Ok, error: String::new(), finished_at: 1500 }
+        CommandResult { output: Vec::new(), id, status: ResultStatus::Ok, error: String::new(), finished_at: 1500 }
     }
 
     const SIXTY: Intervals = Intervals { ping: 60, snapshot: 60, command: 60 };
@@ -300,8 +300,13 @@ mod tests {
         let (store, mut codec, mut agent) = setup();
         let id = store.enqueue_command(agent.env, &restart(1), 900).unwrap();
         agent.poll_with(&store, &mut codec, None, PollRequest::default()).unwrap();
-        let failed =
-            CommandResult { id, status: ResultStatus::Failed, error: "no such container".into(), finished_at: 1 };
+        let failed = CommandResult {
+            output: Vec::new(),
+            id,
+            status: ResultStatus::Failed,
+            error: "no such container".into(),
+            finished_at: 1,
+        };
         let first = PollRequest { results: vec![failed.clone()], commands_seen: id, ..PollRequest::default() };
         assert_eq!(agent.poll_with(&store, &mut codec, None, first).unwrap().results_acked, vec![id]);
         // The acknowledgement was lost: the agent sends the result again,

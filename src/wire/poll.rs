@@ -52,6 +52,8 @@ pub enum Action {
     VolumeRemove(String),
     /// Remove a network by id.
     NetworkRemove(Id),
+    /// The last `tail` lines of a container's logs (0: the agent's default).
+    ContainerLogs(Id, u32),
 }
 
 /// A command for the agent.
@@ -85,6 +87,8 @@ pub struct CommandResult {
     pub error: String,
     /// When it ended, in seconds since the epoch.
     pub finished_at: i64,
+    /// What it printed (logs), capped by the agent.
+    pub output: Vec<u8>,
 }
 
 /// Poll intervals in seconds; 0 disables a timer.
@@ -181,6 +185,9 @@ impl Action {
             }
             Action::VolumeRemove(name) => A::VolumeRemove(pb::VolumeRemove { name: name.clone() }),
             Action::NetworkRemove(nid) => A::NetworkRemove(pb::NetworkRemove { network_id: nid.0.to_vec() }),
+            Action::ContainerLogs(cid, tail) => {
+                A::ContainerLogs(pb::ContainerLogs { container_id: cid.0.to_vec(), tail: *tail })
+            }
         }
     }
 
@@ -207,6 +214,7 @@ impl Action {
             },
             Some(A::VolumeRemove(v)) => Action::VolumeRemove(v.name),
             Some(A::NetworkRemove(n)) => Action::NetworkRemove(id(&n.network_id)?),
+            Some(A::ContainerLogs(l)) => Action::ContainerLogs(id(&l.container_id)?, l.tail),
             None => return Err(PollError::UnknownAction(0)),
         })
     }
@@ -246,6 +254,7 @@ impl PollRequest {
                     } as i32,
                     error: r.error.clone(),
                     finished_at: r.finished_at,
+                    output: r.output.clone(),
                 })
                 .collect(),
             agent: self
@@ -275,7 +284,7 @@ impl PollRequest {
                     Ok(pb::ResultStatus::Rejected) => ResultStatus::Rejected,
                     _ => return Err(InvalidObject::UnknownEnum { what: "ResultStatus", value: r.status }),
                 };
-                Ok(CommandResult { id: r.id, status, error: r.error, finished_at: r.finished_at })
+                Ok(CommandResult { id: r.id, status, error: r.error, finished_at: r.finished_at, output: r.output })
             })
             .collect::<Result<_, InvalidObject>>()?;
         Ok(Self {
@@ -292,36 +301,7 @@ impl PollRequest {
 impl PollReply {
     /// The protobuf encoding (before the body codec).
     pub fn encode(&self) -> Vec<u8> {
-        use pb::command::Action as A;
-        let commands = self
-            .commands
-            .iter()
-            .map(|c| {
-                let action = match &c.action {
-                    Action::Container(op, cid) => A::Container(pb::ContainerCommand {
-                        op: match op {
-                            ContainerOp::Start => pb::ContainerOp::Start,
-                            ContainerOp::Stop => pb::ContainerOp::Stop,
-                            ContainerOp::Restart => pb::ContainerOp::Restart,
-                            ContainerOp::Kill => pb::ContainerOp::Kill,
-                            ContainerOp::Pause => pb::ContainerOp::Pause,
-                            ContainerOp::Unpause => pb::ContainerOp::Unpause,
-                            ContainerOp::Remove => pb::ContainerOp::Remove,
-                        } as i32,
-                        container_id: cid.0.to_vec(),
-                    }),
-                    Action::ImagePull(r) => {
-                        A::Image(pb::ImageCommand { op: pb::ImageOp::Pull as i32, reference: r.clone() })
-                    }
-                    Action::ImageRemove(r) => {
-                        A::Image(pb::ImageCommand { op: pb::ImageOp::Remove as i32, reference: r.clone() })
-                    }
-                    Action::VolumeRemove(name) => A::VolumeRemove(pb::VolumeRemove { name: name.clone() }),
-                    Action::NetworkRemove(nid) => A::NetworkRemove(pb::NetworkRemove { network_id: nid.0.to_vec() }),
-                };
-                pb::Command { id: c.id, action: Some(action) }
-            })
-            .collect();
+        let commands = self.commands.iter().map(|c| pb::Command { id: c.id, action: Some(c.action.to_pb()) }).collect();
         pb::PollReply {
             acked: self.acked,
             resync: self.resync,
@@ -338,39 +318,12 @@ impl PollReply {
     /// When the bytes are not a valid reply. A command this build does not
     /// know lands in `unknown_commands` instead.
     pub fn decode(bytes: &[u8]) -> Result<Self, PollError> {
-        use pb::command::Action as A;
         let p = pb::PollReply::decode(bytes).map_err(|e| PollError::Decode(e.to_string()))?;
         let mut commands = Vec::with_capacity(p.commands.len());
         let mut unknown = Vec::new();
         for c in p.commands {
-            let decoded = (|| {
-                let action = match c.action {
-                    Some(A::Container(cc)) => {
-                        let op = match pb::ContainerOp::try_from(cc.op) {
-                            Ok(pb::ContainerOp::Start) => ContainerOp::Start,
-                            Ok(pb::ContainerOp::Stop) => ContainerOp::Stop,
-                            Ok(pb::ContainerOp::Restart) => ContainerOp::Restart,
-                            Ok(pb::ContainerOp::Kill) => ContainerOp::Kill,
-                            Ok(pb::ContainerOp::Pause) => ContainerOp::Pause,
-                            Ok(pb::ContainerOp::Unpause) => ContainerOp::Unpause,
-                            Ok(pb::ContainerOp::Remove) => ContainerOp::Remove,
-                            _ => return Err(PollError::UnknownAction(c.id)),
-                        };
-                        Action::Container(op, id(&cc.container_id)?)
-                    }
-                    Some(A::Image(ic)) => match pb::ImageOp::try_from(ic.op) {
-                        Ok(pb::ImageOp::Pull) => Action::ImagePull(ic.reference),
-                        Ok(pb::ImageOp::Remove) => Action::ImageRemove(ic.reference),
-                        _ => return Err(PollError::UnknownAction(c.id)),
-                    },
-                    Some(A::VolumeRemove(v)) => Action::VolumeRemove(v.name),
-                    Some(A::NetworkRemove(n)) => Action::NetworkRemove(id(&n.network_id)?),
-                    None => return Err(PollError::UnknownAction(c.id)),
-                };
-                Ok::<_, PollError>(Command { id: c.id, action })
-            })();
-            match decoded {
-                Ok(cmd) => commands.push(cmd),
+            match Action::from_pb(c.action) {
+                Ok(action) => commands.push(Command { id: c.id, action }),
                 Err(_) => unknown.push(c.id),
             }
         }
@@ -449,6 +402,7 @@ mod tests {
             base: 3,
             delta: None,
             results: vec![CommandResult {
+                output: Vec::new(),
                 id: 1,
                 status: ResultStatus::Failed,
                 error: "no such container".into(),

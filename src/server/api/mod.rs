@@ -359,6 +359,10 @@ fn check_target(target: &str) -> Result<&str, ApiError> {
     Ok(t)
 }
 
+/// The most log lines one `container.logs` asks for (the agent also caps
+/// the output to its last 64 KiB).
+pub const MAX_LOG_LINES: u32 = 10_000;
+
 /// `POST /api/environments/{id}/commands`: queues a command; containers
 /// and networks are resolved against the environment's stored state.
 pub async fn create_command(
@@ -375,6 +379,15 @@ pub async fn create_command(
         )));
     };
     let target = check_target(&req.target)?.to_owned();
+    let tail = match (kind, req.tail) {
+        (Kind::ContainerLogs, None) => 100,
+        (Kind::ContainerLogs, Some(n)) if (1..=MAX_LOG_LINES).contains(&n) => n,
+        (Kind::ContainerLogs, Some(_)) => {
+            return Err(ApiError::bad_request(format!("tail: from 1 to {MAX_LOG_LINES} lines")));
+        }
+        (_, Some(_)) => return Err(ApiError::bad_request("tail: only for container.logs")),
+        (_, None) => 0,
+    };
     let record = with_store(&state, move |store| {
         store.environment(id)?;
         let action = match kind {
@@ -385,6 +398,12 @@ pub async fn create_command(
                 let replica = store.replica(id)?;
                 let containers = replica.current().1.containers.iter().map(|c| (c.id, c.name.as_str()));
                 Action::Container(op, target::resolve("container", &target, containers).map_err(ApiError::bad_request)?)
+            }
+            Kind::ContainerLogs => {
+                let replica = store.replica(id)?;
+                let containers = replica.current().1.containers.iter().map(|c| (c.id, c.name.as_str()));
+                let cid = target::resolve("container", &target, containers).map_err(ApiError::bad_request)?;
+                Action::ContainerLogs(cid, tail)
             }
             Kind::NetworkRemove => {
                 let replica = store.replica(id)?;
@@ -410,7 +429,11 @@ pub async fn list_commands(
 
 /// `GET /api/commands/{id}`.
 pub async fn command(State(state): State<Arc<AppState>>, PathId(id): PathId) -> Result<Json<CommandView>, ApiError> {
-    Ok(Json(with_store(&state, move |store| Ok(store.command(id)?)).await?.into()))
+    let (record, output) = with_store(&state, move |store| Ok((store.command(id)?, store.command_output(id)?))).await?;
+    let mut view = CommandView::from(record);
+    // Logs are text; bytes that are not UTF-8 are shown replaced.
+    view.output = output.map(|o| String::from_utf8_lossy(&o).into_owned());
+    Ok(Json(view))
 }
 
 /// `DELETE /api/commands/{id}`: cancels a command that was never sent.
@@ -762,6 +785,7 @@ mod tests {
         assert_eq!((v["status"].as_str(), v["sent_at"].as_i64()), (Some("sent"), Some(101)));
         // Its result comes back.
         let result = CommandResult {
+            output: Vec::new(),
             id: first.id,
             status: ResultStatus::Failed,
             error: "no such container".into(),

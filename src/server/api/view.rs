@@ -162,6 +162,9 @@ pub struct CreateCommand {
     /// prefix of 4 hex digits or more, or its name (both resolved against
     /// the stored state); an image reference; a volume name.
     pub target: String,
+    /// For `container.logs`: how many lines from the end (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<u32>,
 }
 
 /// A command.
@@ -189,6 +192,9 @@ pub struct CommandView {
     pub delivered_at: Option<i64>,
     /// When it ended.
     pub finished_at: Option<i64>,
+    /// What it printed (`container.logs`), in `GET /api/commands/{id}` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
 }
 
 impl From<CommandRecord> for CommandView {
@@ -204,6 +210,7 @@ impl From<CommandRecord> for CommandView {
             sent_at: c.sent_at,
             delivered_at: c.delivered_at,
             finished_at: c.finished_at,
+            output: None,
         }
     }
 }
@@ -221,6 +228,7 @@ pub const ACTIONS: &[(&str, Kind)] = &[
     ("image.remove", Kind::ImageRemove),
     ("volume.remove", Kind::VolumeRemove),
     ("network.remove", Kind::NetworkRemove),
+    ("container.logs", Kind::ContainerLogs),
 ];
 
 /// An action before its target is resolved.
@@ -236,6 +244,8 @@ pub enum Kind {
     VolumeRemove,
     /// Remove a network (id, prefix or name).
     NetworkRemove,
+    /// A container's last log lines (id, prefix or name).
+    ContainerLogs,
 }
 
 /// The API's name of an action.
@@ -246,13 +256,14 @@ pub fn action_name(action: &Action) -> &'static str {
         Action::ImageRemove(_) => Kind::ImageRemove,
         Action::VolumeRemove(_) => Kind::VolumeRemove,
         Action::NetworkRemove(_) => Kind::NetworkRemove,
+        Action::ContainerLogs(..) => Kind::ContainerLogs,
     };
     ACTIONS.iter().find(|(_, k)| *k == kind).map_or("unknown", |(name, _)| name)
 }
 
 fn action_target(action: &Action) -> String {
     match action {
-        Action::Container(_, id) | Action::NetworkRemove(id) => id.to_string(),
+        Action::Container(_, id) | Action::NetworkRemove(id) | Action::ContainerLogs(id, _) => id.to_string(),
         Action::ImagePull(r) | Action::ImageRemove(r) | Action::VolumeRemove(r) => r.clone(),
     }
 }

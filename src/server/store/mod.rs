@@ -65,6 +65,9 @@ pub enum StoreError {
     CorruptSetting(&'static str),
 }
 
+/// The most output bytes kept per command (the agent's cap too).
+pub const MAX_OUTPUT_LEN: usize = 64 * 1024;
+
 /// Migrations, in order. Never edit one that has shipped; add another.
 const MIGRATIONS: &[&str] = &[
     // 1: environments, replicas, commands.
@@ -173,6 +176,12 @@ const MIGRATIONS: &[&str] = &[
         polls INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (environment, hour)
     ) WITHOUT ROWID;",
+    // 6: what a command printed (a container's logs), apart from the
+    // command rows so listing history never reads it.
+    "CREATE TABLE command_outputs (
+        command INTEGER PRIMARY KEY REFERENCES commands(id) ON DELETE CASCADE,
+        output BLOB NOT NULL
+    );",
 ];
 
 /// The interval every timer runs at when neither the environment nor the
@@ -899,7 +908,28 @@ impl Store {
              WHERE id = ?1 AND environment = ?2 AND status IN ('queued', 'delivered', 'cancelled')",
             params![id, sql_id(environment), status, truncate(&result.error, MAX_ERROR_LEN), finished_at, now],
         )?;
+        if n == 1 && !result.output.is_empty() {
+            // The agent caps outputs; a forged or buggy one is cut to the
+            // same size here, keeping the end (the latest log lines).
+            let output = &result.output[result.output.len().saturating_sub(MAX_OUTPUT_LEN)..];
+            self.conn.execute(
+                "INSERT INTO command_outputs (command, output) VALUES (?1, ?2)
+                 ON CONFLICT(command) DO UPDATE SET output = ?2",
+                params![id, output],
+            )?;
+        }
         Ok(n == 1)
+    }
+
+    /// What a command printed (logs), if anything.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub fn command_output(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT output FROM command_outputs WHERE command = ?1", [sql_id(id)], |r| r.get(0))
+            .optional()?)
     }
 
     const COMMAND_COLUMNS: &str =
@@ -1063,7 +1093,7 @@ mod tests {
     }
 
     fn result(id: u64, status: ResultStatus, error: &str) -> CommandResult {
-        CommandResult { id, status, error: error.into(), finished_at: 0 }
+        CommandResult { output: Vec::new(), id, status, error: error.into(), finished_at: 0 }
     }
 
     #[test]
@@ -1087,7 +1117,8 @@ mod tests {
         assert_eq!((c.status, c.delivered_at), (CommandStatus::Delivered, Some(14)));
         assert!(s.commands_due(e.id, 15, 100).unwrap().is_empty(), "never sent again once recorded");
         // The result ends it, once.
-        let done = CommandResult { id, status: ResultStatus::Ok, error: String::new(), finished_at: 16 };
+        let done =
+            CommandResult { output: Vec::new(), id, status: ResultStatus::Ok, error: String::new(), finished_at: 16 };
         assert!(s.store_result(e.id, &done, 17).unwrap());
         assert!(!s.store_result(e.id, &result(id, ResultStatus::Failed, "late"), 18).unwrap(), "idempotent");
         let c = s.command(id).unwrap();

@@ -4,6 +4,7 @@
 //! them in.
 
 pub mod env;
+pub mod logs;
 
 use anyhow::{Context, bail};
 use serde_json::Value;

@@ -74,6 +74,15 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         interval: u32,
     },
+    /// Print a container's last log lines (fetched by its agent at its next
+    /// poll).
+    #[cfg(all(feature = "server", feature = "agent"))]
+    Logs {
+        #[command(flatten)]
+        logs: tern::cli::logs::LogsArgs,
+        #[command(flatten)]
+        api: tern::cli::ApiArgs,
+    },
     /// Manage environments through the server's API.
     #[cfg(all(feature = "server", feature = "agent"))]
     Env {
@@ -129,6 +138,8 @@ fn main() -> ExitCode {
         }
         #[cfg(all(feature = "server", feature = "agent"))]
         Command::Env { command, api } => tern::cli::env::run(command, &api),
+        #[cfg(all(feature = "server", feature = "agent"))]
+        Command::Logs { logs, api } => tern::cli::logs::run(&logs, &api),
         #[cfg(all(feature = "server", feature = "agent"))]
         Command::Quickstart { listen, data, interval } => quickstart(listen, data, interval),
         #[cfg(feature = "server")]

@@ -113,6 +113,9 @@ pub async fn execute(docker: &Docker, action: &Action) -> Result<Vec<u8>, String
         Action::VolumeRemove(name) => docker.remove_volume(name, None::<RemoveVolumeOptions>).await,
         Action::NetworkRemove(id) => docker.remove_network(&id.to_string()).await,
         Action::ContainerLogs(id, tail) => return logs(docker, id, *tail).await,
+        Action::StackDeploy(_) | Action::StackRemove(_) | Action::Job(_) | Action::JobRemove(_) => {
+            return Err("this agent cannot run stacks or jobs yet".into());
+        }
     };
     r.map(|()| Vec::new()).map_err(engine_error)
 }

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::store::{Journal, Meta, Store, StoreError, StoredResult};
+use super::store::{Journal, Meta, Store, StoreError, StoredJobRun, StoredResult};
 use crate::auth::{CounterReservation, Secret, open_reply, seal_request};
 use crate::sync::State;
 use crate::sync::schedule::{BackoffPolicy, Due, Intervals, Scheduler};
@@ -179,6 +179,7 @@ pub struct Agent<E: Engine, T: Transport> {
     intervals_reported: bool,
     exec: mpsc::UnboundedSender<Command>,
     finished: mpsc::UnboundedReceiver<CommandResult>,
+    job_runs: Option<mpsc::UnboundedReceiver<poll::JobRun>>,
     /// Counters.
     pub stats: Stats,
 }
@@ -198,6 +199,7 @@ fn status_text(s: ResultStatus) -> &'static str {
         ResultStatus::Ok => "ok",
         ResultStatus::Failed => "failed",
         ResultStatus::Rejected => "rejected",
+        ResultStatus::Progress => "progress",
     }
 }
 
@@ -205,6 +207,7 @@ fn status_of(text: &str) -> ResultStatus {
     match text {
         "ok" => ResultStatus::Ok,
         "rejected" => ResultStatus::Rejected,
+        "progress" => ResultStatus::Progress,
         _ => ResultStatus::Failed,
     }
 }
@@ -232,6 +235,7 @@ fn stored(r: &CommandResult) -> StoredResult {
         finished_at: r.finished_at,
         // Logs are text; bytes that are not UTF-8 are replaced.
         output: String::from_utf8_lossy(&r.output).into_owned(),
+        phase: r.phase.clone(),
     }
 }
 
@@ -272,6 +276,7 @@ impl<E: Engine, T: Transport> Agent<E, T> {
                             .into(),
                         finished_at,
                         output: String::new(),
+                        phase: String::new(),
                     },
                 );
             }
@@ -290,12 +295,32 @@ impl<E: Engine, T: Transport> Agent<E, T> {
         let worker = engine.clone();
         tokio::spawn(async move {
             while let Some(cmd) = queue.recv().await {
+                // Long commands say what step they are at before they start.
+                let phase = match cmd.action {
+                    Action::StackDeploy(_) => Some("deploying"),
+                    Action::StackRemove(_) => Some("removing"),
+                    _ => None,
+                };
+                if let Some(phase) = phase {
+                    let step = CommandResult {
+                        id: cmd.id,
+                        status: ResultStatus::Progress,
+                        error: String::new(),
+                        finished_at: now_unix(),
+                        output: Vec::new(),
+                        phase: phase.into(),
+                    };
+                    if done.send(step).is_err() {
+                        break;
+                    }
+                }
                 let r = worker.run(&cmd.action).await;
                 let (status, error, output) = match r {
                     Ok(output) => (ResultStatus::Ok, String::new(), output),
                     Err(e) => (ResultStatus::Failed, e, Vec::new()),
                 };
-                let result = CommandResult { id: cmd.id, status, error, finished_at: now_unix(), output };
+                let result =
+                    CommandResult { id: cmd.id, status, error, finished_at: now_unix(), output, phase: String::new() };
                 if done.send(result).is_err() {
                     break;
                 }
@@ -319,6 +344,7 @@ impl<E: Engine, T: Transport> Agent<E, T> {
             intervals_reported: false,
             exec,
             finished,
+            job_runs: None,
             stats: Stats::default(),
             store,
             settings,
@@ -332,6 +358,13 @@ impl<E: Engine, T: Transport> Agent<E, T> {
     /// The acknowledged base's sequence number.
     pub fn acked(&self) -> u64 {
         self.sync.base().0
+    }
+
+    /// Where the runs of scheduled jobs come from (the job scheduler):
+    /// each is journaled, sent in the next poll, and dropped once the
+    /// server acknowledges it.
+    pub fn set_job_runs(&mut self, runs: mpsc::UnboundedReceiver<poll::JobRun>) {
+        self.job_runs = Some(runs);
     }
 
     /// The transport (to inspect its counters, or drop its connection).
@@ -366,6 +399,12 @@ impl<E: Engine, T: Transport> Agent<E, T> {
             tokio::select! {
                 () = &mut shutdown => return Ok(()),
                 Some(result) = self.finished.recv() => self.finished(result)?,
+                Some(run) = async {
+                    match self.job_runs.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => self.job_ran(run)?,
                 () = async {
                     match wake {
                         Some(at) => tokio::time::sleep_until(at).await,
@@ -385,9 +424,31 @@ impl<E: Engine, T: Transport> Agent<E, T> {
     }
 
     fn finished(&mut self, result: CommandResult) -> Result<(), RunError> {
-        tracing::info!(command = result.id, status = status_text(result.status), error = %result.error, "command finished");
-        self.journal.running.remove(&result.id);
+        if result.status == ResultStatus::Progress {
+            tracing::info!(command = result.id, phase = %result.phase, "command in progress");
+        } else {
+            tracing::info!(command = result.id, status = status_text(result.status), error = %result.error, "command finished");
+            self.journal.running.remove(&result.id);
+        }
         self.journal.results.insert(result.id, stored(&result));
+        self.store.save_journal(&self.journal)?;
+        self.sched.hurry(self.now() + self.settings.result_delay);
+        Ok(())
+    }
+
+    fn job_ran(&mut self, run: poll::JobRun) -> Result<(), RunError> {
+        tracing::info!(job = run.job, run = run.run, exit_code = run.exit_code, "job ran");
+        self.journal.job_runs.push(StoredJobRun {
+            job: run.job,
+            version: run.version,
+            run: run.run,
+            started_at: run.started_at,
+            finished_at: run.finished_at,
+            exit_code: run.exit_code,
+            output: String::from_utf8_lossy(&run.output).into_owned(),
+            truncated: run.truncated,
+            error: run.error,
+        });
         self.store.save_journal(&self.journal)?;
         self.sched.hurry(self.now() + self.settings.result_delay);
         Ok(())
@@ -457,6 +518,29 @@ impl<E: Engine, T: Transport> Agent<E, T> {
                 error: r.error.clone(),
                 finished_at: r.finished_at,
                 output: r.output.clone().into_bytes(),
+                phase: r.phase.clone(),
+            })
+            .collect();
+        let job_runs: Vec<poll::JobRun> = self
+            .journal
+            .job_runs
+            .iter()
+            .take_while(|r| {
+                let size = r.output.len() + r.error.len() + 32;
+                let fits = size <= budget || budget == RESULT_BYTES_PER_POLL;
+                budget = budget.saturating_sub(size);
+                fits
+            })
+            .map(|r| poll::JobRun {
+                job: r.job,
+                version: r.version,
+                run: r.run,
+                started_at: r.started_at,
+                finished_at: r.finished_at,
+                exit_code: r.exit_code,
+                output: r.output.clone().into_bytes(),
+                truncated: r.truncated,
+                error: r.error.clone(),
             })
             .collect();
         let sent_intervals = (!self.intervals_reported).then(|| {
@@ -472,6 +556,7 @@ impl<E: Engine, T: Transport> Agent<E, T> {
                 .then(|| AgentInfo { version: self.settings.version.clone(), edge_id: self.settings.edge_id.clone() }),
             commands_seen: seen,
             intervals: sent_intervals,
+            job_runs,
         };
         let body = self.codec.encode(&request.encode())?;
         let (counter, reserve) = self.counters.take();
@@ -536,7 +621,8 @@ impl<E: Engine, T: Transport> Agent<E, T> {
             tracing::info!("the server asked for the whole state");
             self.sched.hurry(self.now());
         }
-        if !self.journal.results.is_empty() && !reply.results_acked.is_empty() {
+        let more = !self.journal.results.is_empty() || !self.journal.job_runs.is_empty();
+        if more && !(reply.results_acked.is_empty() && reply.job_runs_acked.is_empty()) {
             // More results than fit in one poll: send the rest soon.
             self.sched.hurry(self.now() + self.settings.result_delay);
         }
@@ -559,6 +645,11 @@ impl<E: Engine, T: Transport> Agent<E, T> {
         for id in &reply.results_acked {
             dirty |= self.journal.results.remove(id).is_some();
         }
+        if !reply.job_runs_acked.is_empty() {
+            let before = self.journal.job_runs.len();
+            self.journal.job_runs.retain(|r| !reply.job_runs_acked.contains(&(r.job, r.run)));
+            dirty |= self.journal.job_runs.len() != before;
+        }
         let seen = self.journal.seen;
         let fresh: Vec<&Command> = reply.commands.iter().filter(|c| c.id > seen).collect();
         let finished_at = now_unix();
@@ -572,6 +663,7 @@ impl<E: Engine, T: Transport> Agent<E, T> {
                     error: "this agent does not know this command (upgrade the agent)".into(),
                     finished_at,
                     output: String::new(),
+                    phase: String::new(),
                 },
             );
             self.journal.seen = self.journal.seen.max(id);

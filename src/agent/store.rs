@@ -70,6 +70,9 @@ pub struct StoredResult {
     /// What it printed (logs), as text.
     #[serde(default)]
     pub output: String,
+    /// For a progress result: the step.
+    #[serde(default)]
+    pub phase: String,
 }
 
 /// What makes commands run at most once: the highest command id received
@@ -90,6 +93,33 @@ pub struct Journal {
     /// Results by command id, until the server acknowledges them.
     #[serde(default)]
     pub results: BTreeMap<u64, StoredResult>,
+    /// Runs of scheduled jobs, until the server acknowledges them.
+    #[serde(default)]
+    pub job_runs: Vec<StoredJobRun>,
+}
+
+/// A scheduled job's run waiting for the server's acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredJobRun {
+    /// The server's job id.
+    pub job: u64,
+    /// The job's version that ran.
+    pub version: u32,
+    /// Agent-assigned, increasing per job.
+    pub run: u64,
+    /// When it started.
+    pub started_at: i64,
+    /// When it ended.
+    pub finished_at: i64,
+    /// Exit code; -1 when it could not run or timed out.
+    pub exit_code: i32,
+    /// Output as text (capped).
+    pub output: String,
+    /// The output was cut.
+    pub truncated: bool,
+    /// Why it could not run.
+    pub error: String,
 }
 
 /// The agent's data directory.

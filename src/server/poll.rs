@@ -221,7 +221,14 @@ mod tests {
     }
 
     fn ok(id: u64) -> CommandResult {
-        CommandResult { output: Vec::new(), id, status: ResultStatus::Ok, error: String::new(), finished_at: 1500 }
+        CommandResult {
+            output: Vec::new(),
+            phase: String::new(),
+            id,
+            status: ResultStatus::Ok,
+            error: String::new(),
+            finished_at: 1500,
+        }
     }
 
     const SIXTY: Intervals = Intervals { ping: 60, snapshot: 60, command: 60 };
@@ -302,6 +309,7 @@ mod tests {
         agent.poll_with(&store, &mut codec, None, PollRequest::default()).unwrap();
         let failed = CommandResult {
             output: Vec::new(),
+            phase: String::new(),
             id,
             status: ResultStatus::Failed,
             error: "no such container".into(),

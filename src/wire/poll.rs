@@ -54,6 +54,97 @@ pub enum Action {
     NetworkRemove(Id),
     /// The last `tail` lines of a container's logs (0: the agent's default).
     ContainerLogs(Id, u32),
+    /// Deploy or redeploy a compose stack.
+    StackDeploy(StackSpec),
+    /// Remove a compose stack by name.
+    StackRemove(String),
+    /// Run a job once (no cron), or keep it and run it on its schedule.
+    Job(JobSpec),
+    /// Stop scheduling a job (by the server's job id).
+    JobRemove(u64),
+}
+
+/// A compose stack to deploy.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StackSpec {
+    /// The compose project name.
+    pub name: String,
+    /// The compose file (YAML).
+    pub compose: String,
+    /// Variables for `${VAR}` interpolation.
+    pub env: std::collections::BTreeMap<String, String>,
+    /// The server's version of the stack.
+    pub version: u32,
+}
+
+/// An edge job.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct JobSpec {
+    /// The server's job id.
+    pub job: u64,
+    /// The shell script, run on the host.
+    pub script: String,
+    /// The helper image; empty: the agent's default.
+    pub image: String,
+    /// 5-field cron schedule; empty: run once, now.
+    pub cron: String,
+    /// Kill a run after this many seconds (0: the agent's default).
+    pub timeout_s: u32,
+    /// The server's version of the job.
+    pub version: u32,
+}
+
+/// One run of a scheduled job, as the agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct JobRun {
+    /// The server's job id.
+    pub job: u64,
+    /// The job's version that ran.
+    pub version: u32,
+    /// Agent-assigned, increasing per job.
+    pub run: u64,
+    /// When it started (seconds since the epoch).
+    pub started_at: i64,
+    /// When it ended.
+    pub finished_at: i64,
+    /// The exit code; -1 when it could not run or timed out.
+    pub exit_code: i32,
+    /// stdout and stderr, capped to the last 64 KiB.
+    pub output: Vec<u8>,
+    /// The output was cut.
+    pub truncated: bool,
+    /// Why it could not run.
+    pub error: String,
+}
+
+impl JobRun {
+    fn to_pb(&self) -> pb::JobRun {
+        pb::JobRun {
+            job: self.job,
+            version: self.version,
+            run: self.run,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            exit_code: self.exit_code,
+            output: self.output.clone(),
+            truncated: self.truncated,
+            error: self.error.clone(),
+        }
+    }
+
+    fn from_pb(r: pb::JobRun) -> Self {
+        Self {
+            job: r.job,
+            version: r.version,
+            run: r.run,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            exit_code: r.exit_code,
+            output: r.output,
+            truncated: r.truncated,
+            error: r.error,
+        }
+    }
 }
 
 /// A command for the agent.
@@ -74,6 +165,8 @@ pub enum ResultStatus {
     Failed,
     /// The agent did not understand the command.
     Rejected,
+    /// Not an end: a step of a long command (see `phase`).
+    Progress,
 }
 
 /// The result of one command.
@@ -89,6 +182,8 @@ pub struct CommandResult {
     pub finished_at: i64,
     /// What it printed (logs), capped by the agent.
     pub output: Vec<u8>,
+    /// For a progress result: the step ("deploying", "removing").
+    pub phase: String,
 }
 
 /// Poll intervals in seconds; 0 disables a timer.
@@ -128,6 +223,8 @@ pub struct PollRequest {
     /// The intervals the agent runs with, on the first poll after a start
     /// and after it applied new ones.
     pub intervals: Option<Intervals>,
+    /// Runs of scheduled jobs not yet acknowledged.
+    pub job_runs: Vec<JobRun>,
 }
 
 /// The body the server replies with.
@@ -143,6 +240,8 @@ pub struct PollReply {
     pub intervals: Option<Intervals>,
     /// Ids of the results the server stored.
     pub results_acked: Vec<u64>,
+    /// (job, run) of the job runs the server stored.
+    pub job_runs_acked: Vec<(u64, u64)>,
     /// Ids of commands whose action this build does not know or cannot
     /// read (from a newer server). Never encoded; the agent reports each
     /// as rejected instead of failing the whole reply.
@@ -188,6 +287,22 @@ impl Action {
             Action::ContainerLogs(cid, tail) => {
                 A::ContainerLogs(pb::ContainerLogs { container_id: cid.0.to_vec(), tail: *tail })
             }
+            Action::StackDeploy(st) => A::StackDeploy(pb::StackDeploy {
+                name: st.name.clone(),
+                compose: st.compose.clone(),
+                env: st.env.clone(),
+                version: st.version,
+            }),
+            Action::StackRemove(name) => A::StackRemove(pb::StackRemove { name: name.clone() }),
+            Action::Job(j) => A::Job(pb::Job {
+                job: j.job,
+                script: j.script.clone(),
+                image: j.image.clone(),
+                cron: j.cron.clone(),
+                timeout_s: j.timeout_s,
+                version: j.version,
+            }),
+            Action::JobRemove(job) => A::JobRemove(pb::JobRemove { job: *job }),
         }
     }
 
@@ -215,6 +330,19 @@ impl Action {
             Some(A::VolumeRemove(v)) => Action::VolumeRemove(v.name),
             Some(A::NetworkRemove(n)) => Action::NetworkRemove(id(&n.network_id)?),
             Some(A::ContainerLogs(l)) => Action::ContainerLogs(id(&l.container_id)?, l.tail),
+            Some(A::StackDeploy(st)) => {
+                Action::StackDeploy(StackSpec { name: st.name, compose: st.compose, env: st.env, version: st.version })
+            }
+            Some(A::StackRemove(st)) => Action::StackRemove(st.name),
+            Some(A::Job(j)) => Action::Job(JobSpec {
+                job: j.job,
+                script: j.script,
+                image: j.image,
+                cron: j.cron,
+                timeout_s: j.timeout_s,
+                version: j.version,
+            }),
+            Some(A::JobRemove(j)) => Action::JobRemove(j.job),
             None => return Err(PollError::UnknownAction(0)),
         })
     }
@@ -251,10 +379,12 @@ impl PollRequest {
                         ResultStatus::Ok => pb::ResultStatus::Ok,
                         ResultStatus::Failed => pb::ResultStatus::Failed,
                         ResultStatus::Rejected => pb::ResultStatus::Rejected,
+                        ResultStatus::Progress => pb::ResultStatus::Progress,
                     } as i32,
                     error: r.error.clone(),
                     finished_at: r.finished_at,
                     output: r.output.clone(),
+                    phase: r.phase.clone(),
                 })
                 .collect(),
             agent: self
@@ -263,6 +393,7 @@ impl PollRequest {
                 .map(|a| pb::AgentInfo { version: a.version.clone(), edge_id: a.edge_id.clone() }),
             commands_seen: self.commands_seen,
             intervals: self.intervals.map(Intervals::to_pb),
+            job_runs: self.job_runs.iter().map(JobRun::to_pb).collect(),
         }
         .encode_to_vec()
     }
@@ -282,9 +413,17 @@ impl PollRequest {
                     Ok(pb::ResultStatus::Ok) => ResultStatus::Ok,
                     Ok(pb::ResultStatus::Failed) => ResultStatus::Failed,
                     Ok(pb::ResultStatus::Rejected) => ResultStatus::Rejected,
+                    Ok(pb::ResultStatus::Progress) => ResultStatus::Progress,
                     _ => return Err(InvalidObject::UnknownEnum { what: "ResultStatus", value: r.status }),
                 };
-                Ok(CommandResult { id: r.id, status, error: r.error, finished_at: r.finished_at, output: r.output })
+                Ok(CommandResult {
+                    id: r.id,
+                    status,
+                    error: r.error,
+                    finished_at: r.finished_at,
+                    output: r.output,
+                    phase: r.phase,
+                })
             })
             .collect::<Result<_, InvalidObject>>()?;
         Ok(Self {
@@ -294,6 +433,7 @@ impl PollRequest {
             agent: p.agent.map(|a| AgentInfo { version: a.version, edge_id: a.edge_id }),
             commands_seen: p.commands_seen,
             intervals: p.intervals.map(Intervals::from_pb),
+            job_runs: p.job_runs.into_iter().map(JobRun::from_pb).collect(),
         })
     }
 }
@@ -308,6 +448,7 @@ impl PollReply {
             commands,
             intervals: self.intervals.map(Intervals::to_pb),
             results_acked: self.results_acked.clone(),
+            job_runs_acked: self.job_runs_acked.iter().map(|&(job, run)| pb::JobRunAck { job, run }).collect(),
         }
         .encode_to_vec()
     }
@@ -333,6 +474,7 @@ impl PollReply {
             commands,
             intervals: p.intervals.map(Intervals::from_pb),
             results_acked: p.results_acked,
+            job_runs_acked: p.job_runs_acked.into_iter().map(|a| (a.job, a.run)).collect(),
             unknown_commands: unknown,
         })
     }
@@ -355,6 +497,7 @@ mod tests {
             ],
             intervals: Some(Intervals { ping: 60, snapshot: 300, command: 60 }),
             results_acked: vec![1, 2],
+            job_runs_acked: vec![(4, 2)],
             unknown_commands: vec![],
         };
         assert_eq!(PollReply::decode(&reply.encode()).unwrap(), reply);
@@ -403,6 +546,7 @@ mod tests {
             delta: None,
             results: vec![CommandResult {
                 output: Vec::new(),
+                phase: String::new(),
                 id: 1,
                 status: ResultStatus::Failed,
                 error: "no such container".into(),
@@ -411,6 +555,17 @@ mod tests {
             agent: Some(AgentInfo { version: "0.1.0".into(), edge_id: "edge-1".into() }),
             commands_seen: 12,
             intervals: Some(Intervals { ping: 60, snapshot: 0, command: 5 }),
+            job_runs: vec![JobRun {
+                job: 4,
+                version: 1,
+                run: 2,
+                started_at: 10,
+                finished_at: 12,
+                exit_code: 3,
+                output: b"done\n".to_vec(),
+                truncated: true,
+                error: String::new(),
+            }],
         };
         assert_eq!(PollRequest::decode(&req.encode()).unwrap(), req);
         assert!(PollRequest::decode(&[0xff, 0xff]).is_err());

@@ -257,6 +257,12 @@ pub fn action_name(action: &Action) -> &'static str {
         Action::VolumeRemove(_) => Kind::VolumeRemove,
         Action::NetworkRemove(_) => Kind::NetworkRemove,
         Action::ContainerLogs(..) => Kind::ContainerLogs,
+        // Queued by the stacks and jobs APIs, not by name here.
+        Action::StackDeploy(_) => return "stack.deploy",
+        Action::StackRemove(_) => return "stack.remove",
+        Action::Job(j) if j.cron.is_empty() => return "job.run",
+        Action::Job(_) => return "job.schedule",
+        Action::JobRemove(_) => return "job.remove",
     };
     ACTIONS.iter().find(|(_, k)| *k == kind).map_or("unknown", |(name, _)| name)
 }
@@ -264,7 +270,10 @@ pub fn action_name(action: &Action) -> &'static str {
 fn action_target(action: &Action) -> String {
     match action {
         Action::Container(_, id) | Action::NetworkRemove(id) | Action::ContainerLogs(id, _) => id.to_string(),
-        Action::ImagePull(r) | Action::ImageRemove(r) | Action::VolumeRemove(r) => r.clone(),
+        Action::ImagePull(r) | Action::ImageRemove(r) | Action::VolumeRemove(r) | Action::StackRemove(r) => r.clone(),
+        Action::StackDeploy(st) => st.name.clone(),
+        Action::Job(j) => j.job.to_string(),
+        Action::JobRemove(job) => job.to_string(),
     }
 }
 

@@ -182,6 +182,13 @@ const MIGRATIONS: &[&str] = &[
         command INTEGER PRIMARY KEY REFERENCES commands(id) ON DELETE CASCADE,
         output BLOB NOT NULL
     );",
+    // 7: the current step of a long command ("deploying", "removing"),
+    // from the agent's progress results.
+    "ALTER TABLE commands ADD COLUMN phase TEXT;",
+    // 8: edge stacks (see `stacks.rs`).
+    "SELECT 1;",
+    // 9: edge jobs (see `jobs.rs`).
+    "SELECT 1;",
 ];
 
 /// The interval every timer runs at when neither the environment nor the
@@ -901,6 +908,16 @@ impl Store {
             ResultStatus::Ok => "ok",
             ResultStatus::Failed => "failed",
             ResultStatus::Rejected => "rejected",
+            ResultStatus::Progress => {
+                // A step of a long command: the command stays delivered,
+                // with its phase; the final result comes later.
+                let n = self.conn.execute(
+                    "UPDATE commands SET status = 'delivered', phase = ?3, delivered_at = COALESCE(delivered_at, ?4)
+                     WHERE id = ?1 AND environment = ?2 AND status IN ('queued', 'delivered')",
+                    params![id, sql_id(environment), truncate(&result.phase, 64), now],
+                )?;
+                return Ok(n == 1);
+            }
         };
         let finished_at = if result.finished_at > 0 { result.finished_at } else { now };
         let n = self.conn.execute(
@@ -1093,7 +1110,7 @@ mod tests {
     }
 
     fn result(id: u64, status: ResultStatus, error: &str) -> CommandResult {
-        CommandResult { output: Vec::new(), id, status, error: error.into(), finished_at: 0 }
+        CommandResult { output: Vec::new(), phase: String::new(), id, status, error: error.into(), finished_at: 0 }
     }
 
     #[test]
@@ -1118,7 +1135,7 @@ mod tests {
         assert!(s.commands_due(e.id, 15, 100).unwrap().is_empty(), "never sent again once recorded");
         // The result ends it, once.
         let done =
-            CommandResult { output: Vec::new(), id, status: ResultStatus::Ok, error: String::new(), finished_at: 16 };
+            CommandResult { output: Vec::new(), phase: String::new(), id, status: ResultStatus::Ok, error: String::new(), finished_at: 16 };
         assert!(s.store_result(e.id, &done, 17).unwrap());
         assert!(!s.store_result(e.id, &result(id, ResultStatus::Failed, "late"), 18).unwrap(), "idempotent");
         let c = s.command(id).unwrap();

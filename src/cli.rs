@@ -5,6 +5,7 @@
 
 pub mod env;
 pub mod logs;
+pub mod usage;
 
 use anyhow::{Context, bail};
 use serde_json::Value;

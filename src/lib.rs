@@ -37,6 +37,8 @@ pub mod baseline;
 #[cfg(all(feature = "server", feature = "agent"))]
 pub mod cli;
 pub mod fixture;
+#[cfg(feature = "tls")]
+pub mod meter;
 #[doc(hidden)]
 pub mod fuzzing;
 #[doc(hidden)]

@@ -91,6 +91,15 @@ enum Command {
         #[command(flatten)]
         api: tern::cli::ApiArgs,
     },
+    /// Data usage through the server's API: what each environment's polls
+    /// cost at the TLS socket and in poll bodies, per day and in total.
+    #[cfg(all(feature = "server", feature = "agent"))]
+    Usage {
+        #[command(flatten)]
+        usage: tern::cli::usage::UsageArgs,
+        #[command(flatten)]
+        api: tern::cli::ApiArgs,
+    },
     /// Decode a captured poll body (request or reply) and print it: header,
     /// codec, sizes and the decoded message.
     DecodeBody {
@@ -138,6 +147,8 @@ fn main() -> ExitCode {
         }
         #[cfg(all(feature = "server", feature = "agent"))]
         Command::Env { command, api } => tern::cli::env::run(command, &api),
+        #[cfg(all(feature = "server", feature = "agent"))]
+        Command::Usage { usage, api } => tern::cli::usage::run(&usage, &api),
         #[cfg(all(feature = "server", feature = "agent"))]
         Command::Logs { logs, api } => tern::cli::logs::run(&logs, &api),
         #[cfg(all(feature = "server", feature = "agent"))]

@@ -5,17 +5,13 @@
 //! Requests carry only what HTTP/1.1 requires: `POST /p`, `host` and
 //! `content-length`.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::tls::{TlsOptions, Trust, client_config_with};
@@ -57,55 +53,8 @@ pub struct Client {
     pub wire: Arc<WireBytes>,
 }
 
-/// Bytes counted at the socket, under TLS.
-#[derive(Debug, Default)]
-pub struct WireBytes {
-    /// Written to the socket.
-    pub sent: AtomicU64,
-    /// Read from the socket.
-    pub received: AtomicU64,
-}
-
-impl WireBytes {
-    /// (sent, received) so far.
-    pub fn get(&self) -> (u64, u64) {
-        (self.sent.load(Ordering::Relaxed), self.received.load(Ordering::Relaxed))
-    }
-}
-
-/// A stream that counts the bytes through it.
-struct Counting<S> {
-    inner: S,
-    wire: Arc<WireBytes>,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        self.wire.received.fetch_add(n as u64, Ordering::Relaxed);
-        r
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = r {
-            self.wire.sent.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        r
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
+pub use crate::meter::WireBytes;
+use crate::meter::Counting;
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -157,7 +106,7 @@ impl Client {
         // A pinned certificate is checked by fingerprint, not name; the name
         // is still sent (SNI) for servers behind a proxy.
         let name = ServerName::try_from(self.host.clone()).map_err(|_| ClientError::BadUrl(self.authority.clone()))?;
-        let tcp = Counting { inner: tcp, wire: self.wire.clone() };
+        let tcp = Counting::new(tcp, self.wire.clone());
         let tls = self.connector.connect(name, tcp).await?;
         if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
             self.resumed += 1;

@@ -80,12 +80,21 @@ fn status(code: StatusCode, text: &str) -> Response<Body> {
     r
 }
 
-async fn poll_handler(State(state): State<Arc<AppState>>, body: Bytes) -> Response<Body> {
+async fn poll_handler(
+    State(state): State<Arc<AppState>>,
+    meter: Option<axum::Extension<Arc<crate::meter::ConnMeter>>>,
+    body: Bytes,
+) -> Response<Body> {
     let shared = state.clone();
     let result = tokio::task::spawn_blocking(move || {
         let mut guard = shared.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let (store, codec) = &mut *guard;
-        poll::handle(store, codec, &body, now())
+        let now = now();
+        let outcome = poll::handle(store, codec, &body, now);
+        // Data usage: this poll, and the connection's bytes since the last one.
+        let meter = meter.as_ref().map(|m| &*m.0);
+        super::api::usage::charge_poll(store, meter, &shared, &body, &outcome, now);
+        outcome
     })
     .await;
     match result {
@@ -131,10 +140,18 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
+    // Each connection's bytes under TLS, charged to the environment whose
+    // agent polls on it (see `api::usage`).
+    let meters = Arc::new(crate::meter::Meters::default());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            () = &mut shutdown => return Ok(()),
+            () = &mut shutdown => {
+                // Charge what open connections carried since their last poll.
+                let meters = meters.clone();
+                let _ = tokio::task::spawn_blocking(move || meters.flush_all()).await;
+                return Ok(());
+            }
             accepted = listener.accept() => {
                 let (tcp, peer) = match accepted {
                     Ok(x) => x,
@@ -144,16 +161,23 @@ pub async fn serve(
                     }
                 };
                 let _ = tcp.set_nodelay(true);
-                let (acceptor, router) = (acceptor.clone(), router.clone());
+                let (acceptor, router, meters) = (acceptor.clone(), router.clone(), meters.clone());
                 tokio::spawn(async move {
+                    let (key, meter) = meters.open();
+                    let tcp = crate::meter::Counting::new(tcp, meter.wire());
                     let tls = match acceptor.accept(tcp).await {
                         Ok(tls) => tls,
                         Err(e) => {
                             tracing::debug!("tls from {peer}: {e}");
+                            meters.forget(key);
                             return;
                         }
                     };
-                    let service = TowerToHyperService::new(router);
+                    let inner = TowerToHyperService::new(router);
+                    let service = hyper::service::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(meter.clone());
+                        hyper::service::Service::call(&inner, req)
+                    });
                     let result = hyper::server::conn::http1::Builder::new()
                         .auto_date_header(false)
                         .keep_alive(true)
@@ -162,6 +186,8 @@ pub async fn serve(
                     if let Err(e) = result {
                         tracing::debug!("connection from {peer}: {e}");
                     }
+                    // Charge what is left: the last reply, the closing alerts.
+                    let _ = tokio::task::spawn_blocking(move || meters.close(key)).await;
                 });
             }
         }

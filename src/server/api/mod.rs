@@ -21,6 +21,7 @@
 //! Every error is a 4xx or 5xx status with a JSON body `{"error": "..."}`.
 //! Handlers are thin: the store's calls run on the blocking pool.
 
+pub mod openapi;
 mod target;
 pub mod view;
 
@@ -218,6 +219,7 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/api/environments/{id}/reset-binding", post(reset_binding))
         .route("/api/environments/{id}/commands", post(create_command).get(list_commands))
         .route("/api/commands/{id}", get(command).delete(cancel_command))
+        .route("/api/openapi.json", get(openapi::serve))
         .route_layer(axum::middleware::from_fn_with_state(state, require_admin))
 }
 

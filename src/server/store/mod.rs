@@ -15,7 +15,7 @@
 
 mod access;
 mod fleet;
-mod usage;
+pub mod usage;
 
 use std::path::Path;
 
@@ -163,8 +163,10 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE environments ADD COLUMN allow_self_signed INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE environments ADD COLUMN volume_path TEXT;
     CREATE INDEX environments_by_group ON environments(group_id);",
-    // 5: data usage (see `usage.rs`): per environment and hour, bytes at
-    // the TLS socket both ways, poll body bytes both ways, and polls. Kept
+    // 5: data usage (see `usage.rs`): per environment and hour (the
+    // hour's first second, Unix time), bytes at the TLS socket both ways
+    // (up: from the agent), poll body bytes both ways, and polls; per hour,
+    // the socket bytes of connections on which no poll authenticated. Kept
     // 30 days.
     "CREATE TABLE usage_hourly (
         environment INTEGER NOT NULL REFERENCES environments(id) ON DELETE CASCADE,
@@ -175,7 +177,14 @@ const MIGRATIONS: &[&str] = &[
         body_down INTEGER NOT NULL DEFAULT 0,
         polls INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (environment, hour)
-    ) WITHOUT ROWID;",
+    ) WITHOUT ROWID;
+    CREATE INDEX usage_hourly_by_hour ON usage_hourly(hour);
+    CREATE TABLE usage_unattributed (
+        hour INTEGER PRIMARY KEY,
+        tls_up INTEGER NOT NULL DEFAULT 0,
+        tls_down INTEGER NOT NULL DEFAULT 0,
+        connections INTEGER NOT NULL DEFAULT 0
+    );",
     // 6: what a command printed (a container's logs), apart from the
     // command rows so listing history never reads it.
     "CREATE TABLE command_outputs (

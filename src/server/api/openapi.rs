@@ -1,0 +1,141 @@
+//! The OpenAPI 3.1 document the server serves at `GET /api/openapi.json`.
+//!
+//! It is built from [`ENDPOINTS`], one line per operation, rather than from
+//! derive macros spread over every handler: the table is the API's table of
+//! contents, easy to review, and `tests/openapi.rs` checks it against the
+//! routes the code registers, so neither can drift from the other.
+
+use serde_json::{Map, Value, json};
+
+/// One operation: method, path (axum syntax, `{id}`), tag, summary.
+pub type Endpoint = (&'static str, &'static str, &'static str, &'static str);
+
+/// Every operation of the API (the agents' poll endpoint `POST /p` is not
+/// part of the REST API and is documented in the README).
+pub const ENDPOINTS: &[Endpoint] = &[
+    ("GET", "/api/openapi.json", "meta", "This document."),
+    // Operators and access.
+    ("POST", "/api/auth/login", "access", "Log in with a user name and password; sets the session cookie."),
+    ("POST", "/api/auth/logout", "access", "End the current session."),
+    ("GET", "/api/auth/me", "access", "Who is logged in (session or API token)."),
+    ("PUT", "/api/auth/password", "access", "Change the admin password."),
+    ("POST", "/api/tokens", "access", "Create an API token (the secret is shown once)."),
+    ("GET", "/api/tokens", "access", "List API tokens (never their secrets)."),
+    ("DELETE", "/api/tokens/{id}", "access", "Revoke an API token."),
+    // Environments.
+    ("POST", "/api/environments", "environments", "Create an environment; returns its join token and deploy commands."),
+    ("GET", "/api/environments", "environments", "List environments (filters: group, tag, status, name; paging)."),
+    ("GET", "/api/environments/{id}", "environments", "One environment: status, last poll, snapshot age, counts."),
+    ("PATCH", "/api/environments/{id}", "environments", "Rename, move to a group, set tags and options."),
+    ("DELETE", "/api/environments/{id}", "environments", "Delete an environment and everything stored for it."),
+    (
+        "GET",
+        "/api/environments/{id}/deploy",
+        "environments",
+        "The join token and the Linux and Windows deploy commands.",
+    ),
+    (
+        "GET",
+        "/api/environments/{id}/state",
+        "environments",
+        "The stored snapshot: host, containers, images, volumes, networks, stacks.",
+    ),
+    ("GET", "/api/environments/{id}/state/{part}", "environments", "One part of the stored snapshot."),
+    (
+        "PUT",
+        "/api/environments/{id}/intervals",
+        "environments",
+        "Set the environment's poll intervals (null: the default).",
+    ),
+    ("POST", "/api/environments/{id}/reset-binding", "environments", "Let another EDGE_ID take the environment."),
+    ("GET", "/api/environments/{id}/usage", "usage", "Bytes used by one environment: per hour, per day, total."),
+    ("GET", "/api/usage", "usage", "Bytes used by every environment, today and over N days."),
+    // Groups, tags, settings.
+    ("POST", "/api/groups", "groups", "Create a group."),
+    ("GET", "/api/groups", "groups", "List groups."),
+    ("GET", "/api/groups/{id}", "groups", "One group."),
+    ("PATCH", "/api/groups/{id}", "groups", "Rename a group."),
+    ("DELETE", "/api/groups/{id}", "groups", "Delete a group (its environments keep running, in no group)."),
+    ("POST", "/api/tags", "tags", "Create a tag."),
+    ("GET", "/api/tags", "tags", "List tags."),
+    ("GET", "/api/tags/{id}", "tags", "One tag."),
+    ("PATCH", "/api/tags/{id}", "tags", "Rename a tag."),
+    ("DELETE", "/api/tags/{id}", "tags", "Delete a tag."),
+    ("GET", "/api/settings", "settings", "Edge compute defaults: intervals, whether an AGENT_SECRET is set."),
+    ("PUT", "/api/settings", "settings", "Change the default intervals or the AGENT_SECRET."),
+    // Commands.
+    (
+        "POST",
+        "/api/environments/{id}/commands",
+        "commands",
+        "Queue an action on a container, image, volume or network, or ask for logs.",
+    ),
+    ("GET", "/api/environments/{id}/commands", "commands", "Command history of an environment, newest first."),
+    ("GET", "/api/commands/{id}", "commands", "One command: queued, sent, delivered, done or failed, with its output."),
+    ("DELETE", "/api/commands/{id}", "commands", "Cancel a command not yet sent."),
+];
+
+/// The document.
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    for &(method, path, tag, summary) in ENDPOINTS {
+        let mut op = json!({
+            "tags": [tag],
+            "summary": summary,
+            "responses": {
+                "200": { "description": "OK (201 when something was created)", "content": { "application/json": {} } },
+                "4XX": { "$ref": "#/components/responses/Error" },
+            },
+        });
+        let params: Vec<Value> = path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
+            .collect();
+        if !params.is_empty() {
+            op["parameters"] = Value::Array(params);
+        }
+        if matches!(method, "POST" | "PUT" | "PATCH") {
+            op["requestBody"] = json!({ "content": { "application/json": { "schema": { "type": "object" } } } });
+        }
+        if path == "/api/auth/login" {
+            op["security"] = json!([]);
+        }
+        let entry = paths.entry(path.to_owned()).or_insert_with(|| json!({}));
+        entry[method.to_lowercase()] = op;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "tern",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "The tern control server's REST API. Every call but login needs an API token \
+                (Authorization: Bearer) or a session cookie with its X-CSRF-Token header on changes. \
+                Errors are JSON: {\"error\": \"...\"}.",
+        },
+        "security": [{ "bearer": [] }, { "session": [] }],
+        "components": {
+            "securitySchemes": {
+                "bearer": { "type": "http", "scheme": "bearer" },
+                "session": { "type": "apiKey", "in": "cookie", "name": "tern_session" },
+            },
+            "responses": {
+                "Error": {
+                    "description": "Refused: a missing or wrong credential (401), bad input (400, 413, 422), \
+                        not found (404), a conflict (409), too many failed logins (429).",
+                    "content": { "application/json": { "schema": {
+                        "type": "object",
+                        "properties": { "error": { "type": "string" } },
+                        "required": ["error"],
+                    } } },
+                },
+            },
+        },
+        "paths": paths,
+    })
+}
+
+/// `GET /api/openapi.json`.
+pub async fn serve() -> axum::Json<Value> {
+    axum::Json(document())
+}

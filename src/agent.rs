@@ -4,6 +4,7 @@
 //! [`RawSnapshot`] through bollard, the event follower, and the commands.
 
 pub mod client;
+pub mod compose;
 pub mod config;
 pub mod run;
 pub mod store;
@@ -113,7 +114,9 @@ pub async fn execute(docker: &Docker, action: &Action) -> Result<Vec<u8>, String
         Action::VolumeRemove(name) => docker.remove_volume(name, None::<RemoveVolumeOptions>).await,
         Action::NetworkRemove(id) => docker.remove_network(&id.to_string()).await,
         Action::ContainerLogs(id, tail) => return logs(docker, id, *tail).await,
-        Action::StackDeploy(_) | Action::StackRemove(_) | Action::Job(_) | Action::JobRemove(_) => {
+        Action::StackDeploy(spec) => return compose::stacks().deploy(docker, spec).await,
+        Action::StackRemove(name) => return compose::stacks().remove(docker, name).await,
+        Action::Job(_) | Action::JobRemove(_) => {
             return Err("this agent cannot run stacks or jobs yet".into());
         }
     };
@@ -257,6 +260,7 @@ pub async fn start(
     let max_reply = crate::wire::codec::Limits::default().max_encoded + 64;
     let transport = client::Client::with_tls(&config.token.url, trust, tls, max_reply)?;
     let docker = connect().await?;
+    compose::configure(compose::Stacks { dir: config.data_path.join("stacks"), mode: config.compose });
     let changed = Arc::new(AtomicBool::new(true));
     let events = tokio::spawn(follow_events(docker.clone(), changed.clone()));
     let key = config.token.secret.with_agent_secret(config.agent_secret.as_ref().map(|s| s.0.as_str()));

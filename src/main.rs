@@ -317,6 +317,7 @@ fn quickstart(listen: std::net::SocketAddr, data: std::path::PathBuf, interval: 
             data_path: agent_dir.clone(),
             docker_host: None,
             log_level: tern::agent::config::LogLevel::Info,
+            compose: Default::default(),
         };
         let mut banner = String::new();
         use std::fmt::Write as _;

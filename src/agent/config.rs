@@ -66,6 +66,9 @@ pub struct AgentConfig {
     pub docker_host: Option<String>,
     /// LOG_LEVEL.
     pub log_level: LogLevel,
+    /// EDGE_COMPOSE: how stacks are deployed (`auto`: the host's compose
+    /// tool when present, else the built-in one; `builtin`; `tool`).
+    pub compose: super::compose::ComposeMode,
 }
 
 /// A configuration error: one clear line, and the agent exits with code 2.
@@ -102,6 +105,7 @@ const KNOWN: &[&str] = &[
     "DATA_PATH",
     "DOCKER_HOST",
     "LOG_LEVEL",
+    "EDGE_COMPOSE",
 ];
 
 /// Variables from Portainer's edge agent command that tern accepts and
@@ -181,6 +185,14 @@ impl AgentConfig {
             data_path: env.get("DATA_PATH").filter(|s| !s.is_empty()).map_or(DEFAULT_DATA_PATH.into(), PathBuf::from),
             docker_host: env.get("DOCKER_HOST").filter(|s| !s.is_empty()).cloned(),
             log_level,
+            compose: match env.get("EDGE_COMPOSE") {
+                None => super::compose::ComposeMode::Auto,
+                Some(v) => super::compose::ComposeMode::parse(v).ok_or_else(|| ConfigError::BadValue {
+                    name: "EDGE_COMPOSE",
+                    value: v.clone(),
+                    why: "use auto, builtin or tool",
+                })?,
+            },
         })
     }
 }
@@ -219,6 +231,19 @@ mod tests {
         assert_eq!(c.data_path, PathBuf::from("/data"));
         assert_eq!(c.log_level, LogLevel::Info);
         assert!(!format!("{c:?}").contains("s3cret"), "secrets stay out of Debug");
+    }
+
+    #[test]
+    fn edge_compose_chooses_how_stacks_are_deployed() {
+        use crate::agent::compose::ComposeMode;
+        let k = key();
+        assert_eq!(AgentConfig::from_env(&env(&[("EDGE_KEY", &k)])).unwrap().compose, ComposeMode::Auto);
+        for (value, mode) in [("builtin", ComposeMode::Builtin), ("tool", ComposeMode::Tool), ("auto", ComposeMode::Auto)] {
+            let c = AgentConfig::from_env(&env(&[("EDGE_KEY", &k), ("EDGE_COMPOSE", value)])).unwrap();
+            assert_eq!(c.compose, mode, "EDGE_COMPOSE={value}");
+        }
+        let e = AgentConfig::from_env(&env(&[("EDGE_KEY", &k), ("EDGE_COMPOSE", "podman")])).unwrap_err();
+        assert_eq!(e.to_string(), "EDGE_COMPOSE=\"podman\" is invalid: use auto, builtin or tool");
     }
 
     #[test]

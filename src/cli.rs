@@ -3,6 +3,7 @@
 //! (a clap `Subcommand` enum and a `run` function); `main.rs` only wires
 //! them in.
 
+pub mod access;
 pub mod env;
 pub mod logs;
 pub mod usage;

@@ -83,6 +83,20 @@ enum Command {
         #[command(flatten)]
         api: tern::cli::ApiArgs,
     },
+    /// API tokens for automation, through the server's API.
+    #[cfg(all(feature = "server", feature = "agent"))]
+    Token {
+        #[command(subcommand)]
+        command: tern::cli::access::TokenCommand,
+        #[command(flatten)]
+        api: tern::cli::ApiArgs,
+    },
+    /// The admin account, offline on the server's data directory.
+    #[cfg(all(feature = "server", feature = "agent"))]
+    Admin {
+        #[command(subcommand)]
+        command: tern::cli::access::AdminCommand,
+    },
     /// Manage environments through the server's API.
     #[cfg(all(feature = "server", feature = "agent"))]
     Env {
@@ -147,6 +161,10 @@ fn main() -> ExitCode {
         }
         #[cfg(all(feature = "server", feature = "agent"))]
         Command::Env { command, api } => tern::cli::env::run(command, &api),
+        #[cfg(all(feature = "server", feature = "agent"))]
+        Command::Token { command, api } => tern::cli::access::run_token(command, &api),
+        #[cfg(all(feature = "server", feature = "agent"))]
+        Command::Admin { command } => tern::cli::access::run_admin(command),
         #[cfg(all(feature = "server", feature = "agent"))]
         Command::Usage { usage, api } => tern::cli::usage::run(&usage, &api),
         #[cfg(all(feature = "server", feature = "agent"))]
@@ -246,6 +264,10 @@ fn server(
         println!("listening on {}", listener.local_addr()?);
         println!("data directory {}", config.data.display());
         println!("certificate sha256 {}", tern::server::fingerprint_hex(&prepared.fingerprint));
+        // Only at first start, when it was generated: shown this once.
+        if let Some(password) = &prepared.initial_admin_password {
+            println!("admin password {password}");
+        }
         tern::server::run(prepared, listener, shutdown).await?;
         Ok(())
     })
@@ -263,6 +285,7 @@ fn quickstart(listen: std::net::SocketAddr, data: std::path::PathBuf, interval: 
     };
     let prepared = tern::server::prepare(&config)?;
     let fingerprint = prepared.fingerprint;
+    let initial_admin_password = prepared.initial_admin_password.clone();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let interrupted = shutdown_signal();
@@ -330,6 +353,9 @@ fn quickstart(listen: std::net::SocketAddr, data: std::path::PathBuf, interval: 
         );
         let _ = writeln!(banner, "  data         {}", data.display());
         let _ = writeln!(banner, "  admin token  {}", tern::server::admin_token_path(&data).display());
+        if let Some(password) = &initial_admin_password {
+            let _ = writeln!(banner, "  admin        user admin, password {password} (shown this once)");
+        }
         let _ = writeln!(
             banner,
             "  environment  local, polling every {interval} s; agent state in {}",

@@ -36,12 +36,18 @@ pub enum StartError {
     /// The codec could not be set up.
     #[error("{0}")]
     Codec(#[from] crate::wire::codec::CodecError),
+    /// The admin account could not be set up (a bad `TERN_ADMIN_PASSWORD`).
+    #[error("admin account: {0}")]
+    Admin(String),
 }
 
 /// A server ready to serve: what `run` needs, and what to tell the operator.
 pub struct Prepared {
     /// SHA-256 of the certificate, as join tokens carry it.
     pub fingerprint: [u8; 32],
+    /// The admin's password when it was generated at this (first) start:
+    /// shown once, never stored in the clear.
+    pub initial_admin_password: Option<String>,
     tls: Arc<rustls::ServerConfig>,
     state: Arc<http::AppState>,
 }
@@ -58,10 +64,20 @@ pub fn prepare(config: &ServerConfig) -> Result<Prepared, StartError> {
         None => crate::tls::ServerIdentity::load_or_create(&config.data, &config.names)?,
     };
     let store = store::Store::open(&config.data.join("tern.db"))?;
-    let admin_token = admin_token(&config.data)?;
+    let initial_admin_password =
+        api::access::ensure_admin(&store, |k| std::env::var(k).ok()).map_err(StartError::Admin)?;
+    let mut admin_token = admin_token(&config.data)?;
+    if api::access::token_revoked(&store, &admin_token)? {
+        // An operator revoked it: a new one replaces it.
+        let path = admin_token_path(&config.data);
+        tracing::warn!("the admin token in {} was revoked; writing a new one", path.display());
+        std::fs::remove_file(&path).map_err(|e| StartError::Data(path, e))?;
+        admin_token = crate::server::admin_token(&config.data)?;
+    }
     let fingerprint = identity.fingerprint();
     Ok(Prepared {
         fingerprint,
+        initial_admin_password,
         tls: Arc::new(identity.server_config()?),
         state: http::AppState::new(store, crate::wire::codec::Limits::default(), &admin_token, fingerprint)?,
     })

@@ -13,24 +13,26 @@
 //! | `GET /api/commands/{id}` | one command |
 //! | `DELETE /api/commands/{id}` | cancel it, if it was never sent (409 otherwise) |
 //!
-//! Authentication: `Authorization: Bearer <admin token>`, checked before
-//! anything else. The admin token is made at the server's first start and
-//! kept in `<data>/admin-token` (mode 0600); the CLI reads it from there
-//! when it runs on the server's host, or from `TERN_TOKEN`.
+//! Authentication (see [`access`], which also serves login, sessions and
+//! API tokens): an API token (`Authorization: Bearer`) or a session cookie
+//! with its CSRF token, checked before anything else. The data directory's
+//! admin token (`<data>/admin-token`, mode 0600, made at first start) is an
+//! API token; the CLI reads it from there when it runs on the server's
+//! host, or takes `TERN_TOKEN`.
 //!
 //! Every error is a 4xx or 5xx status with a JSON body `{"error": "..."}`.
 //! Handlers are thin: the store's calls run on the blocking pool.
 
 pub mod openapi;
+pub mod access;
 mod target;
 pub mod view;
 
 use std::sync::Arc;
 
 use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -176,27 +178,6 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
     }
 }
 
-fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let given = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    if state.admin_token_matches(given) {
-        Ok(())
-    } else {
-        Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong admin token"))
-    }
-}
-
-/// Refuses any API request without the admin token, before its body is read.
-async fn require_admin(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    match authorized(&state, request.headers()) {
-        Ok(()) => next.run(request).await,
-        Err(e) => e.into_response(),
-    }
-}
-
 /// Runs `f` with the store on the blocking pool.
 async fn with_store<T: Send + 'static>(
     state: &Arc<AppState>,
@@ -209,7 +190,8 @@ async fn with_store<T: Send + 'static>(
     })?
 }
 
-/// The API's routes, behind the admin token.
+/// The API's routes: all behind a credential ([`access::require_auth`]),
+/// but login. Add new routes above the `route_layer`.
 pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .route("/api/environments", post(create_environment).get(list_environments))
@@ -220,7 +202,10 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/api/environments/{id}/commands", post(create_command).get(list_commands))
         .route("/api/commands/{id}", get(command).delete(cancel_command))
         .route("/api/openapi.json", get(openapi::serve))
-        .route_layer(axum::middleware::from_fn_with_state(state, require_admin))
+        .merge(access::routes())
+        .route_layer(axum::middleware::from_fn_with_state(state, access::require_auth))
+        // Open to anyone: login (rate-limited). Never add a route below.
+        .merge(access::public_routes())
 }
 
 /// The answer to a path no route takes.
@@ -576,7 +561,7 @@ mod tests {
             for token in [None, Some("wrong"), Some("")] {
                 let (status, v) = api.call_as(token, method.clone(), path, Some("{not json")).await;
                 assert_eq!(status, 401, "{method} {path}");
-                assert_eq!(err(&v), "missing or wrong admin token");
+                assert!(err(&v).starts_with("missing or wrong credential"), "{v}");
             }
         }
         let (status, v) = api.call(Method::GET, "/api/nothing", None).await;

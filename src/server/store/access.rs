@@ -1,4 +1,549 @@
-//! Operators: the admin account, UI sessions, API tokens (migration 3).
+//! Operators (migration 3): the admin account, UI sessions and API tokens.
+//!
+//! Nothing secret is stored in the clear: a password is kept as an
+//! argon2id PHC string, a session id and an API token as their blake3
+//! hashes. A session's CSRF token is kept as given: it is no credential on
+//! its own (it only ever goes with the session cookie).
+//!
+//! Passwords are hashed and checked by [`hash_password`] and
+//! [`verify_password`], outside the store: argon2 takes tens of
+//! milliseconds and a few MiB on purpose, and the store's lock must not be
+//! held that long (the agents' polls wait on it).
 
-#[allow(unused_imports)]
-use super::{Store, StoreError};
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use rusqlite::{OptionalExtension, params};
+
+use super::{Store, StoreError, sql_id};
+
+/// The admin account's user name, made at the server's first start.
+pub const ADMIN: &str = "admin";
+
+/// The name of the API token whose secret is `<data>/admin-token`.
+pub const DATA_DIRECTORY_TOKEN: &str = "data-directory admin token";
+
+/// A user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// Its id.
+    pub id: u64,
+    /// Its name.
+    pub name: String,
+    /// Its password, as an argon2id PHC string.
+    pub password_hash: String,
+    /// When it was made.
+    pub created_at: i64,
+    /// When its password was last set.
+    pub password_changed_at: i64,
+}
+
+/// A live UI session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The blake3 of its id (the cookie's value).
+    pub id_hash: [u8; 32],
+    /// Whose it is.
+    pub user_id: u64,
+    /// Its user's name.
+    pub username: String,
+    /// The token every non-GET request of this session must carry in
+    /// `X-CSRF-Token`.
+    pub csrf: String,
+    /// When it began.
+    pub created_at: i64,
+    /// When it ends unless it is used before.
+    pub expires_at: i64,
+}
+
+/// An API token, as listed (never its secret: only its hash is stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    /// Its id.
+    pub id: u64,
+    /// What the operator called it.
+    pub name: String,
+    /// When it was made.
+    pub created_at: i64,
+    /// When it was last used (to the minute: see [`Store::touch_api_token`]).
+    pub last_used_at: Option<i64>,
+    /// When it was revoked; a revoked token is refused.
+    pub revoked_at: Option<i64>,
+    /// Whether it is the one in `<data>/admin-token`.
+    pub data_directory: bool,
+}
+
+/// Why a password could not be hashed.
+#[derive(Debug, thiserror::Error)]
+#[error("password hashing: {0}")]
+pub struct HashError(String);
+
+/// `n` random bytes from the system's generator.
+///
+/// # Panics
+/// When the system has no randomness to give (nothing secure can be done
+/// then).
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).expect("system randomness");
+    bytes
+}
+
+/// The characters of a generated password: letters and digits, without
+/// those that look alike (0/O, 1/l/I), so it can be read off a screen.
+const PASSWORD_ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+
+/// How long a generated password is: 24 characters of a 56-letter
+/// alphabet, about 139 bits.
+pub const GENERATED_PASSWORD_LEN: usize = 24;
+
+/// A fresh random password ([`GENERATED_PASSWORD_LEN`] characters).
+pub fn generate_password() -> String {
+    let n = PASSWORD_ALPHABET.len();
+    let mut out = String::with_capacity(GENERATED_PASSWORD_LEN);
+    while out.len() < GENERATED_PASSWORD_LEN {
+        for b in random_bytes::<32>() {
+            // Rejection sampling keeps every character equally likely.
+            if usize::from(b) < 256 - 256 % n && out.len() < GENERATED_PASSWORD_LEN {
+                out.push(char::from(PASSWORD_ALPHABET[usize::from(b) % n]));
+            }
+        }
+    }
+    out
+}
+
+/// Hashes a password with argon2id (the crate's default parameters) and a
+/// random salt; returns the PHC string.
+///
+/// # Errors
+/// When argon2 refuses the input (it takes any length a request can carry).
+pub fn hash_password(password: &str) -> Result<String, HashError> {
+    let salt = SaltString::encode_b64(&random_bytes::<16>()).map_err(|e| HashError(e.to_string()))?;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| HashError(e.to_string()))
+}
+
+/// Whether `password` matches the PHC string `hash` (false when the hash
+/// does not parse).
+pub fn verify_password(hash: &str, password: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+}
+
+/// The blake3 of a secret (API token or session id), as stored.
+pub fn secret_hash(secret: &str) -> [u8; 32] {
+    *blake3::hash(secret.as_bytes()).as_bytes()
+}
+
+fn hash_of(bytes: Vec<u8>) -> [u8; 32] {
+    <[u8; 32]>::try_from(bytes.as_slice()).unwrap_or([0; 32])
+}
+
+impl Store {
+    fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+        Ok(User {
+            id: r.get::<_, i64>(0)? as u64,
+            name: r.get(1)?,
+            password_hash: r.get(2)?,
+            created_at: r.get(3)?,
+            password_changed_at: r.get(4)?,
+        })
+    }
+
+    /// A user by name.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub fn user(&self, name: &str) -> Result<Option<User>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, name, password_hash, created_at, password_changed_at FROM users WHERE name = ?1",
+                [name],
+                Self::user_row,
+            )
+            .optional()?)
+    }
+
+    /// A user by id.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub fn user_by_id(&self, id: u64) -> Result<Option<User>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, name, password_hash, created_at, password_changed_at FROM users WHERE id = ?1",
+                [sql_id(id)],
+                Self::user_row,
+            )
+            .optional()?)
+    }
+
+    /// Makes a user unless one of that name exists; returns whether it was
+    /// made.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub fn create_user(&self, name: &str, password_hash: &str, now: i64) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "INSERT INTO users (name, password_hash, created_at, password_changed_at) VALUES (?1, ?2, ?3, ?3)
+             ON CONFLICT(name) DO NOTHING",
+            params![name, password_hash, now],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Sets a user's password (already hashed) and ends that user's
+    /// sessions, all but `keep` (the session that asked for the change).
+    /// Returns how many sessions ended, or `None` when there is no such
+    /// user.
+    ///
+    /// # Errors
+    /// When SQLite fails (then nothing changed).
+    pub fn set_password(
+        &self,
+        user_id: u64,
+        password_hash: &str,
+        keep: Option<&[u8; 32]>,
+        now: i64,
+    ) -> Result<Option<usize>, StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let n = tx.execute(
+            "UPDATE users SET password_hash = ?2, password_changed_at = ?3 WHERE id = ?1",
+            params![sql_id(user_id), password_hash, now],
+        )?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let ended = tx.execute(
+            "DELETE FROM sessions WHERE user_id = ?1 AND (?2 IS NULL OR id_hash <> ?2)",
+            params![sql_id(user_id), keep.map(|k| &k[..])],
+        )?;
+        tx.commit()?;
+        Ok(Some(ended))
+    }
+
+    /// Sets the admin's password (already hashed), making the admin when
+    /// there is none, and ends every admin session: what `tern admin
+    /// reset-password` does on the data directory. Returns how many
+    /// sessions ended.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub fn reset_admin_password(&self, password_hash: &str, now: i64) -> Result<usize, StoreError> {
+        if self.create_user(ADMIN, password_hash, now)? {
+            return Ok(0);
+        }
+        let admin = self.user(ADMIN)?.ok_or(StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows))?;
+        Ok(self.set_password(admin.id, password_hash, None, now)?.unwrap_or(0))
+    }
+
+    /// Starts a session for `user_id`.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub fn create_session(
+        &self,
+        id_hash: &[u8; 32],
+        user_id: u64,
+        csrf: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO sessions (id_hash, user_id, csrf, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![&id_hash[..], sql_id(user_id), csrf, now, expires_at],
+        )?;
+        Ok(())
+    }
+
+    /// A session that has not expired by `now`.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub fn session(&self, id_hash: &[u8; 32], now: i64) -> Result<Option<Session>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT s.id_hash, s.user_id, u.name, s.csrf, s.created_at, s.expires_at
+                 FROM sessions s JOIN users u ON u.id = s.user_id
+                 WHERE s.id_hash = ?1 AND s.expires_at > ?2",
+                params![&id_hash[..], now],
+                |r| {
+                    Ok(Session {
+                        id_hash: hash_of(r.get(0)?),
+                        user_id: r.get::<_, i64>(1)? as u64,
+                        username: r.get(2)?,
+                        csrf: r.get(3)?,
+                        created_at: r.get(4)?,
+                        expires_at: r.get(5)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Moves a session's end (as it is used).
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub fn touch_session(&self, id_hash: &[u8; 32], expires_at: i64) -> Result<(), StoreError> {
+        self.conn
+            .execute("UPDATE sessions SET expires_at = ?2 WHERE id_hash = ?1", params![&id_hash[..], expires_at])?;
+        Ok(())
+    }
+
+    /// Ends a session; returns whether there was one.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub fn delete_session(&self, id_hash: &[u8; 32]) -> Result<bool, StoreError> {
+        Ok(self.conn.execute("DELETE FROM sessions WHERE id_hash = ?1", [&id_hash[..]])? == 1)
+    }
+
+    /// Forgets the sessions that expired by `now`; returns how many.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub fn delete_expired_sessions(&self, now: i64) -> Result<usize, StoreError> {
+        Ok(self.conn.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now])?)
+    }
+
+    const TOKEN_COLUMNS: &str = "id, name, created_at, last_used_at, revoked_at, data_directory";
+
+    fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiToken> {
+        Ok(ApiToken {
+            id: r.get::<_, i64>(0)? as u64,
+            name: r.get(1)?,
+            created_at: r.get(2)?,
+            last_used_at: r.get(3)?,
+            revoked_at: r.get(4)?,
+            data_directory: r.get(5)?,
+        })
+    }
+
+    /// Stores a new API token by its hash.
+    ///
+    /// # Errors
+    /// When SQLite fails (a hash already stored among them).
+    pub fn create_api_token(&self, name: &str, token_hash: &[u8; 32], now: i64) -> Result<ApiToken, StoreError> {
+        self.conn.execute(
+            "INSERT INTO api_tokens (name, token_hash, created_at) VALUES (?1, ?2, ?3)",
+            params![name, &token_hash[..], now],
+        )?;
+        let id = self.conn.last_insert_rowid() as u64;
+        Ok(ApiToken {
+            id,
+            name: name.to_owned(),
+            created_at: now,
+            last_used_at: None,
+            revoked_at: None,
+            data_directory: false,
+        })
+    }
+
+    /// Makes sure the token in `<data>/admin-token` is an API token, named
+    /// [`DATA_DIRECTORY_TOKEN`]; when the file holds a new one (the old file
+    /// was deleted), the previous data-directory token is revoked. Returns
+    /// the token's row, which is revoked when an operator revoked it (the
+    /// caller then makes a new file).
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub fn ensure_data_directory_token(&self, token_hash: &[u8; 32], now: i64) -> Result<ApiToken, StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        if let Some(t) = self.api_token_by_hash(token_hash)? {
+            return Ok(t);
+        }
+        tx.execute("UPDATE api_tokens SET revoked_at = ?1 WHERE data_directory = 1 AND revoked_at IS NULL", [now])?;
+        tx.execute(
+            "INSERT INTO api_tokens (name, token_hash, created_at, data_directory) VALUES (?1, ?2, ?3, 1)",
+            params![DATA_DIRECTORY_TOKEN, &token_hash[..], now],
+        )?;
+        tx.commit()?;
+        self.api_token_by_hash(token_hash)?.ok_or(StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows))
+    }
+
+    /// The API token with this hash, revoked or not.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub fn api_token_by_hash(&self, token_hash: &[u8; 32]) -> Result<Option<ApiToken>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {} FROM api_tokens WHERE token_hash = ?1", Self::TOKEN_COLUMNS),
+                [&token_hash[..]],
+                Self::token_row,
+            )
+            .optional()?)
+    }
+
+    /// One API token by id.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub fn api_token(&self, id: u64) -> Result<Option<ApiToken>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {} FROM api_tokens WHERE id = ?1", Self::TOKEN_COLUMNS),
+                [sql_id(id)],
+                Self::token_row,
+            )
+            .optional()?)
+    }
+
+    /// Every API token, revoked ones too, oldest first.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub fn api_tokens(&self) -> Result<Vec<ApiToken>, StoreError> {
+        let mut stmt = self.conn.prepare(&format!("SELECT {} FROM api_tokens ORDER BY id", Self::TOKEN_COLUMNS))?;
+        Ok(stmt.query_map([], Self::token_row)?.collect::<Result<_, _>>()?)
+    }
+
+    /// Notes that a token was used at `now`. The caller writes at most once
+    /// a minute per token (see `last_used_at`), to spare the disk.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub fn touch_api_token(&self, id: u64, now: i64) -> Result<(), StoreError> {
+        self.conn.execute("UPDATE api_tokens SET last_used_at = ?2 WHERE id = ?1", params![sql_id(id), now])?;
+        Ok(())
+    }
+
+    /// Revokes a token (revoking it again keeps the first time). Returns
+    /// its row, or `None` when there is no such token.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub fn revoke_api_token(&self, id: u64, now: i64) -> Result<Option<ApiToken>, StoreError> {
+        self.conn.execute(
+            "UPDATE api_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+            params![sql_id(id), now],
+        )?;
+        self.api_token(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_argon2id_phc_strings_with_their_own_salt() {
+        let h = hash_password("correct horse battery").unwrap();
+        assert!(h.starts_with("$argon2id$v=19$"), "{h}");
+        assert!(verify_password(&h, "correct horse battery"));
+        assert!(!verify_password(&h, "correct horse batter"));
+        assert!(!verify_password(&h, ""));
+        assert!(!verify_password("not a phc string", "x"));
+        assert_ne!(hash_password("correct horse battery").unwrap(), h, "a fresh salt each time");
+    }
+
+    #[test]
+    fn generated_passwords_are_long_random_and_readable() {
+        let a = generate_password();
+        let b = generate_password();
+        assert_eq!(a.len(), GENERATED_PASSWORD_LEN);
+        assert!(a.len() >= 20);
+        assert_ne!(a, b);
+        assert!(a.bytes().all(|c| PASSWORD_ALPHABET.contains(&c)), "{a}");
+    }
+
+    #[test]
+    fn the_admin_is_made_once_and_its_password_change_ends_other_sessions() {
+        let s = Store::in_memory().unwrap();
+        assert!(s.user(ADMIN).unwrap().is_none());
+        assert!(s.create_user(ADMIN, "h1", 10).unwrap());
+        assert!(!s.create_user(ADMIN, "h2", 11).unwrap(), "never twice");
+        let admin = s.user(ADMIN).unwrap().unwrap();
+        assert_eq!((admin.password_hash.as_str(), admin.created_at), ("h1", 10));
+        assert_eq!(s.user_by_id(admin.id).unwrap(), Some(admin.clone()));
+
+        let (a, b, c) = ([1; 32], [2; 32], [3; 32]);
+        for id in [&a, &b, &c] {
+            s.create_session(id, admin.id, "csrf", 20, 100).unwrap();
+        }
+        let got = s.session(&a, 50).unwrap().unwrap();
+        assert_eq!((got.username.as_str(), got.csrf.as_str(), got.expires_at), (ADMIN, "csrf", 100));
+        assert!(s.session(&a, 100).unwrap().is_none(), "expired at expires_at");
+        assert!(s.session(&[9; 32], 50).unwrap().is_none());
+        s.touch_session(&a, 200).unwrap();
+        assert_eq!(s.session(&a, 150).unwrap().unwrap().expires_at, 200);
+
+        assert_eq!(s.set_password(admin.id, "h3", Some(&b), 30).unwrap(), Some(2));
+        assert!(s.session(&a, 50).unwrap().is_none() && s.session(&c, 50).unwrap().is_none());
+        assert!(s.session(&b, 50).unwrap().is_some(), "the session that asked keeps going");
+        let admin = s.user(ADMIN).unwrap().unwrap();
+        assert_eq!((admin.password_hash.as_str(), admin.password_changed_at), ("h3", 30));
+        assert_eq!(s.set_password(99, "h", None, 30).unwrap(), None);
+
+        // The offline reset ends every session.
+        assert_eq!(s.reset_admin_password("h4", 40).unwrap(), 1);
+        assert!(s.session(&b, 50).unwrap().is_none());
+        assert_eq!(s.user(ADMIN).unwrap().unwrap().password_hash, "h4");
+        assert!(!s.delete_session(&a).unwrap());
+    }
+
+    #[test]
+    fn a_reset_on_a_database_without_an_admin_makes_one() {
+        let s = Store::in_memory().unwrap();
+        assert_eq!(s.reset_admin_password("h", 5).unwrap(), 0);
+        assert_eq!(s.user(ADMIN).unwrap().unwrap().password_hash, "h");
+    }
+
+    #[test]
+    fn expired_sessions_are_forgotten() {
+        let s = Store::in_memory().unwrap();
+        s.create_user(ADMIN, "h", 0).unwrap();
+        let id = s.user(ADMIN).unwrap().unwrap().id;
+        s.create_session(&[1; 32], id, "x", 0, 10).unwrap();
+        s.create_session(&[2; 32], id, "y", 0, 20).unwrap();
+        assert_eq!(s.delete_expired_sessions(15).unwrap(), 1);
+        assert!(s.session(&[2; 32], 15).unwrap().is_some());
+        assert!(s.delete_session(&[2; 32]).unwrap());
+        assert!(s.session(&[2; 32], 15).unwrap().is_none());
+    }
+
+    #[test]
+    fn api_tokens_are_kept_by_hash_listed_without_it_and_revoked() {
+        let s = Store::in_memory().unwrap();
+        let h = secret_hash("tern_abc");
+        let t = s.create_api_token("ci", &h, 100).unwrap();
+        assert_eq!(s.api_token_by_hash(&h).unwrap(), Some(t.clone()));
+        assert!(s.api_token_by_hash(&secret_hash("tern_abd")).unwrap().is_none());
+        assert!(s.create_api_token("again", &h, 101).is_err(), "a hash is stored once");
+        s.touch_api_token(t.id, 160).unwrap();
+        let other = s.create_api_token("backup", &secret_hash("tern_x"), 170).unwrap();
+        let list = s.api_tokens().unwrap();
+        assert_eq!(
+            list.iter().map(|t| (t.name.as_str(), t.last_used_at)).collect::<Vec<_>>(),
+            [("ci", Some(160)), ("backup", None)]
+        );
+        let revoked = s.revoke_api_token(t.id, 200).unwrap().unwrap();
+        assert_eq!(revoked.revoked_at, Some(200));
+        assert_eq!(s.revoke_api_token(t.id, 300).unwrap().unwrap().revoked_at, Some(200), "the first time is kept");
+        assert_eq!(s.api_token_by_hash(&h).unwrap().unwrap().revoked_at, Some(200));
+        assert_eq!(s.api_token(other.id).unwrap().unwrap().revoked_at, None);
+        assert!(s.revoke_api_token(99, 300).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_data_directory_token_is_registered_once_and_a_new_file_replaces_the_old() {
+        let s = Store::in_memory().unwrap();
+        let first = s.ensure_data_directory_token(&secret_hash("one"), 10).unwrap();
+        assert_eq!((first.name.as_str(), first.data_directory, first.revoked_at), (DATA_DIRECTORY_TOKEN, true, None));
+        assert_eq!(s.ensure_data_directory_token(&secret_hash("one"), 20).unwrap(), first, "a restart changes nothing");
+        let ci = s.create_api_token("ci", &secret_hash("ci"), 25).unwrap();
+        // The file was deleted and the server made a new one.
+        let second = s.ensure_data_directory_token(&secret_hash("two"), 30).unwrap();
+        assert_ne!(second.id, first.id);
+        assert_eq!(s.api_token(first.id).unwrap().unwrap().revoked_at, Some(30));
+        assert_eq!(s.api_token(ci.id).unwrap().unwrap().revoked_at, None, "other tokens are kept");
+        // A revoked one stays revoked: the caller makes a new file.
+        s.revoke_api_token(second.id, 40).unwrap();
+        assert_eq!(s.ensure_data_directory_token(&secret_hash("two"), 50).unwrap().revoked_at, Some(40));
+    }
+}

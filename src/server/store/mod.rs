@@ -13,7 +13,7 @@
 //! recorded in `PRAGMA user_version`; a database from a newer build is
 //! refused rather than guessed at.
 
-mod access;
+pub mod access;
 mod fleet;
 pub mod usage;
 
@@ -115,14 +115,18 @@ const MIGRATIONS: &[&str] = &[
         key TEXT PRIMARY KEY,
         value TEXT NOT NULL
     );",
-    // 3: operators (see `access.rs`): the admin account (argon2 hash), UI
-    // sessions (only a hash of the session id is kept, with its CSRF
-    // token), and API tokens (only a hash kept; revoked ones stay listed).
+    // 3: operators (see `access.rs`): the admin account (argon2id PHC
+    // string), UI sessions (only the blake3 of the session id is kept, with
+    // its CSRF token; `expires_at` slides with use up to `created_at` plus
+    // the session lifetime), and API tokens (only the blake3 of the token
+    // is kept; revoked ones stay listed; `data_directory` marks the one
+    // whose secret is in `<data>/admin-token`).
     "CREATE TABLE users (
         id INTEGER PRIMARY KEY,
         name TEXT NOT NULL UNIQUE,
         password_hash TEXT NOT NULL,
-        created_at INTEGER NOT NULL
+        created_at INTEGER NOT NULL,
+        password_changed_at INTEGER NOT NULL
     );
     CREATE TABLE sessions (
         id_hash BLOB PRIMARY KEY,
@@ -131,13 +135,15 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL,
         expires_at INTEGER NOT NULL
     );
+    CREATE INDEX sessions_by_user ON sessions(user_id);
     CREATE TABLE api_tokens (
         id INTEGER PRIMARY KEY,
         name TEXT NOT NULL,
         token_hash BLOB NOT NULL UNIQUE,
         created_at INTEGER NOT NULL,
         last_used_at INTEGER,
-        revoked_at INTEGER
+        revoked_at INTEGER,
+        data_directory INTEGER NOT NULL DEFAULT 0
     );",
     // 4: the fleet (see `fleet.rs`): groups and tags, and what an
     // environment was created with (the URL the edge sees, host variables

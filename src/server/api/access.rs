@@ -1,0 +1,860 @@
+//! Operators and access: the admin account, UI sessions, API tokens, and
+//! the check every API call but login goes through.
+//!
+//! | method and path | what |
+//! |---|---|
+//! | `POST /api/auth/login` | `{username, password}`: sets the session cookie, returns `{username, csrf_token, expires_at}` |
+//! | `POST /api/auth/logout` | ends the session (204) |
+//! | `GET /api/auth/me` | who is calling: the session (with its CSRF token) or the API token |
+//! | `PUT /api/auth/password` | `{current, new}`: sets the password; every other session of the user ends |
+//! | `POST /api/tokens` | `{name}`: a new API token `{id, name, token, created_at}`; the token is shown this once (201) |
+//! | `GET /api/tokens` | every token, revoked ones too, never a secret |
+//! | `DELETE /api/tokens/{id}` | revokes it, at once |
+//!
+//! **Credentials.** Every API call except `POST /api/auth/login` (and the
+//! agents' `POST /p`, outside the API) needs one of:
+//! * an API token, `Authorization: Bearer tern_...` (or the data-directory
+//!   admin token in `<data>/admin-token`, which is an API token too). No
+//!   CSRF token is needed: a browser never sends this header by itself.
+//! * the session cookie `tern_session` (`Secure; HttpOnly; SameSite=Strict;
+//!   Path=/`), given by login. Every request of a session but `GET` and
+//!   `HEAD` must also carry `X-CSRF-Token` equal to the `csrf_token` login
+//!   returned (`GET /api/auth/me` shows it again), or it gets a 403.
+//!
+//! A missing, unknown, revoked or expired credential gets a 401 with a JSON
+//! error, decided from the headers alone, before the body is read. When
+//! both are present, the bearer token is the one checked.
+//!
+//! **Sessions** end after [`SESSION_IDLE`] without a request, and at the
+//! latest [`SESSION_LIFETIME`] after login. Only the blake3 of a session id
+//! is stored. Their end is moved in the database at most once a minute, and
+//! a token's `last_used_at` is written at most once a minute, to spare the
+//! disk.
+//!
+//! **Failed logins are rate-limited** in memory (a restart forgets them):
+//! at most [`MAX_FAILURES_PER_CLIENT`] per client address (IPv6 by /64) and
+//! [`MAX_FAILURES_OVERALL`] over all clients within [`FAILURE_WINDOW`];
+//! past that, a login answers 429 with `Retry-After` without looking at the
+//! password. An attempt counts as failed from the moment it starts until
+//! its password is found right, so parallel guesses cannot overrun the
+//! limit; a right password clears its own client's count, no other. A wrong
+//! `current` password in `PUT /api/auth/password` counts the same. The
+//! client address is the TCP peer: behind a reverse proxy every client
+//! shares the proxy's count (`X-Forwarded-For` is not trusted).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Extension, Json, Router};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiJson, PathId, with_store};
+use crate::server::http::{AppState, now};
+use crate::server::store::access::{ADMIN, ApiToken, hash_password, random_bytes, secret_hash, verify_password};
+use crate::server::store::{Store, StoreError};
+
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "tern_session";
+
+/// The header a session's non-GET requests carry.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// A session ends after this long without a request (12 h).
+pub const SESSION_IDLE: i64 = 12 * 3600;
+
+/// A session ends this long after login, however much it is used (7 days);
+/// the cookie's `Max-Age`.
+pub const SESSION_LIFETIME: i64 = 7 * 24 * 3600;
+
+/// A session's end, or a token's `last_used_at`, is written at most this
+/// often (seconds).
+pub const TOUCH_EVERY: i64 = 60;
+
+/// The shortest password accepted.
+pub const MIN_PASSWORD_LEN: usize = 12;
+
+/// The longest password accepted, in bytes.
+pub const MAX_PASSWORD_LEN: usize = 1024;
+
+/// The longest API token name, in characters.
+pub const MAX_TOKEN_NAME: usize = 128;
+
+/// What every API token starts with (then 43 characters of base64url: 32
+/// random bytes).
+pub const TOKEN_PREFIX: &str = "tern_";
+
+/// Failed logins allowed per client address within [`FAILURE_WINDOW`].
+pub const MAX_FAILURES_PER_CLIENT: usize = 5;
+
+/// Failed logins allowed over all clients within [`FAILURE_WINDOW`].
+pub const MAX_FAILURES_OVERALL: usize = 60;
+
+/// The window failed logins are counted over (15 minutes).
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// Password hashes checked at once (argon2 takes about 19 MiB and tens of
+/// milliseconds each).
+pub const CONCURRENT_VERIFICATIONS: usize = 2;
+
+/// The variable that gives the admin's password at first start.
+pub const PASSWORD_ENV: &str = "TERN_ADMIN_PASSWORD";
+
+/// The variable that names a file holding the admin's password.
+pub const PASSWORD_FILE_ENV: &str = "TERN_ADMIN_PASSWORD_FILE";
+
+const UNAUTHENTICATED: &str =
+    "missing or wrong credential: an API token (Authorization: Bearer) or a session cookie (POST /api/auth/login)";
+
+/// Who is calling, as the check found it; handlers read it as an
+/// `Extension<Caller>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// An API token.
+    Token {
+        /// Its id.
+        id: u64,
+        /// Its name.
+        name: String,
+    },
+    /// A UI session.
+    Session {
+        /// The blake3 of the session id.
+        id_hash: [u8; 32],
+        /// Its user.
+        user_id: u64,
+        /// Its user's name.
+        username: String,
+        /// Its CSRF token.
+        csrf: String,
+        /// When it ends unless used.
+        expires_at: i64,
+    },
+}
+
+/// Failed logins, counted in memory (see the module doc).
+#[derive(Debug)]
+pub struct LoginLimiter {
+    failures: Mutex<Failures>,
+    verifying: tokio::sync::Semaphore,
+}
+
+#[derive(Debug, Default)]
+struct Failures {
+    per_client: HashMap<IpAddr, VecDeque<Instant>>,
+    overall: VecDeque<Instant>,
+}
+
+/// A login attempt under way, counted as failed until [`LoginLimiter::succeeded`].
+#[derive(Debug)]
+pub struct Attempt {
+    client: IpAddr,
+    at: Instant,
+}
+
+/// The client key: the address, IPv4-mapped IPv6 as IPv4, other IPv6 by
+/// its /64 (one host usually holds a whole /64); no address (a request
+/// from in process) counts as one client.
+fn client_key(ip: Option<IpAddr>) -> IpAddr {
+    match ip {
+        None => IpAddr::from([0u8; 4]),
+        Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+        Some(v4) => v4,
+    }
+}
+
+impl Default for LoginLimiter {
+    fn default() -> Self {
+        Self { failures: Mutex::default(), verifying: tokio::sync::Semaphore::new(CONCURRENT_VERIFICATIONS) }
+    }
+}
+
+impl LoginLimiter {
+    /// Starts an attempt from `ip` at `now`, counted as failed until it
+    /// succeeds; or how long to wait when too many failed.
+    ///
+    /// # Errors
+    /// The time until the oldest failure that blocks leaves the window.
+    pub fn begin(&self, ip: Option<IpAddr>, now: Instant) -> Result<Attempt, Duration> {
+        let client = client_key(ip);
+        let mut f = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let live = |t: &Instant| now.saturating_duration_since(*t) < FAILURE_WINDOW;
+        while f.overall.front().is_some_and(|t| !live(t)) {
+            f.overall.pop_front();
+        }
+        f.per_client.retain(|_, times| {
+            times.retain(live);
+            !times.is_empty()
+        });
+        let wait = |oldest: Option<&Instant>| {
+            let left =
+                oldest.map_or(FAILURE_WINDOW, |t| FAILURE_WINDOW.saturating_sub(now.saturating_duration_since(*t)));
+            left.max(Duration::from_secs(1))
+        };
+        if let Some(times) = f.per_client.get(&client)
+            && times.len() >= MAX_FAILURES_PER_CLIENT
+        {
+            return Err(wait(times.front()));
+        }
+        if f.overall.len() >= MAX_FAILURES_OVERALL {
+            return Err(wait(f.overall.front()));
+        }
+        f.overall.push_back(now);
+        f.per_client.entry(client).or_default().push_back(now);
+        Ok(Attempt { client, at: now })
+    }
+
+    /// The attempt's password was right: its client's failures are
+    /// forgotten (no other client's), and it no longer counts overall.
+    pub fn succeeded(&self, attempt: Attempt) {
+        let mut f = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f.per_client.remove(&attempt.client);
+        if let Some(i) = f.overall.iter().position(|t| *t == attempt.at) {
+            f.overall.remove(i);
+        }
+    }
+}
+
+/// `Retry-After` seconds for a wait.
+fn too_many(wait: Duration) -> Response {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut r = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!("too many failed logins from here or overall; try again in {secs} s"),
+    )
+    .into_response();
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    r
+}
+
+/// The client's address (the TCP peer, which `serve` adds to each request).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub Option<IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())))
+    }
+}
+
+/// What a request presents as its credential.
+enum Presented {
+    None,
+    Bearer(String),
+    Cookie(String),
+}
+
+fn presented(headers: &HeaderMap) -> Presented {
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
+        // Another scheme, or a header that is not text, is a wrong token.
+        let token = v.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).unwrap_or_default();
+        return Presented::Bearer(token.trim().to_owned());
+    }
+    let cookie = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix(SESSION_COOKIE).and_then(|rest| rest.strip_prefix('=')));
+    match cookie {
+        Some(c) => Presented::Cookie(c.trim().to_owned()),
+        None => Presented::None,
+    }
+}
+
+/// Equal, in time independent of where they differ (blake3 hashes compare
+/// in constant time).
+fn same_secret(a: &str, b: &str) -> bool {
+    blake3::hash(a.as_bytes()) == blake3::hash(b.as_bytes())
+}
+
+/// Checks a request's credential from its headers (the body is not read);
+/// see the module doc.
+///
+/// # Errors
+/// 401 for a missing or wrong credential, 403 for a session request
+/// without its CSRF token.
+pub async fn authenticate(state: &Arc<AppState>, method: &Method, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let unauthenticated = || ApiError::new(StatusCode::UNAUTHORIZED, UNAUTHENTICATED);
+    match presented(headers) {
+        Presented::None => Err(unauthenticated()),
+        Presented::Bearer(token) => {
+            if token.is_empty() {
+                return Err(unauthenticated());
+            }
+            let hash = secret_hash(&token);
+            let found = with_store(state, move |store| {
+                let now = now();
+                match store.api_token_by_hash(&hash)? {
+                    Some(t) if t.revoked_at.is_none() => {
+                        if t.last_used_at.is_none_or(|used| now - used >= TOUCH_EVERY) {
+                            store.touch_api_token(t.id, now)?;
+                        }
+                        Ok(Some(t))
+                    }
+                    _ => Ok(None),
+                }
+            })
+            .await?;
+            found.map(|t| Caller::Token { id: t.id, name: t.name }).ok_or_else(unauthenticated)
+        }
+        Presented::Cookie(id) => {
+            if id.is_empty() {
+                return Err(unauthenticated());
+            }
+            let id_hash = secret_hash(&id);
+            let csrf = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let safe = *method == Method::GET || *method == Method::HEAD;
+            with_store(state, move |store| {
+                let now = now();
+                let Some(s) = store.session(&id_hash, now)? else {
+                    return Err(ApiError::new(StatusCode::UNAUTHORIZED, "session expired or unknown: log in again"));
+                };
+                if !safe && !csrf.is_some_and(|c| same_secret(&c, &s.csrf)) {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "missing or wrong X-CSRF-Token header: a session's requests other than GET carry the \
+                         csrf_token its login returned",
+                    ));
+                }
+                let expires_at = (now + SESSION_IDLE).min(s.created_at + SESSION_LIFETIME);
+                if expires_at - s.expires_at >= TOUCH_EVERY {
+                    store.touch_session(&id_hash, expires_at)?;
+                }
+                Ok(Caller::Session {
+                    id_hash,
+                    user_id: s.user_id,
+                    username: s.username,
+                    csrf: s.csrf,
+                    expires_at: expires_at.max(s.expires_at),
+                })
+            })
+            .await
+        }
+    }
+}
+
+/// The middleware in front of every API route but login: refuses a request
+/// without a valid credential before its body is read, and hands the
+/// [`Caller`] to the handler.
+pub async fn require_auth(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
+    match authenticate(&state, request.method(), request.headers()).await {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The routes that need a credential (put behind [`require_auth`] by
+/// `api::routes`).
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/api/auth/logout", post(logout))
+        .route("/api/auth/me", get(me))
+        .route("/api/auth/password", put(change_password))
+        .route("/api/tokens", post(create_token).get(list_tokens))
+        .route("/api/tokens/{id}", delete(revoke_token))
+}
+
+/// The routes open to anyone: login (its body is small).
+pub fn public_routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/api/auth/login", post(login))
+        .layer(axum::extract::DefaultBodyLimit::max(4 * MAX_PASSWORD_LEN))
+}
+
+/// `POST /api/auth/login`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    /// The user (`admin`).
+    pub username: String,
+    /// Its password.
+    pub password: String,
+}
+
+/// What login returns (the session id goes in the cookie only).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LoggedIn {
+    /// The user.
+    pub username: String,
+    /// What every non-GET request of this session carries in `X-CSRF-Token`.
+    pub csrf_token: String,
+    /// When the session ends unless it is used before (Unix seconds).
+    pub expires_at: i64,
+}
+
+/// `PUT /api/auth/password`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePassword {
+    /// The password now.
+    pub current: String,
+    /// The new one ([`MIN_PASSWORD_LEN`] characters at least).
+    pub new: String,
+}
+
+/// `POST /api/tokens`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    /// What it is for.
+    pub name: String,
+}
+
+/// A new API token, with its secret (shown this once).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CreatedToken {
+    /// Its id.
+    pub id: u64,
+    /// Its name.
+    pub name: String,
+    /// The secret, for `Authorization: Bearer`.
+    pub token: String,
+    /// When it was made.
+    pub created_at: i64,
+}
+
+/// An API token as listed.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenView {
+    /// Its id.
+    pub id: u64,
+    /// Its name.
+    pub name: String,
+    /// When it was made.
+    pub created_at: i64,
+    /// When it was last used (to the minute).
+    pub last_used_at: Option<i64>,
+    /// When it was revoked.
+    pub revoked_at: Option<i64>,
+    /// Whether it is the token in `<data>/admin-token` (revoking it makes
+    /// the server write a new one at its next start).
+    pub data_directory: bool,
+}
+
+impl From<ApiToken> for TokenView {
+    fn from(t: ApiToken) -> Self {
+        Self {
+            id: t.id,
+            name: t.name,
+            created_at: t.created_at,
+            last_used_at: t.last_used_at,
+            revoked_at: t.revoked_at,
+            data_directory: t.data_directory,
+        }
+    }
+}
+
+/// A fresh API token: `tern_` and 32 random bytes in base64url.
+pub fn new_token() -> String {
+    format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(random_bytes::<32>()))
+}
+
+fn session_cookie(id: &str, max_age: i64) -> HeaderValue {
+    HeaderValue::try_from(format!(
+        "{SESSION_COOKIE}={id}; Secure; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("tern_session=; Max-Age=0"))
+}
+
+/// A PHC string to check a password against when the user does not exist,
+/// so that the answer takes as long as for a wrong password.
+fn decoy_hash() -> &'static str {
+    static DECOY: OnceLock<String> = OnceLock::new();
+    DECOY.get_or_init(|| hash_password("decoy password, never matched").unwrap_or_default())
+}
+
+/// Checks a password on the blocking pool, a few at a time. `None` (no
+/// such user) checks against a decoy and is never right.
+async fn check_password(state: &Arc<AppState>, hash: Option<String>, password: String) -> Result<bool, ApiError> {
+    if password.len() > MAX_PASSWORD_LEN {
+        return Ok(false);
+    }
+    let _permit = state.logins.verifying.acquire().await.map_err(|_| ApiError::internal())?;
+    tokio::task::spawn_blocking(move || match hash {
+        Some(h) => verify_password(&h, &password),
+        None => {
+            let _ = verify_password(decoy_hash(), &password);
+            false
+        }
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!("password check panicked: {e}");
+        ApiError::internal()
+    })
+}
+
+/// Checks a new password's length.
+///
+/// # Errors
+/// A message for the operator when it is too short or too long.
+pub fn check_new_password(what: &str, password: &str) -> Result<(), String> {
+    if password.chars().count() < MIN_PASSWORD_LEN {
+        return Err(format!("{what}: at least {MIN_PASSWORD_LEN} characters"));
+    }
+    if password.len() > MAX_PASSWORD_LEN {
+        return Err(format!("{what}: at most {MAX_PASSWORD_LEN} bytes"));
+    }
+    Ok(())
+}
+
+async fn hash_new_password(state: &Arc<AppState>, password: String) -> Result<String, ApiError> {
+    let _permit = state.logins.verifying.acquire().await.map_err(|_| ApiError::internal())?;
+    tokio::task::spawn_blocking(move || hash_password(&password)).await.map_err(|_| ApiError::internal())?.map_err(
+        |e| {
+            tracing::error!("{e}");
+            ApiError::internal()
+        },
+    )
+}
+
+/// `POST /api/auth/login`: starts a session.
+pub async fn login(
+    State(state): State<Arc<AppState>>,
+    ClientIp(ip): ClientIp,
+    ApiJson(req): ApiJson<Login>,
+) -> Result<Response, Response> {
+    let attempt = state.logins.begin(ip, Instant::now()).map_err(too_many)?;
+    let name = req.username.clone();
+    let user = with_store(&state, move |store| Ok(store.user(&name)?)).await.map_err(IntoResponse::into_response)?;
+    let right = check_password(&state, user.as_ref().map(|u| u.password_hash.clone()), req.password)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    let Some(user) = user.filter(|_| right) else {
+        tracing::info!(
+            "failed login for {:?} from {}",
+            req.username.chars().take(64).collect::<String>(),
+            client_key(ip)
+        );
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "wrong user name or password").into_response());
+    };
+    state.logins.succeeded(attempt);
+    let id = URL_SAFE_NO_PAD.encode(random_bytes::<32>());
+    let csrf_token = URL_SAFE_NO_PAD.encode(random_bytes::<32>());
+    let (id_hash, csrf) = (secret_hash(&id), csrf_token.clone());
+    let now = now();
+    let expires_at = now + SESSION_IDLE.min(SESSION_LIFETIME);
+    with_store(&state, move |store| {
+        store.delete_expired_sessions(now)?;
+        Ok(store.create_session(&id_hash, user.id, &csrf, now, expires_at)?)
+    })
+    .await
+    .map_err(IntoResponse::into_response)?;
+    tracing::info!("{} logged in from {}", user.name, client_key(ip));
+    let mut r = Json(LoggedIn { username: user.name, csrf_token, expires_at }).into_response();
+    r.headers_mut().insert(header::SET_COOKIE, session_cookie(&id, SESSION_LIFETIME));
+    Ok(r)
+}
+
+/// `POST /api/auth/logout`: ends the session and clears its cookie.
+pub async fn logout(State(state): State<Arc<AppState>>, Extension(caller): Extension<Caller>) -> Response {
+    let Caller::Session { id_hash, .. } = caller else {
+        return ApiError::bad_request(
+            "logout ends a session; an API token is revoked instead (DELETE /api/tokens/{id})",
+        )
+        .into_response();
+    };
+    if let Err(e) = with_store(&state, move |store| Ok(store.delete_session(&id_hash)?)).await {
+        return e.into_response();
+    }
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    r.headers_mut().insert(header::SET_COOKIE, session_cookie("", 0));
+    r
+}
+
+/// `GET /api/auth/me`.
+pub async fn me(Extension(caller): Extension<Caller>) -> Json<serde_json::Value> {
+    Json(match caller {
+        Caller::Token { id, name } => serde_json::json!({ "auth": "token", "token": { "id": id, "name": name } }),
+        Caller::Session { username, csrf, expires_at, .. } => serde_json::json!({
+            "auth": "session",
+            "username": username,
+            "csrf_token": csrf,
+            "expires_at": expires_at,
+        }),
+    })
+}
+
+/// `PUT /api/auth/password`: the caller's password (an API token's caller
+/// is the admin), given the current one. Every session of the user but the
+/// caller's ends.
+pub async fn change_password(
+    State(state): State<Arc<AppState>>,
+    ClientIp(ip): ClientIp,
+    Extension(caller): Extension<Caller>,
+    ApiJson(req): ApiJson<ChangePassword>,
+) -> Result<Json<serde_json::Value>, Response> {
+    check_new_password("new", &req.new).map_err(|e| ApiError::invalid(e).into_response())?;
+    let (user_id, keep) = match &caller {
+        Caller::Session { user_id, id_hash, .. } => (Some(*user_id), Some(*id_hash)),
+        Caller::Token { .. } => (None, None),
+    };
+    let user = with_store(&state, move |store| match user_id {
+        Some(id) => Ok(store.user_by_id(id)?),
+        None => Ok(store.user(ADMIN)?),
+    })
+    .await
+    .map_err(IntoResponse::into_response)?
+    .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such user").into_response())?;
+    let attempt = state.logins.begin(ip, Instant::now()).map_err(too_many)?;
+    if !check_password(&state, Some(user.password_hash.clone()), req.current)
+        .await
+        .map_err(IntoResponse::into_response)?
+    {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "current: wrong password").into_response());
+    }
+    state.logins.succeeded(attempt);
+    let hash = hash_new_password(&state, req.new).await.map_err(IntoResponse::into_response)?;
+    let ended = with_store(&state, move |store| {
+        store
+            .set_password(user.id, &hash, keep.as_ref(), now())?
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such user"))
+    })
+    .await
+    .map_err(IntoResponse::into_response)?;
+    tracing::info!("password of {} changed; {ended} other sessions ended", user.name);
+    Ok(Json(serde_json::json!({ "username": user.name, "sessions_ended": ended })))
+}
+
+/// `POST /api/tokens`.
+pub async fn create_token(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<CreateToken>,
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    let name = req.name.trim().to_owned();
+    if name.is_empty() || name.chars().count() > MAX_TOKEN_NAME {
+        return Err(ApiError::invalid(format!("name: 1 to {MAX_TOKEN_NAME} characters")));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(ApiError::invalid("name: no control characters"));
+    }
+    let token = new_token();
+    let hash = secret_hash(&token);
+    let t = with_store(&state, move |store| Ok(store.create_api_token(&name, &hash, now())?)).await?;
+    tracing::info!("API token {} ({:?}) created", t.id, t.name);
+    Ok((StatusCode::CREATED, Json(CreatedToken { id: t.id, name: t.name, token, created_at: t.created_at })))
+}
+
+/// `GET /api/tokens`.
+pub async fn list_tokens(State(state): State<Arc<AppState>>) -> Result<Json<Vec<TokenView>>, ApiError> {
+    let list = with_store(&state, |store| Ok(store.api_tokens()?)).await?;
+    Ok(Json(list.into_iter().map(Into::into).collect()))
+}
+
+/// `DELETE /api/tokens/{id}`: revokes it (again: no change).
+pub async fn revoke_token(State(state): State<Arc<AppState>>, PathId(id): PathId) -> Result<Json<TokenView>, ApiError> {
+    let t = with_store(&state, move |store| {
+        store
+            .revoke_api_token(id, now())?
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no API token {id}")))
+    })
+    .await?;
+    tracing::info!("API token {} ({:?}) revoked", t.id, t.name);
+    Ok(Json(t.into()))
+}
+
+/// The admin password an operator gives: [`PASSWORD_ENV`], else the file
+/// [`PASSWORD_FILE_ENV`] names (a trailing newline dropped). Empty
+/// variables count as unset. `var` reads a variable.
+///
+/// # Errors
+/// When both are set, the file cannot be read, or the password is too
+/// short or too long.
+pub fn given_password(var: impl Fn(&str) -> Option<String>) -> Result<Option<String>, String> {
+    let direct = var(PASSWORD_ENV).filter(|v| !v.is_empty());
+    let file = var(PASSWORD_FILE_ENV).filter(|v| !v.is_empty());
+    let (password, what) = match (direct, file) {
+        (Some(_), Some(_)) => return Err(format!("set {PASSWORD_ENV} or {PASSWORD_FILE_ENV}, not both")),
+        (Some(p), None) => (p, PASSWORD_ENV.to_owned()),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(&path).map_err(|e| format!("{PASSWORD_FILE_ENV} {path}: {e}"))?;
+            (text.trim_end_matches(['\n', '\r']).to_owned(), format!("the password in {path}"))
+        }
+        (None, None) => return Ok(None),
+    };
+    check_new_password(&what, &password)?;
+    Ok(Some(password))
+}
+
+/// At the server's start: makes the admin account when there is none, with
+/// the password the operator gave ([`given_password`]) or else a generated
+/// one. Returns the generated password, to be shown this once.
+///
+/// # Errors
+/// When the given password is not acceptable, or the store fails.
+pub fn ensure_admin(store: &Store, var: impl Fn(&str) -> Option<String>) -> Result<Option<String>, String> {
+    let db = |e: StoreError| e.to_string();
+    if store.user(ADMIN).map_err(db)?.is_some() {
+        if var(PASSWORD_ENV).is_some_and(|v| !v.is_empty()) || var(PASSWORD_FILE_ENV).is_some_and(|v| !v.is_empty()) {
+            tracing::info!(
+                "{PASSWORD_ENV}/{PASSWORD_FILE_ENV} ignored: the admin account exists (change its password with \
+                 PUT /api/auth/password, or `tern admin reset-password` on the data directory)"
+            );
+        }
+        return Ok(None);
+    }
+    let (password, generated) = match given_password(&var)? {
+        Some(p) => (p, false),
+        None => (crate::server::store::access::generate_password(), true),
+    };
+    let hash = hash_password(&password).map_err(|e| e.to_string())?;
+    store.create_user(ADMIN, &hash, now()).map_err(db)?;
+    Ok(generated.then_some(password))
+}
+
+/// Whether `token` is an API token that was revoked (the data-directory
+/// token then needs replacing).
+///
+/// # Errors
+/// When the store fails.
+pub fn token_revoked(store: &Store, token: &str) -> Result<bool, StoreError> {
+    Ok(store.api_token_by_hash(&secret_hash(token))?.is_some_and(|t| t.revoked_at.is_some()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    #[test]
+    fn five_failures_block_a_client_for_the_window_and_not_another() {
+        let l = LoginLimiter::default();
+        let t0 = Instant::now();
+        for i in 0..MAX_FAILURES_PER_CLIENT {
+            l.begin(ip("192.0.2.1"), t0 + Duration::from_secs(i as u64)).unwrap();
+        }
+        let wait = l.begin(ip("192.0.2.1"), t0 + Duration::from_secs(60)).unwrap_err();
+        assert_eq!(wait, FAILURE_WINDOW - Duration::from_secs(60));
+        // Another client logs in fine; that does not clear the first one's count.
+        let other = l.begin(ip("192.0.2.2"), t0 + Duration::from_secs(61)).unwrap();
+        l.succeeded(other);
+        assert!(l.begin(ip("192.0.2.1"), t0 + Duration::from_secs(62)).is_err());
+        // Once the oldest failure leaves the window, one more try.
+        assert!(l.begin(ip("192.0.2.1"), t0 + FAILURE_WINDOW).is_ok());
+        assert!(l.begin(ip("192.0.2.1"), t0 + FAILURE_WINDOW).is_err());
+    }
+
+    #[test]
+    fn a_right_password_clears_its_own_clients_count() {
+        let l = LoginLimiter::default();
+        let t0 = Instant::now();
+        for _ in 0..MAX_FAILURES_PER_CLIENT - 1 {
+            l.begin(ip("192.0.2.1"), t0).unwrap();
+        }
+        let ok = l.begin(ip("192.0.2.1"), t0).unwrap();
+        l.succeeded(ok);
+        for _ in 0..MAX_FAILURES_PER_CLIENT {
+            l.begin(ip("192.0.2.1"), t0).unwrap();
+        }
+        assert!(l.begin(ip("192.0.2.1"), t0).is_err());
+    }
+
+    #[test]
+    fn failures_from_many_clients_hit_the_overall_limit() {
+        let l = LoginLimiter::default();
+        let t0 = Instant::now();
+        for i in 0..MAX_FAILURES_OVERALL {
+            l.begin(Some(IpAddr::from([10, 0, (i / 256) as u8, (i % 256) as u8])), t0).unwrap();
+        }
+        let wait = l.begin(ip("198.51.100.7"), t0 + Duration::from_secs(5)).unwrap_err();
+        assert_eq!(wait, FAILURE_WINDOW - Duration::from_secs(5));
+        assert!(l.begin(ip("198.51.100.7"), t0 + FAILURE_WINDOW).is_ok());
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64_and_mapped_ipv4_as_ipv4() {
+        let l = LoginLimiter::default();
+        let t0 = Instant::now();
+        for i in 0..MAX_FAILURES_PER_CLIENT {
+            l.begin(ip(&format!("2001:db8:1:2::{i:x}")), t0).unwrap();
+        }
+        assert!(l.begin(ip("2001:db8:1:2:ffff::1"), t0).is_err(), "same /64");
+        assert!(l.begin(ip("2001:db8:1:3::1"), t0).is_ok(), "another /64");
+        assert_eq!(client_key(ip("::ffff:192.0.2.9")), IpAddr::from([192, 0, 2, 9]));
+        assert_eq!(client_key(None), IpAddr::from([0, 0, 0, 0]));
+    }
+
+    #[test]
+    fn credentials_are_read_from_the_bearer_header_first_then_the_cookie() {
+        let mut h = HeaderMap::new();
+        assert!(matches!(presented(&h), Presented::None));
+        h.insert(header::COOKIE, HeaderValue::from_static("a=b; tern_session=abc ; c=d"));
+        assert!(matches!(presented(&h), Presented::Cookie(c) if c == "abc"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer tern_x"));
+        assert!(matches!(presented(&h), Presented::Bearer(t) if t == "tern_x"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic YWRtaW46eA=="));
+        assert!(matches!(presented(&h), Presented::Bearer(t) if t.is_empty()), "another scheme is a wrong token");
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("tern_sessionx=1"));
+        assert!(matches!(presented(&h), Presented::None));
+    }
+
+    #[test]
+    fn tokens_are_tern_and_43_base64url_characters() {
+        let t = new_token();
+        assert_eq!(t.len(), TOKEN_PREFIX.len() + 43);
+        assert!(t.starts_with(TOKEN_PREFIX));
+        assert_eq!(URL_SAFE_NO_PAD.decode(&t[TOKEN_PREFIX.len()..]).unwrap().len(), 32);
+        assert_ne!(new_token(), t);
+    }
+
+    #[test]
+    fn the_admin_is_made_at_first_start_with_the_given_or_a_generated_password() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
+        };
+        let s = Store::in_memory().unwrap();
+        assert_eq!(
+            ensure_admin(&s, vars(&[(PASSWORD_ENV, "short")])).unwrap_err(),
+            format!("{PASSWORD_ENV}: at least 12 characters")
+        );
+        assert!(s.user(ADMIN).unwrap().is_none(), "a refused password makes nothing");
+        assert_eq!(ensure_admin(&s, vars(&[(PASSWORD_ENV, "a fine long password")])).unwrap(), None);
+        let admin = s.user(ADMIN).unwrap().unwrap();
+        assert!(verify_password(&admin.password_hash, "a fine long password"));
+        // Later starts change nothing, whatever the variables say.
+        assert_eq!(ensure_admin(&s, vars(&[(PASSWORD_ENV, "another long password")])).unwrap(), None);
+        assert_eq!(s.user(ADMIN).unwrap().unwrap(), admin);
+
+        let s = Store::in_memory().unwrap();
+        let generated = ensure_admin(&s, vars(&[(PASSWORD_ENV, "")])).unwrap().expect("generated and returned");
+        assert!(generated.len() >= 20);
+        assert!(verify_password(&s.user(ADMIN).unwrap().unwrap().password_hash, &generated));
+        assert_eq!(ensure_admin(&s, vars(&[])).unwrap(), None, "shown once");
+    }
+
+    #[test]
+    fn the_password_file_is_read_without_its_newline() {
+        let path = std::env::temp_dir().join(format!("tern-admin-password-{}", std::process::id()));
+        std::fs::write(&path, "from a file, long enough\n").unwrap();
+        let p = path.to_str().unwrap().to_owned();
+        let file = |k: &str| (k == PASSWORD_FILE_ENV).then(|| p.clone());
+        assert_eq!(given_password(file).unwrap().as_deref(), Some("from a file, long enough"));
+        let both = |k: &str| Some(if k == PASSWORD_ENV { "a fine long password".to_owned() } else { p.clone() });
+        assert!(given_password(both).unwrap_err().contains("not both"));
+        std::fs::remove_file(&path).unwrap();
+        assert!(given_password(file).unwrap_err().contains(PASSWORD_FILE_ENV));
+        assert_eq!(given_password(|_| None).unwrap(), None);
+    }
+}

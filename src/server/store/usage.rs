@@ -420,11 +420,12 @@ mod tests {
         assert!(r.days[1..6].iter().all(|(_, u)| u.is_zero()));
         assert_eq!(r.days[6], (MAY_1 + 9 * DAY, usage(35, 45, 8, 9, 3)));
         assert_eq!((r.total, r.today), (usage(45, 65, 9, 11, 4), usage(35, 45, 8, 9, 3)));
-        // 168 hours, the current one last; May 4 14:00 is 6 days 23 hours
-        // ago, the first hour listed.
+        // 168 hours, the current one last: from May 3 14:00 (May 3 00:00
+        // is too old to be listed), May 4 14:00 a day later.
         assert_eq!(r.hours.len(), REPORT_HOURS);
         assert_eq!(r.hours[REPORT_HOURS - 1], (MAY_1 + 9 * DAY + 13 * HOUR, usage(5, 5, 5, 5, 1)));
-        assert_eq!(r.hours[0], (MAY_1 + 3 * DAY + 14 * HOUR, usage(10, 20, 1, 2, 1)));
+        assert_eq!(r.hours[0], (MAY_1 + 2 * DAY + 14 * HOUR, Usage::default()));
+        assert_eq!(r.hours[24], (MAY_1 + 3 * DAY + 14 * HOUR, usage(10, 20, 1, 2, 1)));
         assert_eq!(r.hours[REPORT_HOURS - 11], (MAY_1 + 9 * DAY + 3 * HOUR, usage(30, 40, 3, 4, 2)));
         assert_eq!(r.hours.iter().filter(|(_, u)| !u.is_zero()).count(), 3);
 

@@ -26,6 +26,7 @@
 pub mod openapi;
 pub mod access;
 mod target;
+pub mod usage;
 pub mod view;
 
 use std::sync::Arc;
@@ -202,6 +203,7 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/api/environments/{id}/commands", post(create_command).get(list_commands))
         .route("/api/commands/{id}", get(command).delete(cancel_command))
         .route("/api/openapi.json", get(openapi::serve))
+        .merge(usage::routes())
         .merge(access::routes())
         .route_layer(axum::middleware::from_fn_with_state(state, access::require_auth))
         // Open to anyone: login (rate-limited). Never add a route below.

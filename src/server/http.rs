@@ -31,35 +31,31 @@ pub const POLL_PATH: &str = "/p";
 pub struct AppState {
     inner: Mutex<(Store, Codec)>,
     limits: Limits,
-    /// blake3 of the admin token (the token itself is not kept in memory).
-    admin_token_hash: [u8; 32],
     /// The certificate fingerprint join tokens carry.
     pub fingerprint: [u8; 32],
+    /// Failed logins, counted in memory (see [`super::api::access`]).
+    pub logins: super::api::access::LoginLimiter,
 }
 
 impl AppState {
-    /// Wraps the store.
+    /// Wraps the store. `admin_token` (the data directory's) is made an API
+    /// token in the store, if it is not one yet.
     ///
     /// # Errors
-    /// When the codec cannot be set up.
+    /// When the codec cannot be set up or the store fails.
     pub fn new(
         store: Store,
         limits: Limits,
         admin_token: &str,
         fingerprint: [u8; 32],
-    ) -> Result<Arc<Self>, crate::wire::codec::CodecError> {
+    ) -> Result<Arc<Self>, super::StartError> {
+        store.ensure_data_directory_token(&super::store::access::secret_hash(admin_token), now())?;
         Ok(Arc::new(Self {
             inner: Mutex::new((store, Codec::new(limits)?)),
             limits,
-            admin_token_hash: *blake3::hash(admin_token.as_bytes()).as_bytes(),
             fingerprint,
+            logins: super::api::access::LoginLimiter::default(),
         }))
-    }
-
-    /// Whether `given` is the admin token (compared as blake3 hashes, so in
-    /// constant time with respect to the token).
-    pub fn admin_token_matches(&self, given: &str) -> bool {
-        !given.is_empty() && blake3::hash(given.as_bytes()) == blake3::Hash::from(self.admin_token_hash)
     }
 
     /// Runs `f` with the store (call from a blocking task).
@@ -175,6 +171,8 @@ pub async fn serve(
                     };
                     let inner = TowerToHyperService::new(router);
                     let service = hyper::service::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                        // The peer's address, as axum's `ConnectInfo`: the login rate limit counts by it.
+                        req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
                         req.extensions_mut().insert(meter.clone());
                         hyper::service::Service::call(&inner, req)
                     });

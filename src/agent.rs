@@ -6,6 +6,7 @@
 pub mod client;
 pub mod compose;
 pub mod config;
+pub mod jobs;
 pub mod run;
 pub mod store;
 
@@ -116,9 +117,7 @@ pub async fn execute(docker: &Docker, action: &Action) -> Result<Vec<u8>, String
         Action::ContainerLogs(id, tail) => return logs(docker, id, *tail).await,
         Action::StackDeploy(spec) => return compose::stacks().deploy(docker, spec).await,
         Action::StackRemove(name) => return compose::stacks().remove(docker, name).await,
-        Action::Job(_) | Action::JobRemove(_) => {
-            return Err("this agent cannot run stacks or jobs yet".into());
-        }
+        Action::Job(_) | Action::JobRemove(_) => return jobs::execute(docker, None, action).await,
     };
     r.map(|()| Vec::new()).map_err(engine_error)
 }
@@ -187,12 +186,20 @@ pub async fn follow_events(docker: Docker, changed: Arc<AtomicBool>) {
 pub struct DockerEngine {
     docker: Docker,
     opts: CanonicalOptions,
+    /// The job scheduler, which keeps scheduled jobs (without it, only
+    /// run-once jobs run).
+    jobs: Option<jobs::Jobs>,
 }
 
 impl DockerEngine {
     /// Wraps a connected engine.
     pub fn new(docker: Docker) -> Self {
-        Self { docker, opts: CanonicalOptions::default() }
+        Self { docker, opts: CanonicalOptions::default(), jobs: None }
+    }
+
+    /// With a job scheduler, which keeps the scheduled jobs it is sent.
+    pub fn with_jobs(self, jobs: jobs::Jobs) -> Self {
+        Self { jobs: Some(jobs), ..self }
     }
 
     /// The bollard handle.
@@ -208,6 +215,9 @@ impl run::Engine for DockerEngine {
     }
 
     async fn run(&self, action: &Action) -> Result<Vec<u8>, String> {
+        if let (Some(j), Action::Job(_) | Action::JobRemove(_)) = (&self.jobs, action) {
+            return jobs::execute(&self.docker, Some(j), action).await;
+        }
         execute(&self.docker, action).await
     }
 }
@@ -272,9 +282,15 @@ pub async fn start(
         data = %config.data_path.display(),
         "agent starting"
     );
-    let mut agent = run::Agent::new(settings, DockerEngine::new(docker), transport, store, changed)?;
+    let (job_runs, job_runs_rx) = tokio::sync::mpsc::unbounded_channel();
+    let jobs = jobs::Jobs::open(&config.data_path, docker.clone(), config.jobs.clone(), &edge_id, job_runs)?;
+    let scheduler = tokio::spawn(jobs.clone().run());
+    let engine = DockerEngine::new(docker).with_jobs(jobs);
+    let mut agent = run::Agent::new(settings, engine, transport, store, changed)?;
+    agent.set_job_runs(job_runs_rx);
     let r = agent.run(shutdown).await;
     events.abort();
+    scheduler.abort();
     tracing::info!(polls = agent.stats.polls, failures = agent.stats.failures, "agent stopped");
     Ok(r?)
 }

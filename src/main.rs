@@ -341,6 +341,7 @@ fn quickstart(listen: std::net::SocketAddr, data: std::path::PathBuf, interval: 
             docker_host: None,
             log_level: tern::agent::config::LogLevel::Info,
             compose: Default::default(),
+            jobs: Default::default(),
         };
         let mut banner = String::new();
         use std::fmt::Write as _;

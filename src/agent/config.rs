@@ -69,6 +69,9 @@ pub struct AgentConfig {
     /// EDGE_COMPOSE: how stacks are deployed (`auto`: the host's compose
     /// tool when present, else the built-in one; `builtin`; `tool`).
     pub compose: super::compose::ComposeMode,
+    /// EDGE_JOB_IMAGE, EDGE_JOB_PRIVILEGED, EDGE_JOB_CHROOT: how edge jobs
+    /// run (see `agent::jobs`).
+    pub jobs: super::jobs::JobConfig,
 }
 
 /// A configuration error: one clear line, and the agent exits with code 2.
@@ -106,6 +109,9 @@ const KNOWN: &[&str] = &[
     "DOCKER_HOST",
     "LOG_LEVEL",
     "EDGE_COMPOSE",
+    "EDGE_JOB_IMAGE",
+    "EDGE_JOB_PRIVILEGED",
+    "EDGE_JOB_CHROOT",
 ];
 
 /// Variables from Portainer's edge agent command that tern accepts and
@@ -134,6 +140,28 @@ fn closest(name: &str) -> String {
         .filter(|(d, _)| *d <= 3)
         .map(|(_, k)| format!(" (did you mean {k}?)"))
         .unwrap_or_default()
+}
+
+/// EDGE_JOB_*: a flag left out keeps its default (on).
+fn jobs_config(env: &BTreeMap<String, String>) -> Result<super::jobs::JobConfig, ConfigError> {
+    let on = |name| Ok::<_, ConfigError>(env.get(name).is_none_or(|v| v.trim().is_empty()) || flag(env, name)?);
+    let image = match env.get("EDGE_JOB_IMAGE").map(|v| v.trim()) {
+        None | Some("") => super::jobs::DEFAULT_IMAGE.to_owned(),
+        Some(v) if v.len() > 256 || v.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+            return Err(ConfigError::BadValue {
+                name: "EDGE_JOB_IMAGE",
+                value: v.to_owned(),
+                why: "use an image reference (with `sh` and `chroot`), e.g. busybox:latest",
+            });
+        }
+        Some(v) => v.to_owned(),
+    };
+    Ok(super::jobs::JobConfig {
+        image,
+        privileged: on("EDGE_JOB_PRIVILEGED")?,
+        chroot: on("EDGE_JOB_CHROOT")?,
+        ..Default::default()
+    })
 }
 
 impl AgentConfig {
@@ -193,6 +221,7 @@ impl AgentConfig {
                     why: "use auto, builtin or tool",
                 })?,
             },
+            jobs: jobs_config(env)?,
         })
     }
 }
@@ -244,6 +273,27 @@ mod tests {
         }
         let e = AgentConfig::from_env(&env(&[("EDGE_KEY", &k), ("EDGE_COMPOSE", "podman")])).unwrap_err();
         assert_eq!(e.to_string(), "EDGE_COMPOSE=\"podman\" is invalid: use auto, builtin or tool");
+    }
+
+    #[test]
+    fn edge_job_settings_choose_the_helper_and_how_it_runs() {
+        use crate::agent::jobs::JobConfig;
+        let k = key();
+        assert_eq!(AgentConfig::from_env(&env(&[("EDGE_KEY", &k)])).unwrap().jobs, JobConfig::default());
+        let c = AgentConfig::from_env(&env(&[
+            ("EDGE_KEY", &k),
+            ("EDGE_JOB_IMAGE", "alpine:3.20"),
+            ("EDGE_JOB_PRIVILEGED", "0"),
+            ("EDGE_JOB_CHROOT", "no"),
+        ]))
+        .unwrap();
+        assert_eq!((c.jobs.image.as_str(), c.jobs.privileged, c.jobs.chroot), ("alpine:3.20", false, false));
+        let e = AgentConfig::from_env(&env(&[("EDGE_KEY", &k), ("EDGE_JOB_PRIVILEGED", "maybe")])).unwrap_err();
+        assert_eq!(e.to_string(), "EDGE_JOB_PRIVILEGED=\"maybe\" is invalid: use 1 or 0");
+        let e = AgentConfig::from_env(&env(&[("EDGE_KEY", &k), ("EDGE_JOB_IMAGE", "a b")])).unwrap_err();
+        assert!(e.to_string().starts_with("EDGE_JOB_IMAGE=\"a b\" is invalid"));
+        let e = AgentConfig::from_env(&env(&[("EDGE_KEY", &k), ("EDGE_JOB_IMAGES", "x")])).unwrap_err();
+        assert_eq!(e.to_string(), "unknown setting EDGE_JOB_IMAGES (did you mean EDGE_JOB_IMAGE?)");
     }
 
     #[test]

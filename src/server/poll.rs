@@ -132,6 +132,9 @@ pub fn handle(store: &Store, codec: &mut Codec, wire: &[u8], now: i64) -> Result
     if store.agent_intervals(env.id)? != Some(effective) {
         reply.intervals = Some(effective);
     }
+    // Stacks whose groups or tags this environment joined since: queued
+    // now, so they go out in this reply (one indexed read when none).
+    store.reconcile_stacks(None, Some(env.id), now)?;
     reply.commands = store.commands_due(env.id, now, MAX_COMMANDS_PER_REPLY)?;
     Ok(seal_reply(envelope.counter, &key, &codec.encode(&reply.encode())?))
 }

@@ -24,6 +24,7 @@
 //! Handlers are thin: the store's calls run on the blocking pool.
 
 pub mod openapi;
+pub mod stacks;
 pub mod access;
 mod target;
 pub mod usage;
@@ -204,6 +205,7 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/api/commands/{id}", get(command).delete(cancel_command))
         .route("/api/openapi.json", get(openapi::serve))
         .merge(usage::routes())
+        .merge(stacks::routes())
         .merge(access::routes())
         .route_layer(axum::middleware::from_fn_with_state(state, access::require_auth))
         // Open to anyone: login (rate-limited). Never add a route below.

@@ -15,6 +15,7 @@
 
 pub mod access;
 mod fleet;
+pub mod stacks;
 pub mod usage;
 
 use std::path::Path;
@@ -200,8 +201,41 @@ const MIGRATIONS: &[&str] = &[
     // 7: the current step of a long command ("deploying", "removing"),
     // from the agent's progress results.
     "ALTER TABLE commands ADD COLUMN phase TEXT;",
-    // 8: edge stacks (see `stacks.rs`).
-    "SELECT 1;",
+    // 8: edge stacks (see `stacks.rs`): the stack (its name unique among
+    // those not being removed; `env` a JSON object; `version` bumped by
+    // every update), its targets (one of environment, group or tag per
+    // row), and per environment the last command sent for it.
+    "CREATE TABLE stacks (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        compose TEXT NOT NULL,
+        env TEXT NOT NULL DEFAULT '{}',
+        version INTEGER NOT NULL DEFAULT 1,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        removed_at INTEGER
+    );
+    CREATE UNIQUE INDEX stacks_live_name ON stacks(name) WHERE removed_at IS NULL;
+    CREATE TABLE stack_targets (
+        stack INTEGER NOT NULL REFERENCES stacks(id) ON DELETE CASCADE,
+        environment INTEGER REFERENCES environments(id) ON DELETE CASCADE,
+        group_id INTEGER REFERENCES groups(id) ON DELETE CASCADE,
+        tag INTEGER REFERENCES tags(id) ON DELETE CASCADE,
+        CHECK ((environment IS NOT NULL) + (group_id IS NOT NULL) + (tag IS NOT NULL) = 1)
+    );
+    CREATE INDEX stack_targets_by_stack ON stack_targets(stack);
+    CREATE INDEX stack_targets_by_environment ON stack_targets(environment) WHERE environment IS NOT NULL;
+    CREATE INDEX stack_targets_by_group ON stack_targets(group_id) WHERE group_id IS NOT NULL;
+    CREATE INDEX stack_targets_by_tag ON stack_targets(tag) WHERE tag IS NOT NULL;
+    CREATE TABLE stack_deployments (
+        stack INTEGER NOT NULL REFERENCES stacks(id) ON DELETE CASCADE,
+        environment INTEGER NOT NULL REFERENCES environments(id) ON DELETE CASCADE,
+        version INTEGER NOT NULL,
+        command INTEGER REFERENCES commands(id) ON DELETE SET NULL,
+        removing INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (stack, environment)
+    ) WITHOUT ROWID;
+    CREATE INDEX stack_deployments_by_environment ON stack_deployments(environment);",
     // 9: edge jobs (see `jobs.rs`).
     "SELECT 1;",
 ];

@@ -1,0 +1,478 @@
+//! Edge stacks through the API:
+//!
+//! | method and path | what |
+//! |---|---|
+//! | `POST /api/stacks` | `{name, compose, env?, targets: {environments?, groups?, tags?}}`: create it and queue its deploy on every targeted environment (201) |
+//! | `GET /api/stacks` | the list, each with its status and per-status counts |
+//! | `GET /api/stacks/{id}` | one, with its compose file, variables, targets and per-environment status |
+//! | `PUT /api/stacks/{id}` | `{compose?, env?, targets?}`: a new version, redeployed everywhere (an empty body redeploys as it is) |
+//! | `DELETE /api/stacks/{id}` | queue its removal everywhere (202, `removing`); once `removed`, a second `DELETE` purges the record (204) |
+//!
+//! Targets are environment ids (or names), group and tag names (or ids).
+//! The compose file is checked before anything is stored: at most
+//! [`MAX_COMPOSE`] bytes, valid YAML (parsed with budgets against alias
+//! bombs), a mapping with a non-empty `services` mapping whose services
+//! each have an `image` (an edge host has no build context). The agent
+//! interpolates `${VAR}` from the stack's variables and checks the rest.
+//! Per-environment status: see [`crate::server::store::stacks`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{ApiError, ApiJson, PathId, with_store};
+use crate::server::http::AppState;
+use crate::server::store::stacks::{
+    Deployment, NewStack, Removal, StackChange, StackError, StackRecord, Target, TargetRef, TargetRefs,
+};
+
+/// The largest compose file taken, in bytes.
+pub const MAX_COMPOSE: usize = 256 * 1024;
+
+/// The most variables a stack takes.
+pub const MAX_VARS: usize = 1000;
+
+/// The most bytes of variables (names and values) a stack takes.
+pub const MAX_VARS_BYTES: usize = 64 * 1024;
+
+/// The most targets of each kind.
+pub const MAX_TARGETS: usize = 1000;
+
+impl From<StackError> for ApiError {
+    fn from(e: StackError) -> Self {
+        match e {
+            StackError::Store(e) => e.into(),
+            StackError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, e.to_string()),
+            StackError::NameTaken(_) => Self::new(StatusCode::CONFLICT, e.to_string()),
+            StackError::UnknownTarget(_) => Self::invalid(e.to_string()),
+        }
+    }
+}
+
+/// A target in a body: a number is an id, a string a name (or an id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RefBody {
+    /// By id.
+    Id(u64),
+    /// By name.
+    Name(String),
+}
+
+impl From<RefBody> for TargetRef {
+    fn from(r: RefBody) -> Self {
+        match r {
+            RefBody::Id(id) => Self::Id(id),
+            RefBody::Name(n) => Self::Name(n),
+        }
+    }
+}
+
+/// Where a stack goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetsBody {
+    /// Environment ids (or names).
+    #[serde(default)]
+    pub environments: Vec<RefBody>,
+    /// Group names (or ids): every environment in them, now and later.
+    #[serde(default)]
+    pub groups: Vec<RefBody>,
+    /// Tag names (or ids): every environment with one, now and later.
+    #[serde(default)]
+    pub tags: Vec<RefBody>,
+}
+
+impl TargetsBody {
+    fn check(self) -> Result<TargetRefs, ApiError> {
+        for (kind, list) in [("environments", &self.environments), ("groups", &self.groups), ("tags", &self.tags)] {
+            if list.len() > MAX_TARGETS {
+                return Err(ApiError::invalid(format!("targets.{kind}: at most {MAX_TARGETS}")));
+            }
+            if list.iter().any(|r| matches!(r, RefBody::Name(n) if n.trim().is_empty() || n.len() > 256)) {
+                return Err(ApiError::invalid(format!("targets.{kind}: a name is 1 to 256 bytes")));
+            }
+        }
+        let refs = TargetRefs {
+            environments: self.environments.into_iter().map(Into::into).collect(),
+            groups: self.groups.into_iter().map(Into::into).collect(),
+            tags: self.tags.into_iter().map(Into::into).collect(),
+        };
+        if refs.is_empty() {
+            return Err(ApiError::invalid("targets: name at least one environment, group or tag"));
+        }
+        Ok(refs)
+    }
+}
+
+/// `POST /api/stacks`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateStack {
+    /// The compose project name.
+    pub name: String,
+    /// The compose file (YAML).
+    pub compose: String,
+    /// Variables for `${VAR}` interpolation.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Where it goes.
+    pub targets: TargetsBody,
+}
+
+/// `PUT /api/stacks/{id}`: what is left out stays.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateStack {
+    /// A new compose file.
+    #[serde(default)]
+    pub compose: Option<String>,
+    /// New variables (all of them).
+    #[serde(default)]
+    pub env: Option<BTreeMap<String, String>>,
+    /// New targets (all of them).
+    #[serde(default)]
+    pub targets: Option<TargetsBody>,
+}
+
+/// A target as shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetView {
+    /// `environment`, `group` or `tag`.
+    pub kind: String,
+    /// Its id.
+    pub id: u64,
+    /// Its name.
+    pub name: String,
+}
+
+impl From<Target> for TargetView {
+    fn from(t: Target) -> Self {
+        Self { kind: t.kind.to_owned(), id: t.id, name: t.name }
+    }
+}
+
+/// The stack on one environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentView {
+    /// The environment's id.
+    pub environment: u64,
+    /// Its name.
+    pub environment_name: String,
+    /// pending, acknowledged, deploying, running, failed; removing,
+    /// removed; cancelled.
+    pub status: String,
+    /// The agent's error, when failed.
+    pub error: Option<String>,
+    /// The stack version last sent there.
+    pub version: u32,
+    /// The command that carries it (`GET /api/commands/{id}`).
+    pub command: Option<u64>,
+    /// When that command was queued.
+    pub queued_at: Option<i64>,
+    /// When it ended.
+    pub finished_at: Option<i64>,
+}
+
+impl From<Deployment> for DeploymentView {
+    fn from(d: Deployment) -> Self {
+        Self {
+            environment: d.environment,
+            environment_name: d.environment_name,
+            status: d.status.to_owned(),
+            error: d.error,
+            version: d.version,
+            command: d.command,
+            queued_at: d.queued_at,
+            finished_at: d.finished_at,
+        }
+    }
+}
+
+/// A stack in the list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackItem {
+    /// Its id.
+    pub id: u64,
+    /// The compose project name.
+    pub name: String,
+    /// Bumped by every update.
+    pub version: u32,
+    /// pending, deploying, running, failed; removing, removed.
+    pub status: String,
+    /// How many environments are in each status.
+    pub counts: BTreeMap<String, u64>,
+    /// Its targets.
+    pub targets: Vec<TargetView>,
+    /// When created.
+    pub created_at: i64,
+    /// When last updated.
+    pub updated_at: i64,
+    /// When its removal was asked for.
+    pub removed_at: Option<i64>,
+}
+
+/// One stack in detail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackDetail {
+    /// What the list shows.
+    #[serde(flatten)]
+    pub item: StackItem,
+    /// The compose file.
+    pub compose: String,
+    /// Its variables.
+    pub env: BTreeMap<String, String>,
+    /// Per environment.
+    pub environments: Vec<DeploymentView>,
+}
+
+impl From<&StackRecord> for StackItem {
+    fn from(s: &StackRecord) -> Self {
+        let mut counts = BTreeMap::new();
+        for d in &s.deployments {
+            *counts.entry(d.status.to_owned()).or_insert(0) += 1;
+        }
+        Self {
+            id: s.id,
+            name: s.name.clone(),
+            version: s.version,
+            status: s.status().to_owned(),
+            counts,
+            targets: s.targets.iter().cloned().map(Into::into).collect(),
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+            removed_at: s.removed_at,
+        }
+    }
+}
+
+impl From<StackRecord> for StackDetail {
+    fn from(s: StackRecord) -> Self {
+        let item = StackItem::from(&s);
+        Self { item, compose: s.compose, env: s.env, environments: s.deployments.into_iter().map(Into::into).collect() }
+    }
+}
+
+/// Checks a stack name (a compose project name).
+///
+/// # Errors
+/// A 422 saying what a name may be.
+pub fn check_name(name: &str) -> Result<(), ApiError> {
+    let ok_first = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let ok_rest = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if name.is_empty() || name.len() > 63 || !ok_first || !ok_rest {
+        return Err(ApiError::invalid(format!(
+            "name: {:?} is not a compose project name: 1 to 63 lowercase letters, digits, '-' or '_', starting \
+             with a letter or digit",
+            name.chars().take(70).collect::<String>()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a stack's variables.
+///
+/// # Errors
+/// A 422 naming the bad variable.
+pub fn check_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    if env.len() > MAX_VARS {
+        return Err(ApiError::invalid(format!("env: at most {MAX_VARS} variables")));
+    }
+    let mut bytes = 0;
+    for (k, v) in env {
+        let ok = k.chars().next().is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
+            && k.chars().all(|c| c == '_' || c.is_ascii_alphanumeric());
+        if !ok || k.len() > 256 {
+            return Err(ApiError::invalid(format!(
+                "env: {:?} is not a variable name (letters, digits and '_', not starting with a digit)",
+                k.chars().take(70).collect::<String>()
+            )));
+        }
+        if v.contains('\0') {
+            return Err(ApiError::invalid(format!("env.{k}: no NUL characters")));
+        }
+        bytes += k.len() + v.len();
+    }
+    if bytes > MAX_VARS_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("env: at most {MAX_VARS_BYTES} bytes of names and values"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a compose file before it is stored and sent (see the module doc).
+///
+/// # Errors
+/// A 413 when it is too large, a 422 saying what is wrong otherwise.
+pub fn check_compose(compose: &str) -> Result<(), ApiError> {
+    if compose.len() > MAX_COMPOSE {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("compose: {} bytes; at most {MAX_COMPOSE} (256 KiB)", compose.len()),
+        ));
+    }
+    let doc: Value = serde_saphyr::from_str(compose).map_err(|e| {
+        let text = e.to_string();
+        let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_owned();
+        ApiError::invalid(format!("compose: not valid YAML: {first}"))
+    })?;
+    let Value::Object(top) = doc else {
+        return Err(ApiError::invalid("compose: the file must be a mapping with a `services` mapping"));
+    };
+    let services = match top.get("services") {
+        Some(Value::Object(s)) if !s.is_empty() => s,
+        _ => return Err(ApiError::invalid("compose: no `services` mapping, or it is empty")),
+    };
+    for (name, def) in services {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(ApiError::invalid(format!(
+                "compose: service {:?}: a name is letters, digits, '-', '_' or '.'",
+                name.chars().take(70).collect::<String>()
+            )));
+        }
+        let Value::Object(def) = def else {
+            return Err(ApiError::invalid(format!("compose: services.{name} must be a mapping")));
+        };
+        if !matches!(def.get("image"), Some(Value::String(i)) if !i.trim().is_empty()) {
+            return Err(ApiError::invalid(format!(
+                "compose: services.{name} needs an `image` (an edge host has no build context)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `POST /api/stacks`.
+pub async fn create_stack(
+    State(state): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<CreateStack>,
+) -> Result<(StatusCode, Json<StackDetail>), ApiError> {
+    check_name(&body.name)?;
+    check_compose(&body.compose)?;
+    check_env(&body.env)?;
+    let targets = body.targets.check()?;
+    let new = NewStack { name: body.name, compose: body.compose, env: body.env, targets };
+    let record = with_store(&state, move |store| {
+        let id = store.create_stack(&new, crate::server::http::now())?;
+        Ok(store.stack(id)?)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(record.into())))
+}
+
+/// `GET /api/stacks`.
+pub async fn list_stacks(State(state): State<Arc<AppState>>) -> Result<Json<Vec<StackItem>>, ApiError> {
+    let list = with_store(&state, move |store| {
+        store.reconcile_stacks(None, None, crate::server::http::now())?;
+        Ok(store.stacks()?)
+    })
+    .await?;
+    Ok(Json(list.iter().map(StackItem::from).collect()))
+}
+
+/// `GET /api/stacks/{id}`.
+pub async fn stack(State(state): State<Arc<AppState>>, PathId(id): PathId) -> Result<Json<StackDetail>, ApiError> {
+    let record = with_store(&state, move |store| {
+        store.reconcile_stacks(Some(id), None, crate::server::http::now())?;
+        Ok(store.stack(id)?)
+    })
+    .await?;
+    Ok(Json(record.into()))
+}
+
+/// `PUT /api/stacks/{id}`.
+pub async fn update_stack(
+    State(state): State<Arc<AppState>>,
+    PathId(id): PathId,
+    ApiJson(body): ApiJson<UpdateStack>,
+) -> Result<Json<StackDetail>, ApiError> {
+    if let Some(c) = &body.compose {
+        check_compose(c)?;
+    }
+    if let Some(e) = &body.env {
+        check_env(e)?;
+    }
+    let targets = body.targets.map(TargetsBody::check).transpose()?;
+    let change = StackChange { compose: body.compose, env: body.env, targets };
+    let record = with_store(&state, move |store| {
+        store.update_stack(id, &change, crate::server::http::now())?;
+        Ok(store.stack(id)?)
+    })
+    .await?;
+    Ok(Json(record.into()))
+}
+
+/// `DELETE /api/stacks/{id}`.
+pub async fn remove_stack(State(state): State<Arc<AppState>>, PathId(id): PathId) -> Result<Response, ApiError> {
+    let done = with_store(&state, move |store| match store.remove_stack(id, crate::server::http::now())? {
+        Removal::Purged => Ok(None),
+        Removal::Removing => Ok(Some(store.stack(id)?)),
+    })
+    .await?;
+    Ok(match done {
+        None => StatusCode::NO_CONTENT.into_response(),
+        Some(record) => (StatusCode::ACCEPTED, Json(StackDetail::from(record))).into_response(),
+    })
+}
+
+/// The stack routes (behind the API's credential check).
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/api/stacks", post(create_stack).get(list_stacks))
+        .route("/api/stacks/{id}", get(stack).put(update_stack).delete(remove_stack))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(r: Result<(), ApiError>) -> (u16, String) {
+        let e = r.unwrap_err();
+        (e.status.as_u16(), e.message)
+    }
+
+    #[test]
+    fn compose_files_are_checked_before_anything_is_stored() {
+        assert!(check_compose("services:\n  web:\n    image: busybox\n    ports: ['80:80']\n").is_ok());
+        for (text, want) in [
+            ("services: [unclosed", "not valid YAML"),
+            ("- a\n- b\n", "must be a mapping"),
+            ("version: '3'\n", "no `services`"),
+            ("services: {}\n", "no `services`"),
+            ("services:\n  web: 3\n", "must be a mapping"),
+            ("services:\n  web:\n    build: .\n", "needs an `image`"),
+            ("services:\n  'a b':\n    image: x\n", "a name is"),
+            ("services:\n  web:\n    image: x\n  web:\n    image: y\n", "YAML"),
+        ] {
+            let (status, msg) = err(check_compose(text));
+            assert_eq!(status, 422, "{text}");
+            assert!(msg.contains(want), "{text}: {msg}");
+        }
+        let big = format!("services:\n  web:\n    image: x\n# {}\n", "x".repeat(MAX_COMPOSE));
+        assert_eq!(err(check_compose(&big)).0, 413);
+    }
+
+    #[test]
+    fn names_and_variables_are_checked() {
+        assert!(check_name("web-1_a").is_ok());
+        for bad in ["", "Web", "-x", "a b", "a/b", &"x".repeat(64)] {
+            assert_eq!(err(check_name(bad)).0, 422, "{bad}");
+        }
+        let env = |k: &str, v: &str| BTreeMap::from([(k.to_owned(), v.to_owned())]);
+        assert!(check_env(&env("TAG_1", "x")).is_ok());
+        for (k, v) in [("1A", "x"), ("A-B", "x"), ("", "x"), ("A", "a\0b")] {
+            assert_eq!(err(check_env(&env(k, v))).0, 422, "{k}");
+        }
+        assert_eq!(err(check_env(&env("A", &"x".repeat(MAX_VARS_BYTES)))).0, 413);
+        assert!(TargetsBody::default().check().is_err());
+    }
+}

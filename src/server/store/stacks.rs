@@ -1,0 +1,729 @@
+//! Edge stacks (migration 8): a compose file with its variables, a version
+//! bumped by every update, and targets (environments, groups, tags). Each
+//! environment a stack reaches has a *deployment* row naming the last
+//! command sent to it for this stack (a `StackDeploy`, or a `StackRemove`
+//! once the stack is being removed); its status is read off that command:
+//!
+//! | command | deploying | removing |
+//! |---|---|---|
+//! | queued, sent | pending | removing |
+//! | delivered | acknowledged | removing |
+//! | phase `deploying` / `removing` | deploying | removing |
+//! | ok | running | removed |
+//! | failed, rejected | failed (with the error) | failed (with the error) |
+//! | cancelled | cancelled | cancelled |
+//!
+//! **Targets resolve late.** An environment that joins a targeted group or
+//! gets a targeted tag after the stack was created is given it by
+//! [`Store::reconcile_stacks`], which the poll handler runs for the polling
+//! environment (one indexed query that finds nothing almost always) and the
+//! stack API runs before it answers. An environment that *leaves* a
+//! targeted group or tag keeps the stack: removing services from a host
+//! because a label changed would be too easy a mistake; remove or update
+//! the stack to take it off.
+//!
+//! **Removal.** Removing a stack frees its name at once and sends a
+//! `StackRemove` to every environment it was deployed to; the stack stays
+//! listed, `removing`, until every environment has reported, then `removed`.
+//! Removing it again retries the environments whose removal failed, and
+//! once it is `removed`, purges its record.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use super::{Store, StoreError, sql_id};
+use crate::wire::poll::{Action, StackSpec};
+
+/// What can go wrong with a stack, apart from the database.
+#[derive(Debug, thiserror::Error)]
+pub enum StackError {
+    /// The database.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// No such stack.
+    #[error("no stack {0}")]
+    NotFound(u64),
+    /// A stack (not removed) has this name.
+    #[error("a stack named {0:?} exists already")]
+    NameTaken(String),
+    /// A target names nothing.
+    #[error("{0}")]
+    UnknownTarget(String),
+}
+
+impl From<rusqlite::Error> for StackError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Store(e.into())
+    }
+}
+
+/// A group, tag or environment as an operator names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetRef {
+    /// By id.
+    Id(u64),
+    /// By name (groups and tags regardless of case).
+    Name(String),
+}
+
+impl std::fmt::Display for TargetRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Id(id) => write!(f, "{id}"),
+            Self::Name(n) => write!(f, "{n:?}"),
+        }
+    }
+}
+
+/// Where a stack goes, as given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TargetRefs {
+    /// Environments.
+    pub environments: Vec<TargetRef>,
+    /// Groups: every environment in them.
+    pub groups: Vec<TargetRef>,
+    /// Tags: every environment with one of them.
+    pub tags: Vec<TargetRef>,
+}
+
+impl TargetRefs {
+    /// No target at all.
+    pub fn is_empty(&self) -> bool {
+        self.environments.is_empty() && self.groups.is_empty() && self.tags.is_empty()
+    }
+}
+
+/// A target, resolved to ids, with its name for display.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// `environment`, `group` or `tag`.
+    pub kind: &'static str,
+    /// Its id.
+    pub id: u64,
+    /// Its name.
+    pub name: String,
+}
+
+/// A new stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewStack {
+    /// The compose project name.
+    pub name: String,
+    /// The compose file.
+    pub compose: String,
+    /// Variables for interpolation.
+    pub env: BTreeMap<String, String>,
+    /// Where it goes.
+    pub targets: TargetRefs,
+}
+
+/// An update: what is `None` stays.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StackChange {
+    /// A new compose file.
+    pub compose: Option<String>,
+    /// New variables (replacing all of them).
+    pub env: Option<BTreeMap<String, String>>,
+    /// New targets (replacing all of them).
+    pub targets: Option<TargetRefs>,
+}
+
+/// A stack on one environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deployment {
+    /// The environment.
+    pub environment: u64,
+    /// Its name.
+    pub environment_name: String,
+    /// The stack version last sent to it.
+    pub version: u32,
+    /// See the module doc.
+    pub status: &'static str,
+    /// The agent's error, when failed.
+    pub error: Option<String>,
+    /// The command that carries it.
+    pub command: Option<u64>,
+    /// When that command was queued.
+    pub queued_at: Option<i64>,
+    /// When it ended.
+    pub finished_at: Option<i64>,
+}
+
+/// A stack as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackRecord {
+    /// Its id.
+    pub id: u64,
+    /// The compose project name.
+    pub name: String,
+    /// The compose file.
+    pub compose: String,
+    /// Variables.
+    pub env: BTreeMap<String, String>,
+    /// Bumped by every update.
+    pub version: u32,
+    /// When created.
+    pub created_at: i64,
+    /// When last updated.
+    pub updated_at: i64,
+    /// When its removal was asked for.
+    pub removed_at: Option<i64>,
+    /// Its targets.
+    pub targets: Vec<Target>,
+    /// Where it is, by environment id.
+    pub deployments: Vec<Deployment>,
+}
+
+impl StackRecord {
+    /// The stack's overall status: `removing` / `removed` once its removal
+    /// was asked for; else `pending` (nowhere yet), `failed` (somewhere),
+    /// `running` (everywhere), or `deploying`.
+    pub fn status(&self) -> &'static str {
+        let all = |s: &str| self.deployments.iter().all(|d| d.status == s);
+        let any = |s: &str| self.deployments.iter().any(|d| d.status == s);
+        if self.removed_at.is_some() {
+            return if all("removed") { "removed" } else { "removing" };
+        }
+        if self.deployments.is_empty() {
+            "pending"
+        } else if any("failed") {
+            "failed"
+        } else if all("running") {
+            "running"
+        } else {
+            "deploying"
+        }
+    }
+}
+
+/// What removing a stack did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// Removal commands were queued (or are still on their way).
+    Removing,
+    /// It was removed everywhere already: its record is gone.
+    Purged,
+}
+
+fn status_of(removing: bool, status: Option<&str>, sent: bool, phase: Option<&str>) -> &'static str {
+    match (status, removing) {
+        (None, _) => "unknown",
+        (Some("ok"), false) => "running",
+        (Some("ok"), true) => "removed",
+        (Some("failed" | "rejected"), _) => "failed",
+        (Some("cancelled"), _) => "cancelled",
+        (Some(_), true) => "removing",
+        (Some("delivered"), false) if phase.is_some_and(|p| !p.is_empty()) => "deploying",
+        (Some("delivered"), false) => "acknowledged",
+        (Some(_), false) => {
+            let _ = sent;
+            "pending"
+        }
+    }
+}
+
+/// The environments a stack's targets name now: `(stack, environment)`
+/// pairs without a deployment yet, for one stack and/or one environment
+/// (`NULL`: all).
+const UNDEPLOYED: &str = "
+    WITH targeted(stack, environment) AS (
+        SELECT t.stack, t.environment FROM stack_targets t
+         WHERE t.environment IS NOT NULL AND (?2 IS NULL OR t.environment = ?2)
+        UNION
+        SELECT t.stack, e.id FROM stack_targets t JOIN environments e ON e.group_id = t.group_id
+         WHERE t.group_id IS NOT NULL AND (?2 IS NULL OR e.id = ?2)
+        UNION
+        SELECT t.stack, et.environment FROM stack_targets t JOIN environment_tags et ON et.tag = t.tag
+         WHERE t.tag IS NOT NULL AND (?2 IS NULL OR et.environment = ?2)
+    )
+    SELECT x.stack, x.environment FROM targeted x JOIN stacks s ON s.id = x.stack
+     WHERE s.removed_at IS NULL AND (?1 IS NULL OR x.stack = ?1)
+       AND NOT EXISTS (SELECT 1 FROM stack_deployments d WHERE d.stack = x.stack AND d.environment = x.environment)
+     ORDER BY x.stack, x.environment";
+
+impl Store {
+    fn resolve_one(tx: &Transaction<'_>, kind: &'static str, r: &TargetRef) -> Result<Target, StackError> {
+        let table = match kind {
+            "environment" => "environments",
+            "group" => "groups",
+            _ => "tags",
+        };
+        let by_id = |id: u64| -> Result<Option<Target>, StackError> {
+            Ok(tx
+                .query_row(&format!("SELECT id, name FROM {table} WHERE id = ?1"), [sql_id(id)], |r| {
+                    Ok(Target { kind, id: r.get::<_, i64>(0)? as u64, name: r.get(1)? })
+                })
+                .optional()?)
+        };
+        let found = match r {
+            TargetRef::Id(id) => by_id(*id)?,
+            TargetRef::Name(name) => {
+                let collate = if kind == "environment" { "" } else { " COLLATE NOCASE" };
+                let by_name = tx
+                    .query_row(&format!("SELECT id, name FROM {table} WHERE name = ?1{collate}"), [name], |r| {
+                        Ok(Target { kind, id: r.get::<_, i64>(0)? as u64, name: r.get(1)? })
+                    })
+                    .optional()?;
+                match by_name {
+                    Some(t) => Some(t),
+                    None => name.parse().ok().map(by_id).transpose()?.flatten(),
+                }
+            }
+        };
+        found.ok_or_else(|| StackError::UnknownTarget(format!("targets: no {kind} {r}")))
+    }
+
+    fn set_targets(tx: &Transaction<'_>, stack: i64, refs: &TargetRefs) -> Result<(), StackError> {
+        tx.execute("DELETE FROM stack_targets WHERE stack = ?1", [stack])?;
+        for (kind, list, column) in [
+            ("environment", &refs.environments, "environment"),
+            ("group", &refs.groups, "group_id"),
+            ("tag", &refs.tags, "tag"),
+        ] {
+            for r in list {
+                let t = Self::resolve_one(tx, kind, r)?;
+                tx.execute(
+                    &format!(
+                        "INSERT INTO stack_targets (stack, {column}) SELECT ?1, ?2
+                         WHERE NOT EXISTS (SELECT 1 FROM stack_targets WHERE stack = ?1 AND {column} = ?2)"
+                    ),
+                    params![stack, sql_id(t.id)],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn spec_of(tx: &Transaction<'_>, stack: i64) -> Result<StackSpec, StackError> {
+        let (name, compose, env, version): (String, String, String, i64) =
+            tx.query_row("SELECT name, compose, env, version FROM stacks WHERE id = ?1", [stack], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?;
+        let env = serde_json::from_str(&env).map_err(|_| StoreError::Corrupt { what: "stack env", environment: 0 })?;
+        Ok(StackSpec { name, compose, env, version: u32::try_from(version).unwrap_or(u32::MAX) })
+    }
+
+    /// Queues `action` for `environment` and records it as the stack's
+    /// last command there (inside the caller's transaction).
+    fn send(
+        &self,
+        stack: i64,
+        environment: u64,
+        action: &Action,
+        version: u32,
+        removing: bool,
+        now: i64,
+    ) -> Result<(), StackError> {
+        let command = self.enqueue_command(environment, action, now)?;
+        self.conn.execute(
+            "INSERT INTO stack_deployments (stack, environment, version, command, removing) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(stack, environment) DO UPDATE SET version = ?3, command = ?4, removing = ?5",
+            params![stack, sql_id(environment), version, sql_id(command), removing],
+        )?;
+        Ok(())
+    }
+
+    /// Deploys every stack whose targets now name an environment it has no
+    /// deployment on (an environment that joined a targeted group or got a
+    /// targeted tag); for one stack and/or one environment. Returns how
+    /// many deploys were queued.
+    ///
+    /// # Errors
+    /// When SQLite fails or a stored stack is corrupt.
+    pub fn reconcile_stacks(
+        &self,
+        stack: Option<u64>,
+        environment: Option<u64>,
+        now: i64,
+    ) -> Result<usize, StoreError> {
+        // Almost always nothing to do: one read, no transaction.
+        let due: bool = self
+            .conn
+            .prepare_cached(&format!("SELECT EXISTS ({UNDEPLOYED})"))?
+            .query_row(params![stack.map(sql_id), environment.map(sql_id)], |r| r.get(0))?;
+        if !due {
+            return Ok(0);
+        }
+        let tx = self.conn.unchecked_transaction()?;
+        let n = self.reconcile_in(&tx, stack, environment, now).map_err(|e| match e {
+            StackError::Store(e) => e,
+            _ => StoreError::Corrupt { what: "stack", environment: environment.unwrap_or_default() },
+        })?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// [`Self::reconcile_stacks`] inside the caller's transaction.
+    fn reconcile_in(
+        &self,
+        tx: &Transaction<'_>,
+        stack: Option<u64>,
+        environment: Option<u64>,
+        now: i64,
+    ) -> Result<usize, StackError> {
+        let pairs: Vec<(i64, i64)> = {
+            let mut stmt = self.conn.prepare_cached(UNDEPLOYED)?;
+            stmt.query_map(params![stack.map(sql_id), environment.map(sql_id)], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?
+        };
+        for &(stack, env) in &pairs {
+            let spec = Self::spec_of(tx, stack)?;
+            let version = spec.version;
+            self.send(stack, env as u64, &Action::StackDeploy(spec), version, false, now)?;
+        }
+        Ok(pairs.len())
+    }
+
+    /// Creates a stack and queues its deploy on every environment its
+    /// targets name.
+    ///
+    /// # Errors
+    /// [`StackError::NameTaken`], [`StackError::UnknownTarget`], or when
+    /// SQLite fails. Nothing is changed then.
+    pub fn create_stack(&self, new: &NewStack, now: i64) -> Result<u64, StackError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let env = serde_json::to_string(&new.env).unwrap_or_else(|_| "{}".into());
+        let r = tx.execute(
+            "INSERT INTO stacks (name, compose, env, version, created_at, updated_at) VALUES (?1, ?2, ?3, 1, ?4, ?4)",
+            params![new.name, new.compose, env, now],
+        );
+        match r {
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                return Err(StackError::NameTaken(new.name.clone()));
+            }
+            r => r?,
+        };
+        let id = tx.last_insert_rowid();
+        Self::set_targets(&tx, id, &new.targets)?;
+        self.reconcile_in(&tx, Some(id as u64), None, now)?;
+        tx.commit()?;
+        Ok(id as u64)
+    }
+
+    /// Updates a stack: a new version, redeployed on every environment it
+    /// is deployed to and on those its (new) targets name; environments the
+    /// new targets no longer name get a `StackRemove`.
+    ///
+    /// # Errors
+    /// [`StackError::NotFound`] (also for a stack being removed),
+    /// [`StackError::UnknownTarget`], or when SQLite fails. Nothing is
+    /// changed then.
+    pub fn update_stack(&self, id: u64, change: &StackChange, now: i64) -> Result<(), StackError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let live: Option<i64> = tx
+            .query_row("SELECT id FROM stacks WHERE id = ?1 AND removed_at IS NULL", [sql_id(id)], |r| r.get(0))
+            .optional()?;
+        let stack = live.ok_or(StackError::NotFound(id))?;
+        if let Some(compose) = &change.compose {
+            tx.execute("UPDATE stacks SET compose = ?2 WHERE id = ?1", params![stack, compose])?;
+        }
+        if let Some(env) = &change.env {
+            let env = serde_json::to_string(env).unwrap_or_else(|_| "{}".into());
+            tx.execute("UPDATE stacks SET env = ?2 WHERE id = ?1", params![stack, env])?;
+        }
+        tx.execute("UPDATE stacks SET version = version + 1, updated_at = ?2 WHERE id = ?1", params![stack, now])?;
+        let spec = Self::spec_of(&tx, stack)?;
+        let deployed: Vec<(i64, bool)> = {
+            let mut stmt = tx.prepare("SELECT environment, removing FROM stack_deployments WHERE stack = ?1")?;
+            stmt.query_map([stack], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?
+        };
+        if let Some(targets) = &change.targets {
+            Self::set_targets(&tx, stack, targets)?;
+        }
+        let targeted: std::collections::BTreeSet<i64> = if change.targets.is_some() {
+            let mut stmt = tx.prepare(&UNDEPLOYED.replace(
+                "AND NOT EXISTS (SELECT 1 FROM stack_deployments d WHERE d.stack = x.stack AND d.environment = x.environment)",
+                "",
+            ))?;
+            stmt.query_map(params![stack, None::<i64>], |r| r.get::<_, i64>(1))?.collect::<Result<_, _>>()?
+        } else {
+            deployed.iter().map(|(e, _)| *e).collect()
+        };
+        for (env, removing) in deployed {
+            if targeted.contains(&env) {
+                self.send(stack, env as u64, &Action::StackDeploy(spec.clone()), spec.version, false, now)?;
+            } else if !removing {
+                self.send(stack, env as u64, &Action::StackRemove(spec.name.clone()), spec.version, true, now)?;
+            }
+        }
+        self.reconcile_in(&tx, Some(stack as u64), None, now)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Removes a stack (see the module doc).
+    ///
+    /// # Errors
+    /// [`StackError::NotFound`], or when SQLite fails.
+    pub fn remove_stack(&self, id: u64, now: i64) -> Result<Removal, StackError> {
+        let record = self.stack(id)?;
+        let tx = self.conn.unchecked_transaction()?;
+        let stack = sql_id(id);
+        if record.removed_at.is_some() && record.status() == "removed" {
+            tx.execute("DELETE FROM stacks WHERE id = ?1", [stack])?;
+            tx.commit()?;
+            return Ok(Removal::Purged);
+        }
+        tx.execute("UPDATE stacks SET removed_at = COALESCE(removed_at, ?2) WHERE id = ?1", params![stack, now])?;
+        for d in &record.deployments {
+            let first = record.removed_at.is_none();
+            let retry = matches!(d.status, "failed" | "cancelled" | "unknown");
+            if first || retry {
+                let action = Action::StackRemove(record.name.clone());
+                self.send(stack, d.environment, &action, record.version, true, now)?;
+            }
+        }
+        tx.commit()?;
+        Ok(Removal::Removing)
+    }
+
+    fn targets_of(&self, stack: i64) -> Result<Vec<Target>, StackError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT 'environment', e.id, e.name FROM stack_targets t JOIN environments e ON e.id = t.environment
+              WHERE t.stack = ?1
+             UNION ALL
+             SELECT 'group', g.id, g.name FROM stack_targets t JOIN groups g ON g.id = t.group_id WHERE t.stack = ?1
+             UNION ALL
+             SELECT 'tag', g.id, g.name FROM stack_targets t JOIN tags g ON g.id = t.tag WHERE t.stack = ?1",
+        )?;
+        let rows = stmt.query_map([stack], |r| {
+            let kind: String = r.get(0)?;
+            let kind = match kind.as_str() {
+                "environment" => "environment",
+                "group" => "group",
+                _ => "tag",
+            };
+            Ok(Target { kind, id: r.get::<_, i64>(1)? as u64, name: r.get(2)? })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn deployments_of(&self, stack: i64) -> Result<Vec<Deployment>, StackError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT d.environment, e.name, d.version, d.removing, d.command,
+                    c.status, c.sent_at, c.phase, c.error, c.created_at, c.finished_at
+               FROM stack_deployments d
+               JOIN environments e ON e.id = d.environment
+               LEFT JOIN commands c ON c.id = d.command
+              WHERE d.stack = ?1 ORDER BY d.environment",
+        )?;
+        let rows = stmt.query_map([stack], |r| {
+            let status: Option<String> = r.get(5)?;
+            let sent: Option<i64> = r.get(6)?;
+            let phase: Option<String> = r.get(7)?;
+            let error: Option<String> = r.get(8)?;
+            let s = status_of(r.get(3)?, status.as_deref(), sent.is_some(), phase.as_deref());
+            Ok(Deployment {
+                environment: r.get::<_, i64>(0)? as u64,
+                environment_name: r.get(1)?,
+                version: u32::try_from(r.get::<_, i64>(2)?).unwrap_or(u32::MAX),
+                status: s,
+                error: error.filter(|e| !e.is_empty() && s == "failed"),
+                command: r.get::<_, Option<i64>>(4)?.map(|c| c as u64),
+                queued_at: r.get(9)?,
+                finished_at: r.get(10)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn stack_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, String, String, String, i64, i64, i64, Option<i64>)> {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+    }
+
+    fn finish_stack(
+        &self,
+        (id, name, compose, env, version, created_at, updated_at, removed_at): (
+            i64,
+            String,
+            String,
+            String,
+            i64,
+            i64,
+            i64,
+            Option<i64>,
+        ),
+    ) -> Result<StackRecord, StackError> {
+        Ok(StackRecord {
+            id: id as u64,
+            name,
+            compose,
+            env: serde_json::from_str(&env).map_err(|_| StoreError::Corrupt { what: "stack env", environment: 0 })?,
+            version: u32::try_from(version).unwrap_or(u32::MAX),
+            created_at,
+            updated_at,
+            removed_at,
+            targets: self.targets_of(id)?,
+            deployments: self.deployments_of(id)?,
+        })
+    }
+
+    const STACK_COLUMNS: &str = "id, name, compose, env, version, created_at, updated_at, removed_at";
+
+    /// One stack, with its targets and deployments.
+    ///
+    /// # Errors
+    /// [`StackError::NotFound`], or when SQLite fails.
+    pub fn stack(&self, id: u64) -> Result<StackRecord, StackError> {
+        let row = self
+            .conn
+            .query_row(
+                &format!("SELECT {} FROM stacks WHERE id = ?1", Self::STACK_COLUMNS),
+                [sql_id(id)],
+                Self::stack_row,
+            )
+            .optional()?
+            .ok_or(StackError::NotFound(id))?;
+        self.finish_stack(row)
+    }
+
+    /// Every stack, by id.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub fn stacks(&self) -> Result<Vec<StackRecord>, StackError> {
+        let rows: Vec<_> = {
+            let mut stmt = self.conn.prepare(&format!("SELECT {} FROM stacks ORDER BY id", Self::STACK_COLUMNS))?;
+            stmt.query_map([], Self::stack_row)?.collect::<Result<_, _>>()?
+        };
+        rows.into_iter().map(|r| self.finish_stack(r)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Secret;
+    use crate::wire::poll::{CommandResult, ResultStatus};
+
+    fn new(name: &str, targets: TargetRefs) -> NewStack {
+        NewStack {
+            name: name.into(),
+            compose: "services:\n  a:\n    image: busybox\n".into(),
+            env: BTreeMap::from([("K".into(), "v".into())]),
+            targets,
+        }
+    }
+
+    fn result(id: u64, status: ResultStatus, phase: &str, error: &str) -> CommandResult {
+        CommandResult { id, status, error: error.into(), finished_at: 500, output: Vec::new(), phase: phase.into() }
+    }
+
+    fn statuses(s: &Store, id: u64) -> Vec<(u64, &'static str)> {
+        s.stack(id).unwrap().deployments.iter().map(|d| (d.environment, d.status)).collect()
+    }
+
+    #[test]
+    fn a_stack_is_deployed_tracked_updated_and_removed() {
+        let s = Store::in_memory().unwrap();
+        let a = s.create_environment("a", Secret([1; 32]), 0).unwrap().id;
+        let b = s.create_environment("b", Secret([2; 32]), 0).unwrap().id;
+        let id = s
+            .create_stack(
+                &new(
+                    "web",
+                    TargetRefs {
+                        environments: vec![TargetRef::Id(a), TargetRef::Name("b".into())],
+                        ..Default::default()
+                    },
+                ),
+                10,
+            )
+            .unwrap();
+        assert!(matches!(s.create_stack(&new("web", TargetRefs::default()), 11), Err(StackError::NameTaken(_))));
+        let st = s.stack(id).unwrap();
+        assert_eq!((st.version, st.status(), st.targets.len()), (1, "deploying", 2));
+        assert_eq!(statuses(&s, id), [(a, "pending"), (b, "pending")]);
+        let cmd = st.deployments[0].command.unwrap();
+        match s.command(cmd).unwrap().action {
+            Action::StackDeploy(spec) => {
+                assert_eq!((spec.name.as_str(), spec.version, spec.env["K"].as_str()), ("web", 1, "v"))
+            }
+            other => panic!("{other:?}"),
+        }
+        // The agent of a: delivered, deploying, running; b fails.
+        s.commands_due(a, 20, 10).unwrap();
+        s.mark_seen(a, cmd, 21).unwrap();
+        assert_eq!(statuses(&s, id)[0].1, "acknowledged");
+        s.store_result(a, &result(cmd, ResultStatus::Progress, "deploying", ""), 22).unwrap();
+        assert_eq!(statuses(&s, id)[0].1, "deploying");
+        s.store_result(a, &result(cmd, ResultStatus::Ok, "", ""), 23).unwrap();
+        let bcmd = s.stack(id).unwrap().deployments[1].command.unwrap();
+        s.store_result(b, &result(bcmd, ResultStatus::Failed, "", "no such image"), 23).unwrap();
+        let st = s.stack(id).unwrap();
+        assert_eq!(statuses(&s, id), [(a, "running"), (b, "failed")]);
+        assert_eq!((st.status(), st.deployments[1].error.as_deref()), ("failed", Some("no such image")));
+        // Update: a new version everywhere.
+        let change = StackChange { env: Some(BTreeMap::from([("K".into(), "w".into())])), ..Default::default() };
+        s.update_stack(id, &change, 30).unwrap();
+        let st = s.stack(id).unwrap();
+        assert_eq!((st.version, st.env["K"].as_str()), (2, "w"));
+        assert_eq!(
+            st.deployments.iter().map(|d| (d.version, d.status)).collect::<Vec<_>>(),
+            [(2, "pending"), (2, "pending")]
+        );
+        // Retargeting to b alone removes it from a.
+        let change = StackChange {
+            targets: Some(TargetRefs { environments: vec![TargetRef::Id(b)], ..Default::default() }),
+            ..Default::default()
+        };
+        s.update_stack(id, &change, 31).unwrap();
+        assert_eq!(statuses(&s, id), [(a, "removing"), (b, "pending")]);
+        // Remove: the name is free at once, the stack stays until every environment reported.
+        assert_eq!(s.remove_stack(id, 40).unwrap(), Removal::Removing);
+        assert_eq!(s.stack(id).unwrap().status(), "removing");
+        assert!(matches!(s.update_stack(id, &StackChange::default(), 41), Err(StackError::NotFound(_))));
+        let again = s.create_stack(&new("web", TargetRefs::default()), 42).unwrap();
+        assert_ne!(again, id);
+        for d in s.stack(id).unwrap().deployments {
+            let env = d.environment;
+            s.store_result(env, &result(d.command.unwrap(), ResultStatus::Ok, "", ""), 50).unwrap();
+        }
+        assert_eq!(statuses(&s, id), [(a, "removed"), (b, "removed")]);
+        assert_eq!(s.stack(id).unwrap().status(), "removed");
+        assert_eq!(s.remove_stack(id, 60).unwrap(), Removal::Purged);
+        assert!(matches!(s.stack(id), Err(StackError::NotFound(_))));
+    }
+
+    #[test]
+    fn groups_and_tags_resolve_now_and_later() {
+        let s = Store::in_memory().unwrap();
+        let a = s.create_environment("a", Secret([1; 32]), 0).unwrap().id;
+        let b = s.create_environment("b", Secret([2; 32]), 0).unwrap().id;
+        s.conn
+            .execute_batch(
+                "INSERT INTO groups (id, name) VALUES (7, 'Ships'); INSERT INTO tags (id, name) VALUES (9, 'gps');",
+            )
+            .unwrap();
+        s.conn.execute("UPDATE environments SET group_id = 7 WHERE id = ?1", [a as i64]).unwrap();
+        let refs = TargetRefs {
+            groups: vec![TargetRef::Name("ships".into())],
+            tags: vec![TargetRef::Id(9)],
+            ..Default::default()
+        };
+        let id = s.create_stack(&new("nav", refs), 10).unwrap();
+        assert_eq!(statuses(&s, id), [(a, "pending")]);
+        let names: Vec<_> = s.stack(id).unwrap().targets.iter().map(|t| (t.kind, t.name.clone())).collect();
+        assert_eq!(names, [("group", "Ships".to_owned()), ("tag", "gps".to_owned())]);
+        // b gets the tag later: its next poll (or a look at the stack) deploys it, once.
+        s.conn.execute("INSERT INTO environment_tags (environment, tag) VALUES (?1, 9)", [b as i64]).unwrap();
+        assert_eq!(s.reconcile_stacks(None, Some(a), 20).unwrap(), 0);
+        assert_eq!(s.reconcile_stacks(None, Some(b), 20).unwrap(), 1);
+        assert_eq!(s.reconcile_stacks(None, None, 21).unwrap(), 0);
+        assert_eq!(statuses(&s, id), [(a, "pending"), (b, "pending")]);
+        // Unknown targets change nothing.
+        for refs in [
+            TargetRefs { environments: vec![TargetRef::Id(99)], ..Default::default() },
+            TargetRefs { groups: vec![TargetRef::Name("nope".into())], ..Default::default() },
+            TargetRefs { tags: vec![TargetRef::Id(1)], ..Default::default() },
+        ] {
+            let e = s.create_stack(&new("other", refs), 30).unwrap_err();
+            assert!(matches!(e, StackError::UnknownTarget(_)), "{e}");
+        }
+        assert_eq!(s.stacks().unwrap().len(), 1);
+        // A deleted environment takes its deployment along.
+        s.conn.execute("DELETE FROM environments WHERE id = ?1", [a as i64]).unwrap();
+        assert_eq!(statuses(&s, id), [(b, "pending")]);
+    }
+}

@@ -7,6 +7,7 @@
 //! 1. each command result is stored (once: a repeated one changes nothing)
 //!    and its id acknowledged, also when it names no command of this
 //!    environment, so that the agent drops it either way;
+//!    likewise each run of a scheduled job (`job_runs`);
 //! 2. `commands_seen` marks the commands the agent recorded delivered;
 //! 3. the intervals the agent reports are noted, and the reply carries the
 //!    configured ones only while the agent's are unknown or differ;
@@ -121,6 +122,12 @@ pub fn handle(store: &Store, codec: &mut Codec, wire: &[u8], now: i64) -> Result
     for result in &request.results {
         store.store_result(env.id, result, now)?;
         reply.results_acked.push(result.id);
+    }
+    // Runs of scheduled jobs: stored once each, acknowledged every time
+    // (also when they name no job sent here), so the agent drops them.
+    for run in &request.job_runs {
+        store.store_job_run(env.id, run, now)?;
+        reply.job_runs_acked.push((run.job, run.run));
     }
     if request.commands_seen > 0 {
         store.mark_seen(env.id, request.commands_seen, now)?;

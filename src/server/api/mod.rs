@@ -23,6 +23,7 @@
 //! Every error is a 4xx or 5xx status with a JSON body `{"error": "..."}`.
 //! Handlers are thin: the store's calls run on the blocking pool.
 
+pub mod jobs;
 pub mod openapi;
 pub mod stacks;
 pub mod access;
@@ -206,6 +207,7 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/api/openapi.json", get(openapi::serve))
         .merge(usage::routes())
         .merge(stacks::routes())
+        .merge(jobs::routes())
         .merge(access::routes())
         .route_layer(axum::middleware::from_fn_with_state(state, access::require_auth))
         // Open to anyone: login (rate-limited). Never add a route below.

@@ -63,6 +63,13 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ("DELETE", "/api/tags/{id}", "tags", "Delete a tag."),
     ("GET", "/api/settings", "settings", "Edge compute defaults: intervals, whether an AGENT_SECRET is set."),
     ("PUT", "/api/settings", "settings", "Change the default intervals or the AGENT_SECRET."),
+    // Edge jobs.
+    ("POST", "/api/jobs", "jobs", "Create a job (a script, once or on a cron schedule) and queue it on its targets."),
+    ("GET", "/api/jobs", "jobs", "List jobs."),
+    ("GET", "/api/jobs/{id}", "jobs", "One job: its script and, per environment, delivery, last run and exit code."),
+    ("PUT", "/api/jobs/{id}", "jobs", "A new version of a job, sent again to its environments."),
+    ("DELETE", "/api/jobs/{id}", "jobs", "Stop a job everywhere; its runs stay readable."),
+    ("GET", "/api/jobs/{id}/runs", "jobs", "A job's runs with their output, newest first (?environment=E&limit=N)."),
     // Commands.
     (
         "POST",

@@ -15,6 +15,7 @@
 
 pub mod access;
 mod fleet;
+pub mod jobs;
 pub mod stacks;
 pub mod usage;
 
@@ -236,8 +237,53 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (stack, environment)
     ) WITHOUT ROWID;
     CREATE INDEX stack_deployments_by_environment ON stack_deployments(environment);",
-    // 9: edge jobs (see `jobs.rs`).
-    "SELECT 1;",
+    // 9: edge jobs (see `jobs.rs`): jobs (kept when deleted, for their
+    // runs), the environments each was sent to with the command that
+    // carried it, every command a job queued, and the runs of scheduled
+    // jobs (one per job, environment and agent-assigned run number).
+    "CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        script TEXT NOT NULL,
+        image TEXT NOT NULL DEFAULT '',
+        cron TEXT NOT NULL DEFAULT '',
+        timeout_s INTEGER NOT NULL DEFAULT 0,
+        version INTEGER NOT NULL DEFAULT 1,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        removed_at INTEGER
+    );
+    CREATE TABLE job_targets (
+        job INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        environment INTEGER NOT NULL REFERENCES environments(id) ON DELETE CASCADE,
+        version INTEGER NOT NULL,
+        command INTEGER REFERENCES commands(id) ON DELETE SET NULL,
+        removed INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (job, environment)
+    ) WITHOUT ROWID;
+    CREATE INDEX job_targets_by_environment ON job_targets(environment);
+    CREATE TABLE job_commands (
+        command INTEGER PRIMARY KEY REFERENCES commands(id) ON DELETE CASCADE,
+        job INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        environment INTEGER NOT NULL,
+        once INTEGER NOT NULL
+    );
+    CREATE INDEX job_commands_by_job ON job_commands(job, environment);
+    CREATE TABLE job_runs (
+        id INTEGER PRIMARY KEY,
+        job INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        environment INTEGER NOT NULL REFERENCES environments(id) ON DELETE CASCADE,
+        run INTEGER NOT NULL,
+        version INTEGER NOT NULL,
+        started_at INTEGER NOT NULL,
+        finished_at INTEGER NOT NULL,
+        exit_code INTEGER NOT NULL,
+        output BLOB NOT NULL,
+        truncated INTEGER NOT NULL DEFAULT 0,
+        error TEXT NOT NULL DEFAULT '',
+        received_at INTEGER NOT NULL,
+        UNIQUE (job, environment, run)
+    );",
 ];
 
 /// The interval every timer runs at when neither the environment nor the

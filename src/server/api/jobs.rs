@@ -1,0 +1,536 @@
+//! Edge jobs through the API:
+//!
+//! | method and path | what |
+//! |---|---|
+//! | `POST /api/jobs` | `{name, script, cron?, image?, timeout_s?, targets: {environments?, groups?, tags?}}`: store it and queue it on every targeted environment (201) |
+//! | `GET /api/jobs` | the jobs (deleted ones left out) |
+//! | `GET /api/jobs/{id}` | one, with its script and, per environment, whether the agent has it, its last run and exit code |
+//! | `GET /api/jobs/{id}/runs?environment=E&limit=N` | its runs, newest first, with their output |
+//! | `PUT /api/jobs/{id}` | a new version (fields left out keep their value; `targets` replaces the environments); sent again everywhere |
+//! | `DELETE /api/jobs/{id}` | stop it everywhere (a `JobRemove` per environment); its runs stay readable |
+//!
+//! Targets are environment ids (or names), group and tag names (or ids),
+//! resolved to environments when the job is created or edited. A job with
+//! a `cron` expression (5 fields, or 6 with a leading seconds field; UTC)
+//! is kept by each agent and runs on the agent's clock, link or no link;
+//! without one it runs once, when the agent receives it, and its output is
+//! its command's result. Everything is checked before anything is stored:
+//! a bad cron expression, an oversized script (over [`MAX_SCRIPT`] bytes:
+//! 413) or a target that names nothing change nothing.
+
+use std::sync::Arc;
+
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiJson, PathId, with_store};
+use crate::server::http::AppState;
+use crate::server::store::CommandStatus;
+use crate::server::store::jobs::{JobRecord, JobRunRecord, JobTarget, NewJob, TargetRef};
+
+/// The largest script taken, in bytes.
+pub const MAX_SCRIPT: usize = 64 * 1024;
+
+/// The longest a run may be given before it is killed: a day.
+pub const MAX_TIMEOUT: u32 = 24 * 3600;
+
+/// The most targets of each kind.
+pub const MAX_TARGETS: usize = 1000;
+
+/// Runs listed when the query does not say, and the most it may ask.
+pub const RUNS_LISTED: usize = 20;
+
+/// The most runs one listing returns.
+pub const MAX_RUNS_LISTED: usize = 100;
+
+/// An environment, group or tag: a number is an id, a string a name (or
+/// an id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RefBody {
+    /// By id.
+    Id(u64),
+    /// By name.
+    Name(String),
+}
+
+impl From<RefBody> for TargetRef {
+    fn from(r: RefBody) -> Self {
+        match r {
+            RefBody::Id(id) => Self::Id(id),
+            RefBody::Name(n) => Self::Name(n),
+        }
+    }
+}
+
+/// Where a job runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetsBody {
+    /// Environment ids (or names).
+    #[serde(default)]
+    pub environments: Vec<RefBody>,
+    /// Group names (or ids): the environments in them now.
+    #[serde(default)]
+    pub groups: Vec<RefBody>,
+    /// Tag names (or ids): the environments with one now.
+    #[serde(default)]
+    pub tags: Vec<RefBody>,
+}
+
+type Refs = (Vec<TargetRef>, Vec<TargetRef>, Vec<TargetRef>);
+
+impl TargetsBody {
+    fn check(self) -> Result<Refs, ApiError> {
+        for (kind, list) in [("environments", &self.environments), ("groups", &self.groups), ("tags", &self.tags)] {
+            if list.len() > MAX_TARGETS {
+                return Err(ApiError::invalid(format!("targets.{kind}: at most {MAX_TARGETS}")));
+            }
+            if list.iter().any(|r| matches!(r, RefBody::Name(n) if n.trim().is_empty() || n.len() > 256)) {
+                return Err(ApiError::invalid(format!("targets.{kind}: a name is 1 to 256 bytes")));
+            }
+        }
+        if self.environments.is_empty() && self.groups.is_empty() && self.tags.is_empty() {
+            return Err(ApiError::invalid("targets: name at least one environment, group or tag"));
+        }
+        let refs = |v: Vec<RefBody>| v.into_iter().map(Into::into).collect();
+        Ok((refs(self.environments), refs(self.groups), refs(self.tags)))
+    }
+}
+
+/// `POST /api/jobs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJob {
+    /// Its name.
+    pub name: String,
+    /// The shell script, run on each host (`chroot /host sh -c`).
+    pub script: String,
+    /// A cron expression; absent or empty: run once.
+    #[serde(default)]
+    pub cron: Option<String>,
+    /// The helper image (it needs `sh` and `chroot`); absent: each agent's
+    /// default (`EDGE_JOB_IMAGE`).
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Seconds before a run is killed; absent: the agent's default (1 h).
+    #[serde(default)]
+    pub timeout_s: Option<u32>,
+    /// Where it runs.
+    pub targets: TargetsBody,
+}
+
+/// `PUT /api/jobs/{id}`: what is left out stays as it is.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateJob {
+    /// A new name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A new script.
+    #[serde(default)]
+    pub script: Option<String>,
+    /// A new schedule (empty: run once).
+    #[serde(default)]
+    pub cron: Option<String>,
+    /// A new helper image (empty: the agent's default).
+    #[serde(default)]
+    pub image: Option<String>,
+    /// A new timeout (0: the agent's default).
+    #[serde(default)]
+    pub timeout_s: Option<u32>,
+    /// New targets, replacing the environments it is on.
+    #[serde(default)]
+    pub targets: Option<TargetsBody>,
+}
+
+/// A job in the list.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobItem {
+    /// Its id.
+    pub id: u64,
+    /// Its name.
+    pub name: String,
+    /// Its schedule (None: run once).
+    pub cron: Option<String>,
+    /// Its helper image (None: each agent's default).
+    pub image: Option<String>,
+    /// Its timeout in seconds (None: the agent's default).
+    pub timeout_s: Option<u32>,
+    /// Its version.
+    pub version: u32,
+    /// When it was created.
+    pub created_at: i64,
+    /// When it was last edited.
+    pub updated_at: i64,
+    /// When it was deleted.
+    pub removed_at: Option<i64>,
+}
+
+impl From<&JobRecord> for JobItem {
+    fn from(j: &JobRecord) -> Self {
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        Self {
+            id: j.id,
+            name: j.job.name.clone(),
+            cron: some(&j.job.cron),
+            image: some(&j.job.image),
+            timeout_s: (j.job.timeout_s > 0).then_some(j.job.timeout_s),
+            version: j.version,
+            created_at: j.created_at,
+            updated_at: j.updated_at,
+            removed_at: j.removed_at,
+        }
+    }
+}
+
+/// One run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunView {
+    /// The environment it ran on.
+    pub environment: u64,
+    /// Its number (the agent's); 0 for a run-once job's run.
+    pub run: u64,
+    /// The job's version that ran.
+    pub version: u32,
+    /// When it started (unknown for a run-once job).
+    pub started_at: Option<i64>,
+    /// When it ended.
+    pub finished_at: i64,
+    /// The script's exit code; -1 when it could not run or was killed.
+    pub exit_code: i32,
+    /// Why it could not run, or was killed.
+    pub error: Option<String>,
+    /// The output's start was cut (it keeps its last 64 KiB).
+    pub truncated: bool,
+    /// stdout and stderr (in `/runs` only), as text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+}
+
+impl RunView {
+    fn new(r: JobRunRecord, with_output: bool) -> Self {
+        Self {
+            environment: r.environment,
+            run: r.run,
+            version: r.version,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            exit_code: r.exit_code,
+            error: (!r.error.is_empty()).then_some(r.error),
+            truncated: r.truncated,
+            output: with_output.then(|| String::from_utf8_lossy(&r.output).into_owned()),
+        }
+    }
+}
+
+/// A job on one environment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetView {
+    /// The environment's id.
+    pub environment: u64,
+    /// Its name.
+    pub name: String,
+    /// The job's version last sent there.
+    pub version: u32,
+    /// The command carrying it (`GET /api/commands/{id}`).
+    pub command: Option<u64>,
+    /// That command's status: queued, sent, delivered, ok, failed, ...
+    pub status: Option<String>,
+    /// The agent has it (for a run-once job: it ran, or runs).
+    pub delivered: bool,
+    /// The job was taken off this environment.
+    pub removed: bool,
+    /// The command's error (a run-once job that failed, or an agent that
+    /// could not keep the job).
+    pub error: Option<String>,
+    /// The newest run, without its output.
+    pub last_run: Option<RunView>,
+    /// Runs stored.
+    pub runs: u64,
+}
+
+impl From<JobTarget> for TargetView {
+    fn from(t: JobTarget) -> Self {
+        let delivered = matches!(
+            t.command_status,
+            Some(CommandStatus::Delivered | CommandStatus::Ok | CommandStatus::Failed | CommandStatus::Rejected)
+        );
+        Self {
+            environment: t.environment,
+            name: t.environment_name,
+            version: t.version,
+            command: t.command,
+            status: t.command_status.map(|s| s.as_str().to_owned()),
+            delivered,
+            removed: t.removed,
+            error: (!t.command_error.is_empty()).then_some(t.command_error),
+            last_run: t.last_run.map(|r| RunView::new(r, false)),
+            runs: t.runs,
+        }
+    }
+}
+
+/// A job in detail.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobDetail {
+    /// What the list shows.
+    #[serde(flatten)]
+    pub item: JobItem,
+    /// The script.
+    pub script: String,
+    /// Per environment.
+    pub environments: Vec<TargetView>,
+}
+
+// ----- checks -----
+
+/// The cron parser the agents use: 5 fields, or 6 with a leading seconds
+/// field; no year field.
+fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
+    use croner::parser::{CronParser, Seconds, Year};
+    CronParser::builder()
+        .seconds(Seconds::Optional)
+        .year(Year::Disallowed)
+        .build()
+        .parse(expr)
+        .map_err(|e| e.to_string())
+}
+
+/// Checks a cron expression: empty is fine (run once).
+pub fn check_cron(expr: &str) -> Result<String, ApiError> {
+    let expr = expr.trim();
+    if expr.is_empty() {
+        return Ok(String::new());
+    }
+    if expr.len() > 256 {
+        return Err(ApiError::invalid("cron: at most 256 bytes"));
+    }
+    let cron = parse_cron(expr).map_err(|e| {
+        ApiError::invalid(format!(
+            "cron: {expr:?} is not a cron expression ({e}); use 5 fields (minute hour day month weekday, e.g. \
+             \"*/5 * * * *\"), or 6 with a leading seconds field"
+        ))
+    })?;
+    let now = chrono::DateTime::from_timestamp(super::super::http::now(), 0).unwrap_or_default();
+    if cron.find_next_occurrence(&now, false).is_err() {
+        return Err(ApiError::invalid(format!("cron: {expr:?} never matches a future time")));
+    }
+    Ok(expr.to_owned())
+}
+
+fn check_job(job: NewJob) -> Result<NewJob, ApiError> {
+    let name = job.name.trim();
+    if name.is_empty() || name.chars().count() > 128 {
+        return Err(ApiError::invalid("name: 1 to 128 characters"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(ApiError::invalid("name: no control characters"));
+    }
+    if job.script.len() > MAX_SCRIPT {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("script: oversized script ({} bytes); at most {MAX_SCRIPT} bytes", job.script.len()),
+        ));
+    }
+    if job.script.trim().is_empty() {
+        return Err(ApiError::invalid("script: empty"));
+    }
+    if job.script.contains('\0') {
+        return Err(ApiError::invalid("script: no NUL characters"));
+    }
+    let image = job.image.trim();
+    if image.len() > 256 || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ApiError::invalid("image: an image reference (up to 256 bytes, no spaces)"));
+    }
+    if job.timeout_s > MAX_TIMEOUT {
+        return Err(ApiError::invalid(format!("timeout_s: at most {MAX_TIMEOUT} seconds (a day)")));
+    }
+    Ok(NewJob {
+        name: name.to_owned(),
+        script: job.script,
+        image: image.to_owned(),
+        cron: check_cron(&job.cron)?,
+        timeout_s: job.timeout_s,
+    })
+}
+
+fn not_found(id: u64) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no job {id}"))
+}
+
+fn detail(store: &crate::server::store::Store, id: u64) -> Result<JobDetail, ApiError> {
+    let job = store.job(id)?.ok_or_else(|| not_found(id))?;
+    let environments = store.job_targets(id)?.into_iter().map(Into::into).collect();
+    Ok(JobDetail { item: JobItem::from(&job), script: job.job.script, environments })
+}
+
+/// Resolves targets to environments (at least one).
+fn resolve(store: &crate::server::store::Store, refs: &Refs) -> Result<Vec<u64>, ApiError> {
+    let envs = store.resolve_job_targets(&refs.0, &refs.1, &refs.2)?.map_err(ApiError::invalid)?;
+    if envs.is_empty() {
+        return Err(ApiError::invalid("targets: the groups and tags given hold no environment"));
+    }
+    Ok(envs)
+}
+
+// ----- handlers -----
+
+/// `POST /api/jobs`.
+pub async fn create_job(
+    State(state): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<CreateJob>,
+) -> Result<(StatusCode, Json<JobDetail>), ApiError> {
+    let job = check_job(NewJob {
+        name: body.name,
+        script: body.script,
+        image: body.image.unwrap_or_default(),
+        cron: body.cron.unwrap_or_default(),
+        timeout_s: body.timeout_s.unwrap_or(0),
+    })?;
+    let refs = body.targets.check()?;
+    let view = with_store(&state, move |store| {
+        let envs = resolve(store, &refs)?;
+        let id = store.create_job(&job, &envs, super::super::http::now())?;
+        detail(store, id)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// `GET /api/jobs`.
+pub async fn list_jobs(State(state): State<Arc<AppState>>) -> Result<Json<Vec<JobItem>>, ApiError> {
+    let jobs = with_store(&state, |store| Ok(store.jobs()?)).await?;
+    Ok(Json(jobs.iter().map(JobItem::from).collect()))
+}
+
+/// `GET /api/jobs/{id}`.
+pub async fn job(State(state): State<Arc<AppState>>, PathId(id): PathId) -> Result<Json<JobDetail>, ApiError> {
+    Ok(Json(with_store(&state, move |store| detail(store, id)).await?))
+}
+
+/// `PUT /api/jobs/{id}`.
+pub async fn update_job(
+    State(state): State<Arc<AppState>>,
+    PathId(id): PathId,
+    ApiJson(body): ApiJson<UpdateJob>,
+) -> Result<Json<JobDetail>, ApiError> {
+    let refs = body.targets.map(TargetsBody::check).transpose()?;
+    let view = with_store(&state, move |store| {
+        let current = store.job(id)?.ok_or_else(|| not_found(id))?;
+        if current.removed_at.is_some() {
+            return Err(ApiError::new(StatusCode::CONFLICT, format!("job {id} was deleted; create a new one")));
+        }
+        let job = check_job(NewJob {
+            name: body.name.unwrap_or(current.job.name),
+            script: body.script.unwrap_or(current.job.script),
+            image: body.image.unwrap_or(current.job.image),
+            cron: body.cron.unwrap_or(current.job.cron),
+            timeout_s: body.timeout_s.unwrap_or(current.job.timeout_s),
+        })?;
+        let envs = refs.as_ref().map(|r| resolve(store, r)).transpose()?;
+        store.update_job(id, &job, envs.as_deref(), super::super::http::now())?.ok_or_else(|| not_found(id))?;
+        detail(store, id)
+    })
+    .await?;
+    Ok(Json(view))
+}
+
+/// `DELETE /api/jobs/{id}`.
+pub async fn delete_job(State(state): State<Arc<AppState>>, PathId(id): PathId) -> Result<Json<JobDetail>, ApiError> {
+    let view = with_store(&state, move |store| {
+        if !store.remove_job(id, super::super::http::now())? {
+            return Err(not_found(id));
+        }
+        detail(store, id)
+    })
+    .await?;
+    Ok(Json(view))
+}
+
+/// `GET /api/jobs/{id}/runs?environment=E&limit=N`.
+pub async fn job_runs(
+    State(state): State<Arc<AppState>>,
+    PathId(id): PathId,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Vec<RunView>>, ApiError> {
+    let mut environment = None;
+    let mut limit = RUNS_LISTED;
+    for pair in query.as_deref().unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=').unwrap_or((pair, "")) {
+            ("environment", v) => environment = Some(v.to_owned()),
+            ("limit", v) => {
+                limit = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_RUNS_LISTED).contains(n))
+                    .ok_or_else(|| ApiError::bad_request(format!("limit: from 1 to {MAX_RUNS_LISTED}")))?;
+            }
+            (k, _) => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {:?}; environment and limit are known",
+                    k.chars().take(40).collect::<String>()
+                )));
+            }
+        }
+    }
+    let runs = with_store(&state, move |store| {
+        store.job(id)?.ok_or_else(|| not_found(id))?;
+        let env = match environment {
+            None => None,
+            Some(e) => {
+                let r = vec![TargetRef::Name(e)];
+                let found = store.resolve_job_targets(&r, &[], &[])?;
+                Some(
+                    found.map_err(|e| {
+                        ApiError::new(StatusCode::NOT_FOUND, e.replace("targets.environments", "environment"))
+                    })?[0],
+                )
+            }
+        };
+        Ok(store.job_runs(id, env, limit)?)
+    })
+    .await?;
+    Ok(Json(runs.into_iter().map(|r| RunView::new(r, true)).collect()))
+}
+
+/// The routes, merged into the API's (behind its credential check).
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/api/jobs", post(create_job).get(list_jobs))
+        .route("/api/jobs/{id}", get(job).put(update_job).delete(delete_job))
+        .route("/api/jobs/{id}/runs", get(job_runs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(script: &str, cron: &str) -> NewJob {
+        NewJob { name: "disk".into(), script: script.into(), cron: cron.into(), ..NewJob::default() }
+    }
+
+    #[test]
+    fn jobs_are_checked_before_anything_is_stored() {
+        assert_eq!(check_job(job("df -h", " */5 * * * * ")).unwrap().cron, "*/5 * * * *");
+        assert_eq!(check_job(job("df -h", "*/10 * * * * *")).unwrap().cron, "*/10 * * * * *");
+        assert_eq!(check_job(job("df -h", "")).unwrap().cron, "");
+        let e = check_job(job("df -h", "every five minutes")).unwrap_err();
+        assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(e.message.starts_with("cron: \"every five minutes\" is not a cron expression"), "{}", e.message);
+        assert_eq!(check_job(job("df -h", "61 * * * *")).unwrap_err().status, StatusCode::UNPROCESSABLE_ENTITY);
+        let e = check_job(job(&"x".repeat(MAX_SCRIPT + 1), "")).unwrap_err();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(e.message.contains("oversized script"));
+        assert!(check_job(job(&"x".repeat(MAX_SCRIPT), "")).is_ok());
+        assert!(check_job(job("  ", "")).is_err());
+        assert!(check_job(job("a\0b", "")).is_err());
+        assert!(check_job(NewJob { name: " ".into(), ..job("x", "") }).is_err());
+        assert!(check_job(NewJob { image: "a b".into(), ..job("x", "") }).is_err());
+        assert!(check_job(NewJob { timeout_s: MAX_TIMEOUT + 1, ..job("x", "") }).is_err());
+        assert!(TargetsBody::default().check().is_err(), "at least one target");
+    }
+}

@@ -281,6 +281,7 @@ async fn login_sets_a_secure_httponly_strict_cookie_and_a_session_reads_but_writ
     }
     assert!(attrs.iter().any(|a| a.strip_prefix("Max-Age=").is_some_and(|v| v.parse::<u64>().unwrap() > 0)));
     assert_eq!(r.body["username"], "admin");
+    assert_eq!(r.headers[header::CACHE_CONTROL], "no-store");
     assert!(r.body["csrf_token"].as_str().unwrap().len() >= 32);
     assert!(r.body["expires_at"].as_i64().unwrap() > 0);
     assert!(!r.body.to_string().contains(attrs[0].trim_start_matches("tern_session=")), "the id is in the cookie only");
@@ -364,6 +365,7 @@ async fn api_tokens_are_created_used_listed_without_their_secret_and_revoked_at_
     let token = r.body["token"].as_str().unwrap().to_owned();
     let id = r.body["id"].as_u64().unwrap();
     assert!(token.starts_with("tern_") && token.len() == 48, "{token}");
+    assert_eq!(r.headers[header::CACHE_CONTROL], "no-store");
     for bad in [json!({ "name": "" }), json!({ "name": "x".repeat(200) }), json!({ "nom": "x" }), json!({})] {
         let r = http.bearer(&admin, "POST", "/api/tokens", Some(bad.clone())).await;
         assert_eq!(r.status, 422, "{bad}: {r:?}");

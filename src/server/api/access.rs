@@ -561,6 +561,7 @@ pub async fn login(
     tracing::info!("{} logged in from {}", user.name, client_key(ip));
     let mut r = Json(LoggedIn { username: user.name, csrf_token, expires_at }).into_response();
     r.headers_mut().insert(header::SET_COOKIE, session_cookie(&id, SESSION_LIFETIME));
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(r)
 }
 
@@ -638,7 +639,7 @@ pub async fn change_password(
 pub async fn create_token(
     State(state): State<Arc<AppState>>,
     ApiJson(req): ApiJson<CreateToken>,
-) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+) -> Result<(StatusCode, [(header::HeaderName, HeaderValue); 1], Json<CreatedToken>), ApiError> {
     let name = req.name.trim().to_owned();
     if name.is_empty() || name.chars().count() > MAX_TOKEN_NAME {
         return Err(ApiError::invalid(format!("name: 1 to {MAX_TOKEN_NAME} characters")));
@@ -650,7 +651,12 @@ pub async fn create_token(
     let hash = secret_hash(&token);
     let t = with_store(&state, move |store| Ok(store.create_api_token(&name, &hash, now())?)).await?;
     tracing::info!("API token {} ({:?}) created", t.id, t.name);
-    Ok((StatusCode::CREATED, Json(CreatedToken { id: t.id, name: t.name, token, created_at: t.created_at })))
+    // The secret is in this reply only: no cache may keep it.
+    Ok((
+        StatusCode::CREATED,
+        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        Json(CreatedToken { id: t.id, name: t.name, token, created_at: t.created_at }),
+    ))
 }
 
 /// `GET /api/tokens`.

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod env;
+pub mod fleet;
 pub mod logs;
 pub mod usage;
 

@@ -105,6 +105,46 @@ enum Command {
         #[command(flatten)]
         api: tern::cli::ApiArgs,
     },
+    /// Groups of environments, through the server's API.
+    #[cfg(all(feature = "server", feature = "agent"))]
+    Group {
+        #[command(subcommand)]
+        command: tern::cli::fleet::LabelCommand,
+        #[command(flatten)]
+        api: tern::cli::ApiArgs,
+    },
+    /// Tags for environments, through the server's API.
+    #[cfg(all(feature = "server", feature = "agent"))]
+    Tag {
+        #[command(subcommand)]
+        command: tern::cli::fleet::LabelCommand,
+        #[command(flatten)]
+        api: tern::cli::ApiArgs,
+    },
+    /// The server's settings: default intervals, AGENT_SECRET.
+    #[cfg(all(feature = "server", feature = "agent"))]
+    Settings {
+        #[command(subcommand)]
+        command: tern::cli::fleet::SettingsCommand,
+        #[command(flatten)]
+        api: tern::cli::ApiArgs,
+    },
+    /// Queue a command for an environment's agent (and follow it with --wait).
+    #[cfg(all(feature = "server", feature = "agent"))]
+    Cmd {
+        #[command(flatten)]
+        cmd: tern::cli::fleet::CmdArgs,
+        #[command(flatten)]
+        api: tern::cli::ApiArgs,
+    },
+    /// An environment's commands, newest first.
+    #[cfg(all(feature = "server", feature = "agent"))]
+    Commands {
+        /// The environment: id or name.
+        env: String,
+        #[command(flatten)]
+        api: tern::cli::ApiArgs,
+    },
     /// Data usage through the server's API: what each environment's polls
     /// cost at the TLS socket and in poll bodies, per day and in total.
     #[cfg(all(feature = "server", feature = "agent"))]
@@ -211,6 +251,18 @@ fn agent_main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+        Command::Group { command, api } => {
+            tern::cli::fleet::run_label(tern::cli::fleet::LabelKind::Group, command, &api)
+        }
+        #[cfg(all(feature = "server", feature = "agent"))]
+        Command::Tag { command, api } => tern::cli::fleet::run_label(tern::cli::fleet::LabelKind::Tag, command, &api),
+        #[cfg(all(feature = "server", feature = "agent"))]
+        Command::Settings { command, api } => tern::cli::fleet::run_settings(command, &api),
+        #[cfg(all(feature = "server", feature = "agent"))]
+        Command::Cmd { cmd, api } => tern::cli::fleet::run_cmd(&cmd, &api),
+        #[cfg(all(feature = "server", feature = "agent"))]
+        Command::Commands { env, api } => tern::cli::fleet::run_commands(&env, &api),
+        #[cfg(all(feature = "server", feature = "agent"))]
 }
 
 /// Waits for a registered signal (forever when it could not be registered).

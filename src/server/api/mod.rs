@@ -27,6 +27,7 @@ pub mod jobs;
 pub mod openapi;
 pub mod stacks;
 pub mod access;
+pub mod fleet;
 mod target;
 pub mod usage;
 pub mod view;
@@ -39,56 +40,13 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
 
-use self::view::{
-    ACTIONS, CommandView, CreateCommand, EnvironmentDetail, EnvironmentItem, IntervalsBody, IntervalsReply, Kind,
-};
+use self::view::{ACTIONS, CommandView, CreateCommand, IntervalsBody, IntervalsReply, Kind};
 use super::http::AppState;
 use super::store::{IntervalSettings, Store, StoreError};
-use crate::auth::{JoinToken, Secret};
 use crate::wire::poll::{Action, Intervals};
 
-/// `POST /api/environments`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateEnvironment {
-    /// The environment's name.
-    pub name: String,
-    /// The server URL as the edge sees it (`https://ops.example.com:9443`).
-    pub url: String,
-    /// Its own intervals; absent ones follow the server default.
-    #[serde(default)]
-    pub intervals: Option<IntervalsBody>,
-}
-
-/// What creating an environment returns.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct CreatedEnvironment {
-    /// Its id.
-    pub id: u64,
-    /// Its name.
-    pub name: String,
-    /// The join token (EDGE_KEY), for pre-staging.
-    pub edge_key: String,
-    /// The command that deploys the agent on a Linux Docker host.
-    pub docker_run: String,
-}
-
-/// The agent image the generated command runs.
-pub const AGENT_IMAGE: &str = "tern-agent:latest";
-
-/// The `docker run` line for an agent with this key.
-pub fn docker_run(edge_key: &str) -> String {
-    format!(
-        "docker run -d --name tern-agent --restart always \\\n  \
-         -v /var/run/docker.sock:/var/run/docker.sock \\\n  \
-         -v /var/lib/docker/volumes:/var/lib/docker/volumes \\\n  \
-         -v tern-agent-data:/data \\\n  \
-         -e EDGE_KEY={edge_key} \\\n  \
-         {AGENT_IMAGE} agent"
-    )
-}
+pub use self::fleet::{AGENT_IMAGE, CreateEnvironment, CreatedEnvironment, docker_run};
 
 /// The longest interval the API accepts, in seconds (a week): longer ones
 /// would leave an environment out of reach for too long to correct.
@@ -146,6 +104,7 @@ impl From<StoreError> for ApiError {
                 Self::internal()
             }
         }
+            StoreError::Fleet(e) => e.into(),
     }
 }
 
@@ -197,15 +156,12 @@ async fn with_store<T: Send + 'static>(
 /// but login. Add new routes above the `route_layer`.
 pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
-        .route("/api/environments", post(create_environment).get(list_environments))
-        .route("/api/environments/{id}", get(environment))
-        .route("/api/environments/{id}/state", get(environment_state))
         .route("/api/environments/{id}/intervals", put(set_intervals))
-        .route("/api/environments/{id}/reset-binding", post(reset_binding))
         .route("/api/environments/{id}/commands", post(create_command).get(list_commands))
         .route("/api/commands/{id}", get(command).delete(cancel_command))
         .route("/api/openapi.json", get(openapi::serve))
         .merge(usage::routes())
+        .merge(fleet::routes())
         .merge(stacks::routes())
         .merge(jobs::routes())
         .merge(access::routes())
@@ -243,69 +199,6 @@ fn check_intervals(own: IntervalSettings, defaults: Intervals) -> Result<(), Api
     Ok(())
 }
 
-/// `POST /api/environments`: creates an environment.
-pub async fn create_environment(
-    State(state): State<Arc<AppState>>,
-    ApiJson(req): ApiJson<CreateEnvironment>,
-) -> Result<(StatusCode, Json<CreatedEnvironment>), ApiError> {
-    let name = req.name.trim().to_owned();
-    if name.is_empty() || name.len() > 128 {
-        return Err(ApiError::invalid("name: 1 to 128 characters"));
-    }
-    if !req.url.starts_with("https://") {
-        return Err(ApiError::invalid("url: the server URL as the edge sees it, https://host:port"));
-    }
-    let intervals = IntervalSettings::from(req.intervals.unwrap_or_default());
-    let mut secret = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret).map_err(|_| {
-        tracing::error!("create environment: no randomness");
-        ApiError::internal()
-    })?;
-    let fingerprint = state.fingerprint;
-    let env = with_store(&state, move |store| {
-        check_intervals(intervals, store.default_intervals()?)?;
-        Ok(store.create_environment_with(&name, Secret(secret), intervals, super::http::now())?)
-    })
-    .await?;
-    let edge_key = JoinToken {
-        url: req.url.trim_end_matches('/').to_owned(),
-        environment: env.id,
-        secret: env.secret,
-        cert_sha256: fingerprint,
-    }
-    .encode();
-    let docker_run = docker_run(&edge_key);
-    Ok((StatusCode::CREATED, Json(CreatedEnvironment { id: env.id, name: env.name, edge_key, docker_run })))
-}
-
-/// `GET /api/environments`.
-pub async fn list_environments(State(state): State<Arc<AppState>>) -> Result<Json<Vec<EnvironmentItem>>, ApiError> {
-    let list = with_store(&state, |store| Ok(store.environments()?)).await?;
-    Ok(Json(list.into_iter().map(Into::into).collect()))
-}
-
-/// `GET /api/environments/{id}`.
-pub async fn environment(
-    State(state): State<Arc<AppState>>,
-    PathId(id): PathId,
-) -> Result<Json<EnvironmentDetail>, ApiError> {
-    Ok(Json(with_store(&state, move |store| Ok(store.environment_summary(id)?)).await?.into()))
-}
-
-/// `GET /api/environments/{id}/state`.
-pub async fn environment_state(
-    State(state): State<Arc<AppState>>,
-    PathId(id): PathId,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let replica = with_store(&state, move |store| {
-        store.environment(id)?;
-        Ok(store.replica(id)?)
-    })
-    .await?;
-    let (seq, current) = replica.current();
-    Ok(Json(view::state(seq, current)))
-}
-
 /// `PUT /api/environments/{id}/intervals`.
 pub async fn set_intervals(
     State(state): State<Arc<AppState>>,
@@ -322,19 +215,6 @@ pub async fn set_intervals(
     })
     .await?;
     Ok(Json(IntervalsReply { intervals: body, effective_intervals: effective.into() }))
-}
-
-/// `POST /api/environments/{id}/reset-binding`.
-pub async fn reset_binding(
-    State(state): State<Arc<AppState>>,
-    PathId(id): PathId,
-) -> Result<Json<EnvironmentItem>, ApiError> {
-    let env = with_store(&state, move |store| {
-        store.reset_binding(id)?;
-        Ok(store.environment_info(id)?)
-    })
-    .await?;
-    Ok(Json(env.into()))
 }
 
 /// Checks a command's target text before it is resolved or stored.
@@ -452,6 +332,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
+    use super::view::{EnvironmentDetail, EnvironmentItem};
     use crate::sync::State as HostState;
     use crate::sync::diff;
     use crate::sync::session::Replica;
@@ -780,6 +661,7 @@ mod tests {
         let result = CommandResult {
             output: Vec::new(),
             id: first.id,
+            phase: String::new(),
             status: ResultStatus::Failed,
             error: "no such container".into(),
             finished_at: 120,

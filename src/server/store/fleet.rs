@@ -1,4 +1,1172 @@
-//! The fleet: groups, tags and what an environment was created with (migration 4).
+//! The fleet (migration 4): groups and tags, what an environment was
+//! created with (the URL its edge sees, the host variables passed through to
+//! its agent, whether self-signed certificates are allowed, the host's
+//! Docker volume path, the EDGE_ID its deploy command carries), and the
+//! figures the environment list shows: object and container counts, the
+//! stored state's sequence number and root, kept in the environment's row
+//! where the replica is saved, so that listing thousands of environments
+//! never decodes a stored state.
+//!
+//! **Status.** An environment is *online* while its last accepted poll is
+//! at most `2 × smallest + 20` seconds old, where `smallest` is the smallest
+//! enabled interval among its effective ones (its own, else the server
+//! defaults). While a change of intervals has not reached the agent yet
+//! (its reported intervals differ), the larger of the two smallest values
+//! counts, so that shortening an interval does not mark the agent offline
+//! before it has heard of the change. An environment that never polled is
+//! offline. The rule is evaluated in SQL, so the list filters on it.
+//!
+//! Group and tag names are unique regardless of case.
 
-#[allow(unused_imports)]
-use super::{Store, StoreError};
+use rusqlite::types::ToSql;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{IntervalSettings, Store, StoreError, sql_id};
+use crate::auth::Secret;
+use crate::sync::State;
+use crate::wire::poll::Intervals;
+
+/// What went wrong with groups, tags and environment options.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FleetError {
+    /// No group with this id (in a path).
+    #[error("no group {0}")]
+    GroupNotFound(u64),
+    /// No tag with this id (in a path).
+    #[error("no tag {0}")]
+    TagNotFound(u64),
+    /// A group named in a body or a filter does not exist.
+    #[error("no group {0:?} (create it first: POST /api/groups)")]
+    UnknownGroup(String),
+    /// A tag named by id in a body, or in a filter, does not exist.
+    #[error("no tag {0:?}")]
+    UnknownTag(String),
+    /// The group name is taken.
+    #[error("a group named {0:?} exists already")]
+    GroupNameTaken(String),
+    /// The tag name is taken.
+    #[error("a tag named {0:?} exists already")]
+    TagNameTaken(String),
+    /// The environment was created before the server kept its URL.
+    #[error("environment {0} has no server URL (it was created before the server kept one); set it with PATCH")]
+    NoUrl(u64),
+    /// New default intervals would disable every timer of some environments.
+    #[error("these defaults would leave {0} environment(s) with every interval disabled, never polling again")]
+    TimersOff(u64),
+}
+
+impl From<FleetError> for StoreError {
+    fn from(e: FleetError) -> Self {
+        Self::Fleet(e)
+    }
+}
+
+/// A group or tag as given by an operator: its id, or its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ref {
+    /// By id.
+    Id(u64),
+    /// By name (case-insensitive). A name of digits that names nothing is
+    /// tried as an id, so `?group=3` works from a query string.
+    Name(String),
+}
+
+impl std::fmt::Display for Ref {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Id(id) => write!(f, "{id}"),
+            Self::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+/// Online or offline (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Polled within its window.
+    Online,
+    /// Not polled within its window, or never.
+    Offline,
+}
+
+impl Status {
+    /// The name the API shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Online => "online",
+            Self::Offline => "offline",
+        }
+    }
+
+    /// Parses `online` or `offline`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "online" => Some(Self::Online),
+            "offline" => Some(Self::Offline),
+            _ => None,
+        }
+    }
+}
+
+/// The counts kept in an environment's row, from its stored state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FleetCounts {
+    /// Containers.
+    pub containers: u64,
+    /// Running (restarting included).
+    pub running: u64,
+    /// Paused.
+    pub paused: u64,
+    /// Neither running nor paused: created, exited, dead, removing.
+    pub stopped: u64,
+    /// With an unhealthy health check (whatever their status).
+    pub unhealthy: u64,
+    /// Images.
+    pub images: u64,
+    /// Volumes.
+    pub volumes: u64,
+    /// Networks.
+    pub networks: u64,
+    /// Compose stacks.
+    pub stacks: u64,
+}
+
+impl FleetCounts {
+    /// Counts what a state holds.
+    pub fn of(state: &State) -> Self {
+        use crate::sync::state::{ContainerStatus, Health};
+        let mut c = Self {
+            containers: state.containers.len() as u64,
+            images: state.images.len() as u64,
+            volumes: state.volumes.len() as u64,
+            networks: state.networks.len() as u64,
+            stacks: state.stacks().len() as u64,
+            ..Self::default()
+        };
+        for container in state.containers.iter() {
+            match container.status {
+                ContainerStatus::Running | ContainerStatus::Restarting => c.running += 1,
+                ContainerStatus::Paused => c.paused += 1,
+                _ => c.stopped += 1,
+            }
+            if container.health == Health::Unhealthy {
+                c.unhealthy += 1;
+            }
+        }
+        c
+    }
+}
+
+/// A group or a tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Label {
+    /// Its id.
+    pub id: u64,
+    /// Its name.
+    pub name: String,
+    /// How many environments are in the group, or carry the tag.
+    pub environments: u64,
+}
+
+/// An environment as the fleet list shows it (one row, no state decoded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetItem {
+    /// Its id.
+    pub id: u64,
+    /// Its name.
+    pub name: String,
+    /// Its group: id and name.
+    pub group: Option<(u64, String)>,
+    /// Its tags' names, sorted.
+    pub tags: Vec<String>,
+    /// Online or offline, as of the `now` the list was made at.
+    pub status: Status,
+    /// The poll window of the status rule, in seconds.
+    pub window: i64,
+    /// The EDGE_ID bound at first poll.
+    pub edge_id: Option<String>,
+    /// When it was created.
+    pub created_at: i64,
+    /// When its agent last polled.
+    pub last_poll_at: Option<i64>,
+    /// When its stored state last changed.
+    pub snapshot_at: Option<i64>,
+    /// When the server last knew its stored state to be the host's: the
+    /// last snapshot poll it acknowledged (see [`Store::confirm_snapshot`]),
+    /// or the last change.
+    pub as_of: Option<i64>,
+    /// What its stored state holds.
+    pub counts: FleetCounts,
+    /// The stored state's sequence number (0: none yet).
+    pub seq: u64,
+    /// The stored state's root digest.
+    pub root: [u8; 32],
+}
+
+/// What an environment was created with, for its deploy commands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetOptions {
+    /// The server URL as its edge sees it (empty for an environment created
+    /// before the server kept it).
+    pub url: String,
+    /// Host variables passed through to the agent.
+    pub env_vars: Vec<String>,
+    /// Whether the agent accepts a self-signed certificate.
+    pub allow_self_signed: bool,
+    /// The host's Docker volume path, when not the default.
+    pub volume_path: Option<String>,
+    /// The EDGE_ID its deploy commands carry.
+    pub deploy_edge_id: Option<String>,
+}
+
+/// A new environment with everything it may be created with.
+#[derive(Debug, Clone)]
+pub struct NewEnvironment {
+    /// Its name (unique).
+    pub name: String,
+    /// Its secret (MAC key).
+    pub secret: Secret,
+    /// Its own intervals.
+    pub intervals: IntervalSettings,
+    /// Its group, which must exist.
+    pub group: Option<Ref>,
+    /// Its tags; names that do not exist yet are created.
+    pub tags: Vec<Ref>,
+    /// The rest.
+    pub options: FleetOptions,
+}
+
+/// A change to an environment: `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct EnvironmentChange {
+    /// A new name.
+    pub name: Option<String>,
+    /// A new server URL.
+    pub url: Option<String>,
+    /// A new group (`Some(None)`: none).
+    pub group: Option<Option<Ref>>,
+    /// Its tags, replacing the current ones (new names are created).
+    pub tags: Option<Vec<Ref>>,
+    /// Host variables passed through.
+    pub env_vars: Option<Vec<String>>,
+    /// Self-signed certificates allowed.
+    pub allow_self_signed: Option<bool>,
+    /// The Docker volume path (`Some(None)`: the default).
+    pub volume_path: Option<Option<String>>,
+}
+
+/// Which environments to list.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// In this group.
+    pub group: Option<Ref>,
+    /// With this tag.
+    pub tag: Option<Ref>,
+    /// Online or offline.
+    pub status: Option<Status>,
+    /// Whose name contains this (ASCII case-insensitive).
+    pub name: Option<String>,
+    /// At most this many (`None`: all).
+    pub limit: Option<u64>,
+    /// Skipping this many first.
+    pub offset: u64,
+}
+
+/// Stands for "disabled" in the smallest-interval SQL: far larger than any
+/// interval, so it never wins a MIN.
+const OFF: i64 = 1 << 40;
+
+/// The slack of the status rule, in seconds.
+pub const STATUS_SLACK: i64 = 20;
+
+/// The smallest enabled interval of a set, if any is enabled.
+fn smallest(i: Intervals) -> Option<u32> {
+    [i.ping, i.snapshot, i.command].into_iter().filter(|&v| v > 0).min()
+}
+
+/// The status rule's window for an environment's effective intervals and
+/// the agent's reported ones (see the module doc), in seconds. The SQL of
+/// [`Store::fleet`] computes the same; this is its statement in Rust.
+pub fn status_window(effective: Intervals, reported: Option<Intervals>) -> i64 {
+    let own = smallest(effective).map_or(OFF, i64::from);
+    let agent = reported.map_or(0, |r| smallest(r).map_or(OFF, i64::from));
+    2 * own.max(agent) + STATUS_SLACK
+}
+
+/// The environments of [`Store::fleet`], with the status window and online
+/// flag computed for `:now` and the default intervals `:dp`, `:ds`, `:dc`.
+const FLEET_CTE: &str = "WITH w AS (
+    SELECT e.*, 2 * MAX(
+        MIN(CASE WHEN COALESCE(e.ping_interval, :dp) > 0 THEN COALESCE(e.ping_interval, :dp) ELSE :off END,
+            CASE WHEN COALESCE(e.snapshot_interval, :ds) > 0 THEN COALESCE(e.snapshot_interval, :ds) ELSE :off END,
+            CASE WHEN COALESCE(e.command_interval, :dc) > 0 THEN COALESCE(e.command_interval, :dc) ELSE :off END),
+        CASE WHEN e.agent_ping IS NULL OR e.agent_snapshot IS NULL OR e.agent_command IS NULL THEN 0
+             ELSE MIN(CASE WHEN e.agent_ping > 0 THEN e.agent_ping ELSE :off END,
+                      CASE WHEN e.agent_snapshot > 0 THEN e.agent_snapshot ELSE :off END,
+                      CASE WHEN e.agent_command > 0 THEN e.agent_command ELSE :off END) END
+    ) + :slack AS win
+    FROM environments e
+), f AS (
+    SELECT w.*, (w.last_poll_at IS NOT NULL AND :now - w.last_poll_at <= w.win) AS online FROM w
+)";
+
+const FLEET_COLUMNS: &str = "f.id, f.name, f.group_id, g.name, f.edge_id, f.created_at, f.last_poll_at, f.snapshot_at,
+    COALESCE(f.state_as_of, f.snapshot_at), f.online, f.win,
+    (SELECT json_group_array(name) FROM
+        (SELECT t.name FROM environment_tags et JOIN tags t ON t.id = et.tag
+         WHERE et.environment = f.id ORDER BY t.name COLLATE NOCASE)),
+    f.n_containers, f.n_running, f.n_paused, f.n_stopped, f.n_unhealthy,
+    f.n_images, f.n_volumes, f.n_networks, f.n_stacks, f.state_seq, f.state_root";
+
+/// Groups and tags share their code: which table, and how environments
+/// belong to one.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Group,
+    Tag,
+}
+
+impl Kind {
+    fn table(self) -> &'static str {
+        match self {
+            Self::Group => "groups",
+            Self::Tag => "tags",
+        }
+    }
+
+    fn members(self) -> &'static str {
+        match self {
+            Self::Group => "(SELECT COUNT(*) FROM environments WHERE group_id = x.id)",
+            Self::Tag => "(SELECT COUNT(*) FROM environment_tags WHERE tag = x.id)",
+        }
+    }
+
+    fn not_found(self, id: u64) -> FleetError {
+        match self {
+            Self::Group => FleetError::GroupNotFound(id),
+            Self::Tag => FleetError::TagNotFound(id),
+        }
+    }
+
+    fn unknown(self, r: &Ref) -> FleetError {
+        match self {
+            Self::Group => FleetError::UnknownGroup(r.to_string()),
+            Self::Tag => FleetError::UnknownTag(r.to_string()),
+        }
+    }
+
+    fn taken(self, name: &str) -> FleetError {
+        match self {
+            Self::Group => FleetError::GroupNameTaken(name.to_owned()),
+            Self::Tag => FleetError::TagNameTaken(name.to_owned()),
+        }
+    }
+}
+
+fn is_constraint(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+/// The id a reference names, if it names one.
+fn find(conn: &Connection, kind: Kind, r: &Ref) -> Result<Option<u64>, StoreError> {
+    let by_id = |id: u64| -> Result<Option<u64>, StoreError> {
+        let sql = format!("SELECT id FROM {} WHERE id = ?1", kind.table());
+        Ok(conn.query_row(&sql, [sql_id(id)], |r| r.get::<_, i64>(0)).optional()?.map(|v| v as u64))
+    };
+    match r {
+        Ref::Id(id) => by_id(*id),
+        Ref::Name(name) => {
+            let sql = format!("SELECT id FROM {} WHERE name = ?1", kind.table());
+            match conn.query_row(&sql, [name], |r| r.get::<_, i64>(0)).optional()? {
+                Some(id) => Ok(Some(id as u64)),
+                None => match name.parse::<u64>() {
+                    Ok(id) => by_id(id),
+                    Err(_) => Ok(None),
+                },
+            }
+        }
+    }
+}
+
+/// The id a reference names, or [`FleetError::UnknownGroup`] / `UnknownTag`.
+fn resolve(conn: &Connection, kind: Kind, r: &Ref) -> Result<u64, StoreError> {
+    find(conn, kind, r)?.ok_or_else(|| kind.unknown(r).into())
+}
+
+/// Replaces an environment's tags; names that exist nowhere are created.
+fn set_tags(conn: &Connection, env: u64, tags: &[Ref]) -> Result<(), StoreError> {
+    let mut ids = Vec::with_capacity(tags.len());
+    for t in tags {
+        let id = match (find(conn, Kind::Tag, t)?, t) {
+            (Some(id), _) => id,
+            (None, Ref::Name(name)) => {
+                conn.execute("INSERT INTO tags (name) VALUES (?1)", [name])?;
+                conn.last_insert_rowid() as u64
+            }
+            (None, Ref::Id(_)) => return Err(Kind::Tag.unknown(t).into()),
+        };
+        ids.push(id);
+    }
+    conn.execute("DELETE FROM environment_tags WHERE environment = ?1", [sql_id(env)])?;
+    for id in ids {
+        conn.execute(
+            "INSERT OR IGNORE INTO environment_tags (environment, tag) VALUES (?1, ?2)",
+            [sql_id(env), sql_id(id)],
+        )?;
+    }
+    Ok(())
+}
+
+/// Records what a state holds in its environment's row (called where the
+/// replica is saved, in the same transaction).
+pub(super) fn save_counts(conn: &Connection, id: u64, seq: u64, state: &State, now: i64) -> Result<(), StoreError> {
+    let c = FleetCounts::of(state);
+    conn.execute(
+        "UPDATE environments SET n_containers = ?2, n_running = ?3, n_paused = ?4, n_stopped = ?5,
+            n_unhealthy = ?6, n_images = ?7, n_volumes = ?8, n_networks = ?9, n_stacks = ?10,
+            state_seq = ?11, state_root = ?12, state_as_of = ?13
+         WHERE id = ?1",
+        params![
+            sql_id(id),
+            c.containers as i64,
+            c.running as i64,
+            c.paused as i64,
+            c.stopped as i64,
+            c.unhealthy as i64,
+            c.images as i64,
+            c.volumes as i64,
+            c.networks as i64,
+            c.stacks as i64,
+            seq as i64,
+            &state.root()[..],
+            now
+        ],
+    )?;
+    Ok(())
+}
+
+/// Named parameters as rusqlite takes them.
+fn refs<'a>(v: &'a [(&'static str, Box<dyn ToSql>)]) -> Vec<(&'static str, &'a dyn ToSql)> {
+    v.iter().map(|(k, b)| (*k, b.as_ref())).collect()
+}
+
+fn split_vars(text: &str) -> Vec<String> {
+    text.split(',').filter(|v| !v.is_empty()).map(str::to_owned).collect()
+}
+
+impl Store {
+    /// Fills the counts of environments whose stored state is newer than
+    /// their counts (a database from before migration 4). A state that no
+    /// longer decodes is logged and left for its next snapshot.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub(super) fn backfill_counts(&self) -> Result<(), StoreError> {
+        let stale: Vec<(i64, i64, Vec<u8>, Option<i64>)> = {
+            let mut stmt = self.conn.prepare(
+                "SELECT r.environment, r.seq, r.state, e.snapshot_at FROM replicas r
+                 JOIN environments e ON e.id = r.environment WHERE e.state_seq IS NOT r.seq",
+            )?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect::<Result<_, _>>()?
+        };
+        for (id, seq, bytes, snapshot_at) in stale {
+            match State::from_snapshot(&bytes) {
+                Ok(state) => save_counts(&self.conn, id as u64, seq as u64, &state, snapshot_at.unwrap_or(0))?,
+                Err(e) => tracing::warn!("environment {id}: stored state does not decode ({e}); counts left empty"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Records that the agent's snapshot poll confirmed the stored state
+    /// unchanged: the state is as of `now` (its age restarts).
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub fn confirm_snapshot(&self, id: u64, now: i64) -> Result<(), StoreError> {
+        self.conn.execute("UPDATE environments SET state_as_of = ?2 WHERE id = ?1", params![sql_id(id), now])?;
+        Ok(())
+    }
+
+    /// Creates an environment with its options, group and tags, all or
+    /// nothing.
+    ///
+    /// # Errors
+    /// [`StoreError::NameTaken`], [`FleetError::UnknownGroup`],
+    /// [`FleetError::UnknownTag`] (a tag id), or when SQLite fails.
+    pub fn create_fleet_environment(&self, new: &NewEnvironment, now: i64) -> Result<u64, StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let group = new.group.as_ref().map(|g| resolve(&tx, Kind::Group, g)).transpose()?;
+        let env = self.create_environment_with(&new.name, new.secret.clone(), new.intervals, now)?;
+        let o = &new.options;
+        tx.execute(
+            "UPDATE environments SET group_id = ?2, url = ?3, env_vars = ?4, allow_self_signed = ?5,
+                volume_path = ?6, deploy_edge_id = ?7 WHERE id = ?1",
+            params![
+                sql_id(env.id),
+                group.map(sql_id),
+                o.url,
+                o.env_vars.join(","),
+                o.allow_self_signed,
+                o.volume_path,
+                o.deploy_edge_id
+            ],
+        )?;
+        set_tags(&tx, env.id, &new.tags)?;
+        tx.commit()?;
+        Ok(env.id)
+    }
+
+    /// Changes an environment, all or nothing.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::NameTaken`],
+    /// [`FleetError::UnknownGroup`], [`FleetError::UnknownTag`], or when
+    /// SQLite fails.
+    pub fn update_environment(&self, id: u64, change: &EnvironmentChange) -> Result<(), StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        self.environment(id)?;
+        let set = |column: &str, value: &dyn ToSql| -> Result<(), rusqlite::Error> {
+            tx.execute(&format!("UPDATE environments SET {column} = ?2 WHERE id = ?1"), params![sql_id(id), value])
+                .map(drop)
+        };
+        if let Some(name) = &change.name {
+            match set("name", name) {
+                Err(e) if is_constraint(&e) => return Err(StoreError::NameTaken(name.clone())),
+                r => r?,
+            }
+        }
+        if let Some(url) = &change.url {
+            set("url", url)?;
+        }
+        if let Some(group) = &change.group {
+            let group = group.as_ref().map(|g| resolve(&tx, Kind::Group, g)).transpose()?;
+            set("group_id", &group.map(sql_id))?;
+        }
+        if let Some(tags) = &change.tags {
+            set_tags(&tx, id, tags)?;
+        }
+        if let Some(vars) = &change.env_vars {
+            set("env_vars", &vars.join(","))?;
+        }
+        if let Some(allow) = change.allow_self_signed {
+            set("allow_self_signed", &allow)?;
+        }
+        if let Some(path) = &change.volume_path {
+            set("volume_path", path)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Deletes an environment and everything that is its: stored state,
+    /// commands and their results, tags, data usage.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], or when SQLite fails.
+    pub fn delete_environment(&self, id: u64) -> Result<(), StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        // Explicit, so nothing depends on foreign keys being enforced.
+        for sql in [
+            "DELETE FROM replicas WHERE environment = ?1",
+            "DELETE FROM commands WHERE environment = ?1",
+            "DELETE FROM environment_tags WHERE environment = ?1",
+        ] {
+            tx.execute(sql, [sql_id(id)])?;
+        }
+        let n = tx.execute("DELETE FROM environments WHERE id = ?1", [sql_id(id)])?;
+        if n == 0 {
+            return Err(StoreError::NotFound(id));
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// What an environment was created with.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], or when SQLite fails.
+    pub fn fleet_options(&self, id: u64) -> Result<FleetOptions, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT url, env_vars, allow_self_signed, volume_path, deploy_edge_id FROM environments WHERE id = ?1",
+                [sql_id(id)],
+                |r| {
+                    Ok(FleetOptions {
+                        url: r.get(0)?,
+                        env_vars: split_vars(&r.get::<_, String>(1)?),
+                        allow_self_signed: r.get(2)?,
+                        volume_path: r.get(3)?,
+                        deploy_edge_id: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?
+            .ok_or(StoreError::NotFound(id))
+    }
+
+    /// The environments `filter` selects, by id, as of `now`, and how many
+    /// it selects without its limit and offset. One query on the
+    /// environments' rows: no stored state is decoded.
+    ///
+    /// # Errors
+    /// [`FleetError::UnknownGroup`] / [`FleetError::UnknownTag`] for a
+    /// filter naming none, or when SQLite fails.
+    pub fn fleet(&self, filter: &Filter, now: i64) -> Result<(Vec<FleetItem>, u64), StoreError> {
+        self.fleet_where(filter, None, now)
+    }
+
+    /// One environment as the fleet list shows it.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], or when SQLite fails.
+    pub fn fleet_item(&self, id: u64, now: i64) -> Result<FleetItem, StoreError> {
+        let (mut items, _) = self.fleet_where(&Filter::default(), Some(id), now)?;
+        items.pop().ok_or(StoreError::NotFound(id))
+    }
+
+    fn fleet_where(&self, filter: &Filter, id: Option<u64>, now: i64) -> Result<(Vec<FleetItem>, u64), StoreError> {
+        let d = self.default_intervals()?;
+        let mut named: Vec<(&str, Box<dyn ToSql>)> = vec![
+            (":now", Box::new(now)),
+            (":dp", Box::new(d.ping)),
+            (":ds", Box::new(d.snapshot)),
+            (":dc", Box::new(d.command)),
+            (":off", Box::new(OFF)),
+            (":slack", Box::new(STATUS_SLACK)),
+        ];
+        let mut wheres = Vec::new();
+        if let Some(id) = id {
+            wheres.push("f.id = :id");
+            named.push((":id", Box::new(sql_id(id))));
+        }
+        if let Some(g) = &filter.group {
+            wheres.push("f.group_id = :group");
+            named.push((":group", Box::new(sql_id(resolve(&self.conn, Kind::Group, g)?))));
+        }
+        if let Some(t) = &filter.tag {
+            wheres.push("EXISTS (SELECT 1 FROM environment_tags et WHERE et.environment = f.id AND et.tag = :tag)");
+            named.push((":tag", Box::new(sql_id(resolve(&self.conn, Kind::Tag, t)?))));
+        }
+        if let Some(s) = filter.status {
+            wheres.push("f.online = :online");
+            named.push((":online", Box::new(s == Status::Online)));
+        }
+        if let Some(n) = &filter.name {
+            wheres.push("instr(lower(f.name), lower(:name)) > 0");
+            named.push((":name", Box::new(n.clone())));
+        }
+        let where_sql = if wheres.is_empty() { String::new() } else { format!("WHERE {}", wheres.join(" AND ")) };
+        let total: i64 =
+            self.conn
+                .query_row(&format!("{FLEET_CTE} SELECT COUNT(*) FROM f {where_sql}"), &*refs(&named), |r| r.get(0))?;
+        named.push((":limit", Box::new(filter.limit.map_or(-1, sql_id))));
+        named.push((":offset", Box::new(sql_id(filter.offset))));
+        let sql = format!(
+            "{FLEET_CTE} SELECT {FLEET_COLUMNS} FROM f LEFT JOIN groups g ON g.id = f.group_id {where_sql}
+             ORDER BY f.id LIMIT :limit OFFSET :offset"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(&*refs(&named), |r| {
+            let group = match (r.get::<_, Option<i64>>(2)?, r.get::<_, Option<String>>(3)?) {
+                (Some(id), Some(name)) => Some((id as u64, name)),
+                _ => None,
+            };
+            let tags: String = r.get(11)?;
+            let n = |i: usize| r.get::<_, i64>(i).map(|v| v as u64);
+            let root: Option<Vec<u8>> = r.get(22)?;
+            Ok(FleetItem {
+                id: r.get::<_, i64>(0)? as u64,
+                name: r.get(1)?,
+                group,
+                tags: serde_json::from_str(&tags).unwrap_or_default(),
+                edge_id: r.get(4)?,
+                created_at: r.get(5)?,
+                last_poll_at: r.get(6)?,
+                snapshot_at: r.get(7)?,
+                as_of: r.get(8)?,
+                status: if r.get::<_, bool>(9)? { Status::Online } else { Status::Offline },
+                window: r.get(10)?,
+                counts: FleetCounts {
+                    containers: n(12)?,
+                    running: n(13)?,
+                    paused: n(14)?,
+                    stopped: n(15)?,
+                    unhealthy: n(16)?,
+                    images: n(17)?,
+                    volumes: n(18)?,
+                    networks: n(19)?,
+                    stacks: n(20)?,
+                },
+                seq: r.get::<_, Option<i64>>(21)?.map_or(0, |v| v as u64),
+                root: root.and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok()).unwrap_or_else(empty_root),
+            })
+        })?;
+        let items = rows.collect::<Result<Vec<_>, _>>()?;
+        Ok((items, total as u64))
+    }
+
+    /// The highest command id the agent confirmed it recorded.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], or when SQLite fails.
+    pub fn commands_seen(&self, id: u64) -> Result<u64, StoreError> {
+        self.conn
+            .query_row("SELECT commands_seen FROM environments WHERE id = ?1", [sql_id(id)], |r| r.get::<_, i64>(0))
+            .optional()?
+            .map(|v| v as u64)
+            .ok_or(StoreError::NotFound(id))
+    }
+
+    /// How many environments follow each default interval (their own is
+    /// unset), as intervals-shaped counts.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub fn environments_following_defaults(&self) -> Result<Intervals, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*) - COUNT(ping_interval), COUNT(*) - COUNT(snapshot_interval),
+                    COUNT(*) - COUNT(command_interval) FROM environments",
+            [],
+            |r| Ok(Intervals { ping: r.get(0)?, snapshot: r.get(1)?, command: r.get(2)? }),
+        )?)
+    }
+
+    /// How many environments would have every timer disabled under these
+    /// default intervals.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub fn environments_without_timers(&self, defaults: Intervals) -> Result<u64, StoreError> {
+        let n: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM environments WHERE COALESCE(ping_interval, ?1) = 0
+                AND COALESCE(snapshot_interval, ?2) = 0 AND COALESCE(command_interval, ?3) = 0",
+            params![defaults.ping, defaults.snapshot, defaults.command],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
+    /// Sets the default intervals, unless that would leave an environment
+    /// with every timer disabled (or the defaults themselves all disabled).
+    ///
+    /// # Errors
+    /// [`FleetError::TimersOff`], or when SQLite fails.
+    pub fn change_default_intervals(&self, defaults: Intervals) -> Result<(), StoreError> {
+        // One connection, used by one caller at a time: nothing comes
+        // between the check and the change.
+        let off = self.environments_without_timers(defaults)?;
+        if off > 0 {
+            return Err(FleetError::TimersOff(off).into());
+        }
+        self.set_default_intervals(defaults)
+    }
+
+    // ----- groups and tags -----
+
+    fn label_create(&self, kind: Kind, name: &str) -> Result<Label, StoreError> {
+        match self.conn.execute(&format!("INSERT INTO {} (name) VALUES (?1)", kind.table()), [name]) {
+            Err(e) if is_constraint(&e) => Err(kind.taken(name).into()),
+            r => {
+                r?;
+                Ok(Label { id: self.conn.last_insert_rowid() as u64, name: name.to_owned(), environments: 0 })
+            }
+        }
+    }
+
+    fn label_list(&self, kind: Kind) -> Result<Vec<Label>, StoreError> {
+        let sql =
+            format!("SELECT x.id, x.name, {} FROM {} x ORDER BY x.name COLLATE NOCASE", kind.members(), kind.table());
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Label { id: r.get::<_, i64>(0)? as u64, name: r.get(1)?, environments: r.get::<_, i64>(2)? as u64 })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn label(&self, kind: Kind, id: u64) -> Result<Label, StoreError> {
+        let sql = format!("SELECT x.id, x.name, {} FROM {} x WHERE x.id = ?1", kind.members(), kind.table());
+        self.conn
+            .query_row(&sql, [sql_id(id)], |r| {
+                Ok(Label { id: r.get::<_, i64>(0)? as u64, name: r.get(1)?, environments: r.get::<_, i64>(2)? as u64 })
+            })
+            .optional()?
+            .ok_or_else(|| kind.not_found(id).into())
+    }
+
+    fn label_rename(&self, kind: Kind, id: u64, name: &str) -> Result<Label, StoreError> {
+        match self
+            .conn
+            .execute(&format!("UPDATE {} SET name = ?2 WHERE id = ?1", kind.table()), params![sql_id(id), name])
+        {
+            Err(e) if is_constraint(&e) => Err(kind.taken(name).into()),
+            Ok(0) => Err(kind.not_found(id).into()),
+            r => {
+                r?;
+                self.label(kind, id)
+            }
+        }
+    }
+
+    fn label_delete(&self, kind: Kind, id: u64) -> Result<(), StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        match kind {
+            Kind::Group => tx.execute("UPDATE environments SET group_id = NULL WHERE group_id = ?1", [sql_id(id)])?,
+            Kind::Tag => tx.execute("DELETE FROM environment_tags WHERE tag = ?1", [sql_id(id)])?,
+        };
+        if tx.execute(&format!("DELETE FROM {} WHERE id = ?1", kind.table()), [sql_id(id)])? == 0 {
+            return Err(kind.not_found(id).into());
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Creates a group.
+    ///
+    /// # Errors
+    /// [`FleetError::GroupNameTaken`], or when SQLite fails.
+    pub fn create_group(&self, name: &str) -> Result<Label, StoreError> {
+        self.label_create(Kind::Group, name)
+    }
+
+    /// Every group, by name.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub fn groups(&self) -> Result<Vec<Label>, StoreError> {
+        self.label_list(Kind::Group)
+    }
+
+    /// One group.
+    ///
+    /// # Errors
+    /// [`FleetError::GroupNotFound`], or when SQLite fails.
+    pub fn group(&self, id: u64) -> Result<Label, StoreError> {
+        self.label(Kind::Group, id)
+    }
+
+    /// Renames a group.
+    ///
+    /// # Errors
+    /// [`FleetError::GroupNotFound`], [`FleetError::GroupNameTaken`], or
+    /// when SQLite fails.
+    pub fn rename_group(&self, id: u64, name: &str) -> Result<Label, StoreError> {
+        self.label_rename(Kind::Group, id, name)
+    }
+
+    /// Deletes a group; its environments fall back to no group.
+    ///
+    /// # Errors
+    /// [`FleetError::GroupNotFound`], or when SQLite fails.
+    pub fn delete_group(&self, id: u64) -> Result<(), StoreError> {
+        self.label_delete(Kind::Group, id)
+    }
+
+    /// Creates a tag.
+    ///
+    /// # Errors
+    /// [`FleetError::TagNameTaken`], or when SQLite fails.
+    pub fn create_tag(&self, name: &str) -> Result<Label, StoreError> {
+        self.label_create(Kind::Tag, name)
+    }
+
+    /// Every tag, by name.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub fn tags(&self) -> Result<Vec<Label>, StoreError> {
+        self.label_list(Kind::Tag)
+    }
+
+    /// One tag.
+    ///
+    /// # Errors
+    /// [`FleetError::TagNotFound`], or when SQLite fails.
+    pub fn tag(&self, id: u64) -> Result<Label, StoreError> {
+        self.label(Kind::Tag, id)
+    }
+
+    /// Renames a tag.
+    ///
+    /// # Errors
+    /// [`FleetError::TagNotFound`], [`FleetError::TagNameTaken`], or when
+    /// SQLite fails.
+    pub fn rename_tag(&self, id: u64, name: &str) -> Result<Label, StoreError> {
+        self.label_rename(Kind::Tag, id, name)
+    }
+
+    /// Deletes a tag, taking it off every environment.
+    ///
+    /// # Errors
+    /// [`FleetError::TagNotFound`], or when SQLite fails.
+    pub fn delete_tag(&self, id: u64) -> Result<(), StoreError> {
+        self.label_delete(Kind::Tag, id)
+    }
+}
+
+fn empty_root() -> [u8; 32] {
+    crate::sync::state::empty_root()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::session::Replica;
+    use crate::sync::state::{Container, ContainerStatus, Health, Id, Image, Network};
+
+    fn state() -> State {
+        let mut s = State::default();
+        for (n, status, health, project) in [
+            (1, ContainerStatus::Running, Health::Healthy, Some("shop")),
+            (2, ContainerStatus::Restarting, Health::Unhealthy, Some("shop")),
+            (3, ContainerStatus::Exited, Health::Unhealthy, None),
+            (4, ContainerStatus::Paused, Health::None, None),
+            (5, ContainerStatus::Dead, Health::None, Some("db")),
+        ] {
+            let mut c = Container { id: Id([n; 32]), name: format!("c{n}"), status, health, ..Container::default() };
+            if let Some(p) = project {
+                c.labels.insert("com.docker.compose.project".into(), p.into());
+            }
+            s.containers.insert(c);
+        }
+        s.images.insert(Image { id: Id([9; 32]), ..Image::default() });
+        s.networks.insert(Network { id: Id([8; 32]), name: "bridge".into(), ..Network::default() });
+        s
+    }
+
+    fn replica_of(s: &State) -> Replica {
+        let mut r = Replica::default();
+        r.receive(0, Some(&crate::sync::diff(&State::default(), s)));
+        r
+    }
+
+    fn new_env(name: &str, group: Option<&str>, tags: &[&str]) -> NewEnvironment {
+        NewEnvironment {
+            name: name.into(),
+            secret: Secret([1; 32]),
+            intervals: IntervalSettings::default(),
+            group: group.map(|g| Ref::Name(g.into())),
+            tags: tags.iter().map(|t| Ref::Name((*t).into())).collect(),
+            options: FleetOptions {
+                url: "https://ops.example.com".into(),
+                env_vars: vec![],
+                allow_self_signed: false,
+                volume_path: None,
+                deploy_edge_id: None,
+            },
+        }
+    }
+
+    const EXPECTED: FleetCounts = FleetCounts {
+        containers: 5,
+        running: 2,
+        paused: 1,
+        stopped: 2,
+        unhealthy: 2,
+        images: 1,
+        volumes: 0,
+        networks: 1,
+        stacks: 2,
+    };
+
+    #[test]
+    fn counts_are_kept_where_the_replica_is_saved() {
+        let s = Store::in_memory().unwrap();
+        let id = s.create_fleet_environment(&new_env("site", None, &[]), 1).unwrap();
+        let empty = s.fleet_item(id, 2).unwrap();
+        assert_eq!((empty.counts, empty.seq, empty.root, empty.as_of), (FleetCounts::default(), 0, empty_root(), None));
+        let st = state();
+        assert_eq!(FleetCounts::of(&st), EXPECTED);
+        s.save_replica(id, &replica_of(&st), 10).unwrap();
+        let item = s.fleet_item(id, 11).unwrap();
+        assert_eq!(
+            (item.counts, item.seq, item.root, item.snapshot_at, item.as_of),
+            (EXPECTED, 1, st.root(), Some(10), Some(10))
+        );
+        // A snapshot poll that found nothing changed restarts the age only.
+        s.confirm_snapshot(id, 20).unwrap();
+        let item = s.fleet_item(id, 21).unwrap();
+        assert_eq!((item.snapshot_at, item.as_of, item.counts), (Some(10), Some(20), EXPECTED));
+    }
+
+    #[test]
+    fn a_database_from_before_the_fleet_gets_its_counts_at_open() {
+        let dir = std::env::temp_dir().join(format!("tern-fleet-backfill-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tern.db");
+        let st = state();
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &super::super::MIGRATIONS[..3] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 3).unwrap();
+            conn.execute(
+                "INSERT INTO environments (name, secret, created_at, snapshot_at) VALUES ('old', ?1, 1, 7)",
+                [&[5u8; 32][..]],
+            )
+            .unwrap();
+            conn.execute("INSERT INTO replicas (environment, seq, state) VALUES (1, 4, ?1)", [st.to_snapshot()])
+                .unwrap();
+            conn.execute(
+                "INSERT INTO environments (name, secret, created_at) VALUES ('corrupt', ?1, 1)",
+                [&[6u8; 32][..]],
+            )
+            .unwrap();
+            conn.execute("INSERT INTO replicas (environment, seq, state) VALUES (2, 1, x'00ff')", []).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let item = s.fleet_item(1, 8).unwrap();
+        assert_eq!((item.counts, item.seq, item.root, item.as_of), (EXPECTED, 4, st.root(), Some(7)));
+        assert_eq!(s.fleet_options(1).unwrap().url, "", "no URL was kept before");
+        let corrupt = s.fleet_item(2, 8).unwrap();
+        assert_eq!(corrupt.counts, FleetCounts::default(), "a corrupt state is left for its next snapshot");
+        drop(s);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_status_sql_states_the_same_rule_as_status_window() {
+        let s = Store::in_memory().unwrap();
+        let own = |p, sn, c| IntervalSettings { ping: p, snapshot: sn, command: c };
+        let cases = [
+            (own(None, None, None), None),
+            (own(Some(0), Some(3600), Some(600)), None),
+            (own(Some(30), None, Some(0)), Some(Intervals { ping: 600, snapshot: 600, command: 600 })),
+            (own(Some(3600), None, None), Some(Intervals { ping: 5, snapshot: 0, command: 0 })),
+            (own(Some(0), Some(0), None), Some(Intervals { ping: 0, snapshot: 0, command: 0 })),
+        ];
+        for defaults in
+            [Intervals { ping: 60, snapshot: 60, command: 60 }, Intervals { ping: 0, snapshot: 900, command: 0 }]
+        {
+            s.set_default_intervals(defaults).unwrap();
+            for (i, (intervals, reported)) in cases.iter().enumerate() {
+                let name = format!("{}-{i}", defaults.snapshot);
+                let id = s.create_environment_with(&name, Secret([1; 32]), *intervals, 0).unwrap().id;
+                if let Some(r) = reported {
+                    s.set_agent_intervals(id, *r).unwrap();
+                }
+                let want = status_window(intervals.resolve(defaults), *reported);
+                let item = s.fleet_item(id, 1000).unwrap();
+                assert_eq!(item.window, want, "{intervals:?} {reported:?} over {defaults:?}");
+                // Never polled: offline. Polled at the window's edge: online; one second more: offline.
+                assert_eq!(item.status, Status::Offline);
+                assert!(s.accept_poll(id, 1, Some("e"), 1000).unwrap());
+                assert_eq!(s.fleet_item(id, 1000 + want).unwrap().status, Status::Online);
+                assert_eq!(s.fleet_item(id, 1001 + want).unwrap().status, Status::Offline);
+            }
+        }
+        assert_eq!(status_window(Intervals { ping: 60, snapshot: 60, command: 60 }, None), 140);
+        assert_eq!(status_window(Intervals { ping: 0, snapshot: 300, command: 3600 }, None), 620);
+        assert_eq!(
+            status_window(
+                Intervals { ping: 60, snapshot: 0, command: 0 },
+                Some(Intervals { ping: 600, snapshot: 0, command: 0 })
+            ),
+            1220,
+            "while the agent still runs with a longer interval, that counts"
+        );
+    }
+
+    #[test]
+    fn five_thousand_environments_list_in_one_query_without_decoding_a_state() {
+        let s = Store::in_memory().unwrap();
+        s.create_group("even").unwrap();
+        s.create_tag("solar").unwrap();
+        let tx = &s.conn;
+        for i in 0..5000u64 {
+            let group = (i % 2 == 0).then(|| Ref::Name("even".into()));
+            let tags = if i % 10 == 0 { vec![Ref::Name("solar".into())] } else { vec![] };
+            let id = s.create_fleet_environment(
+                &NewEnvironment { group, tags, ..new_env(&format!("site-{i}"), None, &[]) },
+                0,
+            );
+            // Every stored state is garbage: decoding one would fail the list.
+            tx.execute("INSERT INTO replicas (environment, seq, state) VALUES (?1, 1, x'00ff')", [id.unwrap() as i64])
+                .unwrap();
+            if i % 3 == 0 {
+                tx.execute(
+                    "UPDATE environments SET last_poll_at = 990, n_containers = 7 WHERE id = ?1",
+                    [i as i64 + 1],
+                )
+                .unwrap();
+            }
+        }
+        let start = std::time::Instant::now();
+        let (page, total) = s.fleet(&Filter { limit: Some(100), offset: 200, ..Filter::default() }, 1000).unwrap();
+        let all = start.elapsed();
+        assert_eq!((page.len(), total, page[0].name.as_str()), (100, 5000, "site-200"));
+        let start = std::time::Instant::now();
+        let filter = Filter {
+            group: Some(Ref::Name("EVEN".into())),
+            tag: Some(Ref::Name("solar".into())),
+            status: Some(Status::Online),
+            name: Some("SITE-1".into()),
+            limit: Some(1000),
+            offset: 0,
+        };
+        let (found, total) = s.fleet(&filter, 1000).unwrap();
+        let filtered = start.elapsed();
+        // Even, a multiple of 10, of 3 (polled), with "site-1" in the name.
+        let want: Vec<String> = (0..5000)
+            .filter(|i| i % 30 == 0 && format!("site-{i}").contains("site-1"))
+            .map(|i| format!("site-{i}"))
+            .collect();
+        assert_eq!(found.iter().map(|e| e.name.clone()).collect::<Vec<_>>(), want);
+        assert_eq!(total as usize, want.len());
+        assert!(found.iter().all(|e| e.counts.containers == 7 && e.tags == ["solar"] && e.group.is_some()));
+        println!("5,000 environments: a page of 100 in {all:?}, filtered in {filtered:?}");
+        assert!(all.as_millis() < 1000 && filtered.as_millis() < 1000, "{all:?} {filtered:?}");
+        // The filters use the indexes.
+        let plan: Vec<String> = s
+            .conn
+            .prepare("EXPLAIN QUERY PLAN SELECT 1 FROM environment_tags WHERE tag = 1")
+            .unwrap()
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(plan.iter().any(|p| p.contains("environment_tags_by_tag")), "{plan:?}");
+    }
+
+    #[test]
+    fn groups_and_tags_are_unique_regardless_of_case_and_deleting_one_frees_its_environments() {
+        let s = Store::in_memory().unwrap();
+        let g = s.create_group("Yards").unwrap();
+        assert!(matches!(s.create_group("yards"), Err(StoreError::Fleet(FleetError::GroupNameTaken(_)))));
+        let id = s.create_fleet_environment(&new_env("a", Some("YARDS"), &["x", "Y"]), 0).unwrap();
+        let item = s.fleet_item(id, 0).unwrap();
+        assert_eq!((item.group, item.tags), (Some((g.id, "Yards".into())), vec!["x".to_owned(), "Y".to_owned()]));
+        assert_eq!(s.group(g.id).unwrap().environments, 1);
+        assert_eq!(
+            s.tags().unwrap().iter().map(|t| (t.name.as_str(), t.environments)).collect::<Vec<_>>(),
+            [("x", 1), ("Y", 1)]
+        );
+        s.delete_group(g.id).unwrap();
+        let y = s.tags().unwrap()[1].id;
+        s.delete_tag(y).unwrap();
+        let item = s.fleet_item(id, 0).unwrap();
+        assert_eq!((item.group, item.tags), (None, vec!["x".to_owned()]));
+        assert!(matches!(s.delete_group(g.id), Err(StoreError::Fleet(FleetError::GroupNotFound(_)))));
+        assert!(matches!(s.rename_tag(99, "z"), Err(StoreError::Fleet(FleetError::TagNotFound(99)))));
+        // All or nothing: a change that fails half-way leaves no trace.
+        let change = EnvironmentChange {
+            name: Some("b".into()),
+            tags: Some(vec![Ref::Name("fresh".into()), Ref::Id(99)]),
+            ..EnvironmentChange::default()
+        };
+        assert!(matches!(s.update_environment(id, &change), Err(StoreError::Fleet(FleetError::UnknownTag(_)))));
+        assert_eq!((s.fleet_item(id, 0).unwrap().name.as_str(), s.tags().unwrap().len()), ("a", 1));
+        assert!(matches!(
+            s.create_fleet_environment(&new_env("c", Some("nowhere"), &["fresh"]), 0),
+            Err(StoreError::Fleet(FleetError::UnknownGroup(_)))
+        ));
+        assert!(matches!(
+            s.create_fleet_environment(&new_env("a", None, &["fresh"]), 0),
+            Err(StoreError::NameTaken(_))
+        ));
+        assert_eq!((s.fleet(&Filter::default(), 0).unwrap().1, s.tags().unwrap().len()), (1, 1), "nothing created");
+        assert!(matches!(s.delete_environment(99), Err(StoreError::NotFound(99))));
+    }
+}

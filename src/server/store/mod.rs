@@ -14,7 +14,7 @@
 //! refused rather than guessed at.
 
 pub mod access;
-mod fleet;
+pub mod fleet;
 pub mod jobs;
 pub mod stacks;
 pub mod usage;
@@ -65,6 +65,9 @@ pub enum StoreError {
     /// A server setting holds a value this build cannot read.
     #[error("corrupt setting {0:?}")]
     CorruptSetting(&'static str),
+    /// Groups, tags, environment options (see `fleet.rs`).
+    #[error("{0}")]
+    Fleet(fleet::FleetError),
 }
 
 /// The most output bytes kept per command (the agent's cap too).
@@ -147,17 +150,21 @@ const MIGRATIONS: &[&str] = &[
         revoked_at INTEGER,
         data_directory INTEGER NOT NULL DEFAULT 0
     );",
-    // 4: the fleet (see `fleet.rs`): groups and tags, and what an
-    // environment was created with (the URL the edge sees, host variables
-    // passed through to the agent, self-signed certificates allowed, the
-    // host's Docker volume path).
+    // 4: the fleet (see `fleet.rs`): groups and tags (names unique
+    // regardless of case), and what an environment was created with (the
+    // URL the edge sees, host variables passed through to the agent,
+    // self-signed certificates allowed, the host's Docker volume path, the
+    // EDGE_ID its deploy commands carry); and what its stored state holds
+    // (object and container counts, sequence number, root digest, when it
+    // was last known current), written where the replica is saved so the
+    // list never decodes a state.
     "CREATE TABLE groups (
         id INTEGER PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE
+        name TEXT NOT NULL UNIQUE COLLATE NOCASE
     );
     CREATE TABLE tags (
         id INTEGER PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE
+        name TEXT NOT NULL UNIQUE COLLATE NOCASE
     );
     CREATE TABLE environment_tags (
         environment INTEGER NOT NULL REFERENCES environments(id) ON DELETE CASCADE,
@@ -170,6 +177,19 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE environments ADD COLUMN env_vars TEXT NOT NULL DEFAULT '';
     ALTER TABLE environments ADD COLUMN allow_self_signed INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE environments ADD COLUMN volume_path TEXT;
+    ALTER TABLE environments ADD COLUMN deploy_edge_id TEXT;
+    ALTER TABLE environments ADD COLUMN state_seq INTEGER;
+    ALTER TABLE environments ADD COLUMN state_root BLOB;
+    ALTER TABLE environments ADD COLUMN state_as_of INTEGER;
+    ALTER TABLE environments ADD COLUMN n_containers INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE environments ADD COLUMN n_running INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE environments ADD COLUMN n_paused INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE environments ADD COLUMN n_stopped INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE environments ADD COLUMN n_unhealthy INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE environments ADD COLUMN n_images INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE environments ADD COLUMN n_volumes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE environments ADD COLUMN n_networks INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE environments ADD COLUMN n_stacks INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX environments_by_group ON environments(group_id);",
     // 5: data usage (see `usage.rs`): per environment and hour (the
     // hour's first second, Unix time), bytes at the TLS socket both ways
@@ -533,7 +553,9 @@ impl Store {
             tx.pragma_update(None, "user_version", i as i64 + 1)?;
             tx.commit()?;
         }
-        Ok(Self { conn })
+        let store = Self { conn };
+        store.backfill_counts()?;
+        Ok(store)
     }
 
     /// Creates an environment with a fresh secret, following the server's
@@ -679,6 +701,7 @@ impl Store {
             ],
         )?;
         tx.execute("UPDATE environments SET snapshot_at = ?2 WHERE id = ?1", params![id as i64, now])?;
+        fleet::save_counts(&tx, id, seq, state, now)?;
         tx.commit()?;
         Ok(())
     }

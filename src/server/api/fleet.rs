@@ -1,0 +1,1279 @@
+//! The fleet's API: environments (create, list with filters and paging,
+//! show, change, delete, deploy commands, stored state), groups, tags and
+//! the server settings.
+//!
+//! | method and path | what |
+//! |---|---|
+//! | `POST /api/environments` | create one (201): join token, EDGE_ID, Linux and Windows deploy commands |
+//! | `GET /api/environments` | the list: `?group=&tag=&status=online\|offline&name=&limit=&offset=`; the total is in `X-Total-Count` |
+//! | `GET /api/environments/{id}` | one in detail |
+//! | `PATCH /api/environments/{id}` | rename, move, tag, change its deploy options |
+//! | `DELETE /api/environments/{id}` | delete it with its state and commands (204) |
+//! | `GET /api/environments/{id}/deploy` | its join token and deploy commands again |
+//! | `GET /api/environments/{id}/state` | its stored state, with `as_of` and `snapshot_age_s` |
+//! | `GET /api/environments/{id}/state/{part}` | one part: `host`, `containers`, `images`, `volumes`, `networks`, `stacks` |
+//! | `POST /api/environments/{id}/reset-binding` | let another agent (EDGE_ID) take it over |
+//! | `POST /api/groups`, `GET /api/groups`, `GET/PATCH/DELETE /api/groups/{id}` | groups |
+//! | `POST /api/tags`, `GET /api/tags`, `GET/PATCH/DELETE /api/tags/{id}` | tags |
+//! | `GET /api/settings`, `PUT /api/settings` | default intervals; the AGENT_SECRET (write-only) |
+//!
+//! Groups must exist before an environment is put in one (a typo must not
+//! split the fleet); tags named on an environment are created when new,
+//! as a label is typed. Group and tag names are unique regardless of case.
+//! Bad field values are 422, unknown ids in a path 404, a taken name 409;
+//! a refused request changes nothing.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::view::{self, IntervalsBody, IntervalsView};
+use super::{ApiError, ApiJson, PathId, check_intervals, with_store};
+use crate::auth::{JoinToken, Secret};
+use crate::server::http::AppState;
+use crate::server::store::fleet::{
+    EnvironmentChange, FleetError, FleetItem, FleetOptions, Label, NewEnvironment, Ref, Status,
+};
+use crate::server::store::{IntervalSettings, Store};
+use crate::wire::poll::Intervals;
+
+/// The agent image the generated commands run.
+pub const AGENT_IMAGE: &str = "tern-agent:latest";
+
+/// Where Docker keeps volumes on a Linux host, and where the agent's
+/// container always sees them.
+pub const LINUX_VOLUMES: &str = "/var/lib/docker/volumes";
+
+/// Where Docker keeps volumes on a Windows host, and where the agent's
+/// (Windows) container sees them.
+pub const WINDOWS_VOLUMES: &str = r"C:\ProgramData\docker\volumes";
+
+/// The Docker engine's named pipe on Windows.
+pub const WINDOWS_PIPE: &str = r"\\.\pipe\docker_engine";
+
+/// The longest name of an environment, group or tag, in characters.
+pub const MAX_NAME: usize = 128;
+
+/// The longest group or tag name, in characters.
+pub const MAX_LABEL: usize = 64;
+
+/// The most tags an environment carries.
+pub const MAX_TAGS: usize = 32;
+
+/// The most host variables passed through to an agent.
+pub const MAX_ENV_VARS: usize = 32;
+
+/// The most environments one page of the list holds (and the default).
+pub const MAX_PAGE: u64 = 1000;
+
+/// Variables the deploy commands set themselves, so they cannot be passed
+/// through from the host.
+pub const RESERVED_VARS: &[&str] = &["EDGE_KEY", "EDGE_ID", "EDGE_INSECURE_POLL", "AGENT_SECRET", "DATA_PATH"];
+
+/// `EDGE*` names the agent accepts besides those it is given by the
+/// commands; any other `EDGE*` or `AGENT_*` variable makes it exit as a
+/// typo, so it cannot be passed through.
+const AGENT_EDGE_VARS: &[&str] = &["EDGE_TLS_PQ", "EDGE", "EDGE_ASYNC"];
+
+// ----- request bodies -----
+
+/// A group or tag in a body: its id (a number) or its name (a string).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum NameOrId {
+    /// By id.
+    Id(u64),
+    /// By name.
+    Name(String),
+}
+
+impl<'de> Deserialize<'de> for NameOrId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = NameOrId;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a name or a numeric id")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<NameOrId, E> {
+                Ok(NameOrId::Id(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<NameOrId, E> {
+                Ok(NameOrId::Name(v.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Host variables to pass through: `"HTTP_PROXY, HTTPS_PROXY"` (as the
+/// wizard takes them) or `["HTTP_PROXY", "HTTPS_PROXY"]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct EnvVars(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for EnvVars {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = EnvVars;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a comma-separated list of variable names, or an array of them")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<EnvVars, E> {
+                Ok(EnvVars(v.split(',').map(str::to_owned).collect()))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<EnvVars, A::Error> {
+                let mut out = Vec::new();
+                while let Some(v) = seq.next_element::<String>()? {
+                    out.push(v);
+                }
+                Ok(EnvVars(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Absent: `None`; `null`: `Some(None)`; a value: `Some(Some(v))`.
+fn double<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// `POST /api/environments`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEnvironment {
+    /// The environment's name.
+    pub name: String,
+    /// The server URL as the edge sees it (`https://ops.example.com:9443`).
+    pub url: String,
+    /// Its own intervals; absent ones follow the server default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intervals: Option<IntervalsBody>,
+    /// Its group (which must exist), by id or name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<NameOrId>,
+    /// Its tags, by id or name; new names are created.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<NameOrId>,
+    /// Host variables passed through to the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_vars: Option<EnvVars>,
+    /// Let the agent accept a self-signed server certificate
+    /// (`EDGE_INSECURE_POLL=1`).
+    #[serde(default)]
+    pub allow_self_signed: bool,
+    /// The host's Docker volume path, when not `/var/lib/docker/volumes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_path: Option<String>,
+}
+
+/// `PATCH /api/environments/{id}`: absent fields stay as they are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateEnvironment {
+    /// A new name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A new server URL (the one the deploy commands' join token carries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// A group by id or name; `null` for none.
+    #[serde(default, deserialize_with = "double", skip_serializing_if = "Option::is_none")]
+    pub group: Option<Option<NameOrId>>,
+    /// The tags, replacing the current ones (`[]`: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<NameOrId>>,
+    /// Host variables passed through (`""` or `[]`: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_vars: Option<EnvVars>,
+    /// Self-signed certificates allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_self_signed: Option<bool>,
+    /// The Docker volume path; `null` for the default.
+    #[serde(default, deserialize_with = "double", skip_serializing_if = "Option::is_none")]
+    pub volume_path: Option<Option<String>>,
+}
+
+/// `POST /api/groups`, `POST /api/tags`, and their `PATCH`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelBody {
+    /// The name.
+    pub name: String,
+}
+
+/// Default intervals in `PUT /api/settings`: absent ones stay as they are;
+/// 0 disables that timer.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultIntervalsBody {
+    /// Heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ping: Option<u32>,
+    /// State snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<u32>,
+    /// Command check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<u32>,
+}
+
+/// `PUT /api/settings`: absent fields stay as they are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsBody {
+    /// The default intervals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intervals: Option<DefaultIntervalsBody>,
+    /// The server's AGENT_SECRET; `""` or `null` removes it.
+    #[serde(default, deserialize_with = "double", skip_serializing_if = "Option::is_none")]
+    pub agent_secret: Option<Option<String>>,
+}
+
+// ----- replies -----
+
+/// The commands that deploy an agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployCommands {
+    /// For a Linux host (sh).
+    pub linux: String,
+    /// For a Windows host running Windows containers (PowerShell, one line).
+    pub windows: String,
+}
+
+/// What creating an environment returns, and `GET .../deploy`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedEnvironment {
+    /// Its id.
+    pub id: u64,
+    /// Its name.
+    pub name: String,
+    /// The join token (EDGE_KEY), for pre-staging.
+    pub edge_key: String,
+    /// The EDGE_ID the commands deploy the agent with (`null` for an
+    /// environment made before the server generated one).
+    #[serde(default)]
+    pub edge_id: Option<String>,
+    /// The Linux command (the same as `commands.linux`; kept for older
+    /// clients).
+    pub docker_run: String,
+    /// The deploy commands.
+    #[serde(default)]
+    pub commands: DeployCommands,
+}
+
+/// A group in an environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRef {
+    /// Its id.
+    pub id: u64,
+    /// Its name.
+    pub name: String,
+}
+
+/// What an environment's stored state holds, kept up to date as snapshots
+/// arrive.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetCountsView {
+    /// Containers.
+    pub containers: u64,
+    /// Running (restarting included).
+    pub running: u64,
+    /// Paused.
+    pub paused: u64,
+    /// Neither running nor paused.
+    pub stopped: u64,
+    /// With a failing health check.
+    pub unhealthy: u64,
+    /// Images.
+    pub images: u64,
+    /// Volumes.
+    pub volumes: u64,
+    /// Networks.
+    pub networks: u64,
+    /// Compose stacks.
+    pub stacks: u64,
+}
+
+/// An environment in the list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvironmentView {
+    /// Its id.
+    pub id: u64,
+    /// Its name.
+    pub name: String,
+    /// Its group.
+    pub group: Option<GroupRef>,
+    /// Its tags, by name.
+    pub tags: Vec<String>,
+    /// `online` or `offline`.
+    pub status: String,
+    /// Online while the last poll is at most this old, in seconds.
+    pub status_window_s: i64,
+    /// The EDGE_ID of the agent bound to it.
+    pub edge_id: Option<String>,
+    /// When it was created.
+    pub created_at: i64,
+    /// When its agent last polled.
+    pub last_poll_at: Option<i64>,
+    /// How long ago, in seconds.
+    pub last_poll_age_s: Option<i64>,
+    /// When its stored state last changed.
+    pub snapshot_at: Option<i64>,
+    /// When its stored state was last known to be the host's.
+    pub as_of: Option<i64>,
+    /// How old the stored state is, in seconds (from `as_of`).
+    pub snapshot_age_s: Option<i64>,
+    /// What the stored state holds.
+    pub counts: FleetCountsView,
+}
+
+/// An environment in detail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvironmentFull {
+    /// What the list shows.
+    #[serde(flatten)]
+    pub item: EnvironmentView,
+    /// The stored state's sequence number (0: no snapshot yet).
+    pub seq: u64,
+    /// The stored state's blake3 root digest (64 hex digits).
+    pub root: String,
+    /// Its own intervals (`null`: the server default).
+    pub intervals: IntervalsBody,
+    /// The intervals its agent should run with.
+    pub effective_intervals: IntervalsView,
+    /// The intervals its agent last reported (`null`: not yet).
+    pub agent_intervals: Option<IntervalsView>,
+    /// The highest command id the agent confirmed it recorded.
+    pub commands_seen: u64,
+    /// The server URL as its edge sees it.
+    pub url: String,
+    /// Host variables passed through to the agent.
+    pub env_vars: Vec<String>,
+    /// Whether the agent accepts a self-signed certificate.
+    pub allow_self_signed: bool,
+    /// The host's Docker volume path (`null`: the default).
+    pub volume_path: Option<String>,
+    /// The EDGE_ID its deploy commands carry.
+    pub deploy_edge_id: Option<String>,
+}
+
+/// A group or a tag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelView {
+    /// Its id.
+    pub id: u64,
+    /// Its name.
+    pub name: String,
+    /// How many environments it holds.
+    pub environments: u64,
+}
+
+impl From<Label> for LabelView {
+    fn from(l: Label) -> Self {
+        Self { id: l.id, name: l.name, environments: l.environments }
+    }
+}
+
+/// `GET /api/settings`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingsView {
+    /// The default intervals (0: disabled).
+    pub intervals: IntervalsView,
+    /// Whether the server has an AGENT_SECRET (never shown).
+    pub agent_secret_set: bool,
+    /// How many environments follow each default (their own interval is
+    /// unset), so a change reaches them.
+    pub following_defaults: IntervalsView,
+}
+
+fn view_of(item: FleetItem, now: i64) -> EnvironmentView {
+    let c = item.counts;
+    EnvironmentView {
+        id: item.id,
+        name: item.name,
+        group: item.group.map(|(id, name)| GroupRef { id, name }),
+        tags: item.tags,
+        status: item.status.as_str().to_owned(),
+        status_window_s: item.window,
+        edge_id: item.edge_id,
+        created_at: item.created_at,
+        last_poll_at: item.last_poll_at,
+        last_poll_age_s: item.last_poll_at.map(|t| (now - t).max(0)),
+        snapshot_at: item.snapshot_at,
+        as_of: item.as_of,
+        snapshot_age_s: item.as_of.map(|t| (now - t).max(0)),
+        counts: FleetCountsView {
+            containers: c.containers,
+            running: c.running,
+            paused: c.paused,
+            stopped: c.stopped,
+            unhealthy: c.unhealthy,
+            images: c.images,
+            volumes: c.volumes,
+            networks: c.networks,
+            stacks: c.stacks,
+        },
+    }
+}
+
+impl From<FleetError> for ApiError {
+    fn from(e: FleetError) -> Self {
+        let status = match e {
+            FleetError::GroupNotFound(_) | FleetError::TagNotFound(_) => StatusCode::NOT_FOUND,
+            FleetError::GroupNameTaken(_) | FleetError::TagNameTaken(_) | FleetError::NoUrl(_) => StatusCode::CONFLICT,
+            FleetError::UnknownGroup(_) | FleetError::UnknownTag(_) | FleetError::TimersOff(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+// ----- checks -----
+
+/// A name (environment, group, tag): trimmed, 1 to `max` characters, no
+/// control characters.
+fn check_name(field: &str, name: &str, max: usize) -> Result<String, ApiError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > max {
+        return Err(ApiError::invalid(format!("{field}: 1 to {max} characters")));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(ApiError::invalid(format!("{field}: no control characters")));
+    }
+    Ok(name.to_owned())
+}
+
+/// A group or tag name. Commas are refused too, since the CLI takes lists
+/// of tags as `a,b`.
+fn check_label(field: &str, name: &str) -> Result<String, ApiError> {
+    let name = check_name(field, name, MAX_LABEL)?;
+    if name.contains(',') {
+        return Err(ApiError::invalid(format!("{field}: no commas")));
+    }
+    Ok(name)
+}
+
+/// The server URL as the edge sees it: `https://host[:port][/path]`.
+fn check_url(url: &str) -> Result<String, ApiError> {
+    let url = url.trim().trim_end_matches('/');
+    let bad = || ApiError::invalid("url: the server URL as the edge sees it, https://host:port");
+    let rest = url.strip_prefix("https://").ok_or_else(bad)?;
+    let host = rest.split(['/', ':']).next().unwrap_or_default();
+    if host.is_empty() || url.len() > 512 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad());
+    }
+    Ok(url.to_owned())
+}
+
+/// Host variable names: shell-safe identifiers, none the commands set or
+/// the agent would refuse. Empty items (`"A,,B"`, a trailing comma) are
+/// skipped, repeats dropped.
+fn check_env_vars(vars: &EnvVars) -> Result<Vec<String>, ApiError> {
+    let mut out: Vec<String> = Vec::new();
+    for v in &vars.0 {
+        let v = v.trim();
+        if v.is_empty() {
+            continue;
+        }
+        let shown: String = v.chars().take(40).collect();
+        let mut chars = v.chars();
+        let ok = v.len() <= 128
+            && chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return Err(ApiError::invalid(format!(
+                "env_vars: {shown:?} is not a variable name (letters, digits and _, not starting with a digit)"
+            )));
+        }
+        if RESERVED_VARS.contains(&v) {
+            return Err(ApiError::invalid(format!("env_vars: {v} is set by the deploy command itself")));
+        }
+        if (v.starts_with("EDGE") || v.starts_with("AGENT_")) && !AGENT_EDGE_VARS.contains(&v) {
+            return Err(ApiError::invalid(format!(
+                "env_vars: {v} is not a setting the agent knows; it would refuse to start"
+            )));
+        }
+        if !out.iter().any(|o| o == v) {
+            out.push(v.to_owned());
+        }
+    }
+    if out.len() > MAX_ENV_VARS {
+        return Err(ApiError::invalid(format!("env_vars: at most {MAX_ENV_VARS}")));
+    }
+    Ok(out)
+}
+
+/// Whether a volume path is a Windows one (`C:\...`).
+fn is_windows_path(p: &str) -> bool {
+    let b = p.as_bytes();
+    b.len() >= 3 && b[0].is_ascii_alphabetic() && b[1] == b':' && b[2] == b'\\'
+}
+
+/// The host's Docker volume path: absolute, Linux (`/srv/docker/volumes`)
+/// or Windows (`D:\docker\volumes`), of characters that need no quoting in
+/// a shell: letters, digits, `.`, `_`, `-`, `+`, `@` and the separators.
+/// The default path (or empty) is `None`.
+fn check_volume_path(path: &str) -> Result<Option<String>, ApiError> {
+    let p = path.trim();
+    if p.is_empty() {
+        return Ok(None);
+    }
+    let windows = is_windows_path(p);
+    let sep = if windows { '\\' } else { '/' };
+    let body = if windows { &p[2..] } else { p };
+    let safe = body.chars().all(|c| c.is_ascii_alphanumeric() || "._-+@".contains(c) || c == sep);
+    if !(windows || p.starts_with('/')) || !safe || p.len() > 512 || body.split(sep).any(|s| s == "..") {
+        return Err(ApiError::invalid(
+            "volume_path: an absolute path (/srv/docker/volumes or D:\\docker\\volumes) of letters, digits, \
+             '.', '_', '-', '+', '@' and separators",
+        ));
+    }
+    let trimmed = if body.len() > 1 { p.trim_end_matches(sep) } else { p };
+    if trimmed == LINUX_VOLUMES || trimmed.eq_ignore_ascii_case(WINDOWS_VOLUMES) {
+        return Ok(None);
+    }
+    Ok(Some(trimmed.to_owned()))
+}
+
+fn check_tags(tags: &[NameOrId]) -> Result<Vec<Ref>, ApiError> {
+    if tags.len() > MAX_TAGS {
+        return Err(ApiError::invalid(format!("tags: at most {MAX_TAGS}")));
+    }
+    tags.iter().map(|t| Ok(to_ref(&check_ref("tags", t)?))).collect()
+}
+
+fn check_ref(field: &str, r: &NameOrId) -> Result<NameOrId, ApiError> {
+    Ok(match r {
+        NameOrId::Id(id) => NameOrId::Id(*id),
+        NameOrId::Name(n) => NameOrId::Name(check_label(field, n)?),
+    })
+}
+
+fn to_ref(r: &NameOrId) -> Ref {
+    match r {
+        NameOrId::Id(id) => Ref::Id(*id),
+        NameOrId::Name(n) => Ref::Name(n.clone()),
+    }
+}
+
+/// The server's AGENT_SECRET: up to 256 characters, no control characters
+/// (it goes into a command line).
+fn check_agent_secret(secret: &str) -> Result<(), ApiError> {
+    if secret.chars().count() > 256 || secret.chars().any(char::is_control) {
+        return Err(ApiError::invalid("agent_secret: up to 256 characters, no control characters"));
+    }
+    Ok(())
+}
+
+fn check_default_interval(name: &str, v: u32) -> Result<(), ApiError> {
+    if v > super::MAX_INTERVAL {
+        return Err(ApiError::invalid(format!(
+            "intervals.{name}: at most {} seconds (a week); 0 disables it",
+            super::MAX_INTERVAL
+        )));
+    }
+    Ok(())
+}
+
+// ----- deploy commands -----
+
+/// What a deploy command carries.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeployOptions<'a> {
+    /// The join token.
+    pub edge_key: &'a str,
+    /// The EDGE_ID to deploy with.
+    pub edge_id: Option<&'a str>,
+    /// `EDGE_INSECURE_POLL=1`.
+    pub insecure_poll: bool,
+    /// The server's AGENT_SECRET.
+    pub agent_secret: Option<&'a str>,
+    /// Host variables passed through.
+    pub env_vars: &'a [String],
+    /// The host's Docker volume path (see [`check_volume_path`]).
+    pub volume_path: Option<&'a str>,
+}
+
+fn plain(value: &str) -> bool {
+    !value.is_empty() && value.chars().all(|c| c.is_ascii_alphanumeric() || "_./:=-".contains(c))
+}
+
+/// `value` as one sh word.
+fn sh_quote(value: &str) -> String {
+    if plain(value) { value.to_owned() } else { format!("'{}'", value.replace('\'', r"'\''")) }
+}
+
+/// `value` as one PowerShell word.
+fn ps_quote(value: &str) -> String {
+    if plain(value) { value.to_owned() } else { format!("'{}'", value.replace('\'', "''")) }
+}
+
+fn env_args(o: &DeployOptions<'_>, quote: fn(&str) -> String) -> Vec<String> {
+    let mut args = vec![format!("-e EDGE_KEY={}", o.edge_key)];
+    if let Some(id) = o.edge_id {
+        args.push(format!("-e EDGE_ID={id}"));
+    }
+    if o.insecure_poll {
+        args.push("-e EDGE_INSECURE_POLL=1".into());
+    }
+    if let Some(s) = o.agent_secret {
+        args.push(format!("-e AGENT_SECRET={}", quote(s)));
+    }
+    // No value: docker takes the host's.
+    args.extend(o.env_vars.iter().map(|v| format!("-e {v}")));
+    args
+}
+
+/// The Linux command: the engine socket, the volume path (host side as
+/// given, container side `/var/lib/docker/volumes`), a data volume.
+pub fn linux_command(o: &DeployOptions<'_>) -> String {
+    let volumes = o.volume_path.filter(|p| !is_windows_path(p)).unwrap_or(LINUX_VOLUMES);
+    let mut lines = vec![
+        "docker run -d --name tern-agent --restart always".to_owned(),
+        "-v /var/run/docker.sock:/var/run/docker.sock".to_owned(),
+        format!("-v {volumes}:{LINUX_VOLUMES}"),
+        "-v tern-agent-data:/data".to_owned(),
+    ];
+    lines.extend(env_args(o, sh_quote));
+    lines.push(format!("{AGENT_IMAGE} agent"));
+    lines.join(" \\\n  ")
+}
+
+/// The Windows command (Windows containers; one line, for PowerShell):
+/// the engine's named pipe, the volume path (host side as given, container
+/// side `C:\ProgramData\docker\volumes`: a Windows container cannot mount
+/// at a Linux path), a data volume at `C:\data`.
+pub fn windows_command(o: &DeployOptions<'_>) -> String {
+    let volumes = o.volume_path.filter(|p| is_windows_path(p)).unwrap_or(WINDOWS_VOLUMES);
+    let mut args = vec![
+        "docker run -d --name tern-agent --restart always".to_owned(),
+        format!("-v {WINDOWS_PIPE}:{WINDOWS_PIPE}"),
+        format!("-v {volumes}:{WINDOWS_VOLUMES}"),
+        r"-v tern-agent-data:C:\data".to_owned(),
+        r"-e DATA_PATH=C:\data".to_owned(),
+    ];
+    args.extend(env_args(o, ps_quote));
+    args.push(format!("{AGENT_IMAGE} agent"));
+    args.join(" ")
+}
+
+/// The `docker run` line for an agent with this key alone (the Linux
+/// command with every option at its default).
+pub fn docker_run(edge_key: &str) -> String {
+    linux_command(&DeployOptions { edge_key, ..DeployOptions::default() })
+}
+
+/// A random EDGE_ID, in the UUID form Portainer uses.
+fn new_edge_id() -> Result<String, ApiError> {
+    let mut b = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).map_err(|_| {
+        tracing::error!("new EDGE_ID: no randomness");
+        ApiError::internal()
+    })?;
+    (b[6], b[8]) = ((b[6] & 0x0f) | 0x40, (b[8] & 0x3f) | 0x80);
+    let h = view::hex(&b);
+    Ok(format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..]))
+}
+
+/// An environment's join token and deploy commands, from the store.
+fn deploy_of(store: &Store, id: u64, fingerprint: [u8; 32]) -> Result<CreatedEnvironment, ApiError> {
+    let env = store.environment(id)?;
+    let o = store.fleet_options(id)?;
+    if o.url.is_empty() {
+        return Err(FleetError::NoUrl(id).into());
+    }
+    let agent_secret = store.agent_secret()?;
+    let edge_key =
+        JoinToken { url: o.url.clone(), environment: id, secret: env.secret, cert_sha256: fingerprint }.encode();
+    let d = DeployOptions {
+        edge_key: &edge_key,
+        edge_id: o.deploy_edge_id.as_deref(),
+        insecure_poll: o.allow_self_signed,
+        agent_secret: agent_secret.as_deref(),
+        env_vars: &o.env_vars,
+        volume_path: o.volume_path.as_deref(),
+    };
+    let commands = DeployCommands { linux: linux_command(&d), windows: windows_command(&d) };
+    Ok(CreatedEnvironment {
+        id,
+        name: env.name,
+        edge_id: o.deploy_edge_id,
+        docker_run: commands.linux.clone(),
+        commands,
+        edge_key,
+    })
+}
+
+fn now() -> i64 {
+    crate::server::http::now()
+}
+
+fn full_of(store: &Store, id: u64, now: i64) -> Result<EnvironmentFull, ApiError> {
+    let item = store.fleet_item(id, now)?;
+    let (seq, root) = (item.seq, view::hex(&item.root));
+    let intervals = store.intervals(id)?;
+    let o = store.fleet_options(id)?;
+    Ok(EnvironmentFull {
+        item: view_of(item, now),
+        seq,
+        root,
+        intervals: intervals.into(),
+        effective_intervals: intervals.resolve(store.default_intervals()?).into(),
+        agent_intervals: store.agent_intervals(id)?.map(Into::into),
+        commands_seen: store.commands_seen(id)?,
+        url: o.url,
+        env_vars: o.env_vars,
+        allow_self_signed: o.allow_self_signed,
+        volume_path: o.volume_path,
+        deploy_edge_id: o.deploy_edge_id,
+    })
+}
+
+// ----- handlers: environments -----
+
+/// `POST /api/environments`: creates an environment.
+pub async fn create_environment(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<CreateEnvironment>,
+) -> Result<(StatusCode, Json<CreatedEnvironment>), ApiError> {
+    let name = check_name("name", &req.name, MAX_NAME)?;
+    let url = check_url(&req.url)?;
+    let intervals = IntervalSettings::from(req.intervals.unwrap_or_default());
+    let group = req.group.as_ref().map(|g| check_ref("group", g)).transpose()?.as_ref().map(to_ref);
+    let tags = check_tags(&req.tags)?;
+    let env_vars = check_env_vars(&req.env_vars.unwrap_or_default())?;
+    let volume_path = req.volume_path.as_deref().map(check_volume_path).transpose()?.flatten();
+    let mut secret = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret).map_err(|_| {
+        tracing::error!("create environment: no randomness");
+        ApiError::internal()
+    })?;
+    let new = NewEnvironment {
+        name,
+        secret: Secret(secret),
+        intervals,
+        group,
+        tags,
+        options: FleetOptions {
+            url,
+            env_vars,
+            allow_self_signed: req.allow_self_signed,
+            volume_path,
+            deploy_edge_id: Some(new_edge_id()?),
+        },
+    };
+    let fingerprint = state.fingerprint;
+    let created = with_store(&state, move |store| {
+        check_intervals(intervals, store.default_intervals()?)?;
+        let id = store.create_fleet_environment(&new, now())?;
+        deploy_of(store, id, fingerprint)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// The list's query: `group`, `tag`, `status`, `name`, `limit`, `offset`.
+fn parse_filter(query: Option<&str>) -> Result<crate::server::store::fleet::Filter, ApiError> {
+    let mut f = crate::server::store::fleet::Filter { limit: Some(MAX_PAGE), ..Default::default() };
+    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let (k, v) = (decode_query(k)?, decode_query(v)?);
+        let number = |max: u64| {
+            v.parse::<u64>()
+                .ok()
+                .filter(|n| *n <= max)
+                .ok_or_else(|| ApiError::invalid(format!("{k}: a number from 0 to {max}")))
+        };
+        match k.as_str() {
+            "group" => f.group = Some(Ref::Name(v.trim().to_owned())),
+            "tag" => f.tag = Some(Ref::Name(v.trim().to_owned())),
+            "status" => {
+                f.status = Some(Status::parse(&v).ok_or_else(|| ApiError::invalid("status: online or offline"))?);
+            }
+            "name" => f.name = Some(v),
+            "limit" => f.limit = Some(number(MAX_PAGE)?),
+            "offset" => f.offset = number(i64::MAX as u64)?,
+            _ => {
+                let shown: String = k.chars().take(40).collect();
+                return Err(ApiError::bad_request(format!(
+                    "unknown parameter {shown:?}; the list takes group, tag, status, name, limit, offset"
+                )));
+            }
+        }
+    }
+    Ok(f)
+}
+
+/// Decodes a query-string component (`+` is a space, `%XX` a byte).
+fn decode_query(s: &str) -> Result<String, ApiError> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
+                out.push(hex.ok_or_else(|| ApiError::bad_request("query: bad %-escape"))?);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| ApiError::bad_request("query: not UTF-8"))
+}
+
+/// `GET /api/environments`: a page of the list; the total is in
+/// `X-Total-Count`.
+pub async fn list_environments(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let filter = parse_filter(query.as_deref())?;
+    let now = now();
+    let (items, total) = with_store(&state, move |store| Ok(store.fleet(&filter, now)?)).await?;
+    let list: Vec<EnvironmentView> = items.into_iter().map(|i| view_of(i, now)).collect();
+    let mut resp = Json(list).into_response();
+    resp.headers_mut().insert("x-total-count", HeaderValue::from(total));
+    Ok(resp)
+}
+
+/// `GET /api/environments/{id}`.
+pub async fn environment(
+    State(state): State<Arc<AppState>>,
+    PathId(id): PathId,
+) -> Result<Json<EnvironmentFull>, ApiError> {
+    Ok(Json(with_store(&state, move |store| full_of(store, id, now())).await?))
+}
+
+/// `PATCH /api/environments/{id}`.
+pub async fn update_environment(
+    State(state): State<Arc<AppState>>,
+    PathId(id): PathId,
+    ApiJson(req): ApiJson<UpdateEnvironment>,
+) -> Result<Json<EnvironmentFull>, ApiError> {
+    let change = EnvironmentChange {
+        name: req.name.as_deref().map(|n| check_name("name", n, MAX_NAME)).transpose()?,
+        url: req.url.as_deref().map(check_url).transpose()?,
+        group: match &req.group {
+            None => None,
+            Some(None) => Some(None),
+            Some(Some(g)) => Some(Some(to_ref(&check_ref("group", g)?))),
+        },
+        tags: req.tags.as_deref().map(check_tags).transpose()?,
+        env_vars: req.env_vars.as_ref().map(check_env_vars).transpose()?,
+        allow_self_signed: req.allow_self_signed,
+        volume_path: match &req.volume_path {
+            None => None,
+            Some(None) => Some(None),
+            Some(Some(p)) => Some(check_volume_path(p)?),
+        },
+    };
+    Ok(Json(
+        with_store(&state, move |store| {
+            store.update_environment(id, &change)?;
+            full_of(store, id, now())
+        })
+        .await?,
+    ))
+}
+
+/// `DELETE /api/environments/{id}`: the environment, its stored state,
+/// its commands: everything. Its agent's polls are refused from now on.
+pub async fn delete_environment(
+    State(state): State<Arc<AppState>>,
+    PathId(id): PathId,
+) -> Result<StatusCode, ApiError> {
+    with_store(&state, move |store| Ok(store.delete_environment(id)?)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/environments/{id}/deploy`.
+pub async fn deploy(
+    State(state): State<Arc<AppState>>,
+    PathId(id): PathId,
+) -> Result<Json<CreatedEnvironment>, ApiError> {
+    let fingerprint = state.fingerprint;
+    Ok(Json(with_store(&state, move |store| deploy_of(store, id, fingerprint)).await?))
+}
+
+/// `POST /api/environments/{id}/reset-binding`.
+pub async fn reset_binding(
+    State(state): State<Arc<AppState>>,
+    PathId(id): PathId,
+) -> Result<Json<EnvironmentView>, ApiError> {
+    let now = now();
+    let item = with_store(&state, move |store| {
+        store.reset_binding(id)?;
+        Ok(store.fleet_item(id, now)?)
+    })
+    .await?;
+    Ok(Json(view_of(item, now)))
+}
+
+/// The parts of a stored state `GET .../state/{part}` serves.
+pub const STATE_PARTS: &[&str] = &["host", "containers", "images", "volumes", "networks", "stacks"];
+
+async fn state_json(state: &Arc<AppState>, id: u64) -> Result<Value, ApiError> {
+    let now = now();
+    let (replica, item) = with_store(state, move |store| {
+        let item = store.fleet_item(id, now)?;
+        Ok((store.replica(id)?, item))
+    })
+    .await?;
+    let (seq, current) = replica.current();
+    let mut v = view::state(seq, current);
+    v["as_of"] = item.as_of.into();
+    v["snapshot_age_s"] = item.as_of.map(|t| (now - t).max(0)).into();
+    v["status"] = item.status.as_str().into();
+    Ok(v)
+}
+
+/// `GET /api/environments/{id}/state`: the stored state, with when it was
+/// last known to be the host's (`as_of`) and its age.
+pub async fn environment_state(
+    State(state): State<Arc<AppState>>,
+    PathId(id): PathId,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(state_json(&state, id).await?))
+}
+
+/// `GET /api/environments/{id}/state/{part}`: one part, with the same
+/// `seq`, `root`, `as_of`, `snapshot_age_s` and `status`.
+pub async fn environment_state_part(
+    State(state): State<Arc<AppState>>,
+    Path((id, part)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let id: u64 = id.parse().map_err(|_| ApiError::bad_request("bad id: ids are numbers"))?;
+    if !STATE_PARTS.contains(&part.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no part {:?}; one of {}", part.chars().take(40).collect::<String>(), STATE_PARTS.join(", ")),
+        ));
+    }
+    let mut v = state_json(&state, id).await?;
+    let mut out = serde_json::Map::new();
+    for key in ["seq", "root", "as_of", "snapshot_age_s", "status"] {
+        out.insert(key.into(), v[key].take());
+    }
+    out.insert(part.clone(), v[part.as_str()].take());
+    Ok(Json(Value::Object(out)))
+}
+
+// ----- handlers: groups and tags -----
+
+/// Groups and tags have the same endpoints.
+#[derive(Debug, Clone, Copy)]
+enum LabelKind {
+    Group,
+    Tag,
+}
+
+impl LabelKind {
+    fn field(self) -> &'static str {
+        match self {
+            Self::Group => "group",
+            Self::Tag => "tag",
+        }
+    }
+}
+
+async fn label_create(
+    state: Arc<AppState>,
+    kind: LabelKind,
+    body: LabelBody,
+) -> Result<(StatusCode, Json<LabelView>), ApiError> {
+    let name = check_label("name", &body.name)?;
+    let label = with_store(&state, move |store| {
+        Ok(match kind {
+            LabelKind::Group => store.create_group(&name)?,
+            LabelKind::Tag => store.create_tag(&name)?,
+        })
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(label.into())))
+}
+
+async fn label_list(state: Arc<AppState>, kind: LabelKind) -> Result<Json<Vec<LabelView>>, ApiError> {
+    let list = with_store(&state, move |store| {
+        Ok(match kind {
+            LabelKind::Group => store.groups()?,
+            LabelKind::Tag => store.tags()?,
+        })
+    })
+    .await?;
+    Ok(Json(list.into_iter().map(Into::into).collect()))
+}
+
+async fn label_get(state: Arc<AppState>, kind: LabelKind, id: u64) -> Result<Json<LabelView>, ApiError> {
+    let label = with_store(&state, move |store| {
+        Ok(match kind {
+            LabelKind::Group => store.group(id)?,
+            LabelKind::Tag => store.tag(id)?,
+        })
+    })
+    .await?;
+    Ok(Json(label.into()))
+}
+
+async fn label_rename(
+    state: Arc<AppState>,
+    kind: LabelKind,
+    id: u64,
+    body: LabelBody,
+) -> Result<Json<LabelView>, ApiError> {
+    let name = check_label("name", &body.name)?;
+    let label = with_store(&state, move |store| {
+        Ok(match kind {
+            LabelKind::Group => store.rename_group(id, &name)?,
+            LabelKind::Tag => store.rename_tag(id, &name)?,
+        })
+    })
+    .await?;
+    Ok(Json(label.into()))
+}
+
+async fn label_delete(state: Arc<AppState>, kind: LabelKind, id: u64) -> Result<StatusCode, ApiError> {
+    with_store(&state, move |store| {
+        match kind {
+            LabelKind::Group => store.delete_group(id)?,
+            LabelKind::Tag => store.delete_tag(id)?,
+        }
+        Ok(())
+    })
+    .await?;
+    tracing::debug!("deleted {} {id}", kind.field());
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/groups`.
+pub async fn create_group(
+    State(state): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<LabelBody>,
+) -> Result<(StatusCode, Json<LabelView>), ApiError> {
+    label_create(state, LabelKind::Group, body).await
+}
+
+/// `GET /api/groups`: by name.
+pub async fn list_groups(State(state): State<Arc<AppState>>) -> Result<Json<Vec<LabelView>>, ApiError> {
+    label_list(state, LabelKind::Group).await
+}
+
+/// `GET /api/groups/{id}`.
+pub async fn group(State(state): State<Arc<AppState>>, PathId(id): PathId) -> Result<Json<LabelView>, ApiError> {
+    label_get(state, LabelKind::Group, id).await
+}
+
+/// `PATCH /api/groups/{id}`: renames it.
+pub async fn rename_group(
+    State(state): State<Arc<AppState>>,
+    PathId(id): PathId,
+    ApiJson(body): ApiJson<LabelBody>,
+) -> Result<Json<LabelView>, ApiError> {
+    label_rename(state, LabelKind::Group, id, body).await
+}
+
+/// `DELETE /api/groups/{id}`: its environments fall back to no group.
+pub async fn delete_group(State(state): State<Arc<AppState>>, PathId(id): PathId) -> Result<StatusCode, ApiError> {
+    label_delete(state, LabelKind::Group, id).await
+}
+
+/// `POST /api/tags`.
+pub async fn create_tag(
+    State(state): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<LabelBody>,
+) -> Result<(StatusCode, Json<LabelView>), ApiError> {
+    label_create(state, LabelKind::Tag, body).await
+}
+
+/// `GET /api/tags`: by name.
+pub async fn list_tags(State(state): State<Arc<AppState>>) -> Result<Json<Vec<LabelView>>, ApiError> {
+    label_list(state, LabelKind::Tag).await
+}
+
+/// `GET /api/tags/{id}`.
+pub async fn tag(State(state): State<Arc<AppState>>, PathId(id): PathId) -> Result<Json<LabelView>, ApiError> {
+    label_get(state, LabelKind::Tag, id).await
+}
+
+/// `PATCH /api/tags/{id}`: renames it.
+pub async fn rename_tag(
+    State(state): State<Arc<AppState>>,
+    PathId(id): PathId,
+    ApiJson(body): ApiJson<LabelBody>,
+) -> Result<Json<LabelView>, ApiError> {
+    label_rename(state, LabelKind::Tag, id, body).await
+}
+
+/// `DELETE /api/tags/{id}`: taken off every environment.
+pub async fn delete_tag(State(state): State<Arc<AppState>>, PathId(id): PathId) -> Result<StatusCode, ApiError> {
+    label_delete(state, LabelKind::Tag, id).await
+}
+
+// ----- handlers: settings -----
+
+fn settings_of(store: &Store) -> Result<SettingsView, ApiError> {
+    let following = store.environments_following_defaults()?;
+    Ok(SettingsView {
+        intervals: store.default_intervals()?.into(),
+        agent_secret_set: store.agent_secret()?.is_some(),
+        following_defaults: following.into(),
+    })
+}
+
+/// `GET /api/settings`.
+pub async fn settings(State(state): State<Arc<AppState>>) -> Result<Json<SettingsView>, ApiError> {
+    Ok(Json(with_store(&state, settings_of).await?))
+}
+
+/// `PUT /api/settings`: the default intervals reach every agent that
+/// follows them in its next reply; a new AGENT_SECRET applies at once, so
+/// every agent must be redeployed with it.
+pub async fn put_settings(
+    State(state): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<SettingsBody>,
+) -> Result<Json<SettingsView>, ApiError> {
+    if let Some(i) = body.intervals {
+        for (name, v) in [("ping", i.ping), ("snapshot", i.snapshot), ("command", i.command)] {
+            if let Some(v) = v {
+                check_default_interval(name, v)?;
+            }
+        }
+    }
+    if let Some(Some(s)) = &body.agent_secret {
+        check_agent_secret(s)?;
+    }
+    Ok(Json(
+        with_store(&state, move |store| {
+            if let Some(i) = body.intervals {
+                let old = store.default_intervals()?;
+                let new = Intervals {
+                    ping: i.ping.unwrap_or(old.ping),
+                    snapshot: i.snapshot.unwrap_or(old.snapshot),
+                    command: i.command.unwrap_or(old.command),
+                };
+                if new.ping == 0 && new.snapshot == 0 && new.command == 0 {
+                    return Err(ApiError::invalid(
+                        "intervals: at least one default must be above 0, or agents that follow them never poll again",
+                    ));
+                }
+                if new != old {
+                    store.change_default_intervals(new)?;
+                }
+            }
+            if let Some(secret) = &body.agent_secret {
+                store.set_agent_secret(secret.as_deref())?;
+            }
+            settings_of(store)
+        })
+        .await?,
+    ))
+}
+
+/// The fleet's routes (the caller puts them behind the API's
+/// authentication).
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/api/environments", post(create_environment).get(list_environments))
+        .route("/api/environments/{id}", get(environment).patch(update_environment).delete(delete_environment))
+        .route("/api/environments/{id}/deploy", get(deploy))
+        .route("/api/environments/{id}/state", get(environment_state))
+        .route("/api/environments/{id}/state/{part}", get(environment_state_part))
+        .route("/api/environments/{id}/reset-binding", post(reset_binding))
+        .route("/api/groups", post(create_group).get(list_groups))
+        .route("/api/groups/{id}", get(group).patch(rename_group).delete(delete_group))
+        .route("/api/tags", post(create_tag).get(list_tags))
+        .route("/api/tags/{id}", get(tag).patch(rename_tag).delete(delete_tag))
+        .route("/api/settings", get(settings).put(put_settings))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use hyper::service::Service;
+    use hyper_util::service::TowerToHyperService;
+
+    use super::*;
+    use crate::wire::codec::Limits;
+
+    const TOKEN: &str = "fleet-token";
+
+    async fn call(service: &TowerToHyperService<Router>, method: &str, path: &str, body: Option<Value>) -> Response {
+        let req = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header("content-type", "application/json")
+            .body(Body::from(body.map(|b| b.to_string()).unwrap_or_default()))
+            .unwrap();
+        service.call(req).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_list_says_its_total_in_a_header_and_pages_by_id() {
+        let state = AppState::new(Store::in_memory().unwrap(), Limits::default(), TOKEN, [7; 32]).unwrap();
+        let service = TowerToHyperService::new(crate::server::http::router(state));
+        for i in 0..7 {
+            let body = serde_json::json!({ "name": format!("e{i}"), "url": "https://ops.example.com" });
+            assert_eq!(call(&service, "POST", "/api/environments", Some(body)).await.status(), 201);
+        }
+        let resp = call(&service, "GET", "/api/environments?limit=3&offset=5", None).await;
+        assert_eq!(resp.headers()["x-total-count"], "7");
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let page: Vec<EnvironmentView> = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(page.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["e5", "e6"]);
+        let resp = call(&service, "GET", "/api/environments?name=e1", None).await;
+        assert_eq!(resp.headers()["x-total-count"], "1");
+    }
+
+    #[test]
+    fn the_default_linux_command_is_the_one_older_clients_know() {
+        assert_eq!(
+            docker_run("tern1_key"),
+            "docker run -d --name tern-agent --restart always \\\n  \
+             -v /var/run/docker.sock:/var/run/docker.sock \\\n  \
+             -v /var/lib/docker/volumes:/var/lib/docker/volumes \\\n  \
+             -v tern-agent-data:/data \\\n  \
+             -e EDGE_KEY=tern1_key \\\n  \
+             tern-agent:latest agent"
+        );
+        assert_eq!(sh_quote("plain-1.2:3=x"), "plain-1.2:3=x");
+        assert_eq!(sh_quote("it's $HOME"), r"'it'\''s $HOME'");
+        assert_eq!(ps_quote("it's $HOME"), "'it''s $HOME'");
+        assert_eq!(ps_quote("a,b"), "'a,b'", "a bare comma makes an array in PowerShell");
+    }
+
+    #[test]
+    fn volume_paths_and_variable_names_are_checked_for_the_shell() {
+        assert_eq!(check_volume_path("/srv/docker/volumes/").unwrap().as_deref(), Some("/srv/docker/volumes"));
+        assert_eq!(check_volume_path(r"D:\docker\volumes\").unwrap().as_deref(), Some(r"D:\docker\volumes"));
+        for default in
+            ["", "  ", "/var/lib/docker/volumes", "/var/lib/docker/volumes/", r"c:\programdata\docker\volumes"]
+        {
+            assert_eq!(check_volume_path(default).unwrap(), None, "{default:?}");
+        }
+        for bad in ["srv", "/a b", "/a/../b", "/a;b", "/$x", "/a'b", "C:/x", r"C:\a b", r"\\server\share", "/a,b"] {
+            assert!(check_volume_path(bad).is_err(), "{bad:?}");
+        }
+        let vars = |t: &str| check_env_vars(&EnvVars(t.split(',').map(str::to_owned).collect()));
+        assert_eq!(vars(" A , _b,,A,EDGE_TLS_PQ ").unwrap(), ["A", "_b", "EDGE_TLS_PQ"]);
+        for bad in ["1A", "A-B", "A B", "$A", "EDGE_ID", "DATA_PATH", "AGENT_FOO", "EDGEX", "Ä"] {
+            assert!(vars(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_url("https://ops:9443/").is_ok() && check_url("https://:9443").is_err());
+        assert_eq!(new_edge_id().unwrap().len(), 36);
+        assert_ne!(new_edge_id().unwrap(), new_edge_id().unwrap());
+    }
+}

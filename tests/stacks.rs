@@ -1,0 +1,387 @@
+//! Edge stacks end to end: the real `tern server` and `tern agent`
+//! binaries, the machine's Docker engine, HTTPS on 127.0.0.1:0, 1 s
+//! intervals.
+//!
+//! * a stack deployed through the API runs on the engine (its containers
+//!   exist, run, and carry compose's labels), and its status reaches the
+//!   server ("running"); the agent's state shows the stack;
+//! * an update redeploys it (the changed variable is in the container's
+//!   environment);
+//! * removal removes its containers and network (the named volume stays)
+//!   and reports "removed"; a second removal purges the record;
+//! * both implementations: the agent's built-in one (`EDGE_COMPOSE=builtin`)
+//!   and the host's compose tool (`EDGE_COMPOSE=tool`);
+//! * bad input is refused with a 4xx JSON error and changes nothing.
+
+#![cfg(all(feature = "agent", feature = "server"))]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{AgentProcess, Api, Deadline, Objects, Server, docker, tempdir};
+use serde_json::{Value, json};
+use tern::tls::Trust;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// Two services (the second after the first), a variable with a default,
+/// a named volume, a label; the image is the test's local busybox.
+const COMPOSE: &str = r#"
+services:
+  web:
+    image: ${IMAGE}
+    command: ["/bin/busybox", "sh", "-c", "trap 'exit 0' TERM; while :; do /bin/busybox sleep 1; done"]
+    environment:
+      GREETING: ${GREETING:-hello}
+      PLAIN: "$$literal"
+    volumes:
+      - data:/data
+    labels:
+      tern.test: "stacks"
+    restart: unless-stopped
+  side:
+    image: ${IMAGE}
+    command: /bin/busybox sh -c "trap 'exit 0' TERM; while :; do /bin/busybox sleep 1; done"
+    depends_on: [web]
+volumes:
+  data: {}
+"#;
+
+/// Removes what a compose project left on drop, test failed or not: its
+/// containers and networks (by compose's label) and its volumes (named
+/// `<project>_*`, which the `Objects` prefix does not catch).
+struct Project(String);
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let label = format!("label=com.docker.compose.project={}", self.0);
+        for (kind, ls) in [("container", ["ps", "-aq"]), ("network", ["network", "ls"]), ("volume", ["volume", "ls"])] {
+            let mut args = ls.to_vec();
+            if kind != "container" {
+                args.push("-q");
+            }
+            let filter = if kind == "volume" { format!("name={}_", self.0) } else { label.clone() };
+            let out = std::process::Command::new("docker").args(&args).args(["--filter", &filter]).output();
+            let ids = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+            for id in ids.split_whitespace() {
+                match kind {
+                    "container" => common::docker_quiet(&["rm", "-f", id]),
+                    _ => common::docker_quiet(&[kind, "rm", id]),
+                }
+            }
+        }
+    }
+}
+
+/// The containers of a compose project (names), by label.
+fn project_containers(project: &str, service: &str) -> Vec<String> {
+    docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=com.docker.compose.project={project}"),
+        "--filter",
+        &format!("label=com.docker.compose.service={service}"),
+        "--format",
+        "{{.Names}}",
+    ])
+    .lines()
+    .map(str::to_owned)
+    .collect()
+}
+
+fn inspect(name: &str, format: &str) -> String {
+    docker(&["inspect", "--format", format, name])
+}
+
+/// Waits until the stack's status on `env` is `want` with `version`;
+/// fails at once on "failed".
+async fn wait_status(api: &mut Api, stack: u64, env: u64, want: &str, version: u32) -> Value {
+    let deadline = Deadline::new(WAIT);
+    loop {
+        let s = api.ok("GET", &format!("/api/stacks/{stack}"), None, 200).await;
+        let d = s["environments"].as_array().unwrap().iter().find(|d| d["environment"] == env).cloned();
+        if let Some(d) = &d {
+            assert_ne!(d["status"], "failed", "the agent failed the stack: {s}");
+            if d["status"] == want && d["version"] == version {
+                return s;
+            }
+        }
+        deadline.tick(format_args!("stack {stack} to be {want} (version {version}) on environment {env}: {s}")).await;
+    }
+}
+
+/// Waits until the server's stored state of `env` lists (or no longer
+/// lists) the stack.
+async fn wait_stored_stack(api: &mut Api, env: u64, name: &str, present: bool) {
+    let deadline = Deadline::new(WAIT);
+    loop {
+        let state = api.ok("GET", &format!("/api/environments/{env}/state"), None, 200).await;
+        let found = state["stacks"].as_array().is_some_and(|l| l.iter().any(|s| s["name"] == name));
+        if found == present {
+            return;
+        }
+        deadline.tick(format_args!("the stored state to {} stack {name}", if present { "show" } else { "drop" })).await;
+    }
+}
+
+/// Deploys, updates and removes a stack with an agent whose
+/// `EDGE_COMPOSE` is `mode`; `tool` says containers are named the way the
+/// tool names them (compose v1: `<project>_<service>_1`).
+async fn a_stack_lives_and_dies(mode: &str) {
+    let prefix = format!("tern-test-stk-{}-{mode}", std::process::id());
+    let objects = Objects::new(&prefix);
+    let _project = Project(prefix.clone());
+    let dir = tempdir(&format!("tern-stacks-{mode}"));
+    let server = Server::start(&dir.join("server"), "127.0.0.1:0");
+    let mut api = server.api();
+    let created = api
+        .ok(
+            "POST",
+            "/api/environments",
+            Some(json!({"name": mode, "url": server.url(), "intervals": {"ping": 1, "snapshot": 1, "command": 1}})),
+            201,
+        )
+        .await;
+    let env = created["id"].as_u64().unwrap();
+    let key = created["edge_key"].as_str().unwrap().to_owned();
+    let data = dir.join("agent");
+    let data_s = data.to_str().unwrap().to_owned();
+    let _agent = AgentProcess::start(
+        &[("EDGE_KEY", key.as_str()), ("DATA_PATH", data_s.as_str()), ("EDGE_COMPOSE", mode)],
+        &dir.join("agent.log"),
+    );
+
+    // Deploy.
+    let name = prefix.clone();
+    let body = json!({
+        "name": name,
+        "compose": COMPOSE,
+        "env": {"IMAGE": objects.image},
+        "targets": {"environments": [env]},
+    });
+    let s = api.ok("POST", "/api/stacks", Some(body), 201).await;
+    let stack = s["id"].as_u64().unwrap();
+    assert_eq!((s["version"].as_u64(), s["environments"][0]["status"].as_str()), (Some(1), Some("pending")), "{s}");
+    let s = wait_status(&mut api, stack, env, "running", 1).await;
+    assert_eq!(s["status"], "running", "{s}");
+    let web = project_containers(&name, "web");
+    let side = project_containers(&name, "side");
+    assert_eq!((web.len(), side.len()), (1, 1), "one container per service: {web:?} {side:?}");
+    let web = web[0].clone();
+    if mode == "builtin" {
+        assert_eq!(web, format!("{name}-web-1"), "compose v2's naming");
+    }
+    assert_eq!(inspect(&web, "{{.State.Status}}"), "running");
+    assert_eq!(inspect(&side[0], "{{.State.Status}}"), "running");
+    let labels: Value = serde_json::from_str(&inspect(&web, "{{json .Config.Labels}}")).unwrap();
+    assert_eq!(labels["com.docker.compose.project"], name.as_str(), "{labels}");
+    assert_eq!(labels["com.docker.compose.service"], "web", "{labels}");
+    assert_eq!(labels["com.docker.compose.oneoff"], "False", "{labels}");
+    assert_eq!(labels["tern.test"], "stacks", "{labels}");
+    let container_env = inspect(&web, "{{json .Config.Env}}");
+    assert!(container_env.contains("GREETING=hello"), "the default applies: {container_env}");
+    assert!(container_env.contains("PLAIN=$literal"), "$$ is a literal $: {container_env}");
+    assert_eq!(inspect(&web, "{{.HostConfig.RestartPolicy.Name}}"), "unless-stopped");
+    assert!(!docker(&["network", "ls", "-q", "--filter", &format!("name={name}_default")]).is_empty());
+    assert!(!docker(&["volume", "ls", "-q", "--filter", &format!("name={name}_data")]).is_empty());
+    wait_stored_stack(&mut api, env, &name, true).await;
+    let web_id = inspect(&web, "{{.Id}}");
+    let side_id = inspect(&side[0], "{{.Id}}");
+
+    // Update: a new variable, version 2, redeployed.
+    let s = api
+        .ok(
+            "PUT",
+            &format!("/api/stacks/{stack}"),
+            Some(json!({"env": {"IMAGE": objects.image, "GREETING": "bonjour"}})),
+            200,
+        )
+        .await;
+    assert_eq!(s["version"], 2, "{s}");
+    wait_status(&mut api, stack, env, "running", 2).await;
+    let web = project_containers(&name, "web");
+    assert_eq!(web.len(), 1, "{web:?}");
+    let container_env = inspect(&web[0], "{{json .Config.Env}}");
+    assert!(container_env.contains("GREETING=bonjour"), "the update is deployed: {container_env}");
+    assert_ne!(inspect(&web[0], "{{.Id}}"), web_id, "the changed service was recreated");
+    assert_eq!(inspect(&web[0], "{{.State.Status}}"), "running");
+    if mode == "builtin" {
+        // An unchanged service is left running as it was.
+        assert_eq!(inspect(&project_containers(&name, "side")[0], "{{.Id}}"), side_id);
+    }
+
+    // Remove: "removing", then "removed"; containers and network gone, the
+    // named volume kept (as `docker compose down` does).
+    let s = api.ok("DELETE", &format!("/api/stacks/{stack}"), None, 202).await;
+    assert_eq!(s["status"], "removing", "{s}");
+    assert_eq!(s["environments"][0]["status"], "removing", "{s}");
+    // Its name is free at once.
+    let (status, v) = api
+        .call(
+            "POST",
+            "/api/stacks",
+            Some(json!({"name": name, "compose": COMPOSE, "targets": {"environments": [env]}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let again = v["id"].as_u64().unwrap();
+    assert_eq!(api.ok("DELETE", &format!("/api/stacks/{again}"), None, 202).await["status"], "removing");
+    let s = wait_status(&mut api, stack, env, "removed", 2).await;
+    assert_eq!(s["status"], "removed", "{s}");
+    wait_status(&mut api, again, env, "removed", 1).await;
+    assert!(project_containers(&name, "web").is_empty() && project_containers(&name, "side").is_empty());
+    assert!(docker(&["network", "ls", "-q", "--filter", &format!("name={name}_default")]).is_empty());
+    assert!(!docker(&["volume", "ls", "-q", "--filter", &format!("name={name}_data")]).is_empty());
+    assert!(!data.join("stacks").join(&name).exists(), "the stack's files are removed");
+    wait_stored_stack(&mut api, env, &name, false).await;
+    // Removed everywhere: a second DELETE purges the record.
+    api.ok("DELETE", &format!("/api/stacks/{stack}"), None, 204).await;
+    api.ok("GET", &format!("/api/stacks/{stack}"), None, 404).await;
+    let list = api.ok("GET", "/api/stacks", None, 200).await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "only the second one is left: {list}");
+    drop(objects);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stack_runs_updates_and_is_removed_with_the_builtin_compose() {
+    a_stack_lives_and_dies("builtin").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stack_runs_updates_and_is_removed_with_the_hosts_compose_tool() {
+    assert!(
+        tern::agent::compose::find_tool().await.is_some(),
+        "this test needs `docker compose` or `docker-compose` on the host (Debian: apt-get install docker-compose)"
+    );
+    a_stack_lives_and_dies("tool").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stack_that_cannot_start_reports_the_engines_error() {
+    let prefix = format!("tern-test-stk-{}-fail", std::process::id());
+    let objects = Objects::new(&prefix);
+    let dir = tempdir("tern-stacks-fail");
+    let server = Server::start(&dir.join("server"), "127.0.0.1:0");
+    let mut api = server.api();
+    let created = api
+        .ok(
+            "POST",
+            "/api/environments",
+            Some(json!({"name": "fail", "url": server.url(), "intervals": {"ping": 1, "snapshot": 1, "command": 1}})),
+            201,
+        )
+        .await;
+    let env = created["id"].as_u64().unwrap();
+    let key = created["edge_key"].as_str().unwrap().to_owned();
+    let data = dir.join("agent").to_str().unwrap().to_owned();
+    let _agent = AgentProcess::start(
+        &[("EDGE_KEY", key.as_str()), ("DATA_PATH", data.as_str()), ("EDGE_COMPOSE", "builtin")],
+        &dir.join("agent.log"),
+    );
+    // No registry is reachable: an image the engine does not have cannot
+    // be pulled, and the agent says so.
+    let compose = format!("services:\n  a:\n    image: {prefix}-nowhere/none:1\n");
+    let s = api
+        .ok(
+            "POST",
+            "/api/stacks",
+            Some(json!({"name": prefix, "compose": compose, "targets": {"environments": [env]}})),
+            201,
+        )
+        .await;
+    let stack = s["id"].as_u64().unwrap();
+    let deadline = Deadline::new(WAIT);
+    loop {
+        let s = api.ok("GET", &format!("/api/stacks/{stack}"), None, 200).await;
+        if s["environments"][0]["status"] == "failed" {
+            assert_eq!(s["status"], "failed");
+            let error = s["environments"][0]["error"].as_str().unwrap();
+            assert!(error.contains("pulling") && error.contains("nowhere"), "{error}");
+            break;
+        }
+        deadline.tick(format_args!("the stack to fail: {s}")).await;
+    }
+    drop(objects);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_stacks_are_refused_and_change_nothing() {
+    let dir = tempdir("tern-stacks-bad");
+    let server = Server::start(&dir.join("server"), "127.0.0.1:0");
+    let mut api = server.api();
+    let created = api.ok("POST", "/api/environments", Some(json!({"name": "e", "url": server.url()})), 201).await;
+    let env = created["id"].as_u64().unwrap();
+    let good = "services:\n  web:\n    image: busybox\n";
+    let body =
+        |name: &str, compose: &str, targets: Value| json!({"name": name, "compose": compose, "targets": targets});
+    let to_env = json!({"environments": [env]});
+    let oversized = format!("{good}# {}\n", "x".repeat(256 * 1024));
+    for (b, status, text) in [
+        (body("web", "services: [unclosed", to_env.clone()), 422, "not valid YAML"),
+        (body("web", "just text", to_env.clone()), 422, "services"),
+        (body("web", "services:\n  web:\n    build: .\n", to_env.clone()), 422, "image"),
+        (body("Web!", good, to_env.clone()), 422, "compose project name"),
+        (body("", good, to_env.clone()), 422, "compose project name"),
+        (body("web", good, json!({"environments": [999]})), 422, "no environment 999"),
+        (body("web", good, json!({"environments": ["nope"]})), 422, "no environment"),
+        (body("web", good, json!({"groups": ["nope"]})), 422, "no group"),
+        (body("web", good, json!({"tags": ["nope"]})), 422, "no tag"),
+        (body("web", good, json!({})), 422, "at least one"),
+        (body("web", good, json!({"hosts": [1]})), 422, "unknown field"),
+        (body("web", &oversized, to_env.clone()), 413, "256 KiB"),
+        (json!({"name": "web", "compose": good, "env": {"1BAD": "x"}, "targets": to_env}), 422, "variable name"),
+        (json!({"name": "web", "targets": to_env}), 422, "compose"),
+    ] {
+        let (got, v) = api.call("POST", "/api/stacks", Some(b.clone())).await;
+        assert_eq!(got, status, "{v}");
+        let error = v["error"].as_str().unwrap_or_default();
+        assert!(error.contains(text), "wanted {text:?} in {v}");
+    }
+    // Malformed JSON, a missing credential.
+    let (got, v) = api.call("POST", "/api/stacks", Some(Value::String("{".into()))).await;
+    assert!(got == 400 || got == 415 || got == 422, "{got} {v}");
+    assert!(v["error"].is_string(), "{v}");
+    let (got, v) = api.call("GET", "/api/stacks/999", None).await;
+    assert_eq!((got, v["error"].as_str()), (404, Some("no stack 999")));
+    let (got, _) = api.call("PUT", "/api/stacks/999", Some(json!({}))).await;
+    assert_eq!(got, 404);
+    let (got, _) = api.call("DELETE", "/api/stacks/999", None).await;
+    assert_eq!(got, 404);
+    let mut anonymous =
+        tern::agent::client::Client::new(&server.url(), Trust::Pinned(server.fingerprint()), 1 << 20).unwrap();
+    for (method, path) in
+        [("GET", "/api/stacks"), ("POST", "/api/stacks"), ("GET", "/api/stacks/1"), ("DELETE", "/api/stacks/1")]
+    {
+        for token in ["", "wrong"] {
+            let method = hyper::Method::from_bytes(method.as_bytes()).unwrap();
+            let bytes = body("web", good, to_env.clone()).to_string().into_bytes();
+            let (got, reply) = anonymous.api(method.clone(), path, token, Some(bytes)).await.unwrap();
+            assert_eq!(got, 401, "{method} {path}: {}", String::from_utf8_lossy(&reply));
+        }
+    }
+    // Nothing was stored or queued.
+    assert_eq!(api.ok("GET", "/api/stacks", None, 200).await, json!([]));
+    let commands = api.ok("GET", &format!("/api/environments/{env}/commands"), None, 200).await;
+    assert_eq!(commands, json!([]));
+    // An update is checked the same way, and a refused one changes nothing.
+    let s = api.ok("POST", "/api/stacks", Some(body("web", good, to_env.clone())), 201).await;
+    let id = s["id"].as_u64().unwrap();
+    for (b, status) in [
+        (json!({"compose": "services: {}"}), 422),
+        (json!({"compose": oversized}), 413),
+        (json!({"targets": {"tags": ["nope"]}}), 422),
+        (json!({"version": 7}), 422),
+    ] {
+        let (got, v) = api.call("PUT", &format!("/api/stacks/{id}"), Some(b)).await;
+        assert_eq!(got, status, "{v}");
+    }
+    let s = api.ok("GET", &format!("/api/stacks/{id}"), None, 200).await;
+    assert_eq!((s["version"].as_u64(), s["compose"].as_str()), (Some(1), Some(good)));
+    let (got, v) = api.call("POST", "/api/stacks", Some(body("web", good, to_env))).await;
+    assert_eq!((got, v["error"].as_str()), (409, Some("a stack named \"web\" exists already")));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -7,6 +7,7 @@ pub mod access;
 pub mod env;
 pub mod fleet;
 pub mod logs;
+pub mod stacks;
 pub mod usage;
 
 use anyhow::{Context, bail};

@@ -385,3 +385,67 @@ async fn bad_stacks_are_refused_and_change_nothing() {
     assert_eq!((got, v["error"].as_str()), (409, Some("a stack named \"web\" exists already")));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs `tern ARGS --server URL --data DIR`; returns stdout, or panics
+/// with stderr.
+fn tern(server: &Server, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(args)
+        .args(["--server", &server.url(), "--data"])
+        .arg(&server.data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "tern {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_deploys_shows_updates_and_removes_a_stack() {
+    let prefix = format!("tern-test-stk-{}-cli", std::process::id());
+    let objects = Objects::new(&prefix);
+    let _project = Project(prefix.clone());
+    let dir = tempdir("tern-stacks-cli");
+    let server = Server::start(&dir.join("server"), "127.0.0.1:0");
+    let mut api = server.api();
+    let created = api
+        .ok(
+            "POST",
+            "/api/environments",
+            Some(
+                json!({"name": "cli-env", "url": server.url(), "intervals": {"ping": 1, "snapshot": 1, "command": 1}}),
+            ),
+            201,
+        )
+        .await;
+    let key = created["edge_key"].as_str().unwrap().to_owned();
+    let data = dir.join("agent").to_str().unwrap().to_owned();
+    let _agent = AgentProcess::start(
+        &[("EDGE_KEY", key.as_str()), ("DATA_PATH", data.as_str()), ("EDGE_COMPOSE", "builtin")],
+        &dir.join("agent.log"),
+    );
+    let file = dir.join("compose.yml");
+    std::fs::write(&file, COMPOSE).unwrap();
+    let file = file.to_str().unwrap();
+    let image = format!("IMAGE={}", objects.image);
+    let out = tern(
+        &server,
+        &["stack", "deploy", "--name", &prefix, "--file", file, "--env", &image, "--env-id", "cli-env", "--wait"],
+    );
+    assert!(out.contains(&format!("{prefix}  version 1  running")), "{out}");
+    assert!(out.contains("cli-env") && out.contains("running"), "{out}");
+    let list = tern(&server, &["stack", "list"]);
+    assert!(list.contains(&prefix) && list.contains("1 running"), "{list}");
+    let out = tern(&server, &["stack", "update", &prefix, "--env", &image, "--env", "GREETING=hej", "--wait"]);
+    assert!(out.contains("version 2  running"), "{out}");
+    let web = project_containers(&prefix, "web");
+    assert!(inspect(&web[0], "{{json .Config.Env}}").contains("GREETING=hej"));
+    let shown: Value = serde_json::from_str(&tern(&server, &["stack", "show", &prefix, "--json"])).unwrap();
+    assert_eq!((shown["version"].as_u64(), shown["environments"][0]["status"].as_str()), (Some(2), Some("running")));
+    let out = tern(&server, &["stack", "rm", &prefix, "--wait"]);
+    assert!(out.contains("removed"), "{out}");
+    assert!(project_containers(&prefix, "web").is_empty());
+    let out = tern(&server, &["stack", "rm", &prefix]);
+    assert!(out.contains("its record is gone"), "{out}");
+    drop(objects);
+    let _ = std::fs::remove_dir_all(&dir);
+}

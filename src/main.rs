@@ -74,15 +74,6 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         interval: u32,
     },
-    /// Edge stacks: a compose file deployed to environments, groups or
-    /// tags, with per-environment status.
-    #[cfg(all(feature = "server", feature = "agent"))]
-    Stack {
-        #[command(subcommand)]
-        command: tern::cli::stacks::StackCommand,
-        #[command(flatten)]
-        api: tern::cli::ApiArgs,
-    },
     /// Print a container's last log lines (fetched by its agent at its next
     /// poll).
     #[cfg(all(feature = "server", feature = "agent"))]
@@ -217,8 +208,6 @@ fn main() -> ExitCode {
         #[cfg(all(feature = "server", feature = "agent"))]
         Command::Usage { usage, api } => tern::cli::usage::run(&usage, &api),
         #[cfg(all(feature = "server", feature = "agent"))]
-        Command::Stack { command, api } => tern::cli::stacks::run(command, &api),
-        #[cfg(all(feature = "server", feature = "agent"))]
         Command::Logs { logs, api } => tern::cli::logs::run(&logs, &api),
         #[cfg(all(feature = "server", feature = "agent"))]
         Command::Quickstart { listen, data, interval } => quickstart(listen, data, interval),
@@ -327,9 +316,11 @@ fn server(
         println!("listening on {}", listener.local_addr()?);
         println!("data directory {}", config.data.display());
         println!("certificate sha256 {}", tern::server::fingerprint_hex(&prepared.fingerprint));
-        // Only at first start, when it was generated: shown this once.
+        // Only at first start, when it was generated: shown this once. Not
+        // println!: a reader that stopped after the lines above (closed
+        // stdout) must not stop the server.
         if let Some(password) = &prepared.initial_admin_password {
-            println!("admin password {password}");
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), format!("admin password {password}\n").as_bytes());
         }
         tern::server::run(prepared, listener, shutdown).await?;
         Ok(())

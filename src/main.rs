@@ -74,6 +74,15 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         interval: u32,
     },
+    /// Edge stacks: a compose file deployed to environments, groups or
+    /// tags, with per-environment status.
+    #[cfg(all(feature = "server", feature = "agent"))]
+    Stack {
+        #[command(subcommand)]
+        command: tern::cli::stacks::StackCommand,
+        #[command(flatten)]
+        api: tern::cli::ApiArgs,
+    },
     /// Print a container's last log lines (fetched by its agent at its next
     /// poll).
     #[cfg(all(feature = "server", feature = "agent"))]
@@ -207,6 +216,8 @@ fn main() -> ExitCode {
         Command::Admin { command } => tern::cli::access::run_admin(command),
         #[cfg(all(feature = "server", feature = "agent"))]
         Command::Usage { usage, api } => tern::cli::usage::run(&usage, &api),
+        #[cfg(all(feature = "server", feature = "agent"))]
+        Command::Stack { command, api } => tern::cli::stacks::run(command, &api),
         #[cfg(all(feature = "server", feature = "agent"))]
         Command::Logs { logs, api } => tern::cli::logs::run(&logs, &api),
         #[cfg(all(feature = "server", feature = "agent"))]

@@ -63,6 +63,12 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ("DELETE", "/api/tags/{id}", "tags", "Delete a tag."),
     ("GET", "/api/settings", "settings", "Edge compute defaults: intervals, whether an AGENT_SECRET is set."),
     ("PUT", "/api/settings", "settings", "Change the default intervals or the AGENT_SECRET."),
+    // Edge stacks.
+    ("POST", "/api/stacks", "stacks", "Create a stack (compose file, variables, targets) and deploy it."),
+    ("GET", "/api/stacks", "stacks", "List stacks with their status and counts of environments by status."),
+    ("GET", "/api/stacks/{id}", "stacks", "One stack: compose file, variables, targets, status per environment."),
+    ("PUT", "/api/stacks/{id}", "stacks", "A new version of a stack, redeployed everywhere."),
+    ("DELETE", "/api/stacks/{id}", "stacks", "Remove a stack everywhere (202); once removed, purge it (204)."),
     // Edge jobs.
     ("POST", "/api/jobs", "jobs", "Create a job (a script, once or on a cron schedule) and queue it on its targets."),
     ("GET", "/api/jobs", "jobs", "List jobs."),

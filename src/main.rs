@@ -211,6 +211,18 @@ fn main() -> ExitCode {
         #[cfg(all(feature = "server", feature = "agent"))]
         Command::Env { command, api } => tern::cli::env::run(command, &api),
         #[cfg(all(feature = "server", feature = "agent"))]
+        Command::Group { command, api } => {
+            tern::cli::fleet::run_label(tern::cli::fleet::LabelKind::Group, command, &api)
+        }
+        #[cfg(all(feature = "server", feature = "agent"))]
+        Command::Tag { command, api } => tern::cli::fleet::run_label(tern::cli::fleet::LabelKind::Tag, command, &api),
+        #[cfg(all(feature = "server", feature = "agent"))]
+        Command::Settings { command, api } => tern::cli::fleet::run_settings(command, &api),
+        #[cfg(all(feature = "server", feature = "agent"))]
+        Command::Cmd { cmd, api } => tern::cli::fleet::run_cmd(&cmd, &api),
+        #[cfg(all(feature = "server", feature = "agent"))]
+        Command::Commands { env, api } => tern::cli::fleet::run_commands(&env, &api),
+        #[cfg(all(feature = "server", feature = "agent"))]
         Command::Token { command, api } => tern::cli::access::run_token(command, &api),
         #[cfg(all(feature = "server", feature = "agent"))]
         Command::Admin { command } => tern::cli::access::run_admin(command),
@@ -262,18 +274,6 @@ fn agent_main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-        Command::Group { command, api } => {
-            tern::cli::fleet::run_label(tern::cli::fleet::LabelKind::Group, command, &api)
-        }
-        #[cfg(all(feature = "server", feature = "agent"))]
-        Command::Tag { command, api } => tern::cli::fleet::run_label(tern::cli::fleet::LabelKind::Tag, command, &api),
-        #[cfg(all(feature = "server", feature = "agent"))]
-        Command::Settings { command, api } => tern::cli::fleet::run_settings(command, &api),
-        #[cfg(all(feature = "server", feature = "agent"))]
-        Command::Cmd { cmd, api } => tern::cli::fleet::run_cmd(&cmd, &api),
-        #[cfg(all(feature = "server", feature = "agent"))]
-        Command::Commands { env, api } => tern::cli::fleet::run_commands(&env, &api),
-        #[cfg(all(feature = "server", feature = "agent"))]
 }
 
 /// Waits for a registered signal (forever when it could not be registered).

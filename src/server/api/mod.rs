@@ -23,11 +23,11 @@
 //! Every error is a 4xx or 5xx status with a JSON body `{"error": "..."}`.
 //! Handlers are thin: the store's calls run on the blocking pool.
 
+pub mod access;
+pub mod fleet;
 pub mod jobs;
 pub mod openapi;
 pub mod stacks;
-pub mod access;
-pub mod fleet;
 mod target;
 pub mod usage;
 pub mod view;
@@ -103,8 +103,8 @@ impl From<StoreError> for ApiError {
                 tracing::error!("api: {e}");
                 Self::internal()
             }
-        }
             StoreError::Fleet(e) => e.into(),
+        }
     }
 }
 
@@ -160,8 +160,8 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/api/environments/{id}/commands", post(create_command).get(list_commands))
         .route("/api/commands/{id}", get(command).delete(cancel_command))
         .route("/api/openapi.json", get(openapi::serve))
-        .merge(usage::routes())
         .merge(fleet::routes())
+        .merge(usage::routes())
         .merge(stacks::routes())
         .merge(jobs::routes())
         .merge(access::routes())
@@ -331,8 +331,8 @@ mod tests {
     use hyper_util::service::TowerToHyperService;
     use serde_json::{Value, json};
 
-    use super::*;
     use super::view::{EnvironmentDetail, EnvironmentItem};
+    use super::*;
     use crate::sync::State as HostState;
     use crate::sync::diff;
     use crate::sync::session::Replica;
@@ -660,8 +660,8 @@ mod tests {
         // Its result comes back.
         let result = CommandResult {
             output: Vec::new(),
-            id: first.id,
             phase: String::new(),
+            id: first.id,
             status: ResultStatus::Failed,
             error: "no such container".into(),
             finished_at: 120,

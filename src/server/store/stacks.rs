@@ -197,6 +197,9 @@ impl StackRecord {
     }
 }
 
+/// A `stacks` row: id, name, compose, env, version, created, updated, removed.
+type StackRow = (i64, String, String, String, i64, i64, i64, Option<i64>);
+
 /// What removing a stack did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Removal {
@@ -206,7 +209,7 @@ pub enum Removal {
     Purged,
 }
 
-fn status_of(removing: bool, status: Option<&str>, sent: bool, phase: Option<&str>) -> &'static str {
+fn status_of(removing: bool, status: Option<&str>, phase: Option<&str>) -> &'static str {
     match (status, removing) {
         (None, _) => "unknown",
         (Some("ok"), false) => "running",
@@ -216,10 +219,8 @@ fn status_of(removing: bool, status: Option<&str>, sent: bool, phase: Option<&st
         (Some(_), true) => "removing",
         (Some("delivered"), false) if phase.is_some_and(|p| !p.is_empty()) => "deploying",
         (Some("delivered"), false) => "acknowledged",
-        (Some(_), false) => {
-            let _ = sent;
-            "pending"
-        }
+        // Queued, sent (not yet recorded by the agent).
+        (Some(_), false) => "pending",
     }
 }
 
@@ -502,7 +503,7 @@ impl Store {
     fn deployments_of(&self, stack: i64) -> Result<Vec<Deployment>, StackError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT d.environment, e.name, d.version, d.removing, d.command,
-                    c.status, c.sent_at, c.phase, c.error, c.created_at, c.finished_at
+                    c.status, c.phase, c.error, c.created_at, c.finished_at
                FROM stack_deployments d
                JOIN environments e ON e.id = d.environment
                LEFT JOIN commands c ON c.id = d.command
@@ -510,10 +511,9 @@ impl Store {
         )?;
         let rows = stmt.query_map([stack], |r| {
             let status: Option<String> = r.get(5)?;
-            let sent: Option<i64> = r.get(6)?;
-            let phase: Option<String> = r.get(7)?;
-            let error: Option<String> = r.get(8)?;
-            let s = status_of(r.get(3)?, status.as_deref(), sent.is_some(), phase.as_deref());
+            let phase: Option<String> = r.get(6)?;
+            let error: Option<String> = r.get(7)?;
+            let s = status_of(r.get(3)?, status.as_deref(), phase.as_deref());
             Ok(Deployment {
                 environment: r.get::<_, i64>(0)? as u64,
                 environment_name: r.get(1)?,
@@ -521,29 +521,20 @@ impl Store {
                 status: s,
                 error: error.filter(|e| !e.is_empty() && s == "failed"),
                 command: r.get::<_, Option<i64>>(4)?.map(|c| c as u64),
-                queued_at: r.get(9)?,
-                finished_at: r.get(10)?,
+                queued_at: r.get(8)?,
+                finished_at: r.get(9)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn stack_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, String, String, String, i64, i64, i64, Option<i64>)> {
+    fn stack_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StackRow> {
         Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
     }
 
     fn finish_stack(
         &self,
-        (id, name, compose, env, version, created_at, updated_at, removed_at): (
-            i64,
-            String,
-            String,
-            String,
-            i64,
-            i64,
-            i64,
-            Option<i64>,
-        ),
+        (id, name, compose, env, version, created_at, updated_at, removed_at): StackRow,
     ) -> Result<StackRecord, StackError> {
         Ok(StackRecord {
             id: id as u64,

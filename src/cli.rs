@@ -6,6 +6,7 @@
 pub mod access;
 pub mod env;
 pub mod fleet;
+pub mod jobs;
 pub mod logs;
 pub mod stacks;
 pub mod usage;

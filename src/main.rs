@@ -154,6 +154,15 @@ enum Command {
         #[command(flatten)]
         api: tern::cli::ApiArgs,
     },
+    /// Edge jobs: a script run on chosen hosts, once or on a cron schedule,
+    /// with its output collected.
+    #[cfg(all(feature = "server", feature = "agent"))]
+    Job {
+        #[command(subcommand)]
+        command: tern::cli::jobs::JobCommand,
+        #[command(flatten)]
+        api: tern::cli::ApiArgs,
+    },
     /// Data usage through the server's API: what each environment's polls
     /// cost at the TLS socket and in poll bodies, per day and in total.
     #[cfg(all(feature = "server", feature = "agent"))]
@@ -228,6 +237,8 @@ fn main() -> ExitCode {
         Command::Admin { command } => tern::cli::access::run_admin(command),
         #[cfg(all(feature = "server", feature = "agent"))]
         Command::Usage { usage, api } => tern::cli::usage::run(&usage, &api),
+        #[cfg(all(feature = "server", feature = "agent"))]
+        Command::Job { command, api } => tern::cli::jobs::run(command, &api),
         #[cfg(all(feature = "server", feature = "agent"))]
         Command::Stack { command, api } => tern::cli::stacks::run(command, &api),
         #[cfg(all(feature = "server", feature = "agent"))]

@@ -37,10 +37,10 @@ pub mod baseline;
 #[cfg(all(feature = "server", feature = "agent"))]
 pub mod cli;
 pub mod fixture;
-#[cfg(feature = "tls")]
-pub mod meter;
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(feature = "tls")]
+pub mod meter;
 #[doc(hidden)]
 pub mod scenarios;
 #[cfg(feature = "server")]

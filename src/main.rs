@@ -342,7 +342,8 @@ fn server(
         // println!: a reader that stopped after the lines above (closed
         // stdout) must not stop the server.
         if let Some(password) = &prepared.initial_admin_password {
-            let _ = std::io::Write::write_all(&mut std::io::stdout(), format!("admin password {password}\n").as_bytes());
+            let _ =
+                std::io::Write::write_all(&mut std::io::stdout(), format!("admin password {password}\n").as_bytes());
         }
         tern::server::run(prepared, listener, shutdown).await?;
         Ok(())

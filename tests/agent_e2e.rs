@@ -176,10 +176,22 @@ async fn a_real_agent_keeps_a_real_server_in_sync_and_runs_every_command_once() 
     // The last lines of a container's logs come back in a later poll.
     let talker = objects.name("talker");
     docker(&[
-        "run", "-d", "--name", &talker, &objects.image, "/bin/busybox", "sh", "-c",
-        "echo first; echo second >&2; echo third; trap 'exit 0' TERM; while :; do /bin/busybox sleep 1; done",
+        "run",
+        "-d",
+        "--name",
+        &talker,
+        &objects.image,
+        "/bin/busybox",
+        "sh",
+        "-c",
+        "echo first; /bin/busybox sleep 1; echo second >&2; /bin/busybox sleep 1; echo third; trap 'exit 0' TERM; while :; do /bin/busybox sleep 1; done",
     ]);
     wait_stored(&mut api, env, &talker, Some("running")).await;
+    // The three lines are a second apart, so their order in the log is sure.
+    let deadline = Deadline::new(WAIT);
+    while !docker(&["logs", &talker]).contains("third") {
+        deadline.tick("the talker's third line").await;
+    }
     let queued = api
         .ok(
             "POST",

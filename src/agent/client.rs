@@ -53,8 +53,8 @@ pub struct Client {
     pub wire: Arc<WireBytes>,
 }
 
-pub use crate::meter::WireBytes;
 use crate::meter::Counting;
+pub use crate::meter::WireBytes;
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -267,7 +267,9 @@ mod tests {
         use crate::agent::compose::ComposeMode;
         let k = key();
         assert_eq!(AgentConfig::from_env(&env(&[("EDGE_KEY", &k)])).unwrap().compose, ComposeMode::Auto);
-        for (value, mode) in [("builtin", ComposeMode::Builtin), ("tool", ComposeMode::Tool), ("auto", ComposeMode::Auto)] {
+        for (value, mode) in
+            [("builtin", ComposeMode::Builtin), ("tool", ComposeMode::Tool), ("auto", ComposeMode::Auto)]
+        {
             let c = AgentConfig::from_env(&env(&[("EDGE_KEY", &k), ("EDGE_COMPOSE", value)])).unwrap();
             assert_eq!(c.compose, mode, "EDGE_COMPOSE={value}");
         }

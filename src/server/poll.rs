@@ -114,6 +114,10 @@ pub fn handle(store: &Store, codec: &mut Codec, wire: &[u8], now: i64) -> Result
             // The replica changes exactly when its sequence number moves.
             if seq != before {
                 store.save_replica(env.id, &replica, now)?;
+            } else if request.delta.is_some() {
+                // A snapshot poll that changed nothing: the stored state is
+                // as of now, so its age restarts.
+                store.confirm_snapshot(env.id, now)?;
             }
             PollReply { acked: seq, ..PollReply::default() }
         }

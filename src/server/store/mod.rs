@@ -1252,8 +1252,14 @@ mod tests {
         assert_eq!((c.status, c.delivered_at), (CommandStatus::Delivered, Some(14)));
         assert!(s.commands_due(e.id, 15, 100).unwrap().is_empty(), "never sent again once recorded");
         // The result ends it, once.
-        let done =
-            CommandResult { output: Vec::new(), phase: String::new(), id, status: ResultStatus::Ok, error: String::new(), finished_at: 16 };
+        let done = CommandResult {
+            output: Vec::new(),
+            phase: String::new(),
+            id,
+            status: ResultStatus::Ok,
+            error: String::new(),
+            finished_at: 16,
+        };
         assert!(s.store_result(e.id, &done, 17).unwrap());
         assert!(!s.store_result(e.id, &result(id, ResultStatus::Failed, "late"), 18).unwrap(), "idempotent");
         let c = s.command(id).unwrap();

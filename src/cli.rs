@@ -94,7 +94,7 @@ impl Api {
     /// When the server cannot be reached or answers with an error.
     pub fn call(&mut self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
         let method = hyper::Method::from_bytes(method.as_bytes())?;
-        let body = body.map(|b| serde_json::to_vec(b)).transpose()?;
+        let body = body.map(serde_json::to_vec).transpose()?;
         let (status, reply) = self
             .rt
             .block_on(self.client.api(method.clone(), path, &self.token, body))

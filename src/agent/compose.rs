@@ -255,8 +255,12 @@ async fn run_tool(
     args: &[&str],
     env: &BTreeMap<String, String>,
 ) -> Result<(), String> {
+    // Absolute paths: the tool runs in `dir`, so a relative DATA_PATH would
+    // otherwise be resolved twice.
+    let dir = std::path::absolute(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let file = std::path::absolute(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let mut cmd = tool_command(tool);
-    cmd.arg("-p").arg(name).arg("-f").arg(file).args(args).current_dir(dir).envs(env);
+    cmd.arg("-p").arg(name).arg("-f").arg(&file).args(args).current_dir(&dir).envs(env);
     cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
     let child = cmd.spawn().map_err(|e| format!("{}: {e}", tool.join(" ")))?;
     let out = match tokio::time::timeout(TOOL_TIMEOUT, child.wait_with_output()).await {

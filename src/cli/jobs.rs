@@ -28,13 +28,13 @@ pub enum JobCommand {
     /// A job's script and, per environment, whether the agent has it, its
     /// last run and exit code.
     Show {
-        /// The job's id.
-        id: u64,
+        /// The job: id or name.
+        id: String,
     },
     /// A job's runs, newest first, with their output.
     Runs {
-        /// The job's id.
-        id: u64,
+        /// The job: id or name.
+        id: String,
         /// Only this environment's runs (id or name).
         #[arg(long)]
         env: Option<String>,
@@ -44,8 +44,8 @@ pub enum JobCommand {
     },
     /// Delete a job: each agent stops it; its runs stay readable.
     Rm {
-        /// The job's id.
-        id: u64,
+        /// The job: id or name.
+        id: String,
     },
 }
 
@@ -194,10 +194,12 @@ pub fn run(command: JobCommand, api_args: &ApiArgs) -> anyhow::Result<()> {
             });
         }
         JobCommand::Show { id } => {
+            let id = job_id(&mut api, &id)?;
             let job = api.get(&format!("/api/jobs/{id}"))?;
             api.print(&job, print_detail);
         }
         JobCommand::Runs { id, env, limit } => {
+            let id = job_id(&mut api, &id)?;
             let mut path = format!("/api/jobs/{id}/runs?limit={limit}");
             if let Some(e) = env {
                 let e: String = e
@@ -238,6 +240,7 @@ pub fn run(command: JobCommand, api_args: &ApiArgs) -> anyhow::Result<()> {
             });
         }
         JobCommand::Rm { id } => {
+            let id = job_id(&mut api, &id)?;
             let job = api.call("DELETE", &format!("/api/jobs/{id}"), None)?;
             api.print(&job, |job| {
                 let n = job["environments"].as_array().map_or(0, Vec::len);
@@ -246,4 +249,19 @@ pub fn run(command: JobCommand, api_args: &ApiArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The id of a job named by id or name (the newest of that name).
+fn job_id(api: &mut Api, job: &str) -> anyhow::Result<u64> {
+    if let Ok(id) = job.parse() {
+        return Ok(id);
+    }
+    let list = api.get("/api/jobs")?;
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|j| j["name"] == job)
+        .filter_map(|j| j["id"].as_u64())
+        .max()
+        .ok_or_else(|| anyhow::anyhow!("no job named {job:?}"))
 }

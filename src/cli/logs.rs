@@ -11,8 +11,8 @@ use super::{Api, ApiArgs};
 /// `tern logs ENV CONTAINER`
 #[derive(Debug, clap::Args)]
 pub struct LogsArgs {
-    /// The environment id.
-    pub environment: u64,
+    /// The environment: id or name.
+    pub environment: String,
     /// The container: name, id or unique id prefix.
     pub container: String,
     /// How many lines from the end.
@@ -30,8 +30,9 @@ pub struct LogsArgs {
 /// When the server refuses, the agent fails, or the wait runs out.
 pub fn run(args: &LogsArgs, api_args: &ApiArgs) -> anyhow::Result<()> {
     let mut api = Api::new(api_args)?;
+    let env = super::fleet::env_id(&mut api, &args.environment)?;
     let queued = api.post(
-        &format!("/api/environments/{}/commands", args.environment),
+        &format!("/api/environments/{env}/commands"),
         &json!({ "action": "container.logs", "target": args.container, "tail": args.tail }),
     )?;
     let id = queued["id"].as_u64().unwrap_or_default();

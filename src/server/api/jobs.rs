@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use super::{ApiError, ApiJson, PathId, with_store};
 use crate::server::http::AppState;
 use crate::server::store::CommandStatus;
-use crate::server::store::jobs::{JobRecord, JobRunRecord, JobTarget, NewJob, TargetRef};
+use crate::server::store::jobs::{JobRecord, JobRunRecord, JobTarget, NewJob};
 
 /// The largest script taken, in bytes.
 pub const MAX_SCRIPT: usize = 64 * 1024;
@@ -37,69 +37,16 @@ pub const MAX_SCRIPT: usize = 64 * 1024;
 /// The longest a run may be given before it is killed: a day.
 pub const MAX_TIMEOUT: u32 = 24 * 3600;
 
-/// The most targets of each kind.
-pub const MAX_TARGETS: usize = 1000;
-
 /// Runs listed when the query does not say, and the most it may ask.
 pub const RUNS_LISTED: usize = 20;
 
 /// The most runs one listing returns.
 pub const MAX_RUNS_LISTED: usize = 100;
 
-/// An environment, group or tag: a number is an id, a string a name (or
-/// an id).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum RefBody {
-    /// By id.
-    Id(u64),
-    /// By name.
-    Name(String),
-}
-
-impl From<RefBody> for TargetRef {
-    fn from(r: RefBody) -> Self {
-        match r {
-            RefBody::Id(id) => Self::Id(id),
-            RefBody::Name(n) => Self::Name(n),
-        }
-    }
-}
-
-/// Where a job runs.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TargetsBody {
-    /// Environment ids (or names).
-    #[serde(default)]
-    pub environments: Vec<RefBody>,
-    /// Group names (or ids): the environments in them now.
-    #[serde(default)]
-    pub groups: Vec<RefBody>,
-    /// Tag names (or ids): the environments with one now.
-    #[serde(default)]
-    pub tags: Vec<RefBody>,
-}
-
-type Refs = (Vec<TargetRef>, Vec<TargetRef>, Vec<TargetRef>);
-
-impl TargetsBody {
-    fn check(self) -> Result<Refs, ApiError> {
-        for (kind, list) in [("environments", &self.environments), ("groups", &self.groups), ("tags", &self.tags)] {
-            if list.len() > MAX_TARGETS {
-                return Err(ApiError::invalid(format!("targets.{kind}: at most {MAX_TARGETS}")));
-            }
-            if list.iter().any(|r| matches!(r, RefBody::Name(n) if n.trim().is_empty() || n.len() > 256)) {
-                return Err(ApiError::invalid(format!("targets.{kind}: a name is 1 to 256 bytes")));
-            }
-        }
-        if self.environments.is_empty() && self.groups.is_empty() && self.tags.is_empty() {
-            return Err(ApiError::invalid("targets: name at least one environment, group or tag"));
-        }
-        let refs = |v: Vec<RefBody>| v.into_iter().map(Into::into).collect();
-        Ok((refs(self.environments), refs(self.groups), refs(self.tags)))
-    }
-}
+/// Job targets take the same JSON as stack targets; a job resolves its
+/// groups and tags to the environments in them when it is created or edited.
+pub use super::stacks::{RefBody, TargetsBody};
+use crate::server::store::stacks::{TargetRef, TargetRefs};
 
 /// `POST /api/jobs`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -369,8 +316,8 @@ fn detail(store: &crate::server::store::Store, id: u64) -> Result<JobDetail, Api
 }
 
 /// Resolves targets to environments (at least one).
-fn resolve(store: &crate::server::store::Store, refs: &Refs) -> Result<Vec<u64>, ApiError> {
-    let envs = store.resolve_job_targets(&refs.0, &refs.1, &refs.2)?.map_err(ApiError::invalid)?;
+fn resolve(store: &crate::server::store::Store, refs: &TargetRefs) -> Result<Vec<u64>, ApiError> {
+    let envs = store.resolve_job_targets(&refs.environments, &refs.groups, &refs.tags)?.map_err(ApiError::invalid)?;
     if envs.is_empty() {
         return Err(ApiError::invalid("targets: the groups and tags given hold no environment"));
     }

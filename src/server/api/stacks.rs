@@ -82,16 +82,22 @@ pub struct TargetsBody {
     /// Environment ids (or names).
     #[serde(default)]
     pub environments: Vec<RefBody>,
-    /// Group names (or ids): every environment in them, now and later.
+    /// Group names (or ids): every environment in them (a stack also goes
+    /// to environments that join later).
     #[serde(default)]
     pub groups: Vec<RefBody>,
-    /// Tag names (or ids): every environment with one, now and later.
+    /// Tag names (or ids): every environment with one (a stack also goes to
+    /// environments tagged later).
     #[serde(default)]
     pub tags: Vec<RefBody>,
 }
 
 impl TargetsBody {
-    fn check(self) -> Result<TargetRefs, ApiError> {
+    /// Checks the sizes and that there is at least one target.
+    ///
+    /// # Errors
+    /// A 422 naming what is wrong.
+    pub fn check(self) -> Result<TargetRefs, ApiError> {
         for (kind, list) in [("environments", &self.environments), ("groups", &self.groups), ("tags", &self.tags)] {
             if list.len() > MAX_TARGETS {
                 return Err(ApiError::invalid(format!("targets.{kind}: at most {MAX_TARGETS}")));

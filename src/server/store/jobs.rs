@@ -28,14 +28,9 @@ use crate::wire::poll::{Action, JobRun, JobSpec};
 /// Runs kept per job and environment (the oldest go first).
 pub const RUNS_KEPT: usize = 100;
 
-/// An environment, group or tag as an operator names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TargetRef {
-    /// By id.
-    Id(u64),
-    /// By name (or, when all digits and no name matches, by id).
-    Name(String),
-}
+/// An environment, group or tag as an operator names it (for a job, a name
+/// of digits that matches no name is taken as an id).
+pub use super::stacks::TargetRef;
 
 /// A job as the operator gives it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

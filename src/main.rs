@@ -199,6 +199,21 @@ enum AgentCommand {
     },
 }
 
+impl Command {
+    /// Servers and agents, which must outlive a closed pipe.
+    fn long_running(&self) -> bool {
+        match self {
+            #[cfg(feature = "agent")]
+            Self::Agent { command: None } => true,
+            #[cfg(feature = "server")]
+            Self::Server { .. } => true,
+            #[cfg(all(feature = "server", feature = "agent"))]
+            Self::Quickstart { .. } => true,
+            _ => false,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL").unwrap_or_else(|_| "info".into()))
@@ -207,6 +222,17 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    // One-shot commands die quietly when their reader goes away (`tern env
+    // list | head`), as Unix tools do; the long-running ones keep Rust's
+    // default (SIGPIPE ignored), so a closed socket never kills a server.
+    #[cfg(unix)]
+    if !cli.command.long_running() {
+        // SAFETY: restoring the default disposition of a signal, before any
+        // thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         #[cfg(feature = "agent")]
         Command::Snapshot { show_secrets, verbose } => snapshot::run(show_secrets, verbose),
@@ -361,6 +387,7 @@ fn quickstart(listen: std::net::SocketAddr, data: std::path::PathBuf, interval: 
         names: vec!["localhost".into(), "127.0.0.1".into()],
     };
     let prepared = tern::server::prepare(&config)?;
+    let agent_secret = prepared.agent_secret()?;
     let fingerprint = prepared.fingerprint;
     let initial_admin_password = prepared.initial_admin_password.clone();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -400,7 +427,12 @@ fn quickstart(listen: std::net::SocketAddr, data: std::path::PathBuf, interval: 
                     );
                 }
                 let created: tern::server::api::CreatedEnvironment = serde_json::from_slice(&reply)?;
-                std::fs::write(&key_path, &created.edge_key)?;
+                // The join token is a secret: the operator's alone.
+                let mut opts = std::fs::OpenOptions::new();
+                opts.write(true).create(true).truncate(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+                std::io::Write::write_all(&mut opts.open(&key_path)?, created.edge_key.as_bytes())?;
                 created.edge_key
             }
         };
@@ -408,18 +440,22 @@ fn quickstart(listen: std::net::SocketAddr, data: std::path::PathBuf, interval: 
         // The port may differ from the first run's (--listen 127.0.0.1:0).
         token.url = url.clone();
         let env_id = token.environment;
-        let agent_config = tern::agent::config::AgentConfig {
-            token,
-            edge_id: None,
-            insecure_poll: false,
-            tls_pq: false,
-            agent_secret: None,
-            data_path: agent_dir.clone(),
-            docker_host: None,
-            log_level: tern::agent::config::LogLevel::Info,
-            compose: Default::default(),
-            jobs: Default::default(),
-        };
+        // The agent reads its settings as `tern agent` does (EDGE_JOB_*,
+        // EDGE_COMPOSE, EDGE_TLS_PQ, LOG_LEVEL, ...), with the local
+        // environment's key, its data directory, and the server's own
+        // AGENT_SECRET unless one is given.
+        let mut vars: std::collections::BTreeMap<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("EDGE") || k.starts_with("AGENT_") || k == "LOG_LEVEL" || k == "DOCKER_HOST")
+            .collect();
+        vars.insert("EDGE_KEY".into(), token.encode());
+        vars.insert("DATA_PATH".into(), agent_dir.display().to_string());
+        if !vars.contains_key("AGENT_SECRET")
+            && let Some(secret) = agent_secret
+        {
+            vars.insert("AGENT_SECRET".into(), secret);
+        }
+        let agent_config =
+            tern::agent::config::AgentConfig::from_env(&vars).map_err(|e| anyhow::anyhow!("agent: {e}"))?;
         let mut banner = String::new();
         use std::fmt::Write as _;
         let _ = writeln!(banner, "tern is running: a server and an agent for this host's Docker engine.");

@@ -52,6 +52,17 @@ pub struct Prepared {
     state: Arc<http::AppState>,
 }
 
+impl Prepared {
+    /// The server's AGENT_SECRET, if it has one (for an agent started in the
+    /// same process, as `tern quickstart` does).
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub fn agent_secret(&self) -> Result<Option<String>, StartError> {
+        Ok(self.state.with_store(|s| s.agent_secret())?)
+    }
+}
+
 /// Opens the data directory: creates the certificate at first start, opens
 /// (and migrates) the database.
 ///
@@ -59,6 +70,14 @@ pub struct Prepared {
 /// When the directory, certificate or database cannot be set up.
 pub fn prepare(config: &ServerConfig) -> Result<Prepared, StartError> {
     std::fs::create_dir_all(&config.data).map_err(|e| StartError::Data(config.data.clone(), e))?;
+    // The database, the key and the admin token are secrets: the directory
+    // is the server's alone.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config.data, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| StartError::Data(config.data.clone(), e))?;
+    }
     let identity = match &config.cert {
         Some((cert, key)) => crate::tls::ServerIdentity::load(cert, key)?,
         None => crate::tls::ServerIdentity::load_or_create(&config.data, &config.names)?,

@@ -73,6 +73,15 @@ async fn the_server_starts_serves_its_pinned_port_and_keeps_its_identity() {
     let addr = server.value("listening on ");
     let pin = fingerprint(&server.value("certificate sha256 "));
     assert!(data.join("tern.db").exists() && data.join("cert.pem").exists() && data.join("key.pem").exists());
+    // Secrets are the server's alone.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700, "the data directory");
+        assert_eq!(mode(&data.join("tern.db")), 0o600, "the database");
+        assert_eq!(mode(&data.join("key.pem")), 0o600, "the key");
+    }
 
     // The port speaks pinned TLS and refuses an unauthenticated poll.
     let port = addr.rsplit(':').next().unwrap();

@@ -292,6 +292,14 @@ async fn write_files(dir: &Path, spec: &StackSpec) -> Result<(), String> {
         env.push_str(&format!("{k}=\"{v}\"\n"));
     }
     tokio::fs::write(dir.join(ENV_FILE), env).await.map_err(|e| io("variables", e))?;
+    // Stack variables hold passwords: the agent's alone.
+    #[cfg(unix)]
+    for name in [COMPOSE_FILE, ENV_FILE] {
+        use std::os::unix::fs::PermissionsExt;
+        tokio::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o600))
+            .await
+            .map_err(|e| io("permissions", e))?;
+    }
     Ok(())
 }
 

@@ -449,6 +449,13 @@ impl<E: Engine, T: Transport> Agent<E, T> {
             truncated: run.truncated,
             error: run.error,
         });
+        // Offline for days with a frequent job: keep the newest runs only,
+        // so the journal (rewritten on every change) stays bounded.
+        if self.journal.job_runs.len() > MAX_PENDING_JOB_RUNS {
+            let drop = self.journal.job_runs.len() - MAX_PENDING_JOB_RUNS;
+            tracing::warn!(dropped = drop, "too many job runs waiting for the server: the oldest are dropped");
+            self.journal.job_runs.drain(..drop);
+        }
         self.store.save_journal(&self.journal)?;
         self.sched.hurry(self.now() + self.settings.result_delay);
         Ok(())
@@ -678,7 +685,9 @@ impl<E: Engine, T: Transport> Agent<E, T> {
             self.store.save_journal(&self.journal)?;
         }
         for c in &fresh {
-            tracing::info!(command = c.id, action = ?c.action, "running command");
+            // The action's name and target only: a stack's variables and a
+            // job's script may hold secrets.
+            tracing::info!(command = c.id, action = %action_summary(&c.action), "running command");
             // The worker lives as long as the agent.
             let _ = self.exec.send((*c).clone());
         }
@@ -688,6 +697,25 @@ impl<E: Engine, T: Transport> Agent<E, T> {
         Ok(fresh.len())
     }
 }
+
+/// An action for the log, without its payload.
+fn action_summary(action: &Action) -> String {
+    match action {
+        Action::Container(op, id) => format!("container {op:?} {}", id.short()),
+        Action::ContainerLogs(id, tail) => format!("container logs {} (tail {tail})", id.short()),
+        Action::ImagePull(r) => format!("image pull {r}"),
+        Action::ImageRemove(r) => format!("image remove {r}"),
+        Action::VolumeRemove(v) => format!("volume remove {v}"),
+        Action::NetworkRemove(id) => format!("network remove {}", id.short()),
+        Action::StackDeploy(st) => format!("stack deploy {} v{}", st.name, st.version),
+        Action::StackRemove(name) => format!("stack remove {name}"),
+        Action::Job(j) => format!("job {} v{}", j.job, j.version),
+        Action::JobRemove(job) => format!("job remove {job}"),
+    }
+}
+
+/// Job runs kept while the server cannot be reached; the oldest go first.
+const MAX_PENDING_JOB_RUNS: usize = 200;
 
 /// The server's highest accepted counter, from a replay refusal.
 fn replayed_above(status: u16, body: &[u8]) -> Option<u64> {
@@ -1001,6 +1029,22 @@ mod tests {
         // The counter went on above the reserved block.
         let s = rig.server.lock().unwrap();
         assert!(s.last_counter > 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn job_runs_waiting_offline_are_bounded_to_the_newest() {
+        let rig = Rig::new("jobruns");
+        rig.server.lock().unwrap().down = true;
+        let mut agent = rig.agent();
+        let (tx, rx) = mpsc::unbounded_channel();
+        agent.set_job_runs(rx);
+        for run in 1..=(MAX_PENDING_JOB_RUNS as u64 + 50) {
+            tx.send(poll::JobRun { job: 1, run, output: vec![b'x'; 10], ..poll::JobRun::default() }).unwrap();
+        }
+        run_for(&mut agent, S(5)).await;
+        let journal = Store::open(&rig.dir).unwrap().journal().unwrap();
+        assert_eq!(journal.job_runs.len(), MAX_PENDING_JOB_RUNS);
+        assert_eq!(journal.job_runs[0].run, 51, "the oldest went first");
     }
 
     #[tokio::test(start_paused = true)]

@@ -163,6 +163,13 @@ impl Store {
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        // It holds the poll counter, command results and stack variables:
+        // the agent's alone (best effort: a volume may belong to another).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+        }
         let probe = dir.join(".writable");
         write_atomic(&probe, b"")?;
         let _ = std::fs::remove_file(&probe);

@@ -121,11 +121,75 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(super::api::not_found)
         .method_not_allowed_fallback(super::api::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(request_timeout))
         .with_state(state)
 }
 
+/// The most connections served at once; past it, new ones are closed at
+/// once (an attacker holding sockets cannot take the server's memory).
+pub const MAX_CONNECTIONS: usize = 8192;
+
+/// The most connections one address may hold at once. Generous, because a
+/// carrier NAT puts many agents behind one address.
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 512;
+
+/// A TLS handshake must finish within this (a few round trips and a few KB,
+/// seconds even on a 2G link).
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A connection may sit idle between requests (or dribble a request's
+/// headers) this long. Longer than the usual poll intervals, so agents keep
+/// their connection between polls; bounded, so idle sockets do not pile up.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// A request, body included, must arrive and be answered within this.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// One address's share of the connection limit, given back on drop.
+struct AddressSlot {
+    map: Arc<Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    ip: std::net::IpAddr,
+}
+
+impl AddressSlot {
+    fn take(
+        map: &Arc<Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+        ip: std::net::IpAddr,
+    ) -> Option<Self> {
+        let mut m = map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = m.entry(ip).or_insert(0);
+        if *n >= MAX_CONNECTIONS_PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(Self { map: map.clone(), ip })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Answers 408 to a request not done within [`REQUEST_TIMEOUT`] (a body sent
+/// a byte at a time holds nothing for long).
+pub async fn request_timeout(request: axum::extract::Request, next: axum::middleware::Next) -> Response<Body> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => status(StatusCode::REQUEST_TIMEOUT, "request took too long"),
+    }
+}
+
 /// Serves `router` over TLS on an already-bound listener until `shutdown`
-/// completes. Connections are kept alive between polls.
+/// completes. Connections are kept alive between polls, within the limits
+/// above.
 ///
 /// # Errors
 /// Never at present; accept errors are logged and the loop goes on.
@@ -139,6 +203,8 @@ pub async fn serve(
     // Each connection's bytes under TLS, charged to the environment whose
     // agent polls on it (see `api::usage`).
     let meters = Arc::new(crate::meter::Meters::default());
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_address: Arc<Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> = Arc::default();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -156,15 +222,30 @@ pub async fn serve(
                         continue;
                     }
                 };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::warn!("{MAX_CONNECTIONS} connections open: refusing one from {peer}");
+                    continue;
+                };
+                let address = AddressSlot::take(&per_address, peer.ip());
+                let Some(address) = address else {
+                    tracing::warn!("{} holds {MAX_CONNECTIONS_PER_ADDRESS} connections: refusing another", peer.ip());
+                    continue;
+                };
                 let _ = tcp.set_nodelay(true);
                 let (acceptor, router, meters) = (acceptor.clone(), router.clone(), meters.clone());
                 tokio::spawn(async move {
+                    let _slots = (slot, address);
                     let (key, meter) = meters.open();
                     let tcp = crate::meter::Counting::new(tcp, meter.wire());
-                    let tls = match acceptor.accept(tcp).await {
-                        Ok(tls) => tls,
-                        Err(e) => {
+                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
                             tracing::debug!("tls from {peer}: {e}");
+                            meters.forget(key);
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("tls from {peer}: no handshake within {HANDSHAKE_TIMEOUT:?}");
                             meters.forget(key);
                             return;
                         }
@@ -179,6 +260,10 @@ pub async fn serve(
                     let result = hyper::server::conn::http1::Builder::new()
                         .auto_date_header(false)
                         .keep_alive(true)
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        // Covers the wait for the next request too: an idle
+                        // connection closes after it.
+                        .header_read_timeout(IDLE_TIMEOUT)
                         .serve_connection(TokioIo::new(tls), service)
                         .await;
                     if let Err(e) = result {

@@ -527,7 +527,16 @@ impl Store {
     /// # Errors
     /// When SQLite fails or the schema is newer than this build.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Self::migrate(Connection::open(path)?)
+        let conn = Connection::open(path)?;
+        // It holds every environment's secret: the server's alone (SQLite
+        // gives its -wal and -shm files the same mode).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        }
+        Self::migrate(conn)
     }
 
     /// An in-memory database, for tests.

@@ -11,7 +11,7 @@
 //! | `POST /api/environments/{id}/commands` | queue a command (201) |
 //! | `GET /api/environments/{id}/commands` | its commands, newest first (100) |
 //! | `GET /api/commands/{id}` | one command |
-//! | `DELETE /api/commands/{id}` | cancel it, if it was never sent (409 otherwise) |
+//! | `DELETE /api/commands/{id}` | cancel it, until it is delivered (409 after) |
 //!
 //! Authentication (see [`access`], which also serves login, sessions and
 //! API tokens): an API token (`Authorization: Bearer`) or a session cookie
@@ -95,7 +95,9 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(_) | StoreError::CommandNotFound(_) => Self::new(StatusCode::NOT_FOUND, e.to_string()),
-            StoreError::NameTaken(_) | StoreError::AlreadySent(_) => Self::new(StatusCode::CONFLICT, e.to_string()),
+            StoreError::NameTaken(_) | StoreError::AlreadyDelivered(_) => {
+                Self::new(StatusCode::CONFLICT, e.to_string())
+            }
             StoreError::Sqlite(_)
             | StoreError::TooNew { .. }
             | StoreError::Corrupt { .. }
@@ -309,7 +311,8 @@ pub async fn command(State(state): State<Arc<AppState>>, PathId(id): PathId) -> 
     Ok(Json(view))
 }
 
-/// `DELETE /api/commands/{id}`: cancels a command that was never sent.
+/// `DELETE /api/commands/{id}`: cancels a command the agent has not
+/// confirmed receiving (see [`Store::cancel_command`]).
 pub async fn cancel_command(
     State(state): State<Arc<AppState>>,
     PathId(id): PathId,
@@ -639,7 +642,8 @@ mod tests {
         // Never sent: can be cancelled.
         let (status, v) = api.call(Method::DELETE, &format!("/api/commands/{}", list[0].id), None).await;
         assert_eq!((status, v["status"].as_str()), (200, Some("cancelled")));
-        // The agent polls: everything else goes out, and a sent one cannot be cancelled.
+        // The agent polls: everything else goes out; a command sent but not
+        // yet confirmed can still be cancelled, one confirmed cannot.
         let mut codec = Codec::new(Limits::default()).unwrap();
         let secret = api.store(|s| s.environment(env)).unwrap().secret;
         let poll = |counter: u64, req: PollRequest, codec: &mut Codec| {
@@ -652,9 +656,6 @@ mod tests {
         let reply = poll(1, PollRequest { agent, ..PollRequest::default() }, &mut codec);
         assert_eq!(reply.commands.len(), 7);
         assert_eq!(reply.commands[0].action, Action::Container(ContainerOp::Stop, id_of("web")));
-        let (status, v) = api.call(Method::DELETE, &format!("/api/commands/{}", first.id), None).await;
-        assert_eq!(status, 409);
-        assert!(err(&v).contains("already sent to the agent"), "{v}");
         let (_, v) = api.call(Method::GET, &format!("/api/commands/{}", first.id), None).await;
         assert_eq!((v["status"].as_str(), v["sent_at"].as_i64()), (Some("sent"), Some(101)));
         // Its result comes back.
@@ -678,6 +679,9 @@ mod tests {
         );
         let (_, v) = api.call(Method::GET, &format!("/api/commands/{}", list[1].id), None).await;
         assert_eq!(v["status"], "delivered");
+        let (status, v) = api.call(Method::DELETE, &format!("/api/commands/{}", list[1].id), None).await;
+        assert_eq!(status, 409);
+        assert!(err(&v).contains("already delivered to the agent"), "{v}");
         let (status, v) = api.call(Method::GET, "/api/commands/999", None).await;
         assert_eq!((status, err(&v)), (404, "no command 999"));
         let (status, _) = api.call(Method::DELETE, "/api/commands/999", None).await;

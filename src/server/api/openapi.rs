@@ -85,7 +85,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ),
     ("GET", "/api/environments/{id}/commands", "commands", "Command history of an environment, newest first."),
     ("GET", "/api/commands/{id}", "commands", "One command: queued, sent, delivered, done or failed, with its output."),
-    ("DELETE", "/api/commands/{id}", "commands", "Cancel a command not yet sent."),
+    ("DELETE", "/api/commands/{id}", "commands", "Cancel a command not yet delivered."),
 ];
 
 /// The document.

@@ -196,7 +196,7 @@ impl Store {
 
     /// Queues version `version` of job `id` to `env` and records it as the
     /// target's command; the target's earlier command is cancelled when it
-    /// was never sent (the new one replaces it).
+    /// was not delivered yet (the new one replaces it).
     fn send_job(&self, id: u64, env: u64, job: &NewJob, version: u32, now: i64) -> Result<(), StoreError> {
         let action = Action::Job(JobSpec {
             job: id,
@@ -228,7 +228,7 @@ impl Store {
             .optional()?;
         if let Some(Some(prev)) = previous {
             match self.cancel_command(prev as u64, now) {
-                Ok(()) | Err(StoreError::AlreadySent(_) | StoreError::CommandNotFound(_)) => {}
+                Ok(()) | Err(StoreError::AlreadyDelivered(_) | StoreError::CommandNotFound(_)) => {}
                 Err(e) => return Err(e),
             }
         }

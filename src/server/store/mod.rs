@@ -5,9 +5,9 @@
 //! A command's life: `queued` when an operator asks for it; included in
 //! every reply (`sent_at` is stamped each time) until the agent reports
 //! through `commands_seen` that it recorded it, then `delivered`; then `ok`,
-//! `failed` or `rejected` when its result arrives. Only a command that was
-//! never sent can be `cancelled`: once sent, the agent may run it whatever
-//! the server does.
+//! `failed` or `rejected` when its result arrives. A command can be
+//! `cancelled` until it is delivered; one already sent may still run if its
+//! reply reached the agent, and its result is then recorded.
 //!
 //! Schema changes are numbered migrations, applied in order at open and
 //! recorded in `PRAGMA user_version`; a database from a newer build is
@@ -60,8 +60,8 @@ pub enum StoreError {
     #[error("no command {0}")]
     CommandNotFound(u64),
     /// The command cannot be cancelled: the agent may already run it.
-    #[error("command {0} was already sent to the agent; it can no longer be cancelled")]
-    AlreadySent(u64),
+    #[error("command {0} was already delivered to the agent (or has ended); it can no longer be cancelled")]
+    AlreadyDelivered(u64),
     /// A server setting holds a value this build cannot read.
     #[error("corrupt setting {0:?}")]
     CorruptSetting(&'static str),
@@ -1144,17 +1144,20 @@ impl Store {
         rows.into_iter().map(Self::finish_record).collect()
     }
 
-    /// Cancels a command that was never sent. Cancelling a cancelled
-    /// command again is fine.
+    /// Cancels a command the agent has not confirmed receiving: the server
+    /// sends it no more. One already sent may still have reached the agent
+    /// in a reply the server did not hear back about; the agent then runs
+    /// it once and its result is recorded all the same (see
+    /// [`Self::store_result`]), so the operator sees what happened.
+    /// Cancelling a cancelled command again is fine.
     ///
     /// # Errors
-    /// [`StoreError::AlreadySent`] once it was in a reply (the agent may run
-    /// it whatever the server does), [`StoreError::CommandNotFound`], or
-    /// when SQLite fails.
+    /// [`StoreError::AlreadyDelivered`] once the agent confirmed it (or it
+    /// ended), [`StoreError::CommandNotFound`], or when SQLite fails.
     pub fn cancel_command(&self, id: u64, now: i64) -> Result<(), StoreError> {
         let n = self.conn.execute(
             "UPDATE commands SET status = 'cancelled', finished_at = ?2
-             WHERE id = ?1 AND status = 'queued' AND sent_at IS NULL",
+             WHERE id = ?1 AND status = 'queued'",
             params![sql_id(id), now],
         )?;
         if n == 1 {
@@ -1162,7 +1165,7 @@ impl Store {
         }
         match self.command(id)?.status {
             CommandStatus::Cancelled => Ok(()),
-            _ => Err(StoreError::AlreadySent(id)),
+            _ => Err(StoreError::AlreadyDelivered(id)),
         }
     }
 }
@@ -1255,10 +1258,10 @@ mod tests {
         assert_eq!(s.commands_due(e.id, 12, 100).unwrap().len(), 1, "sent again: the agent may have lost the reply");
         let c = s.command(id).unwrap();
         assert_eq!((c.status, c.sent_at), (CommandStatus::Sent, Some(12)));
-        assert!(matches!(s.cancel_command(id, 13), Err(StoreError::AlreadySent(i)) if i == id));
         s.mark_seen(e.id, id, 14).unwrap();
         let c = s.command(id).unwrap();
         assert_eq!((c.status, c.delivered_at), (CommandStatus::Delivered, Some(14)));
+        assert!(matches!(s.cancel_command(id, 14), Err(StoreError::AlreadyDelivered(i)) if i == id));
         assert!(s.commands_due(e.id, 15, 100).unwrap().is_empty(), "never sent again once recorded");
         // The result ends it, once.
         let done = CommandResult {
@@ -1299,7 +1302,7 @@ mod tests {
     }
 
     #[test]
-    fn only_a_command_never_sent_can_be_cancelled_and_a_cancelled_one_is_never_sent() {
+    fn a_command_not_yet_delivered_can_be_cancelled_and_is_never_sent_again() {
         let s = Store::in_memory().unwrap();
         let e = s.create_environment("site", Secret([1; 32]), 0).unwrap();
         let first = s.enqueue_command(e.id, &stop(1), 1).unwrap();
@@ -1311,10 +1314,14 @@ mod tests {
         // A result for a cancelled command is recorded: it ran.
         assert!(s.store_result(e.id, &result(first, ResultStatus::Ok, ""), 6).unwrap());
         assert_eq!(s.command(first).unwrap().status, CommandStatus::Ok);
-        assert!(matches!(s.cancel_command(first, 7), Err(StoreError::AlreadySent(_))));
+        assert!(matches!(s.cancel_command(first, 7), Err(StoreError::AlreadyDelivered(_))));
+        // Sent but not confirmed: cancelled, and never sent again.
+        assert_eq!(s.command(second).unwrap().status, CommandStatus::Sent);
+        s.cancel_command(second, 8).unwrap();
+        assert!(s.commands_due(e.id, 9, 100).unwrap().is_empty());
         assert!(matches!(s.cancel_command(77, 7), Err(StoreError::CommandNotFound(77))));
         let listed: Vec<_> = s.commands(e.id, 100).unwrap().iter().map(|c| (c.id, c.status)).collect();
-        assert_eq!(listed, vec![(second, CommandStatus::Sent), (first, CommandStatus::Ok)], "newest first");
+        assert_eq!(listed, vec![(second, CommandStatus::Cancelled), (first, CommandStatus::Ok)], "newest first");
         assert_eq!(s.commands(e.id, 1).unwrap().len(), 1);
     }
 

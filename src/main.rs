@@ -437,8 +437,19 @@ fn quickstart(listen: std::net::SocketAddr, data: std::path::PathBuf, interval: 
             }
         };
         let mut token = tern::auth::JoinToken::parse(&edge_key).context("the saved local EDGE_KEY")?;
-        // The port may differ from the first run's (--listen 127.0.0.1:0).
-        token.url = url.clone();
+        // The port may differ from the first run's (--listen 127.0.0.1:0):
+        // the agent and the stored environment (its deploy commands) follow.
+        if token.url != url {
+            let admin = std::fs::read_to_string(tern::server::admin_token_path(&data))?;
+            let mut api = tern::agent::client::Client::new(&url, tern::tls::Trust::Pinned(fingerprint), 1 << 20)?;
+            let body = serde_json::json!({ "url": url }).to_string().into_bytes();
+            let path = format!("/api/environments/{}", token.environment);
+            let (status, reply) = api.api(hyper::Method::PATCH, &path, admin.trim(), Some(body)).await?;
+            if status != 200 {
+                tracing::warn!("the local environment keeps its old URL: {status} {}", String::from_utf8_lossy(&reply));
+            }
+            token.url = url.clone();
+        }
         let env_id = token.environment;
         // The agent reads its settings as `tern agent` does (EDGE_JOB_*,
         // EDGE_COMPOSE, EDGE_TLS_PQ, LOG_LEVEL, ...), with the local

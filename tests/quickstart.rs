@@ -74,6 +74,13 @@ async fn quickstart_brings_the_local_engine_online_and_stops_on_ctrl_c() {
             }
             deadline.tick(format_args!("round {round}: the local environment's state ({s})")).await;
         }
+        // The stored environment follows the port of this run (deploy
+        // commands name it).
+        let mut client = Client::new(&url, Trust::Pinned(pin), 1 << 20).unwrap();
+        let (status, body) = client.api(hyper::Method::GET, "/api/environments/1", token.trim(), None).await.unwrap();
+        assert_eq!(status, 200);
+        let env: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(env["url"].as_str(), Some(url.as_str()), "round {round}");
         Command::new("kill").args(["-INT", &child.0.id().to_string()]).status().unwrap();
         let deadline = Deadline::new(Duration::from_secs(15));
         let status = loop {

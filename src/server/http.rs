@@ -145,6 +145,31 @@ pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600
 /// A request, body included, must arrive and be answered within this.
 pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// The connection limits [`serve`] applies (the constants above, unless a
+/// test shortens them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections at once.
+    pub max: usize,
+    /// Connections at once from one address.
+    pub per_address: usize,
+    /// For the TLS handshake.
+    pub handshake: std::time::Duration,
+    /// Idle between requests, or reading a request's headers.
+    pub idle: std::time::Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max: MAX_CONNECTIONS,
+            per_address: MAX_CONNECTIONS_PER_ADDRESS,
+            handshake: HANDSHAKE_TIMEOUT,
+            idle: IDLE_TIMEOUT,
+        }
+    }
+}
+
 /// One address's share of the connection limit, given back on drop.
 struct AddressSlot {
     map: Arc<Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
@@ -155,10 +180,11 @@ impl AddressSlot {
     fn take(
         map: &Arc<Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
         ip: std::net::IpAddr,
+        limit: usize,
     ) -> Option<Self> {
         let mut m = map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let n = m.entry(ip).or_insert(0);
-        if *n >= MAX_CONNECTIONS_PER_ADDRESS {
+        if *n >= limit {
             return None;
         }
         *n += 1;
@@ -199,11 +225,25 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    serve_with(listener, tls, router, shutdown, ConnectionLimits::default()).await
+}
+
+/// [`serve`] with other connection limits.
+///
+/// # Errors
+/// Never at present; accept errors are logged and the loop goes on.
+pub async fn serve_with(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: Router,
+    shutdown: impl Future<Output = ()>,
+    limits: ConnectionLimits,
+) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
     // Each connection's bytes under TLS, charged to the environment whose
     // agent polls on it (see `api::usage`).
     let meters = Arc::new(crate::meter::Meters::default());
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max));
     let per_address: Arc<Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> = Arc::default();
     tokio::pin!(shutdown);
     loop {
@@ -223,12 +263,12 @@ pub async fn serve(
                     }
                 };
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    tracing::warn!("{MAX_CONNECTIONS} connections open: refusing one from {peer}");
+                    tracing::warn!("{} connections open: refusing one from {peer}", limits.max);
                     continue;
                 };
-                let address = AddressSlot::take(&per_address, peer.ip());
+                let address = AddressSlot::take(&per_address, peer.ip(), limits.per_address);
                 let Some(address) = address else {
-                    tracing::warn!("{} holds {MAX_CONNECTIONS_PER_ADDRESS} connections: refusing another", peer.ip());
+                    tracing::warn!("{} holds {} connections: refusing another", peer.ip(), limits.per_address);
                     continue;
                 };
                 let _ = tcp.set_nodelay(true);
@@ -237,7 +277,7 @@ pub async fn serve(
                     let _slots = (slot, address);
                     let (key, meter) = meters.open();
                     let tcp = crate::meter::Counting::new(tcp, meter.wire());
-                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    let tls = match tokio::time::timeout(limits.handshake, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => tls,
                         Ok(Err(e)) => {
                             tracing::debug!("tls from {peer}: {e}");
@@ -245,7 +285,7 @@ pub async fn serve(
                             return;
                         }
                         Err(_) => {
-                            tracing::debug!("tls from {peer}: no handshake within {HANDSHAKE_TIMEOUT:?}");
+                            tracing::debug!("tls from {peer}: no handshake within {:?}", limits.handshake);
                             meters.forget(key);
                             return;
                         }
@@ -263,7 +303,7 @@ pub async fn serve(
                         .timer(hyper_util::rt::TokioTimer::new())
                         // Covers the wait for the next request too: an idle
                         // connection closes after it.
-                        .header_read_timeout(IDLE_TIMEOUT)
+                        .header_read_timeout(limits.idle)
                         .serve_connection(TokioIo::new(tls), service)
                         .await;
                     if let Err(e) = result {

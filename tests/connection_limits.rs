@@ -1,0 +1,94 @@
+//! The server's port against a hostile client: a connection that never
+//! completes its TLS handshake, one that goes idle, and too many from one
+//! address are each closed, while a well-behaved client keeps working. The
+//! limits are shortened for the test (the defaults are 30 s, 10 min, 512).
+
+#![cfg(all(feature = "agent", feature = "server"))]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tern::agent::client::Client;
+use tern::server::http::{AppState, ConnectionLimits, router, serve_with};
+use tern::server::store::Store;
+use tern::tls::{ServerIdentity, Trust};
+use tern::wire::codec::Limits;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+/// Reads until the server closes the connection; returns how long it took
+/// (None if it stayed open longer than `limit`).
+async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(limit.saturating_sub(start.elapsed()), stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return Some(start.elapsed()),
+            Ok(Ok(_)) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn silent_idle_and_excess_connections_are_closed_and_a_good_client_still_gets_in() {
+    let dir = std::env::temp_dir().join(format!("tern-limits-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let identity = ServerIdentity::load_or_create(&dir, &["localhost".into()]).unwrap();
+    let store = Store::open(&dir.join("tern.db")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = ConnectionLimits {
+        max: 64,
+        per_address: 3,
+        handshake: Duration::from_millis(500),
+        idle: Duration::from_millis(800),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve_with(
+        listener,
+        Arc::new(identity.server_config().unwrap()),
+        router(AppState::new(store, Limits::default(), "admin", identity.fingerprint()).unwrap()),
+        async {
+            let _ = stopped.await;
+        },
+        limits,
+    ));
+
+    // A client that connects and never starts TLS is dropped after the
+    // handshake limit.
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let took = closed_within(&mut silent, Duration::from_secs(5)).await.expect("a silent connection is closed");
+    assert!(took >= Duration::from_millis(400), "not before the limit: {took:?}");
+
+    // A client that completes TLS and a request, then goes idle, is closed
+    // after the idle limit; its next request opens a new connection.
+    let url = format!("https://localhost:{}", addr.port());
+    let mut good = Client::new(&url, Trust::Pinned(identity.fingerprint()), 1 << 20).unwrap();
+    let (status, _) = good.post("/p", vec![1, 2, 3]).await.unwrap();
+    assert_eq!(status, 401, "an unauthenticated poll, answered");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, _) = good.post("/p", vec![1, 2, 3]).await.unwrap();
+    assert_eq!(status, 401);
+    assert_eq!(good.connections, 2, "the idle connection was closed, and replaced");
+
+    // Three held connections from one address; a fourth is closed at once.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut fourth = TcpStream::connect(addr).await.unwrap();
+    let took = closed_within(&mut fourth, Duration::from_millis(400)).await.expect("the fourth is refused");
+    assert!(took < Duration::from_millis(400), "{took:?}");
+    // Once those go (the handshake limit closes them), a good client gets in again.
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, _) = good.post("/p", vec![1, 2, 3]).await.unwrap();
+    assert_eq!(status, 401);
+
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -3,75 +3,21 @@
 
 #![cfg(all(feature = "agent", feature = "server"))]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+mod common;
 
+use std::process::Command;
+
+use common::Server;
 use tern::agent::client::Client;
 use tern::tls::Trust;
-
-struct Server {
-    child: Child,
-    lines: Vec<String>,
-}
-
-impl Server {
-    fn start(data: &std::path::Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
-            .args(["server", "--listen", "127.0.0.1:0", "--data"])
-            .arg(data)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let lines = (0..3)
-            .map(|_| {
-                let mut l = String::new();
-                out.read_line(&mut l).unwrap();
-                l.trim().to_owned()
-            })
-            .collect();
-        Self { child, lines }
-    }
-
-    fn value(&self, prefix: &str) -> String {
-        self.lines.iter().find_map(|l| l.strip_prefix(prefix)).unwrap_or_else(|| panic!("{:?}", self.lines)).to_owned()
-    }
-
-    /// Ctrl-C, and the server exits by itself, in bounded time.
-    fn interrupt(&mut self) -> bool {
-        Command::new("kill").args(["-INT", &self.child.id().to_string()]).status().unwrap();
-        for _ in 0..100 {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.child.kill().unwrap();
-        false
-    }
-}
-
-impl Drop for Server {
-    /// A failing test must not leave the server running (nor its pipes open).
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn fingerprint(hex: &str) -> [u8; 32] {
-    let bytes: Vec<u8> = hex.split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect();
-    bytes.try_into().unwrap()
-}
 
 #[tokio::test]
 async fn the_server_starts_serves_its_pinned_port_and_keeps_its_identity() {
     let data = std::env::temp_dir().join(format!("tern-server-cli-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
-    let mut server = Server::start(&data);
-    let addr = server.value("listening on ");
-    let pin = fingerprint(&server.value("certificate sha256 "));
+    let mut server = Server::start(&data, "127.0.0.1:0");
+    let addr = server.addr();
+    let pin = server.fingerprint();
     assert!(data.join("tern.db").exists() && data.join("cert.pem").exists() && data.join("key.pem").exists());
     // Secrets are the server's alone.
     #[cfg(unix)]
@@ -122,11 +68,11 @@ async fn the_server_starts_serves_its_pinned_port_and_keeps_its_identity() {
     let (status, body) = client.post("/p", wire).await.unwrap();
     assert_eq!(status, 200);
     tern::auth::open_reply(1, &token.secret, &body).expect("an authentic reply");
-    assert!(server.interrupt(), "Ctrl-C stops the server cleanly");
+    assert!(server.stop().is_some_and(|s| s.success()), "Ctrl-C stops the server cleanly");
 
     // A restart keeps the certificate, so deployed agents still trust it.
-    let mut again = Server::start(&data);
-    assert_eq!(fingerprint(&again.value("certificate sha256 ")), pin);
-    assert!(again.interrupt());
+    let mut again = Server::start(&data, "127.0.0.1:0");
+    assert_eq!(again.fingerprint(), pin);
+    assert!(again.stop().is_some_and(|s| s.success()));
     std::fs::remove_dir_all(&data).unwrap();
 }

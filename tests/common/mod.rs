@@ -179,10 +179,11 @@ impl Server {
         Api { client: Client::new(&self.url(), Trust::Pinned(self.fingerprint()), 16 << 20).unwrap(), token }
     }
 
-    /// SIGINT, and wait for it to exit.
-    pub fn stop(&mut self) {
+    /// SIGINT (Ctrl-C), and wait for it to exit; its exit status (None:
+    /// it had to be killed).
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
         signal(&self.child, "INT");
-        wait_exit(&mut self.child);
+        wait_exit(&mut self.child)
     }
 }
 

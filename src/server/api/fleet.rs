@@ -281,27 +281,7 @@ pub struct GroupRef {
 
 /// What an environment's stored state holds, kept up to date as snapshots
 /// arrive.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FleetCountsView {
-    /// Containers.
-    pub containers: u64,
-    /// Running (restarting included).
-    pub running: u64,
-    /// Paused.
-    pub paused: u64,
-    /// Neither running nor paused.
-    pub stopped: u64,
-    /// With a failing health check.
-    pub unhealthy: u64,
-    /// Images.
-    pub images: u64,
-    /// Volumes.
-    pub volumes: u64,
-    /// Networks.
-    pub networks: u64,
-    /// Compose stacks.
-    pub stacks: u64,
-}
+pub type FleetCountsView = crate::server::store::fleet::FleetCounts;
 
 /// An environment in the list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -411,17 +391,7 @@ fn view_of(item: FleetItem, now: i64) -> EnvironmentView {
         snapshot_at: item.snapshot_at,
         as_of: item.as_of,
         snapshot_age_s: item.as_of.map(|t| (now - t).max(0)),
-        counts: FleetCountsView {
-            containers: c.containers,
-            running: c.running,
-            paused: c.paused,
-            stopped: c.stopped,
-            unhealthy: c.unhealthy,
-            images: c.images,
-            volumes: c.volumes,
-            networks: c.networks,
-            stacks: c.stacks,
-        },
+        counts: c,
     }
 }
 

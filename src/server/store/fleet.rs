@@ -108,8 +108,9 @@ impl Status {
     }
 }
 
-/// The counts kept in an environment's row, from its stored state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// The counts kept in an environment's row, from its stored state (the API
+/// shows them as they are).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FleetCounts {
     /// Containers.
     pub containers: u64,

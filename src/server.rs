@@ -5,6 +5,7 @@ pub mod api;
 pub mod http;
 pub mod poll;
 pub mod store;
+pub mod ui;
 
 use std::path::PathBuf;
 use std::sync::Arc;

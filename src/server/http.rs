@@ -118,6 +118,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(POLL_PATH, post(poll_handler))
         .merge(super::api::routes(state.clone()))
+        .merge(super::ui::routes(super::api::routes(state.clone()).with_state(state.clone())))
         .fallback(super::api::not_found)
         .method_not_allowed_fallback(super::api::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

@@ -314,6 +314,34 @@ pub struct EnvironmentView {
     pub snapshot_age_s: Option<i64>,
     /// What the stored state holds.
     pub counts: FleetCountsView,
+    /// Bytes its polls cost at the TLS socket, today (UTC) and over the
+    /// last 30 days (see `GET /api/environments/{id}/usage` for detail).
+    #[serde(default)]
+    pub usage: UsageTotals,
+}
+
+/// Socket bytes of an environment's polls, up (from the agent) and down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageTotals {
+    /// Since the start of today (UTC), up.
+    pub today_up: u64,
+    /// Since the start of today (UTC), down.
+    pub today_down: u64,
+    /// The last 30 days, today included, up.
+    pub days30_up: u64,
+    /// The last 30 days, today included, down.
+    pub days30_down: u64,
+}
+
+impl UsageTotals {
+    fn of(v: Option<&((u64, u64), (u64, u64))>) -> Self {
+        v.map_or_else(Self::default, |&((tu, td), (mu, md))| Self {
+            today_up: tu,
+            today_down: td,
+            days30_up: mu,
+            days30_down: md,
+        })
+    }
 }
 
 /// An environment in detail.
@@ -392,6 +420,7 @@ fn view_of(item: FleetItem, now: i64) -> EnvironmentView {
         as_of: item.as_of,
         snapshot_age_s: item.as_of.map(|t| (now - t).max(0)),
         counts: c,
+        usage: UsageTotals::default(),
     }
 }
 
@@ -693,8 +722,9 @@ fn full_of(store: &Store, id: u64, now: i64) -> Result<EnvironmentFull, ApiError
     let (seq, root) = (item.seq, view::hex(&item.root));
     let intervals = store.intervals(id)?;
     let o = store.fleet_options(id)?;
+    let usage = UsageTotals::of(store.usage_totals(&[id], now)?.get(&id));
     Ok(EnvironmentFull {
-        item: view_of(item, now),
+        item: EnvironmentView { usage, ..view_of(item, now) },
         seq,
         root,
         intervals: intervals.into(),
@@ -812,8 +842,19 @@ pub async fn list_environments(
 ) -> Result<Response, ApiError> {
     let filter = parse_filter(query.as_deref())?;
     let now = now();
-    let (items, total) = with_store(&state, move |store| Ok(store.fleet(&filter, now)?)).await?;
-    let list: Vec<EnvironmentView> = items.into_iter().map(|i| view_of(i, now)).collect();
+    let (items, usage, total) = with_store(&state, move |store| {
+        let (items, total) = store.fleet(&filter, now)?;
+        let ids: Vec<u64> = items.iter().map(|i| i.id).collect();
+        Ok((items, store.usage_totals(&ids, now)?, total))
+    })
+    .await?;
+    let list: Vec<EnvironmentView> = items
+        .into_iter()
+        .map(|i| {
+            let u = UsageTotals::of(usage.get(&i.id));
+            EnvironmentView { usage: u, ..view_of(i, now) }
+        })
+        .collect();
     let mut resp = Json(list).into_response();
     resp.headers_mut().insert("x-total-count", HeaderValue::from(total));
     Ok(resp)

@@ -87,8 +87,24 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(serde_json::json!({ "error": self.message }))).into_response()
+        let body = match error_field(&self.message) {
+            Some(field) => serde_json::json!({ "error": self.message, "field": field }),
+            None => serde_json::json!({ "error": self.message }),
+        };
+        (self.status, Json(body)).into_response()
     }
+}
+
+/// The field an error message concerns: API messages about one field start
+/// with its name (`"name: 1 to 128 characters"`, `"intervals.ping: ..."`),
+/// which the error body repeats as `field` (the UI shows the message next
+/// to that field).
+pub fn error_field(message: &str) -> Option<&str> {
+    let (head, _) = message.split_once(": ")?;
+    let ok = !head.is_empty()
+        && head.len() <= 64
+        && head.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
+    ok.then_some(head)
 }
 
 impl From<StoreError> for ApiError {

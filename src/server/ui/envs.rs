@@ -1,0 +1,471 @@
+//! The environments list and one environment's page: its host, its state by
+//! tab with each row's actions, the data usage chart and the command
+//! history.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Query};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use maud::{Markup, html};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Nav, Ui, ago, bytes, csrf_field, encode, error_page, n, now, page, s, utc, wants_json, when};
+use crate::server::http::AppState;
+
+/// Rows per page of the list (the API's page size).
+pub const PAGE: u64 = 100;
+
+/// The tabs of an environment's page, with the state part each shows.
+pub const TABS: &[(&str, &str)] = &[
+    ("containers", "Containers"),
+    ("images", "Images"),
+    ("volumes", "Volumes"),
+    ("networks", "Networks"),
+    ("stacks", "Stacks"),
+];
+
+/// The routes.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/environments", get(list))
+        .route("/environments/{id}", get(environment))
+        .route("/environments/{id}/part", get(part))
+        .route("/environments/{id}/commands", post(command))
+        .route("/environments/{id}/commands/{cid}", get(command_page))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    group: String,
+    #[serde(default)]
+    tag: String,
+    #[serde(default)]
+    status: String,
+    page: Option<u64>,
+}
+
+/// The options of a `<select>` of groups or tags, from the API.
+async fn label_names(ui: &Ui, path: &str) -> Vec<String> {
+    ui.get(path)
+        .await
+        .ok()
+        .and_then(|r| r.json.as_array().map(|a| a.iter().map(|l| s(l, "name").to_owned()).collect()))
+        .unwrap_or_default()
+}
+
+fn select(id: &str, name: &str, label: &str, options: &[String], current: &str, any: &str) -> Markup {
+    html! {
+        div.field {
+            label for=(id) { (label) }
+            select id=(id) name=(name) {
+                option value="" selected[current.is_empty()] { (any) }
+                @for o in options { option value=(o) selected[o == current] { (o) } }
+            }
+        }
+    }
+}
+
+async fn list(ui: Ui, Query(q): Query<ListQuery>) -> Response {
+    let page_no = q.page.unwrap_or(1).max(1);
+    let mut query = format!("/api/environments?limit={PAGE}&offset={}", (page_no - 1) * PAGE);
+    for (k, v) in [("name", &q.name), ("group", &q.group), ("tag", &q.tag), ("status", &q.status)] {
+        if !v.trim().is_empty() {
+            query.push_str(&format!("&{k}={}", encode(v.trim())));
+        }
+    }
+    let (reply, groups, tags) = tokio::join!(ui.get(&query), label_names(&ui, "/api/groups"), label_names(&ui, "/api/tags"));
+    let filter_error = reply.as_ref().err().filter(|e| e.status != StatusCode::UNAUTHORIZED).map(|e| e.message.clone());
+    let (items, total) = match reply {
+        Ok(r) => {
+            let total = r.headers.get("x-total-count").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0u64);
+            (r.json.as_array().cloned().unwrap_or_default(), total)
+        }
+        Err(e) if e.status == StatusCode::UNAUTHORIZED => return super::fail_page(&e),
+        Err(_) => (Vec::new(), 0),
+    };
+    let now = now();
+    let first = (page_no - 1) * PAGE;
+    let pages = total.div_ceil(PAGE).max(1);
+    let link = |p: u64| {
+        format!(
+            "/environments?name={}&group={}&tag={}&status={}&page={p}",
+            encode(&q.name),
+            encode(&q.group),
+            encode(&q.tag),
+            encode(&q.status)
+        )
+    };
+    let statuses = ["online".to_owned(), "offline".to_owned()];
+    let body = html! {
+        div.titlebar {
+            h1 { "Environments" }
+            a.button.primary href="/environments/new" { "Add environment" }
+        }
+        form.filters method="get" action="/environments" role="search" {
+            div.field {
+                label for="q-name" { "Name" }
+                input id="q-name" name="name" type="search" value=(q.name) placeholder="part of a name";
+            }
+            (select("q-group", "group", "Group", &groups, &q.group, "Any group"))
+            (select("q-tag", "tag", "Tag", &tags, &q.tag, "Any tag"))
+            (select("q-status", "status", "Status", &statuses, &q.status, "Any status"))
+            button type="submit" { "Filter" }
+        }
+        @if let Some(e) = filter_error { p.error role="alert" { (e) } }
+        p.muted id="env-count" {
+            @if total == 0 { "No environment matches." }
+            @else { "Showing " (first + 1) "–" (first + items.len() as u64) " of " (total) }
+        }
+        div.scroll {
+            table.list id="environments" {
+                thead { tr {
+                    th scope="col" { "Name" }
+                    th scope="col" { "Status" }
+                    th scope="col" { "Last check-in" }
+                    th scope="col" { "Snapshot" }
+                    th scope="col" { "Group" }
+                    th scope="col" { "Tags" }
+                    th scope="col" title="running / stopped / unhealthy" { "Containers" }
+                    th scope="col".num { "Today" }
+                    th scope="col".num { "30 days" }
+                } }
+                tbody {
+                    @for e in &items {
+                        @let c = &e["counts"];
+                        @let u = &e["usage"];
+                        tr data-env=(n(e, "id")) {
+                            td { a href={ "/environments/" (n(e, "id")) } { (s(e, "name")) } }
+                            td { (status_badge(s(e, "status"))) }
+                            td { (when(e["last_poll_at"].as_i64(), now)) }
+                            td { @match e["snapshot_age_s"].as_i64() { Some(a) => (ago(a)), None => span.muted { "none yet" } } }
+                            td { (e["group"]["name"].as_str().unwrap_or("")) }
+                            td { @for t in e["tags"].as_array().into_iter().flatten() { span.tag { (t.as_str().unwrap_or("")) } " " } }
+                            td.counts {
+                                span.running title="running" { (n(c, "running")) } " / "
+                                span.stopped title="stopped" { (n(c, "stopped")) } " / "
+                                span.unhealthy.bad[n(c, "unhealthy") > 0] title="unhealthy" { (n(c, "unhealthy")) }
+                            }
+                            td.num { (bytes(n(u, "today_up") + n(u, "today_down"))) }
+                            td.num { (bytes(n(u, "days30_up") + n(u, "days30_down"))) }
+                        }
+                    }
+                }
+            }
+        }
+        @if pages > 1 {
+            nav.pager aria-label="Pages" {
+                @if page_no > 1 { a href=(link(page_no - 1)) rel="prev" { "← Previous" } }
+                span { "Page " (page_no) " of " (pages) }
+                @if page_no < pages { a href=(link(page_no + 1)) rel="next" { "Next →" } }
+            }
+        }
+    };
+    page(&ui, Nav::Environments, "Environments", body).into_response()
+}
+
+/// An online/offline badge.
+pub fn status_badge(status: &str) -> Markup {
+    html! { span.badge.(if status == "online" { "ok" } else { "off" }) { (status) } }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct EnvQuery {
+    tab: Option<String>,
+    cmd: Option<u64>,
+}
+
+fn tab_of(q: Option<&str>) -> &'static str {
+    TABS.iter().find(|(t, _)| Some(*t) == q).map_or("containers", |(t, _)| t)
+}
+
+async fn environment(ui: Ui, Path(id): Path<u64>, Query(q): Query<EnvQuery>) -> Response {
+    let tab = tab_of(q.tab.as_deref());
+    let paths = [
+        format!("/api/environments/{id}"),
+        format!("/api/environments/{id}/state"),
+        format!("/api/environments/{id}/usage?days=7"),
+        format!("/api/environments/{id}/commands"),
+    ];
+    let (env, st, usage, cmds) =
+        tokio::join!(ui.get(&paths[0]), ui.get(&paths[1]), ui.get(&paths[2]), ui.get(&paths[3]));
+    let env = match env {
+        Ok(r) => r.json,
+        Err(e) => return super::fail_page(&e),
+    };
+    let st = match st {
+        Ok(r) => r.json,
+        Err(e) => return super::fail_page(&e),
+    };
+    let usage = usage.map(|r| r.json).unwrap_or(Value::Null);
+    let cmds = cmds.map(|r| r.json).unwrap_or(Value::Null);
+    let now = now();
+    let h = &st["host"];
+    let name = s(&env, "name").to_owned();
+    let body = html! {
+        div.titlebar {
+            h1 { (name) " " (status_badge(s(&env, "status"))) }
+        }
+        section.envinfo data-live-env=(id) data-seq=(n(&env, "seq")) data-tab=(tab) {
+            p id="as-of" {
+                @match env["snapshot_age_s"].as_i64() {
+                    Some(a) => { "As of " strong { (ago(a)) } }
+                    None => { "No snapshot yet: the agent has not reported. Start it with the command on the " a href={ "/environments/" (id) "/deploy" } { "deploy page" } "." }
+                }
+                " · last check-in " (when(env["last_poll_at"].as_i64(), now))
+            }
+            @if !h.is_null() && !s(h, "hostname").is_empty() {
+                dl.host {
+                    dt { "Host" } dd { (s(h, "hostname")) }
+                    dt { "Engine" } dd { "Docker " (s(h, "engine_version")) " (API " (s(h, "api_version")) ")" }
+                    dt { "System" } dd { (s(h, "operating_system")) ", " (s(h, "kernel_version")) ", " (s(h, "architecture")) }
+                    dt { "CPUs, memory" } dd { (n(h, "cpus")) " CPUs, " (bytes(n(h, "memory_bytes"))) }
+                    dt { "Group" } dd { (env["group"]["name"].as_str().unwrap_or("none")) }
+                    dt { "Tags" } dd { @for t in env["tags"].as_array().into_iter().flatten() { span.tag { (t.as_str().unwrap_or("")) } " " } }
+                }
+            }
+            p { a href={ "/environments/" (id) "/deploy" } { "Deploy command and join token" } }
+        }
+        div id="live" aria-live="polite" {
+            @if let Some(c) = q.cmd { div.live-cmd data-command-id=(c) { "Command " (c) ": …" } }
+        }
+        nav.tabs aria-label="State" {
+            @for (t, label) in TABS {
+                a href={ "/environments/" (id) "?tab=" (t) } aria-current=[(*t == tab).then_some("page")] {
+                    (label) " " span.muted { (st[*t].as_array().map_or(0, Vec::len)) }
+                }
+            }
+        }
+        div id="state-table" { (state_table(&ui, id, tab, &st)) }
+        section.usage {
+            h2 { "Data usage" }
+            (super::chart::usage_section(&usage, now))
+        }
+        section.history {
+            h2 { "Command history" }
+            (history(id, &cmds, now))
+        }
+    };
+    page(&ui, Nav::Environments, &name, body).into_response()
+}
+
+/// One tab's table, alone: what the page's script swaps in when the state
+/// changes.
+async fn part(ui: Ui, Path(id): Path<u64>, Query(q): Query<EnvQuery>) -> Response {
+    let tab = tab_of(q.tab.as_deref());
+    match ui.get(&format!("/api/environments/{id}/state")).await {
+        Ok(r) => state_table(&ui, id, tab, &r.json).into_response(),
+        Err(e) => (e.status, e.message).into_response(),
+    }
+}
+
+/// A button that queues `action` on `target`.
+fn action(ui: &Ui, id: u64, tab: &str, act: &str, target: &str, label: &str, what: &str) -> Markup {
+    let danger = act.ends_with(".remove") || act == "container.kill";
+    html! {
+        form.cmd method="post" action={ "/environments/" (id) "/commands" }
+            data-confirm=[danger.then(|| format!("{label} {what}?"))] {
+            (csrf_field(&ui.csrf))
+            input type="hidden" name="action" value=(act);
+            input type="hidden" name="target" value=(target);
+            input type="hidden" name="tab" value=(tab);
+            button.small.danger[danger] type="submit" aria-label={ (label) " " (what) } { (label) }
+        }
+    }
+}
+
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+fn state_table(ui: &Ui, id: u64, tab: &str, st: &Value) -> Markup {
+    let rows = st[tab].as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        return html! { p.muted { "None." } };
+    }
+    html! {
+        div.scroll { table.list id={ "t-" (tab) } {
+            @match tab {
+                "containers" => {
+                    thead { tr { th { "Name" } th { "State" } th { "Image" } th { "Ports" } th { "Actions" } } }
+                    tbody { @for c in &rows {
+                        @let name = s(c, "name");
+                        @let status = s(c, "status");
+                        tr data-name=(name) {
+                            td { (name) br; span.muted.mono { (short(s(c, "id"))) } }
+                            td { span.state.(status) { (status) }
+                                 @if let Some(h) = c["health"].as_str() { " " span.state.(h) { (h) } } }
+                            td { (s(c, "image")) }
+                            td { @for p in c["ports"].as_array().into_iter().flatten() {
+                                @if let Some(hp) = p["host_port"].as_u64() { (hp) "→" }
+                                (n(p, "container_port")) "/" (s(p, "protocol")) " " } }
+                            td.actions {
+                                @if status == "running" {
+                                    (action(ui, id, tab, "container.stop", name, "Stop", name))
+                                    (action(ui, id, tab, "container.restart", name, "Restart", name))
+                                    (action(ui, id, tab, "container.pause", name, "Pause", name))
+                                    (action(ui, id, tab, "container.kill", name, "Kill", name))
+                                } @else if status == "paused" {
+                                    (action(ui, id, tab, "container.unpause", name, "Resume", name))
+                                } @else {
+                                    (action(ui, id, tab, "container.start", name, "Start", name))
+                                }
+                                (action(ui, id, tab, "container.logs", name, "Logs", name))
+                                (action(ui, id, tab, "container.remove", name, "Remove", name))
+                            }
+                        }
+                    } }
+                }
+                "images" => {
+                    thead { tr { th { "Tags" } th { "Id" } th.num { "Size" } th { "Actions" } } }
+                    tbody { @for i in &rows {
+                        @let tags: Vec<&str> = i["tags"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                        @let reference = tags.first().copied().unwrap_or(s(i, "id"));
+                        tr {
+                            td { @if tags.is_empty() { span.muted { "untagged" } } @for t in &tags { (t) br; } }
+                            td.mono { (short(s(i, "id").trim_start_matches("sha256:"))) }
+                            td.num { (bytes(n(i, "size"))) }
+                            td.actions {
+                                @if !tags.is_empty() { (action(ui, id, tab, "image.pull", reference, "Pull", reference)) }
+                                (action(ui, id, tab, "image.remove", reference, "Remove", reference))
+                            }
+                        }
+                    } }
+                }
+                "volumes" => {
+                    thead { tr { th { "Name" } th { "Driver" } th { "Actions" } } }
+                    tbody { @for v in &rows {
+                        tr {
+                            td.mono { (s(v, "name")) }
+                            td { (s(v, "driver")) }
+                            td.actions { (action(ui, id, tab, "volume.remove", s(v, "name"), "Remove", s(v, "name"))) }
+                        }
+                    } }
+                }
+                "networks" => {
+                    thead { tr { th { "Name" } th { "Driver" } th { "Subnet" } th { "Actions" } } }
+                    tbody { @for w in &rows {
+                        tr {
+                            td { (s(w, "name")) }
+                            td { (s(w, "driver")) }
+                            td { @for p in w["ipam"].as_array().into_iter().flatten() { (s(p, "subnet")) " " } }
+                            td.actions {
+                                @if !["bridge", "host", "none"].contains(&s(w, "name")) {
+                                    (action(ui, id, tab, "network.remove", s(w, "name"), "Remove", s(w, "name")))
+                                }
+                            }
+                        }
+                    } }
+                }
+                _ => {
+                    thead { tr { th { "Name" } th { "Services" } th { "Containers" } th { "Directory" } } }
+                    tbody { @for k in &rows {
+                        tr {
+                            td { (s(k, "name")) }
+                            td { @for v in k["services"].as_array().into_iter().flatten() { (v.as_str().unwrap_or("")) " " } }
+                            td { (k["containers"].as_array().map_or(0, Vec::len)) }
+                            td.mono { (s(k, "working_dir")) }
+                        }
+                    } }
+                }
+            }
+        } }
+    }
+}
+
+/// Whether a command's status is final.
+pub fn finished(status: &str) -> bool {
+    matches!(status, "ok" | "failed" | "rejected" | "cancelled")
+}
+
+fn history(id: u64, cmds: &Value, now: i64) -> Markup {
+    let rows = cmds.as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        return html! { p.muted { "No command yet." } };
+    }
+    html! {
+        div.scroll { table.list id="history" {
+            thead { tr { th { "Queued" } th { "Command" } th { "Target" } th { "Status" } } }
+            tbody { @for c in rows.iter().take(50) {
+                @let status = s(c, "status");
+                tr data-command-id=[(!finished(status)).then(|| n(c, "id"))] {
+                    td { (when(c["created_at"].as_i64(), now)) }
+                    td { a href={ "/environments/" (id) "/commands/" (n(c, "id")) } { (s(c, "action")) } }
+                    td.mono { (short_target(s(c, "target"))) }
+                    td.status { span.state.(status) { (status) } @if let Some(e) = c["error"].as_str() { " " span.error { (e) } } }
+                }
+            } }
+        } }
+    }
+}
+
+fn short_target(t: &str) -> &str {
+    if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) { &t[..12] } else { t }
+}
+
+#[derive(Debug, Deserialize)]
+struct CommandForm {
+    csrf: String,
+    action: String,
+    target: String,
+    tab: Option<String>,
+}
+
+/// Queues a command: JSON for the page's script, or back to the page.
+async fn command(ui: Ui, Path(id): Path<u64>, headers: HeaderMap, axum::Form(f): axum::Form<CommandForm>) -> Response {
+    let mut body = json!({ "action": f.action, "target": f.target });
+    if f.action == "container.logs" {
+        body["tail"] = json!(200);
+    }
+    let result = ui.send(Method::POST, &format!("/api/environments/{id}/commands"), &body, &f.csrf).await;
+    if wants_json(&headers) {
+        return match result {
+            Ok(r) => (StatusCode::CREATED, axum::Json(r.json)).into_response(),
+            Err(e) => (e.status, axum::Json(json!({ "error": e.message }))).into_response(),
+        };
+    }
+    match result {
+        Ok(r) => Redirect::to(&format!(
+            "/environments/{id}?tab={}&cmd={}",
+            tab_of(f.tab.as_deref()),
+            n(&r.json, "id")
+        ))
+        .into_response(),
+        Err(e) => error_page(e.status, &e.message),
+    }
+}
+
+/// One command, with its output.
+async fn command_page(ui: Ui, Path((id, cid)): Path<(u64, u64)>) -> Response {
+    let c = match ui.get(&format!("/api/commands/{cid}")).await {
+        Ok(r) if n(&r.json, "environment") == id => r.json,
+        Ok(_) => return error_page(StatusCode::NOT_FOUND, "No such command on this environment."),
+        Err(e) => return super::fail_page(&e),
+    };
+    let now = now();
+    let status = s(&c, "status");
+    let body = html! {
+        h1 { "Command " (cid) }
+        p { a href={ "/environments/" (id) } { "← Back to the environment" } }
+        dl.host data-command-id=[(!finished(status)).then_some(cid)] {
+            dt { "Command" } dd { (s(&c, "action")) }
+            dt { "Target" } dd.mono { (s(&c, "target")) }
+            dt { "Status" } dd.status { span.state.(status) { (status) } }
+            @if let Some(e) = c["error"].as_str() { dt { "Error" } dd.error { (e) } }
+            dt { "Queued" } dd { (when(c["created_at"].as_i64(), now)) " (" (utc(c["created_at"].as_i64().unwrap_or(0))) ")" }
+            dt { "Delivered" } dd { (when(c["delivered_at"].as_i64(), now)) }
+            dt { "Finished" } dd { (when(c["finished_at"].as_i64(), now)) }
+        }
+        @if let Some(o) = c["output"].as_str() {
+            h2 { "Output" }
+            pre.output { (o) }
+        }
+    };
+    page(&ui, Nav::Environments, &format!("Command {cid}"), body).into_response()
+}

@@ -469,3 +469,142 @@ async fn command_page(ui: Ui, Path((id, cid)): Path<(u64, u64)>) -> Response {
     };
     page(&ui, Nav::Environments, &format!("Command {cid}"), body).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::auth::Secret;
+    use crate::server::store::access::secret_hash;
+    use crate::server::store::fleet::{FleetOptions, NewEnvironment, Ref};
+    use crate::server::store::usage::Usage;
+    use crate::server::store::{IntervalSettings, Store};
+    use crate::wire::codec::Limits;
+
+    const COOKIE: &str = "tern_session=test-session";
+
+    /// A router over an in-memory store with `n` environments (the first
+    /// page's with 30 days of usage), and a session cookie for it.
+    fn fleet(n: u64) -> Router {
+        let store = Store::in_memory().unwrap();
+        let now = now();
+        store.create_user("admin", "$argon2id$unused", now).unwrap();
+        let user = store.user("admin").unwrap().unwrap();
+        store.create_session(&secret_hash("test-session"), user.id, "csrf-1", now, now + 3600).unwrap();
+        store.create_group("north").unwrap();
+        for i in 0..n {
+            let id = store
+                .create_fleet_environment(
+                    &NewEnvironment {
+                        name: format!("site-{i:04}"),
+                        secret: Secret([1; 32]),
+                        intervals: IntervalSettings::default(),
+                        group: (i % 2 == 0).then(|| Ref::Name("north".into())),
+                        tags: if i % 10 == 0 { vec![Ref::Name("solar".into())] } else { vec![] },
+                        options: FleetOptions {
+                            url: "https://ops.example.com".into(),
+                            env_vars: vec![],
+                            allow_self_signed: false,
+                            volume_path: None,
+                            deploy_edge_id: None,
+                        },
+                    },
+                    now,
+                )
+                .unwrap();
+            if i < PAGE {
+                for day in 0..30 {
+                    let usage = Usage { tls_up: 1000, tls_down: 500, body_up: 10, body_down: 5, polls: 1 };
+                    store.record_usage(id, now - day * 86_400, &usage).unwrap();
+                }
+            }
+        }
+        let state = AppState::new(store, Limits::default(), "token", [7; 32]).unwrap();
+        crate::server::http::router(state)
+    }
+
+    async fn get(router: &Router, path: &str) -> (StatusCode, String) {
+        let req = axum::http::Request::builder().uri(path).header("cookie", COOKIE).body(Body::empty()).unwrap();
+        let resp = router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 24).await.unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_list_pages_5000_environments_quickly_with_their_usage() {
+        let router = fleet(5000);
+        let start = std::time::Instant::now();
+        let (status, html) = get(&router, "/environments").await;
+        let first = start.elapsed();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(html.matches("<tr data-env=").count(), 100);
+        assert!(html.contains("Showing 1–100 of 5000"), "{html}");
+        assert!(html.contains("Page 1 of 50"));
+        // Today's 1.5 kB, and 30 days of it: 45 kB.
+        assert!(html.contains("<td class=\"num\">1.5 kB</td><td class=\"num\">45.0 kB</td>"), "{html}");
+        let start = std::time::Instant::now();
+        let (status, html) = get(&router, "/environments?name=site-49&group=north&tag=solar&status=offline&page=1").await;
+        let filtered = start.elapsed();
+        assert_eq!(status, StatusCode::OK);
+        // Even, a multiple of 10, named site-49x0.
+        assert_eq!(html.matches("<tr data-env=").count(), 10, "{html}");
+        let (_, last) = get(&router, "/environments?page=50").await;
+        assert!(last.contains("site-4999") && last.contains("rel=\"prev\"") && !last.contains("rel=\"next\""));
+        println!("5,000 environments: the first page in {first:?}, a filtered one in {filtered:?}");
+        // A debug build, on a 2-core machine: generous bounds, catching a
+        // per-environment query (seconds), not jitter.
+        assert!(first.as_millis() < 2000 && filtered.as_millis() < 2000, "{first:?} {filtered:?}");
+    }
+
+    #[tokio::test]
+    async fn pages_send_a_browser_without_a_session_to_login_and_carry_the_csp() {
+        let router = fleet(1);
+        let req = axum::http::Request::builder().uri("/environments/1?tab=images").body(Body::empty()).unwrap();
+        let resp = router.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+        assert_eq!(resp.headers()["location"], "/login?next=%2Fenvironments%2F1%3Ftab%3Dimages");
+        assert_eq!(resp.headers()["content-security-policy"], super::super::CSP);
+        let (status, html) = get(&router, "/environments/1").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(html.contains("No snapshot yet"));
+        assert!(html.contains("data-csrf=\"csrf-1\""));
+        // Nothing inline for the CSP to refuse: scripts come by src, no
+        // event handler attribute, no style attribute.
+        assert!(html.split("<script").skip(1).all(|t| t.starts_with(" src=")), "{html}");
+        let attrs = html.split(' ').filter(|w| {
+            w.starts_with("on") && w.split_once('=').is_some_and(|(k, _)| k.bytes().all(|b| b.is_ascii_lowercase()))
+        });
+        assert_eq!(attrs.count(), 0, "{html}");
+        assert!(!html.contains(" style="), "{html}");
+    }
+
+    #[tokio::test]
+    async fn a_command_form_with_a_wrong_csrf_token_is_refused_and_queues_nothing() {
+        let router = fleet(1);
+        let post = |csrf: &str, origin: &str| {
+            axum::http::Request::builder()
+                .method("POST")
+                .uri("/environments/1/commands")
+                .header("cookie", COOKIE)
+                .header("host", "ops.example.com")
+                .header("origin", origin.to_owned())
+                .header("accept", "application/json")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(Body::from(format!("csrf={csrf}&action=image.pull&target=busybox%3Alatest")))
+                .unwrap()
+        };
+        let resp = router.clone().oneshot(post("wrong", "https://ops.example.com")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        let resp = router.clone().oneshot(post("csrf-1", "https://evil.example.net")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "another site's form");
+        let (_, html) = get(&router, "/environments/1").await;
+        assert!(html.contains("No command yet."));
+        let resp = router.clone().oneshot(post("csrf-1", "https://ops.example.com")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        let (_, html) = get(&router, "/environments/1").await;
+        assert!(html.contains("image.pull") && html.contains("busybox:latest"), "{html}");
+    }
+}

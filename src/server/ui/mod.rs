@@ -163,10 +163,13 @@ pub struct ApiFail {
 }
 
 impl ApiFail {
-    /// The message, when it concerns `field` (or a sub-field of it).
+    /// The message, when it concerns `field` (or a sub-field of it),
+    /// without the field's name it starts with.
     pub fn for_field(&self, field: &str) -> Option<&str> {
         let f = self.field.as_deref()?;
-        (f == field || f.strip_prefix(field).is_some_and(|rest| rest.starts_with('.'))).then_some(&self.message)
+        // Next to its field, the message goes without the field's name.
+        let shown = self.message.split_once(": ").map_or(self.message.as_str(), |(_, m)| m);
+        (f == field || f.strip_prefix(field).is_some_and(|rest| rest.starts_with('.'))).then_some(shown)
     }
 }
 

@@ -1,12 +1,343 @@
-//! (being written)
+//! The add environment wizard, as the seed describes it: name and server
+//! URL; "More settings" with the three intervals, group and tags; Create;
+//! then the join token for pre-staging, the environment variables and
+//! "Allow self-signed certs", and the generated command for Linux and
+//! Windows with a copy button; "Add another environment" and Close.
+//!
+//! The second step is an environment's deploy page
+//! (`/environments/{id}/deploy`), so an operator can come back to the
+//! command of any environment later, and change its options there.
 
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::Path;
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use maud::{Markup, html};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
 
+use super::{ApiFail, FieldAttrs, Nav, Ui, csrf_field, form_error, page, s, text_field};
 use crate::server::http::AppState;
 
 /// The routes.
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
+        .route("/environments/new", get(new_page).post(create))
+        .route("/environments/{id}/deploy", get(deploy_page).post(update_options))
+}
+
+/// What the create form holds (kept when the API refuses it).
+#[derive(Debug, Default, Deserialize)]
+struct CreateForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    url: String,
+    #[serde(default)]
+    ping: String,
+    #[serde(default)]
+    ping_custom: String,
+    #[serde(default)]
+    snapshot: String,
+    #[serde(default)]
+    snapshot_custom: String,
+    #[serde(default)]
+    command: String,
+    #[serde(default)]
+    command_custom: String,
+    #[serde(default)]
+    group: String,
+    #[serde(default)]
+    tags: String,
+}
+
+/// The server's URL as the browser reached it: what an edge host most
+/// likely reaches too (the operator corrects it when not).
+fn default_url(headers: &HeaderMap) -> String {
+    headers.get(header::HOST).and_then(|h| h.to_str().ok()).map_or_else(String::new, |h| format!("https://{h}"))
+}
+
+async fn new_page(ui: Ui, headers: HeaderMap) -> Response {
+    let form = CreateForm { url: default_url(&headers), ..CreateForm::default() };
+    render_new(&ui, &form, None, StatusCode::OK).await
+}
+
+async fn render_new(ui: &Ui, f: &CreateForm, err: Option<&ApiFail>, status: StatusCode) -> Response {
+    let (groups, tags) = tokio::join!(ui.get("/api/groups"), ui.get("/api/tags"));
+    let names = |r: Result<super::Reply, ApiFail>| -> Vec<String> {
+        r.ok()
+            .and_then(|r| r.json.as_array().map(|a| a.iter().map(|g| s(g, "name").to_owned()).collect()))
+            .unwrap_or_default()
+    };
+    let (groups, tags) = (names(groups), names(tags));
+    // "More settings" opens by itself when one of its fields needs fixing.
+    let more_open = err.is_some_and(|e| ["intervals", "group", "tags"].iter().any(|f| e.for_field(f).is_some()))
+        || !f.group.is_empty()
+        || !f.tags.is_empty()
+        || [&f.ping, &f.snapshot, &f.command].iter().any(|c| !c.is_empty() && c.as_str() != "default");
+    let pick = |name: &str, label: &str, choice: &str, custom: &str| interval_pick(name, label, choice, custom, err);
+    let body = html! {
+        h1 { "Add environment" }
+        p.muted { "An edge agent polls this server over HTTPS; the host needs no inbound port." }
+        form.form-narrow method="post" action="/environments/new" novalidate {
+            (csrf_field(&ui.csrf))
+            (form_error(err, &["name", "url", "intervals", "group", "tags"]))
+            (text_field("name", "Name", &f.name, err, FieldAttrs { required: true, placeholder: Some("ship-12"), ..FieldAttrs::default() }))
+            (text_field("url", "Server URL", &f.url, err, FieldAttrs {
+                kind: "url",
+                required: true,
+                hint: Some("The URL and port of this server as the edge host sees it: https://host:port."),
+                ..FieldAttrs::default()
+            }))
+            details id="more-settings" open[more_open] {
+                summary { "More settings" }
+                p.hint { "How often the agent checks in (ping), sends its state (snapshot) and asks for commands. \
+                    The defaults are in Settings; any one may be disabled, not all three." }
+                (pick("ping", "Ping interval", &f.ping, &f.ping_custom))
+                (pick("snapshot", "Snapshot interval", &f.snapshot, &f.snapshot_custom))
+                (pick("command", "Command interval", &f.command, &f.command_custom))
+                div.field {
+                    label for="f-group" { "Group" }
+                    select id="f-group" name="group" aria-invalid=[err.and_then(|e| e.for_field("group")).map(|_| "true")] {
+                        option value="" selected[f.group.is_empty()] { "No group" }
+                        @for g in &groups { option value=(g) selected[*g == f.group] { (g) } }
+                    }
+                    @if let Some(m) = err.and_then(|e| e.for_field("group")) { p.field-error id="f-group-error" role="alert" { (m) } }
+                }
+                (text_field("tags", "Tags", &f.tags, err, FieldAttrs {
+                    hint: Some("Comma-separated; new tags are created."),
+                    ..FieldAttrs::default()
+                }))
+                datalist id="tag-names" { @for t in &tags { option value=(t) {} } }
+            }
+            button.primary id="create" type="submit" { "Create" }
+            " "
+            a.button href="/environments" { "Cancel" }
+        }
+    };
+    (status, page(ui, Nav::Environments, "Add environment", body)).into_response()
+}
+
+fn intervals_of(f: &CreateForm) -> Result<Value, ApiFail> {
+    let mut m = Map::new();
+    for (name, choice, custom) in [
+        ("ping", &f.ping, &f.ping_custom),
+        ("snapshot", &f.snapshot, &f.snapshot_custom),
+        ("command", &f.command, &f.command_custom),
+    ] {
+        match parse_interval(choice, custom) {
+            Ok(Some(v)) => {
+                m.insert(name.into(), json!(v));
+            }
+            Ok(None) => {}
+            Err(message) => {
+                return Err(ApiFail {
+                    status: StatusCode::UNPROCESSABLE_ENTITY,
+                    message: format!("intervals.{name}: {message}"),
+                    field: Some(format!("intervals.{name}")),
+                });
+            }
+        }
+    }
+    Ok(Value::Object(m))
+}
+
+async fn create(ui: Ui, axum::Form(f): axum::Form<CreateForm>) -> Response {
+    let intervals = match intervals_of(&f) {
+        Ok(v) => v,
+        Err(e) => return render_new(&ui, &f, Some(&e), e.status).await,
+    };
+    let tags: Vec<&str> = f.tags.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
+    let mut body = json!({ "name": f.name, "url": f.url.trim(), "intervals": intervals, "tags": tags });
+    if !f.group.is_empty() {
+        body["group"] = json!(f.group);
+    }
+    match ui.send(Method::POST, "/api/environments", &body, &f.csrf).await {
+        Ok(r) => Redirect::to(&format!("/environments/{}/deploy?created=1", r.json["id"])).into_response(),
+        Err(e) => render_new(&ui, &f, Some(&e), e.status).await,
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct DeployQuery {
+    created: Option<u8>,
+    updated: Option<u8>,
+}
+
+async fn deploy_page(
+    ui: Ui,
+    Path(id): Path<u64>,
+    axum::extract::Query(q): axum::extract::Query<DeployQuery>,
+) -> Response {
+    render_deploy(&ui, id, q.created.is_some(), q.updated.is_some(), None, None).await
+}
+
+/// The deploy options form as it was sent (kept when refused).
+#[derive(Debug, Default, Deserialize)]
+struct OptionsForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    env_vars: String,
+    allow_self_signed: Option<String>,
+    #[serde(default)]
+    volume_path: String,
+}
+
+async fn render_deploy(
+    ui: &Ui,
+    id: u64,
+    created: bool,
+    updated: bool,
+    sent: Option<&OptionsForm>,
+    err: Option<&ApiFail>,
+) -> Response {
+    let paths = [format!("/api/environments/{id}"), format!("/api/environments/{id}/deploy"), "/api/settings".to_owned()];
+    let (env, deploy, settings) = tokio::join!(ui.get(&paths[0]), ui.get(&paths[1]), ui.get(&paths[2]));
+    let env = match env {
+        Ok(r) => r.json,
+        Err(e) => return super::fail_page(&e),
+    };
+    let deploy = match deploy {
+        Ok(r) => r.json,
+        Err(e) => return super::fail_page(&e),
+    };
+    let secret_set = settings.map(|r| r.json["agent_secret_set"] == true).unwrap_or(false);
+    let env_vars = sent.map_or_else(
+        || env["env_vars"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
+        |f| f.env_vars.clone(),
+    );
+    let self_signed = sent.map_or(env["allow_self_signed"] == true, |f| f.allow_self_signed.is_some());
+    let volume_path = sent.map_or_else(|| s(&env, "volume_path").to_owned(), |f| f.volume_path.clone());
+    let name = s(&env, "name").to_owned();
+    let body = html! {
+        h1 { @if created { "Environment created: " } @else { "Deploy: " } (name) }
+        @if created { p.notice role="status" { "Created. Run the command below on the edge host, or pre-stage the join token." } }
+        @if updated { p.notice role="status" { "The command below now carries your changes." } }
+        section {
+            h2 { "Join token" }
+            p.hint { "For pre-staging: the agent needs only this (as EDGE_KEY) to find, trust and join this server." }
+            div.copyrow {
+                pre.command id="join-token" { (s(&deploy, "edge_key")) }
+                button type="button" data-copy="join-token" hidden { "Copy" }
+            }
+        }
+        section {
+            h2 { "Agent options" }
+            form.form-narrow method="post" action={ "/environments/" (id) "/deploy" } {
+                (csrf_field(&ui.csrf))
+                (form_error(err, &["env_vars", "allow_self_signed", "volume_path"]))
+                (text_field("env_vars", "Environment variables", &env_vars, err, FieldAttrs {
+                    hint: Some("Comma-separated names of host variables passed to the agent, e.g. HTTP_PROXY, HTTPS_PROXY."),
+                    ..FieldAttrs::default()
+                }))
+                div.check {
+                    input id="f-allow_self_signed" name="allow_self_signed" type="checkbox" value="1" checked[self_signed];
+                    label for="f-allow_self_signed" { "Allow self-signed certs" }
+                }
+                p.hint { "Adds EDGE_INSECURE_POLL=1. The join token already pins this server's certificate, so the agent trusts it either way." }
+                (text_field("volume_path", "Docker volume path", &volume_path, err, FieldAttrs {
+                    placeholder: Some("/var/lib/docker/volumes"),
+                    hint: Some("Only when the host keeps Docker volumes somewhere else."),
+                    ..FieldAttrs::default()
+                }))
+                button id="update-command" type="submit" { "Update the command" }
+            }
+        }
+        section {
+            h2 { "Command" }
+            @if secret_set { p.warning { "This server has an AGENT_SECRET: the command carries it as -e AGENT_SECRET. Keep the command private." } }
+            div role="tablist" aria-label="Platform" {
+                button type="button" role="tab" id="tab-linux" aria-controls="panel-linux" aria-selected="true" { "Linux" }
+                button type="button" role="tab" id="tab-windows" aria-controls="panel-windows" aria-selected="false" tabindex="-1" { "Windows" }
+            }
+            div role="tabpanel" id="panel-linux" aria-labelledby="tab-linux" {
+                div.copyrow {
+                    pre.command id="cmd-linux" { (s(&deploy["commands"], "linux")) }
+                    button type="button" data-copy="cmd-linux" hidden { "Copy" }
+                }
+            }
+            div role="tabpanel" id="panel-windows" aria-labelledby="tab-windows" {
+                div.copyrow {
+                    pre.command id="cmd-windows" { (s(&deploy["commands"], "windows")) }
+                    button type="button" data-copy="cmd-windows" hidden { "Copy" }
+                }
+            }
+        }
+        p {
+            a.button id="add-another" href="/environments/new" { "Add another environment" }
+            " "
+            a.button.primary id="close" href={ "/environments/" (id) } { "Close" }
+        }
+    };
+    page(ui, Nav::Environments, &format!("Deploy {name}"), body).into_response()
+}
+
+async fn update_options(ui: Ui, Path(id): Path<u64>, axum::Form(f): axum::Form<OptionsForm>) -> Response {
+    let path = f.volume_path.trim();
+    let body = json!({
+        "env_vars": f.env_vars,
+        "allow_self_signed": f.allow_self_signed.is_some(),
+        "volume_path": if path.is_empty() { Value::Null } else { json!(path) },
+    });
+    match ui.send(Method::PATCH, &format!("/api/environments/{id}"), &body, &f.csrf).await {
+        Ok(_) => Redirect::to(&format!("/environments/{id}/deploy?updated=1")).into_response(),
+        Err(e) => {
+            let mut r = render_deploy(&ui, id, false, false, Some(&f), Some(&e)).await;
+            *r.status_mut() = e.status;
+            r
+        }
+    }
+}
+
+/// The interval choices: the seed's list, with "default" (follow the
+/// server's Edge Compute settings) first.
+const CHOICES: &[(&str, &str)] = &[
+    ("default", "Default"),
+    ("0", "Disabled"),
+    ("60", "1 minute"),
+    ("3600", "1 hour"),
+    ("86400", "1 day"),
+    ("604800", "1 week"),
+    ("custom", "Custom"),
+];
+
+/// A labelled interval select, with its custom seconds input (shown by
+/// ui.js only when "Custom" is chosen; always shown without a script).
+fn interval_pick(name: &str, label: &str, choice: &str, custom: &str, err: Option<&ApiFail>) -> Markup {
+    let choice = if choice.is_empty() { "default" } else { choice };
+    let id = format!("f-{name}");
+    let custom_id = format!("f-{name}_custom");
+    let message = err.and_then(|e| e.for_field(&format!("intervals.{name}")));
+    html! {
+        div.field {
+            label for=(id) { (label) }
+            select id=(id) name=(name) data-custom=(custom_id) aria-invalid=[message.map(|_| "true")] {
+                @for (v, l) in CHOICES { option value=(v) selected[*v == choice] { (l) } }
+            }
+            input id=(custom_id) name={ (name) "_custom" } type="number" min="1" max=(crate::server::api::MAX_INTERVAL)
+                value=(custom) placeholder="seconds" aria-label={ (label) ", custom, in seconds" };
+            @if let Some(m) = message { p.field-error id={ (id) "-error" } role="alert" { (m) } }
+        }
+    }
+}
+
+/// The seconds an interval choice means: `None` for the default.
+///
+/// # Errors
+/// What is wrong with a custom value.
+fn parse_interval(choice: &str, custom: &str) -> Result<Option<u32>, String> {
+    match choice {
+        "" | "default" => Ok(None),
+        "custom" => match custom.trim().parse::<u32>() {
+            Ok(v) if (1..=crate::server::api::MAX_INTERVAL).contains(&v) => Ok(Some(v)),
+            _ => Err(format!("a custom interval is a whole number of seconds from 1 to {}", crate::server::api::MAX_INTERVAL)),
+        },
+        c => c.parse::<u32>().ok().filter(|v| CHOICES.iter().any(|(k, _)| *k == c) || *v == 0).map(Some).ok_or_else(|| format!("unknown choice {c:?}")),
+    }
 }

@@ -476,10 +476,20 @@ fn quickstart(listen: std::net::SocketAddr, data: std::path::PathBuf, interval: 
             "  server       {url}  (certificate sha256 {})",
             tern::server::fingerprint_hex(&fingerprint)
         );
+        let _ = writeln!(banner, "  web UI       {url}/  (user admin; the browser will warn of the self-signed certificate)");
         let _ = writeln!(banner, "  data         {}", data.display());
         let _ = writeln!(banner, "  admin token  {}", tern::server::admin_token_path(&data).display());
-        if let Some(password) = &initial_admin_password {
-            let _ = writeln!(banner, "  admin        user admin, password {password} (shown this once)");
+        match &initial_admin_password {
+            Some(password) => {
+                let _ = writeln!(banner, "  admin        user admin, password {password} (shown this once)");
+            }
+            None => {
+                let _ = writeln!(
+                    banner,
+                    "  admin        user admin; forgot the password? tern admin reset-password --data {}",
+                    data.display()
+                );
+            }
         }
         let _ = writeln!(
             banner,

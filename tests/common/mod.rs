@@ -311,3 +311,244 @@ impl Deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+// ----- a browser-like HTTPS client for the UI's forms -----
+//
+// (added with tests/ui_settings.rs) `UiClient` talks to the UI as a browser
+// without a script does: it pins the server's certificate, keeps the
+// cookies the server sets, logs in through the login form (its
+// double-submit `login_token`), posts forms `application/x-www-form-urlencoded`
+// with an `Origin` of the server, follows no redirect by itself, and keeps
+// the session's CSRF token from the `data-csrf` of each page's `<body>`.
+
+/// What the UI answered.
+#[derive(Debug, Clone)]
+pub struct UiReply {
+    /// The status.
+    pub status: u16,
+    /// The `Location` of a redirect.
+    pub location: Option<String>,
+    /// Every header, names in lower case.
+    pub headers: Vec<(String, String)>,
+    /// The body, as text.
+    pub body: String,
+}
+
+impl UiReply {
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A browser-like client of the UI (see the section's comment).
+pub struct UiClient {
+    authority: String,
+    connector: tokio_rustls::TlsConnector,
+    cookies: Vec<(String, String)>,
+    /// The session's CSRF token, from the last page that carried one.
+    pub csrf: String,
+}
+
+impl UiClient {
+    /// A client with no cookie yet.
+    pub fn new(server: &Server) -> Self {
+        let config = tern::tls::client_config(Trust::Pinned(server.fingerprint())).unwrap();
+        Self {
+            authority: server.addr(),
+            connector: tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+            cookies: Vec::new(),
+            csrf: String::new(),
+        }
+    }
+
+    /// A client logged in as `admin`; panics when the login is refused.
+    pub async fn login(server: &Server, password: &str) -> Self {
+        let mut c = Self::new(server);
+        let r = c.try_login("admin", password).await;
+        assert_eq!(r.status, 303, "login refused: {}", r.body);
+        assert!(c.cookie("tern_session").is_some(), "no session cookie after login");
+        let page = c.get("/environments").await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        assert!(!c.csrf.is_empty(), "no data-csrf on the page");
+        c
+    }
+
+    /// Logs in through the form: `GET /login` (its cookie and hidden
+    /// `login_token`), then `POST /login`. The POST's answer (303 on
+    /// success).
+    pub async fn try_login(&mut self, username: &str, password: &str) -> UiReply {
+        let form = self.get("/login").await;
+        assert_eq!(form.status, 200, "{}", form.body);
+        let token = input_value(&form.body, "login_token").expect("no login_token on the login page");
+        self.post_form(
+            "/login",
+            &[("username", username), ("password", password), ("login_token", &token), ("next", "/environments")],
+        )
+        .await
+    }
+
+    /// A cookie's value.
+    pub fn cookie(&self, name: &str) -> Option<&str> {
+        self.cookies.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// `GET path`.
+    pub async fn get(&mut self, path: &str) -> UiReply {
+        self.request("GET", path, None).await
+    }
+
+    /// `POST path` with these form fields, as they are (add the CSRF token
+    /// yourself, or use [`Self::submit`]).
+    pub async fn post_form(&mut self, path: &str, fields: &[(&str, &str)]) -> UiReply {
+        let body = fields.iter().map(|(k, v)| format!("{}={}", form_encode(k), form_encode(v))).collect::<Vec<_>>();
+        self.request("POST", path, Some(body.join("&"))).await
+    }
+
+    /// `POST path` with these fields and the session's CSRF token.
+    pub async fn submit(&mut self, path: &str, fields: &[(&str, &str)]) -> UiReply {
+        let csrf = self.csrf.clone();
+        let mut all = vec![("csrf", csrf.as_str())];
+        all.extend_from_slice(fields);
+        self.post_form(path, &all).await
+    }
+
+    async fn request(&mut self, method: &str, path: &str, form: Option<String>) -> UiReply {
+        use http_body_util::BodyExt as _;
+        // A browser keeps the fragment (`#section`) to itself.
+        let path = path.split('#').next().unwrap_or(path);
+        let tcp = tokio::net::TcpStream::connect(&self.authority).await.unwrap();
+        let host = self.authority.rsplit_once(':').map_or(self.authority.as_str(), |(h, _)| h).to_owned();
+        let name = rustls::pki_types::ServerName::try_from(host).unwrap();
+        let tls = self.connector.connect(name, tcp).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
+        tokio::spawn(conn);
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, &self.authority)
+            .header(hyper::header::ACCEPT, "text/html");
+        if !self.cookies.is_empty() {
+            let jar = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
+            req = req.header(hyper::header::COOKIE, jar);
+        }
+        let body = match form {
+            Some(f) => {
+                req = req
+                    .header(hyper::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .header(hyper::header::ORIGIN, format!("https://{}", self.authority));
+                bytes::Bytes::from(f)
+            }
+            None => bytes::Bytes::new(),
+        };
+        let resp = send.send_request(req.body(http_body_util::Full::new(body)).unwrap()).await.unwrap();
+        let status = resp.status().as_u16();
+        let headers: Vec<(String, String)> = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        for (k, v) in &headers {
+            if k == "set-cookie" {
+                self.set_cookie(v);
+            }
+        }
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8_lossy(&bytes).into_owned();
+        if let Some(csrf) = attr_after(&body, "<body", "data-csrf") {
+            self.csrf = csrf;
+        }
+        let location = headers.iter().find(|(k, _)| k == "location").map(|(_, v)| v.clone());
+        UiReply { status, location, headers, body }
+    }
+
+    fn set_cookie(&mut self, header: &str) {
+        let first = header.split(';').next().unwrap_or_default();
+        let Some((name, value)) = first.split_once('=') else { return };
+        let (name, value) = (name.trim().to_owned(), value.trim().to_owned());
+        let expired = header.split(';').any(|a| a.trim().eq_ignore_ascii_case("max-age=0"));
+        self.cookies.retain(|(k, _)| *k != name);
+        if !expired && !value.is_empty() {
+            self.cookies.push((name, value));
+        }
+    }
+}
+
+/// Percent-encodes a form value (everything but unreserved characters).
+pub fn form_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Undoes the HTML escapes maud writes.
+pub fn html_unescape(s: &str) -> String {
+    s.replace("&quot;", "\"").replace("&#39;", "'").replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+}
+
+/// The value of attribute `attr` in the first tag that starts with `tag_start`
+/// (`<body`, `<input id="f-name"`).
+pub fn attr_after(html: &str, tag_start: &str, attr: &str) -> Option<String> {
+    let at = html.find(tag_start)?;
+    let tag = &html[at..at + html[at..].find('>')?];
+    let needle = format!(" {attr}=\"");
+    let v = &tag[tag.find(&needle)? + needle.len()..];
+    Some(html_unescape(&v[..v.find('"')?]))
+}
+
+/// The `value` of the first `<input>` named `name`.
+pub fn input_value(html: &str, name: &str) -> Option<String> {
+    let at = html.find(&format!("name=\"{name}\""))?;
+    let start = html[..at].rfind('<')?;
+    attr_after(&html[start..], "<input", "value")
+}
+
+/// The text of the element with id `id`: each tag becomes a space (so
+/// table cells read `a b`), whitespace is collapsed, escapes are undone.
+pub fn text_by_id(html: &str, id: &str) -> Option<String> {
+    let at = html.find(&format!(" id=\"{id}\""))?;
+    let open = html[..at].rfind('<')?;
+    let tag: String = html[open + 1..].chars().take_while(char::is_ascii_alphanumeric).collect();
+    let content_start = at + html[at..].find('>')? + 1;
+    // The matching close tag, counting nested tags of the same name.
+    let (mut depth, mut i) = (1usize, content_start);
+    let (open_tag, close_tag) = (format!("<{tag}"), format!("</{tag}>"));
+    while depth > 0 {
+        let next_close = i + html[i..].find(&close_tag)?;
+        let nested = html[i..next_close]
+            .match_indices(&open_tag)
+            .map(|(o, _)| i + o + open_tag.len())
+            .find(|&end| html[end..].starts_with([' ', '>']));
+        match nested {
+            Some(end) => {
+                depth += 1;
+                i = end;
+            }
+            None => {
+                depth -= 1;
+                i = next_close + close_tag.len();
+            }
+        }
+    }
+    let inner = &html[content_start..i - close_tag.len()];
+    let mut text = String::new();
+    let mut in_tag = false;
+    for c in inner.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => {
+                in_tag = false;
+                text.push(' ');
+            }
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    Some(html_unescape(&text.split_whitespace().collect::<Vec<_>>().join(" ")))
+}

@@ -181,7 +181,12 @@
 
   function setupInterval(sel) {
     var custom = document.getElementById(sel.dataset.custom);
-    function sync() { if (custom) custom.hidden = sel.value !== "custom"; }
+    var label = custom && custom.id ? document.querySelector('label[for="' + custom.id + '"]') : null;
+    function sync() {
+      var off = sel.value !== "custom";
+      if (custom) custom.hidden = off;
+      if (label) label.hidden = off;
+    }
     sel.addEventListener("change", sync); sync();
   }
 

@@ -230,7 +230,10 @@ async fn environment(ui: Ui, Path(id): Path<u64>, Query(q): Query<EnvQuery>) -> 
                     dt { "Tags" } dd { @for t in env["tags"].as_array().into_iter().flatten() { span.tag { (t.as_str().unwrap_or("")) } " " } }
                 }
             }
-            p { a href={ "/environments/" (id) "/deploy" } { "Deploy command and join token" } }
+            p {
+                a href={ "/environments/" (id) "/deploy" } { "Deploy command and join token" }
+                " · " a href={ "/environments/" (id) "/edit" } { "Edit, intervals, delete" }
+            }
         }
         div id="live" aria-live="polite" {
             @if let Some(c) = q.cmd { div.live-cmd data-command-id=(c) { "Command " (c) ": …" } }

@@ -38,6 +38,7 @@
 pub mod chart;
 pub mod envs;
 pub mod jobs;
+pub mod manage;
 pub mod settings;
 pub mod stacks;
 pub mod wizard;
@@ -101,6 +102,7 @@ pub fn routes(api: Router) -> Router<Arc<AppState>> {
         .route("/static/{name}", get(asset))
         .merge(envs::routes())
         .merge(wizard::routes())
+        .merge(manage::routes())
         .merge(stacks::routes())
         .merge(jobs::routes())
         .merge(settings::routes())

@@ -15,10 +15,11 @@ use axum::extract::Path;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
-use maud::{Markup, html};
+use maud::html;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::settings::{IntervalOpts, interval_fail, interval_picker, parse_interval};
 use super::{ApiFail, FieldAttrs, Nav, Ui, csrf_field, form_error, page, s, text_field};
 use crate::server::http::AppState;
 
@@ -68,7 +69,8 @@ async fn new_page(ui: Ui, headers: HeaderMap) -> Response {
 }
 
 async fn render_new(ui: &Ui, f: &CreateForm, err: Option<&ApiFail>, status: StatusCode) -> Response {
-    let (groups, tags) = tokio::join!(ui.get("/api/groups"), ui.get("/api/tags"));
+    let (groups, tags, settings) = tokio::join!(ui.get("/api/groups"), ui.get("/api/tags"), ui.get("/api/settings"));
+    let defaults = settings.map(|r| r.json["intervals"].clone()).unwrap_or_default();
     let names = |r: Result<super::Reply, ApiFail>| -> Vec<String> {
         r.ok()
             .and_then(|r| r.json.as_array().map(|a| a.iter().map(|g| s(g, "name").to_owned()).collect()))
@@ -80,7 +82,14 @@ async fn render_new(ui: &Ui, f: &CreateForm, err: Option<&ApiFail>, status: Stat
         || !f.group.is_empty()
         || !f.tags.is_empty()
         || [&f.ping, &f.snapshot, &f.command].iter().any(|c| !c.is_empty() && c.as_str() != "default");
-    let pick = |name: &str, label: &str, choice: &str, custom: &str| interval_pick(name, label, choice, custom, err);
+    let pick = |name: &str, label: &str, choice: &str, custom: &str| {
+        let opts = IntervalOpts {
+            offer_default: true,
+            default_seconds: defaults[name].as_u64().and_then(|v| u32::try_from(v).ok()),
+            hint: None,
+        };
+        interval_picker(name, label, choice, custom, &opts, err)
+    };
     let body = html! {
         h1 { "Add environment" }
         p.muted { "An edge agent polls this server over HTTPS; the host needs no inbound port." }
@@ -135,13 +144,7 @@ fn intervals_of(f: &CreateForm) -> Result<Value, ApiFail> {
                 m.insert(name.into(), json!(v));
             }
             Ok(None) => {}
-            Err(message) => {
-                return Err(ApiFail {
-                    status: StatusCode::UNPROCESSABLE_ENTITY,
-                    message: format!("intervals.{name}: {message}"),
-                    field: Some(format!("intervals.{name}")),
-                });
-            }
+            Err(message) => return Err(interval_fail(name, message)),
         }
     }
     Ok(Value::Object(m))
@@ -295,49 +298,3 @@ async fn update_options(ui: Ui, Path(id): Path<u64>, axum::Form(f): axum::Form<O
     }
 }
 
-/// The interval choices: the seed's list, with "default" (follow the
-/// server's Edge Compute settings) first.
-const CHOICES: &[(&str, &str)] = &[
-    ("default", "Default"),
-    ("0", "Disabled"),
-    ("60", "1 minute"),
-    ("3600", "1 hour"),
-    ("86400", "1 day"),
-    ("604800", "1 week"),
-    ("custom", "Custom"),
-];
-
-/// A labelled interval select, with its custom seconds input (shown by
-/// ui.js only when "Custom" is chosen; always shown without a script).
-fn interval_pick(name: &str, label: &str, choice: &str, custom: &str, err: Option<&ApiFail>) -> Markup {
-    let choice = if choice.is_empty() { "default" } else { choice };
-    let id = format!("f-{name}");
-    let custom_id = format!("f-{name}_custom");
-    let message = err.and_then(|e| e.for_field(&format!("intervals.{name}")));
-    html! {
-        div.field {
-            label for=(id) { (label) }
-            select id=(id) name=(name) data-custom=(custom_id) aria-invalid=[message.map(|_| "true")] {
-                @for (v, l) in CHOICES { option value=(v) selected[*v == choice] { (l) } }
-            }
-            input id=(custom_id) name={ (name) "_custom" } type="number" min="1" max=(crate::server::api::MAX_INTERVAL)
-                value=(custom) placeholder="seconds" aria-label={ (label) ", custom, in seconds" };
-            @if let Some(m) = message { p.field-error id={ (id) "-error" } role="alert" { (m) } }
-        }
-    }
-}
-
-/// The seconds an interval choice means: `None` for the default.
-///
-/// # Errors
-/// What is wrong with a custom value.
-fn parse_interval(choice: &str, custom: &str) -> Result<Option<u32>, String> {
-    match choice {
-        "" | "default" => Ok(None),
-        "custom" => match custom.trim().parse::<u32>() {
-            Ok(v) if (1..=crate::server::api::MAX_INTERVAL).contains(&v) => Ok(Some(v)),
-            _ => Err(format!("a custom interval is a whole number of seconds from 1 to {}", crate::server::api::MAX_INTERVAL)),
-        },
-        c => c.parse::<u32>().ok().filter(|v| CHOICES.iter().any(|(k, _)| *k == c) || *v == 0).map(Some).ok_or_else(|| format!("unknown choice {c:?}")),
-    }
-}

@@ -67,6 +67,13 @@
     step();
   }
 
+  // A form that asks first (delete, reset): data-confirm holds the question.
+  document.addEventListener("submit", function (ev) {
+    var f = ev.target;
+    if (!f.dataset || !f.dataset.confirm || (f.classList && f.classList.contains("cmd"))) return;
+    if (!window.confirm(f.dataset.confirm)) ev.preventDefault();
+  });
+
   document.addEventListener("submit", function (ev) {
     var f = ev.target;
     if (!f.classList || !f.classList.contains("cmd")) return;
@@ -77,7 +84,8 @@
     live.insertBefore(row, live.firstChild);
     var button = f.querySelector("button");
     if (button) button.disabled = true;
-    fetch(f.action, {
+    // f.action would be the hidden input named "action", not the URL.
+    fetch(f.getAttribute("action"), {
       method: "POST", credentials: "same-origin",
       headers: { Accept: "application/json", "Content-Type": "application/x-www-form-urlencoded" },
       body: new URLSearchParams(new FormData(f)).toString()
@@ -208,5 +216,40 @@
     Array.prototype.forEach.call(document.querySelectorAll('[role="tablist"]'), setupTabs);
     Array.prototype.forEach.call(document.querySelectorAll("button[data-copy]"), setupCopy);
     Array.prototype.forEach.call(document.querySelectorAll("select[data-custom]"), setupInterval);
+  });
+})();
+
+// ----- parts of a page that refresh themselves -----
+// An element with data-refresh-url is re-filled from that URL (an HTML
+// fragment the server renders) every data-refresh-every seconds (3 by
+// default) while the page is visible, as long as its content holds an
+// element marked data-pending (something is still under way). A failed
+// answer, or one that was redirected (the session ended), stops it.
+// Nothing is replaced while the focus is inside.
+(function () {
+  "use strict";
+
+  function setupRefresh(box) {
+    var every = (parseFloat(box.dataset.refreshEvery) || 3) * 1000;
+    var last = null;
+    function pending() { return box.querySelector("[data-pending]") !== null; }
+    function step() {
+      if (!pending()) return;
+      if (document.hidden) { setTimeout(step, every); return; }
+      fetch(box.dataset.refreshUrl, { credentials: "same-origin", headers: { Accept: "text/html" } })
+        .then(function (r) { return r.ok && !r.redirected ? r.text() : null; })
+        .then(function (html) {
+          if (html === null) return;
+          // Not under a keyboard user's focus: wait until it leaves.
+          if (box.contains(document.activeElement)) { setTimeout(step, every); return; }
+          if (html !== last) { last = html; box.innerHTML = html; }
+          setTimeout(step, every);
+        }, function () { setTimeout(step, every * 5); });
+    }
+    setTimeout(step, every);
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    Array.prototype.forEach.call(document.querySelectorAll("[data-refresh-url]"), setupRefresh);
   });
 })();

@@ -1,0 +1,246 @@
+//! Managing one environment: rename it, move it to a group, tag it, set
+//! its intervals, let another agent take it over, delete it.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::Path;
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use maud::html;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::settings::{IntervalOpts, interval_choice, interval_fail, interval_picker, interval_text, parse_interval};
+use super::{ApiFail, FieldAttrs, Nav, Ui, csrf_field, form_error, n, page, s, text_field};
+use crate::server::http::AppState;
+
+/// The routes.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/environments/{id}/edit", get(edit_page).post(save))
+        .route("/environments/{id}/intervals", post(save_intervals))
+        .route("/environments/{id}/reset-binding", post(reset_binding))
+        .route("/environments/{id}/delete", post(delete))
+}
+
+/// Which form was refused, with what it held.
+enum Refused<'a> {
+    Details(&'a DetailsForm, &'a ApiFail),
+    Intervals(&'a IntervalsForm, &'a ApiFail),
+    Other(&'a ApiFail),
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct EditQuery {
+    saved: Option<String>,
+}
+
+async fn edit_page(ui: Ui, Path(id): Path<u64>, axum::extract::Query(q): axum::extract::Query<EditQuery>) -> Response {
+    render(&ui, id, None, q.saved.as_deref(), StatusCode::OK).await
+}
+
+async fn render(ui: &Ui, id: u64, refused: Option<Refused<'_>>, saved: Option<&str>, status: StatusCode) -> Response {
+    let paths = [format!("/api/environments/{id}"), "/api/groups".to_owned()];
+    let (env, groups) = tokio::join!(ui.get(&paths[0]), ui.get(&paths[1]));
+    let env = match env {
+        Ok(r) => r.json,
+        Err(e) => return super::fail_page(&e),
+    };
+    let groups: Vec<String> = groups
+        .ok()
+        .and_then(|r| r.json.as_array().map(|a| a.iter().map(|g| s(g, "name").to_owned()).collect()))
+        .unwrap_or_default();
+    let (details, details_err) = match &refused {
+        Some(Refused::Details(f, e)) => ((*f).clone(), Some(*e)),
+        _ => (
+            DetailsForm {
+                csrf: String::new(),
+                name: s(&env, "name").to_owned(),
+                group: env["group"]["name"].as_str().unwrap_or_default().to_owned(),
+                tags: env["tags"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
+            },
+            None,
+        ),
+    };
+    let own = &env["intervals"];
+    let (intervals, intervals_err) = match &refused {
+        Some(Refused::Intervals(f, e)) => ((*f).clone(), Some(*e)),
+        _ => (IntervalsForm::from_settings(own), None),
+    };
+    let other_err = match &refused {
+        Some(Refused::Other(e)) => Some(*e),
+        _ => None,
+    };
+    let eff = &env["effective_intervals"];
+    let name = s(&env, "name").to_owned();
+    let pick = |field: &str, label: &str, choice: &str, custom: &str| {
+        let opts = IntervalOpts { offer_default: true, default_seconds: None, hint: None };
+        interval_picker(field, label, choice, custom, &opts, intervals_err)
+    };
+    let body = html! {
+        h1 { "Edit " (name) }
+        p { a href={ "/environments/" (id) } { "← Back to the environment" } }
+        @if let Some(what) = saved { p.notice role="status" { "Saved: " (what) "." } }
+        @if let Some(e) = other_err { p.error role="alert" { (e.message) } }
+        section id="details" {
+            h2 { "Name, group and tags" }
+            form.form-narrow method="post" action={ "/environments/" (id) "/edit" } {
+                (csrf_field(&ui.csrf))
+                (form_error(details_err, &["name", "group", "tags"]))
+                (text_field("name", "Name", &details.name, details_err, FieldAttrs { required: true, ..FieldAttrs::default() }))
+                div.field {
+                    label for="f-group" { "Group" }
+                    select id="f-group" name="group" {
+                        option value="" selected[details.group.is_empty()] { "No group" }
+                        @for g in &groups { option value=(g) selected[*g == details.group] { (g) } }
+                    }
+                    @if let Some(m) = details_err.and_then(|e| e.for_field("group")) { p.field-error role="alert" { (m) } }
+                }
+                (text_field("tags", "Tags", &details.tags, details_err, FieldAttrs { hint: Some("Comma-separated; new tags are created."), ..FieldAttrs::default() }))
+                button.primary type="submit" { "Save" }
+            }
+        }
+        section id="intervals" {
+            h2 { "Intervals" }
+            p.hint {
+                "Now in effect: ping " (secs_text(n(eff, "ping")))
+                ", snapshot " (secs_text(n(eff, "snapshot")))
+                ", command " (secs_text(n(eff, "command"))) ". "
+                @if let Some(a) = env["agent_intervals"].as_object() {
+                    "The agent last reported running with ping "
+                    (secs_text(a.get("ping").and_then(Value::as_u64).unwrap_or(0))) "; "
+                    "a change reaches it at its next poll."
+                } @else { "The agent has not reported its intervals yet." }
+            }
+            form.form-narrow method="post" action={ "/environments/" (id) "/intervals" } {
+                (csrf_field(&ui.csrf))
+                (form_error(intervals_err, &["intervals"]))
+                (pick("ping", "Ping interval", &intervals.ping, &intervals.ping_custom))
+                (pick("snapshot", "Snapshot interval", &intervals.snapshot, &intervals.snapshot_custom))
+                (pick("command", "Command interval", &intervals.command, &intervals.command_custom))
+                button.primary type="submit" { "Save intervals" }
+            }
+        }
+        section id="binding" {
+            h2 { "Agent binding" }
+            @match env["edge_id"].as_str() {
+                Some(edge) => {
+                    p { "Bound to the agent " code { (edge) } ". Polls from any other agent are refused. \
+                        If that host was replaced, let the next agent that polls take the environment over." }
+                    form method="post" action={ "/environments/" (id) "/reset-binding" } data-confirm="Let another agent take this environment over?" {
+                        (csrf_field(&ui.csrf))
+                        button type="submit" { "Reset the binding" }
+                    }
+                }
+                None => p.muted { "No agent has polled yet; the first one to poll with the join token takes the environment." },
+            }
+        }
+        section id="delete" {
+            h2 { "Delete" }
+            p { "Deletes the environment with its stored state and commands. Its agent's polls are refused from then on." }
+            form method="post" action={ "/environments/" (id) "/delete" } data-confirm={ "Delete " (name) "?" } {
+                (csrf_field(&ui.csrf))
+                button.danger type="submit" { "Delete " (name) }
+            }
+        }
+    };
+    (status, page(ui, Nav::Environments, &format!("Edit {name}"), body)).into_response()
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+struct DetailsForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    group: String,
+    #[serde(default)]
+    tags: String,
+}
+
+async fn save(ui: Ui, Path(id): Path<u64>, axum::Form(f): axum::Form<DetailsForm>) -> Response {
+    let tags: Vec<&str> = f.tags.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
+    let group = if f.group.is_empty() { Value::Null } else { json!(f.group) };
+    let body = json!({ "name": f.name, "group": group, "tags": tags });
+    match ui.send(Method::PATCH, &format!("/api/environments/{id}"), &body, &f.csrf).await {
+        Ok(_) => Redirect::to(&format!("/environments/{id}/edit?saved=details")).into_response(),
+        Err(e) => render(&ui, id, Some(Refused::Details(&f, &e)), None, e.status).await,
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+struct IntervalsForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    ping: String,
+    #[serde(default)]
+    ping_custom: String,
+    #[serde(default)]
+    snapshot: String,
+    #[serde(default)]
+    snapshot_custom: String,
+    #[serde(default)]
+    command: String,
+    #[serde(default)]
+    command_custom: String,
+}
+
+impl IntervalsForm {
+    /// The form for an environment's own settings (`null`: the default).
+    fn from_settings(own: &Value) -> Self {
+        let one = |k: &str| interval_choice(own[k].as_u64().and_then(|v| u32::try_from(v).ok()), true);
+        let (ping, ping_custom) = one("ping");
+        let (snapshot, snapshot_custom) = one("snapshot");
+        let (command, command_custom) = one("command");
+        Self { csrf: String::new(), ping, ping_custom, snapshot, snapshot_custom, command, command_custom }
+    }
+}
+
+async fn save_intervals(ui: Ui, Path(id): Path<u64>, axum::Form(f): axum::Form<IntervalsForm>) -> Response {
+    let mut m = Map::new();
+    for (name, choice, custom) in
+        [("ping", &f.ping, &f.ping_custom), ("snapshot", &f.snapshot, &f.snapshot_custom), ("command", &f.command, &f.command_custom)]
+    {
+        match parse_interval(choice, custom) {
+            Ok(v) => {
+                m.insert(name.into(), json!(v));
+            }
+            Err(message) => {
+                let e = interval_fail(name, message);
+                return render(&ui, id, Some(Refused::Intervals(&f, &e)), None, e.status).await;
+            }
+        }
+    }
+    match ui.send(Method::PUT, &format!("/api/environments/{id}/intervals"), &Value::Object(m), &f.csrf).await {
+        Ok(_) => Redirect::to(&format!("/environments/{id}/edit?saved=intervals")).into_response(),
+        Err(e) => render(&ui, id, Some(Refused::Intervals(&f, &e)), None, e.status).await,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct CsrfForm {
+    csrf: String,
+}
+
+async fn reset_binding(ui: Ui, Path(id): Path<u64>, axum::Form(f): axum::Form<CsrfForm>) -> Response {
+    match ui.call(Method::POST, &format!("/api/environments/{id}/reset-binding"), None, Some(&f.csrf)).await {
+        Ok(_) => Redirect::to(&format!("/environments/{id}/edit?saved=binding%20reset")).into_response(),
+        Err(e) => render(&ui, id, Some(Refused::Other(&e)), None, e.status).await,
+    }
+}
+
+async fn delete(ui: Ui, Path(id): Path<u64>, axum::Form(f): axum::Form<CsrfForm>) -> Response {
+    match ui.call(Method::DELETE, &format!("/api/environments/{id}"), None, Some(&f.csrf)).await {
+        Ok(_) => Redirect::to("/environments").into_response(),
+        Err(e) => render(&ui, id, Some(Refused::Other(&e)), None, e.status).await,
+    }
+}
+
+/// An interval from the API's JSON, in words.
+fn secs_text(seconds: u64) -> String {
+    interval_text(u32::try_from(seconds).unwrap_or(u32::MAX))
+}

@@ -252,7 +252,7 @@ async fn environment(ui: Ui, Path(id): Path<u64>, Query(q): Query<EnvQuery>) -> 
         }
         section.history {
             h2 { "Command history" }
-            (history(id, &cmds, now))
+            (history(id, &cmds, &names_by_id(&st), now))
         }
     };
     page(&ui, Nav::Environments, &name, body).into_response()
@@ -387,7 +387,7 @@ pub fn finished(status: &str) -> bool {
     matches!(status, "ok" | "failed" | "rejected" | "cancelled")
 }
 
-fn history(id: u64, cmds: &Value, now: i64) -> Markup {
+fn history(id: u64, cmds: &Value, names: &std::collections::HashMap<&str, &str>, now: i64) -> Markup {
     let rows = cmds.as_array().cloned().unwrap_or_default();
     if rows.is_empty() {
         return html! { p.muted { "No command yet." } };
@@ -400,12 +400,22 @@ fn history(id: u64, cmds: &Value, now: i64) -> Markup {
                 tr data-command-id=[(!finished(status)).then(|| n(c, "id"))] {
                     td { (when(c["created_at"].as_i64(), now)) }
                     td { a href={ "/environments/" (id) "/commands/" (n(c, "id")) } { (s(c, "action")) } }
-                    td.mono { (short_target(s(c, "target"))) }
+                    td.mono { (names.get(s(c, "target")).copied().unwrap_or_else(|| short_target(s(c, "target")))) }
                     td.status { span.state.(status) { (status) } @if let Some(e) = c["error"].as_str() { " " span.error { (e) } } }
                 }
             } }
         } }
     }
+}
+
+/// Container and network names by id: commands store the id the API
+/// resolved, the operator knows the name.
+fn names_by_id(st: &Value) -> std::collections::HashMap<&str, &str> {
+    ["containers", "networks"]
+        .iter()
+        .flat_map(|part| st[*part].as_array().into_iter().flatten())
+        .map(|o| (s(o, "id"), s(o, "name")))
+        .collect()
 }
 
 fn short_target(t: &str) -> &str {

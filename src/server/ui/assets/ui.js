@@ -29,16 +29,18 @@
 
   function statusSpan(status) { return el("span", "state " + status, status); }
 
-  function describe(c) {
-    var t = c.target || "";
+  function describe(c, label) {
+    var t = label || c.target || "";
     if (/^[0-9a-f]{64}$/.test(t)) t = t.slice(0, 12);
     return c.action + " " + t;
   }
 
+  // `row.dataset.label`: the name the operator clicked (the API stores the
+  // id it resolved).
   function renderCommand(row, c) {
     row.textContent = "";
     row.dataset.status = c.status;
-    row.appendChild(el("span", "", describe(c) + ": "));
+    row.appendChild(el("span", "", describe(c, row.dataset.label) + ": "));
     row.appendChild(statusSpan(c.status));
     if (c.error) row.appendChild(el("span", "error", " " + c.error));
     if (c.output !== undefined && c.output !== null) {
@@ -81,6 +83,8 @@
     ev.preventDefault();
     var live = document.getElementById("live");
     var row = el("div", "live-cmd", "Sending…");
+    var target = f.querySelector('input[name="target"]');
+    if (target) row.dataset.label = target.value;
     live.insertBefore(row, live.firstChild);
     var button = f.querySelector("button");
     if (button) button.disabled = true;

@@ -130,7 +130,7 @@ pub fn usage_section(usage: &Value, _now: i64) -> Markup {
     html! {
         p {
             "Today: " strong { (bytes(n(today, "tls_up"))) } " up, " strong { (bytes(n(today, "tls_down"))) } " down, "
-            (n(today, "polls")) " polls. Last 7 days: " strong { (bytes(n(total, "tls_up") + n(total, "tls_down"))) } "."
+            (n(today, "polls")) @if n(today, "polls") == 1 { " poll" } @else { " polls" } ". Last 7 days: " strong { (bytes(n(total, "tls_up") + n(total, "tls_down"))) } "."
         }
         p.legend {
             span.swatch.up {} " upload (agent to server) "

@@ -28,6 +28,11 @@ fn registered() -> BTreeSet<(String, String)> {
             let Some(rest) = rest.trim_start().strip_prefix('"') else { continue };
             let end = rest.find('"').unwrap();
             let route = &rest[..end];
+            // The document covers the REST API; the web UI's pages
+            // (src/server/ui/) are HTML for browsers, not API.
+            if !route.starts_with("/api/") {
+                continue;
+            }
             // The method router up to the closing parenthesis of .route(.
             let mut depth = 1;
             let body: String = rest[end + 1..]

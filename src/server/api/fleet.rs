@@ -334,7 +334,7 @@ pub struct UsageTotals {
 }
 
 impl UsageTotals {
-    fn of(v: Option<&((u64, u64), (u64, u64))>) -> Self {
+    fn of(v: Option<&crate::server::store::usage::TodayAnd30Days>) -> Self {
         v.map_or_else(Self::default, |&((tu, td), (mu, md))| Self {
             today_up: tu,
             today_down: td,

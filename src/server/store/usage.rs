@@ -137,6 +137,9 @@ fn sql_count(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// Socket bytes `((up, down) today, (up, down) over 30 days)`.
+pub type TodayAnd30Days = ((u64, u64), (u64, u64));
+
 /// The first second of the first of the `days` UTC days ending today.
 fn period_start(now: i64, days: u32) -> i64 {
     day_of(now) - (i64::from(days.max(1)) - 1) * DAY
@@ -291,7 +294,7 @@ impl Store {
         &self,
         ids: &[u64],
         now: i64,
-    ) -> Result<std::collections::HashMap<u64, ((u64, u64), (u64, u64))>, StoreError> {
+    ) -> Result<std::collections::HashMap<u64, TodayAnd30Days>, StoreError> {
         let from = period_start(now, KEPT_DAYS);
         let today_from = day_of(now);
         let mut stmt = self.conn.prepare_cached(

@@ -80,7 +80,8 @@ async fn list(ui: Ui, Query(q): Query<ListQuery>) -> Response {
             query.push_str(&format!("&{k}={}", encode(v.trim())));
         }
     }
-    let (reply, groups, tags) = tokio::join!(ui.get(&query), label_names(&ui, "/api/groups"), label_names(&ui, "/api/tags"));
+    let (reply, groups, tags) =
+        tokio::join!(ui.get(&query), label_names(&ui, "/api/groups"), label_names(&ui, "/api/tags"));
     let filter_error = reply.as_ref().err().filter(|e| e.status != StatusCode::UNAUTHORIZED).map(|e| e.message.clone());
     let (items, total) = match reply {
         Ok(r) => {
@@ -444,12 +445,8 @@ async fn command(ui: Ui, Path(id): Path<u64>, headers: HeaderMap, axum::Form(f):
         };
     }
     match result {
-        Ok(r) => Redirect::to(&format!(
-            "/environments/{id}?tab={}&cmd={}",
-            tab_of(f.tab.as_deref()),
-            n(&r.json, "id")
-        ))
-        .into_response(),
+        Ok(r) => Redirect::to(&format!("/environments/{id}?tab={}&cmd={}", tab_of(f.tab.as_deref()), n(&r.json, "id")))
+            .into_response(),
         Err(e) => error_page(e.status, &e.message),
     }
 }
@@ -559,7 +556,8 @@ mod tests {
         // Today's 1.5 kB, and 30 days of it: 45 kB.
         assert!(html.contains("<td class=\"num\">1.5 kB</td><td class=\"num\">45.0 kB</td>"), "{html}");
         let start = std::time::Instant::now();
-        let (status, html) = get(&router, "/environments?name=site-49&group=north&tag=solar&status=offline&page=1").await;
+        let (status, html) =
+            get(&router, "/environments?name=site-49&group=north&tag=solar&status=offline&page=1").await;
         let filtered = start.elapsed();
         assert_eq!(status, StatusCode::OK);
         // Even, a multiple of 10, named site-49x0.

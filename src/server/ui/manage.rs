@@ -59,7 +59,10 @@ async fn render(ui: &Ui, id: u64, refused: Option<Refused<'_>>, saved: Option<&s
                 csrf: String::new(),
                 name: s(&env, "name").to_owned(),
                 group: env["group"]["name"].as_str().unwrap_or_default().to_owned(),
-                tags: env["tags"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
+                tags: env["tags"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default(),
             },
             None,
         ),
@@ -202,9 +205,11 @@ impl IntervalsForm {
 
 async fn save_intervals(ui: Ui, Path(id): Path<u64>, axum::Form(f): axum::Form<IntervalsForm>) -> Response {
     let mut m = Map::new();
-    for (name, choice, custom) in
-        [("ping", &f.ping, &f.ping_custom), ("snapshot", &f.snapshot, &f.snapshot_custom), ("command", &f.command, &f.command_custom)]
-    {
+    for (name, choice, custom) in [
+        ("ping", &f.ping, &f.ping_custom),
+        ("snapshot", &f.snapshot, &f.snapshot_custom),
+        ("command", &f.command, &f.command_custom),
+    ] {
         match parse_interval(choice, custom) {
             Ok(v) => {
                 m.insert(name.into(), json!(v));

@@ -144,10 +144,7 @@ async fn asset(axum::extract::Path(name): axum::extract::Path<String>) -> Respon
     } else {
         return error_page(StatusCode::NOT_FOUND, "No such file.");
     };
-    (
-        [(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "public, max-age=31536000, immutable")],
-        body,
-    )
+    ([(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "public, max-age=31536000, immutable")], body)
         .into_response()
 }
 
@@ -235,7 +232,13 @@ impl Ui {
     ///
     /// # Errors
     /// The API's error, with the field it concerns.
-    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>, csrf: Option<&str>) -> Result<Reply, ApiFail> {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        csrf: Option<&str>,
+    ) -> Result<Reply, ApiFail> {
         let mut req = axum::http::Request::builder().method(method).uri(path);
         if let Some(c) = &self.cookie {
             req = req.header(header::COOKIE, c.clone());
@@ -255,14 +258,15 @@ impl Ui {
             message: format!("bad request: {e}"),
             field: None,
         })?;
-        if let Some(p) = &self.peer {
-            req.extensions_mut().insert(p.clone());
+        if let Some(p) = self.peer {
+            req.extensions_mut().insert(p);
         }
         let resp = self.api.clone().oneshot(req).await.unwrap_or_else(|e| match e {});
         let status = resp.status();
         let headers = resp.headers().clone();
         let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20).await.unwrap_or_default();
-        let json: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+        let json: Value =
+            if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
         if status.is_success() {
             return Ok(Reply { headers, json });
         }
@@ -504,16 +508,7 @@ pub fn bytes(n: u64) -> String {
 pub fn utc(t: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(t).map_or_else(
         |_| t.to_string(),
-        |d| {
-            format!(
-                "{:04}-{:02}-{:02} {:02}:{:02} UTC",
-                d.year(),
-                u8::from(d.month()),
-                d.day(),
-                d.hour(),
-                d.minute()
-            )
-        },
+        |d| format!("{:04}-{:02}-{:02} {:02}:{:02} UTC", d.year(), u8::from(d.month()), d.day(), d.hour(), d.minute()),
     )
 }
 

@@ -200,7 +200,8 @@ async fn render_deploy(
     sent: Option<&OptionsForm>,
     err: Option<&ApiFail>,
 ) -> Response {
-    let paths = [format!("/api/environments/{id}"), format!("/api/environments/{id}/deploy"), "/api/settings".to_owned()];
+    let paths =
+        [format!("/api/environments/{id}"), format!("/api/environments/{id}/deploy"), "/api/settings".to_owned()];
     let (env, deploy, settings) = tokio::join!(ui.get(&paths[0]), ui.get(&paths[1]), ui.get(&paths[2]));
     let env = match env {
         Ok(r) => r.json,
@@ -212,7 +213,12 @@ async fn render_deploy(
     };
     let secret_set = settings.map(|r| r.json["agent_secret_set"] == true).unwrap_or(false);
     let env_vars = sent.map_or_else(
-        || env["env_vars"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
+        || {
+            env["env_vars"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default()
+        },
         |f| f.env_vars.clone(),
     );
     let self_signed = sent.map_or(env["allow_self_signed"] == true, |f| f.allow_self_signed.is_some());
@@ -297,4 +303,3 @@ async fn update_options(ui: Ui, Path(id): Path<u64>, axum::Form(f): axum::Form<O
         }
     }
 }
-

@@ -593,6 +593,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn pages_and_assets_go_gzipped_to_a_browser_that_asks() {
+        let router = fleet(300);
+        let fetch = |path: String, gzip: bool| {
+            let router = router.clone();
+            async move {
+                let mut req = axum::http::Request::builder().uri(path).header("cookie", COOKIE);
+                if gzip {
+                    req = req.header("accept-encoding", "gzip");
+                }
+                let resp = router.oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+                let enc = resp.headers().get("content-encoding").map(|v| v.to_str().unwrap().to_owned());
+                (enc, axum::body::to_bytes(resp.into_body(), 1 << 24).await.unwrap().len())
+            }
+        };
+        for path in ["/environments".to_owned(), super::super::css_path().to_owned(), super::super::js_path().to_owned()] {
+            let (plain_enc, plain) = fetch(path.clone(), false).await;
+            let (enc, gz) = fetch(path.clone(), true).await;
+            assert_eq!((plain_enc, enc.as_deref()), (None, Some("gzip")), "{path}");
+            println!("{path}: {plain} B, {gz} B gzip'd");
+            assert!(gz * 3 < plain, "{path}: {gz} of {plain}");
+        }
+    }
+
+    #[tokio::test]
     async fn a_command_form_with_a_wrong_csrf_token_is_refused_and_queues_nothing() {
         let router = fleet(1);
         let post = |csrf: &str, origin: &str| {

@@ -108,6 +108,11 @@ pub fn routes(api: Router) -> Router<Arc<AppState>> {
         .merge(settings::routes())
         .layer(axum::Extension(UiApi(api)))
         .layer(axum::middleware::from_fn(guard))
+        // Pages, fragments and assets are text: gzip cuts them to a
+        // fifth or less for a browser that accepts it. Only the UI's
+        // routes: the agents' poll bodies are zstd already, and every
+        // header byte of a poll is paid.
+        .layer(tower_http::compression::CompressionLayer::new())
 }
 
 /// Every UI response gets the security headers; a request that changes

@@ -1,11 +1,13 @@
 //! The agent role: its configuration ([`config`]), what it keeps on disk
 //! ([`store`]), its connection to the server ([`client`]), the poll loop
-//! ([`run`]), and the local Docker engine: the collector, which reads a
-//! [`RawSnapshot`] through bollard, the event follower, and the commands.
+//! ([`run`]), its health record and check ([`health`]), and the local
+//! Docker engine: the collector, which reads a [`RawSnapshot`] through
+//! bollard, the event follower, and the commands.
 
 pub mod client;
 pub mod compose;
 pub mod config;
+pub mod health;
 pub mod jobs;
 pub mod run;
 pub mod store;

@@ -197,6 +197,15 @@ enum AgentCommand {
         #[arg(long)]
         base: Option<std::path::PathBuf>,
     },
+    /// Exit 0 when the agent using this data path is reaching its server:
+    /// its last successful poll is at most 3 × its ping interval + 60 s old,
+    /// or it started that recently; 1 otherwise. Prints why. The agent
+    /// image's HEALTHCHECK.
+    Health {
+        /// The agent's data directory.
+        #[arg(long, env = "DATA_PATH", default_value = tern::agent::config::DEFAULT_DATA_PATH)]
+        data_path: std::path::PathBuf,
+    },
 }
 
 impl Command {
@@ -242,6 +251,15 @@ fn main() -> ExitCode {
         #[cfg(feature = "agent")]
         Command::Agent { command: Some(AgentCommand::DryRun { save, base }) } => {
             snapshot::dry_run(save.as_deref(), base.as_deref())
+        }
+        #[cfg(feature = "agent")]
+        Command::Agent { command: Some(AgentCommand::Health { data_path }) } => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            let verdict = tern::agent::health::check(&data_path, now);
+            println!("{verdict}");
+            return if verdict.healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE };
         }
         #[cfg(all(feature = "server", feature = "agent"))]
         Command::Env { command, api } => tern::cli::env::run(command, &api),

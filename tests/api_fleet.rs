@@ -185,6 +185,7 @@ async fn an_environment_is_created_with_every_option_and_both_deploy_commands_ca
         linux,
         format!(
             "docker run -d --name tern-agent --restart always \\\n  \
+             --group-add \"$(stat -c %g /var/run/docker.sock)\" \\\n  \
              -v /var/run/docker.sock:/var/run/docker.sock \\\n  \
              -v /srv/docker/volumes:/var/lib/docker/volumes \\\n  \
              -v tern-agent-data:/data \\\n  \
@@ -202,6 +203,12 @@ async fn an_environment_is_created_with_every_option_and_both_deploy_commands_ca
     let argv = sh_argv(linux);
     assert!(argv.contains(&"AGENT_SECRET=s3cr3t pass'word".to_owned()), "{argv:?}");
     assert_eq!(argv.last().map(String::as_str), Some("agent"));
+    // The socket's group, read by the edge host's shell: one argument.
+    let group = argv.iter().position(|a| a == "--group-add").map(|i| argv[i + 1].as_str());
+    if let Ok(socket) = std::fs::metadata("/var/run/docker.sock") {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(group, Some(socket.gid().to_string().as_str()), "{argv:?}");
+    }
     assert_eq!(
         c["commands"]["windows"].as_str().unwrap(),
         format!(

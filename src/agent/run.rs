@@ -25,6 +25,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::health::Recorder;
 use super::store::{Journal, Meta, Store, StoreError, StoredJobRun, StoredResult};
 use crate::auth::{CounterReservation, Secret, open_reply, seal_request};
 use crate::sync::State;
@@ -180,6 +181,8 @@ pub struct Agent<E: Engine, T: Transport> {
     exec: mpsc::UnboundedSender<Command>,
     finished: mpsc::UnboundedReceiver<CommandResult>,
     job_runs: Option<mpsc::UnboundedReceiver<poll::JobRun>>,
+    /// The health record (`tern agent health`).
+    health: Recorder,
     /// Counters.
     pub stats: Stats,
 }
@@ -345,6 +348,7 @@ impl<E: Engine, T: Transport> Agent<E, T> {
             exec,
             finished,
             job_runs: None,
+            health: Recorder::start(store.dir(), now_unix()),
             stats: Stats::default(),
             store,
             settings,
@@ -597,6 +601,7 @@ impl<E: Engine, T: Transport> Agent<E, T> {
             Ok(r) => r,
             Err(why) => {
                 self.stats.failures += 1;
+                self.health.failure(&why);
                 let retry_in = self.sched.on_failure(self.now());
                 return Ok(Outcome::Failed { why, retry_in });
             }
@@ -633,6 +638,7 @@ impl<E: Engine, T: Transport> Agent<E, T> {
             // More results than fit in one poll: send the rest soon.
             self.sched.hurry(self.now() + self.settings.result_delay);
         }
+        self.health.success(now_unix());
         Ok(Outcome::Sent { up, down, resync, commands })
     }
 
@@ -1057,6 +1063,26 @@ mod tests {
         assert_eq!(agent.stats.polls, 1, "then accepted");
         assert_eq!(rig.server.lock().unwrap().last_counter, 5_001);
         assert!(Store::open(&rig.dir).unwrap().meta().unwrap().counter_end > 5_000, "persisted");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_health_record_follows_the_polls_without_a_write_per_poll() {
+        let rig = Rig::new("health");
+        rig.server.lock().unwrap().intervals = poll::Intervals { ping: 5, snapshot: 5, command: 5 };
+        let mut agent = rig.agent();
+        run_for(&mut agent, S(600)).await;
+        assert!(agent.stats.polls >= 100, "{:?}", agent.stats);
+        let record = agent.health.record().clone();
+        assert!(record.ok_at.is_some() && record.error.is_none(), "{record:?}");
+        // The start, the first success, then at most one a minute (the
+        // record holds wall-clock seconds, which hardly move here).
+        assert!((2..=12).contains(&agent.health.writes), "{} writes", agent.health.writes);
+        let check = || super::super::health::check(&rig.dir, now_unix());
+        assert!(check().healthy, "{}", check());
+        rig.server.lock().unwrap().down = true;
+        run_for(&mut agent, S(30)).await;
+        let v = check();
+        assert!(v.healthy && v.why.ends_with("last error: connection refused"), "{v}");
     }
 
     #[tokio::test(start_paused = true)]

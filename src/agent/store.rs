@@ -8,7 +8,10 @@
 //!   file (so they cannot disagree after a crash), the state encoded as a
 //!   delta from the empty state (so loading it re-checks its root digest);
 //! * `journal.json`: the highest command id received, commands running,
-//!   and results not yet acknowledged.
+//!   and results not yet acknowledged;
+//! * `health`: when the agent started and last polled successfully, for
+//!   `tern agent health` (see `agent::health`; written at most once a
+//!   minute while nothing changes).
 //!
 //! Every file is replaced atomically (write, fsync, rename, fsync the
 //! directory): a crash leaves the old file or the new one, never half of one.
@@ -174,6 +177,12 @@ impl Store {
         write_atomic(&probe, b"")?;
         let _ = std::fs::remove_file(&probe);
         Ok(Self { dir })
+    }
+
+    /// The directory as it is, for a reader (`tern agent health`): nothing
+    /// is created or written.
+    pub fn at(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
     }
 
     /// The directory.

@@ -47,6 +47,9 @@ use crate::wire::poll::Intervals;
 /// The agent image the generated commands run.
 pub const AGENT_IMAGE: &str = "tern-agent:latest";
 
+/// The engine's socket on a Linux host, mounted at the same path.
+pub const LINUX_SOCKET: &str = "/var/run/docker.sock";
+
 /// Where Docker keeps volumes on a Linux host, and where the agent's
 /// container always sees them.
 pub const LINUX_VOLUMES: &str = "/var/lib/docker/volumes";
@@ -634,12 +637,17 @@ fn env_args(o: &DeployOptions<'_>, quote: fn(&str) -> String) -> Vec<String> {
 }
 
 /// The Linux command: the engine socket, the volume path (host side as
-/// given, container side `/var/lib/docker/volumes`), a data volume.
+/// given, container side `/var/lib/docker/volumes`), a data volume. The
+/// image runs as a non-root user (uid 65532); the command adds the
+/// socket's group to it, read by the edge host's shell when the command
+/// runs (`--group-add "$(stat -c %g /var/run/docker.sock)"`), so the agent
+/// reaches the engine without root.
 pub fn linux_command(o: &DeployOptions<'_>) -> String {
     let volumes = o.volume_path.filter(|p| !is_windows_path(p)).unwrap_or(LINUX_VOLUMES);
     let mut lines = vec![
         "docker run -d --name tern-agent --restart always".to_owned(),
-        "-v /var/run/docker.sock:/var/run/docker.sock".to_owned(),
+        format!("--group-add \"$(stat -c %g {LINUX_SOCKET})\""),
+        format!("-v {LINUX_SOCKET}:{LINUX_SOCKET}"),
         format!("-v {volumes}:{LINUX_VOLUMES}"),
         "-v tern-agent-data:/data".to_owned(),
     ];
@@ -1254,6 +1262,7 @@ mod tests {
         assert_eq!(
             docker_run("tern1_key"),
             "docker run -d --name tern-agent --restart always \\\n  \
+             --group-add \"$(stat -c %g /var/run/docker.sock)\" \\\n  \
              -v /var/run/docker.sock:/var/run/docker.sock \\\n  \
              -v /var/lib/docker/volumes:/var/lib/docker/volumes \\\n  \
              -v tern-agent-data:/data \\\n  \

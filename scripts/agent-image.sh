@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Builds the agent image, tern-agent:latest and tern-agent:<version>, on a
+# machine with no registry: the agent binary built here (release, agent
+# feature alone), on a runtime base made with `docker import` of a root
+# filesystem holding exactly the shared libraries `ldd` lists for it, then
+# the Dockerfile's `agent-prebuilt` target. Prints the image's size and the
+# stripped binary's.
+#
+#   scripts/agent-image.sh                  build the binary, then the image
+#   scripts/agent-image.sh --binary PATH    use a binary built already (with
+#                                           the same cargo command)
+#
+# Needs: docker, ldd, tar, gzip; cargo unless --binary is given. The base is
+# tagged tern-agent-runtime:local; the images they replace are removed.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+IMAGE=tern-agent
+BASE=tern-agent-runtime:local
+# The image's user (the Dockerfile's USER): not root, and no name clash
+# with a host user; the engine socket is reached through its group.
+AGENT_UID=65532
+
+die() { echo "agent-image: $*" >&2; exit 1; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; }
+
+binary=
+while [ $# -gt 0 ]; do
+  case $1 in
+    --binary) [ $# -ge 2 ] || die "--binary needs a path"; binary=$2; shift 2 ;;
+    --binary=*) binary=${1#--binary=}; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) usage >&2; die "unknown argument: $1" ;;
+  esac
+done
+
+start=$(date +%s)
+for tool in docker ldd tar gzip; do
+  command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed"
+done
+docker version --format '{{.Server.Version}}' >/dev/null 2>&1 || die "the Docker engine is not reachable"
+
+if [ -z "$binary" ]; then
+  command -v cargo >/dev/null 2>&1 || die "cargo is not installed (or pass --binary PATH)"
+  echo "agent-image: building the agent binary (cargo build --release --no-default-features --features agent --bin tern)" >&2
+  (cd "$ROOT" && cargo build --release --quiet --no-default-features --features agent --bin tern)
+  binary=${CARGO_TARGET_DIR:-$ROOT/target}/release/tern
+fi
+[ -f "$binary" ] || die "$binary: no such file"
+[ -x "$binary" ] || die "$binary: not executable"
+[ "$(head -c 4 "$binary" | od -An -c | tr -d ' ')" = '177ELF' ] || die "$binary: not an ELF executable"
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/tern-agent-image.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/ctx" "$work/rootfs" "$work/data/data"
+
+# The context: the binary alone, stripped (the release profile strips
+# symbols already; a binary given with --binary may not be).
+if command -v strip >/dev/null 2>&1; then
+  strip -o "$work/ctx/tern" "$binary"
+else
+  cp "$binary" "$work/ctx/tern"
+fi
+chmod 0755 "$work/ctx/tern"
+version=$("$work/ctx/tern" --version | awk '{print $2}')
+[ -n "$version" ] || die "$binary --version printed no version"
+if "$work/ctx/tern" --help | grep -qE '^  server '; then
+  echo "agent-image: warning: $binary has the server role too (built without --no-default-features --features agent)" >&2
+fi
+
+# The runtime base: the libraries ldd lists (the dynamic loader among them,
+# linux-vdso is the kernel's), at the paths it lists.
+libs=$(ldd "$work/ctx/tern" 2>&1) || die "ldd $binary: $libs"
+if grep -q 'not found' <<<"$libs"; then
+  die "ldd: libraries missing on this host: $(grep 'not found' <<<"$libs" | tr -s ' \t' ' ')"
+fi
+paths=$(awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' <<<"$libs" | sort -u)
+[ -n "$paths" ] || die "ldd lists no shared library for $binary (a static binary needs no base: use FROM scratch)"
+for p in $paths; do
+  mkdir -p "$work/rootfs$(dirname "$p")"
+  cp -L "$p" "$work/rootfs$p"
+done
+mkdir -p "$work/rootfs/etc" "$work/rootfs/tmp"
+chmod 1777 "$work/rootfs/tmp"
+printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:%s:%s:nonroot:/home/nonroot:/sbin/nologin\n' \
+  "$AGENT_UID" "$AGENT_UID" >"$work/rootfs/etc/passwd"
+printf 'root:x:0:\nnonroot:x:%s:\n' "$AGENT_UID" >"$work/rootfs/etc/group"
+# /etc/hosts first (docker writes it), then DNS; glibc 2.34+ has both built in.
+printf 'hosts: files dns\n' >"$work/rootfs/etc/nsswitch.conf"
+chmod 0700 "$work/data/data"
+# Owners set in the archive, so this runs without root.
+tar_opts=(--numeric-owner --sort=name --mtime=@0)
+tar -C "$work/rootfs" -cf "$work/base.tar" "${tar_opts[@]}" --owner=0 --group=0 .
+tar -C "$work/data" -rf "$work/base.tar" "${tar_opts[@]}" --owner="$AGENT_UID" --group="$AGENT_UID" ./data
+
+old_base=$(docker image inspect --format '{{.Id}}' "$BASE" 2>/dev/null || true)
+old_image=$(docker image inspect --format '{{.Id}}' "$IMAGE:latest" 2>/dev/null || true)
+docker import --message "tern agent runtime: $(echo $paths)" "$work/base.tar" "$BASE" >/dev/null
+
+log=$work/build.log
+if ! docker build --force-rm -f "$ROOT/Dockerfile" --target agent-prebuilt \
+  --build-arg RUNTIME_IMAGE="$BASE" --build-arg AGENT_BINARY=tern \
+  -t "$IMAGE:latest" -t "$IMAGE:$version" "$work/ctx" >"$log" 2>&1; then
+  cat "$log" >&2
+  die "docker build failed"
+fi
+# The binary's stage (the context's copy of it): the image does not need
+# it, and a new binary would leave it dangling.
+stage=$(awk '/^Step [0-9]+\/[0-9]+ : COPY \$\{AGENT_BINARY\} \/tern$/ { f = 1; next }
+  f && /^ ---> [0-9a-f]+$/ { print $2; exit }' "$log")
+[ -z "$stage" ] || docker rmi "$stage" >/dev/null 2>&1 || true
+# What this run replaced, when nothing else uses it (a running agent keeps its image).
+for id in $old_image $old_base; do
+  if [ "$id" != "$(docker image inspect --format '{{.Id}}' "$IMAGE:latest")" ] &&
+    [ "$id" != "$(docker image inspect --format '{{.Id}}' "$BASE")" ]; then
+    docker rmi "$id" >/dev/null 2>&1 || true
+  fi
+done
+
+image_size=$(docker image inspect --format '{{.Size}}' "$IMAGE:latest")
+binary_size=$(stat -c %s "$work/ctx/tern")
+# What a pull costs: registries serve gzip'd layers.
+pull_size=$(docker save "$IMAGE:latest" | gzip -6 | wc -c)
+mb() { awk -v b="$1" 'BEGIN { printf "%.1f MB", b / 1e6 }'; }
+echo "$IMAGE:latest ($IMAGE:$version): image $image_size B ($(mb "$image_size")), gzip'd $pull_size B ($(mb "$pull_size")); stripped agent binary $binary_size B ($(mb "$binary_size")); $(( $(date +%s) - start )) s"

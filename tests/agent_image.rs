@@ -1,0 +1,256 @@
+//! The agent image, deployed the way an operator deploys it: the real
+//! `tern server`, an environment created through the API, and the Linux
+//! command the API generates for it, run with `sh -c` as it is (the engine
+//! socket mounted, the socket's group added, the data volume, the image's
+//! non-root user).
+//!
+//! * the environment comes online with this host's containers;
+//! * a command (container.stop) runs through the containerised agent;
+//! * a stack deploys with the built-in compose implementation (the image
+//!   has no compose tool, and `EDGE_COMPOSE=auto` falls back to it);
+//! * the container's health becomes `healthy` through the image's
+//!   HEALTHCHECK (`tern agent health`);
+//! * the agent runs as uid 65532, with the socket's group.
+//!
+//! The image is `tern-agent:latest` (`scripts/agent-image.sh` builds it) or
+//! the one `TERN_AGENT_IMAGE` names. Without it the test is skipped, except
+//! in CI (`CI=true`), where the image must exist (`.ci/run` builds it).
+
+#![cfg(all(feature = "agent", feature = "server"))]
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Api, Deadline, Objects, Server, docker, tempdir};
+use serde_json::{Value, json};
+use tern::server::api::fleet::AGENT_IMAGE;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// The image's user (the Dockerfile's `USER`).
+const AGENT_UID: &str = "65532";
+
+/// The image to test, `None` to skip (outside CI only).
+fn image() -> Option<String> {
+    let exists = |image: &str| {
+        Command::new("docker")
+            .args(["image", "inspect", "--format", "{{.Id}}", image])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if let Some(named) = std::env::var("TERN_AGENT_IMAGE").ok().filter(|v| !v.trim().is_empty()) {
+        assert!(exists(&named), "TERN_AGENT_IMAGE={named}: no such image in the local engine");
+        return Some(named);
+    }
+    if exists(AGENT_IMAGE) {
+        return Some(AGENT_IMAGE.to_owned());
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    assert!(
+        !ci,
+        "CI: the image {AGENT_IMAGE} does not exist; `.ci/run` builds it with scripts/agent-image.sh before the tests"
+    );
+    eprintln!(
+        "SKIPPED agent_image: no image {AGENT_IMAGE} in the local engine (build it with scripts/agent-image.sh, or \
+         name another with TERN_AGENT_IMAGE)"
+    );
+    None
+}
+
+/// This host as a container on the default bridge network sees it: the
+/// container's default gateway (the bridge's IPAM config may not name it).
+fn bridge_gateway(image: &str) -> String {
+    let route = docker(&["run", "--rm", image, "/bin/busybox", "ip", "-4", "route", "show", "default"]);
+    route
+        .split_whitespace()
+        .skip_while(|w| *w != "via")
+        .nth(1)
+        .filter(|a| a.parse::<std::net::Ipv4Addr>().is_ok())
+        .unwrap_or_else(|| {
+            panic!("no IPv4 default gateway on the bridge network ({route:?}): a container cannot reach this host")
+        })
+        .to_owned()
+}
+
+fn inspect(name: &str, format: &str) -> String {
+    docker(&["inspect", "--format", format, name])
+}
+
+/// Replaces `from` (which must occur exactly once) in the command.
+fn replace_once(command: &str, from: &str, to: &str) -> String {
+    assert_eq!(command.matches(from).count(), 1, "{from:?} once in the generated command:\n{command}");
+    command.replacen(from, to, 1)
+}
+
+/// A line of `/proc/<pid>/status`, e.g. `VmRSS`.
+fn proc_status(pid: &str, key: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix(&format!("{key}:")).map(|v| v.trim().to_owned()))
+}
+
+async fn wait_command(api: &mut Api, env: u64, action: &str, target: &str) -> Value {
+    let body = json!({"action": action, "target": target});
+    let id =
+        api.ok("POST", &format!("/api/environments/{env}/commands"), Some(body), 201).await["id"].as_u64().unwrap();
+    let deadline = Deadline::new(WAIT);
+    loop {
+        let c = api.ok("GET", &format!("/api/commands/{id}"), None, 200).await;
+        if matches!(c["status"].as_str(), Some("ok" | "failed" | "rejected")) {
+            return c;
+        }
+        deadline.tick(format_args!("command {id} to finish ({c})")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generated_command_runs_the_image_as_a_non_root_agent() {
+    let Some(image) = image() else { return };
+    let started = std::time::Instant::now();
+    let prefix = format!("tern-test-img-{}", std::process::id());
+    // Removes, on drop, every container, volume and network named
+    // `<prefix>-*`: the agent's container and data volume, the sleeper, the
+    // stack's container and network; and the test's busybox image.
+    let objects = Objects::new(&prefix);
+    let web = objects.name("web");
+    objects.run_sleeper("web");
+    let dir = tempdir(&prefix);
+
+    // The agent in its container must reach the server through the URL in
+    // its join token. The generated command puts the container on the
+    // default bridge network, where 127.0.0.1 is the container itself; so
+    // the server listens on the bridge's gateway address (this host as
+    // the bridge sees it, reachable from here too) and that is the URL the
+    // environment is given, as an operator gives the address the edge
+    // sees. The command's network is left as generated: no --network host.
+    let gateway = bridge_gateway(&objects.image);
+    let server = Server::start(&dir.join("server"), &format!("{gateway}:0"));
+    let mut api = server.api();
+    let created = api
+        .ok(
+            "POST",
+            "/api/environments",
+            Some(json!({"name": "image", "url": server.url(), "intervals": {"ping": 1, "snapshot": 1, "command": 1}})),
+            201,
+        )
+        .await;
+    let env = created["id"].as_u64().unwrap();
+    let generated = created["commands"]["linux"].as_str().unwrap().to_owned();
+
+    // The command as generated, but for a unique container and volume
+    // name (other tests, or a real agent, may run on this engine), and
+    // the image when TERN_AGENT_IMAGE names another.
+    let agent = objects.name("agent");
+    let volume = objects.name("data");
+    let mut command = replace_once(&generated, "--name tern-agent ", &format!("--name {agent} "));
+    command = replace_once(&command, "-v tern-agent-data:/data ", &format!("-v {volume}:/data "));
+    if image != AGENT_IMAGE {
+        command = replace_once(&command, &format!(" {AGENT_IMAGE} agent"), &format!(" {image} agent"));
+    }
+    println!("running:\n{command}");
+    let out = Command::new("sh").arg("-c").arg(&command).output().unwrap();
+    assert!(out.status.success(), "the generated command failed: {}", String::from_utf8_lossy(&out.stderr));
+    let logs = || {
+        let out = Command::new("docker").args(["logs", "--tail", "40", &agent]).output().unwrap();
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    };
+
+    // Online, with this host's containers.
+    let deadline = Deadline::new(WAIT);
+    loop {
+        let e = api.ok("GET", &format!("/api/environments/{env}"), None, 200).await;
+        let state = api.ok("GET", &format!("/api/environments/{env}/state"), None, 200).await;
+        let names: Vec<&str> = state["containers"]
+            .as_array()
+            .map(|l| l.iter().filter_map(|c| c["name"].as_str()).collect())
+            .unwrap_or_default();
+        if e["status"] == "online" && names.contains(&web.as_str()) && names.contains(&agent.as_str()) {
+            assert_eq!(state["host"]["hostname"].as_str().map(str::is_empty), Some(false), "{}", state["host"]);
+            break;
+        }
+        assert_eq!(inspect(&agent, "{{.State.Status}}"), "running", "the agent's container stopped:\n{}", logs());
+        deadline
+            .tick(format_args!("environment {env} online with {web} and {agent} ({}):\n{}", e["status"], logs()))
+            .await;
+    }
+    println!("online after {:.1} s", started.elapsed().as_secs_f64());
+
+    // Not root: the image's user, with the socket's group.
+    assert_eq!(inspect(&agent, "{{.Config.User}}"), format!("{AGENT_UID}:{AGENT_UID}"));
+    let top = docker(&["top", &agent, "-o", "pid,euid,egid,comm"]);
+    let row: Vec<&str> = top.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+    assert_eq!(row.get(1..4), Some(&[AGENT_UID, AGENT_UID, "tern"][..]), "docker top:\n{top}");
+    let pid = inspect(&agent, "{{.State.Pid}}");
+    let socket_gid = std::fs::metadata("/var/run/docker.sock").map(|m| std::os::unix::fs::MetadataExt::gid(&m));
+    if let (Some(groups), Ok(gid)) = (proc_status(&pid, "Groups"), socket_gid) {
+        assert!(groups.split_whitespace().any(|g| g == gid.to_string()), "groups {groups:?} lack the socket's {gid}");
+    }
+
+    // A command through the containerised agent.
+    let c = wait_command(&mut api, env, "container.stop", &web).await;
+    assert_eq!(c["status"], "ok", "{c}");
+    assert_eq!(objects.status("web").as_deref(), Some("exited"));
+
+    // A stack: no compose tool in the image, so `auto` uses the built-in
+    // implementation (compose v2's container names; the host's compose
+    // v1 tool, if any, would name it `<project>_web_1`).
+    let stack_name = objects.name("stack");
+    let compose = "services:\n  web:\n    image: ${IMAGE}\n    command: [\"/bin/busybox\", \"sh\", \"-c\", \"trap 'exit 0' \
+                   TERM; while :; do /bin/busybox sleep 1; done\"]\n";
+    let body = json!({
+        "name": stack_name,
+        "compose": compose,
+        "env": {"IMAGE": objects.image},
+        "targets": {"environments": [env]},
+    });
+    let stack = api.ok("POST", "/api/stacks", Some(body), 201).await["id"].as_u64().unwrap();
+    let deadline = Deadline::new(WAIT);
+    loop {
+        let s = api.ok("GET", &format!("/api/stacks/{stack}"), None, 200).await;
+        let status = s["environments"][0]["status"].as_str().unwrap_or_default().to_owned();
+        assert_ne!(status, "failed", "the agent failed the stack: {s}\n{}", logs());
+        if status == "running" {
+            break;
+        }
+        deadline.tick(format_args!("stack {stack} to run: {s}")).await;
+    }
+    assert_eq!(inspect(&format!("{stack_name}-web-1"), "{{.State.Status}}"), "running");
+    assert!(logs().contains("built-in"), "the agent's log names the built-in implementation:\n{}", logs());
+
+    // Healthy, by the image's HEALTHCHECK (every 30 s, so the first check
+    // comes 30 s after the start).
+    let deadline = Deadline::new(WAIT);
+    loop {
+        let health = inspect(&agent, "{{json .State.Health}}");
+        let h: Value = serde_json::from_str(&health).unwrap();
+        if h["Status"] == "healthy" {
+            let last = h["Log"].as_array().and_then(|l| l.last()).cloned().unwrap_or_default();
+            assert_eq!(last["ExitCode"], 0, "{h}");
+            let output = last["Output"].as_str().unwrap_or_default();
+            assert!(
+                output.starts_with("healthy: a successful poll within the last ")
+                    && output.contains("3 × the 1 s ping interval"),
+                "{output:?}"
+            );
+            println!("health: {}", output.trim());
+            break;
+        }
+        assert_ne!(h["Status"], "unhealthy", "{h}\n{}", logs());
+        deadline.tick(format_args!("{agent} to be healthy ({})", h["Status"])).await;
+    }
+
+    // What it costs in memory (VmRSS of the agent's process, read here).
+    let polls = api.ok("GET", &format!("/api/environments/{env}"), None, 200).await;
+    println!(
+        "agent: uid {AGENT_UID}, VmRSS {} after {:.0} s ({} containers on this host), seq {}",
+        proc_status(&pid, "VmRSS").unwrap_or_else(|| "unknown".into()),
+        started.elapsed().as_secs_f64(),
+        docker(&["ps", "-aq"]).lines().count(),
+        polls["seq"],
+    );
+    assert!(!logs().contains(" ERROR "), "{}", logs());
+    api.ok("DELETE", &format!("/api/stacks/{stack}"), None, 202).await;
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

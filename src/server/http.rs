@@ -117,7 +117,9 @@ pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.limits.max_encoded + 64;
     Router::new()
         .route(POLL_PATH, post(poll_handler))
-        .merge(super::api::routes(state.clone()))
+        // The API's JSON goes gzip'd to a client that asks (a browser; the
+        // CLI and the agents do not ask, and the poll endpoint is outside).
+        .merge(super::api::routes(state.clone()).layer(tower_http::compression::CompressionLayer::new()))
         .merge(super::ui::routes(super::api::routes(state.clone()).with_state(state.clone())))
         .fallback(super::api::not_found)
         .method_not_allowed_fallback(super::api::method_not_allowed)

@@ -36,6 +36,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/environments/{id}/part", get(part))
         .route("/environments/{id}/commands", post(command))
         .route("/environments/{id}/commands/{cid}", get(command_page))
+        .route("/environments/{id}/commands/{cid}/cancel", post(cancel))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -73,7 +74,9 @@ fn select(id: &str, name: &str, label: &str, options: &[String], current: &str, 
 }
 
 async fn list(ui: Ui, Query(q): Query<ListQuery>) -> Response {
-    let page_no = q.page.unwrap_or(1).max(1);
+    // Bounded, so that the offset cannot overflow (a page past the end is
+    // just empty).
+    let page_no = q.page.unwrap_or(1).clamp(1, u64::from(u32::MAX));
     let mut query = format!("/api/environments?limit={PAGE}&offset={}", (page_no - 1) * PAGE);
     for (k, v) in [("name", &q.name), ("group", &q.group), ("tag", &q.tag), ("status", &q.status)] {
         if !v.trim().is_empty() {
@@ -253,7 +256,7 @@ async fn environment(ui: Ui, Path(id): Path<u64>, Query(q): Query<EnvQuery>) -> 
         }
         section.history {
             h2 { "Command history" }
-            (history(id, &cmds, &names_by_id(&st), now))
+            (history(&ui, id, &cmds, &names_by_id(&st), now))
         }
     };
     page(&ui, Nav::Environments, &name, body).into_response()
@@ -269,17 +272,20 @@ async fn part(ui: Ui, Path(id): Path<u64>, Query(q): Query<EnvQuery>) -> Respons
     }
 }
 
-/// A button that queues `action` on `target`.
-fn action(ui: &Ui, id: u64, tab: &str, act: &str, target: &str, label: &str, what: &str) -> Markup {
-    let danger = act.ends_with(".remove") || act == "container.kill";
+/// The action buttons of one row: one form (one CSRF token, one target)
+/// with a submit button per action; the button pressed names the action.
+/// A destructive one asks first (`data-confirm`, read by ui.js).
+fn actions(ui: &Ui, id: u64, tab: &str, target: &str, what: &str, acts: &[(&str, &str)]) -> Markup {
     html! {
-        form.cmd method="post" action={ "/environments/" (id) "/commands" }
-            data-confirm=[danger.then(|| format!("{label} {what}?"))] {
+        form.cmd method="post" action={ "/environments/" (id) "/commands" } {
             (csrf_field(&ui.csrf))
-            input type="hidden" name="action" value=(act);
             input type="hidden" name="target" value=(target);
             input type="hidden" name="tab" value=(tab);
-            button.small.danger[danger] type="submit" aria-label={ (label) " " (what) } { (label) }
+            @for (act, label) in acts {
+                @let danger = act.ends_with(".remove") || *act == "container.kill";
+                button.small.danger[danger] type="submit" name="action" value=(act)
+                    aria-label={ (label) " " (what) } data-confirm=[danger.then(|| format!("{label} {what}?"))] { (label) }
+            }
         }
     }
 }
@@ -289,7 +295,15 @@ fn short(id: &str) -> &str {
 }
 
 fn state_table(ui: &Ui, id: u64, tab: &str, st: &Value) -> Markup {
-    let rows = st[tab].as_array().cloned().unwrap_or_default();
+    let mut rows = st[tab].as_array().cloned().unwrap_or_default();
+    // By name, as an operator looks for them (the state is ordered by id).
+    let key = |v: &Value| -> String {
+        match tab {
+            "images" => v["tags"][0].as_str().map_or_else(|| format!("~{}", s(v, "id")), str::to_owned),
+            _ => s(v, "name").to_owned(),
+        }
+    };
+    rows.sort_by_cached_key(key);
     if rows.is_empty() {
         return html! { p.muted { "None." } };
     }
@@ -310,18 +324,13 @@ fn state_table(ui: &Ui, id: u64, tab: &str, st: &Value) -> Markup {
                                 @if let Some(hp) = p["host_port"].as_u64() { (hp) "→" }
                                 (n(p, "container_port")) "/" (s(p, "protocol")) " " } }
                             td.actions {
-                                @if status == "running" {
-                                    (action(ui, id, tab, "container.stop", name, "Stop", name))
-                                    (action(ui, id, tab, "container.restart", name, "Restart", name))
-                                    (action(ui, id, tab, "container.pause", name, "Pause", name))
-                                    (action(ui, id, tab, "container.kill", name, "Kill", name))
-                                } @else if status == "paused" {
-                                    (action(ui, id, tab, "container.unpause", name, "Resume", name))
-                                } @else {
-                                    (action(ui, id, tab, "container.start", name, "Start", name))
-                                }
-                                (action(ui, id, tab, "container.logs", name, "Logs", name))
-                                (action(ui, id, tab, "container.remove", name, "Remove", name))
+                                @let acts: &[(&str, &str)] = match status {
+                                    "running" => &[("container.stop", "Stop"), ("container.restart", "Restart"), ("container.pause", "Pause"),
+                                        ("container.kill", "Kill"), ("container.logs", "Logs"), ("container.remove", "Remove")],
+                                    "paused" => &[("container.unpause", "Resume"), ("container.logs", "Logs"), ("container.remove", "Remove")],
+                                    _ => &[("container.start", "Start"), ("container.logs", "Logs"), ("container.remove", "Remove")],
+                                };
+                                (actions(ui, id, tab, name, name, acts))
                             }
                         }
                     } }
@@ -336,8 +345,11 @@ fn state_table(ui: &Ui, id: u64, tab: &str, st: &Value) -> Markup {
                             td.mono { (short(s(i, "id").trim_start_matches("sha256:"))) }
                             td.num { (bytes(n(i, "size"))) }
                             td.actions {
-                                @if !tags.is_empty() { (action(ui, id, tab, "image.pull", reference, "Pull", reference)) }
-                                (action(ui, id, tab, "image.remove", reference, "Remove", reference))
+                                @if tags.is_empty() {
+                                    (actions(ui, id, tab, reference, reference, &[("image.remove", "Remove")]))
+                                } @else {
+                                    (actions(ui, id, tab, reference, reference, &[("image.pull", "Pull"), ("image.remove", "Remove")]))
+                                }
                             }
                         }
                     } }
@@ -348,7 +360,7 @@ fn state_table(ui: &Ui, id: u64, tab: &str, st: &Value) -> Markup {
                         tr {
                             td.mono { (s(v, "name")) }
                             td { (s(v, "driver")) }
-                            td.actions { (action(ui, id, tab, "volume.remove", s(v, "name"), "Remove", s(v, "name"))) }
+                            td.actions { (actions(ui, id, tab, s(v, "name"), s(v, "name"), &[("volume.remove", "Remove")])) }
                         }
                     } }
                 }
@@ -361,7 +373,7 @@ fn state_table(ui: &Ui, id: u64, tab: &str, st: &Value) -> Markup {
                             td { @for p in w["ipam"].as_array().into_iter().flatten() { (s(p, "subnet")) " " } }
                             td.actions {
                                 @if !["bridge", "host", "none"].contains(&s(w, "name")) {
-                                    (action(ui, id, tab, "network.remove", s(w, "name"), "Remove", s(w, "name")))
+                                    (actions(ui, id, tab, s(w, "name"), s(w, "name"), &[("network.remove", "Remove")]))
                                 }
                             }
                         }
@@ -388,14 +400,14 @@ pub fn finished(status: &str) -> bool {
     matches!(status, "ok" | "failed" | "rejected" | "cancelled")
 }
 
-fn history(id: u64, cmds: &Value, names: &std::collections::HashMap<&str, &str>, now: i64) -> Markup {
+fn history(ui: &Ui, id: u64, cmds: &Value, names: &std::collections::HashMap<&str, &str>, now: i64) -> Markup {
     let rows = cmds.as_array().cloned().unwrap_or_default();
     if rows.is_empty() {
         return html! { p.muted { "No command yet." } };
     }
     html! {
         div.scroll { table.list id="history" {
-            thead { tr { th { "Queued" } th { "Command" } th { "Target" } th { "Status" } } }
+            thead { tr { th { "Queued" } th { "Command" } th { "Target" } th { "Status" } th { span.sr-only { "Cancel" } } } }
             tbody { @for c in rows.iter().take(50) {
                 @let status = s(c, "status");
                 tr data-command-id=[(!finished(status)).then(|| n(c, "id"))] {
@@ -403,6 +415,16 @@ fn history(id: u64, cmds: &Value, names: &std::collections::HashMap<&str, &str>,
                     td { a href={ "/environments/" (id) "/commands/" (n(c, "id")) } { (s(c, "action")) } }
                     td.mono { (names.get(s(c, "target")).copied().unwrap_or_else(|| short_target(s(c, "target")))) }
                     td.status { span.state.(status) { (status) } @if let Some(e) = c["error"].as_str() { " " span.error { (e) } } }
+                    td {
+                        // Until the agent confirms it has it (a host that
+                        // is offline for days): take it back.
+                        @if matches!(status, "queued" | "sent") {
+                            form method="post" action={ "/environments/" (id) "/commands/" (n(c, "id")) "/cancel" } {
+                                (csrf_field(&ui.csrf))
+                                button.small type="submit" aria-label={ "Cancel command " (n(c, "id")) } { "Cancel" }
+                            }
+                        }
+                    }
                 }
             } }
         } }
@@ -447,6 +469,24 @@ async fn command(ui: Ui, Path(id): Path<u64>, headers: HeaderMap, axum::Form(f):
     match result {
         Ok(r) => Redirect::to(&format!("/environments/{id}?tab={}&cmd={}", tab_of(f.tab.as_deref()), n(&r.json, "id")))
             .into_response(),
+        Err(e) => error_page(e.status, &e.message),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct CsrfForm {
+    csrf: String,
+}
+
+/// Cancels a command the agent has not confirmed yet.
+async fn cancel(ui: Ui, Path((id, cid)): Path<(u64, u64)>, axum::Form(f): axum::Form<CsrfForm>) -> Response {
+    match ui.get(&format!("/api/commands/{cid}")).await {
+        Ok(r) if n(&r.json, "environment") == id => {}
+        Ok(_) => return error_page(StatusCode::NOT_FOUND, "No such command on this environment."),
+        Err(e) => return super::fail_page(&e),
+    }
+    match ui.call(Method::DELETE, &format!("/api/commands/{cid}"), None, Some(&f.csrf)).await {
+        Ok(_) => Redirect::to(&format!("/environments/{id}#history")).into_response(),
         Err(e) => error_page(e.status, &e.message),
     }
 }
@@ -590,6 +630,77 @@ mod tests {
         });
         assert_eq!(attrs.count(), 0, "{html}");
         assert!(!html.contains(" style="), "{html}");
+    }
+
+    async fn post(router: &Router, path: &str, form: &str) -> (StatusCode, String) {
+        let req = axum::http::Request::builder()
+            .method("POST")
+            .uri(path)
+            .header("cookie", COOKIE)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::from(form.to_owned()))
+            .unwrap();
+        let resp = router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 24).await.unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn an_error_about_all_the_intervals_shows_above_them_in_the_wizard_and_the_edit_page() {
+        let router = fleet(1);
+        let off = "ping=0&snapshot=0&command=0";
+        let (status, html) =
+            post(&router, "/environments/new", &format!("csrf=csrf-1&name=x&url=https%3A%2F%2Fops.example.com&{off}")).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(html.contains("role=\"alert\"") && html.contains("at least one must be above 0"), "{html}");
+        let (status, html) = post(&router, "/environments/1/intervals", &format!("csrf=csrf-1&{off}")).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(html.contains("role=\"alert\"") && html.contains("at least one must be above 0"), "{html}");
+        // A taken name is shown by the name field.
+        let (status, html) =
+            post(&router, "/environments/new", "csrf=csrf-1&name=site-0000&url=https%3A%2F%2Fops.example.com").await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert!(html.contains("id=\"f-name-error\""), "{html}");
+    }
+
+    #[tokio::test]
+    async fn a_queued_command_can_be_cancelled_from_the_history() {
+        let router = fleet(1);
+        let (status, _) =
+            post(&router, "/environments/1/commands", "csrf=csrf-1&action=image.pull&target=busybox%3Alatest").await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        let (_, html) = get(&router, "/environments/1").await;
+        assert!(html.contains("/environments/1/commands/1/cancel") && html.contains(">queued<"), "{html}");
+        let (status, _) = post(&router, "/environments/1/commands/1/cancel", "csrf=wrong").await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, _) = post(&router, "/environments/1/commands/1/cancel", "csrf=csrf-1").await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        let (_, html) = get(&router, "/environments/1").await;
+        assert!(html.contains(">cancelled<") && !html.contains("/commands/1/cancel"), "{html}");
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_part_costs_a_304_and_a_page_far_past_the_end_is_just_empty() {
+        let router = fleet(1);
+        let req = |etag: Option<&str>| {
+            let mut r = axum::http::Request::builder().uri("/environments/1/part?tab=images").header("cookie", COOKIE);
+            if let Some(t) = etag {
+                r = r.header("if-none-match", t);
+            }
+            r.body(Body::empty()).unwrap()
+        };
+        let first = router.clone().oneshot(req(None)).await.unwrap();
+        assert_eq!(first.status(), StatusCode::OK);
+        let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+        let again = router.clone().oneshot(req(Some(&etag))).await.unwrap();
+        assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+        assert!(axum::body::to_bytes(again.into_body(), 1024).await.unwrap().is_empty());
+        let other = router.clone().oneshot(req(Some("W/\"other\""))).await.unwrap();
+        assert_eq!(other.status(), StatusCode::OK);
+        let (status, html) = get(&router, "/environments?page=200000000000000000").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(html.matches("<tr data-env=").count(), 0);
     }
 
     #[tokio::test]

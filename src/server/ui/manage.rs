@@ -25,6 +25,13 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/environments/{id}/delete", post(delete))
 }
 
+/// What `?saved=` may say (a whitelist: the query is not echoed).
+const SAVED: &[(&str, &str)] = &[
+    ("details", "Saved the name, group and tags."),
+    ("intervals", "Saved the intervals; the agent gets them at its next poll."),
+    ("binding", "The binding is reset: the next agent that polls takes the environment."),
+];
+
 /// Which form was refused, with what it held.
 enum Refused<'a> {
     Details(&'a DetailsForm, &'a ApiFail),
@@ -85,7 +92,9 @@ async fn render(ui: &Ui, id: u64, refused: Option<Refused<'_>>, saved: Option<&s
     let body = html! {
         h1 { "Edit " (name) }
         p { a href={ "/environments/" (id) } { "← Back to the environment" } }
-        @if let Some(what) = saved { p.notice role="status" { "Saved: " (what) "." } }
+        @if let Some(what) = saved.and_then(|w| SAVED.iter().find(|(k, _)| *k == w)).map(|(_, t)| *t) {
+            p.notice role="status" { (what) }
+        }
         @if let Some(e) = other_err { p.error role="alert" { (e.message) } }
         section id="details" {
             h2 { "Name, group and tags" }
@@ -119,7 +128,8 @@ async fn render(ui: &Ui, id: u64, refused: Option<Refused<'_>>, saved: Option<&s
             }
             form.form-narrow method="post" action={ "/environments/" (id) "/intervals" } {
                 (csrf_field(&ui.csrf))
-                (form_error(intervals_err, &["intervals"]))
+                // A bare "intervals" error (all three disabled) shows here.
+                (form_error(intervals_err, &["intervals.ping", "intervals.snapshot", "intervals.command"]))
                 (pick("ping", "Ping interval", &intervals.ping, &intervals.ping_custom))
                 (pick("snapshot", "Snapshot interval", &intervals.snapshot, &intervals.snapshot_custom))
                 (pick("command", "Command interval", &intervals.command, &intervals.command_custom))
@@ -170,7 +180,10 @@ async fn save(ui: Ui, Path(id): Path<u64>, axum::Form(f): axum::Form<DetailsForm
     let body = json!({ "name": f.name, "group": group, "tags": tags });
     match ui.send(Method::PATCH, &format!("/api/environments/{id}"), &body, &f.csrf).await {
         Ok(_) => Redirect::to(&format!("/environments/{id}/edit?saved=details")).into_response(),
-        Err(e) => render(&ui, id, Some(Refused::Details(&f, &e)), None, e.status).await,
+        Err(e) => {
+            let e = e.conflict_on("name");
+            render(&ui, id, Some(Refused::Details(&f, &e)), None, e.status).await
+        }
     }
 }
 
@@ -233,7 +246,7 @@ struct CsrfForm {
 
 async fn reset_binding(ui: Ui, Path(id): Path<u64>, axum::Form(f): axum::Form<CsrfForm>) -> Response {
     match ui.call(Method::POST, &format!("/api/environments/{id}/reset-binding"), None, Some(&f.csrf)).await {
-        Ok(_) => Redirect::to(&format!("/environments/{id}/edit?saved=binding%20reset")).into_response(),
+        Ok(_) => Redirect::to(&format!("/environments/{id}/edit?saved=binding")).into_response(),
         Err(e) => render(&ui, id, Some(Refused::Other(&e)), None, e.status).await,
     }
 }

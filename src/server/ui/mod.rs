@@ -73,6 +73,10 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 const CSS: &str = include_str!("assets/ui.css");
 const JS: &str = include_str!("assets/ui.js");
 
+/// What a form refused for its CSRF token says.
+pub const STALE_FORM: &str = "This form has expired: you logged in again since the page was loaded, or it did not \
+     come from this page. Nothing was changed; reload the page and try again.";
+
 /// The login form's double-submit cookie.
 const LOGIN_COOKIE: &str = "tern_login";
 
@@ -100,6 +104,12 @@ pub fn routes(api: Router) -> Router<Arc<AppState>> {
         .route("/login", get(login_page).post(login_submit))
         .route("/logout", post(logout))
         .route("/static/{name}", get(asset))
+        // Browsers ask for it on every page: an empty answer they keep,
+        // instead of a 404 each time.
+        .route(
+            "/favicon.ico",
+            get(|| async { (StatusCode::NO_CONTENT, [(header::CACHE_CONTROL, "public, max-age=31536000, immutable")]) }),
+        )
         .merge(envs::routes())
         .merge(wizard::routes())
         .merge(manage::routes())
@@ -121,7 +131,37 @@ async fn guard(request: Request, next: Next) -> Response {
     if request.method() != Method::GET && request.method() != Method::HEAD && !same_origin(request.headers()) {
         return secured(error_page(StatusCode::FORBIDDEN, "This form was sent from another site; it was refused."));
     }
-    secured(next.run(request).await)
+    let revalidate = (request.method() == Method::GET).then(|| request.headers().get(header::IF_NONE_MATCH).cloned());
+    let resp = next.run(request).await;
+    let html = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    match revalidate {
+        Some(if_none_match) if resp.status() == StatusCode::OK && html => secured(tagged(resp, if_none_match).await),
+        _ => secured(resp),
+    }
+}
+
+/// Gives an HTML answer an `ETag` (its blake3), and answers 304 with no
+/// body when the browser already has it: the page's script re-fetches
+/// parts that refresh themselves with `If-None-Match`, so an unchanged
+/// part costs a few header bytes.
+async fn tagged(resp: Response, if_none_match: Option<HeaderValue>) -> Response {
+    let (mut parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 64 << 20).await else {
+        return error_page(StatusCode::INTERNAL_SERVER_ERROR, "The page could not be read.");
+    };
+    let tag = format!("W/\"{}\"", &blake3::hash(&bytes).to_hex().as_str()[..20]);
+    let Ok(value) = HeaderValue::try_from(tag) else { return Response::from_parts(parts, Body::from(bytes)) };
+    if if_none_match.as_ref() == Some(&value) {
+        let mut r = StatusCode::NOT_MODIFIED.into_response();
+        r.headers_mut().insert(header::ETAG, value);
+        return r;
+    }
+    parts.headers.insert(header::ETAG, value);
+    Response::from_parts(parts, Body::from(bytes))
 }
 
 /// Whether a request's `Origin` (when it has one) is this server.
@@ -167,6 +207,15 @@ pub struct ApiFail {
 }
 
 impl ApiFail {
+    /// A conflict that names no field (a taken name) concerns `field`.
+    #[must_use]
+    pub fn conflict_on(mut self, field: &str) -> Self {
+        if self.status == StatusCode::CONFLICT && self.field.is_none() {
+            self.field = Some(field.to_owned());
+        }
+        self
+    }
+
     /// The message, when it concerns `field` (or a sub-field of it),
     /// without the field's name it starts with.
     pub fn for_field(&self, field: &str) -> Option<&str> {
@@ -275,7 +324,12 @@ impl Ui {
         if status.is_success() {
             return Ok(Reply { headers, json });
         }
-        let message = json["error"].as_str().map_or_else(|| format!("the API answered {status}"), str::to_owned);
+        let mut message = json["error"].as_str().map_or_else(|| format!("the API answered {status}"), str::to_owned);
+        if status == StatusCode::FORBIDDEN && message.contains("X-CSRF-Token") {
+            // A form loaded before the operator logged in again (a new
+            // session, a new token): say so in their words.
+            message = STALE_FORM.to_owned();
+        }
         let field = json["field"].as_str().map(str::to_owned);
         Err(ApiFail { status, message, field })
     }
@@ -555,11 +609,21 @@ struct NextQuery {
 }
 
 /// Only a path on this server is a place to go back to.
+///
+/// A browser strips tabs and newlines from a URL and reads a backslash as `/`,
+/// so `/\t/evil.example` would leave the site: any whitespace, control
+/// character or backslash, a second leading `/`, or anything but a plain
+/// path and query sends the operator to the environments instead.
 fn safe_next(next: Option<&str>) -> String {
+    let ok = |n: &str| {
+        n.starts_with('/')
+            && !n.starts_with("//")
+            && !n.starts_with("/login")
+            && n.len() <= 2048
+            && n.bytes().all(|b| b.is_ascii_graphic() && b != b'\\')
+    };
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') && !n.starts_with("/login") => {
-            n.to_owned()
-        }
+        Some(n) if ok(n) => n.to_owned(),
         _ => "/environments".to_owned(),
     }
 }
@@ -700,4 +764,31 @@ async fn logout(ui: Ui, axum::Form(form): axum::Form<CsrfForm>) -> Response {
 /// from input).
 pub fn raw(s: String) -> PreEscaped<String> {
     PreEscaped(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_plain_path_on_this_server_is_a_place_to_go_after_login() {
+        for good in ["/environments", "/environments/3?tab=images", "/stacks/1"] {
+            assert_eq!(safe_next(Some(good)), good);
+        }
+        for bad in [
+            "https://evil.example/",
+            "//evil.example",
+            "/\t/evil.example",
+            "/\u{0}/evil.example",
+            "/\n",
+            "/\\evil.example",
+            "/ /x",
+            "/login?next=/x",
+            "",
+            "environments",
+        ] {
+            assert_eq!(safe_next(Some(bad)), "/environments", "{bad:?}");
+        }
+        assert_eq!(safe_next(None), "/environments");
+    }
 }

@@ -69,14 +69,14 @@ async fn new_page(ui: Ui, headers: HeaderMap) -> Response {
 }
 
 async fn render_new(ui: &Ui, f: &CreateForm, err: Option<&ApiFail>, status: StatusCode) -> Response {
-    let (groups, tags, settings) = tokio::join!(ui.get("/api/groups"), ui.get("/api/tags"), ui.get("/api/settings"));
+    let (groups, settings) = tokio::join!(ui.get("/api/groups"), ui.get("/api/settings"));
     let defaults = settings.map(|r| r.json["intervals"].clone()).unwrap_or_default();
     let names = |r: Result<super::Reply, ApiFail>| -> Vec<String> {
         r.ok()
             .and_then(|r| r.json.as_array().map(|a| a.iter().map(|g| s(g, "name").to_owned()).collect()))
             .unwrap_or_default()
     };
-    let (groups, tags) = (names(groups), names(tags));
+    let groups = names(groups);
     // "More settings" opens by itself when one of its fields needs fixing.
     let more_open = err.is_some_and(|e| ["intervals", "group", "tags"].iter().any(|f| e.for_field(f).is_some()))
         || !f.group.is_empty()
@@ -95,7 +95,8 @@ async fn render_new(ui: &Ui, f: &CreateForm, err: Option<&ApiFail>, status: Stat
         p.muted { "An edge agent polls this server over HTTPS; the host needs no inbound port." }
         form.form-narrow method="post" action="/environments/new" novalidate {
             (csrf_field(&ui.csrf))
-            (form_error(err, &["name", "url", "intervals", "group", "tags"]))
+            // A bare "intervals" error (all three disabled) shows here.
+            (form_error(err, &["name", "url", "intervals.ping", "intervals.snapshot", "intervals.command", "group", "tags"]))
             (text_field("name", "Name", &f.name, err, FieldAttrs { required: true, placeholder: Some("ship-12"), ..FieldAttrs::default() }))
             (text_field("url", "Server URL", &f.url, err, FieldAttrs {
                 kind: "url",
@@ -122,7 +123,6 @@ async fn render_new(ui: &Ui, f: &CreateForm, err: Option<&ApiFail>, status: Stat
                     hint: Some("Comma-separated; new tags are created."),
                     ..FieldAttrs::default()
                 }))
-                datalist id="tag-names" { @for t in &tags { option value=(t) {} } }
             }
             button.primary id="create" type="submit" { "Create" }
             " "
@@ -162,7 +162,10 @@ async fn create(ui: Ui, axum::Form(f): axum::Form<CreateForm>) -> Response {
     }
     match ui.send(Method::POST, "/api/environments", &body, &f.csrf).await {
         Ok(r) => Redirect::to(&format!("/environments/{}/deploy?created=1", r.json["id"])).into_response(),
-        Err(e) => render_new(&ui, &f, Some(&e), e.status).await,
+        Err(e) => {
+            let e = e.conflict_on("name");
+            render_new(&ui, &f, Some(&e), e.status).await
+        }
     }
 }
 

@@ -437,8 +437,10 @@ async fn walk(mut rig: Rig, b: Client, shots: PathBuf) {
     assert!(var("EDGE_ID").is_some(), "the command carries an EDGE_ID: {}", created.linux);
 
     // 3. An agent with that token. The command runs the image
-    // tern-agent:latest, which issue #6 builds; until it exists the test
-    // runs the `tern agent` binary with the same variables.
+    // tern-agent:latest (scripts/agent-image.sh builds it; tests/agent_image.rs
+    // runs the generated command as it is); here the `tern agent` binary
+    // runs with the same variables, so that this test does not need the
+    // image.
     let intervals = api.ok("GET", &format!("/api/environments/{env}"), None, 200).await["effective_intervals"].clone();
     assert_eq!(intervals, json!({"ping": 1, "snapshot": 1, "command": 1}), "the wizard's custom intervals");
     let web = rig.objects.name("web");

@@ -16,8 +16,32 @@ use tern::tls::Trust;
 
 const PASSWORD: &str = "correct horse battery staple";
 
-fn start(name: &str) -> Server {
-    Server::start_with(&tempdir(name), "127.0.0.1:0", &[("TERN_ADMIN_PASSWORD", PASSWORD)])
+/// A server whose data directory is removed when the test ends, passed
+/// or failed.
+struct Started(Server);
+
+impl std::ops::Deref for Started {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Started {
+    fn deref_mut(&mut self) -> &mut Server {
+        &mut self.0
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.0.stop();
+        let _ = std::fs::remove_dir_all(&self.0.data);
+    }
+}
+
+fn start(name: &str) -> Started {
+    Started(Server::start_with(&tempdir(name), "127.0.0.1:0", &[("TERN_ADMIN_PASSWORD", PASSWORD)]))
 }
 
 async fn settings(server: &Server) -> Value {

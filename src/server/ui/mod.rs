@@ -421,6 +421,7 @@ pub fn page(ui: &Ui, nav: Nav, title: &str, body: Markup) -> Markup {
         html lang="en" {
             (head(title))
             body data-csrf=(ui.csrf) {
+                a.skip href="#main" { "Skip to the content" }
                 header.top {
                     a.brand href="/environments" { "tern" }
                     nav aria-label="Main" {
@@ -435,7 +436,7 @@ pub fn page(ui: &Ui, nav: Nav, title: &str, body: Markup) -> Markup {
                         button type="submit" { "Log out" }
                     }
                 }
-                main id="main" { (body) }
+                main id="main" tabindex="-1" { (body) }
             }
         }
     }

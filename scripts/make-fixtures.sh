@@ -4,6 +4,8 @@
 #
 #   bash scripts/make-fixtures.sh [host40|train|all]   (default: all)
 #   bash scripts/make-fixtures.sh clean                 (remove leftovers of a failed run)
+#   bash scripts/make-fixtures.sh host40-up             (only bring host40 up and wait until it is quiet:
+#                                                         the on-wire benchmark's host, in its own engine)
 #
 # Needs: docker engine (API 1.41), docker-compose v1, python3, busybox-static
 # (/bin/busybox). No registry access is needed: every image is built locally
@@ -15,10 +17,12 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 FX=$ROOT/scripts/fixtures
 OUT=$ROOT/tests/fixtures
-WORK=/tmp/tern-fixtures
+WORK=${FIXTURE_WORK:-/tmp/tern-fixtures}
 BASE=tern-fixture-base:1
 EVENT_GAP=${EVENT_GAP:-2}
-export COMPOSE_HTTP_TIMEOUT=120 DOCKER_API_VERSION=1.41
+# Image builds and compose projects at once (host40-up); 1 = one after the other.
+BUILD_JOBS=${BUILD_JOBS:-1}
+export COMPOSE_HTTP_TIMEOUT=120 DOCKER_API_VERSION=1.41 FIXTURE_WORK=$WORK
 
 HOST40_PROJECTS=(shop monitoring iot logging wiki backup)
 HOST40_CONTAINERS=(portainer_agent watchtower autoheal debug-shell ota-staged iot-diag)
@@ -36,6 +40,22 @@ img() {
   local tag=$1
   { echo "FROM $BASE"; cat; } | docker build -q --force-rm -t "$tag" - 2> >(grep -v -e DEPRECATED -e "Install the buildx" -e "docs.docker.com/go/buildx" -e "^$" >&2) >/dev/null
   log "built $tag"
+}
+
+# par CMD...: runs CMD in the background, at most BUILD_JOBS at once (now, when
+# BUILD_JOBS is 1); par_wait waits for them all and fails if one did.
+BG_PIDS=()
+par() {
+  if ((BUILD_JOBS <= 1)); then "$@"; return; fi
+  while (($(jobs -rp | wc -l) >= BUILD_JOBS)); do sleep 0.1; done
+  "$@" &
+  BG_PIDS+=($!)
+}
+par_wait() {
+  local p failed=0
+  for p in "${BG_PIDS[@]}"; do wait "$p" || failed=1; done
+  BG_PIDS=()
+  return "$failed"
 }
 
 # compose HOST PROJECT ARGS...
@@ -214,4 +234,12 @@ main() {
 
 # `clean` only removes what a previous (failed) run left behind.
 if [ "${1:-}" = clean ]; then cleanup_everything; exit 0; fi
+# `host40-up` builds and starts host40 in an empty engine (DOCKER_HOST) and
+# leaves it running: whoever started the engine removes it.
+if [ "${1:-}" = host40-up ]; then
+  command -v busybox >/dev/null || [ -x /bin/busybox ] || { echo "need busybox-static (/bin/busybox)" >&2; exit 1; }
+  build_base
+  host40_up
+  exit 0
+fi
 main "$@"

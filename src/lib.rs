@@ -49,3 +49,5 @@ pub mod sync;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod wire;
+#[cfg(all(feature = "agent", feature = "server", target_os = "linux"))]
+pub mod wirebench;

@@ -56,6 +56,11 @@ enum Command {
         /// the agent); kept in the database. An empty value removes it.
         #[arg(long, env = "AGENT_SECRET", hide_env_values = true)]
         agent_secret: Option<String>,
+        /// Close a connection idle this many seconds between requests
+        /// (default 600). Advanced: the on-wire benchmark shortens it to
+        /// close every connection between polls, as a carrier NAT would.
+        #[arg(long, hide = true, value_name = "SECONDS")]
+        idle_timeout: Option<f64>,
     },
     /// Start a server on its embedded database and an agent for the local
     /// Docker engine, in one process: the quickest way to see tern work.
@@ -172,6 +177,13 @@ enum Command {
         #[command(flatten)]
         api: tern::cli::ApiArgs,
     },
+    /// Benchmarks: `tern bench wire` measures every IP byte a real server
+    /// and agent exchange over an emulated link (root only).
+    #[cfg(all(feature = "server", feature = "agent", target_os = "linux"))]
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Decode a captured poll body (request or reply) and print it: header,
     /// codec, sizes and the decoded message.
     DecodeBody {
@@ -205,6 +217,35 @@ enum AgentCommand {
         /// The agent's data directory.
         #[arg(long, env = "DATA_PATH", default_value = tern::agent::config::DEFAULT_DATA_PATH)]
         data_path: std::path::PathBuf,
+    },
+}
+
+#[cfg(all(feature = "server", feature = "agent", target_os = "linux"))]
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// The on-wire benchmark (README, "On-wire benchmark"): the fixture host
+    /// in a Docker engine of its own, a real server and agent, the
+    /// Portainer-style baseline beside them, on an emulated link; prints the
+    /// results table and writes it (markdown and JSON) to --out.
+    Wire {
+        /// Link profile: clean, 2g, satellite, or all (one after the other).
+        #[arg(long, default_value = "all")]
+        profile: String,
+        /// Polls in each idle scenario.
+        #[arg(long, default_value_t = 60)]
+        idle_polls: u64,
+        /// Where the results go (<profile>.md, <profile>.json, results.md).
+        #[arg(long, default_value = "wirebench-results")]
+        out: std::path::PathBuf,
+        /// Also write the bytes-per-day chart of the profiles run here (SVG).
+        #[arg(long)]
+        svg: Option<std::path::PathBuf>,
+        /// Seed of the link's random loss.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The source tree (for scripts/make-fixtures.sh).
+        #[arg(long, default_value = env!("CARGO_MANIFEST_DIR"))]
+        repo: std::path::PathBuf,
     },
 }
 
@@ -246,6 +287,10 @@ fn main() -> ExitCode {
         #[cfg(feature = "agent")]
         Command::Snapshot { show_secrets, verbose } => snapshot::run(show_secrets, verbose),
         Command::DecodeBody { file, reply } => decode_body(&file, reply),
+        #[cfg(all(feature = "server", feature = "agent", target_os = "linux"))]
+        Command::Bench { command: BenchCommand::Wire { profile, idle_polls, out, svg, seed, repo } } => {
+            bench_wire(&profile, idle_polls, &out, svg.as_deref(), seed, repo)
+        }
         #[cfg(feature = "agent")]
         Command::Agent { command: None } => return agent_main(),
         #[cfg(feature = "agent")]
@@ -290,9 +335,20 @@ fn main() -> ExitCode {
         #[cfg(all(feature = "server", feature = "agent"))]
         Command::Quickstart { listen, data, interval } => quickstart(listen, data, interval),
         #[cfg(feature = "server")]
-        Command::Server { listen, data, tls_cert, tls_key, cert_names, agent_secret } => {
+        Command::Server { listen, data, tls_cert, tls_key, cert_names, agent_secret, idle_timeout } => {
             let cert = tls_cert.zip(tls_key);
-            server(listen, tern::server::ServerConfig { data, cert, names: cert_names }, agent_secret.as_deref())
+            let mut limits = tern::server::http::ConnectionLimits::default();
+            if let Some(s) = idle_timeout {
+                match std::time::Duration::try_from_secs_f64(s) {
+                    Ok(d) if !d.is_zero() => limits.idle = d,
+                    _ => {
+                        eprintln!("tern server: --idle-timeout must be a positive number of seconds");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            let config = tern::server::ServerConfig { data, cert, names: cert_names };
+            server(listen, config, agent_secret.as_deref(), limits)
         }
     };
     match result {
@@ -371,6 +427,7 @@ fn server(
     listen: std::net::SocketAddr,
     config: tern::server::ServerConfig,
     agent_secret: Option<&str>,
+    limits: tern::server::http::ConnectionLimits,
 ) -> anyhow::Result<()> {
     let prepared = tern::server::prepare(&config)?;
     prepared.set_agent_secret(agent_secret)?;
@@ -389,7 +446,7 @@ fn server(
             let _ =
                 std::io::Write::write_all(&mut std::io::stdout(), format!("admin password {password}\n").as_bytes());
         }
-        tern::server::run(prepared, listener, shutdown).await?;
+        tern::server::run_with(prepared, listener, shutdown, limits).await?;
         Ok(())
     })
 }
@@ -539,6 +596,46 @@ fn quickstart(listen: std::net::SocketAddr, data: std::path::PathBuf, interval: 
         server.await??;
         result
     })
+}
+
+/// `tern bench wire`.
+#[cfg(all(feature = "server", feature = "agent", target_os = "linux"))]
+fn bench_wire(
+    profile: &str,
+    idle_polls: u64,
+    out: &std::path::Path,
+    svg: Option<&std::path::Path>,
+    seed: u64,
+    repo: std::path::PathBuf,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use tern::wirebench::{Options, Profile};
+    let names: Vec<&str> = if profile == "all" { Profile::NAMES.to_vec() } else { vec![profile] };
+    let profiles = names
+        .iter()
+        .map(|n| Profile::by_name(n).with_context(|| format!("unknown profile {n:?} (clean, 2g, satellite, all)")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let tern = std::env::current_exe()?;
+    let mut reports = Vec::new();
+    for profile in profiles {
+        let name = profile.name;
+        let options =
+            Options { profile, idle_polls, tern: tern.clone(), repo: repo.clone(), seed, restarts: 3, verbose: true };
+        let report = tern::wirebench::run(&options).with_context(|| format!("profile {name}"))?;
+        let md = tern::wirebench::markdown(&report);
+        println!("{md}");
+        std::fs::write(out.join(format!("{name}.md")), &md)?;
+        std::fs::write(out.join(format!("{name}.json")), serde_json::to_string_pretty(&report)?)?;
+        reports.push(report);
+    }
+    let summary = tern::wirebench::summary_markdown(&reports);
+    println!("{summary}");
+    std::fs::write(out.join("results.md"), &summary)?;
+    if let Some(svg) = svg {
+        std::fs::write(svg, tern::wirebench::chart_svg(&reports)).with_context(|| format!("writing {}", svg.display()))?;
+    }
+    Ok(())
 }
 
 fn decode_body(file: &std::path::Path, reply: bool) -> anyhow::Result<()> {

@@ -162,7 +162,22 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
-    http::serve(listener, prepared.tls, http::router(prepared.state), shutdown).await
+    run_with(prepared, listener, shutdown, http::ConnectionLimits::default()).await
+}
+
+/// [`run`] with other connection limits (`tern server --idle-timeout`, which
+/// the on-wire benchmark uses to close every connection between polls, as a
+/// carrier NAT would).
+///
+/// # Errors
+/// When serving fails.
+pub async fn run_with(
+    prepared: Prepared,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+    limits: http::ConnectionLimits,
+) -> std::io::Result<()> {
+    http::serve_with(listener, prepared.tls, http::router(prepared.state), shutdown, limits).await
 }
 
 /// The default port, as Portainer's UI port.

@@ -291,6 +291,9 @@ pub async fn start(
     let mut agent = run::Agent::new(settings, engine, transport, store, changed)?;
     agent.set_job_runs(job_runs_rx);
     let r = agent.run(shutdown).await;
+    // Close the kept-alive connection cleanly (both sides' close_notify),
+    // not by exiting under it.
+    agent.transport_mut().close().await;
     events.abort();
     scheduler.abort();
     tracing::info!(polls = agent.stats.polls, failures = agent.stats.failures, "agent stopped");

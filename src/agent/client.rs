@@ -36,6 +36,9 @@ pub enum ClientError {
     TooLarge(usize),
 }
 
+/// How long a closing connection waits for the server's side of the close.
+pub const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A poll client for one server.
 pub struct Client {
     host: String,
@@ -43,6 +46,11 @@ pub struct Client {
     authority: String,
     connector: tokio_rustls::TlsConnector,
     conn: Option<SendRequest<Full<Bytes>>>,
+    /// The task driving the current connection; it closes it when done.
+    driver: Option<tokio::task::JoinHandle<()>>,
+    /// Set by [`Self::close`]: the driver waits for the server's side of
+    /// the close too.
+    linger: Arc<std::sync::atomic::AtomicBool>,
     max_reply: usize,
     /// Connections opened so far (a measure of keep-alive's success).
     pub connections: u64,
@@ -93,6 +101,8 @@ impl Client {
             authority,
             connector,
             conn: None,
+            driver: None,
+            linger: Arc::default(),
             max_reply,
             connections: 0,
             resumed: 0,
@@ -114,19 +124,48 @@ impl Client {
         let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| ClientError::Http(e.to_string()))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!("connection closed: {e}");
+        let linger = self.linger.clone();
+        self.driver = Some(tokio::spawn(async move {
+            match conn.without_shutdown().await {
+                // No more requests (dropped), or the server closed: our
+                // close_notify and FIN. When the agent exits ([`Self::close`]),
+                // also the server's, so its connection ends with the same
+                // packets every time (exiting under it makes the kernel
+                // answer the server's close with resets, or not, by timing).
+                Ok(parts) => {
+                    let mut tls = parts.io.into_inner();
+                    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                        tokio::io::AsyncWriteExt::shutdown(&mut tls).await?;
+                        if linger.load(std::sync::atomic::Ordering::Acquire) {
+                            let mut buf = [0u8; 256];
+                            while tokio::io::AsyncReadExt::read(&mut tls, &mut buf).await? > 0 {}
+                        }
+                        Ok::<_, std::io::Error>(())
+                    })
+                    .await;
+                }
+                Err(e) => tracing::debug!("connection closed: {e}"),
             }
-        });
+        }));
         self.connections += 1;
         Ok(send)
     }
 
     /// Drops the kept-alive connection (the next request opens a new one,
-    /// resuming the TLS session when it can).
+    /// resuming the TLS session when it can); it closes in the background.
     pub fn disconnect(&mut self) {
         self.conn = None;
+    }
+
+    /// Closes the kept-alive connection and waits (at most [`CLOSE_WAIT`])
+    /// until the server has closed its side too: what the agent does before
+    /// it exits.
+    pub async fn close(&mut self) {
+        self.linger.store(true, std::sync::atomic::Ordering::Release);
+        self.conn = None;
+        if let Some(driver) = self.driver.take() {
+            let _ = tokio::time::timeout(CLOSE_WAIT, driver).await;
+        }
     }
 
     /// POSTs a poll body; returns the status and the reply body.

@@ -275,7 +275,13 @@ fn tcp_of(p: &[u8]) -> Option<(u16, u16, u16, bool, bool)> {
     let doff = usize::from(t[12] >> 4) * 4;
     let payload = total.saturating_sub(ihl + doff) as u16;
     let flags = t[13];
-    Some((u16::from_be_bytes([t[0], t[1]]), u16::from_be_bytes([t[2], t[3]]), payload, flags & 0x02 != 0, flags & 0x05 != 0))
+    Some((
+        u16::from_be_bytes([t[0], t[1]]),
+        u16::from_be_bytes([t[2], t[3]]),
+        payload,
+        flags & 0x02 != 0,
+        flags & 0x05 != 0,
+    ))
 }
 
 /// The running link.

@@ -103,13 +103,10 @@ pub fn docker_snapshot(json: &RawJson, time: i64) -> Value {
     }
     let containers = raw["Containers"].as_array().cloned().unwrap_or_default();
     let state = |s: &str| containers.iter().filter(|c| c["State"] == s).count();
-    let status_has = |s: &str| {
-        containers.iter().filter(|c| c["Status"].as_str().is_some_and(|t| t.contains(s))).count()
-    };
-    let stacks: std::collections::BTreeSet<&str> = containers
-        .iter()
-        .filter_map(|c| c["Labels"]["com.docker.compose.project"].as_str())
-        .collect();
+    let status_has =
+        |s: &str| containers.iter().filter(|c| c["Status"].as_str().is_some_and(|t| t.contains(s))).count();
+    let stacks: std::collections::BTreeSet<&str> =
+        containers.iter().filter_map(|c| c["Labels"]["com.docker.compose.project"].as_str()).collect();
     json!({
         "Time": time,
         "DockerVersion": json.version["Version"],
@@ -205,11 +202,8 @@ async fn read_message<S: AsyncRead + Unpin>(s: &mut S) -> anyhow::Result<Option<
         buf.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
+    let len: usize =
+        head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
     while buf.len() < head_end + len {
         let n = s.read(&mut chunk).await?;
         if n == 0 {
@@ -458,14 +452,37 @@ impl Sink {
     ///
     /// # Errors
     /// When the certificate or the socket cannot be made.
-    pub async fn start(ip: &str, dir: &Path, interval: Duration, endpoint: u64, idle: Duration) -> anyhow::Result<Self> {
+    pub async fn start(
+        ip: &str,
+        dir: &Path,
+        interval: Duration,
+        endpoint: u64,
+        idle: Duration,
+    ) -> anyhow::Result<Self> {
         let identity = ServerIdentity::load_or_create(dir, &[ip.to_owned()])?;
         let listener = TcpListener::bind((ip, 0)).await?;
         let port = listener.local_addr()?.port();
         let idle = Arc::new(Mutex::new(idle));
         let polls = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(serve(listener, Arc::new(identity.server_config()?), idle.clone(), interval, endpoint, polls.clone()));
-        Ok(Self { port, fingerprint: identity.fingerprint(), ip: ip.to_owned(), identity, idle, interval, endpoint, polls, task })
+        let task = tokio::spawn(serve(
+            listener,
+            Arc::new(identity.server_config()?),
+            idle.clone(),
+            interval,
+            endpoint,
+            polls.clone(),
+        ));
+        Ok(Self {
+            port,
+            fingerprint: identity.fingerprint(),
+            ip: ip.to_owned(),
+            identity,
+            idle,
+            interval,
+            endpoint,
+            polls,
+            task,
+        })
     }
 
     /// Connections idle this long are closed from now on.
@@ -591,8 +608,12 @@ mod tests {
         let rec = crate::fixture::load(&crate::fixture::dir(), "host40").unwrap();
         let json = &rec.steps[0].json;
         let s = docker_snapshot(json, 1);
-        let names: Vec<&str> =
-            s["DockerSnapshotRaw"]["Networks"].as_array().unwrap().iter().map(|n| n["Name"].as_str().unwrap()).collect();
+        let names: Vec<&str> = s["DockerSnapshotRaw"]["Networks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["Name"].as_str().unwrap())
+            .collect();
         let mut sorted = names.clone();
         sorted.sort_unstable();
         assert_eq!(names, sorted);

@@ -96,13 +96,22 @@ pub fn markdown(r: &Report) -> String {
     let l = &r.latency;
     let _ = writeln!(
         out,
-        "\nEvent to server (churn trace, from the docker command's return): tern median {} ms, 90th percentile {} ms, \
-         max {} ms; baseline median {} ms, 90th percentile {} ms{}.",
+        "\nHost: {}. Event to server (churn trace), median / 90th percentile / max: from the docker command's \
+         return, tern {} / {} / {} ms, baseline {} / {} / {} ms; from the start of the poll that carries it \
+         (the delivery), tern {} / {} / {} ms, baseline {} / {} / {} ms{}.",
+        r.host,
         thousands(percentile(&l.tern_ms, 0.5)),
         thousands(percentile(&l.tern_ms, 0.9)),
         thousands(l.tern_ms.iter().copied().max().unwrap_or(0)),
         thousands(percentile(&l.baseline_ms, 0.5)),
         thousands(percentile(&l.baseline_ms, 0.9)),
+        thousands(l.baseline_ms.iter().copied().max().unwrap_or(0)),
+        thousands(percentile(&l.tern_delivery_ms, 0.5)),
+        thousands(percentile(&l.tern_delivery_ms, 0.9)),
+        thousands(l.tern_delivery_ms.iter().copied().max().unwrap_or(0)),
+        thousands(percentile(&l.baseline_delivery_ms, 0.5)),
+        thousands(percentile(&l.baseline_delivery_ms, 0.9)),
+        thousands(l.baseline_delivery_ms.iter().copied().max().unwrap_or(0)),
         if l.missed.is_empty() { String::new() } else { format!("; not seen in time: {}", l.missed.join(", ")) }
     );
     let c = &r.crosscheck;
@@ -130,7 +139,7 @@ pub fn summary_markdown(reports: &[Report]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| link | idle poll, kept alive | idle poll, new connection | per day, kept alive (tern / baseline) | per day, new connections (tern / baseline) | churn trace (tern / baseline) | event to server, median (tern / baseline) |"
+        "| link | idle poll, kept alive | idle poll, new connection | per day, kept alive (tern / baseline) | per day, new connections (tern / baseline) | churn trace (tern / baseline) | delivery of an event, median (tern / baseline) |"
     );
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
     for r in reports {
@@ -148,8 +157,8 @@ pub fn summary_markdown(reports: &[Report]) -> String {
             size(r.baseline_per_day(true)),
             size(churn.map_or(0, |s| s.tern.bytes())),
             size(churn.map_or(0, |s| s.baseline.bytes())),
-            thousands(percentile(&r.latency.tern_ms, 0.5)),
-            thousands(percentile(&r.latency.baseline_ms, 0.5)),
+            thousands(percentile(&r.latency.tern_delivery_ms, 0.5)),
+            thousands(percentile(&r.latency.baseline_delivery_ms, 0.5)),
         );
     }
     out
@@ -168,7 +177,11 @@ pub fn chart_svg(reports: &[Report]) -> String {
         .flat_map(|r| {
             [
                 (format!("{}, kept alive", r.profile.name), r.tern_per_day(false), r.baseline_per_day(false)),
-                (format!("{}, new connection every poll", r.profile.name), r.tern_per_day(true), r.baseline_per_day(true)),
+                (
+                    format!("{}, new connection every poll", r.profile.name),
+                    r.tern_per_day(true),
+                    r.baseline_per_day(true),
+                ),
             ]
         })
         .collect();
@@ -191,7 +204,8 @@ pub fn chart_svg(reports: &[Report]) -> String {
     );
     let mut y = top;
     for (label, t, b) in &bars {
-        let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#, left - 8.0, y + bar + 4.0, escape(label));
+        let _ =
+            writeln!(s, r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#, left - 8.0, y + bar + 4.0, escape(label));
         for (v, color) in [(*t, "#1b7f79"), (*b, "#c8553d")] {
             let w = (v as f64 / max as f64 * width).max(1.0);
             let _ = writeln!(s, r#"<rect x="{left}" y="{y}" width="{w:.1}" height="{bar}" fill="{color}"/>"#);

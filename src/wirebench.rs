@@ -292,6 +292,16 @@ impl Report {
         })
     }
 
+    /// What the churn trace cost above idling, (tern, baseline): its bytes
+    /// minus as many idle polls (kept alive, the median one) as it made.
+    pub fn churn_above_idle(&self) -> (u64, u64) {
+        let (Some(c), Some(i)) = (self.scenario("churn_trace"), self.scenario("idle_kept_alive")) else {
+            return (0, 0);
+        };
+        let above = |churn: &Side, idle: &Side| churn.bytes().saturating_sub(churn.polls * idle.per_poll());
+        (above(&c.tern, &i.tern), above(&c.baseline, &i.baseline))
+    }
+
     /// The figures `budgets.toml` holds (`[wire_clean]`).
     pub fn budget_figures(&self) -> Vec<(&'static str, u64)> {
         let get = |k: &str| self.scenario(k);
@@ -903,9 +913,9 @@ async fn run_async(options: &Options) -> anyhow::Result<Report> {
     let (t0, b0) = (b.mark(Class::Tern).await?, b.mark(Class::Baseline).await?);
     let doc_at = Instant::now();
     let doc0 = portainer::docker_snapshot(&portainer::read_engine(&run.docker_socket()).await?, 0);
-    b.wait_polls(Class::Tern, t0.polls + n, limit + interval * n as u32).await?;
+    b.wait_polls(Class::Tern, t0.polls + n, limit + (interval * 2 + Duration::from_secs(5)) * n as u32).await?;
     let t1 = b.mark(Class::Tern).await?;
-    b.wait_polls(Class::Baseline, b0.polls + n, limit).await?;
+    b.wait_polls(Class::Baseline, b0.polls + n, limit + (interval * 2 + Duration::from_secs(5)) * n as u32).await?;
     let b1 = b.mark(Class::Baseline).await?;
     let gap = doc_at.elapsed().as_secs();
     let doc1 = portainer::docker_snapshot(&portainer::read_engine(&run.docker_socket()).await?, gap as i64);
@@ -1024,9 +1034,9 @@ async fn run_async(options: &Options) -> anyhow::Result<Report> {
     let p = b.polls(Class::Tern).await?;
     b.wait_polls(Class::Tern, p + 2, limit).await?;
     let (t0, b0) = (b.mark(Class::Tern).await?, b.mark(Class::Baseline).await?);
-    b.wait_polls(Class::Tern, t0.polls + n, limit + interval * n as u32).await?;
+    b.wait_polls(Class::Tern, t0.polls + n, limit + (interval * 2 + Duration::from_secs(5)) * n as u32).await?;
     let t1 = b.mark(Class::Tern).await?;
-    b.wait_polls(Class::Baseline, b0.polls + n, limit).await?;
+    b.wait_polls(Class::Baseline, b0.polls + n, limit + (interval * 2 + Duration::from_secs(5)) * n as u32).await?;
     let b1 = b.mark(Class::Baseline).await?;
     let (tc, bc) = (b.cycles(Class::Tern, &t0, &t1), b.cycles(Class::Baseline, &b0, &b1));
     scenarios.push(Scenario {

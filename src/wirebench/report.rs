@@ -93,10 +93,18 @@ pub fn markdown(r: &Report) -> String {
             ratio(b, t)
         );
     }
+    let (t, b) = r.churn_above_idle();
+    let _ = writeln!(
+        out,
+        "\nThe churn trace above idling (its bytes minus as many idle polls): tern {} B, baseline {} B ({}).",
+        thousands(t),
+        thousands(b),
+        ratio(b, t)
+    );
     let l = &r.latency;
     let _ = writeln!(
         out,
-        "\nHost: {}. Event to server (churn trace), median / 90th percentile / max: from the docker command's \
+        "Host: {}. Event to server (churn trace), median / 90th percentile / max: from the docker command's \
          return, tern {} / {} / {} ms, baseline {} / {} / {} ms; from the start of the poll that carries it \
          (the delivery), tern {} / {} / {} ms, baseline {} / {} / {} ms{}.",
         r.host,

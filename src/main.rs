@@ -246,6 +246,10 @@ enum BenchCommand {
         /// The source tree (for scripts/make-fixtures.sh).
         #[arg(long, default_value = env!("CARGO_MANIFEST_DIR"))]
         repo: std::path::PathBuf,
+        /// Run nothing: print the tables of the runs saved in --out
+        /// (<profile>.json) and write --svg from them.
+        #[arg(long)]
+        report: bool,
     },
 }
 
@@ -288,8 +292,8 @@ fn main() -> ExitCode {
         Command::Snapshot { show_secrets, verbose } => snapshot::run(show_secrets, verbose),
         Command::DecodeBody { file, reply } => decode_body(&file, reply),
         #[cfg(all(feature = "server", feature = "agent", target_os = "linux"))]
-        Command::Bench { command: BenchCommand::Wire { profile, idle_polls, out, svg, seed, repo } } => {
-            bench_wire(&profile, idle_polls, &out, svg.as_deref(), seed, repo)
+        Command::Bench { command: BenchCommand::Wire { profile, idle_polls, out, svg, seed, repo, report } } => {
+            bench_wire(&profile, idle_polls, &out, svg.as_deref(), seed, repo, report)
         }
         #[cfg(feature = "agent")]
         Command::Agent { command: None } => return agent_main(),
@@ -607,9 +611,10 @@ fn bench_wire(
     svg: Option<&std::path::Path>,
     seed: u64,
     repo: std::path::PathBuf,
+    saved: bool,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
-    use tern::wirebench::{Options, Profile};
+    use tern::wirebench::{Options, Profile, Report};
     let names: Vec<&str> = if profile == "all" { Profile::NAMES.to_vec() } else { vec![profile] };
     let profiles = names
         .iter()
@@ -619,21 +624,37 @@ fn bench_wire(
     let tern = std::env::current_exe()?;
     let mut reports = Vec::new();
     for profile in profiles {
-        let name = profile.name;
-        let options =
-            Options { profile, idle_polls, tern: tern.clone(), repo: repo.clone(), seed, restarts: 3, verbose: true };
-        let report = tern::wirebench::run(&options).with_context(|| format!("profile {name}"))?;
+        let name = profile.name.clone();
+        let json = out.join(format!("{name}.json"));
+        let report: Report = if saved {
+            if !json.exists() {
+                continue;
+            }
+            serde_json::from_slice(&std::fs::read(&json)?).with_context(|| format!("reading {}", json.display()))?
+        } else {
+            let options = Options {
+                profile,
+                idle_polls,
+                tern: tern.clone(),
+                repo: repo.clone(),
+                seed,
+                restarts: 3,
+                verbose: true,
+            };
+            tern::wirebench::run(&options).with_context(|| format!("profile {name}"))?
+        };
         let md = tern::wirebench::markdown(&report);
         println!("{md}");
         std::fs::write(out.join(format!("{name}.md")), &md)?;
-        std::fs::write(out.join(format!("{name}.json")), serde_json::to_string_pretty(&report)?)?;
+        std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;
         reports.push(report);
     }
     let summary = tern::wirebench::summary_markdown(&reports);
     println!("{summary}");
     std::fs::write(out.join("results.md"), &summary)?;
     if let Some(svg) = svg {
-        std::fs::write(svg, tern::wirebench::chart_svg(&reports)).with_context(|| format!("writing {}", svg.display()))?;
+        std::fs::write(svg, tern::wirebench::chart_svg(&reports))
+            .with_context(|| format!("writing {}", svg.display()))?;
     }
     Ok(())
 }

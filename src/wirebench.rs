@@ -31,19 +31,19 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use link::{Class, DirCount, FlowCount, Shape};
 pub use report::{chart_svg, markdown, summary_markdown};
 
 /// A link profile and the timings that go with it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Profile {
     /// `clean`, `2g` or `satellite`.
-    pub name: &'static str,
+    pub name: String,
     /// How the README names it.
-    pub label: &'static str,
+    pub label: String,
     /// Agent to server.
     pub up: Shape,
     /// Server to agent.
@@ -66,8 +66,8 @@ impl Profile {
         let ms = Duration::from_millis;
         match name {
             "clean" => Some(Self {
-                name: "clean",
-                label: "clean (no rate limit, no delay, no loss)",
+                name: "clean".into(),
+                label: "clean (no rate limit, no delay, no loss)".into(),
                 up: Shape::CLEAN,
                 down: Shape::CLEAN,
                 interval: 1,
@@ -77,8 +77,8 @@ impl Profile {
             "2g" => {
                 let s = Shape { rate_bps: Some(50_000), delay: ms(300), loss: 0.02, queue_bytes: 64 * 1024 };
                 Some(Self {
-                    name: "2g",
-                    label: "2G (50 kbit/s each way, 300 ms each way: 600 ms RTT, 2 % loss each way)",
+                    name: "2g".into(),
+                    label: "2G (50 kbit/s each way, 300 ms each way: 600 ms RTT, 2 % loss each way)".into(),
                     up: s,
                     down: s,
                     interval: 5,
@@ -89,8 +89,8 @@ impl Profile {
             "satellite" => {
                 let s = Shape { rate_bps: None, delay: ms(600), loss: 0.01, queue_bytes: 64 * 1024 };
                 Some(Self {
-                    name: "satellite",
-                    label: "satellite (600 ms each way: 1.2 s RTT, 1 % loss each way, no rate limit)",
+                    name: "satellite".into(),
+                    label: "satellite (600 ms each way: 1.2 s RTT, 1 % loss each way, no rate limit)".into(),
                     up: s,
                     down: s,
                     interval: 5,
@@ -124,7 +124,7 @@ pub struct Options {
 }
 
 /// One side's figures in a scenario.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Side {
     /// Polls answered in the scenario.
     pub polls: u64,
@@ -136,14 +136,14 @@ pub struct Side {
     /// next's), when the scenario has more than one.
     pub cycles: Vec<u64>,
     /// The packets, for the scenarios of one poll.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub packets: Vec<link::Packet>,
     /// A repeated scenario's bytes each time; the figures above are the
     /// median one's.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub repeats: Vec<u64>,
     /// The packets of each repetition.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub repeat_packets: Vec<Vec<link::Packet>>,
 }
 
@@ -177,10 +177,10 @@ impl Side {
 }
 
 /// One scenario.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Scenario {
     /// The key, as in `budgets.toml`.
-    pub key: &'static str,
+    pub key: String,
     /// How tables name it.
     pub name: String,
     /// tern.
@@ -190,7 +190,7 @@ pub struct Scenario {
 }
 
 /// Event to server, per churn event.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Latencies {
     /// tern: from the docker command's return to the server's root digest
     /// being the engine's, ms.
@@ -210,7 +210,7 @@ pub struct Latencies {
 }
 
 /// The link's counters against the devices' own.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CrossCheck {
     /// (forwarder, device) bytes the agent's side put on the link.
     pub up_bytes: (u64, u64),
@@ -225,7 +225,7 @@ pub struct CrossCheck {
 }
 
 /// A run's results.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// The link.
     pub profile: Profile,
@@ -274,22 +274,13 @@ impl Report {
         self.scenario(key).map_or(0, |s| s.tern.per_poll() * 1440)
     }
 
-    /// The baseline's bytes a day at 60 s intervals: a poll's bytes at the
-    /// run's interval × 1,440, its body replaced by the body of the patch
-    /// over about 60 s when the run measured one (runs of 50 s or more;
-    /// otherwise as measured, which is low: see `baseline_body_gap`).
+    /// The baseline's bytes a day at 60 s intervals: one poll × 1,440, as
+    /// tern's. (Its patch over a minute is about the size of its patch over
+    /// a second, `baseline_body_gap` against `baseline_body_interval`: what
+    /// changes between two reads is mostly what changes at every read.)
     pub fn baseline_per_day(&self, new_connection: bool) -> u64 {
         let key = if new_connection { "idle_new_connection" } else { "idle_kept_alive" };
-        let gap_60s = self.baseline_body_gap_s >= 50 && u64::from(self.profile.interval) < 60;
-        self.scenario(key).map_or(0, |s| {
-            let per_poll = s.baseline.per_poll();
-            let per_poll = if gap_60s {
-                (per_poll + self.baseline_body_gap).saturating_sub(self.baseline_body_interval)
-            } else {
-                per_poll
-            };
-            per_poll * 1440
-        })
+        self.scenario(key).map_or(0, |s| s.baseline.per_poll() * 1440)
     }
 
     /// What the churn trace cost above idling, (tern, baseline): its bytes
@@ -303,7 +294,7 @@ impl Report {
     }
 
     /// The figures `budgets.toml` holds (`[wire_clean]`).
-    pub fn budget_figures(&self) -> Vec<(&'static str, u64)> {
+    pub fn budget_figures(&self) -> Vec<(&str, u64)> {
         let get = |k: &str| self.scenario(k);
         let mut out = Vec::new();
         if let Some(s) = get("first_contact") {
@@ -317,7 +308,7 @@ impl Report {
         }
         for k in ["churn_trace", "agent_restart", "server_restart"] {
             if let Some(s) = get(k) {
-                out.push((s.key, s.tern.bytes()));
+                out.push((s.key.as_str(), s.tern.bytes()));
             }
         }
         out
@@ -783,7 +774,7 @@ pub fn churn_events() -> Vec<(&'static str, Vec<&'static str>)> {
 
 /// A repeated scenario: the run with the median tern bytes, every run's
 /// bytes kept.
-fn median_of(key: &'static str, name: &str, mut sides: Vec<(Side, Side)>) -> Scenario {
+fn median_of(key: &str, name: &str, mut sides: Vec<(Side, Side)>) -> Scenario {
     let tern: Vec<u64> = sides.iter().map(|(t, _)| t.bytes()).collect();
     let baseline: Vec<u64> = sides.iter().map(|(_, b)| b.bytes()).collect();
     let packets: Vec<Vec<link::Packet>> = sides.iter().map(|(t, _)| t.packets.clone()).collect();
@@ -793,7 +784,7 @@ fn median_of(key: &'static str, name: &str, mut sides: Vec<(Side, Side)>) -> Sce
         (t.repeats, b.repeats, t.repeat_packets) = (tern, baseline, packets);
     }
     let name = if t.repeats.len() > 1 { format!("{name} (median of {})", t.repeats.len()) } else { name.to_owned() };
-    Scenario { key, name, tern: t, baseline: b }
+    Scenario { key: key.to_owned(), name, tern: t, baseline: b }
 }
 
 fn machine() -> String {
@@ -898,7 +889,7 @@ async fn run_async(options: &Options) -> anyhow::Result<Report> {
     b.wait_polls(Class::Baseline, 1, limit).await?;
     let b1 = b.mark(Class::Baseline).await?;
     scenarios.push(Scenario {
-        key: "first_contact",
+        key: "first_contact".into(),
         name: "first contact".into(),
         tern: b.one(Class::Tern, &t0, &t1),
         baseline: b.one(Class::Baseline, &b0, &b1),
@@ -921,7 +912,7 @@ async fn run_async(options: &Options) -> anyhow::Result<Report> {
     let doc1 = portainer::docker_snapshot(&portainer::read_engine(&run.docker_socket()).await?, gap as i64);
     let (tc, bc) = (b.cycles(Class::Tern, &t0, &t1), b.cycles(Class::Baseline, &b0, &b1));
     scenarios.push(Scenario {
-        key: "idle_kept_alive",
+        key: "idle_kept_alive".into(),
         name: format!("{n} idle polls, connection kept alive"),
         tern: Side::new(&t0, &t1, tc),
         baseline: Side::new(&b0, &b1, bc),
@@ -981,7 +972,7 @@ async fn run_async(options: &Options) -> anyhow::Result<Report> {
         }
     }
     scenarios.push(Scenario {
-        key: "churn_trace",
+        key: "churn_trace".into(),
         name: format!("churn trace ({} events)", events.len()),
         tern: Side::new(&t0, &t1, Vec::new()),
         baseline: Side::new(&b0, &b1, Vec::new()),
@@ -1040,7 +1031,7 @@ async fn run_async(options: &Options) -> anyhow::Result<Report> {
     let b1 = b.mark(Class::Baseline).await?;
     let (tc, bc) = (b.cycles(Class::Tern, &t0, &t1), b.cycles(Class::Baseline, &b0, &b1));
     scenarios.push(Scenario {
-        key: "idle_new_connection",
+        key: "idle_new_connection".into(),
         name: format!("{n} idle polls, server closes every connection"),
         tern: Side::new(&t0, &t1, tc),
         baseline: Side::new(&b0, &b1, bc),

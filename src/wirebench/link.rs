@@ -31,7 +31,7 @@ use tokio::io::unix::AsyncFd;
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 
 /// Which traffic a packet belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Class {
     /// To and from tern's server port.
     Tern,
@@ -52,7 +52,7 @@ fn class_index(c: Class) -> usize {
 }
 
 /// One direction's shaping.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Shape {
     /// Serialization rate in bit/s; `None`: as fast as the host goes.
     pub rate_bps: Option<u64>,
@@ -71,7 +71,7 @@ impl Shape {
 }
 
 /// Counts for one direction of one class.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DirCount {
     /// Packets the sender put on the link (lost and dropped ones included).
     pub packets: u64,
@@ -96,7 +96,7 @@ impl DirCount {
 }
 
 /// Counts for one class, both ways. Up is from the agent's side.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FlowCount {
     /// Agent to server.
     pub up: DirCount,
@@ -122,7 +122,7 @@ impl FlowCount {
 }
 
 /// What happened to a packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Fate {
     /// Delivered (after its delay).
     Sent,
@@ -133,7 +133,7 @@ pub enum Fate {
 }
 
 /// One packet, as the log keeps it.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct Packet {
     /// When the sender put it on the link, since the link started.
     pub at: Duration,

@@ -172,6 +172,15 @@ pub fn summary_markdown(reports: &[Report]) -> String {
     out
 }
 
+/// A profile's name as the chart shows it.
+fn short(name: &str) -> &str {
+    match name {
+        "2g" => "2G link",
+        "clean" => "clean link",
+        other => other,
+    }
+}
+
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
@@ -184,9 +193,9 @@ pub fn chart_svg(reports: &[Report]) -> String {
         .iter()
         .flat_map(|r| {
             [
-                (format!("{}, kept alive", r.profile.name), r.tern_per_day(false), r.baseline_per_day(false)),
+                (format!("{}, kept alive", short(&r.profile.name)), r.tern_per_day(false), r.baseline_per_day(false)),
                 (
-                    format!("{}, new connection every poll", r.profile.name),
+                    format!("{}, new connection every poll", short(&r.profile.name)),
                     r.tern_per_day(true),
                     r.baseline_per_day(true),
                 ),

@@ -12,7 +12,7 @@ use maud::html;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::settings::{IntervalOpts, interval_choice, interval_fail, interval_picker, interval_text, parse_interval};
+use super::settings::{IntervalChoices, IntervalOpts, interval_picker, interval_text};
 use super::{ApiFail, FieldAttrs, Nav, Ui, csrf_field, form_error, n, page, s, text_field};
 use crate::server::http::AppState;
 
@@ -77,7 +77,7 @@ async fn render(ui: &Ui, id: u64, refused: Option<Refused<'_>>, saved: Option<&s
     let own = &env["intervals"];
     let (intervals, intervals_err) = match &refused {
         Some(Refused::Intervals(f, e)) => ((*f).clone(), Some(*e)),
-        _ => (IntervalsForm::from_settings(own), None),
+        _ => (IntervalsForm { csrf: String::new(), choices: IntervalChoices::of_settings(own) }, None),
     };
     let other_err = match &refused {
         Some(Refused::Other(e)) => Some(*e),
@@ -85,7 +85,8 @@ async fn render(ui: &Ui, id: u64, refused: Option<Refused<'_>>, saved: Option<&s
     };
     let eff = &env["effective_intervals"];
     let name = s(&env, "name").to_owned();
-    let pick = |field: &str, label: &str, choice: &str, custom: &str| {
+    let pick = |field: &str, label: &str| {
+        let (choice, custom) = intervals.choices.get(field);
         let opts = IntervalOpts { offer_default: true, default_seconds: None, hint: None };
         interval_picker(field, label, choice, custom, &opts, intervals_err)
     };
@@ -130,9 +131,9 @@ async fn render(ui: &Ui, id: u64, refused: Option<Refused<'_>>, saved: Option<&s
                 (csrf_field(&ui.csrf))
                 // A bare "intervals" error (all three disabled) shows here.
                 (form_error(intervals_err, &["intervals.ping", "intervals.snapshot", "intervals.command"]))
-                (pick("ping", "Ping interval", &intervals.ping, &intervals.ping_custom))
-                (pick("snapshot", "Snapshot interval", &intervals.snapshot, &intervals.snapshot_custom))
-                (pick("command", "Command interval", &intervals.command, &intervals.command_custom))
+                (pick("ping", "Ping interval"))
+                (pick("snapshot", "Snapshot interval"))
+                (pick("command", "Command interval"))
                 button.primary type="submit" { "Save intervals" }
             }
         }
@@ -191,48 +192,16 @@ async fn save(ui: Ui, Path(id): Path<u64>, axum::Form(f): axum::Form<DetailsForm
 struct IntervalsForm {
     #[serde(default)]
     csrf: String,
-    #[serde(default)]
-    ping: String,
-    #[serde(default)]
-    ping_custom: String,
-    #[serde(default)]
-    snapshot: String,
-    #[serde(default)]
-    snapshot_custom: String,
-    #[serde(default)]
-    command: String,
-    #[serde(default)]
-    command_custom: String,
-}
-
-impl IntervalsForm {
-    /// The form for an environment's own settings (`null`: the default).
-    fn from_settings(own: &Value) -> Self {
-        let one = |k: &str| interval_choice(own[k].as_u64().and_then(|v| u32::try_from(v).ok()), true);
-        let (ping, ping_custom) = one("ping");
-        let (snapshot, snapshot_custom) = one("snapshot");
-        let (command, command_custom) = one("command");
-        Self { csrf: String::new(), ping, ping_custom, snapshot, snapshot_custom, command, command_custom }
-    }
+    #[serde(flatten)]
+    choices: IntervalChoices,
 }
 
 async fn save_intervals(ui: Ui, Path(id): Path<u64>, axum::Form(f): axum::Form<IntervalsForm>) -> Response {
-    let mut m = Map::new();
-    for (name, choice, custom) in [
-        ("ping", &f.ping, &f.ping_custom),
-        ("snapshot", &f.snapshot, &f.snapshot_custom),
-        ("command", &f.command, &f.command_custom),
-    ] {
-        match parse_interval(choice, custom) {
-            Ok(v) => {
-                m.insert(name.into(), json!(v));
-            }
-            Err(message) => {
-                let e = interval_fail(name, message);
-                return render(&ui, id, Some(Refused::Intervals(&f, &e)), None, e.status).await;
-            }
-        }
-    }
+    // Every timer is sent: `null` puts it back on the default.
+    let m: Map<String, Value> = match f.choices.parse() {
+        Ok(all) => all.into_iter().map(|(name, v)| (name.to_owned(), json!(v))).collect(),
+        Err(e) => return render(&ui, id, Some(Refused::Intervals(&f, &e)), None, e.status).await,
+    };
     match ui.send(Method::PUT, &format!("/api/environments/{id}/intervals"), &Value::Object(m), &f.csrf).await {
         Ok(_) => Redirect::to(&format!("/environments/{id}/edit?saved=intervals")).into_response(),
         Err(e) => render(&ui, id, Some(Refused::Intervals(&f, &e)), None, e.status).await,

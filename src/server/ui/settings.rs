@@ -427,10 +427,12 @@ fn plural(n: u64, one: &str) -> String {
 
 // ----- default intervals -----
 
+/// The three interval pickers of a form as sent (each a choice and its
+/// custom text): the settings page, the wizard and an environment's edit
+/// page all take them, flattened into their own form.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
-struct IntervalsForm {
-    csrf: String,
+pub struct IntervalChoices {
     ping: String,
     ping_custom: String,
     snapshot: String,
@@ -439,14 +441,53 @@ struct IntervalsForm {
     command_custom: String,
 }
 
-impl IntervalsForm {
-    fn get(&self, name: &str) -> (&str, &str) {
+impl IntervalChoices {
+    /// The timers' names, in the API's order.
+    pub const NAMES: [&'static str; 3] = ["ping", "snapshot", "command"];
+
+    /// One picker's choice and custom text (`name` is one of [`Self::NAMES`]).
+    pub fn get(&self, name: &str) -> (&str, &str) {
         match name {
             "ping" => (&self.ping, &self.ping_custom),
             "snapshot" => (&self.snapshot, &self.snapshot_custom),
             _ => (&self.command, &self.command_custom),
         }
     }
+
+    /// The pickers showing an environment's own intervals (`null`: the
+    /// default).
+    pub fn of_settings(own: &Value) -> Self {
+        let one = |k: &str| interval_choice(own[k].as_u64().and_then(|v| u32::try_from(v).ok()), true);
+        let ((ping, ping_custom), (snapshot, snapshot_custom), (command, command_custom)) =
+            (one("ping"), one("snapshot"), one("command"));
+        Self { ping, ping_custom, snapshot, snapshot_custom, command, command_custom }
+    }
+
+    /// Each timer's seconds (`None`: the default), or the first picker's
+    /// refusal, shown next to it.
+    ///
+    /// # Errors
+    /// What [`parse_interval`] said, as [`interval_fail`].
+    pub fn parse(&self) -> Result<[(&'static str, Option<u32>); 3], ApiFail> {
+        let one = |name: &'static str| {
+            let (choice, custom) = self.get(name);
+            parse_interval(choice, custom).map(|v| (name, v)).map_err(|m| interval_fail(name, m))
+        };
+        Ok([one("ping")?, one("snapshot")?, one("command")?])
+    }
+
+    /// Whether any picker is set to something but the default.
+    pub fn any_set(&self) -> bool {
+        Self::NAMES.iter().any(|n| !matches!(self.get(n).0, "" | INTERVAL_DEFAULT))
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+struct IntervalsForm {
+    csrf: String,
+    #[serde(flatten)]
+    choices: IntervalChoices,
 }
 
 fn intervals_section(ui: &Ui, data: &Data, view: &View, notice: Markup) -> Markup {
@@ -469,7 +510,7 @@ fn intervals_section(ui: &Ui, data: &Data, view: &View, notice: Markup) -> Marku
                 div.row {
                     @for (name, label, what) in TIMERS {
                         @let (choice, custom) = match &view.intervals {
-                            Some(f) => { let (c, k) = f.get(name); (c.to_owned(), k.to_owned()) }
+                            Some(f) => { let (c, k) = f.choices.get(name); (c.to_owned(), k.to_owned()) }
                             None => interval_choice(current[*name].as_u64().and_then(|v| u32::try_from(v).ok()), false),
                         };
                         @let count = following[*name].as_u64();
@@ -498,16 +539,16 @@ fn follows(n: u64) -> String {
 
 async fn save_intervals(ui: Ui, Form(f): Form<IntervalsForm>) -> Response {
     let mut intervals = Map::new();
-    for (name, _, _) in TIMERS {
-        let (choice, custom) = f.get(name);
-        let fail = match parse_interval(choice, custom) {
-            Ok(Some(v)) => {
-                intervals.insert((*name).to_owned(), json!(v));
-                continue;
+    let parsed = f.choices.parse().and_then(|all| {
+        all.into_iter().try_for_each(|(name, v)| match v {
+            Some(v) => {
+                intervals.insert(name.to_owned(), json!(v));
+                Ok(())
             }
-            Ok(None) => interval_fail(name, "choose an interval (the defaults themselves have no default)"),
-            Err(m) => interval_fail(name, m),
-        };
+            None => Err(interval_fail(name, "choose an interval (the defaults themselves have no default)")),
+        })
+    });
+    if let Err(fail) = parsed {
         return render(&ui, View { fail: Some((Part::Intervals, fail)), intervals: Some(f), ..View::default() }).await;
     }
     match ui.send(Method::PUT, "/api/settings", &json!({ "intervals": intervals }), &f.csrf).await {

@@ -17,9 +17,9 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use maud::html;
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
-use super::settings::{IntervalOpts, interval_fail, interval_picker, parse_interval};
+use super::settings::{IntervalChoices, IntervalOpts, interval_picker};
 use super::{ApiFail, FieldAttrs, Nav, Ui, csrf_field, form_error, page, s, text_field};
 use crate::server::http::AppState;
 
@@ -39,18 +39,8 @@ struct CreateForm {
     name: String,
     #[serde(default)]
     url: String,
-    #[serde(default)]
-    ping: String,
-    #[serde(default)]
-    ping_custom: String,
-    #[serde(default)]
-    snapshot: String,
-    #[serde(default)]
-    snapshot_custom: String,
-    #[serde(default)]
-    command: String,
-    #[serde(default)]
-    command_custom: String,
+    #[serde(flatten)]
+    intervals: IntervalChoices,
     #[serde(default)]
     group: String,
     #[serde(default)]
@@ -81,8 +71,9 @@ async fn render_new(ui: &Ui, f: &CreateForm, err: Option<&ApiFail>, status: Stat
     let more_open = err.is_some_and(|e| ["intervals", "group", "tags"].iter().any(|f| e.for_field(f).is_some()))
         || !f.group.is_empty()
         || !f.tags.is_empty()
-        || [&f.ping, &f.snapshot, &f.command].iter().any(|c| !c.is_empty() && c.as_str() != "default");
-    let pick = |name: &str, label: &str, choice: &str, custom: &str| {
+        || f.intervals.any_set();
+    let pick = |name: &str, label: &str| {
+        let (choice, custom) = f.intervals.get(name);
         let opts = IntervalOpts {
             offer_default: true,
             default_seconds: defaults[name].as_u64().and_then(|v| u32::try_from(v).ok()),
@@ -108,9 +99,9 @@ async fn render_new(ui: &Ui, f: &CreateForm, err: Option<&ApiFail>, status: Stat
                 summary { "More settings" }
                 p.hint { "How often the agent checks in (ping), sends its state (snapshot) and asks for commands. \
                     The defaults are in Settings; any one may be disabled, not all three." }
-                (pick("ping", "Ping interval", &f.ping, &f.ping_custom))
-                (pick("snapshot", "Snapshot interval", &f.snapshot, &f.snapshot_custom))
-                (pick("command", "Command interval", &f.command, &f.command_custom))
+                (pick("ping", "Ping interval"))
+                (pick("snapshot", "Snapshot interval"))
+                (pick("command", "Command interval"))
                 div.field {
                     label for="f-group" { "Group" }
                     select id="f-group" name="group" aria-invalid=[err.and_then(|e| e.for_field("group")).map(|_| "true")] {
@@ -132,22 +123,10 @@ async fn render_new(ui: &Ui, f: &CreateForm, err: Option<&ApiFail>, status: Stat
     (status, page(ui, Nav::Environments, "Add environment", body)).into_response()
 }
 
+/// The intervals the form sets (the defaults left out).
 fn intervals_of(f: &CreateForm) -> Result<Value, ApiFail> {
-    let mut m = Map::new();
-    for (name, choice, custom) in [
-        ("ping", &f.ping, &f.ping_custom),
-        ("snapshot", &f.snapshot, &f.snapshot_custom),
-        ("command", &f.command, &f.command_custom),
-    ] {
-        match parse_interval(choice, custom) {
-            Ok(Some(v)) => {
-                m.insert(name.into(), json!(v));
-            }
-            Ok(None) => {}
-            Err(message) => return Err(interval_fail(name, message)),
-        }
-    }
-    Ok(Value::Object(m))
+    let set = f.intervals.parse()?.into_iter().filter_map(|(name, v)| Some((name.to_owned(), json!(v?))));
+    Ok(Value::Object(set.collect()))
 }
 
 async fn create(ui: Ui, axum::Form(f): axum::Form<CreateForm>) -> Response {

@@ -13,7 +13,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Nav, Ui, ago, bytes, csrf_field, encode, error_page, n, now, page, s, utc, wants_json, when};
+use super::{Nav, Ui, ago, bytes, csrf_field, encode, error_page, label_names, n, now, page, s, utc, wants_json, when};
 use crate::server::http::AppState;
 
 /// Rows per page of the list (the API's page size).
@@ -50,15 +50,6 @@ struct ListQuery {
     #[serde(default)]
     status: String,
     page: Option<u64>,
-}
-
-/// The options of a `<select>` of groups or tags, from the API.
-async fn label_names(ui: &Ui, path: &str) -> Vec<String> {
-    ui.get(path)
-        .await
-        .ok()
-        .and_then(|r| r.json.as_array().map(|a| a.iter().map(|l| s(l, "name").to_owned()).collect()))
-        .unwrap_or_default()
 }
 
 fn select(id: &str, name: &str, label: &str, options: &[String], current: &str, any: &str) -> Markup {
@@ -651,7 +642,8 @@ mod tests {
         let router = fleet(1);
         let off = "ping=0&snapshot=0&command=0";
         let (status, html) =
-            post(&router, "/environments/new", &format!("csrf=csrf-1&name=x&url=https%3A%2F%2Fops.example.com&{off}")).await;
+            post(&router, "/environments/new", &format!("csrf=csrf-1&name=x&url=https%3A%2F%2Fops.example.com&{off}"))
+                .await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
         assert!(html.contains("role=\"alert\"") && html.contains("at least one must be above 0"), "{html}");
         let (status, html) = post(&router, "/environments/1/intervals", &format!("csrf=csrf-1&{off}")).await;
@@ -718,7 +710,9 @@ mod tests {
                 (enc, axum::body::to_bytes(resp.into_body(), 1 << 24).await.unwrap().len())
             }
         };
-        for path in ["/environments".to_owned(), super::super::css_path().to_owned(), super::super::js_path().to_owned()] {
+        for path in
+            ["/environments".to_owned(), super::super::css_path().to_owned(), super::super::js_path().to_owned()]
+        {
             let (plain_enc, plain) = fetch(path.clone(), false).await;
             let (enc, gz) = fetch(path.clone(), true).await;
             assert_eq!((plain_enc, enc.as_deref()), (None, Some("gzip")), "{path}");

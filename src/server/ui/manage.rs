@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::settings::{IntervalChoices, IntervalOpts, interval_picker, interval_text};
-use super::{ApiFail, FieldAttrs, Nav, Ui, csrf_field, form_error, n, page, s, text_field};
+use super::{ApiFail, FieldAttrs, Nav, Ui, csrf_field, form_error, label_names, n, page, s, text_field};
 use crate::server::http::AppState;
 
 /// The routes.
@@ -49,16 +49,12 @@ async fn edit_page(ui: Ui, Path(id): Path<u64>, axum::extract::Query(q): axum::e
 }
 
 async fn render(ui: &Ui, id: u64, refused: Option<Refused<'_>>, saved: Option<&str>, status: StatusCode) -> Response {
-    let paths = [format!("/api/environments/{id}"), "/api/groups".to_owned()];
-    let (env, groups) = tokio::join!(ui.get(&paths[0]), ui.get(&paths[1]));
+    let path = format!("/api/environments/{id}");
+    let (env, groups) = tokio::join!(ui.get(&path), label_names(ui, "/api/groups"));
     let env = match env {
         Ok(r) => r.json,
         Err(e) => return super::fail_page(&e),
     };
-    let groups: Vec<String> = groups
-        .ok()
-        .and_then(|r| r.json.as_array().map(|a| a.iter().map(|g| s(g, "name").to_owned()).collect()))
-        .unwrap_or_default();
     let (details, details_err) = match &refused {
         Some(Refused::Details(f, e)) => ((*f).clone(), Some(*e)),
         _ => (

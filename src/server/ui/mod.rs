@@ -108,7 +108,9 @@ pub fn routes(api: Router) -> Router<Arc<AppState>> {
         // instead of a 404 each time.
         .route(
             "/favicon.ico",
-            get(|| async { (StatusCode::NO_CONTENT, [(header::CACHE_CONTROL, "public, max-age=31536000, immutable")]) }),
+            get(|| async {
+                (StatusCode::NO_CONTENT, [(header::CACHE_CONTROL, "public, max-age=31536000, immutable")])
+            }),
         )
         .merge(envs::routes())
         .merge(wizard::routes())
@@ -358,6 +360,17 @@ impl Ui {
     pub async fn load(&self, path: &str) -> Result<Reply, Response> {
         self.get(path).await.map_err(|e| fail_page(&e))
     }
+}
+
+/// The names in a list the API gives (groups, tags): the options of a
+/// `<select>` or a `<datalist>`; none when the API fails (a page still
+/// shows, without suggestions).
+pub async fn label_names(ui: &Ui, path: &str) -> Vec<String> {
+    ui.get(path)
+        .await
+        .ok()
+        .and_then(|r| r.json.as_array().map(|a| a.iter().map(|l| s(l, "name").to_owned()).collect()))
+        .unwrap_or_default()
 }
 
 /// The response for an API failure while loading a page.

@@ -23,8 +23,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    ApiFail, FieldAttrs, Nav, Ui, csrf_field, encode, error_page, fail_page, form_error, n, now, page, s, text_field,
-    utc, wants_json, when,
+    ApiFail, FieldAttrs, Nav, Ui, csrf_field, encode, error_page, fail_page, form_error, label_names, n, now, page, s,
+    text_field, utc, wants_json, when,
 };
 use crate::server::http::AppState;
 
@@ -87,15 +87,6 @@ pub(super) fn targets_json(environments: &str, groups: &str, tags: &str) -> Valu
         "groups": split_names(groups),
         "tags": split_names(tags),
     })
-}
-
-/// The names of the API's groups or tags (`path`), for suggestions.
-async fn label_names(ui: &Ui, path: &str) -> Vec<String> {
-    ui.get(path)
-        .await
-        .ok()
-        .and_then(|r| r.json.as_array().map(|a| a.iter().map(|l| s(l, "name").to_owned()).collect()))
-        .unwrap_or_default()
 }
 
 /// The `<datalist>`s of group, tag and (for a small fleet) environment

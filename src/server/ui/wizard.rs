@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::settings::{IntervalChoices, IntervalOpts, interval_picker};
-use super::{ApiFail, FieldAttrs, Nav, Ui, csrf_field, form_error, page, s, text_field};
+use super::{ApiFail, FieldAttrs, Nav, Ui, csrf_field, form_error, label_names, page, s, text_field};
 use crate::server::http::AppState;
 
 /// The routes.
@@ -59,14 +59,8 @@ async fn new_page(ui: Ui, headers: HeaderMap) -> Response {
 }
 
 async fn render_new(ui: &Ui, f: &CreateForm, err: Option<&ApiFail>, status: StatusCode) -> Response {
-    let (groups, settings) = tokio::join!(ui.get("/api/groups"), ui.get("/api/settings"));
+    let (groups, settings) = tokio::join!(label_names(ui, "/api/groups"), ui.get("/api/settings"));
     let defaults = settings.map(|r| r.json["intervals"].clone()).unwrap_or_default();
-    let names = |r: Result<super::Reply, ApiFail>| -> Vec<String> {
-        r.ok()
-            .and_then(|r| r.json.as_array().map(|a| a.iter().map(|g| s(g, "name").to_owned()).collect()))
-            .unwrap_or_default()
-    };
-    let groups = names(groups);
     // "More settings" opens by itself when one of its fields needs fixing.
     let more_open = err.is_some_and(|e| ["intervals", "group", "tags"].iter().any(|f| e.for_field(f).is_some()))
         || !f.group.is_empty()

@@ -215,16 +215,7 @@ impl Recorder {
 
     /// A poll failed.
     pub fn failure(&mut self, why: &str) {
-        let mut error = why.to_owned();
-        if error.len() > MAX_ERROR {
-            let mut cut = MAX_ERROR;
-            while !error.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            error.truncate(cut);
-            error.push('…');
-        }
-        self.record.error = Some(error);
+        self.record.error = Some(super::run::clip(why, MAX_ERROR));
         self.maybe_write();
     }
 

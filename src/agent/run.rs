@@ -221,16 +221,23 @@ const RESULT_BYTES_PER_POLL: usize = 512 * 1024;
 /// Error texts are kept short: they travel on a metered link.
 const MAX_ERROR: usize = 500;
 
-fn stored(r: &CommandResult) -> StoredResult {
-    let mut error = r.error.clone();
-    if error.len() > MAX_ERROR {
-        let mut cut = MAX_ERROR;
-        while !error.is_char_boundary(cut) {
+/// `text` cut to at most `max` bytes (on a character boundary), with `…`
+/// when it was cut.
+pub(super) fn clip(text: &str, max: usize) -> String {
+    let mut out = text.to_owned();
+    if out.len() > max {
+        let mut cut = max;
+        while !out.is_char_boundary(cut) {
             cut -= 1;
         }
-        error.truncate(cut);
-        error.push('…');
+        out.truncate(cut);
+        out.push('…');
     }
+    out
+}
+
+fn stored(r: &CommandResult) -> StoredResult {
+    let error = clip(&r.error, MAX_ERROR);
     StoredResult {
         id: r.id,
         status: status_text(r.status).to_owned(),

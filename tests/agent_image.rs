@@ -187,6 +187,20 @@ async fn the_generated_command_runs_the_image_as_a_non_root_agent() {
         assert!(groups.split_whitespace().any(|g| g == gid.to_string()), "groups {groups:?} lack the socket's {gid}");
     }
 
+    // TCP timestamps off in the agent container's own network namespace
+    // (the command's --sysctl), so its connection to the server carries no
+    // timestamp option: `ss` shows `ts` for a connection that has one.
+    let in_agent_netns = |args: &[&str]| {
+        let out = Command::new("nsenter").arg(format!("--net=/proc/{pid}/ns/net")).args(args).output().unwrap();
+        assert!(out.status.success(), "nsenter {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(in_agent_netns(&["cat", "/proc/sys/net/ipv4/tcp_timestamps"]).trim(), "0");
+    let port = server.url().rsplit(':').next().unwrap().to_owned();
+    let ss = in_agent_netns(&["ss", "-tnoi", "state", "established", "dport", &format!("= :{port}")]);
+    assert!(ss.contains(&format!(":{port}")), "the agent's connection to the server:\n{ss}");
+    assert!(!ss.split_whitespace().any(|w| w == "ts"), "no TCP timestamps on the agent's connection:\n{ss}");
+
     // A command through the containerised agent.
     let c = wait_command(&mut api, env, "container.stop", &web).await;
     assert_eq!(c["status"], "ok", "{c}");

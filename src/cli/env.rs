@@ -72,6 +72,11 @@ pub enum EnvCommand {
         /// The host's Docker volume path, when not /var/lib/docker/volumes.
         #[arg(long)]
         volume_path: Option<String>,
+        /// Keep TCP timestamps on the agent's connection: the Linux command
+        /// then leaves out --sysctl net.ipv4.tcp_timestamps=0 (needed on
+        /// hosts with Linux before 4.15; otherwise 12 bytes a packet saved).
+        #[arg(long)]
+        tcp_timestamps: bool,
     },
     /// List environments: status, last poll, snapshot age, containers.
     List {
@@ -239,6 +244,7 @@ fn print_detail(e: &Value) {
     line("env vars", if vars.is_empty() { "-".into() } else { vars.join(",") });
     line("self-signed", if e["allow_self_signed"] == true { "allowed".into() } else { "refused".into() });
     line("volume path", e["volume_path"].as_str().unwrap_or("default").to_owned());
+    line("tcp timestamps", if e["tcp_timestamps"] == true { "kept".into() } else { "off (--sysctl)".into() });
     line("root", text(&e["root"]));
 }
 
@@ -340,6 +346,7 @@ pub fn run(command: EnvCommand, args: &ApiArgs) -> anyhow::Result<()> {
             env_vars,
             allow_self_signed,
             volume_path,
+            tcp_timestamps,
         } => {
             let mut body = json!({ "name": name, "url": url.as_deref().unwrap_or(&args.server) });
             let mut intervals = serde_json::Map::new();
@@ -365,6 +372,9 @@ pub fn run(command: EnvCommand, args: &ApiArgs) -> anyhow::Result<()> {
             }
             if let Some(p) = volume_path {
                 body["volume_path"] = json!(p);
+            }
+            if tcp_timestamps {
+                body["tcp_timestamps"] = json!(true);
             }
             let created = api.post("/api/environments", &body)?;
             api.print(&created, print_created);

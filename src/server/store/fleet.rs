@@ -218,6 +218,9 @@ pub struct FleetOptions {
     pub volume_path: Option<String>,
     /// The EDGE_ID its deploy commands carry.
     pub deploy_edge_id: Option<String>,
+    /// Whether the agent's connection keeps TCP timestamps (by default its
+    /// Linux command turns them off).
+    pub tcp_timestamps: bool,
 }
 
 /// A new environment with everything it may be created with.
@@ -254,6 +257,8 @@ pub struct EnvironmentChange {
     pub allow_self_signed: Option<bool>,
     /// The Docker volume path (`Some(None)`: the default).
     pub volume_path: Option<Option<String>>,
+    /// TCP timestamps kept.
+    pub tcp_timestamps: Option<bool>,
 }
 
 /// Which environments to list.
@@ -502,7 +507,7 @@ impl Store {
         let o = &new.options;
         tx.execute(
             "UPDATE environments SET group_id = ?2, url = ?3, env_vars = ?4, allow_self_signed = ?5,
-                volume_path = ?6, deploy_edge_id = ?7 WHERE id = ?1",
+                volume_path = ?6, deploy_edge_id = ?7, tcp_timestamps = ?8 WHERE id = ?1",
             params![
                 sql_id(env.id),
                 group.map(sql_id),
@@ -510,7 +515,8 @@ impl Store {
                 o.env_vars.join(","),
                 o.allow_self_signed,
                 o.volume_path,
-                o.deploy_edge_id
+                o.deploy_edge_id,
+                o.tcp_timestamps
             ],
         )?;
         set_tags(&tx, env.id, &new.tags)?;
@@ -556,6 +562,9 @@ impl Store {
         if let Some(path) = &change.volume_path {
             set("volume_path", path)?;
         }
+        if let Some(keep) = change.tcp_timestamps {
+            set("tcp_timestamps", &keep)?;
+        }
         tx.commit()?;
         Ok(())
     }
@@ -590,7 +599,8 @@ impl Store {
     pub fn fleet_options(&self, id: u64) -> Result<FleetOptions, StoreError> {
         self.conn
             .query_row(
-                "SELECT url, env_vars, allow_self_signed, volume_path, deploy_edge_id FROM environments WHERE id = ?1",
+                "SELECT url, env_vars, allow_self_signed, volume_path, deploy_edge_id, tcp_timestamps
+                 FROM environments WHERE id = ?1",
                 [sql_id(id)],
                 |r| {
                     Ok(FleetOptions {
@@ -599,6 +609,7 @@ impl Store {
                         allow_self_signed: r.get(2)?,
                         volume_path: r.get(3)?,
                         deploy_edge_id: r.get(4)?,
+                        tcp_timestamps: r.get(5)?,
                     })
                 },
             )
@@ -954,6 +965,7 @@ mod tests {
                 allow_self_signed: false,
                 volume_path: None,
                 deploy_edge_id: None,
+                tcp_timestamps: false,
             },
         }
     }

@@ -304,6 +304,9 @@ const MIGRATIONS: &[&str] = &[
         received_at INTEGER NOT NULL,
         UNIQUE (job, environment, run)
     );",
+    // 10: whether an environment's Linux deploy command keeps TCP
+    // timestamps (see `api::fleet::linux_command`).
+    "ALTER TABLE environments ADD COLUMN tcp_timestamps INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The interval every timer runs at when neither the environment nor the

@@ -550,6 +550,7 @@ mod tests {
                             allow_self_signed: false,
                             volume_path: None,
                             deploy_edge_id: None,
+                            tcp_timestamps: false,
                         },
                     },
                     now,

@@ -227,30 +227,39 @@ enum BenchCommand {
     /// in a Docker engine of its own, a real server and agent, the
     /// Portainer-style baseline beside them, on an emulated link; prints the
     /// results table and writes it (markdown and JSON) to --out.
-    Wire {
-        /// Link profile: clean, 2g, satellite, or all (one after the other).
-        #[arg(long, default_value = "all")]
-        profile: String,
-        /// Polls in each idle scenario.
-        #[arg(long, default_value_t = 60)]
-        idle_polls: u64,
-        /// Where the results go (<profile>.md, <profile>.json, results.md).
-        #[arg(long, default_value = "wirebench-results")]
-        out: std::path::PathBuf,
-        /// Also write the bytes-per-day chart of the profiles run here (SVG).
-        #[arg(long)]
-        svg: Option<std::path::PathBuf>,
-        /// Seed of the link's random loss.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// The source tree (for scripts/make-fixtures.sh).
-        #[arg(long, default_value = env!("CARGO_MANIFEST_DIR"))]
-        repo: std::path::PathBuf,
-        /// Run nothing: print the tables of the runs saved in --out
-        /// (<profile>.json) and write --svg from them.
-        #[arg(long)]
-        report: bool,
-    },
+    Wire(WireArgs),
+}
+
+/// `tern bench wire`'s options.
+#[cfg(all(feature = "server", feature = "agent", target_os = "linux"))]
+#[derive(clap::Args)]
+struct WireArgs {
+    /// Link profile: clean, 2g, satellite, or all (one after the other).
+    #[arg(long, default_value = "all")]
+    profile: String,
+    /// Polls in each idle scenario.
+    #[arg(long, default_value_t = 60)]
+    idle_polls: u64,
+    /// Where the results go (<profile>.md, <profile>.json, results.md).
+    #[arg(long, default_value = "wirebench-results")]
+    out: std::path::PathBuf,
+    /// Also write the bytes-per-day chart of the profiles run here (SVG).
+    #[arg(long)]
+    svg: Option<std::path::PathBuf>,
+    /// Seed of the link's random loss.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// The source tree (for scripts/make-fixtures.sh).
+    #[arg(long, default_value = env!("CARGO_MANIFEST_DIR"))]
+    repo: std::path::PathBuf,
+    /// The agent's binary, when not this one: e.g. the agent-only build
+    /// the image holds (scripts/agent-image.sh), for its memory figures.
+    #[arg(long)]
+    agent: Option<std::path::PathBuf>,
+    /// Run nothing: print the tables of the runs saved in --out
+    /// (<profile>.json) and write --svg from them.
+    #[arg(long)]
+    report: bool,
 }
 
 impl Command {
@@ -292,8 +301,8 @@ fn main() -> ExitCode {
         Command::Snapshot { show_secrets, verbose } => snapshot::run(show_secrets, verbose),
         Command::DecodeBody { file, reply } => decode_body(&file, reply),
         #[cfg(all(feature = "server", feature = "agent", target_os = "linux"))]
-        Command::Bench { command: BenchCommand::Wire { profile, idle_polls, out, svg, seed, repo, report } } => {
-            bench_wire(&profile, idle_polls, &out, svg.as_deref(), seed, repo, report)
+        Command::Bench { command: BenchCommand::Wire(args) } => {
+            bench_wire(&args)
         }
         #[cfg(feature = "agent")]
         Command::Agent { command: None } => return agent_main(),
@@ -604,17 +613,11 @@ fn quickstart(listen: std::net::SocketAddr, data: std::path::PathBuf, interval: 
 
 /// `tern bench wire`.
 #[cfg(all(feature = "server", feature = "agent", target_os = "linux"))]
-fn bench_wire(
-    profile: &str,
-    idle_polls: u64,
-    out: &std::path::Path,
-    svg: Option<&std::path::Path>,
-    seed: u64,
-    repo: std::path::PathBuf,
-    saved: bool,
-) -> anyhow::Result<()> {
+fn bench_wire(args: &WireArgs) -> anyhow::Result<()> {
     use anyhow::Context;
     use tern::wirebench::{Options, Profile, Report};
+    let WireArgs { profile, idle_polls, out, svg, seed, repo, agent, report: saved } = args;
+    let (profile, idle_polls, seed, saved) = (profile.as_str(), *idle_polls, *seed, *saved);
     let names: Vec<&str> = if profile == "all" { Profile::NAMES.to_vec() } else { vec![profile] };
     let profiles = names
         .iter()
@@ -635,6 +638,7 @@ fn bench_wire(
             let options = Options {
                 profile,
                 idle_polls,
+                agent: agent.clone().unwrap_or_else(|| tern.clone()),
                 tern: tern.clone(),
                 repo: repo.clone(),
                 seed,

@@ -110,8 +110,11 @@ pub struct Options {
     pub profile: Profile,
     /// Polls in each idle scenario.
     pub idle_polls: u64,
-    /// The `tern` binary (server and agent).
+    /// The `tern` binary (the server; the agent too unless `agent` is
+    /// another).
     pub tern: PathBuf,
+    /// The agent's binary (`tern`, or an agent-only build).
+    pub agent: PathBuf,
     /// The source tree (for `scripts/make-fixtures.sh`).
     pub repo: PathBuf,
     /// Seeds the link's loss.
@@ -224,6 +227,82 @@ pub struct CrossCheck {
     pub other_packets: u64,
 }
 
+/// What the agent process cost on the fixture host (the agent alone, its
+/// threads included; from `/proc/<pid>/stat` and `/proc/<pid>/status`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AgentCost {
+    /// CPU time (user + system) over the kept-alive idle polls, ms.
+    pub idle_cpu_ms: f64,
+    /// The polls it was measured over.
+    pub idle_polls: u64,
+    /// CPU time over the churn trace, ms.
+    pub churn_cpu_ms: f64,
+    /// The churn trace's polls.
+    pub churn_polls: u64,
+    /// Resident memory (VmRSS) after the churn trace, KiB.
+    pub rss_kib: u64,
+    /// The peak resident memory so far (VmHWM), KiB.
+    pub peak_rss_kib: u64,
+    /// Of `rss_kib`, anonymous memory (heap, stacks), KiB.
+    #[serde(default)]
+    pub anon_kib: u64,
+    /// Of `rss_kib`, file pages (the binary and libraries mapped), KiB.
+    #[serde(default)]
+    pub file_kib: u64,
+    /// The agent binary's size, bytes.
+    #[serde(default)]
+    pub binary_bytes: u64,
+    /// Whether the agent was a release build (a debug build costs several
+    /// times the CPU).
+    pub release: bool,
+}
+
+impl AgentCost {
+    /// CPU ms per idle poll.
+    pub fn idle_per_poll(&self) -> f64 {
+        self.idle_cpu_ms / self.idle_polls.max(1) as f64
+    }
+
+    /// CPU ms per poll during the churn trace.
+    pub fn churn_per_poll(&self) -> f64 {
+        self.churn_cpu_ms / self.churn_polls.max(1) as f64
+    }
+}
+
+/// Whether `tern` is an optimized build: this one, or by its path
+/// (`target/release/...`).
+fn is_release(tern: &Path) -> bool {
+    match std::env::current_exe() {
+        Ok(me) if me == tern => !cfg!(debug_assertions),
+        _ => !tern.components().any(|c| c.as_os_str() == "debug"),
+    }
+}
+
+/// A process's CPU time so far (user + system, every thread), ms.
+fn cpu_ms(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces), from field 3.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("malformed /proc stat")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11).context("utime")?.parse::<u64>()? + f.get(12).context("stime")?.parse::<u64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(ticks as f64 * 1000.0 / hz)
+}
+
+/// (VmRSS, VmHWM, RssAnon, RssFile) of a process, KiB.
+fn rss_kib(pid: u32) -> anyhow::Result<(u64, u64, u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let get = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok((get("VmRSS:"), get("VmHWM:"), get("RssAnon:"), get("RssFile:")))
+}
+
 /// A run's results.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
@@ -243,6 +322,9 @@ pub struct Report {
     pub events: Vec<String>,
     /// Event to server.
     pub latency: Latencies,
+    /// The agent's CPU and memory on the host.
+    #[serde(default)]
+    pub agent: AgentCost,
     /// The baseline's request body for the patch over the whole kept-alive
     /// scenario (`baseline_body_gap_s` long), against its mean body per poll
     /// at the run's interval: a patch grows with its gap (status texts such
@@ -805,6 +887,7 @@ async fn run_async(options: &Options) -> anyhow::Result<Report> {
     let mut run = setup::Run::create()?;
     say(&format!("run {} in {}", run.id, run.dir.display()));
     let (host_dev, agent_dev) = run.link_devices()?;
+    run.namespaces_as_deployed()?;
     let link = link::Link::start(host_dev, agent_dev, profile.up, profile.down, options.seed)?;
     run.start_engine()?;
     say("engine up; building the fixture host (scripts/make-fixtures.sh host40-up)");
@@ -874,14 +957,14 @@ async fn run_async(options: &Options) -> anyhow::Result<Report> {
     let agent_log = run.dir.join("agent.log");
     let agent_data = run.dir.join("agent");
     let mut agent =
-        AgentProc::start(&options.tern, &run.netns, &edge_key, &agent_data, &run.docker_host(), &agent_log)?;
+        AgentProc::start(&options.agent, &run.netns, &edge_key, &agent_data, &run.docker_host(), &agent_log)?;
     b.baseline = Some(portainer::Client::start(portainer::ClientConfig {
         ip: host_ip.clone(),
         port: sink.port,
         fingerprint: sink.fingerprint,
         interval,
         docker_socket: run.docker_socket(),
-        netns: run.netns_path(),
+        netns: run.baseline_netns_path(),
         endpoint: b.api.env,
     })?);
     b.wait_polls(Class::Tern, 1, limit).await?;
@@ -904,8 +987,16 @@ async fn run_async(options: &Options) -> anyhow::Result<Report> {
     let (t0, b0) = (b.mark(Class::Tern).await?, b.mark(Class::Baseline).await?);
     let doc_at = Instant::now();
     let doc0 = portainer::docker_snapshot(&portainer::read_engine(&run.docker_socket()).await?, 0);
+    let cpu0 = cpu_ms(agent.child.id())?;
     b.wait_polls(Class::Tern, t0.polls + n, limit + (interval * 2 + Duration::from_secs(5)) * n as u32).await?;
     let t1 = b.mark(Class::Tern).await?;
+    let mut cost = AgentCost {
+        idle_cpu_ms: cpu_ms(agent.child.id())? - cpu0,
+        idle_polls: t1.polls - t0.polls,
+        release: is_release(&options.agent),
+        binary_bytes: std::fs::metadata(&options.agent).map_or(0, |m| m.len()),
+        ..AgentCost::default()
+    };
     b.wait_polls(Class::Baseline, b0.polls + n, limit + (interval * 2 + Duration::from_secs(5)) * n as u32).await?;
     let b1 = b.mark(Class::Baseline).await?;
     let gap = doc_at.elapsed().as_secs();
@@ -940,6 +1031,7 @@ async fn run_async(options: &Options) -> anyhow::Result<Report> {
     let events = churn_events();
     let mut latency = Latencies::default();
     let (t0, b0) = (b.mark(Class::Tern).await?, b.mark(Class::Baseline).await?);
+    let cpu0 = cpu_ms(agent.child.id())?;
     let mut done_at = Vec::new();
     for (what, args) in &events {
         // Right after a poll (quiet), so the event lands in the next one.
@@ -960,6 +1052,15 @@ async fn run_async(options: &Options) -> anyhow::Result<Report> {
         }
     }
     let t1 = b.mark(Class::Tern).await?;
+    (cost.churn_cpu_ms, cost.churn_polls) = (cpu_ms(agent.child.id())? - cpu0, t1.polls - t0.polls);
+    (cost.rss_kib, cost.peak_rss_kib, cost.anon_kib, cost.file_kib) = rss_kib(agent.child.id())?;
+    b.say(format!(
+        "agent: {:.2} ms CPU per idle poll, {:.2} ms per churn poll, {} KiB resident ({} KiB peak)",
+        cost.idle_per_poll(),
+        cost.churn_per_poll(),
+        cost.rss_kib,
+        cost.peak_rss_kib
+    ));
     let b1 = b.mark(Class::Baseline).await?;
     {
         let stats =
@@ -984,7 +1085,7 @@ async fn run_async(options: &Options) -> anyhow::Result<Report> {
     for _ in 0..options.restarts.max(1) {
         let (t0, b0) = (b.mark(Class::Tern).await?, b.mark(Class::Baseline).await?);
         agent.stop();
-        agent = AgentProc::start(&options.tern, &run.netns, &edge_key, &agent_data, &run.docker_host(), &agent_log)?;
+        agent = AgentProc::start(&options.agent, &run.netns, &edge_key, &agent_data, &run.docker_host(), &agent_log)?;
         b.baseline.as_ref().expect("started").restart();
         b.wait_polls(Class::Tern, t0.polls + 1, limit).await?;
         let t1 = b.mark(Class::Tern).await?;
@@ -1065,6 +1166,7 @@ async fn run_async(options: &Options) -> anyhow::Result<Report> {
         scenarios,
         events,
         latency,
+        agent: cost,
         baseline_body_gap,
         baseline_body_interval,
         baseline_body_gap_s: gap,

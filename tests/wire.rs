@@ -37,6 +37,7 @@ fn clean_link_bytes_stay_within_their_budgets() {
         profile: Profile::by_name("clean").expect("the clean profile"),
         idle_polls: IDLE_POLLS,
         tern: PathBuf::from(env!("CARGO_BIN_EXE_tern")),
+        agent: PathBuf::from(env!("CARGO_BIN_EXE_tern")),
         repo: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
         seed: 1,
         restarts: 3,

@@ -266,8 +266,8 @@ pub struct ClientConfig {
     pub endpoint: u64,
 }
 
-/// The running baseline client (its own thread, inside the agent's
-/// namespace).
+/// The running baseline client (its own thread, inside its own network
+/// namespace behind the agent's; see `setup::Run::namespaces_as_deployed`).
 pub struct Client {
     control: tokio::sync::mpsc::UnboundedSender<Control>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -287,7 +287,7 @@ impl Client {
         let shared = stats.clone();
         let thread = std::thread::Builder::new().name("baseline-client".into()).spawn(move || {
             let setup = (|| -> anyhow::Result<tokio::runtime::Runtime> {
-                super::setup::enter_netns(&config.netns).context("entering the agent's namespace")?;
+                super::setup::enter_netns(&config.netns).context("entering the baseline's namespace")?;
                 Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
             })();
             let rt = match setup {

@@ -122,6 +122,23 @@ pub fn markdown(r: &Report) -> String {
         thousands(l.baseline_delivery_ms.iter().copied().max().unwrap_or(0)),
         if l.missed.is_empty() { String::new() } else { format!("; not seen in time: {}", l.missed.join(", ")) }
     );
+    let a = &r.agent;
+    if a.idle_polls > 0 {
+        let _ = writeln!(
+            out,
+            "The agent ({} build, a {:.1} MB binary; its threads included): {:.2} ms of CPU per idle poll, \
+             {:.2} ms per poll during the churn trace; {:.1} MB resident after the trace ({:.1} MB anonymous, \
+             {:.1} MB of mapped files; peak {:.1} MB).",
+            if a.release { "release" } else { "debug" },
+            a.binary_bytes as f64 / 1e6,
+            a.idle_per_poll(),
+            a.churn_per_poll(),
+            a.rss_kib as f64 / 1024.0,
+            a.anon_kib as f64 / 1024.0,
+            a.file_kib as f64 / 1024.0,
+            a.peak_rss_kib as f64 / 1024.0
+        );
+    }
     let c = &r.crosscheck;
     let _ = writeln!(
         out,

@@ -97,6 +97,55 @@ impl Run {
         Path::new("/var/run/netns").join(&self.netns)
     }
 
+    /// The baseline client's namespace, `tern-wb-<id>-b`.
+    pub fn baseline_netns(&self) -> String {
+        format!("{}-b", self.netns)
+    }
+
+    /// Its file, for `setns`.
+    pub fn baseline_netns_path(&self) -> PathBuf {
+        Path::new("/var/run/netns").join(self.baseline_netns())
+    }
+
+    /// The agent's namespace as the generated `docker run` command makes
+    /// the agent container's (TCP timestamps off), and the baseline's as
+    /// Portainer's command makes its agent's (the kernel's defaults).
+    ///
+    /// The baseline client gets a namespace of its own, behind the agent's:
+    /// a veth pair (`twb<id>v` in the agent's namespace, 10.77.<subnet>.5;
+    /// `twb<id>w` in the baseline's, .6) and forwarding in the agent's
+    /// namespace, so its packets still cross the one emulated link (the
+    /// veth hop is not counted, and forwarding changes no TCP option) with
+    /// TCP set up by its own namespace's settings.
+    ///
+    /// # Errors
+    /// When a device, address, route or setting cannot be made.
+    pub fn namespaces_as_deployed(&self) -> anyhow::Result<()> {
+        let (ns, b) = (self.netns.as_str(), self.baseline_netns());
+        let (v, w) = (format!("twb{}v", self.id), format!("twb{}w", self.id));
+        let sub = self.subnet;
+        let sysctl = |ns: &str, key: &str, value: &str| {
+            run_cmd("ip", &["netns", "exec", ns, "sysctl", "-q", "-w", &format!("{key}={value}")])
+        };
+        let (key, value) = crate::server::api::fleet::NO_TCP_TIMESTAMPS.split_once('=').context("a sysctl")?;
+        sysctl(ns, key, value)?;
+        run_cmd("ip", &["netns", "add", &b]).context("creating the baseline's namespace")?;
+        run_cmd("ip", &["-n", &b, "link", "set", "lo", "up"])?;
+        run_cmd("ip", &["-n", ns, "link", "add", &v, "type", "veth", "peer", "name", &w, "netns", &b])?;
+        for (n, dev) in [(ns, v.as_str()), (b.as_str(), w.as_str())] {
+            sysctl(n, &format!("net.ipv6.conf.{dev}.disable_ipv6"), "1")?;
+        }
+        run_cmd("ip", &["-n", ns, "addr", "add", &format!("10.77.{sub}.5/30"), "dev", &v])?;
+        run_cmd("ip", &["-n", ns, "link", "set", &v, "up"])?;
+        run_cmd("ip", &["-n", &b, "addr", "add", &format!("10.77.{sub}.6/30"), "dev", &w])?;
+        run_cmd("ip", &["-n", &b, "link", "set", &w, "up"])?;
+        run_cmd("ip", &["-n", &b, "route", "add", "default", "via", &format!("10.77.{sub}.5")])?;
+        sysctl(ns, "net.ipv4.ip_forward", "1")?;
+        run_cmd("ip", &["route", "add", &format!("10.77.{sub}.4/30"), "dev", &self.host_dev])
+            .context("routing the baseline's addresses over the link")?;
+        Ok(())
+    }
+
     /// Makes the two TUN devices, moves the agent's into the namespace and
     /// gives both their point-to-point addresses. IPv6 is off on both, so
     /// nothing but the benchmark's IPv4 crosses the link.
@@ -319,6 +368,7 @@ pub fn cleanup(id: &str) {
         }
     }
     quiet("ip", &["link", "del", &format!("twb{id}h")]);
+    quiet("ip", &["netns", "del", &format!("{name}-b")]);
     quiet("ip", &["netns", "del", &name]);
 }
 
@@ -360,8 +410,11 @@ pub fn sweep() {
     }
     for ns in run_cmd("ip", &["netns", "list"]).unwrap_or_default().lines() {
         let ns = ns.split_whitespace().next().unwrap_or_default();
-        if let Some(id) = ns.strip_prefix(PREFIX)
-            && !tmp.join(ns).exists()
+        // A run's baseline namespace (`<name>-b`) belongs to the run's
+        // directory as its agent namespace does.
+        if let Some(id) = ns.strip_prefix(PREFIX).map(|id| id.strip_suffix("-b").unwrap_or(id))
+            && !tmp.join(format!("{PREFIX}{id}")).exists()
+            && !ids.iter().any(|known| known == id)
         {
             ids.push(id.to_owned());
         }

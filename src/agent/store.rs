@@ -135,6 +135,13 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io { path: path.to_owned(), source }
 }
 
+/// The zstd level of `base.bin`, written after every acknowledged change.
+/// The link's level for a body this size (19) took 17 ms of CPU for the
+/// 40-container host's 56 KB state, half of what a change cost the agent;
+/// level 3 takes 0.4 ms for a file 10 % larger (13.6 KB against 12.3 KB),
+/// and the file never crosses the link.
+const BASE_LEVEL: i32 = 3;
+
 /// Replaces `path` with `bytes` atomically.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let tmp = path.with_extension("tmp");
@@ -286,7 +293,7 @@ impl Store {
     pub fn save_base(&self, seq: u64, state: &State) -> Result<(), StoreError> {
         let body = state.to_snapshot();
         let wire = Codec::new(Limits::default())
-            .and_then(|mut c| c.encode(&body))
+            .and_then(|mut c| c.encode_at(&body, BASE_LEVEL))
             .map_err(|e| StoreError::Corrupt { path: self.dir.join("base.bin"), why: e.to_string() })?;
         let mut file = seq.to_le_bytes().to_vec();
         file.extend_from_slice(&wire);

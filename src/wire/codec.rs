@@ -153,13 +153,23 @@ impl Codec {
     /// When the body is over the decoded limit (the peer would refuse it),
     /// or zstd fails.
     pub fn encode(&mut self, body: &[u8]) -> Result<Vec<u8>, CodecError> {
+        self.encode_at(body, level_for(body.len()))
+    }
+
+    /// [`Self::encode`] at zstd level `level` instead of the one for the
+    /// link: for what stays on the agent's disk, where a byte costs
+    /// nothing and the CPU time of level 19 would be paid at every change.
+    ///
+    /// # Errors
+    /// As [`Self::encode`].
+    pub fn encode_at(&mut self, body: &[u8], level: i32) -> Result<Vec<u8>, CodecError> {
         if body.len() > self.limits.max_decoded {
             return Err(CodecError::DecodedTooLarge { size: body.len() as u64, limit: self.limits.max_decoded });
         }
         let mut out = Vec::with_capacity(body.len() + 2);
         out.push(VERSION);
         if !body.is_empty() {
-            let frame = self.compressor(level_for(body.len()))?.compress(body).map_err(zstd_err)?;
+            let frame = self.compressor(level)?.compress(body).map_err(zstd_err)?;
             debug_assert_eq!(frame[..4], ZSTD_MAGIC);
             if frame.len() - ZSTD_MAGIC.len() < body.len() {
                 out.push(CURRENT_DICTIONARY);

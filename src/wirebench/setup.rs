@@ -132,8 +132,9 @@ impl Run {
         run_cmd("ip", &["netns", "add", &b]).context("creating the baseline's namespace")?;
         run_cmd("ip", &["-n", &b, "link", "set", "lo", "up"])?;
         run_cmd("ip", &["-n", ns, "link", "add", &v, "type", "veth", "peer", "name", &w, "netns", &b])?;
+        // Not fatal: a kernel booted without IPv6 has nothing to turn off.
         for (n, dev) in [(ns, v.as_str()), (b.as_str(), w.as_str())] {
-            sysctl(n, &format!("net.ipv6.conf.{dev}.disable_ipv6"), "1")?;
+            let _ = sysctl(n, &format!("net.ipv6.conf.{dev}.disable_ipv6"), "1");
         }
         run_cmd("ip", &["-n", ns, "addr", "add", &format!("10.77.{sub}.5/30"), "dev", &v])?;
         run_cmd("ip", &["-n", ns, "link", "set", &v, "up"])?;

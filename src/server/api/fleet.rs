@@ -390,6 +390,7 @@ pub struct EnvironmentFull {
     /// The EDGE_ID its deploy commands carry.
     pub deploy_edge_id: Option<String>,
     /// Whether its Linux deploy command keeps TCP timestamps.
+    #[serde(default)]
     pub tcp_timestamps: bool,
 }
 

@@ -305,8 +305,12 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (job, environment, run)
     );",
     // 10: whether an environment's Linux deploy command keeps TCP
-    // timestamps (see `api::fleet::linux_command`).
-    "ALTER TABLE environments ADD COLUMN tcp_timestamps INTEGER NOT NULL DEFAULT 0;",
+    // timestamps (see `api::fleet::linux_command`). Off for new ones; the
+    // environments made before keep them, so that their command, run
+    // again on a host whose engine refuses the new option (Linux before
+    // 4.15), still starts the agent.
+    "ALTER TABLE environments ADD COLUMN tcp_timestamps INTEGER NOT NULL DEFAULT 0;
+    UPDATE environments SET tcp_timestamps = 1;",
 ];
 
 /// The interval every timer runs at when neither the environment nor the
@@ -1456,6 +1460,7 @@ mod tests {
         assert_eq!(s.environment(1).unwrap().name, "old");
         assert_eq!(s.effective_intervals(1).unwrap(), s.default_intervals().unwrap());
         assert_eq!(s.commands_due(1, 3, 100).unwrap().len(), 1, "the command queued before the upgrade is sent");
+        assert!(s.fleet_options(1).unwrap().tcp_timestamps, "an older environment's command keeps TCP timestamps");
         drop(s);
         std::fs::remove_dir_all(&dir).unwrap();
     }

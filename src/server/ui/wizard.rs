@@ -237,7 +237,7 @@ async fn render_deploy(
                     input id="f-tcp_timestamps" name="tcp_timestamps" type="checkbox" value="1" checked[timestamps];
                     label for="f-tcp_timestamps" { "Keep TCP timestamps" }
                 }
-                p.hint { "By default the Linux command turns them off in the agent's container (--sysctl net.ipv4.tcp_timestamps=0): 12 bytes less in every packet, about a tenth of an idle poll. Check this for hosts on Linux before 4.15, where Docker refuses that option." }
+                p.hint { "By default the Linux command turns them off in the agent's container (--sysctl net.ipv4.tcp_timestamps=0): 12 bytes less in every packet, about a tenth of an idle poll. Check this for hosts on Linux before 4.15, where Docker refuses that option, and for links with round trips over a second (geostationary satellite), where a new connection then costs more than it saves." }
                 button id="update-command" type="submit" { "Update the command" }
             }
         }

@@ -235,6 +235,14 @@ async fn content(b: &Client, css: &str) -> String {
     e.prop("textContent").await.unwrap().unwrap_or_default()
 }
 
+/// [`content`], or `None` while there is no such element (yet): for loops
+/// that wait across a page load, where the element may be looked up
+/// between the old page and the new one.
+async fn content_now(b: &Client, css: &str) -> Option<String> {
+    let e = b.find(Locator::Css(css)).await.ok()?;
+    e.prop("textContent").await.ok().flatten()
+}
+
 async fn find(b: &Client, css: &str) -> fantoccini::elements::Element {
     match b.find(Locator::Css(css)).await {
         Ok(e) => e,
@@ -373,7 +381,7 @@ async fn create_via_wizard(b: &Client, url: &str, shots: &Path) -> Created {
     assert!(!find(b, "#f-allow_self_signed").await.is_selected().await.unwrap(), "self-signed is off by default");
     find(b, "#update-command").await.click().await.unwrap();
     let deadline = Deadline::new(WAIT);
-    while !content(b, "pre#cmd-linux").await.contains("-e TERN_UI_PROBE") {
+    while !content_now(b, "pre#cmd-linux").await.is_some_and(|c| c.contains("-e TERN_UI_PROBE")) {
         deadline.tick(format!("the command to carry -e TERN_UI_PROBE (at {})", path_of(b).await)).await;
     }
     js(b, "document.getElementById('tab-linux').scrollIntoView({block: 'start'}); return true;").await;
@@ -382,6 +390,8 @@ async fn create_via_wizard(b: &Client, url: &str, shots: &Path) -> Created {
     let windows = content(b, "pre#cmd-windows").await;
     let token = content(b, "#join-token").await;
     assert!(linux.contains("docker run"), "the Linux command: {linux}");
+    assert!(linux.contains("--sysctl net.ipv4.tcp_timestamps=0"), "TCP timestamps off by default: {linux}");
+    assert!(!find(b, "#f-tcp_timestamps").await.is_selected().await.unwrap(), "kept only when asked");
     assert!(windows.contains("docker run"), "the Windows command: {windows}");
     assert!(linux.contains(&format!("EDGE_KEY={}", token.trim())), "the command carries the join token {token}");
     // The tabs: Linux shown first, the arrow key moves to Windows.

@@ -302,7 +302,7 @@ fn main() -> ExitCode {
         Command::DecodeBody { file, reply } => decode_body(&file, reply),
         #[cfg(all(feature = "server", feature = "agent", target_os = "linux"))]
         Command::Bench { command: BenchCommand::Wire(args) } => {
-            bench_wire(&args)
+            bench_wire(args)
         }
         #[cfg(feature = "agent")]
         Command::Agent { command: None } => return agent_main(),
@@ -613,17 +613,16 @@ fn quickstart(listen: std::net::SocketAddr, data: std::path::PathBuf, interval: 
 
 /// `tern bench wire`.
 #[cfg(all(feature = "server", feature = "agent", target_os = "linux"))]
-fn bench_wire(args: &WireArgs) -> anyhow::Result<()> {
+fn bench_wire(args: WireArgs) -> anyhow::Result<()> {
     use anyhow::Context;
     use tern::wirebench::{Options, Profile, Report};
     let WireArgs { profile, idle_polls, out, svg, seed, repo, agent, report: saved } = args;
-    let (profile, idle_polls, seed, saved) = (profile.as_str(), *idle_polls, *seed, *saved);
-    let names: Vec<&str> = if profile == "all" { Profile::NAMES.to_vec() } else { vec![profile] };
+    let names: Vec<&str> = if profile == "all" { Profile::NAMES.to_vec() } else { vec![profile.as_str()] };
     let profiles = names
         .iter()
         .map(|n| Profile::by_name(n).with_context(|| format!("unknown profile {n:?} (clean, 2g, satellite, all)")))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let tern = std::env::current_exe()?;
     let mut reports = Vec::new();
     for profile in profiles {
@@ -657,7 +656,7 @@ fn bench_wire(args: &WireArgs) -> anyhow::Result<()> {
     println!("{summary}");
     std::fs::write(out.join("results.md"), &summary)?;
     if let Some(svg) = svg {
-        std::fs::write(svg, tern::wirebench::chart_svg(&reports))
+        std::fs::write(&svg, tern::wirebench::chart_svg(&reports))
             .with_context(|| format!("writing {}", svg.display()))?;
     }
     Ok(())

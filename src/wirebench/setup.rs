@@ -22,6 +22,14 @@ pub fn run_cmd(program: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Sets a sysctl (`net.ipv4.ip_forward`) in network namespace `ns`, by
+/// writing its `/proc/sys` file from inside the namespace (no procps
+/// needed: `ip` and `sh` are).
+fn netns_sysctl(ns: &str, key: &str, value: &str) -> anyhow::Result<String> {
+    let file = format!("/proc/sys/{}", key.replace('.', "/"));
+    run_cmd("ip", &["netns", "exec", ns, "sh", "-c", &format!("echo {value} > {file}")])
+}
+
 fn quiet(program: &str, args: &[&str]) {
     let _ = Command::new(program).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status();
 }
@@ -124,9 +132,7 @@ impl Run {
         let (ns, b) = (self.netns.as_str(), self.baseline_netns());
         let (v, w) = (format!("twb{}v", self.id), format!("twb{}w", self.id));
         let sub = self.subnet;
-        let sysctl = |ns: &str, key: &str, value: &str| {
-            run_cmd("ip", &["netns", "exec", ns, "sysctl", "-q", "-w", &format!("{key}={value}")])
-        };
+        let sysctl = netns_sysctl;
         let (key, value) = crate::server::api::fleet::NO_TCP_TIMESTAMPS.split_once('=').context("a sysctl")?;
         sysctl(ns, key, value)?;
         run_cmd("ip", &["netns", "add", &b]).context("creating the baseline's namespace")?;
@@ -159,17 +165,7 @@ impl Run {
         // The descriptor keeps working once its device is in another namespace.
         run_cmd("ip", &["link", "set", &self.agent_dev, "netns", &self.netns])?;
         let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", self.host_dev), "1");
-        run_cmd(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &self.netns,
-                "sh",
-                "-c",
-                &format!("echo 1 > /proc/sys/net/ipv6/conf/{}/disable_ipv6 || true", self.agent_dev),
-            ],
-        )?;
+        let _ = netns_sysctl(&self.netns, &format!("net.ipv6.conf.{}.disable_ipv6", self.agent_dev), "1");
         run_cmd("ip", &["addr", "add", &self.host_ip(), "peer", &self.agent_ip(), "dev", &self.host_dev])?;
         run_cmd("ip", &["link", "set", &self.host_dev, "up"])?;
         run_cmd(

@@ -293,7 +293,8 @@ pub async fn start(
     let changed = Arc::new(AtomicBool::new(true));
     let events = tokio::spawn(follow_events(docker.clone(), changed.clone()));
     let key = config.token.secret.with_agent_secret(config.agent_secret.as_ref().map(|s| s.0.as_str()));
-    let settings = run::Settings::new(config.token.environment, key, edge_id.clone());
+    let mut settings = run::Settings::new(config.token.environment, key, edge_id.clone());
+    settings.request_timeout = config.poll_timeout;
     tracing::info!(
         edge_id = %edge_id,
         environment = config.token.environment,

@@ -72,7 +72,17 @@ pub struct AgentConfig {
     /// EDGE_JOB_IMAGE, EDGE_JOB_PRIVILEGED, EDGE_JOB_CHROOT: how edge jobs
     /// run (see `agent::jobs`).
     pub jobs: super::jobs::JobConfig,
+    /// EDGE_POLL_TIMEOUT: a poll (connection, request and reply) that takes
+    /// longer failed, and the agent backs off and tries again on a new
+    /// connection. It is how long a silently dead link (a blackhole, a
+    /// carrier NAT that forgot the flow) can hold a poll.
+    pub poll_timeout: std::time::Duration,
 }
+
+/// The default of EDGE_POLL_TIMEOUT: a 12 KB first snapshot on a 50 kbit/s
+/// link with 2 % loss takes a few seconds; two minutes leaves room for a
+/// very bad link.
+pub const DEFAULT_POLL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// A configuration error: one clear line, and the agent exits with code 2.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -112,6 +122,7 @@ const KNOWN: &[&str] = &[
     "EDGE_JOB_IMAGE",
     "EDGE_JOB_PRIVILEGED",
     "EDGE_JOB_CHROOT",
+    "EDGE_POLL_TIMEOUT",
 ];
 
 /// Variables from Portainer's edge agent command that tern accepts and
@@ -222,7 +233,23 @@ impl AgentConfig {
                 })?,
             },
             jobs: jobs_config(env)?,
+            poll_timeout: poll_timeout(env)?,
         })
+    }
+}
+
+/// EDGE_POLL_TIMEOUT: whole seconds, 5 to 3600.
+fn poll_timeout(env: &BTreeMap<String, String>) -> Result<std::time::Duration, ConfigError> {
+    match env.get("EDGE_POLL_TIMEOUT").map(|v| v.trim()) {
+        None | Some("") => Ok(DEFAULT_POLL_TIMEOUT),
+        Some(v) => match v.parse::<u64>() {
+            Ok(s) if (5..=3600).contains(&s) => Ok(std::time::Duration::from_secs(s)),
+            _ => Err(ConfigError::BadValue {
+                name: "EDGE_POLL_TIMEOUT",
+                value: v.to_owned(),
+                why: "use whole seconds from 5 to 3600 (default 120)",
+            }),
+        },
     }
 }
 
@@ -336,5 +363,18 @@ mod tests {
         let e = AgentConfig::from_env(&env(&[("EDGE_KEY", &k), ("EDGE_ID", "a b")])).unwrap_err();
         assert!(e.to_string().starts_with("EDGE_ID=\"a b\" is invalid"));
         assert!(!e.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn edge_poll_timeout_bounds_a_poll() {
+        let k = key();
+        let c = AgentConfig::from_env(&env(&[("EDGE_KEY", &k)])).unwrap();
+        assert_eq!(c.poll_timeout, DEFAULT_POLL_TIMEOUT);
+        let c = AgentConfig::from_env(&env(&[("EDGE_KEY", &k), ("EDGE_POLL_TIMEOUT", "20")])).unwrap();
+        assert_eq!(c.poll_timeout, std::time::Duration::from_secs(20));
+        for bad in ["0", "4", "3601", "1m", "-5"] {
+            let e = AgentConfig::from_env(&env(&[("EDGE_KEY", &k), ("EDGE_POLL_TIMEOUT", bad)])).unwrap_err();
+            assert!(e.to_string().starts_with("EDGE_POLL_TIMEOUT="), "{bad}: {e}");
+        }
     }
 }

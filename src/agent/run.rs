@@ -72,7 +72,7 @@ pub struct Settings {
     pub backoff: BackoffPolicy,
     /// Poll counters reserved on disk per write.
     pub counter_block: u64,
-    /// A poll that takes longer than this failed.
+    /// A poll that takes longer than this failed (EDGE_POLL_TIMEOUT).
     pub request_timeout: Duration,
     /// After a command finishes, poll this soon to report it.
     pub result_delay: Duration,
@@ -94,9 +94,7 @@ impl Settings {
             backoff: BackoffPolicy::default(),
             // One fsync per 100 polls; a restart skips at most 100 counters.
             counter_block: 100,
-            // A 12 KB first snapshot on a 50 kbit/s link with 2 % loss takes
-            // a few seconds; two minutes leaves room for a very bad link.
-            request_timeout: Duration::from_secs(120),
+            request_timeout: super::config::DEFAULT_POLL_TIMEOUT,
             // Long enough for the state change a command causes to show in
             // the same poll as its result.
             result_delay: Duration::from_secs(2),

@@ -331,7 +331,8 @@ mod tests {
     #[test]
     fn only_inert_container_actions_are_not_changes() {
         use EventMessageTypeEnum::{CONTAINER, IMAGE, NETWORK, VOLUME};
-        for inert in ["exec_create: /bin/sh -c curl -f localhost", "exec_start: /bin/true", "exec_die", "attach", "resize"]
+        for inert in
+            ["exec_create: /bin/sh -c curl -f localhost", "exec_start: /bin/true", "exec_die", "attach", "resize"]
         {
             assert!(!changes_state(&event(CONTAINER, Some(inert))), "{inert}");
         }

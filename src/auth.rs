@@ -2,21 +2,37 @@
 //! in. No I/O.
 //!
 //! ```text
-//! request:  [environment varint][counter varint][tag 16][body...]
+//! request:  [environment varint][counter varint][header tag 8][body tag 8][body...]
 //! reply:    [tag 16][body...]
 //! ```
 //!
-//! * The request tag is a keyed blake3 MAC (key: the environment's secret)
-//!   over the environment, the counter and the body. The counter is
-//!   monotonic and persisted by the agent; the server keeps the highest it
-//!   accepted and refuses anything not above it, so a replayed or altered
-//!   poll is refused.
+//! * The **header tag** is a keyed blake3 MAC (key: the environment's
+//!   secret) over the environment, the counter and the body's length (which
+//!   the server knows from `Content-Length` before it reads the body). The
+//!   server checks it, and that the counter is above the highest it
+//!   accepted, **before it reads the body**: a client that does not hold the
+//!   key cannot make the server buffer a byte of body, however slowly it
+//!   sends it.
+//! * The **body tag** is a MAC under another derived key over the header,
+//!   the header tag and the body. The counter is monotonic and persisted by
+//!   the agent; the server keeps the highest it accepted and refuses
+//!   anything not above it, so a replayed or altered poll is refused.
+//! * Each tag is 8 bytes, 16 together: the same bytes on the wire as the
+//!   single 16-byte tag they replaced (every byte here is paid on every
+//!   poll). A stranger must match both, 2^-128 a try. Someone who holds a
+//!   genuine header (a machine in the middle of an agent running with
+//!   `EDGE_INSECURE_POLL=1`) could try other bodies under it, 2^-64 a try,
+//!   but gets **one** try per genuine poll: a body tag that does not match
+//!   under an authentic header burns its counter at the server (see
+//!   `server::poll`), so the next attempt needs the agent's next poll. At
+//!   one poll a minute that is 2^64 minutes per expected forgery.
 //! * The reply tag covers the request's counter and the reply body under a
 //!   different context, so a reply cannot be replayed onto another poll and
 //!   a machine in the middle cannot inject commands, even when the agent
-//!   runs with `EDGE_INSECURE_POLL=1`.
-//! * 16-byte tags: 128 bits is the usual MAC strength, and every byte here is
-//!   paid on every poll.
+//!   runs with `EDGE_INSECURE_POLL=1`. It stays 16 bytes: it is what keeps
+//!   commands from being forged.
+//! * Counters and environment ids above `i64::MAX` are refused as they are
+//!   parsed: the server stores them as SQL integers.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -24,13 +40,21 @@ use prost::Message;
 
 use crate::wire::pb;
 
-/// Bytes of a MAC tag on the wire.
+/// Bytes of the reply's MAC tag on the wire.
 pub const TAG_LEN: usize = 16;
+
+/// Bytes of each of the request's two tags (header and body).
+pub const REQUEST_TAG_LEN: usize = 8;
+
+/// The longest request header: two 10-byte varints and the two tags. The
+/// server reads at most this much before it has authenticated the request.
+pub const MAX_REQUEST_HEADER: usize = 10 + 10 + 2 * REQUEST_TAG_LEN;
 
 /// The prefix of an EDGE_KEY, naming its format.
 pub const TOKEN_PREFIX: &str = "tern1_";
 
-const REQUEST_CONTEXT: &str = "tern v1 poll request";
+const HEADER_CONTEXT: &str = "tern v2 poll request header";
+const BODY_CONTEXT: &str = "tern v2 poll request body";
 const REPLY_CONTEXT: &str = "tern v1 poll reply";
 
 /// A 32-byte secret whose `Debug` does not show it.
@@ -77,6 +101,10 @@ pub enum AuthError {
     /// The envelope is shorter than its header.
     #[error("truncated envelope")]
     Truncated,
+    /// An environment id or counter above `i64::MAX` (the server stores
+    /// them as SQL integers; no honest agent gets near).
+    #[error("environment id or counter out of range")]
+    OutOfRange,
     /// The tag does not match: wrong key, or altered bytes.
     #[error("bad MAC")]
     BadMac,
@@ -150,65 +178,90 @@ fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64, AuthError> {
     crate::wire::fields::read_varint(buf, pos).map_err(|_| AuthError::Truncated)
 }
 
-fn tag(context: &str, secret: &Secret, parts: &[&[u8]]) -> [u8; TAG_LEN] {
+fn tag<const N: usize>(context: &str, secret: &Secret, parts: &[&[u8]]) -> [u8; N] {
     let key = blake3::derive_key(context, &secret.0);
     let mut h = blake3::Hasher::new_keyed(&key);
     for p in parts {
         h.update(p);
     }
-    let mut out = [0u8; TAG_LEN];
-    out.copy_from_slice(&h.finalize().as_bytes()[..TAG_LEN]);
+    let mut out = [0u8; N];
+    out.copy_from_slice(&h.finalize().as_bytes()[..N]);
     out
+}
+
+fn header_tag(secret: &Secret, header: &[u8], body_len: usize) -> [u8; REQUEST_TAG_LEN] {
+    tag(HEADER_CONTEXT, secret, &[header, &(body_len as u64).to_le_bytes()])
+}
+
+fn body_tag(secret: &Secret, header: &[u8], header_tag: &[u8], body: &[u8]) -> [u8; REQUEST_TAG_LEN] {
+    tag(BODY_CONTEXT, secret, &[header, header_tag, body])
 }
 
 /// Seals a poll body: the agent's side.
 pub fn seal_request(environment: u64, counter: u64, secret: &Secret, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 28);
+    let mut out = Vec::with_capacity(body.len() + MAX_REQUEST_HEADER);
     prost::encoding::encode_varint(environment, &mut out);
     prost::encoding::encode_varint(counter, &mut out);
     let header_len = out.len();
-    let t = tag(REQUEST_CONTEXT, secret, &[&out[..header_len], body]);
-    out.extend_from_slice(&t);
+    let h = header_tag(secret, &out[..header_len], body.len());
+    let b = body_tag(secret, &out[..header_len], &h, body);
+    out.extend_from_slice(&h);
+    out.extend_from_slice(&b);
     out.extend_from_slice(body);
     out
 }
 
-/// The parts of a request envelope, before its MAC is checked.
+/// A request's header: what the server reads, and authenticates, before
+/// the body.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestEnvelope<'a> {
+pub struct RequestHeader {
     /// The environment the agent claims.
     pub environment: u64,
     /// Its counter.
     pub counter: u64,
-    header: &'a [u8],
-    tag: &'a [u8],
-    /// The body (codec bytes).
-    pub body: &'a [u8],
+    /// The two varints as they came.
+    varints: Vec<u8>,
+    header_tag: [u8; REQUEST_TAG_LEN],
+    body_tag: [u8; REQUEST_TAG_LEN],
 }
 
-impl<'a> RequestEnvelope<'a> {
-    /// Splits an envelope; the server then looks up the environment's
-    /// secret and calls [`Self::verify`].
+impl RequestHeader {
+    /// Parses the header at the start of `prefix` (the first bytes of a
+    /// request; [`MAX_REQUEST_HEADER`] are always enough). Returns the
+    /// header and its length in bytes: the body starts there.
     ///
     /// # Errors
-    /// When it is too short.
-    pub fn parse(wire: &'a [u8]) -> Result<Self, AuthError> {
+    /// [`AuthError::Truncated`] when `prefix` ends before the header does
+    /// (the request is shorter than its header when `prefix` is all of it),
+    /// [`AuthError::OutOfRange`] for an id or counter above `i64::MAX`.
+    pub fn parse(prefix: &[u8]) -> Result<(Self, usize), AuthError> {
         let mut pos = 0;
-        let environment = read_varint(wire, &mut pos)?;
-        let counter = read_varint(wire, &mut pos)?;
-        let header = &wire[..pos];
-        let tag = wire.get(pos..pos + TAG_LEN).ok_or(AuthError::Truncated)?;
-        Ok(Self { environment, counter, header, tag, body: &wire[pos + TAG_LEN..] })
+        let environment = read_varint(prefix, &mut pos)?;
+        let counter = read_varint(prefix, &mut pos)?;
+        let varints = prefix[..pos].to_vec();
+        let tags = prefix.get(pos..pos + 2 * REQUEST_TAG_LEN).ok_or(AuthError::Truncated)?;
+        if environment > i64::MAX as u64 || counter > i64::MAX as u64 {
+            return Err(AuthError::OutOfRange);
+        }
+        let (h, b) = tags.split_at(REQUEST_TAG_LEN);
+        let header = Self {
+            environment,
+            counter,
+            varints,
+            header_tag: h.try_into().expect("8 bytes"),
+            body_tag: b.try_into().expect("8 bytes"),
+        };
+        Ok((header, pos + 2 * REQUEST_TAG_LEN))
     }
 
-    /// Checks the MAC and that the counter is above `last_counter`.
+    /// Checks the header tag for a body of `body_len` bytes, and that the
+    /// counter is above `last_counter`. Cheap, and needs no body.
     ///
     /// # Errors
-    /// [`AuthError::BadMac`] for a wrong key or altered bytes,
-    /// [`AuthError::Replay`] for an old counter.
-    pub fn verify(&self, secret: &Secret, last_counter: u64) -> Result<(), AuthError> {
-        let expected = tag(REQUEST_CONTEXT, secret, &[self.header, self.body]);
-        if !constant_time_eq(&expected, self.tag) {
+    /// [`AuthError::BadMac`] for a wrong key, an altered header or another
+    /// body length; [`AuthError::Replay`] for an old counter.
+    pub fn verify(&self, secret: &Secret, body_len: usize, last_counter: u64) -> Result<(), AuthError> {
+        if !constant_time_eq(&header_tag(secret, &self.varints, body_len), &self.header_tag) {
             return Err(AuthError::BadMac);
         }
         if self.counter <= last_counter {
@@ -216,12 +269,58 @@ impl<'a> RequestEnvelope<'a> {
         }
         Ok(())
     }
+
+    /// Checks the body tag (after [`Self::verify`] passed).
+    ///
+    /// # Errors
+    /// [`AuthError::BadMac`] when the body is not the one the header was
+    /// sealed with.
+    pub fn verify_body(&self, secret: &Secret, body: &[u8]) -> Result<(), AuthError> {
+        if !constant_time_eq(&body_tag(secret, &self.varints, &self.header_tag, body), &self.body_tag) {
+            return Err(AuthError::BadMac);
+        }
+        Ok(())
+    }
+}
+
+/// A whole request envelope in one buffer, before its MACs are checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestEnvelope<'a> {
+    /// The header.
+    pub header: RequestHeader,
+    /// The environment the agent claims.
+    pub environment: u64,
+    /// Its counter.
+    pub counter: u64,
+    /// The body (codec bytes).
+    pub body: &'a [u8],
+}
+
+impl<'a> RequestEnvelope<'a> {
+    /// Splits an envelope held whole.
+    ///
+    /// # Errors
+    /// When it is shorter than its header, or its numbers are out of range.
+    pub fn parse(wire: &'a [u8]) -> Result<Self, AuthError> {
+        let (header, len) = RequestHeader::parse(wire)?;
+        Ok(Self { environment: header.environment, counter: header.counter, header, body: &wire[len..] })
+    }
+
+    /// Checks both tags and that the counter is above `last_counter`.
+    ///
+    /// # Errors
+    /// [`AuthError::BadMac`] for a wrong key or altered bytes,
+    /// [`AuthError::Replay`] for an old counter.
+    pub fn verify(&self, secret: &Secret, last_counter: u64) -> Result<(), AuthError> {
+        self.header.verify(secret, self.body.len(), last_counter)?;
+        self.header.verify_body(secret, self.body)
+    }
 }
 
 /// Seals a reply to the request with this counter: the server's side.
 pub fn seal_reply(counter: u64, secret: &Secret, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + TAG_LEN);
-    out.extend_from_slice(&tag(REPLY_CONTEXT, secret, &[&counter.to_le_bytes(), body]));
+    out.extend_from_slice(&tag::<TAG_LEN>(REPLY_CONTEXT, secret, &[&counter.to_le_bytes(), body]));
     out.extend_from_slice(body);
     out
 }
@@ -232,7 +331,7 @@ pub fn seal_reply(counter: u64, secret: &Secret, body: &[u8]) -> Vec<u8> {
 /// When it is truncated or its MAC does not match.
 pub fn open_reply<'a>(counter: u64, secret: &Secret, wire: &'a [u8]) -> Result<&'a [u8], AuthError> {
     let (t, body) = wire.split_at_checked(TAG_LEN).ok_or(AuthError::Truncated)?;
-    if !constant_time_eq(&tag(REPLY_CONTEXT, secret, &[&counter.to_le_bytes(), body]), t) {
+    if !constant_time_eq(&tag::<TAG_LEN>(REPLY_CONTEXT, secret, &[&counter.to_le_bytes(), body]), t) {
         return Err(AuthError::BadMac);
     }
     Ok(body)
@@ -257,6 +356,11 @@ impl CounterReservation {
     /// Starts after a persisted reservation end (0 on first start).
     pub fn resume(persisted_end: u64, block: u64) -> Self {
         Self { next: persisted_end + 1, reserved_to: persisted_end, block: block.max(1) }
+    }
+
+    /// The counter [`Self::take`] gives next.
+    pub fn next(&self) -> u64 {
+        self.next
     }
 
     /// The next counter, and `Some(end)` when a new block end must be
@@ -304,10 +408,36 @@ mod tests {
     fn a_sealed_request_verifies_and_costs_few_bytes() {
         let s = Secret([1; 32]);
         let wire = seal_request(42, 7, &s, b"body");
-        assert_eq!(wire.len(), 1 + 1 + TAG_LEN + 4);
+        assert_eq!(wire.len(), 1 + 1 + 2 * REQUEST_TAG_LEN + 4, "16 bytes of tags, as the one tag before");
         let env = RequestEnvelope::parse(&wire).unwrap();
         assert_eq!((env.environment, env.counter, env.body), (42, 7, &b"body"[..]));
         env.verify(&s, 6).unwrap();
+    }
+
+    #[test]
+    fn the_header_is_authenticated_before_the_body_is_read() {
+        let s = Secret([1; 32]);
+        let wire = seal_request(300, 1 << 40, &s, &[7; 1000]);
+        // The server holds only the first bytes and the body's length.
+        let (header, len) = RequestHeader::parse(&wire[..MAX_REQUEST_HEADER]).unwrap();
+        assert_eq!((header.environment, header.counter, len), (300, 1 << 40, 2 + 6 + 16));
+        header.verify(&s, 1000, 0).unwrap();
+        // A stranger's header fails without any body; so does a lie about the body's length.
+        assert_eq!(header.verify(&Secret([2; 32]), 1000, 0), Err(AuthError::BadMac));
+        assert_eq!(header.verify(&s, 999, 0), Err(AuthError::BadMac));
+        assert_eq!(header.verify(&s, 1000, 1 << 40), Err(AuthError::Replay { got: 1 << 40, last: 1 << 40 }));
+        // The body is then checked against the header it came with.
+        header.verify_body(&s, &wire[len..]).unwrap();
+        let mut other = wire[len..].to_vec();
+        other[500] ^= 1;
+        assert_eq!(header.verify_body(&s, &other), Err(AuthError::BadMac));
+        // Too few bytes for a header, and numbers the server cannot store.
+        assert_eq!(RequestHeader::parse(&wire[..len - 1]).map(|_| ()), Err(AuthError::Truncated));
+        for (env, counter) in [(1, i64::MAX as u64 + 1), (i64::MAX as u64 + 1, 1), (1, u64::MAX)] {
+            let big = seal_request(env, counter, &s, b"x");
+            assert_eq!(RequestHeader::parse(&big).map(|_| ()), Err(AuthError::OutOfRange));
+        }
+        assert!(RequestHeader::parse(&seal_request(i64::MAX as u64, i64::MAX as u64, &s, b"")).is_ok());
     }
 
     #[test]

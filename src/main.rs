@@ -301,9 +301,7 @@ fn main() -> ExitCode {
         Command::Snapshot { show_secrets, verbose } => snapshot::run(show_secrets, verbose),
         Command::DecodeBody { file, reply } => decode_body(&file, reply),
         #[cfg(all(feature = "server", feature = "agent", target_os = "linux"))]
-        Command::Bench { command: BenchCommand::Wire(args) } => {
-            bench_wire(args)
-        }
+        Command::Bench { command: BenchCommand::Wire(args) } => bench_wire(args),
         #[cfg(feature = "agent")]
         Command::Agent { command: None } => return agent_main(),
         #[cfg(feature = "agent")]
@@ -564,7 +562,10 @@ fn quickstart(listen: std::net::SocketAddr, data: std::path::PathBuf, interval: 
             "  server       {url}  (certificate sha256 {})",
             tern::server::fingerprint_hex(&fingerprint)
         );
-        let _ = writeln!(banner, "  web UI       {url}/  (user admin; the browser will warn of the self-signed certificate)");
+        let _ = writeln!(
+            banner,
+            "  web UI       {url}/  (user admin; the browser will warn of the self-signed certificate)"
+        );
         let _ = writeln!(banner, "  data         {}", data.display());
         let _ = writeln!(banner, "  admin token  {}", tern::server::admin_token_path(&data).display());
         match &initial_admin_password {

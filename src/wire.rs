@@ -14,5 +14,7 @@ pub(crate) mod pb {
     include!(concat!(env!("OUT_DIR"), "/tern.v1.rs"));
 }
 
-/// The poll endpoint's path: one byte of path, paid on every poll.
-pub const POLL_PATH: &str = "/p";
+/// The poll endpoint's path: one byte of path, paid on every poll. (Agents
+/// before 0.2 polled `/p` with an envelope whose body had to be read before
+/// it could be authenticated; see `auth`.)
+pub const POLL_PATH: &str = "/q";

@@ -16,7 +16,7 @@ use tern::agent::client::Client;
 use tern::auth::{JoinToken, Secret, seal_request};
 use tern::tls::Trust;
 use tern::wire::codec::{Codec, Limits};
-use tern::wire::poll::{AgentInfo, PollRequest};
+use tern::wire::poll::{AgentInfo, PollReply, PollRequest, RefusalCode};
 
 async fn create(api: &mut Api, name: &str, url: &str) -> (u64, JoinToken) {
     let created = api
@@ -138,23 +138,28 @@ async fn replayed_and_tampered_polls_are_refused_and_change_nothing() {
     };
     let body = codec.encode(&request.encode()).unwrap();
     let wire = seal_request(token.environment, 1, &token.secret, &body);
-    let (status, _) = client.post("/p", wire.clone()).await.unwrap();
+    let (status, _) = client.post(tern::wire::POLL_PATH, wire.clone()).await.unwrap();
     assert_eq!(status, 200);
     let accepted = summary(&mut api, env).await;
 
-    let (status, text) = client.post("/p", wire.clone()).await.unwrap();
+    let (status, sealed) = client.post(tern::wire::POLL_PATH, wire.clone()).await.unwrap();
     assert_eq!(status, 409, "a replay");
-    assert!(String::from_utf8_lossy(&text).contains("replay"));
+    // The refusal is sealed with the environment's key, so the agent can
+    // trust the counter it names.
+    let opened = tern::auth::open_reply(1, &token.secret, &sealed).expect("a sealed refusal");
+    let refused = PollReply::decode(&codec.decode(opened).unwrap()).unwrap().refused.expect("a refusal");
+    assert_eq!((refused.code, refused.last_counter), (RefusalCode::Replay, 1));
+    assert!(refused.detail.contains("replay"), "{refused:?}");
 
     let mut tampered = seal_request(token.environment, 2, &token.secret, &body);
     let last = tampered.len() - 1;
     tampered[last] ^= 1;
-    let (status, _) = client.post("/p", tampered).await.unwrap();
+    let (status, _) = client.post(tern::wire::POLL_PATH, tampered).await.unwrap();
     assert_eq!(status, 401, "a tampered body");
 
     // An oversized body is refused before it is read: a 413, or the server
     // closing the connection while the client still writes.
-    match client.post("/p", vec![0; 32 << 20]).await {
+    match client.post(tern::wire::POLL_PATH, vec![0; 32 << 20]).await {
         Ok((status, _)) => assert_eq!(status, 413),
         Err(e) => assert!(e.to_string().contains("body"), "{e}"),
     }

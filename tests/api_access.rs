@@ -355,6 +355,37 @@ async fn failed_logins_get_401_then_429_per_client_without_blocking_another() {
 }
 
 #[tokio::test]
+async fn failed_logins_from_many_addresses_do_not_lock_the_admin_out() {
+    // Twelve addresses with five wrong tries each (the server-wide count's
+    // 60) once made the server refuse the right password from a clean
+    // address for 15 minutes.
+    let data = tempdir("lockout");
+    let server = Server::start(&data, &[("TERN_ADMIN_PASSWORD", PASSWORD)], 3);
+    let http = server.http();
+    for a in 0..12 {
+        let attacker = http.from(&format!("127.0.1.{}", a + 1));
+        for _ in 0..MAX_FAILURES_PER_CLIENT {
+            assert_eq!(attacker.login("admin", "wrong password!").await.status, 401);
+        }
+        assert_eq!(attacker.login("admin", "wrong password!").await.status, 429, "each attacker is refused");
+    }
+    // The admin, from a clean address, logs in at once.
+    let admin = http.from("127.0.2.1");
+    let started = std::time::Instant::now();
+    let r = admin.login("admin", PASSWORD).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "not slowed down: {:?}", started.elapsed());
+    // A clean address that then fails is slowed down, not refused.
+    let slowed = http.from("127.0.2.2");
+    assert_eq!(slowed.login("admin", "wrong password!").await.status, 401);
+    let started = std::time::Instant::now();
+    assert_eq!(slowed.login("admin", PASSWORD).await.status, 200);
+    assert!(started.elapsed() >= tern::server::api::access::OVERLOAD_DELAY, "{:?}", started.elapsed());
+    drop(server);
+    std::fs::remove_dir_all(&data).unwrap();
+}
+
+#[tokio::test]
 async fn api_tokens_are_created_used_listed_without_their_secret_and_revoked_at_once() {
     let data = tempdir("tokens");
     let server = Server::start(&data, &[("TERN_ADMIN_PASSWORD", PASSWORD)], 3);
@@ -474,7 +505,7 @@ async fn every_endpoint_refuses_a_missing_wrong_or_revoked_credential_before_rea
     assert_eq!(r.body, json!([]));
     // Login and the agents' poll endpoint need no API credential.
     assert_eq!(http.login("admin", PASSWORD).await.status, 200);
-    let r = http.send("POST", "/p", &[], None).await;
+    let r = http.send("POST", tern::wire::POLL_PATH, &[], None).await;
     assert!(!r.body["error"].is_string(), "the poll endpoint's own refusal, not the API's: {r:?}");
     drop(server);
     std::fs::remove_dir_all(&data).unwrap();

@@ -118,7 +118,7 @@ impl Fleet {
         };
         let wire =
             tern::auth::seal_request(token.environment, counter, &key, &self.codec.encode(&req.encode()).unwrap());
-        let (status, body) = self.client.post("/p", wire).await.unwrap();
+        let (status, body) = self.client.post(tern::wire::POLL_PATH, wire).await.unwrap();
         if status != 200 {
             return Err(status);
         }

@@ -66,10 +66,10 @@ async fn silent_idle_and_excess_connections_are_closed_and_a_good_client_still_g
     // after the idle limit; its next request opens a new connection.
     let url = format!("https://localhost:{}", addr.port());
     let mut good = Client::new(&url, Trust::Pinned(identity.fingerprint()), 1 << 20).unwrap();
-    let (status, _) = good.post("/p", vec![1, 2, 3]).await.unwrap();
+    let (status, _) = good.post(tern::wire::POLL_PATH, vec![1, 2, 3]).await.unwrap();
     assert_eq!(status, 401, "an unauthenticated poll, answered");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (status, _) = good.post("/p", vec![1, 2, 3]).await.unwrap();
+    let (status, _) = good.post(tern::wire::POLL_PATH, vec![1, 2, 3]).await.unwrap();
     assert_eq!(status, 401);
     assert_eq!(good.connections, 2, "the idle connection was closed, and replaced");
 
@@ -85,7 +85,7 @@ async fn silent_idle_and_excess_connections_are_closed_and_a_good_client_still_g
     // Once those go (the handshake limit closes them), a good client gets in again.
     drop(held);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (status, _) = good.post("/p", vec![1, 2, 3]).await.unwrap();
+    let (status, _) = good.post(tern::wire::POLL_PATH, vec![1, 2, 3]).await.unwrap();
     assert_eq!(status, 401);
 
     let _ = stop.send(());

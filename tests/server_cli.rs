@@ -32,7 +32,7 @@ async fn the_server_starts_serves_its_pinned_port_and_keeps_its_identity() {
     // The port speaks pinned TLS and refuses an unauthenticated poll.
     let port = addr.rsplit(':').next().unwrap();
     let mut client = Client::new(&format!("https://127.0.0.1:{port}"), Trust::Pinned(pin), 1 << 16).unwrap();
-    let (status, _) = client.post("/p", vec![1, 2, 3]).await.unwrap();
+    let (status, _) = client.post(tern::wire::POLL_PATH, vec![1, 2, 3]).await.unwrap();
     assert_eq!(status, 401);
 
     // `tern env add` through the API, authenticated by the admin token in
@@ -65,7 +65,7 @@ async fn the_server_starts_serves_its_pinned_port_and_keeps_its_identity() {
         ..Default::default()
     };
     let wire = tern::auth::seal_request(token.environment, 1, &token.secret, &codec.encode(&req.encode()).unwrap());
-    let (status, body) = client.post("/p", wire).await.unwrap();
+    let (status, body) = client.post(tern::wire::POLL_PATH, wire).await.unwrap();
     assert_eq!(status, 200);
     tern::auth::open_reply(1, &token.secret, &body).expect("an authentic reply");
     assert!(server.stop().is_some_and(|s| s.success()), "Ctrl-C stops the server cleanly");

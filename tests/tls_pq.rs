@@ -44,7 +44,7 @@ async fn negotiate(
 /// garbage to the poll path, which the server refuses with 401.
 async fn refused_poll(client: &mut Client) -> (u64, u64) {
     let (s0, r0) = client.wire.get();
-    let (status, _) = client.post("/p", vec![0xde, 0xad, 0xbe, 0xef]).await.unwrap();
+    let (status, _) = client.post(tern::wire::POLL_PATH, vec![0xde, 0xad, 0xbe, 0xef]).await.unwrap();
     assert_eq!(status, 401, "garbage on the poll path is refused, after a complete handshake");
     let (s1, r1) = client.wire.get();
     (s1 - s0, r1 - r0)

@@ -255,9 +255,10 @@ async fn a_poll_that_does_not_authenticate_charges_no_environment() {
     let mut codec = Codec::new(Limits::default()).unwrap();
     let body = codec.encode(&PollRequest::default().encode()).unwrap();
     let mut stranger = server.client();
-    let (status, _) = stranger.post("/p", seal_request(env, 1, &Secret([0; 32]), &body)).await.unwrap();
+    let (status, _) =
+        stranger.post(tern::wire::POLL_PATH, seal_request(env, 1, &Secret([0; 32]), &body)).await.unwrap();
     assert_eq!(status, 401);
-    let (status, _) = stranger.post("/p", b"not an envelope".to_vec()).await.unwrap();
+    let (status, _) = stranger.post(tern::wire::POLL_PATH, b"not an envelope".to_vec()).await.unwrap();
     assert_eq!(status, 401);
     stranger.disconnect();
 

@@ -32,7 +32,9 @@ use crate::sync::State;
 use crate::sync::schedule::{BackoffPolicy, Due, Intervals, Scheduler};
 use crate::sync::session::AgentSync;
 use crate::wire::codec::{Codec, Limits};
-use crate::wire::poll::{self, Action, AgentInfo, Command, CommandResult, PollReply, PollRequest, ResultStatus};
+use crate::wire::poll::{
+    self, Action, AgentInfo, Command, CommandResult, PollReply, PollRequest, RefusalCode, Refused, ResultStatus,
+};
 
 /// The Docker engine as the loop sees it.
 pub trait Engine: Send + Sync + 'static {
@@ -586,21 +588,20 @@ impl<E: Engine, T: Transport> Agent<E, T> {
         let reply = match sent {
             Err(_) => Err(format!("no reply within {} s", self.settings.request_timeout.as_secs())),
             Ok(Err(e)) => Err(e),
-            Ok(Ok((200, bytes))) => self.open(counter, &bytes).map(|r| (r, bytes.len())),
-            Ok(Ok((status, bytes))) => {
-                if let Some(last) = replayed_above(status, &bytes).filter(|&last| last >= counter) {
-                    // Our counter is behind the server's: the data directory
-                    // was lost or restored from a backup. Jump above it
-                    // (never down), and retry after the usual backoff.
-                    tracing::warn!(
-                        "the server has seen counter {last} already (data directory lost?); jumping above it"
-                    );
-                    self.counters = CounterReservation::resume(last, self.settings.counter_block);
-                    self.meta.counter_end = last;
-                    self.store.save_meta(&self.meta)?;
-                }
-                Err(refusal(status, &bytes))
-            }
+            Ok(Ok((200, bytes))) => match self.open(counter, &bytes) {
+                Ok(r) if r.refused.is_none() => Ok((r, bytes.len())),
+                Ok(_) => Err("a refusal with status 200".to_owned()),
+                Err(e) => Err(e),
+            },
+            Ok(Ok((status, bytes))) => match self.open(counter, &bytes) {
+                // A sealed refusal: it comes from our server, so it can be
+                // acted on.
+                Ok(PollReply { refused: Some(refused), .. }) => Err(self.refused(status, &refused)?),
+                // Anything else is text for the log, and is never acted on:
+                // a machine in the middle (with EDGE_INSECURE_POLL=1) could
+                // have written it.
+                _ => Err(refusal(status, &bytes)),
+            },
         };
         let (reply, down) = match reply {
             Ok(r) => r,
@@ -653,6 +654,44 @@ impl<E: Engine, T: Transport> Agent<E, T> {
             .map_err(|e| format!("reply refused ({e}): not from our server, or altered on the way"))?;
         let bytes = self.codec.decode(body).map_err(|e| format!("reply: {e}"))?;
         PollReply::decode(&bytes).map_err(|e| format!("reply: {e}"))
+    }
+
+    /// Acts on an authentic refusal and says what it means, for the log.
+    ///
+    /// A replay refusal names the server's last accepted counter: ours is
+    /// behind it because the data directory was lost or restored from a
+    /// backup, so the counter jumps above it (never down) and the next
+    /// poll, after the usual backoff, goes through.
+    fn refused(&mut self, status: u16, refused: &Refused) -> Result<String, RunError> {
+        match refused.code {
+            RefusalCode::Replay => {
+                let last = refused.last_counter;
+                // The server keeps counters as SQL integers; leave room for
+                // a few blocks above the hint.
+                if last >= self.counters.next() && last < (i64::MAX as u64) / 2 {
+                    tracing::warn!(
+                        "the server has seen counter {last} already (data directory lost?); jumping above it"
+                    );
+                    self.counters = CounterReservation::resume(last, self.settings.counter_block);
+                    self.meta.counter_end = last;
+                    self.store.save_meta(&self.meta)?;
+                }
+                Ok(format!("refused: replayed poll, the server's last counter is {last} (this agent's was behind)"))
+            }
+            RefusalCode::BoundToAnother => Ok(format!(
+                "refused: {} (another agent with this EDGE_KEY polls this environment; reset its binding on the \
+                 server to move it here)",
+                refused.detail
+            )),
+            RefusalCode::AgentSecret => {
+                Ok("refused: the server requires AGENT_SECRET and this agent has none (set AGENT_SECRET as on the \
+                 server)"
+                    .to_owned())
+            }
+            RefusalCode::BadBody | RefusalCode::TooLarge | RefusalCode::Other => {
+                Ok(format!("refused (HTTP {status}): {}", refused.detail))
+            }
+        }
     }
 
     /// Applies a reply's results acknowledgement and new commands to the
@@ -728,14 +767,6 @@ fn action_summary(action: &Action) -> String {
 /// Job runs kept while the server cannot be reached; the oldest go first.
 const MAX_PENDING_JOB_RUNS: usize = 200;
 
-/// The server's highest accepted counter, from a replay refusal.
-fn replayed_above(status: u16, body: &[u8]) -> Option<u64> {
-    let text = std::str::from_utf8(body).ok()?;
-    let n = text.strip_prefix("replayed poll; last accepted counter ")?.trim().parse().ok()?;
-    // A forged answer could only push our counter up; keep it far from overflow.
-    (status == 409 && n < u64::MAX / 2).then_some(n)
-}
-
 /// A refusal's meaning, for the log.
 fn refusal(status: u16, body: &[u8]) -> String {
     let text = String::from_utf8_lossy(&body[..body.len().min(300)]).trim().to_owned();
@@ -744,7 +775,7 @@ fn refusal(status: u16, body: &[u8]) -> String {
                 AGENT_SECRET that does not match the server's)"
             .to_owned(),
         403 => format!("refused: {text}"),
-        409 if text.starts_with("replayed") => format!("refused: {text} (this agent's counter was behind)"),
+        426 => format!("refused: {text}"),
         409 => format!("refused: {text}"),
         s => format!("HTTP {s}: {text}"),
     }
@@ -800,6 +831,8 @@ mod tests {
         log: Vec<(Duration, PollRequest)>,
         epoch: Instant,
         lose_replies: u32,
+        /// Answered instead of the next poll, as a machine in the middle would.
+        forged_reply: Option<(u16, Bytes)>,
     }
 
     #[derive(Clone)]
@@ -811,11 +844,17 @@ mod tests {
             if s.down {
                 return Err("connection refused".into());
             }
+            if let Some(forged) = s.forged_reply.take() {
+                return Ok(forged);
+            }
             let env = RequestEnvelope::parse(&wire).map_err(|e| e.to_string())?;
             match env.verify(&s.key, s.last_counter) {
                 Ok(()) => {}
                 Err(crate::auth::AuthError::Replay { last, .. }) => {
-                    return Ok((409, Bytes::from(format!("replayed poll; last accepted counter {last}"))));
+                    let refused = Refused { code: RefusalCode::Replay, last_counter: last, detail: String::new() };
+                    let reply = PollReply { refused: Some(refused), ..PollReply::default() };
+                    let body = Codec::new(Limits::default()).unwrap().encode(&reply.encode()).unwrap();
+                    return Ok((409, Bytes::from(crate::auth::seal_reply(env.counter, &s.key, &body))));
                 }
                 Err(_) => return Ok((401, Bytes::new())),
             }
@@ -896,6 +935,7 @@ mod tests {
                 log: vec![],
                 epoch: Instant::now(),
                 lose_replies: 0,
+                forged_reply: None,
             }));
             Self { engine, server, changed: Arc::new(AtomicBool::new(false)), dir: dir(name) }
         }
@@ -1068,6 +1108,37 @@ mod tests {
         assert_eq!(agent.stats.polls, 1, "then accepted");
         assert_eq!(rig.server.lock().unwrap().last_counter, 5_001);
         assert!(Store::open(&rig.dir).unwrap().meta().unwrap().counter_end > 5_000, "persisted");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_injected_unauthenticated_counter_hint_changes_nothing() {
+        // A machine in the middle (the agent runs with EDGE_INSECURE_POLL=1)
+        // answers a poll with the refusal text old servers sent: it once
+        // made the agent jump its counter past what the server can store.
+        let rig = Rig::new("injected");
+        let mut agent = rig.agent();
+        run_for(&mut agent, S(1)).await;
+        let text = "replayed poll; last accepted counter 9223372036854775806";
+        rig.server.lock().unwrap().forged_reply = Some((409, Bytes::from(text)));
+        // So does a sealed-looking one under a key the server does not have.
+        let refused = Refused { code: RefusalCode::Replay, last_counter: 1 << 62, detail: String::new() };
+        let body = Codec::new(Limits::default())
+            .unwrap()
+            .encode(&PollReply { refused: Some(refused), ..PollReply::default() }.encode())
+            .unwrap();
+        run_for(&mut agent, S(60)).await;
+        assert_eq!(agent.stats.failures, 1, "the injected answer failed one poll");
+        rig.server.lock().unwrap().forged_reply =
+            Some((409, Bytes::from(crate::auth::seal_reply(agent.counters.next(), &Secret([6; 32]), &body))));
+        run_for(&mut agent, S(120)).await;
+        assert_eq!(agent.stats.failures, 2);
+        let persisted = Store::open(&rig.dir).unwrap().meta().unwrap().counter_end;
+        assert!(persisted < 100, "no counter jump was persisted: {persisted}");
+        assert!(agent.counters.next() < 100, "the counter went on as it was: {}", agent.counters.next());
+        let polls = agent.stats.polls;
+        run_for(&mut agent, S(120)).await;
+        assert!(agent.stats.polls > polls, "and the server still accepts the agent's polls");
+        assert_eq!(agent.stats.failures, 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{Response, StatusCode};
 use axum::routing::post;
@@ -19,23 +19,48 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+pub mod gate;
+
 use super::poll::{self, Refusal};
 use super::store::Store;
 use crate::wire::codec::{Codec, Limits};
 
 /// The poll endpoint's path: one byte of path, paid on every poll.
-pub const POLL_PATH: &str = "/p";
+pub const POLL_PATH: &str = crate::wire::POLL_PATH;
 
 /// What the handlers share. SQLite calls are short and run on the blocking
-/// pool, one at a time.
+/// pool, one at a time; decompression, decoding and compression of poll
+/// bodies run outside the store's lock.
 pub struct AppState {
-    inner: Mutex<(Store, Codec)>,
+    store: Mutex<Store>,
+    /// Codecs (zstd contexts with the dictionaries loaded) for poll bodies,
+    /// reused.
+    codecs: Mutex<Vec<Codec>>,
     limits: Limits,
+    /// Poll bodies decoded at once: decoding is CPU work, and a body may
+    /// decode to 16 MiB, so this bounds both.
+    decoding: tokio::sync::Semaphore,
+    /// Request body bytes the server holds at once, over every request
+    /// (see [`MAX_BODY_BYTES_IN_FLIGHT`]).
+    bodies: tokio::sync::Semaphore,
     /// The certificate fingerprint join tokens carry.
     pub fingerprint: [u8; 32],
     /// Failed logins, counted in memory (see [`super::api::access`]).
     pub logins: super::api::access::LoginLimiter,
 }
+
+/// Request body bytes held at once over all requests: a poll's body is
+/// read only once its header is authenticated, and only when its bytes
+/// fit here (else 503 with `Retry-After`); API bodies likewise by their
+/// `Content-Length`. 64 MiB: sixteen of the largest poll bodies at once.
+pub const MAX_BODY_BYTES_IN_FLIGHT: usize = 64 << 20;
+
+/// How long a request waits for room under [`MAX_BODY_BYTES_IN_FLIGHT`]
+/// before it is answered 503.
+pub const BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Poll bodies decoded at once.
+const CONCURRENT_DECODES: usize = 2;
 
 impl AppState {
     /// Wraps the store. `admin_token` (the data directory's) is made an API
@@ -51,8 +76,11 @@ impl AppState {
     ) -> Result<Arc<Self>, super::StartError> {
         store.ensure_data_directory_token(&super::store::access::secret_hash(admin_token), now())?;
         Ok(Arc::new(Self {
-            inner: Mutex::new((store, Codec::new(limits)?)),
+            store: Mutex::new(store),
+            codecs: Mutex::new(vec![Codec::new(limits)?]),
             limits,
+            decoding: tokio::sync::Semaphore::new(CONCURRENT_DECODES),
+            bodies: tokio::sync::Semaphore::new(MAX_BODY_BYTES_IN_FLIGHT),
             fingerprint,
             logins: super::api::access::LoginLimiter::default(),
         }))
@@ -60,8 +88,29 @@ impl AppState {
 
     /// Runs `f` with the store (call from a blocking task).
     pub fn with_store<T>(&self, f: impl FnOnce(&Store) -> T) -> T {
-        let guard = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        f(&guard.0)
+        let guard = self.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&guard)
+    }
+
+    /// Runs `f` with a codec of the pool (call from a blocking task).
+    ///
+    /// # Errors
+    /// When no codec can be made (out of memory).
+    fn with_codec<T>(&self, f: impl FnOnce(&mut Codec) -> T) -> Result<T, crate::wire::codec::CodecError> {
+        let pooled = self.codecs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
+        let mut codec = match pooled {
+            Some(c) => c,
+            None => Codec::new(self.limits)?,
+        };
+        let out = f(&mut codec);
+        self.codecs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(codec);
+        Ok(out)
+    }
+
+    /// Waits (at most [`BODY_WAIT`]) for room for `bytes` of request body.
+    async fn body_room(&self, bytes: usize) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let n = u32::try_from(bytes.max(1)).ok()?;
+        tokio::time::timeout(BODY_WAIT, self.bodies.acquire_many(n)).await.ok()?.ok()
     }
 }
 
@@ -76,56 +125,262 @@ fn status(code: StatusCode, text: &str) -> Response<Body> {
     r
 }
 
+/// 503 with `Retry-After` when request bodies fill [`MAX_BODY_BYTES_IN_FLIGHT`].
+fn busy() -> Response<Body> {
+    let mut r = status(StatusCode::SERVICE_UNAVAILABLE, "the server is busy reading other requests; retry shortly");
+    r.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("5"));
+    r
+}
+
+/// Runs `f` on the blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Response<Body>> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        tracing::error!("poll handler panicked: {e}");
+        status(StatusCode::INTERNAL_SERVER_ERROR, "")
+    })
+}
+
+/// Reads `body` until `buf` holds `want` bytes (the request's
+/// `Content-Length` makes hyper end the body there).
+async fn read_to(body: &mut Body, buf: &mut Vec<u8>, want: usize) -> Result<(), Response<Body>> {
+    use http_body_util::BodyExt;
+    while buf.len() < want {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                }
+            }
+            Some(Err(_)) | None => return Err(status(StatusCode::BAD_REQUEST, "the body ended early")),
+        }
+    }
+    Ok(())
+}
+
+/// The poll endpoint. A poll is read in two steps: its header (at most
+/// [`crate::auth::MAX_REQUEST_HEADER`] bytes) is authenticated against the
+/// environment it names before a byte more is read, so a client without
+/// the environment's key cannot make the server hold a body; then the body,
+/// within [`MAX_BODY_BYTES_IN_FLIGHT`]. It is checked and decoded outside
+/// the store's lock, applied in one transaction, and the reply compressed
+/// outside the lock again.
 async fn poll_handler(
     State(state): State<Arc<AppState>>,
     meter: Option<axum::Extension<Arc<crate::meter::ConnMeter>>>,
-    body: Bytes,
+    request: axum::extract::Request,
 ) -> Response<Body> {
+    let meter = meter.map(|m| m.0);
+    let charge = |environment: Option<u64>, bodies: Option<(usize, usize)>| {
+        let (state, meter) = (state.clone(), meter.clone());
+        async move {
+            let _ = tokio::task::spawn_blocking(move || {
+                state.with_store(|store| {
+                    super::api::usage::charge_poll(store, meter.as_deref(), &state, environment, bodies, now());
+                });
+            })
+            .await;
+        }
+    };
+    let Some(len) = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    else {
+        return status(StatusCode::LENGTH_REQUIRED, "a poll needs a Content-Length");
+    };
+    if len > state.limits.max_encoded + crate::auth::MAX_REQUEST_HEADER {
+        charge(None, None).await;
+        return status(StatusCode::PAYLOAD_TOO_LARGE, "");
+    }
+    let mut body = request.into_body();
+    let mut buf = Vec::with_capacity(crate::auth::MAX_REQUEST_HEADER);
+    if let Err(r) = read_to(&mut body, &mut buf, len.min(crate::auth::MAX_REQUEST_HEADER)).await {
+        return r;
+    }
+    let Ok((header, header_len)) = crate::auth::RequestHeader::parse(&buf) else {
+        charge(None, None).await;
+        return status(StatusCode::UNAUTHORIZED, "");
+    };
+    let body_len = len - header_len;
     let shared = state.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let mut guard = shared.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (store, codec) = &mut *guard;
-        let now = now();
-        let outcome = poll::handle(store, codec, &body, now);
-        // Data usage: this poll, and the connection's bytes since the last one.
-        let meter = meter.as_ref().map(|m| &*m.0);
-        super::api::usage::charge_poll(store, meter, &shared, &body, &outcome, now);
-        outcome
+    let auth = match blocking(move || shared.with_store(|s| poll::authenticate(s, &header, body_len))).await {
+        Ok(Ok(auth)) => auth,
+        Ok(Err(e)) => {
+            charge(None, None).await;
+            return refused_unsealed(&e);
+        }
+        Err(r) => return r,
+    };
+    let environment = auth.environment;
+    let auth = Arc::new(auth);
+    // Authentic from here: a refusal is sealed, so the agent can trust it.
+    let refuse = |e: Refusal| {
+        let (state, auth) = (state.clone(), auth.clone());
+        async move {
+            let sealed = blocking(move || state.with_codec(|c| poll::seal_refusal(&auth, c, &e).map(|b| (b, e))))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten();
+            match sealed {
+                Some((body, e)) => {
+                    let mut r = Response::new(Body::from(body));
+                    *r.status_mut() = refusal_status(&e);
+                    r
+                }
+                None => status(StatusCode::INTERNAL_SERVER_ERROR, ""),
+            }
+        }
+    };
+    if let Some(e) = auth.early_refusal() {
+        charge(Some(environment), None).await;
+        return refuse(e).await;
+    }
+    let Some(_room) = state.body_room(body_len).await else {
+        return busy();
+    };
+    if let Err(r) = read_to(&mut body, &mut buf, len).await {
+        return r;
+    }
+    drop(body);
+    let Ok(_decoding) = state.decoding.acquire().await else { return busy() };
+    let (shared, a) = (state.clone(), auth.clone());
+    let opened = blocking(move || {
+        let opened = shared.with_codec(|c| poll::open(&a, c, &buf[header_len..]));
+        (opened, buf)
     })
     .await;
-    match result {
-        Ok(Ok(reply)) => Response::new(Body::from(reply)),
-        Ok(Err(Refusal::Unauthenticated)) => status(StatusCode::UNAUTHORIZED, ""),
-        Ok(Err(e @ Refusal::Replay(_))) => status(StatusCode::CONFLICT, &e.to_string()),
-        Ok(Err(e @ Refusal::BoundToAnother(_))) => status(StatusCode::CONFLICT, &e.to_string()),
-        Ok(Err(e @ Refusal::AgentSecret)) => status(StatusCode::FORBIDDEN, &e.to_string()),
-        Ok(Err(e @ Refusal::BadBody(_))) => status(StatusCode::BAD_REQUEST, &e.to_string()),
-        Ok(Err(e @ Refusal::Store(_))) => {
-            tracing::error!("poll: {e}");
+    drop(_decoding);
+    let (request, buf) = match opened {
+        Ok((Ok(Ok(request)), buf)) => (request, buf),
+        Ok((Ok(Err(Refusal::BodyMac)), _)) => {
+            // Not the body its header was sealed with: the counter is used up.
+            let (shared, a) = (state.clone(), auth.clone());
+            let _ = blocking(move || shared.with_store(|s| poll::burn(s, &a))).await;
+            charge(None, None).await;
+            return status(StatusCode::UNAUTHORIZED, "");
+        }
+        Ok((Ok(Err(e)), _)) => {
+            charge(Some(environment), None).await;
+            return refuse(e).await;
+        }
+        Ok((Err(e), _)) => {
+            tracing::error!("poll: no codec: {e}");
+            return status(StatusCode::INTERNAL_SERVER_ERROR, "");
+        }
+        Err(r) => return r,
+    };
+    drop(_room);
+    let (shared, a) = (state.clone(), auth.clone());
+    let applied = blocking(move || shared.with_store(|s| poll::apply(s, &a, &request, now()))).await;
+    let reply = match applied {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(e)) => {
+            charge(Some(environment), None).await;
+            return refuse(e).await;
+        }
+        Err(r) => return r,
+    };
+    let (shared, a) = (state.clone(), auth.clone());
+    match blocking(move || shared.with_codec(|c| poll::seal(&a, c, &reply))).await {
+        Ok(Ok(Ok(wire))) => {
+            charge(Some(environment), Some((buf.len(), wire.len()))).await;
+            Response::new(Body::from(wire))
+        }
+        Ok(Ok(Err(e))) => {
+            tracing::error!("poll reply: {e}");
             status(StatusCode::INTERNAL_SERVER_ERROR, "")
         }
-        Err(e) => {
-            tracing::error!("poll handler panicked: {e}");
+        Ok(Err(e)) => {
+            tracing::error!("poll: no codec: {e}");
             status(StatusCode::INTERNAL_SERVER_ERROR, "")
         }
+        Err(r) => r,
     }
+}
+
+/// The HTTP status of a refusal.
+fn refusal_status(e: &Refusal) -> StatusCode {
+    match e {
+        Refusal::Unauthenticated | Refusal::BodyMac => StatusCode::UNAUTHORIZED,
+        Refusal::Replay(_) | Refusal::BoundToAnother(_) => StatusCode::CONFLICT,
+        Refusal::AgentSecret => StatusCode::FORBIDDEN,
+        Refusal::BadBody(_) => StatusCode::BAD_REQUEST,
+        Refusal::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        Refusal::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// A refusal to a poll that proved nothing: its status, no body.
+fn refused_unsealed(e: &Refusal) -> Response<Body> {
+    if let Refusal::Store(e) = e {
+        tracing::error!("poll: {e}");
+    }
+    status(refusal_status(e), "")
+}
+
+/// The path agents before version 0.2 polled, with an envelope whose one
+/// MAC covered the body, so the server had to read a body before it could
+/// authenticate it. It is answered 426 with what to do.
+pub const OLD_POLL_PATH: &str = "/p";
+
+async fn old_poll() -> Response<Body> {
+    status(
+        StatusCode::UPGRADE_REQUIRED,
+        "this tern server needs tern agent 0.2 or later (poll headers are now authenticated before their body is \
+         read): update the agent image and restart it",
+    )
 }
 
 /// The routes.
 pub fn router(state: Arc<AppState>) -> Router {
-    // The envelope adds at most 36 bytes to a body the codec accepts.
+    // The API's largest bodies are compose files and scripts.
     let limit = state.limits.max_encoded + 64;
     Router::new()
         .route(POLL_PATH, post(poll_handler))
+        .route(OLD_POLL_PATH, post(old_poll))
         // The API's JSON goes gzip'd to a client that asks (a browser; the
         // CLI and the agents do not ask, and the poll endpoint is outside).
-        .merge(super::api::routes(state.clone()).layer(tower_http::compression::CompressionLayer::new()))
-        .merge(super::ui::routes(super::api::routes(state.clone()).with_state(state.clone())))
+        .merge(
+            super::api::routes(state.clone())
+                .layer(tower_http::compression::CompressionLayer::new())
+                .layer(axum::middleware::from_fn_with_state(state.clone(), body_budget)),
+        )
+        .merge(
+            super::ui::routes(super::api::routes(state.clone()).with_state(state.clone()))
+                .layer(axum::middleware::from_fn_with_state(state.clone(), body_budget)),
+        )
         .fallback(super::api::not_found)
         .method_not_allowed_fallback(super::api::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn(request_timeout))
         .with_state(state)
+}
+
+/// Holds a request's body bytes (its `Content-Length`, or the most a body
+/// may be) under [`MAX_BODY_BYTES_IN_FLIGHT`] while the request runs: 503
+/// when there is no room within [`BODY_WAIT`].
+async fn body_budget(
+    State(state): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response<Body> {
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let bytes = match (request.method(), declared) {
+        (&axum::http::Method::GET | &axum::http::Method::HEAD, None) => 0,
+        (_, Some(n)) => n.min(state.limits.max_encoded + 64),
+        (_, None) => state.limits.max_encoded + 64,
+    };
+    if bytes == 0 {
+        return next.run(request).await;
+    }
+    let Some(_room) = state.body_room(bytes).await else { return busy() };
+    next.run(request).await
 }
 
 /// The most connections served at once; past it, new ones are closed at
@@ -173,40 +428,6 @@ impl Default for ConnectionLimits {
     }
 }
 
-/// One address's share of the connection limit, given back on drop.
-struct AddressSlot {
-    map: Arc<Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
-    ip: std::net::IpAddr,
-}
-
-impl AddressSlot {
-    fn take(
-        map: &Arc<Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
-        ip: std::net::IpAddr,
-        limit: usize,
-    ) -> Option<Self> {
-        let mut m = map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = m.entry(ip).or_insert(0);
-        if *n >= limit {
-            return None;
-        }
-        *n += 1;
-        Some(Self { map: map.clone(), ip })
-    }
-}
-
-impl Drop for AddressSlot {
-    fn drop(&mut self) {
-        let mut m = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = m.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.ip);
-            }
-        }
-    }
-}
-
 /// Answers 408 to a request not done within [`REQUEST_TIMEOUT`] (a body sent
 /// a byte at a time holds nothing for long).
 pub async fn request_timeout(request: axum::extract::Request, next: axum::middleware::Next) -> Response<Body> {
@@ -231,10 +452,48 @@ pub async fn serve(
     serve_with(listener, tls, router, shutdown, ConnectionLimits::default()).await
 }
 
+/// Logs a repeated warning at most once per [`WARN_EVERY`], with how many
+/// were left out: a flood must not become a flood of log lines.
+#[derive(Debug, Default)]
+struct Quiet {
+    last: Option<std::time::Instant>,
+    left_out: u64,
+}
+
+/// See [`Quiet`].
+const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Quiet {
+    fn warn(&mut self, what: std::fmt::Arguments<'_>) {
+        let now = std::time::Instant::now();
+        if self.last.is_some_and(|t| now.duration_since(t) < WARN_EVERY) {
+            self.left_out += 1;
+            return;
+        }
+        if self.left_out > 0 {
+            tracing::warn!("{what} ({} more like it in the last {} s)", self.left_out, WARN_EVERY.as_secs());
+        } else {
+            tracing::warn!("{what}");
+        }
+        self.last = Some(now);
+        self.left_out = 0;
+    }
+}
+
+/// How long the accept loop pauses after an accept error (out of file
+/// descriptors, above all): retrying at once spins a core and floods the
+/// log while nothing can change.
+pub const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// [`serve`] with other connection limits.
 ///
+/// At start the process's soft limit on open files is raised to its hard
+/// limit, and the connection caps are sized below it (see [`gate`]), so a
+/// flood of connections meets the caps, not the file limit.
+///
 /// # Errors
-/// Never at present; accept errors are logged and the loop goes on.
+/// Never at present; accept errors are logged (rate-limited) and the loop
+/// goes on after a pause.
 pub async fn serve_with(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -246,8 +505,21 @@ pub async fn serve_with(
     // Each connection's bytes under TLS, charged to the environment whose
     // agent polls on it (see `api::usage`).
     let meters = Arc::new(crate::meter::Meters::default());
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max));
-    let per_address: Arc<Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> = Arc::default();
+    let open_files = gate::raise_open_file_limit();
+    let max = gate::cap_for(limits.max, open_files);
+    if max < limits.max {
+        tracing::warn!(
+            "the open-file limit ({}) allows {max} connections, not {}: raise it (ulimit -n, LimitNOFILE=) for \
+             a large fleet",
+            open_files.unwrap_or(0),
+            limits.max
+        );
+    }
+    // One address never takes every slot: three quarters at most.
+    let per_address = limits.per_address.min((max * 3 / 4).max(1));
+    let gate = gate::Gate::new(max, per_address);
+    let mut accept_errors = Quiet::default();
+    let refusals = Arc::new(Mutex::new(Quiet::default()));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -261,61 +533,116 @@ pub async fn serve_with(
                 let (tcp, peer) = match accepted {
                     Ok(x) => x,
                     Err(e) => {
-                        tracing::warn!("accept: {e}");
+                        accept_errors.warn(format_args!("accept: {e}; pausing {} ms", ACCEPT_PAUSE.as_millis()));
+                        tokio::select! {
+                            () = &mut shutdown => {}
+                            () = tokio::time::sleep(ACCEPT_PAUSE) => {}
+                        }
                         continue;
                     }
                 };
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    tracing::warn!("{} connections open: refusing one from {peer}", limits.max);
-                    continue;
-                };
-                let address = AddressSlot::take(&per_address, peer.ip(), limits.per_address);
-                let Some(address) = address else {
-                    tracing::warn!("{} holds {} connections: refusing another", peer.ip(), limits.per_address);
-                    continue;
-                };
                 let _ = tcp.set_nodelay(true);
-                let (acceptor, router, meters) = (acceptor.clone(), router.clone(), meters.clone());
+                let (acceptor, router, meters, gate) = (acceptor.clone(), router.clone(), meters.clone(), gate.clone());
+                let refusals = refusals.clone();
                 tokio::spawn(async move {
-                    let _slots = (slot, address);
-                    let (key, meter) = meters.open();
-                    let tcp = crate::meter::Counting::new(tcp, meter.wire());
-                    let tls = match tokio::time::timeout(limits.handshake, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => {
-                            tracing::debug!("tls from {peer}: {e}");
-                            meters.forget(key);
+                    // When the server is full, another connection may give
+                    // way; this waits (briefly) for its slot.
+                    let admission = match gate.admit(peer.ip()).await {
+                        Ok(a) => a,
+                        Err(e) => {
+                            refusals
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .warn(format_args!("refusing a connection from {}: {e}", peer.ip()));
                             return;
                         }
-                        Err(_) => {
-                            tracing::debug!("tls from {peer}: no handshake within {:?}", limits.handshake);
+                    };
+                    let (key, meter) = meters.open();
+                    let tcp = crate::meter::Counting::new(tcp, meter.wire());
+                    let handshake = tokio::time::timeout(limits.handshake, acceptor.accept(tcp));
+                    let tls = tokio::select! {
+                        r = handshake => match r {
+                            Ok(Ok(tls)) => tls,
+                            Ok(Err(e)) => {
+                                tracing::debug!("tls from {peer}: {e}");
+                                meters.forget(key);
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!("tls from {peer}: no handshake within {:?}", limits.handshake);
+                                meters.forget(key);
+                                return;
+                            }
+                        },
+                        () = admission.close.notified() => {
+                            tracing::debug!("tls from {peer}: closed mid-handshake to make room");
                             meters.forget(key);
                             return;
                         }
                     };
+                    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+                    admission.serving(requests.clone());
                     let inner = TowerToHyperService::new(router);
                     let service = hyper::service::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
                         // The peer's address, as axum's `ConnectInfo`: the login rate limit counts by it.
                         req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
                         req.extensions_mut().insert(meter.clone());
-                        hyper::service::Service::call(&inner, req)
+                        let busy = Busy::new(&requests);
+                        let call = hyper::service::Service::call(&inner, req);
+                        async move {
+                            let r = call.await;
+                            drop(busy);
+                            r
+                        }
                     });
-                    let result = hyper::server::conn::http1::Builder::new()
+                    let connection = hyper::server::conn::http1::Builder::new()
                         .auto_date_header(false)
                         .keep_alive(true)
                         .timer(hyper_util::rt::TokioTimer::new())
                         // Covers the wait for the next request too: an idle
                         // connection closes after it.
                         .header_read_timeout(limits.idle)
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
+                        // What hyper reads ahead of a handler: a poll's body
+                        // is read only once its header is authenticated.
+                        .max_buf_size(READ_BUFFER)
+                        .serve_connection(TokioIo::new(tls), service);
+                    tokio::pin!(connection);
+                    let result = tokio::select! {
+                        r = connection.as_mut() => r,
+                        () = admission.close.notified() => {
+                            // Evicted to make room: finish what is under way, then close.
+                            connection.as_mut().graceful_shutdown();
+                            connection.await
+                        }
+                    };
                     if let Err(e) = result {
                         tracing::debug!("connection from {peer}: {e}");
                     }
+                    drop(admission);
                     // Charge what is left: the last reply, the closing alerts.
                     let _ = tokio::task::spawn_blocking(move || meters.close(key)).await;
                 });
             }
         }
+    }
+}
+
+/// The most a connection reads ahead of its handler (hyper's default is
+/// about 400 KB): with thousands of connections, read-ahead is memory.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// A request under way on a connection, counted while it lives.
+struct Busy(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Busy {
+    fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }

@@ -17,25 +17,32 @@
 //! A resync reply carries all of that too: the agent's results and
 //! acknowledgements do not depend on the state part.
 
-use crate::auth::{AuthError, RequestEnvelope, seal_reply};
+use crate::auth::{AuthError, RequestEnvelope, RequestHeader, Secret, seal_reply};
 use crate::server::store::{Store, StoreError};
 use crate::sync::session::Received;
 use crate::wire::codec::{Codec, CodecError};
-use crate::wire::poll::{PollReply, PollRequest};
+use crate::wire::poll::{PollError, PollReply, PollRequest, RefusalCode, Refused};
 
 /// The most commands one reply carries; the rest follow in later replies.
 pub const MAX_COMMANDS_PER_REPLY: usize = 100;
 
-/// Why a poll was refused. Nothing was changed.
+/// Why a poll was refused. Nothing was changed (but for
+/// [`Refusal::BodyMac`], which burns the counter).
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
     /// Not an envelope, or an unknown environment, or a bad MAC: the
     /// answer does not say which, to a client that proved nothing.
     #[error("unauthenticated poll")]
     Unauthenticated,
+    /// An authentic header with a body that is not the one it was sealed
+    /// with: the header's counter is burnt (see [`burn`]), so whoever
+    /// holds a genuine header gets one try at a body per genuine poll.
+    #[error("the body does not match its header")]
+    BodyMac,
     /// A replayed counter. The highest counter accepted is not a secret:
     /// an agent that lost its data directory (and so its counter) jumps
-    /// above it and carries on; a replay stays refused either way.
+    /// above it and carries on; a replay stays refused either way. The
+    /// agent is told in a sealed reply, never in text it would parse.
     #[error("replayed poll; last accepted counter {0}")]
     Replay(u64),
     /// Another agent holds this environment (a second agent with the same
@@ -52,6 +59,10 @@ pub enum Refusal {
     /// The body does not decode.
     #[error("bad body: {0}")]
     BadBody(String),
+    /// The body carries more than a poll may (see
+    /// [`crate::wire::poll::limits`]), or is over the codec's size limits.
+    #[error("too large: {0}")]
+    TooLarge(String),
     /// The database failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -59,95 +70,222 @@ pub enum Refusal {
 
 impl From<CodecError> for Refusal {
     fn from(e: CodecError) -> Self {
-        Self::BadBody(e.to_string())
+        match e {
+            CodecError::EncodedTooLarge { .. } | CodecError::DecodedTooLarge { .. } => Self::TooLarge(e.to_string()),
+            e => Self::BadBody(e.to_string()),
+        }
     }
 }
 
-/// Handles one poll: `wire` is the request body as received, the result is
-/// the reply body to send.
+impl From<PollError> for Refusal {
+    fn from(e: PollError) -> Self {
+        match e {
+            PollError::TooLarge(what) => Self::TooLarge(what),
+            e => Self::BadBody(e.to_string()),
+        }
+    }
+}
+
+/// A poll whose header proved it comes from an environment's agent: what
+/// the rest of the poll is checked, applied and sealed with.
+#[derive(Debug)]
+pub struct Authenticated {
+    /// The environment.
+    pub environment: u64,
+    /// The poll's counter.
+    pub counter: u64,
+    /// The key the request was sealed with, and its reply is.
+    key: Secret,
+    header: RequestHeader,
+    /// The counter was not above the last accepted one: still authentic,
+    /// so the body is read to tell a second agent from a replay.
+    replayed: bool,
+    /// Sealed with the environment's secret alone while the server
+    /// requires an AGENT_SECRET: refused as soon as the header is read.
+    missing_agent_secret: bool,
+}
+
+impl Authenticated {
+    /// A refusal decided by the header alone (a missing AGENT_SECRET).
+    pub fn early_refusal(&self) -> Option<Refusal> {
+        self.missing_agent_secret.then_some(Refusal::AgentSecret)
+    }
+}
+
+/// Checks a request's header against the environment it names, before
+/// its body is read (`body_len` is the body's length, from the request's
+/// `Content-Length`).
 ///
 /// # Errors
-/// A [`Refusal`]; the stored state, counter and binding are unchanged.
-pub fn handle(store: &Store, codec: &mut Codec, wire: &[u8], now: i64) -> Result<Vec<u8>, Refusal> {
-    let envelope = RequestEnvelope::parse(wire).map_err(|_| Refusal::Unauthenticated)?;
-    let env = match store.environment(envelope.environment) {
+/// [`Refusal::Unauthenticated`] for an unknown environment or a header
+/// sealed with another key; [`Refusal::Store`].
+pub fn authenticate(store: &Store, header: &RequestHeader, body_len: usize) -> Result<Authenticated, Refusal> {
+    let env = match store.environment(header.environment) {
         Ok(env) => env,
         Err(StoreError::NotFound(_)) => return Err(Refusal::Unauthenticated),
         Err(e) => return Err(e.into()),
     };
     let agent_secret = store.agent_secret()?;
     let key = env.secret.with_agent_secret(agent_secret.as_deref());
-    let mut replayed = false;
-    match envelope.verify(&key, env.last_counter) {
-        Ok(()) => {}
-        // Authentic but not new: decode it first, to tell a second agent
-        // (another EDGE_ID) from a replay.
-        Err(AuthError::Replay { .. }) => replayed = true,
+    let authenticated = |key, replayed, missing_agent_secret| Authenticated {
+        environment: env.id,
+        counter: header.counter,
+        key,
+        header: header.clone(),
+        replayed,
+        missing_agent_secret,
+    };
+    match header.verify(&key, body_len, env.last_counter) {
+        Ok(()) => Ok(authenticated(key, false, false)),
+        // Authentic but not new: the body tells a second agent (another
+        // EDGE_ID) from a replay.
+        Err(AuthError::Replay { .. }) => Ok(authenticated(key, true, false)),
         // The right environment secret without the server's AGENT_SECRET
         // mixed in (a replayed counter proves the secret just as well).
         Err(_)
-            if agent_secret.is_some() && envelope.verify(&env.secret, env.last_counter) != Err(AuthError::BadMac) =>
+            if agent_secret.is_some()
+                && header.verify(&env.secret, body_len, env.last_counter) != Err(AuthError::BadMac) =>
         {
-            return Err(Refusal::AgentSecret);
+            Ok(authenticated(env.secret.clone(), false, true))
         }
-        Err(_) => return Err(Refusal::Unauthenticated),
+        Err(_) => Err(Refusal::Unauthenticated),
     }
-    // Authenticated from here on. Decode before touching anything.
-    let request = PollRequest::decode(&codec.decode(envelope.body)?).map_err(|e| Refusal::BadBody(e.to_string()))?;
+}
+
+/// Checks the body against its authenticated header, then decodes and
+/// validates it, its counts against [`crate::wire::poll::limits`] before
+/// anything is decoded. Touches no store: call it outside the store's lock.
+///
+/// # Errors
+/// [`Refusal::BodyMac`] (then [`burn`] the counter), [`Refusal::BadBody`],
+/// [`Refusal::TooLarge`].
+pub fn open(auth: &Authenticated, codec: &mut Codec, body: &[u8]) -> Result<PollRequest, Refusal> {
+    auth.header.verify_body(&auth.key, body).map_err(|_| Refusal::BodyMac)?;
+    Ok(PollRequest::decode(&codec.decode(body)?)?)
+}
+
+/// A body that did not match its authentic header burns the header's
+/// counter: the next try needs the agent's next genuine poll.
+///
+/// # Errors
+/// When the database fails.
+pub fn burn(store: &Store, auth: &Authenticated) -> Result<(), StoreError> {
+    if auth.replayed {
+        return Ok(());
+    }
+    store.burn_counter(auth.environment, auth.counter)
+}
+
+/// Applies a decoded poll to the store, in one transaction: a refusal or
+/// an error leaves nothing of it behind. Returns the reply to seal.
+///
+/// # Errors
+/// [`Refusal::Replay`], [`Refusal::BoundToAnother`], [`Refusal::Store`].
+pub fn apply(store: &Store, auth: &Authenticated, request: &PollRequest, now: i64) -> Result<PollReply, Refusal> {
+    let tx = store.tx()?;
+    let env_id = auth.environment;
     let edge_id = request.agent.as_ref().map(|a| a.edge_id.as_str());
-    if replayed || !store.accept_poll(env.id, envelope.counter, edge_id, now)? {
-        let now_env = store.environment(env.id)?;
+    if auth.replayed || !store.accept_poll(env_id, auth.counter, edge_id, now)? {
+        let now_env = store.environment(env_id)?;
         let another = matches!((&now_env.edge_id, edge_id), (Some(bound), Some(named)) if bound != named);
         return Err(if another {
-            Refusal::BoundToAnother(env.id)
-        } else if envelope.counter <= now_env.last_counter {
+            Refusal::BoundToAnother(env_id)
+        } else if auth.counter <= now_env.last_counter {
             Refusal::Replay(now_env.last_counter)
         } else {
-            Refusal::BoundToAnother(env.id)
+            Refusal::BoundToAnother(env_id)
         });
     }
-    let mut replica = store.replica(env.id)?;
+    let mut replica = store.replica(env_id)?;
     let before = replica.current().0;
     let received = replica.receive(request.base, request.delta.as_ref());
     let mut reply = match received {
         Received::Acked(seq) => {
             // The replica changes exactly when its sequence number moves.
             if seq != before {
-                store.save_replica(env.id, &replica, now)?;
+                store.save_replica(env_id, &replica, now)?;
             } else if request.delta.is_some() {
                 // A snapshot poll that changed nothing: the stored state is
                 // as of now, so its age restarts.
-                store.confirm_snapshot(env.id, now)?;
+                store.confirm_snapshot(env_id, now)?;
             }
             PollReply { acked: seq, ..PollReply::default() }
         }
         Received::Resync => PollReply { acked: replica.current().0, resync: true, ..PollReply::default() },
     };
     for result in &request.results {
-        store.store_result(env.id, result, now)?;
+        store.store_result(env_id, result, now)?;
         reply.results_acked.push(result.id);
     }
     // Runs of scheduled jobs: stored once each, acknowledged every time
     // (also when they name no job sent here), so the agent drops them.
     for run in &request.job_runs {
-        store.store_job_run(env.id, run, now)?;
+        store.store_job_run(env_id, run, now)?;
         reply.job_runs_acked.push((run.job, run.run));
     }
     if request.commands_seen > 0 {
-        store.mark_seen(env.id, request.commands_seen, now)?;
+        store.mark_seen(env_id, request.commands_seen, now)?;
     }
     if let Some(intervals) = request.intervals {
-        store.set_agent_intervals(env.id, intervals)?;
+        store.set_agent_intervals(env_id, intervals)?;
     }
-    let effective = store.effective_intervals(env.id)?;
-    if store.agent_intervals(env.id)? != Some(effective) {
+    let effective = store.effective_intervals(env_id)?;
+    if store.agent_intervals(env_id)? != Some(effective) {
         reply.intervals = Some(effective);
     }
     // Stacks whose groups or tags this environment joined since: queued
     // now, so they go out in this reply (one indexed read when none).
-    store.reconcile_stacks(None, Some(env.id), now)?;
-    reply.commands = store.commands_due(env.id, now, MAX_COMMANDS_PER_REPLY)?;
-    Ok(seal_reply(envelope.counter, &key, &codec.encode(&reply.encode())?))
+    store.reconcile_stacks(None, Some(env_id), now)?;
+    reply.commands = store.commands_due(env_id, now, MAX_COMMANDS_PER_REPLY)?;
+    tx.commit()?;
+    Ok(reply)
+}
+
+/// Seals a reply (compression included): outside the store's lock.
+///
+/// # Errors
+/// When the codec fails.
+pub fn seal(auth: &Authenticated, codec: &mut Codec, reply: &PollReply) -> Result<Vec<u8>, Refusal> {
+    Ok(seal_reply(auth.counter, &auth.key, &codec.encode(&reply.encode())?))
+}
+
+/// The sealed reply that tells an authenticated agent why its poll was
+/// refused, for the refusals it can act on; `None` for the others.
+pub fn seal_refusal(auth: &Authenticated, codec: &mut Codec, refusal: &Refusal) -> Option<Vec<u8>> {
+    let (code, last_counter) = match refusal {
+        Refusal::Replay(last) => (RefusalCode::Replay, *last),
+        Refusal::BoundToAnother(_) => (RefusalCode::BoundToAnother, 0),
+        Refusal::AgentSecret => (RefusalCode::AgentSecret, 0),
+        Refusal::BadBody(_) => (RefusalCode::BadBody, 0),
+        Refusal::TooLarge(_) => (RefusalCode::TooLarge, 0),
+        Refusal::Unauthenticated | Refusal::BodyMac | Refusal::Store(_) => return None,
+    };
+    let refused = Refused { code, last_counter, detail: refusal.to_string() };
+    seal(auth, codec, &PollReply { refused: Some(refused), ..PollReply::default() }).ok()
+}
+
+/// Handles one poll held whole, every step in turn (the HTTP layer runs
+/// the same steps, reading the body only after [`authenticate`]): `wire`
+/// is the request as received, the result is the reply body to send.
+///
+/// # Errors
+/// A [`Refusal`]; the stored state, counter and binding are unchanged (but
+/// for a body that does not match its header, whose counter is burnt).
+pub fn handle(store: &Store, codec: &mut Codec, wire: &[u8], now: i64) -> Result<Vec<u8>, Refusal> {
+    let envelope = RequestEnvelope::parse(wire).map_err(|_| Refusal::Unauthenticated)?;
+    let auth = authenticate(store, &envelope.header, envelope.body.len())?;
+    if let Some(refusal) = auth.early_refusal() {
+        return Err(refusal);
+    }
+    let request = match open(&auth, codec, envelope.body) {
+        Err(Refusal::BodyMac) => {
+            burn(store, &auth)?;
+            return Err(Refusal::Unauthenticated);
+        }
+        r => r?,
+    };
+    let reply = apply(store, &auth, &request, now)?;
+    seal(&auth, codec, &reply)
 }
 
 #[cfg(test)]

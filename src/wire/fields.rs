@@ -43,6 +43,46 @@ pub(crate) fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64, FieldError
     Err(FieldError::BadVarint)
 }
 
+/// The records of an encoded message, in order: each field number with its
+/// value's bytes (a length-delimited value without its length; the varint
+/// or fixed bytes otherwise). Stops at the first malformed record.
+pub(crate) fn records(buf: &[u8]) -> impl Iterator<Item = Result<(u32, &[u8]), FieldError>> {
+    let mut pos = 0;
+    let mut failed = false;
+    std::iter::from_fn(move || {
+        if pos >= buf.len() || failed {
+            return None;
+        }
+        let r = (|| {
+            let key = read_varint(buf, &mut pos)?;
+            let number = key >> 3;
+            if number == 0 || number > MAX_FIELD {
+                return Err(FieldError::BadFieldNumber(number));
+            }
+            let (start, len) = match (key & 7) as u8 {
+                0 => {
+                    let start = pos;
+                    read_varint(buf, &mut pos)?;
+                    (start, pos - start)
+                }
+                1 => (pos, 8),
+                2 => {
+                    let len = usize::try_from(read_varint(buf, &mut pos)?).map_err(|_| FieldError::Truncated)?;
+                    (pos, len)
+                }
+                5 => (pos, 4),
+                other => return Err(FieldError::BadWireType(other)),
+            };
+            let end = start.checked_add(len).filter(|&e| e <= buf.len()).ok_or(FieldError::Truncated)?;
+            pos = end;
+            // `number` fits in u32: it is at most MAX_FIELD.
+            Ok((number as u32, &buf[start..end]))
+        })();
+        failed = r.is_err();
+        Some(r)
+    })
+}
+
 /// Groups the records of `buf` by field number, keeping each field's
 /// records in their original order.
 fn group(buf: &[u8]) -> Result<BTreeMap<u32, Vec<u8>>, FieldError> {

@@ -18,6 +18,135 @@ pub enum PollError {
     /// A command without an action this build knows.
     #[error("command {0} has no action this agent knows")]
     UnknownAction(u64),
+    /// More than a poll may carry (see [`limits`]).
+    #[error("too much in one poll: {0}")]
+    TooLarge(String),
+}
+
+/// What one poll request may carry at most. The server refuses a poll over
+/// any of these before anything in it reaches the database, so one agent
+/// cannot hold the server; the counts are checked on the encoded bytes,
+/// before they are decoded, so a small body that would decode into
+/// millions of empty records costs nothing. An honest agent sends far less
+/// (100 results and 512 KiB of them a poll).
+pub mod limits {
+    /// Command results in one poll.
+    pub const RESULTS: usize = 256;
+    /// Job runs in one poll.
+    pub const JOB_RUNS: usize = 256;
+    /// Bytes of output in one result or job run (the agent keeps the last
+    /// 64 KiB; as text, bytes that are not UTF-8 may grow threefold).
+    pub const OUTPUT: usize = 256 * 1024;
+    /// Bytes of error text in one result or job run (the agent sends 500).
+    pub const ERROR: usize = 4 * 1024;
+    /// Bytes of outputs and errors in one poll.
+    pub const RESULT_BYTES: usize = 2 * 1024 * 1024;
+    /// Objects added, changed or removed in one delta (a first snapshot of
+    /// a host with thousands of containers and images fits).
+    pub const DELTA_OBJECTS: usize = 65_536;
+}
+
+/// Counts what an encoded `PollRequest` holds against [`limits`] without
+/// decoding it.
+///
+/// # Errors
+/// [`PollError::TooLarge`] naming the first limit passed, or
+/// [`PollError::Decode`] when the bytes are not protobuf.
+pub fn check_limits(bytes: &[u8]) -> Result<(), PollError> {
+    use super::fields::records;
+    let bad = |e: super::fields::FieldError| PollError::Decode(e.to_string());
+    let too_large = |what: String| Err(PollError::TooLarge(what));
+    let (mut results, mut job_runs, mut objects, mut result_bytes) = (0usize, 0usize, 0usize, 0usize);
+    // Output and error sizes of one result (fields 5 and 3) or job run (7 and 9).
+    let mut sizes = |record: &[u8], output: u32, error: u32| -> Result<(), PollError> {
+        for r in records(record) {
+            let (field, value) = r.map_err(bad)?;
+            let (limit, what) = match field {
+                f if f == output => (limits::OUTPUT, "output"),
+                f if f == error => (limits::ERROR, "error text"),
+                _ => continue,
+            };
+            if value.len() > limit {
+                return too_large(format!("{} bytes of {what} in one result (at most {limit})", value.len()));
+            }
+            result_bytes += value.len();
+        }
+        Ok(())
+    };
+    for r in records(bytes) {
+        let (field, value) = r.map_err(bad)?;
+        match field {
+            3 => {
+                results += 1;
+                sizes(value, 5, 3)?;
+            }
+            7 => {
+                job_runs += 1;
+                sizes(value, 7, 9)?;
+            }
+            2 => {
+                // Delta: the kinds are fields 3 to 6, each a KindDelta whose
+                // removed (1, packed varints), changed (2) and added (3)
+                // entries are objects.
+                for kind in records(value) {
+                    let (field, kind) = kind.map_err(bad)?;
+                    if !(3..=6).contains(&field) {
+                        continue;
+                    }
+                    for entry in records(kind) {
+                        let (field, entry) = entry.map_err(bad)?;
+                        objects += match field {
+                            1 => entry.iter().filter(|b| *b & 0x80 == 0).count(),
+                            2 | 3 => 1,
+                            _ => 0,
+                        };
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if results > limits::RESULTS {
+        return too_large(format!("{results} command results (at most {})", limits::RESULTS));
+    }
+    if job_runs > limits::JOB_RUNS {
+        return too_large(format!("{job_runs} job runs (at most {})", limits::JOB_RUNS));
+    }
+    if result_bytes > limits::RESULT_BYTES {
+        return too_large(format!("{result_bytes} bytes of results (at most {})", limits::RESULT_BYTES));
+    }
+    if objects > limits::DELTA_OBJECTS {
+        return too_large(format!("{objects} objects in the delta (at most {})", limits::DELTA_OBJECTS));
+    }
+    Ok(())
+}
+
+/// Why the server refused a poll, as its sealed reply says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalCode {
+    /// The counter is not above the last one accepted.
+    Replay,
+    /// Another agent (EDGE_ID) holds the environment.
+    BoundToAnother,
+    /// The server requires an AGENT_SECRET and the agent has none.
+    AgentSecret,
+    /// The body does not decode or is invalid.
+    BadBody,
+    /// More than a poll may carry.
+    TooLarge,
+    /// A code this build does not know (from a newer server).
+    Other,
+}
+
+/// A refused poll, from its sealed reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// Why.
+    pub code: RefusalCode,
+    /// For a replay: the highest counter the server accepted.
+    pub last_counter: u64,
+    /// What was wrong, for the log.
+    pub detail: String,
 }
 
 /// What to do to a container.
@@ -246,6 +375,8 @@ pub struct PollReply {
     /// read (from a newer server). Never encoded; the agent reports each
     /// as rejected instead of failing the whole reply.
     pub unknown_commands: Vec<u64>,
+    /// Set only in the reply to a refused poll.
+    pub refused: Option<Refused>,
 }
 
 impl Intervals {
@@ -398,12 +529,15 @@ impl PollRequest {
         .encode_to_vec()
     }
 
-    /// Decodes and validates a request.
+    /// Decodes and validates a request; its counts are checked against
+    /// [`limits`] before anything is decoded.
     ///
     /// # Errors
-    /// When the bytes are not a valid request. The delta inside is checked
+    /// When the bytes are not a valid request, or carry more than a poll
+    /// may ([`PollError::TooLarge`]). The delta inside is checked
     /// later, against the base, by [`crate::sync::delta::apply`].
     pub fn decode(bytes: &[u8]) -> Result<Self, PollError> {
+        check_limits(bytes)?;
         let p = pb::PollRequest::decode(bytes).map_err(|e| PollError::Decode(e.to_string()))?;
         let results = p
             .results
@@ -449,6 +583,18 @@ impl PollReply {
             intervals: self.intervals.map(Intervals::to_pb),
             results_acked: self.results_acked.clone(),
             job_runs_acked: self.job_runs_acked.iter().map(|&(job, run)| pb::JobRunAck { job, run }).collect(),
+            refusal: self.refused.as_ref().map(|r| pb::Refusal {
+                code: match r.code {
+                    RefusalCode::Replay => pb::RefusalCode::Replay,
+                    RefusalCode::BoundToAnother => pb::RefusalCode::BoundToAnother,
+                    RefusalCode::AgentSecret => pb::RefusalCode::AgentSecret,
+                    RefusalCode::BadBody => pb::RefusalCode::BadBody,
+                    RefusalCode::TooLarge => pb::RefusalCode::TooLarge,
+                    RefusalCode::Other => pb::RefusalCode::Unspecified,
+                } as i32,
+                last_counter: r.last_counter,
+                detail: r.detail.clone(),
+            }),
         }
         .encode_to_vec()
     }
@@ -476,6 +622,18 @@ impl PollReply {
             results_acked: p.results_acked,
             job_runs_acked: p.job_runs_acked.into_iter().map(|a| (a.job, a.run)).collect(),
             unknown_commands: unknown,
+            refused: p.refusal.map(|r| Refused {
+                code: match pb::RefusalCode::try_from(r.code) {
+                    Ok(pb::RefusalCode::Replay) => RefusalCode::Replay,
+                    Ok(pb::RefusalCode::BoundToAnother) => RefusalCode::BoundToAnother,
+                    Ok(pb::RefusalCode::AgentSecret) => RefusalCode::AgentSecret,
+                    Ok(pb::RefusalCode::BadBody) => RefusalCode::BadBody,
+                    Ok(pb::RefusalCode::TooLarge) => RefusalCode::TooLarge,
+                    _ => RefusalCode::Other,
+                },
+                last_counter: r.last_counter,
+                detail: r.detail,
+            }),
         })
     }
 }
@@ -499,7 +657,13 @@ mod tests {
             results_acked: vec![1, 2],
             job_runs_acked: vec![(4, 2)],
             unknown_commands: vec![],
+            refused: None,
         };
+        let refused = PollReply {
+            refused: Some(Refused { code: RefusalCode::Replay, last_counter: 41, detail: "replayed".into() }),
+            ..PollReply::default()
+        };
+        assert_eq!(PollReply::decode(&refused.encode()).unwrap(), refused);
         assert_eq!(PollReply::decode(&reply.encode()).unwrap(), reply);
         // A command from a newer server does not cost the rest of the reply.
         let newer = pb::PollReply {
@@ -569,5 +733,60 @@ mod tests {
         };
         assert_eq!(PollRequest::decode(&req.encode()).unwrap(), req);
         assert!(PollRequest::decode(&[0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn a_small_body_that_would_decode_into_millions_of_records_is_refused_before_decoding() {
+        // 2 bytes per empty result: the 1,441-byte poll of the report
+        // decoded into 2.79 million of them.
+        let mut bomb = Vec::new();
+        for _ in 0..(limits::RESULTS + 1) {
+            bomb.extend_from_slice(&[0x1a, 0x00]);
+        }
+        let e = PollRequest::decode(&bomb).unwrap_err();
+        assert_eq!(e, PollError::TooLarge(format!("257 command results (at most {})", limits::RESULTS)));
+        let mut runs = Vec::new();
+        for _ in 0..(limits::JOB_RUNS + 1) {
+            runs.extend_from_slice(&[0x3a, 0x00]);
+        }
+        assert!(matches!(PollRequest::decode(&runs), Err(PollError::TooLarge(_))));
+        // A delta with too many removed objects (packed varints in one record).
+        let removed = vec![0x01u8; limits::DELTA_OBJECTS + 1];
+        let kind = pb::KindDelta { removed: removed.iter().map(|&b| u32::from(b)).collect(), ..Default::default() };
+        let delta = pb::Delta { containers: Some(kind), ..Default::default() };
+        let req = pb::PollRequest { delta: Some(delta), ..Default::default() };
+        let e = PollRequest::decode(&req.encode_to_vec()).unwrap_err();
+        assert!(matches!(&e, PollError::TooLarge(t) if t.contains("65537 objects")), "{e}");
+        // Oversized output or error text in one result.
+        let big = |output: usize, error: usize| PollRequest {
+            results: vec![CommandResult {
+                id: 1,
+                status: ResultStatus::Ok,
+                error: "e".repeat(error),
+                finished_at: 0,
+                output: vec![b'x'; output],
+                phase: String::new(),
+            }],
+            ..PollRequest::default()
+        };
+        assert!(PollRequest::decode(&big(limits::OUTPUT, limits::ERROR).encode()).is_ok(), "at the limits");
+        assert!(matches!(PollRequest::decode(&big(limits::OUTPUT + 1, 0).encode()), Err(PollError::TooLarge(_))));
+        assert!(matches!(PollRequest::decode(&big(0, limits::ERROR + 1).encode()), Err(PollError::TooLarge(_))));
+        // And in all results together.
+        let many = PollRequest {
+            results: (0..9).flat_map(|_| big(limits::OUTPUT, 0).results).collect(),
+            ..PollRequest::default()
+        };
+        assert!(
+            matches!(PollRequest::decode(&many.encode()), Err(PollError::TooLarge(t)) if t.contains("bytes of results"))
+        );
+        // At the count limits, fine.
+        let ok = PollRequest {
+            results: (0..limits::RESULTS as u64)
+                .flat_map(|i| big(0, 0).results.into_iter().map(move |r| CommandResult { id: i, ..r }))
+                .collect(),
+            ..PollRequest::default()
+        };
+        assert_eq!(PollRequest::decode(&ok.encode()).unwrap().results.len(), limits::RESULTS);
     }
 }

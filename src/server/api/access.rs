@@ -32,10 +32,16 @@
 //! disk.
 //!
 //! **Failed logins are rate-limited** in memory (a restart forgets them):
-//! at most [`MAX_FAILURES_PER_CLIENT`] per client address (IPv6 by /64) and
-//! [`MAX_FAILURES_OVERALL`] over all clients within [`FAILURE_WINDOW`];
-//! past that, a login answers 429 with `Retry-After` without looking at the
-//! password. An attempt counts as failed from the moment it starts until
+//! at most [`MAX_FAILURES_PER_CLIENT`] per client address (IPv6 by /64)
+//! within [`FAILURE_WINDOW`]; past that, a login from that address answers
+//! 429 with `Retry-After` without looking at the password. Past
+//! [`MAX_FAILURES_OVERALL`] over all clients, the server slows down, and
+//! turns no one away: an attempt from an address that has failed in the
+//! window waits [`OVERLOAD_DELAY`] before its password is checked, while
+//! an address with no failure (the admin at their desk) is checked at
+//! once. (A server-wide refusal would let anyone lock the admin out: twelve
+//! addresses with five wrong tries each used to do it for 15 minutes.) An
+//! attempt counts as failed from the moment it starts until
 //! its password is found right, so parallel guesses cannot overrun the
 //! limit; a right password clears its own client's count, no other. A wrong
 //! `current` password in `PUT /api/auth/password` counts the same. The
@@ -96,8 +102,13 @@ pub const TOKEN_PREFIX: &str = "tern_";
 /// Failed logins allowed per client address within [`FAILURE_WINDOW`].
 pub const MAX_FAILURES_PER_CLIENT: usize = 5;
 
-/// Failed logins allowed over all clients within [`FAILURE_WINDOW`].
+/// Failed logins over all clients within [`FAILURE_WINDOW`] past which
+/// addresses that failed are slowed down by [`OVERLOAD_DELAY`].
 pub const MAX_FAILURES_OVERALL: usize = 60;
+
+/// How long an attempt from an address that failed waits, while failures
+/// overall are past [`MAX_FAILURES_OVERALL`].
+pub const OVERLOAD_DELAY: Duration = Duration::from_secs(2);
 
 /// The window failed logins are counted over (15 minutes).
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
@@ -159,20 +170,13 @@ struct Failures {
 pub struct Attempt {
     client: IpAddr,
     at: Instant,
+    /// Wait this long before checking the password (see [`OVERLOAD_DELAY`]).
+    pub delay: Duration,
 }
 
-/// The client key: the address, IPv4-mapped IPv6 as IPv4, other IPv6 by
-/// its /64 (one host usually holds a whole /64); no address (a request
-/// from in process) counts as one client.
+/// The client key: see [`crate::server::http::gate::address_key`].
 fn client_key(ip: Option<IpAddr>) -> IpAddr {
-    match ip {
-        None => IpAddr::from([0u8; 4]),
-        Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-        },
-        Some(v4) => v4,
-    }
+    crate::server::http::gate::address_key(ip)
 }
 
 impl Default for LoginLimiter {
@@ -183,7 +187,9 @@ impl Default for LoginLimiter {
 
 impl LoginLimiter {
     /// Starts an attempt from `ip` at `now`, counted as failed until it
-    /// succeeds; or how long to wait when too many failed.
+    /// succeeds; or how long to wait when its address failed too often.
+    /// While failures overall are past [`MAX_FAILURES_OVERALL`], an attempt
+    /// from an address that failed in the window comes with a delay.
     ///
     /// # Errors
     /// The time until the oldest failure that blocks leaves the window.
@@ -198,22 +204,18 @@ impl LoginLimiter {
             times.retain(live);
             !times.is_empty()
         });
-        let wait = |oldest: Option<&Instant>| {
+        let failed_before = f.per_client.get(&client).map_or(0, VecDeque::len);
+        if failed_before >= MAX_FAILURES_PER_CLIENT {
+            let oldest = f.per_client.get(&client).and_then(|t| t.front());
             let left =
                 oldest.map_or(FAILURE_WINDOW, |t| FAILURE_WINDOW.saturating_sub(now.saturating_duration_since(*t)));
-            left.max(Duration::from_secs(1))
-        };
-        if let Some(times) = f.per_client.get(&client)
-            && times.len() >= MAX_FAILURES_PER_CLIENT
-        {
-            return Err(wait(times.front()));
+            return Err(left.max(Duration::from_secs(1)));
         }
-        if f.overall.len() >= MAX_FAILURES_OVERALL {
-            return Err(wait(f.overall.front()));
-        }
+        let delay =
+            if f.overall.len() >= MAX_FAILURES_OVERALL && failed_before > 0 { OVERLOAD_DELAY } else { Duration::ZERO };
         f.overall.push_back(now);
         f.per_client.entry(client).or_default().push_back(now);
-        Ok(Attempt { client, at: now })
+        Ok(Attempt { client, at: now, delay })
     }
 
     /// The attempt's password was right: its client's failures are
@@ -232,7 +234,7 @@ fn too_many(wait: Duration) -> Response {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     let mut r = ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
-        format!("too many failed logins from here or overall; try again in {secs} s"),
+        format!("too many failed logins from this address; try again in {secs} s"),
     )
     .into_response();
     r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -533,6 +535,9 @@ pub async fn login(
     ApiJson(req): ApiJson<Login>,
 ) -> Result<Response, Response> {
     let attempt = state.logins.begin(ip, Instant::now()).map_err(too_many)?;
+    if !attempt.delay.is_zero() {
+        tokio::time::sleep(attempt.delay).await;
+    }
     let name = req.username.clone();
     let user = with_store(&state, move |store| Ok(store.user(&name)?)).await.map_err(IntoResponse::into_response)?;
     let right = check_password(&state, user.as_ref().map(|u| u.password_hash.clone()), req.password)
@@ -616,6 +621,9 @@ pub async fn change_password(
     .map_err(IntoResponse::into_response)?
     .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such user").into_response())?;
     let attempt = state.logins.begin(ip, Instant::now()).map_err(too_many)?;
+    if !attempt.delay.is_zero() {
+        tokio::time::sleep(attempt.delay).await;
+    }
     if !check_password(&state, Some(user.password_hash.clone()), req.current)
         .await
         .map_err(IntoResponse::into_response)?
@@ -777,15 +785,23 @@ mod tests {
     }
 
     #[test]
-    fn failures_from_many_clients_hit_the_overall_limit() {
+    fn failures_from_many_clients_slow_failing_addresses_down_and_turn_no_clean_one_away() {
+        // Twelve addresses with five wrong tries each once refused everyone,
+        // the admin with the right password included, for 15 minutes.
         let l = LoginLimiter::default();
         let t0 = Instant::now();
         for i in 0..MAX_FAILURES_OVERALL {
-            l.begin(Some(IpAddr::from([10, 0, (i / 256) as u8, (i % 256) as u8])), t0).unwrap();
+            let a = l.begin(Some(IpAddr::from([10, 0, 0, (i / MAX_FAILURES_PER_CLIENT) as u8])), t0).unwrap();
+            assert!(a.delay.is_zero() || i >= MAX_FAILURES_OVERALL, "no delay before the overall limit");
         }
-        let wait = l.begin(ip("198.51.100.7"), t0 + Duration::from_secs(5)).unwrap_err();
-        assert_eq!(wait, FAILURE_WINDOW - Duration::from_secs(5));
-        assert!(l.begin(ip("198.51.100.7"), t0 + FAILURE_WINDOW).is_ok());
+        let clean = l.begin(ip("198.51.100.7"), t0 + Duration::from_secs(5)).unwrap();
+        assert_eq!(clean.delay, Duration::ZERO, "an address with no failure is checked at once");
+        // One that failed before is slowed down, not refused.
+        let failed = l.begin(ip("198.51.100.7"), t0 + Duration::from_secs(6)).unwrap();
+        assert_eq!(failed.delay, OVERLOAD_DELAY);
+        // Once the window has passed, no delay.
+        let later = l.begin(ip("198.51.100.8"), t0 + FAILURE_WINDOW).unwrap();
+        assert_eq!(later.delay, Duration::ZERO);
     }
 
     #[test]

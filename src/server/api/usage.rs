@@ -34,10 +34,8 @@ use axum::routing::get;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, PathId, with_store};
-use crate::auth::RequestEnvelope;
 use crate::meter::{ConnMeter, UsageSink};
 use crate::server::http::AppState;
-use crate::server::poll::Refusal;
 use crate::server::store::Store;
 use crate::server::store::usage::{KEPT_DAYS, Unattributed, Usage};
 
@@ -281,24 +279,18 @@ impl UsageSink for AppState {
     }
 }
 
-/// Charges one poll (call it with the store, right after
-/// [`crate::server::poll::handle`]): `body` is the request body,
-/// `outcome` what `handle` returned, `meter` the connection's, when the
-/// poll came over a connection the server counts.
+/// Charges one poll: `environment` is the environment whose key
+/// authenticated it (`None` for a poll that proved nothing), `bodies` the
+/// request and reply body sizes of an answered poll, `meter` the
+/// connection's, when the poll came over a connection the server counts.
 pub fn charge_poll(
     store: &Store,
     meter: Option<&ConnMeter>,
     state: &Arc<AppState>,
-    body: &[u8],
-    outcome: &Result<Vec<u8>, Refusal>,
+    environment: Option<u64>,
+    bodies: Option<(usize, usize)>,
     now: i64,
 ) {
-    let authentic = match outcome {
-        Ok(_) => true,
-        Err(Refusal::Replay(_) | Refusal::BoundToAnother(_) | Refusal::AgentSecret | Refusal::BadBody(_)) => true,
-        Err(Refusal::Unauthenticated | Refusal::Store(_)) => false,
-    };
-    let environment = RequestEnvelope::parse(body).ok().map(|e| e.environment).filter(|_| authentic);
     let sink = || -> Arc<dyn UsageSink> { state.clone() };
     let Some(environment) = environment else {
         if let Some(meter) = meter {
@@ -308,9 +300,9 @@ pub fn charge_poll(
     };
     let (tls_up, tls_down) = meter.map_or((0, 0), |m| m.attribute(environment, sink()));
     let mut usage = Usage { tls_up, tls_down, ..Usage::default() };
-    if let Ok(reply) = outcome {
-        usage.body_up = body.len() as u64;
-        usage.body_down = reply.len() as u64;
+    if let Some((up, down)) = bodies {
+        usage.body_up = up as u64;
+        usage.body_down = down as u64;
         usage.polls = 1;
     }
     if let Err(e) = store.record_usage(environment, now, &usage) {

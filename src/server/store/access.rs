@@ -207,7 +207,7 @@ impl Store {
         keep: Option<&[u8; 32]>,
         now: i64,
     ) -> Result<Option<usize>, StoreError> {
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.tx()?;
         let n = tx.execute(
             "UPDATE users SET password_hash = ?2, password_changed_at = ?3 WHERE id = ?1",
             params![sql_id(user_id), password_hash, now],
@@ -351,7 +351,7 @@ impl Store {
     /// # Errors
     /// When SQLite fails.
     pub fn ensure_data_directory_token(&self, token_hash: &[u8; 32], now: i64) -> Result<ApiToken, StoreError> {
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.tx()?;
         if let Some(t) = self.api_token_by_hash(token_hash)? {
             return Ok(t);
         }

@@ -501,7 +501,7 @@ impl Store {
     /// [`StoreError::NameTaken`], [`FleetError::UnknownGroup`],
     /// [`FleetError::UnknownTag`] (a tag id), or when SQLite fails.
     pub fn create_fleet_environment(&self, new: &NewEnvironment, now: i64) -> Result<u64, StoreError> {
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.tx()?;
         let group = new.group.as_ref().map(|g| resolve(&tx, Kind::Group, g)).transpose()?;
         let env = self.create_environment_with(&new.name, new.secret.clone(), new.intervals, now)?;
         let o = &new.options;
@@ -531,7 +531,7 @@ impl Store {
     /// [`FleetError::UnknownGroup`], [`FleetError::UnknownTag`], or when
     /// SQLite fails.
     pub fn update_environment(&self, id: u64, change: &EnvironmentChange) -> Result<(), StoreError> {
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.tx()?;
         self.environment(id)?;
         let set = |column: &str, value: &dyn ToSql| -> Result<(), rusqlite::Error> {
             tx.execute(&format!("UPDATE environments SET {column} = ?2 WHERE id = ?1"), params![sql_id(id), value])
@@ -575,7 +575,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::NotFound`], or when SQLite fails.
     pub fn delete_environment(&self, id: u64) -> Result<(), StoreError> {
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.tx()?;
         // Explicit, so nothing depends on foreign keys being enforced.
         for sql in [
             "DELETE FROM replicas WHERE environment = ?1",
@@ -821,7 +821,7 @@ impl Store {
     }
 
     fn label_delete(&self, kind: Kind, id: u64) -> Result<(), StoreError> {
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.tx()?;
         match kind {
             Kind::Group => tx.execute("UPDATE environments SET group_id = NULL WHERE group_id = ?1", [sql_id(id)])?,
             Kind::Tag => tx.execute("DELETE FROM environment_tags WHERE tag = ?1", [sql_id(id)])?,

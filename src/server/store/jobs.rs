@@ -180,7 +180,7 @@ impl Store {
     /// # Errors
     /// When an environment does not exist or SQLite fails; nothing is kept.
     pub fn create_job(&self, job: &NewJob, environments: &[u64], now: i64) -> Result<u64, StoreError> {
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.tx()?;
         tx.execute(
             "INSERT INTO jobs (name, script, image, cron, timeout_s, version, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?6)",
@@ -262,7 +262,7 @@ impl Store {
     ) -> Result<Option<u32>, StoreError> {
         let Some(current) = self.job(id)?.filter(|j| j.removed_at.is_none()) else { return Ok(None) };
         let version = current.version + 1;
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.tx()?;
         tx.execute(
             "UPDATE jobs SET name = ?2, script = ?3, image = ?4, cron = ?5, timeout_s = ?6, version = ?7,
                              updated_at = ?8
@@ -292,7 +292,7 @@ impl Store {
         if current.removed_at.is_some() {
             return Ok(true);
         }
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.tx()?;
         tx.execute("UPDATE jobs SET removed_at = ?2 WHERE id = ?1", params![sql_id(id), now])?;
         for env in self.job_environments(id)? {
             self.replace_target_command(id, env, &Action::JobRemove(id), current.version, true, now)?;
@@ -515,7 +515,7 @@ impl Store {
         let cut = run.output.len() > MAX_OUTPUT_LEN;
         let output = &run.output[run.output.len().saturating_sub(MAX_OUTPUT_LEN)..];
         let finished_at = if run.finished_at > 0 { run.finished_at } else { now };
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.tx()?;
         let n = tx.execute(
             "INSERT INTO job_runs (job, environment, run, version, started_at, finished_at, exit_code, output,
                                    truncated, error, received_at)

@@ -522,6 +522,59 @@ pub struct Environment {
 #[derive(Debug)]
 pub struct Store {
     conn: Connection,
+    /// Transactions open on `conn` ([`Tx`]): an inner one is a savepoint
+    /// inside the outer, so a whole poll is one transaction even though
+    /// each store call makes its own.
+    depth: std::cell::Cell<u32>,
+}
+
+/// A transaction on the store's connection: the outermost is `BEGIN` ...
+/// `COMMIT`, one opened inside another a savepoint that commits with it.
+/// Dropped without [`Tx::commit`], it rolls back (to its savepoint), so an
+/// error anywhere leaves nothing half-written.
+pub struct Tx<'a> {
+    store: &'a Store,
+    /// 0: the outermost; otherwise the savepoint's number.
+    level: u32,
+    done: bool,
+}
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.store.conn
+    }
+}
+
+impl Tx<'_> {
+    /// Commits (the outermost), or releases the savepoint into the
+    /// transaction around it.
+    ///
+    /// # Errors
+    /// When SQLite fails; the transaction is then rolled back.
+    pub fn commit(mut self) -> Result<(), StoreError> {
+        let sql = if self.level == 0 { "COMMIT".to_owned() } else { format!("RELEASE tern_sp{}", self.level) };
+        self.store.conn.execute_batch(&sql)?;
+        self.done = true;
+        self.store.depth.set(self.level);
+        Ok(())
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let sql = if self.level == 0 {
+                "ROLLBACK".to_owned()
+            } else {
+                format!("ROLLBACK TO tern_sp{0}; RELEASE tern_sp{0}", self.level)
+            };
+            if let Err(e) = self.store.conn.execute_batch(&sql) {
+                tracing::error!("rollback: {e}");
+            }
+            self.store.depth.set(self.level);
+        }
+    }
 }
 
 fn decode_state(bytes: &[u8], environment: u64) -> Result<State, StoreError> {
@@ -569,9 +622,21 @@ impl Store {
             tx.pragma_update(None, "user_version", i as i64 + 1)?;
             tx.commit()?;
         }
-        let store = Self { conn };
+        let store = Self { conn, depth: std::cell::Cell::new(0) };
         store.backfill_counts()?;
         Ok(store)
+    }
+
+    /// Opens a transaction, or a savepoint inside the one open: see [`Tx`].
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub fn tx(&self) -> Result<Tx<'_>, StoreError> {
+        let level = self.depth.get();
+        let sql = if level == 0 { "BEGIN IMMEDIATE".to_owned() } else { format!("SAVEPOINT tern_sp{level}") };
+        self.conn.execute_batch(&sql)?;
+        self.depth.set(level + 1);
+        Ok(Tx { store: self, level, done: false })
     }
 
     /// Creates an environment with a fresh secret, following the server's
@@ -657,6 +722,20 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// Raises the accepted counter to `counter` (if it is higher) without
+    /// accepting a poll: a body that did not match its authentic header
+    /// uses its counter up.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub fn burn_counter(&self, id: u64, counter: u64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE environments SET last_counter = ?2 WHERE id = ?1 AND last_counter < ?2",
+            params![id as i64, counter as i64],
+        )?;
+        Ok(())
+    }
+
     /// Unbinds the EDGE_ID, so another agent may take the environment over.
     ///
     /// # Errors
@@ -704,7 +783,7 @@ impl Store {
     pub fn save_replica(&self, id: u64, replica: &Replica, now: i64) -> Result<(), StoreError> {
         let (seq, state) = replica.current();
         let prev = replica.previous();
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.tx()?;
         tx.execute(
             "INSERT INTO replicas (environment, seq, state, prev_seq, prev_state) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT(environment) DO UPDATE SET seq = ?2, state = ?3, prev_seq = ?4, prev_state = ?5",
@@ -917,7 +996,7 @@ impl Store {
     /// # Errors
     /// When SQLite fails.
     pub fn set_default_intervals(&self, intervals: Intervals) -> Result<(), StoreError> {
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.tx()?;
         self.set_setting(SETTING_PING, Some(&intervals.ping.to_string()))?;
         self.set_setting(SETTING_SNAPSHOT, Some(&intervals.snapshot.to_string()))?;
         self.set_setting(SETTING_COMMAND, Some(&intervals.command.to_string()))?;
@@ -971,7 +1050,7 @@ impl Store {
     /// When SQLite fails.
     pub fn commands_due(&self, environment: u64, now: i64, limit: usize) -> Result<Vec<Command>, StoreError> {
         let env = sql_id(environment);
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.tx()?;
         let rows: Vec<(i64, Vec<u8>)> = {
             let mut stmt = tx.prepare_cached(
                 "SELECT c.id, c.action FROM commands c JOIN environments e ON e.id = c.environment
@@ -1010,7 +1089,7 @@ impl Store {
     /// When SQLite fails.
     pub fn mark_seen(&self, environment: u64, seen: u64, now: i64) -> Result<(), StoreError> {
         let env = sql_id(environment);
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.tx()?;
         tx.execute(
             "UPDATE environments SET commands_seen = MAX(commands_seen, MIN(?2,
                 (SELECT COALESCE(MAX(id), 0) FROM commands WHERE environment = ?1 AND sent_at IS NOT NULL)))

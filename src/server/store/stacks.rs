@@ -30,7 +30,7 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Store, StoreError, sql_id};
 use crate::wire::poll::{Action, StackSpec};
@@ -244,7 +244,7 @@ const UNDEPLOYED: &str = "
      ORDER BY x.stack, x.environment";
 
 impl Store {
-    fn resolve_one(tx: &Transaction<'_>, kind: &'static str, r: &TargetRef) -> Result<Target, StackError> {
+    fn resolve_one(tx: &Connection, kind: &'static str, r: &TargetRef) -> Result<Target, StackError> {
         let table = match kind {
             "environment" => "environments",
             "group" => "groups",
@@ -275,7 +275,7 @@ impl Store {
         found.ok_or_else(|| StackError::UnknownTarget(format!("targets: no {kind} {r}")))
     }
 
-    fn set_targets(tx: &Transaction<'_>, stack: i64, refs: &TargetRefs) -> Result<(), StackError> {
+    fn set_targets(tx: &Connection, stack: i64, refs: &TargetRefs) -> Result<(), StackError> {
         tx.execute("DELETE FROM stack_targets WHERE stack = ?1", [stack])?;
         for (kind, list, column) in [
             ("environment", &refs.environments, "environment"),
@@ -296,7 +296,7 @@ impl Store {
         Ok(())
     }
 
-    fn spec_of(tx: &Transaction<'_>, stack: i64) -> Result<StackSpec, StackError> {
+    fn spec_of(tx: &Connection, stack: i64) -> Result<StackSpec, StackError> {
         let (name, compose, env, version): (String, String, String, i64) =
             tx.query_row("SELECT name, compose, env, version FROM stacks WHERE id = ?1", [stack], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
@@ -346,7 +346,7 @@ impl Store {
         if !due {
             return Ok(0);
         }
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.tx()?;
         let n = self.reconcile_in(&tx, stack, environment, now).map_err(|e| match e {
             StackError::Store(e) => e,
             _ => StoreError::Corrupt { what: "stack", environment: environment.unwrap_or_default() },
@@ -358,7 +358,7 @@ impl Store {
     /// [`Self::reconcile_stacks`] inside the caller's transaction.
     fn reconcile_in(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Connection,
         stack: Option<u64>,
         environment: Option<u64>,
         now: i64,
@@ -383,7 +383,7 @@ impl Store {
     /// [`StackError::NameTaken`], [`StackError::UnknownTarget`], or when
     /// SQLite fails. Nothing is changed then.
     pub fn create_stack(&self, new: &NewStack, now: i64) -> Result<u64, StackError> {
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.tx()?;
         let env = serde_json::to_string(&new.env).unwrap_or_else(|_| "{}".into());
         let r = tx.execute(
             "INSERT INTO stacks (name, compose, env, version, created_at, updated_at) VALUES (?1, ?2, ?3, 1, ?4, ?4)",
@@ -411,7 +411,7 @@ impl Store {
     /// [`StackError::UnknownTarget`], or when SQLite fails. Nothing is
     /// changed then.
     pub fn update_stack(&self, id: u64, change: &StackChange, now: i64) -> Result<(), StackError> {
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.tx()?;
         let live: Option<i64> = tx
             .query_row("SELECT id FROM stacks WHERE id = ?1 AND removed_at IS NULL", [sql_id(id)], |r| r.get(0))
             .optional()?;
@@ -459,7 +459,7 @@ impl Store {
     /// [`StackError::NotFound`], or when SQLite fails.
     pub fn remove_stack(&self, id: u64, now: i64) -> Result<Removal, StackError> {
         let record = self.stack(id)?;
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.tx()?;
         let stack = sql_id(id);
         if record.removed_at.is_some() && record.status() == "removed" {
             tx.execute("DELETE FROM stacks WHERE id = ?1", [stack])?;

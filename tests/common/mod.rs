@@ -132,14 +132,20 @@ impl Server {
 
     /// Starts with extra environment variables.
     pub fn start_with(data: &Path, listen: &str, vars: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
-            .args(["server", "--listen", listen, "--data"])
+        Self::start_as(data, listen, vars, |_| {})
+    }
+
+    /// Starts with extra environment variables and whatever `setup` does
+    /// to the command (its stderr, limits).
+    pub fn start_as(data: &Path, listen: &str, vars: &[(&str, &str)], setup: impl FnOnce(&mut Command)) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
+        cmd.args(["server", "--listen", listen, "--data"])
             .arg(data)
             .envs(vars.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::null());
+        setup(&mut cmd);
+        let mut child = cmd.spawn().unwrap();
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let lines = (0..3)
             .map(|_| {
@@ -184,6 +190,11 @@ impl Server {
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
         signal(&self.child, "INT");
         wait_exit(&mut self.child)
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 

@@ -295,6 +295,7 @@ pub async fn start(
     let key = config.token.secret.with_agent_secret(config.agent_secret.as_ref().map(|s| s.0.as_str()));
     let mut settings = run::Settings::new(config.token.environment, key, edge_id.clone());
     settings.request_timeout = config.poll_timeout;
+    settings.key_id = config.token.key_id();
     tracing::info!(
         edge_id = %edge_id,
         environment = config.token.environment,

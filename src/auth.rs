@@ -133,6 +133,16 @@ pub struct JoinToken {
 }
 
 impl JoinToken {
+    /// A short, non-secret name of the token's environment and secret
+    /// (16 hex digits): the agent keeps it with its poll counter, to know a
+    /// new token (a rotated secret) from the one the counter belongs to.
+    pub fn key_id(&self) -> String {
+        let mut h = blake3::Hasher::new_derive_key("tern v1 join token id");
+        h.update(&self.environment.to_le_bytes());
+        h.update(&self.secret.0);
+        h.finalize().as_bytes()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// The EDGE_KEY text.
     pub fn encode(&self) -> String {
         let bytes = pb::JoinToken {

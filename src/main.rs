@@ -54,6 +54,8 @@ enum Command {
         cert_names: Vec<String>,
         /// A shared secret every agent must also be given (AGENT_SECRET on
         /// the agent); kept in the database. An empty value removes it.
+        /// Prefer the AGENT_SECRET variable: a command-line option shows in
+        /// the process list.
         #[arg(long, env = "AGENT_SECRET", hide_env_values = true)]
         agent_secret: Option<String>,
         /// Close a connection idle this many seconds between requests
@@ -441,6 +443,12 @@ fn server(
     limits: tern::server::http::ConnectionLimits,
 ) -> anyhow::Result<()> {
     let prepared = tern::server::prepare(&config)?;
+    if std::env::args().any(|a| a == "--agent-secret" || a.starts_with("--agent-secret=")) {
+        tracing::warn!(
+            "--agent-secret on the command line shows the secret to anyone who can list processes (ps); set the \
+             AGENT_SECRET variable instead"
+        );
+    }
     prepared.set_agent_secret(agent_secret)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {

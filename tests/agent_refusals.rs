@@ -166,3 +166,87 @@ async fn replayed_and_tampered_polls_are_refused_and_change_nothing() {
     assert_eq!(summary(&mut api, env).await, accepted);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn tern_cli(server: &Server, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(args)
+        .args(["--server", &server.url(), "--data"])
+        .arg(&server.data)
+        .env_remove("TERN_TOKEN")
+        .env_remove("TERN_SERVER")
+        .env_remove("TERN_DATA")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "tern {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn an_operator_resets_the_counter_and_rotates_the_secret_and_the_agent_follows() {
+    let dir = tempdir("tern-rotate");
+    let password = "a long admin password for rotation";
+    let server = Server::start_with(&dir.join("server"), "127.0.0.1:0", &[("TERN_ADMIN_PASSWORD", password)]);
+    let mut api = server.api();
+    let (env, token) = create(&mut api, "rotate", &server.url()).await;
+    let mut client = Client::new(&token.url, Trust::Pinned(token.cert_sha256), 1 << 20).unwrap();
+    let mut codec = Codec::new(Limits::default()).unwrap();
+    let hello = PollRequest {
+        agent: Some(AgentInfo { version: "test".into(), edge_id: "by-hand".into() }),
+        ..PollRequest::default()
+    };
+    let body = codec.encode(&hello.encode()).unwrap();
+    let poll = |counter: u64, secret: &Secret| seal_request(env, counter, secret, &body);
+    // Counter 5 is accepted, so 1 is a replay until the counter is reset.
+    assert_eq!(client.post(tern::wire::POLL_PATH, poll(5, &token.secret)).await.unwrap().0, 200);
+    assert_eq!(client.post(tern::wire::POLL_PATH, poll(1, &token.secret)).await.unwrap().0, 409);
+    assert!(tern_cli(&server, &["env", "reset-counter", "rotate"]).contains("whatever its counter"));
+    assert_eq!(client.post(tern::wire::POLL_PATH, poll(1, &token.secret)).await.unwrap().0, 200);
+    api.ok("POST", "/api/environments/99/reset-counter", None, 404).await;
+
+    // The real agent polls with the token; then the secret is rotated.
+    api.ok("POST", &format!("/api/environments/{env}/reset-binding"), None, 200).await;
+    let data = dir.join("agent");
+    let d = data.to_str().unwrap().to_owned();
+    let mut agent = AgentProcess::start(
+        &[("EDGE_KEY", &token.encode()), ("DATA_PATH", &d), ("EDGE_ID", "ship")],
+        &dir.join("a.log"),
+    );
+    let deadline = Deadline::new(Duration::from_secs(30));
+    while summary(&mut api, env).await["edge_id"] != "ship" {
+        deadline.tick("the agent's first poll").await;
+    }
+    // Through the UI: the edit page has both forms; rotating shows the deploy page.
+    let mut ui = common::UiClient::login(&server, password).await;
+    let edit = ui.get(&format!("/environments/{env}/edit")).await;
+    assert!(edit.body.contains("/reset-counter") && edit.body.contains("/rotate-secret"), "{}", edit.body);
+    let r = ui.submit(&format!("/environments/{env}/rotate-secret"), &[]).await;
+    assert_eq!((r.status, r.location.as_deref()), (303, Some(&*format!("/environments/{env}/deploy?rotated=1"))));
+    let page = ui.get(&format!("/environments/{env}/deploy?rotated=1")).await;
+    assert!(page.body.contains("The secret was rotated"), "{}", page.body);
+    let deploy = api.ok("GET", &format!("/api/environments/{env}/deploy"), None, 200).await;
+    let new_key = deploy["edge_key"].as_str().unwrap().to_owned();
+    assert_ne!(new_key, token.encode());
+    assert!(page.body.contains(&new_key), "the deploy page shows the new join token");
+    // The old secret is refused at once, the running agent's polls too.
+    assert_eq!(client.post(tern::wire::POLL_PATH, poll(100, &token.secret)).await.unwrap().0, 401);
+    logged(&agent, "does not accept this agent's EDGE_KEY").await;
+    // Redeployed with the new token and the same data directory: its
+    // counter starts again, and it polls as the same EDGE_ID.
+    agent.stop();
+    let before = summary(&mut api, env).await["last_poll_at"].clone();
+    let agent =
+        AgentProcess::start(&[("EDGE_KEY", &new_key), ("DATA_PATH", &d), ("EDGE_ID", "ship")], &dir.join("b.log"));
+    while summary(&mut api, env).await["last_poll_at"] == before {
+        deadline.tick(format_args!("a poll with the new token\n{}", agent.log())).await;
+    }
+    let e = api.ok("GET", &format!("/api/environments/{env}"), None, 200).await;
+    assert_eq!((e["edge_id"].as_str(), e["status"].as_str()), (Some("ship"), Some("online")), "{e}");
+    assert!(agent.log().contains("a new EDGE_KEY: the poll counter starts again"), "{}", agent.log());
+    assert!(!agent.log().contains("replayed"), "no refused poll on the way: {}", agent.log());
+    // The CLI rotates too, and prints the new token and commands.
+    let out = tern_cli(&server, &["env", "rotate-secret", &env.to_string()]);
+    assert!(out.contains("old EDGE_KEY no longer works") && out.contains("EDGE_KEY=tern1_"), "{out}");
+    assert!(!out.contains(&new_key), "another new one");
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}

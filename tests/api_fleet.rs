@@ -193,16 +193,19 @@ async fn an_environment_is_created_with_every_option_and_both_deploy_commands_ca
              -e EDGE_KEY={key} \\\n  \
              -e EDGE_ID={edge_id} \\\n  \
              -e EDGE_INSECURE_POLL=1 \\\n  \
-             -e AGENT_SECRET='s3cr3t pass'\\''word' \\\n  \
+             -e AGENT_SECRET \\\n  \
              -e HTTP_PROXY \\\n  \
              -e https_proxy \\\n  \
              tern-agent:latest agent"
         )
     );
     assert_eq!(c["docker_run"], linux, "docker_run stays the Linux command");
-    // What sh makes of it: the secret is one argument, as it was given.
+    // The secret is never in a command (they are copied, pasted, logged):
+    // docker takes it from the shell that runs it, as the note says.
     let argv = sh_argv(linux);
-    assert!(argv.contains(&"AGENT_SECRET=s3cr3t pass'word".to_owned()), "{argv:?}");
+    assert!(argv.contains(&"AGENT_SECRET".to_owned()), "{argv:?}");
+    assert!(!c.to_string().contains("s3cr3t"), "{c}");
+    assert!(c["agent_secret_note"].as_str().unwrap().contains("export AGENT_SECRET="), "{c}");
     assert_eq!(argv.last().map(String::as_str), Some("agent"));
     // The socket's group, read by the edge host's shell: one argument.
     let group = argv.iter().position(|a| a == "--group-add").map(|i| argv[i + 1].as_str());
@@ -213,7 +216,7 @@ async fn an_environment_is_created_with_every_option_and_both_deploy_commands_ca
     assert_eq!(
         c["commands"]["windows"].as_str().unwrap(),
         format!(
-            r"docker run -d --name tern-agent --restart always -v \\.\pipe\docker_engine:\\.\pipe\docker_engine -v C:\ProgramData\docker\volumes:C:\ProgramData\docker\volumes -v tern-agent-data:C:\data -e DATA_PATH=C:\data -e EDGE_KEY={key} -e EDGE_ID={edge_id} -e EDGE_INSECURE_POLL=1 -e AGENT_SECRET='s3cr3t pass''word' -e HTTP_PROXY -e https_proxy tern-agent:latest agent"
+            r"docker run -d --name tern-agent --restart always -v \\.\pipe\docker_engine:\\.\pipe\docker_engine -v C:\ProgramData\docker\volumes:C:\ProgramData\docker\volumes -v tern-agent-data:C:\data -e DATA_PATH=C:\data -e EDGE_KEY={key} -e EDGE_ID={edge_id} -e EDGE_INSECURE_POLL=1 -e AGENT_SECRET -e HTTP_PROXY -e https_proxy tern-agent:latest agent"
         )
     );
     // Stored: shown in detail, and the deploy commands come back the same.
@@ -257,6 +260,7 @@ async fn an_environment_is_created_with_every_option_and_both_deploy_commands_ca
     let plain = f.create(json!({ "name": "plain", "url": "https://ops.example.com" })).await;
     let pl = plain["commands"]["linux"].as_str().unwrap();
     assert!(!pl.contains("AGENT_SECRET") && !plain["commands"]["windows"].as_str().unwrap().contains("AGENT_SECRET"));
+    assert!(plain.get("agent_secret_note").is_none(), "{plain}");
     let argv = sh_argv(pl);
     assert_eq!(argv[..4], ["run", "-d", "--name", "tern-agent"]);
     assert!(argv.contains(&format!("EDGE_ID={}", plain["edge_id"].as_str().unwrap())));
@@ -625,12 +629,9 @@ async fn a_settings_change_reaches_only_the_agents_that_follow_the_defaults_thro
     assert!(!f.ok("GET", "/api/settings", None, 200).await.to_string().contains("s3cret"));
     assert_eq!(f.poll(&keys[0], None, PollRequest::default()).await.unwrap_err(), 403);
     f.poll(&keys[0], Some("s3cret"), PollRequest::default()).await.unwrap();
-    assert!(
-        f.ok("GET", &format!("/api/environments/{}/deploy", id(&follows)), None, 200).await["docker_run"]
-            .as_str()
-            .unwrap()
-            .contains("-e AGENT_SECRET=s3cret")
-    );
+    let deploy = f.ok("GET", &format!("/api/environments/{}/deploy", id(&follows)), None, 200).await;
+    assert!(deploy["docker_run"].as_str().unwrap().contains("-e AGENT_SECRET \\\n"), "{deploy}");
+    assert!(!deploy.to_string().contains("s3cret"), "the secret is write-only, in the deploy output too: {deploy}");
     let s = f.ok("PUT", "/api/settings", Some(json!({ "agent_secret": "" })), 200).await;
     assert_eq!(s["agent_secret_set"], false);
     f.poll(&keys[0], None, PollRequest::default()).await.unwrap();
@@ -1021,7 +1022,9 @@ fn the_cli_adds_lists_changes_and_sets_through_the_real_binaries() {
     ] {
         assert!(show.contains(line), "{line} in\n{show}");
     }
-    assert!(t(&["env", "deploy", "yard"]).contains("-e AGENT_SECRET=s3cret"));
+    let deploy = t(&["env", "deploy", "yard"]);
+    assert!(deploy.contains("-e AGENT_SECRET \\\n") && !deploy.contains("s3cret"), "{deploy}");
+    assert!(deploy.contains("export AGENT_SECRET="), "the CLI says where the secret comes from: {deploy}");
     assert!(t(&["env", "rename", "yard", "depot"]).contains("renamed to depot"));
     assert!(t(&["env", "move", "depot", "--group", "1"]).contains("is in group North Sea"));
     assert!(t(&["env", "tag", "depot", "red", "blue"]).contains("tags: blue,red"));

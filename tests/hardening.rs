@@ -311,10 +311,11 @@ async fn an_injected_counter_hint_through_a_proxy_changes_nothing() {
     // The injected answer comes third; then three polls must get through.
     let deadline = Deadline::new(Duration::from_secs(60));
     while accepted.load(Ordering::SeqCst) < 3 {
-        deadline.tick(format_args!("polls after the injection ({} seen)\n{}", seen.load(Ordering::SeqCst), agent.log())).await;
+        deadline
+            .tick(format_args!("polls after the injection ({} seen)\n{}", seen.load(Ordering::SeqCst), agent.log()))
+            .await;
     }
-    let meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(data.join("meta.json")).unwrap()).unwrap();
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(data.join("meta.json")).unwrap()).unwrap();
     let end = meta["counter_end"].as_u64().unwrap();
     assert!(end < 1000, "the agent's counter stayed where it was: {end}");
     assert!(!agent.log().contains("jumping above it"), "{}", agent.log());

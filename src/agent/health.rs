@@ -349,7 +349,9 @@ mod tests {
         std::fs::write(dir.join(FILE), serde_json::to_vec(&rec(3600, Some(500), None)).unwrap()).unwrap();
         assert!(!check(&dir, NOW).healthy, "500 s is too old at the default 60 s");
         let store = Store::open(&dir).unwrap();
-        store.save_meta(&super::super::store::Meta { counter_end: 100, intervals: Some([300, 300, 300]) }).unwrap();
+        store
+            .save_meta(&super::super::store::Meta { counter_end: 100, intervals: Some([300, 300, 300]), key_id: None })
+            .unwrap();
         let v = check(&dir, NOW);
         assert!(v.healthy && v.why.contains("3 × the 300 s ping interval"), "{v}");
         std::fs::write(dir.join(FILE), b"{not json").unwrap();

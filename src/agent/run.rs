@@ -80,12 +80,19 @@ pub struct Settings {
     pub result_delay: Duration,
     /// At most this many results in one poll.
     pub results_per_poll: usize,
+    /// The join token's [`crate::auth::JoinToken::key_id`]: the persisted
+    /// counter belongs to it.
+    pub key_id: String,
 }
 
 impl Settings {
     /// Production defaults for an environment.
     pub fn new(environment: u64, key: Secret, edge_id: String) -> Self {
+        let key_id =
+            crate::auth::JoinToken { url: String::new(), environment, secret: key.clone(), cert_sha256: [0; 32] }
+                .key_id();
         Self {
+            key_id,
             environment,
             key,
             edge_id,
@@ -269,7 +276,16 @@ impl<E: Engine, T: Transport> Agent<E, T> {
         store: Store,
         changed: Arc<AtomicBool>,
     ) -> Result<Self, RunError> {
-        let meta = store.meta()?;
+        let mut meta = store.meta()?;
+        if meta.key_id.as_deref() != Some(settings.key_id.as_str()) {
+            if meta.key_id.is_some() {
+                // A new join token: the server's counter for it starts at 0.
+                tracing::info!("a new EDGE_KEY: the poll counter starts again");
+                meta.counter_end = 0;
+            }
+            meta.key_id = Some(settings.key_id.clone());
+            store.save_meta(&meta)?;
+        }
         let mut journal = store.journal()?;
         let (seq, base) = store.base()?.unwrap_or_default();
         if !journal.running.is_empty() {

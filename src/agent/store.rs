@@ -56,6 +56,12 @@ pub struct Meta {
     /// server last set, so a restart does not fall back to the defaults.
     #[serde(default)]
     pub intervals: Option<[u32; 3]>,
+    /// Which join token the counter belongs to (see
+    /// `crate::auth::JoinToken::key_id`): an agent redeployed with a new
+    /// token (its environment's secret rotated, which resets the server's
+    /// counter) starts its counter again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
 }
 
 /// A command's result waiting for the server's acknowledgement.
@@ -321,7 +327,9 @@ mod tests {
         let mut state = State::default();
         state.containers.insert(Container { id: Id([1; 32]), name: "web".into(), ..Container::default() });
         store.save_base(7, &state).unwrap();
-        store.save_meta(&Meta { counter_end: 100, intervals: Some([60, 300, 0]) }).unwrap();
+        store
+            .save_meta(&Meta { counter_end: 100, intervals: Some([60, 300, 0]), key_id: Some("00ff".into()) })
+            .unwrap();
         let mut j = Journal { seen: 6, ..Journal::default() };
         j.running.insert(5);
         store.save_journal(&j).unwrap();
@@ -330,7 +338,10 @@ mod tests {
         assert_eq!(again.edge_id(None).unwrap(), id, "the generated EDGE_ID is kept");
         assert_eq!(again.edge_id(Some("site-1")).unwrap(), "site-1", "a configured one wins");
         assert_eq!(again.base().unwrap(), Some((7, state)));
-        assert_eq!(again.meta().unwrap(), Meta { counter_end: 100, intervals: Some([60, 300, 0]) });
+        assert_eq!(
+            again.meta().unwrap(),
+            Meta { counter_end: 100, intervals: Some([60, 300, 0]), key_id: Some("00ff".into()) }
+        );
         assert_eq!(again.journal().unwrap(), j);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -142,6 +142,22 @@ pub enum EnvCommand {
         /// Its id or name.
         env: String,
     },
+    /// Accept any poll counter from the environment's agent again: for an
+    /// agent whose polls are refused as replays though they are not (its
+    /// counter was pushed past what it can use). A machine in the middle
+    /// that recorded polls could replay each once after it; on a link that
+    /// is not trusted, rotate the secret instead.
+    ResetCounter {
+        /// Its id or name.
+        env: String,
+    },
+    /// Give the environment a new secret and join token: the old ones, and
+    /// every poll sealed with them, are refused at once. Prints the new
+    /// EDGE_KEY and deploy commands; redeploy the agent with them.
+    RotateSecret {
+        /// Its id or name.
+        env: String,
+    },
     /// Print the join token and the deploy commands again.
     Deploy {
         /// Its id or name.
@@ -172,6 +188,10 @@ fn print_created(c: &Value) {
         println!("Windows (PowerShell):");
         println!();
         println!("{w}");
+    }
+    if let Some(note) = c["agent_secret_note"].as_str() {
+        println!();
+        println!("{note}");
     }
 }
 
@@ -436,6 +456,20 @@ pub fn run(command: EnvCommand, args: &ApiArgs) -> anyhow::Result<()> {
             let id = env_id(&mut api, &env)?;
             let e = api.post(&format!("/api/environments/{id}/reset-binding"), &json!({}))?;
             api.print(&e, |_| println!("environment {id}: the next agent to poll binds it"));
+        }
+        EnvCommand::ResetCounter { env } => {
+            let id = env_id(&mut api, &env)?;
+            let e = api.post(&format!("/api/environments/{id}/reset-counter"), &json!({}))?;
+            api.print(&e, |_| println!("environment {id}: the agent's next poll is accepted whatever its counter"));
+        }
+        EnvCommand::RotateSecret { env } => {
+            let id = env_id(&mut api, &env)?;
+            let d = api.post(&format!("/api/environments/{id}/rotate-secret"), &json!({}))?;
+            api.print(&d, |d| {
+                println!("environment {id}: new secret; the old EDGE_KEY no longer works. Redeploy its agent:");
+                println!();
+                print_created(d);
+            });
         }
         EnvCommand::Deploy { env } => {
             let id = env_id(&mut api, &env)?;

@@ -241,8 +241,10 @@ pub enum SettingsCommand {
         /// Default command-check interval.
         #[arg(long)]
         command: Option<String>,
-        /// The server's AGENT_SECRET ("" removes it). Every agent must then
-        /// be redeployed with it: agents without it are refused at once.
+        /// The server's AGENT_SECRET ("" removes it; "-" reads it from
+        /// standard input, which keeps it out of the process list and the
+        /// shell's history). Every agent must then be redeployed with it:
+        /// agents without it are refused at once.
         #[arg(long)]
         agent_secret: Option<String>,
     },
@@ -283,6 +285,13 @@ pub fn run_settings(command: SettingsCommand, args: &ApiArgs) -> anyhow::Result<
                 body.insert("intervals".into(), Value::Object(intervals));
             }
             if let Some(s) = agent_secret {
+                let s = if s == "-" {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    line.trim_end_matches(['\r', '\n']).to_owned()
+                } else {
+                    s.clone()
+                };
                 body.insert("agent_secret".into(), json!(s));
             }
             if body.is_empty() {

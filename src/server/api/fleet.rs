@@ -13,6 +13,8 @@
 //! | `GET /api/environments/{id}/state` | its stored state, with `as_of` and `snapshot_age_s` |
 //! | `GET /api/environments/{id}/state/{part}` | one part: `host`, `containers`, `images`, `volumes`, `networks`, `stacks` |
 //! | `POST /api/environments/{id}/reset-binding` | let another agent (EDGE_ID) take it over |
+//! | `POST /api/environments/{id}/reset-counter` | accept any poll counter from its agent again |
+//! | `POST /api/environments/{id}/rotate-secret` | a new secret and join token (the old ones are refused at once) |
 //! | `POST /api/groups`, `GET /api/groups`, `GET/PATCH/DELETE /api/groups/{id}` | groups |
 //! | `POST /api/tags`, `GET /api/tags`, `GET/PATCH/DELETE /api/tags/{id}` | tags |
 //! | `GET /api/settings`, `PUT /api/settings` | default intervals; the AGENT_SECRET (write-only) |
@@ -287,7 +289,17 @@ pub struct CreatedEnvironment {
     /// The deploy commands.
     #[serde(default)]
     pub commands: DeployCommands,
+    /// When the server requires an AGENT_SECRET: where the commands take it
+    /// from (they never carry it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_secret_note: Option<String>,
 }
+
+/// What a deploy command's `-e AGENT_SECRET` means, for the operator.
+pub const AGENT_SECRET_NOTE: &str = "This server requires an AGENT_SECRET. The commands pass it as `-e AGENT_SECRET` \
+     without its value, so docker takes it from the shell that runs them: set it there first (`export \
+     AGENT_SECRET=...` on Linux, `$env:AGENT_SECRET = '...'` in PowerShell), with the secret set in the \
+     server's settings (never shown again).";
 
 /// A group in an environment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -617,8 +629,10 @@ pub struct DeployOptions<'a> {
     pub edge_id: Option<&'a str>,
     /// `EDGE_INSECURE_POLL=1`.
     pub insecure_poll: bool,
-    /// The server's AGENT_SECRET.
-    pub agent_secret: Option<&'a str>,
+    /// The server requires an AGENT_SECRET. The commands never carry it:
+    /// they pass `-e AGENT_SECRET`, which docker fills from the shell that
+    /// runs them (a deploy command is copied, pasted, logged and shared).
+    pub agent_secret: bool,
     /// Host variables passed through.
     pub env_vars: &'a [String],
     /// The host's Docker volume path (see [`check_volume_path`]).
@@ -627,21 +641,10 @@ pub struct DeployOptions<'a> {
     pub tcp_timestamps: bool,
 }
 
-fn plain(value: &str) -> bool {
-    !value.is_empty() && value.chars().all(|c| c.is_ascii_alphanumeric() || "_./:=-".contains(c))
-}
-
-/// `value` as one sh word.
-fn sh_quote(value: &str) -> String {
-    if plain(value) { value.to_owned() } else { format!("'{}'", value.replace('\'', r"'\''")) }
-}
-
-/// `value` as one PowerShell word.
-fn ps_quote(value: &str) -> String {
-    if plain(value) { value.to_owned() } else { format!("'{}'", value.replace('\'', "''")) }
-}
-
-fn env_args(o: &DeployOptions<'_>, quote: fn(&str) -> String) -> Vec<String> {
+/// The `-e` options. Every value in them is checked to need no quoting
+/// (a join token is base64url, an EDGE_ID and variable names are checked
+/// when stored), and no secret but the join token is in them.
+fn env_args(o: &DeployOptions<'_>) -> Vec<String> {
     let mut args = vec![format!("-e EDGE_KEY={}", o.edge_key)];
     if let Some(id) = o.edge_id {
         args.push(format!("-e EDGE_ID={id}"));
@@ -649,8 +652,9 @@ fn env_args(o: &DeployOptions<'_>, quote: fn(&str) -> String) -> Vec<String> {
     if o.insecure_poll {
         args.push("-e EDGE_INSECURE_POLL=1".into());
     }
-    if let Some(s) = o.agent_secret {
-        args.push(format!("-e AGENT_SECRET={}", quote(s)));
+    if o.agent_secret {
+        // No value: docker takes the shell's (see `DeployOptions::agent_secret`).
+        args.push("-e AGENT_SECRET".into());
     }
     // No value: docker takes the host's.
     args.extend(o.env_vars.iter().map(|v| format!("-e {v}")));
@@ -693,7 +697,7 @@ pub fn linux_command(o: &DeployOptions<'_>) -> String {
         format!("-v {volumes}:{LINUX_VOLUMES}"),
         "-v tern-agent-data:/data".to_owned(),
     ]);
-    lines.extend(env_args(o, sh_quote));
+    lines.extend(env_args(o));
     lines.push(format!("{AGENT_IMAGE} agent"));
     lines.join(" \\\n  ")
 }
@@ -711,7 +715,7 @@ pub fn windows_command(o: &DeployOptions<'_>) -> String {
         r"-v tern-agent-data:C:\data".to_owned(),
         r"-e DATA_PATH=C:\data".to_owned(),
     ];
-    args.extend(env_args(o, ps_quote));
+    args.extend(env_args(o));
     args.push(format!("{AGENT_IMAGE} agent"));
     args.join(" ")
 }
@@ -741,14 +745,14 @@ fn deploy_of(store: &Store, id: u64, fingerprint: [u8; 32]) -> Result<CreatedEnv
     if o.url.is_empty() {
         return Err(FleetError::NoUrl(id).into());
     }
-    let agent_secret = store.agent_secret()?;
+    let agent_secret = store.agent_secret()?.is_some();
     let edge_key =
         JoinToken { url: o.url.clone(), environment: id, secret: env.secret, cert_sha256: fingerprint }.encode();
     let d = DeployOptions {
         edge_key: &edge_key,
         edge_id: o.deploy_edge_id.as_deref(),
         insecure_poll: o.allow_self_signed,
-        agent_secret: agent_secret.as_deref(),
+        agent_secret,
         env_vars: &o.env_vars,
         volume_path: o.volume_path.as_deref(),
         tcp_timestamps: o.tcp_timestamps,
@@ -761,11 +765,22 @@ fn deploy_of(store: &Store, id: u64, fingerprint: [u8; 32]) -> Result<CreatedEnv
         docker_run: commands.linux.clone(),
         commands,
         edge_key,
+        agent_secret_note: agent_secret.then(|| AGENT_SECRET_NOTE.to_owned()),
     })
 }
 
 fn now() -> i64 {
     crate::server::http::now()
+}
+
+/// 32 random bytes: an environment's secret.
+fn new_secret() -> Result<Secret, ApiError> {
+    let mut secret = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret).map_err(|_| {
+        tracing::error!("no randomness for an environment's secret");
+        ApiError::internal()
+    })?;
+    Ok(Secret(secret))
 }
 
 fn full_of(store: &Store, id: u64, now: i64) -> Result<EnvironmentFull, ApiError> {
@@ -805,14 +820,9 @@ pub async fn create_environment(
     let tags = check_tags(&req.tags)?;
     let env_vars = check_env_vars(&req.env_vars.unwrap_or_default())?;
     let volume_path = req.volume_path.as_deref().map(check_volume_path).transpose()?.flatten();
-    let mut secret = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret).map_err(|_| {
-        tracing::error!("create environment: no randomness");
-        ApiError::internal()
-    })?;
     let new = NewEnvironment {
         name,
-        secret: Secret(secret),
+        secret: new_secret()?,
         intervals,
         group,
         tags,
@@ -971,6 +981,40 @@ pub async fn deploy(
 ) -> Result<Json<CreatedEnvironment>, ApiError> {
     let fingerprint = state.fingerprint;
     Ok(Json(with_store(&state, move |store| deploy_of(store, id, fingerprint)).await?))
+}
+
+/// `POST /api/environments/{id}/reset-counter`: the environment's agent may
+/// poll with any counter again (see [`Store::reset_counter`]).
+pub async fn reset_counter(
+    State(state): State<Arc<AppState>>,
+    PathId(id): PathId,
+) -> Result<Json<EnvironmentView>, ApiError> {
+    let now = now();
+    let item = with_store(&state, move |store| {
+        store.reset_counter(id)?;
+        Ok(store.fleet_item(id, now)?)
+    })
+    .await?;
+    tracing::warn!("environment {id}: poll counter reset by an operator");
+    Ok(Json(view_of(item, now)))
+}
+
+/// `POST /api/environments/{id}/rotate-secret`: a new secret and join
+/// token; the old ones stop working at once. Answers as `.../deploy` does,
+/// with the new token and commands to redeploy the agent with.
+pub async fn rotate_secret(
+    State(state): State<Arc<AppState>>,
+    PathId(id): PathId,
+) -> Result<Json<CreatedEnvironment>, ApiError> {
+    let secret = new_secret()?;
+    let fingerprint = state.fingerprint;
+    let created = with_store(&state, move |store| {
+        store.rotate_secret(id, &secret)?;
+        deploy_of(store, id, fingerprint)
+    })
+    .await?;
+    tracing::warn!("environment {id}: secret rotated by an operator; its agent needs the new EDGE_KEY");
+    Ok(Json(created))
 }
 
 /// `POST /api/environments/{id}/reset-binding`.
@@ -1256,6 +1300,8 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/environments/{id}/state", get(environment_state))
         .route("/api/environments/{id}/state/{part}", get(environment_state_part))
         .route("/api/environments/{id}/reset-binding", post(reset_binding))
+        .route("/api/environments/{id}/reset-counter", post(reset_counter))
+        .route("/api/environments/{id}/rotate-secret", post(rotate_secret))
         .route("/api/groups", post(create_group).get(list_groups))
         .route("/api/groups/{id}", get(group).patch(rename_group).delete(delete_group))
         .route("/api/tags", post(create_tag).get(list_tags))
@@ -1318,10 +1364,8 @@ mod tests {
         );
         let kept = linux_command(&DeployOptions { edge_key: "k", tcp_timestamps: true, ..DeployOptions::default() });
         assert!(!kept.contains("--sysctl") && kept.contains("--group-add"), "{kept}");
-        assert_eq!(sh_quote("plain-1.2:3=x"), "plain-1.2:3=x");
-        assert_eq!(sh_quote("it's $HOME"), r"'it'\''s $HOME'");
-        assert_eq!(ps_quote("it's $HOME"), "'it''s $HOME'");
-        assert_eq!(ps_quote("a,b"), "'a,b'", "a bare comma makes an array in PowerShell");
+        let secret = linux_command(&DeployOptions { edge_key: "k", agent_secret: true, ..DeployOptions::default() });
+        assert!(secret.contains("-e AGENT_SECRET \\\n"), "the name alone: docker takes the shell's value\n{secret}");
     }
 
     #[test]

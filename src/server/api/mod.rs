@@ -8,6 +8,8 @@
 //! | `GET /api/environments/{id}/state` | its stored state: containers, images, volumes, networks, stacks, host |
 //! | `PUT /api/environments/{id}/intervals` | set its intervals (`null`: the server default) |
 //! | `POST /api/environments/{id}/reset-binding` | let another agent (EDGE_ID) take it over |
+//! | `POST /api/environments/{id}/reset-counter` | accept any poll counter from its agent again |
+//! | `POST /api/environments/{id}/rotate-secret` | a new secret and join token (the old ones are refused at once) |
 //! | `POST /api/environments/{id}/commands` | queue a command (201) |
 //! | `GET /api/environments/{id}/commands` | its commands, newest first (100) |
 //! | `GET /api/commands/{id}` | one command |

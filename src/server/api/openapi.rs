@@ -48,6 +48,18 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "Set the environment's poll intervals (null: the default).",
     ),
     ("POST", "/api/environments/{id}/reset-binding", "environments", "Let another EDGE_ID take the environment."),
+    (
+        "POST",
+        "/api/environments/{id}/reset-counter",
+        "environments",
+        "Accept any poll counter from the agent again (rotate the secret on an untrusted link instead).",
+    ),
+    (
+        "POST",
+        "/api/environments/{id}/rotate-secret",
+        "environments",
+        "A new secret and join token; the old ones are refused at once. Answers as .../deploy.",
+    ),
     ("GET", "/api/environments/{id}/usage", "usage", "Bytes used by one environment: per hour, per day, total."),
     ("GET", "/api/usage", "usage", "Bytes used by every environment, today and over N days."),
     // Groups, tags, settings.

@@ -736,6 +736,38 @@ impl Store {
         Ok(())
     }
 
+    /// Sets the accepted counter back to 0, so an agent whose counter the
+    /// server holds as seen (pushed too high by an old agent's bug or a
+    /// restored database) can poll again. A machine in the middle that
+    /// recorded polls could replay each once after it: on a link that is not
+    /// trusted, [`Self::rotate_secret`] instead.
+    ///
+    /// # Errors
+    /// When it does not exist or SQLite fails.
+    pub fn reset_counter(&self, id: u64) -> Result<(), StoreError> {
+        match self.conn.execute("UPDATE environments SET last_counter = 0 WHERE id = ?1", [id as i64])? {
+            0 => Err(StoreError::NotFound(id)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Gives the environment a new secret (so a new join token) and sets
+    /// its counter back to 0: polls sealed with the old secret, the
+    /// agent's and any recorded ones, are refused from now on. The binding
+    /// stays: the agent redeployed with the new token keeps its EDGE_ID.
+    ///
+    /// # Errors
+    /// When it does not exist or SQLite fails.
+    pub fn rotate_secret(&self, id: u64, secret: &Secret) -> Result<(), StoreError> {
+        match self.conn.execute(
+            "UPDATE environments SET secret = ?2, last_counter = 0 WHERE id = ?1",
+            params![id as i64, &secret.0[..]],
+        )? {
+            0 => Err(StoreError::NotFound(id)),
+            _ => Ok(()),
+        }
+    }
+
     /// Unbinds the EDGE_ID, so another agent may take the environment over.
     ///
     /// # Errors

@@ -22,6 +22,8 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/environments/{id}/edit", get(edit_page).post(save))
         .route("/environments/{id}/intervals", post(save_intervals))
         .route("/environments/{id}/reset-binding", post(reset_binding))
+        .route("/environments/{id}/reset-counter", post(reset_counter))
+        .route("/environments/{id}/rotate-secret", post(rotate_secret))
         .route("/environments/{id}/delete", post(delete))
 }
 
@@ -30,6 +32,7 @@ const SAVED: &[(&str, &str)] = &[
     ("details", "Saved the name, group and tags."),
     ("intervals", "Saved the intervals; the agent gets them at its next poll."),
     ("binding", "The binding is reset: the next agent that polls takes the environment."),
+    ("counter", "The counter is reset: the agent's next poll is accepted whatever its counter."),
 ];
 
 /// Which form was refused, with what it held.
@@ -147,6 +150,23 @@ async fn render(ui: &Ui, id: u64, refused: Option<Refused<'_>>, saved: Option<&s
                 None => p.muted { "No agent has polled yet; the first one to poll with the join token takes the environment." },
             }
         }
+        section id="key" {
+            h2 { "Join token and counter" }
+            p { "Every poll carries a counter that must be above the last one accepted, so a recorded poll cannot be replayed. \
+                If the agent's polls are refused as replays though they are not (its counter was pushed past what it can use), \
+                reset the counter. A machine in the middle that recorded polls could replay each once after that: \
+                where the link is not trusted, rotate the secret instead." }
+            form method="post" action={ "/environments/" (id) "/reset-counter" } data-confirm="Accept any counter from this environment's agent again?" {
+                (csrf_field(&ui.csrf))
+                button type="submit" { "Reset the counter" }
+            }
+            p { "Rotating the secret gives the environment a new join token: the old one, and every poll sealed with it, \
+                is refused at once, so the agent must be redeployed with the new EDGE_KEY (its EDGE_ID and state are kept)." }
+            form method="post" action={ "/environments/" (id) "/rotate-secret" } data-confirm="Rotate the secret? The agent stops working until it is redeployed with the new join token." {
+                (csrf_field(&ui.csrf))
+                button.danger type="submit" { "Rotate the secret" }
+            }
+        }
         section id="delete" {
             h2 { "Delete" }
             p { "Deletes the environment with its stored state and commands. Its agent's polls are refused from then on." }
@@ -212,6 +232,21 @@ struct CsrfForm {
 async fn reset_binding(ui: Ui, Path(id): Path<u64>, axum::Form(f): axum::Form<CsrfForm>) -> Response {
     match ui.call(Method::POST, &format!("/api/environments/{id}/reset-binding"), None, Some(&f.csrf)).await {
         Ok(_) => Redirect::to(&format!("/environments/{id}/edit?saved=binding")).into_response(),
+        Err(e) => render(&ui, id, Some(Refused::Other(&e)), None, e.status).await,
+    }
+}
+
+async fn reset_counter(ui: Ui, Path(id): Path<u64>, axum::Form(f): axum::Form<CsrfForm>) -> Response {
+    match ui.call(Method::POST, &format!("/api/environments/{id}/reset-counter"), None, Some(&f.csrf)).await {
+        Ok(_) => Redirect::to(&format!("/environments/{id}/edit?saved=counter")).into_response(),
+        Err(e) => render(&ui, id, Some(Refused::Other(&e)), None, e.status).await,
+    }
+}
+
+/// Rotates the secret, then shows the deploy page with the new join token.
+async fn rotate_secret(ui: Ui, Path(id): Path<u64>, axum::Form(f): axum::Form<CsrfForm>) -> Response {
+    match ui.call(Method::POST, &format!("/api/environments/{id}/rotate-secret"), None, Some(&f.csrf)).await {
+        Ok(_) => Redirect::to(&format!("/environments/{id}/deploy?rotated=1")).into_response(),
         Err(e) => render(&ui, id, Some(Refused::Other(&e)), None, e.status).await,
     }
 }

@@ -146,6 +146,7 @@ async fn create(ui: Ui, axum::Form(f): axum::Form<CreateForm>) -> Response {
 struct DeployQuery {
     created: Option<u8>,
     updated: Option<u8>,
+    rotated: Option<u8>,
 }
 
 async fn deploy_page(
@@ -153,7 +154,15 @@ async fn deploy_page(
     Path(id): Path<u64>,
     axum::extract::Query(q): axum::extract::Query<DeployQuery>,
 ) -> Response {
-    render_deploy(&ui, id, q.created.is_some(), q.updated.is_some(), None, None).await
+    let notice = if q.rotated.is_some() {
+        Some(
+            "The secret was rotated: the old join token no longer works. Redeploy the agent with the command below \
+             (its EDGE_ID and state are kept).",
+        )
+    } else {
+        q.updated.map(|_| "The command below now carries your changes.")
+    };
+    render_deploy(&ui, id, q.created.is_some(), notice, None, None).await
 }
 
 /// The deploy options form as it was sent (kept when refused).
@@ -173,7 +182,7 @@ async fn render_deploy(
     ui: &Ui,
     id: u64,
     created: bool,
-    updated: bool,
+    notice: Option<&str>,
     sent: Option<&OptionsForm>,
     err: Option<&ApiFail>,
 ) -> Response {
@@ -205,7 +214,7 @@ async fn render_deploy(
     let body = html! {
         h1 { @if created { "Environment created: " } @else { "Deploy: " } (name) }
         @if created { p.notice role="status" { "Created. Run the command below on the edge host, or pre-stage the join token." } }
-        @if updated { p.notice role="status" { "The command below now carries your changes." } }
+        @if let Some(notice) = notice { p.notice role="status" { (notice) } }
         section {
             h2 { "Join token" }
             p.hint { "For pre-staging: the agent needs only this (as EDGE_KEY) to find, trust and join this server." }
@@ -243,7 +252,7 @@ async fn render_deploy(
         }
         section {
             h2 { "Command" }
-            @if secret_set { p.warning { "This server has an AGENT_SECRET: the command carries it as -e AGENT_SECRET. Keep the command private." } }
+            @if secret_set { p.warning { "This server requires an AGENT_SECRET. The command passes it as " code { "-e AGENT_SECRET" } " without its value, so docker takes it from the shell that runs it: set it there first (" code { "export AGENT_SECRET=..." } " on Linux, " code { "$env:AGENT_SECRET = '...'" } " in PowerShell), with the secret set in Settings." } }
             div role="tablist" aria-label="Platform" {
                 button type="button" role="tab" id="tab-linux" aria-controls="panel-linux" aria-selected="true" { "Linux" }
                 button type="button" role="tab" id="tab-windows" aria-controls="panel-windows" aria-selected="false" tabindex="-1" { "Windows" }
@@ -281,7 +290,7 @@ async fn update_options(ui: Ui, Path(id): Path<u64>, axum::Form(f): axum::Form<O
     match ui.send(Method::PATCH, &format!("/api/environments/{id}"), &body, &f.csrf).await {
         Ok(_) => Redirect::to(&format!("/environments/{id}/deploy?updated=1")).into_response(),
         Err(e) => {
-            let mut r = render_deploy(&ui, id, false, false, Some(&f), Some(&e)).await;
+            let mut r = render_deploy(&ui, id, false, None, Some(&f), Some(&e)).await;
             *r.status_mut() = e.status;
             r
         }

@@ -45,6 +45,7 @@ pub mod meter;
 pub mod scenarios;
 #[cfg(feature = "server")]
 pub mod server;
+pub mod stack;
 pub mod sync;
 #[cfg(feature = "tls")]
 pub mod tls;

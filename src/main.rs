@@ -759,7 +759,7 @@ mod snapshot {
             let docker = agent::connect().await?;
             agent::collect(&docker).await
         })?;
-        let opts = CanonicalOptions { redact_secrets: !show_secrets, ..CanonicalOptions::default() };
+        let opts = CanonicalOptions { redact_secrets: !show_secrets };
         let state = raw.canonical(&opts).context("building the canonical state")?;
 
         let delta = diff(&State::default(), &state);

@@ -9,6 +9,7 @@
 
 pub mod delta;
 pub mod docker;
+pub mod redact;
 pub mod schedule;
 pub mod session;
 pub mod state;

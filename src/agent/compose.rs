@@ -122,23 +122,7 @@ pub fn stacks() -> Stacks {
         .unwrap_or_else(|| Stacks { dir: std::env::temp_dir().join("tern-stacks"), mode: ComposeMode::Auto })
 }
 
-/// Checks a compose project name: lowercase letters, digits, `-` and `_`,
-/// starting with a letter or digit, at most 63 bytes.
-///
-/// # Errors
-/// What is wrong with it.
-pub fn check_name(name: &str) -> Result<(), String> {
-    let ok_first = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    let ok_rest = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if name.is_empty() || name.len() > 63 || !ok_first || !ok_rest {
-        return Err(format!(
-            "bad stack name {:?}: a compose project name is 1 to 63 lowercase letters, digits, '-' or '_', \
-             starting with a letter or digit",
-            name.chars().take(70).collect::<String>()
-        ));
-    }
-    Ok(())
-}
+pub use crate::stack::check_name;
 
 impl Stacks {
     /// The directory of one stack.
@@ -151,7 +135,10 @@ impl Stacks {
     /// # Errors
     /// The tool's or the engine's error, or what is wrong with the file.
     pub async fn deploy(&self, docker: &Docker, spec: &StackSpec) -> Result<Vec<u8>, String> {
-        check_name(&spec.name)?;
+        check_name(&spec.name).map_err(|e| format!("stack name {e}"))?;
+        // What the server checks, checked again: a stack from an older
+        // server (or any other sender) must not reach the tool otherwise.
+        crate::stack::check_file(&spec.compose, &spec.env).map_err(|e| format!("compose file: {e}"))?;
         let dir = self.stack_dir(&spec.name);
         write_files(&dir, spec).await?;
         match self.tool().await? {
@@ -178,7 +165,7 @@ impl Stacks {
     /// # Errors
     /// The tool's or the engine's error.
     pub async fn remove(&self, docker: &Docker, name: &str) -> Result<Vec<u8>, String> {
-        check_name(name)?;
+        check_name(name).map_err(|e| format!("stack name {e}"))?;
         let dir = self.stack_dir(name);
         let file = dir.join(COMPOSE_FILE);
         if let Some(tool) = self.tool().await?
@@ -318,147 +305,6 @@ pub fn parse_yaml(text: &str) -> Result<Value, String> {
         let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("not YAML").trim().to_owned();
         format!("the compose file is not valid YAML: {line}")
     })
-}
-
-/// Replaces `${VAR}`, `$VAR`, `${VAR:-default}`, `${VAR-default}`,
-/// `${VAR:?error}`, `${VAR?error}`, `${VAR:+other}`, `${VAR+other}` and
-/// `$$` (a literal `$`) in `text`, as compose does. A variable that is not
-/// set is empty (noted in `unset`).
-///
-/// # Errors
-/// A malformed expression, or a `?` one whose variable is unset (or empty,
-/// with `:?`).
-pub fn interpolate(text: &str, env: &BTreeMap<String, String>, unset: &mut BTreeSet<String>) -> Result<String, String> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(pos) = rest.find('$') {
-        out.push_str(&rest[..pos]);
-        let after = &rest[pos + 1..];
-        if let Some(r) = after.strip_prefix('$') {
-            out.push('$');
-            rest = r;
-        } else if let Some(inner) = after.strip_prefix('{') {
-            let end = matching_brace(inner).ok_or_else(|| format!("unclosed ${{ in {text:?}"))?;
-            out.push_str(&expand(&inner[..end], env, unset)?);
-            rest = &inner[end + 1..];
-        } else {
-            let len = name_len(after);
-            if len == 0 {
-                return Err(format!(
-                    "invalid interpolation in {text:?}: write $$ for a literal $, or ${{NAME}} for a variable"
-                ));
-            }
-            out.push_str(&lookup(&after[..len], env, unset));
-            rest = &after[len..];
-        }
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
-fn name_len(s: &str) -> usize {
-    let mut n = 0;
-    for (i, c) in s.char_indices() {
-        let ok = c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit());
-        if !ok {
-            break;
-        }
-        n = i + c.len_utf8();
-    }
-    n
-}
-
-fn matching_brace(s: &str) -> Option<usize> {
-    let mut depth = 0usize;
-    for (i, c) in s.char_indices() {
-        match c {
-            '{' => depth += 1,
-            '}' if depth == 0 => return Some(i),
-            '}' => depth -= 1,
-            _ => {}
-        }
-    }
-    None
-}
-
-fn lookup(name: &str, env: &BTreeMap<String, String>, unset: &mut BTreeSet<String>) -> String {
-    env.get(name).cloned().unwrap_or_else(|| {
-        unset.insert(name.to_owned());
-        String::new()
-    })
-}
-
-fn expand(expr: &str, env: &BTreeMap<String, String>, unset: &mut BTreeSet<String>) -> Result<String, String> {
-    let len = name_len(expr);
-    if len == 0 {
-        return Err(format!("invalid interpolation ${{{expr}}}: no variable name"));
-    }
-    let (name, op) = expr.split_at(len);
-    let value = env.get(name);
-    let empty = value.is_none_or(String::is_empty);
-    let arg = |op_len: usize, unset: &mut BTreeSet<String>| interpolate(&op[op_len..], env, unset);
-    match op {
-        "" => Ok(lookup(name, env, unset)),
-        _ if op.starts_with(":-") => {
-            if empty {
-                arg(2, unset)
-            } else {
-                Ok(value.cloned().unwrap_or_default())
-            }
-        }
-        _ if op.starts_with('-') => match value {
-            Some(v) => Ok(v.clone()),
-            None => arg(1, unset),
-        },
-        _ if op.starts_with(":+") => {
-            if empty {
-                Ok(String::new())
-            } else {
-                arg(2, unset)
-            }
-        }
-        _ if op.starts_with('+') => {
-            if value.is_some() {
-                arg(1, unset)
-            } else {
-                Ok(String::new())
-            }
-        }
-        _ if op.starts_with(":?") || op.starts_with('?') => {
-            let colon = op.starts_with(':');
-            let missing = if colon { empty } else { value.is_none() };
-            if missing {
-                let msg = arg(if colon { 2 } else { 1 }, unset)?;
-                Err(format!("required variable {name} is missing a value: {msg}"))
-            } else {
-                Ok(value.cloned().unwrap_or_default())
-            }
-        }
-        _ => Err(format!("invalid interpolation ${{{expr}}}")),
-    }
-}
-
-/// Interpolates every string in a value (not mapping keys).
-fn interpolate_value(
-    v: &mut Value,
-    env: &BTreeMap<String, String>,
-    unset: &mut BTreeSet<String>,
-) -> Result<(), String> {
-    match v {
-        Value::String(s) => *s = interpolate(s, env, unset)?,
-        Value::Array(a) => {
-            for x in a {
-                interpolate_value(x, env, unset)?;
-            }
-        }
-        Value::Object(m) => {
-            for (_, x) in m.iter_mut() {
-                interpolate_value(x, env, unset)?;
-            }
-        }
-        _ => {}
-    }
-    Ok(())
 }
 
 /// A published port.
@@ -899,7 +745,7 @@ impl Project {
         check_name(name)?;
         let mut root = parse_yaml(text)?;
         let mut unset = BTreeSet::new();
-        interpolate_value(&mut root, env, &mut unset)?;
+        crate::stack::interpolate_all(&mut root, env, &mut unset)?;
         let Value::Object(top) = root else { return Err("the compose file must be a mapping with `services`".into()) };
         let services_v = match top.get("services") {
             Some(Value::Object(s)) if !s.is_empty() => s,
@@ -1426,46 +1272,6 @@ mod tests {
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
-    }
-
-    fn interp(text: &str, e: &BTreeMap<String, String>) -> Result<String, String> {
-        interpolate(text, e, &mut BTreeSet::new())
-    }
-
-    #[test]
-    fn variables_are_interpolated_as_compose_does() {
-        let e = env(&[("TAG", "1.25"), ("EMPTY", ""), ("NAME", "web")]);
-        for (text, want) in [
-            ("nginx:${TAG}", "nginx:1.25"),
-            ("nginx:$TAG", "nginx:1.25"),
-            ("$NAME-$TAG", "web-1.25"),
-            ("${MISSING:-fallback}", "fallback"),
-            ("${EMPTY:-fallback}", "fallback"),
-            ("${EMPTY-fallback}", ""),
-            ("${MISSING-fallback}", "fallback"),
-            ("${NAME:+set}", "set"),
-            ("${EMPTY:+set}", ""),
-            ("${EMPTY+set}", "set"),
-            ("${MISSING+set}", ""),
-            ("${MISSING:-${NAME}-x}", "web-x"),
-            ("price $$5", "price $5"),
-            ("$${NAME}", "${NAME}"),
-            ("no variables", "no variables"),
-            ("${NAME:?needed}", "web"),
-            ("unicode é ${NAME} ü", "unicode é web ü"),
-        ] {
-            assert_eq!(interp(text, &e).as_deref(), Ok(want), "{text}");
-        }
-        let mut unset = BTreeSet::new();
-        assert_eq!(interpolate("a${NOPE}b$ALSO_NOT", &e, &mut unset).unwrap(), "ab");
-        assert_eq!(unset.into_iter().collect::<Vec<_>>(), ["ALSO_NOT", "NOPE"]);
-        let err = interp("${MISSING:?set MISSING please}", &e).unwrap_err();
-        assert!(err.contains("MISSING") && err.contains("set MISSING please"), "{err}");
-        assert!(interp("${EMPTY:?x}", &e).is_err());
-        assert_eq!(interp("${EMPTY?x}", &e).as_deref(), Ok(""));
-        for bad in ["${", "${NAME", "cost $ 5", "${}", "${1X}", "${NAME!x}"] {
-            assert!(interp(bad, &e).is_err(), "{bad}");
-        }
     }
 
     #[test]

@@ -41,42 +41,29 @@ pub struct RawSnapshot {
     pub version: SystemVersion,
 }
 
-/// The text that replaces a redacted environment value.
-pub const REDACTED: &str = "<redacted>";
+pub use super::redact::REDACTED;
 
 /// How the canonical state is built.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CanonicalOptions {
-    /// Redact the values of environment variables whose key contains one of
-    /// [`Self::secret_markers`] (case-insensitive). On by default.
+    /// Redact the values of environment variables and command arguments
+    /// that hold credentials (see [`super::redact`]). On by default.
     pub redact_secrets: bool,
-    /// Substrings of keys that mark a secret.
-    pub secret_markers: Vec<String>,
 }
 
 impl Default for CanonicalOptions {
     fn default() -> Self {
-        Self {
-            redact_secrets: true,
-            secret_markers: ["PASSWORD", "PASSWD", "SECRET", "TOKEN", "KEY", "CREDENTIAL", "PRIVATE", "AUTH"]
-                .map(String::from)
-                .to_vec(),
-        }
+        Self { redact_secrets: true }
     }
 }
 
 impl CanonicalOptions {
-    /// Whether this environment key's value is redacted.
-    pub fn is_secret(&self, key: &str) -> bool {
-        let upper = key.to_ascii_uppercase();
-        self.redact_secrets && self.secret_markers.iter().any(|m| upper.contains(m.as_str()))
+    fn env(&self, entry: &str) -> String {
+        if self.redact_secrets { super::redact::env_entry(entry) } else { entry.to_owned() }
     }
 
-    fn env(&self, entry: &str) -> String {
-        match entry.split_once('=') {
-            Some((key, _)) if self.is_secret(key) => format!("{key}={REDACTED}"),
-            _ => entry.to_owned(),
-        }
+    fn arg(&self, arg: &str) -> String {
+        if self.redact_secrets { super::redact::argument(arg) } else { arg.to_owned() }
     }
 }
 
@@ -133,7 +120,7 @@ pub fn container(c: &ContainerInspectResponse, opts: &CanonicalOptions) -> Resul
     let host_config = c.host_config.as_ref();
 
     let mut command: Vec<String> = c.path.iter().cloned().collect();
-    command.extend(c.args.iter().flatten().cloned());
+    command.extend(c.args.iter().flatten().map(|a| opts.arg(a)));
 
     // Ports: configured bindings (stable across stops), plus exposed ports
     // that are not published.
@@ -367,7 +354,9 @@ mod tests {
         assert_eq!(opts.env("aws_secret_access_key=x"), "aws_secret_access_key=<redacted>");
         assert_eq!(opts.env("API_TOKEN=abc"), "API_TOKEN=<redacted>");
         assert_eq!(opts.env("PATH=/usr/bin"), "PATH=/usr/bin");
-        let keep = CanonicalOptions { redact_secrets: false, ..opts };
+        assert_eq!(opts.env("DB_PASS=w1k1"), "DB_PASS=<redacted>");
+        assert_eq!(opts.arg("--password=x"), "--password=<redacted>");
+        let keep = CanonicalOptions { redact_secrets: false };
         assert_eq!(keep.env("POSTGRES_PASSWORD=hunter2"), "POSTGRES_PASSWORD=hunter2");
     }
 

@@ -9,11 +9,14 @@
 //! | `DELETE /api/stacks/{id}` | queue its removal everywhere (202, `removing`); once `removed`, a second `DELETE` purges the record (204) |
 //!
 //! Targets are environment ids (or names), group and tag names (or ids).
-//! The compose file is checked before anything is stored: at most
-//! [`MAX_COMPOSE`] bytes, valid YAML (parsed with budgets against alias
-//! bombs), a mapping with a non-empty `services` mapping whose services
-//! each have an `image` (an edge host has no build context). The agent
-//! interpolates `${VAR}` from the stack's variables and checks the rest.
+//! The compose file is checked before anything is stored, with the
+//! variables it will be deployed with, by the check the agent runs too
+//! ([`crate::stack::check_file`]): at most [`MAX_COMPOSE`] bytes, valid
+//! YAML (parsed with budgets against alias bombs), a mapping with a
+//! non-empty `services` mapping whose services each have an `image` (an
+//! edge host has no build context), variable names a stack may set, and
+//! `${VAR}` interpolation that works (nested at most 16 deep, no missing
+//! `${VAR:?}`).
 //! Per-environment status: see [`crate::server::store::stacks`].
 
 use std::collections::BTreeMap;
@@ -25,7 +28,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::{ApiError, ApiJson, PathId, with_store};
 use crate::server::http::AppState;
@@ -271,16 +273,7 @@ impl From<StackRecord> for StackDetail {
 /// # Errors
 /// A 422 saying what a name may be.
 pub fn check_name(name: &str) -> Result<(), ApiError> {
-    let ok_first = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    let ok_rest = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if name.is_empty() || name.len() > 63 || !ok_first || !ok_rest {
-        return Err(ApiError::invalid(format!(
-            "name: {:?} is not a compose project name: 1 to 63 lowercase letters, digits, '-' or '_', starting \
-             with a letter or digit",
-            name.chars().take(70).collect::<String>()
-        )));
-    }
-    Ok(())
+    crate::stack::check_name(name).map_err(|e| ApiError::invalid(format!("name: {e}")))
 }
 
 /// Checks a stack's variables.
@@ -293,14 +286,7 @@ pub fn check_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
     }
     let mut bytes = 0;
     for (k, v) in env {
-        let ok = k.chars().next().is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
-            && k.chars().all(|c| c == '_' || c.is_ascii_alphanumeric());
-        if !ok || k.len() > 256 {
-            return Err(ApiError::invalid(format!(
-                "env: {:?} is not a variable name (letters, digits and '_', not starting with a digit)",
-                k.chars().take(70).collect::<String>()
-            )));
-        }
+        crate::stack::check_variable(k).map_err(|e| ApiError::invalid(format!("env: {e}")))?;
         if v.contains('\0') {
             return Err(ApiError::invalid(format!("env.{k}: no NUL characters")));
         }
@@ -315,46 +301,21 @@ pub fn check_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Checks a compose file before it is stored and sent (see the module doc).
+/// Checks a compose file with the variables it will be deployed with,
+/// before it is stored and sent: the agent's own check
+/// ([`crate::stack::check_file`]), so what the server takes the agent
+/// takes too.
 ///
 /// # Errors
 /// A 413 when it is too large, a 422 saying what is wrong otherwise.
-pub fn check_compose(compose: &str) -> Result<(), ApiError> {
+pub fn check_compose(compose: &str, env: &BTreeMap<String, String>) -> Result<(), ApiError> {
     if compose.len() > MAX_COMPOSE {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("compose: {} bytes; at most {MAX_COMPOSE} (256 KiB)", compose.len()),
         ));
     }
-    let doc: Value = serde_saphyr::from_str(compose).map_err(|e| {
-        let text = e.to_string();
-        let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_owned();
-        ApiError::invalid(format!("compose: not valid YAML: {first}"))
-    })?;
-    let Value::Object(top) = doc else {
-        return Err(ApiError::invalid("compose: the file must be a mapping with a `services` mapping"));
-    };
-    let services = match top.get("services") {
-        Some(Value::Object(s)) if !s.is_empty() => s,
-        _ => return Err(ApiError::invalid("compose: no `services` mapping, or it is empty")),
-    };
-    for (name, def) in services {
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            return Err(ApiError::invalid(format!(
-                "compose: service {:?}: a name is letters, digits, '-', '_' or '.'",
-                name.chars().take(70).collect::<String>()
-            )));
-        }
-        let Value::Object(def) = def else {
-            return Err(ApiError::invalid(format!("compose: services.{name} must be a mapping")));
-        };
-        if !matches!(def.get("image"), Some(Value::String(i)) if !i.trim().is_empty()) {
-            return Err(ApiError::invalid(format!(
-                "compose: services.{name} needs an `image` (an edge host has no build context)"
-            )));
-        }
-    }
-    Ok(())
+    crate::stack::check_file(compose, env).map(drop).map_err(|e| ApiError::invalid(format!("compose: {e}")))
 }
 
 /// `POST /api/stacks`.
@@ -363,8 +324,8 @@ pub async fn create_stack(
     ApiJson(body): ApiJson<CreateStack>,
 ) -> Result<(StatusCode, Json<StackDetail>), ApiError> {
     check_name(&body.name)?;
-    check_compose(&body.compose)?;
     check_env(&body.env)?;
+    check_compose(&body.compose, &body.env)?;
     let targets = body.targets.check()?;
     let new = NewStack { name: body.name, compose: body.compose, env: body.env, targets };
     let record = with_store(&state, move |store| {
@@ -401,11 +362,15 @@ pub async fn update_stack(
     PathId(id): PathId,
     ApiJson(body): ApiJson<UpdateStack>,
 ) -> Result<Json<StackDetail>, ApiError> {
-    if let Some(c) = &body.compose {
-        check_compose(c)?;
-    }
     if let Some(e) = &body.env {
         check_env(e)?;
+    }
+    if body.compose.is_some() || body.env.is_some() {
+        // The file and the variables it will be deployed with, one of them
+        // perhaps as stored.
+        let stored = with_store(&state, move |store| Ok(store.stack(id)?)).await?;
+        let compose = body.compose.as_deref().unwrap_or(&stored.compose);
+        check_compose(compose, body.env.as_ref().unwrap_or(&stored.env))?;
     }
     let targets = body.targets.map(TargetsBody::check).transpose()?;
     let change = StackChange { compose: body.compose, env: body.env, targets };
@@ -448,7 +413,8 @@ mod tests {
 
     #[test]
     fn compose_files_are_checked_before_anything_is_stored() {
-        assert!(check_compose("services:\n  web:\n    image: busybox\n    ports: ['80:80']\n").is_ok());
+        let none = BTreeMap::new();
+        assert!(check_compose("services:\n  web:\n    image: busybox\n    ports: ['80:80']\n", &none).is_ok());
         for (text, want) in [
             ("services: [unclosed", "not valid YAML"),
             ("- a\n- b\n", "must be a mapping"),
@@ -459,12 +425,25 @@ mod tests {
             ("services:\n  'a b':\n    image: x\n", "a name is"),
             ("services:\n  web:\n    image: x\n  web:\n    image: y\n", "YAML"),
         ] {
-            let (status, msg) = err(check_compose(text));
+            let (status, msg) = err(check_compose(text, &none));
             assert_eq!(status, 422, "{text}");
             assert!(msg.contains(want), "{text}: {msg}");
         }
         let big = format!("services:\n  web:\n    image: x\n# {}\n", "x".repeat(MAX_COMPOSE));
-        assert_eq!(err(check_compose(&big)).0, 413);
+        assert_eq!(err(check_compose(&big, &none)).0, 413);
+        // What the agent would refuse, the server refuses: interpolation
+        // nested too deep (40,000 levels aborted the agent), a required
+        // variable missing, a name that would change the compose tool.
+        let deep = format!("{}x{}", "${A:-".repeat(40_000), "}".repeat(40_000));
+        let (status, msg) = err(check_compose(&format!("services:\n  web:\n    image: \"{deep}\"\n"), &none));
+        assert!(status == 422 && msg.contains("nested more than"), "{status} {msg}");
+        let (_, msg) = err(check_compose("services:\n  web:\n    image: \"${TAG:?set TAG}\"\n", &none));
+        assert!(msg.contains("TAG") && msg.contains("set TAG"), "{msg}");
+        let tag = BTreeMap::from([("TAG".to_owned(), "1".to_owned())]);
+        assert!(check_compose("services:\n  web:\n    image: \"x:${TAG:?set TAG}\"\n", &tag).is_ok());
+        let preload = BTreeMap::from([("LD_PRELOAD".to_owned(), "/data/x.so".to_owned())]);
+        let (_, msg) = err(check_compose("services:\n  web:\n    image: x\n", &preload));
+        assert!(msg.contains("LD_PRELOAD may not be set"), "{msg}");
     }
 
     #[test]
@@ -475,7 +454,15 @@ mod tests {
         }
         let env = |k: &str, v: &str| BTreeMap::from([(k.to_owned(), v.to_owned())]);
         assert!(check_env(&env("TAG_1", "x")).is_ok());
-        for (k, v) in [("1A", "x"), ("A-B", "x"), ("", "x"), ("A", "a\0b")] {
+        for (k, v) in [
+            ("1A", "x"),
+            ("A-B", "x"),
+            ("", "x"),
+            ("A", "a\0b"),
+            ("LD_PRELOAD", "x"),
+            ("PATH", "/tmp"),
+            ("DOCKER_HOST", "tcp://x"),
+        ] {
             assert_eq!(err(check_env(&env(k, v))).0, 422, "{k}");
         }
         assert_eq!(err(check_env(&env("A", &"x".repeat(MAX_VARS_BYTES)))).0, 413);

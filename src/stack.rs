@@ -1,0 +1,386 @@
+//! What the server and the agent must agree on about edge stacks, in one
+//! place, so the server refuses what the agent would refuse: the stack
+//! (compose project) name, which variable names a stack may set, and
+//! `${VAR}` interpolation as compose does it. No I/O.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// How deep `${A:-${B:-...}}` may nest. Compose files nest two or three
+/// deep; each level is a recursion, and 40,000 of them (a 240 KB file)
+/// overflowed the agent's stack.
+pub const MAX_NESTING: usize = 16;
+
+/// Checks a compose project name: lowercase letters, digits, `-` and `_`,
+/// starting with a letter or digit, at most 63 bytes.
+///
+/// # Errors
+/// What is wrong with it.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok_first = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let ok_rest = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if name.is_empty() || name.len() > 63 || !ok_first || !ok_rest {
+        return Err(format!(
+            "{:?} is not a compose project name: 1 to 63 lowercase letters, digits, '-' or '_', starting with a \
+             letter or digit",
+            name.chars().take(70).collect::<String>()
+        ));
+    }
+    Ok(())
+}
+
+/// Variable names a stack may not set. A stack's variables are the compose
+/// tool's environment when the agent runs the host's `docker compose`, so
+/// these would change what the tool is, loads or talks to: the dynamic
+/// loader's (`LD_PRELOAD` runs code in the agent's container), the shell's
+/// and the C library's, Python's (`docker-compose` v1 is Python), and the
+/// Docker CLI's and compose's own (`DOCKER_HOST` would send the deploy to
+/// another engine). Exact names:
+pub const RESERVED_NAMES: &[&str] = &[
+    "PATH",
+    "HOME",
+    "SHELL",
+    "IFS",
+    "ENV",
+    "BASH_ENV",
+    "SHELLOPTS",
+    "PS4",
+    "TMPDIR",
+    "HOSTALIASES",
+    "LOCALDOMAIN",
+    "RES_OPTIONS",
+    "NLSPATH",
+    "GCONV_PATH",
+    "GLIBC_TUNABLES",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "DOCKER_HOST",
+    "DOCKER_CONFIG",
+    "DOCKER_CERT_PATH",
+    "DOCKER_TLS",
+    "DOCKER_TLS_VERIFY",
+    "DOCKER_CONTEXT",
+    "DOCKER_API_VERSION",
+    "DOCKER_DEFAULT_PLATFORM",
+    "DOCKER_CONTENT_TRUST",
+    "DOCKER_CONTENT_TRUST_SERVER",
+];
+
+/// ...and prefixes (compared without regard to case).
+pub const RESERVED_PREFIXES: &[&str] = &["LD_", "DYLD_", "MALLOC_", "PYTHON", "XDG_", "COMPOSE_", "BUILDKIT_"];
+
+/// Checks a stack variable's name: letters, digits and `_`, not starting
+/// with a digit, at most 256 bytes, and not one of [`RESERVED_NAMES`] or
+/// [`RESERVED_PREFIXES`].
+///
+/// # Errors
+/// What is wrong with it.
+pub fn check_variable(name: &str) -> Result<(), String> {
+    let ok = name.chars().next().is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
+        && name.chars().all(|c| c == '_' || c.is_ascii_alphanumeric());
+    if !ok || name.len() > 256 {
+        return Err(format!(
+            "{:?} is not a variable name (letters, digits and '_', not starting with a digit)",
+            name.chars().take(70).collect::<String>()
+        ));
+    }
+    let upper = name.to_ascii_uppercase();
+    if RESERVED_NAMES.contains(&upper.as_str()) || RESERVED_PREFIXES.iter().any(|p| upper.starts_with(p)) {
+        return Err(format!(
+            "{name} may not be set by a stack: it would change the compose tool itself (its loader, shell, engine or \
+             settings), not the stack"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a compose file as both sides do before it is stored or run:
+/// valid YAML (parsed with budgets against alias bombs and deep nesting),
+/// a mapping with a non-empty `services` mapping whose services are named
+/// with letters, digits, `-`, `_` or `.`, and each have an `image` (an edge
+/// host has no build context); the variables' names pass
+/// [`check_variable`]; every string interpolates with `env` (so a missing
+/// `${X:?}` or a nesting too deep is found here, not on the edge host).
+/// Returns the interpolated document.
+///
+/// # Errors
+/// What is wrong, naming the service or variable.
+pub fn check_file(compose: &str, env: &BTreeMap<String, String>) -> Result<serde_json::Value, String> {
+    use serde_json::Value;
+    for name in env.keys() {
+        check_variable(name).map_err(|e| format!("variables: {e}"))?;
+    }
+    let mut doc: Value = serde_saphyr::from_str(compose).map_err(|e| {
+        let text = e.to_string();
+        let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_owned();
+        format!("not valid YAML: {first}")
+    })?;
+    let Value::Object(top) = &doc else {
+        return Err("the file must be a mapping with a `services` mapping".into());
+    };
+    let services = match top.get("services") {
+        Some(Value::Object(s)) if !s.is_empty() => s,
+        _ => return Err("no `services` mapping, or it is empty".into()),
+    };
+    for (name, def) in services {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(format!(
+                "service {:?}: a name is letters, digits, '-', '_' or '.'",
+                name.chars().take(70).collect::<String>()
+            ));
+        }
+        let Value::Object(def) = def else {
+            return Err(format!("services.{name} must be a mapping"));
+        };
+        if !matches!(def.get("image"), Some(Value::String(i)) if !i.trim().is_empty()) {
+            return Err(format!("services.{name} needs an `image` (an edge host has no build context)"));
+        }
+    }
+    interpolate_all(&mut doc, env, &mut BTreeSet::new())?;
+    Ok(doc)
+}
+
+/// Interpolates every string in a value (not mapping keys).
+///
+/// # Errors
+/// As [`interpolate`].
+pub fn interpolate_all(
+    v: &mut serde_json::Value,
+    env: &BTreeMap<String, String>,
+    unset: &mut BTreeSet<String>,
+) -> Result<(), String> {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => *s = interpolate(s, env, unset)?,
+        Value::Array(a) => {
+            for x in a {
+                interpolate_all(x, env, unset)?;
+            }
+        }
+        Value::Object(m) => {
+            for (_, x) in m.iter_mut() {
+                interpolate_all(x, env, unset)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Replaces `${VAR}`, `$VAR`, `${VAR:-default}`, `${VAR-default}`,
+/// `${VAR:?error}`, `${VAR?error}`, `${VAR:+other}`, `${VAR+other}` and
+/// `$$` (a literal `$`) in `text`, as compose does. A variable that is not
+/// set is empty (noted in `unset`).
+///
+/// Expressions nest (`${A:-${B:-x}}`) at most [`MAX_NESTING`] deep.
+///
+/// # Errors
+/// A malformed expression, one nested too deeply, or a `?` one whose
+/// variable is unset (or empty, with `:?`).
+pub fn interpolate(text: &str, env: &BTreeMap<String, String>, unset: &mut BTreeSet<String>) -> Result<String, String> {
+    interpolate_at(text, env, unset, 0)
+}
+
+fn interpolate_at(
+    text: &str,
+    env: &BTreeMap<String, String>,
+    unset: &mut BTreeSet<String>,
+    depth: usize,
+) -> Result<String, String> {
+    if depth > MAX_NESTING {
+        return Err(format!(
+            "interpolation nested more than {MAX_NESTING} deep (${{A:-${{B:-...}}}}): write it more simply"
+        ));
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(r) = after.strip_prefix('$') {
+            out.push('$');
+            rest = r;
+        } else if let Some(inner) = after.strip_prefix('{') {
+            let end = matching_brace(inner).ok_or_else(|| format!("unclosed ${{ in {text:?}"))?;
+            out.push_str(&expand(&inner[..end], env, unset, depth)?);
+            rest = &inner[end + 1..];
+        } else {
+            let len = name_len(after);
+            if len == 0 {
+                return Err(format!(
+                    "invalid interpolation in {text:?}: write $$ for a literal $, or ${{NAME}} for a variable"
+                ));
+            }
+            out.push_str(&lookup(&after[..len], env, unset));
+            rest = &after[len..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn name_len(s: &str) -> usize {
+    let mut n = 0;
+    for (i, c) in s.char_indices() {
+        let ok = c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit());
+        if !ok {
+            break;
+        }
+        n = i + c.len_utf8();
+    }
+    n
+}
+
+fn matching_brace(s: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    for (i, c) in s.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => return Some(i),
+            '}' => depth -= 1,
+            _ => {}
+        }
+    }
+    None
+}
+
+fn lookup(name: &str, env: &BTreeMap<String, String>, unset: &mut BTreeSet<String>) -> String {
+    env.get(name).cloned().unwrap_or_else(|| {
+        unset.insert(name.to_owned());
+        String::new()
+    })
+}
+
+fn expand(
+    expr: &str,
+    env: &BTreeMap<String, String>,
+    unset: &mut BTreeSet<String>,
+    depth: usize,
+) -> Result<String, String> {
+    let len = name_len(expr);
+    if len == 0 {
+        return Err(format!("invalid interpolation ${{{expr}}}: no variable name"));
+    }
+    let (name, op) = expr.split_at(len);
+    let value = env.get(name);
+    let empty = value.is_none_or(String::is_empty);
+    let arg = |op_len: usize, unset: &mut BTreeSet<String>| interpolate_at(&op[op_len..], env, unset, depth + 1);
+    match op {
+        "" => Ok(lookup(name, env, unset)),
+        _ if op.starts_with(":-") => {
+            if empty {
+                arg(2, unset)
+            } else {
+                Ok(value.cloned().unwrap_or_default())
+            }
+        }
+        _ if op.starts_with('-') => match value {
+            Some(v) => Ok(v.clone()),
+            None => arg(1, unset),
+        },
+        _ if op.starts_with(":+") => {
+            if empty {
+                Ok(String::new())
+            } else {
+                arg(2, unset)
+            }
+        }
+        _ if op.starts_with('+') => {
+            if value.is_some() {
+                arg(1, unset)
+            } else {
+                Ok(String::new())
+            }
+        }
+        _ if op.starts_with(":?") || op.starts_with('?') => {
+            let colon = op.starts_with(':');
+            let missing = if colon { empty } else { value.is_none() };
+            if missing {
+                let msg = arg(if colon { 2 } else { 1 }, unset)?;
+                Err(format!("required variable {name} is missing a value: {msg}"))
+            } else {
+                Ok(value.cloned().unwrap_or_default())
+            }
+        }
+        _ => Err(format!("invalid interpolation ${{{expr}}}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    fn interp(text: &str, e: &BTreeMap<String, String>) -> Result<String, String> {
+        interpolate(text, e, &mut BTreeSet::new())
+    }
+
+    #[test]
+    fn variables_are_interpolated_as_compose_does() {
+        let e = env(&[("TAG", "1.25"), ("EMPTY", ""), ("NAME", "web")]);
+        for (text, want) in [
+            ("nginx:${TAG}", "nginx:1.25"),
+            ("nginx:$TAG", "nginx:1.25"),
+            ("$NAME-$TAG", "web-1.25"),
+            ("${MISSING:-fallback}", "fallback"),
+            ("${EMPTY:-fallback}", "fallback"),
+            ("${EMPTY-fallback}", ""),
+            ("${MISSING-fallback}", "fallback"),
+            ("${NAME:+set}", "set"),
+            ("${EMPTY:+set}", ""),
+            ("${EMPTY+set}", "set"),
+            ("${MISSING+set}", ""),
+            ("${MISSING:-${NAME}-x}", "web-x"),
+            ("price $$5", "price $5"),
+            ("$${NAME}", "${NAME}"),
+            ("no variables", "no variables"),
+            ("${NAME:?needed}", "web"),
+            ("unicode é ${NAME} ü", "unicode é web ü"),
+        ] {
+            assert_eq!(interp(text, &e).as_deref(), Ok(want), "{text}");
+        }
+        let mut unset = BTreeSet::new();
+        assert_eq!(interpolate("a${NOPE}b$ALSO_NOT", &e, &mut unset).unwrap(), "ab");
+        assert_eq!(unset.into_iter().collect::<Vec<_>>(), ["ALSO_NOT", "NOPE"]);
+        let err = interp("${MISSING:?set MISSING please}", &e).unwrap_err();
+        assert!(err.contains("MISSING") && err.contains("set MISSING please"), "{err}");
+        assert!(interp("${EMPTY:?x}", &e).is_err());
+        assert_eq!(interp("${EMPTY?x}", &e).as_deref(), Ok(""));
+        for bad in ["${", "${NAME", "cost $ 5", "${}", "${1X}", "${NAME!x}"] {
+            assert!(interp(bad, &e).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        // 40,000 levels in a 240 KB file aborted the agent.
+        let text = format!("{}x{}", "${A:-".repeat(40_000), "}".repeat(40_000));
+        assert_eq!(text.len(), 240_001, "the report's 240 KB file");
+        let err = interp(&text, &BTreeMap::new()).unwrap_err();
+        assert!(err.contains("nested more than 16 deep"), "{err}");
+        // As deep as allowed, fine.
+        let mut ok = String::from("x");
+        for i in 0..MAX_NESTING {
+            ok = format!("${{V{i}:-{ok}}}");
+        }
+        assert_eq!(interp(&ok, &BTreeMap::new()).as_deref(), Ok("x"));
+    }
+
+    #[test]
+    fn names_that_would_change_the_tool_are_refused() {
+        for bad in ["LD_PRELOAD", "ld_library_path", "PATH", "DOCKER_HOST", "COMPOSE_FILE", "PYTHONPATH", "HOME"] {
+            let e = check_variable(bad).unwrap_err();
+            assert!(e.contains("may not be set by a stack"), "{bad}: {e}");
+        }
+        for good in ["DB_PASSWORD", "TAG", "DOCKER_TAG", "MY_PATH", "_X", "LDAP_URL"] {
+            assert!(check_variable(good).is_ok(), "{good}");
+        }
+        for bad in ["1X", "A-B", "", "A B"] {
+            assert!(check_variable(bad).unwrap_err().contains("not a variable name"), "{bad}");
+        }
+        assert!(check_name("web-1_a").is_ok());
+        assert!(check_name("Web").is_err() && check_name("").is_err() && check_name(&"a".repeat(64)).is_err());
+    }
+}

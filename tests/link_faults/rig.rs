@@ -891,7 +891,7 @@ impl Rig {
         let uncertain = outcomes.iter().filter(|o| o.uncertain()).count();
         let exits = self.agent_exits();
         println!(
-            "link-fault {}: converged in {:.1} s; bytes up {} / down {} from queueing to convergence ({} / {} in all, {} / {} packets lost); commands queued {}, ran {} (engine events), results at server {} (ok {}, uncertain {}){}{}",
+            "link-fault {}: converged in {:.1} s; bytes up {} / down {} from queueing to convergence ({} / {} in all; {} of {} packets lost up, {} of {} down); commands queued {}, ran {} (engine events), results at server {} (ok {}, uncertain {}){}{}",
             self.spec.name,
             converge.as_secs_f64(),
             fault.up.bytes,
@@ -899,7 +899,9 @@ impl Rig {
             counts.up.bytes,
             counts.down.bytes,
             counts.up.lost,
+            counts.up.packets,
             counts.down.lost,
+            counts.down.packets,
             outcomes.len(),
             ran,
             reported,

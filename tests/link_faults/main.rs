@@ -110,9 +110,10 @@ async fn blackhole_is_noticed_within_the_poll_timeout() {
     assert!(attempts >= 2, "one failed poll in 45 s of blackhole: the agent hung on its retry");
 }
 
-/// A carrier NAT in front of the agent rebinds while the commands run: the
-/// agent's flows leave from a new address and port, and what the server
-/// sends to the old ones is dropped. Then a port-only rebinding.
+/// A carrier NAT in front of the agent rebinds while the commands run, the
+/// moment a poll leaves the agent: the agent's flows leave from a new
+/// address and port from then on, and the server's answer to that poll,
+/// sent to the old ones, is dropped. Then a port-only rebinding.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nat_rebinding_mid_session() {
     if !rig::runnable() {
@@ -122,10 +123,17 @@ async fn nat_rebinding_mid_session() {
     let mut rig = Rig::start(spec, S(120)).await;
     rig.queue_commands().await;
     rig.wait_event(2, "kill", S(60)).await;
+    // The next poll: the first packet with data from the agent's side.
+    let from = rig.link.now();
+    let deadline = Instant::now() + S(30);
+    while !rig.link.packets(Class::Tern, from, Duration::MAX).iter().any(|p| p.up && p.payload > 0) {
+        assert!(Instant::now() < deadline, "no poll from the agent in 30 s");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     let first = rig.link.nat_stats().unwrap();
     let (a, b) = (rig.nat_addr(100), rig.nat_addr(101));
     rig.link.rebind(b, 45_000);
-    rig.say(format!("NAT rebinding {a}:{}.. -> {b}:45000..", 40_000));
+    rig.say(format!("NAT rebinding {a}:{}.. -> {b}:45000.., a poll in flight", 40_000));
     tokio::time::sleep(S(12)).await;
     let second = rig.link.nat_stats().unwrap();
     rig.link.rebind(b, 47_000);
@@ -138,6 +146,7 @@ async fn nat_rebinding_mid_session() {
     ));
     rig.verdict(took, true).await;
     assert_eq!(third.epoch, 2);
+    assert!(third.dropped_stale >= 1, "nothing the server sent to the old address was dropped: {third:?}");
     assert!(
         second.mappings_now >= 1 && third.mappings_now >= 1,
         "the agent's traffic did not use the new mappings: {second:?} {third:?}"

@@ -21,6 +21,7 @@
 //! whole polls.
 
 pub mod link;
+pub mod nat;
 pub mod portainer;
 mod report;
 pub mod setup;

@@ -18,6 +18,13 @@
 //! own queue, clock and PRNG), as if tern's agent and the baseline client
 //! each had a link of their own: they run side by side without sharing a
 //! 50 kbit/s queue, and their bytes are counted apart.
+//!
+//! The link can be changed while it runs (the link-fault tests,
+//! `tests/link_faults`): [`Link::set_shapes`] changes the shaping of each
+//! direction, [`Link::set_down`] makes every packet vanish silently (those
+//! in flight too: a blackhole, or the down half of a flapping link), and
+//! [`Link::nat`] puts a NAT in front of the agent whose mapping
+//! [`Link::rebind`] moves to another address and port ([`super::nat`]).
 
 use std::collections::VecDeque;
 use std::io;
@@ -26,6 +33,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
+
+use super::nat::{Nat, NatStats};
 
 /// `_IOW('T', 202, int)`.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
@@ -203,6 +212,12 @@ struct State {
     counts: [FlowCount; 3],
     last: [Option<Instant>; 3],
     log: Vec<Packet>,
+    /// New shapes (up, down) for every pipe, taken by the forwarder.
+    reshape: Option<(Shape, Shape)>,
+    /// Every packet vanishes, in flight or offered.
+    down: bool,
+    /// The NAT in front of the agent, when there is one.
+    nat: Option<Nat>,
 }
 
 /// A TUN device, its file descriptor non-blocking.
@@ -304,6 +319,9 @@ impl Link {
             counts: [FlowCount::default(); 3],
             last: [None; 3],
             log: Vec::new(),
+            reshape: None,
+            down: false,
+            nat: None,
         }));
         let register = |fd: OwnedFd| -> io::Result<AsyncFd<OwnedFd>> {
             // SAFETY: the `OwnedFd` owns its descriptor and is moved into the
@@ -339,10 +357,27 @@ impl Link {
                     } => {}
                 }
                 let now = Instant::now();
-                for (pipes, to) in [(&mut upstream, host.get_ref()), (&mut downstream, agent.get_ref())] {
-                    for pipe in pipes.iter_mut() {
+                let down = {
+                    let mut s = shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if let Some((up, down)) = s.reshape.take() {
+                        upstream.iter_mut().for_each(|p| p.shape = up);
+                        downstream.iter_mut().for_each(|p| p.shape = down);
+                    }
+                    s.down
+                };
+                for (is_up, pipes, to) in
+                    [(true, &mut upstream, host.get_ref()), (false, &mut downstream, agent.get_ref())]
+                {
+                    for (i, pipe) in pipes.iter_mut().enumerate() {
                         while pipe.next_due().is_some_and(|t| t <= now) {
                             let (_, packet) = pipe.queue.pop_front().expect("a packet is due");
+                            if down {
+                                // The link went down under it: lost in flight.
+                                let mut s = shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                                let c = if is_up { &mut s.counts[i].up } else { &mut s.counts[i].down };
+                                c.lost += 1;
+                                continue;
+                            }
                             // A TUN write only fails when the device is gone.
                             let _ = write_packet(to.as_raw_fd(), &packet);
                         }
@@ -351,6 +386,45 @@ impl Link {
             }
         });
         Ok(Self { state, task })
+    }
+
+    /// From now on, shapes packets from the agent's side with `up` and the
+    /// others with `down` (every class; what is queued keeps its times).
+    pub fn set_shapes(&self, up: Shape, down: Shape) {
+        self.lock().reshape = Some((up, down));
+    }
+
+    /// `true`: every packet vanishes without a trace (no ICMP, no reset),
+    /// those already in flight too, and counts as lost; `false`: the link
+    /// carries packets again.
+    pub fn set_down(&self, down: bool) {
+        self.lock().down = down;
+    }
+
+    /// Whether the link is down.
+    pub fn is_down(&self) -> bool {
+        self.lock().down
+    }
+
+    /// Puts a NAT in front of the agent at `inside`: its packets leave from
+    /// `external` and ports from `port_base` up (the host must route
+    /// `external` to the host-side device).
+    pub fn nat(&self, inside: std::net::Ipv4Addr, external: std::net::Ipv4Addr, port_base: u16) {
+        self.lock().nat = Some(Nat::new(inside, external, port_base));
+    }
+
+    /// Moves the NAT's mapping to `external` and ports from `port_base` up,
+    /// and forgets the old one (see [`Nat::rebind`]).
+    ///
+    /// # Panics
+    /// When the link has no NAT.
+    pub fn rebind(&self, external: std::net::Ipv4Addr, port_base: u16) {
+        self.lock().nat.as_mut().expect("the link has a NAT").rebind(external, port_base);
+    }
+
+    /// The NAT's counters, when the link has one.
+    pub fn nat_stats(&self) -> Option<NatStats> {
+        self.lock().nat.as_ref().map(Nat::stats)
     }
 
     /// Packets to or from server port `port` are of class `class`.
@@ -426,9 +500,20 @@ fn drain(
         match read_packet(guard.get_inner().as_raw_fd(), buf) {
             Ok(0) => return,
             Ok(n) => {
-                let packet = buf[..n].to_vec();
+                let mut packet = buf[..n].to_vec();
                 let now = Instant::now();
                 let mut s = shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                // The NAT sits on the agent's end of the link: what the agent
+                // sends is rewritten before it is put on the link, what
+                // reaches its end is rewritten back (or dropped there).
+                let mut nat_drop = false;
+                if let Some(nat) = s.nat.as_mut() {
+                    if up {
+                        nat.outbound(&mut packet);
+                    } else {
+                        nat_drop = !nat.inbound(&mut packet);
+                    }
+                }
                 let tcp = tcp_of(&packet);
                 let class = tcp
                     .and_then(|(sport, dport, ..)| {
@@ -437,7 +522,7 @@ fn drain(
                     })
                     .unwrap_or(Class::Other);
                 let i = class_index(class);
-                let fate = pipes[i].offer(now, packet);
+                let fate = if s.down || nat_drop { Fate::Lost } else { pipes[i].offer(now, packet) };
                 let count = if up { &mut s.counts[i].up } else { &mut s.counts[i].down };
                 count.packets += 1;
                 count.bytes += n as u64;

@@ -25,7 +25,10 @@ pub fn run_cmd(program: &str, args: &[&str]) -> anyhow::Result<String> {
 /// Sets a sysctl (`net.ipv4.ip_forward`) in network namespace `ns`, by
 /// writing its `/proc/sys` file from inside the namespace (no procps
 /// needed: `ip` and `sh` are).
-fn netns_sysctl(ns: &str, key: &str, value: &str) -> anyhow::Result<String> {
+///
+/// # Errors
+/// When the namespace or the setting does not exist.
+pub fn netns_sysctl(ns: &str, key: &str, value: &str) -> anyhow::Result<String> {
     let file = format!("/proc/sys/{}", key.replace('.', "/"));
     run_cmd("ip", &["netns", "exec", ns, "sh", "-c", &format!("echo {value} > {file}")])
 }
@@ -64,16 +67,22 @@ impl Run {
     pub fn create() -> anyhow::Result<Self> {
         let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
         let mut rng = fastrand::Rng::with_seed(u64::from(seed) ^ u64::from(std::process::id()));
+        // Runs made side by side (the link-fault tests run in parallel, each
+        // in its own process) pick their names under one lock, and each
+        // claims its subnet in its directory before its devices have it.
+        let _lock = NamesLock::take()?;
         let used = run_cmd("ip", &["-4", "-o", "addr"]).unwrap_or_default();
+        let claimed = claimed_subnets();
         for _ in 0..100 {
             let id = format!("{:04x}", rng.u16(..));
             let subnet = rng.u8(2..=254);
             let dir = std::env::temp_dir().join(format!("{PREFIX}{id}"));
-            if dir.exists() || used.contains(&format!("10.77.{subnet}.")) {
+            if dir.exists() || used.contains(&format!("10.77.{subnet}.")) || claimed.contains(&subnet) {
                 continue;
             }
             std::fs::create_dir_all(&dir)?;
             std::fs::write(dir.join("owner"), std::process::id().to_string())?;
+            std::fs::write(dir.join("subnet"), subnet.to_string())?;
             let run = Self {
                 netns: format!("{PREFIX}{id}"),
                 host_dev: format!("twb{id}h"),
@@ -265,6 +274,64 @@ impl Run {
     }
 }
 
+/// An exclusive `flock` on `/tmp/tern-wb.lock`, held while a run picks its
+/// names.
+struct NamesLock {
+    _file: std::fs::File,
+}
+
+impl NamesLock {
+    fn take() -> anyhow::Result<Self> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(std::env::temp_dir().join("tern-wb.lock"))
+            .context("opening the runs' lock file")?;
+        // SAFETY: flock on a descriptor we hold open; released when it closes.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) } < 0 {
+            return Err(io::Error::last_os_error()).context("locking the runs' lock file");
+        }
+        Ok(Self { _file: f })
+    }
+}
+
+/// The subnets that runs' directories claim.
+fn claimed_subnets() -> Vec<u8> {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(PREFIX))
+        .filter_map(|e| std::fs::read_to_string(e.path().join("subnet")).ok())
+        .filter_map(|s| s.trim().parse().ok())
+        .collect()
+}
+
+impl Run {
+    /// Restarts the run's engine as its service manager would: SIGTERM (the
+    /// engine stops its containers, as it does on a host's reboot or
+    /// upgrade), then the same engine on the same data again. Containers
+    /// are kept; those that ran are stopped.
+    ///
+    /// # Errors
+    /// When the engine does not come back within a minute.
+    pub fn restart_engine(&mut self) -> anyhow::Result<Duration> {
+        let t0 = Instant::now();
+        terminate_engine(&self.dir, self.engine.as_mut());
+        self.engine = None;
+        self.start_engine()?;
+        Ok(t0.elapsed())
+    }
+
+    /// Stops the run's engine (SIGTERM, as its service manager would) and
+    /// waits for it to exit; containers are kept. [`Self::start_engine`]
+    /// brings it back.
+    pub fn stop_engine_only(&mut self) {
+        terminate_engine(&self.dir, self.engine.as_mut());
+        self.engine = None;
+    }
+}
+
 impl Drop for Run {
     fn drop(&mut self) {
         if let Some(mut child) = self.engine.take() {
@@ -288,6 +355,34 @@ fn kill(pid: i32, sig: i32) {
     }
 }
 
+/// SIGTERM to the engine in `dir`, and a wait for it to exit (at most 40
+/// s, then SIGKILL). Our own child is reaped as it exits (a zombie would
+/// still answer signal 0).
+fn terminate_engine(dir: &Path, mut child: Option<&mut Child>) {
+    let pid = std::fs::read_to_string(dir.join("dockerd.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok());
+    let pid = pid.or_else(|| child.as_ref().map(|c| c.id() as i32));
+    let Some(pid) = pid else { return };
+    kill(pid, libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while Instant::now() < deadline {
+        let gone = match child.as_deref_mut() {
+            Some(c) if c.id() as i32 == pid => matches!(c.try_wait(), Ok(Some(_))),
+            _ => !alive(pid),
+        };
+        if gone {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    kill(pid, libc::SIGKILL);
+    if let Some(child) = child {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    // The engine's containerd goes with it; its socket and pid files stay
+    // for the next start to reuse.
+}
+
 /// Removes every container of the engine in `dir` (fast: no stop grace
 /// period), then stops the engine.
 fn stop_engine(dir: &Path, child: Option<&mut Child>) {
@@ -302,19 +397,7 @@ fn stop_engine(dir: &Path, child: Option<&mut Child>) {
             quiet("docker", &args);
         }
     }
-    let pid = std::fs::read_to_string(dir.join("dockerd.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok());
-    if let Some(pid) = pid {
-        kill(pid, libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while alive(pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        kill(pid, libc::SIGKILL);
-    }
-    if let Some(child) = child {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    terminate_engine(dir, child);
 }
 
 /// Takes down everything of run `id`: processes left in its cgroups or

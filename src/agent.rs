@@ -9,6 +9,7 @@ pub mod compose;
 pub mod config;
 pub mod health;
 pub mod jobs;
+pub mod journal;
 pub mod run;
 pub mod store;
 
@@ -238,6 +239,81 @@ impl run::Engine for DockerEngine {
             return jobs::execute(&self.docker, Some(j), action).await;
         }
         execute(&self.docker, action).await
+    }
+
+    async fn settle(&self, action: &Action, started_at: i64) -> journal::Settled {
+        settle(&self.docker, action, started_at).await
+    }
+}
+
+/// How long [`settle`] watches a command that has not taken effect yet: the
+/// engine carries on with a request whose client died (a restart's stop
+/// waits for the container's grace period, then it starts again), so "not
+/// yet" is only "not" once this has passed.
+pub const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What the engine says became of a command a restart interrupted (see
+/// [`journal`]): a container's state, or whether an image, a volume or a
+/// network is there, watched for up to [`SETTLE_WAIT`] while it has not
+/// taken effect. Stacks and jobs cannot be told: unknown.
+pub async fn settle(docker: &Docker, action: &Action, started_at: i64) -> journal::Settled {
+    let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
+    loop {
+        match settle_now(docker, action, started_at).await {
+            journal::Settled::NotDone(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            settled => return settled,
+        }
+    }
+}
+
+async fn settle_now(docker: &Docker, action: &Action, started_at: i64) -> journal::Settled {
+    use journal::Settled;
+    let gone = |r: &bollard::errors::Error| {
+        matches!(r, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
+    };
+    let presence = |found: Result<(), bollard::errors::Error>, want: bool, what: &str| match found {
+        Ok(()) if want => Settled::Done,
+        Ok(()) => Settled::NotDone(format!("the {what} is still there")),
+        Err(e) if gone(&e) && !want => Settled::Done,
+        Err(e) if gone(&e) => Settled::NotDone(format!("the {what} is not there")),
+        Err(e) => {
+            tracing::warn!("cannot ask the engine: {e}");
+            Settled::Unknown
+        }
+    };
+    match action {
+        Action::Container(op, id) => match docker.inspect_container(&id.to_string(), None).await {
+            Ok(c) => {
+                let st = c.state.unwrap_or_default();
+                let running = st.running.unwrap_or(false);
+                let paused = st.paused.unwrap_or(false);
+                let since = crate::sync::docker::seconds(st.started_at.as_deref());
+                journal::settle_container(*op, Some((running, paused, since)), started_at)
+            }
+            Err(e) if gone(&e) => journal::settle_container(*op, None, started_at),
+            Err(e) => {
+                tracing::warn!("cannot ask the engine: {e}");
+                Settled::Unknown
+            }
+        },
+        Action::ImagePull(r) => presence(docker.inspect_image(r).await.map(drop), true, "image"),
+        Action::ImageRemove(r) => presence(docker.inspect_image(r).await.map(drop), false, "image"),
+        Action::VolumeRemove(v) => presence(docker.inspect_volume(v).await.map(drop), false, "volume"),
+        Action::NetworkRemove(n) => presence(
+            docker
+                .inspect_network(&n.to_string(), None::<bollard::query_parameters::InspectNetworkOptions>)
+                .await
+                .map(drop),
+            false,
+            "network",
+        ),
+        Action::ContainerLogs(..)
+        | Action::StackDeploy(_)
+        | Action::StackRemove(_)
+        | Action::Job(_)
+        | Action::JobRemove(_) => Settled::Unknown,
     }
 }
 

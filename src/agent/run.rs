@@ -26,7 +26,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::health::Recorder;
-use super::store::{Journal, Meta, Store, StoreError, StoredJobRun, StoredResult};
+use super::journal::Ledger;
+use super::store::{Meta, Store, StoreError, StoredJobRun};
 use crate::auth::{CounterReservation, Secret, open_reply, seal_request};
 use crate::sync::State;
 use crate::sync::schedule::{BackoffPolicy, Due, Intervals, Scheduler};
@@ -43,6 +44,12 @@ pub trait Engine: Send + Sync + 'static {
     /// Runs one command's action; returns what it printed (logs), or the
     /// error text the operator sees.
     fn run(&self, action: &Action) -> impl Future<Output = Result<Vec<u8>, String>> + Send;
+    /// What became of a command a restart interrupted, which started at
+    /// `started_at` (seconds since the epoch): see [`super::journal`].
+    fn settle(&self, action: &Action, started_at: i64) -> impl Future<Output = super::journal::Settled> + Send {
+        let _ = (action, started_at);
+        async { super::journal::Settled::Unknown }
+    }
 }
 
 /// How a poll reaches the server.
@@ -173,7 +180,8 @@ pub struct Agent<E: Engine, T: Transport> {
     sync: AgentSync,
     counters: CounterReservation,
     meta: Meta,
-    journal: Journal,
+    /// The command journal, shared with the command worker.
+    ledger: Ledger,
     sched: Scheduler,
     epoch: Instant,
     current: Option<State>,
@@ -186,7 +194,8 @@ pub struct Agent<E: Engine, T: Transport> {
     /// The server has the intervals we run with.
     intervals_reported: bool,
     exec: mpsc::UnboundedSender<Command>,
-    finished: mpsc::UnboundedReceiver<CommandResult>,
+    /// Ids of commands the worker finished (or moved a step on).
+    finished: mpsc::UnboundedReceiver<u64>,
     job_runs: Option<mpsc::UnboundedReceiver<poll::JobRun>>,
     /// The health record (`tern agent health`).
     health: Recorder,
@@ -200,11 +209,11 @@ impl<E: Engine, T: Transport> std::fmt::Debug for Agent<E, T> {
     }
 }
 
-fn now_unix() -> i64 {
+pub(super) fn now_unix() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
-fn status_text(s: ResultStatus) -> &'static str {
+pub(super) fn status_text(s: ResultStatus) -> &'static str {
     match s {
         ResultStatus::Ok => "ok",
         ResultStatus::Failed => "failed",
@@ -226,7 +235,7 @@ fn status_of(text: &str) -> ResultStatus {
 const RESULT_BYTES_PER_POLL: usize = 512 * 1024;
 
 /// Error texts are kept short: they travel on a metered link.
-const MAX_ERROR: usize = 500;
+pub(super) const MAX_ERROR: usize = 500;
 
 /// `text` cut to at most `max` bytes (on a character boundary), with `…`
 /// when it was cut.
@@ -241,19 +250,6 @@ pub(super) fn clip(text: &str, max: usize) -> String {
         out.push('…');
     }
     out
-}
-
-fn stored(r: &CommandResult) -> StoredResult {
-    let error = clip(&r.error, MAX_ERROR);
-    StoredResult {
-        id: r.id,
-        status: status_text(r.status).to_owned(),
-        error,
-        finished_at: r.finished_at,
-        // Logs are text; bytes that are not UTF-8 are replaced.
-        output: String::from_utf8_lossy(&r.output).into_owned(),
-        phase: r.phase.clone(),
-    }
 }
 
 fn interval_array(i: Intervals) -> [u32; 3] {
@@ -284,74 +280,25 @@ impl<E: Engine, T: Transport> Agent<E, T> {
                 meta.counter_end = 0;
             }
             meta.key_id = Some(settings.key_id.clone());
-            store.save_meta(&meta)?;
-        }
-        let mut journal = store.journal()?;
-        let (seq, base) = store.base()?.unwrap_or_default();
-        if !journal.running.is_empty() {
-            let finished_at = now_unix();
-            for id in std::mem::take(&mut journal.running) {
-                tracing::warn!(command = id, "the agent stopped while this command ran; reporting it as failed");
-                journal.results.insert(
-                    id,
-                    StoredResult {
-                        id,
-                        status: "failed".into(),
-                        error: "the agent restarted while this command was running; it may or may not have \
-                                taken effect"
-                            .into(),
-                        finished_at,
-                        output: String::new(),
-                        phase: String::new(),
-                    },
-                );
+            if let Err(e) = store.save_meta(&meta) {
+                tracing::warn!("{e}: the poll counter's token is not on disk yet");
             }
-            store.save_journal(&journal)?;
         }
+        let (seq, base) = store.base()?.unwrap_or_default();
+        let ledger = Ledger::new(store.journal()?, store.clone());
+        let (interrupted, rerun) = super::journal::recover(&ledger, now_unix());
         let intervals = meta.intervals.map_or_else(Intervals::default, |[p, s, c]| Intervals::from_secs(p, s, c));
         let seed = fastrand::u64(..);
         let sched = Scheduler::new(Duration::ZERO, intervals, settings.backoff, seed);
         let counters = CounterReservation::resume(meta.counter_end, settings.counter_block);
         let engine = Arc::new(engine);
-        let (exec, mut queue) = mpsc::unbounded_channel::<Command>();
+        let (exec, queue) = mpsc::unbounded_channel::<Command>();
         let (done, finished) = mpsc::unbounded_channel();
-        // One worker runs commands in the order received, so a stop then a
-        // remove of the same container happen in that order, while polls go
-        // on (a pull over a slow link may take a long time).
-        let worker = engine.clone();
-        tokio::spawn(async move {
-            while let Some(cmd) = queue.recv().await {
-                // Long commands say what step they are at before they start.
-                let phase = match cmd.action {
-                    Action::StackDeploy(_) => Some("deploying"),
-                    Action::StackRemove(_) => Some("removing"),
-                    _ => None,
-                };
-                if let Some(phase) = phase {
-                    let step = CommandResult {
-                        id: cmd.id,
-                        status: ResultStatus::Progress,
-                        error: String::new(),
-                        finished_at: now_unix(),
-                        output: Vec::new(),
-                        phase: phase.into(),
-                    };
-                    if done.send(step).is_err() {
-                        break;
-                    }
-                }
-                let r = worker.run(&cmd.action).await;
-                let (status, error, output) = match r {
-                    Ok(output) => (ResultStatus::Ok, String::new(), output),
-                    Err(e) => (ResultStatus::Failed, e, Vec::new()),
-                };
-                let result =
-                    CommandResult { id: cmd.id, status, error, finished_at: now_unix(), output, phase: String::new() };
-                if done.send(result).is_err() {
-                    break;
-                }
-            }
-        });
+        for c in rerun {
+            tracing::info!(command = c.id, action = %action_summary(&c.action), "a command received before the restart runs now");
+            let _ = exec.send(c);
+        }
+        tokio::spawn(super::journal::work(engine.clone(), ledger.clone(), interrupted, queue, done));
         Ok(Self {
             engine,
             transport,
@@ -359,7 +306,7 @@ impl<E: Engine, T: Transport> Agent<E, T> {
             sync: AgentSync::restore(seq, base),
             counters,
             meta,
-            journal,
+            ledger,
             sched,
             epoch: Instant::now(),
             current: None,
@@ -425,7 +372,7 @@ impl<E: Engine, T: Transport> Agent<E, T> {
             let wake = self.sched.next_wake().map(|d| self.epoch + d);
             tokio::select! {
                 () = &mut shutdown => return Ok(()),
-                Some(result) = self.finished.recv() => self.finished(result)?,
+                Some(id) = self.finished.recv() => self.finished(id),
                 Some(run) = async {
                     match self.job_runs.as_mut() {
                         Some(rx) => rx.recv().await,
@@ -450,40 +397,33 @@ impl<E: Engine, T: Transport> Agent<E, T> {
         }
     }
 
-    fn finished(&mut self, result: CommandResult) -> Result<(), RunError> {
-        if result.status == ResultStatus::Progress {
-            tracing::info!(command = result.id, phase = %result.phase, "command in progress");
-        } else {
-            tracing::info!(command = result.id, status = status_text(result.status), error = %result.error, "command finished");
-            self.journal.running.remove(&result.id);
-        }
-        self.journal.results.insert(result.id, stored(&result));
-        self.store.save_journal(&self.journal)?;
+    /// A command finished (or moved a step on): poll soon to say so.
+    fn finished(&mut self, _id: u64) {
         self.sched.hurry(self.now() + self.settings.result_delay);
-        Ok(())
     }
 
     fn job_ran(&mut self, run: poll::JobRun) -> Result<(), RunError> {
         tracing::info!(job = run.job, run = run.run, exit_code = run.exit_code, "job ran");
-        self.journal.job_runs.push(StoredJobRun {
-            job: run.job,
-            version: run.version,
-            run: run.run,
-            started_at: run.started_at,
-            finished_at: run.finished_at,
-            exit_code: run.exit_code,
-            output: String::from_utf8_lossy(&run.output).into_owned(),
-            truncated: run.truncated,
-            error: run.error,
+        self.ledger.record(|j| {
+            j.job_runs.push(StoredJobRun {
+                job: run.job,
+                version: run.version,
+                run: run.run,
+                started_at: run.started_at,
+                finished_at: run.finished_at,
+                exit_code: run.exit_code,
+                output: String::from_utf8_lossy(&run.output).into_owned(),
+                truncated: run.truncated,
+                error: run.error,
+            });
+            // Offline for days with a frequent job: keep the newest runs
+            // only, so the journal (rewritten on every change) stays bounded.
+            if j.job_runs.len() > MAX_PENDING_JOB_RUNS {
+                let drop = j.job_runs.len() - MAX_PENDING_JOB_RUNS;
+                tracing::warn!(dropped = drop, "too many job runs waiting for the server: the oldest are dropped");
+                j.job_runs.drain(..drop);
+            }
         });
-        // Offline for days with a frequent job: keep the newest runs only,
-        // so the journal (rewritten on every change) stays bounded.
-        if self.journal.job_runs.len() > MAX_PENDING_JOB_RUNS {
-            let drop = self.journal.job_runs.len() - MAX_PENDING_JOB_RUNS;
-            tracing::warn!(dropped = drop, "too many job runs waiting for the server: the oldest are dropped");
-            self.journal.job_runs.drain(..drop);
-        }
-        self.store.save_journal(&self.journal)?;
         self.sched.hurry(self.now() + self.settings.result_delay);
         Ok(())
     }
@@ -515,73 +455,82 @@ impl<E: Engine, T: Transport> Agent<E, T> {
     /// When the data directory fails.
     pub async fn poll_once(&mut self) -> Result<Outcome, RunError> {
         let now = self.now();
-        let mut due = self.sched.due(now);
-        if due.is_empty() {
+        // The timers that fell due: all of them are served by this poll,
+        // whatever it can carry.
+        let asked = self.sched.due(now);
+        if asked.is_empty() {
             return Ok(Outcome::Idle);
         }
+        let mut due = asked;
         if due.snapshot
             && let Err(e) = self.refresh(now).await
         {
             // The engine is down: still report results and take commands,
-            // but say nothing about the state.
+            // but say nothing about the state. The snapshot timer is served
+            // all the same (the next snapshot is at the next interval, and
+            // re-reads the engine): kept due, it made the agent poll again
+            // at once, eight times a second while the engine was down.
             tracing::warn!("cannot read the docker engine: {e}");
             due = Due { snapshot: false, ..due };
             if due.is_empty() {
                 due.ping = true;
             }
         }
+        // A journal write that failed (a full disk) is tried again.
+        self.ledger.flush();
         let current = self.current.clone().unwrap_or_default();
         let out = self.sync.prepare(&current, due.snapshot && self.current.is_some());
         // Results ride in batches, bounded in count and in bytes (logs can be
         // large); the rest follow in the next poll.
-        let mut budget = RESULT_BYTES_PER_POLL;
-        let results: Vec<CommandResult> = self
-            .journal
-            .results
-            .values()
-            .take(self.settings.results_per_poll)
-            .take_while(|r| {
-                let size = r.output.len() + r.error.len() + 16;
-                let fits = size <= budget || budget == RESULT_BYTES_PER_POLL;
-                budget = budget.saturating_sub(size);
-                fits
-            })
-            .map(|r| CommandResult {
-                id: r.id,
-                status: status_of(&r.status),
-                error: r.error.clone(),
-                finished_at: r.finished_at,
-                output: r.output.clone().into_bytes(),
-                phase: r.phase.clone(),
-            })
-            .collect();
-        let job_runs: Vec<poll::JobRun> = self
-            .journal
-            .job_runs
-            .iter()
-            .take_while(|r| {
-                let size = r.output.len() + r.error.len() + 32;
-                let fits = size <= budget || budget == RESULT_BYTES_PER_POLL;
-                budget = budget.saturating_sub(size);
-                fits
-            })
-            .map(|r| poll::JobRun {
-                job: r.job,
-                version: r.version,
-                run: r.run,
-                started_at: r.started_at,
-                finished_at: r.finished_at,
-                exit_code: r.exit_code,
-                output: r.output.clone().into_bytes(),
-                truncated: r.truncated,
-                error: r.error.clone(),
-            })
-            .collect();
+        let (results, job_runs, journal_seen) = self.ledger.read(|j| {
+            let mut budget = RESULT_BYTES_PER_POLL;
+            let results: Vec<CommandResult> = j
+                .results
+                .values()
+                .take(self.settings.results_per_poll)
+                .take_while(|r| {
+                    let size = r.output.len() + r.error.len() + 16;
+                    let fits = size <= budget || budget == RESULT_BYTES_PER_POLL;
+                    budget = budget.saturating_sub(size);
+                    fits
+                })
+                .map(|r| CommandResult {
+                    id: r.id,
+                    status: status_of(&r.status),
+                    error: r.error.clone(),
+                    finished_at: r.finished_at,
+                    output: r.output.clone().into_bytes(),
+                    phase: r.phase.clone(),
+                })
+                .collect();
+            let job_runs: Vec<poll::JobRun> = j
+                .job_runs
+                .iter()
+                .take_while(|r| {
+                    let size = r.output.len() + r.error.len() + 32;
+                    let fits = size <= budget || budget == RESULT_BYTES_PER_POLL;
+                    budget = budget.saturating_sub(size);
+                    fits
+                })
+                .map(|r| poll::JobRun {
+                    job: r.job,
+                    version: r.version,
+                    run: r.run,
+                    started_at: r.started_at,
+                    finished_at: r.finished_at,
+                    exit_code: r.exit_code,
+                    output: r.output.clone().into_bytes(),
+                    truncated: r.truncated,
+                    error: r.error.clone(),
+                })
+                .collect();
+            (results, job_runs, j.seen)
+        });
         let sent_intervals = (!self.intervals_reported).then(|| {
             let [ping, snapshot, command] = interval_array(self.sched.intervals());
             poll::Intervals { ping, snapshot, command }
         });
-        let seen = if self.journal.seen > self.seen_reported { self.journal.seen } else { 0 };
+        let seen = if journal_seen > self.seen_reported { journal_seen } else { 0 };
         let request = PollRequest {
             base: out.base,
             delta: out.delta.clone(),
@@ -596,7 +545,13 @@ impl<E: Engine, T: Transport> Agent<E, T> {
         let (counter, reserve) = self.counters.take();
         if let Some(end) = reserve {
             self.meta.counter_end = end;
-            self.store.save_meta(&self.meta)?;
+            // Not on disk (a full disk): after a restart the agent would
+            // reuse counters, the server would refuse the first poll as a
+            // replay, sealed, and the agent would jump above: one poll lost,
+            // nothing else. Better than not polling.
+            if let Err(e) = self.store.save_meta(&self.meta) {
+                tracing::warn!("{e}: the poll counter's reservation is not on disk");
+            }
         }
         let wire = seal_request(self.settings.environment, counter, &self.settings.key, &body);
         let up = wire.len();
@@ -639,23 +594,30 @@ impl<E: Engine, T: Transport> Agent<E, T> {
         let resync = reply.resync;
         if self.sync.on_reply(out, reply.acked, reply.resync) {
             let (seq, base) = self.sync.base();
-            self.store.save_base(seq, base)?;
+            // Not on disk: after a restart the agent sends a delta against
+            // an older base, and the server answers it (it keeps the one
+            // before) or asks for the whole state.
+            if let Err(e) = self.store.save_base(seq, base) {
+                tracing::warn!("{e}: the acknowledged state is not on disk");
+            }
         }
         let commands = self.take_reply(&reply)?;
         let new_intervals = reply.intervals.map(|i| Intervals::from_secs(i.ping, i.snapshot, i.command));
         let before = self.sched.intervals();
-        self.sched.on_success(self.now(), due, new_intervals);
+        self.sched.on_success(self.now(), asked, new_intervals);
         if self.sched.intervals() != before {
             tracing::info!("intervals from the server: {:?}", self.sched.intervals());
             self.meta.intervals = Some(interval_array(self.sched.intervals()));
-            self.store.save_meta(&self.meta)?;
+            if let Err(e) = self.store.save_meta(&self.meta) {
+                tracing::warn!("{e}: the new intervals are not on disk");
+            }
             self.intervals_reported = false;
         }
         if resync {
             tracing::info!("the server asked for the whole state");
             self.sched.hurry(self.now());
         }
-        let more = !self.journal.results.is_empty() || !self.journal.job_runs.is_empty();
+        let more = self.ledger.read(|j| !j.results.is_empty() || !j.job_runs.is_empty());
         if more && !(reply.results_acked.is_empty() && reply.job_runs_acked.is_empty()) {
             // More results than fit in one poll: send the rest soon.
             self.sched.hurry(self.now() + self.settings.result_delay);
@@ -711,44 +673,57 @@ impl<E: Engine, T: Transport> Agent<E, T> {
     }
 
     /// Applies a reply's results acknowledgement and new commands to the
-    /// journal (persisted before any command runs), then hands the
-    /// commands to the worker. Returns how many are new.
+    /// journal (the commands on disk before any of them runs), then hands
+    /// the commands to the worker. Returns how many are new. When the
+    /// journal cannot be written, none is taken: the server sends them
+    /// again, since this agent does not confirm them.
     fn take_reply(&mut self, reply: &PollReply) -> Result<usize, RunError> {
-        let mut dirty = false;
-        for id in &reply.results_acked {
-            dirty |= self.journal.results.remove(id).is_some();
+        if !reply.results_acked.is_empty() || !reply.job_runs_acked.is_empty() {
+            self.ledger.record(|j| {
+                for id in &reply.results_acked {
+                    // A progress result acknowledged while its command still
+                    // runs: the final one replaces it later.
+                    j.results.remove(id);
+                }
+                j.job_runs.retain(|r| !reply.job_runs_acked.contains(&(r.job, r.run)));
+            });
         }
-        if !reply.job_runs_acked.is_empty() {
-            let before = self.journal.job_runs.len();
-            self.journal.job_runs.retain(|r| !reply.job_runs_acked.contains(&(r.job, r.run)));
-            dirty |= self.journal.job_runs.len() != before;
-        }
-        let seen = self.journal.seen;
+        let seen = self.ledger.read(|j| j.seen);
         let fresh: Vec<&Command> = reply.commands.iter().filter(|c| c.id > seen).collect();
+        let unknown: Vec<u64> = reply.unknown_commands.iter().copied().filter(|&id| id > seen).collect();
+        if fresh.is_empty() && unknown.is_empty() {
+            return Ok(0);
+        }
         let finished_at = now_unix();
-        for &id in reply.unknown_commands.iter().filter(|&&id| id > seen) {
-            tracing::warn!(command = id, "a command this agent does not know; rejected");
-            self.journal.results.insert(
-                id,
-                StoredResult {
+        let taken = self.ledger.commit(|j| {
+            for &id in &unknown {
+                j.results.insert(
                     id,
-                    status: "rejected".into(),
-                    error: "this agent does not know this command (upgrade the agent)".into(),
-                    finished_at,
-                    output: String::new(),
-                    phase: String::new(),
-                },
+                    super::journal::stored(
+                        id,
+                        ResultStatus::Rejected,
+                        "this agent does not know this command (upgrade the agent)",
+                        &[],
+                        "",
+                        finished_at,
+                    ),
+                );
+                j.seen = j.seen.max(id);
+            }
+            for c in &fresh {
+                j.seen = j.seen.max(c.id);
+                j.received.insert(c.id, super::journal::waiting(&c.action));
+            }
+        });
+        if let Err(e) = taken {
+            tracing::warn!(
+                "cannot record {} new commands ({e}): not taken; the server sends them again",
+                fresh.len() + unknown.len()
             );
-            self.journal.seen = self.journal.seen.max(id);
-            dirty = true;
+            return Ok(0);
         }
-        for c in &fresh {
-            self.journal.seen = self.journal.seen.max(c.id);
-            self.journal.running.insert(c.id);
-            dirty = true;
-        }
-        if dirty {
-            self.store.save_journal(&self.journal)?;
+        for &id in &unknown {
+            tracing::warn!(command = id, "a command this agent does not know; rejected");
         }
         for c in &fresh {
             // The action's name and target only: a stack's variables and a
@@ -757,7 +732,7 @@ impl<E: Engine, T: Transport> Agent<E, T> {
             // The worker lives as long as the agent.
             let _ = self.exec.send((*c).clone());
         }
-        if !reply.unknown_commands.is_empty() {
+        if !unknown.is_empty() {
             self.sched.hurry(self.now() + self.settings.result_delay);
         }
         Ok(fresh.len())
@@ -819,6 +794,20 @@ mod tests {
         async fn state(&self) -> Result<State, String> {
             *self.reads.lock().unwrap() += 1;
             Ok(self.state.lock().unwrap().clone())
+        }
+
+        /// From the fake state: a container command settles on its status.
+        async fn settle(&self, action: &Action, started_at: i64) -> super::super::journal::Settled {
+            match action {
+                Action::Container(op, id) => {
+                    let state = self.state.lock().unwrap();
+                    let c = state.containers.iter().find(|c| c.id == *id);
+                    let state =
+                        c.map(|c| (c.status == ContainerStatus::Running, c.status == ContainerStatus::Paused, 0));
+                    super::super::journal::settle_container(*op, state, started_at)
+                }
+                _ => super::super::journal::Settled::Unknown,
+            }
         }
 
         async fn run(&self, action: &Action) -> Result<Vec<u8>, String> {
@@ -1068,7 +1057,10 @@ mod tests {
         assert_eq!(carrying.len(), 1);
         assert_eq!(carrying[0].1.results.len(), 3);
         drop(s);
-        assert!(agent.journal.results.is_empty(), "acknowledged results are dropped");
+        assert!(
+            agent.ledger.read(|j| j.results.is_empty() && j.received.is_empty()),
+            "acknowledged results are dropped"
+        );
         assert_eq!(Store::open(&rig.dir).unwrap().journal().unwrap().seen, 3);
     }
 
@@ -1078,10 +1070,15 @@ mod tests {
         {
             let mut agent = rig.agent();
             run_for(&mut agent, S(1)).await;
-            // Simulate a crash while command 7 ran: it is journaled as running.
-            agent.journal.running.insert(7);
-            agent.journal.seen = 7;
-            agent.store.save_journal(&agent.journal).unwrap();
+            // Simulate a crash while command 7 ran, as a journal before 0.2
+            // recorded it (running, without its action).
+            agent
+                .ledger
+                .commit(|j| {
+                    j.running.insert(7);
+                    j.seen = 7;
+                })
+                .unwrap();
         }
         let mut agent = rig.agent();
         run_for(&mut agent, S(1)).await;
@@ -1096,6 +1093,105 @@ mod tests {
         // The counter went on above the reserved block.
         let s = rig.server.lock().unwrap();
         assert!(s.last_counter > 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_crash_mid_queue_runs_what_never_started_and_settles_what_ran() {
+        // Killed while command 7 (a stop) ran, with 8 and 9 queued behind it:
+        // 8 and 9 never started. Before, all three came back "may or may
+        // not have taken effect".
+        let rig = Rig::new("midqueue");
+        {
+            let mut agent = rig.agent();
+            run_for(&mut agent, S(1)).await;
+            let stop = Action::Container(ContainerOp::Stop, Id([1; 32]));
+            let start = Action::Container(ContainerOp::Start, Id([2; 32]));
+            agent
+                .ledger
+                .commit(|j| {
+                    j.seen = 9;
+                    j.received.insert(
+                        7,
+                        super::super::store::StoredCommand {
+                            action: super::super::journal::encode_action(&stop),
+                            started_at: Some(now_unix()),
+                        },
+                    );
+                    j.received.insert(8, super::super::journal::waiting(&start));
+                    j.received.insert(9, super::super::journal::waiting(&Action::ImagePull("nginx:1.25".into())));
+                })
+                .unwrap();
+        }
+        // The stop had taken effect: c0 is exited.
+        {
+            let mut s = rig.engine.state.lock().unwrap();
+            let mut c0 = s.containers.iter().find(|c| c.id == Id([1; 32])).unwrap().clone();
+            c0.status = ContainerStatus::Exited;
+            s.containers.insert(c0);
+        }
+        let mut agent = rig.agent();
+        run_for(&mut agent, S(10)).await;
+        assert_eq!(
+            *rig.engine.ran.lock().unwrap(),
+            [Action::Container(ContainerOp::Start, Id([2; 32])), Action::ImagePull("nginx:1.25".into())],
+            "what never started runs, in order; what ran does not run again"
+        );
+        let s = rig.server.lock().unwrap();
+        let mut got = s.results.clone();
+        got.sort_by_key(|r| r.id);
+        assert_eq!(
+            got.iter().map(|r| (r.id, r.status)).collect::<Vec<_>>(),
+            [(7, ResultStatus::Ok), (8, ResultStatus::Ok), (9, ResultStatus::Failed)]
+        );
+        assert!(String::from_utf8_lossy(&got[0].output).contains("the engine shows it took effect"), "{:?}", got[0]);
+        assert!(got.iter().all(|r| !r.error.contains("may or may not")), "{got:?}");
+        assert!(got[2].error.contains("pull access denied"), "its own outcome: {:?}", got[2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn commands_that_cannot_be_journaled_are_not_taken_until_they_can_be() {
+        let rig = Rig::new("nojournal");
+        let mut agent = rig.agent();
+        run_for(&mut agent, S(1)).await;
+        // The journal cannot be written (a directory where the file goes).
+        let journal = rig.dir.join("journal.json");
+        let _ = std::fs::remove_file(&journal);
+        std::fs::create_dir_all(journal.join("blocked")).unwrap();
+        rig.server.lock().unwrap().queue =
+            vec![Command { id: 1, action: Action::Container(ContainerOp::Stop, Id([1; 32])) }];
+        run_for(&mut agent, S(130)).await;
+        assert!(rig.engine.ran.lock().unwrap().is_empty(), "nothing runs unrecorded");
+        assert_eq!(rig.server.lock().unwrap().seen, 0, "nor is it confirmed to the server");
+        // Space again: the server's next reply brings it, and it runs once.
+        std::fs::remove_dir_all(&journal).unwrap();
+        run_for(&mut agent, S(130)).await;
+        assert_eq!(rig.engine.ran.lock().unwrap().len(), 1);
+        let s = rig.server.lock().unwrap();
+        assert_eq!((s.seen, s.results.len(), s.results[0].status), (1, 1, ResultStatus::Ok));
+        assert_eq!(Store::open(&rig.dir).unwrap().journal().unwrap().seen, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_engine_that_is_down_costs_no_extra_polls() {
+        // The snapshot timer stayed due when the engine could not be read:
+        // 172 polls in 20 s at 5 s intervals, on the fault matrix.
+        struct DownEngine;
+        impl Engine for DownEngine {
+            async fn state(&self) -> Result<State, String> {
+                Err("engine down".into())
+            }
+            async fn run(&self, _: &Action) -> Result<Vec<u8>, String> {
+                Err("engine down".into())
+            }
+        }
+        let rig = Rig::new("enginedown");
+        let mut settings = Settings::new(1, Secret([5; 32]), "edge-test".into());
+        settings.counter_block = 3;
+        let store = Store::open(&rig.dir).unwrap();
+        let mut agent = Agent::new(settings, DownEngine, Link(rig.server.clone()), store, rig.changed.clone()).unwrap();
+        agent.run(tokio::time::sleep(S(185))).await.unwrap();
+        let times: Vec<u64> = rig.log().iter().map(|(t, _)| t.as_secs()).collect();
+        assert_eq!(times, vec![0, 60, 120, 180], "one poll a minute, as when the engine is up");
     }
 
     #[tokio::test(start_paused = true)]

@@ -7,8 +7,10 @@
 //! * `base.bin`: the acknowledged base state and its sequence number in one
 //!   file (so they cannot disagree after a crash), the state encoded as a
 //!   delta from the empty state (so loading it re-checks its root digest);
-//! * `journal.json`: the highest command id received, commands running,
-//!   and results not yet acknowledged;
+//! * `journal.json`: the highest command id received, the commands received
+//!   and not finished (with their actions, and when each started, so a
+//!   restart runs those that never started and settles the one that was
+//!   running), and results not yet acknowledged;
 //! * `health`: when the agent started and last polled successfully, for
 //!   `tern agent health` (see `agent::health`; written at most once a
 //!   minute while nothing changes).
@@ -86,18 +88,25 @@ pub struct StoredResult {
 
 /// What makes commands run at most once: the highest command id received
 /// (persisted before any of them runs, so a repeated reply or a restart
-/// runs nothing twice), the commands running, and the results the server
-/// has not acknowledged yet.
+/// runs nothing twice), the commands received and not finished, each
+/// marked when it starts (on disk before it is handed to the engine), and
+/// the results the server has not acknowledged yet.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Journal {
     /// Highest command id received. Commands at or below it are ignored.
     #[serde(default)]
     pub seen: u64,
-    /// Commands handed to the engine and not finished. One found here at
-    /// start was interrupted by the restart: it is reported as failed, not
-    /// run again.
-    #[serde(default)]
+    /// Commands received and not finished. At start, one that never
+    /// started runs (in id order, as before the restart); one that had
+    /// started was interrupted: it is never run again, and the engine is
+    /// asked what became of it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub received: BTreeMap<u64, StoredCommand>,
+    /// Commands running, as journals before 0.2 recorded them (without
+    /// their action): each is reported as failed, may or may not have taken
+    /// effect.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub running: BTreeSet<u64>,
     /// Results by command id, until the server acknowledges them.
     #[serde(default)]
@@ -105,6 +114,18 @@ pub struct Journal {
     /// Runs of scheduled jobs, until the server acknowledges them.
     #[serde(default)]
     pub job_runs: Vec<StoredJobRun>,
+}
+
+/// A command received and not finished.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredCommand {
+    /// Its action, protobuf-encoded (`wire::poll::Action::encode`), in base64.
+    pub action: String,
+    /// When it was handed to the engine (seconds since the epoch); absent
+    /// while it waits its turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<i64>,
 }
 
 /// A scheduled job's run waiting for the server's acknowledgement.
@@ -151,10 +172,16 @@ const BASE_LEVEL: i32 = 3;
 /// Replaces `path` with `bytes` atomically.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    drop(f);
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        // A half-written file takes space a full disk needs.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(StoreError::Io { path: tmp, source: e });
+    }
     std::fs::rename(&tmp, path).map_err(io(path))?;
     if let Some(dir) = path.parent() {
         // Make the rename itself durable.
@@ -187,7 +214,18 @@ impl Store {
             let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
         }
         let probe = dir.join(".writable");
-        write_atomic(&probe, b"")?;
+        match write_atomic(&probe, b"") {
+            Ok(()) => {}
+            // Full, not unwritable: the agent starts and polls (what cannot
+            // be written waits in memory, commands wait until their start
+            // can be recorded), instead of exiting at every restart.
+            Err(StoreError::Io { ref source, .. })
+                if matches!(source.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded) =>
+            {
+                tracing::warn!("{}: no space left; the agent runs on, and writes when it can", dir.display());
+            }
+            Err(e) => return Err(e),
+        }
         let _ = std::fs::remove_file(&probe);
         Ok(Self { dir })
     }

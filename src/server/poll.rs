@@ -379,7 +379,7 @@ mod tests {
             id,
             status: ResultStatus::Ok,
             error: String::new(),
-            finished_at: 1500,
+            finished_at: 1001,
         }
     }
 
@@ -451,7 +451,23 @@ mod tests {
         let r = agent.poll_with(&store, &mut codec, None, done).unwrap();
         assert_eq!(r.results_acked, vec![id]);
         let c = store.command(id).unwrap();
-        assert_eq!((c.status, c.finished_at), (CommandStatus::Ok, Some(1500)));
+        assert_eq!((c.status, c.finished_at), (CommandStatus::Ok, Some(1001)));
+    }
+
+    #[test]
+    fn a_result_from_an_agent_whose_clock_jumped_is_held_between_queued_and_received() {
+        let (store, mut codec, mut agent) = setup();
+        let ids = [
+            store.enqueue_command(agent.env, &restart(1), 900).unwrap(),
+            store.enqueue_command(agent.env, &restart(2), 900).unwrap(),
+        ];
+        agent.poll_with(&store, &mut codec, None, PollRequest::default()).unwrap();
+        // An hour ahead, and behind (the poll's now is 1002; queued at 900).
+        let at = |id, finished_at| CommandResult { finished_at, ..ok(id) };
+        let results = vec![at(ids[0], 1002 + 3600), at(ids[1], 600)];
+        agent.poll_with(&store, &mut codec, None, PollRequest { results, ..PollRequest::default() }).unwrap();
+        assert_eq!(store.command(ids[0]).unwrap().finished_at, Some(1002), "not after the server heard of it");
+        assert_eq!(store.command(ids[1]).unwrap().finished_at, Some(900), "not before it was queued");
     }
 
     #[test]
@@ -465,7 +481,7 @@ mod tests {
             id,
             status: ResultStatus::Failed,
             error: "no such container".into(),
-            finished_at: 1,
+            finished_at: 950,
         };
         let first = PollRequest { results: vec![failed.clone()], commands_seen: id, ..PollRequest::default() };
         assert_eq!(agent.poll_with(&store, &mut codec, None, first).unwrap().results_acked, vec![id]);
@@ -474,7 +490,10 @@ mod tests {
         let again = PollRequest { results: vec![ok(id)], ..PollRequest::default() };
         assert_eq!(agent.poll_with(&store, &mut codec, None, again).unwrap().results_acked, vec![id]);
         let c = store.command(id).unwrap();
-        assert_eq!((c.status, c.error.as_str(), c.finished_at), (CommandStatus::Failed, "no such container", Some(1)));
+        assert_eq!(
+            (c.status, c.error.as_str(), c.finished_at),
+            (CommandStatus::Failed, "no such container", Some(950))
+        );
         // Results naming no command of this environment are acknowledged, so
         // the agent drops them, and change nothing.
         let other = store.create_environment("other", Secret([9; 32]), 0).unwrap();

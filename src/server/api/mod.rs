@@ -663,10 +663,12 @@ mod tests {
         // The agent polls: everything else goes out; a command sent but not
         // yet confirmed can still be cancelled, one confirmed cannot.
         let mut codec = Codec::new(Limits::default()).unwrap();
+        // The polls' clock: the commands were queued at the real time.
+        let t0 = crate::server::http::now() + 100;
         let secret = api.store(|s| s.environment(env)).unwrap().secret;
         let poll = |counter: u64, req: PollRequest, codec: &mut Codec| {
             let wire = crate::auth::seal_request(env, counter, &secret, &codec.encode(&req.encode()).unwrap());
-            let reply = api.store(|s| crate::server::poll::handle(s, codec, &wire, 100 + counter as i64)).unwrap();
+            let reply = api.store(|s| crate::server::poll::handle(s, codec, &wire, t0 + counter as i64)).unwrap();
             let body = crate::auth::open_reply(counter, &secret, &reply).unwrap();
             PollReply::decode(&codec.decode(body).unwrap()).unwrap()
         };
@@ -675,7 +677,7 @@ mod tests {
         assert_eq!(reply.commands.len(), 7);
         assert_eq!(reply.commands[0].action, Action::Container(ContainerOp::Stop, id_of("web")));
         let (_, v) = api.call(Method::GET, &format!("/api/commands/{}", first.id), None).await;
-        assert_eq!((v["status"].as_str(), v["sent_at"].as_i64()), (Some("sent"), Some(101)));
+        assert_eq!((v["status"].as_str(), v["sent_at"].as_i64()), (Some("sent"), Some(t0 + 1)));
         // Its result comes back.
         let result = CommandResult {
             output: Vec::new(),
@@ -683,7 +685,7 @@ mod tests {
             id: first.id,
             status: ResultStatus::Failed,
             error: "no such container".into(),
-            finished_at: 120,
+            finished_at: t0 + 2,
         };
         let last = reply.commands.last().unwrap().id;
         let reply =
@@ -693,7 +695,7 @@ mod tests {
         let done: CommandView = serde_json::from_value(v).unwrap();
         assert_eq!(
             (done.status.as_str(), done.error.as_deref(), done.finished_at, done.delivered_at),
-            ("failed", Some("no such container"), Some(120), Some(102))
+            ("failed", Some("no such container"), Some(t0 + 2), Some(t0 + 2))
         );
         let (_, v) = api.call(Method::GET, &format!("/api/commands/{}", list[1].id), None).await;
         assert_eq!(v["status"], "delivered");

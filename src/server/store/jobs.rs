@@ -514,7 +514,9 @@ impl Store {
         let env = sql_id(environment);
         let cut = run.output.len() > MAX_OUTPUT_LEN;
         let output = &run.output[run.output.len().saturating_sub(MAX_OUTPUT_LEN)..];
-        let finished_at = if run.finished_at > 0 { run.finished_at } else { now };
+        // Held at the server's clock at most (an agent's clock that jumped
+        // ahead must not put runs in the future), its start no later.
+        let finished_at = if run.finished_at > 0 { run.finished_at.min(now) } else { now };
         let tx = self.tx()?;
         let n = tx.execute(
             "INSERT INTO job_runs (job, environment, run, version, started_at, finished_at, exit_code, output,
@@ -527,7 +529,7 @@ impl Store {
                 env,
                 number,
                 run.version,
-                run.started_at,
+                run.started_at.min(finished_at),
                 finished_at,
                 run.exit_code,
                 output,

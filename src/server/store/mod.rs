@@ -1164,9 +1164,13 @@ impl Store {
                 return Ok(n == 1);
             }
         };
-        let finished_at = if result.finished_at > 0 { result.finished_at } else { now };
+        // The agent's clock says when it finished; a clock that jumped an
+        // hour must not put a result before the command was queued or after
+        // the server heard of it, so it is held between the two.
+        let finished_at = if result.finished_at > 0 { result.finished_at.min(now) } else { now };
         let n = self.conn.execute(
-            "UPDATE commands SET status = ?3, error = ?4, finished_at = ?5, delivered_at = COALESCE(delivered_at, ?6)
+            "UPDATE commands SET status = ?3, error = ?4, finished_at = MAX(?5, created_at),
+                                 delivered_at = COALESCE(delivered_at, ?6)
              WHERE id = ?1 AND environment = ?2 AND status IN ('queued', 'delivered', 'cancelled')",
             params![id, sql_id(environment), status, truncate(&result.error, MAX_ERROR_LEN), finished_at, now],
         )?;

@@ -1,0 +1,357 @@
+//! Commands between the poll loop and the engine, at most once across a
+//! crash at any moment, and no command lost.
+//!
+//! ```text
+//!   reply -> received (on disk, with its action) -> queue -> started (on
+//!   disk) -> engine -> result (in memory at once, on disk as soon as it
+//!   can be) -> sent in the next poll -> acknowledged -> dropped
+//! ```
+//!
+//! * A command is handed to the engine only once its start is on disk. If
+//!   that write fails (`DATA_PATH` full), it waits and tries again; it
+//!   never runs unrecorded, so a crash then cannot make it run twice.
+//! * After a restart, commands received and never started run, in the
+//!   order they came; the one that had started is never run again: the
+//!   engine is asked what became of it (a container's state after start,
+//!   stop, kill, restart, pause, unpause or remove; an image's, a volume's
+//!   or a network's presence after a pull or a remove), and only when it
+//!   cannot say is the command reported as uncertain. Reading logs changes
+//!   nothing, so it simply runs again.
+//! * Receiving commands is all-or-nothing: when the journal cannot be
+//!   written, none of them is taken (the server sends them again, since the
+//!   agent does not confirm them), nothing runs.
+//! * A result or an acknowledgement changes the journal in memory at once
+//!   and on disk as soon as it can: a full disk delays its persistence, not
+//!   its report.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use tokio::sync::mpsc;
+
+use super::run::Engine;
+use super::store::{Journal, Store, StoreError, StoredCommand, StoredResult};
+use crate::wire::poll::{Action, Command, ContainerOp, ResultStatus};
+
+/// The text of a result the agent cannot settle after a restart.
+pub const UNCERTAIN: &str = "the agent restarted while this command was running; it may or may not have taken effect";
+
+/// What the engine says became of a command interrupted by a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// It took effect: the container is running after a start, gone after
+    /// a remove, ...
+    Done,
+    /// It did not take effect, and why that is known.
+    NotDone(String),
+    /// The engine cannot say (a stack, a job), or could not be asked.
+    Unknown,
+}
+
+/// The journal, shared by the poll loop and the command worker.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    journal: Journal,
+    store: Store,
+    /// The journal in memory is ahead of the one on disk.
+    dirty: bool,
+}
+
+impl Ledger {
+    /// The journal as loaded.
+    pub fn new(journal: Journal, store: Store) -> Self {
+        Self { inner: Arc::new(Mutex::new(Inner { journal, store, dirty: false })) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Reads the journal.
+    pub fn read<T>(&self, f: impl FnOnce(&Journal) -> T) -> T {
+        f(&self.lock().journal)
+    }
+
+    /// Changes the journal only if the change is on disk: on an error
+    /// nothing changed, in memory either.
+    ///
+    /// # Errors
+    /// When the journal cannot be written.
+    pub fn commit<T>(&self, f: impl FnOnce(&mut Journal) -> T) -> Result<T, StoreError> {
+        let mut g = self.lock();
+        let mut next = g.journal.clone();
+        let out = f(&mut next);
+        g.store.save_journal(&next)?;
+        g.journal = next;
+        g.dirty = false;
+        Ok(out)
+    }
+
+    /// Changes the journal in memory now and on disk when it can: a write
+    /// that fails is retried by the next change or [`Self::flush`].
+    pub fn record<T>(&self, f: impl FnOnce(&mut Journal) -> T) -> T {
+        let mut g = self.lock();
+        let out = f(&mut g.journal);
+        let Inner { journal, store, dirty } = &mut *g;
+        match store.save_journal(journal) {
+            Ok(()) => *dirty = false,
+            Err(e) => {
+                if !*dirty {
+                    tracing::warn!("the journal cannot be written ({e}); kept in memory until it can");
+                }
+                *dirty = true;
+            }
+        }
+        out
+    }
+
+    /// Writes the journal if it is ahead of the disk.
+    pub fn flush(&self) {
+        if self.lock().dirty {
+            self.record(|_| ());
+        }
+    }
+
+    /// Whether the journal in memory is ahead of the one on disk.
+    pub fn dirty(&self) -> bool {
+        self.lock().dirty
+    }
+}
+
+/// A result, as the journal keeps it.
+pub fn stored(id: u64, status: ResultStatus, error: &str, output: &[u8], phase: &str, at: i64) -> StoredResult {
+    StoredResult {
+        id,
+        status: super::run::status_text(status).to_owned(),
+        error: super::run::clip(error, super::run::MAX_ERROR),
+        finished_at: at,
+        // Logs are text; bytes that are not UTF-8 are replaced.
+        output: String::from_utf8_lossy(output).into_owned(),
+        phase: phase.to_owned(),
+    }
+}
+
+/// An action as the journal keeps it.
+pub fn encode_action(action: &Action) -> String {
+    STANDARD.encode(action.encode())
+}
+
+fn decode_action(text: &str) -> Option<Action> {
+    Action::decode(&STANDARD.decode(text).ok()?).ok()
+}
+
+/// What the journal says at start: commands to settle (they were running)
+/// and commands to run (received, never started), in id order. Journals
+/// before 0.2 named running commands without their action: those become
+/// uncertain results here.
+pub fn recover(ledger: &Ledger, now: i64) -> (Vec<(u64, Action, i64)>, Vec<Command>) {
+    ledger.record(|j| {
+        for id in std::mem::take(&mut j.running) {
+            tracing::warn!(command = id, "the agent stopped while this command ran; reporting it as uncertain");
+            j.results.insert(id, stored(id, ResultStatus::Failed, UNCERTAIN, &[], "", now));
+        }
+        let (mut settle, mut rerun) = (Vec::new(), Vec::new());
+        let mut unreadable = Vec::new();
+        for (&id, c) in &mut j.received {
+            match (decode_action(&c.action), c.started_at) {
+                (None, _) => unreadable.push(id),
+                // Reading logs changes nothing: run it again.
+                (Some(action @ Action::ContainerLogs(..)), _) | (Some(action), None) => {
+                    c.started_at = None;
+                    rerun.push(Command { id, action });
+                }
+                (Some(action), Some(at)) => settle.push((id, action, at)),
+            }
+        }
+        for id in unreadable {
+            j.received.remove(&id);
+            j.results
+                .insert(id, stored(id, ResultStatus::Failed, "the journal's copy of it is unreadable", &[], "", now));
+        }
+        (settle, rerun)
+    })
+}
+
+/// What became of a container command, from the container's state (`None`:
+/// the container is gone). `started_at` is when the command started.
+pub fn settle_container(op: ContainerOp, state: Option<(bool, bool, i64)>, command_started_at: i64) -> Settled {
+    let Some((running, paused, started_at)) = state else {
+        return match op {
+            ContainerOp::Remove => Settled::Done,
+            _ => Settled::NotDone("the container no longer exists".into()),
+        };
+    };
+    let (done, what) = match op {
+        ContainerOp::Start => (running, "it is not running"),
+        ContainerOp::Stop | ContainerOp::Kill => (!running, "it is still running"),
+        // Started again since the command began (times are whole seconds).
+        ContainerOp::Restart => (running && started_at >= command_started_at - 1, "it has not started since"),
+        ContainerOp::Pause => (paused, "it is not paused"),
+        ContainerOp::Unpause => (running && !paused, "it is paused"),
+        ContainerOp::Remove => (false, "it still exists"),
+    };
+    if done { Settled::Done } else { Settled::NotDone(what.into()) }
+}
+
+/// The command worker: settles the commands a restart interrupted, then
+/// runs commands one at a time in the order they come (a stop then a
+/// remove of the same container happen in that order, while polls go on),
+/// each only once its start is on disk. Every result goes into the journal
+/// and its id to `done`, so the loop reports it soon.
+pub async fn work<E: Engine>(
+    engine: Arc<E>,
+    ledger: Ledger,
+    interrupted: Vec<(u64, Action, i64)>,
+    mut queue: mpsc::UnboundedReceiver<Command>,
+    done: mpsc::UnboundedSender<u64>,
+) {
+    let now = super::run::now_unix;
+    for (id, action, started_at) in interrupted {
+        let settled = engine.settle(&action, started_at).await;
+        tracing::warn!(command = id, ?settled, "the agent stopped while this command ran; the engine was asked");
+        let result = match settled {
+            Settled::Done => stored(
+                id,
+                ResultStatus::Ok,
+                "",
+                b"the agent restarted while this command was running; the engine shows it took effect",
+                "",
+                now(),
+            ),
+            Settled::NotDone(why) => stored(
+                id,
+                ResultStatus::Failed,
+                &format!("the agent restarted while this command was running; it did not take effect ({why})"),
+                &[],
+                "",
+                now(),
+            ),
+            Settled::Unknown => stored(id, ResultStatus::Failed, UNCERTAIN, &[], "", now()),
+        };
+        ledger.record(|j| {
+            j.received.remove(&id);
+            j.results.insert(id, result);
+        });
+        if done.send(id).is_err() {
+            return;
+        }
+    }
+    while let Some(cmd) = queue.recv().await {
+        // On disk before it runs, or not at all.
+        let mut wait = Duration::from_secs(1);
+        loop {
+            let at = now();
+            match ledger.commit(|j| match j.received.get_mut(&cmd.id) {
+                Some(c) if c.started_at.is_none() => {
+                    c.started_at = Some(at);
+                    true
+                }
+                _ => false,
+            }) {
+                Ok(true) => break,
+                Ok(false) => {
+                    tracing::warn!(command = cmd.id, "not in the journal as waiting; not run");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        command = cmd.id,
+                        "cannot record that this command starts ({e}); it waits, retrying in {} s",
+                        wait.as_secs()
+                    );
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+        if !ledger.read(|j| j.received.get(&cmd.id).is_some_and(|c| c.started_at.is_some())) {
+            continue;
+        }
+        // Long commands say what step they are at before they start.
+        let phase = match cmd.action {
+            Action::StackDeploy(_) => Some("deploying"),
+            Action::StackRemove(_) => Some("removing"),
+            _ => None,
+        };
+        if let Some(phase) = phase {
+            ledger.record(|j| j.results.insert(cmd.id, stored(cmd.id, ResultStatus::Progress, "", &[], phase, now())));
+            if done.send(cmd.id).is_err() {
+                return;
+            }
+        }
+        let r = engine.run(&cmd.action).await;
+        let result = match r {
+            Ok(output) => stored(cmd.id, ResultStatus::Ok, "", &output, "", now()),
+            Err(e) => stored(cmd.id, ResultStatus::Failed, &e, &[], "", now()),
+        };
+        tracing::info!(command = cmd.id, status = %result.status, error = %result.error, "command finished");
+        ledger.record(|j| {
+            j.received.remove(&cmd.id);
+            j.results.insert(cmd.id, result);
+        });
+        if done.send(cmd.id).is_err() {
+            return;
+        }
+    }
+}
+
+/// A command as the journal keeps it while it waits.
+pub fn waiting(action: &Action) -> StoredCommand {
+    StoredCommand { action: encode_action(action), started_at: None }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_commands_settle_from_the_containers_state() {
+        use ContainerOp::*;
+        let (up, down, paused) = (Some((true, false, 100)), Some((false, false, 100)), Some((true, true, 100)));
+        assert_eq!(settle_container(Start, up, 90), Settled::Done);
+        assert!(matches!(settle_container(Start, down, 90), Settled::NotDone(_)));
+        assert_eq!(settle_container(Stop, down, 90), Settled::Done);
+        assert_eq!(settle_container(Kill, down, 90), Settled::Done);
+        assert!(matches!(settle_container(Stop, up, 90), Settled::NotDone(_)));
+        assert_eq!(settle_container(Restart, up, 100), Settled::Done, "started again since");
+        assert!(matches!(settle_container(Restart, up, 110), Settled::NotDone(_)), "started before the command");
+        assert_eq!(settle_container(Pause, paused, 90), Settled::Done);
+        assert_eq!(settle_container(Unpause, up, 90), Settled::Done);
+        assert!(matches!(settle_container(Unpause, paused, 90), Settled::NotDone(_)));
+        assert_eq!(settle_container(Remove, None, 90), Settled::Done);
+        assert!(matches!(settle_container(Remove, up, 90), Settled::NotDone(_)));
+        assert!(matches!(settle_container(Start, None, 90), Settled::NotDone(_)));
+    }
+
+    #[test]
+    fn recovery_runs_what_never_started_and_settles_what_ran() {
+        let dir = std::env::temp_dir().join(format!("tern-journal-recover-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).unwrap();
+        let stop = Action::Container(ContainerOp::Stop, crate::sync::state::Id([1; 32]));
+        let logs = Action::ContainerLogs(crate::sync::state::Id([1; 32]), 5);
+        let mut j = Journal { seen: 5, ..Journal::default() };
+        j.running.insert(1);
+        j.received.insert(2, StoredCommand { action: encode_action(&stop), started_at: Some(50) });
+        j.received.insert(3, StoredCommand { action: encode_action(&logs), started_at: Some(60) });
+        j.received.insert(4, waiting(&stop));
+        j.received.insert(5, StoredCommand { action: "!!".into(), started_at: None });
+        let ledger = Ledger::new(j, store);
+        let (settle, rerun) = recover(&ledger, 70);
+        assert_eq!(settle, vec![(2, stop.clone(), 50)]);
+        assert_eq!(rerun.iter().map(|c| c.id).collect::<Vec<_>>(), [3, 4], "logs run again, and what never started");
+        ledger.read(|j| {
+            assert_eq!(j.results[&1].error, UNCERTAIN, "an old journal's running command");
+            assert!(j.results[&5].error.contains("unreadable"));
+            assert!(j.running.is_empty() && !j.received.contains_key(&5));
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

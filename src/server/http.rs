@@ -59,7 +59,7 @@ pub const MAX_BODY_BYTES_IN_FLIGHT: usize = 64 << 20;
 /// before it is answered 503.
 pub const BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Poll bodies decoded at once.
+/// Poll bodies decoded, and held decoded until applied, at once.
 const CONCURRENT_DECODES: usize = 2;
 
 impl AppState {
@@ -244,6 +244,9 @@ async fn poll_handler(
         return r;
     }
     drop(body);
+    // Held until the poll is applied, with its body's room: at most two
+    // decoded polls (up to 16 MiB each) exist at once, one of them in the
+    // store, the other waiting for it.
     let Ok(_decoding) = state.decoding.acquire().await else { return busy() };
     let (shared, a) = (state.clone(), auth.clone());
     let opened = blocking(move || {
@@ -251,7 +254,6 @@ async fn poll_handler(
         (opened, buf)
     })
     .await;
-    drop(_decoding);
     let (request, buf) = match opened {
         Ok((Ok(Ok(request)), buf)) => (request, buf),
         Ok((Ok(Err(Refusal::BodyMac)), _)) => {
@@ -271,9 +273,9 @@ async fn poll_handler(
         }
         Err(r) => return r,
     };
-    drop(_room);
     let (shared, a) = (state.clone(), auth.clone());
     let applied = blocking(move || shared.with_store(|s| poll::apply(s, &a, &request, now()))).await;
+    drop((_decoding, _room));
     let reply = match applied {
         Ok(Ok(reply)) => reply,
         Ok(Err(e)) => {

@@ -56,6 +56,8 @@ struct Entry {
     key: IpAddr,
     phase: Phase,
     close: Arc<Notify>,
+    /// Asked to close already: not asked again for another newcomer.
+    evicted: bool,
 }
 
 #[derive(Debug, Default)]
@@ -138,7 +140,7 @@ impl Gate {
             return Err(Refused::Full(self.table().open.len()));
         };
         let close = Arc::new(Notify::new());
-        self.table().open.insert(id, Entry { key, phase: Phase::Handshake, close: close.clone() });
+        self.table().open.insert(id, Entry { key, phase: Phase::Handshake, close: close.clone(), evicted: false });
         Ok(Admission { gate: self.clone(), id, _slot: slot, close })
     }
 
@@ -157,9 +159,11 @@ impl Gate {
     /// handshaking, else the oldest idle one of the address with the most
     /// connections. True when one was asked.
     fn evict_for(&self, key: IpAddr) -> bool {
-        let t = self.table();
-        let handshaking = |e: &Entry| matches!(e.phase, Phase::Handshake);
-        let idle = |e: &Entry| matches!(&e.phase, Phase::Serving { requests } if requests.load(Ordering::Acquire) == 0);
+        let mut t = self.table();
+        let handshaking = |e: &Entry| !e.evicted && matches!(e.phase, Phase::Handshake);
+        let idle = |e: &Entry| {
+            !e.evicted && matches!(&e.phase, Phase::Serving { requests } if requests.load(Ordering::Acquire) == 0)
+        };
         for candidate in [&handshaking as &dyn Fn(&Entry) -> bool, &idle] {
             let mut counts: HashMap<IpAddr, usize> = HashMap::new();
             for e in t.open.values().filter(|e| candidate(e)) {
@@ -168,7 +172,8 @@ impl Gate {
             let Some((&top, _)) = counts.iter().filter(|(k, _)| **k != key).max_by_key(|(_, n)| **n) else {
                 continue;
             };
-            if let Some(e) = t.open.values().find(|e| e.key == top && candidate(e)) {
+            if let Some(e) = t.open.values_mut().find(|e| e.key == top && candidate(e)) {
+                e.evicted = true;
                 e.close.notify_one();
                 return true;
             }

@@ -320,7 +320,16 @@ async fn bad_stacks_are_refused_and_change_nothing() {
         |name: &str, compose: &str, targets: Value| json!({"name": name, "compose": compose, "targets": targets});
     let to_env = json!({"environments": [env]});
     let oversized = format!("{good}# {}\n", "x".repeat(256 * 1024));
+    // 40,000 nested defaults (240 KB) overflowed the agent's stack; the
+    // server now refuses what the agent would.
+    let nested = format!("services:\n  web:\n    image: \"{}x{}\"\n", "${A:-".repeat(40_000), "}".repeat(40_000));
+    let with_env = |compose: &str, env: Value| json!({"name": "web", "compose": compose, "env": env, "targets": to_env});
     for (b, status, text) in [
+        (body("web", &nested, to_env.clone()), 422, "nested more than 16 deep"),
+        (with_env("services:\n  web:\n    image: \"x:${TAG:?give a TAG}\"\n", json!({})), 422, "give a TAG"),
+        (with_env(good, json!({"LD_PRELOAD": "/data/evil.so"})), 422, "LD_PRELOAD may not be set"),
+        (with_env(good, json!({"DOCKER_HOST": "tcp://elsewhere:2375"})), 422, "DOCKER_HOST may not be set"),
+        (with_env(good, json!({"PATH": "/tmp"})), 422, "PATH may not be set"),
         (body("web", "services: [unclosed", to_env.clone()), 422, "not valid YAML"),
         (body("web", "just text", to_env.clone()), 422, "services"),
         (body("web", "services:\n  web:\n    build: .\n", to_env.clone()), 422, "image"),
@@ -372,6 +381,8 @@ async fn bad_stacks_are_refused_and_change_nothing() {
     let id = s["id"].as_u64().unwrap();
     for (b, status) in [
         (json!({"compose": "services: {}"}), 422),
+        (json!({"compose": "services:\n  web:\n    image: \"x:${TAG:?give a TAG}\"\n"}), 422),
+        (json!({"env": {"COMPOSE_FILE": "/etc/passwd"}}), 422),
         (json!({"compose": oversized}), 413),
         (json!({"targets": {"tags": ["nope"]}}), 422),
         (json!({"version": 7}), 422),

@@ -323,7 +323,8 @@ async fn bad_stacks_are_refused_and_change_nothing() {
     // 40,000 nested defaults (240 KB) overflowed the agent's stack; the
     // server now refuses what the agent would.
     let nested = format!("services:\n  web:\n    image: \"{}x{}\"\n", "${A:-".repeat(40_000), "}".repeat(40_000));
-    let with_env = |compose: &str, env: Value| json!({"name": "web", "compose": compose, "env": env, "targets": to_env});
+    let with_env =
+        |compose: &str, env: Value| json!({"name": "web", "compose": compose, "env": env, "targets": to_env});
     for (b, status, text) in [
         (body("web", &nested, to_env.clone()), 422, "nested more than 16 deep"),
         (with_env("services:\n  web:\n    image: \"x:${TAG:?give a TAG}\"\n", json!({})), 422, "give a TAG"),

@@ -643,18 +643,28 @@ pub async fn change_password(
     Ok(Json(serde_json::json!({ "username": user.name, "sessions_ended": ended })))
 }
 
-/// `POST /api/tokens`.
-pub async fn create_token(
-    State(state): State<Arc<AppState>>,
-    ApiJson(req): ApiJson<CreateToken>,
-) -> Result<(StatusCode, [(header::HeaderName, HeaderValue); 1], Json<CreatedToken>), ApiError> {
-    let name = req.name.trim().to_owned();
+/// An API token's name: trimmed, 1 to [`MAX_TOKEN_NAME`] characters, no
+/// control characters.
+///
+/// # Errors
+/// A 422 saying so.
+pub(crate) fn check_token_name(name: &str) -> Result<String, ApiError> {
+    let name = name.trim().to_owned();
     if name.is_empty() || name.chars().count() > MAX_TOKEN_NAME {
         return Err(ApiError::invalid(format!("name: 1 to {MAX_TOKEN_NAME} characters")));
     }
     if name.chars().any(char::is_control) {
         return Err(ApiError::invalid("name: no control characters"));
     }
+    Ok(name)
+}
+
+/// `POST /api/tokens`.
+pub async fn create_token(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<CreateToken>,
+) -> Result<(StatusCode, [(header::HeaderName, HeaderValue); 1], Json<CreatedToken>), ApiError> {
+    let name = check_token_name(&req.name)?;
     let token = new_token();
     let hash = secret_hash(&token);
     let t = with_store(&state, move |store| Ok(store.create_api_token(&name, &hash, now())?)).await?;

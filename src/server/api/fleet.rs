@@ -488,7 +488,7 @@ fn check_name(field: &str, name: &str, max: usize) -> Result<String, ApiError> {
 
 /// A group or tag name. Commas are refused too, since the CLI takes lists
 /// of tags as `a,b`.
-fn check_label(field: &str, name: &str) -> Result<String, ApiError> {
+pub(crate) fn check_label(field: &str, name: &str) -> Result<String, ApiError> {
     let name = check_name(field, name, MAX_LABEL)?;
     if name.contains(',') {
         return Err(ApiError::invalid(format!("{field}: no commas")));
@@ -808,11 +808,17 @@ fn full_of(store: &Store, id: u64, now: i64) -> Result<EnvironmentFull, ApiError
 
 // ----- handlers: environments -----
 
-/// `POST /api/environments`: creates an environment.
-pub async fn create_environment(
-    State(state): State<Arc<AppState>>,
-    ApiJson(req): ApiJson<CreateEnvironment>,
-) -> Result<(StatusCode, Json<CreatedEnvironment>), ApiError> {
+/// The environment a `POST /api/environments` body asks for, its fields
+/// checked (not its intervals: they are checked against the server's
+/// defaults, in the store), with this secret and EDGE_ID.
+///
+/// # Errors
+/// A 422 naming the bad field.
+pub(crate) fn new_environment(
+    req: CreateEnvironment,
+    secret: Secret,
+    deploy_edge_id: String,
+) -> Result<NewEnvironment, ApiError> {
     let name = check_name("name", &req.name, MAX_NAME)?;
     let url = check_url(&req.url)?;
     let intervals = IntervalSettings::from(req.intervals.unwrap_or_default());
@@ -820,9 +826,9 @@ pub async fn create_environment(
     let tags = check_tags(&req.tags)?;
     let env_vars = check_env_vars(&req.env_vars.unwrap_or_default())?;
     let volume_path = req.volume_path.as_deref().map(check_volume_path).transpose()?.flatten();
-    let new = NewEnvironment {
+    Ok(NewEnvironment {
         name,
-        secret: new_secret()?,
+        secret,
         intervals,
         group,
         tags,
@@ -831,10 +837,19 @@ pub async fn create_environment(
             env_vars,
             allow_self_signed: req.allow_self_signed,
             volume_path,
-            deploy_edge_id: Some(new_edge_id()?),
+            deploy_edge_id: Some(deploy_edge_id),
             tcp_timestamps: req.tcp_timestamps,
         },
-    };
+    })
+}
+
+/// `POST /api/environments`: creates an environment.
+pub async fn create_environment(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<CreateEnvironment>,
+) -> Result<(StatusCode, Json<CreatedEnvironment>), ApiError> {
+    let new = new_environment(req, new_secret()?, new_edge_id()?)?;
+    let intervals = new.intervals;
     let fingerprint = state.fingerprint;
     let created = with_store(&state, move |store| {
         check_intervals(intervals, store.default_intervals()?)?;
@@ -937,7 +952,22 @@ pub async fn update_environment(
     PathId(id): PathId,
     ApiJson(req): ApiJson<UpdateEnvironment>,
 ) -> Result<Json<EnvironmentFull>, ApiError> {
-    let change = EnvironmentChange {
+    let change = environment_change(&req)?;
+    Ok(Json(
+        with_store(&state, move |store| {
+            store.update_environment(id, &change)?;
+            full_of(store, id, now())
+        })
+        .await?,
+    ))
+}
+
+/// The change a `PATCH /api/environments/{id}` body asks for, checked.
+///
+/// # Errors
+/// A 422 naming the bad field.
+pub(crate) fn environment_change(req: &UpdateEnvironment) -> Result<EnvironmentChange, ApiError> {
+    Ok(EnvironmentChange {
         name: req.name.as_deref().map(|n| check_name("name", n, MAX_NAME)).transpose()?,
         url: req.url.as_deref().map(check_url).transpose()?,
         group: match &req.group {
@@ -954,14 +984,7 @@ pub async fn update_environment(
             Some(Some(p)) => Some(check_volume_path(p)?),
         },
         tcp_timestamps: req.tcp_timestamps,
-    };
-    Ok(Json(
-        with_store(&state, move |store| {
-            store.update_environment(id, &change)?;
-            full_of(store, id, now())
-        })
-        .await?,
-    ))
+    })
 }
 
 /// `DELETE /api/environments/{id}`: the environment, its stored state,
@@ -1246,13 +1269,13 @@ pub async fn settings(State(state): State<Arc<AppState>>) -> Result<Json<Setting
     Ok(Json(with_store(&state, settings_of).await?))
 }
 
-/// `PUT /api/settings`: the default intervals reach every agent that
-/// follows them in its next reply; a new AGENT_SECRET applies at once, so
-/// every agent must be redeployed with it.
-pub async fn put_settings(
-    State(state): State<Arc<AppState>>,
-    ApiJson(body): ApiJson<SettingsBody>,
-) -> Result<Json<SettingsView>, ApiError> {
+/// Checks a `PUT /api/settings` body before the store is read (whether
+/// the new defaults leave a timer on is checked against the old ones, in
+/// the store).
+///
+/// # Errors
+/// A 422 naming the bad field.
+pub(crate) fn check_settings(body: &SettingsBody) -> Result<(), ApiError> {
     if let Some(i) = body.intervals {
         for (name, v) in [("ping", i.ping), ("snapshot", i.snapshot), ("command", i.command)] {
             if let Some(v) = v {
@@ -1263,6 +1286,17 @@ pub async fn put_settings(
     if let Some(Some(s)) = &body.agent_secret {
         check_agent_secret(s)?;
     }
+    Ok(())
+}
+
+/// `PUT /api/settings`: the default intervals reach every agent that
+/// follows them in its next reply; a new AGENT_SECRET applies at once, so
+/// every agent must be redeployed with it.
+pub async fn put_settings(
+    State(state): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<SettingsBody>,
+) -> Result<Json<SettingsView>, ApiError> {
+    check_settings(&body)?;
     Ok(Json(
         with_store(&state, move |store| {
             if let Some(i) = body.intervals {

@@ -70,6 +70,23 @@ pub struct CreateJob {
     pub targets: TargetsBody,
 }
 
+impl CreateJob {
+    /// The job and its targets, checked.
+    ///
+    /// # Errors
+    /// A 422 (413 for an oversized script) naming the bad field.
+    pub(crate) fn check(self) -> Result<(NewJob, TargetRefs), ApiError> {
+        let job = check_job(NewJob {
+            name: self.name,
+            script: self.script,
+            image: self.image.unwrap_or_default(),
+            cron: self.cron.unwrap_or_default(),
+            timeout_s: self.timeout_s.unwrap_or(0),
+        })?;
+        Ok((job, self.targets.check()?))
+    }
+}
+
 /// `PUT /api/jobs/{id}`: what is left out stays as it is.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -269,7 +286,12 @@ pub fn check_cron(expr: &str) -> Result<String, ApiError> {
     Ok(expr.to_owned())
 }
 
-fn check_job(job: NewJob) -> Result<NewJob, ApiError> {
+/// Checks a job's fields (a new one, or an edited one with the fields
+/// left out taken from the stored one).
+///
+/// # Errors
+/// A 422 (413 for an oversized script) naming the bad field.
+pub(crate) fn check_job(job: NewJob) -> Result<NewJob, ApiError> {
     let name = job.name.trim();
     if name.is_empty() || name.chars().count() > 128 {
         return Err(ApiError::invalid("name: 1 to 128 characters"));
@@ -331,14 +353,7 @@ pub async fn create_job(
     State(state): State<Arc<AppState>>,
     ApiJson(body): ApiJson<CreateJob>,
 ) -> Result<(StatusCode, Json<JobDetail>), ApiError> {
-    let job = check_job(NewJob {
-        name: body.name,
-        script: body.script,
-        image: body.image.unwrap_or_default(),
-        cron: body.cron.unwrap_or_default(),
-        timeout_s: body.timeout_s.unwrap_or(0),
-    })?;
-    let refs = body.targets.check()?;
+    let (job, refs) = body.check()?;
     let view = with_store(&state, move |store| {
         let envs = resolve(store, &refs)?;
         let id = store.create_job(&job, &envs, super::super::http::now())?;

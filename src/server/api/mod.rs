@@ -30,7 +30,7 @@ pub mod fleet;
 pub mod jobs;
 pub mod openapi;
 pub mod stacks;
-mod target;
+pub(crate) mod target;
 pub mod usage;
 pub mod view;
 
@@ -202,7 +202,7 @@ pub async fn method_not_allowed() -> ApiError {
 
 /// Checks intervals an operator gives, against the server defaults that
 /// fill the ones left out.
-fn check_intervals(own: IntervalSettings, defaults: Intervals) -> Result<(), ApiError> {
+pub(crate) fn check_intervals(own: IntervalSettings, defaults: Intervals) -> Result<(), ApiError> {
     for (name, v) in [("ping", own.ping), ("snapshot", own.snapshot), ("command", own.command)] {
         if v.is_some_and(|v| v > MAX_INTERVAL) {
             return Err(ApiError::invalid(format!(
@@ -256,13 +256,13 @@ fn check_target(target: &str) -> Result<&str, ApiError> {
 /// the output to its last 64 KiB).
 pub const MAX_LOG_LINES: u32 = 10_000;
 
-/// `POST /api/environments/{id}/commands`: queues a command; containers
-/// and networks are resolved against the environment's stored state.
-pub async fn create_command(
-    State(state): State<Arc<AppState>>,
-    PathId(id): PathId,
-    ApiJson(req): ApiJson<CreateCommand>,
-) -> Result<(StatusCode, Json<CommandView>), ApiError> {
+/// Checks a `POST /api/environments/{id}/commands` body before its target
+/// is resolved: the action's kind, the target text, and the log lines
+/// (`tail`, 0 when the action takes none).
+///
+/// # Errors
+/// A 400 naming the bad field.
+pub(crate) fn check_command(req: &CreateCommand) -> Result<(Kind, String, u32), ApiError> {
     let Some(&(_, kind)) = ACTIONS.iter().find(|(name, _)| *name == req.action) else {
         let names: Vec<&str> = ACTIONS.iter().map(|(n, _)| *n).collect();
         return Err(ApiError::bad_request(format!(
@@ -281,6 +281,17 @@ pub async fn create_command(
         (_, Some(_)) => return Err(ApiError::bad_request("tail: only for container.logs")),
         (_, None) => 0,
     };
+    Ok((kind, target, tail))
+}
+
+/// `POST /api/environments/{id}/commands`: queues a command; containers
+/// and networks are resolved against the environment's stored state.
+pub async fn create_command(
+    State(state): State<Arc<AppState>>,
+    PathId(id): PathId,
+    ApiJson(req): ApiJson<CreateCommand>,
+) -> Result<(StatusCode, Json<CommandView>), ApiError> {
+    let (kind, target, tail) = check_command(&req)?;
     let record = with_store(&state, move |store| {
         store.environment(id)?;
         let action = match kind {

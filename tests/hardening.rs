@@ -134,14 +134,22 @@ async fn an_oversized_poll_is_refused_before_the_store_and_the_api_stays_fast() 
     let server = Server::start(&dir.join("data"), "127.0.0.1:0");
     let mut api = server.api();
     let (env, token) = create(&mut api, "bomb", &server.url()).await;
-    // 2.79 million empty results: 5.6 MB of protobuf, a kilobyte or two once
-    // compressed.
-    let raw: Vec<u8> = [0x1a, 0x00].repeat(2_790_000);
+    // 2.79 million results (id 1, ok): 16.7 MB of protobuf, a kilobyte or
+    // two once compressed, as the report made it.
+    let raw: Vec<u8> = [0x1a, 0x04, 0x08, 0x01, 0x10, 0x01].repeat(2_790_000);
     let mut codec = Codec::new(Limits::default()).unwrap();
     let body = codec.encode(&raw).unwrap();
     assert!(body.len() < 4096, "{} bytes on the wire", body.len());
-    let wire = seal_request(env, 1, &token.secret, &body);
+    // The agent's first poll binds it; its next carries the results.
     let mut agent = Client::new(&server.url(), Trust::Pinned(server.fingerprint()), 1 << 20).unwrap();
+    let hello = tern::wire::poll::PollRequest {
+        agent: Some(tern::wire::poll::AgentInfo { version: "test".into(), edge_id: "bomb".into() }),
+        ..Default::default()
+    };
+    let first = seal_request(env, 1, &token.secret, &codec.encode(&hello.encode()).unwrap());
+    assert_eq!(agent.post(tern::wire::POLL_PATH, first).await.unwrap().0, 200);
+    let polled = api.ok("GET", &format!("/api/environments/{env}"), None, 200).await["last_poll_at"].clone();
+    let wire = seal_request(env, 2, &token.secret, &body);
     let poll = tokio::spawn(async move {
         let started = Instant::now();
         let r = agent.post(tern::wire::POLL_PATH, wire).await.unwrap();
@@ -157,15 +165,15 @@ async fn an_oversized_poll_is_refused_before_the_store_and_the_api_stays_fast() 
     let ((status, sealed), took) = poll.await.unwrap();
     println!("oversized poll refused in {took:?}; slowest API call meanwhile {slowest:?}");
     assert_eq!(status, 413);
-    let opened = tern::auth::open_reply(1, &token.secret, &sealed).expect("a sealed refusal");
+    let opened = tern::auth::open_reply(2, &token.secret, &sealed).expect("a sealed refusal");
     let refused = PollReply::decode(&codec.decode(opened).unwrap()).unwrap().refused.unwrap();
     assert_eq!(refused.code, RefusalCode::TooLarge);
     assert!(refused.detail.contains("2790000 command results"), "{refused:?}");
     assert!(took < Duration::from_secs(2), "{took:?}");
     assert!(slowest < Duration::from_secs(1), "{slowest:?}");
-    // Nothing of it was stored: the environment has never polled.
+    // Nothing of it was stored: the environment's last poll is the first.
     let e = api.ok("GET", &format!("/api/environments/{env}"), None, 200).await;
-    assert!(e["last_poll_at"].is_null(), "{e}");
+    assert_eq!(e["last_poll_at"], polled, "{e}");
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -178,7 +186,8 @@ async fn slow_poll_bodies_from_strangers_are_never_buffered() {
     let (env, token) = create(&mut api, "victim", &server.url()).await;
     let before = rss(server.pid());
     // 100 connections each announcing a 4 MiB poll for a real environment,
-    // sealed with a wrong key, and sending its body slowly.
+    // sealed with a wrong key, sending all of its body but its last bytes,
+    // and holding it there.
     let (addr, pin) = (server.addr(), server.fingerprint());
     let answered = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
@@ -197,13 +206,19 @@ async fn slow_poll_bodies_from_strangers_are_never_buffered() {
             if tls.write_all(head.as_bytes()).await.is_err() {
                 return;
             }
-            // 64 KiB a second: a minute for the whole body.
-            for chunk in wire.chunks(64 * 1024) {
+            for chunk in wire[..wire.len() - 16].chunks(256 * 1024) {
                 if tls.write_all(chunk).await.is_err() {
                     answered.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
+            }
+            // The last bytes, a byte a second.
+            for b in &wire[wire.len() - 16..] {
                 tokio::time::sleep(Duration::from_secs(1)).await;
+                if tls.write_all(&[*b]).await.is_err() {
+                    answered.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
             }
         }));
     }

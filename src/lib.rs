@@ -36,6 +36,7 @@ pub mod auth;
 pub mod baseline;
 #[cfg(all(feature = "server", feature = "agent"))]
 pub mod cli;
+pub mod cron;
 pub mod fixture;
 #[doc(hidden)]
 pub mod fuzzing;

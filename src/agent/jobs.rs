@@ -90,24 +90,7 @@ impl Default for JobConfig {
     }
 }
 
-/// The cron parser shared by the agent and (with the same settings) the
-/// server: 5 fields, or 6 with a leading seconds field; no year field.
-pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
-    use croner::parser::{CronParser, Seconds, Year};
-    CronParser::builder()
-        .seconds(Seconds::Optional)
-        .year(Year::Disallowed)
-        .build()
-        .parse(expr)
-        .map_err(|e| e.to_string())
-}
-
-/// The first occurrence of `cron` strictly after `after` (Unix seconds,
-/// UTC), if any.
-pub fn next_after(cron: &croner::Cron, after: i64) -> Option<i64> {
-    let t = chrono::DateTime::from_timestamp(after, 0)?;
-    cron.find_next_occurrence(&t, false).ok().map(|t| t.timestamp())
-}
+pub use crate::cron::{next_after, parse as parse_cron};
 
 // ----- the schedule, apart from the engine and the clock -----
 

@@ -252,18 +252,6 @@ pub struct JobDetail {
 
 // ----- checks -----
 
-/// The cron parser the agents use: 5 fields, or 6 with a leading seconds
-/// field; no year field.
-fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
-    use croner::parser::{CronParser, Seconds, Year};
-    CronParser::builder()
-        .seconds(Seconds::Optional)
-        .year(Year::Disallowed)
-        .build()
-        .parse(expr)
-        .map_err(|e| e.to_string())
-}
-
 /// Checks a cron expression: empty is fine (run once).
 pub fn check_cron(expr: &str) -> Result<String, ApiError> {
     let expr = expr.trim();
@@ -273,7 +261,7 @@ pub fn check_cron(expr: &str) -> Result<String, ApiError> {
     if expr.len() > 256 {
         return Err(ApiError::invalid("cron: at most 256 bytes"));
     }
-    let cron = parse_cron(expr).map_err(|e| {
+    let cron = crate::cron::parse(expr).map_err(|e| {
         ApiError::invalid(format!(
             "cron: {expr:?} is not a cron expression ({e}); use 5 fields (minute hour day month weekday, e.g. \
              \"*/5 * * * *\"), or 6 with a leading seconds field"

@@ -118,11 +118,6 @@ impl Ledger {
             self.record(|_| ());
         }
     }
-
-    /// Whether the journal in memory is ahead of the one on disk.
-    pub fn dirty(&self) -> bool {
-        self.lock().dirty
-    }
 }
 
 /// A result, as the journal keeps it.

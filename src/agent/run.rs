@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use super::health::Recorder;
 use super::journal::Ledger;
-use super::store::{Meta, Store, StoreError, StoredJobRun};
+use super::store::{Meta, Store, StoreError, StoredJobRun, StoredResult};
 use crate::auth::{CounterReservation, Secret, open_reply, seal_request};
 use crate::sync::State;
 use crate::sync::schedule::{BackoffPolicy, Due, Intervals, Scheduler};
@@ -182,6 +182,16 @@ pub struct Agent<E: Engine, T: Transport> {
     meta: Meta,
     /// The command journal, shared with the command worker.
     ledger: Ledger,
+    /// Commands received before a restart that never started: they run
+    /// once a poll is accepted, which shows the journal is this agent's
+    /// latest (a data directory restored from an older copy is refused as
+    /// a replay first, and its commands are then not run again: they may
+    /// have run since the copy was made).
+    held: Vec<Command>,
+    /// Results and job runs a poll carries at most: cut down while the
+    /// server refuses a poll as too large, so one bad item cannot block the
+    /// others for ever.
+    batch: usize,
     sched: Scheduler,
     epoch: Instant,
     current: Option<State>,
@@ -294,10 +304,6 @@ impl<E: Engine, T: Transport> Agent<E, T> {
         let engine = Arc::new(engine);
         let (exec, queue) = mpsc::unbounded_channel::<Command>();
         let (done, finished) = mpsc::unbounded_channel();
-        for c in rerun {
-            tracing::info!(command = c.id, action = %action_summary(&c.action), "a command received before the restart runs now");
-            let _ = exec.send(c);
-        }
         tokio::spawn(super::journal::work(engine.clone(), ledger.clone(), interrupted, queue, done));
         Ok(Self {
             engine,
@@ -307,6 +313,8 @@ impl<E: Engine, T: Transport> Agent<E, T> {
             counters,
             meta,
             ledger,
+            held: rerun,
+            batch: settings.results_per_poll,
             sched,
             epoch: Instant::now(),
             current: None,
@@ -414,7 +422,7 @@ impl<E: Engine, T: Transport> Agent<E, T> {
                 exit_code: run.exit_code,
                 output: String::from_utf8_lossy(&run.output).into_owned(),
                 truncated: run.truncated,
-                error: run.error,
+                error: clip(&run.error, MAX_ERROR),
             });
             // Offline for days with a frequent job: keep the newest runs
             // only, so the journal (rewritten on every change) stays bounded.
@@ -482,30 +490,25 @@ impl<E: Engine, T: Transport> Agent<E, T> {
         let out = self.sync.prepare(&current, due.snapshot && self.current.is_some());
         // Results ride in batches, bounded in count and in bytes (logs can be
         // large); the rest follow in the next poll.
-        let (results, job_runs, journal_seen) = self.ledger.read(|j| {
+        let batch = self.batch;
+        let (carried, job_runs, journal_seen) = self.ledger.read(|j| {
             let mut budget = RESULT_BYTES_PER_POLL;
-            let results: Vec<CommandResult> = j
+            let carried: Vec<StoredResult> = j
                 .results
                 .values()
-                .take(self.settings.results_per_poll)
+                .take(batch)
                 .take_while(|r| {
                     let size = r.output.len() + r.error.len() + 16;
                     let fits = size <= budget || budget == RESULT_BYTES_PER_POLL;
                     budget = budget.saturating_sub(size);
                     fits
                 })
-                .map(|r| CommandResult {
-                    id: r.id,
-                    status: status_of(&r.status),
-                    error: r.error.clone(),
-                    finished_at: r.finished_at,
-                    output: r.output.clone().into_bytes(),
-                    phase: r.phase.clone(),
-                })
+                .cloned()
                 .collect();
             let job_runs: Vec<poll::JobRun> = j
                 .job_runs
                 .iter()
+                .take(batch)
                 .take_while(|r| {
                     let size = r.output.len() + r.error.len() + 32;
                     let fits = size <= budget || budget == RESULT_BYTES_PER_POLL;
@@ -524,8 +527,19 @@ impl<E: Engine, T: Transport> Agent<E, T> {
                     error: r.error.clone(),
                 })
                 .collect();
-            (results, job_runs, j.seen)
+            (carried, job_runs, j.seen)
         });
+        let results: Vec<CommandResult> = carried
+            .iter()
+            .map(|r| CommandResult {
+                id: r.id,
+                status: status_of(&r.status),
+                error: r.error.clone(),
+                finished_at: r.finished_at,
+                output: r.output.clone().into_bytes(),
+                phase: r.phase.clone(),
+            })
+            .collect();
         let sent_intervals = (!self.intervals_reported).then(|| {
             let [ping, snapshot, command] = interval_array(self.sched.intervals());
             poll::Intervals { ping, snapshot, command }
@@ -567,7 +581,7 @@ impl<E: Engine, T: Transport> Agent<E, T> {
             Ok(Ok((status, bytes))) => match self.open(counter, &bytes) {
                 // A sealed refusal: it comes from our server, so it can be
                 // acted on.
-                Ok(PollReply { refused: Some(refused), .. }) => Err(self.refused(status, &refused)?),
+                Ok(PollReply { refused: Some(refused), .. }) => Err(self.refused(status, &refused, &carried)),
                 // Anything else is text for the log, and is never acted on:
                 // a machine in the middle (with EDGE_INSECURE_POLL=1) could
                 // have written it.
@@ -601,7 +615,12 @@ impl<E: Engine, T: Transport> Agent<E, T> {
                 tracing::warn!("{e}: the acknowledged state is not on disk");
             }
         }
-        let commands = self.take_reply(&reply)?;
+        self.batch = self.settings.results_per_poll;
+        for c in std::mem::take(&mut self.held) {
+            tracing::info!(command = c.id, action = %action_summary(&c.action), "a command received before the restart runs now");
+            let _ = self.exec.send(c);
+        }
+        let commands = self.take_reply(&reply, &carried)?;
         let new_intervals = reply.intervals.map(|i| Intervals::from_secs(i.ping, i.snapshot, i.command));
         let before = self.sched.intervals();
         self.sched.on_success(self.now(), asked, new_intervals);
@@ -640,7 +659,12 @@ impl<E: Engine, T: Transport> Agent<E, T> {
     /// behind it because the data directory was lost or restored from a
     /// backup, so the counter jumps above it (never down) and the next
     /// poll, after the usual backoff, goes through.
-    fn refused(&mut self, status: u16, refused: &Refused) -> Result<String, RunError> {
+    ///
+    /// A poll refused as too large, or as a bad body, carried `sent`: the
+    /// next polls carry fewer results and job runs, down to one, and a
+    /// single one the server still refuses is given up (a result becomes a
+    /// failure saying so), so one bad item cannot block the rest for ever.
+    fn refused(&mut self, status: u16, refused: &Refused, sent: &[StoredResult]) -> String {
         match refused.code {
             RefusalCode::Replay => {
                 let last = refused.last_counter;
@@ -648,28 +672,86 @@ impl<E: Engine, T: Transport> Agent<E, T> {
                 // a few blocks above the hint.
                 if last >= self.counters.next() && last < (i64::MAX as u64) / 2 {
                     tracing::warn!(
-                        "the server has seen counter {last} already (data directory lost?); jumping above it"
+                        "the server has seen counter {last} already (data directory lost or restored?); jumping \
+                         above it"
                     );
                     self.counters = CounterReservation::resume(last, self.settings.counter_block);
                     self.meta.counter_end = last;
-                    self.store.save_meta(&self.meta)?;
+                    if let Err(e) = self.store.save_meta(&self.meta) {
+                        tracing::warn!("{e}: the poll counter's reservation is not on disk");
+                    }
+                    self.abandon_held();
                 }
-                Ok(format!("refused: replayed poll, the server's last counter is {last} (this agent's was behind)"))
+                format!("refused: replayed poll, the server's last counter is {last} (this agent's was behind)")
             }
-            RefusalCode::BoundToAnother => Ok(format!(
+            RefusalCode::BoundToAnother => format!(
                 "refused: {} (another agent with this EDGE_KEY polls this environment; reset its binding on the \
                  server to move it here)",
                 refused.detail
-            )),
+            ),
             RefusalCode::AgentSecret => {
-                Ok("refused: the server requires AGENT_SECRET and this agent has none (set AGENT_SECRET as on the \
+                "refused: the server requires AGENT_SECRET and this agent has none (set AGENT_SECRET as on the \
                  server)"
-                    .to_owned())
+                    .to_owned()
             }
-            RefusalCode::BadBody | RefusalCode::TooLarge | RefusalCode::Other => {
-                Ok(format!("refused (HTTP {status}): {}", refused.detail))
+            RefusalCode::BadBody | RefusalCode::TooLarge => {
+                if self.batch > 1 {
+                    self.batch = (self.batch / 4).max(1);
+                } else {
+                    self.give_up_first(sent, &refused.detail);
+                }
+                format!("refused (HTTP {status}): {}", refused.detail)
             }
+            RefusalCode::Other => format!("refused (HTTP {status}): {}", refused.detail),
         }
+    }
+
+    /// The journal is older than the server's view of this agent (a data
+    /// directory restored from a copy): the commands it holds as received
+    /// and never started may have run since the copy; they are reported,
+    /// not run.
+    fn abandon_held(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let held = std::mem::take(&mut self.held);
+        let at = now_unix();
+        self.ledger.record(|j| {
+            for c in &held {
+                tracing::warn!(command = c.id, "the data directory is older than the server's view: not run again");
+                j.received.remove(&c.id);
+                j.results.insert(
+                    c.id,
+                    super::journal::stored(
+                        c.id,
+                        ResultStatus::Failed,
+                        "the agent's data directory was restored from an older copy; this command was not run \
+                         again (it may have run since the copy was made)",
+                        &[],
+                        "",
+                        at,
+                    ),
+                );
+            }
+        });
+    }
+
+    /// A poll of one result or job run that the server still refuses: the
+    /// item is given up, so the others go on.
+    fn give_up_first(&mut self, sent: &[StoredResult], why: &str) {
+        let at = now_unix();
+        self.ledger.record(|j| {
+            if let Some(first) = sent.first()
+                && j.results.get(&first.id) == Some(first)
+            {
+                tracing::error!(command = first.id, "the server refuses this result ({why}); reported as failed");
+                let error = format!("its result could not be sent: {why}");
+                j.results.insert(first.id, super::journal::stored(first.id, ResultStatus::Failed, &error, &[], "", at));
+            } else if !j.job_runs.is_empty() {
+                let r = j.job_runs.remove(0);
+                tracing::error!(job = r.job, run = r.run, "the server refuses this job run ({why}); dropped");
+            }
+        });
     }
 
     /// Applies a reply's results acknowledgement and new commands to the
@@ -677,13 +759,18 @@ impl<E: Engine, T: Transport> Agent<E, T> {
     /// the commands to the worker. Returns how many are new. When the
     /// journal cannot be written, none is taken: the server sends them
     /// again, since this agent does not confirm them.
-    fn take_reply(&mut self, reply: &PollReply) -> Result<usize, RunError> {
+    fn take_reply(&mut self, reply: &PollReply, sent: &[StoredResult]) -> Result<usize, RunError> {
         if !reply.results_acked.is_empty() || !reply.job_runs_acked.is_empty() {
             self.ledger.record(|j| {
                 for id in &reply.results_acked {
-                    // A progress result acknowledged while its command still
-                    // runs: the final one replaces it later.
-                    j.results.remove(id);
+                    // Only what this poll carried: the worker may have put
+                    // a command's final result over the progress result the
+                    // server acknowledges, and that one is still to send.
+                    if let Some(s) = sent.iter().find(|s| s.id == *id)
+                        && j.results.get(id) == Some(s)
+                    {
+                        j.results.remove(id);
+                    }
                 }
                 j.job_runs.retain(|r| !reply.job_runs_acked.contains(&(r.job, r.run)));
             });
@@ -759,16 +846,15 @@ fn action_summary(action: &Action) -> String {
 const MAX_PENDING_JOB_RUNS: usize = 200;
 
 /// A refusal's meaning, for the log.
+/// Unauthenticated: anything on the way could have written it, so it is
+/// quoted (no line breaks or escapes of its own reach the log).
 fn refusal(status: u16, body: &[u8]) -> String {
     let text = String::from_utf8_lossy(&body[..body.len().min(300)]).trim().to_owned();
     match status {
         401 => "the server does not accept this agent's EDGE_KEY (a wrong or deleted environment, or an \
                 AGENT_SECRET that does not match the server's)"
             .to_owned(),
-        403 => format!("refused: {text}"),
-        426 => format!("refused: {text}"),
-        409 => format!("refused: {text}"),
-        s => format!("HTTP {s}: {text}"),
+        s => format!("HTTP {s}: {text:?}"),
     }
 }
 
@@ -838,6 +924,8 @@ mod tests {
         lose_replies: u32,
         /// Answered instead of the next poll, as a machine in the middle would.
         forged_reply: Option<(u16, Bytes)>,
+        /// A poll carrying this command's `ok` result is refused as too large.
+        poison: Option<u64>,
     }
 
     #[derive(Clone)]
@@ -866,6 +954,12 @@ mod tests {
             s.last_counter = env.counter;
             let mut codec = Codec::new(Limits::default()).unwrap();
             let req = PollRequest::decode(&codec.decode(env.body).unwrap()).unwrap();
+            if req.results.iter().any(|r| Some(r.id) == s.poison && r.status == ResultStatus::Ok) {
+                let refused = Refused { code: RefusalCode::TooLarge, last_counter: 0, detail: "too big".into() };
+                let reply = PollReply { refused: Some(refused), ..PollReply::default() };
+                let body = codec.encode(&reply.encode()).unwrap();
+                return Ok((413, Bytes::from(crate::auth::seal_reply(env.counter, &s.key, &body))));
+            }
             let at = s.epoch.elapsed();
             s.log.push((at, req.clone()));
             let mut reply = PollReply::default();
@@ -941,6 +1035,7 @@ mod tests {
                 epoch: Instant::now(),
                 lose_replies: 0,
                 forged_reply: None,
+                poison: None,
             }));
             Self { engine, server, changed: Arc::new(AtomicBool::new(false)), dir: dir(name) }
         }
@@ -1192,6 +1287,74 @@ mod tests {
         agent.run(tokio::time::sleep(S(185))).await.unwrap();
         let times: Vec<u64> = rig.log().iter().map(|(t, _)| t.as_secs()).collect();
         assert_eq!(times, vec![0, 60, 120, 180], "one poll a minute, as when the engine is up");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_result_the_server_refuses_does_not_block_the_others() {
+        let rig = Rig::new("poison");
+        let mut agent = rig.agent();
+        run_for(&mut agent, S(1)).await;
+        {
+            let mut s = rig.server.lock().unwrap();
+            s.queue =
+                (1..=3).map(|id| Command { id, action: Action::Container(ContainerOp::Stop, Id([1; 32])) }).collect();
+            s.poison = Some(2);
+        }
+        run_for(&mut agent, S(600)).await;
+        let s = rig.server.lock().unwrap();
+        let mut got = s.results.clone();
+        got.sort_by_key(|r| r.id);
+        assert_eq!(
+            got.iter().map(|r| (r.id, r.status)).collect::<Vec<_>>(),
+            [(1, ResultStatus::Ok), (2, ResultStatus::Failed), (3, ResultStatus::Ok)]
+        );
+        assert!(got[1].error.contains("could not be sent: too big"), "{:?}", got[1]);
+        assert!(agent.ledger.read(|j| j.results.is_empty()));
+    }
+
+    #[test]
+    fn an_acknowledgement_drops_only_the_result_the_poll_carried() {
+        // The poll carried command 5's progress; while it was on its way the
+        // worker put the final result over it. The server acknowledges 5:
+        // the final result stays, to be sent.
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+        rt.block_on(async {
+            let rig = Rig::new("ackrace");
+            let mut agent = rig.agent();
+            let progress = super::super::journal::stored(5, ResultStatus::Progress, "", &[], "deploying", 1);
+            let done = super::super::journal::stored(5, ResultStatus::Ok, "", &[], "", 2);
+            agent.ledger.record(|j| j.results.insert(5, done.clone()));
+            let reply = PollReply { results_acked: vec![5], ..PollReply::default() };
+            agent.take_reply(&reply, std::slice::from_ref(&progress)).unwrap();
+            assert_eq!(agent.ledger.read(|j| j.results.get(&5).cloned()), Some(done.clone()));
+            agent.take_reply(&reply, &[done]).unwrap();
+            assert!(agent.ledger.read(|j| j.results.is_empty()));
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_data_directory_restored_from_an_older_copy_runs_none_of_its_waiting_commands() {
+        // The copy holds command 4 as received and never started; it may have
+        // run since. The server's counter is ahead of the copy's.
+        let rig = Rig::new("restored");
+        {
+            let agent = rig.agent();
+            agent
+                .ledger
+                .commit(|j| {
+                    j.seen = 4;
+                    j.received
+                        .insert(4, super::super::journal::waiting(&Action::Container(ContainerOp::Stop, Id([1; 32]))));
+                })
+                .unwrap();
+        }
+        rig.server.lock().unwrap().last_counter = 10_000;
+        let mut agent = rig.agent();
+        run_for(&mut agent, S(30)).await;
+        assert!(rig.engine.ran.lock().unwrap().is_empty(), "not run again");
+        let s = rig.server.lock().unwrap();
+        assert_eq!((s.results.len(), s.results[0].id, s.results[0].status), (1, 4, ResultStatus::Failed));
+        assert!(s.results[0].error.contains("restored from an older copy"), "{:?}", s.results[0]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -39,21 +39,31 @@ pub struct AppState {
     limits: Limits,
     /// Poll bodies decoded at once: decoding is CPU work, and a body may
     /// decode to 16 MiB, so this bounds both.
-    decoding: tokio::sync::Semaphore,
-    /// Request body bytes the server holds at once, over every request
-    /// (see [`MAX_BODY_BYTES_IN_FLIGHT`]).
-    bodies: tokio::sync::Semaphore,
+    decoding: Arc<tokio::sync::Semaphore>,
+    /// Poll body bytes the server holds at once (see
+    /// [`MAX_BODY_BYTES_IN_FLIGHT`]).
+    poll_bodies: Arc<tokio::sync::Semaphore>,
+    /// API and UI body bytes held at once, apart from polls' (see
+    /// [`MAX_API_BODY_BYTES_IN_FLIGHT`]), so no API client can keep an
+    /// agent's poll waiting.
+    api_bodies: Arc<tokio::sync::Semaphore>,
     /// The certificate fingerprint join tokens carry.
     pub fingerprint: [u8; 32],
     /// Failed logins, counted in memory (see [`super::api::access`]).
     pub logins: super::api::access::LoginLimiter,
 }
 
-/// Request body bytes held at once over all requests: a poll's body is
-/// read only once its header is authenticated, and only when its bytes
-/// fit here (else 503 with `Retry-After`); API bodies likewise by their
-/// `Content-Length`. 64 MiB: sixteen of the largest poll bodies at once.
+/// Poll body bytes held at once over all polls: a poll's body is read only
+/// once its header is authenticated, and only when its bytes fit here
+/// (else 503 with `Retry-After`). 64 MiB: sixteen of the largest poll
+/// bodies at once.
 pub const MAX_BODY_BYTES_IN_FLIGHT: usize = 64 << 20;
+
+/// API and UI body bytes held at once, counted by `Content-Length` for a
+/// body over [`READ_BUFFER`] (smaller ones are bounded by the connection
+/// count, as what hyper reads ahead is), once the caller is authenticated
+/// (the only routes open to anyone, the logins, take 4 to 16 KiB).
+pub const MAX_API_BODY_BYTES_IN_FLIGHT: usize = 32 << 20;
 
 /// How long a request waits for room under [`MAX_BODY_BYTES_IN_FLIGHT`]
 /// before it is answered 503.
@@ -79,8 +89,9 @@ impl AppState {
             store: Mutex::new(store),
             codecs: Mutex::new(vec![Codec::new(limits)?]),
             limits,
-            decoding: tokio::sync::Semaphore::new(CONCURRENT_DECODES),
-            bodies: tokio::sync::Semaphore::new(MAX_BODY_BYTES_IN_FLIGHT),
+            decoding: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_DECODES)),
+            poll_bodies: Arc::new(tokio::sync::Semaphore::new(MAX_BODY_BYTES_IN_FLIGHT)),
+            api_bodies: Arc::new(tokio::sync::Semaphore::new(MAX_API_BODY_BYTES_IN_FLIGHT)),
             fingerprint,
             logins: super::api::access::LoginLimiter::default(),
         }))
@@ -107,11 +118,16 @@ impl AppState {
         Ok(out)
     }
 
-    /// Waits (at most [`BODY_WAIT`]) for room for `bytes` of request body.
-    async fn body_room(&self, bytes: usize) -> Option<tokio::sync::SemaphorePermit<'_>> {
-        let n = u32::try_from(bytes.max(1)).ok()?;
-        tokio::time::timeout(BODY_WAIT, self.bodies.acquire_many(n)).await.ok()?.ok()
+    /// Waits (at most [`BODY_WAIT`]) for room for `bytes` of poll body.
+    async fn poll_room(&self, bytes: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        room(&self.poll_bodies, bytes).await
     }
+}
+
+/// Waits (at most [`BODY_WAIT`]) for room for `bytes` under `budget`.
+async fn room(budget: &Arc<tokio::sync::Semaphore>, bytes: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let n = u32::try_from(bytes.max(1)).ok()?;
+    tokio::time::timeout(BODY_WAIT, budget.clone().acquire_many_owned(n)).await.ok()?.ok()
 }
 
 /// Seconds since the Unix epoch.
@@ -157,13 +173,27 @@ async fn read_to(body: &mut Body, buf: &mut Vec<u8>, want: usize) -> Result<(), 
     Ok(())
 }
 
+/// How long a poll's header (its first bytes) may take to arrive: a client
+/// dribbling it holds a connection that cannot be evicted while it waits.
+pub const HEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What became of a poll's body, in the blocking task that decodes and
+/// applies it.
+enum Applied {
+    Reply(crate::wire::poll::PollReply),
+    Refused(Refusal),
+    /// Not the body its header was sealed with: its counter was burnt.
+    BodyMac,
+}
+
 /// The poll endpoint. A poll is read in two steps: its header (at most
-/// [`crate::auth::MAX_REQUEST_HEADER`] bytes) is authenticated against the
-/// environment it names before a byte more is read, so a client without
-/// the environment's key cannot make the server hold a body; then the body,
-/// within [`MAX_BODY_BYTES_IN_FLIGHT`]. It is checked and decoded outside
-/// the store's lock, applied in one transaction, and the reply compressed
-/// outside the lock again.
+/// [`crate::auth::MAX_REQUEST_HEADER`] bytes, within [`HEADER_WAIT`]) is
+/// authenticated against the environment it names before a byte more is
+/// read, so a client without the environment's key cannot make the server
+/// hold a body; a replayed counter is refused there too. Then the body,
+/// within [`MAX_BODY_BYTES_IN_FLIGHT`] of poll bodies. It is checked and
+/// decoded outside the store's lock, applied in one transaction, and the
+/// reply compressed outside the lock again.
 async fn poll_handler(
     State(state): State<Arc<AppState>>,
     meter: Option<axum::Extension<Arc<crate::meter::ConnMeter>>>,
@@ -195,8 +225,11 @@ async fn poll_handler(
     }
     let mut body = request.into_body();
     let mut buf = Vec::with_capacity(crate::auth::MAX_REQUEST_HEADER);
-    if let Err(r) = read_to(&mut body, &mut buf, len.min(crate::auth::MAX_REQUEST_HEADER)).await {
-        return r;
+    let want = len.min(crate::auth::MAX_REQUEST_HEADER);
+    match tokio::time::timeout(HEADER_WAIT, read_to(&mut body, &mut buf, want)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(r)) => return r,
+        Err(_) => return status(StatusCode::REQUEST_TIMEOUT, "the poll's header came too slowly"),
     }
     let Ok((header, header_len)) = crate::auth::RequestHeader::parse(&buf) else {
         charge(None, None).await;
@@ -218,6 +251,9 @@ async fn poll_handler(
     let refuse = |e: Refusal| {
         let (state, auth) = (state.clone(), auth.clone());
         async move {
+            if let Refusal::Store(e) = &e {
+                tracing::error!("poll: {e}");
+            }
             let sealed = blocking(move || state.with_codec(|c| poll::seal_refusal(&auth, c, &e).map(|b| (b, e))))
                 .await
                 .ok()
@@ -237,48 +273,45 @@ async fn poll_handler(
         charge(Some(environment), None).await;
         return refuse(e).await;
     }
-    let Some(_room) = state.body_room(body_len).await else {
+    let Some(room) = state.poll_room(body_len).await else {
         return busy();
     };
     if let Err(r) = read_to(&mut body, &mut buf, len).await {
         return r;
     }
     drop(body);
-    // Held until the poll is applied, with its body's room: at most two
-    // decoded polls (up to 16 MiB each) exist at once, one of them in the
-    // store, the other waiting for it.
-    let Ok(_decoding) = state.decoding.acquire().await else { return busy() };
+    // The permits go into the blocking task: they are held until the poll
+    // is applied even if this request is dropped meanwhile (a timeout, a
+    // client gone), so at most two decoded polls (up to 16 MiB each) exist
+    // at once, one in the store, the other waiting for it.
+    let Ok(decoding) = state.decoding.clone().acquire_owned().await else { return busy() };
     let (shared, a) = (state.clone(), auth.clone());
-    let opened = blocking(move || {
-        let opened = shared.with_codec(|c| poll::open(&a, c, &buf[header_len..]));
-        (opened, buf)
+    let applied = blocking(move || {
+        let _held = (room, decoding);
+        let applied = match shared.with_codec(|c| poll::open(&a, c, &buf[header_len..])) {
+            Err(e) => Applied::Refused(Refusal::BadBody(e.to_string())),
+            Ok(Err(Refusal::BodyMac)) => {
+                if let Err(e) = shared.with_store(|s| poll::burn(s, &a)) {
+                    tracing::error!("poll: {e}");
+                }
+                Applied::BodyMac
+            }
+            Ok(Err(e)) => Applied::Refused(e),
+            Ok(Ok(request)) => match shared.with_store(|s| poll::apply(s, &a, &request, now())) {
+                Ok(reply) => Applied::Reply(reply),
+                Err(e) => Applied::Refused(e),
+            },
+        };
+        (applied, buf.len())
     })
     .await;
-    let (request, buf) = match opened {
-        Ok((Ok(Ok(request)), buf)) => (request, buf),
-        Ok((Ok(Err(Refusal::BodyMac)), _)) => {
-            // Not the body its header was sealed with: the counter is used up.
-            let (shared, a) = (state.clone(), auth.clone());
-            let _ = blocking(move || shared.with_store(|s| poll::burn(s, &a))).await;
+    let (reply, up) = match applied {
+        Ok((Applied::Reply(reply), up)) => (reply, up),
+        Ok((Applied::BodyMac, _)) => {
             charge(None, None).await;
             return status(StatusCode::UNAUTHORIZED, "");
         }
-        Ok((Ok(Err(e)), _)) => {
-            charge(Some(environment), None).await;
-            return refuse(e).await;
-        }
-        Ok((Err(e), _)) => {
-            tracing::error!("poll: no codec: {e}");
-            return status(StatusCode::INTERNAL_SERVER_ERROR, "");
-        }
-        Err(r) => return r,
-    };
-    let (shared, a) = (state.clone(), auth.clone());
-    let applied = blocking(move || shared.with_store(|s| poll::apply(s, &a, &request, now()))).await;
-    drop((_decoding, _room));
-    let reply = match applied {
-        Ok(Ok(reply)) => reply,
-        Ok(Err(e)) => {
+        Ok((Applied::Refused(e), _)) => {
             charge(Some(environment), None).await;
             return refuse(e).await;
         }
@@ -287,7 +320,7 @@ async fn poll_handler(
     let (shared, a) = (state.clone(), auth.clone());
     match blocking(move || shared.with_codec(|c| poll::seal(&a, c, &reply))).await {
         Ok(Ok(Ok(wire))) => {
-            charge(Some(environment), Some((buf.len(), wire.len()))).await;
+            charge(Some(environment), Some((up, wire.len()))).await;
             Response::new(Body::from(wire))
         }
         Ok(Ok(Err(e))) => {
@@ -344,15 +377,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(OLD_POLL_PATH, post(old_poll))
         // The API's JSON goes gzip'd to a client that asks (a browser; the
         // CLI and the agents do not ask, and the poll endpoint is outside).
-        .merge(
-            super::api::routes(state.clone())
-                .layer(tower_http::compression::CompressionLayer::new())
-                .layer(axum::middleware::from_fn_with_state(state.clone(), body_budget)),
-        )
-        .merge(
-            super::ui::routes(super::api::routes(state.clone()).with_state(state.clone()))
-                .layer(axum::middleware::from_fn_with_state(state.clone(), body_budget)),
-        )
+        .merge(super::api::routes(state.clone()).layer(tower_http::compression::CompressionLayer::new()))
+        .merge(super::ui::routes(super::api::routes(state.clone()).with_state(state.clone()), state.clone()))
         .fallback(super::api::not_found)
         .method_not_allowed_fallback(super::api::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
@@ -360,14 +386,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Holds a request's body bytes (its `Content-Length`, or the most a body
-/// may be) under [`MAX_BODY_BYTES_IN_FLIGHT`] while the request runs: 503
-/// when there is no room within [`BODY_WAIT`].
-async fn body_budget(
+/// Holds an API or UI request's body bytes under
+/// [`MAX_API_BODY_BYTES_IN_FLIGHT`] while the request runs: its
+/// `Content-Length`, or the most a body may be when it has none; bodies of
+/// at most [`READ_BUFFER`] are not counted. 503 when there is no room
+/// within [`BODY_WAIT`]. A route layer inside the API's credential check
+/// (and before the UI's handlers, which check the session before reading a
+/// body), so a stranger's body is never held against it.
+pub async fn body_budget(
     State(state): State<Arc<AppState>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response<Body> {
+    let most = state.limits.max_encoded + 64;
     let declared = request
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
@@ -375,13 +406,13 @@ async fn body_budget(
         .and_then(|v| v.parse::<usize>().ok());
     let bytes = match (request.method(), declared) {
         (&axum::http::Method::GET | &axum::http::Method::HEAD, None) => 0,
-        (_, Some(n)) => n.min(state.limits.max_encoded + 64),
-        (_, None) => state.limits.max_encoded + 64,
+        (_, Some(n)) => n.min(most),
+        (_, None) => most,
     };
-    if bytes == 0 {
+    if bytes <= READ_BUFFER {
         return next.run(request).await;
     }
-    let Some(_room) = state.body_room(bytes).await else { return busy() };
+    let Some(_room) = room(&state.api_bodies, bytes).await else { return busy() };
     next.run(request).await
 }
 

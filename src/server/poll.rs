@@ -97,18 +97,31 @@ pub struct Authenticated {
     /// The key the request was sealed with, and its reply is.
     key: Secret,
     header: RequestHeader,
-    /// The counter was not above the last accepted one: still authentic,
-    /// so the body is read to tell a second agent from a replay.
-    replayed: bool,
+    /// A refusal the header alone decides: its body is never read.
+    early: Option<Early>,
+}
+
+/// See [`Authenticated::early_refusal`].
+#[derive(Debug, Clone, Copy)]
+enum Early {
+    /// The counter is not above this last accepted one: a replay, or an
+    /// agent whose counter is behind (it jumps, then polls again, and a
+    /// second agent is then told it is one).
+    Replay(u64),
     /// Sealed with the environment's secret alone while the server
-    /// requires an AGENT_SECRET: refused as soon as the header is read.
-    missing_agent_secret: bool,
+    /// requires an AGENT_SECRET.
+    AgentSecret,
 }
 
 impl Authenticated {
-    /// A refusal decided by the header alone (a missing AGENT_SECRET).
+    /// A refusal decided by the header alone, before any of the body is
+    /// read: a replayed counter, a missing AGENT_SECRET. Sealed like any
+    /// reply (see [`seal_refusal`]), so the agent can act on it.
     pub fn early_refusal(&self) -> Option<Refusal> {
-        self.missing_agent_secret.then_some(Refusal::AgentSecret)
+        self.early.map(|e| match e {
+            Early::Replay(last) => Refusal::Replay(last),
+            Early::AgentSecret => Refusal::AgentSecret,
+        })
     }
 }
 
@@ -125,28 +138,39 @@ pub fn authenticate(store: &Store, header: &RequestHeader, body_len: usize) -> R
         Err(StoreError::NotFound(_)) => return Err(Refusal::Unauthenticated),
         Err(e) => return Err(e.into()),
     };
-    let agent_secret = store.agent_secret()?;
-    let key = env.secret.with_agent_secret(agent_secret.as_deref());
-    let authenticated = |key, replayed, missing_agent_secret| Authenticated {
-        environment: env.id,
+    authenticate_with(header, body_len, &env.secret, env.last_counter, store.agent_secret()?.as_deref())
+}
+
+/// [`authenticate`] against an environment's secret and last accepted
+/// counter, and the server's AGENT_SECRET, as looked up. No I/O.
+///
+/// # Errors
+/// [`Refusal::Unauthenticated`] for a header sealed with another key.
+pub fn authenticate_with(
+    header: &RequestHeader,
+    body_len: usize,
+    secret: &Secret,
+    last_counter: u64,
+    agent_secret: Option<&str>,
+) -> Result<Authenticated, Refusal> {
+    let key = secret.with_agent_secret(agent_secret);
+    let authenticated = |key, early| Authenticated {
+        environment: header.environment,
         counter: header.counter,
         key,
         header: header.clone(),
-        replayed,
-        missing_agent_secret,
+        early,
     };
-    match header.verify(&key, body_len, env.last_counter) {
-        Ok(()) => Ok(authenticated(key, false, false)),
-        // Authentic but not new: the body tells a second agent (another
-        // EDGE_ID) from a replay.
-        Err(AuthError::Replay { .. }) => Ok(authenticated(key, true, false)),
+    match header.verify(&key, body_len, last_counter) {
+        Ok(()) => Ok(authenticated(key, None)),
+        Err(AuthError::Replay { last, .. }) => Ok(authenticated(key, Some(Early::Replay(last)))),
         // The right environment secret without the server's AGENT_SECRET
         // mixed in (a replayed counter proves the secret just as well).
         Err(_)
-            if agent_secret.is_some()
-                && header.verify(&env.secret, body_len, env.last_counter) != Err(AuthError::BadMac) =>
+            if agent_secret.is_some_and(|s| !s.is_empty())
+                && header.verify(secret, body_len, last_counter) != Err(AuthError::BadMac) =>
         {
-            Ok(authenticated(env.secret.clone(), false, true))
+            Ok(authenticated(secret.clone(), Some(Early::AgentSecret)))
         }
         Err(_) => Err(Refusal::Unauthenticated),
     }
@@ -170,9 +194,6 @@ pub fn open(auth: &Authenticated, codec: &mut Codec, body: &[u8]) -> Result<Poll
 /// # Errors
 /// When the database fails.
 pub fn burn(store: &Store, auth: &Authenticated) -> Result<(), StoreError> {
-    if auth.replayed {
-        return Ok(());
-    }
     store.burn_counter(auth.environment, auth.counter)
 }
 
@@ -185,7 +206,9 @@ pub fn apply(store: &Store, auth: &Authenticated, request: &PollRequest, now: i6
     let tx = store.tx()?;
     let env_id = auth.environment;
     let edge_id = request.agent.as_ref().map(|a| a.edge_id.as_str());
-    if auth.replayed || !store.accept_poll(env_id, auth.counter, edge_id, now)? {
+    // Not accepted: another agent is bound, or a poll with a higher
+    // counter got in since this one's header was checked.
+    if !store.accept_poll(env_id, auth.counter, edge_id, now)? {
         let now_env = store.environment(env_id)?;
         let another = matches!((&now_env.edge_id, edge_id), (Some(bound), Some(named)) if bound != named);
         return Err(if another {
@@ -428,6 +451,28 @@ mod tests {
         let bad = seal_request(other.env, 60, &other.key, b"\x01\x00\xff\xff");
         assert!(matches!(handle(&store, &mut codec, &bad, 5), Err(Refusal::BadBody(_))));
         assert_eq!(store.environment(other.env).unwrap().last_counter, 1, "nothing changed");
+    }
+
+    #[test]
+    fn a_body_that_does_not_match_its_header_burns_the_counter_and_a_replay_is_refused_unread() {
+        let (store, mut codec, mut agent) = setup();
+        agent.poll(&store, &mut codec, &State::default()).unwrap();
+        let body = codec.encode(&PollRequest::default().encode()).unwrap();
+        let genuine = seal_request(agent.env, 2, &agent.key, &body);
+        // A machine in the middle swaps the body under the genuine header.
+        let mut forged = genuine.clone();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        assert!(matches!(handle(&store, &mut codec, &forged, 5), Err(Refusal::Unauthenticated)));
+        assert_eq!(store.environment(agent.env).unwrap().last_counter, 2, "its counter is used up");
+        // So the genuine poll with that header is a replay now: one try per
+        // genuine poll. A replay is refused by its header: a body that
+        // would not even decode is not looked at.
+        assert!(matches!(handle(&store, &mut codec, &genuine, 5), Err(Refusal::Replay(2))));
+        let garbage = seal_request(agent.env, 1, &agent.key, b"\xff\xff not a body");
+        assert!(matches!(handle(&store, &mut codec, &garbage, 5), Err(Refusal::Replay(2))));
+        let next = seal_request(agent.env, 3, &agent.key, &body);
+        assert!(handle(&store, &mut codec, &next, 5).is_ok(), "the agent's next poll goes through");
     }
 
     #[test]

@@ -44,6 +44,11 @@ pub mod limits {
     /// Objects added, changed or removed in one delta (a first snapshot of
     /// a host with thousands of containers and images fits).
     pub const DELTA_OBJECTS: usize = 65_536;
+    /// Fields of those objects, each entry of a list counted (a container's
+    /// variables, labels, ports, mounts): a container with five million
+    /// empty variables fits 16 MiB but not this. 40 containers come to
+    /// about 2,000.
+    pub const DELTA_FIELDS: usize = 1_048_576;
 }
 
 /// Counts what an encoded `PollRequest` holds against [`limits`] without
@@ -57,6 +62,16 @@ pub fn check_limits(bytes: &[u8]) -> Result<(), PollError> {
     let bad = |e: super::fields::FieldError| PollError::Decode(e.to_string());
     let too_large = |what: String| Err(PollError::TooLarge(what));
     let (mut results, mut job_runs, mut objects, mut result_bytes) = (0usize, 0usize, 0usize, 0usize);
+    let mut fields = 0usize;
+    // The fields of one object (its records; a packed list's entries).
+    let count_fields = |object: &[u8]| -> Result<usize, PollError> {
+        let mut n = 0;
+        for r in records(object) {
+            r.map_err(bad)?;
+            n += 1;
+        }
+        Ok(n)
+    };
     // Output and error sizes of one result (fields 5 and 3) or job run (7 and 9).
     let mut sizes = |record: &[u8], output: u32, error: u32| -> Result<(), PollError> {
         for r in records(record) {
@@ -95,11 +110,27 @@ pub fn check_limits(bytes: &[u8]) -> Result<(), PollError> {
                     }
                     for entry in records(kind) {
                         let (field, entry) = entry.map_err(bad)?;
-                        objects += match field {
-                            1 => entry.iter().filter(|b| *b & 0x80 == 0).count(),
-                            2 | 3 => 1,
-                            _ => 0,
-                        };
+                        match field {
+                            1 => objects += entry.iter().filter(|b| *b & 0x80 == 0).count(),
+                            // A patch: its `set` (2) is an object's fields,
+                            // its `cleared` (3) field numbers.
+                            2 => {
+                                objects += 1;
+                                for part in records(entry) {
+                                    let (n, part) = part.map_err(bad)?;
+                                    fields += match n {
+                                        2 => count_fields(part)?,
+                                        3 => part.iter().filter(|b| *b & 0x80 == 0).count(),
+                                        _ => 1,
+                                    };
+                                }
+                            }
+                            3 => {
+                                objects += 1;
+                                fields += count_fields(entry)?;
+                            }
+                            _ => {}
+                        }
                     }
                 }
             }
@@ -117,6 +148,9 @@ pub fn check_limits(bytes: &[u8]) -> Result<(), PollError> {
     }
     if objects > limits::DELTA_OBJECTS {
         return too_large(format!("{objects} objects in the delta (at most {})", limits::DELTA_OBJECTS));
+    }
+    if fields > limits::DELTA_FIELDS {
+        return too_large(format!("{fields} fields in the delta's objects (at most {})", limits::DELTA_FIELDS));
     }
     Ok(())
 }
@@ -757,6 +791,13 @@ mod tests {
         let req = pb::PollRequest { delta: Some(delta), ..Default::default() };
         let e = PollRequest::decode(&req.encode_to_vec()).unwrap_err();
         assert!(matches!(&e, PollError::TooLarge(t) if t.contains("65537 objects")), "{e}");
+        // One added container with two million empty variables.
+        let container = [0x82u8, 0x01, 0x00].repeat(2_000_000);
+        let kind = pb::KindDelta { added: vec![container], ..Default::default() };
+        let delta = pb::Delta { containers: Some(kind), ..Default::default() };
+        let req = pb::PollRequest { delta: Some(delta), ..Default::default() };
+        let e = PollRequest::decode(&req.encode_to_vec()).unwrap_err();
+        assert!(matches!(&e, PollError::TooLarge(t) if t.contains("2000000 fields")), "{e}");
         // Oversized output or error text in one result.
         let big = |output: usize, error: usize| PollRequest {
             results: vec![CommandResult {

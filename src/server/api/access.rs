@@ -36,10 +36,11 @@
 //! within [`FAILURE_WINDOW`]; past that, a login from that address answers
 //! 429 with `Retry-After` without looking at the password. Past
 //! [`MAX_FAILURES_OVERALL`] over all clients, the server slows down, and
-//! turns no one away: an attempt from an address that has failed in the
-//! window waits [`OVERLOAD_DELAY`] before its password is checked, while
-//! an address with no failure (the admin at their desk) is checked at
-//! once. (A server-wide refusal would let anyone lock the admin out: twelve
+//! turns no one away: attempts from addresses that have failed in the
+//! window go one at a time through one lane, each waiting
+//! [`OVERLOAD_DELAY`] before its password is checked (one guess every 2 s
+//! over the server), while an address with no failure (the admin at their
+//! desk) is checked at once. (A server-wide refusal would let anyone lock the admin out: twelve
 //! addresses with five wrong tries each used to do it for 15 minutes.) An
 //! attempt counts as failed from the moment it starts until
 //! its password is found right, so parallel guesses cannot overrun the
@@ -157,6 +158,11 @@ pub enum Caller {
 pub struct LoginLimiter {
     failures: Mutex<Failures>,
     verifying: tokio::sync::Semaphore,
+    /// While failures overall are past [`MAX_FAILURES_OVERALL`], tries from
+    /// addresses that failed go through here one at a time, each waiting
+    /// [`OVERLOAD_DELAY`]: one guess every 2 s over the whole server,
+    /// however many addresses make them.
+    slow_lane: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -181,7 +187,11 @@ fn client_key(ip: Option<IpAddr>) -> IpAddr {
 
 impl Default for LoginLimiter {
     fn default() -> Self {
-        Self { failures: Mutex::default(), verifying: tokio::sync::Semaphore::new(CONCURRENT_VERIFICATIONS) }
+        Self {
+            failures: Mutex::default(),
+            verifying: tokio::sync::Semaphore::new(CONCURRENT_VERIFICATIONS),
+            slow_lane: tokio::sync::Mutex::new(()),
+        }
     }
 }
 
@@ -216,6 +226,18 @@ impl LoginLimiter {
         f.overall.push_back(now);
         f.per_client.entry(client).or_default().push_back(now);
         Ok(Attempt { client, at: now, delay })
+    }
+
+    /// Waits out an attempt's delay in the slow lane (see
+    /// [`Attempt::delay`]); the lane is held until the guard is dropped,
+    /// after the password is checked.
+    pub async fn wait(&self, attempt: &Attempt) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        if attempt.delay.is_zero() {
+            return None;
+        }
+        let lane = self.slow_lane.lock().await;
+        tokio::time::sleep(attempt.delay).await;
+        Some(lane)
     }
 
     /// The attempt's password was right: its client's failures are
@@ -535,9 +557,7 @@ pub async fn login(
     ApiJson(req): ApiJson<Login>,
 ) -> Result<Response, Response> {
     let attempt = state.logins.begin(ip, Instant::now()).map_err(too_many)?;
-    if !attempt.delay.is_zero() {
-        tokio::time::sleep(attempt.delay).await;
-    }
+    let _lane = state.logins.wait(&attempt).await;
     let name = req.username.clone();
     let user = with_store(&state, move |store| Ok(store.user(&name)?)).await.map_err(IntoResponse::into_response)?;
     let right = check_password(&state, user.as_ref().map(|u| u.password_hash.clone()), req.password)
@@ -621,9 +641,7 @@ pub async fn change_password(
     .map_err(IntoResponse::into_response)?
     .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such user").into_response())?;
     let attempt = state.logins.begin(ip, Instant::now()).map_err(too_many)?;
-    if !attempt.delay.is_zero() {
-        tokio::time::sleep(attempt.delay).await;
-    }
+    let _lane = state.logins.wait(&attempt).await;
     if !check_password(&state, Some(user.password_hash.clone()), req.current)
         .await
         .map_err(IntoResponse::into_response)?

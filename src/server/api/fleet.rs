@@ -1031,9 +1031,14 @@ pub async fn rotate_secret(
 ) -> Result<Json<CreatedEnvironment>, ApiError> {
     let secret = new_secret()?;
     let fingerprint = state.fingerprint;
+    // One transaction: when no deploy command can be made (no URL), the
+    // old secret stays, rather than a dead token and no new one.
     let created = with_store(&state, move |store| {
+        let tx = store.tx()?;
         store.rotate_secret(id, &secret)?;
-        deploy_of(store, id, fingerprint)
+        let created = deploy_of(store, id, fingerprint)?;
+        tx.commit()?;
+        Ok(created)
     })
     .await?;
     tracing::warn!("environment {id}: secret rotated by an operator; its agent needs the new EDGE_KEY");

@@ -185,6 +185,9 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .merge(stacks::routes())
         .merge(jobs::routes())
         .merge(access::routes())
+        // Inside the credential check (a route layer added later runs
+        // first): only an authenticated caller's body is counted.
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::server::http::body_budget))
         .route_layer(axum::middleware::from_fn_with_state(state, access::require_auth))
         // Open to anyone: login (rate-limited). Never add a route below.
         .merge(access::public_routes())

@@ -98,10 +98,11 @@ fn js_path() -> &'static str {
 
 /// The UI's routes. `api` is the API router (with its state) the pages
 /// call in process.
-pub fn routes(api: Router) -> Router<Arc<AppState>> {
+pub fn routes(api: Router, state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .route("/", get(|| async { Redirect::to("/environments") }))
-        .route("/login", get(login_page).post(login_submit))
+        // Open to anyone: its body is small (a name, a password, a token).
+        .route("/login", get(login_page).post(login_submit).layer(axum::extract::DefaultBodyLimit::max(16 * 1024)))
         .route("/logout", post(logout))
         .route("/static/{name}", get(asset))
         // Browsers ask for it on every page: an empty answer they keep,
@@ -118,6 +119,9 @@ pub fn routes(api: Router) -> Router<Arc<AppState>> {
         .merge(stacks::routes())
         .merge(jobs::routes())
         .merge(settings::routes())
+        // Every handler checks the session before it reads a body, so a
+        // stranger's request is answered (and its room given back) at once.
+        .route_layer(axum::middleware::from_fn_with_state(state, crate::server::http::body_budget))
         .layer(axum::Extension(UiApi(api)))
         .layer(axum::middleware::from_fn(guard))
         // Pages, fragments and assets are text: gzip cuts them to a

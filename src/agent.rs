@@ -253,18 +253,20 @@ impl run::Engine for DockerEngine {
 pub const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What the engine says became of a command a restart interrupted (see
-/// [`journal`]): a container's state, or whether an image, a volume or a
-/// network is there, watched for up to [`SETTLE_WAIT`] while it has not
-/// taken effect. Stacks and jobs cannot be told: unknown.
+/// [`journal`]): a container's state, watched for up to [`SETTLE_WAIT`]
+/// while the container is there and the command has not taken effect; or
+/// whether an image, a volume or a network is there. Stacks and jobs cannot
+/// be told: unknown.
 pub async fn settle(docker: &Docker, action: &Action, started_at: i64) -> journal::Settled {
     let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
     loop {
-        match settle_now(docker, action, started_at).await {
-            journal::Settled::NotDone(_) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-            settled => return settled,
+        let settled = settle_now(docker, action, started_at).await;
+        let watch = matches!(action, Action::Container(..))
+            && matches!(&settled, journal::Settled::NotDone(why) if why != journal::GONE);
+        if !watch || tokio::time::Instant::now() >= deadline {
+            return settled;
         }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
 

@@ -250,3 +250,44 @@ async fn an_operator_resets_the_counter_and_rotates_the_secret_and_the_agent_fol
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn the_agent_secret_stays_out_of_process_lists_and_deploy_commands() {
+    let dir = tempdir("tern-secret-cli");
+    let log = dir.join("server.log");
+    let file = std::fs::File::create(&log).unwrap();
+    // Given on the command line: it works, with a warning.
+    let server = Server::start_as(&dir.join("server"), "127.0.0.1:0", &[], |cmd| {
+        cmd.args(["--agent-secret", "from-argv"]).env_remove("AGENT_SECRET").stderr(file);
+    });
+    let mut api = server.api();
+    assert_eq!(api.ok("GET", "/api/settings", None, 200).await["agent_secret_set"], true);
+    let warned = std::fs::read_to_string(&log).unwrap();
+    assert!(warned.contains("--agent-secret on the command line shows the secret"), "{warned}");
+    // Set again from standard input, never in an argument.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["settings", "set", "--agent-secret", "-", "--server", &server.url(), "--data"])
+        .arg(&server.data)
+        .env_remove("TERN_TOKEN")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"from-stdin\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    let (env, token) = create(&mut api, "stdin", &server.url()).await;
+    let deploy = api.ok("GET", &format!("/api/environments/{env}/deploy"), None, 200).await.to_string();
+    assert!(!deploy.contains("from-stdin") && !deploy.contains("from-argv"), "{deploy}");
+    // The agent's key is the one read from standard input.
+    let mut client = Client::new(&token.url, Trust::Pinned(token.cert_sha256), 1 << 20).unwrap();
+    let mut codec = Codec::new(Limits::default()).unwrap();
+    let hello = PollRequest {
+        agent: Some(AgentInfo { version: "test".into(), edge_id: "stdin".into() }),
+        ..PollRequest::default()
+    };
+    let body = codec.encode(&hello.encode()).unwrap();
+    let key = token.secret.with_agent_secret(Some("from-stdin"));
+    assert_eq!(client.post(tern::wire::POLL_PATH, seal_request(env, 1, &key, &body)).await.unwrap().0, 200);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -38,6 +38,9 @@ use crate::wire::poll::{Action, Command, ContainerOp, ResultStatus};
 /// The text of a result the agent cannot settle after a restart.
 pub const UNCERTAIN: &str = "the agent restarted while this command was running; it may or may not have taken effect";
 
+/// Why a container command did not take effect when its container is gone.
+pub const GONE: &str = "the container no longer exists";
+
 /// What the engine says became of a command interrupted by a restart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settled {
@@ -180,7 +183,7 @@ pub fn settle_container(op: ContainerOp, state: Option<(bool, bool, i64)>, comma
     let Some((running, paused, started_at)) = state else {
         return match op {
             ContainerOp::Remove => Settled::Done,
-            _ => Settled::NotDone("the container no longer exists".into()),
+            _ => Settled::NotDone(GONE.into()),
         };
     };
     let (done, what) = match op {

@@ -62,8 +62,23 @@ impl CanonicalOptions {
         if self.redact_secrets { super::redact::env_entry(entry) } else { entry.to_owned() }
     }
 
+    #[cfg(test)]
     fn arg(&self, arg: &str) -> String {
         if self.redact_secrets { super::redact::argument(arg) } else { arg.to_owned() }
+    }
+
+    fn args(&self, args: &[String]) -> Vec<String> {
+        if self.redact_secrets { super::redact::arguments(args) } else { args.to_vec() }
+    }
+
+    fn labels(&self, labels: Option<&std::collections::HashMap<String, String>>) -> BTreeMap<String, String> {
+        let mut out = sorted_map(labels);
+        if self.redact_secrets {
+            for (k, v) in &mut out {
+                *v = super::redact::label(k, v);
+            }
+        }
+        out
     }
 }
 
@@ -120,7 +135,7 @@ pub fn container(c: &ContainerInspectResponse, opts: &CanonicalOptions) -> Resul
     let host_config = c.host_config.as_ref();
 
     let mut command: Vec<String> = c.path.iter().cloned().collect();
-    command.extend(c.args.iter().flatten().map(|a| opts.arg(a)));
+    command.extend(opts.args(c.args.as_deref().unwrap_or_default()));
 
     // Ports: configured bindings (stable across stops), plus exposed ports
     // that are not published.
@@ -240,7 +255,7 @@ pub fn container(c: &ContainerInspectResponse, opts: &CanonicalOptions) -> Resul
         restart_count: c.restart_count.unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32,
         error: state.and_then(|s| s.error.clone()).unwrap_or_default(),
         oom_killed: state.and_then(|s| s.oom_killed).unwrap_or(false),
-        labels: sorted_map(config.and_then(|c| c.labels.as_ref())),
+        labels: opts.labels(config.and_then(|c| c.labels.as_ref())),
         env: config.and_then(|c| c.env.as_ref()).into_iter().flatten().map(|e| opts.env(e)).collect(),
         ports,
         mounts,

@@ -8,7 +8,8 @@
 //!
 //! 1. **its variable's name says it is a secret**: the name contains
 //!    `PASSWORD`, `PASSWD`, `PASSPHRASE`, `SECRET`, `TOKEN`, `KEY`,
-//!    `CREDENTIAL`, `PRIVATE` or `AUTH`, or one of its words (split at
+//!    `CREDENTIAL`, `PRIVATE` or `AUTH`, or ends with `PASS` or `PWD`
+//!    (`requirepass`), or one of its words (split at
 //!    `_`, `-`, `.` and lower-to-upper case) is `PASS`, `PWD`, `PW`,
 //!    `CREDS`, `DSN`, `SALT`, `COOKIE`, `SESSION` or `WEBHOOK`; compared
 //!    without regard to case (`DB_PASS`, `dbPwd`, `SENTRY_DSN`,
@@ -23,8 +24,10 @@
 //!    token; checksums, which are lower-case hex, and paths, which have
 //!    `:`, are not).
 //!
-//! Command arguments get rules 2 and 3, and `--name=value` rule 1 on its
-//! name. `tern snapshot --show-secrets` shows what would be redacted.
+//! Command arguments get rules 2 and 3, and `--name=value`, `--name value`
+//! and a shell script's `NAME=value` words rule 1 on their names; labels
+//! rule 1 on their key, then 2 and 3. `tern snapshot --show-secrets` shows
+//! what would be redacted.
 
 /// The text that replaces a redacted value.
 pub const REDACTED: &str = "<redacted>";
@@ -80,6 +83,10 @@ pub fn secret_name(name: &str) -> bool {
     // The whole name `PWD` is the shell's working directory.
     if upper == "PWD" {
         return false;
+    }
+    // `requirepass`, `masterpass`, `DBPWD`: run together.
+    if upper.ends_with("PASS") || upper.ends_with("PWD") {
+        return true;
     }
     words(name).any(|w| NAME_WORDS.iter().any(|n| w.eq_ignore_ascii_case(n)))
 }
@@ -179,6 +186,49 @@ pub fn argument(arg: &str) -> String {
     redact_value(arg).unwrap_or_else(|| arg.to_owned())
 }
 
+/// A command's arguments: each by [`argument`], an argument after a
+/// `--name` whose name says secret (`--requirepass hunter2`) whole, and in
+/// a shell script argument (`sh -c "PASSWORD=x run"`) each `NAME=value`
+/// word whose name says secret.
+pub fn arguments<'a>(args: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut secret_next = false;
+    for arg in args {
+        if std::mem::take(&mut secret_next) && !arg.starts_with('-') {
+            out.push(REDACTED.to_owned());
+            continue;
+        }
+        if let Some(name) = arg.strip_prefix("--").filter(|n| !n.contains('=')) {
+            secret_next = secret_name(name);
+        }
+        let mut a = argument(arg);
+        if a == *arg && arg.contains(' ') {
+            a = arg.split(' ').map(env_entry_word).collect::<Vec<_>>().join(" ");
+        }
+        out.push(a);
+    }
+    out
+}
+
+/// A word of a shell script: `NAME=value` with a secret name redacted.
+fn env_entry_word(word: &str) -> String {
+    match word.split_once('=') {
+        Some((name, _)) if !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') => {
+            if secret_name(name) {
+                format!("{name}={REDACTED}")
+            } else {
+                word.to_owned()
+            }
+        }
+        _ => word.to_owned(),
+    }
+}
+
+/// A label, by the same rules as a variable: its key's name, then its value.
+pub fn label(key: &str, value: &str) -> String {
+    if secret_name(key) { REDACTED.to_owned() } else { redact_value(value).unwrap_or_else(|| value.to_owned()) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,7 +253,7 @@ mod tests {
             assert!(secret_name(name), "{name}");
             assert_eq!(env_entry(&format!("{name}=x")), format!("{name}=<redacted>"));
         }
-        for name in ["PATH", "PWD", "PASSENGER_COUNT", "COMPASS", "DB_HOST", "NODE_ENV", "LANG", "SALTSTACK_ID"] {
+        for name in ["PATH", "PWD", "PASSENGER_COUNT", "COMPASSION", "DB_HOST", "NODE_ENV", "LANG", "SALTSTACK_ID"] {
             assert!(!secret_name(name), "{name}");
         }
     }
@@ -262,5 +312,17 @@ mod tests {
         assert_eq!(argument("--config.file=/etc/loki/local-config.yaml"), "--config.file=/etc/loki/local-config.yaml");
         assert_eq!(argument("--appendonly"), "--appendonly");
         assert_eq!(argument("ghp_16C7e42F292c6912E7710c838347Ae178B4a"), REDACTED);
+        let args = |a: &[&str]| arguments(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            args(&["--requirepass", "hunter2", "--port", "6379"]),
+            ["--requirepass", REDACTED, "--port", "6379"]
+        );
+        assert_eq!(args(&["--appendonly", "yes"]), ["--appendonly", "yes"]);
+        assert_eq!(
+            args(&["-c", "PGPASSWORD=s3cret psql -h db; echo done"]),
+            ["-c", "PGPASSWORD=<redacted> psql -h db; echo done"]
+        );
+        assert_eq!(label("traefik.http.middlewares.a.basicauth.users", "u:$apr1$x"), REDACTED);
+        assert_eq!(label("com.docker.compose.project", "shop"), "shop");
     }
 }

@@ -168,7 +168,9 @@ async fn an_oversized_poll_is_refused_before_the_store_and_the_api_stays_fast() 
     let opened = tern::auth::open_reply(2, &token.secret, &sealed).expect("a sealed refusal");
     let refused = PollReply::decode(&codec.decode(opened).unwrap()).unwrap().refused.unwrap();
     assert_eq!(refused.code, RefusalCode::TooLarge);
-    assert!(refused.detail.contains("2790000 command results"), "{refused:?}");
+    // Counting stops at the first limit passed: the work is bounded by the
+    // limits, not by what the agent sent.
+    assert!(refused.detail.contains("more than 256 command results"), "{refused:?}");
     assert!(took < Duration::from_secs(2), "{took:?}");
     assert!(slowest < Duration::from_secs(1), "{slowest:?}");
     // Nothing of it was stored: the environment's last poll is the first.

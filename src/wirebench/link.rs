@@ -422,6 +422,16 @@ impl Link {
         self.lock().nat.as_mut().expect("the link has a NAT").rebind(external, port_base);
     }
 
+    /// Moves the NAT's mapping as [`Link::rebind`] does, right after the
+    /// next TCP segment with data leaves the agent's side (see
+    /// [`Nat::rebind_after_next_data`]).
+    ///
+    /// # Panics
+    /// When the link has no NAT.
+    pub fn rebind_after_next_data(&self, external: std::net::Ipv4Addr, port_base: u16) {
+        self.lock().nat.as_mut().expect("the link has a NAT").rebind_after_next_data(external, port_base);
+    }
+
     /// The NAT's counters, when the link has one.
     pub fn nat_stats(&self) -> Option<NatStats> {
         self.lock().nat.as_ref().map(Nat::stats)

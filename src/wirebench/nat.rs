@@ -124,6 +124,17 @@ fn ports(p: &[u8], v: View) -> Option<(u16, u16)> {
     Some((u16::from_be_bytes([t[0], t[1]]), u16::from_be_bytes([t[2], t[3]])))
 }
 
+/// The bytes of data a TCP segment carries (0 for other packets and for
+/// a truncated header).
+fn tcp_payload(p: &[u8], v: View) -> usize {
+    if v.proto != 6 || v.check_at.is_none() {
+        return 0;
+    }
+    let total = usize::from(u16::from_be_bytes([p[2], p[3]])).min(p.len());
+    let data_offset = usize::from(p[v.ihl + 12] >> 4) * 4;
+    total.saturating_sub(v.ihl + data_offset)
+}
+
 /// What the NAT did so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NatStats {
@@ -156,6 +167,9 @@ pub struct Nat {
     /// (protocol, external port) -> inside port.
     back: HashMap<(u8, u16), u16>,
     stats: NatStats,
+    /// A rebinding armed to strike right after the next TCP segment with
+    /// data leaves the agent's side (see [`Nat::rebind_after_next_data`]).
+    armed: Option<(Ipv4Addr, u16)>,
 }
 
 /// External ports are taken from `base` up, at most this many per epoch.
@@ -173,6 +187,7 @@ impl Nat {
             out: HashMap::new(),
             back: HashMap::new(),
             stats: NatStats { external: Some(external), ..NatStats::default() },
+            armed: None,
         }
     }
 
@@ -188,6 +203,16 @@ impl Nat {
         self.stats.epoch += 1;
         self.stats.external = Some(external);
         self.stats.mappings_now = 0;
+    }
+
+    /// Rebinds (as [`Nat::rebind`]) right after the next TCP segment that
+    /// carries data leaves the agent's side: that segment goes out on the
+    /// old mapping, and everything the server sends back to it, its ACK and
+    /// its answer, finds the mapping forgotten. Armed here, inside the
+    /// link, the rebinding cannot miss the request it means to strike, as
+    /// a caller watching the link and then rebinding can when it is slow.
+    pub fn rebind_after_next_data(&mut self, external: Ipv4Addr, port_base: u16) {
+        self.armed = Some((external, port_base));
     }
 
     /// The counters.
@@ -219,6 +244,11 @@ impl Nat {
         };
         rewrite(p, v, 12, self.external, 0, port);
         self.stats.out += 1;
+        if tcp_payload(p, v) > 0
+            && let Some((external, port_base)) = self.armed.take()
+        {
+            self.rebind(external, port_base);
+        }
     }
 
     /// Rewrites a packet to the agent's side back (destination address and
@@ -354,6 +384,31 @@ mod tests {
         assert!(valid(&down));
         let s = nat.stats();
         assert_eq!((s.out, s.back, s.mappings, s.dropped_stale), (3, 1, 2, 0));
+    }
+
+    #[test]
+    fn an_armed_rebind_strikes_right_after_the_next_segment_with_data() {
+        let first = Ipv4Addr::new(10, 77, 9, 100);
+        let second = Ipv4Addr::new(10, 77, 9, 101);
+        let mut nat = Nat::new(AGENT, first, 40_000);
+        nat.rebind_after_next_data(second, 45_000);
+        // A bare ACK (no data) leaves on the old mapping and arms nothing.
+        let mut ack = tcp(AGENT, 51_234, SERVER, 9443, b"");
+        nat.outbound(&mut ack);
+        assert_eq!(nat.stats().epoch, 0);
+        // The request leaves on the old mapping too, then the NAT rebinds.
+        let mut request = tcp(AGENT, 51_234, SERVER, 9443, b"poll");
+        nat.outbound(&mut request);
+        assert_eq!(&request[12..16], &first.octets());
+        assert_eq!(nat.stats().epoch, 1);
+        // The answer to it, sent to the old tuple, is dropped.
+        let mut answer = tcp(SERVER, 9443, first, 40_000, b"reply");
+        assert!(!nat.inbound(&mut answer));
+        // The agent's next segment leaves from the new address; once only.
+        let mut next = tcp(AGENT, 51_234, SERVER, 9443, b"again");
+        nat.outbound(&mut next);
+        assert_eq!(&next[12..16], &second.octets());
+        assert_eq!(nat.stats().epoch, 1);
     }
 
     #[test]

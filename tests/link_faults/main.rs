@@ -123,16 +123,19 @@ async fn nat_rebinding_mid_session() {
     let mut rig = Rig::start(spec, S(120)).await;
     rig.queue_commands().await;
     rig.wait_event(2, "kill", S(60)).await;
-    // The next poll: the first packet with data from the agent's side.
-    let from = rig.link.now();
-    let deadline = Instant::now() + S(30);
-    while !rig.link.packets(Class::Tern, from, Duration::MAX).iter().any(|p| p.up && p.payload > 0) {
-        assert!(Instant::now() < deadline, "no poll from the agent in 30 s");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    let first = rig.link.nat_stats().unwrap();
+    // The next poll: the NAT rebinds right after its first segment with
+    // data leaves (armed inside the link, so a slow test cannot miss it).
     let (a, b) = (rig.nat_addr(100), rig.nat_addr(101));
-    rig.link.rebind(b, 45_000);
+    rig.link.rebind_after_next_data(b, 45_000);
+    let deadline = Instant::now() + S(30);
+    let first = loop {
+        let stats = rig.link.nat_stats().unwrap();
+        if stats.epoch == 1 {
+            break stats;
+        }
+        assert!(Instant::now() < deadline, "no poll from the agent in 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     rig.say(format!("NAT rebinding {a}:{}.. -> {b}:45000.., a poll in flight", 40_000));
     tokio::time::sleep(S(12)).await;
     let second = rig.link.nat_stats().unwrap();
@@ -142,7 +145,7 @@ async fn nat_rebinding_mid_session() {
     let third = rig.link.nat_stats().unwrap();
     rig.note(format!(
         "NAT flows {} / {} / {} per mapping, {} packets to forgotten tuples dropped",
-        first.mappings_now, second.mappings_now, third.mappings_now, third.dropped_stale
+        first.mappings, second.mappings_now, third.mappings_now, third.dropped_stale
     ));
     rig.verdict(took, true).await;
     assert_eq!(third.epoch, 2);

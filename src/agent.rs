@@ -153,12 +153,30 @@ async fn logs(docker: &Docker, id: &crate::sync::state::Id, tail: u32) -> Result
     Ok(out)
 }
 
-/// The engine's message without bollard's wrapping.
-fn engine_error(e: bollard::errors::Error) -> String {
+/// The engine's message without bollard's wrapping, as a command's result
+/// tells the operator. An engine that cannot be reached (stopped,
+/// restarting) says so with its cause, where bollard says "Error in the
+/// hyper legacy client: client error (Connect)".
+pub(crate) fn engine_error(e: bollard::errors::Error) -> String {
+    use bollard::errors::Error as E;
     match e {
-        bollard::errors::Error::DockerResponseServerError { status_code, message } => {
-            format!("{message} (HTTP {status_code})")
+        E::DockerResponseServerError { status_code, message } => format!("{message} (HTTP {status_code})"),
+        E::HyperLegacyError { err } if err.is_connect() => {
+            let mut causes = Vec::new();
+            let mut source = std::error::Error::source(&err);
+            while let Some(cause) = source {
+                causes.push(cause.to_string());
+                source = cause.source();
+            }
+            causes.dedup();
+            if causes.is_empty() {
+                "the Docker engine is not reachable".to_owned()
+            } else {
+                format!("the Docker engine is not reachable: {}", causes.join(": "))
+            }
         }
+        E::SocketNotFoundError(path) => format!("the Docker engine is not reachable: no socket at {path}"),
+        E::RequestTimeoutError => "the Docker engine did not answer in time".to_owned(),
         other => other.to_string(),
     }
 }
@@ -405,6 +423,30 @@ mod tests {
 
     fn event(typ: EventMessageTypeEnum, action: Option<&str>) -> EventMessage {
         EventMessage { typ: Some(typ), action: action.map(str::to_owned), ..EventMessage::default() }
+    }
+
+    #[tokio::test]
+    async fn an_engine_that_cannot_be_reached_is_named_in_the_error() {
+        // A socket path that exists but where nothing listens, and one that
+        // does not exist: what a stopped or restarting engine looks like.
+        let dir = std::env::temp_dir().join(format!("tern-engine-error-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dead = dir.join("docker.sock");
+        drop(std::os::unix::net::UnixListener::bind(&dead).unwrap());
+        let docker =
+            bollard::Docker::connect_with_unix(dead.to_str().unwrap(), 5, bollard::API_DEFAULT_VERSION).unwrap();
+        let e = super::engine_error(docker.ping().await.unwrap_err());
+        assert!(e.starts_with("the Docker engine is not reachable: "), "{e}");
+        assert!(e.contains("refused") && !e.contains("hyper"), "{e}");
+        let missing = dir.join("missing.sock");
+        let e = bollard::Docker::connect_with_unix(missing.to_str().unwrap(), 5, bollard::API_DEFAULT_VERSION)
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(
+            super::engine_error(e),
+            format!("the Docker engine is not reachable: no socket at {}", missing.display())
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -923,12 +923,7 @@ impl Project {
 // ---------------------------------------------------------------------------
 
 fn engine_error(e: bollard::errors::Error) -> String {
-    match e {
-        bollard::errors::Error::DockerResponseServerError { status_code, message } => {
-            format!("{message} (HTTP {status_code})")
-        }
-        other => other.to_string(),
-    }
+    super::engine_error(e)
 }
 
 fn is_status(e: &bollard::errors::Error, code: u16) -> bool {

@@ -11,12 +11,12 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use tern::baseline;
-use tern::fixture;
-use tern::scenarios::{self, CHURN_START, Prepared};
 use tern::sync::State;
 use tern::sync::state::{ContainerStatus, Id};
 use tern::wire::codec::{Codec, Limits};
+use tern_bench::baseline;
+use tern_bench::fixture;
+use tern_bench::scenarios::{self, CHURN_START, Prepared};
 
 fn host40() -> Prepared {
     scenarios::prepare(&fixture::load(&fixture::dir(), "host40").expect("tests/fixtures/host40.json"))

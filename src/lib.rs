@@ -20,10 +20,10 @@
 //! ```
 //!
 //! Modules that do no I/O: [`sync`] (state, digests, diff/apply) and
-//! [`wire`] (schema, field diff, body codec). [`baseline`] costs the same
-//! states the way Portainer's async agent sends them, for comparison, and
-//! [`fixture`] loads the recorded engine responses in `tests/fixtures/`,
-//! and `scenarios` costs both on them (benches and budget tests).
+//! [`wire`] (schema, field diff, body codec). The bench lab (the on-wire
+//! benchmark, the link emulator, the recorded fixtures and the
+//! Portainer-style baseline) is the `tern-bench` crate in `benches/wire`,
+//! not part of this one.
 //!
 //! What this crate does not do: open inbound ports on the edge, tunnel
 //! interactive sessions, or keep live stats.
@@ -33,17 +33,14 @@
 #[cfg(feature = "agent")]
 pub mod agent;
 pub mod auth;
-pub mod baseline;
 #[cfg(all(feature = "server", feature = "agent"))]
 pub mod cli;
 pub mod cron;
-pub mod fixture;
+#[cfg(any(all(test, feature = "agent", feature = "server"), feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 #[cfg(feature = "tls")]
 pub mod meter;
-#[doc(hidden)]
-pub mod scenarios;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod stack;
@@ -51,5 +48,3 @@ pub mod sync;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod wire;
-#[cfg(all(feature = "agent", feature = "server", target_os = "linux"))]
-pub mod wirebench;

@@ -16,7 +16,7 @@ struct Cli {
 enum Command {
     /// Read the local Docker engine (DOCKER_HOST or the default socket) and
     /// show its canonical state, root digest and what a full snapshot costs
-    /// on the wire, next to the Portainer-style cost.
+    /// on the wire (`tern-bench compare` sets it beside Portainer's).
     #[cfg(feature = "agent")]
     Snapshot {
         /// Keep the values of secret-looking environment variables.
@@ -179,13 +179,6 @@ enum Command {
         #[command(flatten)]
         api: tern::cli::ApiArgs,
     },
-    /// Benchmarks: `tern bench wire` measures every IP byte a real server
-    /// and agent exchange over an emulated link (root only).
-    #[cfg(all(feature = "server", feature = "agent", target_os = "linux"))]
-    Bench {
-        #[command(subcommand)]
-        command: BenchCommand,
-    },
     /// Decode a captured poll body (request or reply) and print it: header,
     /// codec, sizes and the decoded message.
     DecodeBody {
@@ -220,48 +213,6 @@ enum AgentCommand {
         #[arg(long, env = "DATA_PATH", default_value = tern::agent::config::DEFAULT_DATA_PATH)]
         data_path: std::path::PathBuf,
     },
-}
-
-#[cfg(all(feature = "server", feature = "agent", target_os = "linux"))]
-#[derive(Subcommand)]
-enum BenchCommand {
-    /// The on-wire benchmark (README, "On-wire benchmark"): the fixture host
-    /// in a Docker engine of its own, a real server and agent, the
-    /// Portainer-style baseline beside them, on an emulated link; prints the
-    /// results table and writes it (markdown and JSON) to --out.
-    Wire(WireArgs),
-}
-
-/// `tern bench wire`'s options.
-#[cfg(all(feature = "server", feature = "agent", target_os = "linux"))]
-#[derive(clap::Args)]
-struct WireArgs {
-    /// Link profile: clean, 2g, satellite, or all (one after the other).
-    #[arg(long, default_value = "all")]
-    profile: String,
-    /// Polls in each idle scenario.
-    #[arg(long, default_value_t = 60)]
-    idle_polls: u64,
-    /// Where the results go (<profile>.md, <profile>.json, results.md).
-    #[arg(long, default_value = "wirebench-results")]
-    out: std::path::PathBuf,
-    /// Also write the bytes-per-day chart of the profiles run here (SVG).
-    #[arg(long)]
-    svg: Option<std::path::PathBuf>,
-    /// Seed of the link's random loss.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// The source tree (for scripts/make-fixtures.sh).
-    #[arg(long, default_value = env!("CARGO_MANIFEST_DIR"))]
-    repo: std::path::PathBuf,
-    /// The agent's binary, when not this one: e.g. the agent-only build
-    /// the image holds (scripts/agent-image.sh), for its memory figures.
-    #[arg(long)]
-    agent: Option<std::path::PathBuf>,
-    /// Run nothing: print the tables of the runs saved in --out
-    /// (<profile>.json) and write --svg from them.
-    #[arg(long)]
-    report: bool,
 }
 
 impl Command {
@@ -302,8 +253,6 @@ fn main() -> ExitCode {
         #[cfg(feature = "agent")]
         Command::Snapshot { show_secrets, verbose } => snapshot::run(show_secrets, verbose),
         Command::DecodeBody { file, reply } => decode_body(&file, reply),
-        #[cfg(all(feature = "server", feature = "agent", target_os = "linux"))]
-        Command::Bench { command: BenchCommand::Wire(args) } => bench_wire(args),
         #[cfg(feature = "agent")]
         Command::Agent { command: None } => return agent_main(),
         #[cfg(feature = "agent")]
@@ -620,57 +569,6 @@ fn quickstart(listen: std::net::SocketAddr, data: std::path::PathBuf, interval: 
     })
 }
 
-/// `tern bench wire`.
-#[cfg(all(feature = "server", feature = "agent", target_os = "linux"))]
-fn bench_wire(args: WireArgs) -> anyhow::Result<()> {
-    use anyhow::Context;
-    use tern::wirebench::{Options, Profile, Report};
-    let WireArgs { profile, idle_polls, out, svg, seed, repo, agent, report: saved } = args;
-    let names: Vec<&str> = if profile == "all" { Profile::NAMES.to_vec() } else { vec![profile.as_str()] };
-    let profiles = names
-        .iter()
-        .map(|n| Profile::by_name(n).with_context(|| format!("unknown profile {n:?} (clean, 2g, satellite, all)")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let tern = std::env::current_exe()?;
-    let mut reports = Vec::new();
-    for profile in profiles {
-        let name = profile.name.clone();
-        let json = out.join(format!("{name}.json"));
-        let report: Report = if saved {
-            if !json.exists() {
-                continue;
-            }
-            serde_json::from_slice(&std::fs::read(&json)?).with_context(|| format!("reading {}", json.display()))?
-        } else {
-            let options = Options {
-                profile,
-                idle_polls,
-                agent: agent.clone().unwrap_or_else(|| tern.clone()),
-                tern: tern.clone(),
-                repo: repo.clone(),
-                seed,
-                restarts: 3,
-                verbose: true,
-            };
-            tern::wirebench::run(&options).with_context(|| format!("profile {name}"))?
-        };
-        let md = tern::wirebench::markdown(&report);
-        println!("{md}");
-        std::fs::write(out.join(format!("{name}.md")), &md)?;
-        std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;
-        reports.push(report);
-    }
-    let summary = tern::wirebench::summary_markdown(&reports);
-    println!("{summary}");
-    std::fs::write(out.join("results.md"), &summary)?;
-    if let Some(svg) = svg {
-        std::fs::write(&svg, tern::wirebench::chart_svg(&reports))
-            .with_context(|| format!("writing {}", svg.display()))?;
-    }
-    Ok(())
-}
-
 fn decode_body(file: &std::path::Path, reply: bool) -> anyhow::Result<()> {
     use anyhow::Context;
     use tern::wire::codec::{Codec, Limits};
@@ -706,11 +604,10 @@ fn decode_body(file: &std::path::Path, reply: bool) -> anyhow::Result<()> {
 #[cfg(feature = "agent")]
 mod snapshot {
     use anyhow::Context;
-    use tern::fixture::RawJson;
+    use tern::agent;
     use tern::sync::{CanonicalOptions, State, diff};
     use tern::wire::codec::{Codec, Limits};
     use tern::wire::poll::PollRequest;
-    use tern::{agent, baseline};
 
     /// `tern agent dry-run`.
     pub fn dry_run(save: Option<&std::path::Path>, base: Option<&std::path::Path>) -> anyhow::Result<()> {
@@ -766,23 +663,6 @@ mod snapshot {
         let body = PollRequest { base: 0, delta: Some(delta), ..PollRequest::default() }.encode();
         let wire = Codec::new(Limits::default())?.encode(&body)?;
 
-        // The same snapshot the way Portainer's async agent sends it.
-        let json = RawJson {
-            inspects: raw.containers.iter().map(serde_json::to_value).collect::<Result<_, _>>()?,
-            containers_list: serde_json::to_value(
-                raw.containers
-                    .iter()
-                    .map(|c| serde_json::json!({"Id": c.id, "Names": [c.name], "Image": c.config.as_ref().and_then(|c| c.image.clone()), "State": c.state.as_ref().and_then(|s| s.status), "Labels": c.config.as_ref().and_then(|c| c.labels.clone())}))
-                    .collect::<Vec<_>>(),
-            )?,
-            images: serde_json::to_value(&raw.images)?,
-            volumes: serde_json::json!({ "Volumes": raw.volumes }),
-            networks: serde_json::to_value(&raw.networks)?,
-            info: serde_json::to_value(&raw.info)?,
-            version: serde_json::to_value(&raw.version)?,
-        };
-        let portainer = baseline::full_bytes(&baseline::snapshot(&json));
-
         let h = &state.host;
         println!(
             "host        {} ({} {}, engine {}, {} CPUs, {} MiB)",
@@ -800,10 +680,9 @@ mod snapshot {
         println!("stacks      {}", state.stacks().len());
         println!("root        {}", blake3::Hash::from(state.root()).to_hex());
         println!(
-            "full snapshot on the wire: {} B protobuf, {} B encoded (tern) vs ~{} B gzip'd JSON (Portainer-style, approximate)",
+            "full snapshot on the wire: {} B protobuf, {} B encoded (`tern-bench compare` sets it beside Portainer's)",
             body.len(),
-            wire.len(),
-            portainer
+            wire.len()
         );
         if verbose {
             for c in state.containers.iter() {

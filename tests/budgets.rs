@@ -8,9 +8,9 @@
 
 use std::collections::BTreeMap;
 
-use tern::fixture;
-use tern::scenarios::{self, Cost};
 use tern::wire::codec::{Codec, Limits};
+use tern_bench::fixture;
+use tern_bench::scenarios::{self, Cost};
 
 fn costs() -> Vec<Cost> {
     let rec = fixture::load(&fixture::dir(), "host40").expect("fixture loads");
@@ -80,7 +80,7 @@ fn the_unchanged_step_really_is_unchanged_and_the_stop_is_a_stop() {
     let p = scenarios::prepare(&rec);
     assert!(tern::sync::diff(&p.states[0], &p.states[1]).is_empty(), "volatile fields leaked into the state");
     // Portainer's patch for the same interval is never empty.
-    assert!(!json_patch::diff(&p.documents[0], &p.documents[1]).0.is_empty());
+    assert!(!tern_bench::json_patch::diff(&p.documents[0], &p.documents[1]).0.is_empty());
     let stop = tern::sync::diff(&p.states[1], &p.states[2]);
     assert_eq!(stop.counts(), (0, 1, 0), "{}", p.events[2]);
 }

@@ -1,7 +1,7 @@
 //! Bytes on the wire on a clean link, held to `budgets.toml` (`[wire_clean]`,
 //! issue #6): the on-wire benchmark's clean-link scenarios with a real
 //! server, a real agent and the 40-container fixture host in a Docker engine
-//! of the run's own (see `tern::wirebench` and the README's "On-wire
+//! of the run's own (see `tern_bench::wirebench` and the README's "On-wire
 //! benchmark"). Every IP byte both ways is counted at the emulated link.
 //!
 //! It prints the results table, then each budgeted figure against its
@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use tern::wirebench::{Options, Profile, markdown, setup};
+use tern_bench::wirebench::{Options, Profile, markdown, setup};
 
 /// Polls in each idle scenario: enough for a stable median, few enough to
 /// keep the test near three minutes (the benchmark runs 60).
@@ -43,7 +43,7 @@ fn clean_link_bytes_stay_within_their_budgets() {
         restarts: 3,
         verbose: true,
     };
-    let report = tern::wirebench::run(&options).expect("the on-wire benchmark runs");
+    let report = tern_bench::wirebench::run(&options).expect("the on-wire benchmark runs");
     println!("{}", markdown(&report));
 
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/budgets.toml")).unwrap();

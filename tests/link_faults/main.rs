@@ -1,7 +1,7 @@
 //! The link-fault matrix (issue #12): each scenario on the real `tern
 //! server`, the real `tern agent` and a real Docker engine (one of the
 //! scenario's own, in the agent's network namespace), with the agent behind
-//! the project's link emulator (`tern::wirebench::link`). See `rig.rs` for
+//! the project's link emulator (`tern_bench::wirebench::link`). See `rig.rs` for
 //! what each scenario shows and how it is measured.
 //!
 //! In every scenario four commands are queued (restart c1, restart c2, stop
@@ -25,7 +25,7 @@ mod rig;
 use std::time::{Duration, Instant};
 
 use rig::{INTERVAL, Rig, Spec};
-use tern::wirebench::link::{Class, Shape};
+use tern_bench::wirebench::link::{Class, Shape};
 
 const S: fn(u64) -> Duration = Duration::from_secs;
 

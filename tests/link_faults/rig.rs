@@ -1,11 +1,11 @@
 //! The rig each link-fault scenario runs on: a network namespace for the
-//! agent behind the emulated link (`tern::wirebench::link`: rate, delay,
+//! agent behind the emulated link (`tern_bench::wirebench::link`: rate, delay,
 //! seeded loss, a down switch, a NAT), a Docker engine of its own inside
 //! the namespace (so its events, its state and its restarts are the
 //! scenario's alone), the real `tern server` on the host side of the link
 //! and the real `tern agent` in the namespace, both this build's binary.
 //!
-//! Everything is named `tern-wb-<id>` (`tern::wirebench::setup::Run`) and
+//! Everything is named `tern-wb-<id>` (`tern_bench::wirebench::setup::Run`) and
 //! removed when the rig drops, failed or not; a killed run is swept by the
 //! next one.
 //!
@@ -34,8 +34,8 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tern::agent::client::Client;
 use tern::tls::Trust;
-use tern::wirebench::link::{Class, FlowCount, Link, Shape};
-use tern::wirebench::setup::{self, Run, run_cmd};
+use tern_bench::wirebench::link::{Class, FlowCount, Link, Shape};
+use tern_bench::wirebench::setup::{self, Run, run_cmd};
 
 /// The environment's ping, snapshot and command intervals, seconds.
 pub const INTERVAL: u32 = 5;

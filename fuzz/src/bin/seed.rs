@@ -31,7 +31,7 @@ use std::process::ExitCode;
 use arbitrary::{Arbitrary, Unstructured};
 use tern::auth::{seal_reply, seal_request};
 use tern::fuzzing::{API_BODIES, API_EXAMPLES, AS_IS, COMPOSE_EXAMPLES, COUNTER, ENVIRONMENT, SEAL, SECRET};
-use tern::scenarios::{Prepared, poll_body, prepare};
+use tern_bench::scenarios::{Prepared, poll_body, prepare};
 use tern::sync::state::Id;
 use tern::sync::{Delta, State, apply, diff};
 use tern::wire::codec::{Codec, Limits};
@@ -68,9 +68,9 @@ fn run(names: &[String], corpus: &Path) -> Result<(), Box<dyn std::error::Error>
     let request_dir = corpus.join("poll_request");
     std::fs::create_dir_all(&request_dir)?;
     let mut codec = Codec::new(LIMITS)?;
-    let fixtures = tern::fixture::dir();
+    let fixtures = tern_bench::fixture::dir();
     for name in names {
-        let rec = tern::fixture::load(&fixtures, name).map_err(|e| format!("fixture {name}: {e}"))?;
+        let rec = tern_bench::fixture::load(&fixtures, name).map_err(|e| format!("fixture {name}: {e}"))?;
         let p: Prepared = prepare(&rec);
         let (mut polls, mut deltas, mut framed, mut applies) = (0, 0, 0, 0);
         let empty = State::default();

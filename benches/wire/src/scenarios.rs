@@ -9,9 +9,9 @@ use serde_json::Value;
 
 use crate::baseline;
 use crate::fixture::Recording;
-use crate::sync::{CanonicalOptions, State, diff};
-use crate::wire::codec::{Codec, CodecError};
-use crate::wire::poll::PollRequest;
+use tern::sync::{CanonicalOptions, State, diff};
+use tern::wire::codec::{Codec, CodecError};
+use tern::wire::poll::PollRequest;
 
 /// Bytes of one scenario, both ways of sending it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -36,7 +36,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 
 use crate::fixture::RawJson;
-use crate::tls::{ServerIdentity, TlsOptions, Trust, client_config_with};
+use tern::tls::{ServerIdentity, TlsOptions, Trust, client_config_with};
 
 /// The agent version the headers name (the fixture host runs its agent).
 pub const AGENT_VERSION: &str = "2.19.4";
@@ -171,7 +171,7 @@ pub fn response(endpoint: u64, interval: Duration) -> Vec<u8> {
         "{{\"pingInterval\":{ns},\"snapshotInterval\":{ns},\"commandInterval\":{ns},\"endpointID\":{endpoint},\
          \"commands\":null,\"needFullSnapshot\":false}}\n"
     );
-    let format = time::format_description::parse(
+    let format = time::format_description::parse_borrowed::<2>(
         "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT",
     )
     .expect("a valid format");

@@ -5,9 +5,9 @@
 //! cargo run --release --example inspect_fixture -- host40 0 1
 //! ```
 
-use tern::fixture;
 use tern::sync::diff;
 use tern::sync::state::Object;
+use tern_bench::fixture;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -15,7 +15,7 @@ fn main() -> anyhow::Result<()> {
     let from: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(0);
     let to: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1);
     let rec = fixture::load(&fixture::dir(), &name)?;
-    let p = tern::scenarios::prepare(&rec);
+    let p = tern_bench::scenarios::prepare(&rec);
     let s = &p.states[from];
     let sum = |v: Vec<usize>| v.iter().sum::<usize>();
     println!(

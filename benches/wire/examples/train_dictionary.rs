@@ -12,11 +12,11 @@
 
 use std::collections::BTreeSet;
 
-use tern::fixture;
 use tern::sync::state::Object;
 use tern::sync::{State, diff};
 use tern::wire::codec::train_dictionary;
 use tern::wire::poll::PollRequest;
+use tern_bench::fixture;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -24,7 +24,7 @@ fn main() -> anyhow::Result<()> {
     let out = args.next().unwrap_or_else(|| "dict/tern-v1-1.zdict".into());
 
     let rec = fixture::load(&fixture::dir(), "train")?;
-    let prepared = tern::scenarios::prepare(&rec);
+    let prepared = tern_bench::scenarios::prepare(&rec);
     let mut samples: BTreeSet<Vec<u8>> = BTreeSet::new();
     let mut prev = State::default();
     for (i, s) in prepared.states.iter().enumerate() {

@@ -558,7 +558,7 @@ impl Drop for AgentProc {
 
 /// The server's API, as the operator uses it.
 struct Api {
-    client: crate::agent::client::Client,
+    client: tern::agent::client::Client,
     token: String,
     env: u64,
 }
@@ -687,8 +687,8 @@ impl Bench<'_> {
     }
 
     async fn engine_root(&self) -> anyhow::Result<String> {
-        let raw = crate::agent::collect(&self.docker).await?;
-        let state = raw.canonical(&crate::sync::CanonicalOptions::default())?;
+        let raw = tern::agent::collect(&self.docker).await?;
+        let state = raw.canonical(&tern::sync::CanonicalOptions::default())?;
         Ok(state.root().iter().map(|b| format!("{b:02x}")).collect())
     }
 
@@ -919,8 +919,8 @@ async fn run_async(options: &Options) -> anyhow::Result<Report> {
     let port = server.port;
     link.set_port(port, Class::Tern);
     let url = format!("https://{host_ip}:{port}");
-    let token = std::fs::read_to_string(crate::server::admin_token_path(&server_data))?.trim().to_owned();
-    let client = crate::agent::client::Client::new(&url, crate::tls::Trust::Pinned(server.fingerprint), 16 << 20)?;
+    let token = std::fs::read_to_string(tern::server::admin_token_path(&server_data))?.trim().to_owned();
+    let client = tern::agent::client::Client::new(&url, tern::tls::Trust::Pinned(server.fingerprint), 16 << 20)?;
     let mut api = Api { client, token, env: 0 };
     let i = profile.interval;
     let body = serde_json::json!({
@@ -933,12 +933,12 @@ async fn run_async(options: &Options) -> anyhow::Result<Report> {
     api.env = created["id"].as_u64().context("environment id")?;
     let edge_key = created["edge_key"].as_str().context("edge_key")?.to_owned();
     let interval = Duration::from_secs(u64::from(i));
-    let default_idle = crate::server::http::IDLE_TIMEOUT;
+    let default_idle = tern::server::http::IDLE_TIMEOUT;
     let mut sink = portainer::Sink::start(&host_ip, &run.dir.join("sink"), interval, api.env, default_idle).await?;
     link.set_port(sink.port, Class::Baseline);
     let docker = bollard::Docker::connect_with_unix(&run.docker_host(), 120, bollard::API_DEFAULT_VERSION)?;
     let host_desc = {
-        let state = crate::agent::collect(&docker).await?.canonical(&crate::sync::CanonicalOptions::default())?;
+        let state = tern::agent::collect(&docker).await?.canonical(&tern::sync::CanonicalOptions::default())?;
         format!(
             "{} containers in {} compose projects and standalone, {} images, {} volumes, {} networks",
             state.containers.len(),

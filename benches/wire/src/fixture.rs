@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::sync::RawSnapshot;
+use tern::sync::RawSnapshot;
 
 /// Why a recording could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +91,7 @@ pub struct Recording {
 
 /// The `tests/fixtures` directory of this source tree.
 pub fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
 }
 
 /// Reads a JSON file; `.gz` files (the stored engine responses) are

@@ -472,7 +472,17 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 /// Removes what runs killed before they could clean up left behind: every
 /// `/tmp/tern-wb-*` whose owner process is gone, and namespaces named so
 /// without a directory.
+///
+/// It holds the lock [`Run::create`] names its runs under: a run being
+/// created side by side has its directory before its `owner` file and its
+/// namespace before it is returned, and a sweep that looked in between
+/// took it for a leftover and removed its namespace (seen once in CI:
+/// `ip -n tern-wb-<id> link set lo up` failed).
 pub fn sweep() {
+    let Ok(_lock) = NamesLock::take() else {
+        tracing::warn!("not sweeping earlier runs' leftovers: the runs' lock cannot be taken");
+        return;
+    };
     let tmp = std::env::temp_dir();
     let mut ids = Vec::new();
     if let Ok(entries) = std::fs::read_dir(&tmp) {

@@ -35,7 +35,9 @@ pub mod agent;
 pub mod auth;
 #[cfg(all(feature = "server", feature = "agent"))]
 pub mod cli;
+pub mod clock;
 pub mod cron;
+pub mod edge_env;
 #[cfg(any(all(test, feature = "agent", feature = "server"), feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -108,27 +108,7 @@ pub enum ConfigError {
     Unknown(String, String),
 }
 
-/// Variables the agent reads.
-const KNOWN: &[&str] = &[
-    "EDGE_KEY",
-    "EDGE_ID",
-    "EDGE_INSECURE_POLL",
-    "EDGE_TLS_PQ",
-    "AGENT_SECRET",
-    "DATA_PATH",
-    "DOCKER_HOST",
-    "LOG_LEVEL",
-    "EDGE_COMPOSE",
-    "EDGE_JOB_IMAGE",
-    "EDGE_JOB_PRIVILEGED",
-    "EDGE_JOB_CHROOT",
-    "EDGE_POLL_TIMEOUT",
-];
-
-/// Variables from Portainer's edge agent command that tern accepts and
-/// ignores, so a copied `docker run` line works: tern is always an edge
-/// agent, and always asynchronous.
-const PORTAINER_NO_OPS: &[&str] = &["EDGE", "EDGE_ASYNC"];
+use crate::edge_env::KNOWN;
 
 /// The default data path: the volume the generated `docker run` mounts.
 pub const DEFAULT_DATA_PATH: &str = "/data";
@@ -182,8 +162,7 @@ impl AgentConfig {
     /// The first problem found, as one line.
     pub fn from_env(env: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
         for name in env.keys() {
-            let ours = name.starts_with("EDGE") || name.starts_with("AGENT_");
-            if ours && !KNOWN.contains(&name.as_str()) && !PORTAINER_NO_OPS.contains(&name.as_str()) {
+            if !crate::edge_env::accepted(name) {
                 return Err(ConfigError::Unknown(name.clone(), closest(name)));
             }
         }

@@ -482,9 +482,7 @@ async fn read_output(docker: &Docker, name: &str) -> (Vec<u8>, bool) {
     (out, cut || more)
 }
 
-fn now_unix() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
-}
+use crate::clock::unix_now as now_unix;
 
 fn helper_name(job: u64, run: Option<u64>) -> String {
     let run = run.map_or_else(|| "once".to_owned(), |r| r.to_string());

@@ -219,9 +219,7 @@ impl<E: Engine, T: Transport> std::fmt::Debug for Agent<E, T> {
     }
 }
 
-pub(super) fn now_unix() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
-}
+pub(super) use crate::clock::unix_now as now_unix;
 
 pub(super) fn status_text(s: ResultStatus) -> &'static str {
     match s {

@@ -131,9 +131,7 @@ async fn room(budget: &Arc<tokio::sync::Semaphore>, bytes: usize) -> Option<toki
 }
 
 /// Seconds since the Unix epoch.
-pub(super) fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
-}
+pub(super) use crate::clock::unix_now as now;
 
 fn status(code: StatusCode, text: &str) -> Response<Body> {
     let mut r = Response::new(Body::from(text.to_owned()));

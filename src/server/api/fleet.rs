@@ -83,13 +83,8 @@ pub const MAX_ENV_VARS: usize = 32;
 pub const MAX_PAGE: u64 = 1000;
 
 /// Variables the deploy commands set themselves, so they cannot be passed
-/// through from the host.
-pub const RESERVED_VARS: &[&str] = &["EDGE_KEY", "EDGE_ID", "EDGE_INSECURE_POLL", "AGENT_SECRET", "DATA_PATH"];
-
-/// `EDGE*` names the agent accepts besides those it is given by the
-/// commands; any other `EDGE*` or `AGENT_*` variable makes it exit as a
-/// typo, so it cannot be passed through.
-const AGENT_EDGE_VARS: &[&str] = &["EDGE_TLS_PQ", "EDGE", "EDGE_ASYNC"];
+/// through from the host (the list both sides share).
+pub use crate::edge_env::SET_BY_DEPLOY as RESERVED_VARS;
 
 // ----- request bodies -----
 
@@ -531,7 +526,7 @@ fn check_env_vars(vars: &EnvVars) -> Result<Vec<String>, ApiError> {
         if RESERVED_VARS.contains(&v) {
             return Err(ApiError::invalid(format!("env_vars: {v} is set by the deploy command itself")));
         }
-        if (v.starts_with("EDGE") || v.starts_with("AGENT_")) && !AGENT_EDGE_VARS.contains(&v) {
+        if !crate::edge_env::accepted(v) {
             return Err(ApiError::invalid(format!(
                 "env_vars: {v} is not a setting the agent knows; it would refuse to start"
             )));
@@ -769,9 +764,7 @@ fn deploy_of(store: &Store, id: u64, fingerprint: [u8; 32]) -> Result<CreatedEnv
     })
 }
 
-fn now() -> i64 {
-    crate::server::http::now()
-}
+use crate::clock::unix_now as now;
 
 /// 32 random bytes: an environment's secret.
 fn new_secret() -> Result<Secret, ApiError> {
@@ -1421,6 +1414,11 @@ mod tests {
         }
         let vars = |t: &str| check_env_vars(&EnvVars(t.split(',').map(str::to_owned).collect()));
         assert_eq!(vars(" A , _b,,A,EDGE_TLS_PQ ").unwrap(), ["A", "_b", "EDGE_TLS_PQ"]);
+        // Every setting the agent reads may come from the host (the list is
+        // the agent's own, crate::edge_env: EDGE_POLL_TIMEOUT for a slow link).
+        for ok in ["EDGE_POLL_TIMEOUT", "EDGE_COMPOSE", "EDGE_JOB_IMAGE", "LOG_LEVEL", "EDGE_ASYNC"] {
+            assert_eq!(vars(ok).unwrap(), [ok]);
+        }
         for bad in ["1A", "A-B", "A B", "$A", "EDGE_ID", "DATA_PATH", "AGENT_FOO", "EDGEX", "Ä"] {
             assert!(vars(bad).is_err(), "{bad:?}");
         }

@@ -600,9 +600,7 @@ pub fn when(t: Option<i64>, now: i64) -> Markup {
 }
 
 /// Seconds since the Unix epoch.
-pub fn now() -> i64 {
-    super::http::now()
-}
+pub use crate::clock::unix_now as now;
 
 /// The string at `v[key]`, or "".
 pub fn s<'a>(v: &'a Value, key: &str) -> &'a str {

@@ -922,9 +922,7 @@ impl Project {
 // The built-in implementation, through the engine's API.
 // ---------------------------------------------------------------------------
 
-fn engine_error(e: bollard::errors::Error) -> String {
-    super::engine_error(e)
-}
+use super::engine_error;
 
 fn is_status(e: &bollard::errors::Error, code: u16) -> bool {
     matches!(e, bollard::errors::Error::DockerResponseServerError { status_code, .. } if *status_code == code)

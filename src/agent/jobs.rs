@@ -358,9 +358,7 @@ fn with_tag(image: &str) -> String {
     if last.contains(':') || last.contains('@') { image.to_owned() } else { format!("{image}:latest") }
 }
 
-fn engine_error(e: bollard::errors::Error) -> String {
-    super::engine_error(e)
-}
+use super::engine_error;
 
 /// Pulls `image` when the host lacks it.
 async fn ensure_image(docker: &Docker, image: &str) -> Result<(), String> {

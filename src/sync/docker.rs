@@ -62,11 +62,6 @@ impl CanonicalOptions {
         if self.redact_secrets { super::redact::env_entry(entry) } else { entry.to_owned() }
     }
 
-    #[cfg(test)]
-    fn arg(&self, arg: &str) -> String {
-        if self.redact_secrets { super::redact::argument(arg) } else { arg.to_owned() }
-    }
-
     fn args(&self, args: &[String]) -> Vec<String> {
         if self.redact_secrets { super::redact::arguments(args) } else { args.to_vec() }
     }
@@ -370,7 +365,7 @@ mod tests {
         assert_eq!(opts.env("API_TOKEN=abc"), "API_TOKEN=<redacted>");
         assert_eq!(opts.env("PATH=/usr/bin"), "PATH=/usr/bin");
         assert_eq!(opts.env("DB_PASS=w1k1"), "DB_PASS=<redacted>");
-        assert_eq!(opts.arg("--password=x"), "--password=<redacted>");
+        assert_eq!(opts.args(&["--password=x".to_owned()]), ["--password=<redacted>"]);
         let keep = CanonicalOptions { redact_secrets: false };
         assert_eq!(keep.env("POSTGRES_PASSWORD=hunter2"), "POSTGRES_PASSWORD=hunter2");
     }

@@ -212,14 +212,9 @@ pub fn arguments<'a>(args: impl IntoIterator<Item = &'a String>) -> Vec<String> 
 
 /// A word of a shell script: `NAME=value` with a secret name redacted.
 fn env_entry_word(word: &str) -> String {
+    let identifier = |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
     match word.split_once('=') {
-        Some((name, _)) if !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') => {
-            if secret_name(name) {
-                format!("{name}={REDACTED}")
-            } else {
-                word.to_owned()
-            }
-        }
+        Some((name, _)) if identifier(name) && secret_name(name) => format!("{name}={REDACTED}"),
         _ => word.to_owned(),
     }
 }

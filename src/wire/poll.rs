@@ -71,6 +71,15 @@ pub fn check_limits(bytes: &[u8]) -> Result<(), PollError> {
     };
     let (mut results, mut job_runs, mut objects, mut result_bytes) = (0usize, 0usize, 0usize, 0usize);
     let mut fields = 0usize;
+    // The fields of one object (its records), counted into `fields`.
+    let count_fields = |object: &[u8], fields: &mut usize| -> Result<(), PollError> {
+        for r in records(object) {
+            r.map_err(bad)?;
+            *fields += 1;
+            over(*fields, limits::DELTA_FIELDS, "fields in the delta's objects")?;
+        }
+        Ok(())
+    };
     // Output and error sizes of one result (fields 5 and 3) or job run (7 and 9).
     let mut sizes = |record: &[u8], output: u32, error: u32| -> Result<(), PollError> {
         for r in records(record) {
@@ -124,13 +133,7 @@ pub fn check_limits(bytes: &[u8]) -> Result<(), PollError> {
                                 for part in records(entry) {
                                     let (n, part) = part.map_err(bad)?;
                                     match n {
-                                        2 => {
-                                            for r in records(part) {
-                                                r.map_err(bad)?;
-                                                fields += 1;
-                                                over(fields, limits::DELTA_FIELDS, "fields in the delta's objects")?;
-                                            }
-                                        }
+                                        2 => count_fields(part, &mut fields)?,
                                         3 => fields += part.iter().filter(|b| *b & 0x80 == 0).count(),
                                         _ => fields += 1,
                                     }
@@ -139,11 +142,7 @@ pub fn check_limits(bytes: &[u8]) -> Result<(), PollError> {
                             }
                             3 => {
                                 objects += 1;
-                                for r in records(entry) {
-                                    r.map_err(bad)?;
-                                    fields += 1;
-                                    over(fields, limits::DELTA_FIELDS, "fields in the delta's objects")?;
-                                }
+                                count_fields(entry, &mut fields)?;
                             }
                             _ => {}
                         }

@@ -154,9 +154,8 @@ fn wire(args: WireArgs) -> anyhow::Result<()> {
 /// `tern-bench compare`.
 #[cfg(target_os = "linux")]
 fn compare(socket: &std::path::Path) -> anyhow::Result<()> {
-    use tern::sync::{CanonicalOptions, State, diff};
+    use tern::sync::{CanonicalOptions, State};
     use tern::wire::codec::{Codec, Limits};
-    use tern::wire::poll::PollRequest;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (raw, json) = rt.block_on(async {
         let docker = bollard::Docker::connect_with_unix(
@@ -169,8 +168,8 @@ fn compare(socket: &std::path::Path) -> anyhow::Result<()> {
         anyhow::Ok((raw, json))
     })?;
     let state = raw.canonical(&CanonicalOptions::default()).context("building the canonical state")?;
-    let body = PollRequest { base: 0, delta: Some(diff(&State::default(), &state)), ..PollRequest::default() }.encode();
-    let wire = Codec::new(Limits::default())?.encode(&body)?;
+    // The first poll's body, as the agent sends it (the scenarios' own).
+    let wire = tern_bench::scenarios::poll_body(&mut Codec::new(Limits::default())?, 0, &State::default(), &state)?;
     let portainer = tern_bench::baseline::full_bytes(&tern_bench::baseline::snapshot(&json));
     println!(
         "{} containers, {} images, {} volumes, {} networks",
@@ -179,10 +178,6 @@ fn compare(socket: &std::path::Path) -> anyhow::Result<()> {
         state.volumes.len(),
         state.networks.len()
     );
-    println!(
-        "full snapshot: tern {} B encoded ({} B protobuf); Portainer-style ~{portainer} B gzip'd JSON",
-        wire.len(),
-        body.len()
-    );
+    println!("full snapshot: tern {} B encoded; Portainer-style ~{portainer} B gzip'd JSON", wire.len());
     Ok(())
 }

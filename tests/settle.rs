@@ -12,17 +12,14 @@ use tern::sync::state::Id;
 use tern::wire::poll::{Action, ContainerOp};
 
 fn id_of(name: &str, kind: &str) -> Id {
-    let hex = docker(&[kind, "inspect", "--format", "{{.Id}}", name]);
-    let hex = hex.trim_start_matches("sha256:");
-    let bytes: Vec<u8> = (0..32).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect();
-    Id(bytes.try_into().unwrap())
+    Id::parse(&docker(&[kind, "inspect", "--format", "{{.Id}}", name])).unwrap()
 }
 
 #[tokio::test]
 async fn interrupted_commands_are_settled_from_the_engine() {
     let objects = Objects::new(&format!("tern-test-settle-{}", std::process::id()));
     let engine = tern::agent::connect().await.unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let now = tern::clock::unix_now();
     let settle = |action: Action, at: i64| {
         let engine = engine.clone();
         async move { tern::agent::settle(&engine, &action, at).await }

@@ -82,10 +82,6 @@ pub const MAX_ENV_VARS: usize = 32;
 /// The most environments one page of the list holds (and the default).
 pub const MAX_PAGE: u64 = 1000;
 
-/// Variables the deploy commands set themselves, so they cannot be passed
-/// through from the host (the list both sides share).
-pub use crate::edge_env::SET_BY_DEPLOY as RESERVED_VARS;
-
 // ----- request bodies -----
 
 /// A group or tag in a body: its id (a number) or its name (a string).
@@ -523,7 +519,7 @@ fn check_env_vars(vars: &EnvVars) -> Result<Vec<String>, ApiError> {
                 "env_vars: {shown:?} is not a variable name (letters, digits and _, not starting with a digit)"
             )));
         }
-        if RESERVED_VARS.contains(&v) {
+        if crate::edge_env::SET_BY_DEPLOY.contains(&v) {
             return Err(ApiError::invalid(format!("env_vars: {v} is set by the deploy command itself")));
         }
         if !crate::edge_env::accepted(v) {

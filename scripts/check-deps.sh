@@ -37,5 +37,12 @@ if cargo tree -q -p tern -e normal --depth 1 --prefix none | sed 's/ .*//' | gre
     echo "check-deps: the tern crate depends on flate2 directly" >&2
     fail=1
 fi
+# The protocol core does no I/O: no runtime, no Docker client, no
+# database, no HTTP stack.
+forbid "the protocol core (tern-proto)" tern-proto tokio bollard rusqlite axum hyper rustls mio -- --all-features
+# Each role builds only what it uses: a server-only build has no Docker
+# client, an agent-only build no database, router or templates.
+forbid "the server-only build" tern bollard -- --no-default-features --features server
+forbid "the agent-only build" tern rusqlite axum maud tower-http -- --no-default-features --features agent
 [ "$fail" = 0 ] && echo "check-deps: the dependency rules hold"
 exit "$fail"

@@ -2,8 +2,10 @@
 //! ([`store`]), its connection to the server ([`client`]), the poll loop
 //! ([`run`]), its health record and check ([`health`]), and the local
 //! Docker engine: the collector, which reads a [`RawSnapshot`] through
-//! bollard, the event follower, and the commands.
+//! bollard and makes it canonical ([`canonical`]), the event follower, and
+//! the commands.
 
+pub mod canonical;
 pub mod client;
 pub mod compose;
 pub mod config;
@@ -22,7 +24,9 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 
-use crate::sync::{CanonicalOptions, RawSnapshot, State};
+pub use canonical::{CanonicalOptions, RawSnapshot};
+
+use crate::sync::State;
 use crate::wire::poll::{Action, ContainerOp};
 
 /// Why the engine could not be read.
@@ -309,7 +313,7 @@ async fn settle_now(docker: &Docker, action: &Action, started_at: i64) -> journa
                 let st = c.state.unwrap_or_default();
                 let running = st.running.unwrap_or(false);
                 let paused = st.paused.unwrap_or(false);
-                let since = crate::sync::docker::seconds(st.started_at.as_deref());
+                let since = canonical::seconds(st.started_at.as_deref());
                 journal::settle_container(*op, Some((running, paused, since)), started_at)
             }
             Err(e) if gone(&e) => journal::settle_container(*op, None, started_at),

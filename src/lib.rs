@@ -19,8 +19,10 @@
 //!         --> store --> reply { base ack | resync, commands, changed intervals }
 //! ```
 //!
-//! Modules that do no I/O: [`sync`] (state, digests, diff/apply) and
-//! [`wire`] (schema, field diff, body codec). The bench lab (the on-wire
+//! What does no I/O is the protocol core, the `tern-proto` crate in
+//! `proto/`: [`sync`] (state, digests, diff/apply), [`wire`] (schema, field
+//! diff, body codec), [`auth`] (the poll MAC) and the contracts both roles
+//! share. This crate is the shells around it. The bench lab (the on-wire
 //! benchmark, the link emulator, the recorded fixtures and the
 //! Portainer-style baseline) is the `tern-bench` crate in `benches/wire`,
 //! not part of this one.
@@ -30,14 +32,15 @@
 
 #![warn(missing_docs)]
 
+// The protocol core is its own crate (`proto/`, tern-proto), kept free of
+// I/O by its dependencies; its modules are re-exported under their old
+// names, so `tern::sync::State` is `tern_proto::sync::State`.
+pub use tern_proto::{auth, clock, cron, edge_env, stack, sync, wire};
+
 #[cfg(feature = "agent")]
 pub mod agent;
-pub mod auth;
 #[cfg(all(feature = "server", feature = "agent"))]
 pub mod cli;
-pub mod clock;
-pub mod cron;
-pub mod edge_env;
 #[cfg(any(all(test, feature = "agent", feature = "server"), feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -45,8 +48,5 @@ pub mod fuzzing;
 pub mod meter;
 #[cfg(feature = "server")]
 pub mod server;
-pub mod stack;
-pub mod sync;
 #[cfg(feature = "tls")]
 pub mod tls;
-pub mod wire;

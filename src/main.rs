@@ -605,7 +605,8 @@ fn decode_body(file: &std::path::Path, reply: bool) -> anyhow::Result<()> {
 mod snapshot {
     use anyhow::Context;
     use tern::agent;
-    use tern::sync::{CanonicalOptions, State, diff};
+    use tern::agent::CanonicalOptions;
+    use tern::sync::{State, diff};
     use tern::wire::codec::{Codec, Limits};
     use tern::wire::poll::PollRequest;
 

@@ -6,7 +6,8 @@
 use std::process::Command;
 
 use tern::sync::state::{ContainerStatus, MountType};
-use tern::sync::{CanonicalOptions, diff};
+use tern::agent::CanonicalOptions;
+use tern::sync::diff;
 
 /// Objects this test creates, removed on drop even when the test fails.
 struct Fixture {

@@ -13,7 +13,7 @@ use bollard::query_parameters::EventsOptions;
 use common::{Objects, docker};
 use futures_util::StreamExt;
 use tern::agent::changes_state;
-use tern::sync::CanonicalOptions;
+use tern::agent::CanonicalOptions;
 
 /// The next event, within 20 s.
 async fn next<S>(events: &mut S) -> bollard::models::EventMessage

@@ -1,4 +1,4 @@
-//! Trains the zstd dictionary shipped in `dict/` from the *training*
+//! Trains the zstd dictionary shipped in `proto/dict/` from the *training*
 //! recording (`tests/fixtures/train.json`), a host that shares no project,
 //! service or image with the evaluation host the budgets are measured on.
 //!
@@ -21,7 +21,7 @@ use tern_bench::fixture;
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let size: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(16 * 1024);
-    let out = args.next().unwrap_or_else(|| "dict/tern-v1-1.zdict".into());
+    let out = args.next().unwrap_or_else(|| "proto/dict/tern-v1-1.zdict".into());
 
     let rec = fixture::load(&fixture::dir(), "train")?;
     let prepared = tern_bench::scenarios::prepare(&rec);

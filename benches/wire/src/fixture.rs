@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
-use tern::sync::RawSnapshot;
+use tern::agent::RawSnapshot;
 
 /// Why a recording could not be loaded.
 #[derive(Debug, thiserror::Error)]

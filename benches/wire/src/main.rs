@@ -154,7 +154,8 @@ fn wire(args: WireArgs) -> anyhow::Result<()> {
 /// `tern-bench compare`.
 #[cfg(target_os = "linux")]
 fn compare(socket: &std::path::Path) -> anyhow::Result<()> {
-    use tern::sync::{CanonicalOptions, State};
+    use tern::agent::CanonicalOptions;
+    use tern::sync::State;
     use tern::wire::codec::{Codec, Limits};
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (raw, json) = rt.block_on(async {

@@ -9,7 +9,8 @@ use serde_json::Value;
 
 use crate::baseline;
 use crate::fixture::Recording;
-use tern::sync::{CanonicalOptions, State, diff};
+use tern::agent::CanonicalOptions;
+use tern::sync::{State, diff};
 use tern::wire::codec::{Codec, CodecError};
 use tern::wire::poll::PollRequest;
 

@@ -688,7 +688,7 @@ impl Bench<'_> {
 
     async fn engine_root(&self) -> anyhow::Result<String> {
         let raw = tern::agent::collect(&self.docker).await?;
-        let state = raw.canonical(&tern::sync::CanonicalOptions::default())?;
+        let state = raw.canonical(&tern::agent::CanonicalOptions::default())?;
         Ok(state.root().iter().map(|b| format!("{b:02x}")).collect())
     }
 
@@ -938,7 +938,7 @@ async fn run_async(options: &Options) -> anyhow::Result<Report> {
     link.set_port(sink.port, Class::Baseline);
     let docker = bollard::Docker::connect_with_unix(&run.docker_host(), 120, bollard::API_DEFAULT_VERSION)?;
     let host_desc = {
-        let state = tern::agent::collect(&docker).await?.canonical(&tern::sync::CanonicalOptions::default())?;
+        let state = tern::agent::collect(&docker).await?.canonical(&tern::agent::CanonicalOptions::default())?;
         format!(
             "{} containers in {} compose projects and standalone, {} images, {} volumes, {} networks",
             state.containers.len(),

@@ -18,7 +18,7 @@ use bollard::models::{
 };
 use serde::Deserialize;
 
-use super::state::{
+use crate::sync::state::{
     Attachment, Container, ContainerStatus, Health, Host, Id, Image, InvalidObject, IpamPool, Mount, MountType,
     Network, Port, Protocol, RestartPolicy, State, Table, Timestamp, Volume,
 };
@@ -41,13 +41,13 @@ pub struct RawSnapshot {
     pub version: SystemVersion,
 }
 
-pub use super::redact::REDACTED;
+pub use crate::sync::redact::REDACTED;
 
 /// How the canonical state is built.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CanonicalOptions {
     /// Redact the values of environment variables and command arguments
-    /// that hold credentials (see [`super::redact`]). On by default.
+    /// that hold credentials (see [`crate::sync::redact`]). On by default.
     pub redact_secrets: bool,
 }
 
@@ -59,18 +59,18 @@ impl Default for CanonicalOptions {
 
 impl CanonicalOptions {
     fn env(&self, entry: &str) -> String {
-        if self.redact_secrets { super::redact::env_entry(entry) } else { entry.to_owned() }
+        if self.redact_secrets { crate::sync::redact::env_entry(entry) } else { entry.to_owned() }
     }
 
     fn args(&self, args: &[String]) -> Vec<String> {
-        if self.redact_secrets { super::redact::arguments(args) } else { args.to_vec() }
+        if self.redact_secrets { crate::sync::redact::arguments(args) } else { args.to_vec() }
     }
 
     fn labels(&self, labels: Option<&std::collections::HashMap<String, String>>) -> BTreeMap<String, String> {
         let mut out = sorted_map(labels);
         if self.redact_secrets {
             for (k, v) in &mut out {
-                *v = super::redact::label(k, v);
+                *v = crate::sync::redact::label(k, v);
             }
         }
         out

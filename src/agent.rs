@@ -10,6 +10,7 @@ pub mod client;
 pub mod compose;
 pub mod config;
 pub mod health;
+pub mod inspect;
 pub mod jobs;
 pub mod journal;
 pub mod run;
@@ -25,6 +26,75 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 
 pub use canonical::{CanonicalOptions, RawSnapshot};
+
+/// `tern agent`'s subcommands (none: run the agent).
+#[derive(clap::Subcommand)]
+pub enum AgentCommand {
+    /// Read the local engine and print, as JSON, what this host costs: the
+    /// object counts, the root digest, the encoded size of a full snapshot
+    /// and of the delta from --base.
+    DryRun {
+        /// Save the state read, for a later --base.
+        #[arg(long)]
+        save: Option<std::path::PathBuf>,
+        /// A state saved earlier with --save: also report the delta from it.
+        #[arg(long)]
+        base: Option<std::path::PathBuf>,
+    },
+    /// Exit 0 when the agent using this data path is reaching its server:
+    /// its last successful poll is at most 3 × its ping interval + 60 s old,
+    /// or it started that recently; 1 otherwise. Prints why. The agent
+    /// image's HEALTHCHECK.
+    Health {
+        /// The agent's data directory.
+        #[arg(long, env = "DATA_PATH", default_value = config::DEFAULT_DATA_PATH)]
+        data_path: std::path::PathBuf,
+    },
+}
+
+/// `tern agent [COMMAND]`. Running the agent exits 2 for a configuration
+/// error and 1 for a failure; `health` 1 when unhealthy.
+pub fn main(command: Option<AgentCommand>) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let config = match command {
+        None => config::AgentConfig::from_env(&std::env::vars().collect()),
+        Some(AgentCommand::DryRun { save, base }) => {
+            return match inspect::dry_run(save.as_deref(), base.as_deref()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tern: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(AgentCommand::Health { data_path }) => {
+            let verdict = health::check(&data_path, crate::clock::unix_now());
+            println!("{verdict}");
+            return if verdict.healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+        }
+    };
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tern agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tern agent: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(async { start(config, crate::signal::shutdown()).await }) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tern agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 use crate::sync::State;
 use crate::wire::poll::{Action, ContainerOp};

@@ -1,7 +1,7 @@
 //! The operator's CLI: every subcommand that talks to a server goes through
 //! its REST API with [`ApiArgs`] and [`Api`]. Each area has its own module
-//! (a clap `Subcommand` enum and a `run` function); `main.rs` only wires
-//! them in.
+//! (a clap `Subcommand` enum and a `run` function); [`Command`] gathers
+//! them, and `main.rs` only flattens it into the binary's commands.
 
 pub mod access;
 pub mod env;
@@ -16,6 +16,122 @@ use serde_json::Value;
 
 use crate::agent::client::Client;
 use crate::tls::Trust;
+
+/// The operator's commands, each through the server's API (but `admin`,
+/// which works offline on the server's data directory).
+#[derive(clap::Subcommand)]
+#[allow(missing_docs)] // fields are clap's plumbing; each variant's doc is its help text
+pub enum Command {
+    /// Edge stacks: a compose file deployed to environments, groups or
+    /// tags, with per-environment status.
+    Stack {
+        #[command(subcommand)]
+        command: stacks::StackCommand,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Print a container's last log lines (fetched by its agent at its next
+    /// poll).
+    Logs {
+        #[command(flatten)]
+        logs: logs::LogsArgs,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// API tokens for automation, through the server's API.
+    Token {
+        #[command(subcommand)]
+        command: access::TokenCommand,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// The admin account, offline on the server's data directory.
+    Admin {
+        #[command(subcommand)]
+        command: access::AdminCommand,
+    },
+    /// Manage environments through the server's API.
+    Env {
+        #[command(subcommand)]
+        command: env::EnvCommand,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Groups of environments, through the server's API.
+    Group {
+        #[command(subcommand)]
+        command: fleet::LabelCommand,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Tags for environments, through the server's API.
+    Tag {
+        #[command(subcommand)]
+        command: fleet::LabelCommand,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// The server's settings: default intervals, AGENT_SECRET.
+    Settings {
+        #[command(subcommand)]
+        command: fleet::SettingsCommand,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Queue a command for an environment's agent (and follow it with --wait).
+    Cmd {
+        #[command(flatten)]
+        cmd: fleet::CmdArgs,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// An environment's commands, newest first.
+    Commands {
+        /// The environment: id or name.
+        env: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Edge jobs: a script run on chosen hosts, once or on a cron schedule,
+    /// with its output collected.
+    Job {
+        #[command(subcommand)]
+        command: jobs::JobCommand,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Data usage through the server's API: what each environment's polls
+    /// cost at the TLS socket and in poll bodies, per day and in total.
+    Usage {
+        #[command(flatten)]
+        usage: usage::UsageArgs,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+impl Command {
+    /// Runs the command.
+    ///
+    /// # Errors
+    /// What went wrong, for the operator.
+    pub fn run(self) -> anyhow::Result<()> {
+        match self {
+            Self::Env { command, api } => env::run(command, &api),
+            Self::Group { command, api } => fleet::run_label(fleet::LabelKind::Group, command, &api),
+            Self::Tag { command, api } => fleet::run_label(fleet::LabelKind::Tag, command, &api),
+            Self::Settings { command, api } => fleet::run_settings(command, &api),
+            Self::Cmd { cmd, api } => fleet::run_cmd(&cmd, &api),
+            Self::Commands { env, api } => fleet::run_commands(&env, &api),
+            Self::Token { command, api } => access::run_token(command, &api),
+            Self::Admin { command } => access::run_admin(command),
+            Self::Usage { usage, api } => usage::run(&usage, &api),
+            Self::Job { command, api } => jobs::run(command, &api),
+            Self::Stack { command, api } => stacks::run(command, &api),
+            Self::Logs { logs, api } => logs::run(&logs, &api),
+        }
+    }
+}
 
 /// How the CLI finds and authenticates to the server.
 #[derive(Debug, Clone, clap::Args)]

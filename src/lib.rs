@@ -48,5 +48,7 @@ pub mod fuzzing;
 pub mod meter;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(any(feature = "agent", feature = "server"))]
+pub mod signal;
 #[cfg(feature = "tls")]
 pub mod tls;

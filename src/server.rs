@@ -4,6 +4,8 @@
 pub mod api;
 pub mod http;
 pub mod poll;
+#[cfg(feature = "agent")]
+pub mod quickstart;
 pub mod store;
 pub mod ui;
 
@@ -178,6 +180,88 @@ pub async fn run_with(
     limits: http::ConnectionLimits,
 ) -> std::io::Result<()> {
     http::serve_with(listener, prepared.tls, http::router(prepared.state), shutdown, limits).await
+}
+
+/// `tern server`'s options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "TERN_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: std::net::SocketAddr,
+    /// Data directory (database, certificate, key).
+    #[arg(long, env = "TERN_DATA", default_value = "tern-data")]
+    pub data: PathBuf,
+    /// PEM certificate chain to use instead of the self-signed one.
+    #[arg(long, env = "TERN_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "TERN_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Names for the self-signed certificate (made at first start).
+    #[arg(long = "cert-name", default_values = ["localhost", "127.0.0.1"])]
+    pub cert_names: Vec<String>,
+    /// A shared secret every agent must also be given (AGENT_SECRET on
+    /// the agent); kept in the database. An empty value removes it.
+    /// Prefer the AGENT_SECRET variable: a command-line option shows in
+    /// the process list.
+    #[arg(long, env = "AGENT_SECRET", hide_env_values = true)]
+    pub agent_secret: Option<String>,
+    /// Close a connection idle this many seconds between requests
+    /// (default 600). Advanced: the on-wire benchmark shortens it to
+    /// close every connection between polls, as a carrier NAT would.
+    #[arg(long, hide = true, value_name = "SECONDS", value_parser = positive_seconds)]
+    pub idle_timeout: Option<std::time::Duration>,
+}
+
+/// A positive number of seconds (`--idle-timeout 0.5`).
+fn positive_seconds(text: &str) -> Result<std::time::Duration, String> {
+    match text.parse::<f64>().map(std::time::Duration::try_from_secs_f64) {
+        Ok(Ok(d)) if !d.is_zero() => Ok(d),
+        _ => Err("a positive number of seconds".into()),
+    }
+}
+
+impl ServeArgs {
+    /// `tern server`: serves until Ctrl-C or SIGTERM.
+    ///
+    /// # Errors
+    /// When the server cannot start.
+    pub fn run(self) -> anyhow::Result<()> {
+        let mut limits = http::ConnectionLimits::default();
+        if let Some(idle) = self.idle_timeout {
+            limits.idle = idle;
+        }
+        let config = ServerConfig { data: self.data, cert: self.tls_cert.zip(self.tls_key), names: self.cert_names };
+        let prepared = prepare(&config)?;
+        if std::env::args().any(|a| a == "--agent-secret" || a.starts_with("--agent-secret=")) {
+            tracing::warn!(
+                "--agent-secret on the command line shows the secret to anyone who can list processes (ps); set \
+                 the AGENT_SECRET variable instead"
+            );
+        }
+        prepared.set_agent_secret(self.agent_secret.as_deref())?;
+        let listen = self.listen;
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        rt.block_on(async move {
+            let shutdown = crate::signal::shutdown();
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            // Printed on stdout, one item a line, so scripts and tests can read them.
+            println!("listening on {}", listener.local_addr()?);
+            println!("data directory {}", config.data.display());
+            println!("certificate sha256 {}", fingerprint_hex(&prepared.fingerprint));
+            // Only at first start, when it was generated: shown this once.
+            // Not println!: a reader that stopped after the lines above
+            // (closed stdout) must not stop the server.
+            if let Some(password) = &prepared.initial_admin_password {
+                let _ = std::io::Write::write_all(
+                    &mut std::io::stdout(),
+                    format!("admin password {password}\n").as_bytes(),
+                );
+            }
+            run_with(prepared, listener, shutdown, limits).await?;
+            Ok(())
+        })
+    }
 }
 
 /// The default port, as Portainer's UI port.

@@ -5,9 +5,9 @@
 
 use std::process::Command;
 
-use tern::sync::state::{ContainerStatus, MountType};
 use tern::agent::CanonicalOptions;
 use tern::sync::diff;
+use tern::sync::state::{ContainerStatus, MountType};
 
 /// Objects this test creates, removed on drop even when the test fails.
 struct Fixture {

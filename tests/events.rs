@@ -12,8 +12,8 @@ use std::time::Duration;
 use bollard::query_parameters::EventsOptions;
 use common::{Objects, docker};
 use futures_util::StreamExt;
-use tern::agent::changes_state;
 use tern::agent::CanonicalOptions;
+use tern::agent::changes_state;
 
 /// The next event, within 20 s.
 async fn next<S>(events: &mut S) -> bollard::models::EventMessage

@@ -837,16 +837,25 @@ pub async fn create_environment(
     State(state): State<Arc<AppState>>,
     ApiJson(req): ApiJson<CreateEnvironment>,
 ) -> Result<(StatusCode, Json<CreatedEnvironment>), ApiError> {
-    let new = new_environment(req, new_secret()?, new_edge_id()?)?;
-    let intervals = new.intervals;
     let fingerprint = state.fingerprint;
-    let created = with_store(&state, move |store| {
-        check_intervals(intervals, store.default_intervals()?)?;
-        let id = store.create_fleet_environment(&new, now())?;
-        deploy_of(store, id, fingerprint)
-    })
-    .await?;
+    let created = with_store(&state, move |store| create_environment_in(store, req, fingerprint)).await?;
     Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// Creates an environment the way `POST /api/environments` does, in the
+/// caller's store: the handler and `tern quickstart` share it.
+///
+/// # Errors
+/// A 422 naming the bad field, or the store's error.
+pub(crate) fn create_environment_in(
+    store: &Store,
+    req: CreateEnvironment,
+    fingerprint: [u8; 32],
+) -> Result<CreatedEnvironment, ApiError> {
+    let new = new_environment(req, new_secret()?, new_edge_id()?)?;
+    check_intervals(new.intervals, store.default_intervals()?)?;
+    let id = store.create_fleet_environment(&new, now())?;
+    deploy_of(store, id, fingerprint)
 }
 
 /// The list's query: `group`, `tag`, `status`, `name`, `limit`, `offset`.
@@ -941,14 +950,22 @@ pub async fn update_environment(
     PathId(id): PathId,
     ApiJson(req): ApiJson<UpdateEnvironment>,
 ) -> Result<Json<EnvironmentFull>, ApiError> {
-    let change = environment_change(&req)?;
     Ok(Json(
         with_store(&state, move |store| {
-            store.update_environment(id, &change)?;
+            update_environment_in(store, id, &req)?;
             full_of(store, id, now())
         })
         .await?,
     ))
+}
+
+/// Changes an environment the way `PATCH /api/environments/{id}` does, in
+/// the caller's store (`tern quickstart` follows its own port with it).
+///
+/// # Errors
+/// A 422 naming the bad field, or the store's error.
+pub(crate) fn update_environment_in(store: &Store, id: u64, req: &UpdateEnvironment) -> Result<(), ApiError> {
+    Ok(store.update_environment(id, &environment_change(req)?)?)
 }
 
 /// The change a `PATCH /api/environments/{id}` body asks for, checked.

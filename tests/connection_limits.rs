@@ -92,3 +92,85 @@ async fn silent_idle_and_excess_connections_are_closed_and_a_good_client_still_g
     server.await.unwrap().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Reads a TLS stream until the server closes it; what it read, or None if
+/// it stayed open longer than `limit`.
+async fn read_to_close<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, limit: Duration) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    });
+    read.await.ok().map(|()| out)
+}
+
+#[tokio::test]
+async fn shutdown_answers_the_request_under_way_closes_idle_connections_then_returns() {
+    use tokio::io::AsyncWriteExt;
+    let dir = std::env::temp_dir().join(format!("tern-drain-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let identity = ServerIdentity::load_or_create(&dir, &["localhost".into()]).unwrap();
+    let fingerprint = identity.fingerprint();
+    let store = Store::open(&dir.join("tern.db")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve_with(
+        listener,
+        Arc::new(identity.server_config().unwrap()),
+        router(AppState::new(store, Limits::default(), "admin", fingerprint).unwrap()),
+        async {
+            let _ = stopped.await;
+        },
+        ConnectionLimits::default(),
+    ));
+    let connector =
+        tokio_rustls::TlsConnector::from(Arc::new(tern::tls::client_config(Trust::Pinned(fingerprint)).unwrap()));
+    let connect = || async {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        connector.connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.unwrap()
+    };
+
+    // One connection idle between requests, one in the middle of a request
+    // (its headers and half its body sent).
+    let mut idle = connect().await;
+    let mut busy = connect().await;
+    let body = br#"{"name":"drained","url":"https://127.0.0.1:9443"}"#;
+    let (first, rest) = body.split_at(body.len() / 2);
+    let head = format!(
+        "POST /api/environments HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer admin\r\nContent-Type: \
+         application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    busy.write_all(head.as_bytes()).await.unwrap();
+    busy.write_all(first).await.unwrap();
+    busy.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    stop.send(()).unwrap();
+    // The idle connection is closed at once...
+    let closed = read_to_close(&mut idle, Duration::from_secs(3)).await;
+    assert_eq!(closed.as_deref(), Some(&[][..]), "the idle connection is closed, with no answer");
+    // ... while the server waits for the request under way.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!server.is_finished(), "the server returned with a request under way");
+
+    busy.write_all(rest).await.unwrap();
+    busy.flush().await.unwrap();
+    let answer = read_to_close(&mut busy, Duration::from_secs(5)).await.expect("closed after its answer");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 201"), "the request under way is answered: {answer}");
+    tokio::time::timeout(Duration::from_secs(3), server)
+        .await
+        .expect("the server returns once its connections are closed")
+        .unwrap()
+        .unwrap();
+    assert!(answer.contains("\"name\":\"drained\""), "{answer}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -434,6 +434,12 @@ pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600
 /// A request, body included, must arrive and be answered within this.
 pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// At shutdown, how long requests under way may take to finish before
+/// their connections are closed anyway. Below `docker stop`'s 10 s, so the
+/// usage meters are still written before a SIGKILL; an agent whose poll is
+/// cut retries it, which the protocol makes safe.
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The connection limits [`serve`] applies (the constants above, unless a
 /// test shortens them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -471,6 +477,13 @@ pub async fn request_timeout(request: axum::extract::Request, next: axum::middle
 /// Serves `router` over TLS on an already-bound listener until `shutdown`
 /// completes. Connections are kept alive between polls, within the limits
 /// above.
+///
+/// Shutdown drains, as mini-redis does: the listener stops accepting, idle
+/// connections close at once (a TCP close, no TLS alert: bytes on the
+/// agents' links), a request under way is answered and then its
+/// connection closes, and this returns when every connection is closed
+/// (or after [`DRAIN_TIMEOUT`]), with what they carried written to the
+/// usage meters.
 ///
 /// # Errors
 /// Never at present; accept errors are logged and the loop goes on.
@@ -551,10 +564,23 @@ pub async fn serve_with(
     let gate = gate::Gate::new(max, per_address);
     let mut accept_errors = Quiet::default();
     let refusals = Arc::new(Mutex::new(Quiet::default()));
+    // Told to every connection at shutdown; each holds a `done` sender, so
+    // the receiver ends when the last connection has closed.
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => {
+                drop(listener);
+                let _ = drain_tx.send(true);
+                drop(done_tx);
+                if tokio::time::timeout(DRAIN_TIMEOUT, done_rx.recv()).await.is_err() {
+                    tracing::warn!(
+                        "shutdown: requests still under way after {} s are cut (their agents retry)",
+                        DRAIN_TIMEOUT.as_secs()
+                    );
+                }
                 // Charge what open connections carried since their last poll.
                 let meters = meters.clone();
                 let _ = tokio::task::spawn_blocking(move || meters.flush_all()).await;
@@ -575,7 +601,9 @@ pub async fn serve_with(
                 let _ = tcp.set_nodelay(true);
                 let (acceptor, router, meters, gate) = (acceptor.clone(), router.clone(), meters.clone(), gate.clone());
                 let refusals = refusals.clone();
+                let (mut drain, done) = (drain_rx.clone(), done_tx.clone());
                 tokio::spawn(async move {
+                    let _done = done;
                     // When the server is full, another connection may give
                     // way; this waits (briefly) for its slot.
                     let admission = match gate.admit(peer.ip()).await {
@@ -610,9 +638,14 @@ pub async fn serve_with(
                             meters.forget(key);
                             return;
                         }
+                        () = draining(&mut drain) => {
+                            meters.forget(key);
+                            return;
+                        }
                     };
                     let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
                     admission.serving(requests.clone());
+                    let in_flight = requests.clone();
                     let inner = TowerToHyperService::new(router);
                     let service = hyper::service::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
                         // The peer's address, as axum's `ConnectInfo`: the login rate limit counts by it.
@@ -645,6 +678,18 @@ pub async fn serve_with(
                             connection.as_mut().graceful_shutdown();
                             connection.await
                         }
+                        () = draining(&mut drain) => {
+                            if in_flight.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                                // Idle: closed as a stopped process's sockets
+                                // are, without a TLS close_notify (24 B an
+                                // agent, and its next poll reconnects either way).
+                                Ok(())
+                            } else {
+                                // A request under way is answered first.
+                                connection.as_mut().graceful_shutdown();
+                                connection.await
+                            }
+                        }
                     };
                     if let Err(e) = result {
                         tracing::debug!("connection from {peer}: {e}");
@@ -656,6 +701,12 @@ pub async fn serve_with(
             }
         }
     }
+}
+
+/// Completes when the server starts to shut down (or is gone).
+async fn draining(drain: &mut tokio::sync::watch::Receiver<bool>) {
+    // The guard `wait_for` gives is dropped here, not held in the caller.
+    let _ = drain.wait_for(|d| *d).await;
 }
 
 /// The most a connection reads ahead of its handler (hyper's default is

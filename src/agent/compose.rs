@@ -15,9 +15,10 @@
 //!   `${VAR}` interpolated from the stack's variables, and the project's
 //!   networks, named volumes and containers (`<project>-<service>-1`) are
 //!   created and labelled the way compose labels them
-//!   (`com.docker.compose.project`, `.service`, `.oneoff=False`,
-//!   `.config-hash`, ...), so the agent's state derives the stack from the
-//!   containers whichever way it was deployed. A redeploy keeps a container
+//!   (`com.docker.compose.project`, `.service`, `.oneoff=False`, ...), so
+//!   the agent's state derives the stack from the containers whichever way
+//!   it was deployed; its own configuration hash goes under a tern label
+//!   (`io.tern.stack.config-hash`), not Compose's. A redeploy keeps a container
 //!   whose configuration (and image) did not change, and replaces the
 //!   others; services no longer in the file are removed. Images are taken
 //!   from the engine when present and pulled only when missing. Removal
@@ -50,9 +51,16 @@ use crate::wire::poll::StackSpec;
 pub const LABEL_PROJECT: &str = "com.docker.compose.project";
 /// The service a container runs.
 pub const LABEL_SERVICE: &str = "com.docker.compose.service";
-/// The hash of a service's configuration; a redeploy replaces a container
-/// whose hash changed.
-pub const LABEL_CONFIG_HASH: &str = "com.docker.compose.config-hash";
+/// The hash of a service's configuration, as the built-in implementation
+/// computes it; a redeploy replaces a container whose hash changed. A tern
+/// label: Compose's own `com.docker.compose.config-hash` means Compose's
+/// hash, and writing a different one under it made each tool take the
+/// other's containers for changed.
+pub const LABEL_CONFIG_HASH: &str = "io.tern.stack.config-hash";
+/// Where agents before 0.2 wrote [`LABEL_CONFIG_HASH`]. Read (only on
+/// containers the built-in implementation made, which carry
+/// [`LABEL_STACK_VERSION`]) so an upgrade replaces no unchanged container.
+const LEGACY_LABEL_CONFIG_HASH: &str = "com.docker.compose.config-hash";
 /// The stack version (the server's) that created a container.
 pub const LABEL_STACK_VERSION: &str = "io.tern.stack.version";
 
@@ -1033,6 +1041,14 @@ pub fn config_hash(project: &Project, service: &Service, image_id: &str) -> Stri
     h.finalize().to_hex().to_string()
 }
 
+/// The configuration hash a container of the built-in implementation
+/// carries (see [`LEGACY_LABEL_CONFIG_HASH`]).
+fn config_hash_of(labels: &HashMap<String, String>) -> Option<&String> {
+    labels.get(LABEL_CONFIG_HASH).or_else(|| {
+        labels.get(LEGACY_LABEL_CONFIG_HASH).filter(|_| labels.contains_key(LABEL_STACK_VERSION))
+    })
+}
+
 /// The engine body that creates a service's container (attached to its
 /// first network; the others are connected before it starts).
 fn create_body(project: &Project, service: &Service, hash: &str, version: u32) -> bollard::models::ContainerCreateBody {
@@ -1162,7 +1178,7 @@ pub async fn deploy_builtin(docker: &Docker, project: &Project, version: u32) ->
         let service = labels.get(LABEL_SERVICE).cloned().unwrap_or_default();
         let name = c.names.unwrap_or_default().first().map(|n| n.trim_start_matches('/').to_owned());
         let same = project.services.get(&service).is_some_and(|s| {
-            labels.get(LABEL_CONFIG_HASH) == hashes.get(&service)
+            config_hash_of(&labels) == hashes.get(&service)
                 && name.as_deref() == Some(project.container_name(s).as_str())
         });
         if same && !keep.contains_key(&service) {
@@ -1387,6 +1403,24 @@ volumes:
         assert_ne!(h1, config_hash(&p2, &p2.services["web"], "sha256:1"));
         assert_eq!(h1, config_hash(&p, web, "sha256:1"));
         assert_ne!(h1, config_hash(&p, web, "sha256:2"), "a new image replaces the container");
+    }
+
+    #[test]
+    fn the_hash_is_a_tern_label_and_an_older_agents_is_still_read() {
+        let labels = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        };
+        let p = Project::parse("shop", FILE, &env(&[]), Path::new("/data/stacks/shop")).unwrap();
+        let body = create_body(&p, &p.services["web"], "abc", 3);
+        let written = body.labels.unwrap_or_default();
+        assert_eq!(written.get("io.tern.stack.config-hash").map(String::as_str), Some("abc"));
+        assert!(!written.contains_key("com.docker.compose.config-hash"), "Compose's own label is Compose's");
+        assert_eq!(config_hash_of(&labels(&[(LABEL_CONFIG_HASH, "abc")])).map(String::as_str), Some("abc"));
+        // Made by an older agent's built-in compose: kept when unchanged.
+        let old = labels(&[(LEGACY_LABEL_CONFIG_HASH, "abc"), (LABEL_STACK_VERSION, "2")]);
+        assert_eq!(config_hash_of(&old).map(String::as_str), Some("abc"));
+        // Made by the compose tool: its hash means something else.
+        assert_eq!(config_hash_of(&labels(&[(LEGACY_LABEL_CONFIG_HASH, "abc")])), None);
     }
 
     #[test]

@@ -458,7 +458,13 @@ impl From<FleetError> for ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
         };
-        Self::new(status, e.to_string())
+        // What to do about it, in the API's own terms.
+        let message = match &e {
+            FleetError::UnknownGroup(_) => format!("{e} (create it first: POST /api/groups)"),
+            FleetError::NoUrl(_) => format!("{e}; set it with PATCH"),
+            _ => e.to_string(),
+        };
+        Self::new(status, message)
     }
 }
 

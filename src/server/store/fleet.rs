@@ -26,7 +26,9 @@ use crate::auth::Secret;
 use crate::sync::State;
 use crate::wire::poll::Intervals;
 
-/// What went wrong with groups, tags and environment options.
+/// What went wrong with groups, tags and environment options. The texts
+/// say what is wrong, not which request to make about it: that is the API
+/// layer's to add (`api::fleet`), for whatever backend holds the data.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FleetError {
     /// No group with this id (in a path).
@@ -36,7 +38,7 @@ pub enum FleetError {
     #[error("no tag {0}")]
     TagNotFound(u64),
     /// A group named in a body or a filter does not exist.
-    #[error("no group {0:?} (create it first: POST /api/groups)")]
+    #[error("no group {0:?}")]
     UnknownGroup(String),
     /// A tag named by id in a body, or in a filter, does not exist.
     #[error("no tag {0:?}")]
@@ -48,7 +50,7 @@ pub enum FleetError {
     #[error("a tag named {0:?} exists already")]
     TagNameTaken(String),
     /// The environment was created before the server kept its URL.
-    #[error("environment {0} has no server URL (it was created before the server kept one); set it with PATCH")]
+    #[error("environment {0} has no server URL (it was created before the server kept one)")]
     NoUrl(u64),
     /// New default intervals would disable every timer of some environments.
     #[error("these defaults would leave {0} environment(s) with every interval disabled, never polling again")]

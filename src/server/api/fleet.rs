@@ -867,9 +867,7 @@ pub(crate) fn create_environment_in(
 /// The list's query: `group`, `tag`, `status`, `name`, `limit`, `offset`.
 fn parse_filter(query: Option<&str>) -> Result<crate::server::store::fleet::Filter, ApiError> {
     let mut f = crate::server::store::fleet::Filter { limit: Some(MAX_PAGE), ..Default::default() };
-    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let (k, v) = (decode_query(k)?, decode_query(v)?);
+    for (k, v) in super::query_pairs(query)? {
         let number = |max: u64| {
             v.parse::<u64>()
                 .ok()
@@ -894,26 +892,6 @@ fn parse_filter(query: Option<&str>) -> Result<crate::server::store::fleet::Filt
         }
     }
     Ok(f)
-}
-
-/// Decodes a query-string component (`+` is a space, `%XX` a byte).
-fn decode_query(s: &str) -> Result<String, ApiError> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
-                out.push(hex.ok_or_else(|| ApiError::bad_request("query: bad %-escape"))?);
-                i += 2;
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).map_err(|_| ApiError::bad_request("query: not UTF-8"))
 }
 
 /// `GET /api/environments`: a page of the list; the total is in

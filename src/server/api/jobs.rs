@@ -401,25 +401,6 @@ pub async fn delete_job(State(state): State<Arc<AppState>>, PathId(id): PathId) 
     Ok(Json(view))
 }
 
-/// A query value with its `%XX` escapes (and `+` for a space) decoded.
-fn percent_decode(v: &str) -> Result<String, ApiError> {
-    let bad = || ApiError::bad_request("environment: a bad %-escape in the query");
-    let mut out = Vec::with_capacity(v.len());
-    let mut bytes = v.bytes();
-    while let Some(b) = bytes.next() {
-        match b {
-            b'%' => {
-                let hex = [bytes.next().ok_or_else(bad)?, bytes.next().ok_or_else(bad)?];
-                let hex = std::str::from_utf8(&hex).map_err(|_| bad())?;
-                out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
-            }
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-    }
-    String::from_utf8(out).map_err(|_| bad())
-}
-
 /// `GET /api/jobs/{id}/runs?environment=E&limit=N`.
 pub async fn job_runs(
     State(state): State<Arc<AppState>>,
@@ -428,9 +409,9 @@ pub async fn job_runs(
 ) -> Result<Json<Vec<RunView>>, ApiError> {
     let mut environment = None;
     let mut limit = RUNS_LISTED;
-    for pair in query.as_deref().unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=').unwrap_or((pair, "")) {
-            ("environment", v) => environment = Some(percent_decode(v)?),
+    for (k, v) in super::query_pairs(query.as_deref())? {
+        match (k.as_str(), v) {
+            ("environment", v) => environment = Some(v),
             ("limit", v) => {
                 limit = v
                     .parse()
@@ -501,7 +482,7 @@ mod tests {
         assert!(check_job(NewJob { image: "a b".into(), ..job("x", "") }).is_err());
         assert!(check_job(NewJob { timeout_s: MAX_TIMEOUT + 1, ..job("x", "") }).is_err());
         assert!(TargetsBody::default().check().is_err(), "at least one target");
-        assert_eq!(percent_decode("ship%2D1+a").unwrap(), "ship-1 a");
-        assert!(percent_decode("x%2").is_err() && percent_decode("%zz").is_err());
+        assert_eq!(super::super::query_decode("ship%2D1+a").unwrap(), "ship-1 a");
+        assert!(super::super::query_decode("x%2").is_err() && super::super::query_decode("%zz").is_err());
     }
 }

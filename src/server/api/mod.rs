@@ -97,6 +97,49 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A query string's `key=value` pairs, each side decoded (`+` is a space,
+/// `%XX` a byte), in order: the one parser of every handler that reads a
+/// query. Strict where browsers' parsers are lenient: a `%` not followed by
+/// two hex digits, or bytes that are not UTF-8, are a 400, not guessed at.
+/// (axum's `Query` decodes `%zz` as itself; an operator's typo in a filter
+/// should say so, not match nothing.)
+///
+/// # Errors
+/// A 400 naming what is wrong.
+pub(crate) fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+    let mut pairs = Vec::new();
+    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        pairs.push((query_decode(k)?, query_decode(v)?));
+    }
+    Ok(pairs)
+}
+
+/// Decodes one component of a query string (see [`query_pairs`]).
+///
+/// # Errors
+/// A 400 for a bad `%`-escape or bytes that are not UTF-8.
+pub(crate) fn query_decode(s: &str) -> Result<String, ApiError> {
+    let bad = || ApiError::bad_request("query: bad %-escape");
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = b.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit)).ok_or_else(bad)?;
+                // Two ASCII hex digits: valid UTF-8 and a byte's value.
+                out.push(u8::from_str_radix(std::str::from_utf8(hex).map_err(|_| bad())?, 16).map_err(|_| bad())?);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| ApiError::bad_request("query: not UTF-8"))
+}
+
 /// The field an error message concerns: API messages about one field start
 /// with its name (`"name: 1 to 128 characters"`, `"intervals.ping: ..."`),
 /// which the error body repeats as `field` (the UI shows the message next
@@ -465,6 +508,20 @@ mod tests {
         state
     }
 
+
+    #[test]
+    fn query_strings_are_decoded_in_one_place_and_strictly() {
+        let pairs = query_pairs(Some("name=site%2D1+a&&limit=5&flag")).unwrap();
+        let want = [("name", "site-1 a"), ("limit", "5"), ("flag", "")];
+        assert_eq!(pairs, want.map(|(k, v)| (k.to_owned(), v.to_owned())));
+        assert_eq!(query_pairs(None).unwrap(), []);
+        // `%+1` parsed as a signed hex number before (from_str_radix takes a sign).
+        for bad in ["%zz", "x%2", "%", "%+1", "%-1", "k%G0=v"] {
+            let e = query_pairs(Some(bad)).unwrap_err();
+            assert_eq!((e.status, e.message.as_str()), (StatusCode::BAD_REQUEST, "query: bad %-escape"), "{bad}");
+        }
+        assert_eq!(query_decode("%e2%28").unwrap_err().message, "query: not UTF-8");
+    }
     #[tokio::test]
     async fn every_endpoint_wants_the_admin_token_before_reading_anything() {
         let api = Api::new();

@@ -185,8 +185,7 @@ pub fn routes() -> Router<Arc<AppState>> {
 /// [`DEFAULT_DAYS`]. Any other parameter is refused.
 fn days(query: Option<&str>) -> Result<u32, ApiError> {
     let mut days = DEFAULT_DAYS;
-    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+    for (key, value) in super::query_pairs(query)? {
         if key != "days" {
             let key: String = key.chars().take(40).collect();
             return Err(ApiError::bad_request(format!("unknown query parameter {key:?}; only days")));

@@ -30,31 +30,49 @@ async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Durati
     }
 }
 
+/// A server over a fresh data directory on 127.0.0.1:0, with these limits
+/// and the admin token "admin"; it stops when `stop` is sent.
+struct TestServer {
+    dir: std::path::PathBuf,
+    addr: std::net::SocketAddr,
+    fingerprint: [u8; 32],
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl TestServer {
+    async fn start(prefix: &str, limits: ConnectionLimits) -> Self {
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let identity = ServerIdentity::load_or_create(&dir, &["localhost".into()]).unwrap();
+        let fingerprint = identity.fingerprint();
+        let store = Store::open(&dir.join("tern.db")).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_with(
+            listener,
+            Arc::new(identity.server_config().unwrap()),
+            router(AppState::new(store, Limits::default(), "admin", fingerprint).unwrap()),
+            async {
+                let _ = stopped.await;
+            },
+            limits,
+        ));
+        Self { dir, addr, fingerprint, stop, server }
+    }
+}
+
 #[tokio::test]
 async fn silent_idle_and_excess_connections_are_closed_and_a_good_client_still_gets_in() {
-    let dir = std::env::temp_dir().join(format!("tern-limits-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let identity = ServerIdentity::load_or_create(&dir, &["localhost".into()]).unwrap();
-    let store = Store::open(&dir.join("tern.db")).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let limits = ConnectionLimits {
         max: 64,
         per_address: 3,
         handshake: Duration::from_millis(500),
         idle: Duration::from_millis(800),
     };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_with(
-        listener,
-        Arc::new(identity.server_config().unwrap()),
-        router(AppState::new(store, Limits::default(), "admin", identity.fingerprint()).unwrap()),
-        async {
-            let _ = stopped.await;
-        },
-        limits,
-    ));
+    let TestServer { dir, addr, fingerprint, stop, server } = TestServer::start("tern-limits", limits).await;
 
     // A client that connects and never starts TLS is dropped after the
     // handshake limit.
@@ -65,7 +83,7 @@ async fn silent_idle_and_excess_connections_are_closed_and_a_good_client_still_g
     // A client that completes TLS and a request, then goes idle, is closed
     // after the idle limit; its next request opens a new connection.
     let url = format!("https://localhost:{}", addr.port());
-    let mut good = Client::new(&url, Trust::Pinned(identity.fingerprint()), 1 << 20).unwrap();
+    let mut good = Client::new(&url, Trust::Pinned(fingerprint), 1 << 20).unwrap();
     let (status, _) = good.post(tern::wire::POLL_PATH, vec![1, 2, 3]).await.unwrap();
     assert_eq!(status, 401, "an unauthenticated poll, answered");
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -112,24 +130,8 @@ async fn read_to_close<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, limit: D
 #[tokio::test]
 async fn shutdown_answers_the_request_under_way_closes_idle_connections_then_returns() {
     use tokio::io::AsyncWriteExt;
-    let dir = std::env::temp_dir().join(format!("tern-drain-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let identity = ServerIdentity::load_or_create(&dir, &["localhost".into()]).unwrap();
-    let fingerprint = identity.fingerprint();
-    let store = Store::open(&dir.join("tern.db")).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_with(
-        listener,
-        Arc::new(identity.server_config().unwrap()),
-        router(AppState::new(store, Limits::default(), "admin", fingerprint).unwrap()),
-        async {
-            let _ = stopped.await;
-        },
-        ConnectionLimits::default(),
-    ));
+    let TestServer { dir, addr, fingerprint, stop, server } =
+        TestServer::start("tern-drain", ConnectionLimits::default()).await;
     let connector =
         tokio_rustls::TlsConnector::from(Arc::new(tern::tls::client_config(Trust::Pinned(fingerprint)).unwrap()));
     let connect = || async {

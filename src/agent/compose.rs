@@ -1044,9 +1044,9 @@ pub fn config_hash(project: &Project, service: &Service, image_id: &str) -> Stri
 /// The configuration hash a container of the built-in implementation
 /// carries (see [`LEGACY_LABEL_CONFIG_HASH`]).
 fn config_hash_of(labels: &HashMap<String, String>) -> Option<&String> {
-    labels.get(LABEL_CONFIG_HASH).or_else(|| {
-        labels.get(LEGACY_LABEL_CONFIG_HASH).filter(|_| labels.contains_key(LABEL_STACK_VERSION))
-    })
+    labels
+        .get(LABEL_CONFIG_HASH)
+        .or_else(|| labels.get(LEGACY_LABEL_CONFIG_HASH).filter(|_| labels.contains_key(LABEL_STACK_VERSION)))
 }
 
 /// The engine body that creates a service's container (attached to its

@@ -508,7 +508,6 @@ mod tests {
         state
     }
 
-
     #[test]
     fn query_strings_are_decoded_in_one_place_and_strictly() {
         let pairs = query_pairs(Some("name=site%2D1+a&&limit=5&flag")).unwrap();

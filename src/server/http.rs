@@ -23,16 +23,18 @@ pub mod gate;
 
 use super::poll::{self, Refusal};
 use super::store::Store;
+use super::store::pool::Pool;
 use crate::wire::codec::{Codec, Limits};
 
 /// The poll endpoint's path: one byte of path, paid on every poll.
 pub const POLL_PATH: &str = crate::wire::POLL_PATH;
 
-/// What the handlers share. SQLite calls are short and run on the blocking
-/// pool, one at a time; decompression, decoding and compression of poll
-/// bodies run outside the store's lock.
+/// What the handlers share. Database calls are short and run on the
+/// blocking pool: writes one at a time on the writing connection, reads on
+/// reading connections beside it ([`Pool`]); decompression, decoding and
+/// compression of poll bodies run outside both.
 pub struct AppState {
-    store: Mutex<Store>,
+    store: Pool,
     /// Codecs (zstd contexts with the dictionaries loaded) for poll bodies,
     /// reused.
     codecs: Mutex<Vec<Codec>>,
@@ -86,7 +88,7 @@ impl AppState {
     ) -> Result<Arc<Self>, super::StartError> {
         store.ensure_data_directory_token(&super::store::access::secret_hash(admin_token), now())?;
         Ok(Arc::new(Self {
-            store: Mutex::new(store),
+            store: Pool::new(store),
             codecs: Mutex::new(vec![Codec::new(limits)?]),
             limits,
             decoding: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_DECODES)),
@@ -97,10 +99,16 @@ impl AppState {
         }))
     }
 
-    /// Runs `f` with the store (call from a blocking task).
+    /// Runs `f` with the store's writing connection (call from a blocking
+    /// task); see [`Pool::write`].
     pub fn with_store<T>(&self, f: impl FnOnce(&Store) -> T) -> T {
-        let guard = self.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        f(&guard)
+        self.store.write(f)
+    }
+
+    /// Runs `f` in one read transaction on a reading connection (call from
+    /// a blocking task); it must not write. See [`Pool::read`].
+    pub fn read_store<T>(&self, f: impl FnOnce(&Store) -> T) -> T {
+        self.store.read(f)
     }
 
     /// Runs `f` with a codec of the pool (call from a blocking task).
@@ -235,7 +243,7 @@ async fn poll_handler(
     };
     let body_len = len - header_len;
     let shared = state.clone();
-    let auth = match blocking(move || shared.with_store(|s| poll::authenticate(s, &header, body_len))).await {
+    let auth = match blocking(move || shared.read_store(|s| poll::authenticate(s, &header, body_len))).await {
         Ok(Ok(auth)) => auth,
         Ok(Err(e)) => {
             charge(None, None).await;

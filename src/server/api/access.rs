@@ -65,7 +65,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiJson, PathId, with_store};
+use super::{ApiError, ApiJson, PathId, read_store, with_store};
 use crate::server::http::{AppState, now};
 use crate::server::store::access::{ADMIN, ApiToken, hash_password, random_bytes, secret_hash, verify_password};
 use crate::server::store::{Store, StoreError};
@@ -321,20 +321,20 @@ pub async fn authenticate(state: &Arc<AppState>, method: &Method, headers: &Head
                 return Err(unauthenticated());
             }
             let hash = secret_hash(&token);
-            let found = with_store(state, move |store| {
-                let now = now();
-                match store.api_token_by_hash(&hash)? {
-                    Some(t) if t.revoked_at.is_none() => {
-                        if t.last_used_at.is_none_or(|used| now - used >= TOUCH_EVERY) {
-                            store.touch_api_token(t.id, now)?;
-                        }
-                        Ok(Some(t))
-                    }
-                    _ => Ok(None),
-                }
+            // Checked on a reading connection; the rare touch (once a
+            // minute per token) is the only write.
+            let now = now();
+            let found = read_store(state, move |store| match store.api_token_by_hash(&hash)? {
+                Some(t) if t.revoked_at.is_none() => Ok(Some(t)),
+                _ => Ok(None),
             })
             .await?;
-            found.map(|t| Caller::Token { id: t.id, name: t.name }).ok_or_else(unauthenticated)
+            let t = found.ok_or_else(unauthenticated)?;
+            if t.last_used_at.is_none_or(|used| now - used >= TOUCH_EVERY) {
+                let id = t.id;
+                with_store(state, move |store| Ok(store.touch_api_token(id, now)?)).await?;
+            }
+            Ok(Caller::Token { id: t.id, name: t.name })
         }
         Presented::Cookie(id) => {
             if id.is_empty() {
@@ -343,8 +343,8 @@ pub async fn authenticate(state: &Arc<AppState>, method: &Method, headers: &Head
             let id_hash = secret_hash(&id);
             let csrf = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
             let safe = *method == Method::GET || *method == Method::HEAD;
-            with_store(state, move |store| {
-                let now = now();
+            let now = now();
+            let (caller, touch) = read_store(state, move |store| {
                 let Some(s) = store.session(&id_hash, now)? else {
                     return Err(ApiError::new(StatusCode::UNAUTHORIZED, "session expired or unknown: log in again"));
                 };
@@ -356,18 +356,22 @@ pub async fn authenticate(state: &Arc<AppState>, method: &Method, headers: &Head
                     ));
                 }
                 let expires_at = (now + SESSION_IDLE).min(s.created_at + SESSION_LIFETIME);
-                if expires_at - s.expires_at >= TOUCH_EVERY {
-                    store.touch_session(&id_hash, expires_at)?;
-                }
-                Ok(Caller::Session {
+                let touch = (expires_at - s.expires_at >= TOUCH_EVERY).then_some(expires_at);
+                let caller = Caller::Session {
                     id_hash,
                     user_id: s.user_id,
                     username: s.username,
                     csrf: s.csrf,
                     expires_at: expires_at.max(s.expires_at),
-                })
+                };
+                Ok((caller, touch))
             })
-            .await
+            .await?;
+            if let (Some(expires_at), Caller::Session { id_hash, .. }) = (touch, &caller) {
+                let id_hash = *id_hash;
+                with_store(state, move |store| Ok(store.touch_session(&id_hash, expires_at)?)).await?;
+            }
+            Ok(caller)
         }
     }
 }
@@ -559,7 +563,7 @@ pub async fn login(
     let attempt = state.logins.begin(ip, Instant::now()).map_err(too_many)?;
     let _lane = state.logins.wait(&attempt).await;
     let name = req.username.clone();
-    let user = with_store(&state, move |store| Ok(store.user(&name)?)).await.map_err(IntoResponse::into_response)?;
+    let user = read_store(&state, move |store| Ok(store.user(&name)?)).await.map_err(IntoResponse::into_response)?;
     let right = check_password(&state, user.as_ref().map(|u| u.password_hash.clone()), req.password)
         .await
         .map_err(IntoResponse::into_response)?;
@@ -697,7 +701,7 @@ pub async fn create_token(
 
 /// `GET /api/tokens`.
 pub async fn list_tokens(State(state): State<Arc<AppState>>) -> Result<Json<Vec<TokenView>>, ApiError> {
-    let list = with_store(&state, |store| Ok(store.api_tokens()?)).await?;
+    let list = read_store(&state, |store| Ok(store.api_tokens()?)).await?;
     Ok(Json(list.into_iter().map(Into::into).collect()))
 }
 

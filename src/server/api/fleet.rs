@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::view::{self, IntervalsBody, IntervalsView};
-use super::{ApiError, ApiJson, PathId, check_intervals, with_store};
+use super::{ApiError, ApiJson, PathId, check_intervals, read_store, with_store};
 use crate::auth::{JoinToken, Secret};
 use crate::server::http::AppState;
 use crate::server::store::fleet::{
@@ -902,7 +902,7 @@ pub async fn list_environments(
 ) -> Result<Response, ApiError> {
     let filter = parse_filter(query.as_deref())?;
     let now = now();
-    let (items, usage, total) = with_store(&state, move |store| {
+    let (items, usage, total) = read_store(&state, move |store| {
         let (items, total) = store.fleet(&filter, now)?;
         let ids: Vec<u64> = items.iter().map(|i| i.id).collect();
         Ok((items, store.usage_totals(&ids, now)?, total))
@@ -925,7 +925,7 @@ pub async fn environment(
     State(state): State<Arc<AppState>>,
     PathId(id): PathId,
 ) -> Result<Json<EnvironmentFull>, ApiError> {
-    Ok(Json(with_store(&state, move |store| full_of(store, id, now())).await?))
+    Ok(Json(read_store(&state, move |store| full_of(store, id, now())).await?))
 }
 
 /// `PATCH /api/environments/{id}`.
@@ -993,7 +993,7 @@ pub async fn deploy(
     PathId(id): PathId,
 ) -> Result<Json<CreatedEnvironment>, ApiError> {
     let fingerprint = state.fingerprint;
-    Ok(Json(with_store(&state, move |store| deploy_of(store, id, fingerprint)).await?))
+    Ok(Json(read_store(&state, move |store| deploy_of(store, id, fingerprint)).await?))
 }
 
 /// `POST /api/environments/{id}/reset-counter`: the environment's agent may
@@ -1054,7 +1054,7 @@ pub const STATE_PARTS: &[&str] = &["host", "containers", "images", "volumes", "n
 
 async fn state_json(state: &Arc<AppState>, id: u64) -> Result<Value, ApiError> {
     let now = now();
-    let (replica, item) = with_store(state, move |store| {
+    let (replica, item) = read_store(state, move |store| {
         let item = store.fleet_item(id, now)?;
         Ok((store.replica(id)?, item))
     })
@@ -1133,7 +1133,7 @@ async fn label_create(
 }
 
 async fn label_list(state: Arc<AppState>, kind: LabelKind) -> Result<Json<Vec<LabelView>>, ApiError> {
-    let list = with_store(&state, move |store| {
+    let list = read_store(&state, move |store| {
         Ok(match kind {
             LabelKind::Group => store.groups()?,
             LabelKind::Tag => store.tags()?,
@@ -1144,7 +1144,7 @@ async fn label_list(state: Arc<AppState>, kind: LabelKind) -> Result<Json<Vec<La
 }
 
 async fn label_get(state: Arc<AppState>, kind: LabelKind, id: u64) -> Result<Json<LabelView>, ApiError> {
-    let label = with_store(&state, move |store| {
+    let label = read_store(&state, move |store| {
         Ok(match kind {
             LabelKind::Group => store.group(id)?,
             LabelKind::Tag => store.tag(id)?,
@@ -1261,7 +1261,7 @@ fn settings_of(store: &Store) -> Result<SettingsView, ApiError> {
 
 /// `GET /api/settings`.
 pub async fn settings(State(state): State<Arc<AppState>>) -> Result<Json<SettingsView>, ApiError> {
-    Ok(Json(with_store(&state, settings_of).await?))
+    Ok(Json(read_store(&state, settings_of).await?))
 }
 
 /// Checks a `PUT /api/settings` body before the store is read (whether

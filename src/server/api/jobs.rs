@@ -26,7 +26,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiJson, PathId, with_store};
+use super::{ApiError, ApiJson, PathId, read_store, with_store};
 use crate::server::http::AppState;
 use crate::server::store::CommandStatus;
 use crate::server::store::jobs::{JobRecord, JobRunRecord, JobTarget, NewJob};
@@ -353,13 +353,13 @@ pub async fn create_job(
 
 /// `GET /api/jobs`.
 pub async fn list_jobs(State(state): State<Arc<AppState>>) -> Result<Json<Vec<JobItem>>, ApiError> {
-    let jobs = with_store(&state, |store| Ok(store.jobs()?)).await?;
+    let jobs = read_store(&state, |store| Ok(store.jobs()?)).await?;
     Ok(Json(jobs.iter().map(JobItem::from).collect()))
 }
 
 /// `GET /api/jobs/{id}`.
 pub async fn job(State(state): State<Arc<AppState>>, PathId(id): PathId) -> Result<Json<JobDetail>, ApiError> {
-    Ok(Json(with_store(&state, move |store| detail(store, id)).await?))
+    Ok(Json(read_store(&state, move |store| detail(store, id)).await?))
 }
 
 /// `PUT /api/jobs/{id}`.
@@ -427,7 +427,7 @@ pub async fn job_runs(
             }
         }
     }
-    let runs = with_store(&state, move |store| {
+    let runs = read_store(&state, move |store| {
         store.job(id)?.ok_or_else(|| not_found(id))?;
         let env = match environment {
             None => None,

@@ -159,8 +159,9 @@ impl From<StoreError> for ApiError {
             StoreError::NameTaken(_) | StoreError::AlreadyDelivered(_) => {
                 Self::new(StatusCode::CONFLICT, e.to_string())
             }
-            StoreError::Sqlite(_)
+            StoreError::Backend(_)
             | StoreError::TooNew { .. }
+            | StoreError::OtherSchema { .. }
             | StoreError::Corrupt { .. }
             | StoreError::CorruptSetting(_) => {
                 tracing::error!("api: {e}");
@@ -203,13 +204,32 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
     }
 }
 
-/// Runs `f` with the store on the blocking pool.
+/// Runs `f` with the store's writing connection on the blocking pool
+/// (writes queue there one at a time).
 async fn with_store<T: Send + 'static>(
     state: &Arc<AppState>,
     f: impl FnOnce(&Store) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
+    blocking(state, move |shared| shared.with_store(f)).await
+}
+
+/// Runs `f`, which only reads, in one read transaction on a reading
+/// connection on the blocking pool: it sees one consistent state and
+/// neither waits for a write (a poll being applied) nor holds one up.
+async fn read_store<T: Send + 'static>(
+    state: &Arc<AppState>,
+    f: impl FnOnce(&Store) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    blocking(state, move |shared| shared.read_store(f)).await
+}
+
+/// Runs `f` on the blocking pool; a panic in it is a 500, logged.
+async fn blocking<T: Send + 'static>(
+    state: &Arc<AppState>,
+    f: impl FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
     let shared = state.clone();
-    tokio::task::spawn_blocking(move || shared.with_store(f)).await.map_err(|e| {
+    tokio::task::spawn_blocking(move || f(&shared)).await.map_err(|e| {
         tracing::error!("api handler panicked: {e}");
         ApiError::internal()
     })?
@@ -373,13 +393,13 @@ pub async fn list_commands(
     State(state): State<Arc<AppState>>,
     PathId(id): PathId,
 ) -> Result<Json<Vec<CommandView>>, ApiError> {
-    let list = with_store(&state, move |store| Ok(store.commands(id, COMMANDS_LISTED)?)).await?;
+    let list = read_store(&state, move |store| Ok(store.commands(id, COMMANDS_LISTED)?)).await?;
     Ok(Json(list.into_iter().map(Into::into).collect()))
 }
 
 /// `GET /api/commands/{id}`.
 pub async fn command(State(state): State<Arc<AppState>>, PathId(id): PathId) -> Result<Json<CommandView>, ApiError> {
-    let (record, output) = with_store(&state, move |store| Ok((store.command(id)?, store.command_output(id)?))).await?;
+    let (record, output) = read_store(&state, move |store| Ok((store.command(id)?, store.command_output(id)?))).await?;
     let mut view = CommandView::from(record);
     // Logs are text; bytes that are not UTF-8 are shown replaced.
     view.output = output.map(|o| String::from_utf8_lossy(&o).into_owned());

@@ -33,7 +33,7 @@ use axum::extract::{RawQuery, State};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, PathId, with_store};
+use super::{ApiError, PathId, read_store};
 use crate::meter::{ConnMeter, UsageSink};
 use crate::server::http::AppState;
 use crate::server::store::Store;
@@ -213,7 +213,7 @@ pub async fn environment_usage(
 ) -> Result<Json<EnvironmentUsageView>, ApiError> {
     let days = days(query.as_deref())?;
     let now = super::super::http::now();
-    let (name, report) = with_store(&state, move |store| {
+    let (name, report) = read_store(&state, move |store| {
         let name = store.environment_info(id)?.name;
         Ok((name, store.usage_report(id, now, days)?))
     })
@@ -242,7 +242,7 @@ pub async fn fleet_usage(
 ) -> Result<Json<FleetUsageView>, ApiError> {
     let days = days(query.as_deref())?;
     let now = super::super::http::now();
-    let fleet = with_store(&state, move |store| Ok(store.fleet_usage(now, days)?)).await?;
+    let fleet = read_store(&state, move |store| Ok(store.fleet_usage(now, days)?)).await?;
     let mut total = Span::<UsageView>::default();
     let environments = fleet
         .environments

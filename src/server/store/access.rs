@@ -234,7 +234,7 @@ impl Store {
         if self.create_user(ADMIN, password_hash, now)? {
             return Ok(0);
         }
-        let admin = self.user(ADMIN)?.ok_or(StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows))?;
+        let admin = self.user(ADMIN)?.ok_or_else(|| StoreError::vanished("admin user"))?;
         Ok(self.set_password(admin.id, password_hash, None, now)?.unwrap_or(0))
     }
 
@@ -361,7 +361,7 @@ impl Store {
             params![DATA_DIRECTORY_TOKEN, &token_hash[..], now],
         )?;
         tx.commit()?;
-        self.api_token_by_hash(token_hash)?.ok_or(StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows))
+        self.api_token_by_hash(token_hash)?.ok_or_else(|| StoreError::vanished("data directory's token"))
     }
 
     /// The API token with this hash, revoked or not.

@@ -280,7 +280,7 @@ pub struct Filter {
     pub offset: u64,
 }
 
-/// Stands for "disabled" in the smallest-interval SQL: far larger than any
+/// Stands for "disabled" in the status rule: far larger than any
 /// interval, so it never wins a MIN.
 const OFF: i64 = 1 << 40;
 
@@ -293,29 +293,23 @@ fn smallest(i: Intervals) -> Option<u32> {
 }
 
 /// The status rule's window for an environment's effective intervals and
-/// the agent's reported ones (see the module doc), in seconds. The SQL of
-/// [`Store::fleet`] computes the same; this is its statement in Rust.
+/// the agent's reported ones (see the module doc), in seconds: the rule's
+/// only statement. The store keeps each environment's window in its row
+/// ([`Store::refresh_status_windows`], whenever an input changes), so the
+/// SQL that filters, counts and pages by status compares a time with it
+/// and states no rule of its own.
 pub fn status_window(effective: Intervals, reported: Option<Intervals>) -> i64 {
     let own = smallest(effective).map_or(OFF, i64::from);
     let agent = reported.map_or(0, |r| smallest(r).map_or(OFF, i64::from));
     2 * own.max(agent) + STATUS_SLACK
 }
 
-/// The environments of [`Store::fleet`], with the status window and online
-/// flag computed for `:now` and the default intervals `:dp`, `:ds`, `:dc`.
-const FLEET_CTE: &str = "WITH w AS (
-    SELECT e.*, 2 * MAX(
-        MIN(CASE WHEN COALESCE(e.ping_interval, :dp) > 0 THEN COALESCE(e.ping_interval, :dp) ELSE :off END,
-            CASE WHEN COALESCE(e.snapshot_interval, :ds) > 0 THEN COALESCE(e.snapshot_interval, :ds) ELSE :off END,
-            CASE WHEN COALESCE(e.command_interval, :dc) > 0 THEN COALESCE(e.command_interval, :dc) ELSE :off END),
-        CASE WHEN e.agent_ping IS NULL OR e.agent_snapshot IS NULL OR e.agent_command IS NULL THEN 0
-             ELSE MIN(CASE WHEN e.agent_ping > 0 THEN e.agent_ping ELSE :off END,
-                      CASE WHEN e.agent_snapshot > 0 THEN e.agent_snapshot ELSE :off END,
-                      CASE WHEN e.agent_command > 0 THEN e.agent_command ELSE :off END) END
-    ) + :slack AS win
+/// The environments of [`Store::fleet`], with their status window and
+/// whether they are online at `:now`.
+const FLEET_CTE: &str = "WITH f AS (
+    SELECT e.*, e.status_window AS win,
+        (e.last_poll_at IS NOT NULL AND :now - e.last_poll_at <= e.status_window) AS online
     FROM environments e
-), f AS (
-    SELECT w.*, (w.last_poll_at IS NOT NULL AND :now - w.last_poll_at <= w.win) AS online FROM w
 )";
 
 const FLEET_COLUMNS: &str = "f.id, f.name, f.group_id, g.name, f.edge_id, f.created_at, f.last_poll_at, f.snapshot_at,
@@ -486,6 +480,43 @@ impl Store {
         Ok(())
     }
 
+    /// Computes the status window ([`status_window`]) of one environment,
+    /// or of all, from their intervals and the server's defaults, and
+    /// stores it where it changed. Called in the transaction of every
+    /// change to an input, and at open.
+    ///
+    /// # Errors
+    /// When SQLite fails or a default is corrupt.
+    pub(super) fn refresh_status_windows(&self, id: Option<u64>) -> Result<(), StoreError> {
+        let defaults = self.default_intervals()?;
+        let tx = self.tx()?;
+        let rows: Vec<(i64, IntervalSettings, Option<Intervals>, i64)> = {
+            let mut stmt = self.conn.prepare(
+                "SELECT id, ping_interval, snapshot_interval, command_interval,
+                        agent_ping, agent_snapshot, agent_command, status_window
+                 FROM environments WHERE ?1 IS NULL OR id = ?1",
+            )?;
+            stmt.query_map([id.map(sql_id)], |r| {
+                let own = IntervalSettings {
+                    ping: super::opt_u32(r.get(1)?),
+                    snapshot: super::opt_u32(r.get(2)?),
+                    command: super::opt_u32(r.get(3)?),
+                };
+                Ok((r.get(0)?, own, Self::agent_intervals_of(r.get(4)?, r.get(5)?, r.get(6)?), r.get(7)?))
+            })?
+            .collect::<Result<_, _>>()?
+        };
+        let mut update = self.conn.prepare("UPDATE environments SET status_window = ?2 WHERE id = ?1")?;
+        for (id, own, reported, stored) in rows {
+            let window = status_window(own.resolve(defaults), reported);
+            if window != stored {
+                update.execute(params![id, window])?;
+            }
+        }
+        drop(update);
+        tx.commit()
+    }
+
     /// Records that the agent's snapshot poll confirmed the stored state
     /// unchanged: the state is as of `now` (its age restarts).
     ///
@@ -640,15 +671,7 @@ impl Store {
     }
 
     fn fleet_where(&self, filter: &Filter, id: Option<u64>, now: i64) -> Result<(Vec<FleetItem>, u64), StoreError> {
-        let d = self.default_intervals()?;
-        let mut named: Vec<(&str, Box<dyn ToSql>)> = vec![
-            (":now", Box::new(now)),
-            (":dp", Box::new(d.ping)),
-            (":ds", Box::new(d.snapshot)),
-            (":dc", Box::new(d.command)),
-            (":off", Box::new(OFF)),
-            (":slack", Box::new(STATUS_SLACK)),
-        ];
+        let mut named: Vec<(&str, Box<dyn ToSql>)> = vec![(":now", Box::new(now))];
         let mut wheres = Vec::new();
         if let Some(id) = id {
             wheres.push("f.id = :id");

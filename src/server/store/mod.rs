@@ -16,6 +16,7 @@
 pub mod access;
 pub mod fleet;
 pub mod jobs;
+pub mod pool;
 pub mod stacks;
 pub mod usage;
 
@@ -31,15 +32,26 @@ use crate::wire::poll::{Action, Command, CommandResult, Intervals, ResultStatus}
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// SQLite refused.
+    /// The database refused or failed: its own message. Which database it
+    /// is stays inside the store (this enum names no backend), so the API
+    /// answers a PostgreSQL failure as it does a SQLite one.
     #[error("database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Backend(Box<dyn std::error::Error + Send + Sync>),
     /// The database was written by a newer build.
     #[error("database schema version {found} is newer than this build's {supported}")]
     TooNew {
         /// The version found.
         found: i64,
         /// The newest this build knows.
+        supported: i64,
+    },
+    /// A reading connection found a schema other than this build's (the
+    /// writer migrates; another process changed the file since).
+    #[error("database schema version {found} is not this build's {supported}")]
+    OtherSchema {
+        /// The version found.
+        found: i64,
+        /// This build's.
         supported: i64,
     },
     /// A stored value does not decode.
@@ -68,6 +80,20 @@ pub enum StoreError {
     /// Groups, tags, environment options (see `fleet.rs`).
     #[error("{0}")]
     Fleet(fleet::FleetError),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Backend(Box::new(e))
+    }
+}
+
+impl StoreError {
+    /// A row this transaction just wrote is not there: the database broke
+    /// its promise.
+    fn vanished(what: &str) -> Self {
+        Self::Backend(format!("the {what} just written cannot be read back").into())
+    }
 }
 
 /// The most output bytes kept per command (the agent's cap too).
@@ -311,6 +337,12 @@ const MIGRATIONS: &[&str] = &[
     // 4.15), still starts the agent.
     "ALTER TABLE environments ADD COLUMN tcp_timestamps INTEGER NOT NULL DEFAULT 0;
     UPDATE environments SET tcp_timestamps = 1;",
+    // 11: the status rule's window, in seconds, for the environment's
+    // effective and reported intervals: computed in Rust
+    // ([`fleet::status_window`], the rule's one statement) whenever one
+    // of them changes, so the SQL that filters and counts by status only
+    // compares a time with it. 0 until computed (at open).
+    "ALTER TABLE environments ADD COLUMN status_window INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The interval every timer runs at when neither the environment nor the
@@ -526,6 +558,9 @@ pub struct Store {
     /// inside the outer, so a whole poll is one transaction even though
     /// each store call makes its own.
     depth: std::cell::Cell<u32>,
+    /// A reading connection ([`Store::open_reader`]): it refuses writes,
+    /// and its transactions begin deferred, on a WAL snapshot.
+    reader: bool,
 }
 
 /// A transaction on the store's connection: the outermost is `BEGIN` ...
@@ -622,9 +657,37 @@ impl Store {
             tx.pragma_update(None, "user_version", i as i64 + 1)?;
             tx.commit()?;
         }
-        let store = Self { conn, depth: std::cell::Cell::new(0) };
+        let store = Self { conn, depth: std::cell::Cell::new(0), reader: false };
         store.backfill_counts()?;
+        store.refresh_status_windows(None)?;
         Ok(store)
+    }
+
+    /// Opens a reading connection to the database at `path`, which
+    /// [`Store::open`] has created and migrated. It refuses every write
+    /// (`PRAGMA query_only`), so a handler wrongly sent to a reader fails
+    /// loudly instead of racing the writer; [`Store::tx`] on it begins a
+    /// deferred transaction: one consistent WAL snapshot that neither waits
+    /// for the writer nor holds it up.
+    ///
+    /// # Errors
+    /// When SQLite fails, or the schema is not exactly this build's.
+    pub fn open_reader(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "query_only", "ON")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let supported = MIGRATIONS.len() as i64;
+        if version != supported {
+            return Err(StoreError::OtherSchema { found: version, supported });
+        }
+        Ok(Self { conn, depth: std::cell::Cell::new(0), reader: true })
+    }
+
+    /// The file this store is on (`None`: in memory).
+    #[must_use]
+    pub fn path(&self) -> Option<std::path::PathBuf> {
+        self.conn.path().filter(|p| !p.is_empty()).map(std::path::PathBuf::from)
     }
 
     /// Opens a transaction, or a savepoint inside the one open: see [`Tx`].
@@ -632,8 +695,25 @@ impl Store {
     /// # Errors
     /// When SQLite fails.
     pub fn tx(&self) -> Result<Tx<'_>, StoreError> {
+        self.begin(self.reader)
+    }
+
+    /// Opens a transaction that only reads (`BEGIN DEFERRED`: one WAL
+    /// snapshot), or a savepoint inside the one open.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub fn read_tx(&self) -> Result<Tx<'_>, StoreError> {
+        self.begin(true)
+    }
+
+    fn begin(&self, read: bool) -> Result<Tx<'_>, StoreError> {
         let level = self.depth.get();
-        let sql = if level == 0 { "BEGIN IMMEDIATE".to_owned() } else { format!("SAVEPOINT tern_sp{level}") };
+        let sql = match (level, read) {
+            (0, false) => "BEGIN IMMEDIATE".to_owned(),
+            (0, true) => "BEGIN DEFERRED".to_owned(),
+            _ => format!("SAVEPOINT tern_sp{level}"),
+        };
         self.conn.execute_batch(&sql)?;
         self.depth.set(level + 1);
         Ok(Tx { store: self, level, done: false })
@@ -659,6 +739,7 @@ impl Store {
         intervals: IntervalSettings,
         now: i64,
     ) -> Result<Environment, StoreError> {
+        let tx = self.tx()?;
         let r = self.conn.execute(
             "INSERT INTO environments (name, secret, created_at, ping_interval, snapshot_interval, command_interval)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -671,6 +752,8 @@ impl Store {
             r => r?,
         };
         let id = self.conn.last_insert_rowid() as u64;
+        self.refresh_status_windows(Some(id))?;
+        tx.commit()?;
         Ok(Environment { id, name: name.to_owned(), secret, edge_id: None, last_counter: 0 })
     }
 
@@ -929,11 +1012,16 @@ impl Store {
     /// # Errors
     /// When it does not exist or SQLite fails.
     pub fn set_intervals(&self, id: u64, intervals: IntervalSettings) -> Result<(), StoreError> {
+        let tx = self.tx()?;
         let n = self.conn.execute(
             "UPDATE environments SET ping_interval = ?2, snapshot_interval = ?3, command_interval = ?4 WHERE id = ?1",
             params![sql_id(id), intervals.ping, intervals.snapshot, intervals.command],
         )?;
-        if n == 0 { Err(StoreError::NotFound(id)) } else { Ok(()) }
+        if n == 0 {
+            return Err(StoreError::NotFound(id));
+        }
+        self.refresh_status_windows(Some(id))?;
+        tx.commit()
     }
 
     /// An environment's own intervals.
@@ -962,11 +1050,16 @@ impl Store {
     /// # Errors
     /// When it does not exist or SQLite fails.
     pub fn set_agent_intervals(&self, id: u64, intervals: Intervals) -> Result<(), StoreError> {
+        let tx = self.tx()?;
         let n = self.conn.execute(
             "UPDATE environments SET agent_ping = ?2, agent_snapshot = ?3, agent_command = ?4 WHERE id = ?1",
             params![sql_id(id), intervals.ping, intervals.snapshot, intervals.command],
         )?;
-        if n == 0 { Err(StoreError::NotFound(id)) } else { Ok(()) }
+        if n == 0 {
+            return Err(StoreError::NotFound(id));
+        }
+        self.refresh_status_windows(Some(id))?;
+        tx.commit()
     }
 
     /// The intervals the agent last reported (`None` until it has).
@@ -1032,6 +1125,7 @@ impl Store {
         self.set_setting(SETTING_PING, Some(&intervals.ping.to_string()))?;
         self.set_setting(SETTING_SNAPSHOT, Some(&intervals.snapshot.to_string()))?;
         self.set_setting(SETTING_COMMAND, Some(&intervals.command.to_string()))?;
+        self.refresh_status_windows(None)?;
         tx.commit()?;
         Ok(())
     }

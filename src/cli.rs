@@ -12,6 +12,8 @@ pub mod stacks;
 pub mod usage;
 
 use anyhow::{Context, bail};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::agent::client::Client;
@@ -241,6 +243,43 @@ impl Api {
         self.call("POST", path, Some(body))
     }
 
+    /// `GET path`, read as the API's typed view `T` (see
+    /// [`crate::server::api`]): a renamed field fails here, with the path,
+    /// instead of printing blanks.
+    ///
+    /// # Errors
+    /// As [`Self::call`], and when the reply is not a `T`.
+    pub fn get_as<T: DeserializeOwned>(&mut self, path: &str) -> anyhow::Result<T> {
+        let v = self.get(path)?;
+        typed(v, "GET", path)
+    }
+
+    /// `method path` with the typed request `body`, read as the typed
+    /// reply `T` (`()` for none).
+    ///
+    /// # Errors
+    /// As [`Self::call`], and when the reply is not a `T`.
+    pub fn send<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let body = serde_json::to_value(body)?;
+        let v = self.call(method, path, Some(&body))?;
+        typed(v, method, path)
+    }
+
+    /// Prints `value` as JSON when `--json` was given; otherwise calls
+    /// `text` with it.
+    pub fn show<T: Serialize>(&self, value: &T, text: impl FnOnce(&T)) {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+        } else {
+            text(value);
+        }
+    }
+
     /// Prints `value` as JSON when `--json` was given; otherwise calls `text`.
     pub fn print(&self, value: &Value, text: impl FnOnce(&Value)) {
         if self.json {
@@ -249,4 +288,10 @@ impl Api {
             text(value);
         }
     }
+}
+
+/// Reads the API's reply to `method path` as `T` (an empty reply is
+/// `null`, which `()` and `Option` accept).
+fn typed<T: DeserializeOwned>(v: Value, method: &str, path: &str) -> anyhow::Result<T> {
+    serde_json::from_value(v).with_context(|| format!("{method} {path}: the server's reply is not what this CLI reads"))
 }

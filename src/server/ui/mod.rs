@@ -55,7 +55,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tower::ServiceExt as _;
 
@@ -241,6 +242,28 @@ pub struct Reply {
     pub json: Value,
 }
 
+impl Reply {
+    /// The body as the API's typed view `T`, for the reply to `path`.
+    ///
+    /// # Errors
+    /// A 500 naming `path` when the body is not a `T`.
+    pub fn parse<T: DeserializeOwned>(self, path: &str) -> Result<T, ApiFail> {
+        serde_json::from_value(self.json).map_err(|e| {
+            tracing::error!("ui: the API's reply to GET {path} is not what the page reads: {e}");
+            ApiFail {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                message: format!("the server's reply to {path} is not what this page reads"),
+                field: None,
+            }
+        })
+    }
+
+    /// The `X-Total-Count` header of a list (0 when absent).
+    pub fn total(&self) -> u64 {
+        self.headers.get("x-total-count").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0)
+    }
+}
+
 /// A logged-in operator's request: who it is, and a handle to call the
 /// API as them. Pages take it as an extractor; without a session, the
 /// browser is sent to the login page.
@@ -346,6 +369,42 @@ impl Ui {
     /// The API's error.
     pub async fn get(&self, path: &str) -> Result<Reply, ApiFail> {
         self.call(Method::GET, path, None, None).await
+    }
+
+    /// `GET path`, read as the API's typed view `T` (a reply that is not
+    /// a `T` is a 500 naming the path: the page and the API disagree).
+    ///
+    /// # Errors
+    /// The API's error, or that one.
+    pub async fn get_as<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiFail> {
+        self.get(path).await?.parse(path)
+    }
+
+    /// [`Self::get_as`] for a page: a failure becomes the page's answer.
+    ///
+    /// # Errors
+    /// The response to send instead.
+    pub async fn load_as<T: DeserializeOwned>(&self, path: &str) -> Result<T, Response> {
+        self.get_as(path).await.map_err(|e| fail_page(&e))
+    }
+
+    /// A change with a typed request body, under the form's CSRF token.
+    ///
+    /// # Errors
+    /// The API's error.
+    pub async fn send_as<B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &B,
+        csrf: &str,
+    ) -> Result<Reply, ApiFail> {
+        let body = serde_json::to_value(body).map_err(|e| ApiFail {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: format!("this request cannot be written: {e}"),
+            field: None,
+        })?;
+        self.send(method, path, &body, csrf).await
     }
 
     /// A change: `method path` with a JSON body, under the form's CSRF token.

@@ -256,9 +256,6 @@ pub fn apply(store: &Store, auth: &Authenticated, request: &PollRequest, now: i6
     if store.agent_intervals(env_id)? != Some(effective) {
         reply.intervals = Some(effective);
     }
-    // Stacks whose groups or tags this environment joined since: queued
-    // now, so they go out in this reply (one indexed read when none).
-    store.reconcile_stacks(None, Some(env_id), now)?;
     reply.commands = store.commands_due(env_id, now, MAX_COMMANDS_PER_REPLY)?;
     tx.commit()?;
     Ok(reply)

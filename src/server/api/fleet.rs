@@ -860,8 +860,29 @@ pub(crate) fn create_environment_in(
 ) -> Result<CreatedEnvironment, ApiError> {
     let new = new_environment(req, new_secret()?, new_edge_id()?)?;
     check_intervals(new.intervals, store.default_intervals()?)?;
+    let tx = store.tx()?;
     let id = store.create_fleet_environment(&new, now())?;
-    deploy_of(store, id, fingerprint)
+    if new.group.is_some() || !new.tags.is_empty() {
+        joined_labels(store, id)?;
+    }
+    let created = deploy_of(store, id, fingerprint)?;
+    tx.commit()?;
+    Ok(created)
+}
+
+/// The one moment an environment can come to be targeted by a stack it
+/// does not run yet: it was given a group or tags (at creation, or by a
+/// change). Such stacks are queued for it here, in the same transaction as
+/// the change, so a poll, a listing or a page never has to look for them.
+/// (A stack's own create and update resolve their targets themselves; an
+/// environment that leaves a group or tag keeps its stacks, see
+/// `store::stacks`.)
+///
+/// # Errors
+/// The store's.
+fn joined_labels(store: &Store, id: u64) -> Result<(), ApiError> {
+    store.reconcile_stacks(None, Some(id), now())?;
+    Ok(())
 }
 
 /// The list's query: `group`, `tag`, `status`, `name`, `limit`, `offset`.
@@ -949,7 +970,14 @@ pub async fn update_environment(
 /// # Errors
 /// A 422 naming the bad field, or the store's error.
 pub(crate) fn update_environment_in(store: &Store, id: u64, req: &UpdateEnvironment) -> Result<(), ApiError> {
-    Ok(store.update_environment(id, &environment_change(req)?)?)
+    let change = environment_change(req)?;
+    let tx = store.tx()?;
+    store.update_environment(id, &change)?;
+    if change.group.is_some() || change.tags.is_some() {
+        joined_labels(store, id)?;
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 /// The change a `PATCH /api/environments/{id}` body asks for, checked.
@@ -1376,6 +1404,53 @@ mod tests {
         assert_eq!(page.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["e5", "e6"]);
         let resp = call(&service, "GET", "/api/environments?name=e1", None).await;
         assert_eq!(resp.headers()["x-total-count"], "1");
+    }
+
+    #[tokio::test]
+    async fn an_environment_given_a_targeted_tag_or_group_gets_the_stack_with_the_change() {
+        let state = AppState::new(Store::in_memory().unwrap(), Limits::default(), TOKEN, [7; 32]).unwrap();
+        let service = TowerToHyperService::new(crate::server::http::router(state));
+        let post = |path: &'static str, body: Value| {
+            let service = &service;
+            async move {
+                let resp = call(service, "POST", path, Some(body)).await;
+                assert_eq!(resp.status(), 201, "POST {path}");
+            }
+        };
+        post("/api/tags", serde_json::json!({ "name": "gps" })).await;
+        post("/api/groups", serde_json::json!({ "name": "ships" })).await;
+        for name in ["plain", "later-tag", "later-group"] {
+            post("/api/environments", serde_json::json!({ "name": name, "url": "https://ops.example.com" })).await;
+        }
+        let compose = "services:\n  web:\n    image: busybox\n";
+        let targets = serde_json::json!({ "tags": ["gps"], "groups": ["ships"] });
+        post("/api/stacks", serde_json::json!({ "name": "nav", "compose": compose, "targets": targets })).await;
+        let deployed = || async {
+            let resp = call(&service, "GET", "/api/stacks/1", None).await;
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            let stack: super::super::stacks::StackDetail = serde_json::from_slice(&bytes).unwrap();
+            stack.environments.iter().map(|d| (d.environment_name.clone(), d.status.clone())).collect::<Vec<_>>()
+        };
+        assert_eq!(deployed().await, []);
+        let patch = |id: u64, body: Value| {
+            let service = &service;
+            async move {
+                assert_eq!(call(service, "PATCH", &format!("/api/environments/{id}"), Some(body)).await.status(), 200)
+            }
+        };
+        patch(2, serde_json::json!({ "tags": ["gps"] })).await;
+        patch(3, serde_json::json!({ "group": "ships" })).await;
+        post(
+            "/api/environments",
+            serde_json::json!({ "name": "born-tagged", "url": "https://ops.example.com", "tags": ["gps"] }),
+        )
+        .await;
+        let pending = |n: &str| (n.to_owned(), "pending".to_owned());
+        assert_eq!(deployed().await, [pending("later-tag"), pending("later-group"), pending("born-tagged")]);
+        // A change that gives no label deploys nothing more, and nothing twice.
+        patch(1, serde_json::json!({ "name": "still-plain" })).await;
+        patch(2, serde_json::json!({ "tags": ["gps"] })).await;
+        assert_eq!(deployed().await.len(), 3);
     }
 
     #[test]

@@ -29,7 +29,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiJson, PathId, with_store};
+use super::{ApiError, ApiJson, PathId, read_store, with_store};
 use crate::server::http::AppState;
 use crate::server::store::stacks::{
     Deployment, NewStack, Removal, StackChange, StackError, StackRecord, Target, TargetRef, TargetRefs,
@@ -338,21 +338,13 @@ pub async fn create_stack(
 
 /// `GET /api/stacks`.
 pub async fn list_stacks(State(state): State<Arc<AppState>>) -> Result<Json<Vec<StackItem>>, ApiError> {
-    let list = with_store(&state, move |store| {
-        store.reconcile_stacks(None, None, crate::server::http::now())?;
-        Ok(store.stacks()?)
-    })
-    .await?;
+    let list = read_store(&state, move |store| Ok(store.stacks()?)).await?;
     Ok(Json(list.iter().map(StackItem::from).collect()))
 }
 
 /// `GET /api/stacks/{id}`.
 pub async fn stack(State(state): State<Arc<AppState>>, PathId(id): PathId) -> Result<Json<StackDetail>, ApiError> {
-    let record = with_store(&state, move |store| {
-        store.reconcile_stacks(Some(id), None, crate::server::http::now())?;
-        Ok(store.stack(id)?)
-    })
-    .await?;
+    let record = read_store(&state, move |store| Ok(store.stack(id)?)).await?;
     Ok(Json(record.into()))
 }
 

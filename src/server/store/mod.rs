@@ -660,6 +660,10 @@ impl Store {
         let store = Self { conn, depth: std::cell::Cell::new(0), reader: false };
         store.backfill_counts()?;
         store.refresh_status_windows(None)?;
+        // Stacks are queued for an environment when it joins a targeted
+        // group or tag (api::fleet); a database written before that rule,
+        // when polls and listings looked for them, is brought up to it once.
+        store.reconcile_stacks(None, None, crate::clock::unix_now())?;
         Ok(store)
     }
 

@@ -15,9 +15,10 @@
 //!
 //! **Targets resolve late.** An environment that joins a targeted group or
 //! gets a targeted tag after the stack was created is given it by
-//! [`Store::reconcile_stacks`], which the poll handler runs for the polling
-//! environment (one indexed query that finds nothing almost always) and the
-//! stack API runs before it answers. An environment that *leaves* a
+//! [`Store::reconcile_stacks`], which the API runs in the same transaction
+//! as the change that gave it the group or tag (`api::fleet`), and
+//! [`Store::open`] once for databases written before that rule. Polls and
+//! listings only read. An environment that *leaves* a
 //! targeted group or tag keeps the stack: removing services from a host
 //! because a label changed would be too easy a mistake; remove or update
 //! the stack to take it off.
@@ -697,7 +698,7 @@ mod tests {
         assert_eq!(statuses(&s, id), [(a, "pending")]);
         let names: Vec<_> = s.stack(id).unwrap().targets.iter().map(|t| (t.kind, t.name.clone())).collect();
         assert_eq!(names, [("group", "Ships".to_owned()), ("tag", "gps".to_owned())]);
-        // b gets the tag later: its next poll (or a look at the stack) deploys it, once.
+        // b gets the tag later: reconciling it (the API does, with the change) deploys it, once.
         s.conn.execute("INSERT INTO environment_tags (environment, tag) VALUES (?1, 9)", [b as i64]).unwrap();
         assert_eq!(s.reconcile_stacks(None, Some(a), 20).unwrap(), 0);
         assert_eq!(s.reconcile_stacks(None, Some(b), 20).unwrap(), 1);

@@ -9,9 +9,16 @@
 #   scripts/agent-image.sh                  build the binary, then the image
 #   scripts/agent-image.sh --binary PATH    use a binary built already (with
 #                                           the same cargo command)
+#   scripts/agent-image.sh --compose        the variant with a compose tool:
+#                                           tern-agent:compose, on a Debian
+#                                           bookworm root filesystem made by
+#                                           mmdebstrap with Debian's
+#                                           docker-compose (needs mmdebstrap
+#                                           and Debian's package mirror)
 #
 # Needs: docker, ldd, tar, gzip; cargo unless --binary is given. The base is
-# tagged tern-agent-runtime:local; the images they replace are removed.
+# tagged tern-agent-runtime:local (tern-agent-compose-runtime:local for
+# --compose); the images they replace are removed.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -25,14 +32,23 @@ die() { echo "agent-image: $*" >&2; exit 1; }
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; }
 
 binary=
+compose=
 while [ $# -gt 0 ]; do
   case $1 in
+    --compose) compose=1; shift ;;
     --binary) [ $# -ge 2 ] || die "--binary needs a path"; binary=$2; shift 2 ;;
     --binary=*) binary=${1#--binary=}; shift ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
   esac
 done
+
+TAG=latest
+if [ -n "$compose" ]; then
+  BASE=tern-agent-compose-runtime:local
+  TAG=compose
+  command -v mmdebstrap >/dev/null 2>&1 || die "--compose needs mmdebstrap (apt-get install mmdebstrap)"
+fi
 
 start=$(date +%s)
 for tool in docker ldd tar gzip; do
@@ -69,7 +85,9 @@ if "$work/ctx/tern" --help | grep -qE '^  server '; then
 fi
 
 # The runtime base: the libraries ldd lists (the dynamic loader among them,
-# linux-vdso is the kernel's), at the paths it lists.
+# linux-vdso is the kernel's), at the paths it lists; or, for --compose, a
+# Debian system holding Debian's docker-compose (its Python with it) and
+# the same glibc as this build host's bookworm.
 libs=$(ldd "$work/ctx/tern" 2>&1) || die "ldd $binary: $libs"
 if grep -q 'not found' <<<"$libs"; then
   die "ldd: libraries missing on this host: $(grep 'not found' <<<"$libs" | tr -s ' \t' ' ')"
@@ -93,14 +111,31 @@ tar_opts=(--numeric-owner --sort=name --mtime=@0)
 tar -C "$work/rootfs" -cf "$work/base.tar" "${tar_opts[@]}" --owner=0 --group=0 .
 tar -C "$work/data" -rf "$work/base.tar" "${tar_opts[@]}" --owner="$AGENT_UID" --group="$AGENT_UID" ./data
 
+if [ -n "$compose" ]; then
+  # Essential packages and docker-compose's dependencies, without
+  # recommends, documentation or translations.
+  echo "agent-image: making a bookworm root filesystem with docker-compose (mmdebstrap)" >&2
+  rm -f "$work/base.tar"
+  mmdebstrap --quiet --variant=essential --include=docker-compose \
+    --aptopt='APT::Install-Recommends "false"' \
+    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
+    --customize-hook="echo 'nonroot:x:$AGENT_UID:$AGENT_UID:nonroot:/home/nonroot:/sbin/nologin' >>\"\$1/etc/passwd\"" \
+    --customize-hook="echo 'nonroot:x:$AGENT_UID:' >>\"\$1/etc/group\"" \
+    --customize-hook='rm -rf "$1"/var/cache/apt/* "$1"/var/lib/apt/lists/*' \
+    --customize-hook="mkdir -p \"\$1/data\" && chown $AGENT_UID:$AGENT_UID \"\$1/data\" && chmod 0700 \"\$1/data\"" \
+    bookworm "$work/base.tar" >&2 || die "mmdebstrap failed"
+  paths="Debian bookworm with docker-compose"
+fi
+
 old_base=$(docker image inspect --format '{{.Id}}' "$BASE" 2>/dev/null || true)
-old_image=$(docker image inspect --format '{{.Id}}' "$IMAGE:latest" 2>/dev/null || true)
+old_image=$(docker image inspect --format '{{.Id}}' "$IMAGE:$TAG" 2>/dev/null || true)
 docker import --message "tern agent runtime: $(echo $paths)" "$work/base.tar" "$BASE" >/dev/null
 
 log=$work/build.log
 if ! docker build --force-rm -f "$ROOT/Dockerfile" --target agent-prebuilt \
   --build-arg RUNTIME_IMAGE="$BASE" --build-arg AGENT_BINARY=tern \
-  -t "$IMAGE:latest" -t "$IMAGE:$version" "$work/ctx" >"$log" 2>&1; then
+  -t "$IMAGE:$TAG" -t "$IMAGE:$version${compose:+-compose}" "$work/ctx" >"$log" 2>&1; then
   cat "$log" >&2
   die "docker build failed"
 fi
@@ -111,15 +146,15 @@ stage=$(awk '/^Step [0-9]+\/[0-9]+ : COPY \$\{AGENT_BINARY\} \/tern$/ { f = 1; n
 [ -z "$stage" ] || docker rmi "$stage" >/dev/null 2>&1 || true
 # What this run replaced, when nothing else uses it (a running agent keeps its image).
 for id in $old_image $old_base; do
-  if [ "$id" != "$(docker image inspect --format '{{.Id}}' "$IMAGE:latest")" ] &&
+  if [ "$id" != "$(docker image inspect --format '{{.Id}}' "$IMAGE:$TAG")" ] &&
     [ "$id" != "$(docker image inspect --format '{{.Id}}' "$BASE")" ]; then
     docker rmi "$id" >/dev/null 2>&1 || true
   fi
 done
 
-image_size=$(docker image inspect --format '{{.Size}}' "$IMAGE:latest")
+image_size=$(docker image inspect --format '{{.Size}}' "$IMAGE:$TAG")
 binary_size=$(stat -c %s "$work/ctx/tern")
 # What a pull costs: registries serve gzip'd layers.
-pull_size=$(docker save "$IMAGE:latest" | gzip -6 | wc -c)
+pull_size=$(docker save "$IMAGE:$TAG" | gzip -6 | wc -c)
 mb() { awk -v b="$1" 'BEGIN { printf "%.1f MB", b / 1e6 }'; }
-echo "$IMAGE:latest ($IMAGE:$version): image $image_size B ($(mb "$image_size")), gzip'd $pull_size B ($(mb "$pull_size")); stripped agent binary $binary_size B ($(mb "$binary_size")); $(( $(date +%s) - start )) s"
+echo "$IMAGE:$TAG ($IMAGE:$version${compose:+-compose}): image $image_size B ($(mb "$image_size")), gzip'd $pull_size B ($(mb "$pull_size")); stripped agent binary $binary_size B ($(mb "$binary_size")); $(( $(date +%s) - start )) s"

@@ -7,7 +7,9 @@
 //! * the environment comes online with this host's containers;
 //! * a command (container.stop) runs through the containerised agent;
 //! * a stack deploys with the built-in compose implementation (the image
-//!   has no compose tool, and `EDGE_COMPOSE=auto` falls back to it);
+//!   has no compose tool, and `EDGE_COMPOSE=auto` falls back to it), or,
+//!   for the compose variant (tern-agent:compose), with the docker-compose
+//!   it bundles;
 //! * the container's health becomes `healthy` through the image's
 //!   HEALTHCHECK (`tern agent health`);
 //! * the agent runs as uid 65532, with the socket's group.
@@ -107,6 +109,49 @@ async fn wait_command(api: &mut Api, env: u64, action: &str, target: &str) -> Va
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_generated_command_runs_the_image_as_a_non_root_agent() {
     let Some(image) = image() else { return };
+    deploy_and_check(&image, Compose::BuiltIn).await;
+}
+
+/// The image variant that bundles Debian's docker-compose
+/// (`scripts/agent-image.sh --compose`): the same checks, but its stacks
+/// deploy with the bundled tool, `EDGE_COMPOSE=auto`'s first choice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compose_variant_deploys_stacks_with_its_bundled_compose_tool() {
+    let Some(image) = compose_image() else { return };
+    deploy_and_check(&image, Compose::Bundled).await;
+}
+
+/// The compose variant, tern-agent:compose (or `TERN_AGENT_COMPOSE_IMAGE`),
+/// `None` to skip (outside CI only).
+fn compose_image() -> Option<String> {
+    let image = std::env::var("TERN_AGENT_COMPOSE_IMAGE")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| format!("{}:compose", AGENT_IMAGE.split(':').next().unwrap_or(AGENT_IMAGE)));
+    let exists = Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}", &image])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    if !exists {
+        assert!(!ci, "CI: the image {image} does not exist; `.ci/run` builds it with scripts/agent-image.sh --compose");
+        eprintln!("SKIPPED: no image {image} in the local engine (build it with scripts/agent-image.sh --compose)");
+        return None;
+    }
+    Some(image)
+}
+
+/// Which compose implementation the image's agent deploys stacks with.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Compose {
+    /// The built-in one: the image has no compose tool.
+    BuiltIn,
+    /// The docker-compose (v1) the image bundles.
+    Bundled,
+}
+
+async fn deploy_and_check(image: &str, compose_impl: Compose) {
+    let image = image.to_owned();
     let started = std::time::Instant::now();
     let prefix = format!("tern-test-img-{}", std::process::id());
     // Removes, on drop, every container, volume and network named
@@ -206,9 +251,9 @@ async fn the_generated_command_runs_the_image_as_a_non_root_agent() {
     assert_eq!(c["status"], "ok", "{c}");
     assert_eq!(objects.status("web").as_deref(), Some("exited"));
 
-    // A stack: no compose tool in the image, so `auto` uses the built-in
-    // implementation (compose v2's container names; the host's compose
-    // v1 tool, if any, would name it `<project>_web_1`).
+    // A stack: with no compose tool in the image, `auto` uses the built-in
+    // implementation (compose v2's container names); the compose variant's
+    // bundled docker-compose (v1) names it `<project>_web_1`.
     let stack_name = objects.name("stack");
     let compose = "services:\n  web:\n    image: ${IMAGE}\n    command: [\"/bin/busybox\", \"sh\", \"-c\", \"trap 'exit 0' \
                    TERM; while :; do /bin/busybox sleep 1; done\"]\n";
@@ -229,8 +274,20 @@ async fn the_generated_command_runs_the_image_as_a_non_root_agent() {
         }
         deadline.tick(format_args!("stack {stack} to run: {s}")).await;
     }
-    assert_eq!(inspect(&format!("{stack_name}-web-1"), "{{.State.Status}}"), "running");
-    assert!(logs().contains("built-in"), "the agent's log names the built-in implementation:\n{}", logs());
+    match compose_impl {
+        Compose::BuiltIn => {
+            assert_eq!(inspect(&format!("{stack_name}-web-1"), "{{.State.Status}}"), "running");
+            assert!(logs().contains("built-in"), "the agent's log names the built-in implementation:\n{}", logs());
+        }
+        Compose::Bundled => {
+            assert_eq!(inspect(&format!("{stack_name}_web_1"), "{{.State.Status}}"), "running");
+            assert!(
+                logs().contains("with the compose tool") && logs().contains("docker-compose"),
+                "the agent's log names the bundled tool:\n{}",
+                logs()
+            );
+        }
+    }
 
     // Healthy, by the image's HEALTHCHECK (every 30 s, so the first check
     // comes 30 s after the start).

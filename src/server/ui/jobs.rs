@@ -15,13 +15,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use maud::{Markup, html};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
 
 use super::stacks::{
-    ROWS, TokenForm, button_refused, done, form_fail, no_such, pager, path_id, refused, target_lists, targets_fieldset,
-    targets_json, unix_lines,
+    ROWS, TokenForm, button_refused, done, form_fail, no_such, pager, path_id, refused, target_lists, targets_body,
+    targets_fieldset, unix_lines,
 };
-use super::{ApiFail, FieldAttrs, Nav, Ui, csrf_field, encode, form_error, n, now, page, s, text_field, utc, when};
+use super::{ApiFail, FieldAttrs, Nav, Ui, csrf_field, encode, form_error, now, page, text_field, utc, when};
+use crate::server::api::jobs::{CreateJob, JobDetail, JobItem, RunView, TargetView, UpdateJob};
 use crate::server::http::AppState;
 
 /// Runs listed when the page does not ask for more, and the most it may
@@ -43,9 +43,9 @@ pub fn routes() -> Router<Arc<AppState>> {
 const CRON_HINT: &str = "5 fields (minute hour day month weekday, e.g. */30 * * * *), or 6 with a leading seconds \
                          field; in UTC, on each agent's clock. Empty: run once, when each agent receives it.";
 
-fn schedule(job: &Value) -> Markup {
+fn schedule(job: &JobItem) -> Markup {
     html! {
-        @match job["cron"].as_str() {
+        @match job.cron.as_deref() {
             Some(c) => { code { (c) } " UTC" },
             None => span.muted { "once" },
         }
@@ -55,8 +55,8 @@ fn schedule(job: &Value) -> Markup {
 // ----- the list -----
 
 async fn list(ui: Ui) -> Response {
-    let jobs = match ui.load("/api/jobs").await {
-        Ok(r) => r.json.as_array().cloned().unwrap_or_default(),
+    let jobs: Vec<JobItem> = match ui.load_as("/api/jobs").await {
+        Ok(jobs) => jobs,
         Err(r) => return r,
     };
     let now = now();
@@ -78,12 +78,12 @@ async fn list(ui: Ui) -> Response {
                     th scope="col" { "Updated" }
                 } }
                 tbody { @for j in &jobs {
-                    tr data-job=(s(j, "name")) {
-                        td { a href={ "/jobs/" (n(j, "id")) } { (s(j, "name")) } }
+                    tr data-job=(j.name) {
+                        td { a href={ "/jobs/" (j.id) } { (j.name) } }
                         td { (schedule(j)) }
-                        td { @match j["image"].as_str() { Some(i) => span.mono { (i) }, None => span.muted { "default" } } }
-                        td.num { (n(j, "version")) }
-                        td { (when(j["updated_at"].as_i64(), now)) }
+                        td { @match j.image.as_deref() { Some(i) => span.mono { (i) }, None => span.muted { "default" } } }
+                        td.num { (j.version) }
+                        td { (when(Some(j.updated_at), now)) }
                     }
                 } }
             } }
@@ -120,13 +120,13 @@ struct JobForm {
 impl JobForm {
     /// The form of a job as the API shows it; its targets left empty
     /// (they are kept unless some are given).
-    fn of(job: &Value) -> Self {
+    fn of(job: &JobDetail) -> Self {
         Self {
-            name: s(job, "name").to_owned(),
-            script: s(job, "script").to_owned(),
-            cron: s(job, "cron").to_owned(),
-            image: s(job, "image").to_owned(),
-            timeout_s: job["timeout_s"].as_u64().map(|t| t.to_string()).unwrap_or_default(),
+            name: job.item.name.clone(),
+            script: job.script.clone(),
+            cron: job.item.cron.clone().unwrap_or_default(),
+            image: job.item.image.clone().unwrap_or_default(),
+            timeout_s: job.item.timeout_s.map(|t| t.to_string()).unwrap_or_default(),
             ..Self::default()
         }
     }
@@ -151,29 +151,29 @@ impl JobForm {
         [&self.environments, &self.groups, &self.tags].iter().any(|t| !t.trim().is_empty())
     }
 
-    /// The body of `POST /api/jobs` (`create`) or `PUT /api/jobs/{id}`:
-    /// an edit sends targets only when some are given, and 0 for "the
-    /// agent's default" timeout.
-    fn body(&self, create: bool) -> Result<Value, ApiFail> {
-        let timeout = self.timeout()?;
-        let mut body = Map::new();
-        body.insert("name".into(), json!(self.name.trim()));
-        body.insert("script".into(), json!(unix_lines(&self.script)));
-        body.insert("cron".into(), json!(self.cron.trim()));
-        body.insert("image".into(), json!(self.image.trim()));
-        match (timeout, create) {
-            (Some(t), _) => {
-                body.insert("timeout_s".into(), json!(t));
-            }
-            (None, false) => {
-                body.insert("timeout_s".into(), json!(0));
-            }
-            (None, true) => {}
-        }
-        if create || self.has_targets() {
-            body.insert("targets".into(), targets_json(&self.environments, &self.groups, &self.tags));
-        }
-        Ok(Value::Object(body))
+    /// The body of `POST /api/jobs`.
+    fn create_body(&self) -> Result<CreateJob, ApiFail> {
+        Ok(CreateJob {
+            name: self.name.trim().to_owned(),
+            script: unix_lines(&self.script),
+            cron: Some(self.cron.trim().to_owned()),
+            image: Some(self.image.trim().to_owned()),
+            timeout_s: self.timeout()?,
+            targets: targets_body(&self.environments, &self.groups, &self.tags),
+        })
+    }
+
+    /// The body of `PUT /api/jobs/{id}`: targets only when some are
+    /// given, and 0 for "the agent's default" timeout.
+    fn update_body(&self) -> Result<UpdateJob, ApiFail> {
+        Ok(UpdateJob {
+            name: Some(self.name.trim().to_owned()),
+            script: Some(unix_lines(&self.script)),
+            cron: Some(self.cron.trim().to_owned()),
+            image: Some(self.image.trim().to_owned()),
+            timeout_s: Some(self.timeout()?.unwrap_or(0)),
+            targets: self.has_targets().then(|| targets_body(&self.environments, &self.groups, &self.tags)),
+        })
     }
 }
 
@@ -239,15 +239,16 @@ async fn new_page(ui: Ui) -> Response {
 }
 
 async fn create(ui: Ui, headers: HeaderMap, axum::Form(f): axum::Form<JobForm>) -> Response {
-    let result = match f.body(true) {
-        Ok(body) => ui.send(Method::POST, "/api/jobs", &body, &f.csrf).await.map_err(form_fail),
+    let result = match f.create_body() {
+        Ok(body) => ui.send_as(Method::POST, "/api/jobs", &body, &f.csrf).await.map_err(form_fail),
         Err(e) => Err(e),
     };
+    let result = result.and_then(|r| {
+        let json = r.json.clone();
+        r.parse::<JobDetail>("/api/jobs").map(|job| (job.item.id, json))
+    });
     match result {
-        Ok(r) => {
-            let to = format!("/jobs/{}", n(&r.json, "id"));
-            done(&headers, StatusCode::CREATED, r.json, &to)
-        }
+        Ok((id, json)) => done(&headers, StatusCode::CREATED, json, &format!("/jobs/{id}")),
         Err(e) => {
             let lists = target_lists(&ui).await;
             refused(&headers, &e, || new_form(&ui, &f, Some(&e), &lists))
@@ -280,10 +281,10 @@ impl LiveQuery {
 
 /// Whether a job's delivery to an environment is still under way: its
 /// command not yet with the agent, or a run-once job still running.
-fn in_progress(job: &Value, target: &Value) -> bool {
-    match target["status"].as_str() {
+fn in_progress(job: &JobItem, target: &TargetView) -> bool {
+    match target.status.as_deref() {
         Some("queued" | "sent") => true,
-        Some("delivered") => job["cron"].is_null() && job["removed_at"].is_null(),
+        Some("delivered") => job.cron.is_none() && job.removed_at.is_none(),
         _ => false,
     }
 }
@@ -295,20 +296,20 @@ fn exit_code(code: i64) -> Markup {
 }
 
 /// The runs of the job, newest first, as the API listed them.
-async fn load_runs(ui: &Ui, id: u64, q: &LiveQuery) -> Result<Vec<Value>, ApiFail> {
+async fn load_runs(ui: &Ui, id: u64, q: &LiveQuery) -> Result<Vec<RunView>, ApiFail> {
     let mut path = format!("/api/jobs/{id}/runs?limit={}", q.limit());
     if !q.environment.trim().is_empty() {
         path.push_str(&format!("&environment={}", encode(q.environment.trim())));
     }
-    ui.get(&path).await.map(|r| r.json.as_array().cloned().unwrap_or_default())
+    ui.get_as(&path).await
 }
 
 /// Per environment, then the runs: the part of the page that refreshes
 /// itself while the job is on its way (`data-pending`).
-fn live_part(id: u64, job: &Value, q: &LiveQuery, runs: &Result<Vec<Value>, ApiFail>) -> Markup {
-    let targets = job["environments"].as_array().cloned().unwrap_or_default();
-    let pending = targets.iter().any(|t| in_progress(job, t));
-    let names: HashMap<u64, &str> = targets.iter().map(|t| (n(t, "environment"), s(t, "name"))).collect();
+fn live_part(id: u64, job: &JobDetail, q: &LiveQuery, runs: &Result<Vec<RunView>, ApiFail>) -> Markup {
+    let targets = &job.environments;
+    let pending = targets.iter().any(|t| in_progress(&job.item, t));
+    let names: HashMap<u64, &str> = targets.iter().map(|t| (t.environment, t.name.as_str())).collect();
     let page_no = q.page.unwrap_or(1).clamp(1, targets.len().div_ceil(ROWS).max(1));
     let now = now();
     let runs_link = |env: u64| format!("/jobs/{id}?environment={env}&limit={}#runs", q.limit());
@@ -330,29 +331,29 @@ fn live_part(id: u64, job: &Value, q: &LiveQuery, runs: &Result<Vec<Value>, ApiF
                         th scope="col" { "Error" }
                     } }
                     tbody { @for t in targets.iter().skip((page_no - 1) * ROWS).take(ROWS) {
-                        @let env = n(t, "environment");
-                        @let status = if t["removed"].as_bool() == Some(true) { "removed" } else { t["status"].as_str().unwrap_or("none") };
-                        @let last = &t["last_run"];
-                        tr data-env-name=(s(t, "name")) data-env=(env) {
-                            td { a href={ "/environments/" (env) } { (s(t, "name")) } }
+                        @let env = t.environment;
+                        @let status = if t.removed { "removed" } else { t.status.as_deref().unwrap_or("none") };
+                        @let last = t.last_run.as_ref();
+                        tr data-env-name=(t.name) data-env=(env) {
+                            td { a href={ "/environments/" (env) } { (t.name) } }
                             td.status {
-                                @match t["command"].as_u64() {
+                                @match t.command {
                                     Some(c) => a href={ "/environments/" (env) "/commands/" (c) } title="the command that carries it" {
                                         span.state.(status) { (status) }
                                     },
                                     None => span.state.(status) { (status) },
                                 }
                             }
-                            td.num { (n(t, "version")) }
-                            td { @if last.is_object() { (when(last["finished_at"].as_i64(), now)) } @else { span.muted { "none yet" } } }
-                            td.num { @if let Some(c) = last["exit_code"].as_i64() { (exit_code(c)) } }
+                            td.num { (t.version) }
+                            td { @if let Some(l) = last { (when(Some(l.finished_at), now)) } @else { span.muted { "none yet" } } }
+                            td.num { @if let Some(l) = last { (exit_code(l.exit_code.into())) } }
                             td.num {
-                                @if n(t, "runs") > 0 { a href=(runs_link(env)) aria-label={ "Runs on " (s(t, "name")) } { (n(t, "runs")) } }
+                                @if t.runs > 0 { a href=(runs_link(env)) aria-label={ "Runs on " (t.name) } { (t.runs) } }
                                 @else { "0" }
                             }
                             td {
-                                @let (error, _) = split_error(t["error"].as_str());
-                                @let (last_error, _) = split_error(last["error"].as_str());
+                                @let (error, _) = split_error(t.error.as_deref());
+                                @let (last_error, _) = split_error(last.and_then(|l| l.error.as_deref()));
                                 @if let Some(e) = error { span.error { (e) } " " }
                                 @if let Some(e) = last_error.filter(|e| error != Some(e)) { span.error { (e) } }
                             }
@@ -371,24 +372,24 @@ fn live_part(id: u64, job: &Value, q: &LiveQuery, runs: &Result<Vec<Value>, ApiF
                 Ok(runs) => {
                     p.muted { "Newest first; " (runs.len()) " shown." }
                     @for r in runs {
-                        @let env = n(r, "environment");
+                        @let env = r.environment;
                         @let env_name = names.get(&env).copied().map_or_else(|| env.to_string(), str::to_owned);
                         article.run data-env-name=(env_name) {
                             h3 {
                                 a href=(runs_link(env)) { (env_name) } " · "
-                                @if n(r, "run") == 0 { "the run" } @else { "run " (n(r, "run")) }
-                                " · " (when(r["finished_at"].as_i64(), now))
+                                @if r.run == 0 { "the run" } @else { "run " (r.run) }
+                                " · " (when(Some(r.finished_at), now))
                             }
                             p {
-                                "Exit code " (exit_code(r["exit_code"].as_i64().unwrap_or(-1)))
-                                " · version " (n(r, "version"))
-                                @if let Some(t) = r["started_at"].as_i64() { " · started " (utc(t)) }
-                                " · finished " (utc(r["finished_at"].as_i64().unwrap_or(0)))
+                                "Exit code " (exit_code(r.exit_code.into()))
+                                " · version " (r.version)
+                                @if let Some(t) = r.started_at { " · started " (utc(t)) }
+                                " · finished " (utc(r.finished_at))
                             }
-                            @let output = r["output"].as_str().filter(|o| !o.is_empty());
-                            @let (error, tail) = split_error(r["error"].as_str());
+                            @let output = r.output.as_deref().filter(|o| !o.is_empty());
+                            @let (error, tail) = split_error(r.error.as_deref());
                             @if let Some(e) = error { p.error { (e) } }
-                            @if r["truncated"].as_bool() == Some(true) {
+                            @if r.truncated {
                                 p.hint { "The start of the output was cut: its last 64 KiB are kept." }
                             }
                             @match (output, tail) {
@@ -417,43 +418,43 @@ fn split_error(error: Option<&str>) -> (Option<&str>, Option<&str>) {
     }
 }
 
-async fn load_job(ui: &Ui, id: &str) -> Result<(u64, Value), Response> {
+async fn load_job(ui: &Ui, id: &str) -> Result<(u64, JobDetail), Response> {
     let id = path_id(id).ok_or_else(|| no_such("job"))?;
-    let r = ui.load(&format!("/api/jobs/{id}")).await?;
-    Ok((id, r.json))
+    Ok((id, ui.load_as(&format!("/api/jobs/{id}")).await?))
 }
 
 #[allow(clippy::too_many_arguments)]
 fn job_view(
     ui: &Ui,
     id: u64,
-    job: &Value,
+    job: &JobDetail,
     q: &LiveQuery,
-    runs: &Result<Vec<Value>, ApiFail>,
+    runs: &Result<Vec<RunView>, ApiFail>,
     form: &JobForm,
     err: Option<&ApiFail>,
     lists: &Markup,
 ) -> Markup {
     let now = now();
-    let name = s(job, "name");
-    let removed = job["removed_at"].is_i64();
-    let env_count = job["environments"].as_array().map_or(0, |a| a.iter().filter(|t| t["removed"] != true).count());
+    let item = &job.item;
+    let name = item.name.as_str();
+    let removed = item.removed_at.is_some();
+    let env_count = job.environments.iter().filter(|t| !t.removed).count();
     let body = html! {
         div.titlebar {
             h1 { "Job " (name) @if removed { " " span.state.removed { "deleted" } } }
         }
         p { a href="/jobs" { "← Jobs" } }
         dl.host {
-            dt { "Schedule" } dd { (schedule(job)) @if job["cron"].is_null() { " (when each agent receives it)" } }
-            dt { "Image" } dd { @match job["image"].as_str() { Some(i) => span.mono { (i) }, None => span.muted { "the agent's default (EDGE_JOB_IMAGE)" } } }
-            dt { "Timeout" } dd { @match job["timeout_s"].as_u64() { Some(t) => { (t) " s" }, None => span.muted { "the agent's default (1 hour)" } } }
-            dt { "Version" } dd { (n(job, "version")) }
-            dt { "Created" } dd { (when(job["created_at"].as_i64(), now)) " (" (utc(job["created_at"].as_i64().unwrap_or(0))) ")" }
-            dt { "Updated" } dd { (when(job["updated_at"].as_i64(), now)) }
-            @if removed { dt { "Deleted" } dd { (when(job["removed_at"].as_i64(), now)) ": its runs stay readable." } }
+            dt { "Schedule" } dd { (schedule(item)) @if item.cron.is_none() { " (when each agent receives it)" } }
+            dt { "Image" } dd { @match item.image.as_deref() { Some(i) => span.mono { (i) }, None => span.muted { "the agent's default (EDGE_JOB_IMAGE)" } } }
+            dt { "Timeout" } dd { @match item.timeout_s { Some(t) => { (t) " s" }, None => span.muted { "the agent's default (1 hour)" } } }
+            dt { "Version" } dd { (item.version) }
+            dt { "Created" } dd { (when(Some(item.created_at), now)) " (" (utc(item.created_at)) ")" }
+            dt { "Updated" } dd { (when(Some(item.updated_at), now)) }
+            @if removed { dt { "Deleted" } dd { (when(item.removed_at, now)) ": its runs stay readable." } }
         }
         h2 { "Script" }
-        pre.command id="job-script" { (s(job, "script")) }
+        pre.command id="job-script" { (job.script) }
         section.live {
             form.filters method="get" action={ "/jobs/" (id) "#runs" } role="search" {
                 div.field {
@@ -528,15 +529,15 @@ async fn live_fragment(ui: Ui, Path(id): Path<String>, Query(q): Query<LiveQuery
 
 async fn edit(ui: Ui, Path(id): Path<String>, headers: HeaderMap, axum::Form(f): axum::Form<JobForm>) -> Response {
     let Some(id) = path_id(&id) else { return no_such("job") };
-    let result = match f.body(false) {
-        Ok(body) => ui.send(Method::PUT, &format!("/api/jobs/{id}"), &body, &f.csrf).await.map_err(form_fail),
+    let result = match f.update_body() {
+        Ok(body) => ui.send_as(Method::PUT, &format!("/api/jobs/{id}"), &body, &f.csrf).await.map_err(form_fail),
         Err(e) => Err(e),
     };
     match result {
         Ok(r) => done(&headers, StatusCode::OK, r.json, &format!("/jobs/{id}#environments")),
         Err(e) => {
-            let job = match ui.load(&format!("/api/jobs/{id}")).await {
-                Ok(r) => r.json,
+            let job: JobDetail = match ui.load_as(&format!("/api/jobs/{id}")).await {
+                Ok(job) => job,
                 Err(r) => return r,
             };
             let q = LiveQuery::default();

@@ -19,12 +19,16 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use maud::{Markup, html};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::{
-    ApiFail, FieldAttrs, Nav, Ui, csrf_field, encode, error_page, fail_page, form_error, label_names, n, now, page, s,
+    ApiFail, FieldAttrs, Nav, Ui, csrf_field, encode, error_page, fail_page, form_error, label_names, now, page,
     text_field, utc, wants_json, when,
+};
+use crate::server::api::fleet::EnvironmentView;
+use crate::server::api::stacks::{
+    CreateStack, DeploymentView, RefBody, StackDetail, StackItem, TargetView, TargetsBody, UpdateStack,
 };
 use crate::server::http::AppState;
 
@@ -80,13 +84,11 @@ pub(super) fn unix_lines(text: &str) -> String {
     text.replace("\r\n", "\n")
 }
 
-/// The targets of the API's bodies, from the three inputs.
-pub(super) fn targets_json(environments: &str, groups: &str, tags: &str) -> Value {
-    json!({
-        "environments": split_names(environments),
-        "groups": split_names(groups),
-        "tags": split_names(tags),
-    })
+/// The targets of the API's bodies, from the three inputs (each a name,
+/// or an id the API takes as one).
+pub(super) fn targets_body(environments: &str, groups: &str, tags: &str) -> TargetsBody {
+    let refs = |text: &str| split_names(text).into_iter().map(RefBody::Name).collect();
+    TargetsBody { environments: refs(environments), groups: refs(groups), tags: refs(tags) }
 }
 
 /// The `<datalist>`s of group, tag and (for a small fleet) environment
@@ -103,7 +105,8 @@ pub(super) async fn target_lists(ui: &Ui) -> Markup {
                 .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
                 .is_some_and(|t| t <= ENV_SUGGESTIONS)
         })
-        .and_then(|r| r.json.as_array().map(|a| a.iter().map(|e| list_item(s(e, "name"), n(e, "id"))).collect()))
+        .and_then(|r| r.parse::<Vec<EnvironmentView>>(&envs_path).ok())
+        .map(|list| list.iter().map(|e| list_item(&e.name, e.id)).collect())
         .unwrap_or_default();
     html! {
         datalist id="dl-environments" { @for e in &envs { option value=(e) {} } }
@@ -169,12 +172,20 @@ pub(super) fn form_fail(mut e: ApiFail) -> ApiFail {
     e
 }
 
+/// What a form's script gets when the API refused the form.
+#[derive(Serialize)]
+struct FormRefused<'a> {
+    error: &'a str,
+    field: Option<&'a str>,
+}
+
 /// A form's answer when the API refused it: JSON for a script, or the
 /// form again with its values and the error. An ended session goes to the
 /// login page.
 pub(super) fn refused(headers: &HeaderMap, e: &ApiFail, form_page: impl FnOnce() -> Markup) -> Response {
     if wants_json(headers) {
-        return (e.status, axum::Json(json!({ "error": e.message, "field": e.field }))).into_response();
+        let body = FormRefused { error: &e.message, field: e.field.as_deref() };
+        return (e.status, axum::Json(body)).into_response();
     }
     if e.status == StatusCode::UNAUTHORIZED {
         return fail_page(e);
@@ -207,19 +218,15 @@ pub(super) fn pager(page_no: usize, total: usize, link: impl Fn(usize) -> String
 
 // ----- the list -----
 
-fn targets_text(targets: &Value) -> Markup {
+fn targets_text(targets: &[TargetView]) -> Markup {
     html! {
-        @for t in targets.as_array().into_iter().flatten() {
-            span.target { span.muted { (s(t, "kind")) " " } (s(t, "name")) } " "
+        @for t in targets {
+            span.target { span.muted { (t.kind) " " } (t.name) } " "
         }
     }
 }
 
-fn counts_text(counts: &Value) -> Markup {
-    let counts: Vec<(String, u64)> = counts
-        .as_object()
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0))).collect())
-        .unwrap_or_default();
+fn counts_text(counts: &BTreeMap<String, u64>) -> Markup {
     html! {
         @if counts.is_empty() { span.muted { "no environment yet" } }
         @for (i, (status, count)) in counts.iter().enumerate() {
@@ -230,8 +237,8 @@ fn counts_text(counts: &Value) -> Markup {
 }
 
 async fn list(ui: Ui) -> Response {
-    let stacks = match ui.load("/api/stacks").await {
-        Ok(r) => r.json.as_array().cloned().unwrap_or_default(),
+    let stacks: Vec<StackItem> = match ui.load_as("/api/stacks").await {
+        Ok(stacks) => stacks,
         Err(r) => return r,
     };
     let now = now();
@@ -253,13 +260,13 @@ async fn list(ui: Ui) -> Response {
                     th scope="col" { "Updated" }
                 } }
                 tbody { @for k in &stacks {
-                    tr data-stack=(s(k, "name")) {
-                        td { a href={ "/stacks/" (n(k, "id")) } { (s(k, "name")) } }
-                        td { span.state.(s(k, "status")) { (s(k, "status")) } }
-                        td { (targets_text(&k["targets"])) }
-                        td { (counts_text(&k["counts"])) }
-                        td.num { (n(k, "version")) }
-                        td { (when(k["updated_at"].as_i64(), now)) }
+                    tr data-stack=(k.name) {
+                        td { a href={ "/stacks/" (k.id) } { (k.name) } }
+                        td { span.state.(k.status) { (k.status) } }
+                        td { (targets_text(&k.targets)) }
+                        td { (counts_text(&k.counts)) }
+                        td.num { (k.version) }
+                        td { (when(Some(k.updated_at), now)) }
                     }
                 } }
             } }
@@ -291,20 +298,17 @@ struct StackForm {
 
 impl StackForm {
     /// The form of a stack as the API shows it.
-    fn of(stack: &Value) -> Self {
+    fn of(stack: &StackDetail) -> Self {
         let mut by_kind: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-        for t in stack["targets"].as_array().into_iter().flatten() {
-            by_kind.entry(s(t, "kind")).or_default().push(list_item(s(t, "name"), n(t, "id")));
+        for t in &stack.item.targets {
+            by_kind.entry(t.kind.as_str()).or_default().push(list_item(&t.name, t.id));
         }
         let joined = |k: &str| by_kind.get(k).map(|v| v.join(", ")).unwrap_or_default();
-        let env = stack["env"]
-            .as_object()
-            .map(|m| m.iter().map(|(k, v)| format!("{k}={}\n", v.as_str().unwrap_or_default())).collect())
-            .unwrap_or_default();
+        let env = stack.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
         Self {
             csrf: String::new(),
-            name: s(stack, "name").to_owned(),
-            compose: s(stack, "compose").to_owned(),
+            name: stack.item.name.clone(),
+            compose: stack.compose.clone(),
             env,
             environments: joined("environment"),
             groups: joined("group"),
@@ -337,8 +341,8 @@ impl StackForm {
         Ok(vars)
     }
 
-    fn targets(&self) -> Value {
-        targets_json(&self.environments, &self.groups, &self.tags)
+    fn targets(&self) -> TargetsBody {
+        targets_body(&self.environments, &self.groups, &self.tags)
     }
 }
 
@@ -393,21 +397,22 @@ async fn new_page(ui: Ui) -> Response {
 async fn create(ui: Ui, headers: HeaderMap, axum::Form(f): axum::Form<StackForm>) -> Response {
     let result = match f.variables() {
         Ok(env) => {
-            let body = json!({
-                "name": f.name.trim(),
-                "compose": unix_lines(&f.compose),
-                "env": env,
-                "targets": f.targets(),
-            });
-            ui.send(Method::POST, "/api/stacks", &body, &f.csrf).await.map_err(form_fail)
+            let body = CreateStack {
+                name: f.name.trim().to_owned(),
+                compose: unix_lines(&f.compose),
+                env,
+                targets: f.targets(),
+            };
+            ui.send_as(Method::POST, "/api/stacks", &body, &f.csrf).await.map_err(form_fail)
         }
         Err(e) => Err(e),
     };
+    let result = result.and_then(|r| {
+        let json = r.json.clone();
+        r.parse::<StackDetail>("/api/stacks").map(|stack| (stack.item.id, json))
+    });
     match result {
-        Ok(r) => {
-            let to = format!("/stacks/{}", n(&r.json, "id"));
-            done(&headers, StatusCode::CREATED, r.json, &to)
-        }
+        Ok((id, json)) => done(&headers, StatusCode::CREATED, json, &format!("/stacks/{id}")),
         Err(e) => {
             let lists = target_lists(&ui).await;
             refused(&headers, &e, || new_form(&ui, &f, Some(&e), &lists))
@@ -432,17 +437,17 @@ impl StatusQuery {
 
 /// The per-environment status: a summary and the table (one page of it,
 /// of the chosen status). `data-pending` says it is still changing.
-fn status_part(id: u64, stack: &Value, q: &StatusQuery) -> Markup {
-    let all = stack["environments"].as_array().cloned().unwrap_or_default();
-    let pending = all.iter().any(|d| !final_status(s(d, "status")));
-    let rows: Vec<&Value> = all.iter().filter(|d| q.status.is_empty() || s(d, "status") == q.status).collect();
+fn status_part(id: u64, stack: &StackDetail, q: &StatusQuery) -> Markup {
+    let all = &stack.environments;
+    let pending = all.iter().any(|d| !final_status(&d.status));
+    let rows: Vec<&DeploymentView> = all.iter().filter(|d| q.status.is_empty() || d.status == q.status).collect();
     let page_no = q.page.unwrap_or(1).clamp(1, rows.len().div_ceil(ROWS).max(1));
     let now = now();
     html! {
         div.stack-status data-pending[pending] {
             p id="stack-counts" {
-                "Stack " span.state.(s(stack, "status")) { (s(stack, "status")) } ", version " (n(stack, "version")) ": "
-                (counts_text(&stack["counts"]))
+                "Stack " span.state.(stack.item.status) { (stack.item.status) } ", version " (stack.item.version) ": "
+                (counts_text(&stack.item.counts))
                 @if pending { span.muted { " (updating…)" } }
             }
             @if all.is_empty() {
@@ -461,22 +466,22 @@ fn status_part(id: u64, stack: &Value, q: &StatusQuery) -> Markup {
                         th scope="col" { "Error" }
                     } }
                     tbody { @for d in rows.iter().skip((page_no - 1) * ROWS).take(ROWS) {
-                        @let env = n(d, "environment");
-                        @let status = s(d, "status");
-                        tr data-env-name=(s(d, "environment_name")) data-env=(env) {
-                            td { a href={ "/environments/" (env) "?tab=stacks" } { (s(d, "environment_name")) } }
+                        @let env = d.environment;
+                        @let status = d.status.as_str();
+                        tr data-env-name=(d.environment_name) data-env=(env) {
+                            td { a href={ "/environments/" (env) "?tab=stacks" } { (d.environment_name) } }
                             td.status {
-                                @match d["command"].as_u64() {
+                                @match d.command {
                                     Some(c) => a href={ "/environments/" (env) "/commands/" (c) } title="the command that carries it" {
                                         span.state.(status) { (status) }
                                     },
                                     None => span.state.(status) { (status) },
                                 }
                             }
-                            td.num { (n(d, "version")) }
-                            td { (when(d["queued_at"].as_i64(), now)) }
-                            td { @if d["finished_at"].is_i64() { (when(d["finished_at"].as_i64(), now)) } }
-                            td { @if let Some(e) = d["error"].as_str() { span.error { (e) } } }
+                            td.num { (d.version) }
+                            td { (when(d.queued_at, now)) }
+                            td { @if d.finished_at.is_some() { (when(d.finished_at, now)) } }
+                            td { @if let Some(e) = d.error.as_deref() { span.error { (e) } } }
                         }
                     } }
                 } }
@@ -486,42 +491,42 @@ fn status_part(id: u64, stack: &Value, q: &StatusQuery) -> Markup {
     }
 }
 
-async fn load_stack(ui: &Ui, id: &str) -> Result<(u64, Value), Response> {
+async fn load_stack(ui: &Ui, id: &str) -> Result<(u64, StackDetail), Response> {
     let id = path_id(id).ok_or_else(|| no_such("stack"))?;
-    let r = ui.load(&format!("/api/stacks/{id}")).await?;
-    Ok((id, r.json))
+    Ok((id, ui.load_as(&format!("/api/stacks/{id}")).await?))
 }
 
 /// The statuses a filter offers: those some environment is in.
-fn statuses(stack: &Value) -> Vec<String> {
-    stack["counts"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default()
+fn statuses(stack: &StackDetail) -> Vec<String> {
+    stack.item.counts.keys().cloned().collect()
 }
 
 fn stack_view(
     ui: &Ui,
     id: u64,
-    stack: &Value,
+    stack: &StackDetail,
     q: &StatusQuery,
     form: &StackForm,
     err: Option<&ApiFail>,
     lists: &Markup,
 ) -> Markup {
     let now = now();
-    let name = s(stack, "name");
-    let status = s(stack, "status");
-    let removed = stack["removed_at"].is_i64();
-    let env_count = stack["environments"].as_array().map_or(0, Vec::len);
+    let item = &stack.item;
+    let name = item.name.as_str();
+    let status = item.status.as_str();
+    let removed = item.removed_at.is_some();
+    let env_count = stack.environments.len();
     let body = html! {
         div.titlebar {
             h1 { "Stack " (name) }
         }
         p { a href="/stacks" { "← Stacks" } }
         dl.host {
-            dt { "Targets" } dd { (targets_text(&stack["targets"])) }
-            dt { "Version" } dd { (n(stack, "version")) }
-            dt { "Created" } dd { (when(stack["created_at"].as_i64(), now)) " (" (utc(stack["created_at"].as_i64().unwrap_or(0))) ")" }
-            dt { "Updated" } dd { (when(stack["updated_at"].as_i64(), now)) }
-            @if removed { dt { "Removal asked" } dd { (when(stack["removed_at"].as_i64(), now)) } }
+            dt { "Targets" } dd { (targets_text(&item.targets)) }
+            dt { "Version" } dd { (item.version) }
+            dt { "Created" } dd { (when(Some(item.created_at), now)) " (" (utc(item.created_at)) ")" }
+            dt { "Updated" } dd { (when(Some(item.updated_at), now)) }
+            @if removed { dt { "Removal asked" } dd { (when(item.removed_at, now)) } }
         }
         section id="status" {
             h2 { "Status per environment" }
@@ -543,10 +548,10 @@ fn stack_view(
         }
         section.compose {
             h2 { "Compose file" }
-            pre.command id="compose-file" { (s(stack, "compose")) }
-            @if let Some(env) = stack["env"].as_object().filter(|m| !m.is_empty()) {
+            pre.command id="compose-file" { (stack.compose) }
+            @if !stack.env.is_empty() {
                 h3 { "Variables" }
-                dl.host id="stack-env" { @for (k, v) in env { dt.mono { (k) } dd.mono { (v.as_str().unwrap_or_default()) } } }
+                dl.host id="stack-env" { @for (k, v) in &stack.env { dt.mono { (k) } dd.mono { (v) } } }
             }
         }
         @if !removed {
@@ -610,16 +615,17 @@ async fn edit(ui: Ui, Path(id): Path<String>, headers: HeaderMap, axum::Form(f):
     let Some(id) = path_id(&id) else { return no_such("stack") };
     let result = match f.variables() {
         Ok(env) => {
-            let body = json!({ "compose": unix_lines(&f.compose), "env": env, "targets": f.targets() });
-            ui.send(Method::PUT, &format!("/api/stacks/{id}"), &body, &f.csrf).await.map_err(form_fail)
+            let body =
+                UpdateStack { compose: Some(unix_lines(&f.compose)), env: Some(env), targets: Some(f.targets()) };
+            ui.send_as(Method::PUT, &format!("/api/stacks/{id}"), &body, &f.csrf).await.map_err(form_fail)
         }
         Err(e) => Err(e),
     };
     match result {
         Ok(r) => done(&headers, StatusCode::OK, r.json, &format!("/stacks/{id}#status")),
         Err(e) => {
-            let stack = match ui.load(&format!("/api/stacks/{id}")).await {
-                Ok(r) => r.json,
+            let stack: StackDetail = match ui.load_as(&format!("/api/stacks/{id}")).await {
+                Ok(stack) => stack,
                 Err(r) => return r,
             };
             let lists = target_lists(&ui).await;
@@ -658,7 +664,7 @@ async fn redeploy(
     axum::Form(f): axum::Form<TokenForm>,
 ) -> Response {
     let Some(id) = path_id(&id) else { return no_such("stack") };
-    match ui.send(Method::PUT, &format!("/api/stacks/{id}"), &json!({}), &f.csrf).await {
+    match ui.send_as(Method::PUT, &format!("/api/stacks/{id}"), &UpdateStack::default(), &f.csrf).await {
         Ok(r) => done(&headers, StatusCode::OK, r.json, &format!("/stacks/{id}#status")),
         Err(e) => button_refused(&ui, Nav::Stacks, &headers, &e, &format!("/stacks/{id}")),
     }

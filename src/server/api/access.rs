@@ -408,7 +408,7 @@ pub fn public_routes() -> Router<Arc<AppState>> {
 }
 
 /// `POST /api/auth/login`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Login {
     /// The user (`admin`).
@@ -429,7 +429,7 @@ pub struct LoggedIn {
 }
 
 /// `PUT /api/auth/password`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChangePassword {
     /// The password now.
@@ -439,7 +439,7 @@ pub struct ChangePassword {
 }
 
 /// `POST /api/tokens`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
     /// What it is for.
@@ -610,16 +610,40 @@ pub async fn logout(State(state): State<Arc<AppState>>, Extension(caller): Exten
     r
 }
 
+/// What `GET /api/auth/me` answers: who is calling, by `auth`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "auth", rename_all = "lowercase")]
+pub enum Me {
+    /// An API token.
+    Token {
+        /// The token.
+        token: MeToken,
+    },
+    /// A UI session.
+    Session {
+        /// What every non-GET request of this session carries in `X-CSRF-Token`.
+        csrf_token: String,
+        /// When the session ends unless it is used before (Unix seconds).
+        expires_at: i64,
+        /// The user.
+        username: String,
+    },
+}
+
+/// The API token of [`Me::Token`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeToken {
+    /// Its id.
+    pub id: u64,
+    /// Its name.
+    pub name: String,
+}
+
 /// `GET /api/auth/me`.
-pub async fn me(Extension(caller): Extension<Caller>) -> Json<serde_json::Value> {
+pub async fn me(Extension(caller): Extension<Caller>) -> Json<Me> {
     Json(match caller {
-        Caller::Token { id, name } => serde_json::json!({ "auth": "token", "token": { "id": id, "name": name } }),
-        Caller::Session { username, csrf, expires_at, .. } => serde_json::json!({
-            "auth": "session",
-            "username": username,
-            "csrf_token": csrf,
-            "expires_at": expires_at,
-        }),
+        Caller::Token { id, name } => Me::Token { token: MeToken { id, name } },
+        Caller::Session { username, csrf, expires_at, .. } => Me::Session { csrf_token: csrf, expires_at, username },
     })
 }
 

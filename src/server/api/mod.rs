@@ -87,13 +87,21 @@ impl ApiError {
     }
 }
 
+/// The body of an API error: its message, and the field it concerns when
+/// the message names one.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong, for the operator.
+    pub error: String,
+    /// The field it concerns (absent when none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = match error_field(&self.message) {
-            Some(field) => serde_json::json!({ "error": self.message, "field": field }),
-            None => serde_json::json!({ "error": self.message }),
-        };
-        (self.status, Json(body)).into_response()
+        let field = error_field(&self.message).map(str::to_owned);
+        (self.status, Json(ErrorBody { error: self.message, field })).into_response()
     }
 }
 

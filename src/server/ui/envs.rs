@@ -79,7 +79,7 @@ async fn list(ui: Ui, Query(q): Query<ListQuery>) -> Response {
     let filter_error = reply.as_ref().err().filter(|e| e.status != StatusCode::UNAUTHORIZED).map(|e| e.message.clone());
     let (items, total) = match reply {
         Ok(r) => {
-            let total = r.headers.get("x-total-count").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0u64);
+            let total = r.total();
             (r.json.as_array().cloned().unwrap_or_default(), total)
         }
         Err(e) if e.status == StatusCode::UNAUTHORIZED => return super::fail_page(&e),

@@ -60,6 +60,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tower::ServiceExt as _;
 
+use super::api::ErrorBody;
+use super::api::access::{Login, Me};
+use super::api::fleet::LabelView;
 use super::http::AppState;
 
 /// The API router the UI calls in process.
@@ -296,13 +299,13 @@ impl FromRequestParts<Arc<AppState>> for Ui {
         if ui.cookie.is_none() {
             return Err(to_login());
         }
-        match ui.get("/api/auth/me").await {
-            Ok(r) if r.json["auth"] == "session" => {
-                ui.username = r.json["username"].as_str().unwrap_or_default().to_owned();
-                ui.csrf = r.json["csrf_token"].as_str().unwrap_or_default().to_owned();
+        match ui.get_as::<Me>("/api/auth/me").await {
+            Ok(Me::Session { username, csrf_token, .. }) => {
+                ui.username = username;
+                ui.csrf = csrf_token;
                 Ok(ui)
             }
-            Ok(_) => Err(to_login()),
+            Ok(Me::Token { .. }) => Err(to_login()),
             Err(e) if e.status == StatusCode::UNAUTHORIZED => Err(to_login()),
             Err(e) => Err(error_page(e.status, &e.message)),
         }
@@ -353,13 +356,15 @@ impl Ui {
         if status.is_success() {
             return Ok(Reply { headers, json });
         }
-        let mut message = json["error"].as_str().map_or_else(|| format!("the API answered {status}"), str::to_owned);
+        let (mut message, field) = match serde_json::from_value::<ErrorBody>(json) {
+            Ok(b) => (b.error, b.field),
+            Err(_) => (format!("the API answered {status}"), None),
+        };
         if status == StatusCode::FORBIDDEN && message.contains("X-CSRF-Token") {
             // A form loaded before the operator logged in again (a new
             // session, a new token): say so in their words.
             message = STALE_FORM.to_owned();
         }
-        let field = json["field"].as_str().map(str::to_owned);
         Err(ApiFail { status, message, field })
     }
 
@@ -429,11 +434,7 @@ impl Ui {
 /// `<select>` or a `<datalist>`; none when the API fails (a page still
 /// shows, without suggestions).
 pub async fn label_names(ui: &Ui, path: &str) -> Vec<String> {
-    ui.get(path)
-        .await
-        .ok()
-        .and_then(|r| r.json.as_array().map(|a| a.iter().map(|l| s(l, "name").to_owned()).collect()))
-        .unwrap_or_default()
+    ui.get_as::<Vec<LabelView>>(path).await.map(|a| a.into_iter().map(|l| l.name).collect()).unwrap_or_default()
 }
 
 /// The response for an API failure while loading a page.
@@ -790,12 +791,12 @@ async fn login_submit(
             Some("The login form expired or did not come from this page; try again."),
         );
     }
-    let body = serde_json::json!({ "username": form.username, "password": form.password });
+    let body = Login { username: form.username.clone(), password: form.password };
     let mut req = axum::http::Request::builder()
         .method(Method::POST)
         .uri("/api/auth/login")
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(body.to_string()))
+        .body(Body::from(serde_json::to_vec(&body).unwrap_or_default()))
         .unwrap_or_default();
     if let Some(p) = peer {
         req.extensions_mut().insert(p);
@@ -810,10 +811,8 @@ async fn login_submit(
     }
     let status = resp.status();
     let bytes = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap_or_default();
-    let message = serde_json::from_slice::<Value>(&bytes)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| format!("login failed ({status})"));
+    let message =
+        serde_json::from_slice::<ErrorBody>(&bytes).map_or_else(|_| format!("login failed ({status})"), |b| b.error);
     login_response(status, &next, &form.username, Some(&message))
 }
 

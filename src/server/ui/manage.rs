@@ -10,10 +10,11 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use maud::html;
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
 
 use super::settings::{IntervalChoices, IntervalOpts, interval_picker, interval_text};
-use super::{ApiFail, FieldAttrs, Nav, Ui, csrf_field, form_error, label_names, n, page, s, text_field};
+use super::{ApiFail, FieldAttrs, Nav, Ui, csrf_field, form_error, label_names, page, text_field};
+use crate::server::api::fleet::{EnvironmentFull, NameOrId, UpdateEnvironment};
+use crate::server::api::view::IntervalsBody;
 use crate::server::http::AppState;
 
 /// The routes.
@@ -53,9 +54,9 @@ async fn edit_page(ui: Ui, Path(id): Path<u64>, axum::extract::Query(q): axum::e
 
 async fn render(ui: &Ui, id: u64, refused: Option<Refused<'_>>, saved: Option<&str>, status: StatusCode) -> Response {
     let path = format!("/api/environments/{id}");
-    let (env, groups) = tokio::join!(ui.get(&path), label_names(ui, "/api/groups"));
+    let (env, groups) = tokio::join!(ui.get_as::<EnvironmentFull>(&path), label_names(ui, "/api/groups"));
     let env = match env {
-        Ok(r) => r.json,
+        Ok(env) => env,
         Err(e) => return super::fail_page(&e),
     };
     let (details, details_err) = match &refused {
@@ -63,17 +64,14 @@ async fn render(ui: &Ui, id: u64, refused: Option<Refused<'_>>, saved: Option<&s
         _ => (
             DetailsForm {
                 csrf: String::new(),
-                name: s(&env, "name").to_owned(),
-                group: env["group"]["name"].as_str().unwrap_or_default().to_owned(),
-                tags: env["tags"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
-                    .unwrap_or_default(),
+                name: env.item.name.clone(),
+                group: env.item.group.as_ref().map(|g| g.name.clone()).unwrap_or_default(),
+                tags: env.item.tags.join(", "),
             },
             None,
         ),
     };
-    let own = &env["intervals"];
+    let own = &env.intervals;
     let (intervals, intervals_err) = match &refused {
         Some(Refused::Intervals(f, e)) => ((*f).clone(), Some(*e)),
         _ => (IntervalsForm { csrf: String::new(), choices: IntervalChoices::of_settings(own) }, None),
@@ -82,8 +80,8 @@ async fn render(ui: &Ui, id: u64, refused: Option<Refused<'_>>, saved: Option<&s
         Some(Refused::Other(e)) => Some(*e),
         _ => None,
     };
-    let eff = &env["effective_intervals"];
-    let name = s(&env, "name").to_owned();
+    let eff = &env.effective_intervals;
+    let name = env.item.name.clone();
     let pick = |field: &str, label: &str| {
         let (choice, custom) = intervals.choices.get(field);
         let opts = IntervalOpts { offer_default: true, default_seconds: None, hint: None };
@@ -117,12 +115,12 @@ async fn render(ui: &Ui, id: u64, refused: Option<Refused<'_>>, saved: Option<&s
         section id="intervals" {
             h2 { "Intervals" }
             p.hint {
-                "Now in effect: ping " (secs_text(n(eff, "ping")))
-                ", snapshot " (secs_text(n(eff, "snapshot")))
-                ", command " (secs_text(n(eff, "command"))) ". "
-                @if let Some(a) = env["agent_intervals"].as_object() {
+                "Now in effect: ping " (interval_text(eff.ping))
+                ", snapshot " (interval_text(eff.snapshot))
+                ", command " (interval_text(eff.command)) ". "
+                @if let Some(a) = &env.agent_intervals {
                     "The agent last reported running with ping "
-                    (secs_text(a.get("ping").and_then(Value::as_u64).unwrap_or(0))) "; "
+                    (interval_text(a.ping)) "; "
                     "a change reaches it at its next poll."
                 } @else { "The agent has not reported its intervals yet." }
             }
@@ -138,7 +136,7 @@ async fn render(ui: &Ui, id: u64, refused: Option<Refused<'_>>, saved: Option<&s
         }
         section id="binding" {
             h2 { "Agent binding" }
-            @match env["edge_id"].as_str() {
+            @match env.item.edge_id.as_deref() {
                 Some(edge) => {
                     p { "Bound to the agent " code { (edge) } ". Polls from any other agent are refused. \
                         If that host was replaced, let the next agent that polls take the environment over." }
@@ -192,10 +190,14 @@ struct DetailsForm {
 }
 
 async fn save(ui: Ui, Path(id): Path<u64>, axum::Form(f): axum::Form<DetailsForm>) -> Response {
-    let tags: Vec<&str> = f.tags.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
-    let group = if f.group.is_empty() { Value::Null } else { json!(f.group) };
-    let body = json!({ "name": f.name, "group": group, "tags": tags });
-    match ui.send(Method::PATCH, &format!("/api/environments/{id}"), &body, &f.csrf).await {
+    let tags = f.tags.split(',').map(str::trim).filter(|t| !t.is_empty()).map(|t| NameOrId::Name(t.to_owned()));
+    let body = UpdateEnvironment {
+        name: Some(f.name.clone()),
+        group: Some((!f.group.is_empty()).then(|| NameOrId::Name(f.group.clone()))),
+        tags: Some(tags.collect()),
+        ..UpdateEnvironment::default()
+    };
+    match ui.send_as(Method::PATCH, &format!("/api/environments/{id}"), &body, &f.csrf).await {
         Ok(_) => Redirect::to(&format!("/environments/{id}/edit?saved=details")).into_response(),
         Err(e) => {
             let e = e.conflict_on("name");
@@ -214,11 +216,11 @@ struct IntervalsForm {
 
 async fn save_intervals(ui: Ui, Path(id): Path<u64>, axum::Form(f): axum::Form<IntervalsForm>) -> Response {
     // Every timer is sent: `null` puts it back on the default.
-    let m: Map<String, Value> = match f.choices.parse() {
-        Ok(all) => all.into_iter().map(|(name, v)| (name.to_owned(), json!(v))).collect(),
+    let body = match f.choices.parse() {
+        Ok([(_, ping), (_, snapshot), (_, command)]) => IntervalsBody { ping, snapshot, command },
         Err(e) => return render(&ui, id, Some(Refused::Intervals(&f, &e)), None, e.status).await,
     };
-    match ui.send(Method::PUT, &format!("/api/environments/{id}/intervals"), &Value::Object(m), &f.csrf).await {
+    match ui.send_as(Method::PUT, &format!("/api/environments/{id}/intervals"), &body, &f.csrf).await {
         Ok(_) => Redirect::to(&format!("/environments/{id}/edit?saved=intervals")).into_response(),
         Err(e) => render(&ui, id, Some(Refused::Intervals(&f, &e)), None, e.status).await,
     }
@@ -256,9 +258,4 @@ async fn delete(ui: Ui, Path(id): Path<u64>, axum::Form(f): axum::Form<CsrfForm>
         Ok(_) => Redirect::to("/environments").into_response(),
         Err(e) => render(&ui, id, Some(Refused::Other(&e)), None, e.status).await,
     }
-}
-
-/// An interval from the API's JSON, in words.
-fn secs_text(seconds: u64) -> String {
-    interval_text(u32::try_from(seconds).unwrap_or(u32::MAX))
 }

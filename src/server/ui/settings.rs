@@ -33,12 +33,12 @@ use axum::routing::{get, post};
 use axum::{Form, Router};
 use maud::{Markup, html};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
 
-use super::{
-    ApiFail, FieldAttrs, Nav, Ui, csrf_field, encode, fail_page, form_error, n, now, page, s, text_field, when,
-};
+use super::{ApiFail, FieldAttrs, Nav, Ui, csrf_field, encode, fail_page, form_error, now, page, text_field, when};
 use crate::server::api::MAX_INTERVAL;
+use crate::server::api::access::{ChangePassword, CreateToken, CreatedToken, TokenView};
+use crate::server::api::fleet::{DefaultIntervalsBody, LabelBody, LabelView, SettingsBody, SettingsView};
+use crate::server::api::view::{IntervalsBody, IntervalsView};
 use crate::server::http::AppState;
 
 /// The routes.
@@ -291,7 +291,7 @@ struct View {
     /// The name typed in the refused form.
     typed: String,
     /// A token just made, with its secret.
-    new_token: Option<Value>,
+    new_token: Option<CreatedToken>,
 }
 
 impl View {
@@ -301,9 +301,9 @@ impl View {
 
     /// The refusal of a row of `section` that the list no longer holds
     /// (deleted meanwhile, or an unknown id): shown above the list.
-    fn orphan(&self, section: &str, items: &[Value]) -> Option<&ApiFail> {
+    fn orphan(&self, section: &str, mut ids: impl Iterator<Item = u64>) -> Option<&ApiFail> {
         match &self.fail {
-            Some((Part::Row(s, id), e)) if *s == section && !items.iter().any(|i| n(i, "id") == *id) => Some(e),
+            Some((Part::Row(s, id), e)) if *s == section && !ids.any(|i| i == *id) => Some(e),
             _ => None,
         }
     }
@@ -311,22 +311,25 @@ impl View {
 
 /// The API's data the page shows.
 struct Data {
-    settings: Value,
-    groups: Vec<Value>,
-    tags: Vec<Value>,
-    tokens: Vec<Value>,
+    settings: SettingsView,
+    groups: Vec<LabelView>,
+    tags: Vec<LabelView>,
+    tokens: Vec<TokenView>,
 }
 
 async fn load(ui: &Ui) -> Result<Data, Response> {
-    let (settings, groups, tags, tokens) =
-        tokio::join!(ui.get("/api/settings"), ui.get("/api/groups"), ui.get("/api/tags"), ui.get("/api/tokens"));
-    let list = |r: Result<super::Reply, ApiFail>| r.map(|r| r.json.as_array().cloned().unwrap_or_default());
+    let (settings, groups, tags, tokens) = tokio::join!(
+        ui.get_as::<SettingsView>("/api/settings"),
+        ui.get_as::<Vec<LabelView>>("/api/groups"),
+        ui.get_as::<Vec<LabelView>>("/api/tags"),
+        ui.get_as::<Vec<TokenView>>("/api/tokens")
+    );
     let fail = |e: ApiFail| fail_page(&e);
     Ok(Data {
-        settings: settings.map_err(fail)?.json,
-        groups: list(groups).map_err(fail)?,
-        tags: list(tags).map_err(fail)?,
-        tokens: list(tokens).map_err(fail)?,
+        settings: settings.map_err(fail)?,
+        groups: groups.map_err(fail)?,
+        tags: tags.map_err(fail)?,
+        tokens: tokens.map_err(fail)?,
     })
 }
 
@@ -454,12 +457,12 @@ impl IntervalChoices {
         }
     }
 
-    /// The pickers showing an environment's own intervals (`null`: the
+    /// The pickers showing an environment's own intervals (`None`: the
     /// default).
-    pub fn of_settings(own: &Value) -> Self {
-        let one = |k: &str| interval_choice(own[k].as_u64().and_then(|v| u32::try_from(v).ok()), true);
+    pub fn of_settings(own: &IntervalsBody) -> Self {
+        let one = |v: Option<u32>| interval_choice(v, true);
         let ((ping, ping_custom), (snapshot, snapshot_custom), (command, command_custom)) =
-            (one("ping"), one("snapshot"), one("command"));
+            (one(own.ping), one(own.snapshot), one(own.command));
         Self { ping, ping_custom, snapshot, snapshot_custom, command, command_custom }
     }
 
@@ -492,8 +495,8 @@ struct IntervalsForm {
 
 fn intervals_section(ui: &Ui, data: &Data, view: &View, notice: Markup) -> Markup {
     let err = view.err(Part::Intervals);
-    let current = &data.settings["intervals"];
-    let following = &data.settings["following_defaults"];
+    let current = &data.settings.intervals;
+    let following = &data.settings.following_defaults;
     let fields: Vec<String> = TIMERS.iter().flat_map(|(t, _, _)| [format!("intervals.{t}"), (*t).to_owned()]).collect();
     let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
     section(
@@ -511,13 +514,11 @@ fn intervals_section(ui: &Ui, data: &Data, view: &View, notice: Markup) -> Marku
                     @for (name, label, what) in TIMERS {
                         @let (choice, custom) = match &view.intervals {
                             Some(f) => { let (c, k) = f.choices.get(name); (c.to_owned(), k.to_owned()) }
-                            None => interval_choice(current[*name].as_u64().and_then(|v| u32::try_from(v).ok()), false),
+                            None => interval_choice(Some(timer(current, name)), false),
                         };
-                        @let count = following[*name].as_u64();
-                        @let hint = match count {
-                            Some(0) => format!("{}. No environment follows this default; each sets its own.", capital(what)),
-                            Some(c) => format!("{}. {} this default.", capital(what), follows(c)),
-                            None => format!("{}.", capital(what)),
+                        @let hint = match timer(following, name) {
+                            0 => format!("{}. No environment follows this default; each sets its own.", capital(what)),
+                            c => format!("{}. {} this default.", capital(what), follows(u64::from(c))),
                         };
                         (interval_picker(name, label, &choice, &custom, &IntervalOpts { hint: Some(hint), ..IntervalOpts::default() }, err))
                     }
@@ -526,6 +527,15 @@ fn intervals_section(ui: &Ui, data: &Data, view: &View, notice: Markup) -> Marku
             }
         },
     )
+}
+
+/// One timer of intervals in force, by its name (one of [`TIMERS`]).
+pub fn timer(v: &IntervalsView, name: &str) -> u32 {
+    match name {
+        "ping" => v.ping,
+        "snapshot" => v.snapshot,
+        _ => v.command,
+    }
 }
 
 fn capital(s: &str) -> String {
@@ -538,20 +548,28 @@ fn follows(n: u64) -> String {
 }
 
 async fn save_intervals(ui: Ui, Form(f): Form<IntervalsForm>) -> Response {
-    let mut intervals = Map::new();
     let parsed = f.choices.parse().and_then(|all| {
-        all.into_iter().try_for_each(|(name, v)| match v {
-            Some(v) => {
-                intervals.insert(name.to_owned(), json!(v));
-                Ok(())
+        let mut intervals = DefaultIntervalsBody::default();
+        for (name, v) in all {
+            let v =
+                v.ok_or_else(|| interval_fail(name, "choose an interval (the defaults themselves have no default)"))?;
+            match name {
+                "ping" => intervals.ping = Some(v),
+                "snapshot" => intervals.snapshot = Some(v),
+                _ => intervals.command = Some(v),
             }
-            None => Err(interval_fail(name, "choose an interval (the defaults themselves have no default)")),
-        })
+        }
+        Ok(intervals)
     });
-    if let Err(fail) = parsed {
-        return render(&ui, View { fail: Some((Part::Intervals, fail)), intervals: Some(f), ..View::default() }).await;
-    }
-    match ui.send(Method::PUT, "/api/settings", &json!({ "intervals": intervals }), &f.csrf).await {
+    let intervals = match parsed {
+        Ok(i) => i,
+        Err(fail) => {
+            return render(&ui, View { fail: Some((Part::Intervals, fail)), intervals: Some(f), ..View::default() })
+                .await;
+        }
+    };
+    let body = SettingsBody { intervals: Some(intervals), agent_secret: None };
+    match ui.send_as(Method::PUT, "/api/settings", &body, &f.csrf).await {
         Ok(_) => done("intervals"),
         Err(e) => render(&ui, View { fail: Some((Part::Intervals, e)), intervals: Some(f), ..View::default() }).await,
     }
@@ -574,7 +592,7 @@ struct CsrfForm {
 
 fn secret_section(ui: &Ui, data: &Data, view: &View, notice: Markup) -> Markup {
     let err = view.err(Part::Secret);
-    let set = data.settings["agent_secret_set"].as_bool().unwrap_or(false);
+    let set = data.settings.agent_secret_set;
     section(
         "agent-secret",
         "AGENT_SECRET",
@@ -620,14 +638,16 @@ async fn set_secret(ui: Ui, Form(f): Form<SecretForm>) -> Response {
         };
         return render(&ui, View { fail: Some((Part::Secret, fail)), ..View::default() }).await;
     }
-    match ui.send(Method::PUT, "/api/settings", &json!({ "agent_secret": f.agent_secret }), &f.csrf).await {
+    let body = SettingsBody { intervals: None, agent_secret: Some(Some(f.agent_secret)) };
+    match ui.send_as(Method::PUT, "/api/settings", &body, &f.csrf).await {
         Ok(_) => done("secret-set"),
         Err(e) => render(&ui, View { fail: Some((Part::Secret, e)), ..View::default() }).await,
     }
 }
 
 async fn clear_secret(ui: Ui, Form(f): Form<CsrfForm>) -> Response {
-    match ui.send(Method::PUT, "/api/settings", &json!({ "agent_secret": null }), &f.csrf).await {
+    let body = SettingsBody { intervals: None, agent_secret: Some(None) };
+    match ui.send_as(Method::PUT, "/api/settings", &body, &f.csrf).await {
         Ok(_) => done("secret-cleared"),
         Err(e) => render(&ui, View { fail: Some((Part::Secret, e)), ..View::default() }).await,
     }
@@ -697,7 +717,7 @@ fn shown(e: &ApiFail) -> &str {
     e.field.as_deref().and_then(|f| e.for_field(f)).unwrap_or(&e.message)
 }
 
-fn label_section(ui: &Ui, kind: Kind, items: &[Value], view: &View, notice: Markup) -> Markup {
+fn label_section(ui: &Ui, kind: Kind, items: &[LabelView], view: &View, notice: Markup) -> Markup {
     let new_err = view.err(Part::New(kind.section));
     let input = format!("{}_name", kind.one);
     let hint = if kind.one == "group" {
@@ -711,7 +731,7 @@ fn label_section(ui: &Ui, kind: Kind, items: &[Value], view: &View, notice: Mark
         html! {
             p.hint { (hint) }
             (notice)
-            @if let Some(e) = view.orphan(kind.section, items) { p.error role="alert" { (e.message) } }
+            @if let Some(e) = view.orphan(kind.section, items.iter().map(|i| i.id)) { p.error role="alert" { (e.message) } }
             @if items.is_empty() {
                 p.muted { "No " (kind.one) " yet." }
             } @else {
@@ -745,10 +765,10 @@ fn label_section(ui: &Ui, kind: Kind, items: &[Value], view: &View, notice: Mark
     )
 }
 
-fn label_row(ui: &Ui, kind: Kind, item: &Value, view: &View) -> Markup {
-    let id = n(item, "id");
-    let name = s(item, "name");
-    let count = n(item, "environments");
+fn label_row(ui: &Ui, kind: Kind, item: &LabelView, view: &View) -> Markup {
+    let id = item.id;
+    let name = item.name.as_str();
+    let count = item.environments;
     let err = view.err(Part::Row(kind.section, id));
     let input_id = format!("f-{}-{id}", kind.one);
     let err_id = format!("{input_id}-error");
@@ -794,7 +814,7 @@ fn label_row(ui: &Ui, kind: Kind, item: &Value, view: &View) -> Markup {
 }
 
 async fn create_label(ui: Ui, kind: Kind, f: NameForm) -> Response {
-    match ui.send(Method::POST, kind.api, &json!({ "name": f.name }), &f.csrf).await {
+    match ui.send_as(Method::POST, kind.api, &LabelBody { name: f.name.clone() }, &f.csrf).await {
         Ok(_) => done(&format!("{}-created", kind.one)),
         Err(e) => {
             let fail = onto(e, "name");
@@ -804,7 +824,8 @@ async fn create_label(ui: Ui, kind: Kind, f: NameForm) -> Response {
 }
 
 async fn rename_label(ui: Ui, kind: Kind, id: u64, f: NameForm) -> Response {
-    match ui.send(Method::PATCH, &format!("{}/{id}", kind.api), &json!({ "name": f.name }), &f.csrf).await {
+    let body = LabelBody { name: f.name.clone() };
+    match ui.send_as(Method::PATCH, &format!("{}/{id}", kind.api), &body, &f.csrf).await {
         Ok(_) => done(&format!("{}-renamed", kind.one)),
         Err(e) => {
             render(&ui, View { fail: Some((Part::Row(kind.section, id), e)), typed: f.name, ..View::default() }).await
@@ -817,8 +838,7 @@ async fn delete_label(ui: Ui, kind: Kind, id: u64, f: CsrfForm) -> Response {
         Ok(_) => done(&format!("{}-deleted", kind.one)),
         Err(e) => {
             // The row's rename box shows its name again, with the error.
-            let typed =
-                ui.get(&format!("{}/{id}", kind.api)).await.map(|r| s(&r.json, "name").to_owned()).unwrap_or_default();
+            let typed = ui.get_as::<LabelView>(&format!("{}/{id}", kind.api)).await.map(|l| l.name).unwrap_or_default();
             render(&ui, View { fail: Some((Part::Row(kind.section, id), e)), typed, ..View::default() }).await
         }
     }
@@ -826,7 +846,7 @@ async fn delete_label(ui: Ui, kind: Kind, id: u64, f: CsrfForm) -> Response {
 
 // ----- API tokens -----
 
-fn tokens_section(ui: &Ui, tokens: &[Value], view: &View, now: i64, notice: Markup) -> Markup {
+fn tokens_section(ui: &Ui, tokens: &[TokenView], view: &View, now: i64, notice: Markup) -> Markup {
     let new_err = view.err(Part::New("tokens"));
     section(
         "tokens",
@@ -836,12 +856,12 @@ fn tokens_section(ui: &Ui, tokens: &[Value], view: &View, now: i64, notice: Mark
                 code { "Authorization: Bearer tern_…" } ". Its secret is shown once, when it is made. "
                 "Revoking one stops it at once." }
             (notice)
-            @if let Some(e) = view.orphan("tokens", tokens) { p.error role="alert" { (e.message) } }
+            @if let Some(e) = view.orphan("tokens", tokens.iter().map(|t| t.id)) { p.error role="alert" { (e.message) } }
             @if let Some(t) = &view.new_token {
                 div.new-token role="status" {
-                    p.notice { "The token \u{201c}" (s(t, "name")) "\u{201d} was created. Copy it now: it is not shown again." }
+                    p.notice { "The token \u{201c}" (t.name) "\u{201d} was created. Copy it now: it is not shown again." }
                     div.copyrow {
-                        pre id="new-token" { (s(t, "token")) }
+                        pre id="new-token" { (t.token) }
                         button type="button" data-copy="new-token" hidden { "Copy" }
                     }
                 }
@@ -859,10 +879,10 @@ fn tokens_section(ui: &Ui, tokens: &[Value], view: &View, now: i64, notice: Mark
                         } }
                         tbody {
                             @for t in tokens {
-                                @let id = n(t, "id");
-                                @let name = s(t, "name");
-                                @let revoked = t["revoked_at"].as_i64();
-                                @let data_dir = t["data_directory"].as_bool().unwrap_or(false);
+                                @let id = t.id;
+                                @let name = t.name.as_str();
+                                @let revoked = t.revoked_at;
+                                @let data_dir = t.data_directory;
                                 @let err = view.err(Part::Row("tokens", id));
                                 tr data-id=(id) data-revoked=[revoked.map(|_| "true")] {
                                     td {
@@ -871,8 +891,8 @@ fn tokens_section(ui: &Ui, tokens: &[Value], view: &View, now: i64, notice: Mark
                                             " " span.badge.info title="The token in the server's data directory (admin-token), which the tern command uses on the server's host. Revoked, the server writes a new one at its next start." { "data directory" }
                                         }
                                     }
-                                    td { (when(t["created_at"].as_i64(), now)) }
-                                    td { (when(t["last_used_at"].as_i64(), now)) }
+                                    td { (when(Some(t.created_at), now)) }
+                                    td { (when(t.last_used_at, now)) }
                                     td.actions {
                                         @match revoked {
                                             Some(r) => { span.state.failed { "revoked" } " " (when(Some(r), now)) }
@@ -914,9 +934,13 @@ fn tokens_section(ui: &Ui, tokens: &[Value], view: &View, now: i64, notice: Mark
 }
 
 async fn create_token(ui: Ui, Form(f): Form<NameForm>) -> Response {
-    match ui.send(Method::POST, "/api/tokens", &json!({ "name": f.name }), &f.csrf).await {
+    let created = match ui.send_as(Method::POST, "/api/tokens", &CreateToken { name: f.name.clone() }, &f.csrf).await {
+        Ok(r) => r.parse::<CreatedToken>("/api/tokens"),
+        Err(e) => Err(e),
+    };
+    match created {
         // The secret is in this answer only (pages are sent `no-store`).
-        Ok(r) => render(&ui, View { new_token: Some(r.json), ..View::default() }).await,
+        Ok(t) => render(&ui, View { new_token: Some(t), ..View::default() }).await,
         Err(e) => {
             let fail = onto(e, "name");
             render(&ui, View { fail: Some((Part::New("tokens"), fail)), typed: f.name, ..View::default() }).await
@@ -986,8 +1010,8 @@ async fn change_password(ui: Ui, Form(f): Form<PasswordForm>) -> Response {
     } else if f.new != f.repeat {
         refuse("repeat", "the two new passwords differ; type the same one twice")
     } else {
-        match ui.send(Method::PUT, "/api/auth/password", &json!({ "current": f.current, "new": f.new }), &f.csrf).await
-        {
+        let body = ChangePassword { current: f.current, new: f.new };
+        match ui.send_as(Method::PUT, "/api/auth/password", &body, &f.csrf).await {
             Ok(_) => return done("password"),
             Err(e) => e,
         }

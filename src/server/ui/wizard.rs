@@ -17,10 +17,13 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use maud::html;
 use serde::Deserialize;
-use serde_json::{Value, json};
 
-use super::settings::{IntervalChoices, IntervalOpts, interval_picker};
-use super::{ApiFail, FieldAttrs, Nav, Ui, csrf_field, form_error, label_names, page, s, text_field};
+use super::settings::{IntervalChoices, IntervalOpts, interval_picker, timer};
+use super::{ApiFail, FieldAttrs, Nav, Ui, csrf_field, form_error, label_names, page, text_field};
+use crate::server::api::fleet::{
+    CreateEnvironment, CreatedEnvironment, EnvVars, EnvironmentFull, NameOrId, SettingsView, UpdateEnvironment,
+};
+use crate::server::api::view::IntervalsBody;
 use crate::server::http::AppState;
 
 /// The routes.
@@ -59,8 +62,8 @@ async fn new_page(ui: Ui, headers: HeaderMap) -> Response {
 }
 
 async fn render_new(ui: &Ui, f: &CreateForm, err: Option<&ApiFail>, status: StatusCode) -> Response {
-    let (groups, settings) = tokio::join!(label_names(ui, "/api/groups"), ui.get("/api/settings"));
-    let defaults = settings.map(|r| r.json["intervals"].clone()).unwrap_or_default();
+    let (groups, settings) = tokio::join!(label_names(ui, "/api/groups"), ui.get_as::<SettingsView>("/api/settings"));
+    let defaults = settings.ok().map(|s| s.intervals);
     // "More settings" opens by itself when one of its fields needs fixing.
     let more_open = err.is_some_and(|e| ["intervals", "group", "tags"].iter().any(|f| e.for_field(f).is_some()))
         || !f.group.is_empty()
@@ -70,7 +73,7 @@ async fn render_new(ui: &Ui, f: &CreateForm, err: Option<&ApiFail>, status: Stat
         let (choice, custom) = f.intervals.get(name);
         let opts = IntervalOpts {
             offer_default: true,
-            default_seconds: defaults[name].as_u64().and_then(|v| u32::try_from(v).ok()),
+            default_seconds: defaults.as_ref().map(|d| timer(d, name)),
             hint: None,
         };
         interval_picker(name, label, choice, custom, &opts, err)
@@ -117,10 +120,10 @@ async fn render_new(ui: &Ui, f: &CreateForm, err: Option<&ApiFail>, status: Stat
     (status, page(ui, Nav::Environments, "Add environment", body)).into_response()
 }
 
-/// The intervals the form sets (the defaults left out).
-fn intervals_of(f: &CreateForm) -> Result<Value, ApiFail> {
-    let set = f.intervals.parse()?.into_iter().filter_map(|(name, v)| Some((name.to_owned(), json!(v?))));
-    Ok(Value::Object(set.collect()))
+/// The intervals the form sets (`None`: the default).
+fn intervals_of(f: &CreateForm) -> Result<IntervalsBody, ApiFail> {
+    let [(_, ping), (_, snapshot), (_, command)] = f.intervals.parse()?;
+    Ok(IntervalsBody { ping, snapshot, command })
 }
 
 async fn create(ui: Ui, axum::Form(f): axum::Form<CreateForm>) -> Response {
@@ -128,13 +131,21 @@ async fn create(ui: Ui, axum::Form(f): axum::Form<CreateForm>) -> Response {
         Ok(v) => v,
         Err(e) => return render_new(&ui, &f, Some(&e), e.status).await,
     };
-    let tags: Vec<&str> = f.tags.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
-    let mut body = json!({ "name": f.name, "url": f.url.trim(), "intervals": intervals, "tags": tags });
-    if !f.group.is_empty() {
-        body["group"] = json!(f.group);
-    }
-    match ui.send(Method::POST, "/api/environments", &body, &f.csrf).await {
-        Ok(r) => Redirect::to(&format!("/environments/{}/deploy?created=1", r.json["id"])).into_response(),
+    let tags = f.tags.split(',').map(str::trim).filter(|t| !t.is_empty()).map(|t| NameOrId::Name(t.to_owned()));
+    let body = CreateEnvironment {
+        name: f.name.clone(),
+        url: f.url.trim().to_owned(),
+        intervals: Some(intervals),
+        group: (!f.group.is_empty()).then(|| NameOrId::Name(f.group.clone())),
+        tags: tags.collect(),
+        ..CreateEnvironment::default()
+    };
+    let created = match ui.send_as(Method::POST, "/api/environments", &body, &f.csrf).await {
+        Ok(r) => r.parse::<CreatedEnvironment>("/api/environments"),
+        Err(e) => Err(e),
+    };
+    match created {
+        Ok(env) => Redirect::to(&format!("/environments/{}/deploy?created=1", env.id)).into_response(),
         Err(e) => {
             let e = e.conflict_on("name");
             render_new(&ui, &f, Some(&e), e.status).await
@@ -188,29 +199,25 @@ async fn render_deploy(
 ) -> Response {
     let paths =
         [format!("/api/environments/{id}"), format!("/api/environments/{id}/deploy"), "/api/settings".to_owned()];
-    let (env, deploy, settings) = tokio::join!(ui.get(&paths[0]), ui.get(&paths[1]), ui.get(&paths[2]));
+    let (env, deploy, settings) = tokio::join!(
+        ui.get_as::<EnvironmentFull>(&paths[0]),
+        ui.get_as::<CreatedEnvironment>(&paths[1]),
+        ui.get_as::<SettingsView>(&paths[2])
+    );
     let env = match env {
-        Ok(r) => r.json,
+        Ok(env) => env,
         Err(e) => return super::fail_page(&e),
     };
     let deploy = match deploy {
-        Ok(r) => r.json,
+        Ok(d) => d,
         Err(e) => return super::fail_page(&e),
     };
-    let secret_set = settings.map(|r| r.json["agent_secret_set"] == true).unwrap_or(false);
-    let env_vars = sent.map_or_else(
-        || {
-            env["env_vars"]
-                .as_array()
-                .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
-                .unwrap_or_default()
-        },
-        |f| f.env_vars.clone(),
-    );
-    let self_signed = sent.map_or(env["allow_self_signed"] == true, |f| f.allow_self_signed.is_some());
-    let volume_path = sent.map_or_else(|| s(&env, "volume_path").to_owned(), |f| f.volume_path.clone());
-    let timestamps = sent.map_or(env["tcp_timestamps"] == true, |f| f.tcp_timestamps.is_some());
-    let name = s(&env, "name").to_owned();
+    let secret_set = settings.is_ok_and(|s| s.agent_secret_set);
+    let env_vars = sent.map_or_else(|| env.env_vars.join(", "), |f| f.env_vars.clone());
+    let self_signed = sent.map_or(env.allow_self_signed, |f| f.allow_self_signed.is_some());
+    let volume_path = sent.map_or_else(|| env.volume_path.clone().unwrap_or_default(), |f| f.volume_path.clone());
+    let timestamps = sent.map_or(env.tcp_timestamps, |f| f.tcp_timestamps.is_some());
+    let name = env.item.name.clone();
     let body = html! {
         h1 { @if created { "Environment created: " } @else { "Deploy: " } (name) }
         @if created { p.notice role="status" { "Created. Run the command below on the edge host, or pre-stage the join token." } }
@@ -219,7 +226,7 @@ async fn render_deploy(
             h2 { "Join token" }
             p.hint { "For pre-staging: the agent needs only this (as EDGE_KEY) to find, trust and join this server." }
             div.copyrow {
-                pre.command id="join-token" { (s(&deploy, "edge_key")) }
+                pre.command id="join-token" { (deploy.edge_key) }
                 button type="button" data-copy="join-token" hidden { "Copy" }
             }
         }
@@ -259,13 +266,13 @@ async fn render_deploy(
             }
             div role="tabpanel" id="panel-linux" aria-labelledby="tab-linux" {
                 div.copyrow {
-                    pre.command id="cmd-linux" { (s(&deploy["commands"], "linux")) }
+                    pre.command id="cmd-linux" { (deploy.commands.linux) }
                     button type="button" data-copy="cmd-linux" hidden { "Copy" }
                 }
             }
             div role="tabpanel" id="panel-windows" aria-labelledby="tab-windows" {
                 div.copyrow {
-                    pre.command id="cmd-windows" { (s(&deploy["commands"], "windows")) }
+                    pre.command id="cmd-windows" { (deploy.commands.windows) }
                     button type="button" data-copy="cmd-windows" hidden { "Copy" }
                 }
             }
@@ -281,13 +288,15 @@ async fn render_deploy(
 
 async fn update_options(ui: Ui, Path(id): Path<u64>, axum::Form(f): axum::Form<OptionsForm>) -> Response {
     let path = f.volume_path.trim();
-    let body = json!({
-        "env_vars": f.env_vars,
-        "allow_self_signed": f.allow_self_signed.is_some(),
-        "volume_path": if path.is_empty() { Value::Null } else { json!(path) },
-        "tcp_timestamps": f.tcp_timestamps.is_some(),
-    });
-    match ui.send(Method::PATCH, &format!("/api/environments/{id}"), &body, &f.csrf).await {
+    let body = UpdateEnvironment {
+        // As the API reads the comma-separated text the form holds.
+        env_vars: Some(EnvVars(f.env_vars.split(',').map(str::to_owned).collect())),
+        allow_self_signed: Some(f.allow_self_signed.is_some()),
+        volume_path: Some((!path.is_empty()).then(|| path.to_owned())),
+        tcp_timestamps: Some(f.tcp_timestamps.is_some()),
+        ..UpdateEnvironment::default()
+    };
+    match ui.send_as(Method::PATCH, &format!("/api/environments/{id}"), &body, &f.csrf).await {
         Ok(_) => Redirect::to(&format!("/environments/{id}/deploy?updated=1")).into_response(),
         Err(e) => {
             let mut r = render_deploy(&ui, id, false, None, Some(&f), Some(&e)).await;

@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::agent::client::Client;
+use crate::server::api::ErrorBody;
 use crate::tls::Trust;
 
 /// The operator's commands, each through the server's API (but `admin`,
@@ -217,13 +218,13 @@ impl Api {
             .rt
             .block_on(self.client.api(method.clone(), path, &self.token, body))
             .with_context(|| format!("{method} {path}"))?;
-        let json: Value =
-            if reply.is_empty() { Value::Null } else { serde_json::from_slice(&reply).unwrap_or(Value::Null) };
         if !(200..300).contains(&status) {
-            let text =
-                json["error"].as_str().map_or_else(|| String::from_utf8_lossy(&reply).into_owned(), str::to_owned);
+            let text = serde_json::from_slice::<ErrorBody>(&reply)
+                .map_or_else(|_| String::from_utf8_lossy(&reply).into_owned(), |e| e.error);
             bail!("{method} {path}: {status}: {text}");
         }
+        let json: Value =
+            if reply.is_empty() { Value::Null } else { serde_json::from_slice(&reply).unwrap_or(Value::Null) };
         Ok(json)
     }
 
@@ -271,10 +272,13 @@ impl Api {
     }
 
     /// Prints `value` as JSON when `--json` was given; otherwise calls
-    /// `text` with it.
+    /// `text` with it. The JSON goes through a [`Value`], so its keys are
+    /// in the order [`Self::print`] prints the server's reply in (sorted),
+    /// whatever the order of the view's fields.
     pub fn show<T: Serialize>(&self, value: &T, text: impl FnOnce(&T)) {
         if self.json {
-            println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+            let json = serde_json::to_value(value).and_then(|v| serde_json::to_string_pretty(&v));
+            println!("{}", json.unwrap_or_default());
         } else {
             text(value);
         }

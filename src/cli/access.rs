@@ -2,10 +2,11 @@
 //! (the admin account, offline on the server's data directory).
 
 use anyhow::{Context, bail};
-use serde_json::{Value, json};
 
 use super::{Api, ApiArgs};
-use crate::server::api::access::{PASSWORD_ENV, PASSWORD_FILE_ENV, given_password};
+use crate::server::api::access::{
+    CreateToken, CreatedToken, PASSWORD_ENV, PASSWORD_FILE_ENV, TokenView, given_password,
+};
 use crate::server::store::Store;
 use crate::server::store::access::{ADMIN, generate_password, hash_password};
 
@@ -43,9 +44,8 @@ pub enum AdminCommand {
 }
 
 /// A Unix time as operators read it (UTC), or `-`.
-fn when(v: &Value) -> String {
-    v.as_i64()
-        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+fn when(t: Option<i64>) -> String {
+    t.and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_else(|| "-".to_owned())
 }
@@ -58,41 +58,39 @@ pub fn run_token(command: TokenCommand, args: &ApiArgs) -> anyhow::Result<()> {
     let mut api = Api::new(args)?;
     match command {
         TokenCommand::Create { name } => {
-            let created = api.post("/api/tokens", &json!({ "name": name }))?;
-            api.print(&created, |c| {
-                println!("token {} ({})", c["id"], c["name"].as_str().unwrap_or_default());
+            let created: CreatedToken = api.send("POST", "/api/tokens", &CreateToken { name })?;
+            api.show(&created, |c| {
+                println!("token {} ({})", c.id, c.name);
                 println!();
-                println!("{}", c["token"].as_str().unwrap_or_default());
+                println!("{}", c.token);
                 println!();
                 println!("This is the only time it is shown: keep it (e.g. as TERN_TOKEN).");
             });
         }
         TokenCommand::List => {
-            let list = api.get("/api/tokens")?;
-            api.print(&list, |l| {
+            let list: Vec<TokenView> = api.get_as("/api/tokens")?;
+            api.show(&list, |l| {
                 println!("{:>4}  {:<32}  {:<20}  {:<20}  {:<20}", "ID", "NAME", "CREATED", "LAST USED", "REVOKED");
-                for t in l.as_array().into_iter().flatten() {
+                for t in l {
+                    // The id is not padded: this printed a JSON number,
+                    // which ignores widths.
                     println!(
-                        "{:>4}  {:<32}  {:<20}  {:<20}  {:<20}",
-                        t["id"],
-                        t["name"].as_str().unwrap_or_default(),
-                        when(&t["created_at"]),
-                        when(&t["last_used_at"]),
-                        when(&t["revoked_at"]),
+                        "{}  {:<32}  {:<20}  {:<20}  {:<20}",
+                        t.id,
+                        t.name,
+                        when(Some(t.created_at)),
+                        when(t.last_used_at),
+                        when(t.revoked_at),
                     );
                 }
             });
         }
         TokenCommand::Revoke { id } => {
-            let t = api.call("DELETE", &format!("/api/tokens/{id}"), None)?;
-            api.print(&t, |t| {
-                println!(
-                    "token {} ({}) revoked at {}",
-                    t["id"],
-                    t["name"].as_str().unwrap_or_default(),
-                    when(&t["revoked_at"])
-                );
-                if t["data_directory"] == true {
+            let path = format!("/api/tokens/{id}");
+            let t: TokenView = super::typed(api.call("DELETE", &path, None)?, "DELETE", &path)?;
+            api.show(&t, |t| {
+                println!("token {} ({}) revoked at {}", t.id, t.name, when(t.revoked_at));
+                if t.data_directory {
                     println!("It was the data directory's admin token: the server writes a new one at its next start.");
                 }
             });

@@ -6,9 +6,13 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{Api, ApiArgs};
+use crate::server::api::fleet::{
+    DefaultIntervalsBody, EnvironmentView, LabelBody, LabelView, NameOrId, SettingsBody, SettingsView,
+};
+use crate::server::api::view::{CommandView, CreateCommand};
 
 /// Parses an interval: seconds (`90`, `90s`), minutes (`5m`), hours
 /// (`1h`), days (`1d`), weeks (`1w`), `off` (or `disabled`, `0`), and, when
@@ -111,18 +115,22 @@ pub fn env_id(api: &mut Api, env: &str) -> anyhow::Result<u64> {
     if let Ok(id) = env.parse::<u64>() {
         return Ok(id);
     }
-    let list = api.get(&format!("/api/environments?name={}", encode_query(env)))?;
-    list.as_array()
-        .into_iter()
-        .flatten()
-        .find(|e| e["name"] == env)
-        .and_then(|e| e["id"].as_u64())
-        .with_context(|| format!("no environment named {env:?}"))
+    let list: Vec<EnvironmentView> = api.get_as(&format!("/api/environments?name={}", encode_query(env)))?;
+    list.iter().find(|e| e.name == env).map(|e| e.id).with_context(|| format!("no environment named {env:?}"))
 }
 
-/// A group or tag reference as JSON: a number for an id, else the name.
+/// A group or tag reference: an id when it is a number, else the name.
+pub fn label_ref(text: &str) -> NameOrId {
+    text.parse::<u64>().map_or_else(|_| NameOrId::Name(text.to_owned()), NameOrId::Id)
+}
+
+/// A group or tag reference as JSON: a number for an id, else the name
+/// (see [`label_ref`]).
 pub fn name_or_id(text: &str) -> Value {
-    text.parse::<u64>().map_or_else(|_| json!(text), |id| json!(id))
+    match label_ref(text) {
+        NameOrId::Id(id) => Value::from(id),
+        NameOrId::Name(name) => Value::from(name),
+    }
 }
 
 /// `tern group ...` and `tern tag ...`
@@ -176,12 +184,11 @@ impl LabelKind {
 }
 
 fn label_id(api: &mut Api, kind: LabelKind, label: &str) -> anyhow::Result<u64> {
-    let list = api.get(kind.path())?;
-    let all = list.as_array().cloned().unwrap_or_default();
+    let all: Vec<LabelView> = api.get_as(kind.path())?;
     all.iter()
-        .find(|l| l["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(label)))
-        .or_else(|| all.iter().find(|l| l["id"].as_u64().is_some_and(|id| id.to_string() == label)))
-        .and_then(|l| l["id"].as_u64())
+        .find(|l| l.name.eq_ignore_ascii_case(label))
+        .or_else(|| all.iter().find(|l| l.id.to_string() == label))
+        .map(|l| l.id)
         .with_context(|| format!("no {} {label:?}", kind.word()))
 }
 
@@ -194,23 +201,23 @@ pub fn run_label(kind: LabelKind, command: LabelCommand, args: &ApiArgs) -> anyh
     let word = kind.word();
     match command {
         LabelCommand::Add { name } => {
-            let l = api.post(kind.path(), &json!({ "name": name }))?;
-            api.print(&l, |l| println!("{word} {} ({}) created", l["id"], text(&l["name"])));
+            let l: LabelView = api.send("POST", kind.path(), &LabelBody { name })?;
+            api.show(&l, |l| println!("{word} {} ({}) created", l.id, l.name));
         }
         LabelCommand::List => {
-            let list = api.get(kind.path())?;
-            api.print(&list, |list| {
+            let list: Vec<LabelView> = api.get_as(kind.path())?;
+            api.show(&list, |list| {
                 let mut rows = vec![vec!["ID".to_owned(), "NAME".to_owned(), "ENVIRONMENTS".to_owned()]];
-                for l in list.as_array().into_iter().flatten() {
-                    rows.push(vec![l["id"].to_string(), text(&l["name"]), l["environments"].to_string()]);
+                for l in list {
+                    rows.push(vec![l.id.to_string(), l.name.clone(), l.environments.to_string()]);
                 }
                 print_table(&rows);
             });
         }
         LabelCommand::Rename { label, name } => {
             let id = label_id(&mut api, kind, &label)?;
-            let l = api.call("PATCH", &format!("{}/{id}", kind.path()), Some(&json!({ "name": name })))?;
-            api.print(&l, |l| println!("{word} {id} renamed to {}", text(&l["name"])));
+            let l: LabelView = api.send("PATCH", &format!("{}/{id}", kind.path()), &LabelBody { name })?;
+            api.show(&l, |l| println!("{word} {id} renamed to {}", l.name));
         }
         LabelCommand::Rm { label } => {
             let id = label_id(&mut api, kind, &label)?;
@@ -250,18 +257,18 @@ pub enum SettingsCommand {
     },
 }
 
-fn print_settings(s: &Value) {
-    let i = &s["intervals"];
-    let f = &s["following_defaults"];
-    for name in ["ping", "snapshot", "command"] {
+fn print_settings(s: &SettingsView) {
+    let (i, f) = (&s.intervals, &s.following_defaults);
+    for (name, value, following) in
+        [("ping", i.ping, f.ping), ("snapshot", i.snapshot, f.snapshot), ("command", i.command, f.command)]
+    {
         println!(
-            "{:<14}{:<10}(followed by {} environments)",
+            "{:<14}{:<10}(followed by {following} environments)",
             format!("{name}:"),
-            fmt_interval(i[name].as_u64().unwrap_or_default()),
-            f[name]
+            fmt_interval(u64::from(value)),
         );
     }
-    let secret = if s["agent_secret_set"] == true { "set" } else { "not set" };
+    let secret = if s.agent_secret_set { "set" } else { "not set" };
     println!("{:<14}{secret}", "agent secret:");
 }
 
@@ -274,16 +281,14 @@ pub fn run_settings(command: SettingsCommand, args: &ApiArgs) -> anyhow::Result<
     let body = match &command {
         SettingsCommand::Show => None,
         SettingsCommand::Set { ping, snapshot, command, agent_secret } => {
-            let mut intervals = serde_json::Map::new();
-            for (name, v) in [("ping", ping), ("snapshot", snapshot), ("command", command)] {
-                if let Some(v) = v {
-                    intervals.insert(name.into(), json!(parse_interval(v, false)?));
-                }
-            }
-            let mut body = serde_json::Map::new();
-            if !intervals.is_empty() {
-                body.insert("intervals".into(), Value::Object(intervals));
-            }
+            let parse = |v: &Option<String>| v.as_deref().map(|v| parse_interval(v, false)).transpose();
+            let intervals = DefaultIntervalsBody {
+                ping: parse(ping)?.flatten(),
+                snapshot: parse(snapshot)?.flatten(),
+                command: parse(command)?.flatten(),
+            };
+            let given = intervals.ping.is_some() || intervals.snapshot.is_some() || intervals.command.is_some();
+            let mut body = SettingsBody { intervals: given.then_some(intervals), agent_secret: None };
             if let Some(s) = agent_secret {
                 let s = if s == "-" {
                     let mut line = String::new();
@@ -292,21 +297,21 @@ pub fn run_settings(command: SettingsCommand, args: &ApiArgs) -> anyhow::Result<
                 } else {
                     s.clone()
                 };
-                body.insert("agent_secret".into(), json!(s));
+                body.agent_secret = Some(Some(s));
             }
-            if body.is_empty() {
+            if body.intervals.is_none() && body.agent_secret.is_none() {
                 bail!("nothing to set: give --ping, --snapshot, --command or --agent-secret");
             }
-            Some(Value::Object(body))
+            Some(body)
         }
     };
     let mut api = Api::new(args)?;
-    let s = match &body {
-        None => api.get("/api/settings")?,
-        Some(b) => api.call("PUT", "/api/settings", Some(b))?,
+    let s: SettingsView = match &body {
+        None => api.get_as("/api/settings")?,
+        Some(b) => api.send("PUT", "/api/settings", b)?,
     };
-    api.print(&s, print_settings);
-    if body.as_ref().is_some_and(|b| b.get("agent_secret").is_some()) && !api.json {
+    api.show(&s, print_settings);
+    if body.as_ref().is_some_and(|b| b.agent_secret.is_some()) && !api.json {
         eprintln!(
             "note: the AGENT_SECRET applies at once; agents deployed without it are refused until redeployed \
              (`tern env deploy ID` prints the commands)"
@@ -339,9 +344,9 @@ pub struct CmdArgs {
     pub timeout: u64,
 }
 
-fn print_command(c: &Value) {
-    let error = c["error"].as_str().map(|e| format!("  {e}")).unwrap_or_default();
-    println!("command {} {} {} {}{error}", c["id"], text(&c["action"]), text(&c["target"]), text(&c["status"]));
+fn print_command(c: &CommandView) {
+    let error = c.error.as_deref().map(|e| format!("  {e}")).unwrap_or_default();
+    println!("command {} {} {} {}{error}", c.id, c.action, c.target, c.status);
 }
 
 /// Runs `tern cmd ...`: queues a command, and with `--wait` follows it.
@@ -352,36 +357,34 @@ fn print_command(c: &Value) {
 pub fn run_cmd(args: &CmdArgs, api_args: &ApiArgs) -> anyhow::Result<()> {
     let mut api = Api::new(api_args)?;
     let env = env_id(&mut api, &args.env)?;
-    let mut body = json!({ "action": args.action, "target": args.target });
-    if let Some(t) = args.tail {
-        body["tail"] = json!(t);
-    }
-    let c = api.post(&format!("/api/environments/{env}/commands"), &body)?;
-    api.print(&c, print_command);
+    let body = CreateCommand { action: args.action.clone(), target: args.target.clone(), tail: args.tail };
+    let c: CommandView = api.send("POST", &format!("/api/environments/{env}/commands"), &body)?;
+    api.show(&c, print_command);
     if !args.wait {
         return Ok(());
     }
-    let id = c["id"].as_u64().unwrap_or_default();
+    let id = c.id;
     let start = Instant::now();
-    let mut last = c["status"].clone();
+    let mut last = c.status;
     loop {
-        let c = api.get(&format!("/api/commands/{id}"))?;
-        if c["status"] != last {
-            last = c["status"].clone();
-            api.print(&c, print_command);
+        let c: CommandView = api.get_as(&format!("/api/commands/{id}"))?;
+        if c.status != last {
+            last.clone_from(&c.status);
+            api.show(&c, print_command);
         }
-        match c["status"].as_str() {
-            Some("ok") => {
-                if let Some(out) = c["output"].as_str().filter(|_| !api.json) {
+        match c.status.as_str() {
+            "ok" => {
+                if let Some(out) = c.output.as_deref().filter(|_| !api.json) {
                     print!("{out}");
                 }
                 return Ok(());
             }
-            Some(s @ ("failed" | "rejected" | "cancelled")) => {
-                bail!("command {id} {s}: {}", c["error"].as_str().unwrap_or_default())
+            s @ ("failed" | "rejected" | "cancelled") => {
+                bail!("command {id} {s}: {}", c.error.as_deref().unwrap_or_default())
             }
             _ if start.elapsed() > Duration::from_secs(args.timeout) => {
-                bail!("command {id} is still {} after {} s; it goes on (tern commands {})", last, args.timeout, env)
+                // Quoted, as the JSON string it is.
+                bail!("command {id} is still {last:?} after {} s; it goes on (tern commands {})", args.timeout, env)
             }
             _ => std::thread::sleep(Duration::from_secs(1)),
         }
@@ -395,20 +398,20 @@ pub fn run_cmd(args: &CmdArgs, api_args: &ApiArgs) -> anyhow::Result<()> {
 pub fn run_commands(env: &str, api_args: &ApiArgs) -> anyhow::Result<()> {
     let mut api = Api::new(api_args)?;
     let env = env_id(&mut api, env)?;
-    let list = api.get(&format!("/api/environments/{env}/commands"))?;
-    api.print(&list, |list| {
+    let list: Vec<CommandView> = api.get_as(&format!("/api/environments/{env}/commands"))?;
+    api.show(&list, |list| {
         let mut rows = vec![["ID", "ACTION", "TARGET", "STATUS", "QUEUED", "ERROR"].map(String::from).to_vec()];
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-        for c in list.as_array().into_iter().flatten() {
-            let target = text(&c["target"]);
-            let short = if target.len() == 64 { target[..12].to_owned() } else { target };
+        for c in list {
+            let target = &c.target;
+            let short = if target.len() == 64 { target[..12].to_owned() } else { target.clone() };
             rows.push(vec![
-                c["id"].to_string(),
-                text(&c["action"]),
+                c.id.to_string(),
+                c.action.clone(),
                 short,
-                text(&c["status"]),
-                fmt_age(c["created_at"].as_i64().map(|t| (now - t).max(0))),
-                c["error"].as_str().unwrap_or_default().to_owned(),
+                c.status.clone(),
+                fmt_age(Some((now - c.created_at).max(0))),
+                c.error.clone().unwrap_or_default(),
             ]);
         }
         print_table(&rows);

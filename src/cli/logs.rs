@@ -4,9 +4,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use serde_json::json;
 
 use super::{Api, ApiArgs};
+use crate::server::api::view::{CommandView, CreateCommand};
 
 /// `tern logs ENV CONTAINER`
 #[derive(Debug, clap::Args)]
@@ -31,25 +31,23 @@ pub struct LogsArgs {
 pub fn run(args: &LogsArgs, api_args: &ApiArgs) -> anyhow::Result<()> {
     let mut api = Api::new(api_args)?;
     let env = super::fleet::env_id(&mut api, &args.environment)?;
-    let queued = api.post(
-        &format!("/api/environments/{env}/commands"),
-        &json!({ "action": "container.logs", "target": args.container, "tail": args.tail }),
-    )?;
-    let id = queued["id"].as_u64().unwrap_or_default();
+    let body = CreateCommand { action: "container.logs".into(), target: args.container.clone(), tail: Some(args.tail) };
+    let queued: CommandView = api.send("POST", &format!("/api/environments/{env}/commands"), &body)?;
+    let id = queued.id;
     eprintln!("command {id} queued; the logs come back with the agent's next poll");
     let start = Instant::now();
     loop {
-        let c = api.get(&format!("/api/commands/{id}"))?;
-        match c["status"].as_str() {
-            Some("ok") => {
-                api.print(&c, |c| print!("{}", c["output"].as_str().unwrap_or_default()));
+        let c: CommandView = api.get_as(&format!("/api/commands/{id}"))?;
+        match c.status.as_str() {
+            "ok" => {
+                api.show(&c, |c| print!("{}", c.output.as_deref().unwrap_or_default()));
                 return Ok(());
             }
-            Some(s @ ("failed" | "rejected" | "cancelled")) => {
-                bail!("command {id} {s}: {}", c["error"].as_str().unwrap_or_default())
+            s @ ("failed" | "rejected" | "cancelled") => {
+                bail!("command {id} {s}: {}", c.error.as_deref().unwrap_or_default())
             }
-            _ if start.elapsed() > Duration::from_secs(args.wait) => {
-                bail!("command {id} is still {} after {} s", c["status"], args.wait)
+            s if start.elapsed() > Duration::from_secs(args.wait) => {
+                bail!("command {id} is still {s:?} after {} s", args.wait)
             }
             _ => std::thread::sleep(Duration::from_secs(1)),
         }

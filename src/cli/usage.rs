@@ -2,9 +2,10 @@
 //! and in total, to check against a data plan. Units are decimal (1 KB is
 //! 1,000 bytes), as data plans count them.
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 
 use super::{Api, ApiArgs};
+use crate::server::api::fleet::EnvironmentView;
 use crate::server::api::usage::{EnvironmentUsageView, FleetUsageView, UsageView};
 
 /// `tern usage [ENV] [--days N]`
@@ -26,14 +27,13 @@ pub fn run(args: &UsageArgs, api_args: &ApiArgs) -> anyhow::Result<()> {
     match &args.environment {
         Some(env) => {
             let id = resolve(&mut api, env)?;
-            let value = api.get(&format!("/api/environments/{id}/usage?days={}", args.days))?;
-            let report: EnvironmentUsageView = serde_json::from_value(value.clone()).context("usage reply")?;
-            api.print(&value, |_| print!("{}", environment_table(&report)));
+            let report: EnvironmentUsageView =
+                api.get_as(&format!("/api/environments/{id}/usage?days={}", args.days))?;
+            api.show(&report, |r| print!("{}", environment_table(r)));
         }
         None => {
-            let value = api.get(&format!("/api/usage?days={}", args.days))?;
-            let fleet: FleetUsageView = serde_json::from_value(value.clone()).context("usage reply")?;
-            api.print(&value, |_| print!("{}", fleet_table(&fleet)));
+            let fleet: FleetUsageView = api.get_as(&format!("/api/usage?days={}", args.days))?;
+            api.show(&fleet, |f| print!("{}", fleet_table(f)));
         }
     }
     Ok(())
@@ -44,14 +44,8 @@ fn resolve(api: &mut Api, env: &str) -> anyhow::Result<u64> {
     if let Ok(id) = env.parse() {
         return Ok(id);
     }
-    let list = api.get("/api/environments")?;
-    let found: Vec<u64> = list
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["name"].as_str() == Some(env))
-        .filter_map(|e| e["id"].as_u64())
-        .collect();
+    let list: Vec<EnvironmentView> = api.get_as("/api/environments")?;
+    let found: Vec<u64> = list.iter().filter(|e| e.name == env).map(|e| e.id).collect();
     match found[..] {
         [id] => Ok(id),
         [] => bail!("no environment named {env:?}"),

@@ -42,6 +42,7 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
 
 use self::view::{ACTIONS, CommandView, CreateCommand, IntervalsBody, IntervalsReply, Kind};
 use super::http::AppState;
@@ -87,13 +88,13 @@ impl ApiError {
     }
 }
 
-/// The body of an API error: its message, and the field it concerns when
-/// the message names one.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// An error's JSON body: `{"error": message}`, with `field` when the
+/// message concerns one field (see [`error_field`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// What went wrong, for the operator.
     pub error: String,
-    /// The field it concerns (absent when none).
+    /// The field it concerns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
 }

@@ -12,9 +12,9 @@
 use std::io::Read;
 
 use anyhow::{Context, bail};
-use serde_json::{Value, json};
 
 use super::{Api, ApiArgs};
+use crate::server::api::jobs::{CreateJob, JobDetail, JobItem, RefBody, RunView, TargetsBody};
 
 /// `tern job ...`
 #[derive(Debug, clap::Subcommand)]
@@ -81,8 +81,8 @@ pub struct CreateArgs {
 }
 
 /// A target for the API: digits are an id, anything else a name.
-fn target(t: &str) -> Value {
-    t.parse::<u64>().map_or_else(|_| json!(t), |id| json!(id))
+fn target(t: &str) -> RefBody {
+    t.parse::<u64>().map_or_else(|_| RefBody::Name(t.to_owned()), RefBody::Id)
 }
 
 fn read_script(path: &str) -> anyhow::Result<String> {
@@ -95,49 +95,67 @@ fn read_script(path: &str) -> anyhow::Result<String> {
     Ok(script)
 }
 
-fn time(t: &Value) -> String {
-    t.as_i64()
-        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+fn time(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_else(|| "-".into())
 }
 
-fn text(v: &Value) -> &str {
-    v.as_str().unwrap_or("-")
-}
-
-fn print_detail(job: &Value) {
-    println!("job {}  {}  version {}", job["id"], text(&job["name"]), job["version"]);
-    println!("  schedule  {}", job["cron"].as_str().map_or_else(|| "run once".to_owned(), |c| format!("{c} (UTC)")));
-    println!("  image     {}", job["image"].as_str().unwrap_or("the agent's default"));
-    if let Some(t) = job["timeout_s"].as_u64() {
+fn print_detail(job: &JobDetail) {
+    let j = &job.item;
+    println!("job {}  {}  version {}", j.id, j.name, j.version);
+    println!("  schedule  {}", j.cron.as_deref().map_or_else(|| "run once".to_owned(), |c| format!("{c} (UTC)")));
+    println!("  image     {}", j.image.as_deref().unwrap_or("the agent's default"));
+    if let Some(t) = j.timeout_s {
         println!("  timeout   {t} s");
     }
-    if !job["removed_at"].is_null() {
-        println!("  deleted   {}", time(&job["removed_at"]));
+    if let Some(t) = j.removed_at {
+        println!("  deleted   {}", time(t));
     }
     println!("  script:");
-    for line in job["script"].as_str().unwrap_or_default().lines() {
+    for line in job.script.lines() {
         println!("    {line}");
     }
     println!("  environments:");
-    for e in job["environments"].as_array().into_iter().flatten() {
-        let last = &e["last_run"];
-        let run = if last.is_null() {
-            "no run yet".to_owned()
-        } else {
-            format!("last run {} exit {} at {}", last["run"], last["exit_code"], time(&last["finished_at"]))
+    for e in &job.environments {
+        let run = match &e.last_run {
+            None => "no run yet".to_owned(),
+            Some(last) => format!("last run {} exit {} at {}", last.run, last.exit_code, time(last.finished_at)),
         };
         println!(
-            "    {:>4} {:<20} v{} {:<9}{} {run}, {} run(s){}",
-            e["environment"],
-            text(&e["name"]),
-            e["version"],
-            text(&e["status"]),
-            if e["removed"].as_bool() == Some(true) { " (removed)" } else { "" },
-            e["runs"],
-            e["error"].as_str().map(|err| format!("; error: {err}")).unwrap_or_default(),
+            "    {} {:<20} v{} {:<9}{} {run}, {} run(s){}",
+            e.environment,
+            e.name,
+            e.version,
+            e.status.as_deref().unwrap_or("-"),
+            if e.removed { " (removed)" } else { "" },
+            e.runs,
+            e.error.as_deref().map(|err| format!("; error: {err}")).unwrap_or_default(),
         );
+    }
+}
+
+fn print_runs(runs: &[RunView]) {
+    if runs.is_empty() {
+        println!("no runs yet");
+    }
+    for r in runs {
+        let number = if r.run == 0 { "once".to_owned() } else { format!("run {}", r.run) };
+        println!(
+            "== environment {}, {number}, version {}, exit {}, finished {}{}{}",
+            r.environment,
+            r.version,
+            r.exit_code,
+            time(r.finished_at),
+            if r.truncated { " (output cut to its last 64 KiB)" } else { "" },
+            r.error.as_deref().map(|e| format!("\n   error: {e}")).unwrap_or_default(),
+        );
+        let out = r.output.as_deref().unwrap_or_default();
+        print!("{out}");
+        if !out.is_empty() && !out.ends_with('\n') {
+            println!();
+        }
     }
 }
 
@@ -152,51 +170,46 @@ pub fn run(command: JobCommand, api_args: &ApiArgs) -> anyhow::Result<()> {
             if args.env_ids.is_empty() && args.groups.is_empty() && args.tags.is_empty() {
                 bail!("name at least one target: --env-id, --group or --tag");
             }
-            let mut body = json!({
-                "name": args.name,
-                "script": read_script(&args.script)?,
-                "targets": {
-                    "environments": args.env_ids.iter().map(|t| target(t)).collect::<Vec<_>>(),
-                    "groups": args.groups.iter().map(|t| target(t)).collect::<Vec<_>>(),
-                    "tags": args.tags.iter().map(|t| target(t)).collect::<Vec<_>>(),
+            let body = CreateJob {
+                name: args.name,
+                script: read_script(&args.script)?,
+                cron: args.cron,
+                image: args.image,
+                timeout_s: args.timeout,
+                targets: TargetsBody {
+                    environments: args.env_ids.iter().map(|t| target(t)).collect(),
+                    groups: args.groups.iter().map(|t| target(t)).collect(),
+                    tags: args.tags.iter().map(|t| target(t)).collect(),
                 },
-            });
-            if let Some(c) = args.cron {
-                body["cron"] = json!(c);
-            }
-            if let Some(i) = args.image {
-                body["image"] = json!(i);
-            }
-            if let Some(t) = args.timeout {
-                body["timeout_s"] = json!(t);
-            }
-            let job = api.post("/api/jobs", &body)?;
-            api.print(&job, |job| {
-                let n = job["environments"].as_array().map_or(0, Vec::len);
-                println!("job {} created, queued on {n} environment(s)", job["id"]);
+            };
+            let job: JobDetail = api.send("POST", "/api/jobs", &body)?;
+            api.show(&job, |job| {
+                let n = job.environments.len();
+                println!("job {} created, queued on {n} environment(s)", job.item.id);
                 print_detail(job);
             });
         }
         JobCommand::List => {
-            let jobs = api.get("/api/jobs")?;
-            api.print(&jobs, |jobs| {
+            let jobs: Vec<JobItem> = api.get_as("/api/jobs")?;
+            api.show(&jobs, |jobs| {
                 println!("{:>5}  {:<24} {:<20} {:>7}  UPDATED", "ID", "NAME", "SCHEDULE", "VERSION");
-                for j in jobs.as_array().into_iter().flatten() {
+                for j in jobs {
+                    // The id and the version unpadded, as printed before.
                     println!(
-                        "{:>5}  {:<24} {:<20} {:>7}  {}",
-                        j["id"],
-                        text(&j["name"]),
-                        j["cron"].as_str().unwrap_or("once"),
-                        j["version"],
-                        time(&j["updated_at"])
+                        "{}  {:<24} {:<20} {}  {}",
+                        j.id,
+                        j.name,
+                        j.cron.as_deref().unwrap_or("once"),
+                        j.version,
+                        time(j.updated_at)
                     );
                 }
             });
         }
         JobCommand::Show { id } => {
             let id = job_id(&mut api, &id)?;
-            let job = api.get(&format!("/api/jobs/{id}"))?;
-            api.print(&job, print_detail);
+            let job: JobDetail = api.get_as(&format!("/api/jobs/{id}"))?;
+            api.show(&job, print_detail);
         }
         JobCommand::Runs { id, env, limit } => {
             let id = job_id(&mut api, &id)?;
@@ -213,37 +226,15 @@ pub fn run(command: JobCommand, api_args: &ApiArgs) -> anyhow::Result<()> {
                     .collect();
                 path.push_str(&format!("&environment={e}"));
             }
-            let runs = api.get(&path)?;
-            api.print(&runs, |runs| {
-                let runs = runs.as_array().cloned().unwrap_or_default();
-                if runs.is_empty() {
-                    println!("no runs yet");
-                }
-                for r in runs {
-                    let number =
-                        if r["run"].as_u64() == Some(0) { "once".to_owned() } else { format!("run {}", r["run"]) };
-                    println!(
-                        "== environment {}, {number}, version {}, exit {}, finished {}{}{}",
-                        r["environment"],
-                        r["version"],
-                        r["exit_code"],
-                        time(&r["finished_at"]),
-                        if r["truncated"].as_bool() == Some(true) { " (output cut to its last 64 KiB)" } else { "" },
-                        r["error"].as_str().map(|e| format!("\n   error: {e}")).unwrap_or_default(),
-                    );
-                    let out = r["output"].as_str().unwrap_or_default();
-                    print!("{out}");
-                    if !out.is_empty() && !out.ends_with('\n') {
-                        println!();
-                    }
-                }
-            });
+            let runs: Vec<RunView> = api.get_as(&path)?;
+            api.show(&runs, |runs| print_runs(runs));
         }
         JobCommand::Rm { id } => {
             let id = job_id(&mut api, &id)?;
-            let job = api.call("DELETE", &format!("/api/jobs/{id}"), None)?;
-            api.print(&job, |job| {
-                let n = job["environments"].as_array().map_or(0, Vec::len);
+            let path = format!("/api/jobs/{id}");
+            let job: JobDetail = super::typed(api.call("DELETE", &path, None)?, "DELETE", &path)?;
+            api.show(&job, |job| {
+                let n = job.environments.len();
                 println!("job {id} deleted; {n} environment(s) told to stop it");
             });
         }
@@ -256,12 +247,6 @@ fn job_id(api: &mut Api, job: &str) -> anyhow::Result<u64> {
     if let Ok(id) = job.parse() {
         return Ok(id);
     }
-    let list = api.get("/api/jobs")?;
-    list.as_array()
-        .into_iter()
-        .flatten()
-        .filter(|j| j["name"] == job)
-        .filter_map(|j| j["id"].as_u64())
-        .max()
-        .ok_or_else(|| anyhow::anyhow!("no job named {job:?}"))
+    let list: Vec<JobItem> = api.get_as("/api/jobs")?;
+    list.iter().filter(|j| j.name == job).map(|j| j.id).max().ok_or_else(|| anyhow::anyhow!("no job named {job:?}"))
 }

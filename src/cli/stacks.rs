@@ -17,10 +17,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use serde_json::{Value, json};
 
 use super::fleet::print_table;
 use super::{Api, ApiArgs};
+use crate::server::api::stacks::{CreateStack, RefBody, StackDetail, StackItem, TargetView, TargetsBody, UpdateStack};
 
 /// Where a stack goes: repeat any of them.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -41,11 +41,11 @@ impl Targets {
         self.environments.is_empty() && self.groups.is_empty() && self.tags.is_empty()
     }
 
-    fn to_json(&self) -> Value {
-        let refs = |list: &[String]| -> Vec<Value> {
-            list.iter().map(|t| t.parse::<u64>().map_or_else(|_| json!(t), |id| json!(id))).collect()
+    fn to_body(&self) -> TargetsBody {
+        let refs = |list: &[String]| -> Vec<RefBody> {
+            list.iter().map(|t| t.parse::<u64>().map_or_else(|_| RefBody::Name(t.clone()), RefBody::Id)).collect()
         };
-        json!({ "environments": refs(&self.environments), "groups": refs(&self.groups), "tags": refs(&self.tags) })
+        TargetsBody { environments: refs(&self.environments), groups: refs(&self.groups), tags: refs(&self.tags) }
     }
 }
 
@@ -129,52 +129,44 @@ fn stack_id(api: &mut Api, stack: &str) -> anyhow::Result<u64> {
     if let Ok(id) = stack.parse() {
         return Ok(id);
     }
-    let list = api.get("/api/stacks")?;
-    let found: Vec<&Value> = list.as_array().into_iter().flatten().filter(|s| s["name"] == stack).collect();
+    let list: Vec<StackItem> = api.get_as("/api/stacks")?;
+    let found: Vec<&StackItem> = list.iter().filter(|s| s.name == stack).collect();
     found
         .iter()
-        .find(|s| s["removed_at"].is_null())
+        .find(|s| s.removed_at.is_none())
         .or(found.first())
-        .and_then(|s| s["id"].as_u64())
+        .map(|s| s.id)
         .with_context(|| format!("no stack named {stack:?}"))
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        v => v.to_string(),
-    }
-}
-
-fn counts(v: &Value) -> String {
-    let parts: Vec<String> = v.as_object().into_iter().flatten().map(|(k, n)| format!("{n} {k}")).collect();
+fn counts(counts: &BTreeMap<String, u64>) -> String {
+    let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
     if parts.is_empty() { "-".into() } else { parts.join(", ") }
 }
 
-fn targets_text(v: &Value) -> String {
-    let parts: Vec<String> =
-        v.as_array().into_iter().flatten().map(|t| format!("{} {}", s(&t["kind"]), s(&t["name"]))).collect();
+fn targets_text(targets: &[TargetView]) -> String {
+    let parts: Vec<String> = targets.iter().map(|t| format!("{} {}", t.kind, t.name)).collect();
     parts.join(", ")
 }
 
-fn print_stack(v: &Value) {
+fn print_stack(v: &StackDetail) {
+    let st = &v.item;
     println!(
         "stack {} {}  version {}  {}  targets: {}",
-        s(&v["id"]),
-        s(&v["name"]),
-        s(&v["version"]),
-        s(&v["status"]),
-        targets_text(&v["targets"])
+        st.id,
+        st.name,
+        st.version,
+        st.status,
+        targets_text(&st.targets)
     );
     let mut rows = vec![vec!["ENV".into(), "NAME".into(), "STATUS".into(), "VERSION".into(), "ERROR".into()]];
-    for d in v["environments"].as_array().into_iter().flatten() {
+    for d in &v.environments {
         rows.push(vec![
-            s(&d["environment"]),
-            s(&d["environment_name"]),
-            s(&d["status"]),
-            s(&d["version"]),
-            d["error"].as_str().unwrap_or("").to_owned(),
+            d.environment.to_string(),
+            d.environment_name.clone(),
+            d.status.clone(),
+            d.version.to_string(),
+            d.error.clone().unwrap_or_default(),
         ]);
     }
     if rows.len() > 1 {
@@ -186,20 +178,16 @@ fn print_stack(v: &Value) {
 
 /// Waits until no environment is on its way (pending, acknowledged,
 /// deploying, removing); fails when one failed.
-fn wait(api: &mut Api, id: u64) -> anyhow::Result<Value> {
+fn wait(api: &mut Api, id: u64) -> anyhow::Result<StackDetail> {
     let start = Instant::now();
     loop {
-        let (status, v) = match api.get(&format!("/api/stacks/{id}")) {
-            Ok(v) => (v["status"].as_str().unwrap_or_default().to_owned(), v),
-            Err(e) => return Err(e),
-        };
-        let busy = v["environments"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|d| matches!(d["status"].as_str(), Some("pending" | "acknowledged" | "deploying" | "removing")));
+        let v: StackDetail = api.get_as(&format!("/api/stacks/{id}"))?;
+        let busy = v
+            .environments
+            .iter()
+            .any(|d| matches!(d.status.as_str(), "pending" | "acknowledged" | "deploying" | "removing"));
         if !busy {
-            if status == "failed" {
+            if v.item.status == "failed" {
                 print_stack(&v);
                 bail!("stack {id} failed on some environments");
             }
@@ -207,7 +195,7 @@ fn wait(api: &mut Api, id: u64) -> anyhow::Result<Value> {
         }
         if start.elapsed() > WAIT {
             print_stack(&v);
-            bail!("stack {id} is still {status} after {} s", WAIT.as_secs());
+            bail!("stack {id} is still {} after {} s", v.item.status, WAIT.as_secs());
         }
         std::thread::sleep(Duration::from_secs(2));
     }
@@ -224,16 +212,17 @@ pub fn run(command: StackCommand, api_args: &ApiArgs) -> anyhow::Result<()> {
             if targets.is_empty() {
                 bail!("say where: --env-id, --group or --tag (repeat them as needed)");
             }
-            let body = json!({ "name": name, "compose": read_file(&file)?, "env": parse_env(&env)?, "targets": targets.to_json() });
-            let mut v = api.post("/api/stacks", &body)?;
+            let body =
+                CreateStack { name, compose: read_file(&file)?, env: parse_env(&env)?, targets: targets.to_body() };
+            let mut v: StackDetail = api.send("POST", "/api/stacks", &body)?;
             if w {
-                v = wait(&mut api, v["id"].as_u64().unwrap_or_default())?;
+                v = wait(&mut api, v.item.id)?;
             }
-            api.print(&v, print_stack);
+            api.show(&v, print_stack);
         }
         StackCommand::List => {
-            let v = api.get("/api/stacks")?;
-            api.print(&v, |v| {
+            let v: Vec<StackItem> = api.get_as("/api/stacks")?;
+            api.show(&v, |v| {
                 let mut rows = vec![vec![
                     "ID".into(),
                     "NAME".into(),
@@ -242,14 +231,14 @@ pub fn run(command: StackCommand, api_args: &ApiArgs) -> anyhow::Result<()> {
                     "ENVIRONMENTS".into(),
                     "TARGETS".into(),
                 ]];
-                for st in v.as_array().into_iter().flatten() {
+                for st in v {
                     rows.push(vec![
-                        s(&st["id"]),
-                        s(&st["name"]),
-                        s(&st["version"]),
-                        s(&st["status"]),
-                        counts(&st["counts"]),
-                        targets_text(&st["targets"]),
+                        st.id.to_string(),
+                        st.name.clone(),
+                        st.version.to_string(),
+                        st.status.clone(),
+                        counts(&st.counts),
+                        targets_text(&st.targets),
                     ]);
                 }
                 print_table(&rows);
@@ -257,38 +246,35 @@ pub fn run(command: StackCommand, api_args: &ApiArgs) -> anyhow::Result<()> {
         }
         StackCommand::Show { stack } => {
             let id = stack_id(&mut api, &stack)?;
-            let v = api.get(&format!("/api/stacks/{id}"))?;
-            api.print(&v, print_stack);
+            let v: StackDetail = api.get_as(&format!("/api/stacks/{id}"))?;
+            api.show(&v, print_stack);
         }
         StackCommand::Update { stack, file, env, targets, wait: w } => {
             let id = stack_id(&mut api, &stack)?;
-            let mut body = serde_json::Map::new();
-            if let Some(f) = &file {
-                body.insert("compose".into(), json!(read_file(f)?));
-            }
-            if !env.is_empty() {
-                body.insert("env".into(), json!(parse_env(&env)?));
-            }
-            if !targets.is_empty() {
-                body.insert("targets".into(), targets.to_json());
-            }
-            let mut v = api.call("PUT", &format!("/api/stacks/{id}"), Some(&Value::Object(body)))?;
+            let body = UpdateStack {
+                compose: file.as_ref().map(read_file).transpose()?,
+                env: if env.is_empty() { None } else { Some(parse_env(&env)?) },
+                targets: if targets.is_empty() { None } else { Some(targets.to_body()) },
+            };
+            let mut v: StackDetail = api.send("PUT", &format!("/api/stacks/{id}"), &body)?;
             if w {
                 v = wait(&mut api, id)?;
             }
-            api.print(&v, print_stack);
+            api.show(&v, print_stack);
         }
         StackCommand::Rm { stack, wait: w } => {
             let id = stack_id(&mut api, &stack)?;
-            let v = api.call("DELETE", &format!("/api/stacks/{id}"), None)?;
-            if v.is_null() {
+            let path = format!("/api/stacks/{id}");
+            // 204 (no body) once it is gone, else 202 with the stack.
+            let v: Option<StackDetail> = super::typed(api.call("DELETE", &path, None)?, "DELETE", &path)?;
+            let Some(v) = v else {
                 if !api.json {
                     println!("stack {id} was removed everywhere; its record is gone");
                 }
                 return Ok(());
-            }
+            };
             let v = if w { wait(&mut api, id)? } else { v };
-            api.print(&v, print_stack);
+            api.show(&v, print_stack);
         }
     }
     Ok(())

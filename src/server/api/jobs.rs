@@ -57,14 +57,14 @@ pub struct CreateJob {
     /// The shell script, run on each host (`chroot /host sh -c`).
     pub script: String,
     /// A cron expression; absent or empty: run once.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cron: Option<String>,
     /// The helper image (it needs `sh` and `chroot`); absent: each agent's
     /// default (`EDGE_JOB_IMAGE`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// Seconds before a run is killed; absent: the agent's default (1 h).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_s: Option<u32>,
     /// Where it runs.
     pub targets: TargetsBody,

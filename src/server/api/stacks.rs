@@ -140,13 +140,13 @@ pub struct CreateStack {
 #[serde(deny_unknown_fields)]
 pub struct UpdateStack {
     /// A new compose file.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compose: Option<String>,
     /// New variables (all of them).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<BTreeMap<String, String>>,
     /// New targets (all of them).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub targets: Option<TargetsBody>,
 }
 

@@ -123,6 +123,7 @@ fn print_detail(job: &JobDetail) {
             None => "no run yet".to_owned(),
             Some(last) => format!("last run {} exit {} at {}", last.run, last.exit_code, time(last.finished_at)),
         };
+        // The environment's id unpadded, as printed before.
         println!(
             "    {} {:<20} v{} {:<9}{} {run}, {} run(s){}",
             e.environment,

@@ -411,17 +411,7 @@ impl<E: Engine, T: Transport> Agent<E, T> {
     fn job_ran(&mut self, run: poll::JobRun) -> Result<(), RunError> {
         tracing::info!(job = run.job, run = run.run, exit_code = run.exit_code, "job ran");
         self.ledger.record(|j| {
-            j.job_runs.push(StoredJobRun {
-                job: run.job,
-                version: run.version,
-                run: run.run,
-                started_at: run.started_at,
-                finished_at: run.finished_at,
-                exit_code: run.exit_code,
-                output: String::from_utf8_lossy(&run.output).into_owned(),
-                truncated: run.truncated,
-                error: clip(&run.error, MAX_ERROR),
-            });
+            j.job_runs.push(StoredJobRun::of(&run, clip(&run.error, MAX_ERROR)));
             // Offline for days with a frequent job: keep the newest runs
             // only, so the journal (rewritten on every change) stays bounded.
             if j.job_runs.len() > MAX_PENDING_JOB_RUNS {
@@ -513,17 +503,7 @@ impl<E: Engine, T: Transport> Agent<E, T> {
                     budget = budget.saturating_sub(size);
                     fits
                 })
-                .map(|r| poll::JobRun {
-                    job: r.job,
-                    version: r.version,
-                    run: r.run,
-                    started_at: r.started_at,
-                    finished_at: r.finished_at,
-                    exit_code: r.exit_code,
-                    output: r.output.clone().into_bytes(),
-                    truncated: r.truncated,
-                    error: r.error.clone(),
-                })
+                .map(poll::JobRun::from)
                 .collect();
             (carried, job_runs, j.seen)
         });

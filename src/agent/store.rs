@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::sync::State;
 use crate::wire::codec::{Codec, Limits};
+use crate::wire::poll;
 
 /// Why the store could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -128,7 +129,9 @@ pub struct StoredCommand {
     pub started_at: Option<i64>,
 }
 
-/// A scheduled job's run waiting for the server's acknowledgement.
+/// A scheduled job's run waiting for the server's acknowledgement: the
+/// journal's form of [`poll::JobRun`] (its output as text, in JSON), a type
+/// of its own so the file's format does not follow the wire type's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoredJobRun {
@@ -150,6 +153,40 @@ pub struct StoredJobRun {
     pub truncated: bool,
     /// Why it could not run.
     pub error: String,
+}
+
+impl StoredJobRun {
+    /// The run as the journal keeps it; `error` already clipped by the
+    /// caller.
+    pub fn of(run: &poll::JobRun, error: String) -> Self {
+        Self {
+            job: run.job,
+            version: run.version,
+            run: run.run,
+            started_at: run.started_at,
+            finished_at: run.finished_at,
+            exit_code: run.exit_code,
+            output: String::from_utf8_lossy(&run.output).into_owned(),
+            truncated: run.truncated,
+            error,
+        }
+    }
+}
+
+impl From<&StoredJobRun> for poll::JobRun {
+    fn from(r: &StoredJobRun) -> Self {
+        Self {
+            job: r.job,
+            version: r.version,
+            run: r.run,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            exit_code: r.exit_code,
+            output: r.output.clone().into_bytes(),
+            truncated: r.truncated,
+            error: r.error.clone(),
+        }
+    }
 }
 
 /// The agent's data directory.

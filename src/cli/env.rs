@@ -1,10 +1,19 @@
 //! `tern env`: environments. An environment is named by its id or its
 //! exact name; groups and tags by id or name.
 
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
-use super::fleet::{env_id, fmt_age, fmt_interval, name_or_id, parse_interval, print_table, text};
+use super::fleet::{env_id, fmt_age, fmt_interval, label_ref, parse_interval, print_table, text};
 use super::{Api, ApiArgs};
+use crate::server::api::fleet::{
+    CreateEnvironment, CreatedEnvironment, EnvVars, EnvironmentFull, EnvironmentView, NameOrId, UpdateEnvironment,
+};
+use crate::server::api::view::IntervalsBody;
+
+/// The empty body of a POST that takes none: `{}`.
+#[derive(Serialize)]
+struct NoBody {}
 
 /// The parts of a stored state `tern env state` shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -172,101 +181,106 @@ pub enum EnvCommand {
     },
 }
 
-fn print_created(c: &Value) {
-    println!("environment {} ({})", c["id"], text(&c["name"]));
+fn print_created(c: &CreatedEnvironment) {
+    println!("environment {} ({})", c.id, c.name);
     println!();
-    println!("EDGE_KEY={}", text(&c["edge_key"]));
-    if let Some(id) = c["edge_id"].as_str() {
+    println!("EDGE_KEY={}", c.edge_key);
+    if let Some(id) = &c.edge_id {
         println!("EDGE_ID={id}");
     }
     println!();
     println!("Linux:");
     println!();
-    println!("{}", c["commands"]["linux"].as_str().or(c["docker_run"].as_str()).unwrap_or_default());
-    if let Some(w) = c["commands"]["windows"].as_str() {
-        println!();
-        println!("Windows (PowerShell):");
-        println!();
-        println!("{w}");
-    }
-    if let Some(note) = c["agent_secret_note"].as_str() {
+    // The API always sends `commands`; `docker_run` is what an older
+    // server sent instead.
+    println!("{}", if c.commands.linux.is_empty() { &c.docker_run } else { &c.commands.linux });
+    println!();
+    println!("Windows (PowerShell):");
+    println!();
+    println!("{}", c.commands.windows);
+    if let Some(note) = &c.agent_secret_note {
         println!();
         println!("{note}");
     }
 }
 
-fn counts(e: &Value) -> String {
-    let c = &e["counts"];
-    let unhealthy = c["unhealthy"].as_u64().unwrap_or_default();
-    let mut s = format!("{} running, {} stopped", c["running"], c["stopped"]);
-    if c["paused"].as_u64().unwrap_or_default() > 0 {
-        s.push_str(&format!(", {} paused", c["paused"]));
+fn counts(e: &EnvironmentView) -> String {
+    let c = &e.counts;
+    let mut s = format!("{} running, {} stopped", c.running, c.stopped);
+    if c.paused > 0 {
+        s.push_str(&format!(", {} paused", c.paused));
     }
-    if unhealthy > 0 {
-        s.push_str(&format!(", {unhealthy} unhealthy"));
+    if c.unhealthy > 0 {
+        s.push_str(&format!(", {} unhealthy", c.unhealthy));
     }
     s
 }
 
-fn tags(e: &Value) -> String {
-    let t: Vec<String> = e["tags"].as_array().into_iter().flatten().map(text).collect();
-    if t.is_empty() { "-".into() } else { t.join(",") }
+fn tags(e: &EnvironmentView) -> String {
+    if e.tags.is_empty() { "-".into() } else { e.tags.join(",") }
 }
 
-fn print_list(list: &[Value]) {
+fn group_name(e: &EnvironmentView) -> String {
+    e.group.as_ref().map_or_else(|| "-".into(), |g| g.name.clone())
+}
+
+fn or_dash(v: Option<&String>) -> String {
+    v.cloned().unwrap_or_else(|| "-".into())
+}
+
+fn print_list(list: &[EnvironmentView]) {
     let mut rows = vec![
         ["ID", "NAME", "GROUP", "TAGS", "STATUS", "LAST POLL", "SNAPSHOT", "CONTAINERS"].map(String::from).to_vec(),
     ];
     for e in list {
         rows.push(vec![
-            e["id"].to_string(),
-            text(&e["name"]),
-            text(&e["group"]["name"]),
+            e.id.to_string(),
+            e.name.clone(),
+            group_name(e),
             tags(e),
-            text(&e["status"]),
-            fmt_age(e["last_poll_age_s"].as_i64()),
-            fmt_age(e["snapshot_age_s"].as_i64()),
+            e.status.clone(),
+            fmt_age(e.last_poll_age_s),
+            fmt_age(e.snapshot_age_s),
             counts(e),
         ]);
     }
     print_table(&rows);
 }
 
-fn print_detail(e: &Value) {
+fn print_detail(full: &EnvironmentFull) {
+    let e = &full.item;
     let line = |k: &str, v: String| println!("{:<18}{v}", format!("{k}:"));
-    line("id", e["id"].to_string());
-    line("name", text(&e["name"]));
-    line("group", text(&e["group"]["name"]));
+    line("id", e.id.to_string());
+    line("name", e.name.clone());
+    line("group", group_name(e));
     line("tags", tags(e));
-    line(
-        "status",
-        format!("{} (online while the last poll is under {} s old)", text(&e["status"]), e["status_window_s"]),
-    );
-    line("last poll", fmt_age(e["last_poll_age_s"].as_i64()));
-    line("snapshot", format!("{} (seq {})", fmt_age(e["snapshot_age_s"].as_i64()), e["seq"]));
-    let c = &e["counts"];
-    line("containers", format!("{} ({})", c["containers"], counts(e)));
+    line("status", format!("{} (online while the last poll is under {} s old)", e.status, e.status_window_s));
+    line("last poll", fmt_age(e.last_poll_age_s));
+    line("snapshot", format!("{} (seq {})", fmt_age(e.snapshot_age_s), full.seq));
+    let c = &e.counts;
+    line("containers", format!("{} ({})", c.containers, counts(e)));
     line(
         "objects",
-        format!("{} images, {} volumes, {} networks, {} stacks", c["images"], c["volumes"], c["networks"], c["stacks"]),
+        format!("{} images, {} volumes, {} networks, {} stacks", c.images, c.volumes, c.networks, c.stacks),
     );
-    let iv = |v: &Value| fmt_interval(v.as_u64().unwrap_or_default());
-    let own = &e["intervals"];
-    let eff = &e["effective_intervals"];
-    let intervals: Vec<String> = ["ping", "snapshot", "command"]
-        .iter()
-        .map(|k| format!("{k} {}{}", iv(&eff[*k]), if own[*k].is_null() { " (default)" } else { "" }))
-        .collect();
+    let own = &full.intervals;
+    let eff = &full.effective_intervals;
+    let intervals: Vec<String> =
+        [("ping", eff.ping, own.ping), ("snapshot", eff.snapshot, own.snapshot), ("command", eff.command, own.command)]
+            .iter()
+            .map(|(k, eff, own)| {
+                format!("{k} {}{}", fmt_interval(u64::from(*eff)), if own.is_none() { " (default)" } else { "" })
+            })
+            .collect();
     line("intervals", intervals.join(", "));
-    line("edge id", text(&e["edge_id"]));
-    line("deploy edge id", text(&e["deploy_edge_id"]));
-    line("url", text(&e["url"]));
-    let vars: Vec<String> = e["env_vars"].as_array().into_iter().flatten().map(text).collect();
-    line("env vars", if vars.is_empty() { "-".into() } else { vars.join(",") });
-    line("self-signed", if e["allow_self_signed"] == true { "allowed".into() } else { "refused".into() });
-    line("volume path", e["volume_path"].as_str().unwrap_or("default").to_owned());
-    line("tcp timestamps", if e["tcp_timestamps"] == true { "kept".into() } else { "off (--sysctl)".into() });
-    line("root", text(&e["root"]));
+    line("edge id", or_dash(e.edge_id.as_ref()));
+    line("deploy edge id", or_dash(full.deploy_edge_id.as_ref()));
+    line("url", full.url.clone());
+    line("env vars", if full.env_vars.is_empty() { "-".into() } else { full.env_vars.join(",") });
+    line("self-signed", if full.allow_self_signed { "allowed".into() } else { "refused".into() });
+    line("volume path", full.volume_path.clone().unwrap_or_else(|| "default".into()));
+    line("tcp timestamps", if full.tcp_timestamps { "kept".into() } else { "off (--sysctl)".into() });
+    line("root", full.root.clone());
 }
 
 fn print_state(v: &Value, part: Option<StatePart>) {
@@ -331,15 +345,14 @@ fn print_state(v: &Value, part: Option<StatePart>) {
 }
 
 /// Every environment `query` selects, a page at a time.
-fn list_all(api: &mut Api, query: &[(&str, String)]) -> anyhow::Result<Vec<Value>> {
+fn list_all(api: &mut Api, query: &[(&str, String)]) -> anyhow::Result<Vec<EnvironmentView>> {
     const PAGE: usize = 1000;
     let mut out = Vec::new();
     loop {
         let mut q: Vec<String> = query.iter().map(|(k, v)| format!("{k}={}", super::fleet::encode_query(v))).collect();
         q.push(format!("limit={PAGE}"));
         q.push(format!("offset={}", out.len()));
-        let page = api.get(&format!("/api/environments?{}", q.join("&")))?;
-        let page = page.as_array().cloned().unwrap_or_default();
+        let page: Vec<EnvironmentView> = api.get_as(&format!("/api/environments?{}", q.join("&")))?;
         let n = page.len();
         out.extend(page);
         if n < PAGE {
@@ -369,36 +382,31 @@ pub fn run(command: EnvCommand, args: &ApiArgs) -> anyhow::Result<()> {
             volume_path,
             tcp_timestamps,
         } => {
-            let mut body = json!({ "name": name, "url": url.as_deref().unwrap_or(&args.server) });
-            let mut intervals = serde_json::Map::new();
-            for (k, v) in [("ping", ping), ("snapshot", snapshot), ("command", command)] {
+            let mut intervals = IntervalsBody::default();
+            let mut any = false;
+            for (slot, v) in
+                [(&mut intervals.ping, ping), (&mut intervals.snapshot, snapshot), (&mut intervals.command, command)]
+            {
                 if let Some(v) = v {
-                    intervals.insert(k.into(), json!(parse_interval(&v, true)?));
+                    *slot = parse_interval(&v, true)?;
+                    any = true;
                 }
             }
-            if !intervals.is_empty() {
-                body["intervals"] = Value::Object(intervals);
-            }
-            if let Some(g) = group {
-                body["group"] = name_or_id(&g);
-            }
-            if !tags.is_empty() {
-                body["tags"] = json!(tags);
-            }
-            if let Some(v) = env_vars {
-                body["env_vars"] = json!(v);
-            }
-            if allow_self_signed {
-                body["allow_self_signed"] = json!(true);
-            }
-            if let Some(p) = volume_path {
-                body["volume_path"] = json!(p);
-            }
-            if tcp_timestamps {
-                body["tcp_timestamps"] = json!(true);
-            }
-            let created = api.post("/api/environments", &body)?;
-            api.print(&created, print_created);
+            let body = CreateEnvironment {
+                name,
+                url: url.unwrap_or_else(|| args.server.clone()),
+                intervals: any.then_some(intervals),
+                group: group.as_deref().map(label_ref),
+                // Tags go by name here, as they always did (a number is a
+                // tag's name too).
+                tags: tags.into_iter().map(NameOrId::Name).collect(),
+                env_vars: env_vars.map(|v| EnvVars(v.split(',').map(str::to_owned).collect())),
+                allow_self_signed,
+                volume_path,
+                tcp_timestamps,
+            };
+            let created: CreatedEnvironment = api.send("POST", "/api/environments", &body)?;
+            api.show(&created, print_created);
         }
         EnvCommand::List { group, tag, status, name } => {
             let mut q = Vec::new();
@@ -408,42 +416,45 @@ pub fn run(command: EnvCommand, args: &ApiArgs) -> anyhow::Result<()> {
                 }
             }
             let list = list_all(&mut api, &q)?;
-            api.print(&Value::Array(list.clone()), |_| print_list(&list));
+            api.show(&list, |list| print_list(list));
         }
         EnvCommand::Show { env } => {
             let id = env_id(&mut api, &env)?;
-            let e = api.get(&format!("/api/environments/{id}"))?;
-            api.print(&e, print_detail);
+            let e: EnvironmentFull = api.get_as(&format!("/api/environments/{id}"))?;
+            api.show(&e, print_detail);
         }
         EnvCommand::Rename { env, name } => {
             let id = env_id(&mut api, &env)?;
-            let e = api.call("PATCH", &format!("/api/environments/{id}"), Some(&json!({ "name": name })))?;
-            api.print(&e, |e| println!("environment {id} renamed to {}", text(&e["name"])));
+            let body = UpdateEnvironment { name: Some(name), ..UpdateEnvironment::default() };
+            let e: EnvironmentFull = api.send("PATCH", &format!("/api/environments/{id}"), &body)?;
+            api.show(&e, |e| println!("environment {id} renamed to {}", e.item.name));
         }
         EnvCommand::Move { env, group, no_group } => {
             let id = env_id(&mut api, &env)?;
-            let g = if no_group { Value::Null } else { group.as_deref().map_or(Value::Null, name_or_id) };
-            let e = api.call("PATCH", &format!("/api/environments/{id}"), Some(&json!({ "group": g })))?;
-            api.print(&e, |e| println!("environment {id} is in group {}", text(&e["group"]["name"])));
+            let g = if no_group { None } else { group.as_deref().map(label_ref) };
+            let body = UpdateEnvironment { group: Some(g), ..UpdateEnvironment::default() };
+            let e: EnvironmentFull = api.send("PATCH", &format!("/api/environments/{id}"), &body)?;
+            api.show(&e, |e| println!("environment {id} is in group {}", group_name(&e.item)));
         }
         EnvCommand::Tag { env, tags: wanted, remove, set } => {
             let id = env_id(&mut api, &env)?;
-            let current = api.get(&format!("/api/environments/{id}"))?;
-            let mut now: Vec<Value> = current["tags"].as_array().cloned().unwrap_or_default();
-            let given: Vec<Value> = wanted.iter().map(|t| name_or_id(t)).collect();
+            let current: EnvironmentFull = api.get_as(&format!("/api/environments/{id}"))?;
+            let mut now: Vec<NameOrId> = current.item.tags.into_iter().map(NameOrId::Name).collect();
+            let given: Vec<NameOrId> = wanted.iter().map(|t| label_ref(t)).collect();
             if set {
                 now = given;
             } else if remove {
-                let same = |a: &Value, b: &Value| match (a.as_str(), b.as_str()) {
-                    (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+                let same = |a: &NameOrId, b: &NameOrId| match (a, b) {
+                    (NameOrId::Name(a), NameOrId::Name(b)) => a.eq_ignore_ascii_case(b),
                     _ => a == b,
                 };
                 now.retain(|t| !given.iter().any(|g| same(t, g)));
             } else {
                 now.extend(given);
             }
-            let e = api.call("PATCH", &format!("/api/environments/{id}"), Some(&json!({ "tags": now })))?;
-            api.print(&e, |e| println!("environment {id} tags: {}", tags(e)));
+            let body = UpdateEnvironment { tags: Some(now), ..UpdateEnvironment::default() };
+            let e: EnvironmentFull = api.send("PATCH", &format!("/api/environments/{id}"), &body)?;
+            api.show(&e, |e| println!("environment {id} tags: {}", tags(&e.item)));
         }
         EnvCommand::Rm { env } => {
             let id = env_id(&mut api, &env)?;
@@ -454,18 +465,19 @@ pub fn run(command: EnvCommand, args: &ApiArgs) -> anyhow::Result<()> {
         }
         EnvCommand::ResetBinding { env } => {
             let id = env_id(&mut api, &env)?;
-            let e = api.post(&format!("/api/environments/{id}/reset-binding"), &json!({}))?;
-            api.print(&e, |_| println!("environment {id}: the next agent to poll binds it"));
+            let e: EnvironmentView = api.send("POST", &format!("/api/environments/{id}/reset-binding"), &NoBody {})?;
+            api.show(&e, |_| println!("environment {id}: the next agent to poll binds it"));
         }
         EnvCommand::ResetCounter { env } => {
             let id = env_id(&mut api, &env)?;
-            let e = api.post(&format!("/api/environments/{id}/reset-counter"), &json!({}))?;
-            api.print(&e, |_| println!("environment {id}: the agent's next poll is accepted whatever its counter"));
+            let e: EnvironmentView = api.send("POST", &format!("/api/environments/{id}/reset-counter"), &NoBody {})?;
+            api.show(&e, |_| println!("environment {id}: the agent's next poll is accepted whatever its counter"));
         }
         EnvCommand::RotateSecret { env } => {
             let id = env_id(&mut api, &env)?;
-            let d = api.post(&format!("/api/environments/{id}/rotate-secret"), &json!({}))?;
-            api.print(&d, |d| {
+            let d: CreatedEnvironment =
+                api.send("POST", &format!("/api/environments/{id}/rotate-secret"), &NoBody {})?;
+            api.show(&d, |d| {
                 println!("environment {id}: new secret; the old EDGE_KEY no longer works. Redeploy its agent:");
                 println!();
                 print_created(d);
@@ -473,8 +485,8 @@ pub fn run(command: EnvCommand, args: &ApiArgs) -> anyhow::Result<()> {
         }
         EnvCommand::Deploy { env } => {
             let id = env_id(&mut api, &env)?;
-            let d = api.get(&format!("/api/environments/{id}/deploy"))?;
-            api.print(&d, print_created);
+            let d: CreatedEnvironment = api.get_as(&format!("/api/environments/{id}/deploy"))?;
+            api.show(&d, print_created);
         }
         EnvCommand::State { env, part } => {
             let id = env_id(&mut api, &env)?;

@@ -124,15 +124,6 @@ pub fn label_ref(text: &str) -> NameOrId {
     text.parse::<u64>().map_or_else(|_| NameOrId::Name(text.to_owned()), NameOrId::Id)
 }
 
-/// A group or tag reference as JSON: a number for an id, else the name
-/// (see [`label_ref`]).
-pub fn name_or_id(text: &str) -> Value {
-    match label_ref(text) {
-        NameOrId::Id(id) => Value::from(id),
-        NameOrId::Name(name) => Value::from(name),
-    }
-}
-
 /// `tern group ...` and `tern tag ...`
 #[derive(Debug, clap::Subcommand)]
 pub enum LabelCommand {

@@ -1080,7 +1080,7 @@ pub async fn reset_binding(
 /// The parts of a stored state `GET .../state/{part}` serves.
 pub const STATE_PARTS: &[&str] = &["host", "containers", "images", "volumes", "networks", "stacks"];
 
-async fn state_json(state: &Arc<AppState>, id: u64) -> Result<Value, ApiError> {
+async fn state_view(state: &Arc<AppState>, id: u64) -> Result<view::EnvironmentStateView, ApiError> {
     let now = now();
     let (replica, item) = read_store(state, move |store| {
         let item = store.fleet_item(id, now)?;
@@ -1088,11 +1088,12 @@ async fn state_json(state: &Arc<AppState>, id: u64) -> Result<Value, ApiError> {
     })
     .await?;
     let (seq, current) = replica.current();
-    let mut v = view::state(seq, current);
-    v["as_of"] = item.as_of.into();
-    v["snapshot_age_s"] = item.as_of.map(|t| (now - t).max(0)).into();
-    v["status"] = item.status.as_str().into();
-    Ok(v)
+    Ok(view::EnvironmentStateView {
+        state: view::state(seq, current),
+        as_of: item.as_of,
+        snapshot_age_s: item.as_of.map(|t| (now - t).max(0)),
+        status: item.status.as_str().into(),
+    })
 }
 
 /// `GET /api/environments/{id}/state`: the stored state, with when it was
@@ -1101,7 +1102,10 @@ pub async fn environment_state(
     State(state): State<Arc<AppState>>,
     PathId(id): PathId,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(state_json(&state, id).await?))
+    // Through a `Value`, whose keys print in order, as they did before the
+    // typed view (`as_of`, `snapshot_age_s` and `status` sit among the state's).
+    let v = serde_json::to_value(state_view(&state, id).await?).map_err(|_| ApiError::internal())?;
+    Ok(Json(v))
 }
 
 /// `GET /api/environments/{id}/state/{part}`: one part, with the same
@@ -1117,7 +1121,7 @@ pub async fn environment_state_part(
             format!("no part {:?}; one of {}", part.chars().take(40).collect::<String>(), STATE_PARTS.join(", ")),
         ));
     }
-    let mut v = state_json(&state, id).await?;
+    let mut v = serde_json::to_value(state_view(&state, id).await?).map_err(|_| ApiError::internal())?;
     let mut out = serde_json::Map::new();
     for key in ["seq", "root", "as_of", "snapshot_age_s", "status"] {
         out.insert(key.into(), v[key].take());

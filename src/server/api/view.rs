@@ -2,7 +2,7 @@
 //! seconds since the Unix epoch, `null` for never; ids are 64 hex digits.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use std::collections::BTreeMap;
 
 use crate::server::store::{CommandRecord, EnvironmentInfo, EnvironmentSummary, IntervalSettings};
 use crate::sync::State;
@@ -336,133 +336,615 @@ fn mount_type(m: MountType) -> &'static str {
     }
 }
 
-/// An environment's stored state, as JSON.
-pub fn state(seq: u64, state: &State) -> Value {
+// The state's views list their fields in alphabetical order, so that they
+// serialize byte for byte as the `serde_json::Value` they replaced did.
+
+/// A container's published port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortView {
+    /// Port inside the container.
+    pub container_port: u16,
+    /// Host address it is published on, if any.
+    pub host_ip: Option<String>,
+    /// Host port, `null` when not published.
+    pub host_port: Option<u16>,
+    /// `tcp`, `udp` or `sctp`.
+    pub protocol: String,
+}
+
+/// A container's mount.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountView {
+    /// Path inside the container.
+    pub destination: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+    /// Host path or volume name.
+    pub source: String,
+    /// `bind`, `volume`, `tmpfs`, `npipe`, `cluster` or `image`.
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// A container's attachment to a network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerNetworkView {
+    /// IPv4 address while the container runs.
+    pub ipv4: Option<String>,
+    /// Global IPv6 address while the container runs.
+    pub ipv6: Option<String>,
+    /// Name.
+    pub name: String,
+}
+
+/// A container in a stored state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerView {
+    /// Command and arguments.
+    pub command: Vec<String>,
+    /// When it was created, `null` if unknown.
+    pub created: Option<i64>,
+    /// Environment, `NAME=value`.
+    pub env: Vec<String>,
+    /// Last error, `null` for none.
+    pub error: Option<String>,
+    /// Last exit code.
+    pub exit_code: i32,
+    /// When it last stopped.
+    pub finished_at: Option<i64>,
+    /// `starting`, `healthy` or `unhealthy`; `null` without a health check.
+    pub health: Option<String>,
+    /// Id (64 hex digits).
+    pub id: String,
+    /// Image as configured.
+    pub image: String,
+    /// The image's id (64 hex digits), if known.
+    pub image_id: Option<String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Mounts.
+    pub mounts: Vec<MountView>,
+    /// Name.
+    pub name: String,
+    /// Networks.
+    pub networks: Vec<ContainerNetworkView>,
+    /// Killed for lack of memory.
+    pub oom_killed: bool,
+    /// Published ports.
+    pub ports: Vec<PortView>,
+    /// Restarts so far.
+    pub restart_count: u32,
+    /// `no`, `always`, `unless-stopped` or `on-failure`.
+    pub restart_policy: String,
+    /// When it last started.
+    pub started_at: Option<i64>,
+    /// `created`, `running`, `paused`, `restarting`, `removing`, `exited`, `dead` or `unknown`.
+    pub status: String,
+}
+
+/// An image in a stored state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageView {
+    /// When it was created, `null` if unknown.
+    pub created: Option<i64>,
+    /// Repository digests.
+    pub digests: Vec<String>,
+    /// Id (64 hex digits).
+    pub id: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Size in bytes.
+    pub size: i64,
+    /// Tags.
+    pub tags: Vec<String>,
+}
+
+/// A volume in a stored state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeView {
+    /// When it was created, `null` if unknown.
+    pub created: Option<i64>,
+    /// Driver.
+    pub driver: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Where it lives on the host.
+    pub mountpoint: String,
+    /// Name.
+    pub name: String,
+    /// `local`, `global` or `swarm`.
+    pub scope: String,
+}
+
+/// A network's address pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpamView {
+    /// Gateway.
+    pub gateway: String,
+    /// Address range.
+    pub ip_range: String,
+    /// Subnet.
+    pub subnet: String,
+}
+
+/// A network in a stored state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkView {
+    /// Containers may attach to it.
+    pub attachable: bool,
+    /// When it was created, `null` if unknown.
+    pub created: Option<i64>,
+    /// Driver.
+    pub driver: String,
+    /// IPv6 enabled.
+    pub enable_ipv6: bool,
+    /// Id (64 hex digits).
+    pub id: String,
+    /// No outside access.
+    pub internal: bool,
+    /// Address pools.
+    pub ipam: Vec<IpamView>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Name.
+    pub name: String,
+    /// `local`, `global` or `swarm`.
+    pub scope: String,
+}
+
+/// A compose stack seen in a stored state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackStateView {
+    /// Compose files.
+    pub config_files: Vec<String>,
+    /// Containers.
+    pub containers: Vec<String>,
+    /// Name.
+    pub name: String,
+    /// Services.
+    pub services: Vec<String>,
+    /// Compose working directory.
+    pub working_dir: String,
+}
+
+/// The host a stored state describes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostView {
+    /// Docker API version.
+    pub api_version: String,
+    /// CPU architecture.
+    pub architecture: String,
+    /// CPUs.
+    pub cpus: u32,
+    /// The engine's id.
+    pub engine_id: String,
+    /// Docker engine version.
+    pub engine_version: String,
+    /// Host name.
+    pub hostname: String,
+    /// Kernel version.
+    pub kernel_version: String,
+    /// Memory in bytes.
+    pub memory_bytes: u64,
+    /// Operating system.
+    pub operating_system: String,
+    /// `linux` or `windows`.
+    pub os_type: String,
+}
+
+/// An environment's stored state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateView {
+    /// Containers.
+    pub containers: Vec<ContainerView>,
+    /// The host.
+    pub host: HostView,
+    /// Images.
+    pub images: Vec<ImageView>,
+    /// Networks.
+    pub networks: Vec<NetworkView>,
+    /// The state's Merkle root, hex.
+    pub root: String,
+    /// Sequence number of the stored state.
+    pub seq: u64,
+    /// Compose stacks, from the containers' labels.
+    pub stacks: Vec<StackStateView>,
+    /// Volumes.
+    pub volumes: Vec<VolumeView>,
+}
+
+/// `GET /api/environments/{id}/state`: the stored state, with when it was
+/// last known to be the host's and its age.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvironmentStateView {
+    /// The stored state.
+    #[serde(flatten)]
+    pub state: StateView,
+    /// When it was last known to be the host's, `null` for never.
+    pub as_of: Option<i64>,
+    /// Seconds since `as_of`.
+    pub snapshot_age_s: Option<i64>,
+    /// The environment's status (as in the fleet list).
+    pub status: String,
+}
+
+/// An environment's stored state, as its typed view.
+pub fn state(seq: u64, state: &State) -> StateView {
     let h = &state.host;
-    let containers: Vec<Value> = state
+    let containers = state
         .containers
         .iter()
-        .map(|c| {
-            json!({
-                "id": c.id.to_string(),
-                "name": c.name,
-                "image": c.image,
-                "image_id": c.image_id.map(|i| i.to_string()),
-                "status": status(c.status),
-                "health": health(c.health),
-                "created": time(c.created),
-                "started_at": time(c.started_at),
-                "finished_at": time(c.finished_at),
-                "exit_code": c.exit_code,
-                "restart_count": c.restart_count,
-                "restart_policy": restart_policy(c.restart_policy),
-                "oom_killed": c.oom_killed,
-                "error": (!c.error.is_empty()).then_some(&c.error),
-                "command": c.command,
-                "labels": c.labels,
-                "env": c.env,
-                "ports": c.ports.iter().map(|p| json!({
-                    "container_port": p.container_port,
-                    "protocol": protocol(p.protocol),
-                    "host_ip": p.host_ip.map(|ip| ip.to_string()),
-                    "host_port": (p.host_port != 0).then_some(p.host_port),
-                })).collect::<Vec<_>>(),
-                "mounts": c.mounts.iter().map(|m| json!({
-                    "type": mount_type(m.kind),
-                    "source": m.source,
-                    "destination": m.destination,
-                    "read_only": m.read_only,
-                })).collect::<Vec<_>>(),
-                "networks": c.networks.iter().map(|n| json!({
-                    "name": n.network,
-                    "ipv4": n.ipv4.map(|ip| ip.to_string()),
-                    "ipv6": n.ipv6.map(|ip| ip.to_string()),
-                })).collect::<Vec<_>>(),
-            })
+        .map(|c| ContainerView {
+            id: c.id.to_string(),
+            name: c.name.clone(),
+            image: c.image.clone(),
+            image_id: c.image_id.map(|i| i.to_string()),
+            status: status(c.status).into(),
+            health: health(c.health).map(Into::into),
+            created: time(c.created),
+            started_at: time(c.started_at),
+            finished_at: time(c.finished_at),
+            exit_code: c.exit_code,
+            restart_count: c.restart_count,
+            restart_policy: restart_policy(c.restart_policy).into(),
+            oom_killed: c.oom_killed,
+            error: (!c.error.is_empty()).then(|| c.error.clone()),
+            command: c.command.clone(),
+            labels: c.labels.clone(),
+            env: c.env.clone(),
+            ports: c
+                .ports
+                .iter()
+                .map(|p| PortView {
+                    container_port: p.container_port,
+                    protocol: protocol(p.protocol).into(),
+                    host_ip: p.host_ip.map(|ip| ip.to_string()),
+                    host_port: (p.host_port != 0).then_some(p.host_port),
+                })
+                .collect(),
+            mounts: c
+                .mounts
+                .iter()
+                .map(|m| MountView {
+                    kind: mount_type(m.kind).into(),
+                    source: m.source.clone(),
+                    destination: m.destination.clone(),
+                    read_only: m.read_only,
+                })
+                .collect(),
+            networks: c
+                .networks
+                .iter()
+                .map(|n| ContainerNetworkView {
+                    name: n.network.clone(),
+                    ipv4: n.ipv4.map(|ip| ip.to_string()),
+                    ipv6: n.ipv6.map(|ip| ip.to_string()),
+                })
+                .collect(),
         })
         .collect();
-    let images: Vec<Value> = state
+    let images = state
         .images
         .iter()
-        .map(|i| {
-            json!({
-                "id": i.id.to_string(),
-                "tags": i.tags,
-                "digests": i.digests,
-                "size": i.size,
-                "created": time(i.created),
-                "labels": i.labels,
-            })
+        .map(|i| ImageView {
+            id: i.id.to_string(),
+            tags: i.tags.clone(),
+            digests: i.digests.clone(),
+            size: i.size,
+            created: time(i.created),
+            labels: i.labels.clone(),
         })
         .collect();
-    let volumes: Vec<Value> = state
+    let volumes = state
         .volumes
         .iter()
-        .map(|v| {
-            json!({
-                "name": v.name,
-                "driver": v.driver,
-                "mountpoint": v.mountpoint,
-                "scope": v.scope,
-                "created": time(v.created),
-                "labels": v.labels,
-            })
+        .map(|v| VolumeView {
+            name: v.name.clone(),
+            driver: v.driver.clone(),
+            mountpoint: v.mountpoint.clone(),
+            scope: v.scope.clone(),
+            created: time(v.created),
+            labels: v.labels.clone(),
         })
         .collect();
-    let networks: Vec<Value> = state
+    let networks = state
         .networks
         .iter()
-        .map(|n| {
-            json!({
-                "id": n.id.to_string(),
-                "name": n.name,
-                "driver": n.driver,
-                "scope": n.scope,
-                "internal": n.internal,
-                "attachable": n.attachable,
-                "enable_ipv6": n.enable_ipv6,
-                "created": time(n.created),
-                "ipam": n.ipam.iter().map(|p| json!({
-                    "subnet": p.subnet,
-                    "gateway": p.gateway,
-                    "ip_range": p.ip_range,
-                })).collect::<Vec<_>>(),
-                "labels": n.labels,
-            })
+        .map(|n| NetworkView {
+            id: n.id.to_string(),
+            name: n.name.clone(),
+            driver: n.driver.clone(),
+            scope: n.scope.clone(),
+            internal: n.internal,
+            attachable: n.attachable,
+            enable_ipv6: n.enable_ipv6,
+            created: time(n.created),
+            ipam: n
+                .ipam
+                .iter()
+                .map(|p| IpamView {
+                    subnet: p.subnet.clone(),
+                    gateway: p.gateway.clone(),
+                    ip_range: p.ip_range.clone(),
+                })
+                .collect(),
+            labels: n.labels.clone(),
         })
         .collect();
-    let stacks: Vec<Value> = state
+    let stacks = state
         .stacks()
         .into_iter()
-        .map(|s| {
-            json!({
-                "name": s.name,
-                "working_dir": s.working_dir,
-                "config_files": s.config_files,
-                "services": s.services,
-                "containers": s.containers.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            })
+        .map(|s| StackStateView {
+            name: s.name,
+            working_dir: s.working_dir,
+            config_files: s.config_files,
+            services: s.services,
+            containers: s.containers.iter().map(ToString::to_string).collect(),
         })
         .collect();
-    json!({
-        "seq": seq,
-        "root": hex(&state.root()),
-        "host": {
-            "hostname": h.hostname,
-            "engine_version": h.engine_version,
-            "api_version": h.api_version,
-            "operating_system": h.operating_system,
-            "os_type": h.os_type,
-            "kernel_version": h.kernel_version,
-            "architecture": h.architecture,
-            "cpus": h.cpus,
-            "memory_bytes": h.memory_bytes,
-            "engine_id": h.engine_id,
+    StateView {
+        seq,
+        root: hex(&state.root()),
+        host: HostView {
+            hostname: h.hostname.clone(),
+            engine_version: h.engine_version.clone(),
+            api_version: h.api_version.clone(),
+            operating_system: h.operating_system.clone(),
+            os_type: h.os_type.clone(),
+            kernel_version: h.kernel_version.clone(),
+            architecture: h.architecture.clone(),
+            cpus: h.cpus,
+            memory_bytes: h.memory_bytes,
+            engine_id: h.engine_id.clone(),
         },
-        "containers": containers,
-        "images": images,
-        "volumes": volumes,
-        "networks": networks,
-        "stacks": stacks,
-    })
+        containers,
+        images,
+        volumes,
+        networks,
+        stacks,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::sync::state::{Attachment, Container, Id, Image, IpamPool, Mount, Network, Port, Volume};
+
+    /// The `json!` code [`state`] replaced, kept to check the typed view against.
+    fn state_json_reference(seq: u64, state: &State) -> Value {
+        let h = &state.host;
+        let containers: Vec<Value> = state
+            .containers
+            .iter()
+            .map(|c| {
+                json!({
+                    "id": c.id.to_string(),
+                    "name": c.name,
+                    "image": c.image,
+                    "image_id": c.image_id.map(|i| i.to_string()),
+                    "status": status(c.status),
+                    "health": health(c.health),
+                    "created": time(c.created),
+                    "started_at": time(c.started_at),
+                    "finished_at": time(c.finished_at),
+                    "exit_code": c.exit_code,
+                    "restart_count": c.restart_count,
+                    "restart_policy": restart_policy(c.restart_policy),
+                    "oom_killed": c.oom_killed,
+                    "error": (!c.error.is_empty()).then_some(&c.error),
+                    "command": c.command,
+                    "labels": c.labels,
+                    "env": c.env,
+                    "ports": c.ports.iter().map(|p| json!({
+                        "container_port": p.container_port,
+                        "protocol": protocol(p.protocol),
+                        "host_ip": p.host_ip.map(|ip| ip.to_string()),
+                        "host_port": (p.host_port != 0).then_some(p.host_port),
+                    })).collect::<Vec<_>>(),
+                    "mounts": c.mounts.iter().map(|m| json!({
+                        "type": mount_type(m.kind),
+                        "source": m.source,
+                        "destination": m.destination,
+                        "read_only": m.read_only,
+                    })).collect::<Vec<_>>(),
+                    "networks": c.networks.iter().map(|n| json!({
+                        "name": n.network,
+                        "ipv4": n.ipv4.map(|ip| ip.to_string()),
+                        "ipv6": n.ipv6.map(|ip| ip.to_string()),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let images: Vec<Value> = state
+            .images
+            .iter()
+            .map(|i| {
+                json!({
+                    "id": i.id.to_string(),
+                    "tags": i.tags,
+                    "digests": i.digests,
+                    "size": i.size,
+                    "created": time(i.created),
+                    "labels": i.labels,
+                })
+            })
+            .collect();
+        let volumes: Vec<Value> = state
+            .volumes
+            .iter()
+            .map(|v| {
+                json!({
+                    "name": v.name,
+                    "driver": v.driver,
+                    "mountpoint": v.mountpoint,
+                    "scope": v.scope,
+                    "created": time(v.created),
+                    "labels": v.labels,
+                })
+            })
+            .collect();
+        let networks: Vec<Value> = state
+            .networks
+            .iter()
+            .map(|n| {
+                json!({
+                    "id": n.id.to_string(),
+                    "name": n.name,
+                    "driver": n.driver,
+                    "scope": n.scope,
+                    "internal": n.internal,
+                    "attachable": n.attachable,
+                    "enable_ipv6": n.enable_ipv6,
+                    "created": time(n.created),
+                    "ipam": n.ipam.iter().map(|p| json!({
+                        "subnet": p.subnet,
+                        "gateway": p.gateway,
+                        "ip_range": p.ip_range,
+                    })).collect::<Vec<_>>(),
+                    "labels": n.labels,
+                })
+            })
+            .collect();
+        let stacks: Vec<Value> = state
+            .stacks()
+            .into_iter()
+            .map(|s| {
+                json!({
+                    "name": s.name,
+                    "working_dir": s.working_dir,
+                    "config_files": s.config_files,
+                    "services": s.services,
+                    "containers": s.containers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({
+            "seq": seq,
+            "root": hex(&state.root()),
+            "host": {
+                "hostname": h.hostname,
+                "engine_version": h.engine_version,
+                "api_version": h.api_version,
+                "operating_system": h.operating_system,
+                "os_type": h.os_type,
+                "kernel_version": h.kernel_version,
+                "architecture": h.architecture,
+                "cpus": h.cpus,
+                "memory_bytes": h.memory_bytes,
+                "engine_id": h.engine_id,
+            },
+            "containers": containers,
+            "images": images,
+            "volumes": volumes,
+            "networks": networks,
+            "stacks": stacks,
+        })
+    }
+
+    fn sample() -> State {
+        let mut s = State::default();
+        s.host.hostname = "ship-1".into();
+        s.host.engine_version = "27.0.1".into();
+        s.host.cpus = 4;
+        s.host.memory_bytes = 8 << 30;
+        let id = |first: u8| Id([first; 32]);
+        let mut labels = BTreeMap::new();
+        labels.insert("com.docker.compose.project".into(), "shop".into());
+        labels.insert("com.docker.compose.service".into(), "web".into());
+        labels.insert("com.docker.compose.project.working_dir".into(), "/srv/shop".into());
+        labels.insert("com.docker.compose.project.config_files".into(), "/srv/shop/compose.yaml".into());
+        s.containers.insert(Container {
+            id: id(1),
+            name: "web".into(),
+            image: "nginx:1.25".into(),
+            image_id: Some(id(5)),
+            command: vec!["nginx".into(), "-g".into()],
+            created: 1_700_000_000,
+            status: ContainerStatus::Running,
+            started_at: 1_700_000_010,
+            health: Health::Healthy,
+            restart_count: 2,
+            labels,
+            env: vec!["A=1".into()],
+            ports: vec![
+                Port {
+                    container_port: 80,
+                    protocol: Protocol::Tcp,
+                    host_ip: Some("0.0.0.0".parse().unwrap()),
+                    host_port: 8080,
+                },
+                Port { container_port: 53, protocol: Protocol::Udp, host_ip: None, host_port: 0 },
+            ],
+            mounts: vec![Mount {
+                kind: MountType::Volume,
+                source: "data".into(),
+                destination: "/data".into(),
+                read_only: true,
+            }],
+            networks: vec![Attachment {
+                network: "bridge".into(),
+                ipv4: Some("172.17.0.2".parse().unwrap()),
+                ipv6: None,
+            }],
+            restart_policy: RestartPolicy::UnlessStopped,
+            ..Container::default()
+        });
+        s.containers.insert(Container {
+            id: id(2),
+            name: "db".into(),
+            image: "postgres".into(),
+            status: ContainerStatus::Exited,
+            finished_at: 1_700_000_100,
+            exit_code: 137,
+            oom_killed: true,
+            error: "killed".into(),
+            ..Container::default()
+        });
+        s.images.insert(Image {
+            id: id(5),
+            tags: vec!["nginx:1.25".into()],
+            digests: vec!["nginx@sha256:00".into()],
+            size: 1234,
+            created: 1_600_000_000,
+            ..Image::default()
+        });
+        s.volumes.insert(Volume {
+            name: "data".into(),
+            driver: "local".into(),
+            scope: "local".into(),
+            ..Volume::default()
+        });
+        s.networks.insert(Network {
+            id: id(6),
+            name: "bridge".into(),
+            driver: "bridge".into(),
+            scope: "local".into(),
+            ipam: vec![IpamPool {
+                subnet: "172.17.0.0/16".into(),
+                gateway: "172.17.0.1".into(),
+                ip_range: String::new(),
+            }],
+            internal: false,
+            attachable: true,
+            enable_ipv6: true,
+            created: 1_650_000_000,
+            ..Network::default()
+        });
+        s
+    }
+
+    #[test]
+    fn state_view_serializes_as_the_json_it_replaced() {
+        for s in [State::default(), sample()] {
+            let view = state(7, &s);
+            let typed = serde_json::to_value(&view).unwrap();
+            assert_eq!(typed, state_json_reference(7, &s));
+            assert_eq!(serde_json::to_string(&view).unwrap(), state_json_reference(7, &s).to_string());
+            let back: StateView = serde_json::from_value(typed).unwrap();
+            assert_eq!(back, view);
+        }
+        assert!(!state(7, &sample()).stacks.is_empty(), "the sample has a stack");
+    }
 }

@@ -3,10 +3,9 @@
 //! the page arrives with its chart). Colours are SVG attributes, which the
 //! strict Content-Security-Policy allows (inline `style` it would not).
 
+use super::bytes;
+use crate::server::api::usage::{EnvironmentUsageView, HourView};
 use maud::{Markup, html};
-use serde_json::Value;
-
-use super::{bytes, n, s};
 
 /// Chart geometry: one column per hour.
 const COL: u32 = 5;
@@ -43,13 +42,13 @@ pub fn nice_ceiling(max: u64) -> u64 {
 
 /// The SVG chart of `per_hour` (`[{hour, tls_up, tls_down}, ...]`, oldest
 /// first), as a string.
-pub fn svg(per_hour: &[Value]) -> String {
+pub fn svg(per_hour: &[HourView]) -> String {
     let width = LEFT + COL * HOURS + 8;
     let height = TOP + PLOT_H + BOTTOM;
-    let max = per_hour.iter().map(|h| n(h, "tls_up") + n(h, "tls_down")).max().unwrap_or(0);
+    let max = per_hour.iter().map(|h| h.usage.tls_up + h.usage.tls_down).max().unwrap_or(0);
     let top = nice_ceiling(max.max(1000));
-    let total_up: u64 = per_hour.iter().map(|h| n(h, "tls_up")).sum();
-    let total_down: u64 = per_hour.iter().map(|h| n(h, "tls_down")).sum();
+    let total_up: u64 = per_hour.iter().map(|h| h.usage.tls_up).sum();
+    let total_down: u64 = per_hour.iter().map(|h| h.usage.tls_down).sum();
     let y = |v: u64| -> f64 { f64::from(PLOT_H) * (v as f64 / top as f64) };
     let mut out = String::with_capacity(16 * 1024);
     out.push_str(&format!(
@@ -74,7 +73,7 @@ pub fn svg(per_hour: &[Value]) -> String {
     }
     // Day boundaries (UTC midnights) with the day's date.
     for (i, h) in per_hour.iter().enumerate() {
-        let t = h["hour"].as_i64().unwrap_or(0);
+        let t = h.hour;
         if t.rem_euclid(86_400) == 0 {
             let x = LEFT + COL * i as u32;
             let label = time::OffsetDateTime::from_unix_timestamp(t)
@@ -91,14 +90,14 @@ pub fn svg(per_hour: &[Value]) -> String {
     }
     // The bars: upload at the bottom, download above it.
     for (i, h) in per_hour.iter().enumerate() {
-        let (up, down) = (n(h, "tls_up"), n(h, "tls_down"));
+        let (up, down) = (h.usage.tls_up, h.usage.tls_down);
         if up + down == 0 {
             continue;
         }
         let x = LEFT + COL * i as u32;
         let base = f64::from(TOP + PLOT_H);
         let (hu, hd) = (y(up), y(down));
-        let when = super::utc(h["hour"].as_i64().unwrap_or(0));
+        let when = super::utc(h.hour);
         out.push_str(&format!(
             "<g class=\"bar\"><title>{when}: {} up, {} down</title>\
              <rect x=\"{x}\" y=\"{:.2}\" width=\"{}\" height=\"{hu:.2}\" fill=\"{UP_COLOUR}\"/>\
@@ -120,29 +119,28 @@ pub fn svg(per_hour: &[Value]) -> String {
 
 /// The usage section of an environment's page: totals, the chart with its
 /// legend, and the days as a table (what a screen reader reads).
-pub fn usage_section(usage: &Value, _now: i64) -> Markup {
-    let hours = usage["per_hour"].as_array().cloned().unwrap_or_default();
-    if usage.is_null() {
+/// `None` when the usage could not be read.
+pub fn usage_section(usage: Option<&EnvironmentUsageView>, _now: i64) -> Markup {
+    let Some(usage) = usage else {
         return html! { p.muted { "Usage is not available." } };
-    }
-    let today = &usage["today"];
-    let total = &usage["total"];
+    };
+    let (today, total) = (&usage.today, &usage.total);
     html! {
         p {
-            "Today: " strong { (bytes(n(today, "tls_up"))) } " up, " strong { (bytes(n(today, "tls_down"))) } " down, "
-            (n(today, "polls")) @if n(today, "polls") == 1 { " poll" } @else { " polls" } ". Last 7 days: " strong { (bytes(n(total, "tls_up") + n(total, "tls_down"))) } "."
+            "Today: " strong { (bytes(today.tls_up)) } " up, " strong { (bytes(today.tls_down)) } " down, "
+            (today.polls) @if today.polls == 1 { " poll" } @else { " polls" } ". Last 7 days: " strong { (bytes(total.tls_up + total.tls_down)) } "."
         }
         p.legend {
             span.swatch.up {} " upload (agent to server) "
             span.swatch.down {} " download"
         }
-        div.chartbox { (super::raw(svg(&hours))) }
+        div.chartbox { (super::raw(svg(&usage.per_hour))) }
         details {
             summary { "Per day" }
             table.list {
                 thead { tr { th { "Day (UTC)" } th.num { "Up" } th.num { "Down" } th.num { "Polls" } } }
-                tbody { @for d in usage["per_day"].as_array().into_iter().flatten() {
-                    tr { td { (s(d, "day")) } td.num { (bytes(n(d, "tls_up"))) } td.num { (bytes(n(d, "tls_down"))) } td.num { (n(d, "polls")) } }
+                tbody { @for d in &usage.per_day {
+                    tr { td { (d.day) } td.num { (bytes(d.usage.tls_up)) } td.num { (bytes(d.usage.tls_down)) } td.num { (d.usage.polls) } }
                 } }
             }
         }
@@ -152,6 +150,7 @@ pub fn usage_section(usage: &Value, _now: i64) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::api::usage::UsageView;
 
     #[test]
     fn the_axis_ceiling_is_1_2_or_5_times_a_power_of_ten() {
@@ -166,10 +165,11 @@ mod tests {
     #[test]
     fn the_chart_draws_one_bar_per_hour_with_traffic_and_days() {
         let midnight = 1_764_288_000; // 2025-11-28 00:00 UTC
-        let hours: Vec<Value> = (0..168)
+        let hours: Vec<HourView> = (0..168)
             .map(|i| {
                 let t = midnight - 24 * 3600 + i * 3600;
-                serde_json::json!({ "hour": t, "tls_up": if i % 10 == 0 { 500 } else { 0 }, "tls_down": if i % 10 == 0 { 300 } else { 0 } })
+                let (up, down) = if i % 10 == 0 { (500, 300) } else { (0, 0) };
+                HourView { hour: t, usage: UsageView { tls_up: up, tls_down: down, ..UsageView::default() } }
             })
             .collect();
         let svg = svg(&hours);

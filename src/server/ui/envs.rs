@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Nav, Ui, ago, bytes, csrf_field, encode, error_page, label_names, n, now, page, s, utc, wants_json, when};
+use crate::server::api::usage::EnvironmentUsageView;
 use crate::server::http::AppState;
 
 /// Rows per page of the list (the API's page size).
@@ -188,8 +189,12 @@ async fn environment(ui: Ui, Path(id): Path<u64>, Query(q): Query<EnvQuery>) -> 
         format!("/api/environments/{id}/usage?days=7"),
         format!("/api/environments/{id}/commands"),
     ];
-    let (env, st, usage, cmds) =
-        tokio::join!(ui.get(&paths[0]), ui.get(&paths[1]), ui.get(&paths[2]), ui.get(&paths[3]));
+    let (env, st, usage, cmds) = tokio::join!(
+        ui.get(&paths[0]),
+        ui.get(&paths[1]),
+        ui.get_as::<EnvironmentUsageView>(&paths[2]),
+        ui.get(&paths[3])
+    );
     let env = match env {
         Ok(r) => r.json,
         Err(e) => return super::fail_page(&e),
@@ -198,7 +203,7 @@ async fn environment(ui: Ui, Path(id): Path<u64>, Query(q): Query<EnvQuery>) -> 
         Ok(r) => r.json,
         Err(e) => return super::fail_page(&e),
     };
-    let usage = usage.map(|r| r.json).unwrap_or(Value::Null);
+    let usage = usage.ok();
     let cmds = cmds.map(|r| r.json).unwrap_or(Value::Null);
     let now = now();
     let h = &st["host"];
@@ -243,7 +248,7 @@ async fn environment(ui: Ui, Path(id): Path<u64>, Query(q): Query<EnvQuery>) -> 
         div id="state-table" { (state_table(&ui, id, tab, &st)) }
         section.usage {
             h2 { "Data usage" }
-            (super::chart::usage_section(&usage, now))
+            (super::chart::usage_section(usage.as_ref(), now))
         }
         section.history {
             h2 { "Command history" }

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Nav, Ui, ago, bytes, csrf_field, encode, error_page, label_names, n, now, page, s, utc, wants_json, when};
+use crate::server::api::fleet::EnvironmentView;
 use crate::server::api::usage::EnvironmentUsageView;
 use crate::server::http::AppState;
 
@@ -81,7 +82,7 @@ async fn list(ui: Ui, Query(q): Query<ListQuery>) -> Response {
     let (items, total) = match reply {
         Ok(r) => {
             let total = r.total();
-            (r.json.as_array().cloned().unwrap_or_default(), total)
+            (r.parse::<Vec<EnvironmentView>>(&query).unwrap_or_default(), total)
         }
         Err(e) if e.status == StatusCode::UNAUTHORIZED => return super::fail_page(&e),
         Err(_) => (Vec::new(), 0),
@@ -134,22 +135,22 @@ async fn list(ui: Ui, Query(q): Query<ListQuery>) -> Response {
                 } }
                 tbody {
                     @for e in &items {
-                        @let c = &e["counts"];
-                        @let u = &e["usage"];
-                        tr data-env=(n(e, "id")) {
-                            td { a href={ "/environments/" (n(e, "id")) } { (s(e, "name")) } }
-                            td { (status_badge(s(e, "status"))) }
-                            td { (when(e["last_poll_at"].as_i64(), now)) }
-                            td { @match e["snapshot_age_s"].as_i64() { Some(a) => (ago(a)), None => span.muted { "none yet" } } }
-                            td { (e["group"]["name"].as_str().unwrap_or("")) }
-                            td { @for t in e["tags"].as_array().into_iter().flatten() { span.tag { (t.as_str().unwrap_or("")) } " " } }
+                        @let c = &e.counts;
+                        @let u = &e.usage;
+                        tr data-env=(e.id) {
+                            td { a href={ "/environments/" (e.id) } { (e.name) } }
+                            td { (status_badge(&e.status)) }
+                            td { (when(e.last_poll_at, now)) }
+                            td { @match e.snapshot_age_s { Some(a) => (ago(a)), None => span.muted { "none yet" } } }
+                            td { (e.group.as_ref().map_or("", |g| g.name.as_str())) }
+                            td { @for t in &e.tags { span.tag { (t) } " " } }
                             td.counts {
-                                span.running title="running" { (n(c, "running")) } " / "
-                                span.stopped title="stopped" { (n(c, "stopped")) } " / "
-                                span.unhealthy.bad[n(c, "unhealthy") > 0] title="unhealthy" { (n(c, "unhealthy")) }
+                                span.running title="running" { (c.running) } " / "
+                                span.stopped title="stopped" { (c.stopped) } " / "
+                                span.unhealthy.bad[c.unhealthy > 0] title="unhealthy" { (c.unhealthy) }
                             }
-                            td.num { (bytes(n(u, "today_up") + n(u, "today_down"))) }
-                            td.num { (bytes(n(u, "days30_up") + n(u, "days30_down"))) }
+                            td.num { (bytes(u.today_up + u.today_down)) }
+                            td.num { (bytes(u.days30_up + u.days30_down)) }
                         }
                     }
                 }

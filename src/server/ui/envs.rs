@@ -14,8 +14,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Nav, Ui, ago, bytes, csrf_field, encode, error_page, label_names, n, now, page, s, utc, wants_json, when};
-use crate::server::api::fleet::EnvironmentView;
+use crate::server::api::fleet::{EnvironmentFull, EnvironmentView};
 use crate::server::api::usage::EnvironmentUsageView;
+use crate::server::api::view::{
+    ContainerView, EnvironmentStateView, ImageView, NetworkView, StackStateView, StateView, VolumeView,
+};
 use crate::server::http::AppState;
 
 /// Rows per page of the list (the API's page size).
@@ -191,44 +194,44 @@ async fn environment(ui: Ui, Path(id): Path<u64>, Query(q): Query<EnvQuery>) -> 
         format!("/api/environments/{id}/commands"),
     ];
     let (env, st, usage, cmds) = tokio::join!(
-        ui.get(&paths[0]),
-        ui.get(&paths[1]),
+        ui.get_as::<EnvironmentFull>(&paths[0]),
+        ui.get_as::<EnvironmentStateView>(&paths[1]),
         ui.get_as::<EnvironmentUsageView>(&paths[2]),
         ui.get(&paths[3])
     );
     let env = match env {
-        Ok(r) => r.json,
+        Ok(r) => r,
         Err(e) => return super::fail_page(&e),
     };
     let st = match st {
-        Ok(r) => r.json,
+        Ok(r) => r.state,
         Err(e) => return super::fail_page(&e),
     };
     let usage = usage.ok();
     let cmds = cmds.map(|r| r.json).unwrap_or(Value::Null);
     let now = now();
-    let h = &st["host"];
-    let name = s(&env, "name").to_owned();
+    let h = &st.host;
+    let name = env.item.name.clone();
     let body = html! {
         div.titlebar {
-            h1 { (name) " " (status_badge(s(&env, "status"))) }
+            h1 { (name) " " (status_badge(&env.item.status)) }
         }
-        section.envinfo data-live-env=(id) data-seq=(n(&env, "seq")) data-tab=(tab) {
+        section.envinfo data-live-env=(id) data-seq=(env.seq) data-tab=(tab) {
             p id="as-of" {
-                @match env["snapshot_age_s"].as_i64() {
+                @match env.item.snapshot_age_s {
                     Some(a) => { "As of " strong { (ago(a)) } }
                     None => { "No snapshot yet: the agent has not reported. Start it with the command on the " a href={ "/environments/" (id) "/deploy" } { "deploy page" } "." }
                 }
-                " · last check-in " (when(env["last_poll_at"].as_i64(), now))
+                " · last check-in " (when(env.item.last_poll_at, now))
             }
-            @if !h.is_null() && !s(h, "hostname").is_empty() {
+            @if !h.hostname.is_empty() {
                 dl.host {
-                    dt { "Host" } dd { (s(h, "hostname")) }
-                    dt { "Engine" } dd { "Docker " (s(h, "engine_version")) " (API " (s(h, "api_version")) ")" }
-                    dt { "System" } dd { (s(h, "operating_system")) ", " (s(h, "kernel_version")) ", " (s(h, "architecture")) }
-                    dt { "CPUs, memory" } dd { (n(h, "cpus")) " CPUs, " (bytes(n(h, "memory_bytes"))) }
-                    dt { "Group" } dd { (env["group"]["name"].as_str().unwrap_or("none")) }
-                    dt { "Tags" } dd { @for t in env["tags"].as_array().into_iter().flatten() { span.tag { (t.as_str().unwrap_or("")) } " " } }
+                    dt { "Host" } dd { (h.hostname) }
+                    dt { "Engine" } dd { "Docker " (h.engine_version) " (API " (h.api_version) ")" }
+                    dt { "System" } dd { (h.operating_system) ", " (h.kernel_version) ", " (h.architecture) }
+                    dt { "CPUs, memory" } dd { (h.cpus) " CPUs, " (bytes(h.memory_bytes)) }
+                    dt { "Group" } dd { (env.item.group.as_ref().map_or("none", |g| g.name.as_str())) }
+                    dt { "Tags" } dd { @for t in &env.item.tags { span.tag { (t) } " " } }
                 }
             }
             p {
@@ -242,7 +245,7 @@ async fn environment(ui: Ui, Path(id): Path<u64>, Query(q): Query<EnvQuery>) -> 
         nav.tabs aria-label="State" {
             @for (t, label) in TABS {
                 a href={ "/environments/" (id) "?tab=" (t) } aria-current=[(*t == tab).then_some("page")] {
-                    (label) " " span.muted { (st[*t].as_array().map_or(0, Vec::len)) }
+                    (label) " " span.muted { (count(&st, t)) }
                 }
             }
         }
@@ -263,8 +266,8 @@ async fn environment(ui: Ui, Path(id): Path<u64>, Query(q): Query<EnvQuery>) -> 
 /// changes.
 async fn part(ui: Ui, Path(id): Path<u64>, Query(q): Query<EnvQuery>) -> Response {
     let tab = tab_of(q.tab.as_deref());
-    match ui.get(&format!("/api/environments/{id}/state")).await {
-        Ok(r) => state_table(&ui, id, tab, &r.json).into_response(),
+    match ui.get_as::<EnvironmentStateView>(&format!("/api/environments/{id}/state")).await {
+        Ok(r) => state_table(&ui, id, tab, &r.state).into_response(),
         Err(e) => (e.status, e.message).into_response(),
     }
 }
@@ -291,17 +294,36 @@ fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
-fn state_table(ui: &Ui, id: u64, tab: &str, st: &Value) -> Markup {
-    let mut rows = st[tab].as_array().cloned().unwrap_or_default();
+/// How many rows a tab of the state has.
+fn count(st: &StateView, tab: &str) -> usize {
+    match tab {
+        "containers" => st.containers.len(),
+        "images" => st.images.len(),
+        "volumes" => st.volumes.len(),
+        "networks" => st.networks.len(),
+        "stacks" => st.stacks.len(),
+        _ => 0,
+    }
+}
+
+fn state_table(ui: &Ui, id: u64, tab: &str, st: &StateView) -> Markup {
     // By name, as an operator looks for them (the state is ordered by id).
-    let key = |v: &Value| -> String {
-        match tab {
-            "images" => v["tags"][0].as_str().map_or_else(|| format!("~{}", s(v, "id")), str::to_owned),
-            _ => s(v, "name").to_owned(),
-        }
+    let mut containers: Vec<&ContainerView> = st.containers.iter().collect();
+    containers.sort_by_cached_key(|v| v.name.clone());
+    let mut images: Vec<&ImageView> = st.images.iter().collect();
+    images.sort_by_cached_key(|v| v.tags.first().cloned().unwrap_or_else(|| format!("~{}", v.id)));
+    let mut volumes: Vec<&VolumeView> = st.volumes.iter().collect();
+    volumes.sort_by_cached_key(|v| v.name.clone());
+    let mut networks: Vec<&NetworkView> = st.networks.iter().collect();
+    networks.sort_by_cached_key(|v| v.name.clone());
+    let mut stacks: Vec<&StackStateView> = st.stacks.iter().collect();
+    stacks.sort_by_cached_key(|v| v.name.clone());
+    // An unknown tab shows the stacks, as before.
+    let rows = match tab {
+        "containers" | "images" | "volumes" | "networks" => count(st, tab),
+        _ => stacks.len(),
     };
-    rows.sort_by_cached_key(key);
-    if rows.is_empty() {
+    if rows == 0 {
         return html! { p.muted { "None." } };
     }
     html! {
@@ -309,17 +331,17 @@ fn state_table(ui: &Ui, id: u64, tab: &str, st: &Value) -> Markup {
             @match tab {
                 "containers" => {
                     thead { tr { th { "Name" } th { "State" } th { "Image" } th { "Ports" } th { "Actions" } } }
-                    tbody { @for c in &rows {
-                        @let name = s(c, "name");
-                        @let status = s(c, "status");
+                    tbody { @for c in &containers {
+                        @let name = c.name.as_str();
+                        @let status = c.status.as_str();
                         tr data-name=(name) {
-                            td { (name) br; span.muted.mono { (short(s(c, "id"))) } }
+                            td { (name) br; span.muted.mono { (short(&c.id)) } }
                             td { span.state.(status) { (status) }
-                                 @if let Some(h) = c["health"].as_str() { " " span.state.(h) { (h) } } }
-                            td { (s(c, "image")) }
-                            td { @for p in c["ports"].as_array().into_iter().flatten() {
-                                @if let Some(hp) = p["host_port"].as_u64() { (hp) "→" }
-                                (n(p, "container_port")) "/" (s(p, "protocol")) " " } }
+                                 @if let Some(h) = &c.health { " " span.state.(h) { (h) } } }
+                            td { (c.image) }
+                            td { @for p in &c.ports {
+                                @if let Some(hp) = p.host_port { (hp) "→" }
+                                (p.container_port) "/" (p.protocol) " " } }
                             td.actions {
                                 @let acts: &[(&str, &str)] = match status {
                                     "running" => &[("container.stop", "Stop"), ("container.restart", "Restart"), ("container.pause", "Pause"),
@@ -334,13 +356,15 @@ fn state_table(ui: &Ui, id: u64, tab: &str, st: &Value) -> Markup {
                 }
                 "images" => {
                     thead { tr { th { "Tags" } th { "Id" } th.num { "Size" } th { "Actions" } } }
-                    tbody { @for i in &rows {
-                        @let tags: Vec<&str> = i["tags"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-                        @let reference = tags.first().copied().unwrap_or(s(i, "id"));
+                    tbody { @for i in &images {
+                        @let tags = &i.tags;
+                        @let reference = tags.first().map_or(i.id.as_str(), String::as_str);
                         tr {
-                            td { @if tags.is_empty() { span.muted { "untagged" } } @for t in &tags { (t) br; } }
-                            td.mono { (short(s(i, "id").trim_start_matches("sha256:"))) }
-                            td.num { (bytes(n(i, "size"))) }
+                            td { @if tags.is_empty() { span.muted { "untagged" } } @for t in tags { (t) br; } }
+                            td.mono { (short(i.id.trim_start_matches("sha256:"))) }
+                            // The size as the old `n(i, "size")` read it: a
+                            // negative one (never sent) as 0.
+                            td.num { (bytes(u64::try_from(i.size).unwrap_or_default())) }
                             td.actions {
                                 @if tags.is_empty() {
                                     (actions(ui, id, tab, reference, reference, &[("image.remove", "Remove")]))
@@ -353,24 +377,24 @@ fn state_table(ui: &Ui, id: u64, tab: &str, st: &Value) -> Markup {
                 }
                 "volumes" => {
                     thead { tr { th { "Name" } th { "Driver" } th { "Actions" } } }
-                    tbody { @for v in &rows {
+                    tbody { @for v in &volumes {
                         tr {
-                            td.mono { (s(v, "name")) }
-                            td { (s(v, "driver")) }
-                            td.actions { (actions(ui, id, tab, s(v, "name"), s(v, "name"), &[("volume.remove", "Remove")])) }
+                            td.mono { (v.name) }
+                            td { (v.driver) }
+                            td.actions { (actions(ui, id, tab, &v.name, &v.name, &[("volume.remove", "Remove")])) }
                         }
                     } }
                 }
                 "networks" => {
                     thead { tr { th { "Name" } th { "Driver" } th { "Subnet" } th { "Actions" } } }
-                    tbody { @for w in &rows {
+                    tbody { @for w in &networks {
                         tr {
-                            td { (s(w, "name")) }
-                            td { (s(w, "driver")) }
-                            td { @for p in w["ipam"].as_array().into_iter().flatten() { (s(p, "subnet")) " " } }
+                            td { (w.name) }
+                            td { (w.driver) }
+                            td { @for p in &w.ipam { (p.subnet) " " } }
                             td.actions {
-                                @if !["bridge", "host", "none"].contains(&s(w, "name")) {
-                                    (actions(ui, id, tab, s(w, "name"), s(w, "name"), &[("network.remove", "Remove")]))
+                                @if !["bridge", "host", "none"].contains(&w.name.as_str()) {
+                                    (actions(ui, id, tab, &w.name, &w.name, &[("network.remove", "Remove")]))
                                 }
                             }
                         }
@@ -378,12 +402,12 @@ fn state_table(ui: &Ui, id: u64, tab: &str, st: &Value) -> Markup {
                 }
                 _ => {
                     thead { tr { th { "Name" } th { "Services" } th { "Containers" } th { "Directory" } } }
-                    tbody { @for k in &rows {
+                    tbody { @for k in &stacks {
                         tr {
-                            td { (s(k, "name")) }
-                            td { @for v in k["services"].as_array().into_iter().flatten() { (v.as_str().unwrap_or("")) " " } }
-                            td { (k["containers"].as_array().map_or(0, Vec::len)) }
-                            td.mono { (s(k, "working_dir")) }
+                            td { (k.name) }
+                            td { @for v in &k.services { (v) " " } }
+                            td { (k.containers.len()) }
+                            td.mono { (k.working_dir) }
                         }
                     } }
                 }
@@ -430,11 +454,11 @@ fn history(ui: &Ui, id: u64, cmds: &Value, names: &std::collections::HashMap<&st
 
 /// Container and network names by id: commands store the id the API
 /// resolved, the operator knows the name.
-fn names_by_id(st: &Value) -> std::collections::HashMap<&str, &str> {
-    ["containers", "networks"]
+fn names_by_id(st: &StateView) -> std::collections::HashMap<&str, &str> {
+    st.containers
         .iter()
-        .flat_map(|part| st[*part].as_array().into_iter().flatten())
-        .map(|o| (s(o, "id"), s(o, "name")))
+        .map(|o| (o.id.as_str(), o.name.as_str()))
+        .chain(st.networks.iter().map(|o| (o.id.as_str(), o.name.as_str())))
         .collect()
 }
 

@@ -11,13 +11,14 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use maud::{Markup, html};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
-use super::{Nav, Ui, ago, bytes, csrf_field, encode, error_page, label_names, n, now, page, s, utc, wants_json, when};
+use super::{Nav, Ui, ago, bytes, csrf_field, encode, error_page, label_names, now, page, utc, wants_json, when};
+use crate::server::api::ErrorBody;
 use crate::server::api::fleet::{EnvironmentFull, EnvironmentView};
 use crate::server::api::usage::EnvironmentUsageView;
 use crate::server::api::view::{
-    ContainerView, EnvironmentStateView, ImageView, NetworkView, StackStateView, StateView, VolumeView,
+    CommandView, ContainerView, CreateCommand, EnvironmentStateView, ImageView, NetworkView, StackStateView, StateView,
+    VolumeView,
 };
 use crate::server::http::AppState;
 
@@ -197,7 +198,7 @@ async fn environment(ui: Ui, Path(id): Path<u64>, Query(q): Query<EnvQuery>) -> 
         ui.get_as::<EnvironmentFull>(&paths[0]),
         ui.get_as::<EnvironmentStateView>(&paths[1]),
         ui.get_as::<EnvironmentUsageView>(&paths[2]),
-        ui.get(&paths[3])
+        ui.get_as::<Vec<CommandView>>(&paths[3])
     );
     let env = match env {
         Ok(r) => r,
@@ -208,7 +209,7 @@ async fn environment(ui: Ui, Path(id): Path<u64>, Query(q): Query<EnvQuery>) -> 
         Err(e) => return super::fail_page(&e),
     };
     let usage = usage.ok();
-    let cmds = cmds.map(|r| r.json).unwrap_or(Value::Null);
+    let cmds = cmds.unwrap_or_default();
     let now = now();
     let h = &st.host;
     let name = env.item.name.clone();
@@ -362,7 +363,7 @@ fn state_table(ui: &Ui, id: u64, tab: &str, st: &StateView) -> Markup {
                         tr {
                             td { @if tags.is_empty() { span.muted { "untagged" } } @for t in tags { (t) br; } }
                             td.mono { (short(i.id.trim_start_matches("sha256:"))) }
-                            // The size as the old `n(i, "size")` read it: a
+                            // The size as the page read it before (`as_u64`): a
                             // negative one (never sent) as 0.
                             td.num { (bytes(u64::try_from(i.size).unwrap_or_default())) }
                             td.actions {
@@ -421,8 +422,7 @@ pub fn finished(status: &str) -> bool {
     matches!(status, "ok" | "failed" | "rejected" | "cancelled")
 }
 
-fn history(ui: &Ui, id: u64, cmds: &Value, names: &std::collections::HashMap<&str, &str>, now: i64) -> Markup {
-    let rows = cmds.as_array().cloned().unwrap_or_default();
+fn history(ui: &Ui, id: u64, rows: &[CommandView], names: &std::collections::HashMap<&str, &str>, now: i64) -> Markup {
     if rows.is_empty() {
         return html! { p.muted { "No command yet." } };
     }
@@ -430,19 +430,19 @@ fn history(ui: &Ui, id: u64, cmds: &Value, names: &std::collections::HashMap<&st
         div.scroll { table.list id="history" {
             thead { tr { th { "Queued" } th { "Command" } th { "Target" } th { "Status" } th { span.sr-only { "Cancel" } } } }
             tbody { @for c in rows.iter().take(50) {
-                @let status = s(c, "status");
-                tr data-command-id=[(!finished(status)).then(|| n(c, "id"))] {
-                    td { (when(c["created_at"].as_i64(), now)) }
-                    td { a href={ "/environments/" (id) "/commands/" (n(c, "id")) } { (s(c, "action")) } }
-                    td.mono { (names.get(s(c, "target")).copied().unwrap_or_else(|| short_target(s(c, "target")))) }
-                    td.status { span.state.(status) { (status) } @if let Some(e) = c["error"].as_str() { " " span.error { (e) } } }
+                @let status = c.status.as_str();
+                tr data-command-id=[(!finished(status)).then_some(c.id)] {
+                    td { (when(Some(c.created_at), now)) }
+                    td { a href={ "/environments/" (id) "/commands/" (c.id) } { (c.action) } }
+                    td.mono { (names.get(c.target.as_str()).copied().unwrap_or_else(|| short_target(&c.target))) }
+                    td.status { span.state.(status) { (status) } @if let Some(e) = &c.error { " " span.error { (e) } } }
                     td {
                         // Until the agent confirms it has it (a host that
                         // is offline for days): take it back.
                         @if matches!(status, "queued" | "sent") {
-                            form method="post" action={ "/environments/" (id) "/commands/" (n(c, "id")) "/cancel" } {
+                            form method="post" action={ "/environments/" (id) "/commands/" (c.id) "/cancel" } {
                                 (csrf_field(&ui.csrf))
-                                button.small type="submit" aria-label={ "Cancel command " (n(c, "id")) } { "Cancel" }
+                                button.small type="submit" aria-label={ "Cancel command " (c.id) } { "Cancel" }
                             }
                         }
                     }
@@ -476,20 +476,23 @@ struct CommandForm {
 
 /// Queues a command: JSON for the page's script, or back to the page.
 async fn command(ui: Ui, Path(id): Path<u64>, headers: HeaderMap, axum::Form(f): axum::Form<CommandForm>) -> Response {
-    let mut body = json!({ "action": f.action, "target": f.target });
-    if f.action == "container.logs" {
-        body["tail"] = json!(200);
-    }
-    let result = ui.send(Method::POST, &format!("/api/environments/{id}/commands"), &body, &f.csrf).await;
+    let tail = (f.action == "container.logs").then_some(200);
+    let body = CreateCommand { action: f.action, target: f.target, tail };
+    let path = format!("/api/environments/{id}/commands");
+    let result = ui.send_as(Method::POST, &path, &body, &f.csrf).await;
     if wants_json(&headers) {
         return match result {
+            // The API's reply, passed on as it came.
             Ok(r) => (StatusCode::CREATED, axum::Json(r.json)).into_response(),
-            Err(e) => (e.status, axum::Json(json!({ "error": e.message }))).into_response(),
+            Err(e) => (e.status, axum::Json(ErrorBody { error: e.message, field: None })).into_response(),
         };
     }
     match result {
-        Ok(r) => Redirect::to(&format!("/environments/{id}?tab={}&cmd={}", tab_of(f.tab.as_deref()), n(&r.json, "id")))
-            .into_response(),
+        Ok(r) => {
+            // 0, as before, should the reply not be a command.
+            let cid = r.parse::<CommandView>(&path).map_or(0, |c| c.id);
+            Redirect::to(&format!("/environments/{id}?tab={}&cmd={cid}", tab_of(f.tab.as_deref()))).into_response()
+        }
         Err(e) => error_page(e.status, &e.message),
     }
 }
@@ -501,8 +504,8 @@ struct CsrfForm {
 
 /// Cancels a command the agent has not confirmed yet.
 async fn cancel(ui: Ui, Path((id, cid)): Path<(u64, u64)>, axum::Form(f): axum::Form<CsrfForm>) -> Response {
-    match ui.get(&format!("/api/commands/{cid}")).await {
-        Ok(r) if n(&r.json, "environment") == id => {}
+    match ui.get_as::<CommandView>(&format!("/api/commands/{cid}")).await {
+        Ok(c) if c.environment == id => {}
         Ok(_) => return error_page(StatusCode::NOT_FOUND, "No such command on this environment."),
         Err(e) => return super::fail_page(&e),
     }
@@ -514,26 +517,26 @@ async fn cancel(ui: Ui, Path((id, cid)): Path<(u64, u64)>, axum::Form(f): axum::
 
 /// One command, with its output.
 async fn command_page(ui: Ui, Path((id, cid)): Path<(u64, u64)>) -> Response {
-    let c = match ui.get(&format!("/api/commands/{cid}")).await {
-        Ok(r) if n(&r.json, "environment") == id => r.json,
+    let c = match ui.get_as::<CommandView>(&format!("/api/commands/{cid}")).await {
+        Ok(c) if c.environment == id => c,
         Ok(_) => return error_page(StatusCode::NOT_FOUND, "No such command on this environment."),
         Err(e) => return super::fail_page(&e),
     };
     let now = now();
-    let status = s(&c, "status");
+    let status = c.status.as_str();
     let body = html! {
         h1 { "Command " (cid) }
         p { a href={ "/environments/" (id) } { "← Back to the environment" } }
         dl.host data-command-id=[(!finished(status)).then_some(cid)] {
-            dt { "Command" } dd { (s(&c, "action")) }
-            dt { "Target" } dd.mono { (s(&c, "target")) }
+            dt { "Command" } dd { (c.action) }
+            dt { "Target" } dd.mono { (c.target) }
             dt { "Status" } dd.status { span.state.(status) { (status) } }
-            @if let Some(e) = c["error"].as_str() { dt { "Error" } dd.error { (e) } }
-            dt { "Queued" } dd { (when(c["created_at"].as_i64(), now)) " (" (utc(c["created_at"].as_i64().unwrap_or(0))) ")" }
-            dt { "Delivered" } dd { (when(c["delivered_at"].as_i64(), now)) }
-            dt { "Finished" } dd { (when(c["finished_at"].as_i64(), now)) }
+            @if let Some(e) = &c.error { dt { "Error" } dd.error { (e) } }
+            dt { "Queued" } dd { (when(Some(c.created_at), now)) " (" (utc(c.created_at)) ")" }
+            dt { "Delivered" } dd { (when(c.delivered_at, now)) }
+            dt { "Finished" } dd { (when(c.finished_at, now)) }
         }
-        @if let Some(o) = c["output"].as_str() {
+        @if let Some(o) = &c.output {
             h2 { "Output" }
             pre.output { (o) }
         }

@@ -662,16 +662,6 @@ pub fn when(t: Option<i64>, now: i64) -> Markup {
 /// Seconds since the Unix epoch.
 pub use crate::clock::unix_now as now;
 
-/// The string at `v[key]`, or "".
-pub fn s<'a>(v: &'a Value, key: &str) -> &'a str {
-    v[key].as_str().unwrap_or_default()
-}
-
-/// The number at `v[key]`, or 0.
-pub fn n(v: &Value, key: &str) -> u64 {
-    v[key].as_u64().unwrap_or_default()
-}
-
 /// Whether the browser asked for JSON (the page's script) rather than a page.
 pub fn wants_json(headers: &HeaderMap) -> bool {
     headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"))

@@ -236,14 +236,6 @@ impl Api {
         self.call("GET", path, None)
     }
 
-    /// POST.
-    ///
-    /// # Errors
-    /// As [`Self::call`].
-    pub fn post(&mut self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        self.call("POST", path, Some(body))
-    }
-
     /// `GET path`, read as the API's typed view `T` (see
     /// [`crate::server::api`]): a renamed field fails here, with the path,
     /// instead of printing blanks.
@@ -279,15 +271,6 @@ impl Api {
         if self.json {
             let json = serde_json::to_value(value).and_then(|v| serde_json::to_string_pretty(&v));
             println!("{}", json.unwrap_or_default());
-        } else {
-            text(value);
-        }
-    }
-
-    /// Prints `value` as JSON when `--json` was given; otherwise calls `text`.
-    pub fn print(&self, value: &Value, text: impl FnOnce(&Value)) {
-        if self.json {
-            println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
         } else {
             text(value);
         }

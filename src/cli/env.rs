@@ -2,14 +2,13 @@
 //! exact name; groups and tags by id or name.
 
 use serde::Serialize;
-use serde_json::Value;
 
-use super::fleet::{env_id, fmt_age, fmt_interval, label_ref, parse_interval, print_table, text};
+use super::fleet::{env_id, fmt_age, fmt_interval, label_ref, parse_interval, print_table};
 use super::{Api, ApiArgs};
 use crate::server::api::fleet::{
     CreateEnvironment, CreatedEnvironment, EnvVars, EnvironmentFull, EnvironmentView, NameOrId, UpdateEnvironment,
 };
-use crate::server::api::view::IntervalsBody;
+use crate::server::api::view::{IntervalsBody, StatePartView};
 
 /// The empty body of a POST that takes none: `{}`.
 #[derive(Serialize)]
@@ -283,61 +282,70 @@ fn print_detail(full: &EnvironmentFull) {
     line("root", full.root.clone());
 }
 
-fn print_state(v: &Value, part: Option<StatePart>) {
-    println!("as of {} (seq {}), {}", fmt_age(v["snapshot_age_s"].as_i64()), v["seq"], text(&v["status"]));
+fn print_state(v: &StatePartView, part: Option<StatePart>) {
+    println!("as of {} (seq {}), {}", fmt_age(v.snapshot_age_s), v.seq, v.status);
     let mut rows: Vec<Vec<String>> = Vec::new();
-    let items = |k: &str| v[k].as_array().cloned().unwrap_or_default();
-    let short = |id: &Value| text(id).chars().take(12).collect::<String>();
+    let short = |id: &str| id.chars().take(12).collect::<String>();
     match part {
         None => {
-            let h = &v["host"];
-            println!(
-                "host {} ({} {}, engine {}, {} CPUs, {} MiB)",
-                text(&h["hostname"]),
-                text(&h["operating_system"]),
-                text(&h["architecture"]),
-                text(&h["engine_version"]),
-                h["cpus"],
-                h["memory_bytes"].as_u64().unwrap_or_default() >> 20
-            );
-            for k in ["containers", "images", "volumes", "networks", "stacks"] {
-                println!("{k:<11}{}", items(k).len());
+            if let Some(h) = &v.host {
+                println!(
+                    "host {} ({} {}, engine {}, {} CPUs, {} MiB)",
+                    h.hostname,
+                    h.operating_system,
+                    h.architecture,
+                    h.engine_version,
+                    h.cpus,
+                    h.memory_bytes >> 20
+                );
+            }
+            let counts = [
+                ("containers", v.containers.as_ref().map_or(0, Vec::len)),
+                ("images", v.images.as_ref().map_or(0, Vec::len)),
+                ("volumes", v.volumes.as_ref().map_or(0, Vec::len)),
+                ("networks", v.networks.as_ref().map_or(0, Vec::len)),
+                ("stacks", v.stacks.as_ref().map_or(0, Vec::len)),
+            ];
+            for (k, n) in counts {
+                println!("{k:<11}{n}");
             }
             return;
         }
         Some(StatePart::Containers) => {
             rows.push(["NAME", "STATUS", "HEALTH", "IMAGE", "ID"].map(String::from).to_vec());
-            for c in items("containers") {
-                let health = c["health"].as_str().unwrap_or("-").to_owned();
-                rows.push(vec![text(&c["name"]), text(&c["status"]), health, text(&c["image"]), short(&c["id"])]);
+            for c in v.containers.iter().flatten() {
+                let health = c.health.clone().unwrap_or_else(|| "-".to_owned());
+                rows.push(vec![c.name.clone(), c.status.clone(), health, c.image.clone(), short(&c.id)]);
             }
         }
         Some(StatePart::Images) => {
             rows.push(["ID", "TAGS", "SIZE"].map(String::from).to_vec());
-            for i in items("images") {
-                let tags: Vec<String> = i["tags"].as_array().into_iter().flatten().map(text).collect();
-                let size = i["size"].as_u64().unwrap_or_default();
-                rows.push(vec![short(&i["id"]), tags.join(","), format!("{} MB", size / 1_000_000)]);
+            for i in v.images.iter().flatten() {
+                let size = u64::try_from(i.size).unwrap_or_default();
+                rows.push(vec![short(&i.id), i.tags.join(","), format!("{} MB", size / 1_000_000)]);
             }
         }
         Some(StatePart::Volumes) => {
             rows.push(["NAME", "DRIVER"].map(String::from).to_vec());
-            for vol in items("volumes") {
-                rows.push(vec![text(&vol["name"]), text(&vol["driver"])]);
+            for vol in v.volumes.iter().flatten() {
+                rows.push(vec![vol.name.clone(), vol.driver.clone()]);
             }
         }
         Some(StatePart::Networks) => {
             rows.push(["NAME", "DRIVER", "SCOPE", "ID"].map(String::from).to_vec());
-            for n in items("networks") {
-                rows.push(vec![text(&n["name"]), text(&n["driver"]), text(&n["scope"]), short(&n["id"])]);
+            for n in v.networks.iter().flatten() {
+                rows.push(vec![n.name.clone(), n.driver.clone(), n.scope.clone(), short(&n.id)]);
             }
         }
         Some(StatePart::Stacks) => {
             rows.push(["NAME", "SERVICES", "CONTAINERS", "WORKING DIR"].map(String::from).to_vec());
-            for s in items("stacks") {
-                let services: Vec<String> = s["services"].as_array().into_iter().flatten().map(text).collect();
-                let n = s["containers"].as_array().map_or(0, Vec::len);
-                rows.push(vec![text(&s["name"]), services.join(","), n.to_string(), text(&s["working_dir"])]);
+            for s in v.stacks.iter().flatten() {
+                rows.push(vec![
+                    s.name.clone(),
+                    s.services.join(","),
+                    s.containers.len().to_string(),
+                    s.working_dir.clone(),
+                ]);
             }
         }
     }
@@ -494,8 +502,8 @@ pub fn run(command: EnvCommand, args: &ApiArgs) -> anyhow::Result<()> {
                 Some(p) => format!("/api/environments/{id}/state/{}", p.name()),
                 None => format!("/api/environments/{id}/state"),
             };
-            let v = api.get(&path)?;
-            api.print(&v, |v| print_state(v, part));
+            let v: StatePartView = api.get_as(&path)?;
+            api.show(&v, |v| print_state(v, part));
         }
     }
     Ok(())

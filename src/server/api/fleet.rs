@@ -1113,7 +1113,7 @@ pub async fn environment_state(
 pub async fn environment_state_part(
     State(state): State<Arc<AppState>>,
     Path((id, part)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<view::StatePartView>, ApiError> {
     let id: u64 = id.parse().map_err(|_| ApiError::bad_request("bad id: ids are numbers"))?;
     if !STATE_PARTS.contains(&part.as_str()) {
         return Err(ApiError::new(
@@ -1121,13 +1121,8 @@ pub async fn environment_state_part(
             format!("no part {:?}; one of {}", part.chars().take(40).collect::<String>(), STATE_PARTS.join(", ")),
         ));
     }
-    let mut v = serde_json::to_value(state_view(&state, id).await?).map_err(|_| ApiError::internal())?;
-    let mut out = serde_json::Map::new();
-    for key in ["seq", "root", "as_of", "snapshot_age_s", "status"] {
-        out.insert(key.into(), v[key].take());
-    }
-    out.insert(part.clone(), v[part.as_str()].take());
-    Ok(Json(Value::Object(out)))
+    let whole = state_view(&state, id).await?;
+    Ok(Json(view::StatePartView::of(whole, &part).ok_or_else(ApiError::internal)?))
 }
 
 // ----- handlers: groups and tags -----

@@ -568,6 +568,69 @@ pub struct EnvironmentStateView {
     pub status: String,
 }
 
+/// `GET /api/environments/{id}/state/{part}`: one part of the stored
+/// state (the others absent), with the same `seq`, `root`, `as_of`,
+/// `snapshot_age_s` and `status` as the whole. The whole
+/// ([`EnvironmentStateView`]) reads as this too, every part present.
+/// Fields in alphabetical order: the order the JSON has always had.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatePartView {
+    /// When it was last known to be the host's, `null` for never.
+    pub as_of: Option<i64>,
+    /// Containers, when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containers: Option<Vec<ContainerView>>,
+    /// The host, when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostView>,
+    /// Images, when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<Vec<ImageView>>,
+    /// Networks, when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub networks: Option<Vec<NetworkView>>,
+    /// The state's Merkle root, hex.
+    pub root: String,
+    /// Sequence number of the stored state.
+    pub seq: u64,
+    /// Seconds since `as_of`.
+    pub snapshot_age_s: Option<i64>,
+    /// Compose stacks, when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stacks: Option<Vec<StackStateView>>,
+    /// The environment's status (as in the fleet list).
+    pub status: String,
+    /// Volumes, when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<Vec<VolumeView>>,
+}
+
+impl StatePartView {
+    /// `part` (one of the state's list names) of `whole`; `None` for an
+    /// unknown part.
+    pub fn of(whole: EnvironmentStateView, part: &str) -> Option<Self> {
+        let s = whole.state;
+        let mut out = Self {
+            as_of: whole.as_of,
+            root: s.root,
+            seq: s.seq,
+            snapshot_age_s: whole.snapshot_age_s,
+            status: whole.status,
+            ..Self::default()
+        };
+        match part {
+            "host" => out.host = Some(s.host),
+            "containers" => out.containers = Some(s.containers),
+            "images" => out.images = Some(s.images),
+            "volumes" => out.volumes = Some(s.volumes),
+            "networks" => out.networks = Some(s.networks),
+            "stacks" => out.stacks = Some(s.stacks),
+            _ => return None,
+        }
+        Some(out)
+    }
+}
+
 /// An environment's stored state, as its typed view.
 pub fn state(seq: u64, state: &State) -> StateView {
     let h = &state.host;

@@ -86,10 +86,11 @@ pub fn prepare(config: &ServerConfig) -> Result<Prepared, StartError> {
         None => crate::tls::ServerIdentity::load_or_create(&config.data, &config.names)?,
     };
     let store = store::Store::open(&config.data.join("tern.db"))?;
+    // Before the server serves: nothing else holds the database.
     let initial_admin_password =
-        api::access::ensure_admin(&store, |k| std::env::var(k).ok()).map_err(StartError::Admin)?;
+        api::access::ensure_admin(&store.autocommit(), |k| std::env::var(k).ok()).map_err(StartError::Admin)?;
     let mut admin_token = admin_token(&config.data)?;
-    if api::access::token_revoked(&store, &admin_token)? {
+    if api::access::token_revoked(&store.autocommit(), &admin_token)? {
         // An operator revoked it: a new one replaces it.
         let path = admin_token_path(&config.data);
         tracing::warn!("the admin token in {} was revoked; writing a new one", path.display());
@@ -151,7 +152,7 @@ impl Prepared {
     /// # Errors
     /// When the database fails.
     pub fn requires_agent_secret(&self) -> Result<bool, StartError> {
-        Ok(self.state.with_store(store::Store::agent_secret)?.is_some())
+        Ok(self.state.read_store(|tx| tx.agent_secret())?.is_some())
     }
 }
 

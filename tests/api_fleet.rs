@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use tern::agent::client::Client;
 use tern::auth::JoinToken;
 use tern::server::store::Store;
+use tern::server::store::prelude::*;
 use tern::sync::State;
 use tern::sync::session::Replica;
 use tern::sync::state::{Container, ContainerStatus, Health, Id, Image};
@@ -331,7 +332,7 @@ async fn the_list_filters_by_group_tag_status_and_name_and_pages_without_decodin
     replica.receive(0, Some(&tern::sync::diff(&State::default(), &state)));
     let store = f.store();
     let site0 = id(&f.list("?name=site-0").await[0]);
-    store.save_replica(site0, &replica, now()).unwrap();
+    store.autocommit().save_replica(site0, &replica, now()).unwrap();
     let e = &f.list("?name=site-0").await[0];
     assert_eq!(
         e["counts"],
@@ -389,11 +390,14 @@ async fn status_is_online_while_the_last_poll_is_within_twice_the_smallest_inter
         ("slow-late", 1300),
         ("pending-change", 1150),
     ] {
-        assert!(store.accept_poll(ids[name], 1, Some("edge"), t - ago).unwrap());
+        assert!(store.autocommit().accept_poll(ids[name], 1, Some("edge"), t - ago).unwrap());
     }
     // Its agent still runs with 10 minutes: it has not polled since the
     // operator shortened its interval, and must not look offline for it.
-    store.set_agent_intervals(ids["pending-change"], Intervals { ping: 600, snapshot: 600, command: 600 }).unwrap();
+    store
+        .autocommit()
+        .set_agent_intervals(ids["pending-change"], Intervals { ping: 600, snapshot: 600, command: 600 })
+        .unwrap();
     let status = async |f: &mut Fleet| -> Vec<(String, String, i64)> {
         f.list("")
             .await
@@ -506,8 +510,8 @@ async fn environments_are_renamed_moved_tagged_changed_and_deleted_with_everythi
         assert_eq!((status, err(&v)), (404, format!("no environment {env}").as_str()), "{p}");
     }
     let store = f.store();
-    assert_eq!(store.replica(env).unwrap(), Replica::default(), "its stored state is gone");
-    assert!(store.commands(env, 10).is_err());
+    assert_eq!(store.autocommit().replica(env).unwrap(), Replica::default(), "its stored state is gone");
+    assert!(store.autocommit().commands(env, 10).is_err());
     assert_eq!(f.ok("GET", &format!("/api/groups/{ships}"), None, 200).await["environments"], 0);
     assert_eq!(f.ok("GET", "/api/tags", None, 200).await[0]["environments"], 0);
     assert_eq!(f.poll(&key, None, PollRequest::default()).await.unwrap_err(), 401, "its agent is refused");
@@ -902,8 +906,8 @@ async fn the_stored_state_is_served_whole_or_by_part_with_its_age() {
     assert!(v["as_of"].as_i64().unwrap() >= now() - 5 && v["snapshot_age_s"].as_i64().unwrap() < 5, "{v}");
     // A snapshot stored five minutes ago is five minutes old.
     let store = f.store();
-    let replica = store.replica(env).unwrap();
-    store.save_replica(env, &replica, now() - 300).unwrap();
+    let replica = store.autocommit().replica(env).unwrap();
+    store.autocommit().save_replica(env, &replica, now() - 300).unwrap();
     let part = f.ok("GET", &format!("/api/environments/{env}/state/containers"), None, 200).await;
     let mut keys: Vec<&str> = part.as_object().unwrap().keys().map(String::as_str).collect();
     keys.sort_unstable();

@@ -9,6 +9,7 @@ use tern::agent::client::Client;
 use tern::auth::{Secret, open_reply, seal_request};
 use tern::server::http::{AppState, POLL_PATH, router, serve};
 use tern::server::store::Store;
+use tern::server::store::prelude::*;
 use tern::sync::State;
 use tern::sync::session::AgentSync;
 use tern::tls::{ServerIdentity, Trust};
@@ -27,7 +28,7 @@ async fn an_agent_syncs_the_real_engine_to_a_real_server_over_pinned_tls() {
     let dir = tempdir();
     let identity = ServerIdentity::load_or_create(&dir, &["localhost".into()]).unwrap();
     let store = Store::open(&dir.join("tern.db")).unwrap();
-    let env = store.create_environment("local", Secret([42; 32]), 0).unwrap();
+    let env = store.autocommit().create_environment("local", Secret([42; 32]), 0).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -80,7 +81,7 @@ async fn an_agent_syncs_the_real_engine_to_a_real_server_over_pinned_tls() {
     server.await.unwrap().unwrap();
     // The server's stored state is the engine's, and survives a restart.
     let reopened = Store::open(&dir.join("tern.db")).unwrap();
-    assert_eq!(reopened.replica(env.id).unwrap().current().1, &state);
+    assert_eq!(reopened.autocommit().replica(env.id).unwrap().current().1, &state);
     assert_ne!(state, State::default());
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -21,6 +21,7 @@ use tern::agent::run::{Agent, Outcome, Settings};
 use tern::agent::{DockerEngine, store};
 use tern::auth::{JoinToken, Secret, seal_request};
 use tern::server::api::usage::{EnvironmentUsageView, FleetUsageView, UsageView};
+use tern::server::store::prelude::*;
 use tern::tls::Trust;
 use tern::wire::codec::{Codec, Limits};
 use tern::wire::poll::PollRequest;
@@ -299,7 +300,7 @@ async fn shutdown_records_what_open_connections_carried() {
 
     let db = tern::server::store::Store::open(&server.dir.join("tern.db")).unwrap();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    let total = db.usage_report(env, now, 1).unwrap().total;
+    let total = db.autocommit().usage_report(env, now, 1).unwrap().total;
     assert_eq!((total.tls_up, total.tls_down), (sent, received));
     assert_eq!((total.body_up, total.body_down, total.polls), (agent.stats.bytes_up, agent.stats.bytes_down, 2));
     let _ = std::fs::remove_dir_all(agent_dir);

@@ -9,6 +9,7 @@ use crate::server::api::access::{
 };
 use crate::server::store::Store;
 use crate::server::store::access::{ADMIN, generate_password, hash_password};
+use crate::server::store::prelude::*;
 
 /// `tern token ...`
 #[derive(Debug, clap::Subcommand)]
@@ -117,7 +118,8 @@ pub fn run_admin(command: AdminCommand) -> anyhow::Result<()> {
             let hash = hash_password(&password)?;
             let store = Store::open(&db).with_context(|| format!("opening {}", db.display()))?;
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            let ended = store.reset_admin_password(&hash, now as i64)?;
+            // `tern admin` runs with the server stopped: nothing else holds it.
+            let ended = store.autocommit().reset_admin_password(&hash, now as i64)?;
             if generated {
                 println!("admin password {password}");
             } else {

@@ -22,8 +22,9 @@ use tokio_rustls::TlsAcceptor;
 pub mod gate;
 
 use super::poll::{self, Refusal};
-use super::store::Store;
 use super::store::pool::Pool;
+use super::store::{Store, StoreError};
+use crate::server::store::prelude::*;
 use crate::wire::codec::{Codec, Limits};
 
 /// The poll endpoint's path: one byte of path, paid on every poll.
@@ -34,7 +35,7 @@ pub const POLL_PATH: &str = crate::wire::POLL_PATH;
 /// reading connections beside it ([`Pool`]); decompression, decoding and
 /// compression of poll bodies run outside both.
 pub struct AppState {
-    store: Pool,
+    pub(crate) store: Pool,
     /// Codecs (zstd contexts with the dictionaries loaded) for poll bodies,
     /// reused.
     codecs: Mutex<Vec<Codec>>,
@@ -86,7 +87,7 @@ impl AppState {
         admin_token: &str,
         fingerprint: [u8; 32],
     ) -> Result<Arc<Self>, super::StartError> {
-        store.ensure_data_directory_token(&super::store::access::secret_hash(admin_token), now())?;
+        store.autocommit().ensure_data_directory_token(&super::store::access::secret_hash(admin_token), now())?;
         Ok(Arc::new(Self {
             store: Pool::new(store),
             codecs: Mutex::new(vec![Codec::new(limits)?]),
@@ -99,15 +100,18 @@ impl AppState {
         }))
     }
 
-    /// Runs `f` with the store's writing connection (call from a blocking
-    /// task); see [`Pool::write`].
-    pub fn with_store<T>(&self, f: impl FnOnce(&Store) -> T) -> T {
+    /// Runs `f` in one write transaction, committed when it returns `Ok`
+    /// (call from a blocking task); see [`Pool::write`].
+    ///
+    /// # Errors
+    /// `f`'s, or the store's.
+    pub fn with_store<T, E: From<StoreError>>(&self, f: impl FnOnce(&dyn Transaction) -> Result<T, E>) -> Result<T, E> {
         self.store.write(f)
     }
 
     /// Runs `f` in one read transaction on a reading connection (call from
     /// a blocking task); it must not write. See [`Pool::read`].
-    pub fn read_store<T>(&self, f: impl FnOnce(&Store) -> T) -> T {
+    pub fn read_store<T>(&self, f: impl FnOnce(&dyn Transaction) -> T) -> T {
         self.store.read(f)
     }
 
@@ -210,9 +214,13 @@ async fn poll_handler(
         let (state, meter) = (state.clone(), meter.clone());
         async move {
             let _ = tokio::task::spawn_blocking(move || {
-                state.with_store(|store| {
+                let charged = state.with_store(|store| {
                     super::api::usage::charge_poll(store, meter.as_deref(), &state, environment, bodies, now());
+                    Ok::<_, StoreError>(())
                 });
+                if let Err(e) = charged {
+                    tracing::warn!("data usage not recorded: {e}");
+                }
             })
             .await;
         }

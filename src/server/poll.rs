@@ -18,7 +18,9 @@
 //! acknowledgements do not depend on the state part.
 
 use crate::auth::{AuthError, RequestEnvelope, RequestHeader, Secret, seal_reply};
-use crate::server::store::{Store, StoreError};
+use crate::server::store::StoreError;
+use crate::server::store::pool::Pool;
+use crate::server::store::prelude::*;
 use crate::sync::session::Received;
 use crate::wire::codec::{Codec, CodecError};
 use crate::wire::poll::{PollError, PollReply, PollRequest, RefusalCode, Refused};
@@ -132,7 +134,11 @@ impl Authenticated {
 /// # Errors
 /// [`Refusal::Unauthenticated`] for an unknown environment or a header
 /// sealed with another key; [`Refusal::Store`].
-pub fn authenticate(store: &Store, header: &RequestHeader, body_len: usize) -> Result<Authenticated, Refusal> {
+pub fn authenticate(
+    store: &dyn Transaction,
+    header: &RequestHeader,
+    body_len: usize,
+) -> Result<Authenticated, Refusal> {
     let env = match store.environment(header.environment) {
         Ok(env) => env,
         Err(StoreError::NotFound(_)) => return Err(Refusal::Unauthenticated),
@@ -193,17 +199,22 @@ pub fn open(auth: &Authenticated, codec: &mut Codec, body: &[u8]) -> Result<Poll
 ///
 /// # Errors
 /// When the database fails.
-pub fn burn(store: &Store, auth: &Authenticated) -> Result<(), StoreError> {
+pub fn burn(store: &dyn Transaction, auth: &Authenticated) -> Result<(), StoreError> {
     store.burn_counter(auth.environment, auth.counter)
 }
 
-/// Applies a decoded poll to the store, in one transaction: a refusal or
-/// an error leaves nothing of it behind. Returns the reply to seal.
+/// Applies a decoded poll on `store`, one transaction ([`Pool::write`]
+/// gives it, and rolls it back on an `Err`): a refusal or an error leaves
+/// nothing of it behind. Returns the reply to seal.
 ///
 /// # Errors
 /// [`Refusal::Replay`], [`Refusal::BoundToAnother`], [`Refusal::Store`].
-pub fn apply(store: &Store, auth: &Authenticated, request: &PollRequest, now: i64) -> Result<PollReply, Refusal> {
-    let tx = store.tx()?;
+pub fn apply(
+    store: &dyn Transaction,
+    auth: &Authenticated,
+    request: &PollRequest,
+    now: i64,
+) -> Result<PollReply, Refusal> {
     let env_id = auth.environment;
     let edge_id = request.agent.as_ref().map(|a| a.edge_id.as_str());
     // Not accepted: another agent is bound, or a poll with a higher
@@ -257,7 +268,6 @@ pub fn apply(store: &Store, auth: &Authenticated, request: &PollRequest, now: i6
         reply.intervals = Some(effective);
     }
     reply.commands = store.commands_due(env_id, now, MAX_COMMANDS_PER_REPLY)?;
-    tx.commit()?;
     Ok(reply)
 }
 
@@ -291,28 +301,30 @@ pub fn seal_refusal(auth: &Authenticated, codec: &mut Codec, refusal: &Refusal) 
 /// # Errors
 /// A [`Refusal`]; the stored state, counter and binding are unchanged (but
 /// for a body that does not match its header, whose counter is burnt).
-pub fn handle(store: &Store, codec: &mut Codec, wire: &[u8], now: i64) -> Result<Vec<u8>, Refusal> {
+pub fn handle(db: &Pool, codec: &mut Codec, wire: &[u8], now: i64) -> Result<Vec<u8>, Refusal> {
     let envelope = RequestEnvelope::parse(wire).map_err(|_| Refusal::Unauthenticated)?;
-    let auth = authenticate(store, &envelope.header, envelope.body.len())?;
+    let auth = db.read(|tx| authenticate(tx, &envelope.header, envelope.body.len()))?;
     if let Some(refusal) = auth.early_refusal() {
         return Err(refusal);
     }
     let request = match open(&auth, codec, envelope.body) {
         Err(Refusal::BodyMac) => {
-            burn(store, &auth)?;
+            db.write(|tx| burn(tx, &auth))?;
             return Err(Refusal::Unauthenticated);
         }
         r => r?,
     };
-    let reply = apply(store, &auth, &request, now)?;
+    let reply = db.write(|tx| apply(tx, &auth, &request, now))?;
     seal(&auth, codec, &reply)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use crate::auth::{Secret, open_reply, seal_request};
     use crate::server::store::CommandStatus;
+    use crate::server::store::Store;
     use crate::sync::State;
     use crate::sync::session::AgentSync;
     use crate::sync::state::Id;
@@ -332,7 +344,7 @@ mod tests {
 
     impl Agent {
         /// A poll with a snapshot of `current`.
-        fn poll(&mut self, store: &Store, codec: &mut Codec, current: &State) -> Result<PollReply, Refusal> {
+        fn poll(&mut self, store: &Pool, codec: &mut Codec, current: &State) -> Result<PollReply, Refusal> {
             self.poll_with(store, codec, Some(current), PollRequest::default())
         }
 
@@ -340,7 +352,7 @@ mod tests {
         /// and a snapshot when `current` is given.
         fn poll_with(
             &mut self,
-            store: &Store,
+            store: &Pool,
             codec: &mut Codec,
             current: Option<&State>,
             extra: PollRequest,
@@ -357,7 +369,7 @@ mod tests {
 
         /// Sends a request; the reply's bytes come back, unopened (as good
         /// as lost unless the caller opens them).
-        fn send(&mut self, store: &Store, codec: &mut Codec, req: PollRequest) -> Result<Vec<u8>, Refusal> {
+        fn send(&mut self, store: &Pool, codec: &mut Codec, req: PollRequest) -> Result<Vec<u8>, Refusal> {
             self.counter += 1;
             let req = PollRequest {
                 agent: (!self.named).then(|| AgentInfo { version: "test".into(), edge_id: self.edge_id.clone() }),
@@ -368,9 +380,9 @@ mod tests {
         }
     }
 
-    fn setup() -> (Store, Codec, Agent) {
-        let store = Store::in_memory().unwrap();
-        let e = store.create_environment("site", Secret([8; 32]), 0).unwrap();
+    fn setup() -> (Pool, Codec, Agent) {
+        let store = Pool::new(Store::in_memory().unwrap());
+        let e = store.write(|s| s.create_environment("site", Secret([8; 32]), 0)).unwrap();
         let agent = Agent {
             env: e.id,
             key: e.secret,
@@ -415,11 +427,11 @@ mod tests {
         let s0 = host40(0);
         let r = agent.poll(&store, &mut codec, &s0).unwrap();
         assert_eq!((r.acked, r.resync), (1, false));
-        assert_eq!(store.replica(agent.env).unwrap().current().1, &s0);
+        assert_eq!(store.write(|s| s.replica(agent.env)).unwrap().current().1, &s0);
         // The stopped container: one small delta.
         let s2 = host40(2);
         assert_eq!(agent.poll(&store, &mut codec, &s2).unwrap().acked, 2);
-        assert_eq!(store.replica(agent.env).unwrap().current().1, &s2);
+        assert_eq!(store.write(|s| s.replica(agent.env)).unwrap().current().1, &s2);
         // Nothing changed: acknowledged as is.
         let again = agent.poll(&store, &mut codec, &s2).unwrap();
         assert_eq!((again.acked, again.resync), (2, false));
@@ -446,12 +458,12 @@ mod tests {
         let mut other =
             Agent { edge_id: "edge-2".into(), named: false, counter: 50, sync: AgentSync::default(), ..agent };
         assert!(matches!(other.poll(&store, &mut codec, &State::default()), Err(Refusal::BoundToAnother(_))));
-        let env = store.environment(other.env).unwrap();
+        let env = store.write(|s| s.environment(other.env)).unwrap();
         assert_eq!((env.edge_id.as_deref(), env.last_counter), (Some("edge-1"), 1));
         // An authenticated body that does not decode.
         let bad = seal_request(other.env, 60, &other.key, b"\x01\x00\xff\xff");
         assert!(matches!(handle(&store, &mut codec, &bad, 5), Err(Refusal::BadBody(_))));
-        assert_eq!(store.environment(other.env).unwrap().last_counter, 1, "nothing changed");
+        assert_eq!(store.write(|s| s.environment(other.env)).unwrap().last_counter, 1, "nothing changed");
     }
 
     #[test]
@@ -465,7 +477,7 @@ mod tests {
         let last = forged.len() - 1;
         forged[last] ^= 1;
         assert!(matches!(handle(&store, &mut codec, &forged, 5), Err(Refusal::Unauthenticated)));
-        assert_eq!(store.environment(agent.env).unwrap().last_counter, 2, "its counter is used up");
+        assert_eq!(store.write(|s| s.environment(agent.env)).unwrap().last_counter, 2, "its counter is used up");
         // So the genuine poll with that header is a replay now: one try per
         // genuine poll. A replay is refused by its header: a body that
         // would not even decode is not looked at.
@@ -479,24 +491,24 @@ mod tests {
     #[test]
     fn a_command_goes_queued_sent_delivered_then_ok_with_its_result() {
         let (store, mut codec, mut agent) = setup();
-        let id = store.enqueue_command(agent.env, &restart(1), 900).unwrap();
-        assert_eq!(store.command(id).unwrap().status, CommandStatus::Queued);
+        let id = store.write(|s| s.enqueue_command(agent.env, &restart(1), 900)).unwrap();
+        assert_eq!(store.write(|s| s.command(id)).unwrap().status, CommandStatus::Queued);
         // The next reply carries it, whatever the poll was for.
         let r = agent.poll_with(&store, &mut codec, None, PollRequest::default()).unwrap();
         assert_eq!(r.commands, vec![Command { id, action: restart(1) }]);
-        let c = store.command(id).unwrap();
+        let c = store.write(|s| s.command(id)).unwrap();
         assert_eq!((c.status, c.sent_at), (CommandStatus::Sent, Some(1001)));
         // The agent recorded it: delivered, and never sent again.
         let seen = PollRequest { commands_seen: id, ..PollRequest::default() };
         let r = agent.poll_with(&store, &mut codec, None, seen).unwrap();
         assert!(r.commands.is_empty() && r.results_acked.is_empty());
-        let c = store.command(id).unwrap();
+        let c = store.write(|s| s.command(id)).unwrap();
         assert_eq!((c.status, c.delivered_at), (CommandStatus::Delivered, Some(1002)));
         // It ran: the result is stored and acknowledged.
         let done = PollRequest { results: vec![ok(id)], ..PollRequest::default() };
         let r = agent.poll_with(&store, &mut codec, None, done).unwrap();
         assert_eq!(r.results_acked, vec![id]);
-        let c = store.command(id).unwrap();
+        let c = store.write(|s| s.command(id)).unwrap();
         assert_eq!((c.status, c.finished_at), (CommandStatus::Ok, Some(1001)));
     }
 
@@ -504,22 +516,26 @@ mod tests {
     fn a_result_from_an_agent_whose_clock_jumped_is_held_between_queued_and_received() {
         let (store, mut codec, mut agent) = setup();
         let ids = [
-            store.enqueue_command(agent.env, &restart(1), 900).unwrap(),
-            store.enqueue_command(agent.env, &restart(2), 900).unwrap(),
+            store.write(|s| s.enqueue_command(agent.env, &restart(1), 900)).unwrap(),
+            store.write(|s| s.enqueue_command(agent.env, &restart(2), 900)).unwrap(),
         ];
         agent.poll_with(&store, &mut codec, None, PollRequest::default()).unwrap();
         // An hour ahead, and behind (the poll's now is 1002; queued at 900).
         let at = |id, finished_at| CommandResult { finished_at, ..ok(id) };
         let results = vec![at(ids[0], 1002 + 3600), at(ids[1], 600)];
         agent.poll_with(&store, &mut codec, None, PollRequest { results, ..PollRequest::default() }).unwrap();
-        assert_eq!(store.command(ids[0]).unwrap().finished_at, Some(1002), "not after the server heard of it");
-        assert_eq!(store.command(ids[1]).unwrap().finished_at, Some(900), "not before it was queued");
+        assert_eq!(
+            store.write(|s| s.command(ids[0])).unwrap().finished_at,
+            Some(1002),
+            "not after the server heard of it"
+        );
+        assert_eq!(store.write(|s| s.command(ids[1])).unwrap().finished_at, Some(900), "not before it was queued");
     }
 
     #[test]
     fn a_repeated_result_is_acknowledged_again_and_stored_once() {
         let (store, mut codec, mut agent) = setup();
-        let id = store.enqueue_command(agent.env, &restart(1), 900).unwrap();
+        let id = store.write(|s| s.enqueue_command(agent.env, &restart(1), 900)).unwrap();
         agent.poll_with(&store, &mut codec, None, PollRequest::default()).unwrap();
         let failed = CommandResult {
             output: Vec::new(),
@@ -535,35 +551,35 @@ mod tests {
         // here with a different outcome, which must not overwrite the first.
         let again = PollRequest { results: vec![ok(id)], ..PollRequest::default() };
         assert_eq!(agent.poll_with(&store, &mut codec, None, again).unwrap().results_acked, vec![id]);
-        let c = store.command(id).unwrap();
+        let c = store.write(|s| s.command(id)).unwrap();
         assert_eq!(
             (c.status, c.error.as_str(), c.finished_at),
             (CommandStatus::Failed, "no such container", Some(950))
         );
         // Results naming no command of this environment are acknowledged, so
         // the agent drops them, and change nothing.
-        let other = store.create_environment("other", Secret([9; 32]), 0).unwrap();
-        let foreign = store.enqueue_command(other.id, &restart(2), 900).unwrap();
+        let other = store.write(|s| s.create_environment("other", Secret([9; 32]), 0)).unwrap();
+        let foreign = store.write(|s| s.enqueue_command(other.id, &restart(2), 900)).unwrap();
         let strays = PollRequest { results: vec![ok(foreign), ok(999), ok(u64::MAX)], ..PollRequest::default() };
         assert_eq!(
             agent.poll_with(&store, &mut codec, None, strays).unwrap().results_acked,
             vec![foreign, 999, u64::MAX]
         );
-        assert_eq!(store.command(foreign).unwrap().status, CommandStatus::Queued);
+        assert_eq!(store.write(|s| s.command(foreign)).unwrap().status, CommandStatus::Queued);
     }
 
     #[test]
     fn a_lost_reply_loses_no_command() {
         let (store, mut codec, mut agent) = setup();
-        let id = store.enqueue_command(agent.env, &restart(1), 900).unwrap();
+        let id = store.write(|s| s.enqueue_command(agent.env, &restart(1), 900)).unwrap();
         // The reply with the command never reaches the agent.
         agent.send(&store, &mut codec, PollRequest::default()).unwrap();
-        assert_eq!(store.command(id).unwrap().status, CommandStatus::Sent);
+        assert_eq!(store.write(|s| s.command(id)).unwrap().status, CommandStatus::Sent);
         agent.named = true;
         // Its next poll has no commands_seen: the same command comes again.
         let r = agent.poll_with(&store, &mut codec, None, PollRequest::default()).unwrap();
         assert_eq!(r.commands, vec![Command { id, action: restart(1) }]);
-        let later = store.enqueue_command(agent.env, &restart(2), 900).unwrap();
+        let later = store.write(|s| s.enqueue_command(agent.env, &restart(2), 900)).unwrap();
         let r = agent.poll_with(&store, &mut codec, None, PollRequest::default()).unwrap();
         assert_eq!(r.commands.iter().map(|c| c.id).collect::<Vec<_>>(), vec![id, later], "oldest first");
     }
@@ -572,18 +588,18 @@ mod tests {
     fn a_resync_reply_still_acknowledges_results_and_carries_commands() {
         let (store, mut codec, mut agent) = setup();
         agent.poll(&store, &mut codec, &host40(0)).unwrap();
-        let id = store.enqueue_command(agent.env, &restart(1), 900).unwrap();
-        store.mark_seen(agent.env, 0, 900).unwrap();
-        let before = store.replica(agent.env).unwrap();
+        let id = store.write(|s| s.enqueue_command(agent.env, &restart(1), 900)).unwrap();
+        store.write(|s| s.mark_seen(agent.env, 0, 900)).unwrap();
+        let before = store.write(|s| s.replica(agent.env)).unwrap();
         // An agent whose base the server never had.
         agent.sync = AgentSync::restore(42, host40(2));
         let req = PollRequest { results: vec![ok(id)], ..PollRequest::default() };
         let r = agent.poll_with(&store, &mut codec, Some(&host40(3)), req).unwrap();
         assert!(r.resync);
         assert_eq!(r.results_acked, vec![id]);
-        assert_eq!(store.command(id).unwrap().status, CommandStatus::Ok);
-        assert_eq!(store.replica(agent.env).unwrap(), before, "the state stays as it was");
-        let next = store.enqueue_command(agent.env, &restart(2), 900).unwrap();
+        assert_eq!(store.write(|s| s.command(id)).unwrap().status, CommandStatus::Ok);
+        assert_eq!(store.write(|s| s.replica(agent.env)).unwrap(), before, "the state stays as it was");
+        let next = store.write(|s| s.enqueue_command(agent.env, &restart(2), 900)).unwrap();
         let r = agent.poll_with(&store, &mut codec, Some(&host40(3)), PollRequest::default()).unwrap();
         assert_eq!((r.resync, r.commands.len(), r.commands[0].id), (false, 1, next));
     }
@@ -600,7 +616,7 @@ mod tests {
         assert_eq!(agent.poll_with(&store, &mut codec, None, PollRequest::default()).unwrap().intervals, None);
         // The operator changes them: sent until the agent reports them applied.
         let own = crate::server::store::IntervalSettings { snapshot: Some(300), ..Default::default() };
-        store.set_intervals(agent.env, own).unwrap();
+        store.write(|s| s.set_intervals(agent.env, own)).unwrap();
         let new = Intervals { snapshot: 300, ..SIXTY };
         assert_eq!(agent.poll_with(&store, &mut codec, None, PollRequest::default()).unwrap().intervals, Some(new));
         assert_eq!(agent.poll_with(&store, &mut codec, None, PollRequest::default()).unwrap().intervals, Some(new));
@@ -608,7 +624,7 @@ mod tests {
         // An agent restarted with other intervals is corrected.
         let stale = Intervals { ping: 5, ..new };
         assert_eq!(agent.poll_with(&store, &mut codec, None, report(stale)).unwrap().intervals, Some(new));
-        assert_eq!(store.agent_intervals(agent.env).unwrap(), Some(stale));
+        assert_eq!(store.write(|s| s.agent_intervals(agent.env)).unwrap(), Some(stale));
     }
 
     #[test]
@@ -616,9 +632,10 @@ mod tests {
         let (store, mut codec, mut agent) = setup();
         agent.poll(&store, &mut codec, &host40(0)).unwrap();
         let env_secret = agent.key.clone();
-        store.set_agent_secret(Some("s3cret")).unwrap();
-        let id = store.enqueue_command(agent.env, &restart(1), 900).unwrap();
-        let before = (store.environment(agent.env).unwrap(), store.replica(agent.env).unwrap());
+        store.write(|s| s.set_agent_secret(Some("s3cret"))).unwrap();
+        let id = store.write(|s| s.enqueue_command(agent.env, &restart(1), 900)).unwrap();
+        let before =
+            (store.write(|s| s.environment(agent.env)).unwrap(), store.write(|s| s.replica(agent.env)).unwrap());
         let with_results = || PollRequest { results: vec![ok(id)], commands_seen: id, ..PollRequest::default() };
         // An agent without AGENT_SECRET: told apart from a forgery.
         let refused = agent.poll_with(&store, &mut codec, Some(&host40(2)), with_results());
@@ -630,8 +647,11 @@ mod tests {
             let refused = agent.send(&store, &mut codec, with_results());
             assert!(matches!(refused, Err(Refusal::Unauthenticated)), "{refused:?}");
         }
-        assert_eq!((store.environment(agent.env).unwrap(), store.replica(agent.env).unwrap()), before);
-        assert_eq!(store.command(id).unwrap().status, CommandStatus::Queued, "nothing changed");
+        assert_eq!(
+            (store.write(|s| s.environment(agent.env)).unwrap(), store.write(|s| s.replica(agent.env)).unwrap()),
+            before
+        );
+        assert_eq!(store.write(|s| s.command(id)).unwrap().status, CommandStatus::Queued, "nothing changed");
         // With the right one, the poll goes through, and the reply is sealed
         // with the same derived key.
         agent.key = env_secret.with_agent_secret(Some("s3cret"));
@@ -640,6 +660,6 @@ mod tests {
         let body = open_reply(agent.counter, &agent.key, &wire).unwrap();
         let r = PollReply::decode(&codec.decode(body).unwrap()).unwrap();
         assert_eq!((r.acked, r.commands.len()), (1, 1));
-        assert_eq!(store.environment(agent.env).unwrap().last_counter, agent.counter);
+        assert_eq!(store.write(|s| s.environment(agent.env)).unwrap().last_counter, agent.counter);
     }
 }

@@ -67,8 +67,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiJson, PathId, read_store, with_store};
 use crate::server::http::{AppState, now};
+use crate::server::store::StoreError;
 use crate::server::store::access::{ADMIN, ApiToken, hash_password, random_bytes, secret_hash, verify_password};
-use crate::server::store::{Store, StoreError};
+use crate::server::store::prelude::*;
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "tern_session";
@@ -770,7 +771,7 @@ pub fn given_password(var: impl Fn(&str) -> Option<String>) -> Result<Option<Str
 ///
 /// # Errors
 /// When the given password is not acceptable, or the store fails.
-pub fn ensure_admin(store: &Store, var: impl Fn(&str) -> Option<String>) -> Result<Option<String>, String> {
+pub fn ensure_admin(store: &dyn Transaction, var: impl Fn(&str) -> Option<String>) -> Result<Option<String>, String> {
     let db = |e: StoreError| e.to_string();
     if store.user(ADMIN).map_err(db)?.is_some() {
         if var(PASSWORD_ENV).is_some_and(|v| !v.is_empty()) || var(PASSWORD_FILE_ENV).is_some_and(|v| !v.is_empty()) {
@@ -795,13 +796,15 @@ pub fn ensure_admin(store: &Store, var: impl Fn(&str) -> Option<String>) -> Resu
 ///
 /// # Errors
 /// When the store fails.
-pub fn token_revoked(store: &Store, token: &str) -> Result<bool, StoreError> {
+pub fn token_revoked(store: &dyn Transaction, token: &str) -> Result<bool, StoreError> {
     Ok(store.api_token_by_hash(&secret_hash(token))?.is_some_and(|t| t.revoked_at.is_some()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::server::store::Store;
 
     fn ip(s: &str) -> Option<IpAddr> {
         Some(s.parse().unwrap())
@@ -902,7 +905,8 @@ mod tests {
         let vars = |pairs: &'static [(&'static str, &'static str)]| {
             move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
         };
-        let s = Store::in_memory().unwrap();
+        let s_db = Store::in_memory().unwrap();
+        let s = s_db.autocommit();
         assert_eq!(
             ensure_admin(&s, vars(&[(PASSWORD_ENV, "short")])).unwrap_err(),
             format!("{PASSWORD_ENV}: at least 12 characters")
@@ -915,7 +919,9 @@ mod tests {
         assert_eq!(ensure_admin(&s, vars(&[(PASSWORD_ENV, "another long password")])).unwrap(), None);
         assert_eq!(s.user(ADMIN).unwrap().unwrap(), admin);
 
-        let s = Store::in_memory().unwrap();
+        let s_db = Store::in_memory().unwrap();
+
+        let s = s_db.autocommit();
         let generated = ensure_admin(&s, vars(&[(PASSWORD_ENV, "")])).unwrap().expect("generated and returned");
         assert!(generated.len() >= 20);
         assert!(verify_password(&s.user(ADMIN).unwrap().unwrap().password_hash, &generated));

@@ -40,10 +40,10 @@ use super::view::{self, IntervalsBody, IntervalsView};
 use super::{ApiError, ApiJson, PathId, check_intervals, read_store, with_store};
 use crate::auth::{JoinToken, Secret};
 use crate::server::http::AppState;
+use crate::server::store::IntervalSettings;
 use crate::server::store::fleet::{
     EnvironmentChange, FleetError, FleetItem, FleetOptions, Label, NewEnvironment, Ref, Status,
 };
-use crate::server::store::{IntervalSettings, Store};
 use crate::wire::poll::Intervals;
 
 /// The agent image the generated commands run.
@@ -736,7 +736,7 @@ fn new_edge_id() -> Result<String, ApiError> {
 }
 
 /// An environment's join token and deploy commands, from the store.
-fn deploy_of(store: &Store, id: u64, fingerprint: [u8; 32]) -> Result<CreatedEnvironment, ApiError> {
+fn deploy_of(store: &dyn Transaction, id: u64, fingerprint: [u8; 32]) -> Result<CreatedEnvironment, ApiError> {
     let env = store.environment(id)?;
     let o = store.fleet_options(id)?;
     if o.url.is_empty() {
@@ -767,6 +767,7 @@ fn deploy_of(store: &Store, id: u64, fingerprint: [u8; 32]) -> Result<CreatedEnv
 }
 
 use crate::clock::unix_now as now;
+use crate::server::store::prelude::*;
 
 /// 32 random bytes: an environment's secret.
 fn new_secret() -> Result<Secret, ApiError> {
@@ -778,7 +779,7 @@ fn new_secret() -> Result<Secret, ApiError> {
     Ok(Secret(secret))
 }
 
-fn full_of(store: &Store, id: u64, now: i64) -> Result<EnvironmentFull, ApiError> {
+fn full_of(store: &dyn Transaction, id: u64, now: i64) -> Result<EnvironmentFull, ApiError> {
     let item = store.fleet_item(id, now)?;
     let (seq, root) = (item.seq, view::hex(&item.root));
     let intervals = store.intervals(id)?;
@@ -849,25 +850,22 @@ pub async fn create_environment(
 }
 
 /// Creates an environment the way `POST /api/environments` does, in the
-/// caller's store: the handler and `tern quickstart` share it.
+/// caller's transaction: the handler and `tern quickstart` share it.
 ///
 /// # Errors
 /// A 422 naming the bad field, or the store's error.
 pub(crate) fn create_environment_in(
-    store: &Store,
+    store: &dyn Transaction,
     req: CreateEnvironment,
     fingerprint: [u8; 32],
 ) -> Result<CreatedEnvironment, ApiError> {
     let new = new_environment(req, new_secret()?, new_edge_id()?)?;
     check_intervals(new.intervals, store.default_intervals()?)?;
-    let tx = store.tx()?;
     let id = store.create_fleet_environment(&new, now())?;
     if new.group.is_some() || !new.tags.is_empty() {
         joined_labels(store, id)?;
     }
-    let created = deploy_of(store, id, fingerprint)?;
-    tx.commit()?;
-    Ok(created)
+    deploy_of(store, id, fingerprint)
 }
 
 /// The one moment an environment can come to be targeted by a stack it
@@ -880,7 +878,7 @@ pub(crate) fn create_environment_in(
 ///
 /// # Errors
 /// The store's.
-fn joined_labels(store: &Store, id: u64) -> Result<(), ApiError> {
+fn joined_labels(store: &dyn Transaction, id: u64) -> Result<(), ApiError> {
     store.reconcile_stacks(None, Some(id), now())?;
     Ok(())
 }
@@ -965,18 +963,16 @@ pub async fn update_environment(
 }
 
 /// Changes an environment the way `PATCH /api/environments/{id}` does, in
-/// the caller's store (`tern quickstart` follows its own port with it).
+/// the caller's transaction (`tern quickstart` follows its own port with it).
 ///
 /// # Errors
 /// A 422 naming the bad field, or the store's error.
-pub(crate) fn update_environment_in(store: &Store, id: u64, req: &UpdateEnvironment) -> Result<(), ApiError> {
+pub(crate) fn update_environment_in(store: &dyn Transaction, id: u64, req: &UpdateEnvironment) -> Result<(), ApiError> {
     let change = environment_change(req)?;
-    let tx = store.tx()?;
     store.update_environment(id, &change)?;
     if change.group.is_some() || change.tags.is_some() {
         joined_labels(store, id)?;
     }
-    tx.commit()?;
     Ok(())
 }
 
@@ -1052,11 +1048,8 @@ pub async fn rotate_secret(
     // One transaction: when no deploy command can be made (no URL), the
     // old secret stays, rather than a dead token and no new one.
     let created = with_store(&state, move |store| {
-        let tx = store.tx()?;
         store.rotate_secret(id, &secret)?;
-        let created = deploy_of(store, id, fingerprint)?;
-        tx.commit()?;
-        Ok(created)
+        deploy_of(store, id, fingerprint)
     })
     .await?;
     tracing::warn!("environment {id}: secret rotated by an operator; its agent needs the new EDGE_KEY");
@@ -1277,7 +1270,7 @@ pub async fn delete_tag(State(state): State<Arc<AppState>>, PathId(id): PathId) 
 
 // ----- handlers: settings -----
 
-fn settings_of(store: &Store) -> Result<SettingsView, ApiError> {
+fn settings_of(store: &dyn Transaction) -> Result<SettingsView, ApiError> {
     let following = store.environments_following_defaults()?;
     Ok(SettingsView {
         intervals: store.default_intervals()?.into(),
@@ -1373,6 +1366,8 @@ mod tests {
     use hyper_util::service::TowerToHyperService;
 
     use super::*;
+
+    use crate::server::store::Store;
     use crate::wire::codec::Limits;
 
     const TOKEN: &str = "fleet-token";

@@ -46,6 +46,7 @@ pub const MAX_RUNS_LISTED: usize = 100;
 /// Job targets take the same JSON as stack targets; a job resolves its
 /// groups and tags to the environments in them when it is created or edited.
 pub use super::stacks::{RefBody, TargetsBody};
+use crate::server::store::prelude::*;
 use crate::server::store::stacks::{TargetRef, TargetRefs};
 
 /// `POST /api/jobs`.
@@ -319,14 +320,14 @@ fn not_found(id: u64) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, format!("no job {id}"))
 }
 
-fn detail(store: &crate::server::store::Store, id: u64) -> Result<JobDetail, ApiError> {
+fn detail(store: &dyn Transaction, id: u64) -> Result<JobDetail, ApiError> {
     let job = store.job(id)?.ok_or_else(|| not_found(id))?;
     let environments = store.job_targets(id)?.into_iter().map(Into::into).collect();
     Ok(JobDetail { item: JobItem::from(&job), script: job.job.script, environments })
 }
 
 /// Resolves targets to environments (at least one).
-fn resolve(store: &crate::server::store::Store, refs: &TargetRefs) -> Result<Vec<u64>, ApiError> {
+fn resolve(store: &dyn Transaction, refs: &TargetRefs) -> Result<Vec<u64>, ApiError> {
     let envs = store.resolve_job_targets(&refs.environments, &refs.groups, &refs.tags)?.map_err(ApiError::invalid)?;
     if envs.is_empty() {
         return Err(ApiError::invalid("targets: the groups and tags given hold no environment"));

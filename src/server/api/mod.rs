@@ -46,10 +46,11 @@ use serde::{Deserialize, Serialize};
 
 use self::view::{ACTIONS, CommandView, CreateCommand, IntervalsBody, IntervalsReply, Kind};
 use super::http::AppState;
-use super::store::{IntervalSettings, Store, StoreError};
+use super::store::{IntervalSettings, StoreError};
 use crate::wire::poll::{Action, Intervals};
 
 pub use self::fleet::{AGENT_IMAGE, CreateEnvironment, CreatedEnvironment, docker_run};
+use crate::server::store::prelude::*;
 
 /// The longest interval the API accepts, in seconds (a week): longer ones
 /// would leave an environment out of reach for too long to correct.
@@ -217,7 +218,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
 /// (writes queue there one at a time).
 async fn with_store<T: Send + 'static>(
     state: &Arc<AppState>,
-    f: impl FnOnce(&Store) -> Result<T, ApiError> + Send + 'static,
+    f: impl FnOnce(&dyn Transaction) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     blocking(state, move |shared| shared.with_store(f)).await
 }
@@ -227,7 +228,7 @@ async fn with_store<T: Send + 'static>(
 /// neither waits for a write (a poll being applied) nor holds one up.
 async fn read_store<T: Send + 'static>(
     state: &Arc<AppState>,
-    f: impl FnOnce(&Store) -> Result<T, ApiError> + Send + 'static,
+    f: impl FnOnce(&dyn Transaction) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     blocking(state, move |shared| shared.read_store(f)).await
 }
@@ -440,6 +441,8 @@ mod tests {
 
     use super::view::{EnvironmentDetail, EnvironmentItem};
     use super::*;
+
+    use crate::server::store::Store;
     use crate::sync::State as HostState;
     use crate::sync::diff;
     use crate::sync::session::Replica;
@@ -491,7 +494,7 @@ mod tests {
             v["id"].as_u64().unwrap()
         }
 
-        fn store<T>(&self, f: impl FnOnce(&Store) -> T) -> T {
+        fn store<T, E: From<StoreError>>(&self, f: impl FnOnce(&dyn Transaction) -> Result<T, E>) -> Result<T, E> {
             self.state.with_store(f)
         }
     }
@@ -767,7 +770,7 @@ mod tests {
         let secret = api.store(|s| s.environment(env)).unwrap().secret;
         let poll = |counter: u64, req: PollRequest, codec: &mut Codec| {
             let wire = crate::auth::seal_request(env, counter, &secret, &codec.encode(&req.encode()).unwrap());
-            let reply = api.store(|s| crate::server::poll::handle(s, codec, &wire, t0 + counter as i64)).unwrap();
+            let reply = crate::server::poll::handle(&api.state.store, codec, &wire, t0 + counter as i64).unwrap();
             let body = crate::auth::open_reply(counter, &secret, &reply).unwrap();
             PollReply::decode(&codec.decode(body).unwrap()).unwrap()
         };

@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use super::{ApiError, PathId, read_store};
 use crate::meter::{ConnMeter, UsageSink};
 use crate::server::http::AppState;
-use crate::server::store::Store;
+use crate::server::store::prelude::*;
 use crate::server::store::usage::{KEPT_DAYS, Unattributed, Usage};
 
 /// The days a report covers when `days` is not given.
@@ -283,7 +283,7 @@ impl UsageSink for AppState {
 /// request and reply body sizes of an answered poll, `meter` the
 /// connection's, when the poll came over a connection the server counts.
 pub fn charge_poll(
-    store: &Store,
+    store: &dyn Transaction,
     meter: Option<&ConnMeter>,
     state: &Arc<AppState>,
     environment: Option<u64>,

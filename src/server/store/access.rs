@@ -13,7 +13,7 @@
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use rusqlite::{OptionalExtension, params};
 
-use super::{Store, StoreError, sql_id};
+use super::{StoreError, Tx, sql_id};
 
 /// The admin account's user name, made at the server's first start.
 pub const ADMIN: &str = "admin";
@@ -138,22 +138,139 @@ fn hash_of(bytes: Vec<u8>) -> [u8; 32] {
     <[u8; 32]>::try_from(bytes.as_slice()).unwrap_or([0; 32])
 }
 
-impl Store {
-    fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
-        Ok(User {
-            id: r.get::<_, i64>(0)? as u64,
-            name: r.get(1)?,
-            password_hash: r.get(2)?,
-            created_at: r.get(3)?,
-            password_changed_at: r.get(4)?,
-        })
-    }
-
+/// Operators, sessions and API tokens.
+pub trait AccessStore {
     /// A user by name.
     ///
     /// # Errors
-    /// When SQLite fails.
-    pub fn user(&self, name: &str) -> Result<Option<User>, StoreError> {
+    /// When the database fails.
+    fn user(&self, name: &str) -> Result<Option<User>, StoreError>;
+
+    /// A user by id.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn user_by_id(&self, id: u64) -> Result<Option<User>, StoreError>;
+
+    /// Makes a user unless one of that name exists; returns whether it was
+    /// made.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn create_user(&self, name: &str, password_hash: &str, now: i64) -> Result<bool, StoreError>;
+
+    /// Sets a user's password (already hashed) and ends that user's
+    /// sessions, all but `keep` (the session that asked for the change).
+    /// Returns how many sessions ended, or `None` when there is no such
+    /// user.
+    ///
+    /// # Errors
+    /// When the database fails (then nothing changed).
+    fn set_password(
+        &self,
+        user_id: u64,
+        password_hash: &str,
+        keep: Option<&[u8; 32]>,
+        now: i64,
+    ) -> Result<Option<usize>, StoreError>;
+
+    /// Sets the admin's password (already hashed), making the admin when
+    /// there is none, and ends every admin session: what `tern admin
+    /// reset-password` does on the data directory. Returns how many
+    /// sessions ended.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn reset_admin_password(&self, password_hash: &str, now: i64) -> Result<usize, StoreError>;
+
+    /// Starts a session for `user_id`.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn create_session(
+        &self,
+        id_hash: &[u8; 32],
+        user_id: u64,
+        csrf: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError>;
+
+    /// A session that has not expired by `now`.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn session(&self, id_hash: &[u8; 32], now: i64) -> Result<Option<Session>, StoreError>;
+
+    /// Moves a session's end (as it is used).
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn touch_session(&self, id_hash: &[u8; 32], expires_at: i64) -> Result<(), StoreError>;
+
+    /// Ends a session; returns whether there was one.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn delete_session(&self, id_hash: &[u8; 32]) -> Result<bool, StoreError>;
+
+    /// Forgets the sessions that expired by `now`; returns how many.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn delete_expired_sessions(&self, now: i64) -> Result<usize, StoreError>;
+
+    /// Stores a new API token by its hash.
+    ///
+    /// # Errors
+    /// When the database fails (a hash already stored among them).
+    fn create_api_token(&self, name: &str, token_hash: &[u8; 32], now: i64) -> Result<ApiToken, StoreError>;
+
+    /// Makes sure the token in `<data>/admin-token` is an API token, named
+    /// [`DATA_DIRECTORY_TOKEN`]; when the file holds a new one (the old file
+    /// was deleted), the previous data-directory token is revoked. Returns
+    /// the token's row, which is revoked when an operator revoked it (the
+    /// caller then makes a new file).
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn ensure_data_directory_token(&self, token_hash: &[u8; 32], now: i64) -> Result<ApiToken, StoreError>;
+
+    /// The API token with this hash, revoked or not.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn api_token_by_hash(&self, token_hash: &[u8; 32]) -> Result<Option<ApiToken>, StoreError>;
+
+    /// One API token by id.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn api_token(&self, id: u64) -> Result<Option<ApiToken>, StoreError>;
+
+    /// Every API token, revoked ones too, oldest first.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn api_tokens(&self) -> Result<Vec<ApiToken>, StoreError>;
+
+    /// Notes that a token was used at `now`. The caller writes at most once
+    /// a minute per token (see `last_used_at`), to spare the disk.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn touch_api_token(&self, id: u64, now: i64) -> Result<(), StoreError>;
+
+    /// Revokes a token (revoking it again keeps the first time). Returns
+    /// its row, or `None` when there is no such token.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn revoke_api_token(&self, id: u64, now: i64) -> Result<Option<ApiToken>, StoreError>;
+}
+
+impl AccessStore for Tx<'_> {
+    fn user(&self, name: &str) -> Result<Option<User>, StoreError> {
         Ok(self
             .conn
             .query_row(
@@ -164,11 +281,7 @@ impl Store {
             .optional()?)
     }
 
-    /// A user by id.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn user_by_id(&self, id: u64) -> Result<Option<User>, StoreError> {
+    fn user_by_id(&self, id: u64) -> Result<Option<User>, StoreError> {
         Ok(self
             .conn
             .query_row(
@@ -179,12 +292,7 @@ impl Store {
             .optional()?)
     }
 
-    /// Makes a user unless one of that name exists; returns whether it was
-    /// made.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn create_user(&self, name: &str, password_hash: &str, now: i64) -> Result<bool, StoreError> {
+    fn create_user(&self, name: &str, password_hash: &str, now: i64) -> Result<bool, StoreError> {
         let n = self.conn.execute(
             "INSERT INTO users (name, password_hash, created_at, password_changed_at) VALUES (?1, ?2, ?3, ?3)
              ON CONFLICT(name) DO NOTHING",
@@ -193,14 +301,7 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Sets a user's password (already hashed) and ends that user's
-    /// sessions, all but `keep` (the session that asked for the change).
-    /// Returns how many sessions ended, or `None` when there is no such
-    /// user.
-    ///
-    /// # Errors
-    /// When SQLite fails (then nothing changed).
-    pub fn set_password(
+    fn set_password(
         &self,
         user_id: u64,
         password_hash: &str,
@@ -223,14 +324,7 @@ impl Store {
         Ok(Some(ended))
     }
 
-    /// Sets the admin's password (already hashed), making the admin when
-    /// there is none, and ends every admin session: what `tern admin
-    /// reset-password` does on the data directory. Returns how many
-    /// sessions ended.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn reset_admin_password(&self, password_hash: &str, now: i64) -> Result<usize, StoreError> {
+    fn reset_admin_password(&self, password_hash: &str, now: i64) -> Result<usize, StoreError> {
         if self.create_user(ADMIN, password_hash, now)? {
             return Ok(0);
         }
@@ -238,11 +332,7 @@ impl Store {
         Ok(self.set_password(admin.id, password_hash, None, now)?.unwrap_or(0))
     }
 
-    /// Starts a session for `user_id`.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn create_session(
+    fn create_session(
         &self,
         id_hash: &[u8; 32],
         user_id: u64,
@@ -257,11 +347,7 @@ impl Store {
         Ok(())
     }
 
-    /// A session that has not expired by `now`.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn session(&self, id_hash: &[u8; 32], now: i64) -> Result<Option<Session>, StoreError> {
+    fn session(&self, id_hash: &[u8; 32], now: i64) -> Result<Option<Session>, StoreError> {
         Ok(self
             .conn
             .query_row(
@@ -283,50 +369,21 @@ impl Store {
             .optional()?)
     }
 
-    /// Moves a session's end (as it is used).
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn touch_session(&self, id_hash: &[u8; 32], expires_at: i64) -> Result<(), StoreError> {
+    fn touch_session(&self, id_hash: &[u8; 32], expires_at: i64) -> Result<(), StoreError> {
         self.conn
             .execute("UPDATE sessions SET expires_at = ?2 WHERE id_hash = ?1", params![&id_hash[..], expires_at])?;
         Ok(())
     }
 
-    /// Ends a session; returns whether there was one.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn delete_session(&self, id_hash: &[u8; 32]) -> Result<bool, StoreError> {
+    fn delete_session(&self, id_hash: &[u8; 32]) -> Result<bool, StoreError> {
         Ok(self.conn.execute("DELETE FROM sessions WHERE id_hash = ?1", [&id_hash[..]])? == 1)
     }
 
-    /// Forgets the sessions that expired by `now`; returns how many.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn delete_expired_sessions(&self, now: i64) -> Result<usize, StoreError> {
+    fn delete_expired_sessions(&self, now: i64) -> Result<usize, StoreError> {
         Ok(self.conn.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now])?)
     }
 
-    const TOKEN_COLUMNS: &str = "id, name, created_at, last_used_at, revoked_at, data_directory";
-
-    fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiToken> {
-        Ok(ApiToken {
-            id: r.get::<_, i64>(0)? as u64,
-            name: r.get(1)?,
-            created_at: r.get(2)?,
-            last_used_at: r.get(3)?,
-            revoked_at: r.get(4)?,
-            data_directory: r.get(5)?,
-        })
-    }
-
-    /// Stores a new API token by its hash.
-    ///
-    /// # Errors
-    /// When SQLite fails (a hash already stored among them).
-    pub fn create_api_token(&self, name: &str, token_hash: &[u8; 32], now: i64) -> Result<ApiToken, StoreError> {
+    fn create_api_token(&self, name: &str, token_hash: &[u8; 32], now: i64) -> Result<ApiToken, StoreError> {
         self.conn.execute(
             "INSERT INTO api_tokens (name, token_hash, created_at) VALUES (?1, ?2, ?3)",
             params![name, &token_hash[..], now],
@@ -342,15 +399,7 @@ impl Store {
         })
     }
 
-    /// Makes sure the token in `<data>/admin-token` is an API token, named
-    /// [`DATA_DIRECTORY_TOKEN`]; when the file holds a new one (the old file
-    /// was deleted), the previous data-directory token is revoked. Returns
-    /// the token's row, which is revoked when an operator revoked it (the
-    /// caller then makes a new file).
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn ensure_data_directory_token(&self, token_hash: &[u8; 32], now: i64) -> Result<ApiToken, StoreError> {
+    fn ensure_data_directory_token(&self, token_hash: &[u8; 32], now: i64) -> Result<ApiToken, StoreError> {
         let tx = self.tx()?;
         if let Some(t) = self.api_token_by_hash(token_hash)? {
             return Ok(t);
@@ -364,11 +413,7 @@ impl Store {
         self.api_token_by_hash(token_hash)?.ok_or_else(|| StoreError::vanished("data directory's token"))
     }
 
-    /// The API token with this hash, revoked or not.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn api_token_by_hash(&self, token_hash: &[u8; 32]) -> Result<Option<ApiToken>, StoreError> {
+    fn api_token_by_hash(&self, token_hash: &[u8; 32]) -> Result<Option<ApiToken>, StoreError> {
         Ok(self
             .conn
             .query_row(
@@ -379,11 +424,7 @@ impl Store {
             .optional()?)
     }
 
-    /// One API token by id.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn api_token(&self, id: u64) -> Result<Option<ApiToken>, StoreError> {
+    fn api_token(&self, id: u64) -> Result<Option<ApiToken>, StoreError> {
         Ok(self
             .conn
             .query_row(
@@ -394,31 +435,17 @@ impl Store {
             .optional()?)
     }
 
-    /// Every API token, revoked ones too, oldest first.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn api_tokens(&self) -> Result<Vec<ApiToken>, StoreError> {
+    fn api_tokens(&self) -> Result<Vec<ApiToken>, StoreError> {
         let mut stmt = self.conn.prepare(&format!("SELECT {} FROM api_tokens ORDER BY id", Self::TOKEN_COLUMNS))?;
         Ok(stmt.query_map([], Self::token_row)?.collect::<Result<_, _>>()?)
     }
 
-    /// Notes that a token was used at `now`. The caller writes at most once
-    /// a minute per token (see `last_used_at`), to spare the disk.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn touch_api_token(&self, id: u64, now: i64) -> Result<(), StoreError> {
+    fn touch_api_token(&self, id: u64, now: i64) -> Result<(), StoreError> {
         self.conn.execute("UPDATE api_tokens SET last_used_at = ?2 WHERE id = ?1", params![sql_id(id), now])?;
         Ok(())
     }
 
-    /// Revokes a token (revoking it again keeps the first time). Returns
-    /// its row, or `None` when there is no such token.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn revoke_api_token(&self, id: u64, now: i64) -> Result<Option<ApiToken>, StoreError> {
+    fn revoke_api_token(&self, id: u64, now: i64) -> Result<Option<ApiToken>, StoreError> {
         self.conn.execute(
             "UPDATE api_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
             params![sql_id(id), now],
@@ -427,9 +454,35 @@ impl Store {
     }
 }
 
+impl Tx<'_> {
+    fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+        Ok(User {
+            id: r.get::<_, i64>(0)? as u64,
+            name: r.get(1)?,
+            password_hash: r.get(2)?,
+            created_at: r.get(3)?,
+            password_changed_at: r.get(4)?,
+        })
+    }
+
+    const TOKEN_COLUMNS: &'static str = "id, name, created_at, last_used_at, revoked_at, data_directory";
+
+    fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiToken> {
+        Ok(ApiToken {
+            id: r.get::<_, i64>(0)? as u64,
+            name: r.get(1)?,
+            created_at: r.get(2)?,
+            last_used_at: r.get(3)?,
+            revoked_at: r.get(4)?,
+            data_directory: r.get(5)?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::store::Store;
 
     #[test]
     fn passwords_are_argon2id_phc_strings_with_their_own_salt() {
@@ -454,7 +507,8 @@ mod tests {
 
     #[test]
     fn the_admin_is_made_once_and_its_password_change_ends_other_sessions() {
-        let s = Store::in_memory().unwrap();
+        let s_db = Store::in_memory().unwrap();
+        let s = s_db.autocommit();
         assert!(s.user(ADMIN).unwrap().is_none());
         assert!(s.create_user(ADMIN, "h1", 10).unwrap());
         assert!(!s.create_user(ADMIN, "h2", 11).unwrap(), "never twice");
@@ -489,14 +543,16 @@ mod tests {
 
     #[test]
     fn a_reset_on_a_database_without_an_admin_makes_one() {
-        let s = Store::in_memory().unwrap();
+        let s_db = Store::in_memory().unwrap();
+        let s = s_db.autocommit();
         assert_eq!(s.reset_admin_password("h", 5).unwrap(), 0);
         assert_eq!(s.user(ADMIN).unwrap().unwrap().password_hash, "h");
     }
 
     #[test]
     fn expired_sessions_are_forgotten() {
-        let s = Store::in_memory().unwrap();
+        let s_db = Store::in_memory().unwrap();
+        let s = s_db.autocommit();
         s.create_user(ADMIN, "h", 0).unwrap();
         let id = s.user(ADMIN).unwrap().unwrap().id;
         s.create_session(&[1; 32], id, "x", 0, 10).unwrap();
@@ -509,7 +565,8 @@ mod tests {
 
     #[test]
     fn api_tokens_are_kept_by_hash_listed_without_it_and_revoked() {
-        let s = Store::in_memory().unwrap();
+        let s_db = Store::in_memory().unwrap();
+        let s = s_db.autocommit();
         let h = secret_hash("tern_abc");
         let t = s.create_api_token("ci", &h, 100).unwrap();
         assert_eq!(s.api_token_by_hash(&h).unwrap(), Some(t.clone()));
@@ -532,7 +589,8 @@ mod tests {
 
     #[test]
     fn the_data_directory_token_is_registered_once_and_a_new_file_replaces_the_old() {
-        let s = Store::in_memory().unwrap();
+        let s_db = Store::in_memory().unwrap();
+        let s = s_db.autocommit();
         let first = s.ensure_data_directory_token(&secret_hash("one"), 10).unwrap();
         assert_eq!((first.name.as_str(), first.data_directory, first.revoked_at), (DATA_DIRECTORY_TOKEN, true, None));
         assert_eq!(s.ensure_data_directory_token(&secret_hash("one"), 20).unwrap(), first, "a restart changes nothing");

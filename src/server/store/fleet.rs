@@ -21,7 +21,7 @@
 use rusqlite::types::ToSql;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{IntervalSettings, Store, StoreError, sql_id};
+use super::*;
 use crate::auth::Secret;
 use crate::sync::State;
 use crate::wire::poll::Intervals;
@@ -456,7 +456,825 @@ fn split_vars(text: &str) -> Vec<String> {
     text.split(',').filter(|v| !v.is_empty()).map(str::to_owned).collect()
 }
 
-impl Store {
+/// Environments, their counters, replicas and intervals, the server's
+/// settings, groups and tags: the fleet's storage, on one transaction.
+pub trait FleetStore {
+    /// Creates an environment with a fresh secret, following the server's
+    /// default intervals.
+    ///
+    /// # Errors
+    /// When the name is taken or the database fails.
+    fn create_environment(&self, name: &str, secret: Secret, now: i64) -> Result<Environment, StoreError>;
+
+    /// Creates an environment with a fresh secret and its own intervals.
+    ///
+    /// # Errors
+    /// When the name is taken or the database fails.
+    fn create_environment_with(
+        &self,
+        name: &str,
+        secret: Secret,
+        intervals: IntervalSettings,
+        now: i64,
+    ) -> Result<Environment, StoreError>;
+
+    /// Looks an environment up.
+    ///
+    /// # Errors
+    /// When it does not exist or the database fails.
+    fn environment(&self, id: u64) -> Result<Environment, StoreError>;
+
+    /// Records an accepted poll: raises the counter only if it is higher
+    /// (so two racing requests cannot both pass), binds the EDGE_ID if none
+    /// is bound, and stamps the poll time. Returns false when the counter
+    /// was not higher (a replay) or another EDGE_ID is bound.
+    ///
+    /// # Errors
+    /// When the database fails.
+    /// An agent names itself (`edge_id`) on its first poll after a start;
+    /// later polls may leave it out, but only once the environment is bound.
+    fn accept_poll(&self, id: u64, counter: u64, edge_id: Option<&str>, now: i64) -> Result<bool, StoreError>;
+
+    /// Raises the accepted counter to `counter` (if it is higher) without
+    /// accepting a poll: a body that did not match its authentic header
+    /// uses its counter up.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn burn_counter(&self, id: u64, counter: u64) -> Result<(), StoreError>;
+
+    /// Sets the accepted counter back to 0, so an agent whose counter the
+    /// server holds as seen (pushed too high by an old agent's bug or a
+    /// restored database) can poll again. A machine in the middle that
+    /// recorded polls could replay each once after it: on a link that is not
+    /// trusted, [`Self::rotate_secret`] instead.
+    ///
+    /// # Errors
+    /// When it does not exist or the database fails.
+    fn reset_counter(&self, id: u64) -> Result<(), StoreError>;
+
+    /// Gives the environment a new secret (so a new join token) and sets
+    /// its counter back to 0: polls sealed with the old secret, the
+    /// agent's and any recorded ones, are refused from now on. The binding
+    /// stays: the agent redeployed with the new token keeps its EDGE_ID.
+    ///
+    /// # Errors
+    /// When it does not exist or the database fails.
+    fn rotate_secret(&self, id: u64, secret: &Secret) -> Result<(), StoreError>;
+
+    /// Unbinds the EDGE_ID, so another agent may take the environment over.
+    ///
+    /// # Errors
+    /// When it does not exist or the database fails.
+    fn reset_binding(&self, id: u64) -> Result<(), StoreError>;
+
+    /// The stored replica of an environment's state (empty before its first
+    /// snapshot).
+    ///
+    /// # Errors
+    /// When the database fails or a stored state is corrupt.
+    fn replica(&self, id: u64) -> Result<Replica, StoreError>;
+
+    /// Stores a replica after a poll changed it.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn save_replica(&self, id: u64, replica: &Replica, now: i64) -> Result<(), StoreError>;
+
+    /// Every environment, by id.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn environments(&self) -> Result<Vec<EnvironmentInfo>, StoreError>;
+
+    /// One environment as the list shows it.
+    ///
+    /// # Errors
+    /// When it does not exist or the database fails.
+    fn environment_info(&self, id: u64) -> Result<EnvironmentInfo, StoreError>;
+
+    /// An environment in detail: its row, its intervals, and what its stored
+    /// state holds (the state is decoded, so this costs more than a lookup).
+    ///
+    /// # Errors
+    /// When it does not exist, the database fails or the stored state is corrupt.
+    fn environment_summary(&self, id: u64) -> Result<EnvironmentSummary, StoreError>;
+
+    // ----- intervals and settings -----
+
+    /// Sets an environment's own intervals (all `None`: follow the server
+    /// defaults).
+    ///
+    /// # Errors
+    /// When it does not exist or the database fails.
+    fn set_intervals(&self, id: u64, intervals: IntervalSettings) -> Result<(), StoreError>;
+
+    /// An environment's own intervals.
+    ///
+    /// # Errors
+    /// When it does not exist or the database fails.
+    fn intervals(&self, id: u64) -> Result<IntervalSettings, StoreError>;
+
+    /// Records the intervals the agent reported it runs with.
+    ///
+    /// # Errors
+    /// When it does not exist or the database fails.
+    fn set_agent_intervals(&self, id: u64, intervals: Intervals) -> Result<(), StoreError>;
+
+    /// The intervals the agent last reported (`None` until it has).
+    ///
+    /// # Errors
+    /// When it does not exist or the database fails.
+    fn agent_intervals(&self, id: u64) -> Result<Option<Intervals>, StoreError>;
+
+    /// The intervals an environment's agent should run with: its own where
+    /// set, the server defaults elsewhere.
+    ///
+    /// # Errors
+    /// When it does not exist or the database fails.
+    fn effective_intervals(&self, id: u64) -> Result<Intervals, StoreError>;
+
+    /// The server-wide default intervals ([`DEFAULT_INTERVAL`] each until
+    /// set).
+    ///
+    /// # Errors
+    /// When the database fails or a stored value is not a number of seconds.
+    fn default_intervals(&self) -> Result<Intervals, StoreError>;
+
+    /// Sets the server-wide default intervals.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn set_default_intervals(&self, intervals: Intervals) -> Result<(), StoreError>;
+
+    /// The server's `AGENT_SECRET`, when it has one: every agent must then
+    /// hold the same (see [`Secret::with_agent_secret`]).
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn agent_secret(&self) -> Result<Option<String>, StoreError>;
+
+    /// Sets or (with `None` or an empty text) removes the server's
+    /// `AGENT_SECRET`.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn set_agent_secret(&self, secret: Option<&str>) -> Result<(), StoreError>;
+
+    /// Records that the agent's snapshot poll confirmed the stored state
+    /// unchanged: the state is as of `now` (its age restarts).
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn confirm_snapshot(&self, id: u64, now: i64) -> Result<(), StoreError>;
+
+    /// Creates an environment with its options, group and tags, all or
+    /// nothing.
+    ///
+    /// # Errors
+    /// [`StoreError::NameTaken`], [`FleetError::UnknownGroup`],
+    /// [`FleetError::UnknownTag`] (a tag id), or when the database fails.
+    fn create_fleet_environment(&self, new: &NewEnvironment, now: i64) -> Result<u64, StoreError>;
+
+    /// Changes an environment, all or nothing.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::NameTaken`],
+    /// [`FleetError::UnknownGroup`], [`FleetError::UnknownTag`], or when
+    /// the database fails.
+    fn update_environment(&self, id: u64, change: &EnvironmentChange) -> Result<(), StoreError>;
+
+    /// Deletes an environment and everything that is its: stored state,
+    /// commands and their results, tags, data usage.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], or when the database fails.
+    fn delete_environment(&self, id: u64) -> Result<(), StoreError>;
+
+    /// What an environment was created with.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], or when the database fails.
+    fn fleet_options(&self, id: u64) -> Result<FleetOptions, StoreError>;
+
+    /// The environments `filter` selects, by id, as of `now`, and how many
+    /// it selects without its limit and offset. One query on the
+    /// environments' rows: no stored state is decoded.
+    ///
+    /// # Errors
+    /// [`FleetError::UnknownGroup`] / [`FleetError::UnknownTag`] for a
+    /// filter naming none, or when the database fails.
+    fn fleet(&self, filter: &Filter, now: i64) -> Result<(Vec<FleetItem>, u64), StoreError>;
+
+    /// One environment as the fleet list shows it.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], or when the database fails.
+    fn fleet_item(&self, id: u64, now: i64) -> Result<FleetItem, StoreError>;
+
+    /// The highest command id the agent confirmed it recorded.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], or when the database fails.
+    fn commands_seen(&self, id: u64) -> Result<u64, StoreError>;
+
+    /// How many environments follow each default interval (their own is
+    /// unset), as intervals-shaped counts.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn environments_following_defaults(&self) -> Result<Intervals, StoreError>;
+
+    /// How many environments would have every timer disabled under these
+    /// default intervals.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn environments_without_timers(&self, defaults: Intervals) -> Result<u64, StoreError>;
+
+    /// Sets the default intervals, unless that would leave an environment
+    /// with every timer disabled (or the defaults themselves all disabled).
+    ///
+    /// # Errors
+    /// [`FleetError::TimersOff`], or when the database fails.
+    fn change_default_intervals(&self, defaults: Intervals) -> Result<(), StoreError>;
+
+    /// Creates a group.
+    ///
+    /// # Errors
+    /// [`FleetError::GroupNameTaken`], or when the database fails.
+    fn create_group(&self, name: &str) -> Result<Label, StoreError>;
+
+    /// Every group, by name.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn groups(&self) -> Result<Vec<Label>, StoreError>;
+
+    /// One group.
+    ///
+    /// # Errors
+    /// [`FleetError::GroupNotFound`], or when the database fails.
+    fn group(&self, id: u64) -> Result<Label, StoreError>;
+
+    /// Renames a group.
+    ///
+    /// # Errors
+    /// [`FleetError::GroupNotFound`], [`FleetError::GroupNameTaken`], or
+    /// when the database fails.
+    fn rename_group(&self, id: u64, name: &str) -> Result<Label, StoreError>;
+
+    /// Deletes a group; its environments fall back to no group.
+    ///
+    /// # Errors
+    /// [`FleetError::GroupNotFound`], or when the database fails.
+    fn delete_group(&self, id: u64) -> Result<(), StoreError>;
+
+    /// Creates a tag.
+    ///
+    /// # Errors
+    /// [`FleetError::TagNameTaken`], or when the database fails.
+    fn create_tag(&self, name: &str) -> Result<Label, StoreError>;
+
+    /// Every tag, by name.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn tags(&self) -> Result<Vec<Label>, StoreError>;
+
+    /// One tag.
+    ///
+    /// # Errors
+    /// [`FleetError::TagNotFound`], or when the database fails.
+    fn tag(&self, id: u64) -> Result<Label, StoreError>;
+
+    /// Renames a tag.
+    ///
+    /// # Errors
+    /// [`FleetError::TagNotFound`], [`FleetError::TagNameTaken`], or when
+    /// the database fails.
+    fn rename_tag(&self, id: u64, name: &str) -> Result<Label, StoreError>;
+
+    /// Deletes a tag, taking it off every environment.
+    ///
+    /// # Errors
+    /// [`FleetError::TagNotFound`], or when the database fails.
+    fn delete_tag(&self, id: u64) -> Result<(), StoreError>;
+}
+
+impl FleetStore for Tx<'_> {
+    fn create_environment(&self, name: &str, secret: Secret, now: i64) -> Result<Environment, StoreError> {
+        self.create_environment_with(name, secret, IntervalSettings::default(), now)
+    }
+
+    fn create_environment_with(
+        &self,
+        name: &str,
+        secret: Secret,
+        intervals: IntervalSettings,
+        now: i64,
+    ) -> Result<Environment, StoreError> {
+        let tx = self.tx()?;
+        let r = self.conn.execute(
+            "INSERT INTO environments (name, secret, created_at, ping_interval, snapshot_interval, command_interval)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![name, &secret.0[..], now, intervals.ping, intervals.snapshot, intervals.command],
+        );
+        match r {
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                return Err(StoreError::NameTaken(name.to_owned()));
+            }
+            r => r?,
+        };
+        let id = self.conn.last_insert_rowid() as u64;
+        self.refresh_status_windows(Some(id))?;
+        tx.commit()?;
+        Ok(Environment { id, name: name.to_owned(), secret, edge_id: None, last_counter: 0 })
+    }
+
+    fn environment(&self, id: u64) -> Result<Environment, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT id, name, secret, edge_id, last_counter FROM environments WHERE id = ?1",
+                [id as i64],
+                |r| {
+                    let secret: Vec<u8> = r.get(2)?;
+                    Ok((r.get::<_, i64>(0)?, r.get(1)?, secret, r.get(3)?, r.get::<_, i64>(4)?))
+                },
+            )
+            .optional()?
+            .ok_or(StoreError::NotFound(id))
+            .and_then(|(id, name, secret, edge_id, last_counter)| {
+                let secret = <[u8; 32]>::try_from(secret.as_slice())
+                    .map_err(|_| StoreError::Corrupt { what: "secret", environment: id as u64 })?;
+                Ok(Environment {
+                    id: id as u64,
+                    name,
+                    secret: Secret(secret),
+                    edge_id,
+                    last_counter: last_counter as u64,
+                })
+            })
+    }
+
+    fn accept_poll(&self, id: u64, counter: u64, edge_id: Option<&str>, now: i64) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "UPDATE environments SET last_counter = ?2, edge_id = COALESCE(edge_id, ?3), last_poll_at = ?4
+             WHERE id = ?1 AND last_counter < ?2
+               AND ((?3 IS NULL AND edge_id IS NOT NULL) OR (?3 IS NOT NULL AND (edge_id IS NULL OR edge_id = ?3)))",
+            params![id as i64, counter as i64, edge_id, now],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn burn_counter(&self, id: u64, counter: u64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE environments SET last_counter = ?2 WHERE id = ?1 AND last_counter < ?2",
+            params![id as i64, counter as i64],
+        )?;
+        Ok(())
+    }
+
+    fn reset_counter(&self, id: u64) -> Result<(), StoreError> {
+        match self.conn.execute("UPDATE environments SET last_counter = 0 WHERE id = ?1", [id as i64])? {
+            0 => Err(StoreError::NotFound(id)),
+            _ => Ok(()),
+        }
+    }
+
+    fn rotate_secret(&self, id: u64, secret: &Secret) -> Result<(), StoreError> {
+        match self.conn.execute(
+            "UPDATE environments SET secret = ?2, last_counter = 0 WHERE id = ?1",
+            params![id as i64, &secret.0[..]],
+        )? {
+            0 => Err(StoreError::NotFound(id)),
+            _ => Ok(()),
+        }
+    }
+
+    fn reset_binding(&self, id: u64) -> Result<(), StoreError> {
+        match self.conn.execute("UPDATE environments SET edge_id = NULL WHERE id = ?1", [id as i64])? {
+            0 => Err(StoreError::NotFound(id)),
+            _ => Ok(()),
+        }
+    }
+
+    fn replica(&self, id: u64) -> Result<Replica, StoreError> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT seq, state, prev_seq, prev_state FROM replicas WHERE environment = ?1",
+                [id as i64],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                        r.get::<_, Option<Vec<u8>>>(3)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((seq, state, prev_seq, prev_state)) = row else { return Ok(Replica::default()) };
+        let prev = match (prev_seq, prev_state) {
+            (Some(s), Some(b)) => Some((s as u64, decode_state(&b, id)?)),
+            _ => None,
+        };
+        Ok(Replica::restore(seq as u64, decode_state(&state, id)?, prev))
+    }
+
+    fn save_replica(&self, id: u64, replica: &Replica, now: i64) -> Result<(), StoreError> {
+        let (seq, state) = replica.current();
+        let prev = replica.previous();
+        let tx = self.tx()?;
+        tx.execute(
+            "INSERT INTO replicas (environment, seq, state, prev_seq, prev_state) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(environment) DO UPDATE SET seq = ?2, state = ?3, prev_seq = ?4, prev_state = ?5",
+            params![
+                id as i64,
+                seq as i64,
+                state.to_snapshot(),
+                prev.map(|(s, _)| s as i64),
+                prev.map(|(_, st)| st.to_snapshot())
+            ],
+        )?;
+        tx.execute("UPDATE environments SET snapshot_at = ?2 WHERE id = ?1", params![id as i64, now])?;
+        fleet::save_counts(&tx, id, seq, state, now)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn environments(&self) -> Result<Vec<EnvironmentInfo>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, name, edge_id, created_at, last_poll_at, snapshot_at FROM environments ORDER BY id")?;
+        let rows = stmt.query_map([], Self::info_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn environment_info(&self, id: u64) -> Result<EnvironmentInfo, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT id, name, edge_id, created_at, last_poll_at, snapshot_at FROM environments WHERE id = ?1",
+                [sql_id(id)],
+                Self::info_row,
+            )
+            .optional()?
+            .ok_or(StoreError::NotFound(id))
+    }
+
+    fn environment_summary(&self, id: u64) -> Result<EnvironmentSummary, StoreError> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT id, name, edge_id, created_at, last_poll_at, snapshot_at,
+                        ping_interval, snapshot_interval, command_interval,
+                        agent_ping, agent_snapshot, agent_command, commands_seen
+                 FROM environments WHERE id = ?1",
+                [sql_id(id)],
+                |r| {
+                    let intervals = IntervalSettings {
+                        ping: opt_u32(r.get(6)?),
+                        snapshot: opt_u32(r.get(7)?),
+                        command: opt_u32(r.get(8)?),
+                    };
+                    let agent = Self::agent_intervals_of(r.get(9)?, r.get(10)?, r.get(11)?);
+                    Ok((Self::info_row(r)?, intervals, agent, r.get::<_, i64>(12)? as u64))
+                },
+            )
+            .optional()?;
+        let (info, intervals, agent_intervals, commands_seen) = row.ok_or(StoreError::NotFound(id))?;
+        let replica = self.replica(id)?;
+        let (seq, state) = replica.current();
+        Ok(EnvironmentSummary {
+            info,
+            seq,
+            root: state.root(),
+            counts: ObjectCounts {
+                containers: state.containers.len(),
+                images: state.images.len(),
+                volumes: state.volumes.len(),
+                networks: state.networks.len(),
+                stacks: state.stacks().len(),
+            },
+            intervals,
+            effective: intervals.resolve(self.default_intervals()?),
+            agent_intervals,
+            commands_seen,
+        })
+    }
+
+    fn set_intervals(&self, id: u64, intervals: IntervalSettings) -> Result<(), StoreError> {
+        let tx = self.tx()?;
+        let n = self.conn.execute(
+            "UPDATE environments SET ping_interval = ?2, snapshot_interval = ?3, command_interval = ?4 WHERE id = ?1",
+            params![sql_id(id), intervals.ping, intervals.snapshot, intervals.command],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(id));
+        }
+        self.refresh_status_windows(Some(id))?;
+        tx.commit()
+    }
+
+    fn intervals(&self, id: u64) -> Result<IntervalSettings, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT ping_interval, snapshot_interval, command_interval FROM environments WHERE id = ?1",
+                [sql_id(id)],
+                |r| {
+                    Ok(IntervalSettings {
+                        ping: opt_u32(r.get(0)?),
+                        snapshot: opt_u32(r.get(1)?),
+                        command: opt_u32(r.get(2)?),
+                    })
+                },
+            )
+            .optional()?
+            .ok_or(StoreError::NotFound(id))
+    }
+
+    fn set_agent_intervals(&self, id: u64, intervals: Intervals) -> Result<(), StoreError> {
+        let tx = self.tx()?;
+        let n = self.conn.execute(
+            "UPDATE environments SET agent_ping = ?2, agent_snapshot = ?3, agent_command = ?4 WHERE id = ?1",
+            params![sql_id(id), intervals.ping, intervals.snapshot, intervals.command],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(id));
+        }
+        self.refresh_status_windows(Some(id))?;
+        tx.commit()
+    }
+
+    fn agent_intervals(&self, id: u64) -> Result<Option<Intervals>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT agent_ping, agent_snapshot, agent_command FROM environments WHERE id = ?1",
+                [sql_id(id)],
+                |r| Ok(Self::agent_intervals_of(r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?
+            .ok_or(StoreError::NotFound(id))
+    }
+
+    fn effective_intervals(&self, id: u64) -> Result<Intervals, StoreError> {
+        Ok(self.intervals(id)?.resolve(self.default_intervals()?))
+    }
+
+    fn default_intervals(&self) -> Result<Intervals, StoreError> {
+        let get = |key: &'static str| -> Result<u32, StoreError> {
+            match self.setting(key)? {
+                None => Ok(DEFAULT_INTERVAL),
+                Some(v) => v.parse().map_err(|_| StoreError::CorruptSetting(key)),
+            }
+        };
+        Ok(Intervals { ping: get(SETTING_PING)?, snapshot: get(SETTING_SNAPSHOT)?, command: get(SETTING_COMMAND)? })
+    }
+
+    fn set_default_intervals(&self, intervals: Intervals) -> Result<(), StoreError> {
+        let tx = self.tx()?;
+        self.set_setting(SETTING_PING, Some(&intervals.ping.to_string()))?;
+        self.set_setting(SETTING_SNAPSHOT, Some(&intervals.snapshot.to_string()))?;
+        self.set_setting(SETTING_COMMAND, Some(&intervals.command.to_string()))?;
+        self.refresh_status_windows(None)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn agent_secret(&self) -> Result<Option<String>, StoreError> {
+        Ok(self.setting(SETTING_AGENT_SECRET)?.filter(|s| !s.is_empty()))
+    }
+
+    fn set_agent_secret(&self, secret: Option<&str>) -> Result<(), StoreError> {
+        self.set_setting(SETTING_AGENT_SECRET, secret.filter(|s| !s.is_empty()))
+    }
+
+    fn confirm_snapshot(&self, id: u64, now: i64) -> Result<(), StoreError> {
+        self.conn.execute("UPDATE environments SET state_as_of = ?2 WHERE id = ?1", params![sql_id(id), now])?;
+        Ok(())
+    }
+
+    fn create_fleet_environment(&self, new: &NewEnvironment, now: i64) -> Result<u64, StoreError> {
+        let tx = self.tx()?;
+        let group = new.group.as_ref().map(|g| resolve(&tx, Kind::Group, g)).transpose()?;
+        let env = self.create_environment_with(&new.name, new.secret.clone(), new.intervals, now)?;
+        let o = &new.options;
+        tx.execute(
+            "UPDATE environments SET group_id = ?2, url = ?3, env_vars = ?4, allow_self_signed = ?5,
+                volume_path = ?6, deploy_edge_id = ?7, tcp_timestamps = ?8 WHERE id = ?1",
+            params![
+                sql_id(env.id),
+                group.map(sql_id),
+                o.url,
+                o.env_vars.join(","),
+                o.allow_self_signed,
+                o.volume_path,
+                o.deploy_edge_id,
+                o.tcp_timestamps
+            ],
+        )?;
+        set_tags(&tx, env.id, &new.tags)?;
+        tx.commit()?;
+        Ok(env.id)
+    }
+
+    fn update_environment(&self, id: u64, change: &EnvironmentChange) -> Result<(), StoreError> {
+        let tx = self.tx()?;
+        self.environment(id)?;
+        let set = |column: &str, value: &dyn ToSql| -> Result<(), rusqlite::Error> {
+            tx.execute(&format!("UPDATE environments SET {column} = ?2 WHERE id = ?1"), params![sql_id(id), value])
+                .map(drop)
+        };
+        if let Some(name) = &change.name {
+            match set("name", name) {
+                Err(e) if is_constraint(&e) => return Err(StoreError::NameTaken(name.clone())),
+                r => r?,
+            }
+        }
+        if let Some(url) = &change.url {
+            set("url", url)?;
+        }
+        if let Some(group) = &change.group {
+            let group = group.as_ref().map(|g| resolve(&tx, Kind::Group, g)).transpose()?;
+            set("group_id", &group.map(sql_id))?;
+        }
+        if let Some(tags) = &change.tags {
+            set_tags(&tx, id, tags)?;
+        }
+        if let Some(vars) = &change.env_vars {
+            set("env_vars", &vars.join(","))?;
+        }
+        if let Some(allow) = change.allow_self_signed {
+            set("allow_self_signed", &allow)?;
+        }
+        if let Some(path) = &change.volume_path {
+            set("volume_path", path)?;
+        }
+        if let Some(keep) = change.tcp_timestamps {
+            set("tcp_timestamps", &keep)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn delete_environment(&self, id: u64) -> Result<(), StoreError> {
+        let tx = self.tx()?;
+        // Explicit, so nothing depends on foreign keys being enforced.
+        for sql in [
+            "DELETE FROM replicas WHERE environment = ?1",
+            "DELETE FROM commands WHERE environment = ?1",
+            "DELETE FROM environment_tags WHERE environment = ?1",
+        ] {
+            tx.execute(sql, [sql_id(id)])?;
+        }
+        let n = tx.execute("DELETE FROM environments WHERE id = ?1", [sql_id(id)])?;
+        if n == 0 {
+            return Err(StoreError::NotFound(id));
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn fleet_options(&self, id: u64) -> Result<FleetOptions, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT url, env_vars, allow_self_signed, volume_path, deploy_edge_id, tcp_timestamps
+                 FROM environments WHERE id = ?1",
+                [sql_id(id)],
+                |r| {
+                    Ok(FleetOptions {
+                        url: r.get(0)?,
+                        env_vars: split_vars(&r.get::<_, String>(1)?),
+                        allow_self_signed: r.get(2)?,
+                        volume_path: r.get(3)?,
+                        deploy_edge_id: r.get(4)?,
+                        tcp_timestamps: r.get(5)?,
+                    })
+                },
+            )
+            .optional()?
+            .ok_or(StoreError::NotFound(id))
+    }
+
+    fn fleet(&self, filter: &Filter, now: i64) -> Result<(Vec<FleetItem>, u64), StoreError> {
+        self.fleet_where(filter, None, now)
+    }
+
+    fn fleet_item(&self, id: u64, now: i64) -> Result<FleetItem, StoreError> {
+        let (mut items, _) = self.fleet_where(&Filter::default(), Some(id), now)?;
+        items.pop().ok_or(StoreError::NotFound(id))
+    }
+
+    fn commands_seen(&self, id: u64) -> Result<u64, StoreError> {
+        self.conn
+            .query_row("SELECT commands_seen FROM environments WHERE id = ?1", [sql_id(id)], |r| r.get::<_, i64>(0))
+            .optional()?
+            .map(|v| v as u64)
+            .ok_or(StoreError::NotFound(id))
+    }
+
+    fn environments_following_defaults(&self) -> Result<Intervals, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*) - COUNT(ping_interval), COUNT(*) - COUNT(snapshot_interval),
+                    COUNT(*) - COUNT(command_interval) FROM environments",
+            [],
+            |r| Ok(Intervals { ping: r.get(0)?, snapshot: r.get(1)?, command: r.get(2)? }),
+        )?)
+    }
+
+    fn environments_without_timers(&self, defaults: Intervals) -> Result<u64, StoreError> {
+        let n: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM environments WHERE COALESCE(ping_interval, ?1) = 0
+                AND COALESCE(snapshot_interval, ?2) = 0 AND COALESCE(command_interval, ?3) = 0",
+            params![defaults.ping, defaults.snapshot, defaults.command],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
+    fn change_default_intervals(&self, defaults: Intervals) -> Result<(), StoreError> {
+        // One connection, used by one caller at a time: nothing comes
+        // between the check and the change.
+        let off = self.environments_without_timers(defaults)?;
+        if off > 0 {
+            return Err(FleetError::TimersOff(off).into());
+        }
+        self.set_default_intervals(defaults)
+    }
+
+    fn create_group(&self, name: &str) -> Result<Label, StoreError> {
+        self.label_create(Kind::Group, name)
+    }
+
+    fn groups(&self) -> Result<Vec<Label>, StoreError> {
+        self.label_list(Kind::Group)
+    }
+
+    fn group(&self, id: u64) -> Result<Label, StoreError> {
+        self.label(Kind::Group, id)
+    }
+
+    fn rename_group(&self, id: u64, name: &str) -> Result<Label, StoreError> {
+        self.label_rename(Kind::Group, id, name)
+    }
+
+    fn delete_group(&self, id: u64) -> Result<(), StoreError> {
+        self.label_delete(Kind::Group, id)
+    }
+
+    fn create_tag(&self, name: &str) -> Result<Label, StoreError> {
+        self.label_create(Kind::Tag, name)
+    }
+
+    fn tags(&self) -> Result<Vec<Label>, StoreError> {
+        self.label_list(Kind::Tag)
+    }
+
+    fn tag(&self, id: u64) -> Result<Label, StoreError> {
+        self.label(Kind::Tag, id)
+    }
+
+    fn rename_tag(&self, id: u64, name: &str) -> Result<Label, StoreError> {
+        self.label_rename(Kind::Tag, id, name)
+    }
+
+    fn delete_tag(&self, id: u64) -> Result<(), StoreError> {
+        self.label_delete(Kind::Tag, id)
+    }
+}
+
+impl Tx<'_> {
+    fn info_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EnvironmentInfo> {
+        Ok(EnvironmentInfo {
+            id: r.get::<_, i64>(0)? as u64,
+            name: r.get(1)?,
+            edge_id: r.get(2)?,
+            created_at: r.get(3)?,
+            last_poll_at: r.get(4)?,
+            snapshot_at: r.get(5)?,
+        })
+    }
+
+    fn agent_intervals_of(ping: Option<i64>, snapshot: Option<i64>, command: Option<i64>) -> Option<Intervals> {
+        Some(Intervals { ping: opt_u32(ping)?, snapshot: opt_u32(snapshot)?, command: opt_u32(command)? })
+    }
+
+    fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.conn.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+    }
+
+    fn set_setting(&self, key: &str, value: Option<&str>) -> Result<(), StoreError> {
+        match value {
+            Some(v) => self.conn.execute(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2",
+                [key, v],
+            )?,
+            None => self.conn.execute("DELETE FROM settings WHERE key = ?1", [key])?,
+        };
+        Ok(())
+    }
+
     /// Fills the counts of environments whose stored state is newer than
     /// their counts (a database from before migration 4). A state that no
     /// longer decodes is logged and left for its next snapshot.
@@ -473,7 +1291,7 @@ impl Store {
         };
         for (id, seq, bytes, snapshot_at) in stale {
             match State::from_snapshot(&bytes) {
-                Ok(state) => save_counts(&self.conn, id as u64, seq as u64, &state, snapshot_at.unwrap_or(0))?,
+                Ok(state) => save_counts(self.conn, id as u64, seq as u64, &state, snapshot_at.unwrap_or(0))?,
                 Err(e) => tracing::warn!("environment {id}: stored state does not decode ({e}); counts left empty"),
             }
         }
@@ -517,159 +1335,6 @@ impl Store {
         tx.commit()
     }
 
-    /// Records that the agent's snapshot poll confirmed the stored state
-    /// unchanged: the state is as of `now` (its age restarts).
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn confirm_snapshot(&self, id: u64, now: i64) -> Result<(), StoreError> {
-        self.conn.execute("UPDATE environments SET state_as_of = ?2 WHERE id = ?1", params![sql_id(id), now])?;
-        Ok(())
-    }
-
-    /// Creates an environment with its options, group and tags, all or
-    /// nothing.
-    ///
-    /// # Errors
-    /// [`StoreError::NameTaken`], [`FleetError::UnknownGroup`],
-    /// [`FleetError::UnknownTag`] (a tag id), or when SQLite fails.
-    pub fn create_fleet_environment(&self, new: &NewEnvironment, now: i64) -> Result<u64, StoreError> {
-        let tx = self.tx()?;
-        let group = new.group.as_ref().map(|g| resolve(&tx, Kind::Group, g)).transpose()?;
-        let env = self.create_environment_with(&new.name, new.secret.clone(), new.intervals, now)?;
-        let o = &new.options;
-        tx.execute(
-            "UPDATE environments SET group_id = ?2, url = ?3, env_vars = ?4, allow_self_signed = ?5,
-                volume_path = ?6, deploy_edge_id = ?7, tcp_timestamps = ?8 WHERE id = ?1",
-            params![
-                sql_id(env.id),
-                group.map(sql_id),
-                o.url,
-                o.env_vars.join(","),
-                o.allow_self_signed,
-                o.volume_path,
-                o.deploy_edge_id,
-                o.tcp_timestamps
-            ],
-        )?;
-        set_tags(&tx, env.id, &new.tags)?;
-        tx.commit()?;
-        Ok(env.id)
-    }
-
-    /// Changes an environment, all or nothing.
-    ///
-    /// # Errors
-    /// [`StoreError::NotFound`], [`StoreError::NameTaken`],
-    /// [`FleetError::UnknownGroup`], [`FleetError::UnknownTag`], or when
-    /// SQLite fails.
-    pub fn update_environment(&self, id: u64, change: &EnvironmentChange) -> Result<(), StoreError> {
-        let tx = self.tx()?;
-        self.environment(id)?;
-        let set = |column: &str, value: &dyn ToSql| -> Result<(), rusqlite::Error> {
-            tx.execute(&format!("UPDATE environments SET {column} = ?2 WHERE id = ?1"), params![sql_id(id), value])
-                .map(drop)
-        };
-        if let Some(name) = &change.name {
-            match set("name", name) {
-                Err(e) if is_constraint(&e) => return Err(StoreError::NameTaken(name.clone())),
-                r => r?,
-            }
-        }
-        if let Some(url) = &change.url {
-            set("url", url)?;
-        }
-        if let Some(group) = &change.group {
-            let group = group.as_ref().map(|g| resolve(&tx, Kind::Group, g)).transpose()?;
-            set("group_id", &group.map(sql_id))?;
-        }
-        if let Some(tags) = &change.tags {
-            set_tags(&tx, id, tags)?;
-        }
-        if let Some(vars) = &change.env_vars {
-            set("env_vars", &vars.join(","))?;
-        }
-        if let Some(allow) = change.allow_self_signed {
-            set("allow_self_signed", &allow)?;
-        }
-        if let Some(path) = &change.volume_path {
-            set("volume_path", path)?;
-        }
-        if let Some(keep) = change.tcp_timestamps {
-            set("tcp_timestamps", &keep)?;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Deletes an environment and everything that is its: stored state,
-    /// commands and their results, tags, data usage.
-    ///
-    /// # Errors
-    /// [`StoreError::NotFound`], or when SQLite fails.
-    pub fn delete_environment(&self, id: u64) -> Result<(), StoreError> {
-        let tx = self.tx()?;
-        // Explicit, so nothing depends on foreign keys being enforced.
-        for sql in [
-            "DELETE FROM replicas WHERE environment = ?1",
-            "DELETE FROM commands WHERE environment = ?1",
-            "DELETE FROM environment_tags WHERE environment = ?1",
-        ] {
-            tx.execute(sql, [sql_id(id)])?;
-        }
-        let n = tx.execute("DELETE FROM environments WHERE id = ?1", [sql_id(id)])?;
-        if n == 0 {
-            return Err(StoreError::NotFound(id));
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// What an environment was created with.
-    ///
-    /// # Errors
-    /// [`StoreError::NotFound`], or when SQLite fails.
-    pub fn fleet_options(&self, id: u64) -> Result<FleetOptions, StoreError> {
-        self.conn
-            .query_row(
-                "SELECT url, env_vars, allow_self_signed, volume_path, deploy_edge_id, tcp_timestamps
-                 FROM environments WHERE id = ?1",
-                [sql_id(id)],
-                |r| {
-                    Ok(FleetOptions {
-                        url: r.get(0)?,
-                        env_vars: split_vars(&r.get::<_, String>(1)?),
-                        allow_self_signed: r.get(2)?,
-                        volume_path: r.get(3)?,
-                        deploy_edge_id: r.get(4)?,
-                        tcp_timestamps: r.get(5)?,
-                    })
-                },
-            )
-            .optional()?
-            .ok_or(StoreError::NotFound(id))
-    }
-
-    /// The environments `filter` selects, by id, as of `now`, and how many
-    /// it selects without its limit and offset. One query on the
-    /// environments' rows: no stored state is decoded.
-    ///
-    /// # Errors
-    /// [`FleetError::UnknownGroup`] / [`FleetError::UnknownTag`] for a
-    /// filter naming none, or when SQLite fails.
-    pub fn fleet(&self, filter: &Filter, now: i64) -> Result<(Vec<FleetItem>, u64), StoreError> {
-        self.fleet_where(filter, None, now)
-    }
-
-    /// One environment as the fleet list shows it.
-    ///
-    /// # Errors
-    /// [`StoreError::NotFound`], or when SQLite fails.
-    pub fn fleet_item(&self, id: u64, now: i64) -> Result<FleetItem, StoreError> {
-        let (mut items, _) = self.fleet_where(&Filter::default(), Some(id), now)?;
-        items.pop().ok_or(StoreError::NotFound(id))
-    }
-
     fn fleet_where(&self, filter: &Filter, id: Option<u64>, now: i64) -> Result<(Vec<FleetItem>, u64), StoreError> {
         let mut named: Vec<(&str, Box<dyn ToSql>)> = vec![(":now", Box::new(now))];
         let mut wheres = Vec::new();
@@ -679,11 +1344,11 @@ impl Store {
         }
         if let Some(g) = &filter.group {
             wheres.push("f.group_id = :group");
-            named.push((":group", Box::new(sql_id(resolve(&self.conn, Kind::Group, g)?))));
+            named.push((":group", Box::new(sql_id(resolve(self.conn, Kind::Group, g)?))));
         }
         if let Some(t) = &filter.tag {
             wheres.push("EXISTS (SELECT 1 FROM environment_tags et WHERE et.environment = f.id AND et.tag = :tag)");
-            named.push((":tag", Box::new(sql_id(resolve(&self.conn, Kind::Tag, t)?))));
+            named.push((":tag", Box::new(sql_id(resolve(self.conn, Kind::Tag, t)?))));
         }
         if let Some(s) = filter.status {
             wheres.push("f.online = :online");
@@ -741,62 +1406,6 @@ impl Store {
         })?;
         let items = rows.collect::<Result<Vec<_>, _>>()?;
         Ok((items, total as u64))
-    }
-
-    /// The highest command id the agent confirmed it recorded.
-    ///
-    /// # Errors
-    /// [`StoreError::NotFound`], or when SQLite fails.
-    pub fn commands_seen(&self, id: u64) -> Result<u64, StoreError> {
-        self.conn
-            .query_row("SELECT commands_seen FROM environments WHERE id = ?1", [sql_id(id)], |r| r.get::<_, i64>(0))
-            .optional()?
-            .map(|v| v as u64)
-            .ok_or(StoreError::NotFound(id))
-    }
-
-    /// How many environments follow each default interval (their own is
-    /// unset), as intervals-shaped counts.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn environments_following_defaults(&self) -> Result<Intervals, StoreError> {
-        Ok(self.conn.query_row(
-            "SELECT COUNT(*) - COUNT(ping_interval), COUNT(*) - COUNT(snapshot_interval),
-                    COUNT(*) - COUNT(command_interval) FROM environments",
-            [],
-            |r| Ok(Intervals { ping: r.get(0)?, snapshot: r.get(1)?, command: r.get(2)? }),
-        )?)
-    }
-
-    /// How many environments would have every timer disabled under these
-    /// default intervals.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn environments_without_timers(&self, defaults: Intervals) -> Result<u64, StoreError> {
-        let n: i64 = self.conn.query_row(
-            "SELECT COUNT(*) FROM environments WHERE COALESCE(ping_interval, ?1) = 0
-                AND COALESCE(snapshot_interval, ?2) = 0 AND COALESCE(command_interval, ?3) = 0",
-            params![defaults.ping, defaults.snapshot, defaults.command],
-            |r| r.get(0),
-        )?;
-        Ok(n as u64)
-    }
-
-    /// Sets the default intervals, unless that would leave an environment
-    /// with every timer disabled (or the defaults themselves all disabled).
-    ///
-    /// # Errors
-    /// [`FleetError::TimersOff`], or when SQLite fails.
-    pub fn change_default_intervals(&self, defaults: Intervals) -> Result<(), StoreError> {
-        // One connection, used by one caller at a time: nothing comes
-        // between the check and the change.
-        let off = self.environments_without_timers(defaults)?;
-        if off > 0 {
-            return Err(FleetError::TimersOff(off).into());
-        }
-        self.set_default_intervals(defaults)
     }
 
     // ----- groups and tags -----
@@ -857,88 +1466,6 @@ impl Store {
         tx.commit()?;
         Ok(())
     }
-
-    /// Creates a group.
-    ///
-    /// # Errors
-    /// [`FleetError::GroupNameTaken`], or when SQLite fails.
-    pub fn create_group(&self, name: &str) -> Result<Label, StoreError> {
-        self.label_create(Kind::Group, name)
-    }
-
-    /// Every group, by name.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn groups(&self) -> Result<Vec<Label>, StoreError> {
-        self.label_list(Kind::Group)
-    }
-
-    /// One group.
-    ///
-    /// # Errors
-    /// [`FleetError::GroupNotFound`], or when SQLite fails.
-    pub fn group(&self, id: u64) -> Result<Label, StoreError> {
-        self.label(Kind::Group, id)
-    }
-
-    /// Renames a group.
-    ///
-    /// # Errors
-    /// [`FleetError::GroupNotFound`], [`FleetError::GroupNameTaken`], or
-    /// when SQLite fails.
-    pub fn rename_group(&self, id: u64, name: &str) -> Result<Label, StoreError> {
-        self.label_rename(Kind::Group, id, name)
-    }
-
-    /// Deletes a group; its environments fall back to no group.
-    ///
-    /// # Errors
-    /// [`FleetError::GroupNotFound`], or when SQLite fails.
-    pub fn delete_group(&self, id: u64) -> Result<(), StoreError> {
-        self.label_delete(Kind::Group, id)
-    }
-
-    /// Creates a tag.
-    ///
-    /// # Errors
-    /// [`FleetError::TagNameTaken`], or when SQLite fails.
-    pub fn create_tag(&self, name: &str) -> Result<Label, StoreError> {
-        self.label_create(Kind::Tag, name)
-    }
-
-    /// Every tag, by name.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn tags(&self) -> Result<Vec<Label>, StoreError> {
-        self.label_list(Kind::Tag)
-    }
-
-    /// One tag.
-    ///
-    /// # Errors
-    /// [`FleetError::TagNotFound`], or when SQLite fails.
-    pub fn tag(&self, id: u64) -> Result<Label, StoreError> {
-        self.label(Kind::Tag, id)
-    }
-
-    /// Renames a tag.
-    ///
-    /// # Errors
-    /// [`FleetError::TagNotFound`], [`FleetError::TagNameTaken`], or when
-    /// SQLite fails.
-    pub fn rename_tag(&self, id: u64, name: &str) -> Result<Label, StoreError> {
-        self.label_rename(Kind::Tag, id, name)
-    }
-
-    /// Deletes a tag, taking it off every environment.
-    ///
-    /// # Errors
-    /// [`FleetError::TagNotFound`], or when SQLite fails.
-    pub fn delete_tag(&self, id: u64) -> Result<(), StoreError> {
-        self.label_delete(Kind::Tag, id)
-    }
 }
 
 fn empty_root() -> [u8; 32] {
@@ -948,6 +1475,7 @@ fn empty_root() -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use crate::sync::session::Replica;
     use crate::sync::state::{Container, ContainerStatus, Health, Id, Image, Network};
 
@@ -1009,7 +1537,8 @@ mod tests {
 
     #[test]
     fn counts_are_kept_where_the_replica_is_saved() {
-        let s = Store::in_memory().unwrap();
+        let s_db = Store::in_memory().unwrap();
+        let s = s_db.autocommit();
         let id = s.create_fleet_environment(&new_env("site", None, &[]), 1).unwrap();
         let empty = s.fleet_item(id, 2).unwrap();
         assert_eq!((empty.counts, empty.seq, empty.root, empty.as_of), (FleetCounts::default(), 0, empty_root(), None));
@@ -1054,7 +1583,8 @@ mod tests {
             .unwrap();
             conn.execute("INSERT INTO replicas (environment, seq, state) VALUES (2, 1, x'00ff')", []).unwrap();
         }
-        let s = Store::open(&path).unwrap();
+        let s_db = Store::open(&path).unwrap();
+        let s = s_db.autocommit();
         let item = s.fleet_item(1, 8).unwrap();
         assert_eq!((item.counts, item.seq, item.root, item.as_of), (EXPECTED, 4, st.root(), Some(7)));
         assert_eq!(s.fleet_options(1).unwrap().url, "", "no URL was kept before");
@@ -1066,7 +1596,8 @@ mod tests {
 
     #[test]
     fn the_status_sql_states_the_same_rule_as_status_window() {
-        let s = Store::in_memory().unwrap();
+        let s_db = Store::in_memory().unwrap();
+        let s = s_db.autocommit();
         let own = |p, sn, c| IntervalSettings { ping: p, snapshot: sn, command: c };
         let cases = [
             (own(None, None, None), None),
@@ -1109,7 +1640,8 @@ mod tests {
 
     #[test]
     fn five_thousand_environments_list_in_one_query_without_decoding_a_state() {
-        let s = Store::in_memory().unwrap();
+        let s_db = Store::in_memory().unwrap();
+        let s = s_db.autocommit();
         s.create_group("even").unwrap();
         s.create_tag("solar").unwrap();
         let tx = &s.conn;
@@ -1170,7 +1702,8 @@ mod tests {
 
     #[test]
     fn groups_and_tags_are_unique_regardless_of_case_and_deleting_one_frees_its_environments() {
-        let s = Store::in_memory().unwrap();
+        let s_db = Store::in_memory().unwrap();
+        let s = s_db.autocommit();
         let g = s.create_group("Yards").unwrap();
         assert!(matches!(s.create_group("yards"), Err(StoreError::Fleet(FleetError::GroupNameTaken(_)))));
         let id = s.create_fleet_environment(&new_env("a", Some("YARDS"), &["x", "Y"]), 0).unwrap();

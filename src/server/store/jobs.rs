@@ -22,7 +22,8 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{CommandStatus, MAX_ERROR_LEN, MAX_OUTPUT_LEN, Store, StoreError, sql_id, truncate};
+use super::prelude::*;
+use super::{CommandStatus, MAX_ERROR_LEN, MAX_OUTPUT_LEN, StoreError, Tx, sql_id, truncate};
 use crate::wire::poll::{Action, JobRun, JobSpec};
 
 /// Runs kept per job and environment (the oldest go first).
@@ -122,15 +123,93 @@ pub fn exit_code_of(error: &str) -> i32 {
         .unwrap_or(-1)
 }
 
-impl Store {
+/// Edge jobs, their targets and runs.
+pub trait JobStore {
     /// The environments `environments`, `groups` and `tags` name, without
     /// repeats, by id. A name is looked up as a name (regardless of case
     /// for groups and tags), then, when it is all digits, as an id. The
     /// inner error is for the operator: the first reference naming nothing.
     ///
     /// # Errors
-    /// When SQLite fails.
-    pub fn resolve_job_targets(
+    /// When the database fails.
+    fn resolve_job_targets(
+        &self,
+        environments: &[TargetRef],
+        groups: &[TargetRef],
+        tags: &[TargetRef],
+    ) -> Result<Result<Vec<u64>, String>, StoreError>;
+
+    /// Creates a job and queues its `Job` command for each environment
+    /// (which must exist: see [`Self::resolve_job_targets`]).
+    ///
+    /// # Errors
+    /// When an environment does not exist or the database fails; nothing is kept.
+    fn create_job(&self, job: &NewJob, environments: &[u64], now: i64) -> Result<u64, StoreError>;
+
+    /// A new version of a job: stored, and sent again to each environment
+    /// (`environments`, or the current ones when `None`); environments
+    /// dropped from the targets get a `JobRemove`. Returns the new version,
+    /// or `None` when there is no such job (or it was deleted).
+    ///
+    /// # Errors
+    /// When an environment does not exist or the database fails; nothing is kept.
+    fn update_job(
+        &self,
+        id: u64,
+        job: &NewJob,
+        environments: Option<&[u64]>,
+        now: i64,
+    ) -> Result<Option<u32>, StoreError>;
+
+    /// Deletes a job: a `JobRemove` goes to each environment still holding
+    /// it; its runs stay readable. False when there is no such job; a job
+    /// deleted already is left as it is.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn remove_job(&self, id: u64, now: i64) -> Result<bool, StoreError>;
+
+    /// One job, deleted or not.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn job(&self, id: u64) -> Result<Option<JobRecord>, StoreError>;
+
+    /// The jobs not deleted, by id.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn jobs(&self) -> Result<Vec<JobRecord>, StoreError>;
+
+    /// A job on each of its environments (those it was taken off too), by
+    /// environment id.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn job_targets(&self, id: u64) -> Result<Vec<JobTarget>, StoreError>;
+
+    /// A job's runs, newest first, at most `limit` (on one environment, or
+    /// all), outputs included. A run-once job's runs are its commands'
+    /// results.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn job_runs(&self, id: u64, environment: Option<u64>, limit: usize) -> Result<Vec<JobRunRecord>, StoreError>;
+
+    /// Stores a scheduled job's run reported by `environment`'s agent. Only
+    /// a job that was sent to this environment takes it; a repeated run
+    /// (the agent missed our acknowledgement) changes nothing. Returns
+    /// whether it was new. The output keeps its last [`MAX_OUTPUT_LEN`]
+    /// bytes, the error its first [`MAX_ERROR_LEN`]; the oldest runs beyond
+    /// [`RUNS_KEPT`] go.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn store_job_run(&self, environment: u64, run: &JobRun, now: i64) -> Result<bool, StoreError>;
+}
+
+impl JobStore for Tx<'_> {
+    fn resolve_job_targets(
         &self,
         environments: &[TargetRef],
         groups: &[TargetRef],
@@ -174,12 +253,7 @@ impl Store {
         Ok(Ok(out.into_iter().collect()))
     }
 
-    /// Creates a job and queues its `Job` command for each environment
-    /// (which must exist: see [`Self::resolve_job_targets`]).
-    ///
-    /// # Errors
-    /// When an environment does not exist or SQLite fails; nothing is kept.
-    pub fn create_job(&self, job: &NewJob, environments: &[u64], now: i64) -> Result<u64, StoreError> {
+    fn create_job(&self, job: &NewJob, environments: &[u64], now: i64) -> Result<u64, StoreError> {
         let tx = self.tx()?;
         tx.execute(
             "INSERT INTO jobs (name, script, image, cron, timeout_s, version, created_at, updated_at)
@@ -194,6 +268,165 @@ impl Store {
         Ok(id)
     }
 
+    fn update_job(
+        &self,
+        id: u64,
+        job: &NewJob,
+        environments: Option<&[u64]>,
+        now: i64,
+    ) -> Result<Option<u32>, StoreError> {
+        let Some(current) = self.job(id)?.filter(|j| j.removed_at.is_none()) else { return Ok(None) };
+        let version = current.version + 1;
+        let tx = self.tx()?;
+        tx.execute(
+            "UPDATE jobs SET name = ?2, script = ?3, image = ?4, cron = ?5, timeout_s = ?6, version = ?7,
+                             updated_at = ?8
+             WHERE id = ?1",
+            params![sql_id(id), job.name, job.script, job.image, job.cron, job.timeout_s, version, now],
+        )?;
+        let before = self.job_environments(id)?;
+        let after = environments.map_or_else(|| before.clone(), <[u64]>::to_vec);
+        for &env in &after {
+            self.send_job(id, env, job, version, now)?;
+        }
+        for &env in before.iter().filter(|e| !after.contains(e)) {
+            self.replace_target_command(id, env, &Action::JobRemove(id), version, true, now)?;
+        }
+        tx.commit()?;
+        Ok(Some(version))
+    }
+
+    fn remove_job(&self, id: u64, now: i64) -> Result<bool, StoreError> {
+        let Some(current) = self.job(id)? else { return Ok(false) };
+        if current.removed_at.is_some() {
+            return Ok(true);
+        }
+        let tx = self.tx()?;
+        tx.execute("UPDATE jobs SET removed_at = ?2 WHERE id = ?1", params![sql_id(id), now])?;
+        for env in self.job_environments(id)? {
+            self.replace_target_command(id, env, &Action::JobRemove(id), current.version, true, now)?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    fn job(&self, id: u64) -> Result<Option<JobRecord>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(&format!("SELECT {} FROM jobs WHERE id = ?1", Self::JOB_COLUMNS), [sql_id(id)], Self::job_row)
+            .optional()?)
+    }
+
+    fn jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT {} FROM jobs WHERE removed_at IS NULL ORDER BY id", Self::JOB_COLUMNS))?;
+        let rows = stmt.query_map([], Self::job_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn job_targets(&self, id: u64) -> Result<Vec<JobTarget>, StoreError> {
+        let rows: Vec<(u64, String, u32, Option<i64>, bool)> = {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT t.environment, e.name, t.version, t.command, t.removed
+                 FROM job_targets t JOIN environments e ON e.id = t.environment
+                 WHERE t.job = ?1 ORDER BY t.environment",
+            )?;
+            stmt.query_map([sql_id(id)], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect::<Result<_, _>>()?
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for (environment, environment_name, version, command, removed) in rows {
+            let record = match command {
+                Some(c) => match self.command(c as u64) {
+                    Ok(r) => Some(r),
+                    Err(StoreError::CommandNotFound(_)) => None,
+                    Err(e) => return Err(e),
+                },
+                None => None,
+            };
+            let runs: i64 = self.conn.query_row(
+                "SELECT (SELECT COUNT(*) FROM job_runs WHERE job = ?1 AND environment = ?2)
+                      + (SELECT COUNT(*) FROM job_commands j JOIN commands c ON c.id = j.command
+                         WHERE j.job = ?1 AND j.environment = ?2 AND j.once = 1 AND c.status IN ('ok', 'failed'))",
+                params![sql_id(id), environment as i64],
+                |r| r.get(0),
+            )?;
+            let scheduled = self.job_runs_of(id, Some(environment), 1, false)?.pop();
+            let once = self.once_runs(id, Some(environment), 1, false)?.pop();
+            let last_run = match (scheduled, once) {
+                (Some(s), Some(o)) => Some(if o.finished_at > s.finished_at { o } else { s }),
+                (s, o) => s.or(o),
+            };
+            let runs = runs as u64;
+            out.push(JobTarget {
+                environment,
+                environment_name,
+                version,
+                command: record.as_ref().map(|c| c.id),
+                command_status: record.as_ref().map(|c| c.status),
+                command_error: record.as_ref().map(|c| c.error.clone()).unwrap_or_default(),
+                removed,
+                last_run,
+                runs,
+            });
+        }
+        Ok(out)
+    }
+
+    fn job_runs(&self, id: u64, environment: Option<u64>, limit: usize) -> Result<Vec<JobRunRecord>, StoreError> {
+        let mut runs = self.job_runs_of(id, environment, limit, true)?;
+        runs.extend(self.once_runs(id, environment, limit, true)?);
+        runs.sort_by(|a, b| b.finished_at.cmp(&a.finished_at).then(b.run.cmp(&a.run)));
+        runs.truncate(limit);
+        Ok(runs)
+    }
+
+    fn store_job_run(&self, environment: u64, run: &JobRun, now: i64) -> Result<bool, StoreError> {
+        let (Ok(job), Ok(number)) = (i64::try_from(run.job), i64::try_from(run.run)) else { return Ok(false) };
+        let env = sql_id(environment);
+        let cut = run.output.len() > MAX_OUTPUT_LEN;
+        let output = &run.output[run.output.len().saturating_sub(MAX_OUTPUT_LEN)..];
+        // Held at the server's clock at most (an agent's clock that jumped
+        // ahead must not put runs in the future), its start no later.
+        let finished_at = if run.finished_at > 0 { run.finished_at.min(now) } else { now };
+        let tx = self.tx()?;
+        let n = tx.execute(
+            "INSERT INTO job_runs (job, environment, run, version, started_at, finished_at, exit_code, output,
+                                   truncated, error, received_at)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11
+             WHERE EXISTS (SELECT 1 FROM job_targets WHERE job = ?1 AND environment = ?2)
+             ON CONFLICT (job, environment, run) DO NOTHING",
+            params![
+                job,
+                env,
+                number,
+                run.version,
+                run.started_at.min(finished_at),
+                finished_at,
+                run.exit_code,
+                output,
+                run.truncated || cut,
+                truncate(&run.error, MAX_ERROR_LEN),
+                now
+            ],
+        )?;
+        if n == 1 {
+            tx.execute(
+                "DELETE FROM job_runs WHERE id IN (
+                    SELECT id FROM job_runs WHERE job = ?1 AND environment = ?2
+                    ORDER BY run DESC LIMIT -1 OFFSET ?3)",
+                params![job, env, RUNS_KEPT as i64],
+            )?;
+        }
+        tx.commit()?;
+        Ok(n == 1)
+    }
+}
+
+impl Tx<'_> {
     /// Queues version `version` of job `id` to `env` and records it as the
     /// target's command; the target's earlier command is cancelled when it
     /// was not delivered yet (the new one replaces it).
@@ -246,61 +479,6 @@ impl Store {
         Ok(())
     }
 
-    /// A new version of a job: stored, and sent again to each environment
-    /// (`environments`, or the current ones when `None`); environments
-    /// dropped from the targets get a `JobRemove`. Returns the new version,
-    /// or `None` when there is no such job (or it was deleted).
-    ///
-    /// # Errors
-    /// When an environment does not exist or SQLite fails; nothing is kept.
-    pub fn update_job(
-        &self,
-        id: u64,
-        job: &NewJob,
-        environments: Option<&[u64]>,
-        now: i64,
-    ) -> Result<Option<u32>, StoreError> {
-        let Some(current) = self.job(id)?.filter(|j| j.removed_at.is_none()) else { return Ok(None) };
-        let version = current.version + 1;
-        let tx = self.tx()?;
-        tx.execute(
-            "UPDATE jobs SET name = ?2, script = ?3, image = ?4, cron = ?5, timeout_s = ?6, version = ?7,
-                             updated_at = ?8
-             WHERE id = ?1",
-            params![sql_id(id), job.name, job.script, job.image, job.cron, job.timeout_s, version, now],
-        )?;
-        let before = self.job_environments(id)?;
-        let after = environments.map_or_else(|| before.clone(), <[u64]>::to_vec);
-        for &env in &after {
-            self.send_job(id, env, job, version, now)?;
-        }
-        for &env in before.iter().filter(|e| !after.contains(e)) {
-            self.replace_target_command(id, env, &Action::JobRemove(id), version, true, now)?;
-        }
-        tx.commit()?;
-        Ok(Some(version))
-    }
-
-    /// Deletes a job: a `JobRemove` goes to each environment still holding
-    /// it; its runs stay readable. False when there is no such job; a job
-    /// deleted already is left as it is.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn remove_job(&self, id: u64, now: i64) -> Result<bool, StoreError> {
-        let Some(current) = self.job(id)? else { return Ok(false) };
-        if current.removed_at.is_some() {
-            return Ok(true);
-        }
-        let tx = self.tx()?;
-        tx.execute("UPDATE jobs SET removed_at = ?2 WHERE id = ?1", params![sql_id(id), now])?;
-        for env in self.job_environments(id)? {
-            self.replace_target_command(id, env, &Action::JobRemove(id), current.version, true, now)?;
-        }
-        tx.commit()?;
-        Ok(true)
-    }
-
     /// The environments a job is on (not taken off).
     fn job_environments(&self, id: u64) -> Result<Vec<u64>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
@@ -310,7 +488,8 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    const JOB_COLUMNS: &str = "id, name, script, image, cron, timeout_s, version, created_at, updated_at, removed_at";
+    const JOB_COLUMNS: &'static str =
+        "id, name, script, image, cron, timeout_s, version, created_at, updated_at, removed_at";
 
     fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
         Ok(JobRecord {
@@ -321,85 +500,6 @@ impl Store {
             updated_at: r.get(8)?,
             removed_at: r.get(9)?,
         })
-    }
-
-    /// One job, deleted or not.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn job(&self, id: u64) -> Result<Option<JobRecord>, StoreError> {
-        Ok(self
-            .conn
-            .query_row(&format!("SELECT {} FROM jobs WHERE id = ?1", Self::JOB_COLUMNS), [sql_id(id)], Self::job_row)
-            .optional()?)
-    }
-
-    /// The jobs not deleted, by id.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare(&format!("SELECT {} FROM jobs WHERE removed_at IS NULL ORDER BY id", Self::JOB_COLUMNS))?;
-        let rows = stmt.query_map([], Self::job_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// A job on each of its environments (those it was taken off too), by
-    /// environment id.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn job_targets(&self, id: u64) -> Result<Vec<JobTarget>, StoreError> {
-        let rows: Vec<(u64, String, u32, Option<i64>, bool)> = {
-            let mut stmt = self.conn.prepare_cached(
-                "SELECT t.environment, e.name, t.version, t.command, t.removed
-                 FROM job_targets t JOIN environments e ON e.id = t.environment
-                 WHERE t.job = ?1 ORDER BY t.environment",
-            )?;
-            stmt.query_map([sql_id(id)], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })?
-            .collect::<Result<_, _>>()?
-        };
-        let mut out = Vec::with_capacity(rows.len());
-        for (environment, environment_name, version, command, removed) in rows {
-            let record = match command {
-                Some(c) => match self.command(c as u64) {
-                    Ok(r) => Some(r),
-                    Err(StoreError::CommandNotFound(_)) => None,
-                    Err(e) => return Err(e),
-                },
-                None => None,
-            };
-            let runs: i64 = self.conn.query_row(
-                "SELECT (SELECT COUNT(*) FROM job_runs WHERE job = ?1 AND environment = ?2)
-                      + (SELECT COUNT(*) FROM job_commands j JOIN commands c ON c.id = j.command
-                         WHERE j.job = ?1 AND j.environment = ?2 AND j.once = 1 AND c.status IN ('ok', 'failed'))",
-                params![sql_id(id), environment as i64],
-                |r| r.get(0),
-            )?;
-            let scheduled = self.job_runs_of(id, Some(environment), 1, false)?.pop();
-            let once = self.once_runs(id, Some(environment), 1, false)?.pop();
-            let last_run = match (scheduled, once) {
-                (Some(s), Some(o)) => Some(if o.finished_at > s.finished_at { o } else { s }),
-                (s, o) => s.or(o),
-            };
-            let runs = runs as u64;
-            out.push(JobTarget {
-                environment,
-                environment_name,
-                version,
-                command: record.as_ref().map(|c| c.id),
-                command_status: record.as_ref().map(|c| c.status),
-                command_error: record.as_ref().map(|c| c.error.clone()).unwrap_or_default(),
-                removed,
-                last_run,
-                runs,
-            });
-        }
-        Ok(out)
     }
 
     /// The run a run-once job's finished command stands for.
@@ -422,20 +522,6 @@ impl Store {
             truncated: false,
             error: if exit_code == 0 { String::new() } else { c.error.clone() },
         }))
-    }
-
-    /// A job's runs, newest first, at most `limit` (on one environment, or
-    /// all), outputs included. A run-once job's runs are its commands'
-    /// results.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn job_runs(&self, id: u64, environment: Option<u64>, limit: usize) -> Result<Vec<JobRunRecord>, StoreError> {
-        let mut runs = self.job_runs_of(id, environment, limit, true)?;
-        runs.extend(self.once_runs(id, environment, limit, true)?);
-        runs.sort_by(|a, b| b.finished_at.cmp(&a.finished_at).then(b.run.cmp(&a.run)));
-        runs.truncate(limit);
-        Ok(runs)
     }
 
     /// The finished runs of a job's run-once commands, newest first.
@@ -499,61 +585,13 @@ impl Store {
         )?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
-
-    /// Stores a scheduled job's run reported by `environment`'s agent. Only
-    /// a job that was sent to this environment takes it; a repeated run
-    /// (the agent missed our acknowledgement) changes nothing. Returns
-    /// whether it was new. The output keeps its last [`MAX_OUTPUT_LEN`]
-    /// bytes, the error its first [`MAX_ERROR_LEN`]; the oldest runs beyond
-    /// [`RUNS_KEPT`] go.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn store_job_run(&self, environment: u64, run: &JobRun, now: i64) -> Result<bool, StoreError> {
-        let (Ok(job), Ok(number)) = (i64::try_from(run.job), i64::try_from(run.run)) else { return Ok(false) };
-        let env = sql_id(environment);
-        let cut = run.output.len() > MAX_OUTPUT_LEN;
-        let output = &run.output[run.output.len().saturating_sub(MAX_OUTPUT_LEN)..];
-        // Held at the server's clock at most (an agent's clock that jumped
-        // ahead must not put runs in the future), its start no later.
-        let finished_at = if run.finished_at > 0 { run.finished_at.min(now) } else { now };
-        let tx = self.tx()?;
-        let n = tx.execute(
-            "INSERT INTO job_runs (job, environment, run, version, started_at, finished_at, exit_code, output,
-                                   truncated, error, received_at)
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11
-             WHERE EXISTS (SELECT 1 FROM job_targets WHERE job = ?1 AND environment = ?2)
-             ON CONFLICT (job, environment, run) DO NOTHING",
-            params![
-                job,
-                env,
-                number,
-                run.version,
-                run.started_at.min(finished_at),
-                finished_at,
-                run.exit_code,
-                output,
-                run.truncated || cut,
-                truncate(&run.error, MAX_ERROR_LEN),
-                now
-            ],
-        )?;
-        if n == 1 {
-            tx.execute(
-                "DELETE FROM job_runs WHERE id IN (
-                    SELECT id FROM job_runs WHERE job = ?1 AND environment = ?2
-                    ORDER BY run DESC LIMIT -1 OFFSET ?3)",
-                params![job, env, RUNS_KEPT as i64],
-            )?;
-        }
-        tx.commit()?;
-        Ok(n == 1)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::store::Store;
+
     use crate::auth::Secret;
     use crate::wire::poll::{CommandResult, ResultStatus};
 
@@ -575,7 +613,7 @@ mod tests {
         }
     }
 
-    fn job_action(s: &Store, command: u64) -> JobSpec {
+    fn job_action(s: &dyn Transaction, command: u64) -> JobSpec {
         match s.command(command).unwrap().action {
             Action::Job(spec) => spec,
             other => panic!("{other:?}"),
@@ -584,7 +622,8 @@ mod tests {
 
     #[test]
     fn targets_resolve_by_id_group_and_tag_and_an_unknown_one_is_named() {
-        let s = Store::in_memory().unwrap();
+        let s_db = Store::in_memory().unwrap();
+        let s = s_db.autocommit();
         let a = s.create_environment("a", Secret([1; 32]), 0).unwrap().id;
         let b = s.create_environment("b", Secret([2; 32]), 0).unwrap().id;
         let c = s.create_environment("c", Secret([3; 32]), 0).unwrap().id;
@@ -608,7 +647,8 @@ mod tests {
 
     #[test]
     fn a_job_queues_one_command_per_environment_and_an_edit_sends_a_new_version() {
-        let s = Store::in_memory().unwrap();
+        let s_db = Store::in_memory().unwrap();
+        let s = s_db.autocommit();
         let a = s.create_environment("a", Secret([1; 32]), 0).unwrap().id;
         let b = s.create_environment("b", Secret([2; 32]), 0).unwrap().id;
         let id = s.create_job(&job("*/5 * * * *"), &[a, b], 10).unwrap();
@@ -646,7 +686,8 @@ mod tests {
 
     #[test]
     fn a_job_for_an_unknown_environment_keeps_nothing() {
-        let s = Store::in_memory().unwrap();
+        let s_db = Store::in_memory().unwrap();
+        let s = s_db.autocommit();
         let a = s.create_environment("a", Secret([1; 32]), 0).unwrap().id;
         assert!(matches!(s.create_job(&job(""), &[a, 77], 1), Err(StoreError::NotFound(77))));
         assert!(s.jobs().unwrap().is_empty());
@@ -655,7 +696,8 @@ mod tests {
 
     #[test]
     fn runs_are_stored_once_capped_and_only_for_jobs_sent_there() {
-        let s = Store::in_memory().unwrap();
+        let s_db = Store::in_memory().unwrap();
+        let s = s_db.autocommit();
         let a = s.create_environment("a", Secret([1; 32]), 0).unwrap().id;
         let other = s.create_environment("other", Secret([2; 32]), 0).unwrap().id;
         let id = s.create_job(&job("* * * * *"), &[a], 1).unwrap();
@@ -686,7 +728,8 @@ mod tests {
 
     #[test]
     fn a_run_once_jobs_run_is_its_commands_result() {
-        let s = Store::in_memory().unwrap();
+        let s_db = Store::in_memory().unwrap();
+        let s = s_db.autocommit();
         let a = s.create_environment("a", Secret([1; 32]), 0).unwrap().id;
         let b = s.create_environment("b", Secret([2; 32]), 0).unwrap().id;
         let id = s.create_job(&job(""), &[a, b], 1).unwrap();

@@ -2,6 +2,18 @@
 //! reconstructed state, the command queue and command results, and the
 //! server-wide settings. The only module that touches the database.
 //!
+//! **Traits per area, on an explicit transaction.** What the rest of the
+//! server may do with its data is six traits: [`FleetStore`],
+//! [`CommandStore`], [`StackStore`], [`JobStore`], [`AccessStore`],
+//! [`UsageStore`] ([`Transaction`] is all of them). Their methods are
+//! methods of a transaction: the poll, the API, the UI and quickstart get
+//! one from [`pool::Pool`] (`write`: committed when the work returns `Ok`,
+//! rolled back on `Err`; `read`: one snapshot) and never see SQLite. The
+//! SQLite implementation is [`Tx`]; a PostgreSQL one implements the same
+//! traits on its own transaction type (issue #15). The traits are
+//! synchronous, as the work runs on blocking threads; their errors are
+//! [`StoreError`] and the areas' own enums, which name no HTTP route.
+//!
 //! A command's life: `queued` when an operator asks for it; included in
 //! every reply (`sent_at` is stamped each time) until the agent reports
 //! through `commands_seen` that it recorded it, then `delivered`; then `ok`,
@@ -14,6 +26,7 @@
 //! refused rather than guessed at.
 
 pub mod access;
+mod commands;
 pub mod fleet;
 pub mod jobs;
 pub mod pool;
@@ -567,27 +580,67 @@ pub struct Store {
 /// `COMMIT`, one opened inside another a savepoint that commits with it.
 /// Dropped without [`Tx::commit`], it rolls back (to its savepoint), so an
 /// error anywhere leaves nothing half-written.
+///
+/// The storage traits ([`FleetStore`], [`CommandStore`], [`StackStore`],
+/// [`JobStore`], [`AccessStore`], [`UsageStore`]; [`Transaction`] is all
+/// of them) are implemented on it: every read and write names the
+/// transaction it is part of. [`pool::Pool`] hands one out per unit of
+/// work and commits it when the work succeeds.
 pub struct Tx<'a> {
     store: &'a Store,
+    conn: &'a Connection,
     /// 0: the outermost; otherwise the savepoint's number.
     level: u32,
     done: bool,
+    /// [`Store::autocommit`]: no transaction of its own.
+    autocommit: bool,
 }
 
 impl std::ops::Deref for Tx<'_> {
     type Target = Connection;
     fn deref(&self) -> &Connection {
-        &self.store.conn
+        self.conn
     }
 }
 
+/// Everything the server stores, on one transaction: what the domain and
+/// the API work through, whatever the backend. SQLite's is [`Tx`].
+pub trait Transaction: FleetStore + CommandStore + StackStore + JobStore + AccessStore + UsageStore {}
+
+impl<T: FleetStore + CommandStore + StackStore + JobStore + AccessStore + UsageStore + ?Sized> Transaction for T {}
+
+pub use access::AccessStore;
+pub use commands::CommandStore;
+pub use fleet::FleetStore;
+pub use jobs::JobStore;
+pub use stacks::StackStore;
+pub use usage::UsageStore;
+
+/// The storage traits, for `use store::prelude::*` where work is done on a
+/// [`Transaction`] (its methods are the traits').
+pub mod prelude {
+    pub use super::{AccessStore, CommandStore, FleetStore, JobStore, StackStore, Transaction, UsageStore};
+}
+
 impl Tx<'_> {
+    /// A savepoint inside this transaction: an operation of several
+    /// statements that must apply whole or not at all.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub fn tx(&self) -> Result<Tx<'_>, StoreError> {
+        self.store.tx()
+    }
+
     /// Commits (the outermost), or releases the savepoint into the
     /// transaction around it.
     ///
     /// # Errors
     /// When SQLite fails; the transaction is then rolled back.
     pub fn commit(mut self) -> Result<(), StoreError> {
+        if self.autocommit {
+            return Ok(());
+        }
         let sql = if self.level == 0 { "COMMIT".to_owned() } else { format!("RELEASE tern_sp{}", self.level) };
         self.store.conn.execute_batch(&sql)?;
         self.done = true;
@@ -658,12 +711,17 @@ impl Store {
             tx.commit()?;
         }
         let store = Self { conn, depth: std::cell::Cell::new(0), reader: false };
-        store.backfill_counts()?;
-        store.refresh_status_windows(None)?;
-        // Stacks are queued for an environment when it joins a targeted
-        // group or tag (api::fleet); a database written before that rule,
-        // when polls and listings looked for them, is brought up to it once.
-        store.reconcile_stacks(None, None, crate::clock::unix_now())?;
+        {
+            let tx = store.tx()?;
+            tx.backfill_counts()?;
+            tx.refresh_status_windows(None)?;
+            // Stacks are queued for an environment when it joins a targeted
+            // group or tag (api::fleet); a database written before that
+            // rule, when polls and listings looked for them, is brought up
+            // to it once.
+            tx.reconcile_stacks(None, None, crate::clock::unix_now())?;
+            tx.commit()?;
+        }
         Ok(store)
     }
 
@@ -720,686 +778,32 @@ impl Store {
         };
         self.conn.execute_batch(&sql)?;
         self.depth.set(level + 1);
-        Ok(Tx { store: self, level, done: false })
+        Ok(Tx { store: self, conn: &self.conn, level, done: false, autocommit: false })
     }
 
-    /// Creates an environment with a fresh secret, following the server's
-    /// default intervals.
-    ///
-    /// # Errors
-    /// When the name is taken or SQLite fails.
-    pub fn create_environment(&self, name: &str, secret: Secret, now: i64) -> Result<Environment, StoreError> {
-        self.create_environment_with(name, secret, IntervalSettings::default(), now)
-    }
-
-    /// Creates an environment with a fresh secret and its own intervals.
-    ///
-    /// # Errors
-    /// When the name is taken or SQLite fails.
-    pub fn create_environment_with(
-        &self,
-        name: &str,
-        secret: Secret,
-        intervals: IntervalSettings,
-        now: i64,
-    ) -> Result<Environment, StoreError> {
-        let tx = self.tx()?;
-        let r = self.conn.execute(
-            "INSERT INTO environments (name, secret, created_at, ping_interval, snapshot_interval, command_interval)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![name, &secret.0[..], now, intervals.ping, intervals.snapshot, intervals.command],
-        );
-        match r {
-            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
-                return Err(StoreError::NameTaken(name.to_owned()));
-            }
-            r => r?,
-        };
-        let id = self.conn.last_insert_rowid() as u64;
-        self.refresh_status_windows(Some(id))?;
-        tx.commit()?;
-        Ok(Environment { id, name: name.to_owned(), secret, edge_id: None, last_counter: 0 })
-    }
-
-    /// Looks an environment up.
-    ///
-    /// # Errors
-    /// When it does not exist or SQLite fails.
-    pub fn environment(&self, id: u64) -> Result<Environment, StoreError> {
-        self.conn
-            .query_row(
-                "SELECT id, name, secret, edge_id, last_counter FROM environments WHERE id = ?1",
-                [id as i64],
-                |r| {
-                    let secret: Vec<u8> = r.get(2)?;
-                    Ok((r.get::<_, i64>(0)?, r.get(1)?, secret, r.get(3)?, r.get::<_, i64>(4)?))
-                },
-            )
-            .optional()?
-            .ok_or(StoreError::NotFound(id))
-            .and_then(|(id, name, secret, edge_id, last_counter)| {
-                let secret = <[u8; 32]>::try_from(secret.as_slice())
-                    .map_err(|_| StoreError::Corrupt { what: "secret", environment: id as u64 })?;
-                Ok(Environment {
-                    id: id as u64,
-                    name,
-                    secret: Secret(secret),
-                    edge_id,
-                    last_counter: last_counter as u64,
-                })
-            })
-    }
-
-    /// Records an accepted poll: raises the counter only if it is higher
-    /// (so two racing requests cannot both pass), binds the EDGE_ID if none
-    /// is bound, and stamps the poll time. Returns false when the counter
-    /// was not higher (a replay) or another EDGE_ID is bound.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    /// An agent names itself (`edge_id`) on its first poll after a start;
-    /// later polls may leave it out, but only once the environment is bound.
-    pub fn accept_poll(&self, id: u64, counter: u64, edge_id: Option<&str>, now: i64) -> Result<bool, StoreError> {
-        let n = self.conn.execute(
-            "UPDATE environments SET last_counter = ?2, edge_id = COALESCE(edge_id, ?3), last_poll_at = ?4
-             WHERE id = ?1 AND last_counter < ?2
-               AND ((?3 IS NULL AND edge_id IS NOT NULL) OR (?3 IS NOT NULL AND (edge_id IS NULL OR edge_id = ?3)))",
-            params![id as i64, counter as i64, edge_id, now],
-        )?;
-        Ok(n == 1)
-    }
-
-    /// Raises the accepted counter to `counter` (if it is higher) without
-    /// accepting a poll: a body that did not match its authentic header
-    /// uses its counter up.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn burn_counter(&self, id: u64, counter: u64) -> Result<(), StoreError> {
-        self.conn.execute(
-            "UPDATE environments SET last_counter = ?2 WHERE id = ?1 AND last_counter < ?2",
-            params![id as i64, counter as i64],
-        )?;
-        Ok(())
-    }
-
-    /// Sets the accepted counter back to 0, so an agent whose counter the
-    /// server holds as seen (pushed too high by an old agent's bug or a
-    /// restored database) can poll again. A machine in the middle that
-    /// recorded polls could replay each once after it: on a link that is not
-    /// trusted, [`Self::rotate_secret`] instead.
-    ///
-    /// # Errors
-    /// When it does not exist or SQLite fails.
-    pub fn reset_counter(&self, id: u64) -> Result<(), StoreError> {
-        match self.conn.execute("UPDATE environments SET last_counter = 0 WHERE id = ?1", [id as i64])? {
-            0 => Err(StoreError::NotFound(id)),
-            _ => Ok(()),
-        }
-    }
-
-    /// Gives the environment a new secret (so a new join token) and sets
-    /// its counter back to 0: polls sealed with the old secret, the
-    /// agent's and any recorded ones, are refused from now on. The binding
-    /// stays: the agent redeployed with the new token keeps its EDGE_ID.
-    ///
-    /// # Errors
-    /// When it does not exist or SQLite fails.
-    pub fn rotate_secret(&self, id: u64, secret: &Secret) -> Result<(), StoreError> {
-        match self.conn.execute(
-            "UPDATE environments SET secret = ?2, last_counter = 0 WHERE id = ?1",
-            params![id as i64, &secret.0[..]],
-        )? {
-            0 => Err(StoreError::NotFound(id)),
-            _ => Ok(()),
-        }
-    }
-
-    /// Unbinds the EDGE_ID, so another agent may take the environment over.
-    ///
-    /// # Errors
-    /// When it does not exist or SQLite fails.
-    pub fn reset_binding(&self, id: u64) -> Result<(), StoreError> {
-        match self.conn.execute("UPDATE environments SET edge_id = NULL WHERE id = ?1", [id as i64])? {
-            0 => Err(StoreError::NotFound(id)),
-            _ => Ok(()),
-        }
-    }
-
-    /// The stored replica of an environment's state (empty before its first
-    /// snapshot).
-    ///
-    /// # Errors
-    /// When SQLite fails or a stored state is corrupt.
-    pub fn replica(&self, id: u64) -> Result<Replica, StoreError> {
-        let row = self
-            .conn
-            .query_row(
-                "SELECT seq, state, prev_seq, prev_state FROM replicas WHERE environment = ?1",
-                [id as i64],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, Vec<u8>>(1)?,
-                        r.get::<_, Option<i64>>(2)?,
-                        r.get::<_, Option<Vec<u8>>>(3)?,
-                    ))
-                },
-            )
-            .optional()?;
-        let Some((seq, state, prev_seq, prev_state)) = row else { return Ok(Replica::default()) };
-        let prev = match (prev_seq, prev_state) {
-            (Some(s), Some(b)) => Some((s as u64, decode_state(&b, id)?)),
-            _ => None,
-        };
-        Ok(Replica::restore(seq as u64, decode_state(&state, id)?, prev))
-    }
-
-    /// Stores a replica after a poll changed it.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn save_replica(&self, id: u64, replica: &Replica, now: i64) -> Result<(), StoreError> {
-        let (seq, state) = replica.current();
-        let prev = replica.previous();
-        let tx = self.tx()?;
-        tx.execute(
-            "INSERT INTO replicas (environment, seq, state, prev_seq, prev_state) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT(environment) DO UPDATE SET seq = ?2, state = ?3, prev_seq = ?4, prev_state = ?5",
-            params![
-                id as i64,
-                seq as i64,
-                state.to_snapshot(),
-                prev.map(|(s, _)| s as i64),
-                prev.map(|(_, st)| st.to_snapshot())
-            ],
-        )?;
-        tx.execute("UPDATE environments SET snapshot_at = ?2 WHERE id = ?1", params![id as i64, now])?;
-        fleet::save_counts(&tx, id, seq, state, now)?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Every environment, by id.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn environments(&self) -> Result<Vec<EnvironmentInfo>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, name, edge_id, created_at, last_poll_at, snapshot_at FROM environments ORDER BY id")?;
-        let rows = stmt.query_map([], Self::info_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// One environment as the list shows it.
-    ///
-    /// # Errors
-    /// When it does not exist or SQLite fails.
-    pub fn environment_info(&self, id: u64) -> Result<EnvironmentInfo, StoreError> {
-        self.conn
-            .query_row(
-                "SELECT id, name, edge_id, created_at, last_poll_at, snapshot_at FROM environments WHERE id = ?1",
-                [sql_id(id)],
-                Self::info_row,
-            )
-            .optional()?
-            .ok_or(StoreError::NotFound(id))
-    }
-
-    fn info_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EnvironmentInfo> {
-        Ok(EnvironmentInfo {
-            id: r.get::<_, i64>(0)? as u64,
-            name: r.get(1)?,
-            edge_id: r.get(2)?,
-            created_at: r.get(3)?,
-            last_poll_at: r.get(4)?,
-            snapshot_at: r.get(5)?,
-        })
-    }
-
-    /// An environment in detail: its row, its intervals, and what its stored
-    /// state holds (the state is decoded, so this costs more than a lookup).
-    ///
-    /// # Errors
-    /// When it does not exist, SQLite fails or the stored state is corrupt.
-    pub fn environment_summary(&self, id: u64) -> Result<EnvironmentSummary, StoreError> {
-        let row = self
-            .conn
-            .query_row(
-                "SELECT id, name, edge_id, created_at, last_poll_at, snapshot_at,
-                        ping_interval, snapshot_interval, command_interval,
-                        agent_ping, agent_snapshot, agent_command, commands_seen
-                 FROM environments WHERE id = ?1",
-                [sql_id(id)],
-                |r| {
-                    let intervals = IntervalSettings {
-                        ping: opt_u32(r.get(6)?),
-                        snapshot: opt_u32(r.get(7)?),
-                        command: opt_u32(r.get(8)?),
-                    };
-                    let agent = Self::agent_intervals_of(r.get(9)?, r.get(10)?, r.get(11)?);
-                    Ok((Self::info_row(r)?, intervals, agent, r.get::<_, i64>(12)? as u64))
-                },
-            )
-            .optional()?;
-        let (info, intervals, agent_intervals, commands_seen) = row.ok_or(StoreError::NotFound(id))?;
-        let replica = self.replica(id)?;
-        let (seq, state) = replica.current();
-        Ok(EnvironmentSummary {
-            info,
-            seq,
-            root: state.root(),
-            counts: ObjectCounts {
-                containers: state.containers.len(),
-                images: state.images.len(),
-                volumes: state.volumes.len(),
-                networks: state.networks.len(),
-                stacks: state.stacks().len(),
-            },
-            intervals,
-            effective: intervals.resolve(self.default_intervals()?),
-            agent_intervals,
-            commands_seen,
-        })
-    }
-
-    fn agent_intervals_of(ping: Option<i64>, snapshot: Option<i64>, command: Option<i64>) -> Option<Intervals> {
-        Some(Intervals { ping: opt_u32(ping)?, snapshot: opt_u32(snapshot)?, command: opt_u32(command)? })
-    }
-
-    // ----- intervals and settings -----
-
-    /// Sets an environment's own intervals (all `None`: follow the server
-    /// defaults).
-    ///
-    /// # Errors
-    /// When it does not exist or SQLite fails.
-    pub fn set_intervals(&self, id: u64, intervals: IntervalSettings) -> Result<(), StoreError> {
-        let tx = self.tx()?;
-        let n = self.conn.execute(
-            "UPDATE environments SET ping_interval = ?2, snapshot_interval = ?3, command_interval = ?4 WHERE id = ?1",
-            params![sql_id(id), intervals.ping, intervals.snapshot, intervals.command],
-        )?;
-        if n == 0 {
-            return Err(StoreError::NotFound(id));
-        }
-        self.refresh_status_windows(Some(id))?;
-        tx.commit()
-    }
-
-    /// An environment's own intervals.
-    ///
-    /// # Errors
-    /// When it does not exist or SQLite fails.
-    pub fn intervals(&self, id: u64) -> Result<IntervalSettings, StoreError> {
-        self.conn
-            .query_row(
-                "SELECT ping_interval, snapshot_interval, command_interval FROM environments WHERE id = ?1",
-                [sql_id(id)],
-                |r| {
-                    Ok(IntervalSettings {
-                        ping: opt_u32(r.get(0)?),
-                        snapshot: opt_u32(r.get(1)?),
-                        command: opt_u32(r.get(2)?),
-                    })
-                },
-            )
-            .optional()?
-            .ok_or(StoreError::NotFound(id))
-    }
-
-    /// Records the intervals the agent reported it runs with.
-    ///
-    /// # Errors
-    /// When it does not exist or SQLite fails.
-    pub fn set_agent_intervals(&self, id: u64, intervals: Intervals) -> Result<(), StoreError> {
-        let tx = self.tx()?;
-        let n = self.conn.execute(
-            "UPDATE environments SET agent_ping = ?2, agent_snapshot = ?3, agent_command = ?4 WHERE id = ?1",
-            params![sql_id(id), intervals.ping, intervals.snapshot, intervals.command],
-        )?;
-        if n == 0 {
-            return Err(StoreError::NotFound(id));
-        }
-        self.refresh_status_windows(Some(id))?;
-        tx.commit()
-    }
-
-    /// The intervals the agent last reported (`None` until it has).
-    ///
-    /// # Errors
-    /// When it does not exist or SQLite fails.
-    pub fn agent_intervals(&self, id: u64) -> Result<Option<Intervals>, StoreError> {
-        self.conn
-            .query_row(
-                "SELECT agent_ping, agent_snapshot, agent_command FROM environments WHERE id = ?1",
-                [sql_id(id)],
-                |r| Ok(Self::agent_intervals_of(r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?
-            .ok_or(StoreError::NotFound(id))
-    }
-
-    /// The intervals an environment's agent should run with: its own where
-    /// set, the server defaults elsewhere.
-    ///
-    /// # Errors
-    /// When it does not exist or SQLite fails.
-    pub fn effective_intervals(&self, id: u64) -> Result<Intervals, StoreError> {
-        Ok(self.intervals(id)?.resolve(self.default_intervals()?))
-    }
-
-    fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.conn.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0)).optional()?)
-    }
-
-    fn set_setting(&self, key: &str, value: Option<&str>) -> Result<(), StoreError> {
-        match value {
-            Some(v) => self.conn.execute(
-                "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2",
-                [key, v],
-            )?,
-            None => self.conn.execute("DELETE FROM settings WHERE key = ?1", [key])?,
-        };
-        Ok(())
-    }
-
-    /// The server-wide default intervals ([`DEFAULT_INTERVAL`] each until
-    /// set).
-    ///
-    /// # Errors
-    /// When SQLite fails or a stored value is not a number of seconds.
-    pub fn default_intervals(&self) -> Result<Intervals, StoreError> {
-        let get = |key: &'static str| -> Result<u32, StoreError> {
-            match self.setting(key)? {
-                None => Ok(DEFAULT_INTERVAL),
-                Some(v) => v.parse().map_err(|_| StoreError::CorruptSetting(key)),
-            }
-        };
-        Ok(Intervals { ping: get(SETTING_PING)?, snapshot: get(SETTING_SNAPSHOT)?, command: get(SETTING_COMMAND)? })
-    }
-
-    /// Sets the server-wide default intervals.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn set_default_intervals(&self, intervals: Intervals) -> Result<(), StoreError> {
-        let tx = self.tx()?;
-        self.set_setting(SETTING_PING, Some(&intervals.ping.to_string()))?;
-        self.set_setting(SETTING_SNAPSHOT, Some(&intervals.snapshot.to_string()))?;
-        self.set_setting(SETTING_COMMAND, Some(&intervals.command.to_string()))?;
-        self.refresh_status_windows(None)?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// The server's `AGENT_SECRET`, when it has one: every agent must then
-    /// hold the same (see [`Secret::with_agent_secret`]).
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn agent_secret(&self) -> Result<Option<String>, StoreError> {
-        Ok(self.setting(SETTING_AGENT_SECRET)?.filter(|s| !s.is_empty()))
-    }
-
-    /// Sets or (with `None` or an empty text) removes the server's
-    /// `AGENT_SECRET`.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn set_agent_secret(&self, secret: Option<&str>) -> Result<(), StoreError> {
-        self.set_setting(SETTING_AGENT_SECRET, secret.filter(|s| !s.is_empty()))
-    }
-
-    // ----- commands -----
-
-    /// Queues a command for an environment's agent; returns its id.
-    ///
-    /// # Errors
-    /// When the environment does not exist or SQLite fails.
-    pub fn enqueue_command(&self, environment: u64, action: &Action, now: i64) -> Result<u64, StoreError> {
-        let n = self.conn.execute(
-            "INSERT INTO commands (environment, action, status, created_at)
-             SELECT id, ?2, 'queued', ?3 FROM environments WHERE id = ?1",
-            params![sql_id(environment), action.encode(), now],
-        )?;
-        if n == 0 {
-            return Err(StoreError::NotFound(environment));
-        }
-        Ok(self.conn.last_insert_rowid() as u64)
-    }
-
-    /// The commands to put in a reply to this environment's agent: queued
-    /// ones it has not confirmed, oldest first, at most `limit`. Each is
-    /// stamped as sent now. A command whose stored action no longer decodes
-    /// (which this build never writes) is failed rather than left to block
-    /// the queue.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn commands_due(&self, environment: u64, now: i64, limit: usize) -> Result<Vec<Command>, StoreError> {
-        let env = sql_id(environment);
-        let tx = self.tx()?;
-        let rows: Vec<(i64, Vec<u8>)> = {
-            let mut stmt = tx.prepare_cached(
-                "SELECT c.id, c.action FROM commands c JOIN environments e ON e.id = c.environment
-                 WHERE c.environment = ?1 AND c.status = 'queued' AND c.id > e.commands_seen
-                 ORDER BY c.id LIMIT ?2",
-            )?;
-            stmt.query_map(params![env, i64::try_from(limit).unwrap_or(i64::MAX)], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<_, _>>()?
-        };
-        let mut due = Vec::with_capacity(rows.len());
-        for (id, bytes) in rows {
-            match Action::decode(&bytes) {
-                Ok(action) => {
-                    tx.execute("UPDATE commands SET sent_at = ?2 WHERE id = ?1", params![id, now])?;
-                    due.push(Command { id: id as u64, action });
-                }
-                Err(e) => {
-                    tracing::error!("command {id} of environment {environment}: stored action: {e}");
-                    tx.execute(
-                        "UPDATE commands SET status = 'failed', error = 'the server could not read its stored action',
-                         finished_at = ?2 WHERE id = ?1",
-                        params![id, now],
-                    )?;
-                }
-            }
-        }
-        tx.commit()?;
-        Ok(due)
-    }
-
-    /// The agent recorded every command up to `seen`: raises the
-    /// environment's `commands_seen` (never lowers it, and never past the
-    /// highest command it was sent) and marks those still queued delivered.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn mark_seen(&self, environment: u64, seen: u64, now: i64) -> Result<(), StoreError> {
-        let env = sql_id(environment);
-        let tx = self.tx()?;
-        tx.execute(
-            "UPDATE environments SET commands_seen = MAX(commands_seen, MIN(?2,
-                (SELECT COALESCE(MAX(id), 0) FROM commands WHERE environment = ?1 AND sent_at IS NOT NULL)))
-             WHERE id = ?1",
-            params![env, sql_id(seen)],
-        )?;
-        tx.execute(
-            "UPDATE commands SET status = 'delivered', delivered_at = ?2
-             WHERE environment = ?1 AND status = 'queued'
-               AND id <= (SELECT commands_seen FROM environments WHERE id = ?1)",
-            params![env, now],
-        )?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Stores a command's result. Only a command of this environment that
-    /// has not ended takes one: a repeated result (the agent missed our
-    /// acknowledgement) or one for another environment's command changes
-    /// nothing and returns false. A result for a cancelled command is
-    /// recorded all the same, since it ran. The error text is cut at
-    /// [`MAX_ERROR_LEN`] bytes; a missing finish time is `now`.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn store_result(&self, environment: u64, result: &CommandResult, now: i64) -> Result<bool, StoreError> {
-        let Ok(id) = i64::try_from(result.id) else { return Ok(false) };
-        let status = match result.status {
-            ResultStatus::Ok => "ok",
-            ResultStatus::Failed => "failed",
-            ResultStatus::Rejected => "rejected",
-            ResultStatus::Progress => {
-                // A step of a long command: the command stays delivered,
-                // with its phase; the final result comes later.
-                let n = self.conn.execute(
-                    "UPDATE commands SET status = 'delivered', phase = ?3, delivered_at = COALESCE(delivered_at, ?4)
-                     WHERE id = ?1 AND environment = ?2 AND status IN ('queued', 'delivered')",
-                    params![id, sql_id(environment), truncate(&result.phase, 64), now],
-                )?;
-                return Ok(n == 1);
-            }
-        };
-        // The agent's clock says when it finished; a clock that jumped an
-        // hour must not put a result before the command was queued or after
-        // the server heard of it, so it is held between the two.
-        let finished_at = if result.finished_at > 0 { result.finished_at.min(now) } else { now };
-        let n = self.conn.execute(
-            "UPDATE commands SET status = ?3, error = ?4, finished_at = MAX(?5, created_at),
-                                 delivered_at = COALESCE(delivered_at, ?6)
-             WHERE id = ?1 AND environment = ?2 AND status IN ('queued', 'delivered', 'cancelled')",
-            params![id, sql_id(environment), status, truncate(&result.error, MAX_ERROR_LEN), finished_at, now],
-        )?;
-        if n == 1 && !result.output.is_empty() {
-            // The agent caps outputs; a forged or buggy one is cut to the
-            // same size here, keeping the end (the latest log lines).
-            let output = &result.output[result.output.len().saturating_sub(MAX_OUTPUT_LEN)..];
-            self.conn.execute(
-                "INSERT INTO command_outputs (command, output) VALUES (?1, ?2)
-                 ON CONFLICT(command) DO UPDATE SET output = ?2",
-                params![id, output],
-            )?;
-        }
-        Ok(n == 1)
-    }
-
-    /// What a command printed (logs), if anything.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn command_output(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .conn
-            .query_row("SELECT output FROM command_outputs WHERE command = ?1", [sql_id(id)], |r| r.get(0))
-            .optional()?)
-    }
-
-    const COMMAND_COLUMNS: &str =
-        "id, environment, action, status, error, created_at, sent_at, delivered_at, finished_at";
-
-    /// Reads a row of [`Self::COMMAND_COLUMNS`]; the action and status are
-    /// checked by [`Self::finish_record`], outside SQLite's callback.
-    fn command_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawCommand> {
-        Ok(RawCommand {
-            id: r.get::<_, i64>(0)? as u64,
-            environment: r.get::<_, i64>(1)? as u64,
-            action: r.get(2)?,
-            status: r.get(3)?,
-            error: r.get(4)?,
-            created_at: r.get(5)?,
-            sent_at: r.get(6)?,
-            delivered_at: r.get(7)?,
-            finished_at: r.get(8)?,
-        })
-    }
-
-    fn finish_record(c: RawCommand) -> Result<CommandRecord, StoreError> {
-        let corrupt = || StoreError::Corrupt { what: "command", environment: c.environment };
-        Ok(CommandRecord {
-            id: c.id,
-            environment: c.environment,
-            action: Action::decode(&c.action).map_err(|_| corrupt())?,
-            status: CommandStatus::from_row(&c.status, c.sent_at).ok_or_else(corrupt)?,
-            error: c.error,
-            created_at: c.created_at,
-            sent_at: c.sent_at,
-            delivered_at: c.delivered_at,
-            finished_at: c.finished_at,
-        })
-    }
-
-    /// One command.
-    ///
-    /// # Errors
-    /// When it does not exist, SQLite fails or it is corrupt.
-    pub fn command(&self, id: u64) -> Result<CommandRecord, StoreError> {
-        let row = self
-            .conn
-            .query_row(
-                &format!("SELECT {} FROM commands WHERE id = ?1", Self::COMMAND_COLUMNS),
-                [sql_id(id)],
-                Self::command_row,
-            )
-            .optional()?
-            .ok_or(StoreError::CommandNotFound(id))?;
-        Self::finish_record(row)
-    }
-
-    /// An environment's commands, newest first, at most `limit`.
-    ///
-    /// # Errors
-    /// When the environment does not exist, SQLite fails or a command is
-    /// corrupt.
-    pub fn commands(&self, environment: u64, limit: usize) -> Result<Vec<CommandRecord>, StoreError> {
-        self.environment(environment)?;
-        let mut stmt = self.conn.prepare(&format!(
-            "SELECT {} FROM commands WHERE environment = ?1 ORDER BY id DESC LIMIT ?2",
-            Self::COMMAND_COLUMNS
-        ))?;
-        let rows = stmt
-            .query_map(params![sql_id(environment), i64::try_from(limit).unwrap_or(i64::MAX)], Self::command_row)?
-            .collect::<Result<Vec<_>, _>>()?;
-        rows.into_iter().map(Self::finish_record).collect()
-    }
-
-    /// Cancels a command the agent has not confirmed receiving: the server
-    /// sends it no more. One already sent may still have reached the agent
-    /// in a reply the server did not hear back about; the agent then runs
-    /// it once and its result is recorded all the same (see
-    /// [`Self::store_result`]), so the operator sees what happened.
-    /// Cancelling a cancelled command again is fine.
-    ///
-    /// # Errors
-    /// [`StoreError::AlreadyDelivered`] once the agent confirmed it (or it
-    /// ended), [`StoreError::CommandNotFound`], or when SQLite fails.
-    pub fn cancel_command(&self, id: u64, now: i64) -> Result<(), StoreError> {
-        let n = self.conn.execute(
-            "UPDATE commands SET status = 'cancelled', finished_at = ?2
-             WHERE id = ?1 AND status = 'queued'",
-            params![sql_id(id), now],
-        )?;
-        if n == 1 {
-            return Ok(());
-        }
-        match self.command(id)?.status {
-            CommandStatus::Cancelled => Ok(()),
-            _ => Err(StoreError::AlreadyDelivered(id)),
-        }
+    /// The storage traits on this connection without a transaction of
+    /// their own: each call is atomic by itself (the calls of several
+    /// statements make their own), as SQLite's autocommit is. For tests
+    /// and one-off tools on a database no server holds (`tern admin`); a
+    /// server's work goes through [`pool::Pool`], one transaction each.
+    #[must_use]
+    pub fn autocommit(&self) -> Tx<'_> {
+        Tx { store: self, conn: &self.conn, level: self.depth.get(), done: true, autocommit: true }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use crate::sync::diff;
     use crate::sync::session::Received;
     use crate::sync::state::{Container, Id};
 
     #[test]
     fn environments_bind_to_the_first_edge_id_and_refuse_replays() {
-        let s = Store::in_memory().unwrap();
+        let s_db = Store::in_memory().unwrap();
+        let s = s_db.autocommit();
         let e = s.create_environment("ship-1", Secret([1; 32]), 100).unwrap();
         assert!(matches!(s.create_environment("ship-1", Secret([2; 32]), 100), Err(StoreError::NameTaken(_))));
         assert!(!s.accept_poll(e.id, 1, None, 101).unwrap(), "the first poll must name its agent");
@@ -1422,7 +826,8 @@ mod tests {
         let path = dir.join("tern.db");
         let mut replica = Replica::default();
         let id = {
-            let s = Store::open(&path).unwrap();
+            let s_db = Store::open(&path).unwrap();
+            let s = s_db.autocommit();
             let e = s.create_environment("site", Secret([3; 32]), 1).unwrap();
             let mut state = State::default();
             state.containers.insert(Container { id: Id([4; 32]), name: "db".into(), ..Container::default() });
@@ -1430,7 +835,8 @@ mod tests {
             s.save_replica(e.id, &replica, 2).unwrap();
             e.id
         };
-        let s = Store::open(&path).unwrap();
+        let s_db = Store::open(&path).unwrap();
+        let s = s_db.autocommit();
         assert_eq!(s.replica(id).unwrap(), replica);
         assert_eq!(s.replica(id + 1).unwrap(), Replica::default());
         std::fs::remove_dir_all(&dir).unwrap();
@@ -1465,7 +871,8 @@ mod tests {
 
     #[test]
     fn a_command_goes_queued_sent_delivered_then_ends_with_its_result() {
-        let s = Store::in_memory().unwrap();
+        let s_db = Store::in_memory().unwrap();
+        let s = s_db.autocommit();
         let e = s.create_environment("site", Secret([1; 32]), 0).unwrap();
         let id = s.enqueue_command(e.id, &stop(7), 10).unwrap();
         let c = s.command(id).unwrap();
@@ -1500,7 +907,8 @@ mod tests {
 
     #[test]
     fn results_for_unknown_or_foreign_commands_change_nothing() {
-        let s = Store::in_memory().unwrap();
+        let s_db = Store::in_memory().unwrap();
+        let s = s_db.autocommit();
         let a = s.create_environment("a", Secret([1; 32]), 0).unwrap();
         let b = s.create_environment("b", Secret([2; 32]), 0).unwrap();
         let id = s.enqueue_command(a.id, &stop(1), 1).unwrap();
@@ -1523,7 +931,8 @@ mod tests {
 
     #[test]
     fn a_command_not_yet_delivered_can_be_cancelled_and_is_never_sent_again() {
-        let s = Store::in_memory().unwrap();
+        let s_db = Store::in_memory().unwrap();
+        let s = s_db.autocommit();
         let e = s.create_environment("site", Secret([1; 32]), 0).unwrap();
         let first = s.enqueue_command(e.id, &stop(1), 1).unwrap();
         let second = s.enqueue_command(e.id, &Action::ImagePull("nginx:1.25".into()), 2).unwrap();
@@ -1547,7 +956,8 @@ mod tests {
 
     #[test]
     fn commands_seen_only_rises_and_never_past_what_was_sent() {
-        let s = Store::in_memory().unwrap();
+        let s_db = Store::in_memory().unwrap();
+        let s = s_db.autocommit();
         let e = s.create_environment("site", Secret([1; 32]), 0).unwrap();
         let ids: Vec<u64> = (0..5).map(|i| s.enqueue_command(e.id, &stop(i), 1).unwrap()).collect();
         assert_eq!(s.commands_due(e.id, 2, 2).unwrap().len(), 2, "at most `limit`, oldest first");
@@ -1568,14 +978,16 @@ mod tests {
     fn queued_commands_and_settings_survive_a_server_restart() {
         let (dir, path) = tempdb("commands");
         let (env, id) = {
-            let s = Store::open(&path).unwrap();
+            let s_db = Store::open(&path).unwrap();
+            let s = s_db.autocommit();
             let e = s.create_environment("site", Secret([3; 32]), 1).unwrap();
             let id = s.enqueue_command(e.id, &Action::VolumeRemove("data".into()), 2).unwrap();
             s.set_agent_secret(Some("s3cret")).unwrap();
             s.set_default_intervals(Intervals { ping: 30, snapshot: 300, command: 15 }).unwrap();
             (e.id, id)
         };
-        let s = Store::open(&path).unwrap();
+        let s_db = Store::open(&path).unwrap();
+        let s = s_db.autocommit();
         assert_eq!(
             s.commands_due(env, 3, 100).unwrap(),
             vec![Command { id, action: Action::VolumeRemove("data".into()) }]
@@ -1588,7 +1000,8 @@ mod tests {
 
     #[test]
     fn intervals_are_the_environments_own_else_the_server_defaults() {
-        let s = Store::in_memory().unwrap();
+        let s_db = Store::in_memory().unwrap();
+        let s = s_db.autocommit();
         let sixty = Intervals { ping: 60, snapshot: 60, command: 60 };
         assert_eq!(s.default_intervals().unwrap(), sixty);
         let own = IntervalSettings { ping: Some(0), snapshot: Some(600), command: None };
@@ -1614,7 +1027,8 @@ mod tests {
 
     #[test]
     fn the_agent_secret_is_optional_and_empty_means_none() {
-        let s = Store::in_memory().unwrap();
+        let s_db = Store::in_memory().unwrap();
+        let s = s_db.autocommit();
         assert_eq!(s.agent_secret().unwrap(), None);
         s.set_agent_secret(Some("one")).unwrap();
         s.set_agent_secret(Some("two")).unwrap();
@@ -1628,7 +1042,8 @@ mod tests {
 
     #[test]
     fn the_summary_shows_the_stored_state_its_root_and_counts() {
-        let s = Store::in_memory().unwrap();
+        let s_db = Store::in_memory().unwrap();
+        let s = s_db.autocommit();
         let e = s.create_environment("site", Secret([1; 32]), 5).unwrap();
         let empty = s.environment_summary(e.id).unwrap();
         assert_eq!(
@@ -1669,7 +1084,8 @@ mod tests {
             )
             .unwrap();
         }
-        let s = Store::open(&path).unwrap();
+        let s_db = Store::open(&path).unwrap();
+        let s = s_db.autocommit();
         assert_eq!(s.environment(1).unwrap().name, "old");
         assert_eq!(s.effective_intervals(1).unwrap(), s.default_intervals().unwrap());
         assert_eq!(s.commands_due(1, 3, 100).unwrap().len(), 1, "the command queued before the upgrade is sent");

@@ -9,13 +9,17 @@
 //! reader and so never wait for a poll being applied, nor hold one up; a
 //! write takes the writer, and each is one transaction.
 //!
+//! The work is handed a [`Transaction`]: the storage traits, not SQLite's
+//! connection, so what runs in it (the poll, the API, the UI) is written
+//! against the traits and a second backend can stand in.
+//!
 //! A database in memory (tests) cannot be shared between connections, so
 //! there every call uses the writer.
 
 use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 
-use super::Store;
+use super::{Store, StoreError, Transaction};
 
 /// Reading connections kept open when idle; more open when more reads run
 /// at once (each read runs on a blocking thread, so the threads bound them)
@@ -39,19 +43,26 @@ impl Pool {
         Self { path: writer.path(), writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) }
     }
 
-    /// Runs `f` with the writing connection (call from a blocking thread).
-    /// Writers run one at a time; `f` opens its own transaction
-    /// ([`Store::tx`]) where it makes more than one change.
-    pub fn write<T>(&self, f: impl FnOnce(&Store) -> T) -> T {
+    /// Runs `f` in one write transaction on the writing connection (call
+    /// from a blocking thread), committed when `f` returns `Ok`, rolled
+    /// back when it returns `Err` (or panics): nothing half-written.
+    /// Writers run one at a time, in the order they came.
+    ///
+    /// # Errors
+    /// `f`'s, or the store's when the transaction cannot begin or commit.
+    pub fn write<T, E: From<StoreError>>(&self, f: impl FnOnce(&dyn Transaction) -> Result<T, E>) -> Result<T, E> {
         let guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        f(&guard)
+        let tx = guard.tx()?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
     }
 
     /// Runs `f` with a reading connection, inside one read transaction, so
     /// everything `f` reads is one consistent state (call from a blocking
     /// thread). A write in `f` fails (`query_only`). Where no reader can be
     /// had (in memory, or one failed to open), `f` runs on the writer.
-    pub fn read<T>(&self, f: impl FnOnce(&Store) -> T) -> T {
+    pub fn read<T>(&self, f: impl FnOnce(&dyn Transaction) -> T) -> T {
         let Some(path) = &self.path else { return self.read_on_writer(f) };
         let pooled = self.readers.lock().unwrap_or_else(PoisonError::into_inner).pop();
         let reader = match pooled {
@@ -66,7 +77,7 @@ impl Pool {
         };
         let out = match reader.tx() {
             Ok(tx) => {
-                let out = f(&reader);
+                let out = f(&tx);
                 // A read transaction has nothing to commit: ending it
                 // either way only releases the snapshot.
                 drop(tx);
@@ -91,24 +102,26 @@ impl Pool {
     /// [`Self::read`] on the writing connection, made read-only for the
     /// while (`query_only`), so a read that writes fails here as it would
     /// on a reader, in memory too.
-    fn read_on_writer<T>(&self, f: impl FnOnce(&Store) -> T) -> T {
-        self.write(|store| {
+    fn read_on_writer<T>(&self, f: impl FnOnce(&dyn Transaction) -> T) -> T {
+        let guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let store: &Store = &guard;
+        {
             let guarded = store.conn.pragma_update(None, "query_only", "ON").map(|()| store.read_tx());
             let out = match guarded {
                 Ok(Ok(tx)) => {
-                    let out = f(store);
+                    let out = f(&tx);
                     drop(tx);
                     out
                 }
                 // Cannot happen on a connection this process holds; `f`
                 // still gets its answer, unguarded.
-                _ => f(store),
+                _ => f(&store.autocommit()),
             };
             if let Err(e) = store.conn.pragma_update(None, "query_only", "OFF") {
                 tracing::error!("database: the writer stays read-only ({e})");
             }
             out
-        })
+        }
     }
 }
 

@@ -33,7 +33,8 @@ use std::collections::BTreeMap;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Store, StoreError, sql_id};
+use super::prelude::*;
+use super::{StoreError, Tx, sql_id};
 use crate::wire::poll::{Action, StackSpec};
 
 /// What can go wrong with a stack, apart from the database.
@@ -244,7 +245,181 @@ const UNDEPLOYED: &str = "
        AND NOT EXISTS (SELECT 1 FROM stack_deployments d WHERE d.stack = x.stack AND d.environment = x.environment)
      ORDER BY x.stack, x.environment";
 
-impl Store {
+/// Edge stacks, their targets and deployments.
+pub trait StackStore {
+    /// Deploys every stack whose targets now name an environment it has no
+    /// deployment on (an environment that joined a targeted group or got a
+    /// targeted tag); for one stack and/or one environment. Returns how
+    /// many deploys were queued.
+    ///
+    /// # Errors
+    /// When the database fails or a stored stack is corrupt.
+    fn reconcile_stacks(&self, stack: Option<u64>, environment: Option<u64>, now: i64) -> Result<usize, StoreError>;
+
+    /// Creates a stack and queues its deploy on every environment its
+    /// targets name.
+    ///
+    /// # Errors
+    /// [`StackError::NameTaken`], [`StackError::UnknownTarget`], or when
+    /// the database fails. Nothing is changed then.
+    fn create_stack(&self, new: &NewStack, now: i64) -> Result<u64, StackError>;
+
+    /// Updates a stack: a new version, redeployed on every environment it
+    /// is deployed to and on those its (new) targets name; environments the
+    /// new targets no longer name get a `StackRemove`.
+    ///
+    /// # Errors
+    /// [`StackError::NotFound`] (also for a stack being removed),
+    /// [`StackError::UnknownTarget`], or when the database fails. Nothing is
+    /// changed then.
+    fn update_stack(&self, id: u64, change: &StackChange, now: i64) -> Result<(), StackError>;
+
+    /// Removes a stack (see the module doc).
+    ///
+    /// # Errors
+    /// [`StackError::NotFound`], or when the database fails.
+    fn remove_stack(&self, id: u64, now: i64) -> Result<Removal, StackError>;
+
+    /// One stack, with its targets and deployments.
+    ///
+    /// # Errors
+    /// [`StackError::NotFound`], or when the database fails.
+    fn stack(&self, id: u64) -> Result<StackRecord, StackError>;
+
+    /// Every stack, by id.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn stacks(&self) -> Result<Vec<StackRecord>, StackError>;
+}
+
+impl StackStore for Tx<'_> {
+    fn reconcile_stacks(&self, stack: Option<u64>, environment: Option<u64>, now: i64) -> Result<usize, StoreError> {
+        // Almost always nothing to do: one read, no transaction.
+        let due: bool = self
+            .conn
+            .prepare_cached(&format!("SELECT EXISTS ({UNDEPLOYED})"))?
+            .query_row(params![stack.map(sql_id), environment.map(sql_id)], |r| r.get(0))?;
+        if !due {
+            return Ok(0);
+        }
+        let tx = self.tx()?;
+        let n = self.reconcile_in(&tx, stack, environment, now).map_err(|e| match e {
+            StackError::Store(e) => e,
+            _ => StoreError::Corrupt { what: "stack", environment: environment.unwrap_or_default() },
+        })?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    fn create_stack(&self, new: &NewStack, now: i64) -> Result<u64, StackError> {
+        let tx = self.tx()?;
+        let env = serde_json::to_string(&new.env).unwrap_or_else(|_| "{}".into());
+        let r = tx.execute(
+            "INSERT INTO stacks (name, compose, env, version, created_at, updated_at) VALUES (?1, ?2, ?3, 1, ?4, ?4)",
+            params![new.name, new.compose, env, now],
+        );
+        match r {
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                return Err(StackError::NameTaken(new.name.clone()));
+            }
+            r => r?,
+        };
+        let id = tx.last_insert_rowid();
+        Self::set_targets(&tx, id, &new.targets)?;
+        self.reconcile_in(&tx, Some(id as u64), None, now)?;
+        tx.commit()?;
+        Ok(id as u64)
+    }
+
+    fn update_stack(&self, id: u64, change: &StackChange, now: i64) -> Result<(), StackError> {
+        let tx = self.tx()?;
+        let live: Option<i64> = tx
+            .query_row("SELECT id FROM stacks WHERE id = ?1 AND removed_at IS NULL", [sql_id(id)], |r| r.get(0))
+            .optional()?;
+        let stack = live.ok_or(StackError::NotFound(id))?;
+        if let Some(compose) = &change.compose {
+            tx.execute("UPDATE stacks SET compose = ?2 WHERE id = ?1", params![stack, compose])?;
+        }
+        if let Some(env) = &change.env {
+            let env = serde_json::to_string(env).unwrap_or_else(|_| "{}".into());
+            tx.execute("UPDATE stacks SET env = ?2 WHERE id = ?1", params![stack, env])?;
+        }
+        tx.execute("UPDATE stacks SET version = version + 1, updated_at = ?2 WHERE id = ?1", params![stack, now])?;
+        let spec = Self::spec_of(&tx, stack)?;
+        let deployed: Vec<(i64, bool)> = {
+            let mut stmt = tx.prepare("SELECT environment, removing FROM stack_deployments WHERE stack = ?1")?;
+            stmt.query_map([stack], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?
+        };
+        if let Some(targets) = &change.targets {
+            Self::set_targets(&tx, stack, targets)?;
+        }
+        let targeted: std::collections::BTreeSet<i64> = if change.targets.is_some() {
+            let mut stmt = tx.prepare(&UNDEPLOYED.replace(
+                "AND NOT EXISTS (SELECT 1 FROM stack_deployments d WHERE d.stack = x.stack AND d.environment = x.environment)",
+                "",
+            ))?;
+            stmt.query_map(params![stack, None::<i64>], |r| r.get::<_, i64>(1))?.collect::<Result<_, _>>()?
+        } else {
+            deployed.iter().map(|(e, _)| *e).collect()
+        };
+        for (env, removing) in deployed {
+            if targeted.contains(&env) {
+                self.send(stack, env as u64, &Action::StackDeploy(spec.clone()), spec.version, false, now)?;
+            } else if !removing {
+                self.send(stack, env as u64, &Action::StackRemove(spec.name.clone()), spec.version, true, now)?;
+            }
+        }
+        self.reconcile_in(&tx, Some(stack as u64), None, now)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn remove_stack(&self, id: u64, now: i64) -> Result<Removal, StackError> {
+        let record = self.stack(id)?;
+        let tx = self.tx()?;
+        let stack = sql_id(id);
+        if record.removed_at.is_some() && record.status() == "removed" {
+            tx.execute("DELETE FROM stacks WHERE id = ?1", [stack])?;
+            tx.commit()?;
+            return Ok(Removal::Purged);
+        }
+        tx.execute("UPDATE stacks SET removed_at = COALESCE(removed_at, ?2) WHERE id = ?1", params![stack, now])?;
+        for d in &record.deployments {
+            let first = record.removed_at.is_none();
+            let retry = matches!(d.status, "failed" | "cancelled" | "unknown");
+            if first || retry {
+                let action = Action::StackRemove(record.name.clone());
+                self.send(stack, d.environment, &action, record.version, true, now)?;
+            }
+        }
+        tx.commit()?;
+        Ok(Removal::Removing)
+    }
+
+    fn stack(&self, id: u64) -> Result<StackRecord, StackError> {
+        let row = self
+            .conn
+            .query_row(
+                &format!("SELECT {} FROM stacks WHERE id = ?1", Self::STACK_COLUMNS),
+                [sql_id(id)],
+                Self::stack_row,
+            )
+            .optional()?
+            .ok_or(StackError::NotFound(id))?;
+        self.finish_stack(row)
+    }
+
+    fn stacks(&self) -> Result<Vec<StackRecord>, StackError> {
+        let rows: Vec<_> = {
+            let mut stmt = self.conn.prepare(&format!("SELECT {} FROM stacks ORDER BY id", Self::STACK_COLUMNS))?;
+            stmt.query_map([], Self::stack_row)?.collect::<Result<_, _>>()?
+        };
+        rows.into_iter().map(|r| self.finish_stack(r)).collect()
+    }
+}
+
+impl Tx<'_> {
     fn resolve_one(tx: &Connection, kind: &'static str, r: &TargetRef) -> Result<Target, StackError> {
         let table = match kind {
             "environment" => "environments",
@@ -326,36 +501,6 @@ impl Store {
         Ok(())
     }
 
-    /// Deploys every stack whose targets now name an environment it has no
-    /// deployment on (an environment that joined a targeted group or got a
-    /// targeted tag); for one stack and/or one environment. Returns how
-    /// many deploys were queued.
-    ///
-    /// # Errors
-    /// When SQLite fails or a stored stack is corrupt.
-    pub fn reconcile_stacks(
-        &self,
-        stack: Option<u64>,
-        environment: Option<u64>,
-        now: i64,
-    ) -> Result<usize, StoreError> {
-        // Almost always nothing to do: one read, no transaction.
-        let due: bool = self
-            .conn
-            .prepare_cached(&format!("SELECT EXISTS ({UNDEPLOYED})"))?
-            .query_row(params![stack.map(sql_id), environment.map(sql_id)], |r| r.get(0))?;
-        if !due {
-            return Ok(0);
-        }
-        let tx = self.tx()?;
-        let n = self.reconcile_in(&tx, stack, environment, now).map_err(|e| match e {
-            StackError::Store(e) => e,
-            _ => StoreError::Corrupt { what: "stack", environment: environment.unwrap_or_default() },
-        })?;
-        tx.commit()?;
-        Ok(n)
-    }
-
     /// [`Self::reconcile_stacks`] inside the caller's transaction.
     fn reconcile_in(
         &self,
@@ -375,109 +520,6 @@ impl Store {
             self.send(stack, env as u64, &Action::StackDeploy(spec), version, false, now)?;
         }
         Ok(pairs.len())
-    }
-
-    /// Creates a stack and queues its deploy on every environment its
-    /// targets name.
-    ///
-    /// # Errors
-    /// [`StackError::NameTaken`], [`StackError::UnknownTarget`], or when
-    /// SQLite fails. Nothing is changed then.
-    pub fn create_stack(&self, new: &NewStack, now: i64) -> Result<u64, StackError> {
-        let tx = self.tx()?;
-        let env = serde_json::to_string(&new.env).unwrap_or_else(|_| "{}".into());
-        let r = tx.execute(
-            "INSERT INTO stacks (name, compose, env, version, created_at, updated_at) VALUES (?1, ?2, ?3, 1, ?4, ?4)",
-            params![new.name, new.compose, env, now],
-        );
-        match r {
-            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
-                return Err(StackError::NameTaken(new.name.clone()));
-            }
-            r => r?,
-        };
-        let id = tx.last_insert_rowid();
-        Self::set_targets(&tx, id, &new.targets)?;
-        self.reconcile_in(&tx, Some(id as u64), None, now)?;
-        tx.commit()?;
-        Ok(id as u64)
-    }
-
-    /// Updates a stack: a new version, redeployed on every environment it
-    /// is deployed to and on those its (new) targets name; environments the
-    /// new targets no longer name get a `StackRemove`.
-    ///
-    /// # Errors
-    /// [`StackError::NotFound`] (also for a stack being removed),
-    /// [`StackError::UnknownTarget`], or when SQLite fails. Nothing is
-    /// changed then.
-    pub fn update_stack(&self, id: u64, change: &StackChange, now: i64) -> Result<(), StackError> {
-        let tx = self.tx()?;
-        let live: Option<i64> = tx
-            .query_row("SELECT id FROM stacks WHERE id = ?1 AND removed_at IS NULL", [sql_id(id)], |r| r.get(0))
-            .optional()?;
-        let stack = live.ok_or(StackError::NotFound(id))?;
-        if let Some(compose) = &change.compose {
-            tx.execute("UPDATE stacks SET compose = ?2 WHERE id = ?1", params![stack, compose])?;
-        }
-        if let Some(env) = &change.env {
-            let env = serde_json::to_string(env).unwrap_or_else(|_| "{}".into());
-            tx.execute("UPDATE stacks SET env = ?2 WHERE id = ?1", params![stack, env])?;
-        }
-        tx.execute("UPDATE stacks SET version = version + 1, updated_at = ?2 WHERE id = ?1", params![stack, now])?;
-        let spec = Self::spec_of(&tx, stack)?;
-        let deployed: Vec<(i64, bool)> = {
-            let mut stmt = tx.prepare("SELECT environment, removing FROM stack_deployments WHERE stack = ?1")?;
-            stmt.query_map([stack], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?
-        };
-        if let Some(targets) = &change.targets {
-            Self::set_targets(&tx, stack, targets)?;
-        }
-        let targeted: std::collections::BTreeSet<i64> = if change.targets.is_some() {
-            let mut stmt = tx.prepare(&UNDEPLOYED.replace(
-                "AND NOT EXISTS (SELECT 1 FROM stack_deployments d WHERE d.stack = x.stack AND d.environment = x.environment)",
-                "",
-            ))?;
-            stmt.query_map(params![stack, None::<i64>], |r| r.get::<_, i64>(1))?.collect::<Result<_, _>>()?
-        } else {
-            deployed.iter().map(|(e, _)| *e).collect()
-        };
-        for (env, removing) in deployed {
-            if targeted.contains(&env) {
-                self.send(stack, env as u64, &Action::StackDeploy(spec.clone()), spec.version, false, now)?;
-            } else if !removing {
-                self.send(stack, env as u64, &Action::StackRemove(spec.name.clone()), spec.version, true, now)?;
-            }
-        }
-        self.reconcile_in(&tx, Some(stack as u64), None, now)?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Removes a stack (see the module doc).
-    ///
-    /// # Errors
-    /// [`StackError::NotFound`], or when SQLite fails.
-    pub fn remove_stack(&self, id: u64, now: i64) -> Result<Removal, StackError> {
-        let record = self.stack(id)?;
-        let tx = self.tx()?;
-        let stack = sql_id(id);
-        if record.removed_at.is_some() && record.status() == "removed" {
-            tx.execute("DELETE FROM stacks WHERE id = ?1", [stack])?;
-            tx.commit()?;
-            return Ok(Removal::Purged);
-        }
-        tx.execute("UPDATE stacks SET removed_at = COALESCE(removed_at, ?2) WHERE id = ?1", params![stack, now])?;
-        for d in &record.deployments {
-            let first = record.removed_at.is_none();
-            let retry = matches!(d.status, "failed" | "cancelled" | "unknown");
-            if first || retry {
-                let action = Action::StackRemove(record.name.clone());
-                self.send(stack, d.environment, &action, record.version, true, now)?;
-            }
-        }
-        tx.commit()?;
-        Ok(Removal::Removing)
     }
 
     fn targets_of(&self, stack: i64) -> Result<Vec<Target>, StackError> {
@@ -551,41 +593,14 @@ impl Store {
         })
     }
 
-    const STACK_COLUMNS: &str = "id, name, compose, env, version, created_at, updated_at, removed_at";
-
-    /// One stack, with its targets and deployments.
-    ///
-    /// # Errors
-    /// [`StackError::NotFound`], or when SQLite fails.
-    pub fn stack(&self, id: u64) -> Result<StackRecord, StackError> {
-        let row = self
-            .conn
-            .query_row(
-                &format!("SELECT {} FROM stacks WHERE id = ?1", Self::STACK_COLUMNS),
-                [sql_id(id)],
-                Self::stack_row,
-            )
-            .optional()?
-            .ok_or(StackError::NotFound(id))?;
-        self.finish_stack(row)
-    }
-
-    /// Every stack, by id.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn stacks(&self) -> Result<Vec<StackRecord>, StackError> {
-        let rows: Vec<_> = {
-            let mut stmt = self.conn.prepare(&format!("SELECT {} FROM stacks ORDER BY id", Self::STACK_COLUMNS))?;
-            stmt.query_map([], Self::stack_row)?.collect::<Result<_, _>>()?
-        };
-        rows.into_iter().map(|r| self.finish_stack(r)).collect()
-    }
+    const STACK_COLUMNS: &'static str = "id, name, compose, env, version, created_at, updated_at, removed_at";
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::store::Store;
+
     use crate::auth::Secret;
     use crate::wire::poll::{CommandResult, ResultStatus};
 
@@ -602,13 +617,14 @@ mod tests {
         CommandResult { id, status, error: error.into(), finished_at: 500, output: Vec::new(), phase: phase.into() }
     }
 
-    fn statuses(s: &Store, id: u64) -> Vec<(u64, &'static str)> {
+    fn statuses(s: &dyn Transaction, id: u64) -> Vec<(u64, &'static str)> {
         s.stack(id).unwrap().deployments.iter().map(|d| (d.environment, d.status)).collect()
     }
 
     #[test]
     fn a_stack_is_deployed_tracked_updated_and_removed() {
-        let s = Store::in_memory().unwrap();
+        let s_db = Store::in_memory().unwrap();
+        let s = s_db.autocommit();
         let a = s.create_environment("a", Secret([1; 32]), 0).unwrap().id;
         let b = s.create_environment("b", Secret([2; 32]), 0).unwrap().id;
         let id = s
@@ -680,7 +696,8 @@ mod tests {
 
     #[test]
     fn groups_and_tags_resolve_now_and_later() {
-        let s = Store::in_memory().unwrap();
+        let s_db = Store::in_memory().unwrap();
+        let s = s_db.autocommit();
         let a = s.create_environment("a", Secret([1; 32]), 0).unwrap().id;
         let b = s.create_environment("b", Secret([2; 32]), 0).unwrap().id;
         s.conn

@@ -12,7 +12,7 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{Store, StoreError, sql_id};
+use super::{StoreError, Tx, sql_id};
 
 /// How long hourly rows are kept, in days.
 pub const KEPT_DAYS: u32 = 30;
@@ -145,14 +145,66 @@ fn period_start(now: i64, days: u32) -> i64 {
     day_of(now) - (i64::from(days.max(1)) - 1) * DAY
 }
 
-impl Store {
+/// Bytes on the wire per environment and hour.
+pub trait UsageStore {
     /// Adds `usage` to `environment`'s row for the hour of `now`. Opening a
     /// new row prunes what is older than [`KEPT_DAYS`]. An environment
     /// deleted meanwhile is charged nothing.
     ///
     /// # Errors
-    /// When SQLite fails.
-    pub fn record_usage(&self, environment: u64, now: i64, usage: &Usage) -> Result<(), StoreError> {
+    /// When the database fails.
+    fn record_usage(&self, environment: u64, now: i64, usage: &Usage) -> Result<(), StoreError>;
+
+    /// Adds socket bytes of connections no environment answers for (and
+    /// `connections` new such connections) to the hour of `now`.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn record_unattributed(&self, now: i64, tls_up: u64, tls_down: u64, connections: u64) -> Result<(), StoreError>;
+
+    /// Deletes the usage rows older than [`KEPT_DAYS`] days before `now`;
+    /// returns how many.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn prune_usage(&self, now: i64) -> Result<usize, StoreError>;
+
+    /// `environment`'s hourly rows from `from` to `to` (both included),
+    /// oldest first; hours without traffic have no row.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn usage_hours(&self, environment: u64, from: i64, to: i64) -> Result<Vec<(i64, Usage)>, StoreError>;
+
+    /// `environment`'s usage over the `days` UTC days ending today (1 to
+    /// [`KEPT_DAYS`]; today is the day of `now`): in total, per day and,
+    /// for the last [`REPORT_HOURS`] hours, per hour. Days and hours
+    /// without traffic are listed with zeros.
+    ///
+    /// # Errors
+    /// When the environment does not exist or the database fails.
+    fn usage_report(&self, environment: u64, now: i64, days: u32) -> Result<UsageReport, StoreError>;
+
+    /// Socket bytes `(up, down)` today and over the last [`KEPT_DAYS`] days
+    /// of each environment in `ids` (those with none are left out): the
+    /// fleet list's columns. One query over the primary key, so a page of
+    /// 100 costs 100 short range scans.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn usage_totals(&self, ids: &[u64], now: i64)
+    -> Result<std::collections::HashMap<u64, TodayAnd30Days>, StoreError>;
+
+    /// Every environment's usage today and over the `days` UTC days ending
+    /// today (1 to [`KEPT_DAYS`]), and the unattributed connections'.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn fleet_usage(&self, now: i64, days: u32) -> Result<FleetUsage, StoreError>;
+}
+
+impl UsageStore for Tx<'_> {
+    fn record_usage(&self, environment: u64, now: i64, usage: &Usage) -> Result<(), StoreError> {
         if usage.is_zero() {
             return Ok(());
         }
@@ -188,18 +240,7 @@ impl Store {
         Ok(())
     }
 
-    /// Adds socket bytes of connections no environment answers for (and
-    /// `connections` new such connections) to the hour of `now`.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn record_unattributed(
-        &self,
-        now: i64,
-        tls_up: u64,
-        tls_down: u64,
-        connections: u64,
-    ) -> Result<(), StoreError> {
+    fn record_unattributed(&self, now: i64, tls_up: u64, tls_down: u64, connections: u64) -> Result<(), StoreError> {
         let values = [hour_of(now), sql_count(tls_up), sql_count(tls_down), sql_count(connections)];
         let updated = self
             .conn
@@ -219,24 +260,14 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes the usage rows older than [`KEPT_DAYS`] days before `now`;
-    /// returns how many.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn prune_usage(&self, now: i64) -> Result<usize, StoreError> {
+    fn prune_usage(&self, now: i64) -> Result<usize, StoreError> {
         let oldest = oldest_kept(now);
         let hourly = self.conn.prepare_cached("DELETE FROM usage_hourly WHERE hour < ?1")?.execute([oldest])?;
         let other = self.conn.prepare_cached("DELETE FROM usage_unattributed WHERE hour < ?1")?.execute([oldest])?;
         Ok(hourly + other)
     }
 
-    /// `environment`'s hourly rows from `from` to `to` (both included),
-    /// oldest first; hours without traffic have no row.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn usage_hours(&self, environment: u64, from: i64, to: i64) -> Result<Vec<(i64, Usage)>, StoreError> {
+    fn usage_hours(&self, environment: u64, from: i64, to: i64) -> Result<Vec<(i64, Usage)>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT hour, tls_up, tls_down, body_up, body_down, polls FROM usage_hourly
              WHERE environment = ?1 AND hour >= ?2 AND hour <= ?3 ORDER BY hour",
@@ -246,14 +277,7 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// `environment`'s usage over the `days` UTC days ending today (1 to
-    /// [`KEPT_DAYS`]; today is the day of `now`): in total, per day and,
-    /// for the last [`REPORT_HOURS`] hours, per hour. Days and hours
-    /// without traffic are listed with zeros.
-    ///
-    /// # Errors
-    /// When the environment does not exist or SQLite fails.
-    pub fn usage_report(&self, environment: u64, now: i64, days: u32) -> Result<UsageReport, StoreError> {
+    fn usage_report(&self, environment: u64, now: i64, days: u32) -> Result<UsageReport, StoreError> {
         self.environment_exists(environment)?;
         let days = days.clamp(1, KEPT_DAYS);
         let from = period_start(now, days);
@@ -283,14 +307,7 @@ impl Store {
         Ok(report)
     }
 
-    /// Socket bytes `(up, down)` today and over the last [`KEPT_DAYS`] days
-    /// of each environment in `ids` (those with none are left out): the
-    /// fleet list's columns. One query over the primary key, so a page of
-    /// 100 costs 100 short range scans.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn usage_totals(
+    fn usage_totals(
         &self,
         ids: &[u64],
         now: i64,
@@ -319,12 +336,7 @@ impl Store {
         Ok(out)
     }
 
-    /// Every environment's usage today and over the `days` UTC days ending
-    /// today (1 to [`KEPT_DAYS`]), and the unattributed connections'.
-    ///
-    /// # Errors
-    /// When SQLite fails.
-    pub fn fleet_usage(&self, now: i64, days: u32) -> Result<FleetUsage, StoreError> {
+    fn fleet_usage(&self, now: i64, days: u32) -> Result<FleetUsage, StoreError> {
         let from = period_start(now, days.clamp(1, KEPT_DAYS));
         let today_from = day_of(now);
         let mut stmt = self.conn.prepare_cached(
@@ -366,7 +378,9 @@ impl Store {
             })?;
         Ok(FleetUsage { from, today_from, environments, unattributed_today, unattributed_period })
     }
+}
 
+impl Tx<'_> {
     fn environment_exists(&self, id: u64) -> Result<(), StoreError> {
         self.conn
             .query_row("SELECT 1 FROM environments WHERE id = ?1", [sql_id(id)], |_| Ok(()))
@@ -379,6 +393,8 @@ impl Store {
 mod tests {
     use super::*;
     use crate::auth::Secret;
+    use crate::server::store::Store;
+    use crate::server::store::prelude::*;
 
     /// 2024-05-01T00:00:00Z.
     const MAY_1: i64 = 1_714_521_600;
@@ -389,18 +405,19 @@ mod tests {
 
     fn setup() -> (Store, u64, u64) {
         let store = Store::in_memory().unwrap();
-        let a = store.create_environment("a", Secret([1; 32]), 0).unwrap().id;
-        let b = store.create_environment("b", Secret([2; 32]), 0).unwrap().id;
+        let a = store.autocommit().create_environment("a", Secret([1; 32]), 0).unwrap().id;
+        let b = store.autocommit().create_environment("b", Secret([2; 32]), 0).unwrap().id;
         (store, a, b)
     }
 
-    fn rows(store: &Store, table: &str) -> i64 {
+    fn rows(store: &Tx<'_>, table: &str) -> i64 {
         store.conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0)).unwrap()
     }
 
     #[test]
     fn usage_adds_up_within_an_hour_and_rolls_to_a_new_bucket_each_hour() {
-        let (store, a, b) = setup();
+        let (store_db, a, b) = setup();
+        let store = store_db.autocommit();
         let t = MAY_1 + 10 * HOUR;
         store.record_usage(a, t, &usage(100, 200, 10, 20, 1)).unwrap();
         store.record_usage(a, t + 3599, &usage(1, 2, 3, 4, 1)).unwrap();
@@ -420,7 +437,8 @@ mod tests {
 
     #[test]
     fn rows_older_than_thirty_days_are_pruned_when_a_new_hour_opens() {
-        let (store, a, b) = setup();
+        let (store_db, a, b) = setup();
+        let store = store_db.autocommit();
         store.record_usage(a, MAY_1, &usage(1, 1, 1, 1, 1)).unwrap();
         store.record_usage(b, MAY_1 + HOUR, &usage(2, 2, 2, 2, 1)).unwrap();
         store.record_unattributed(MAY_1, 50, 60, 1).unwrap();
@@ -444,7 +462,8 @@ mod tests {
 
     #[test]
     fn a_report_has_every_day_and_the_last_week_hour_by_hour() {
-        let (store, a, b) = setup();
+        let (store_db, a, b) = setup();
+        let store = store_db.autocommit();
         let now = MAY_1 + 9 * DAY + 13 * HOUR + 5; // May 10, 13:00:05
         store.record_usage(a, MAY_1 + 2 * DAY, &usage(1000, 1, 0, 0, 1)).unwrap(); // May 3: 8 days ago
         store.record_usage(a, MAY_1 + 3 * DAY + 14 * HOUR, &usage(10, 20, 1, 2, 1)).unwrap(); // May 4, 14:00
@@ -478,7 +497,8 @@ mod tests {
 
     #[test]
     fn the_fleet_view_lists_every_environment_with_today_and_the_period() {
-        let (store, a, b) = setup();
+        let (store_db, a, b) = setup();
+        let store = store_db.autocommit();
         let c = store.create_environment("c", Secret([3; 32]), 0).unwrap().id;
         let now = MAY_1 + 5 * DAY + 8 * HOUR;
         store.record_usage(a, MAY_1 + 4 * DAY, &usage(100, 100, 10, 10, 1)).unwrap();

@@ -553,6 +553,7 @@ mod tests {
     use crate::auth::Secret;
     use crate::server::store::access::secret_hash;
     use crate::server::store::fleet::{FleetOptions, NewEnvironment, Ref};
+    use crate::server::store::prelude::*;
     use crate::server::store::usage::Usage;
     use crate::server::store::{IntervalSettings, Store};
     use crate::wire::codec::Limits;
@@ -562,7 +563,8 @@ mod tests {
     /// A router over an in-memory store with `n` environments (the first
     /// page's with 30 days of usage), and a session cookie for it.
     fn fleet(n: u64) -> Router {
-        let store = Store::in_memory().unwrap();
+        let store_db = Store::in_memory().unwrap();
+        let store = store_db.autocommit();
         let now = now();
         store.create_user("admin", "$argon2id$unused", now).unwrap();
         let user = store.user("admin").unwrap().unwrap();
@@ -596,7 +598,8 @@ mod tests {
                 }
             }
         }
-        let state = AppState::new(store, Limits::default(), "token", [7; 32]).unwrap();
+        drop(store);
+        let state = AppState::new(store_db, Limits::default(), "token", [7; 32]).unwrap();
         crate::server::http::router(state)
     }
 

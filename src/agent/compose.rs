@@ -1406,6 +1406,23 @@ volumes:
     }
 
     #[test]
+    fn the_config_hash_of_a_service_is_stable() {
+        // A changed hash replaces the container on the next deploy: the
+        // same file must hash the same from one agent version to the next
+        // (the model's layout, field names and order included).
+        let e = env(&[("MODE", "prod"), ("FROM_STACK", "yes")]);
+        let p = Project::parse("shop", FILE, &e, Path::new("/data/stacks/shop")).unwrap();
+        assert_eq!(
+            config_hash(&p, &p.services["web"], "sha256:1"),
+            "1f7f192081fc3f183848fbcf3c14eb36526ad13d288a3b07e9264df3ec82b037"
+        );
+        assert_eq!(
+            config_hash(&p, &p.services["db"], "sha256:1"),
+            "c8d8c773bc81be50c9cef691cb348a31028ecf4d12516bbcc1a36b7b2644a357"
+        );
+    }
+
+    #[test]
     fn the_hash_is_a_tern_label_and_an_older_agents_is_still_read() {
         let labels = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
             pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()

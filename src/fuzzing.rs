@@ -181,13 +181,14 @@ pub fn round_trip(a: &State, b: &State) {
 ///   included) ends in a project or an error; a project has a start order
 ///   holding every service, and every service a container name and a
 ///   configuration hash.
+/// * What the server's check takes, the parse takes: they are one parse.
 ///
 /// Never a panic, never a stack overflow.
 #[cfg(all(feature = "agent", feature = "server"))]
 pub fn compose(data: &[u8]) {
     use std::collections::BTreeSet;
 
-    use crate::agent::compose::{Project, config_hash};
+    use crate::compose::{Project, config_hash};
     use crate::server::api::stacks::{check_compose, check_env};
     use crate::stack::interpolate;
 
@@ -205,7 +206,11 @@ pub fn compose(data: &[u8]) {
     {
         assert_eq!(out, file);
     }
-    let Ok(project) = Project::parse("fuzz", file, &env, std::path::Path::new(COMPOSE_DIR)) else { return };
+    let parsed = Project::parse("fuzz", file, &env, std::path::Path::new(COMPOSE_DIR));
+    if let (Ok(()), Err(e)) = (&server, &parsed) {
+        panic!("the server took a file the built-in compose cannot parse: {e}");
+    }
+    let Ok(project) = parsed else { return };
     let order = project.start_order().expect("a parsed project has a start order");
     assert_eq!(order.len(), project.services.len());
     for service in order {
@@ -466,7 +471,7 @@ fn api_checked(data: &[u8]) -> Option<Result<(), crate::server::api::ApiError>> 
 #[cfg(all(test, feature = "agent", feature = "server"))]
 mod tests {
     use super::*;
-    use crate::agent::compose::Project;
+    use crate::compose::Project;
     use crate::server::api::stacks::check_compose;
 
     #[test]

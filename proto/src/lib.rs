@@ -9,7 +9,9 @@
 //!   codec (zstd with a shipped dictionary, limits) and the poll messages;
 //! * [`auth`]: the poll envelope and its MAC (keys, counters, replay);
 //! * the contracts both sides check the same way: [`stack`] (project names,
-//!   variables, interpolation), [`edge_env`] (the agent's variables),
+//!   variables, interpolation, the file check), [`compose`] (the typed
+//!   compose model and the documented subset the agent's built-in compose
+//!   deploys), [`edge_env`] (the agent's variables),
 //!   [`cron`] (job schedules) and [`clock`] (the protocol's time).
 //!
 //! This crate must not depend on tokio, bollard, rusqlite or axum:
@@ -19,6 +21,7 @@
 
 pub mod auth;
 pub mod clock;
+pub mod compose;
 pub mod cron;
 pub mod edge_env;
 pub mod stack;

@@ -1,9 +1,14 @@
 //! What the server and the agent must agree on about edge stacks, in one
 //! place, so the server refuses what the agent would refuse: the stack
-//! (compose project) name, which variable names a stack may set, and
-//! `${VAR}` interpolation as compose does it. No I/O.
+//! (compose project) name, which variable names a stack may set, `${VAR}`
+//! interpolation as compose does it, and the check of a stack's file
+//! ([`check_file`], [`check_stack`]) through the typed model of
+//! [`crate::compose`]. No I/O.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use crate::compose::Project;
 
 /// How deep `${A:-${B:-...}}` may nest. Compose files nest two or three
 /// deep; each level is a recursion, and 40,000 of them (a 240 KB file)
@@ -93,50 +98,38 @@ pub fn check_variable(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks a compose file as both sides do before it is stored or run:
-/// valid YAML (parsed with budgets against alias bombs and deep nesting),
-/// a mapping with a non-empty `services` mapping whose services are named
-/// with letters, digits, `-`, `_` or `.`, and each have an `image` (an edge
-/// host has no build context); the variables' names pass
-/// [`check_variable`]; every string interpolates with `env` (so a missing
-/// `${X:?}` or a nesting too deep is found here, not on the edge host).
-/// Returns the interpolated document.
+/// The project name and directory a file is checked under where the
+/// stack's own directory is not known (the server): neither changes
+/// whether a file parses, only the engine names and paths in the project.
+const CHECK_PROJECT: &str = "stack";
+const CHECK_DIR: &str = "/stack";
+
+/// Checks a compose file as the server does before it stores it: the
+/// variables' names pass [`check_variable`], and the file parses into the
+/// typed model the agent deploys ([`Project::parse`]: valid YAML within the
+/// parser's budgets, a non-empty `services` mapping, each service named
+/// with letters, digits, `-`, `_` or `.` and with an `image`, every string
+/// interpolated with `env`, the values of the keys the built-in compose
+/// reads in its subset). Returns the parse's warnings (keys the built-in
+/// compose ignores, variables not set).
 ///
 /// # Errors
 /// What is wrong, naming the service or variable.
-pub fn check_file(compose: &str, env: &BTreeMap<String, String>) -> Result<serde_json::Value, String> {
-    use serde_json::Value;
+pub fn check_file(compose: &str, env: &BTreeMap<String, String>) -> Result<Vec<String>, String> {
+    check_stack(CHECK_PROJECT, compose, env, Path::new(CHECK_DIR)).map(|p| p.warnings)
+}
+
+/// Checks a stack as the agent does before it deploys it, with its own
+/// project name and directory: what [`check_file`] checks, with the
+/// project as the result.
+///
+/// # Errors
+/// What is wrong, naming the service or variable.
+pub fn check_stack(name: &str, compose: &str, env: &BTreeMap<String, String>, dir: &Path) -> Result<Project, String> {
     for name in env.keys() {
         check_variable(name).map_err(|e| format!("variables: {e}"))?;
     }
-    let mut doc: Value = serde_saphyr::from_str(compose).map_err(|e| {
-        let text = e.to_string();
-        let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_owned();
-        format!("not valid YAML: {first}")
-    })?;
-    let Value::Object(top) = &doc else {
-        return Err("the file must be a mapping with a `services` mapping".into());
-    };
-    let services = match top.get("services") {
-        Some(Value::Object(s)) if !s.is_empty() => s,
-        _ => return Err("no `services` mapping, or it is empty".into()),
-    };
-    for (name, def) in services {
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            return Err(format!(
-                "service {:?}: a name is letters, digits, '-', '_' or '.'",
-                name.chars().take(70).collect::<String>()
-            ));
-        }
-        let Value::Object(def) = def else {
-            return Err(format!("services.{name} must be a mapping"));
-        };
-        if !matches!(def.get("image"), Some(Value::String(i)) if !i.trim().is_empty()) {
-            return Err(format!("services.{name} needs an `image` (an edge host has no build context)"));
-        }
-    }
-    interpolate_all(&mut doc, env, &mut BTreeSet::new())?;
-    Ok(doc)
+    Project::parse(name, compose, env, dir)
 }
 
 /// Interpolates every string in a value (not mapping keys).

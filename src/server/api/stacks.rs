@@ -11,12 +11,15 @@
 //! Targets are environment ids (or names), group and tag names (or ids).
 //! The compose file is checked before anything is stored, with the
 //! variables it will be deployed with, by the check the agent runs too
-//! ([`crate::stack::check_file`]): at most [`MAX_COMPOSE`] bytes, valid
-//! YAML (parsed with budgets against alias bombs), a mapping with a
-//! non-empty `services` mapping whose services each have an `image` (an
-//! edge host has no build context), variable names a stack may set, and
-//! `${VAR}` interpolation that works (nested at most 16 deep, no missing
-//! `${VAR:?}`).
+//! ([`crate::stack::check_file`]: the typed parse of [`crate::compose`]
+//! that the agent's built-in compose deploys from): at most
+//! [`MAX_COMPOSE`] bytes, valid YAML (parsed with budgets against alias
+//! bombs), a mapping with a non-empty `services` mapping whose services
+//! each have an `image` (an edge host has no build context), variable
+//! names a stack may set, `${VAR}` interpolation that works (nested at
+//! most 16 deep, no missing `${VAR:?}`), and the values of the keys in the
+//! built-in compose's subset. Keys outside it are not refused: the host's
+//! compose tool reads them.
 //! Per-environment status: see [`crate::server::store::stacks`].
 
 use std::collections::BTreeMap;
@@ -303,8 +306,8 @@ pub fn check_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
 
 /// Checks a compose file with the variables it will be deployed with,
 /// before it is stored and sent: the agent's own check
-/// ([`crate::stack::check_file`]), so what the server takes the agent
-/// takes too.
+/// ([`crate::stack::check_file`], the built-in compose's parse), so what
+/// the server takes the agent takes too.
 ///
 /// # Errors
 /// A 413 when it is too large, a 422 saying what is wrong otherwise.

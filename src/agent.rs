@@ -143,12 +143,13 @@ pub async fn collect(docker: &Docker) -> Result<RawSnapshot, CollectError> {
     })
 }
 
-/// Runs one command's action against the engine. The error is the engine's
-/// own text, which the operator sees.
+/// Runs one command's action against the engine, stacks with the agent's
+/// stack settings. The error is the engine's own text, which the operator
+/// sees.
 ///
 /// # Errors
 /// The engine's refusal or failure, as text.
-pub async fn execute(docker: &Docker, action: &Action) -> Result<Vec<u8>, String> {
+pub async fn execute(docker: &Docker, stacks: &compose::Stacks, action: &Action) -> Result<Vec<u8>, String> {
     use bollard::query_parameters::{CreateImageOptions, RemoveContainerOptions, RemoveVolumeOptions};
     let r = match action {
         Action::Container(op, id) => {
@@ -192,8 +193,8 @@ pub async fn execute(docker: &Docker, action: &Action) -> Result<Vec<u8>, String
         Action::VolumeRemove(name) => docker.remove_volume(name, None::<RemoveVolumeOptions>).await,
         Action::NetworkRemove(id) => docker.remove_network(&id.to_string()).await,
         Action::ContainerLogs(id, tail) => return logs(docker, id, *tail).await,
-        Action::StackDeploy(spec) => return compose::stacks().deploy(docker, spec).await,
-        Action::StackRemove(name) => return compose::stacks().remove(docker, name).await,
+        Action::StackDeploy(spec) => return stacks.deploy(docker, spec).await,
+        Action::StackRemove(name) => return stacks.remove(docker, name).await,
         Action::Job(_) | Action::JobRemove(_) => return jobs::execute(docker, None, action).await,
     };
     r.map(|()| Vec::new()).map_err(engine_error)
@@ -301,12 +302,19 @@ pub struct DockerEngine {
     /// The job scheduler, which keeps scheduled jobs (without it, only
     /// run-once jobs run).
     jobs: Option<jobs::Jobs>,
+    /// Where stacks' files go and how they are deployed.
+    stacks: compose::Stacks,
 }
 
 impl DockerEngine {
-    /// Wraps a connected engine.
+    /// Wraps a connected engine (stacks with [`compose::Stacks::default`]).
     pub fn new(docker: Docker) -> Self {
-        Self { docker, opts: CanonicalOptions::default(), jobs: None }
+        Self { docker, opts: CanonicalOptions::default(), jobs: None, stacks: compose::Stacks::default() }
+    }
+
+    /// With these stack settings.
+    pub fn with_stacks(self, stacks: compose::Stacks) -> Self {
+        Self { stacks, ..self }
     }
 
     /// With a job scheduler, which keeps the scheduled jobs it is sent.
@@ -330,7 +338,7 @@ impl run::Engine for DockerEngine {
         if let (Some(j), Action::Job(_) | Action::JobRemove(_)) = (&self.jobs, action) {
             return jobs::execute(&self.docker, Some(j), action).await;
         }
-        execute(&self.docker, action).await
+        execute(&self.docker, &self.stacks, action).await
     }
 
     async fn settle(&self, action: &Action, started_at: i64) -> journal::Settled {
@@ -459,7 +467,6 @@ pub async fn start(
     let max_reply = crate::wire::codec::Limits::default().max_encoded + 64;
     let transport = client::Client::with_tls(&config.token.url, trust, tls, max_reply)?;
     let docker = connect().await?;
-    compose::configure(compose::Stacks { dir: config.data_path.join("stacks"), mode: config.compose });
     let changed = Arc::new(AtomicBool::new(true));
     let events = tokio::spawn(follow_events(docker.clone(), changed.clone()));
     let key = config.token.secret.with_agent_secret(config.agent_secret.as_ref().map(|s| s.0.as_str()));
@@ -476,7 +483,8 @@ pub async fn start(
     let (job_runs, job_runs_rx) = tokio::sync::mpsc::unbounded_channel();
     let jobs = jobs::Jobs::open(&config.data_path, docker.clone(), config.jobs.clone(), &edge_id, job_runs)?;
     let scheduler = tokio::spawn(jobs.clone().run());
-    let engine = DockerEngine::new(docker).with_jobs(jobs);
+    let stacks = compose::Stacks { dir: config.data_path.join("stacks"), mode: config.compose };
+    let engine = DockerEngine::new(docker).with_jobs(jobs).with_stacks(stacks);
     let mut agent = run::Agent::new(settings, engine, transport, store, changed)?;
     agent.set_job_runs(job_runs_rx);
     let r = agent.run(shutdown).await;

@@ -35,7 +35,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use bollard::Docker;
@@ -101,7 +100,10 @@ impl ComposeMode {
     }
 }
 
-/// Where the agent keeps its stacks' files, and how it deploys them.
+/// Where the agent keeps its stacks' files, and how it deploys them. The
+/// agent's engine holds one ([`super::DockerEngine::with_stacks`]) and
+/// passes it to each stack command, so one process can run agents (tests
+/// do) with different settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stacks {
     /// `DATA_PATH/stacks`: one directory per stack.
@@ -110,21 +112,13 @@ pub struct Stacks {
     pub mode: ComposeMode,
 }
 
-static CONFIGURED: OnceLock<Stacks> = OnceLock::new();
-
-/// Sets the process's stack settings (the agent does at start). The first
-/// call wins.
-pub fn configure(stacks: Stacks) {
-    let _ = CONFIGURED.set(stacks);
-}
-
-/// The process's stack settings: as configured, else a directory under the
-/// system's temporary directory and [`ComposeMode::Auto`].
-pub fn stacks() -> Stacks {
-    CONFIGURED
-        .get()
-        .cloned()
-        .unwrap_or_else(|| Stacks { dir: std::env::temp_dir().join("tern-stacks"), mode: ComposeMode::Auto })
+impl Default for Stacks {
+    /// A directory under the system's temporary directory, and
+    /// [`ComposeMode::Auto`]: for an engine the agent's start did not set
+    /// up (a test's).
+    fn default() -> Self {
+        Self { dir: std::env::temp_dir().join("tern-stacks"), mode: ComposeMode::Auto }
+    }
 }
 
 pub use crate::stack::check_name;
@@ -657,6 +651,33 @@ mod tests {
         assert_eq!(config_hash_of(&old).map(String::as_str), Some("abc"));
         // Made by the compose tool: its hash means something else.
         assert_eq!(config_hash_of(&labels(&[(LEGACY_LABEL_CONFIG_HASH, "abc")])), None);
+    }
+
+    #[tokio::test]
+    async fn two_stack_settings_in_one_process() {
+        // The settings are a value the engine holds, not the process's:
+        // two agents in one process keep their stacks apart. The engine's
+        // socket exists but nothing listens, so a deploy writes the stack's
+        // files and then fails at the engine.
+        let root = std::env::temp_dir().join(format!("tern-two-stacks-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        let socket = root.join("docker.sock");
+        drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+        let docker = Docker::connect_with_unix(socket.to_str().unwrap(), 5, bollard::API_DEFAULT_VERSION).unwrap();
+        let spec = StackSpec {
+            name: "web".into(),
+            compose: "services:\n  a:\n    image: busybox\n".into(),
+            ..StackSpec::default()
+        };
+        let one = Stacks { dir: root.join("one"), mode: ComposeMode::Builtin };
+        let two = Stacks { dir: root.join("two"), mode: ComposeMode::Builtin };
+        let e = one.deploy(&docker, &spec).await.unwrap_err();
+        assert!(e.contains("not reachable"), "{e}");
+        assert!(one.stack_dir("web").join(COMPOSE_FILE).exists());
+        assert!(!two.stack_dir("web").exists(), "the other settings' directory is untouched");
+        two.deploy(&docker, &spec).await.unwrap_err();
+        assert!(two.stack_dir("web").join(COMPOSE_FILE).exists());
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

@@ -38,7 +38,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bollard::Docker;
-use futures_util::StreamExt;
 
 use crate::compose::{MountSource, Project, Resource, Service, config_hash};
 use crate::wire::poll::StackSpec;
@@ -295,47 +294,10 @@ async fn write_files(dir: &Path, spec: &StackSpec) -> Result<(), String> {
 // The built-in implementation, through the engine's API.
 // ---------------------------------------------------------------------------
 
-use super::engine_error;
-
-fn is_status(e: &bollard::errors::Error, code: u16) -> bool {
-    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code, .. } if *status_code == code)
-}
+use super::{ImageError, engine_error, ensure_image, is_status};
 
 fn project_filter(project: &str) -> HashMap<String, Vec<String>> {
     HashMap::from([("label".to_owned(), vec![format!("{LABEL_PROJECT}={project}")])])
-}
-
-/// The reference with a tag: a bare name means `:latest`, as the CLI has
-/// it (the engine would pull every tag otherwise).
-fn with_tag(image: &str) -> String {
-    let last = image.rsplit('/').next().unwrap_or(image);
-    if image.contains('@') || last.contains(':') { image.to_owned() } else { format!("{image}:latest") }
-}
-
-/// The local image's id; pulls it first only when the engine does not
-/// have it.
-async fn ensure_image(docker: &Docker, image: &str) -> Result<String, String> {
-    match docker.inspect_image(image).await {
-        Ok(i) => return Ok(i.id.unwrap_or_default()),
-        Err(e) if is_status(&e, 404) => {}
-        Err(e) => return Err(format!("image {image}: {}", engine_error(e))),
-    }
-    tracing::info!(image, "pulling (not on this host)");
-    let opts =
-        bollard::query_parameters::CreateImageOptions { from_image: Some(with_tag(image)), ..Default::default() };
-    let mut progress = docker.create_image(Some(opts), None, None);
-    while let Some(item) = progress.next().await {
-        match item {
-            Ok(info) => {
-                if let Some(e) = info.error_detail.and_then(|d| d.message) {
-                    return Err(format!("pulling {image}: {e}"));
-                }
-            }
-            Err(e) => return Err(format!("pulling {image}: {}", engine_error(e))),
-        }
-    }
-    let i = docker.inspect_image(image).await.map_err(|e| format!("image {image}: {}", engine_error(e)))?;
-    Ok(i.id.unwrap_or_default())
 }
 
 fn resource_labels(project: &str, kind: &str, key: &str, own: &BTreeMap<String, String>) -> HashMap<String, String> {
@@ -504,7 +466,10 @@ pub async fn deploy_builtin(docker: &Docker, project: &Project, version: u32) ->
     }
     let mut hashes = BTreeMap::new();
     for s in &order {
-        let id = ensure_image(docker, &s.image).await?;
+        let id = ensure_image(docker, &s.image).await.map_err(|e| match e {
+            ImageError::Inspect(e) => format!("image {}: {e}", s.image),
+            ImageError::Pull(e) => format!("pulling {}: {e}", s.image),
+        })?;
         hashes.insert(s.name.clone(), config_hash(project, s, &id));
     }
     for (key, net) in &project.networks {
@@ -629,6 +594,7 @@ pub async fn remove_builtin(docker: &Docker, project: &str) -> Result<(), String
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::with_tag;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()

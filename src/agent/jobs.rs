@@ -44,8 +44,8 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions, LogsOptions,
-    RemoveContainerOptions, WaitContainerOptions,
+    CreateContainerOptions, KillContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
+    WaitContainerOptions,
 };
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -352,41 +352,7 @@ pub fn helper_cmd(config: &JobConfig, script: &str) -> Vec<String> {
     cmd
 }
 
-/// `busybox` → `busybox:latest` (the engine would pull every tag).
-fn with_tag(image: &str) -> String {
-    let last = image.rsplit('/').next().unwrap_or(image);
-    if last.contains(':') || last.contains('@') { image.to_owned() } else { format!("{image}:latest") }
-}
-
-use super::engine_error;
-
-/// Pulls `image` when the host lacks it.
-async fn ensure_image(docker: &Docker, image: &str) -> Result<(), String> {
-    match docker.inspect_image(image).await {
-        Ok(_) => return Ok(()),
-        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
-        Err(e) => return Err(engine_error(e)),
-    }
-    tracing::info!(image, "pulling the job helper image");
-    let opts = CreateImageOptions { from_image: Some(image.to_owned()), ..Default::default() };
-    let mut progress = docker.create_image(Some(opts), None, None);
-    while let Some(item) = progress.next().await {
-        match item {
-            Ok(info) => {
-                if let Some(e) = info.error_detail.and_then(|d| d.message) {
-                    return Err(format!("the helper image {image} is not on the host and could not be pulled: {e}"));
-                }
-            }
-            Err(e) => {
-                return Err(format!(
-                    "the helper image {image} is not on the host and could not be pulled: {}",
-                    engine_error(e)
-                ));
-            }
-        }
-    }
-    Ok(())
-}
+use super::{ImageError, engine_error, ensure_image, with_tag};
 
 /// Runs `spec`'s script once in a helper container named `name`, labelled
 /// with `owner`. Never fails: what went wrong is in the outcome.
@@ -396,7 +362,10 @@ pub async fn run_script(docker: &Docker, config: &JobConfig, spec: &JobSpec, nam
         if spec.timeout_s == 0 { config.default_timeout } else { Duration::from_secs(u64::from(spec.timeout_s)) };
     let failed = |error: String| Outcome { exit_code: -1, output: Vec::new(), truncated: false, error };
     if let Err(e) = ensure_image(docker, &image).await {
-        return failed(e);
+        return failed(match e {
+            ImageError::Inspect(e) => e,
+            ImageError::Pull(e) => format!("the helper image {image} is not on the host and could not be pulled: {e}"),
+        });
     }
     let labels =
         HashMap::from([(OWNER_LABEL.to_owned(), owner.to_owned()), (JOB_LABEL.to_owned(), spec.job.to_string())]);

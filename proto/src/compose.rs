@@ -160,6 +160,12 @@ pub struct Project {
     /// set, and images a variable left empty: none of them makes the file
     /// wrong, for the host's compose tool reads it too.
     pub warnings: Vec<String>,
+    /// Valid Compose the built-in subset cannot run (a port range, a mount
+    /// type other than volume or bind), each left out of the service with
+    /// its reason. The host's compose tool runs them, so the server's check
+    /// only warns of them; the built-in refuses the file
+    /// ([`Self::parse_builtin`]).
+    pub unsupported: Vec<String>,
 }
 
 /// Service keys the built-in implementation understands (the others are
@@ -321,6 +327,22 @@ fn command_of(v: &Value, what: &str) -> Result<Option<Vec<String>>, String> {
     }
 }
 
+/// How an error for valid Compose beyond the built-in subset ends: such an
+/// entry goes to [`Project::unsupported`] instead of failing the parse.
+const UNSUPPORTED: &str = "not supported by the built-in compose";
+
+/// `Ok(None)` for an entry the subset cannot run (kept in `unsupported`).
+fn or_unsupported<T>(r: Result<T, String>, unsupported: &mut Vec<String>) -> Result<Option<T>, String> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.ends_with(UNSUPPORTED) => {
+            unsupported.push(e);
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 fn port_number(text: &str, what: &str) -> Result<u16, String> {
     if text.contains('-') {
         return Err(format!("{what}: port ranges ({text}) are not supported by the built-in compose"));
@@ -354,26 +376,27 @@ pub fn parse_port(text: &str, what: &str) -> Result<Port, String> {
     Ok(Port { host_ip: host_ip.filter(|h| !h.is_empty()), published, target: port_number(target, what)?, protocol })
 }
 
-fn parse_ports(v: &Value, what: &str) -> Result<Vec<Port>, String> {
+fn parse_ports(v: &Value, what: &str, unsupported: &mut Vec<String>) -> Result<Vec<Port>, String> {
     let Value::Array(items) = v else { return Err(format!("{what}: a list")) };
     let mut out = Vec::new();
     for item in items {
-        match item {
-            Value::Object(m) => {
+        let port = match item {
+            Value::Object(m) => (|| {
                 let target = m.get("target").and_then(scalar).ok_or_else(|| format!("{what}: `target` missing"))?;
                 let published = match m.get("published").and_then(scalar) {
                     Some(p) if !p.is_empty() => Some(port_number(&p, what)?),
                     _ => None,
                 };
-                out.push(Port {
+                Ok(Port {
                     host_ip: m.get("host_ip").and_then(scalar).filter(|h| !h.is_empty()),
                     published,
                     target: port_number(&target, what)?,
                     protocol: m.get("protocol").and_then(scalar).unwrap_or_else(|| "tcp".into()),
-                });
-            }
-            x => out.push(parse_port(&scalar(x).ok_or_else(|| format!("{what}: a string or a mapping"))?, what)?),
-        }
+                })
+            })(),
+            x => parse_port(&scalar(x).ok_or_else(|| format!("{what}: a string or a mapping"))?, what),
+        };
+        out.extend(or_unsupported(port, unsupported)?);
     }
     Ok(out)
 }
@@ -392,7 +415,13 @@ fn bind_path(source: &str, dir: &Path) -> String {
     if rel == "." { dir.display().to_string() } else { dir.join(rel).display().to_string() }
 }
 
-fn parse_mounts(v: &Value, what: &str, dir: &Path, volumes: &BTreeMap<String, Resource>) -> Result<Vec<Mount>, String> {
+fn parse_mounts(
+    v: &Value,
+    what: &str,
+    dir: &Path,
+    volumes: &BTreeMap<String, Resource>,
+    unsupported: &mut Vec<String>,
+) -> Result<Vec<Mount>, String> {
     let Value::Array(items) = v else { return Err(format!("{what}: a list")) };
     let named = |name: &str| -> Result<MountSource, String> {
         if volumes.contains_key(name) {
@@ -414,7 +443,10 @@ fn parse_mounts(v: &Value, what: &str, dir: &Path, volumes: &BTreeMap<String, Re
                     ("volume", Some(s)) => named(&s)?,
                     ("bind", Some(s)) => MountSource::Bind(bind_path(&s, dir)),
                     ("bind", None) => return Err(format!("{what}: a bind mount needs a `source`")),
-                    (k, _) => return Err(format!("{what}: mount type {k:?} is not supported by the built-in compose")),
+                    (k, _) => {
+                        unsupported.push(format!("{what}: mount type {k:?} is {UNSUPPORTED}"));
+                        continue;
+                    }
                 };
                 Mount { source, target, read_only }
             }
@@ -497,6 +529,23 @@ impl Project {
     /// or volume, a restart policy, a dependency cycle), an interpolation
     /// that fails.
     pub fn parse(name: &str, text: &str, env: &BTreeMap<String, String>, dir: &Path) -> Result<Self, String> {
+        Self::parse_all(name, text, env, dir)
+    }
+
+    /// [`Self::parse`] for the built-in compose: valid Compose beyond its
+    /// subset ([`Self::unsupported`]) is refused too.
+    ///
+    /// # Errors
+    /// As [`Self::parse`], and the first entry the subset cannot run.
+    pub fn parse_builtin(name: &str, text: &str, env: &BTreeMap<String, String>, dir: &Path) -> Result<Self, String> {
+        let project = Self::parse(name, text, env, dir)?;
+        match project.unsupported.first() {
+            Some(e) => Err(e.clone()),
+            None => Ok(project),
+        }
+    }
+
+    fn parse_all(name: &str, text: &str, env: &BTreeMap<String, String>, dir: &Path) -> Result<Self, String> {
         check_name(name)?;
         let mut root = parse_yaml(text)?;
         // Which services name an image as written: one named through a
@@ -521,6 +570,7 @@ impl Project {
         };
         let mut warnings: Vec<String> =
             unset.iter().map(|v| format!("the variable {v} is not set; it is empty")).collect();
+        let mut unsupported = Vec::new();
         let mut networks = parse_resources(top.get("networks"), "networks", name)?;
         let volumes = parse_resources(top.get("volumes"), "volumes", name)?;
         let mut services = BTreeMap::new();
@@ -630,11 +680,11 @@ impl Project {
                     None => BTreeMap::new(),
                 },
                 ports: match get("ports") {
-                    Some(v) => parse_ports(v, &format!("{what}.ports"))?,
+                    Some(v) => parse_ports(v, &format!("{what}.ports"), &mut unsupported)?,
                     None => Vec::new(),
                 },
                 volumes: match get("volumes") {
-                    Some(v) => parse_mounts(v, &format!("{what}.volumes"), dir, &volumes)?,
+                    Some(v) => parse_mounts(v, &format!("{what}.volumes"), dir, &volumes, &mut unsupported)?,
                     None => Vec::new(),
                 },
                 networks: svc_networks,
@@ -662,7 +712,8 @@ impl Project {
         // Keep only the networks some service uses.
         let used: BTreeSet<&String> = services.values().flat_map(|s| s.networks.keys()).collect();
         networks.retain(|k, _| used.contains(k));
-        let project = Self { name: name.to_owned(), dir: dir.to_owned(), services, networks, volumes, warnings };
+        let project =
+            Self { name: name.to_owned(), dir: dir.to_owned(), services, networks, volumes, warnings, unsupported };
         project.start_order()?;
         Ok(project)
     }
@@ -768,7 +819,7 @@ mod tests {
         assert!(p("70000").is_err());
         assert!(p("80/icmp").is_err());
         let v = parse_yaml("- target: 80\n  published: \"8081\"\n  protocol: udp\n- 9000:90\n- 443\n").unwrap();
-        let ports = parse_ports(&v, "p").unwrap();
+        let ports = parse_ports(&v, "p", &mut Vec::new()).unwrap();
         assert_eq!(ports[0], Port { host_ip: None, published: Some(8081), target: 80, protocol: "udp".into() });
         assert_eq!((ports[1].published, ports[1].target), (Some(9000), 90));
         assert_eq!((ports[2].published, ports[2].target), (None, 443));
@@ -902,7 +953,7 @@ volumes:
 
     #[test]
     fn bad_files_say_what_is_wrong() {
-        let parse = |text: &str| Project::parse("x", text, &BTreeMap::new(), Path::new("/s")).unwrap_err();
+        let parse = |text: &str| Project::parse_builtin("x", text, &BTreeMap::new(), Path::new("/s")).unwrap_err();
         for (text, want) in [
             ("services: [unclosed", "not valid YAML"),
             ("just a string", "mapping with `services`"),

@@ -116,7 +116,12 @@ const CHECK_DIR: &str = "/stack";
 /// # Errors
 /// What is wrong, naming the service or variable.
 pub fn check_file(compose: &str, env: &BTreeMap<String, String>) -> Result<Vec<String>, String> {
-    check_stack(CHECK_PROJECT, compose, env, Path::new(CHECK_DIR)).map(|p| p.warnings)
+    // Valid Compose beyond the built-in subset is the host tool's to run:
+    // a warning here, refused only where the built-in deploys it.
+    check_stack(CHECK_PROJECT, compose, env, Path::new(CHECK_DIR)).map(|p| {
+        let beyond = p.unsupported.iter().map(|u| format!("{u} (the host's compose tool runs it)"));
+        p.warnings.iter().cloned().chain(beyond).collect()
+    })
 }
 
 /// Checks a stack as the agent does before it deploys it, with its own
@@ -308,6 +313,21 @@ mod tests {
 
     fn interp(text: &str, e: &BTreeMap<String, String>) -> Result<String, String> {
         interpolate(text, e, &mut BTreeSet::new())
+    }
+
+    #[test]
+    fn compose_beyond_the_built_in_subset_is_a_warning_for_the_server_and_refused_by_the_built_in() {
+        let file = "services:\n  a:\n    image: i\n    ports: ['8000-8010:8000-8010', '80']\n    volumes:\n      - type: tmpfs\n        target: /run\n";
+        let warnings = check_file(file, &BTreeMap::new()).expect("valid Compose: the host tool runs it");
+        assert!(warnings.iter().any(|w| w.contains("8000-8010") && w.contains("host's compose tool")), "{warnings:?}");
+        assert!(warnings.iter().any(|w| w.contains("tmpfs")), "{warnings:?}");
+        let p = Project::parse("x", file, &BTreeMap::new(), Path::new("/s")).unwrap();
+        assert_eq!(p.services["a"].ports.len(), 1, "the range is left out, the rest kept");
+        assert!(p.services["a"].volumes.is_empty());
+        let e = Project::parse_builtin("x", file, &BTreeMap::new(), Path::new("/s")).unwrap_err();
+        assert!(e.contains("port ranges"), "{e}");
+        // Malformed values stay refused on both sides.
+        assert!(check_file("services:\n  a:\n    image: i\n    ports: ['x:80']\n", &BTreeMap::new()).is_err());
     }
 
     #[test]

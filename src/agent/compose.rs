@@ -149,6 +149,9 @@ impl Stacks {
             }
             None => {
                 tracing::info!(stack = %spec.name, version = spec.version, "deploying with the built-in compose");
+                if let Some(e) = project.unsupported.first() {
+                    return Err(format!("compose file: {e}; install docker compose on the host to run it"));
+                }
                 for w in &project.warnings {
                     tracing::warn!(stack = %spec.name, "{w}");
                 }

@@ -2,6 +2,7 @@
 //! the store ([`store`], the only module that touches the database).
 
 pub mod api;
+pub mod domain;
 pub mod http;
 pub mod poll;
 #[cfg(feature = "agent")]
@@ -86,6 +87,10 @@ pub fn prepare(config: &ServerConfig) -> Result<Prepared, StartError> {
         None => crate::tls::ServerIdentity::load_or_create(&config.data, &config.names)?,
     };
     let store = store::Store::open(&config.data.join("tern.db"))?;
+    // Stacks are queued for an environment when it joins a targeted group
+    // or tag (api::fleet); a database written before that rule, when polls
+    // and listings looked for them, is brought up to it once.
+    crate::server::domain::stacks::reconcile(&store.autocommit(), None, None, crate::clock::unix_now())?;
     // Before the server serves: nothing else holds the database.
     let initial_admin_password =
         api::access::ensure_admin(&store.autocommit(), |k| std::env::var(k).ok()).map_err(StartError::Admin)?;

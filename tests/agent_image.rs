@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use common::{Api, Deadline, Objects, Server, docker, tempdir};
 use serde_json::{Value, json};
-use tern::server::api::fleet::AGENT_IMAGE;
+use tern::server::domain::deploy::AGENT_IMAGE;
 
 const WAIT: Duration = Duration::from_secs(90);
 

@@ -425,7 +425,7 @@ impl Rig {
         let mut run = Run::create().expect("a run's names and namespace");
         let (host_dev, agent_dev) = run.link_devices().expect("the link's devices");
         // As the generated `docker run` makes the agent's namespace.
-        let (key, value) = tern::server::api::fleet::NO_TCP_TIMESTAMPS.split_once('=').unwrap();
+        let (key, value) = tern::server::domain::deploy::NO_TCP_TIMESTAMPS.split_once('=').unwrap();
         setup::netns_sysctl(&run.netns, key, value).unwrap();
         let link = Link::start(host_dev, agent_dev, spec.up, spec.down, spec.seed).unwrap();
         if spec.nat {

@@ -38,34 +38,14 @@ use serde_json::Value;
 
 use super::view::{self, IntervalsBody, IntervalsView};
 use super::{ApiError, ApiJson, PathId, check_intervals, read_store, with_store};
-use crate::auth::{JoinToken, Secret};
+use crate::auth::Secret;
+use crate::server::domain::deploy::{self, LINUX_VOLUMES, WINDOWS_VOLUMES, is_windows_path};
 use crate::server::http::AppState;
 use crate::server::store::IntervalSettings;
 use crate::server::store::fleet::{
     EnvironmentChange, FleetError, FleetItem, FleetOptions, Label, NewEnvironment, Ref, Status,
 };
 use crate::wire::poll::Intervals;
-
-/// The agent image the generated commands run.
-pub const AGENT_IMAGE: &str = "tern-agent:latest";
-
-/// The engine's socket on a Linux host, mounted at the same path.
-pub const LINUX_SOCKET: &str = "/var/run/docker.sock";
-
-/// Where Docker keeps volumes on a Linux host, and where the agent's
-/// container always sees them.
-pub const LINUX_VOLUMES: &str = "/var/lib/docker/volumes";
-
-/// The `docker run --sysctl` that turns TCP timestamps off in the agent
-/// container's network namespace (see [`linux_command`]).
-pub const NO_TCP_TIMESTAMPS: &str = "net.ipv4.tcp_timestamps=0";
-
-/// Where Docker keeps volumes on a Windows host, and where the agent's
-/// (Windows) container sees them.
-pub const WINDOWS_VOLUMES: &str = r"C:\ProgramData\docker\volumes";
-
-/// The Docker engine's named pipe on Windows.
-pub const WINDOWS_PIPE: &str = r"\\.\pipe\docker_engine";
 
 /// The longest name of an environment, group or tag, in characters.
 pub const MAX_NAME: usize = 128;
@@ -543,12 +523,6 @@ fn check_env_vars(vars: &EnvVars) -> Result<Vec<String>, ApiError> {
     Ok(out)
 }
 
-/// Whether a volume path is a Windows one (`C:\...`).
-fn is_windows_path(p: &str) -> bool {
-    let b = p.as_bytes();
-    b.len() >= 3 && b[0].is_ascii_alphabetic() && b[1] == b':' && b[2] == b'\\'
-}
-
 /// The host's Docker volume path: absolute, Linux (`/srv/docker/volumes`)
 /// or Windows (`D:\docker\volumes`), of characters that need no quoting in
 /// a shell: letters, digits, `.`, `_`, `-`, `+`, `@` and the separators.
@@ -615,114 +589,6 @@ fn check_default_interval(name: &str, v: u32) -> Result<(), ApiError> {
     Ok(())
 }
 
-// ----- deploy commands -----
-
-/// What a deploy command carries.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DeployOptions<'a> {
-    /// The join token.
-    pub edge_key: &'a str,
-    /// The EDGE_ID to deploy with.
-    pub edge_id: Option<&'a str>,
-    /// `EDGE_INSECURE_POLL=1`.
-    pub insecure_poll: bool,
-    /// The server requires an AGENT_SECRET. The commands never carry it:
-    /// they pass `-e AGENT_SECRET`, which docker fills from the shell that
-    /// runs them (a deploy command is copied, pasted, logged and shared).
-    pub agent_secret: bool,
-    /// Host variables passed through.
-    pub env_vars: &'a [String],
-    /// The host's Docker volume path (see [`check_volume_path`]).
-    pub volume_path: Option<&'a str>,
-    /// Leave TCP timestamps on (see [`linux_command`]).
-    pub tcp_timestamps: bool,
-}
-
-/// The `-e` options. Every value in them is checked to need no quoting
-/// (a join token is base64url, an EDGE_ID and variable names are checked
-/// when stored), and no secret but the join token is in them.
-fn env_args(o: &DeployOptions<'_>) -> Vec<String> {
-    let mut args = vec![format!("-e EDGE_KEY={}", o.edge_key)];
-    if let Some(id) = o.edge_id {
-        args.push(format!("-e EDGE_ID={id}"));
-    }
-    if o.insecure_poll {
-        args.push("-e EDGE_INSECURE_POLL=1".into());
-    }
-    if o.agent_secret {
-        // No value: docker takes the shell's (see `DeployOptions::agent_secret`).
-        args.push("-e AGENT_SECRET".into());
-    }
-    // No value: docker takes the host's.
-    args.extend(o.env_vars.iter().map(|v| format!("-e {v}")));
-    args
-}
-
-/// The Linux command: the engine socket, the volume path (host side as
-/// given, container side `/var/lib/docker/volumes`), a data volume. The
-/// image runs as a non-root user (uid 65532); the command adds the
-/// socket's group to it, read by the edge host's shell when the command
-/// runs (`--group-add "$(stat -c %g /var/run/docker.sock)"`), so the agent
-/// reaches the engine without root.
-///
-/// Unless `tcp_timestamps`, it also turns TCP timestamps off in the agent
-/// container's own network namespace (the host's are untouched). The
-/// timestamp option is 12 bytes of every TCP packet: a kept-alive idle
-/// poll is three packets, so 36 of its 348 bytes on the wire, and every
-/// packet of a snapshot or a reconnection pays it too. What timestamps buy
-/// (PAWS, RTT samples on retransmitted segments) hardly matters for one
-/// small exchange a minute, with one exception measured on the emulated
-/// links: with a round trip over a second (geostationary satellite, 1.2 s)
-/// the SYN is retransmitted after the initial 1 s timeout, and without
-/// timestamps the handshake then gives no RTT sample, so early timers fire
-/// before replies can arrive: a new connection cost 2,606 to 3,183 B
-/// instead of 2,399. Linux has no per-socket switch, and the agent runs
-/// unprivileged, so it is a `docker run` option; engines on kernels before
-/// 4.15 (where the setting was not per namespace) refuse it.
-/// `tcp_timestamps` keeps them, for both cases.
-pub fn linux_command(o: &DeployOptions<'_>) -> String {
-    let volumes = o.volume_path.filter(|p| !is_windows_path(p)).unwrap_or(LINUX_VOLUMES);
-    let mut lines = vec![
-        "docker run -d --name tern-agent --restart always".to_owned(),
-        format!("--group-add \"$(stat -c %g {LINUX_SOCKET})\""),
-    ];
-    if !o.tcp_timestamps {
-        lines.push(format!("--sysctl {NO_TCP_TIMESTAMPS}"));
-    }
-    lines.extend([
-        format!("-v {LINUX_SOCKET}:{LINUX_SOCKET}"),
-        format!("-v {volumes}:{LINUX_VOLUMES}"),
-        "-v tern-agent-data:/data".to_owned(),
-    ]);
-    lines.extend(env_args(o));
-    lines.push(format!("{AGENT_IMAGE} agent"));
-    lines.join(" \\\n  ")
-}
-
-/// The Windows command (Windows containers; one line, for PowerShell):
-/// the engine's named pipe, the volume path (host side as given, container
-/// side `C:\ProgramData\docker\volumes`: a Windows container cannot mount
-/// at a Linux path), a data volume at `C:\data`.
-pub fn windows_command(o: &DeployOptions<'_>) -> String {
-    let volumes = o.volume_path.filter(|p| is_windows_path(p)).unwrap_or(WINDOWS_VOLUMES);
-    let mut args = vec![
-        "docker run -d --name tern-agent --restart always".to_owned(),
-        format!("-v {WINDOWS_PIPE}:{WINDOWS_PIPE}"),
-        format!("-v {volumes}:{WINDOWS_VOLUMES}"),
-        r"-v tern-agent-data:C:\data".to_owned(),
-        r"-e DATA_PATH=C:\data".to_owned(),
-    ];
-    args.extend(env_args(o));
-    args.push(format!("{AGENT_IMAGE} agent"));
-    args.join(" ")
-}
-
-/// The `docker run` line for an agent with this key alone (the Linux
-/// command with every option at its default).
-pub fn docker_run(edge_key: &str) -> String {
-    linux_command(&DeployOptions { edge_key, ..DeployOptions::default() })
-}
-
 /// A random EDGE_ID, in the UUID form Portainer uses.
 fn new_edge_id() -> Result<String, ApiError> {
     let mut b = [0u8; 16];
@@ -737,32 +603,15 @@ fn new_edge_id() -> Result<String, ApiError> {
 
 /// An environment's join token and deploy commands, from the store.
 fn deploy_of(store: &dyn Transaction, id: u64, fingerprint: [u8; 32]) -> Result<CreatedEnvironment, ApiError> {
-    let env = store.environment(id)?;
-    let o = store.fleet_options(id)?;
-    if o.url.is_empty() {
-        return Err(FleetError::NoUrl(id).into());
-    }
-    let agent_secret = store.agent_secret()?.is_some();
-    let edge_key =
-        JoinToken { url: o.url.clone(), environment: id, secret: env.secret, cert_sha256: fingerprint }.encode();
-    let d = DeployOptions {
-        edge_key: &edge_key,
-        edge_id: o.deploy_edge_id.as_deref(),
-        insecure_poll: o.allow_self_signed,
-        agent_secret,
-        env_vars: &o.env_vars,
-        volume_path: o.volume_path.as_deref(),
-        tcp_timestamps: o.tcp_timestamps,
-    };
-    let commands = DeployCommands { linux: linux_command(&d), windows: windows_command(&d) };
+    let d = deploy::deploy(store, id, fingerprint)?;
     Ok(CreatedEnvironment {
         id,
-        name: env.name,
-        edge_id: o.deploy_edge_id,
-        docker_run: commands.linux.clone(),
-        commands,
-        edge_key,
-        agent_secret_note: agent_secret.then(|| AGENT_SECRET_NOTE.to_owned()),
+        name: d.name,
+        edge_id: d.edge_id,
+        docker_run: d.linux.clone(),
+        commands: DeployCommands { linux: d.linux, windows: d.windows },
+        edge_key: d.edge_key,
+        agent_secret_note: d.agent_secret.then(|| AGENT_SECRET_NOTE.to_owned()),
     })
 }
 
@@ -879,7 +728,7 @@ pub(crate) fn create_environment_in(
 /// # Errors
 /// The store's.
 fn joined_labels(store: &dyn Transaction, id: u64) -> Result<(), ApiError> {
-    store.reconcile_stacks(None, Some(id), now())?;
+    crate::server::domain::stacks::reconcile(store, None, Some(id), now())?;
     Ok(())
 }
 
@@ -1445,25 +1294,6 @@ mod tests {
         patch(1, serde_json::json!({ "name": "still-plain" })).await;
         patch(2, serde_json::json!({ "tags": ["gps"] })).await;
         assert_eq!(deployed().await.len(), 3);
-    }
-
-    #[test]
-    fn the_default_linux_command_is_the_one_older_clients_know() {
-        assert_eq!(
-            docker_run("tern1_key"),
-            "docker run -d --name tern-agent --restart always \\\n  \
-             --group-add \"$(stat -c %g /var/run/docker.sock)\" \\\n  \
-             --sysctl net.ipv4.tcp_timestamps=0 \\\n  \
-             -v /var/run/docker.sock:/var/run/docker.sock \\\n  \
-             -v /var/lib/docker/volumes:/var/lib/docker/volumes \\\n  \
-             -v tern-agent-data:/data \\\n  \
-             -e EDGE_KEY=tern1_key \\\n  \
-             tern-agent:latest agent"
-        );
-        let kept = linux_command(&DeployOptions { edge_key: "k", tcp_timestamps: true, ..DeployOptions::default() });
-        assert!(!kept.contains("--sysctl") && kept.contains("--group-add"), "{kept}");
-        let secret = linux_command(&DeployOptions { edge_key: "k", agent_secret: true, ..DeployOptions::default() });
-        assert!(secret.contains("-e AGENT_SECRET \\\n"), "the name alone: docker takes the shell's value\n{secret}");
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! a bad cron expression, an oversized script (over [`MAX_SCRIPT`] bytes:
 //! 413) or a target that names nothing change nothing.
 
+use crate::server::domain::prelude::*;
 use std::sync::Arc;
 
 use axum::extract::{RawQuery, State};

@@ -49,7 +49,7 @@ use super::http::AppState;
 use super::store::{IntervalSettings, StoreError};
 use crate::wire::poll::{Action, Intervals};
 
-pub use self::fleet::{AGENT_IMAGE, CreateEnvironment, CreatedEnvironment, docker_run};
+pub use self::fleet::{CreateEnvironment, CreatedEnvironment};
 use crate::server::store::prelude::*;
 
 /// The longest interval the API accepts, in seconds (a week): longer ones

@@ -22,6 +22,8 @@
 //! compose tool reads them.
 //! Per-environment status: see [`crate::server::store::stacks`].
 
+use crate::server::domain::prelude::*;
+use crate::server::domain::stacks::Removal;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -35,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use super::{ApiError, ApiJson, PathId, read_store, with_store};
 use crate::server::http::AppState;
 use crate::server::store::stacks::{
-    Deployment, NewStack, Removal, StackChange, StackError, StackRecord, Target, TargetRef, TargetRefs,
+    Deployment, NewStack, StackChange, StackError, StackRecord, Target, TargetRef, TargetRefs,
 };
 
 /// The largest compose file taken, in bytes.

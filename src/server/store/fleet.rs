@@ -7,14 +7,11 @@
 //! where the replica is saved, so that listing thousands of environments
 //! never decodes a stored state.
 //!
-//! **Status.** An environment is *online* while its last accepted poll is
-//! at most `2 × smallest + 20` seconds old, where `smallest` is the smallest
-//! enabled interval among its effective ones (its own, else the server
-//! defaults). While a change of intervals has not reached the agent yet
-//! (its reported intervals differ), the larger of the two smallest values
-//! counts, so that shortening an interval does not mark the agent offline
-//! before it has heard of the change. An environment that never polled is
-//! offline. The rule is evaluated in SQL, so the list filters on it.
+//! **Status.** The online/offline rule is the domain's
+//! ([`crate::server::domain::status`]); the store keeps each
+//! environment's window (what the rule computes from its intervals) in its
+//! row, refreshed whenever an input changes, so the SQL that filters,
+//! counts and pages by status compares a time with it and states no rule.
 //!
 //! Group and tag names are unique regardless of case.
 
@@ -23,6 +20,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::*;
 use crate::auth::Secret;
+use crate::server::domain::status::status_window;
 use crate::sync::State;
 use crate::wire::poll::Intervals;
 
@@ -278,30 +276,6 @@ pub struct Filter {
     pub limit: Option<u64>,
     /// Skipping this many first.
     pub offset: u64,
-}
-
-/// Stands for "disabled" in the status rule: far larger than any
-/// interval, so it never wins a MIN.
-const OFF: i64 = 1 << 40;
-
-/// The slack of the status rule, in seconds.
-pub const STATUS_SLACK: i64 = 20;
-
-/// The smallest enabled interval of a set, if any is enabled.
-fn smallest(i: Intervals) -> Option<u32> {
-    [i.ping, i.snapshot, i.command].into_iter().filter(|&v| v > 0).min()
-}
-
-/// The status rule's window for an environment's effective intervals and
-/// the agent's reported ones (see the module doc), in seconds: the rule's
-/// only statement. The store keeps each environment's window in its row
-/// ([`Store::refresh_status_windows`], whenever an input changes), so the
-/// SQL that filters, counts and pages by status compares a time with it
-/// and states no rule of its own.
-pub fn status_window(effective: Intervals, reported: Option<Intervals>) -> i64 {
-    let own = smallest(effective).map_or(OFF, i64::from);
-    let agent = reported.map_or(0, |r| smallest(r).map_or(OFF, i64::from));
-    2 * own.max(agent) + STATUS_SLACK
 }
 
 /// The environments of [`Store::fleet`], with their status window and
@@ -1298,7 +1272,7 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Computes the status window ([`status_window`]) of one environment,
+    /// Computes the status window ([`status_window`], the domain's rule) of one environment,
     /// or of all, from their intervals and the server's defaults, and
     /// stores it where it changed. Called in the transaction of every
     /// change to an input, and at open.

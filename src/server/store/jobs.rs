@@ -17,14 +17,15 @@
 //!   The output is kept to its last [`MAX_OUTPUT_LEN`] bytes, and only the
 //!   newest [`RUNS_KEPT`] runs per job and environment are kept.
 //!
-//! Every change is one transaction: a job and all of its commands are
+//! What a create, edit or delete sends where is the domain's
+//! ([`crate::server::domain::jobs`]): a job and all of its commands are
 //! queued, or nothing is.
 
 use rusqlite::{OptionalExtension, params};
 
 use super::prelude::*;
 use super::{CommandStatus, MAX_ERROR_LEN, MAX_OUTPUT_LEN, StoreError, Tx, sql_id, truncate};
-use crate::wire::poll::{Action, JobRun, JobSpec};
+use crate::wire::poll::{Action, JobRun};
 
 /// Runs kept per job and environment (the oldest go first).
 pub const RUNS_KEPT: usize = 100;
@@ -139,35 +140,52 @@ pub trait JobStore {
         tags: &[TargetRef],
     ) -> Result<Result<Vec<u64>, String>, StoreError>;
 
-    /// Creates a job and queues its `Job` command for each environment
-    /// (which must exist: see [`Self::resolve_job_targets`]).
-    ///
-    /// # Errors
-    /// When an environment does not exist or the database fails; nothing is kept.
-    fn create_job(&self, job: &NewJob, environments: &[u64], now: i64) -> Result<u64, StoreError>;
-
-    /// A new version of a job: stored, and sent again to each environment
-    /// (`environments`, or the current ones when `None`); environments
-    /// dropped from the targets get a `JobRemove`. Returns the new version,
-    /// or `None` when there is no such job (or it was deleted).
-    ///
-    /// # Errors
-    /// When an environment does not exist or the database fails; nothing is kept.
-    fn update_job(
-        &self,
-        id: u64,
-        job: &NewJob,
-        environments: Option<&[u64]>,
-        now: i64,
-    ) -> Result<Option<u32>, StoreError>;
-
-    /// Deletes a job: a `JobRemove` goes to each environment still holding
-    /// it; its runs stay readable. False when there is no such job; a job
-    /// deleted already is left as it is.
+    /// Stores a new job at version 1, sent nowhere yet.
     ///
     /// # Errors
     /// When the database fails.
-    fn remove_job(&self, id: u64, now: i64) -> Result<bool, StoreError>;
+    fn insert_job(&self, job: &NewJob, now: i64) -> Result<u64, StoreError>;
+
+    /// Stores `job` as version `version` of job `id`.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn revise_job(&self, id: u64, job: &NewJob, version: u32, now: i64) -> Result<(), StoreError>;
+
+    /// Marks a job deleted (its runs stay readable).
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn mark_job_removed(&self, id: u64, now: i64) -> Result<(), StoreError>;
+
+    /// The environments a job is on (not taken off), by id.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn job_environments(&self, id: u64) -> Result<Vec<u64>, StoreError>;
+
+    /// The command last sent for job `id` to `environment`, if any.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn job_target_command(&self, id: u64, environment: u64) -> Result<Option<u64>, StoreError>;
+
+    /// Records `command` (carrying version `version` of job `id`, or its
+    /// removal) as the job's command on `environment`: the job's target
+    /// there, and one more of the job's commands (`once`: a run-once job's,
+    /// whose result is its run).
+    ///
+    /// # Errors
+    /// When the environment does not exist or the database fails.
+    fn record_job_command(
+        &self,
+        id: u64,
+        environment: u64,
+        command: u64,
+        version: u32,
+        removed: bool,
+        once: bool,
+    ) -> Result<(), StoreError>;
 
     /// One job, deleted or not.
     ///
@@ -253,61 +271,69 @@ impl JobStore for Tx<'_> {
         Ok(Ok(out.into_iter().collect()))
     }
 
-    fn create_job(&self, job: &NewJob, environments: &[u64], now: i64) -> Result<u64, StoreError> {
-        let tx = self.tx()?;
-        tx.execute(
+    fn insert_job(&self, job: &NewJob, now: i64) -> Result<u64, StoreError> {
+        self.conn.execute(
             "INSERT INTO jobs (name, script, image, cron, timeout_s, version, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?6)",
             params![job.name, job.script, job.image, job.cron, job.timeout_s, now],
         )?;
-        let id = tx.last_insert_rowid() as u64;
-        for &env in environments {
-            self.send_job(id, env, job, 1, now)?;
-        }
-        tx.commit()?;
-        Ok(id)
+        Ok(self.conn.last_insert_rowid() as u64)
     }
 
-    fn update_job(
-        &self,
-        id: u64,
-        job: &NewJob,
-        environments: Option<&[u64]>,
-        now: i64,
-    ) -> Result<Option<u32>, StoreError> {
-        let Some(current) = self.job(id)?.filter(|j| j.removed_at.is_none()) else { return Ok(None) };
-        let version = current.version + 1;
-        let tx = self.tx()?;
-        tx.execute(
+    fn revise_job(&self, id: u64, job: &NewJob, version: u32, now: i64) -> Result<(), StoreError> {
+        self.conn.execute(
             "UPDATE jobs SET name = ?2, script = ?3, image = ?4, cron = ?5, timeout_s = ?6, version = ?7,
                              updated_at = ?8
              WHERE id = ?1",
             params![sql_id(id), job.name, job.script, job.image, job.cron, job.timeout_s, version, now],
         )?;
-        let before = self.job_environments(id)?;
-        let after = environments.map_or_else(|| before.clone(), <[u64]>::to_vec);
-        for &env in &after {
-            self.send_job(id, env, job, version, now)?;
-        }
-        for &env in before.iter().filter(|e| !after.contains(e)) {
-            self.replace_target_command(id, env, &Action::JobRemove(id), version, true, now)?;
-        }
-        tx.commit()?;
-        Ok(Some(version))
+        Ok(())
     }
 
-    fn remove_job(&self, id: u64, now: i64) -> Result<bool, StoreError> {
-        let Some(current) = self.job(id)? else { return Ok(false) };
-        if current.removed_at.is_some() {
-            return Ok(true);
-        }
-        let tx = self.tx()?;
-        tx.execute("UPDATE jobs SET removed_at = ?2 WHERE id = ?1", params![sql_id(id), now])?;
-        for env in self.job_environments(id)? {
-            self.replace_target_command(id, env, &Action::JobRemove(id), current.version, true, now)?;
-        }
-        tx.commit()?;
-        Ok(true)
+    fn mark_job_removed(&self, id: u64, now: i64) -> Result<(), StoreError> {
+        self.conn.execute("UPDATE jobs SET removed_at = ?2 WHERE id = ?1", params![sql_id(id), now])?;
+        Ok(())
+    }
+
+    fn job_environments(&self, id: u64) -> Result<Vec<u64>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT environment FROM job_targets WHERE job = ?1 AND removed = 0 ORDER BY environment",
+        )?;
+        let rows = stmt.query_map([sql_id(id)], |r| r.get::<_, i64>(0).map(|v| v as u64))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn job_target_command(&self, id: u64, environment: u64) -> Result<Option<u64>, StoreError> {
+        let command: Option<Option<i64>> = self
+            .conn
+            .query_row(
+                "SELECT command FROM job_targets WHERE job = ?1 AND environment = ?2",
+                params![sql_id(id), sql_id(environment)],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(command.flatten().map(|c| c as u64))
+    }
+
+    fn record_job_command(
+        &self,
+        id: u64,
+        environment: u64,
+        command: u64,
+        version: u32,
+        removed: bool,
+        once: bool,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO job_commands (command, job, environment, once) VALUES (?1, ?2, ?3, ?4)",
+            params![sql_id(command), sql_id(id), sql_id(environment), once],
+        )?;
+        self.conn.execute(
+            "INSERT INTO job_targets (job, environment, version, command, removed) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(job, environment) DO UPDATE SET version = ?3, command = ?4, removed = ?5",
+            params![sql_id(id), sql_id(environment), version, sql_id(command), removed],
+        )?;
+        Ok(())
     }
 
     fn job(&self, id: u64) -> Result<Option<JobRecord>, StoreError> {
@@ -427,67 +453,6 @@ impl JobStore for Tx<'_> {
 }
 
 impl Tx<'_> {
-    /// Queues version `version` of job `id` to `env` and records it as the
-    /// target's command; the target's earlier command is cancelled when it
-    /// was not delivered yet (the new one replaces it).
-    fn send_job(&self, id: u64, env: u64, job: &NewJob, version: u32, now: i64) -> Result<(), StoreError> {
-        let action = Action::Job(JobSpec {
-            job: id,
-            script: job.script.clone(),
-            image: job.image.clone(),
-            cron: job.cron.clone(),
-            timeout_s: job.timeout_s,
-            version,
-        });
-        self.replace_target_command(id, env, &action, version, false, now)
-    }
-
-    fn replace_target_command(
-        &self,
-        id: u64,
-        env: u64,
-        action: &Action,
-        version: u32,
-        removed: bool,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        let previous: Option<Option<i64>> = self
-            .conn
-            .query_row(
-                "SELECT command FROM job_targets WHERE job = ?1 AND environment = ?2",
-                params![sql_id(id), sql_id(env)],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let Some(Some(prev)) = previous {
-            match self.cancel_command(prev as u64, now) {
-                Ok(()) | Err(StoreError::AlreadyDelivered(_) | StoreError::CommandNotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        let command = self.enqueue_command(env, action, now)?;
-        let once = matches!(action, Action::Job(s) if s.cron.is_empty());
-        self.conn.execute(
-            "INSERT INTO job_commands (command, job, environment, once) VALUES (?1, ?2, ?3, ?4)",
-            params![command as i64, sql_id(id), sql_id(env), once],
-        )?;
-        self.conn.execute(
-            "INSERT INTO job_targets (job, environment, version, command, removed) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT(job, environment) DO UPDATE SET version = ?3, command = ?4, removed = ?5",
-            params![sql_id(id), sql_id(env), version, command as i64, removed],
-        )?;
-        Ok(())
-    }
-
-    /// The environments a job is on (not taken off).
-    fn job_environments(&self, id: u64) -> Result<Vec<u64>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT environment FROM job_targets WHERE job = ?1 AND removed = 0 ORDER BY environment",
-        )?;
-        let rows = stmt.query_map([sql_id(id)], |r| r.get::<_, i64>(0).map(|v| v as u64))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
     const JOB_COLUMNS: &'static str =
         "id, name, script, image, cron, timeout_s, version, created_at, updated_at, removed_at";
 
@@ -590,7 +555,9 @@ impl Tx<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::domain::prelude::*;
     use crate::server::store::Store;
+    use crate::wire::poll::JobSpec;
 
     use crate::auth::Secret;
     use crate::wire::poll::{CommandResult, ResultStatus};

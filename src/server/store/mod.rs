@@ -344,7 +344,7 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (job, environment, run)
     );",
     // 10: whether an environment's Linux deploy command keeps TCP
-    // timestamps (see `api::fleet::linux_command`). Off for new ones; the
+    // timestamps (see `domain::deploy::linux_command`). Off for new ones; the
     // environments made before keep them, so that their command, run
     // again on a host whose engine refuses the new option (Linux before
     // 4.15), still starts the agent.
@@ -605,9 +605,46 @@ impl std::ops::Deref for Tx<'_> {
 
 /// Everything the server stores, on one transaction: what the domain and
 /// the API work through, whatever the backend. SQLite's is [`Tx`].
-pub trait Transaction: FleetStore + CommandStore + StackStore + JobStore + AccessStore + UsageStore {}
+pub trait Transaction: Atomic + FleetStore + CommandStore + StackStore + JobStore + AccessStore + UsageStore {}
 
-impl<T: FleetStore + CommandStore + StackStore + JobStore + AccessStore + UsageStore + ?Sized> Transaction for T {}
+impl<T: Atomic + FleetStore + CommandStore + StackStore + JobStore + AccessStore + UsageStore + ?Sized> Transaction
+    for T
+{
+}
+
+/// Units inside a transaction: the domain's operations of several writes
+/// (a stack and every command it queues) apply whole or not at all, also
+/// where no one else opened a transaction around them (tools, tests).
+pub trait Atomic {
+    /// Opens a nested unit (SQLite and PostgreSQL: a savepoint). Released
+    /// into the transaction around it by [`Nested::release`]; dropped
+    /// without, everything written since is rolled back.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn savepoint(&self) -> Result<Box<dyn Nested + '_>, StoreError>;
+}
+
+/// A unit opened by [`Atomic::savepoint`].
+pub trait Nested {
+    /// Keeps what was written in it (as part of the transaction around it).
+    ///
+    /// # Errors
+    /// When the database fails; it is then rolled back.
+    fn release(self: Box<Self>) -> Result<(), StoreError>;
+}
+
+impl Atomic for Tx<'_> {
+    fn savepoint(&self) -> Result<Box<dyn Nested + '_>, StoreError> {
+        Ok(Box::new(self.tx()?))
+    }
+}
+
+impl Nested for Tx<'_> {
+    fn release(self: Box<Self>) -> Result<(), StoreError> {
+        (*self).commit()
+    }
+}
 
 pub use access::AccessStore;
 pub use commands::CommandStore;
@@ -619,7 +656,7 @@ pub use usage::UsageStore;
 /// The storage traits, for `use store::prelude::*` where work is done on a
 /// [`Transaction`] (its methods are the traits').
 pub mod prelude {
-    pub use super::{AccessStore, CommandStore, FleetStore, JobStore, StackStore, Transaction, UsageStore};
+    pub use super::{AccessStore, Atomic, CommandStore, FleetStore, JobStore, StackStore, Transaction, UsageStore};
 }
 
 impl Tx<'_> {
@@ -715,11 +752,6 @@ impl Store {
             let tx = store.tx()?;
             tx.backfill_counts()?;
             tx.refresh_status_windows(None)?;
-            // Stacks are queued for an environment when it joins a targeted
-            // group or tag (api::fleet); a database written before that
-            // rule, when polls and listings looked for them, is brought up
-            // to it once.
-            tx.reconcile_stacks(None, None, crate::clock::unix_now())?;
             tx.commit()?;
         }
         Ok(store)

@@ -2,40 +2,20 @@
 //! bumped by every update, and targets (environments, groups, tags). Each
 //! environment a stack reaches has a *deployment* row naming the last
 //! command sent to it for this stack (a `StackDeploy`, or a `StackRemove`
-//! once the stack is being removed); its status is read off that command:
+//! once the stack is being removed); its status is read off that command
+//! by the domain's rule ([`crate::server::domain::status`]).
 //!
-//! | command | deploying | removing |
-//! |---|---|---|
-//! | queued, sent | pending | removing |
-//! | delivered | acknowledged | removing |
-//! | phase `deploying` / `removing` | deploying | removing |
-//! | ok | running | removed |
-//! | failed, rejected | failed (with the error) | failed (with the error) |
-//! | cancelled | cancelled | cancelled |
-//!
-//! **Targets resolve late.** An environment that joins a targeted group or
-//! gets a targeted tag after the stack was created is given it by
-//! [`Store::reconcile_stacks`], which the API runs in the same transaction
-//! as the change that gave it the group or tag (`api::fleet`), and
-//! [`Store::open`] once for databases written before that rule. Polls and
-//! listings only read. An environment that *leaves* a
-//! targeted group or tag keeps the stack: removing services from a host
-//! because a label changed would be too easy a mistake; remove or update
-//! the stack to take it off.
-//!
-//! **Removal.** Removing a stack frees its name at once and sends a
-//! `StackRemove` to every environment it was deployed to; the stack stays
-//! listed, `removing`, until every environment has reported, then `removed`.
-//! Removing it again retries the environments whose removal failed, and
-//! once it is `removed`, purges its record.
+//! What the store does here is keep and find: stacks, targets resolved to
+//! ids, the environments targets name, deployment rows. What is sent where
+//! and when (create, update, retarget, remove, and late targets) is the
+//! domain's ([`crate::server::domain::stacks`]), through this trait.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::prelude::*;
 use super::{StoreError, Tx, sql_id};
-use crate::wire::poll::{Action, StackSpec};
+use crate::wire::poll::StackSpec;
 
 /// What can go wrong with a stack, apart from the database.
 #[derive(Debug, thiserror::Error)]
@@ -177,54 +157,8 @@ pub struct StackRecord {
     pub deployments: Vec<Deployment>,
 }
 
-impl StackRecord {
-    /// The stack's overall status: `removing` / `removed` once its removal
-    /// was asked for; else `pending` (nowhere yet), `failed` (somewhere),
-    /// `running` (everywhere), or `deploying`.
-    pub fn status(&self) -> &'static str {
-        let all = |s: &str| self.deployments.iter().all(|d| d.status == s);
-        let any = |s: &str| self.deployments.iter().any(|d| d.status == s);
-        if self.removed_at.is_some() {
-            return if all("removed") { "removed" } else { "removing" };
-        }
-        if self.deployments.is_empty() {
-            "pending"
-        } else if any("failed") {
-            "failed"
-        } else if all("running") {
-            "running"
-        } else {
-            "deploying"
-        }
-    }
-}
-
 /// A `stacks` row: id, name, compose, env, version, created, updated, removed.
 type StackRow = (i64, String, String, String, i64, i64, i64, Option<i64>);
-
-/// What removing a stack did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Removal {
-    /// Removal commands were queued (or are still on their way).
-    Removing,
-    /// It was removed everywhere already: its record is gone.
-    Purged,
-}
-
-fn status_of(removing: bool, status: Option<&str>, phase: Option<&str>) -> &'static str {
-    match (status, removing) {
-        (None, _) => "unknown",
-        (Some("ok"), false) => "running",
-        (Some("ok"), true) => "removed",
-        (Some("failed" | "rejected"), _) => "failed",
-        (Some("cancelled"), _) => "cancelled",
-        (Some(_), true) => "removing",
-        (Some("delivered"), false) if phase.is_some_and(|p| !p.is_empty()) => "deploying",
-        (Some("delivered"), false) => "acknowledged",
-        // Queued, sent (not yet recorded by the agent).
-        (Some(_), false) => "pending",
-    }
-}
 
 /// The environments a stack's targets name now: `(stack, environment)`
 /// pairs without a deployment yet, for one stack and/or one environment
@@ -245,40 +179,91 @@ const UNDEPLOYED: &str = "
        AND NOT EXISTS (SELECT 1 FROM stack_deployments d WHERE d.stack = x.stack AND d.environment = x.environment)
      ORDER BY x.stack, x.environment";
 
-/// Edge stacks, their targets and deployments.
+/// Edge stacks, their targets and deployments: what is kept and found.
+/// What is sent where is the domain's (`domain::stacks`).
 pub trait StackStore {
-    /// Deploys every stack whose targets now name an environment it has no
-    /// deployment on (an environment that joined a targeted group or got a
-    /// targeted tag); for one stack and/or one environment. Returns how
-    /// many deploys were queued.
+    /// The `(stack, environment)` pairs whose targets name the environment
+    /// now while it has no deployment of that (live) stack, for one stack
+    /// and/or one environment (`None`: all), in order.
     ///
     /// # Errors
-    /// When the database fails or a stored stack is corrupt.
-    fn reconcile_stacks(&self, stack: Option<u64>, environment: Option<u64>, now: i64) -> Result<usize, StoreError>;
+    /// When the database fails.
+    fn undeployed_stacks(&self, stack: Option<u64>, environment: Option<u64>) -> Result<Vec<(u64, u64)>, StoreError>;
 
-    /// Creates a stack and queues its deploy on every environment its
-    /// targets name.
+    /// Every environment a stack's targets name now, deployed or not.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn stack_reach(&self, stack: u64) -> Result<BTreeSet<u64>, StoreError>;
+
+    /// Stores a new stack at version 1 with its targets resolved; no
+    /// deployment yet.
     ///
     /// # Errors
     /// [`StackError::NameTaken`], [`StackError::UnknownTarget`], or when
-    /// the database fails. Nothing is changed then.
-    fn create_stack(&self, new: &NewStack, now: i64) -> Result<u64, StackError>;
+    /// the database fails (the caller's transaction is then to be rolled
+    /// back: the row may be written).
+    fn insert_stack(&self, new: &NewStack, now: i64) -> Result<u64, StackError>;
 
-    /// Updates a stack: a new version, redeployed on every environment it
-    /// is deployed to and on those its (new) targets name; environments the
-    /// new targets no longer name get a `StackRemove`.
+    /// Replaces a stack's targets.
     ///
     /// # Errors
-    /// [`StackError::NotFound`] (also for a stack being removed),
-    /// [`StackError::UnknownTarget`], or when the database fails. Nothing is
-    /// changed then.
-    fn update_stack(&self, id: u64, change: &StackChange, now: i64) -> Result<(), StackError>;
+    /// [`StackError::UnknownTarget`], or when the database fails.
+    fn set_stack_targets(&self, stack: u64, targets: &TargetRefs) -> Result<(), StackError>;
 
-    /// Removes a stack (see the module doc).
+    /// A new version of a live stack: its file and/or variables replaced
+    /// where given, its version bumped.
     ///
     /// # Errors
-    /// [`StackError::NotFound`], or when the database fails.
-    fn remove_stack(&self, id: u64, now: i64) -> Result<Removal, StackError>;
+    /// [`StackError::NotFound`] (also for a stack being removed), or when
+    /// the database fails.
+    fn revise_stack(
+        &self,
+        id: u64,
+        compose: Option<&str>,
+        env: Option<&BTreeMap<String, String>>,
+        now: i64,
+    ) -> Result<(), StackError>;
+
+    /// What a `StackDeploy` of the stack's current version carries.
+    ///
+    /// # Errors
+    /// When the database fails or the stored stack is corrupt.
+    fn stack_spec(&self, stack: u64) -> Result<StackSpec, StackError>;
+
+    /// The environments a stack has a deployment on, and whether the last
+    /// command there removes it.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn stack_deployments(&self, stack: u64) -> Result<Vec<(u64, bool)>, StoreError>;
+
+    /// Records `command` as the stack's last command on `environment`
+    /// (its deployment row, made or replaced).
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn record_stack_command(
+        &self,
+        stack: u64,
+        environment: u64,
+        command: u64,
+        version: u32,
+        removing: bool,
+    ) -> Result<(), StoreError>;
+
+    /// Marks a stack as being removed (its name is free from then on); the
+    /// first time counts.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn mark_stack_removed(&self, id: u64, now: i64) -> Result<(), StoreError>;
+
+    /// Deletes a stack's record, its targets and deployments.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn purge_stack(&self, id: u64) -> Result<(), StoreError>;
 
     /// One stack, with its targets and deployments.
     ///
@@ -294,28 +279,26 @@ pub trait StackStore {
 }
 
 impl StackStore for Tx<'_> {
-    fn reconcile_stacks(&self, stack: Option<u64>, environment: Option<u64>, now: i64) -> Result<usize, StoreError> {
-        // Almost always nothing to do: one read, no transaction.
-        let due: bool = self
-            .conn
-            .prepare_cached(&format!("SELECT EXISTS ({UNDEPLOYED})"))?
-            .query_row(params![stack.map(sql_id), environment.map(sql_id)], |r| r.get(0))?;
-        if !due {
-            return Ok(0);
-        }
-        let tx = self.tx()?;
-        let n = self.reconcile_in(&tx, stack, environment, now).map_err(|e| match e {
-            StackError::Store(e) => e,
-            _ => StoreError::Corrupt { what: "stack", environment: environment.unwrap_or_default() },
+    fn undeployed_stacks(&self, stack: Option<u64>, environment: Option<u64>) -> Result<Vec<(u64, u64)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(UNDEPLOYED)?;
+        let rows = stmt.query_map(params![stack.map(sql_id), environment.map(sql_id)], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
         })?;
-        tx.commit()?;
-        Ok(n)
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn create_stack(&self, new: &NewStack, now: i64) -> Result<u64, StackError> {
-        let tx = self.tx()?;
+    fn stack_reach(&self, stack: u64) -> Result<BTreeSet<u64>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&UNDEPLOYED.replace(
+            "AND NOT EXISTS (SELECT 1 FROM stack_deployments d WHERE d.stack = x.stack AND d.environment = x.environment)",
+            "",
+        ))?;
+        let rows = stmt.query_map(params![sql_id(stack), None::<i64>], |r| r.get::<_, i64>(1).map(|e| e as u64))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn insert_stack(&self, new: &NewStack, now: i64) -> Result<u64, StackError> {
         let env = serde_json::to_string(&new.env).unwrap_or_else(|_| "{}".into());
-        let r = tx.execute(
+        let r = self.conn.execute(
             "INSERT INTO stacks (name, compose, env, version, created_at, updated_at) VALUES (?1, ?2, ?3, 1, ?4, ?4)",
             params![new.name, new.compose, env, now],
         );
@@ -325,76 +308,77 @@ impl StackStore for Tx<'_> {
             }
             r => r?,
         };
-        let id = tx.last_insert_rowid();
-        Self::set_targets(&tx, id, &new.targets)?;
-        self.reconcile_in(&tx, Some(id as u64), None, now)?;
-        tx.commit()?;
+        let id = self.conn.last_insert_rowid();
+        Self::set_targets(self.conn, id, &new.targets)?;
         Ok(id as u64)
     }
 
-    fn update_stack(&self, id: u64, change: &StackChange, now: i64) -> Result<(), StackError> {
-        let tx = self.tx()?;
-        let live: Option<i64> = tx
+    fn set_stack_targets(&self, stack: u64, targets: &TargetRefs) -> Result<(), StackError> {
+        Self::set_targets(self.conn, sql_id(stack), targets)
+    }
+
+    fn revise_stack(
+        &self,
+        id: u64,
+        compose: Option<&str>,
+        env: Option<&BTreeMap<String, String>>,
+        now: i64,
+    ) -> Result<(), StackError> {
+        let live: Option<i64> = self
+            .conn
             .query_row("SELECT id FROM stacks WHERE id = ?1 AND removed_at IS NULL", [sql_id(id)], |r| r.get(0))
             .optional()?;
         let stack = live.ok_or(StackError::NotFound(id))?;
-        if let Some(compose) = &change.compose {
-            tx.execute("UPDATE stacks SET compose = ?2 WHERE id = ?1", params![stack, compose])?;
+        if let Some(compose) = compose {
+            self.conn.execute("UPDATE stacks SET compose = ?2 WHERE id = ?1", params![stack, compose])?;
         }
-        if let Some(env) = &change.env {
+        if let Some(env) = env {
             let env = serde_json::to_string(env).unwrap_or_else(|_| "{}".into());
-            tx.execute("UPDATE stacks SET env = ?2 WHERE id = ?1", params![stack, env])?;
+            self.conn.execute("UPDATE stacks SET env = ?2 WHERE id = ?1", params![stack, env])?;
         }
-        tx.execute("UPDATE stacks SET version = version + 1, updated_at = ?2 WHERE id = ?1", params![stack, now])?;
-        let spec = Self::spec_of(&tx, stack)?;
-        let deployed: Vec<(i64, bool)> = {
-            let mut stmt = tx.prepare("SELECT environment, removing FROM stack_deployments WHERE stack = ?1")?;
-            stmt.query_map([stack], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?
-        };
-        if let Some(targets) = &change.targets {
-            Self::set_targets(&tx, stack, targets)?;
-        }
-        let targeted: std::collections::BTreeSet<i64> = if change.targets.is_some() {
-            let mut stmt = tx.prepare(&UNDEPLOYED.replace(
-                "AND NOT EXISTS (SELECT 1 FROM stack_deployments d WHERE d.stack = x.stack AND d.environment = x.environment)",
-                "",
-            ))?;
-            stmt.query_map(params![stack, None::<i64>], |r| r.get::<_, i64>(1))?.collect::<Result<_, _>>()?
-        } else {
-            deployed.iter().map(|(e, _)| *e).collect()
-        };
-        for (env, removing) in deployed {
-            if targeted.contains(&env) {
-                self.send(stack, env as u64, &Action::StackDeploy(spec.clone()), spec.version, false, now)?;
-            } else if !removing {
-                self.send(stack, env as u64, &Action::StackRemove(spec.name.clone()), spec.version, true, now)?;
-            }
-        }
-        self.reconcile_in(&tx, Some(stack as u64), None, now)?;
-        tx.commit()?;
+        self.conn
+            .execute("UPDATE stacks SET version = version + 1, updated_at = ?2 WHERE id = ?1", params![stack, now])?;
         Ok(())
     }
 
-    fn remove_stack(&self, id: u64, now: i64) -> Result<Removal, StackError> {
-        let record = self.stack(id)?;
-        let tx = self.tx()?;
-        let stack = sql_id(id);
-        if record.removed_at.is_some() && record.status() == "removed" {
-            tx.execute("DELETE FROM stacks WHERE id = ?1", [stack])?;
-            tx.commit()?;
-            return Ok(Removal::Purged);
-        }
-        tx.execute("UPDATE stacks SET removed_at = COALESCE(removed_at, ?2) WHERE id = ?1", params![stack, now])?;
-        for d in &record.deployments {
-            let first = record.removed_at.is_none();
-            let retry = matches!(d.status, "failed" | "cancelled" | "unknown");
-            if first || retry {
-                let action = Action::StackRemove(record.name.clone());
-                self.send(stack, d.environment, &action, record.version, true, now)?;
-            }
-        }
-        tx.commit()?;
-        Ok(Removal::Removing)
+    fn stack_spec(&self, stack: u64) -> Result<StackSpec, StackError> {
+        Self::spec_of(self.conn, sql_id(stack))
+    }
+
+    fn stack_deployments(&self, stack: u64) -> Result<Vec<(u64, bool)>, StoreError> {
+        let mut stmt =
+            self.conn.prepare_cached("SELECT environment, removing FROM stack_deployments WHERE stack = ?1")?;
+        let rows = stmt.query_map([sql_id(stack)], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn record_stack_command(
+        &self,
+        stack: u64,
+        environment: u64,
+        command: u64,
+        version: u32,
+        removing: bool,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO stack_deployments (stack, environment, version, command, removing) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(stack, environment) DO UPDATE SET version = ?3, command = ?4, removing = ?5",
+            params![sql_id(stack), sql_id(environment), version, sql_id(command), removing],
+        )?;
+        Ok(())
+    }
+
+    fn mark_stack_removed(&self, id: u64, now: i64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE stacks SET removed_at = COALESCE(removed_at, ?2) WHERE id = ?1",
+            params![sql_id(id), now],
+        )?;
+        Ok(())
+    }
+
+    fn purge_stack(&self, id: u64) -> Result<(), StoreError> {
+        self.conn.execute("DELETE FROM stacks WHERE id = ?1", [sql_id(id)])?;
+        Ok(())
     }
 
     fn stack(&self, id: u64) -> Result<StackRecord, StackError> {
@@ -481,47 +465,6 @@ impl Tx<'_> {
         Ok(StackSpec { name, compose, env, version: u32::try_from(version).unwrap_or(u32::MAX) })
     }
 
-    /// Queues `action` for `environment` and records it as the stack's
-    /// last command there (inside the caller's transaction).
-    fn send(
-        &self,
-        stack: i64,
-        environment: u64,
-        action: &Action,
-        version: u32,
-        removing: bool,
-        now: i64,
-    ) -> Result<(), StackError> {
-        let command = self.enqueue_command(environment, action, now)?;
-        self.conn.execute(
-            "INSERT INTO stack_deployments (stack, environment, version, command, removing) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT(stack, environment) DO UPDATE SET version = ?3, command = ?4, removing = ?5",
-            params![stack, sql_id(environment), version, sql_id(command), removing],
-        )?;
-        Ok(())
-    }
-
-    /// [`Self::reconcile_stacks`] inside the caller's transaction.
-    fn reconcile_in(
-        &self,
-        tx: &Connection,
-        stack: Option<u64>,
-        environment: Option<u64>,
-        now: i64,
-    ) -> Result<usize, StackError> {
-        let pairs: Vec<(i64, i64)> = {
-            let mut stmt = self.conn.prepare_cached(UNDEPLOYED)?;
-            stmt.query_map(params![stack.map(sql_id), environment.map(sql_id)], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<_, _>>()?
-        };
-        for &(stack, env) in &pairs {
-            let spec = Self::spec_of(tx, stack)?;
-            let version = spec.version;
-            self.send(stack, env as u64, &Action::StackDeploy(spec), version, false, now)?;
-        }
-        Ok(pairs.len())
-    }
-
     fn targets_of(&self, stack: i64) -> Result<Vec<Target>, StackError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT 'environment', e.id, e.name FROM stack_targets t JOIN environments e ON e.id = t.environment
@@ -556,7 +499,7 @@ impl Tx<'_> {
             let status: Option<String> = r.get(5)?;
             let phase: Option<String> = r.get(6)?;
             let error: Option<String> = r.get(7)?;
-            let s = status_of(r.get(3)?, status.as_deref(), phase.as_deref());
+            let s = crate::server::domain::status::deployment_status(r.get(3)?, status.as_deref(), phase.as_deref());
             Ok(Deployment {
                 environment: r.get::<_, i64>(0)? as u64,
                 environment_name: r.get(1)?,
@@ -599,7 +542,11 @@ impl Tx<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::domain::prelude::*;
+    use crate::server::domain::stacks::Removal;
     use crate::server::store::Store;
+    use crate::server::store::prelude::*;
+    use crate::wire::poll::Action;
 
     use crate::auth::Secret;
     use crate::wire::poll::{CommandResult, ResultStatus};

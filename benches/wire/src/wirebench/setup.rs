@@ -142,7 +142,7 @@ impl Run {
         let (v, w) = (format!("twb{}v", self.id), format!("twb{}w", self.id));
         let sub = self.subnet;
         let sysctl = netns_sysctl;
-        let (key, value) = tern::server::api::fleet::NO_TCP_TIMESTAMPS.split_once('=').context("a sysctl")?;
+        let (key, value) = tern::server::domain::deploy::NO_TCP_TIMESTAMPS.split_once('=').context("a sysctl")?;
         sysctl(ns, key, value)?;
         run_cmd("ip", &["netns", "add", &b]).context("creating the baseline's namespace")?;
         run_cmd("ip", &["-n", &b, "link", "set", "lo", "up"])?;

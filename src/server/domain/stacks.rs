@@ -1,0 +1,169 @@
+//! Edge stacks: what each change sends where.
+//!
+//! * **Create** stores the stack and deploys it on every environment its
+//!   targets name.
+//! * **Update** makes a new version and redeploys it on every environment
+//!   it is on and on those its (new) targets name; environments the new
+//!   targets no longer name get a `StackRemove`.
+//! * **Targets resolve late.** An environment that joins a targeted group
+//!   or gets a targeted tag after the stack was created is given it by
+//!   [`reconcile`], which the API runs in the same transaction as the
+//!   change that gave it the group or tag (`api::fleet`), and the server
+//!   once at start for databases written before that rule. Polls and
+//!   listings only read. An environment that *leaves* a targeted group or
+//!   tag keeps the stack: removing services from a host because a label
+//!   changed would be too easy a mistake; remove or update the stack to
+//!   take it off.
+//! * **Removal** frees its name at once and sends a `StackRemove` to every
+//!   environment it was deployed to; the stack stays listed, `removing`,
+//!   until every environment has reported, then `removed`. Removing it
+//!   again retries the environments whose removal failed, and once it is
+//!   `removed`, purges its record.
+//!
+//! Each operation applies whole or not at all ([`super::atomic`]).
+
+use super::atomic;
+use crate::server::store::stacks::{NewStack, StackChange, StackError};
+use crate::server::store::{StoreError, Transaction};
+use crate::wire::poll::Action;
+
+/// What removing a stack did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// Removal commands were queued (or are still on their way).
+    Removing,
+    /// It was removed everywhere already: its record is gone.
+    Purged,
+}
+
+/// Queues `action` for `environment` and records it as the stack's last
+/// command there.
+fn send(
+    tx: &(impl Transaction + ?Sized),
+    stack: u64,
+    environment: u64,
+    action: &Action,
+    version: u32,
+    removing: bool,
+    now: i64,
+) -> Result<(), StoreError> {
+    let command = tx.enqueue_command(environment, action, now)?;
+    tx.record_stack_command(stack, environment, command, version, removing)
+}
+
+/// Deploys every stack whose targets now name an environment it has no
+/// deployment on (an environment that joined a targeted group or got a
+/// targeted tag); for one stack and/or one environment. Returns how many
+/// deploys were queued.
+///
+/// # Errors
+/// When the database fails or a stored stack is corrupt.
+pub fn reconcile(
+    tx: &(impl Transaction + ?Sized),
+    stack: Option<u64>,
+    environment: Option<u64>,
+    now: i64,
+) -> Result<usize, StoreError> {
+    // Almost always nothing to do: one read.
+    let pairs = tx.undeployed_stacks(stack, environment)?;
+    if pairs.is_empty() {
+        return Ok(0);
+    }
+    atomic(tx, || deploy_pairs(tx, &pairs, now)).map_err(|e| match e {
+        StackError::Store(e) => e,
+        _ => StoreError::Corrupt { what: "stack", environment: environment.unwrap_or_default() },
+    })
+}
+
+fn deploy_pairs(tx: &(impl Transaction + ?Sized), pairs: &[(u64, u64)], now: i64) -> Result<usize, StackError> {
+    for &(stack, env) in pairs {
+        let spec = tx.stack_spec(stack)?;
+        let version = spec.version;
+        send(tx, stack, env, &Action::StackDeploy(spec), version, false, now)?;
+    }
+    Ok(pairs.len())
+}
+
+/// The stack operations, as methods of any transaction.
+pub trait StackRules: Transaction {
+    /// Deploys every stack whose targets now name an environment it has no
+    /// deployment on: see [`reconcile`].
+    ///
+    /// # Errors
+    /// When the database fails or a stored stack is corrupt.
+    fn reconcile_stacks(&self, stack: Option<u64>, environment: Option<u64>, now: i64) -> Result<usize, StoreError> {
+        reconcile(self, stack, environment, now)
+    }
+
+    /// Creates a stack and queues its deploy on every environment its
+    /// targets name.
+    ///
+    /// # Errors
+    /// [`StackError::NameTaken`], [`StackError::UnknownTarget`], or when
+    /// the database fails. Nothing is changed then.
+    fn create_stack(&self, new: &NewStack, now: i64) -> Result<u64, StackError> {
+        atomic(self, || {
+            let id = self.insert_stack(new, now)?;
+            deploy_pairs(self, &self.undeployed_stacks(Some(id), None)?, now)?;
+            Ok(id)
+        })
+    }
+
+    /// Updates a stack: a new version, redeployed on every environment it
+    /// is deployed to and on those its (new) targets name; environments the
+    /// new targets no longer name get a `StackRemove`.
+    ///
+    /// # Errors
+    /// [`StackError::NotFound`] (also for a stack being removed),
+    /// [`StackError::UnknownTarget`], or when the database fails. Nothing is
+    /// changed then.
+    fn update_stack(&self, id: u64, change: &StackChange, now: i64) -> Result<(), StackError> {
+        atomic(self, || {
+            self.revise_stack(id, change.compose.as_deref(), change.env.as_ref(), now)?;
+            let spec = self.stack_spec(id)?;
+            let deployed = self.stack_deployments(id)?;
+            let targeted = match &change.targets {
+                Some(targets) => {
+                    self.set_stack_targets(id, targets)?;
+                    self.stack_reach(id)?
+                }
+                None => deployed.iter().map(|(e, _)| *e).collect(),
+            };
+            for (env, removing) in deployed {
+                if targeted.contains(&env) {
+                    send(self, id, env, &Action::StackDeploy(spec.clone()), spec.version, false, now)?;
+                } else if !removing {
+                    send(self, id, env, &Action::StackRemove(spec.name.clone()), spec.version, true, now)?;
+                }
+            }
+            deploy_pairs(self, &self.undeployed_stacks(Some(id), None)?, now)?;
+            Ok(())
+        })
+    }
+
+    /// Removes a stack (see the module doc).
+    ///
+    /// # Errors
+    /// [`StackError::NotFound`], or when the database fails.
+    fn remove_stack(&self, id: u64, now: i64) -> Result<Removal, StackError> {
+        let record = self.stack(id)?;
+        atomic(self, || {
+            if record.removed_at.is_some() && record.status() == "removed" {
+                self.purge_stack(id)?;
+                return Ok(Removal::Purged);
+            }
+            self.mark_stack_removed(id, now)?;
+            for d in &record.deployments {
+                let first = record.removed_at.is_none();
+                let retry = matches!(d.status, "failed" | "cancelled" | "unknown");
+                if first || retry {
+                    let action = Action::StackRemove(record.name.clone());
+                    send(self, id, d.environment, &action, record.version, true, now)?;
+                }
+            }
+            Ok(Removal::Removing)
+        })
+    }
+}
+
+impl<T: Transaction + ?Sized> StackRules for T {}

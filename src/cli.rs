@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::agent::client::Client;
-use crate::server::api::ErrorBody;
+use crate::server::api::types::ErrorBody;
 use crate::tls::Trust;
 
 /// The operator's commands, each through the server's API (but `admin`,

@@ -394,7 +394,7 @@ fn api_checked(data: &[u8]) -> Option<Result<(), crate::server::api::ApiError>> 
     use serde::de::DeserializeOwned;
 
     use crate::server::api::{ApiError, check_command, check_intervals, target};
-    use crate::server::api::{access, fleet, jobs, stacks, view};
+    use crate::server::api::{access, fleet, jobs, stacks, types};
     use crate::server::store::IntervalSettings;
     use crate::server::store::jobs::NewJob;
     use crate::sync::state::Id;
@@ -415,38 +415,38 @@ fn api_checked(data: &[u8]) -> Option<Result<(), crate::server::api::ApiError>> 
 
     let (&which, json) = data.split_first()?;
     match API_BODIES[usize::from(which) % API_BODIES.len()] {
-        "environment.create" => parse_sent::<fleet::CreateEnvironment>(json).map(|req| {
+        "environment.create" => parse_sent::<types::CreateEnvironment>(json).map(|req| {
             let new = fleet::new_environment(req, Secret([0; 32]), "fuzz".into())?;
             intervals(new.intervals)
         }),
         "environment.update" => {
-            parse_sent::<fleet::UpdateEnvironment>(json).map(|req| fleet::environment_change(&req).map(drop))
+            parse_sent::<types::UpdateEnvironment>(json).map(|req| fleet::environment_change(&req).map(drop))
         }
-        "intervals" => parse_sent::<view::IntervalsBody>(json).map(|b| intervals(b.into())),
-        "settings" => parse_sent::<fleet::SettingsBody>(json).map(|b| fleet::check_settings(&b)),
-        "command" => parse_sent::<view::CreateCommand>(json).map(|req| {
+        "intervals" => parse_sent::<types::IntervalsBody>(json).map(|b| intervals(b.into())),
+        "settings" => parse_sent::<types::SettingsBody>(json).map(|b| fleet::check_settings(&b)),
+        "command" => parse_sent::<types::CreateCommand>(json).map(|req| {
             let (_, text, _) = check_command(&req)?;
             // Resolved against the stored state; here two containers.
             let objects = [(Id([0xab; 32]), "web"), (Id([0xac; 32]), "db")];
             let _ = target::resolve("container", &text, objects.into_iter());
             Ok(())
         }),
-        "stack.create" => parse_sent::<stacks::CreateStack>(json).map(|b| {
+        "stack.create" => parse_sent::<types::CreateStack>(json).map(|b| {
             stacks::check_name(&b.name)?;
             stacks::check_env(&b.env)?;
             stacks::check_compose(&b.compose, &b.env)?;
             b.targets.check().map(drop)
         }),
-        "stack.update" => parse_sent::<stacks::UpdateStack>(json).map(|b| {
+        "stack.update" => parse_sent::<types::UpdateStack>(json).map(|b| {
             b.env.as_ref().map(stacks::check_env).transpose()?;
             // With the stored variables when none are sent; none here.
             let none = std::collections::BTreeMap::new();
             b.compose.as_deref().map(|c| stacks::check_compose(c, b.env.as_ref().unwrap_or(&none))).transpose()?;
-            b.targets.map(stacks::TargetsBody::check).transpose().map(drop)
+            b.targets.map(types::TargetsBody::check).transpose().map(drop)
         }),
-        "job.create" => parse_sent::<jobs::CreateJob>(json).map(|b| b.check().map(drop)),
-        "job.update" => parse_sent::<jobs::UpdateJob>(json).map(|b| {
-            b.targets.map(stacks::TargetsBody::check).transpose()?;
+        "job.create" => parse_sent::<types::CreateJob>(json).map(|b| b.check().map(drop)),
+        "job.update" => parse_sent::<types::UpdateJob>(json).map(|b| {
+            b.targets.map(types::TargetsBody::check).transpose()?;
             // The fields left out come from the stored job (`update_job`).
             jobs::check_job(NewJob {
                 name: b.name.unwrap_or_else(|| "backup".into()),
@@ -457,13 +457,13 @@ fn api_checked(data: &[u8]) -> Option<Result<(), crate::server::api::ApiError>> 
             })
             .map(drop)
         }),
-        "label" => parse_sent::<fleet::LabelBody>(json).map(|b| fleet::check_label("name", &b.name).map(drop)),
-        "login" => parse::<access::Login>(json).map(|_| Ok(())),
-        "password" => parse::<access::ChangePassword>(json).map(|b| {
+        "label" => parse_sent::<types::LabelBody>(json).map(|b| fleet::check_label("name", &b.name).map(drop)),
+        "login" => parse::<types::Login>(json).map(|_| Ok(())),
+        "password" => parse::<types::ChangePassword>(json).map(|b| {
             access::check_new_password("new", &b.new)
                 .map_err(|message| ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, message })
         }),
-        "token" => parse::<access::CreateToken>(json).map(|b| access::check_token_name(&b.name).map(drop)),
+        "token" => parse::<types::CreateToken>(json).map(|b| access::check_token_name(&b.name).map(drop)),
         other => unreachable!("{other} has no case"),
     }
 }

@@ -20,7 +20,7 @@ use tern::agent::client::Client;
 use tern::agent::run::{Agent, Outcome, Settings};
 use tern::agent::{DockerEngine, store};
 use tern::auth::{JoinToken, Secret, seal_request};
-use tern::server::api::usage::{EnvironmentUsageView, FleetUsageView, UsageView};
+use tern::server::api::types::{EnvironmentUsageView, FleetUsageView, UsageView};
 use tern::server::store::prelude::*;
 use tern::tls::Trust;
 use tern::wire::codec::{Codec, Limits};

@@ -4,9 +4,8 @@
 use anyhow::{Context, bail};
 
 use super::{Api, ApiArgs};
-use crate::server::api::access::{
-    CreateToken, CreatedToken, PASSWORD_ENV, PASSWORD_FILE_ENV, TokenView, given_password,
-};
+use crate::server::api::access::{PASSWORD_ENV, PASSWORD_FILE_ENV, given_password};
+use crate::server::api::types::{CreateToken, CreatedToken, TokenView};
 use crate::server::store::Store;
 use crate::server::store::access::{ADMIN, generate_password, hash_password};
 use crate::server::store::prelude::*;

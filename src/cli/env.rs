@@ -5,10 +5,10 @@ use serde::Serialize;
 
 use super::fleet::{env_id, fmt_age, fmt_interval, label_ref, parse_interval, print_table};
 use super::{Api, ApiArgs};
-use crate::server::api::fleet::{
-    CreateEnvironment, CreatedEnvironment, EnvVars, EnvironmentFull, EnvironmentView, NameOrId, UpdateEnvironment,
+use crate::server::api::types::{
+    CreateEnvironment, CreatedEnvironment, EnvVars, EnvironmentFull, EnvironmentView, IntervalsBody, NameOrId,
+    StatePartView, UpdateEnvironment,
 };
-use crate::server::api::view::{IntervalsBody, StatePartView};
 
 /// The empty body of a POST that takes none: `{}`.
 #[derive(Serialize)]

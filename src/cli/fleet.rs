@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use super::{Api, ApiArgs};
-use crate::server::api::fleet::{
-    DefaultIntervalsBody, EnvironmentView, LabelBody, LabelView, NameOrId, SettingsBody, SettingsView,
+use crate::server::api::types::{
+    CommandView, CreateCommand, DefaultIntervalsBody, EnvironmentView, LabelBody, LabelView, NameOrId, SettingsBody,
+    SettingsView,
 };
-use crate::server::api::view::{CommandView, CreateCommand};
 
 /// Parses an interval: seconds (`90`, `90s`), minutes (`5m`), hours
 /// (`1h`), days (`1d`), weeks (`1w`), `off` (or `disabled`, `0`), and, when

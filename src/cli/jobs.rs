@@ -14,7 +14,7 @@ use std::io::Read;
 use anyhow::{Context, bail};
 
 use super::{Api, ApiArgs};
-use crate::server::api::jobs::{CreateJob, JobDetail, JobItem, RefBody, RunView, TargetsBody};
+use crate::server::api::types::{CreateJob, JobDetail, JobItem, RefBody, RunView, TargetsBody};
 
 /// `tern job ...`
 #[derive(Debug, clap::Subcommand)]

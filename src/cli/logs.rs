@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 
 use super::{Api, ApiArgs};
-use crate::server::api::view::{CommandView, CreateCommand};
+use crate::server::api::types::{CommandView, CreateCommand};
 
 /// `tern logs ENV CONTAINER`
 #[derive(Debug, clap::Args)]

@@ -20,7 +20,9 @@ use anyhow::{Context, bail};
 
 use super::fleet::print_table;
 use super::{Api, ApiArgs};
-use crate::server::api::stacks::{CreateStack, RefBody, StackDetail, StackItem, TargetView, TargetsBody, UpdateStack};
+use crate::server::api::types::{
+    CreateStack, RefBody, StackDetail, StackItem, StackTargetView, TargetsBody, UpdateStack,
+};
 
 /// Where a stack goes: repeat any of them.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -144,7 +146,7 @@ fn counts(counts: &BTreeMap<String, u64>) -> String {
     if parts.is_empty() { "-".into() } else { parts.join(", ") }
 }
 
-fn targets_text(targets: &[TargetView]) -> String {
+fn targets_text(targets: &[StackTargetView]) -> String {
     let parts: Vec<String> = targets.iter().map(|t| format!("{} {}", t.kind, t.name)).collect();
     parts.join(", ")
 }

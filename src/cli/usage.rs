@@ -5,8 +5,7 @@
 use anyhow::bail;
 
 use super::{Api, ApiArgs};
-use crate::server::api::fleet::EnvironmentView;
-use crate::server::api::usage::{EnvironmentUsageView, FleetUsageView, UsageView};
+use crate::server::api::types::{EnvironmentUsageView, EnvironmentView, FleetUsageView, UsageView};
 
 /// `tern usage [ENV] [--days N]`
 #[derive(Debug, Clone, clap::Args)]
@@ -163,7 +162,7 @@ pub fn fleet_table(f: &FleetUsageView) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::api::usage::{DayView, FleetLine, Span, UnattributedView};
+    use crate::server::api::types::{DayView, FleetLine, Span, UnattributedView};
 
     fn u(tls_up: u64, tls_down: u64, polls: u64) -> UsageView {
         UsageView { tls_up, tls_down, body_up: tls_up / 10, body_down: tls_down / 10, polls }

@@ -5,8 +5,8 @@
 
 use anyhow::Context;
 
-use super::api::fleet::{CreateEnvironment, UpdateEnvironment, create_environment_in, update_environment_in};
-use super::api::view::IntervalsBody;
+use super::api::fleet::{create_environment_in, update_environment_in};
+use super::api::types::{CreateEnvironment, IntervalsBody, UpdateEnvironment};
 
 /// `tern quickstart`'s options.
 #[derive(Debug, Clone, clap::Args)]

@@ -63,8 +63,8 @@ use axum::routing::{delete, get, post, put};
 use axum::{Extension, Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::{Deserialize, Serialize};
 
+use super::types::{ChangePassword, CreateToken, CreatedToken, LoggedIn, Login, Me, MeToken, TokenView};
 use super::{ApiError, ApiJson, PathId, read_store, with_store};
 use crate::server::http::{AppState, now};
 use crate::server::store::StoreError;
@@ -408,76 +408,6 @@ pub fn public_routes() -> Router<Arc<AppState>> {
         .layer(axum::extract::DefaultBodyLimit::max(4 * MAX_PASSWORD_LEN))
 }
 
-/// `POST /api/auth/login`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Login {
-    /// The user (`admin`).
-    pub username: String,
-    /// Its password.
-    pub password: String,
-}
-
-/// What login returns (the session id goes in the cookie only).
-#[derive(Debug, Serialize, Deserialize)]
-pub struct LoggedIn {
-    /// The user.
-    pub username: String,
-    /// What every non-GET request of this session carries in `X-CSRF-Token`.
-    pub csrf_token: String,
-    /// When the session ends unless it is used before (Unix seconds).
-    pub expires_at: i64,
-}
-
-/// `PUT /api/auth/password`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChangePassword {
-    /// The password now.
-    pub current: String,
-    /// The new one ([`MIN_PASSWORD_LEN`] characters at least).
-    pub new: String,
-}
-
-/// `POST /api/tokens`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateToken {
-    /// What it is for.
-    pub name: String,
-}
-
-/// A new API token, with its secret (shown this once).
-#[derive(Debug, Serialize, Deserialize)]
-pub struct CreatedToken {
-    /// Its id.
-    pub id: u64,
-    /// Its name.
-    pub name: String,
-    /// The secret, for `Authorization: Bearer`.
-    pub token: String,
-    /// When it was made.
-    pub created_at: i64,
-}
-
-/// An API token as listed.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct TokenView {
-    /// Its id.
-    pub id: u64,
-    /// Its name.
-    pub name: String,
-    /// When it was made.
-    pub created_at: i64,
-    /// When it was last used (to the minute).
-    pub last_used_at: Option<i64>,
-    /// When it was revoked.
-    pub revoked_at: Option<i64>,
-    /// Whether it is the token in `<data>/admin-token` (revoking it makes
-    /// the server write a new one at its next start).
-    pub data_directory: bool,
-}
-
 impl From<ApiToken> for TokenView {
     fn from(t: ApiToken) -> Self {
         Self {
@@ -609,35 +539,6 @@ pub async fn logout(State(state): State<Arc<AppState>>, Extension(caller): Exten
     let mut r = StatusCode::NO_CONTENT.into_response();
     r.headers_mut().insert(header::SET_COOKIE, session_cookie("", 0));
     r
-}
-
-/// What `GET /api/auth/me` answers: who is calling, by `auth`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "auth", rename_all = "lowercase")]
-pub enum Me {
-    /// An API token.
-    Token {
-        /// The token.
-        token: MeToken,
-    },
-    /// A UI session.
-    Session {
-        /// What every non-GET request of this session carries in `X-CSRF-Token`.
-        csrf_token: String,
-        /// When the session ends unless it is used before (Unix seconds).
-        expires_at: i64,
-        /// The user.
-        username: String,
-    },
-}
-
-/// The API token of [`Me::Token`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MeToken {
-    /// Its id.
-    pub id: u64,
-    /// Its name.
-    pub name: String,
 }
 
 /// `GET /api/auth/me`.

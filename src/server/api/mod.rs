@@ -23,6 +23,8 @@
 //! host, or takes `TERN_TOKEN`.
 //!
 //! Every error is a 4xx or 5xx status with a JSON body `{"error": "..."}`.
+//! Every body the API takes or answers is a type of [`types`], which the
+//! CLI, `tern quickstart` and the web UI use too.
 //! Handlers are thin: the store's calls run on the blocking pool.
 
 pub mod access;
@@ -31,6 +33,7 @@ pub mod jobs;
 pub mod openapi;
 pub mod stacks;
 pub(crate) mod target;
+pub mod types;
 pub mod usage;
 pub mod view;
 
@@ -42,14 +45,13 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
 
-use self::view::{ACTIONS, CommandView, CreateCommand, IntervalsBody, IntervalsReply, Kind};
+use self::types::{CommandView, CreateCommand, ErrorBody, IntervalsBody, IntervalsReply};
+use self::view::{ACTIONS, Kind};
 use super::http::AppState;
 use super::store::{IntervalSettings, StoreError};
 use crate::wire::poll::{Action, Intervals};
 
-pub use self::fleet::{CreateEnvironment, CreatedEnvironment};
 use crate::server::store::prelude::*;
 
 /// The longest interval the API accepts, in seconds (a week): longer ones
@@ -87,17 +89,6 @@ impl ApiError {
     fn internal() -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the server's log")
     }
-}
-
-/// An error's JSON body: `{"error": message}`, with `field` when the
-/// message concerns one field (see [`error_field`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorBody {
-    /// What went wrong, for the operator.
-    pub error: String,
-    /// The field it concerns.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
 }
 
 impl IntoResponse for ApiError {
@@ -439,7 +430,7 @@ mod tests {
     use hyper_util::service::TowerToHyperService;
     use serde_json::{Value, json};
 
-    use super::view::{EnvironmentDetail, EnvironmentItem};
+    use super::types::{EnvironmentDetail, EnvironmentItem};
     use super::*;
 
     use crate::server::store::Store;

@@ -1,29 +1,19 @@
-//! The API's JSON: what the store holds, shown to operators. Times are
-//! seconds since the Unix epoch, `null` for never; ids are 64 hex digits.
+//! What the store and the synced state hold, as the API's types
+//! ([`super::types`]) show it to operators: the conversions from the
+//! store's records, the typed view of a stored state ([`state`]), and the
+//! command actions the API takes by name ([`ACTIONS`]). Times are seconds
+//! since the Unix epoch, `null` for never; ids are 64 hex digits.
 
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-
+use super::types::{
+    CommandView, ContainerNetworkView, ContainerView, CountsView, EnvironmentDetail, EnvironmentItem, FleetCountsView,
+    HostView, ImageView, IntervalsBody, IpamView, MountView, NetworkView, PortView, StackStateView, StateView,
+    VolumeView,
+};
+use crate::server::store::fleet::FleetCounts;
 use crate::server::store::{CommandRecord, EnvironmentInfo, EnvironmentSummary, IntervalSettings};
 use crate::sync::State;
 use crate::sync::state::{ContainerStatus, Health, MountType, Protocol, RestartPolicy, Timestamp};
-use crate::wire::poll::{Action, ContainerOp, Intervals};
-
-/// Intervals as an operator sets them, in seconds: absent or `null` follows
-/// the server default, 0 disables that timer.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IntervalsBody {
-    /// Heartbeat.
-    #[serde(default)]
-    pub ping: Option<u32>,
-    /// State snapshot.
-    #[serde(default)]
-    pub snapshot: Option<u32>,
-    /// Command check.
-    #[serde(default)]
-    pub command: Option<u32>,
-}
+use crate::wire::poll::{Action, ContainerOp};
 
 impl From<IntervalsBody> for IntervalSettings {
     fn from(b: IntervalsBody) -> Self {
@@ -37,38 +27,20 @@ impl From<IntervalSettings> for IntervalsBody {
     }
 }
 
-/// Intervals in force, in seconds (0: disabled).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IntervalsView {
-    /// Heartbeat.
-    pub ping: u32,
-    /// State snapshot.
-    pub snapshot: u32,
-    /// Command check.
-    pub command: u32,
-}
-
-impl From<Intervals> for IntervalsView {
-    fn from(i: Intervals) -> Self {
-        Self { ping: i.ping, snapshot: i.snapshot, command: i.command }
+impl From<FleetCounts> for FleetCountsView {
+    fn from(c: FleetCounts) -> Self {
+        Self {
+            containers: c.containers,
+            running: c.running,
+            paused: c.paused,
+            stopped: c.stopped,
+            unhealthy: c.unhealthy,
+            images: c.images,
+            volumes: c.volumes,
+            networks: c.networks,
+            stacks: c.stacks,
+        }
     }
-}
-
-/// An environment in the list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EnvironmentItem {
-    /// Its id.
-    pub id: u64,
-    /// Its name.
-    pub name: String,
-    /// The EDGE_ID of the agent bound to it.
-    pub edge_id: Option<String>,
-    /// When it was created.
-    pub created_at: i64,
-    /// When its agent last polled.
-    pub last_poll_at: Option<i64>,
-    /// When its stored state last changed.
-    pub snapshot_at: Option<i64>,
 }
 
 impl From<EnvironmentInfo> for EnvironmentItem {
@@ -82,44 +54,6 @@ impl From<EnvironmentInfo> for EnvironmentItem {
             snapshot_at: e.snapshot_at,
         }
     }
-}
-
-/// How many objects the stored state holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CountsView {
-    /// Containers.
-    pub containers: usize,
-    /// Images.
-    pub images: usize,
-    /// Volumes.
-    pub volumes: usize,
-    /// Networks.
-    pub networks: usize,
-    /// Compose stacks.
-    pub stacks: usize,
-}
-
-/// An environment in detail.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EnvironmentDetail {
-    /// What the list shows.
-    #[serde(flatten)]
-    pub item: EnvironmentItem,
-    /// The stored state's sequence number (0: no snapshot yet).
-    pub seq: u64,
-    /// The stored state's blake3 root digest (64 hex digits), the one the
-    /// agent computes over the same state.
-    pub root: String,
-    /// What the stored state holds.
-    pub counts: CountsView,
-    /// The environment's own intervals (`null`: the server default).
-    pub intervals: IntervalsBody,
-    /// The intervals its agent should run with.
-    pub effective_intervals: IntervalsView,
-    /// The intervals its agent last reported (`null`: not yet).
-    pub agent_intervals: Option<IntervalsView>,
-    /// The highest command id the agent confirmed it recorded.
-    pub commands_seen: u64,
 }
 
 impl From<EnvironmentSummary> for EnvironmentDetail {
@@ -141,60 +75,6 @@ impl From<EnvironmentSummary> for EnvironmentDetail {
             commands_seen: s.commands_seen,
         }
     }
-}
-
-/// An environment's intervals after a change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IntervalsReply {
-    /// Its own (`null`: the server default).
-    pub intervals: IntervalsBody,
-    /// What its agent will run with, from its next poll on.
-    pub effective_intervals: IntervalsView,
-}
-
-/// `POST /api/environments/{id}/commands`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateCommand {
-    /// `container.start`, `image.pull`, ... (see [`ACTIONS`]).
-    pub action: String,
-    /// A container or network: its full id (taken as it is), a unique id
-    /// prefix of 4 hex digits or more, or its name (both resolved against
-    /// the stored state); an image reference; a volume name.
-    pub target: String,
-    /// For `container.logs`: how many lines from the end (default 100).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tail: Option<u32>,
-}
-
-/// A command.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommandView {
-    /// Its id.
-    pub id: u64,
-    /// The environment it is for.
-    pub environment: u64,
-    /// What it does (see [`ACTIONS`]).
-    pub action: String,
-    /// What it acts on: a 64-hex id for containers and networks, the
-    /// reference for images, the name for volumes.
-    pub target: String,
-    /// `queued`, `sent`, `delivered`, `ok`, `failed`, `rejected` or
-    /// `cancelled`.
-    pub status: String,
-    /// The engine's error text, when it failed or was rejected.
-    pub error: Option<String>,
-    /// When it was queued.
-    pub created_at: i64,
-    /// When it was last sent to the agent.
-    pub sent_at: Option<i64>,
-    /// When the agent confirmed it recorded it.
-    pub delivered_at: Option<i64>,
-    /// When it ended.
-    pub finished_at: Option<i64>,
-    /// What it printed (`container.logs`), in `GET /api/commands/{id}` only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output: Option<String>,
 }
 
 impl From<CommandRecord> for CommandView {
@@ -333,301 +213,6 @@ fn mount_type(m: MountType) -> &'static str {
         MountType::Npipe => "npipe",
         MountType::Cluster => "cluster",
         MountType::Image => "image",
-    }
-}
-
-// The state's views list their fields in alphabetical order, so that they
-// serialize byte for byte as the `serde_json::Value` they replaced did.
-
-/// A container's published port.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PortView {
-    /// Port inside the container.
-    pub container_port: u16,
-    /// Host address it is published on, if any.
-    pub host_ip: Option<String>,
-    /// Host port, `null` when not published.
-    pub host_port: Option<u16>,
-    /// `tcp`, `udp` or `sctp`.
-    pub protocol: String,
-}
-
-/// A container's mount.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MountView {
-    /// Path inside the container.
-    pub destination: String,
-    /// Mounted read-only.
-    pub read_only: bool,
-    /// Host path or volume name.
-    pub source: String,
-    /// `bind`, `volume`, `tmpfs`, `npipe`, `cluster` or `image`.
-    #[serde(rename = "type")]
-    pub kind: String,
-}
-
-/// A container's attachment to a network.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ContainerNetworkView {
-    /// IPv4 address while the container runs.
-    pub ipv4: Option<String>,
-    /// Global IPv6 address while the container runs.
-    pub ipv6: Option<String>,
-    /// Name.
-    pub name: String,
-}
-
-/// A container in a stored state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ContainerView {
-    /// Command and arguments.
-    pub command: Vec<String>,
-    /// When it was created, `null` if unknown.
-    pub created: Option<i64>,
-    /// Environment, `NAME=value`.
-    pub env: Vec<String>,
-    /// Last error, `null` for none.
-    pub error: Option<String>,
-    /// Last exit code.
-    pub exit_code: i32,
-    /// When it last stopped.
-    pub finished_at: Option<i64>,
-    /// `starting`, `healthy` or `unhealthy`; `null` without a health check.
-    pub health: Option<String>,
-    /// Id (64 hex digits).
-    pub id: String,
-    /// Image as configured.
-    pub image: String,
-    /// The image's id (64 hex digits), if known.
-    pub image_id: Option<String>,
-    /// Labels.
-    pub labels: BTreeMap<String, String>,
-    /// Mounts.
-    pub mounts: Vec<MountView>,
-    /// Name.
-    pub name: String,
-    /// Networks.
-    pub networks: Vec<ContainerNetworkView>,
-    /// Killed for lack of memory.
-    pub oom_killed: bool,
-    /// Published ports.
-    pub ports: Vec<PortView>,
-    /// Restarts so far.
-    pub restart_count: u32,
-    /// `no`, `always`, `unless-stopped` or `on-failure`.
-    pub restart_policy: String,
-    /// When it last started.
-    pub started_at: Option<i64>,
-    /// `created`, `running`, `paused`, `restarting`, `removing`, `exited`, `dead` or `unknown`.
-    pub status: String,
-}
-
-/// An image in a stored state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImageView {
-    /// When it was created, `null` if unknown.
-    pub created: Option<i64>,
-    /// Repository digests.
-    pub digests: Vec<String>,
-    /// Id (64 hex digits).
-    pub id: String,
-    /// Labels.
-    pub labels: BTreeMap<String, String>,
-    /// Size in bytes.
-    pub size: i64,
-    /// Tags.
-    pub tags: Vec<String>,
-}
-
-/// A volume in a stored state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VolumeView {
-    /// When it was created, `null` if unknown.
-    pub created: Option<i64>,
-    /// Driver.
-    pub driver: String,
-    /// Labels.
-    pub labels: BTreeMap<String, String>,
-    /// Where it lives on the host.
-    pub mountpoint: String,
-    /// Name.
-    pub name: String,
-    /// `local`, `global` or `swarm`.
-    pub scope: String,
-}
-
-/// A network's address pool.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IpamView {
-    /// Gateway.
-    pub gateway: String,
-    /// Address range.
-    pub ip_range: String,
-    /// Subnet.
-    pub subnet: String,
-}
-
-/// A network in a stored state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetworkView {
-    /// Containers may attach to it.
-    pub attachable: bool,
-    /// When it was created, `null` if unknown.
-    pub created: Option<i64>,
-    /// Driver.
-    pub driver: String,
-    /// IPv6 enabled.
-    pub enable_ipv6: bool,
-    /// Id (64 hex digits).
-    pub id: String,
-    /// No outside access.
-    pub internal: bool,
-    /// Address pools.
-    pub ipam: Vec<IpamView>,
-    /// Labels.
-    pub labels: BTreeMap<String, String>,
-    /// Name.
-    pub name: String,
-    /// `local`, `global` or `swarm`.
-    pub scope: String,
-}
-
-/// A compose stack seen in a stored state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StackStateView {
-    /// Compose files.
-    pub config_files: Vec<String>,
-    /// Containers.
-    pub containers: Vec<String>,
-    /// Name.
-    pub name: String,
-    /// Services.
-    pub services: Vec<String>,
-    /// Compose working directory.
-    pub working_dir: String,
-}
-
-/// The host a stored state describes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HostView {
-    /// Docker API version.
-    pub api_version: String,
-    /// CPU architecture.
-    pub architecture: String,
-    /// CPUs.
-    pub cpus: u32,
-    /// The engine's id.
-    pub engine_id: String,
-    /// Docker engine version.
-    pub engine_version: String,
-    /// Host name.
-    pub hostname: String,
-    /// Kernel version.
-    pub kernel_version: String,
-    /// Memory in bytes.
-    pub memory_bytes: u64,
-    /// Operating system.
-    pub operating_system: String,
-    /// `linux` or `windows`.
-    pub os_type: String,
-}
-
-/// An environment's stored state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StateView {
-    /// Containers.
-    pub containers: Vec<ContainerView>,
-    /// The host.
-    pub host: HostView,
-    /// Images.
-    pub images: Vec<ImageView>,
-    /// Networks.
-    pub networks: Vec<NetworkView>,
-    /// The state's Merkle root, hex.
-    pub root: String,
-    /// Sequence number of the stored state.
-    pub seq: u64,
-    /// Compose stacks, from the containers' labels.
-    pub stacks: Vec<StackStateView>,
-    /// Volumes.
-    pub volumes: Vec<VolumeView>,
-}
-
-/// `GET /api/environments/{id}/state`: the stored state, with when it was
-/// last known to be the host's and its age.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EnvironmentStateView {
-    /// The stored state.
-    #[serde(flatten)]
-    pub state: StateView,
-    /// When it was last known to be the host's, `null` for never.
-    pub as_of: Option<i64>,
-    /// Seconds since `as_of`.
-    pub snapshot_age_s: Option<i64>,
-    /// The environment's status (as in the fleet list).
-    pub status: String,
-}
-
-/// `GET /api/environments/{id}/state/{part}`: one part of the stored
-/// state (the others absent), with the same `seq`, `root`, `as_of`,
-/// `snapshot_age_s` and `status` as the whole. The whole
-/// ([`EnvironmentStateView`]) reads as this too, every part present.
-/// Fields in alphabetical order: the order the JSON has always had.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatePartView {
-    /// When it was last known to be the host's, `null` for never.
-    pub as_of: Option<i64>,
-    /// Containers, when asked for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub containers: Option<Vec<ContainerView>>,
-    /// The host, when asked for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host: Option<HostView>,
-    /// Images, when asked for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub images: Option<Vec<ImageView>>,
-    /// Networks, when asked for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub networks: Option<Vec<NetworkView>>,
-    /// The state's Merkle root, hex.
-    pub root: String,
-    /// Sequence number of the stored state.
-    pub seq: u64,
-    /// Seconds since `as_of`.
-    pub snapshot_age_s: Option<i64>,
-    /// Compose stacks, when asked for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stacks: Option<Vec<StackStateView>>,
-    /// The environment's status (as in the fleet list).
-    pub status: String,
-    /// Volumes, when asked for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub volumes: Option<Vec<VolumeView>>,
-}
-
-impl StatePartView {
-    /// `part` (one of the state's list names) of `whole`; `None` for an
-    /// unknown part.
-    pub fn of(whole: EnvironmentStateView, part: &str) -> Option<Self> {
-        let s = whole.state;
-        let mut out = Self {
-            as_of: whole.as_of,
-            root: s.root,
-            seq: s.seq,
-            snapshot_age_s: whole.snapshot_age_s,
-            status: whole.status,
-            ..Self::default()
-        };
-        match part {
-            "host" => out.host = Some(s.host),
-            "containers" => out.containers = Some(s.containers),
-            "images" => out.images = Some(s.images),
-            "volumes" => out.volumes = Some(s.volumes),
-            "networks" => out.networks = Some(s.networks),
-            "stacks" => out.stacks = Some(s.stacks),
-            _ => return None,
-        }
-        Some(out)
     }
 }
 
@@ -770,6 +355,8 @@ pub fn state(seq: u64, state: &State) -> StateView {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use serde_json::{Value, json};
 
     use super::*;

@@ -4,7 +4,7 @@
 //! strict Content-Security-Policy allows (inline `style` it would not).
 
 use super::bytes;
-use crate::server::api::usage::{EnvironmentUsageView, HourView};
+use crate::server::api::types::{EnvironmentUsageView, HourView};
 use maud::{Markup, html};
 
 /// Chart geometry: one column per hour.
@@ -150,7 +150,7 @@ pub fn usage_section(usage: Option<&EnvironmentUsageView>, _now: i64) -> Markup 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::api::usage::UsageView;
+    use crate::server::api::types::UsageView;
 
     #[test]
     fn the_axis_ceiling_is_1_2_or_5_times_a_power_of_ten() {

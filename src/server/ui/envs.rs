@@ -13,12 +13,9 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::{Nav, Ui, ago, bytes, csrf_field, encode, error_page, label_names, now, page, utc, wants_json, when};
-use crate::server::api::ErrorBody;
-use crate::server::api::fleet::{EnvironmentFull, EnvironmentView};
-use crate::server::api::usage::EnvironmentUsageView;
-use crate::server::api::view::{
-    CommandView, ContainerView, CreateCommand, EnvironmentStateView, ImageView, NetworkView, StackStateView, StateView,
-    VolumeView,
+use crate::server::api::types::{
+    CommandView, ContainerView, CreateCommand, EnvironmentFull, EnvironmentStateView, EnvironmentUsageView,
+    EnvironmentView, ErrorBody, ImageView, NetworkView, StackStateView, StateView, VolumeView,
 };
 use crate::server::http::AppState;
 

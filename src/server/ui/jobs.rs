@@ -21,7 +21,7 @@ use super::stacks::{
     targets_fieldset, unix_lines,
 };
 use super::{ApiFail, FieldAttrs, Nav, Ui, csrf_field, encode, form_error, now, page, text_field, utc, when};
-use crate::server::api::jobs::{CreateJob, JobDetail, JobItem, RunView, TargetView, UpdateJob};
+use crate::server::api::types::{CreateJob, JobDetail, JobItem, JobTargetView, RunView, UpdateJob};
 use crate::server::http::AppState;
 
 /// Runs listed when the page does not ask for more, and the most it may
@@ -281,7 +281,7 @@ impl LiveQuery {
 
 /// Whether a job's delivery to an environment is still under way: its
 /// command not yet with the agent, or a run-once job still running.
-fn in_progress(job: &JobItem, target: &TargetView) -> bool {
+fn in_progress(job: &JobItem, target: &JobTargetView) -> bool {
     match target.status.as_deref() {
         Some("queued" | "sent") => true,
         Some("delivered") => job.cron.is_none() && job.removed_at.is_none(),

@@ -13,8 +13,7 @@ use serde::Deserialize;
 
 use super::settings::{IntervalChoices, IntervalOpts, interval_picker, interval_text};
 use super::{ApiFail, FieldAttrs, Nav, Ui, csrf_field, form_error, label_names, page, text_field};
-use crate::server::api::fleet::{EnvironmentFull, NameOrId, UpdateEnvironment};
-use crate::server::api::view::IntervalsBody;
+use crate::server::api::types::{EnvironmentFull, IntervalsBody, NameOrId, UpdateEnvironment};
 use crate::server::http::AppState;
 
 /// The routes.

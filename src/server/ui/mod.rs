@@ -60,9 +60,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tower::ServiceExt as _;
 
-use super::api::ErrorBody;
-use super::api::access::{Login, Me};
-use super::api::fleet::LabelView;
+use super::api::types::{ErrorBody, LabelView, Login, Me};
 use super::http::AppState;
 
 /// The API router the UI calls in process.

@@ -36,9 +36,10 @@ use serde::Deserialize;
 
 use super::{ApiFail, FieldAttrs, Nav, Ui, csrf_field, encode, fail_page, form_error, now, page, text_field, when};
 use crate::server::api::MAX_INTERVAL;
-use crate::server::api::access::{ChangePassword, CreateToken, CreatedToken, TokenView};
-use crate::server::api::fleet::{DefaultIntervalsBody, LabelBody, LabelView, SettingsBody, SettingsView};
-use crate::server::api::view::{IntervalsBody, IntervalsView};
+use crate::server::api::types::{
+    ChangePassword, CreateToken, CreatedToken, DefaultIntervalsBody, IntervalsBody, IntervalsView, LabelBody,
+    LabelView, SettingsBody, SettingsView, TokenView,
+};
 use crate::server::http::AppState;
 
 /// The routes.

@@ -26,9 +26,9 @@ use super::{
     ApiFail, FieldAttrs, Nav, Ui, csrf_field, encode, error_page, fail_page, form_error, label_names, now, page,
     text_field, utc, wants_json, when,
 };
-use crate::server::api::fleet::EnvironmentView;
-use crate::server::api::stacks::{
-    CreateStack, DeploymentView, RefBody, StackDetail, StackItem, TargetView, TargetsBody, UpdateStack,
+use crate::server::api::types::{
+    CreateStack, DeploymentView, EnvironmentView, RefBody, StackDetail, StackItem, StackTargetView, TargetsBody,
+    UpdateStack,
 };
 use crate::server::http::AppState;
 
@@ -218,7 +218,7 @@ pub(super) fn pager(page_no: usize, total: usize, link: impl Fn(usize) -> String
 
 // ----- the list -----
 
-fn targets_text(targets: &[TargetView]) -> Markup {
+fn targets_text(targets: &[StackTargetView]) -> Markup {
     html! {
         @for t in targets {
             span.target { span.muted { (t.kind) " " } (t.name) } " "

@@ -20,10 +20,10 @@ use serde::Deserialize;
 
 use super::settings::{IntervalChoices, IntervalOpts, interval_picker, timer};
 use super::{ApiFail, FieldAttrs, Nav, Ui, csrf_field, form_error, label_names, page, text_field};
-use crate::server::api::fleet::{
-    CreateEnvironment, CreatedEnvironment, EnvVars, EnvironmentFull, NameOrId, SettingsView, UpdateEnvironment,
+use crate::server::api::types::{
+    CreateEnvironment, CreatedEnvironment, EnvVars, EnvironmentFull, IntervalsBody, NameOrId, SettingsView,
+    UpdateEnvironment,
 };
-use crate::server::api::view::IntervalsBody;
 use crate::server::http::AppState;
 
 /// The routes.

@@ -1,0 +1,107 @@
+//! Edge stacks' bodies.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::TargetsBody;
+
+/// `POST /api/stacks`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateStack {
+    /// The compose project name.
+    pub name: String,
+    /// The compose file (YAML).
+    pub compose: String,
+    /// Variables for `${VAR}` interpolation.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Where it goes.
+    pub targets: TargetsBody,
+}
+
+/// `PUT /api/stacks/{id}`: what is left out stays.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateStack {
+    /// A new compose file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compose: Option<String>,
+    /// New variables (all of them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+    /// New targets (all of them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets: Option<TargetsBody>,
+}
+
+/// A target as shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackTargetView {
+    /// `environment`, `group` or `tag`.
+    pub kind: String,
+    /// Its id.
+    pub id: u64,
+    /// Its name.
+    pub name: String,
+}
+
+/// The stack on one environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentView {
+    /// The environment's id.
+    pub environment: u64,
+    /// Its name.
+    pub environment_name: String,
+    /// pending, acknowledged, deploying, running, failed; removing,
+    /// removed; cancelled.
+    pub status: String,
+    /// The agent's error, when failed.
+    pub error: Option<String>,
+    /// The stack version last sent there.
+    pub version: u32,
+    /// The command that carries it (`GET /api/commands/{id}`).
+    pub command: Option<u64>,
+    /// When that command was queued.
+    pub queued_at: Option<i64>,
+    /// When it ended.
+    pub finished_at: Option<i64>,
+}
+
+/// A stack in the list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackItem {
+    /// Its id.
+    pub id: u64,
+    /// The compose project name.
+    pub name: String,
+    /// Bumped by every update.
+    pub version: u32,
+    /// pending, deploying, running, failed; removing, removed.
+    pub status: String,
+    /// How many environments are in each status.
+    pub counts: BTreeMap<String, u64>,
+    /// Its targets.
+    pub targets: Vec<StackTargetView>,
+    /// When created.
+    pub created_at: i64,
+    /// When last updated.
+    pub updated_at: i64,
+    /// When its removal was asked for.
+    pub removed_at: Option<i64>,
+}
+
+/// One stack in detail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackDetail {
+    /// What the list shows.
+    #[serde(flatten)]
+    pub item: StackItem,
+    /// The compose file.
+    pub compose: String,
+    /// Its variables.
+    pub env: BTreeMap<String, String>,
+    /// Per environment.
+    pub environments: Vec<DeploymentView>,
+}

@@ -27,6 +27,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 
 pub use canonical::{CanonicalOptions, RawSnapshot};
+pub use image::Registries;
 pub(crate) use image::{ImageError, ensure_image, is_status, pull, with_tag};
 
 /// `tern agent`'s subcommands (none: run the agent).
@@ -169,7 +170,7 @@ pub async fn execute(docker: &Docker, stacks: &compose::Stacks, action: &Action)
                 }
             }
         }
-        Action::ImagePull(reference) => return pull(docker, reference).await.map(|()| Vec::new()),
+        Action::ImagePull(reference) => return pull(docker, reference, &stacks.registries).await.map(|()| Vec::new()),
         Action::ImageRemove(reference) => {
             docker.remove_image(reference, None::<RemoveImageOptions>, None).await.map(drop)
         }
@@ -178,7 +179,9 @@ pub async fn execute(docker: &Docker, stacks: &compose::Stacks, action: &Action)
         Action::ContainerLogs(id, tail) => return logs(docker, id, *tail).await,
         Action::StackDeploy(spec) => return stacks.deploy(docker, spec).await,
         Action::StackRemove(name) => return stacks.remove(docker, name).await,
-        Action::Job(_) | Action::JobRemove(_) => return jobs::execute(docker, None, action).await,
+        Action::Job(_) | Action::JobRemove(_) => {
+            return jobs::execute(docker, None, &stacks.registries, action).await;
+        }
     };
     r.map(|()| Vec::new()).map_err(engine_error)
 }
@@ -319,13 +322,17 @@ impl run::Engine for DockerEngine {
 
     async fn run(&self, action: &Action) -> Result<Vec<u8>, String> {
         if let (Some(j), Action::Job(_) | Action::JobRemove(_)) = (&self.jobs, action) {
-            return jobs::execute(&self.docker, Some(j), action).await;
+            return jobs::execute(&self.docker, Some(j), &self.stacks.registries, action).await;
         }
         execute(&self.docker, &self.stacks, action).await
     }
 
     async fn settle(&self, action: &Action, started_at: i64) -> journal::Settled {
         settle(&self.docker, action, started_at).await
+    }
+
+    fn registries(&self, auths: &[crate::wire::poll::RegistryAuth]) {
+        self.stacks.registries.remember(auths);
     }
 }
 
@@ -464,9 +471,13 @@ pub async fn start(
         "agent starting"
     );
     let (job_runs, job_runs_rx) = tokio::sync::mpsc::unbounded_channel();
-    let jobs = jobs::Jobs::open(&config.data_path, docker.clone(), config.jobs.clone(), &edge_id, job_runs)?;
+    // Private registries' credentials, in memory only: the stacks, the
+    // image pulls and the jobs (run once or scheduled) share them.
+    let registries = Registries::default();
+    let job_config = jobs::JobConfig { registries: registries.clone(), ..config.jobs.clone() };
+    let jobs = jobs::Jobs::open(&config.data_path, docker.clone(), job_config, &edge_id, job_runs)?;
     let scheduler = tokio::spawn(jobs.clone().run());
-    let stacks = compose::Stacks { dir: config.data_path.join("stacks"), mode: config.compose };
+    let stacks = compose::Stacks { dir: config.data_path.join("stacks"), mode: config.compose, registries };
     let engine = DockerEngine::new(docker).with_jobs(jobs).with_stacks(stacks);
     let mut agent = run::Agent::new(settings, engine, transport, store, changed)?;
     agent.set_job_runs(job_runs_rx);

@@ -8,6 +8,7 @@ pub mod env;
 pub mod fleet;
 pub mod jobs;
 pub mod logs;
+pub mod registries;
 pub mod stacks;
 pub mod usage;
 
@@ -103,6 +104,14 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Private registries' credentials, which agents pull with, through
+    /// the server's API.
+    Registry {
+        #[command(subcommand)]
+        command: registries::RegistryCommand,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Data usage through the server's API: what each environment's polls
     /// cost at the TLS socket and in poll bodies, per day and in total.
     Usage {
@@ -132,6 +141,7 @@ impl Command {
             Self::Job { command, api } => jobs::run(command, &api),
             Self::Stack { command, api } => stacks::run(command, &api),
             Self::Logs { logs, api } => logs::run(&logs, &api),
+            Self::Registry { command, api } => registries::run(command, &api),
         }
     }
 }

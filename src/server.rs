@@ -7,6 +7,7 @@ pub mod http;
 pub mod poll;
 #[cfg(feature = "agent")]
 pub mod quickstart;
+pub mod secrets;
 pub mod store;
 pub mod ui;
 
@@ -43,6 +44,10 @@ pub enum StartError {
     /// The admin account could not be set up (a bad `TERN_ADMIN_PASSWORD`).
     #[error("admin account: {0}")]
     Admin(String),
+    /// The server key (`secret.key`, `TERN_SECRET_KEY`) could not be read
+    /// or made.
+    #[error("server key: {0}")]
+    Secrets(String),
 }
 
 /// A server ready to serve: what `run` needs, and what to tell the operator.

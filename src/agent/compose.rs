@@ -109,6 +109,8 @@ pub struct Stacks {
     pub dir: PathBuf,
     /// Tool or built-in.
     pub mode: ComposeMode,
+    /// Private registries' credentials for the images' pulls.
+    pub registries: super::Registries,
 }
 
 impl Default for Stacks {
@@ -116,7 +118,11 @@ impl Default for Stacks {
     /// [`ComposeMode::Auto`]: for an engine the agent's start did not set
     /// up (a test's).
     fn default() -> Self {
-        Self { dir: std::env::temp_dir().join("tern-stacks"), mode: ComposeMode::Auto }
+        Self {
+            dir: std::env::temp_dir().join("tern-stacks"),
+            mode: ComposeMode::Auto,
+            registries: super::Registries::default(),
+        }
     }
 }
 
@@ -145,6 +151,11 @@ impl Stacks {
             Some(tool) => {
                 tracing::info!(stack = %spec.name, version = spec.version, tool = %tool.join(" "), "deploying with the compose tool");
                 let file = dir.join(COMPOSE_FILE);
+                // The tool pulls what is missing with the host's own
+                // credentials; images from a registry tern has
+                // credentials for are pulled first, here, through the
+                // engine, so those never reach the tool or the disk.
+                self.pull_private(docker, &project).await?;
                 run_tool(&tool, &dir, &spec.name, &file, &["up", "-d", "--remove-orphans"], &spec.env).await?;
             }
             None => {
@@ -156,10 +167,25 @@ impl Stacks {
                     tracing::warn!(stack = %spec.name, "{w}");
                 }
                 project.expand_home(&std::env::var("HOME").unwrap_or_else(|_| "/root".into()));
-                deploy_builtin(docker, &project, spec.version).await?;
+                deploy_builtin(docker, &project, spec.version, &self.registries).await?;
             }
         }
         Ok(Vec::new())
+    }
+
+    /// Pulls the missing images of `project` that come from a registry the
+    /// server gave credentials for.
+    async fn pull_private(&self, docker: &Docker, project: &Project) -> Result<(), String> {
+        for s in project.services.values() {
+            if s.image.is_empty() || self.registries.credentials(&s.image).is_none() {
+                continue;
+            }
+            ensure_image(docker, &s.image, &self.registries).await.map_err(|e| match e {
+                ImageError::Inspect(e) => format!("service {}: {e}", s.name),
+                ImageError::Pull(e) => format!("service {}: image {}: {e}", s.name, s.image),
+            })?;
+        }
+        Ok(())
     }
 
     /// Removes a stack: its containers and networks (named volumes stay).
@@ -456,7 +482,12 @@ fn create_body(project: &Project, service: &Service, hash: &str, version: u32) -
 ///
 /// # Errors
 /// The engine's error, naming the object.
-pub async fn deploy_builtin(docker: &Docker, project: &Project, version: u32) -> Result<(), String> {
+pub async fn deploy_builtin(
+    docker: &Docker,
+    project: &Project,
+    version: u32,
+    registries: &super::Registries,
+) -> Result<(), String> {
     use bollard::query_parameters::{ListContainersOptions, RemoveContainerOptions};
     let order = project.start_order()?;
     // A variable that is not set can leave an image empty: the file parses
@@ -469,7 +500,7 @@ pub async fn deploy_builtin(docker: &Docker, project: &Project, version: u32) ->
     }
     let mut hashes = BTreeMap::new();
     for s in &order {
-        let id = ensure_image(docker, &s.image).await.map_err(|e| match e {
+        let id = ensure_image(docker, &s.image, registries).await.map_err(|e| match e {
             ImageError::Inspect(e) => format!("image {}: {e}", s.image),
             ImageError::Pull(e) => format!("pulling {}: {e}", s.image),
         })?;
@@ -638,8 +669,8 @@ mod tests {
             compose: "services:\n  a:\n    image: busybox\n".into(),
             ..StackSpec::default()
         };
-        let one = Stacks { dir: root.join("one"), mode: ComposeMode::Builtin };
-        let two = Stacks { dir: root.join("two"), mode: ComposeMode::Builtin };
+        let one = Stacks { dir: root.join("one"), mode: ComposeMode::Builtin, ..Stacks::default() };
+        let two = Stacks { dir: root.join("two"), mode: ComposeMode::Builtin, ..Stacks::default() };
         let e = one.deploy(&docker, &spec).await.unwrap_err();
         assert!(e.contains("not reachable"), "{e}");
         assert!(one.stack_dir("web").join(COMPOSE_FILE).exists());

@@ -82,11 +82,19 @@ pub struct JobConfig {
     pub chroot: bool,
     /// A run's timeout when the job gives none.
     pub default_timeout: Duration,
+    /// Private registries' credentials for the helper image's pull.
+    pub registries: super::Registries,
 }
 
 impl Default for JobConfig {
     fn default() -> Self {
-        Self { image: DEFAULT_IMAGE.into(), privileged: true, chroot: true, default_timeout: DEFAULT_TIMEOUT }
+        Self {
+            image: DEFAULT_IMAGE.into(),
+            privileged: true,
+            chroot: true,
+            default_timeout: DEFAULT_TIMEOUT,
+            registries: super::Registries::default(),
+        }
     }
 }
 
@@ -361,7 +369,7 @@ pub async fn run_script(docker: &Docker, config: &JobConfig, spec: &JobSpec, nam
     let timeout =
         if spec.timeout_s == 0 { config.default_timeout } else { Duration::from_secs(u64::from(spec.timeout_s)) };
     let failed = |error: String| Outcome { exit_code: -1, output: Vec::new(), truncated: false, error };
-    if let Err(e) = ensure_image(docker, &image).await {
+    if let Err(e) = ensure_image(docker, &image, &config.registries).await {
         return failed(match e {
             ImageError::Inspect(e) => e,
             ImageError::Pull(e) => format!("the helper image {image} is not on the host and could not be pulled: {e}"),
@@ -490,10 +498,18 @@ pub async fn run_once(docker: &Docker, config: &JobConfig, spec: &JobSpec, owner
 ///
 /// # Errors
 /// The text the operator sees.
-pub async fn execute(docker: &Docker, jobs: Option<&Jobs>, action: &Action) -> Result<Vec<u8>, String> {
+pub async fn execute(
+    docker: &Docker,
+    jobs: Option<&Jobs>,
+    registries: &super::Registries,
+    action: &Action,
+) -> Result<Vec<u8>, String> {
     match (action, jobs) {
         (Action::Job(spec), Some(jobs)) => jobs.command(spec).await,
-        (Action::Job(spec), None) if spec.cron.is_empty() => run_once(docker, &JobConfig::default(), spec, "").await,
+        (Action::Job(spec), None) if spec.cron.is_empty() => {
+            let config = JobConfig { registries: registries.clone(), ..JobConfig::default() };
+            run_once(docker, &config, spec, "").await
+        }
         (Action::JobRemove(job), Some(jobs)) => jobs.remove(*job),
         (Action::Job(_) | Action::JobRemove(_), None) => Err("this agent runs no job scheduler".into()),
         _ => Err("not a job command".into()),

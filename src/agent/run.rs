@@ -50,6 +50,11 @@ pub trait Engine: Send + Sync + 'static {
         let _ = (action, started_at);
         async { super::journal::Settled::Unknown }
     }
+    /// Keeps the private registries' credentials a reply carried, in
+    /// memory, for its commands' pulls.
+    fn registries(&self, auths: &[poll::RegistryAuth]) {
+        let _ = auths;
+    }
 }
 
 /// How a poll reaches the server.
@@ -753,6 +758,8 @@ impl<E: Engine, T: Transport> Agent<E, T> {
                 j.job_runs.retain(|r| !reply.job_runs_acked.contains(&(r.job, r.run)));
             });
         }
+        // Before any command of this reply runs (never written anywhere).
+        self.engine.registries(&reply.registries);
         let seen = self.ledger.read(|j| j.seen);
         let fresh: Vec<&Command> = reply.commands.iter().filter(|c| c.id > seen).collect();
         let unknown: Vec<u64> = reply.unknown_commands.iter().copied().filter(|&id| id > seen).collect();

@@ -54,6 +54,8 @@ pub struct AppState {
     pub fingerprint: [u8; 32],
     /// Failed logins, counted in memory (see [`super::api::access`]).
     pub logins: super::api::access::LoginLimiter,
+    /// The key operators' secrets are sealed under (see [`super::secrets`]).
+    pub secrets: super::secrets::SecretKey,
 }
 
 /// Poll body bytes held at once over all polls: a poll's body is read only
@@ -88,6 +90,13 @@ impl AppState {
         fingerprint: [u8; 32],
     ) -> Result<Arc<Self>, super::StartError> {
         store.autocommit().ensure_data_directory_token(&super::store::access::secret_hash(admin_token), now())?;
+        // Beside the database, never in it; a database in memory (tests)
+        // gets a key of its own.
+        let secrets = match store.path().as_deref().and_then(std::path::Path::parent) {
+            Some(dir) => super::secrets::SecretKey::load_or_create(dir, std::env::var(super::secrets::KEY_VAR).ok())
+                .map_err(super::StartError::Secrets)?,
+            None => super::secrets::SecretKey::ephemeral(),
+        };
         Ok(Arc::new(Self {
             store: Pool::new(store),
             codecs: Mutex::new(vec![Codec::new(limits)?]),
@@ -97,6 +106,7 @@ impl AppState {
             api_bodies: Arc::new(tokio::sync::Semaphore::new(MAX_API_BODY_BYTES_IN_FLIGHT)),
             fingerprint,
             logins: super::api::access::LoginLimiter::default(),
+            secrets,
         }))
     }
 
@@ -311,7 +321,7 @@ async fn poll_handler(
                 Applied::BodyMac
             }
             Ok(Err(e)) => Applied::Refused(e),
-            Ok(Ok(request)) => match shared.with_store(|s| poll::apply(s, &a, &request, now())) {
+            Ok(Ok(request)) => match shared.with_store(|s| poll::apply(s, &shared.secrets, &a, &request, now())) {
                 Ok(reply) => Applied::Reply(reply),
                 Err(e) => Applied::Refused(e),
             },

@@ -18,6 +18,7 @@
 //! acknowledgements do not depend on the state part.
 
 use crate::auth::{AuthError, RequestEnvelope, RequestHeader, Secret, seal_reply};
+use crate::server::secrets::SecretKey;
 use crate::server::store::StoreError;
 use crate::server::store::pool::Pool;
 use crate::server::store::prelude::*;
@@ -211,6 +212,7 @@ pub fn burn(store: &dyn Transaction, auth: &Authenticated) -> Result<(), StoreEr
 /// [`Refusal::Replay`], [`Refusal::BoundToAnother`], [`Refusal::Store`].
 pub fn apply(
     store: &dyn Transaction,
+    secrets: &SecretKey,
     auth: &Authenticated,
     request: &PollRequest,
     now: i64,
@@ -268,6 +270,8 @@ pub fn apply(
         reply.intervals = Some(effective);
     }
     reply.commands = store.commands_due(env_id, now, MAX_COMMANDS_PER_REPLY)?;
+    // Only a reply with a pull in it reads the registries.
+    reply.registries = crate::server::domain::registries::credentials_for(store, secrets, &reply.commands)?;
     Ok(reply)
 }
 
@@ -302,6 +306,21 @@ pub fn seal_refusal(auth: &Authenticated, codec: &mut Codec, refusal: &Refusal) 
 /// A [`Refusal`]; the stored state, counter and binding are unchanged (but
 /// for a body that does not match its header, whose counter is burnt).
 pub fn handle(db: &Pool, codec: &mut Codec, wire: &[u8], now: i64) -> Result<Vec<u8>, Refusal> {
+    handle_with(db, &SecretKey::ephemeral(), codec, wire, now)
+}
+
+/// [`handle`] with the server key registries' credentials are sealed under
+/// (without it, a reply carries none).
+///
+/// # Errors
+/// As [`handle`].
+pub fn handle_with(
+    db: &Pool,
+    secrets: &SecretKey,
+    codec: &mut Codec,
+    wire: &[u8],
+    now: i64,
+) -> Result<Vec<u8>, Refusal> {
     let envelope = RequestEnvelope::parse(wire).map_err(|_| Refusal::Unauthenticated)?;
     let auth = db.read(|tx| authenticate(tx, &envelope.header, envelope.body.len()))?;
     if let Some(refusal) = auth.early_refusal() {
@@ -314,7 +333,7 @@ pub fn handle(db: &Pool, codec: &mut Codec, wire: &[u8], now: i64) -> Result<Vec
         }
         r => r?,
     };
-    let reply = db.write(|tx| apply(tx, &auth, &request, now))?;
+    let reply = db.write(|tx| apply(tx, secrets, &auth, &request, now))?;
     seal(&auth, codec, &reply)
 }
 

@@ -412,6 +412,37 @@ pub struct PollReply {
     pub unknown_commands: Vec<u64>,
     /// Set only in the reply to a refused poll.
     pub refused: Option<Refused>,
+    /// Credentials for the registries this reply's commands pull from.
+    pub registries: Vec<RegistryAuth>,
+}
+
+/// Most registries one reply carries credentials for.
+pub const MAX_REGISTRIES: usize = 32;
+
+/// Longest registry name, user name or password, in bytes.
+pub const MAX_REGISTRY_FIELD: usize = 4096;
+
+/// A private registry's credentials, for the pulls of one reply's
+/// commands. Its `Debug` never shows the password.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RegistryAuth {
+    /// The registry as image references name it (`10.0.0.5:5000`,
+    /// `registry.example.com`; `docker.io` for Docker Hub).
+    pub server: String,
+    /// The user.
+    pub username: String,
+    /// The password or access token.
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("server", &self.server)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 impl Intervals {
@@ -630,6 +661,15 @@ impl PollReply {
                 last_counter: r.last_counter,
                 detail: r.detail.clone(),
             }),
+            registries: self
+                .registries
+                .iter()
+                .map(|r| pb::RegistryAuth {
+                    server: r.server.clone(),
+                    username: r.username.clone(),
+                    password: r.password.clone(),
+                })
+                .collect(),
         }
         .encode_to_vec()
     }
@@ -641,6 +681,20 @@ impl PollReply {
     /// know lands in `unknown_commands` instead.
     pub fn decode(bytes: &[u8]) -> Result<Self, PollError> {
         let p = pb::PollReply::decode(bytes).map_err(|e| PollError::Decode(e.to_string()))?;
+        if p.registries.len() > MAX_REGISTRIES {
+            return Err(PollError::TooLarge(format!("{} registries (at most {MAX_REGISTRIES})", p.registries.len())));
+        }
+        let registries = p
+            .registries
+            .into_iter()
+            .map(|r| {
+                let long = [&r.server, &r.username, &r.password].iter().any(|f| f.len() > MAX_REGISTRY_FIELD);
+                if long || r.server.is_empty() {
+                    return Err(PollError::Decode("a registry's credentials are empty or too long".into()));
+                }
+                Ok(RegistryAuth { server: r.server, username: r.username, password: r.password })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let mut commands = Vec::with_capacity(p.commands.len());
         let mut unknown = Vec::new();
         for c in p.commands {
@@ -669,6 +723,7 @@ impl PollReply {
                 last_counter: r.last_counter,
                 detail: r.detail,
             }),
+            registries,
         })
     }
 }
@@ -693,7 +748,13 @@ mod tests {
             job_runs_acked: vec![(4, 2)],
             unknown_commands: vec![],
             refused: None,
+            registries: vec![RegistryAuth {
+                server: "10.0.0.5:5000".into(),
+                username: "fleet".into(),
+                password: "s3cret".into(),
+            }],
         };
+        assert!(!format!("{reply:?}").contains("s3cret"), "Debug shows no password");
         let refused = PollReply {
             refused: Some(Refused { code: RefusalCode::Replay, last_counter: 41, detail: "replayed".into() }),
             ..PollReply::default()

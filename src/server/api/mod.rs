@@ -31,6 +31,7 @@ pub mod access;
 pub mod fleet;
 pub mod jobs;
 pub mod openapi;
+pub mod registries;
 pub mod stacks;
 pub(crate) mod target;
 pub mod types;
@@ -248,6 +249,7 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .merge(usage::routes())
         .merge(stacks::routes())
         .merge(jobs::routes())
+        .merge(registries::routes())
         .merge(access::routes())
         // Inside the credential check (a route layer added later runs
         // first): only an authenticated caller's body is counted.
@@ -761,7 +763,14 @@ mod tests {
         let secret = api.store(|s| s.environment(env)).unwrap().secret;
         let poll = |counter: u64, req: PollRequest, codec: &mut Codec| {
             let wire = crate::auth::seal_request(env, counter, &secret, &codec.encode(&req.encode()).unwrap());
-            let reply = crate::server::poll::handle(&api.state.store, codec, &wire, t0 + counter as i64).unwrap();
+            let reply = crate::server::poll::handle_with(
+                &api.state.store,
+                &api.state.secrets,
+                codec,
+                &wire,
+                t0 + counter as i64,
+            )
+            .unwrap();
             let body = crate::auth::open_reply(counter, &secret, &reply).unwrap();
             PollReply::decode(&codec.decode(body).unwrap()).unwrap()
         };

@@ -22,6 +22,17 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ("POST", "/api/tokens", "access", "Create an API token (the secret is shown once)."),
     ("GET", "/api/tokens", "access", "List API tokens (never their secrets)."),
     ("DELETE", "/api/tokens/{id}", "access", "Revoke an API token."),
+    // Private registries.
+    (
+        "POST",
+        "/api/registries",
+        "registries",
+        "Register a private registry's credentials (the password is never shown again).",
+    ),
+    ("GET", "/api/registries", "registries", "List registries (never their passwords)."),
+    ("GET", "/api/registries/{id}", "registries", "One registry."),
+    ("PATCH", "/api/registries/{id}", "registries", "Rename a registry, change its user or password."),
+    ("DELETE", "/api/registries/{id}", "registries", "Forget a registry."),
     // Environments.
     ("POST", "/api/environments", "environments", "Create an environment; returns its join token and deploy commands."),
     ("GET", "/api/environments", "environments", "List environments (filters: group, tag, status, name; paging)."),

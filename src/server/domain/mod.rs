@@ -7,7 +7,9 @@
 //!   send where, and the reconciliation of late targets;
 //! * [`jobs`]: the same for edge jobs;
 //! * [`deploy`]: the join token and the `docker run` commands of an
-//!   environment.
+//!   environment;
+//! * [`registries`]: private registries' credentials, sealed at rest, and
+//!   the ones a poll's reply carries.
 //!
 //! It owns decisions, not data: every operation runs on the caller's
 //! [`Transaction`](crate::server::store::Transaction) through the storage
@@ -17,6 +19,7 @@
 
 pub mod deploy;
 pub mod jobs;
+pub mod registries;
 pub mod stacks;
 pub mod status;
 

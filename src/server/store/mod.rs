@@ -30,6 +30,7 @@ mod commands;
 pub mod fleet;
 pub mod jobs;
 pub mod pool;
+pub mod registries;
 pub mod stacks;
 pub mod usage;
 
@@ -356,6 +357,17 @@ const MIGRATIONS: &[&str] = &[
     // of them changes, so the SQL that filters and counts by status only
     // compares a time with it. 0 until computed (at open).
     "ALTER TABLE environments ADD COLUMN status_window INTEGER NOT NULL DEFAULT 0;",
+    // 12: private registries and their credentials, the password or token
+    // sealed under the server key (`registries`, `server::secrets`).
+    "CREATE TABLE registries (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL COLLATE NOCASE UNIQUE,
+        server TEXT NOT NULL UNIQUE,
+        username TEXT NOT NULL,
+        secret BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );",
 ];
 
 /// The interval every timer runs at when neither the environment nor the
@@ -605,10 +617,13 @@ impl std::ops::Deref for Tx<'_> {
 
 /// Everything the server stores, on one transaction: what the domain and
 /// the API work through, whatever the backend. SQLite's is [`Tx`].
-pub trait Transaction: Atomic + FleetStore + CommandStore + StackStore + JobStore + AccessStore + UsageStore {}
+pub trait Transaction:
+    Atomic + FleetStore + CommandStore + StackStore + JobStore + AccessStore + UsageStore + RegistryStore
+{
+}
 
-impl<T: Atomic + FleetStore + CommandStore + StackStore + JobStore + AccessStore + UsageStore + ?Sized> Transaction
-    for T
+impl<T: Atomic + FleetStore + CommandStore + StackStore + JobStore + AccessStore + UsageStore + RegistryStore + ?Sized>
+    Transaction for T
 {
 }
 
@@ -650,13 +665,16 @@ pub use access::AccessStore;
 pub use commands::CommandStore;
 pub use fleet::FleetStore;
 pub use jobs::JobStore;
+pub use registries::RegistryStore;
 pub use stacks::StackStore;
 pub use usage::UsageStore;
 
 /// The storage traits, for `use store::prelude::*` where work is done on a
 /// [`Transaction`] (its methods are the traits').
 pub mod prelude {
-    pub use super::{AccessStore, Atomic, CommandStore, FleetStore, JobStore, StackStore, Transaction, UsageStore};
+    pub use super::{
+        AccessStore, Atomic, CommandStore, FleetStore, JobStore, RegistryStore, StackStore, Transaction, UsageStore,
+    };
 }
 
 impl Tx<'_> {

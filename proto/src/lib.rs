@@ -27,4 +27,5 @@ pub mod edge_env;
 pub mod registry;
 pub mod stack;
 pub mod sync;
+pub mod transfer;
 pub mod wire;

@@ -1,6 +1,7 @@
 //! The settings page through its forms, as a browser without a script uses
 //! it, against the real `tern server`: the default intervals, the
-//! AGENT_SECRET, groups, tags, API tokens and the admin password. Each
+//! AGENT_SECRET, groups, tags, private registries, API tokens and the
+//! admin password. Each
 //! change is read back through the API with the admin token; each refusal
 //! shows the error next to its field and changes nothing; a form with a
 //! wrong CSRF token is a 403 and changes nothing.
@@ -77,11 +78,23 @@ async fn the_page_has_every_section_and_every_form_is_protected() {
     let mut ui = UiClient::login(&server, PASSWORD).await;
     let r = ui.get("/settings").await;
     assert_eq!(r.status, 200, "{}", r.body);
-    for id in ["intervals", "agent-secret", "groups", "tags", "tokens", "password"] {
+    for id in ["intervals", "agent-secret", "groups", "tags", "registries", "tokens", "password"] {
         assert!(r.body.contains(&format!("<section class=\"settings\" id=\"{id}\"")), "no section {id}");
         assert!(r.body.contains(&format!("href=\"#{id}\"")), "no link to {id}");
     }
-    for id in ["f-ping", "f-snapshot", "f-command", "f-agent_secret", "f-current", "f-new", "f-repeat"] {
+    for id in [
+        "f-ping",
+        "f-snapshot",
+        "f-command",
+        "f-agent_secret",
+        "f-registry_name",
+        "f-registry_url",
+        "f-registry_username",
+        "f-registry_password",
+        "f-current",
+        "f-new",
+        "f-repeat",
+    ] {
         assert!(r.body.contains(&format!("<label for=\"{id}\"")), "no label for #{id}");
         assert!(r.body.contains(&format!(" id=\"{id}\"")), "no #{id}");
     }
@@ -94,11 +107,15 @@ async fn the_page_has_every_section_and_every_form_is_protected() {
     }
     assert!(r.body.contains("name=\"current\" type=\"password\""));
     assert!(r.body.contains("autocomplete=\"current-password\""));
-    assert_eq!(r.body.matches("autocomplete=\"new-password\"").count(), 3, "new, repeat, and the agent secret");
+    assert_eq!(
+        r.body.matches("autocomplete=\"new-password\"").count(),
+        4,
+        "new, repeat, the agent secret and a new registry's password"
+    );
     // Every form that posts carries the CSRF token; nothing inline.
     let posts = r.body.matches("method=\"post\"").count();
     let csrf = r.body.matches(&format!("name=\"csrf\" value=\"{}\"", ui.csrf)).count();
-    assert!(posts >= 7, "{posts} forms");
+    assert!(posts >= 8, "{posts} forms");
     assert_eq!(posts, csrf, "a form without the CSRF token");
     assert!(!r.body.contains("<script>") && !r.body.contains(" style=\"") && !r.body.contains(" onclick="));
     // The data-directory token is listed and marked.
@@ -357,6 +374,9 @@ async fn a_form_with_a_wrong_csrf_token_is_refused_and_changes_nothing() {
     let tokens_before = tokens(api.ok("GET", "/api/tokens", None, 200).await);
     api.ok("POST", "/api/groups", Some(json!({ "name": "keep" })), 201).await;
     let gid = api.ok("GET", "/api/groups", None, 200).await[0]["id"].as_u64().unwrap();
+    let registry = json!({ "name": "keep", "url": "10.0.0.5:5000", "username": "puller", "password": "pw" });
+    let rid = api.ok("POST", "/api/registries", Some(registry), 201).await["id"].as_u64().unwrap();
+    let registries_before = api.ok("GET", "/api/registries", None, 200).await;
 
     let forms: Vec<(String, Vec<(&str, &str)>)> = vec![
         ("/settings/intervals".into(), vec![("ping", "3600"), ("snapshot", "3600"), ("command", "3600")]),
@@ -366,6 +386,17 @@ async fn a_form_with_a_wrong_csrf_token_is_refused_and_changes_nothing() {
         (format!("/settings/groups/{gid}/delete"), vec![]),
         ("/settings/tags".into(), vec![("tag_name", "evil")]),
         ("/settings/tokens".into(), vec![("token_name", "evil")]),
+        (
+            "/settings/registries".into(),
+            vec![
+                ("registry_name", "evil"),
+                ("registry_url", "evil.example"),
+                ("registry_username", "evil"),
+                ("registry_password", "evil"),
+            ],
+        ),
+        (format!("/settings/registries/{rid}/password"), vec![("password", "evil")]),
+        (format!("/settings/registries/{rid}/delete"), vec![]),
         (
             "/settings/password".into(),
             vec![("current", PASSWORD), ("new", "evil evil evil evil"), ("repeat", "evil evil evil evil")],
@@ -387,5 +418,127 @@ async fn a_form_with_a_wrong_csrf_token_is_refused_and_changes_nothing() {
     assert_eq!(api.ok("GET", "/api/groups", None, 200).await[0]["name"], "keep");
     assert_eq!(api.ok("GET", "/api/tags", None, 200).await, json!([]));
     assert_eq!(tokens(api.ok("GET", "/api/tokens", None, 200).await), tokens_before);
+    assert_eq!(api.ok("GET", "/api/registries", None, 200).await, registries_before);
     assert_eq!(UiClient::new(&server).try_login("admin", PASSWORD).await.status, 303, "the password changed");
+}
+
+#[tokio::test]
+async fn a_registry_is_added_its_password_changed_and_it_is_removed_never_showing_a_password() {
+    let server = start("tern-ui-settings-registries");
+    let mut ui = UiClient::login(&server, PASSWORD).await;
+    let mut api = server.api();
+    let secret = "reg-secret-4711-never-in-pages";
+    let list = |v: Value| v.as_array().unwrap().clone();
+
+    let r = ui.get("/settings").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let section = text_by_id(&r.body, "registries").unwrap();
+    assert!(section.contains("No registry"), "{section}");
+    assert!(section.contains("pulls with its credentials") && section.contains("never shown again"), "{section}");
+    assert!(r.body.contains(
+        "id=\"f-registry_password\" name=\"registry_password\" type=\"password\" value=\"\" required autocomplete=\"new-password\""
+    ));
+
+    // A bad address: the error next to the address, what was typed kept
+    // (but the password), nothing added.
+    let add = |name: &'static str, url: &'static str, password: &'static str| {
+        [
+            ("registry_name", name),
+            ("registry_url", url),
+            ("registry_username", "puller"),
+            ("registry_password", password),
+        ]
+    };
+    let r = ui.submit("/settings/registries", &add("site", "a b", secret)).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_says(&r, "f-registry_url-error", "not a host name or address");
+    assert!(text_by_id(&r.body, "f-registry_name-error").is_none());
+    assert!(r.body.contains("id=\"f-registry_url\" name=\"registry_url\" type=\"text\" value=\"a b\" required"));
+    assert_eq!(input_value(&r.body, "registry_name").as_deref(), Some("site"));
+    assert_eq!(input_value(&r.body, "registry_username").as_deref(), Some("puller"));
+    assert_eq!(input_value(&r.body, "registry_password").as_deref(), Some(""));
+    assert!(!r.body.contains(secret), "the refused form shows the password");
+    // No password: next to the password.
+    let r = ui.submit("/settings/registries", &add("site", "10.0.0.5:5000", "")).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_says(&r, "f-registry_password-error", "1 to");
+    assert_eq!(api.ok("GET", "/api/registries", None, 200).await, json!([]));
+
+    // Added: listed by its name, address and user, never its password.
+    let r = ui.submit("/settings/registries", &add("site", "https://10.0.0.5:5000/", secret)).await;
+    assert_done(&r, "registry-added", "registries");
+    let all = list(api.ok("GET", "/api/registries", None, 200).await);
+    assert_eq!(all.len(), 1);
+    assert_eq!(
+        (&all[0]["name"], &all[0]["url"], &all[0]["username"]),
+        (&json!("site"), &json!("10.0.0.5:5000"), &json!("puller"))
+    );
+    let id = all[0]["id"].as_u64().unwrap();
+    let r = ui.get(r.location.as_deref().unwrap()).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("The registry was added"), "no notice");
+    let row = text_by_id(&r.body, "registries-list").unwrap();
+    assert!(row.contains("site 10.0.0.5:5000 puller"), "{row}");
+    assert!(!r.body.contains(secret), "the password is in the page");
+    assert!(r.body.contains(&format!(
+        "id=\"f-registry-{id}-password\" name=\"password\" type=\"password\" autocomplete=\"new-password\" required"
+    )));
+    assert!(r.body.contains("aria-label=\"Remove the registry site\""));
+
+    // The same address or name again: a conflict next to its field.
+    let r = ui.submit("/settings/registries", &add("other", "10.0.0.5:5000", "x")).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_says(&r, "f-registry_url-error", "has credentials already");
+    let r = ui.submit("/settings/registries", &add("site", "10.0.0.6:5000", "x")).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_says(&r, "f-registry_name-error", "exists already");
+    assert_eq!(list(api.ok("GET", "/api/registries", None, 200).await).len(), 1);
+
+    // A new password: refused empty (next to the row's input), then set.
+    let r = ui.submit(&format!("/settings/registries/{id}/password"), &[("password", "")]).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_says(&r, &format!("f-registry-{id}-password-error"), "1 to");
+    let renewed = "reg-secret-0815-never-in-pages";
+    let r = ui.submit(&format!("/settings/registries/{id}/password"), &[("password", renewed)]).await;
+    assert_done(&r, "registry-password", "registries");
+    let r = ui.get(r.location.as_deref().unwrap()).await;
+    assert!(r.body.contains("password was changed"), "no notice");
+    assert!(!r.body.contains(renewed) && !r.body.contains(secret), "a password is in the page");
+    let after = list(api.ok("GET", "/api/registries", None, 200).await);
+    assert_eq!(
+        (&after[0]["name"], &after[0]["username"]),
+        (&json!("site"), &json!("puller")),
+        "more than the password changed"
+    );
+    let r = ui.submit("/settings/registries/9999/password", &[("password", "x")]).await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert!(r.body.contains("no registry 9999"));
+
+    // A form without its CSRF token (or a wrong one) is refused and changes nothing.
+    let forms: [(String, Vec<(&str, &str)>); 3] = [
+        ("/settings/registries".into(), add("evil", "evil.example", "evil").to_vec()),
+        (format!("/settings/registries/{id}/password"), vec![("password", "evil")]),
+        (format!("/settings/registries/{id}/delete"), vec![]),
+    ];
+    let before = api.ok("GET", "/api/registries", None, 200).await;
+    for (path, fields) in &forms {
+        let r = ui.post_form(path, fields).await;
+        assert_eq!(r.status, 403, "{path} without csrf: {}", r.body);
+        assert!(r.body.contains("This form has expired"), "{path}: {}", r.body);
+        let mut wrong = vec![("csrf", "wrong")];
+        wrong.extend(fields.iter().copied());
+        assert_eq!(ui.post_form(path, &wrong).await.status, 403, "{path} with a wrong csrf");
+    }
+    assert_eq!(api.ok("GET", "/api/registries", None, 200).await, before);
+
+    // Removed.
+    let r = ui.submit("/settings/registries/9999/delete", &[]).await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert!(r.body.contains("no registry 9999"));
+    let r = ui.submit(&format!("/settings/registries/{id}/delete"), &[]).await;
+    assert_done(&r, "registry-removed", "registries");
+    assert_eq!(api.ok("GET", "/api/registries", None, 200).await, json!([]));
+    let r = ui.get(r.location.as_deref().unwrap()).await;
+    assert!(r.body.contains("The registry was removed"), "no notice");
+    assert!(text_by_id(&r.body, "registries-list").is_none());
 }

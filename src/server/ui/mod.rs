@@ -33,7 +33,7 @@
 //! | `/environments/{id}` | one environment: host, state by tab, actions, usage chart, command history |
 //! | `/stacks`, `/stacks/new`, `/stacks/{id}` | edge stacks |
 //! | `/jobs`, `/jobs/new`, `/jobs/{id}` | edge jobs |
-//! | `/settings` | default intervals, AGENT_SECRET, groups, tags, API tokens, password |
+//! | `/settings` | default intervals, AGENT_SECRET, groups, tags, registries, API tokens, password |
 
 pub mod chart;
 pub mod envs;

@@ -1,5 +1,6 @@
 //! The settings page: the edge compute default intervals, the
-//! AGENT_SECRET, groups, tags, API tokens and the admin password.
+//! AGENT_SECRET, groups, tags, private registries, API tokens and the
+//! admin password.
 //!
 //! One page, `/settings`, in sections; each section's forms post to their
 //! own route, which calls the API (as every UI form does, through [`Ui`])
@@ -16,6 +17,7 @@
 //! | `POST /settings/agent-secret`, `.../agent-secret/clear` | `PUT /api/settings` `{agent_secret}` |
 //! | `POST /settings/groups`, `.../groups/{id}/rename`, `.../groups/{id}/delete` | `POST /api/groups`, `PATCH`/`DELETE /api/groups/{id}` |
 //! | `POST /settings/tags`, `.../tags/{id}/rename`, `.../tags/{id}/delete` | the same on `/api/tags` |
+//! | `POST /settings/registries`, `.../registries/{id}/password`, `.../registries/{id}/delete` | `POST /api/registries`, `PATCH`/`DELETE /api/registries/{id}` |
 //! | `POST /settings/tokens`, `.../tokens/{id}/revoke` | `POST /api/tokens`, `DELETE /api/tokens/{id}` |
 //! | `POST /settings/password` | `PUT /api/auth/password` |
 //!
@@ -37,8 +39,8 @@ use serde::Deserialize;
 use super::{ApiFail, FieldAttrs, Nav, Ui, csrf_field, encode, fail_page, form_error, now, page, text_field, when};
 use crate::server::api::MAX_INTERVAL;
 use crate::server::api::types::{
-    ChangePassword, CreateToken, CreatedToken, DefaultIntervalsBody, IntervalsBody, IntervalsView, LabelBody,
-    LabelView, SettingsBody, SettingsView, TokenView,
+    ChangePassword, CreateRegistry, CreateToken, CreatedToken, DefaultIntervalsBody, IntervalsBody, IntervalsView,
+    LabelBody, LabelView, RegistryView, SettingsBody, SettingsView, TokenView, UpdateRegistry,
 };
 use crate::server::http::AppState;
 
@@ -67,6 +69,9 @@ pub fn routes() -> Router<Arc<AppState>> {
             "/settings/tags/{id}/delete",
             post(|ui: Ui, Path(id): Path<u64>, Form(f): Form<CsrfForm>| delete_label(ui, TAGS, id, f)),
         )
+        .route("/settings/registries", post(add_registry))
+        .route("/settings/registries/{id}/password", post(set_registry_password))
+        .route("/settings/registries/{id}/delete", post(remove_registry))
         .route("/settings/tokens", post(create_token))
         .route("/settings/tokens/{id}/revoke", post(revoke_token))
         .route("/settings/password", post(change_password))
@@ -293,6 +298,9 @@ struct View {
     typed: String,
     /// A token just made, with its secret.
     new_token: Option<CreatedToken>,
+    /// The registry as typed in the refused "Add a registry" form (never
+    /// its password).
+    registry: Option<RegistryTyped>,
 }
 
 impl View {
@@ -315,14 +323,16 @@ struct Data {
     settings: SettingsView,
     groups: Vec<LabelView>,
     tags: Vec<LabelView>,
+    registries: Vec<RegistryView>,
     tokens: Vec<TokenView>,
 }
 
 async fn load(ui: &Ui) -> Result<Data, Response> {
-    let (settings, groups, tags, tokens) = tokio::join!(
+    let (settings, groups, tags, registries, tokens) = tokio::join!(
         ui.get_as::<SettingsView>("/api/settings"),
         ui.get_as::<Vec<LabelView>>("/api/groups"),
         ui.get_as::<Vec<LabelView>>("/api/tags"),
+        ui.get_as::<Vec<RegistryView>>("/api/registries"),
         ui.get_as::<Vec<TokenView>>("/api/tokens")
     );
     let fail = |e: ApiFail| fail_page(&e);
@@ -330,6 +340,7 @@ async fn load(ui: &Ui) -> Result<Data, Response> {
         settings: settings.map_err(fail)?,
         groups: groups.map_err(fail)?,
         tags: tags.map_err(fail)?,
+        registries: registries.map_err(fail)?,
         tokens: tokens.map_err(fail)?,
     })
 }
@@ -351,6 +362,13 @@ fn notice_of(flag: &str) -> Option<(&'static str, &'static str)> {
         "tag-created" => ("tags", "The tag was created."),
         "tag-renamed" => ("tags", "The tag was renamed."),
         "tag-deleted" => ("tags", "The tag was deleted and taken off its environments."),
+        "registry-added" => {
+            ("registries", "The registry was added. Its password is stored encrypted and not shown again.")
+        }
+        "registry-password" => {
+            ("registries", "The registry's password was changed: pulls use it from now on, queued commands too.")
+        }
+        "registry-removed" => ("registries", "The registry was removed; pulls from it go without credentials now."),
         "token-revoked" => ("tokens", "The token was revoked; it no longer works."),
         "password" => ("password", "The password was changed. Your other sessions were logged out."),
         _ => return None,
@@ -401,6 +419,7 @@ async fn render(ui: &Ui, view: View) -> Response {
             a href="#agent-secret" { "AGENT_SECRET" }
             a href="#groups" { "Groups" }
             a href="#tags" { "Tags" }
+            a href="#registries" { "Registries" }
             a href="#tokens" { "API tokens" }
             a href="#password" { "Password" }
         }
@@ -408,6 +427,7 @@ async fn render(ui: &Ui, view: View) -> Response {
         (secret_section(ui, &data, &view, notice_for("agent-secret")))
         (label_section(ui, GROUPS, &data.groups, &view, notice_for("groups")))
         (label_section(ui, TAGS, &data.tags, &view, notice_for("tags")))
+        (registries_section(ui, &data.registries, &view, now, notice_for("registries")))
         (tokens_section(ui, &data.tokens, &view, now, notice_for("tokens")))
         (password_section(ui, &view, notice_for("password")))
     };
@@ -845,6 +865,208 @@ async fn delete_label(ui: Ui, kind: Kind, id: u64, f: CsrfForm) -> Response {
     }
 }
 
+// ----- private registries -----
+
+/// The "Add a registry" form.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct RegistryForm {
+    csrf: String,
+    registry_name: String,
+    registry_url: String,
+    registry_username: String,
+    registry_password: String,
+}
+
+impl std::fmt::Debug for RegistryForm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryForm")
+            .field("registry_name", &self.registry_name)
+            .field("registry_url", &self.registry_url)
+            .field("registry_username", &self.registry_username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the refused "Add a registry" form showed again: never its password.
+#[derive(Debug, Clone, Default)]
+struct RegistryTyped {
+    name: String,
+    url: String,
+    username: String,
+}
+
+/// A registry row's "set a new password" form.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct RegistryPasswordForm {
+    csrf: String,
+    password: String,
+}
+
+impl std::fmt::Debug for RegistryPasswordForm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryPasswordForm").finish_non_exhaustive()
+    }
+}
+
+/// A taken name or address is a 409 that names no field: the address when
+/// the API says that registry has credentials already, else the name.
+fn registry_conflict(e: ApiFail) -> ApiFail {
+    let field = if e.message.contains("has credentials already") { "url" } else { "name" };
+    e.conflict_on(field)
+}
+
+fn registries_section(ui: &Ui, registries: &[RegistryView], view: &View, now: i64, notice: Markup) -> Markup {
+    let new_err = view.err(Part::New("registries"));
+    let typed = view.registry.clone().unwrap_or_default();
+    let (name, url, username) = if new_err.is_some() {
+        (typed.name.as_str(), typed.url.as_str(), typed.username.as_str())
+    } else {
+        ("", "", "")
+    };
+    section(
+        "registries",
+        "Registries",
+        html! {
+            p.hint { "The credentials of private registries. A stack, an image pull or a job whose image reference "
+                "names one of these registries (" code { "10.0.0.5:5000/app:1" } ") pulls with its credentials: "
+                "the agent gets them with the command that needs them, and keeps them in memory only. "
+                "A password is stored encrypted and never shown again; to change it, set a new one." }
+            (notice)
+            @if let Some(e) = view.orphan("registries", registries.iter().map(|r| r.id)) { p.error role="alert" { (e.message) } }
+            @if registries.is_empty() {
+                p.muted { "No registry: images are pulled without credentials." }
+            } @else {
+                div.scroll {
+                    table.list id="registries-list" {
+                        thead { tr {
+                            th scope="col" { "Name" }
+                            th scope="col" { "Registry address" }
+                            th scope="col" { "User" }
+                            th scope="col" { "Updated" }
+                            th scope="col" { "New password or remove" }
+                        } }
+                        tbody {
+                            @for r in registries {
+                                (registry_row(ui, r, view, now))
+                            }
+                        }
+                    }
+                }
+            }
+            h3 { "Add a registry" }
+            (form_error(new_err, &["name", "url", "username", "password"]))
+            form.form-narrow method="post" action="/settings/registries" {
+                (csrf_field(&ui.csrf))
+                div.row {
+                    (text_field("registry_name", "Name", name, new_err, FieldAttrs {
+                        required: true,
+                        api_field: Some("name"),
+                        placeholder: Some("the site's registry"),
+                        autocomplete: Some("off"),
+                        ..FieldAttrs::default()
+                    }))
+                    (text_field("registry_url", "Registry address", url, new_err, FieldAttrs {
+                        required: true,
+                        api_field: Some("url"),
+                        placeholder: Some("10.0.0.5:5000"),
+                        autocomplete: Some("off"),
+                        hint: Some("As image references name it: a host, with its port if not 443 (registry.example.com, 10.0.0.5:5000); docker.io for Docker Hub."),
+                        ..FieldAttrs::default()
+                    }))
+                }
+                div.row {
+                    (text_field("registry_username", "User", username, new_err, FieldAttrs {
+                        required: true,
+                        api_field: Some("username"),
+                        autocomplete: Some("off"),
+                        ..FieldAttrs::default()
+                    }))
+                    (text_field("registry_password", "Password or access token", "", new_err, FieldAttrs {
+                        kind: "password",
+                        required: true,
+                        api_field: Some("password"),
+                        autocomplete: Some("new-password"),
+                        hint: Some("Stored encrypted; never shown again."),
+                        ..FieldAttrs::default()
+                    }))
+                }
+                button.primary type="submit" { "Add the registry" }
+            }
+        },
+    )
+}
+
+fn registry_row(ui: &Ui, r: &RegistryView, view: &View, now: i64) -> Markup {
+    let id = r.id;
+    let name = r.name.as_str();
+    let err = view.err(Part::Row("registries", id));
+    let input_id = format!("f-registry-{id}-password");
+    let err_id = format!("{input_id}-error");
+    let message = err.map(shown);
+    let confirm = format!(
+        "Remove the registry \u{201c}{name}\u{201d} ({})? Pulls from it go without credentials from now on.",
+        r.url
+    );
+    html! {
+        tr data-id=(id) {
+            td { (name) }
+            td { code { (r.url) } }
+            td { (r.username) }
+            td { (when(Some(r.updated_at), now)) }
+            td.actions {
+                form.inline method="post" action={ "/settings/registries/" (id) "/password" } {
+                    (csrf_field(&ui.csrf))
+                    label.sr-only for=(input_id) { "New password for the registry " (name) }
+                    input id=(input_id) name="password" type="password" autocomplete="new-password" required size="16"
+                        placeholder="new password"
+                        aria-invalid=[message.map(|_| "true")] aria-describedby=[message.map(|_| err_id.as_str())];
+                    button.small type="submit" aria-label={ "Set the new password of the registry " (name) } { "Set password" }
+                }
+                form.inline method="post" action={ "/settings/registries/" (id) "/delete" } data-confirm=(confirm) {
+                    (csrf_field(&ui.csrf))
+                    button.small.danger type="submit" aria-label={ "Remove the registry " (name) } { "Remove" }
+                }
+                @if let Some(m) = message { p.field-error.row-error id=(err_id) role="alert" { (m) } }
+            }
+        }
+    }
+}
+
+async fn add_registry(ui: Ui, Form(f): Form<RegistryForm>) -> Response {
+    let typed = RegistryTyped { name: f.registry_name, url: f.registry_url, username: f.registry_username };
+    let body = CreateRegistry {
+        name: typed.name.clone(),
+        url: typed.url.clone(),
+        username: typed.username.clone(),
+        password: f.registry_password,
+    };
+    match ui.send_as(Method::POST, "/api/registries", &body, &f.csrf).await {
+        Ok(_) => done("registry-added"),
+        Err(e) => {
+            let fail = registry_conflict(e);
+            render(&ui, View { fail: Some((Part::New("registries"), fail)), registry: Some(typed), ..View::default() })
+                .await
+        }
+    }
+}
+
+async fn set_registry_password(ui: Ui, Path(id): Path<u64>, Form(f): Form<RegistryPasswordForm>) -> Response {
+    let body = UpdateRegistry { password: Some(f.password), ..UpdateRegistry::default() };
+    match ui.send_as(Method::PATCH, &format!("/api/registries/{id}"), &body, &f.csrf).await {
+        Ok(_) => done("registry-password"),
+        Err(e) => render(&ui, View { fail: Some((Part::Row("registries", id), e)), ..View::default() }).await,
+    }
+}
+
+async fn remove_registry(ui: Ui, Path(id): Path<u64>, Form(f): Form<CsrfForm>) -> Response {
+    match ui.call(Method::DELETE, &format!("/api/registries/{id}"), None, Some(&f.csrf)).await {
+        Ok(_) => done("registry-removed"),
+        Err(e) => render(&ui, View { fail: Some((Part::Row("registries", id), e)), ..View::default() }).await,
+    }
+}
+
 // ----- API tokens -----
 
 fn tokens_section(ui: &Ui, tokens: &[TokenView], view: &View, now: i64, notice: Markup) -> Markup {
@@ -1051,6 +1273,45 @@ mod tests {
         assert_eq!(interval_text(60), "1 minute");
         assert_eq!(interval_text(7200), "2 hours");
         assert_eq!(interval_text(90), "90 seconds");
+    }
+
+    #[test]
+    fn registries_show_no_password_and_a_conflict_goes_to_its_field() {
+        let ui = Ui {
+            api: axum::Router::new(),
+            cookie: None,
+            peer: None,
+            username: "admin".to_owned(),
+            csrf: "tok".to_owned(),
+        };
+        let r = RegistryView {
+            id: 7,
+            name: "site".to_owned(),
+            url: "10.0.0.5:5000".to_owned(),
+            username: "puller".to_owned(),
+            created_at: 0,
+            updated_at: 0,
+        };
+        let typed = RegistryTyped { name: "n".to_owned(), url: "a b".to_owned(), username: "u".to_owned() };
+        let fail = ApiFail {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message: "url: \"a b\": not a host name or address".to_owned(),
+            field: Some("url".to_owned()),
+        };
+        let view = View { fail: Some((Part::New("registries"), fail)), registry: Some(typed), ..View::default() };
+        let html = registries_section(&ui, &[r], &view, 60, html! {}).into_string();
+        assert!(html.contains("id=\"registries-list\""));
+        assert!(html.contains("action=\"/settings/registries/7/password\""));
+        assert!(html.contains("action=\"/settings/registries/7/delete\""));
+        assert!(html.contains("id=\"f-registry_url-error\""));
+        assert!(html.contains("value=\"a b\""));
+        assert!(html.contains("name=\"registry_password\" type=\"password\" value=\"\""));
+        assert_eq!(html.matches("name=\"csrf\" value=\"tok\"").count(), 3);
+
+        let conflict = |m: &str| ApiFail { status: StatusCode::CONFLICT, message: m.to_owned(), field: None };
+        let on = |m: &str| registry_conflict(conflict(m)).field;
+        assert_eq!(on("registry 10.0.0.5:5000 has credentials already").as_deref(), Some("url"));
+        assert_eq!(on("a registry named \"site\" exists already").as_deref(), Some("name"));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod domain;
 pub mod http;
+pub mod images;
 pub mod poll;
 #[cfg(feature = "agent")]
 pub mod quickstart;

@@ -56,6 +56,9 @@ pub struct AppState {
     pub logins: super::api::access::LoginLimiter,
     /// The key operators' secrets are sealed under (see [`super::secrets`]).
     pub secrets: super::secrets::SecretKey,
+    /// The data directory (the database's), where held images' blobs go
+    /// ([`super::images`]); for a database in memory, a temporary one.
+    pub data: std::path::PathBuf,
 }
 
 /// Poll body bytes held at once over all polls: a poll's body is read only
@@ -92,11 +95,17 @@ impl AppState {
         store.autocommit().ensure_data_directory_token(&super::store::access::secret_hash(admin_token), now())?;
         // Beside the database, never in it; a database in memory (tests)
         // gets a key of its own.
-        let secrets = match store.path().as_deref().and_then(std::path::Path::parent) {
+        let dir = store.path().as_deref().and_then(std::path::Path::parent).map(std::path::Path::to_owned);
+        let secrets = match &dir {
             Some(dir) => super::secrets::SecretKey::load_or_create(dir, std::env::var(super::secrets::KEY_VAR).ok())
                 .map_err(super::StartError::Secrets)?,
             None => super::secrets::SecretKey::ephemeral(),
         };
+        let data = dir.unwrap_or_else(|| {
+            static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            std::env::temp_dir().join(format!("tern-memory-{}-{n}", std::process::id()))
+        });
         Ok(Arc::new(Self {
             store: Pool::new(store),
             codecs: Mutex::new(vec![Codec::new(limits)?]),
@@ -107,6 +116,7 @@ impl AppState {
             fingerprint,
             logins: super::api::access::LoginLimiter::default(),
             secrets,
+            data,
         }))
     }
 

@@ -29,6 +29,7 @@
 
 pub mod access;
 pub mod fleet;
+pub mod images;
 pub mod jobs;
 pub mod openapi;
 pub mod registries;
@@ -250,6 +251,7 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .merge(stacks::routes())
         .merge(jobs::routes())
         .merge(registries::routes())
+        .merge(images::routes())
         .merge(access::routes())
         // Inside the credential check (a route layer added later runs
         // first): only an authenticated caller's body is counted.

@@ -22,6 +22,11 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ("POST", "/api/tokens", "access", "Create an API token (the secret is shown once)."),
     ("GET", "/api/tokens", "access", "List API tokens (never their secrets)."),
     ("DELETE", "/api/tokens/{id}", "access", "Revoke an API token."),
+    // Images the server holds.
+    ("POST", "/api/images", "images", "Pull an image into the server (with a registered registry's credentials)."),
+    ("GET", "/api/images", "images", "List the images the server holds or is pulling."),
+    ("GET", "/api/images/{id}", "images", "One image: status, image id, layers."),
+    ("DELETE", "/api/images/{id}", "images", "Forget an image."),
     // Private registries.
     (
         "POST",

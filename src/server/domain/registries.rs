@@ -74,6 +74,26 @@ fn registries_of(action: &Action, out: &mut BTreeSet<String>) {
     }
 }
 
+/// The credentials (user, password) the server pulls `reference` with
+/// itself, if its registry is registered and its secret opens.
+///
+/// # Errors
+/// When the database fails.
+pub fn credentials_of(
+    tx: &(impl Transaction + ?Sized),
+    key: &SecretKey,
+    reference: &str,
+) -> Result<Option<(String, String)>, StoreError> {
+    let Some(r) = tx.registries_for(&[registry_of(reference)])?.pop() else { return Ok(None) };
+    match key.open(&r.sealed, &owner(r.id)) {
+        Ok(password) => Ok(Some((r.username, password))),
+        Err(e) => {
+            tracing::error!("registry {:?} ({}): {e}", r.name, r.server);
+            Ok(None)
+        }
+    }
+}
+
 /// The credentials a reply carrying `commands` adds: those of the
 /// registries they pull from, opened. One that does not open (the key
 /// changed) is left out and logged: its pulls fail as unauthenticated,

@@ -28,6 +28,7 @@
 pub mod access;
 mod commands;
 pub mod fleet;
+pub mod images;
 pub mod jobs;
 pub mod pool;
 pub mod registries;
@@ -368,6 +369,19 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL,
         updated_at INTEGER NOT NULL
     );",
+    // 13: images the server holds (`images`): pulled from a registry into
+    // the data directory's blob store; its layers by diff_id.
+    "CREATE TABLE images (
+        id INTEGER PRIMARY KEY,
+        reference TEXT NOT NULL UNIQUE,
+        status TEXT NOT NULL,
+        error TEXT NOT NULL DEFAULT '',
+        image_id TEXT,
+        layers TEXT NOT NULL DEFAULT '[]',
+        size INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );",
 ];
 
 /// The interval every timer runs at when neither the environment nor the
@@ -618,12 +632,22 @@ impl std::ops::Deref for Tx<'_> {
 /// Everything the server stores, on one transaction: what the domain and
 /// the API work through, whatever the backend. SQLite's is [`Tx`].
 pub trait Transaction:
-    Atomic + FleetStore + CommandStore + StackStore + JobStore + AccessStore + UsageStore + RegistryStore
+    Atomic + FleetStore + CommandStore + StackStore + JobStore + AccessStore + UsageStore + RegistryStore + ImageStore
 {
 }
 
-impl<T: Atomic + FleetStore + CommandStore + StackStore + JobStore + AccessStore + UsageStore + RegistryStore + ?Sized>
-    Transaction for T
+impl<
+    T: Atomic
+        + FleetStore
+        + CommandStore
+        + StackStore
+        + JobStore
+        + AccessStore
+        + UsageStore
+        + RegistryStore
+        + ImageStore
+        + ?Sized,
+> Transaction for T
 {
 }
 
@@ -664,6 +688,7 @@ impl Nested for Tx<'_> {
 pub use access::AccessStore;
 pub use commands::CommandStore;
 pub use fleet::FleetStore;
+pub use images::ImageStore;
 pub use jobs::JobStore;
 pub use registries::RegistryStore;
 pub use stacks::StackStore;
@@ -673,7 +698,8 @@ pub use usage::UsageStore;
 /// [`Transaction`] (its methods are the traits').
 pub mod prelude {
     pub use super::{
-        AccessStore, Atomic, CommandStore, FleetStore, JobStore, RegistryStore, StackStore, Transaction, UsageStore,
+        AccessStore, Atomic, CommandStore, FleetStore, ImageStore, JobStore, RegistryStore, StackStore, Transaction,
+        UsageStore,
     };
 }
 

@@ -1,0 +1,162 @@
+//! Images the server holds (migration 13): one row per reference an
+//! operator asked for, its status while the server pulls it (`pulling`,
+//! then `held` or `failed` with the registry's reason), and once held, its
+//! image id (the config's digest) and layers (their `diff_id`s, the
+//! digests of the layer tars the blob store keeps: `server::images`).
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{StoreError, Tx, sql_id};
+
+/// An image as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRecord {
+    /// Its id.
+    pub id: u64,
+    /// The reference it was pulled by.
+    pub reference: String,
+    /// `pulling`, `held` or `failed`.
+    pub status: String,
+    /// Why it failed.
+    pub error: String,
+    /// `sha256:...` of its config, once held.
+    pub image_id: Option<String>,
+    /// Its layers' `diff_id`s, bottom first.
+    pub layers: Vec<String>,
+    /// The layers' bytes, uncompressed.
+    pub size: u64,
+    /// When asked for.
+    pub created_at: i64,
+    /// When its status last changed.
+    pub updated_at: i64,
+}
+
+/// Images the server holds.
+pub trait ImageStore {
+    /// Asks for `reference`: a new row, or the existing one set back to
+    /// `pulling` (a moving tag is pulled again). Returns its id and whether
+    /// a pull was already under way (then nothing changes).
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn request_image(&self, reference: &str, now: i64) -> Result<(u64, bool), StoreError>;
+
+    /// Records a pull's success.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn image_held(&self, id: u64, image_id: &str, layers: &[String], size: u64, now: i64) -> Result<(), StoreError>;
+
+    /// Records a pull's failure.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn image_failed(&self, id: u64, error: &str, now: i64) -> Result<(), StoreError>;
+
+    /// One image.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn image(&self, id: u64) -> Result<Option<ImageRecord>, StoreError>;
+
+    /// Every image, by id.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn images(&self) -> Result<Vec<ImageRecord>, StoreError>;
+
+    /// Forgets an image. False when there is none.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn remove_image(&self, id: u64) -> Result<bool, StoreError>;
+}
+
+const COLUMNS: &str = "id, reference, status, error, image_id, layers, size, created_at, updated_at";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(ImageRecord, String)> {
+    Ok((
+        ImageRecord {
+            id: r.get::<_, i64>(0)? as u64,
+            reference: r.get(1)?,
+            status: r.get(2)?,
+            error: r.get(3)?,
+            image_id: r.get(4)?,
+            layers: Vec::new(),
+            size: r.get::<_, i64>(6)? as u64,
+            created_at: r.get(7)?,
+            updated_at: r.get(8)?,
+        },
+        r.get(5)?,
+    ))
+}
+
+fn finish((mut record, layers): (ImageRecord, String)) -> Result<ImageRecord, StoreError> {
+    record.layers =
+        serde_json::from_str(&layers).map_err(|_| StoreError::Corrupt { what: "image layers", environment: 0 })?;
+    Ok(record)
+}
+
+impl ImageStore for Tx<'_> {
+    fn request_image(&self, reference: &str, now: i64) -> Result<(u64, bool), StoreError> {
+        let existing: Option<(i64, String)> = self
+            .conn
+            .query_row("SELECT id, status FROM images WHERE reference = ?1", [reference], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        match existing {
+            Some((id, status)) if status == "pulling" => Ok((id as u64, true)),
+            Some((id, _)) => {
+                self.conn.execute(
+                    "UPDATE images SET status = 'pulling', error = '', updated_at = ?2 WHERE id = ?1",
+                    params![id, now],
+                )?;
+                Ok((id as u64, false))
+            }
+            None => {
+                self.conn.execute(
+                    "INSERT INTO images (reference, status, created_at, updated_at) VALUES (?1, 'pulling', ?2, ?2)",
+                    params![reference, now],
+                )?;
+                Ok((self.conn.last_insert_rowid() as u64, false))
+            }
+        }
+    }
+
+    fn image_held(&self, id: u64, image_id: &str, layers: &[String], size: u64, now: i64) -> Result<(), StoreError> {
+        let layers = serde_json::to_string(layers).unwrap_or_else(|_| "[]".into());
+        self.conn.execute(
+            "UPDATE images SET status = 'held', error = '', image_id = ?2, layers = ?3, size = ?4, updated_at = ?5
+             WHERE id = ?1",
+            params![sql_id(id), image_id, layers, i64::try_from(size).unwrap_or(i64::MAX), now],
+        )?;
+        Ok(())
+    }
+
+    fn image_failed(&self, id: u64, error: &str, now: i64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE images SET status = 'failed', error = ?2, updated_at = ?3 WHERE id = ?1",
+            params![sql_id(id), super::truncate(error, super::MAX_ERROR_LEN), now],
+        )?;
+        Ok(())
+    }
+
+    fn image(&self, id: u64) -> Result<Option<ImageRecord>, StoreError> {
+        self.conn
+            .query_row(&format!("SELECT {COLUMNS} FROM images WHERE id = ?1"), [sql_id(id)], row)
+            .optional()?
+            .map(finish)
+            .transpose()
+    }
+
+    fn images(&self) -> Result<Vec<ImageRecord>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!("SELECT {COLUMNS} FROM images ORDER BY id"))?;
+        let rows: Vec<_> = stmt.query_map([], row)?.collect::<Result<_, _>>()?;
+        rows.into_iter().map(finish).collect()
+    }
+
+    fn remove_image(&self, id: u64) -> Result<bool, StoreError> {
+        Ok(self.conn.execute("DELETE FROM images WHERE id = ?1", [sql_id(id)])? == 1)
+    }
+}

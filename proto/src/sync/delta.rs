@@ -86,7 +86,17 @@ impl Delta {
     /// # Errors
     /// When the bytes are not an encoded delta.
     pub fn decode(bytes: &[u8]) -> Result<Self, ApplyError> {
-        pb::Delta::decode(bytes).map(Self).map_err(|e| ApplyError::Decode(e.to_string()))
+        let d = pb::Delta::decode(bytes).map_err(|e| ApplyError::Decode(e.to_string()))?;
+        // Only the empty delta, which encodes to no bytes at all, goes
+        // without a root. Bytes that decode to no root are a damaged delta
+        // (a flipped length can turn the root and what follows into
+        // fields this build skips), not "nothing changed": applied to any
+        // base unchecked, they would leave the receiver on a state the
+        // sender does not hold.
+        if !bytes.is_empty() && d.root.is_empty() {
+            return Err(ApplyError::MissingRoot);
+        }
+        Ok(Self(d))
     }
 
     /// Counts of (removed, changed, added) objects over all kinds.
@@ -229,7 +239,7 @@ fn apply_table<T: Object>(base: &Table<T>, delta: Option<&pb::KindDelta>) -> Res
 pub fn apply(base: &State, delta: &Delta) -> Result<State, ApplyError> {
     let d = &delta.0;
     if delta.is_empty() {
-        if !d.root.is_empty() && d.root != base.root()[..d.root.len().min(32)] {
+        if !d.root.is_empty() && (d.root.len() != ROOT_LEN || d.root != base.root()[..ROOT_LEN]) {
             return Err(ApplyError::RootMismatch);
         }
         return Ok(base.clone());
@@ -280,6 +290,21 @@ mod tests {
         assert_eq!(got.containers.get(&c.id), Some(&c));
         assert_eq!(got.containers.digest(&c.id), Some(&object_digest(Kind::Container, &newer)));
         assert_eq!(got.root(), sender.root());
+    }
+
+    #[test]
+    fn bytes_that_decode_to_no_root_are_refused_not_taken_for_no_change() {
+        // Field 99 (unknown here), empty: what a damaged root and the
+        // fields after it can decode to.
+        assert!(matches!(Delta::decode(&[0x9a, 0x06, 0]), Err(ApplyError::MissingRoot)));
+        assert!(Delta::decode(&[]).is_ok_and(|d| d.is_empty()), "the empty delta is no bytes");
+        // An empty delta's root, when present, is checked whole.
+        let mut s = State::default();
+        s.containers.insert(Container { id: Id([3; 32]), ..Container::default() });
+        let short = pb::Delta { root: s.root()[..1].to_vec(), ..Default::default() };
+        assert_eq!(apply(&s, &Delta(short)), Err(ApplyError::RootMismatch));
+        let full = pb::Delta { root: s.root()[..ROOT_LEN].to_vec(), ..Default::default() };
+        assert_eq!(apply(&s, &Delta(full)).unwrap(), s);
     }
 
     #[test]

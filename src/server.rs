@@ -10,6 +10,7 @@ pub mod poll;
 pub mod quickstart;
 pub mod secrets;
 pub mod store;
+pub mod transfers;
 pub mod ui;
 
 use std::path::PathBuf;

@@ -1,0 +1,211 @@
+//! Transfers: what a host needs to get an image the server holds, given the
+//! layers it has. Layers the host has are skipped; each other layer goes as
+//! a delta against the most similar layer the host has and the server
+//! holds (`tern_proto::transfer`), else compressed whole. A payload is
+//! built once per (base, target) pair and kept in the data directory
+//! (`transfers/`), so the 500 hosts that need the same step cost one
+//! computation; it is cut into blake3-named chunks, which the agent
+//! fetches and checks one by one.
+//!
+//! **The base.** For a layer at position *i* of the new image, the
+//! candidates are the layers at position *i* of the images of the same
+//! repository that the host has (the previous versions: a rebuilt
+//! application layer sits where it sat), then any layer of those images;
+//! the one closest in size wins. A layer nothing resembles is sent whole.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use crate::server::images::blob_path;
+use crate::server::store::images::ImageRecord;
+use crate::transfer;
+
+/// Where payloads go, under the data directory.
+pub const TRANSFERS: &str = "transfers";
+
+/// One layer's part of a transfer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    /// The layer it makes (`diff_id`).
+    pub layer: String,
+    /// The host's layer it is a delta against, if any.
+    pub base: Option<String>,
+    /// The layer's size (its tar), which decoding must produce exactly.
+    pub len: u64,
+    /// The payload's file.
+    pub payload: PathBuf,
+    /// The payload's size: what the link carries.
+    pub payload_len: u64,
+    /// The payload's chunks' names.
+    pub chunks: Vec<[u8; 32]>,
+}
+
+/// What a host needs for an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The image (`sha256:` of its config).
+    pub image_id: String,
+    /// Layers the host has already.
+    pub skipped: Vec<String>,
+    /// The others, bottom first.
+    pub pieces: Vec<Piece>,
+    /// Payloads this plan had to compute (0 when every one was built
+    /// before, for another host).
+    pub built: usize,
+}
+
+impl Plan {
+    /// The bytes the link carries for it (payloads; the manifest and the
+    /// chunk requests come on top).
+    #[must_use]
+    pub fn payload_bytes(&self) -> u64 {
+        self.pieces.iter().map(|p| p.payload_len).sum()
+    }
+}
+
+fn hex_of(digest: &str) -> &str {
+    digest.strip_prefix("sha256:").unwrap_or(digest)
+}
+
+/// The base for layer `i` (of `len` bytes) among the host's images of the
+/// same repository (their layer lists), by the rule in the module doc.
+fn choose_base(data: &Path, i: usize, len: u64, host_images: &[Vec<String>]) -> Option<String> {
+    let size = |l: &String| blob_path(data, l).and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len());
+    let closest = |candidates: Vec<&String>| {
+        candidates
+            .into_iter()
+            .filter_map(|l| size(l).map(|s| (s.abs_diff(len), l)))
+            .min_by_key(|(d, _)| *d)
+            .map(|(_, l)| l.clone())
+    };
+    closest(host_images.iter().filter_map(|layers| layers.get(i)).collect())
+        .or_else(|| closest(host_images.iter().flatten().collect()))
+}
+
+/// Plans (and builds, where not built yet) the transfer of `image` to a
+/// host that has `host_layers`, whose images of the same repository that
+/// the server holds have these layer lists (`host_images`).
+///
+/// # Errors
+/// The disk's, or a layer the server does not hold.
+pub fn plan(
+    data: &Path,
+    image: &ImageRecord,
+    host_layers: &BTreeSet<String>,
+    host_images: &[Vec<String>],
+) -> Result<Plan, String> {
+    let image_id = image.image_id.clone().ok_or_else(|| format!("image {} is not held", image.reference))?;
+    let dir = data.join(TRANSFERS);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut plan = Plan { image_id, skipped: Vec::new(), pieces: Vec::new(), built: 0 };
+    for (i, layer) in image.layers.iter().enumerate() {
+        if host_layers.contains(layer) {
+            plan.skipped.push(layer.clone());
+            continue;
+        }
+        let target_path = blob_path(data, layer).ok_or_else(|| format!("layer {layer:?}"))?;
+        let len = std::fs::metadata(&target_path).map_err(|e| format!("layer {layer}: {e}"))?.len();
+        let base = choose_base(data, i, len, host_images).filter(|b| b != layer);
+        let name = format!("{}-{}", base.as_deref().map_or("whole", hex_of), hex_of(layer));
+        let payload = dir.join(format!("{name}.zst"));
+        if !payload.exists() {
+            let target = std::fs::read(&target_path).map_err(|e| format!("layer {layer}: {e}"))?;
+            let base_bytes = match &base {
+                Some(b) => std::fs::read(blob_path(data, b).ok_or("base")?).map_err(|e| format!("layer {b}: {e}"))?,
+                None => Vec::new(),
+            };
+            let bytes = transfer::encode(&base_bytes, &target).map_err(|e| e.to_string())?;
+            let tmp = dir.join(format!("{name}.{}.tmp", std::process::id()));
+            std::fs::write(&tmp, &bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
+            std::fs::rename(&tmp, &payload).map_err(|e| format!("{}: {e}", payload.display()))?;
+            plan.built += 1;
+        }
+        let bytes = std::fs::read(&payload).map_err(|e| format!("{}: {e}", payload.display()))?;
+        plan.pieces.push(Piece {
+            layer: layer.clone(),
+            base,
+            len,
+            payload_len: bytes.len() as u64,
+            chunks: transfer::chunk_names(&bytes),
+            payload,
+        });
+    }
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(bytes: &[u8]) -> String {
+        let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+        format!("sha256:{}", d.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>())
+    }
+
+    fn put(data: &Path, bytes: &[u8]) -> String {
+        let d = digest(bytes);
+        let p = blob_path(data, &d).unwrap();
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+        d
+    }
+
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        (0..len).map(|_| rng.u8(..)).collect()
+    }
+
+    #[test]
+    fn a_host_gets_only_what_it_lacks_as_deltas_built_once_for_every_host() {
+        let data = std::env::temp_dir().join(format!("tern-transfers-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        let base_layer = noise(1 << 20, 1);
+        let app_v1 = noise(2 << 20, 2);
+        let mut app_v2 = app_v1.clone();
+        app_v2[100_000..104_096].copy_from_slice(&noise(4096, 3));
+        let fresh = noise(300_000, 4);
+        let (l0, l1, l2, l3) = (put(&data, &base_layer), put(&data, &app_v1), put(&data, &app_v2), put(&data, &fresh));
+        let v2 = ImageRecord {
+            id: 2,
+            reference: "10.0.0.5:5000/app:2".into(),
+            status: "held".into(),
+            error: String::new(),
+            image_id: Some(put(&data, b"{\"config\":2}")),
+            layers: vec![l0.clone(), l2.clone(), l3.clone()],
+            size: 0,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let host: BTreeSet<String> = [l0.clone(), l1.clone()].into();
+        let v1_layers = vec![l0.clone(), l1.clone()];
+        let plan = plan(&data, &v2, &host, std::slice::from_ref(&v1_layers)).unwrap();
+        assert_eq!(plan.skipped, std::slice::from_ref(&l0));
+        assert_eq!(plan.pieces.len(), 2);
+        let app = &plan.pieces[0];
+        assert_eq!(
+            (app.layer.as_str(), app.base.as_deref()),
+            (l2.as_str(), Some(l1.as_str())),
+            "v1's layer at its place"
+        );
+        assert!(app.payload_len < 16 << 10, "a 4 KiB change: {} bytes", app.payload_len);
+        let payload = std::fs::read(&app.payload).unwrap();
+        assert_eq!(transfer::decode(&app_v1, &payload, app.len).unwrap(), app_v2);
+        assert!(payload.chunks(transfer::CHUNK_SIZE).zip(&app.chunks).all(|(c, n)| transfer::is_chunk(c, n)));
+        // The new layer has no counterpart: the closest in size (v1's base
+        // layer) is tried, and whatever it is, it decodes to the layer.
+        let new = &plan.pieces[1];
+        let base_bytes = new.base.as_ref().map(|b| std::fs::read(blob_path(&data, b).unwrap()).unwrap());
+        let decoded =
+            transfer::decode(base_bytes.as_deref().unwrap_or(&[]), &std::fs::read(&new.payload).unwrap(), new.len);
+        assert_eq!(decoded.unwrap(), fresh);
+        assert_eq!(plan.built, 2);
+        // Another host with the same layers: nothing computed again.
+        let again = super::plan(&data, &v2, &host, &[v1_layers]).unwrap();
+        assert_eq!((again.built, again.payload_bytes()), (0, plan.payload_bytes()));
+        // A host with nothing: every layer whole.
+        let bare = super::plan(&data, &v2, &BTreeSet::new(), &[]).unwrap();
+        assert!(bare.skipped.is_empty() && bare.pieces.iter().all(|p| p.base.is_none()));
+        assert!(bare.payload_bytes() > plan.payload_bytes());
+        let _ = std::fs::remove_dir_all(&data);
+    }
+}

@@ -98,6 +98,11 @@ pub fn prepare(config: &ServerConfig) -> Result<Prepared, StartError> {
     // or tag (api::fleet); a database written before that rule, when polls
     // and listings looked for them, is brought up to it once.
     crate::server::domain::stacks::reconcile(&store.autocommit(), None, None, crate::clock::unix_now())?;
+    // Image pulls die with the process that ran them.
+    let interrupted = store::ImageStore::interrupt_pulls(&store.autocommit(), crate::clock::unix_now())?;
+    if interrupted > 0 {
+        tracing::warn!("{interrupted} image pull(s) were under way when the server stopped: marked failed");
+    }
     // Before the server serves: nothing else holds the database.
     let initial_admin_password =
         api::access::ensure_admin(&store.autocommit(), |k| std::env::var(k).ok()).map_err(StartError::Admin)?;

@@ -65,6 +65,14 @@ pub trait ImageStore {
     /// When the database fails.
     fn images(&self) -> Result<Vec<ImageRecord>, StoreError>;
 
+    /// Marks the pulls under way as failed: a server that stops drops
+    /// them (at its start, so that asking again pulls again). Returns how
+    /// many.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn interrupt_pulls(&self, now: i64) -> Result<usize, StoreError>;
+
     /// Forgets an image. False when there is none.
     ///
     /// # Errors
@@ -156,7 +164,37 @@ impl ImageStore for Tx<'_> {
         rows.into_iter().map(finish).collect()
     }
 
+    fn interrupt_pulls(&self, now: i64) -> Result<usize, StoreError> {
+        Ok(self.conn.execute(
+            "UPDATE images SET status = 'failed', error = 'the server stopped during the pull; ask again',
+                    updated_at = ?1 WHERE status = 'pulling'",
+            [now],
+        )?)
+    }
+
     fn remove_image(&self, id: u64) -> Result<bool, StoreError> {
         Ok(self.conn.execute("DELETE FROM images WHERE id = ?1", [sql_id(id)])? == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::store::Store;
+
+    #[test]
+    fn a_pull_the_server_stopped_during_fails_and_can_be_asked_again() {
+        let db = Store::in_memory().unwrap();
+        let tx = db.autocommit();
+        let (id, under_way) = tx.request_image("10.0.0.5:5000/app:1", 1).unwrap();
+        assert!(!under_way);
+        assert_eq!(tx.request_image("10.0.0.5:5000/app:1", 2).unwrap(), (id, true), "one pull at a time");
+        assert_eq!(tx.interrupt_pulls(3).unwrap(), 1);
+        let r = tx.image(id).unwrap().unwrap();
+        assert_eq!((r.status.as_str(), r.error.contains("stopped")), ("failed", true));
+        assert_eq!(tx.request_image("10.0.0.5:5000/app:1", 4).unwrap(), (id, false), "asked again, pulled again");
+        tx.image_held(id, "sha256:c", &["sha256:l".into()], 10, 5).unwrap();
+        assert_eq!(tx.interrupt_pulls(6).unwrap(), 0);
+        assert_eq!(tx.image(id).unwrap().unwrap().layers, ["sha256:l"]);
     }
 }

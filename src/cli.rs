@@ -6,6 +6,7 @@
 pub mod access;
 pub mod env;
 pub mod fleet;
+pub mod images;
 pub mod jobs;
 pub mod logs;
 pub mod registries;
@@ -104,6 +105,14 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Images the server holds, pulled from their registry, through the
+    /// server's API.
+    Image {
+        #[command(subcommand)]
+        command: images::ImageCommand,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Private registries' credentials, which agents pull with, through
     /// the server's API.
     Registry {
@@ -142,6 +151,7 @@ impl Command {
             Self::Stack { command, api } => stacks::run(command, &api),
             Self::Logs { logs, api } => logs::run(&logs, &api),
             Self::Registry { command, api } => registries::run(command, &api),
+            Self::Image { command, api } => images::run(command, &api),
         }
     }
 }

@@ -28,6 +28,19 @@ async fn settled(api: &mut Api, id: u64) -> Value {
     }
 }
 
+/// Runs `tern ARGS --server URL --data DIR`; returns stdout, or panics
+/// with stderr.
+fn tern(server: &Server, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(args)
+        .args(["--server", &server.url(), "--data"])
+        .arg(&server.data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "tern {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn sha256_of(path: &std::path::Path) -> String {
     let out = std::process::Command::new("sha256sum").arg(path).output().unwrap();
     format!("sha256:{}", String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap())
@@ -67,6 +80,11 @@ async fn the_server_pulls_a_private_image_with_its_registrys_credentials_and_kee
     assert!(v["size"].as_u64().unwrap() > 0);
     let listed = api.ok("GET", "/api/images", None, 200).await;
     assert_eq!(listed.as_array().unwrap().len(), 1);
+    // The CLI: pull again and wait, then list.
+    let out = tern(&server, &["image", "pull", &reference, "--wait"]);
+    assert!(out.contains(&reference) && out.contains("held"), "{out}");
+    let out = tern(&server, &["image", "list"]);
+    assert!(out.contains(&reference) && out.contains(&image_id[7..19]), "{out}");
 
     // Nobody answers: a clear failure, nothing held.
     let v = api.ok("POST", "/api/images", Some(json!({"reference": "127.0.0.1:9/none/app:1"})), 202).await;

@@ -331,8 +331,11 @@ async fn poll_handler(
                 Applied::BodyMac
             }
             Ok(Err(e)) => Applied::Refused(e),
-            Ok(Ok(request)) => match shared.with_store(|s| poll::apply(s, &shared.secrets, &a, &request, now())) {
-                Ok(reply) => Applied::Reply(reply),
+            Ok(Ok(request)) => match shared.with_store(|s| poll::apply(s, &a, &request, now())) {
+                Ok(mut reply) => {
+                    poll::add_credentials(&shared.store, &shared.secrets, &mut reply);
+                    Applied::Reply(reply)
+                }
                 Err(e) => Applied::Refused(e),
             },
         };

@@ -212,7 +212,6 @@ pub fn burn(store: &dyn Transaction, auth: &Authenticated) -> Result<(), StoreEr
 /// [`Refusal::Replay`], [`Refusal::BoundToAnother`], [`Refusal::Store`].
 pub fn apply(
     store: &dyn Transaction,
-    secrets: &SecretKey,
     auth: &Authenticated,
     request: &PollRequest,
     now: i64,
@@ -270,9 +269,23 @@ pub fn apply(
         reply.intervals = Some(effective);
     }
     reply.commands = store.commands_due(env_id, now, MAX_COMMANDS_PER_REPLY)?;
-    // Only a reply with a pull in it reads the registries.
-    reply.registries = crate::server::domain::registries::credentials_for(store, secrets, &reply.commands)?;
     Ok(reply)
+}
+
+/// Adds to `reply` the credentials of the registries its commands pull
+/// from, on a read of its own after the poll's write transaction (a stack's
+/// compose file is parsed for its images: never under the writer). A reply
+/// without a pull in it reads nothing. When the read fails, the reply goes
+/// without them (its pulls then fail as unauthenticated, saying so) rather
+/// than losing what it acknowledges.
+pub fn add_credentials(db: &Pool, secrets: &SecretKey, reply: &mut PollReply) {
+    if !crate::server::domain::registries::pulls(&reply.commands) {
+        return;
+    }
+    match db.read(|tx| crate::server::domain::registries::credentials_for(tx, secrets, &reply.commands)) {
+        Ok(registries) => reply.registries = registries,
+        Err(e) => tracing::error!("poll: registries' credentials: {e}"),
+    }
 }
 
 /// Seals a reply (compression included): outside the store's lock.
@@ -333,7 +346,8 @@ pub fn handle_with(
         }
         r => r?,
     };
-    let reply = db.write(|tx| apply(tx, secrets, &auth, &request, now))?;
+    let mut reply = db.write(|tx| apply(tx, &auth, &request, now))?;
+    add_credentials(db, secrets, &mut reply);
     seal(&auth, codec, &reply)
 }
 

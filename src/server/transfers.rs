@@ -108,7 +108,9 @@ pub fn plan(
         let base = choose_base(data, i, len, host_images).filter(|b| b != layer);
         let name = format!("{}-{}", base.as_deref().map_or("whole", hex_of), hex_of(layer));
         let payload = dir.join(format!("{name}.zst"));
-        if !payload.exists() {
+        let bytes = if payload.exists() {
+            std::fs::read(&payload).map_err(|e| format!("{}: {e}", payload.display()))?
+        } else {
             let target = std::fs::read(&target_path).map_err(|e| format!("layer {layer}: {e}"))?;
             let base_bytes = match &base {
                 Some(b) => std::fs::read(blob_path(data, b).ok_or("base")?).map_err(|e| format!("layer {b}: {e}"))?,
@@ -119,8 +121,8 @@ pub fn plan(
             std::fs::write(&tmp, &bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
             std::fs::rename(&tmp, &payload).map_err(|e| format!("{}: {e}", payload.display()))?;
             plan.built += 1;
-        }
-        let bytes = std::fs::read(&payload).map_err(|e| format!("{}: {e}", payload.display()))?;
+            bytes
+        };
         plan.pieces.push(Piece {
             layer: layer.clone(),
             base,

@@ -132,7 +132,7 @@ impl From<FleetError> for ApiError {
 
 /// A name (environment, group, tag): trimmed, 1 to `max` characters, no
 /// control characters.
-fn check_name(field: &str, name: &str, max: usize) -> Result<String, ApiError> {
+pub(super) fn check_name(field: &str, name: &str, max: usize) -> Result<String, ApiError> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > max {
         return Err(ApiError::invalid(format!("{field}: 1 to {max} characters")));

@@ -20,6 +20,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
+use super::fleet::check_name;
 use super::types::{CreateRegistry, RegistryView, UpdateRegistry};
 use super::{ApiError, ApiJson, PathId, read_store, with_store};
 use crate::registry::parse_registry;
@@ -56,14 +57,6 @@ fn view(r: RegistryRecord) -> RegistryView {
     }
 }
 
-fn check_text(field: &str, text: &str, max: usize) -> Result<String, ApiError> {
-    let t = text.trim();
-    if t.is_empty() || t.chars().count() > max || t.chars().any(char::is_control) {
-        return Err(ApiError::invalid(format!("{field}: 1 to {max} characters, no control characters")));
-    }
-    Ok(t.to_owned())
-}
-
 fn check_password(password: &str) -> Result<(), ApiError> {
     if password.is_empty() || password.len() > MAX_PASSWORD || password.chars().any(char::is_control) {
         return Err(ApiError::invalid(format!("password: 1 to {MAX_PASSWORD} bytes, no control characters")));
@@ -76,9 +69,9 @@ pub async fn create_registry(
     State(state): State<Arc<AppState>>,
     ApiJson(body): ApiJson<CreateRegistry>,
 ) -> Result<(StatusCode, Json<RegistryView>), ApiError> {
-    let name = check_text("name", &body.name, MAX_NAME)?;
+    let name = check_name("name", &body.name, MAX_NAME)?;
     let server = parse_registry(&body.url).map_err(|e| ApiError::invalid(format!("url: {e}")))?;
-    let username = check_text("username", &body.username, MAX_NAME)?;
+    let username = check_name("username", &body.username, MAX_NAME)?;
     check_password(&body.password)?;
     let shared = state.clone();
     let created = with_store(&state, move |tx| {
@@ -106,8 +99,8 @@ pub async fn update_registry(
     PathId(id): PathId,
     ApiJson(body): ApiJson<UpdateRegistry>,
 ) -> Result<Json<RegistryView>, ApiError> {
-    let name = body.name.as_deref().map(|n| check_text("name", n, MAX_NAME)).transpose()?;
-    let username = body.username.as_deref().map(|u| check_text("username", u, MAX_NAME)).transpose()?;
+    let name = body.name.as_deref().map(|n| check_name("name", n, MAX_NAME)).transpose()?;
+    let username = body.username.as_deref().map(|u| check_name("username", u, MAX_NAME)).transpose()?;
     if let Some(p) = &body.password {
         check_password(p)?;
     }

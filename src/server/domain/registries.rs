@@ -12,7 +12,7 @@ use std::path::Path;
 use crate::compose::Project;
 use crate::registry::registry_of;
 use crate::server::secrets::SecretKey;
-use crate::server::store::registries::RegistryError;
+use crate::server::store::registries::{RegistryError, RegistryRecord};
 use crate::server::store::{StoreError, Transaction};
 use crate::wire::poll::{Action, Command, MAX_REGISTRIES, RegistryAuth};
 
@@ -74,6 +74,19 @@ fn registries_of(action: &Action, out: &mut BTreeSet<String>) {
     }
 }
 
+/// A stored registry's credentials, opened; one that does not open (the
+/// key changed) is logged and left out: its pulls fail as
+/// unauthenticated, saying so.
+fn opened(key: &SecretKey, r: RegistryRecord) -> Option<RegistryAuth> {
+    match key.open(&r.sealed, &owner(r.id)) {
+        Ok(password) => Some(RegistryAuth { server: r.server, username: r.username, password }),
+        Err(e) => {
+            tracing::error!("registry {:?} ({}): {e}", r.name, r.server);
+            None
+        }
+    }
+}
+
 /// The credentials (user, password) the server pulls `reference` with
 /// itself, if its registry is registered and its secret opens.
 ///
@@ -84,20 +97,23 @@ pub fn credentials_of(
     key: &SecretKey,
     reference: &str,
 ) -> Result<Option<(String, String)>, StoreError> {
-    let Some(r) = tx.registries_for(&[registry_of(reference)])?.pop() else { return Ok(None) };
-    match key.open(&r.sealed, &owner(r.id)) {
-        Ok(password) => Ok(Some((r.username, password))),
-        Err(e) => {
-            tracing::error!("registry {:?} ({}): {e}", r.name, r.server);
-            Ok(None)
-        }
-    }
+    let found = tx.registries_for(&[registry_of(reference)])?.pop();
+    Ok(found.and_then(|r| opened(key, r)).map(|a| (a.username, a.password)))
+}
+
+/// Whether any of `commands` pulls an image (only then does a reply read
+/// the registries).
+#[must_use]
+pub fn pulls(commands: &[Command]) -> bool {
+    commands.iter().any(|c| match &c.action {
+        Action::ImagePull(_) | Action::StackDeploy(_) => true,
+        Action::Job(spec) => !spec.image.is_empty(),
+        _ => false,
+    })
 }
 
 /// The credentials a reply carrying `commands` adds: those of the
-/// registries they pull from, opened. One that does not open (the key
-/// changed) is left out and logged: its pulls fail as unauthenticated,
-/// saying so.
+/// registries they pull from, opened (see [`opened`]).
 ///
 /// # Errors
 /// When the database fails.
@@ -114,14 +130,7 @@ pub fn credentials_for(
         return Ok(Vec::new());
     }
     let servers: Vec<String> = servers.into_iter().take(MAX_REGISTRIES).collect();
-    let mut out = Vec::new();
-    for r in tx.registries_for(&servers)? {
-        match key.open(&r.sealed, &owner(r.id)) {
-            Ok(password) => out.push(RegistryAuth { server: r.server, username: r.username, password }),
-            Err(e) => tracing::error!("registry {:?} ({}): {e}", r.name, r.server),
-        }
-    }
-    Ok(out)
+    Ok(tx.registries_for(&servers)?.into_iter().filter_map(|r| opened(key, r)).collect())
 }
 
 #[cfg(test)]

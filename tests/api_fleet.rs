@@ -12,6 +12,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::tern_cli as tern;
 use serde_json::{Value, json};
 use tern::agent::client::Client;
 use tern::auth::JoinToken;
@@ -924,24 +925,6 @@ async fn the_stored_state_is_served_whole_or_by_part_with_its_age() {
     assert_eq!((&d["seq"], &d["root"]), (&json!(1), &json!(blake3::Hash::from(state.root()).to_hex().to_string())));
     drop(store);
     f.stop().await;
-}
-
-/// `tern ARGS --server URL --data DIR`; stdout, or the failure's stderr.
-fn tern(server: &common::Server, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_tern"))
-        .args(args)
-        .args(["--server", &server.url(), "--data"])
-        .arg(&server.data)
-        .env_remove("TERN_TOKEN")
-        .env_remove("TERN_SERVER")
-        .env_remove("TERN_DATA")
-        .output()
-        .unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8(out.stdout).unwrap())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
 }
 
 fn row<'a>(table: &'a str, name: &str) -> &'a str {

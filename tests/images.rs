@@ -14,7 +14,7 @@ mod common;
 use std::time::Duration;
 
 use common::registry::Registry;
-use common::{Api, Deadline, Server, tempdir};
+use common::{Api, Deadline, Server, tempdir, tern_ok as tern};
 use serde_json::{Value, json};
 
 async fn settled(api: &mut Api, id: u64) -> Value {
@@ -26,19 +26,6 @@ async fn settled(api: &mut Api, id: u64) -> Value {
         }
         deadline.tick(format_args!("image {id}: {v}")).await;
     }
-}
-
-/// Runs `tern ARGS --server URL --data DIR`; returns stdout, or panics
-/// with stderr.
-fn tern(server: &Server, args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
-        .args(args)
-        .args(["--server", &server.url(), "--data"])
-        .arg(&server.data)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "tern {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn sha256_of(path: &std::path::Path) -> String {

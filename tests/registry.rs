@@ -20,33 +20,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::registry::Registry;
-use common::{AgentProcess, Api, Deadline, Objects, Server, docker_quiet, tempdir};
+use common::{AgentProcess, Api, ComposeProject, Deadline, Objects, Server, tempdir};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(120);
-
-/// Removes a compose project's containers and networks on drop.
-struct Project(String);
-
-impl Drop for Project {
-    fn drop(&mut self) {
-        let label = format!("label=com.docker.compose.project={}", self.0);
-        for (kind, ls) in [("container", ["ps", "-aq"]), ("network", ["network", "ls"])] {
-            let mut args = ls.to_vec();
-            if kind != "container" {
-                args.push("-q");
-            }
-            let out = std::process::Command::new("docker").args(&args).args(["--filter", &label]).output();
-            let ids = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-            for id in ids.split_whitespace() {
-                match kind {
-                    "container" => docker_quiet(&["rm", "-f", id]),
-                    _ => docker_quiet(&[kind, "rm", id]),
-                }
-            }
-        }
-    }
-}
 
 fn compose(image: &str) -> String {
     format!(
@@ -122,7 +99,7 @@ fn add_registry(server: &Server, registry: &Registry) -> String {
 async fn private_images_deploy_with_credentials(mode: &str) {
     let prefix = format!("tern-test-reg-{}-{mode}", std::process::id());
     let objects = Objects::new(&prefix);
-    let _project = Project(prefix.clone());
+    let _project = ComposeProject(prefix.clone());
     let registry = Registry::start(&prefix);
     let v1 = registry.push_private(&prefix, &format!("{prefix}/app"), "1");
     let v2 = registry.push_private(&prefix, &format!("{prefix}/app"), "2");

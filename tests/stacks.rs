@@ -19,7 +19,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{AgentProcess, Api, Deadline, Objects, Server, docker, tempdir};
+use common::{AgentProcess, Api, ComposeProject, Deadline, Objects, Server, docker, tempdir, tern_ok as tern};
 use serde_json::{Value, json};
 use tern::tls::Trust;
 
@@ -47,32 +47,6 @@ services:
 volumes:
   data: {}
 "#;
-
-/// Removes what a compose project left on drop, test failed or not: its
-/// containers and networks (by compose's label) and its volumes (named
-/// `<project>_*`, which the `Objects` prefix does not catch).
-struct Project(String);
-
-impl Drop for Project {
-    fn drop(&mut self) {
-        let label = format!("label=com.docker.compose.project={}", self.0);
-        for (kind, ls) in [("container", ["ps", "-aq"]), ("network", ["network", "ls"]), ("volume", ["volume", "ls"])] {
-            let mut args = ls.to_vec();
-            if kind != "container" {
-                args.push("-q");
-            }
-            let filter = if kind == "volume" { format!("name={}_", self.0) } else { label.clone() };
-            let out = std::process::Command::new("docker").args(&args).args(["--filter", &filter]).output();
-            let ids = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-            for id in ids.split_whitespace() {
-                match kind {
-                    "container" => common::docker_quiet(&["rm", "-f", id]),
-                    _ => common::docker_quiet(&[kind, "rm", id]),
-                }
-            }
-        }
-    }
-}
 
 /// The containers of a compose project (names), by label.
 fn project_containers(project: &str, service: &str) -> Vec<String> {
@@ -132,7 +106,7 @@ async fn wait_stored_stack(api: &mut Api, env: u64, name: &str, present: bool) {
 async fn a_stack_lives_and_dies(mode: &str) {
     let prefix = format!("tern-test-stk-{}-{mode}", std::process::id());
     let objects = Objects::new(&prefix);
-    let _project = Project(prefix.clone());
+    let _project = ComposeProject(prefix.clone());
     let dir = tempdir(&format!("tern-stacks-{mode}"));
     let server = Server::start(&dir.join("server"), "127.0.0.1:0");
     let mut api = server.api();
@@ -398,24 +372,11 @@ async fn bad_stacks_are_refused_and_change_nothing() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Runs `tern ARGS --server URL --data DIR`; returns stdout, or panics
-/// with stderr.
-fn tern(server: &Server, args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
-        .args(args)
-        .args(["--server", &server.url(), "--data"])
-        .arg(&server.data)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "tern {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_deploys_shows_updates_and_removes_a_stack() {
     let prefix = format!("tern-test-stk-{}-cli", std::process::id());
     let objects = Objects::new(&prefix);
-    let _project = Project(prefix.clone());
+    let _project = ComposeProject(prefix.clone());
     let dir = tempdir("tern-stacks-cli");
     let server = Server::start(&dir.join("server"), "127.0.0.1:0");
     let mut api = server.api();

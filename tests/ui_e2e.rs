@@ -32,7 +32,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{AgentProcess, Deadline, Objects, Server, docker, docker_quiet, tempdir};
+use common::{AgentProcess, ComposeProject, Deadline, Objects, Server, docker, tempdir};
 use fantoccini::{Client, ClientBuilder, Locator};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
@@ -151,36 +151,12 @@ impl Drop for Chromedriver {
 
 // ----- what the test creates, removed on drop -----
 
-/// Removes a compose project's containers and networks (by compose's
-/// label) on drop.
-struct Project(String);
-
-impl Drop for Project {
-    fn drop(&mut self) {
-        let label = format!("label=com.docker.compose.project={}", self.0);
-        let ls = |args: &[&str]| {
-            Command::new("docker")
-                .args(args)
-                .args(["--filter", &label])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default()
-        };
-        for id in ls(&["ps", "-aq"]).split_whitespace() {
-            docker_quiet(&["rm", "-f", "-v", id]);
-        }
-        for id in ls(&["network", "ls", "-q"]).split_whitespace() {
-            docker_quiet(&["network", "rm", id]);
-        }
-    }
-}
-
 /// The server, the agent and the Docker objects; dropped in this order:
 /// the agent, the stack's project, the objects (containers, networks,
 /// image), the server.
 struct Rig {
     agent: Option<AgentProcess>,
-    stack: Project,
+    stack: ComposeProject,
     objects: Objects,
     server: Server,
     dir: PathBuf,
@@ -611,7 +587,7 @@ async fn an_operator_adds_an_environment_watches_it_acts_on_it_and_deploys_a_sta
 
     let objects = Objects::new(&prefix);
     let server = Server::start_with(&dir.join("server"), "127.0.0.1:0", &[("TERN_ADMIN_PASSWORD", PASSWORD)]);
-    let rig = Rig { agent: None, stack: Project(format!("{prefix}-stack")), objects, server, dir: dir.clone() };
+    let rig = Rig { agent: None, stack: ComposeProject(format!("{prefix}-stack")), objects, server, dir: dir.clone() };
 
     let task = tokio::spawn(walk(rig, browser.clone(), shots.clone()));
     let abort = task.abort_handle();

@@ -565,3 +565,54 @@ pub fn text_by_id(html: &str, id: &str) -> Option<String> {
     }
     Some(html_unescape(&text.split_whitespace().collect::<Vec<_>>().join(" ")))
 }
+
+/// Removes what a compose project left on drop, test failed or not: its
+/// containers (with their anonymous volumes) and networks, by compose's
+/// label, and its volumes (named `<project>_*`, which an `Objects` prefix
+/// does not catch).
+pub struct ComposeProject(pub String);
+
+impl Drop for ComposeProject {
+    fn drop(&mut self) {
+        let label = format!("label=com.docker.compose.project={}", self.0);
+        let volumes = format!("name={}_", self.0);
+        for (kind, ls, filter) in [
+            ("container", &["ps", "-aq"][..], &label),
+            ("network", &["network", "ls", "-q"][..], &label),
+            ("volume", &["volume", "ls", "-q"][..], &volumes),
+        ] {
+            let out = Command::new("docker").args(ls).args(["--filter", filter]).output();
+            let ids = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+            for id in ids.split_whitespace() {
+                match kind {
+                    "container" => docker_quiet(&["rm", "-f", "-v", id]),
+                    _ => docker_quiet(&[kind, "rm", id]),
+                }
+            }
+        }
+    }
+}
+
+/// `tern ARGS --server URL --data DIR` (none of the CLI's variables from
+/// the test's environment): stdout, or the failure's stderr.
+pub fn tern_cli(server: &Server, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(args)
+        .args(["--server", &server.url(), "--data"])
+        .arg(&server.data)
+        .env_remove("TERN_TOKEN")
+        .env_remove("TERN_SERVER")
+        .env_remove("TERN_DATA")
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8(out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// [`tern_cli`] that must succeed: stdout, or a panic with stderr.
+pub fn tern_ok(server: &Server, args: &[&str]) -> String {
+    tern_cli(server, args).unwrap_or_else(|e| panic!("tern {args:?}: {e}"))
+}

@@ -39,9 +39,9 @@ impl From<RegistryError> for ApiError {
         match e {
             RegistryError::Store(e) => e.into(),
             RegistryError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, e.to_string()),
-            RegistryError::NameTaken(_) | RegistryError::ServerTaken(_) => {
-                Self::new(StatusCode::CONFLICT, e.to_string())
-            }
+            // Named by their field, so a form shows each by its input.
+            RegistryError::NameTaken(_) => Self::new(StatusCode::CONFLICT, format!("name: {e}")),
+            RegistryError::ServerTaken(_) => Self::new(StatusCode::CONFLICT, format!("url: {e}")),
         }
     }
 }

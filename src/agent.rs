@@ -9,6 +9,7 @@ pub mod canonical;
 pub mod client;
 pub mod compose;
 pub mod config;
+pub mod fetch;
 pub mod health;
 mod image;
 pub mod inspect;
@@ -182,6 +183,7 @@ pub async fn execute(docker: &Docker, stacks: &compose::Stacks, action: &Action)
         Action::Job(_) | Action::JobRemove(_) => {
             return jobs::execute(docker, None, &stacks.registries, action).await;
         }
+        Action::ImageFetch(_) => return Err("this agent has no server to fetch images from".into()),
     };
     r.map(|()| Vec::new()).map_err(engine_error)
 }
@@ -290,12 +292,26 @@ pub struct DockerEngine {
     jobs: Option<jobs::Jobs>,
     /// Where stacks' files go and how they are deployed.
     stacks: compose::Stacks,
+    /// Images fetched from the server as transfers (without it,
+    /// `image.fetch` fails: no server to fetch from).
+    fetcher: Option<Arc<fetch::Fetcher>>,
 }
 
 impl DockerEngine {
     /// Wraps a connected engine (stacks with [`compose::Stacks::default`]).
     pub fn new(docker: Docker) -> Self {
-        Self { docker, opts: CanonicalOptions::default(), jobs: None, stacks: compose::Stacks::default() }
+        Self {
+            docker,
+            opts: CanonicalOptions::default(),
+            jobs: None,
+            stacks: compose::Stacks::default(),
+            fetcher: None,
+        }
+    }
+
+    /// With a fetcher for `image.fetch`.
+    pub fn with_fetcher(self, fetcher: Arc<fetch::Fetcher>) -> Self {
+        Self { fetcher: Some(fetcher), ..self }
     }
 
     /// With these stack settings.
@@ -323,6 +339,9 @@ impl run::Engine for DockerEngine {
     async fn run(&self, action: &Action) -> Result<Vec<u8>, String> {
         if let (Some(j), Action::Job(_) | Action::JobRemove(_)) = (&self.jobs, action) {
             return jobs::execute(&self.docker, Some(j), &self.stacks.registries, action).await;
+        }
+        if let (Some(fetcher), Action::ImageFetch(f)) = (&self.fetcher, action) {
+            return fetcher.fetch(&self.docker, f).await;
         }
         execute(&self.docker, &self.stacks, action).await
     }
@@ -391,6 +410,7 @@ async fn settle_now(docker: &Docker, action: &Action, started_at: i64) -> journa
             }
         },
         Action::ImagePull(r) => presence(docker.inspect_image(r).await.map(drop), true, "image"),
+        Action::ImageFetch(f) => presence(docker.inspect_image(&f.image_id).await.map(drop), true, "image"),
         Action::ImageRemove(r) => presence(docker.inspect_image(r).await.map(drop), false, "image"),
         Action::VolumeRemove(v) => presence(docker.inspect_volume(v).await.map(drop), false, "volume"),
         Action::NetworkRemove(n) => presence(
@@ -456,10 +476,20 @@ pub async fn start(
     }
     let max_reply = crate::wire::codec::Limits::default().max_encoded + 64;
     let transport = client::Client::with_tls(&config.token.url, trust, tls, max_reply)?;
+    let key = config.token.secret.with_agent_secret(config.agent_secret.as_ref().map(|s| s.0.as_str()));
+    let fetcher = fetch::Fetcher::new(
+        &config.token.url,
+        trust,
+        tls,
+        config.token.environment,
+        &key,
+        &config.token.key_id(),
+        &config.data_path,
+    )
+    .map_err(|source| store::StoreError::Io { path: config.data_path.join("transfers"), source })?;
     let docker = connect().await?;
     let changed = Arc::new(AtomicBool::new(true));
     let events = tokio::spawn(follow_events(docker.clone(), changed.clone()));
-    let key = config.token.secret.with_agent_secret(config.agent_secret.as_ref().map(|s| s.0.as_str()));
     let mut settings = run::Settings::new(config.token.environment, key, edge_id.clone());
     settings.request_timeout = config.poll_timeout;
     settings.key_id = config.token.key_id();
@@ -478,7 +508,7 @@ pub async fn start(
     let jobs = jobs::Jobs::open(&config.data_path, docker.clone(), job_config, &edge_id, job_runs)?;
     let scheduler = tokio::spawn(jobs.clone().run());
     let stacks = compose::Stacks { dir: config.data_path.join("stacks"), mode: config.compose, registries };
-    let engine = DockerEngine::new(docker).with_jobs(jobs).with_stacks(stacks);
+    let engine = DockerEngine::new(docker).with_jobs(jobs).with_stacks(stacks).with_fetcher(Arc::new(fetcher));
     let mut agent = run::Agent::new(settings, engine, transport, store, changed)?;
     agent.set_job_runs(job_runs_rx);
     let r = agent.run(shutdown).await;

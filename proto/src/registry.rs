@@ -19,6 +19,19 @@ pub fn registry_of(reference: &str) -> String {
     }
 }
 
+/// The repository of an image reference: without its tag or digest
+/// (`10.0.0.5:5000/app:2` → `10.0.0.5:5000/app`). The images of one
+/// repository on a host are the previous versions a transfer's deltas are
+/// made against.
+#[must_use]
+pub fn repository_of(reference: &str) -> &str {
+    let r = reference.split('@').next().unwrap_or(reference);
+    match r.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => repo,
+        _ => r,
+    }
+}
+
 fn normalize_host(host: &str) -> String {
     let host = host.to_ascii_lowercase();
     match host.as_str() {

@@ -201,6 +201,44 @@ impl Client {
         self.request(method, path, Some(bearer), body).await
     }
 
+    /// POSTs a body and returns the status and the reply's body as it
+    /// arrives (a transfer's payload: read it to its end before the next
+    /// request, or drop it, which closes the connection).
+    ///
+    /// # Errors
+    /// As [`Self::post`].
+    pub async fn post_streaming(
+        &mut self,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<(u16, hyper::body::Incoming), ClientError> {
+        let body = Bytes::from(body);
+        for attempt in 0..2 {
+            let mut send = match self.conn.take() {
+                Some(s) if !s.is_closed() => s,
+                _ => self.connect().await?,
+            };
+            if send.ready().await.is_err() {
+                continue;
+            }
+            let request = hyper::Request::builder()
+                .method(hyper::Method::POST)
+                .uri(path)
+                .header(hyper::header::HOST, &self.authority)
+                .body(Full::new(body.clone()))
+                .map_err(|e| ClientError::Http(e.to_string()))?;
+            match send.send_request(request).await {
+                Ok(response) => {
+                    self.conn = Some(send);
+                    return Ok((response.status().as_u16(), response.into_body()));
+                }
+                Err(e) if attempt == 0 && e.is_canceled() => continue,
+                Err(e) => return Err(ClientError::Http(e.to_string())),
+            }
+        }
+        Err(ClientError::Http("the connection closed twice".into()))
+    }
+
     async fn post_with(
         &mut self,
         path: &str,

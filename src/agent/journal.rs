@@ -160,8 +160,9 @@ pub fn recover(ledger: &Ledger, now: i64) -> (Vec<(u64, Action, i64)>, Vec<Comma
         for (&id, c) in &mut j.received {
             match (decode_action(&c.action), c.started_at) {
                 (None, _) => unreadable.push(id),
-                // Reading logs changes nothing: run it again.
-                (Some(action @ Action::ContainerLogs(..)), _) | (Some(action), None) => {
+                // Reading logs changes nothing: run it again. A transfer
+                // resumes where it stopped (its verified chunks are on disk).
+                (Some(action @ (Action::ContainerLogs(..) | Action::ImageFetch(_))), _) | (Some(action), None) => {
                     c.started_at = None;
                     rerun.push(Command { id, action });
                 }
@@ -284,20 +285,39 @@ pub async fn work<E: Engine>(
                 return;
             }
         }
-        let r = engine.run(&cmd.action).await;
-        let result = match r {
-            Ok(output) => stored(cmd.id, ResultStatus::Ok, "", &output, "", now()),
-            Err(e) => stored(cmd.id, ResultStatus::Failed, &e, &[], "", now()),
-        };
-        tracing::info!(command = cmd.id, status = %result.status, error = %result.error, "command finished");
-        ledger.record(|j| {
-            j.received.remove(&cmd.id);
-            j.results.insert(cmd.id, result);
-        });
-        if done.send(cmd.id).is_err() {
+        if matches!(cmd.action, Action::ImageFetch(_)) {
+            // A transfer may take hours (a slow link, a download window):
+            // it runs beside the queue, which goes on (the fetcher runs one
+            // transfer at a time).
+            ledger.record(|j| {
+                j.results.insert(cmd.id, stored(cmd.id, ResultStatus::Progress, "", &[], "fetching", now()))
+            });
+            let _ = done.send(cmd.id);
+            let (engine, ledger, done) = (engine.clone(), ledger.clone(), done.clone());
+            tokio::spawn(async move { finish(&*engine, &ledger, cmd, &done).await });
+            continue;
+        }
+        if !finish(&*engine, &ledger, cmd, &done).await {
             return;
         }
     }
+}
+
+/// Runs a command that has started and records its result. False when
+/// nobody listens for results any more (the agent stops).
+async fn finish<E: Engine>(engine: &E, ledger: &Ledger, cmd: Command, done: &mpsc::UnboundedSender<u64>) -> bool {
+    let now = super::run::now_unix;
+    let r = engine.run(&cmd.action).await;
+    let result = match r {
+        Ok(output) => stored(cmd.id, ResultStatus::Ok, "", &output, "", now()),
+        Err(e) => stored(cmd.id, ResultStatus::Failed, &e, &[], "", now()),
+    };
+    tracing::info!(command = cmd.id, status = %result.status, error = %result.error, "command finished");
+    ledger.record(|j| {
+        j.received.remove(&cmd.id);
+        j.results.insert(cmd.id, result);
+    });
+    done.send(cmd.id).is_ok()
 }
 
 /// A command as the journal keeps it while it waits.

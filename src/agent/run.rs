@@ -824,6 +824,7 @@ fn action_summary(action: &Action) -> String {
         Action::StackRemove(name) => format!("stack remove {name}"),
         Action::Job(j) => format!("job {} v{}", j.job, j.version),
         Action::JobRemove(job) => format!("job remove {job}"),
+        Action::ImageFetch(f) => format!("image fetch {} ({})", f.reference, f.image_id),
     }
 }
 

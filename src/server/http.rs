@@ -412,6 +412,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(POLL_PATH, post(poll_handler))
         .route(OLD_POLL_PATH, post(old_poll))
+        .route(crate::wire::TRANSFER_PATH, post(super::transfers::endpoint::handler))
         // The API's JSON goes gzip'd to a client that asks (a browser; the
         // CLI and the agents do not ask, and the poll endpoint is outside).
         .merge(super::api::routes(state.clone()).layer(tower_http::compression::CompressionLayer::new()))

@@ -20,8 +20,51 @@ use crate::server::images::blob_path;
 use crate::server::store::images::ImageRecord;
 use crate::transfer;
 
+pub mod endpoint;
+
 /// Where payloads go, under the data directory.
 pub const TRANSFERS: &str = "transfers";
+
+/// A download window, `HH:MM-HH:MM` in UTC (it may wrap midnight:
+/// `22:00-04:00`), as minutes of the day; the empty text is "any time".
+///
+/// # Errors
+/// Text that is not that, or a window of no length.
+pub fn parse_window(text: &str) -> Result<Option<(u32, u32)>, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let bad = || format!("{text:?} is not a window like 01:00-05:00 (UTC)");
+    let minutes = |t: &str| -> Option<u32> {
+        let (h, m) = t.trim().split_once(':')?;
+        let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+        (h < 24 && m < 60 && t.trim().len() == 5).then_some(h * 60 + m)
+    };
+    let (from, to) = text.split_once('-').ok_or_else(bad)?;
+    let (from, to) = (minutes(from).ok_or_else(bad)?, minutes(to).ok_or_else(bad)?);
+    if from == to {
+        return Err(format!("{text:?} is a window of no length"));
+    }
+    Ok(Some((from, to)))
+}
+
+/// When the window opens next, if it is closed at `now` (unix seconds);
+/// `None` while it is open, or for no window (or one that does not parse:
+/// the API refuses those before they are kept).
+#[must_use]
+pub fn window_opens(window: &str, now: i64) -> Option<i64> {
+    let (from, to) = parse_window(window).ok()??;
+    let day = now.div_euclid(86_400) * 86_400;
+    let minute = (now - day) / 60;
+    let (from, to) = (i64::from(from), i64::from(to));
+    let open = if from < to { minute >= from && minute < to } else { minute >= from || minute < to };
+    if open {
+        return None;
+    }
+    let at = day + from * 60;
+    Some(if at > now { at } else { at + 86_400 })
+}
 
 /// One layer's part of a transfer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +181,22 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_window_is_open_inside_its_hours_and_says_when_it_opens_outside() {
+        let day = 20_000 * 86_400;
+        let at = |h: i64, m: i64| day + h * 3600 + m * 60;
+        assert_eq!(window_opens("", at(12, 0)), None);
+        assert_eq!(window_opens("01:00-05:00", at(3, 0)), None);
+        assert_eq!(window_opens("01:00-05:00", at(0, 30)), Some(at(1, 0)));
+        assert_eq!(window_opens("01:00-05:00", at(5, 0)), Some(at(25, 0)), "the end is outside");
+        assert_eq!(window_opens("22:00-04:00", at(23, 0)), None, "wraps midnight");
+        assert_eq!(window_opens("22:00-04:00", at(1, 0)), None);
+        assert_eq!(window_opens("22:00-04:00", at(12, 0)), Some(at(22, 0)));
+        for bad in ["1:00-5:00", "01:00", "25:00-01:00", "01:00-01:00", "ab:cd-01:00"] {
+            assert!(parse_window(bad).is_err(), "{bad}");
+        }
+    }
 
     fn digest(bytes: &[u8]) -> String {
         let d = ring::digest::digest(&ring::digest::SHA256, bytes);

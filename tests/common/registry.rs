@@ -200,6 +200,18 @@ impl Registry {
         reference
     }
 
+    /// Pushes the engine's image `local` as `ADDR/repo:tag` (logged in
+    /// with the private client configuration); the tag is removed when the
+    /// registry is dropped. Returns `ADDR/repo:tag`.
+    pub fn push(&self, local: &str, repo: &str, tag: &str) -> String {
+        let reference = format!("{}/{repo}:{tag}", self.addr);
+        self.local.lock().unwrap().push(reference.clone());
+        docker(&["tag", local, &reference]);
+        self.client(&["login", &self.addr, "-u", &self.user, "--password-stdin"], Some(&self.password));
+        self.client(&["push", &reference], None);
+        reference
+    }
+
     /// The docker CLI with this registry's client configuration directory
     /// (`DOCKER_CONFIG`), bounded to 120 s; panics with its output (and the
     /// registry's log) on failure.

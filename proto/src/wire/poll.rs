@@ -226,6 +226,17 @@ pub enum Action {
     Job(JobSpec),
     /// Stop scheduling a job (by the server's job id).
     JobRemove(u64),
+    /// Fetch an image the server holds, as a transfer, and load it.
+    ImageFetch(ImageFetch),
+}
+
+/// An image to fetch from the server (see `wire::transfer`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ImageFetch {
+    /// The tag it gets.
+    pub reference: String,
+    /// Its config's digest (`sha256:` and 64 hex digits).
+    pub image_id: String,
 }
 
 /// A compose stack to deploy.
@@ -500,6 +511,9 @@ impl Action {
                 version: j.version,
             }),
             Action::JobRemove(job) => A::JobRemove(pb::JobRemove { job: *job }),
+            Action::ImageFetch(f) => {
+                A::ImageFetch(pb::ImageFetch { reference: f.reference.clone(), image_id: f.image_id.clone() })
+            }
         }
     }
 
@@ -540,6 +554,12 @@ impl Action {
                 version: j.version,
             }),
             Some(A::JobRemove(j)) => Action::JobRemove(j.job),
+            Some(A::ImageFetch(f)) => {
+                if crate::wire::transfer::digest_bytes(&f.image_id).is_none() {
+                    return Err(PollError::UnknownAction(0));
+                }
+                Action::ImageFetch(ImageFetch { reference: f.reference, image_id: f.image_id })
+            }
             None => return Err(PollError::UnknownAction(0)),
         })
     }

@@ -6,6 +6,8 @@
 //! | `POST /api/images` | `{reference}`: pull it into the server (202, `pulling`; then `held` or `failed` with the reason); again: pull it again (a moving tag) |
 //! | `GET /api/images`, `GET /api/images/{id}` | the list; one, with its layers |
 //! | `DELETE /api/images/{id}` | forget it (204; its blobs stay while another image shares them) |
+//! | `POST /api/images/{id}/deliver` | `{environments}`: send a held image to them as transfers, an `image.fetch` command each (202) |
+//! | `GET`, `PUT /api/environments/{id}/transfer-limits` | `{rate_kbit, window}`: an environment's rate cap and download window (UTC) |
 
 use std::sync::Arc;
 
@@ -14,11 +16,13 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
-use super::types::{HeldImageView, PullImage};
+use super::types::{DeliverImage, DeliveryView, HeldImageView, PullImage, TransferLimitsView};
 use super::{ApiError, ApiJson, MAX_TARGET_LEN, PathId, read_store, with_store};
 use crate::server::domain::registries;
 use crate::server::http::{AppState, now};
+use crate::server::store::StoreError;
 use crate::server::store::images::ImageRecord;
+use crate::wire::poll::{Action, ImageFetch};
 
 fn view(r: ImageRecord) -> HeldImageView {
     HeldImageView {
@@ -98,9 +102,78 @@ pub async fn delete_image(State(state): State<Arc<AppState>>, PathId(id): PathId
         .await
 }
 
+/// Most environments one delivery names.
+pub const MAX_DELIVERY: usize = 10_000;
+
+/// `POST /api/images/{id}/deliver`.
+pub async fn deliver_image(
+    State(state): State<Arc<AppState>>,
+    PathId(id): PathId,
+    ApiJson(body): ApiJson<DeliverImage>,
+) -> Result<(StatusCode, Json<Vec<DeliveryView>>), ApiError> {
+    if body.environments.is_empty() || body.environments.len() > MAX_DELIVERY {
+        return Err(ApiError::invalid(format!("environments: from 1 to {MAX_DELIVERY} environment ids")));
+    }
+    let queued = with_store(&state, move |tx| {
+        let image = tx.image(id)?.ok_or_else(|| not_found(id))?;
+        let image_id = match (image.status.as_str(), image.image_id) {
+            ("held", Some(image_id)) => image_id,
+            (status, _) => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!("image {id} is {status}, not held: pull it first (`tern image pull --wait`)"),
+                ));
+            }
+        };
+        let action = Action::ImageFetch(ImageFetch { reference: image.reference, image_id });
+        let mut out = Vec::with_capacity(body.environments.len());
+        for environment in body.environments {
+            let command = tx.enqueue_command(environment, &action, now()).map_err(|e| match e {
+                StoreError::NotFound(n) => ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("environments: no environment {n}; nothing was queued"),
+                ),
+                e => e.into(),
+            })?;
+            out.push(DeliveryView { environment, command });
+        }
+        Ok(out)
+    })
+    .await?;
+    Ok((StatusCode::ACCEPTED, Json(queued)))
+}
+
+/// `GET /api/environments/{id}/transfer-limits`.
+pub async fn transfer_limits(
+    State(state): State<Arc<AppState>>,
+    PathId(id): PathId,
+) -> Result<Json<TransferLimitsView>, ApiError> {
+    let (_, rate, window) = read_store(&state, move |tx| Ok(tx.transfer_limits(id)?)).await?;
+    Ok(Json(TransferLimitsView { rate_kbit: rate * 8 / 1000, window }))
+}
+
+/// `PUT /api/environments/{id}/transfer-limits`.
+pub async fn set_transfer_limits(
+    State(state): State<Arc<AppState>>,
+    PathId(id): PathId,
+    ApiJson(body): ApiJson<TransferLimitsView>,
+) -> Result<Json<TransferLimitsView>, ApiError> {
+    let window = body.window.trim().to_owned();
+    crate::server::transfers::parse_window(&window).map_err(|e| ApiError::invalid(format!("window: {e}")))?;
+    if body.rate_kbit > 10_000_000 {
+        return Err(ApiError::invalid("rate_kbit: at most 10000000 (10 Gbit/s); 0 for no cap"));
+    }
+    let rate = body.rate_kbit * 1000 / 8;
+    let kept = window.clone();
+    with_store(&state, move |tx| Ok(tx.set_transfer_limits(id, rate, &kept)?)).await?;
+    Ok(Json(TransferLimitsView { rate_kbit: body.rate_kbit, window }))
+}
+
 /// The routes, merged into the API's (behind its credential check).
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/api/images", post(pull_image).get(list_images))
         .route("/api/images/{id}", get(image).delete(delete_image))
+        .route("/api/images/{id}/deliver", post(deliver_image))
+        .route("/api/environments/{id}/transfer-limits", get(transfer_limits).put(set_transfer_limits))
 }

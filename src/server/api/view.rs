@@ -143,6 +143,7 @@ pub fn action_name(action: &Action) -> &'static str {
         Action::Job(j) if j.cron.is_empty() => return "job.run",
         Action::Job(_) => return "job.schedule",
         Action::JobRemove(_) => return "job.remove",
+        Action::ImageFetch(_) => return "image.fetch",
     };
     ACTIONS.iter().find(|(_, k)| *k == kind).map_or("unknown", |(name, _)| name)
 }
@@ -154,6 +155,7 @@ fn action_target(action: &Action) -> String {
         Action::StackDeploy(st) => st.name.clone(),
         Action::Job(j) => j.job.to_string(),
         Action::JobRemove(job) => job.to_string(),
+        Action::ImageFetch(f) => f.reference.clone(),
     }
 }
 

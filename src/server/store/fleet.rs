@@ -810,7 +810,10 @@ impl FleetStore for Tx<'_> {
     }
 
     fn reset_counter(&self, id: u64) -> Result<(), StoreError> {
-        match self.conn.execute("UPDATE environments SET last_counter = 0 WHERE id = ?1", [id as i64])? {
+        match self
+            .conn
+            .execute("UPDATE environments SET last_counter = 0, transfer_counter = 0 WHERE id = ?1", [id as i64])?
+        {
             0 => Err(StoreError::NotFound(id)),
             _ => Ok(()),
         }
@@ -818,7 +821,7 @@ impl FleetStore for Tx<'_> {
 
     fn rotate_secret(&self, id: u64, secret: &Secret) -> Result<(), StoreError> {
         match self.conn.execute(
-            "UPDATE environments SET secret = ?2, last_counter = 0 WHERE id = ?1",
+            "UPDATE environments SET secret = ?2, last_counter = 0, transfer_counter = 0 WHERE id = ?1",
             params![id as i64, &secret.0[..]],
         )? {
             0 => Err(StoreError::NotFound(id)),

@@ -78,6 +78,34 @@ pub trait ImageStore {
     /// # Errors
     /// When the database fails.
     fn remove_image(&self, id: u64) -> Result<bool, StoreError>;
+
+    /// The held image with this image id (`sha256:` of its config), if any.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn held_image(&self, image_id: &str) -> Result<Option<ImageRecord>, StoreError>;
+
+    /// Accepts a transfer request's counter: raises the environment's
+    /// transfer counter to it only if it is higher (a conditional update,
+    /// so two racing requests cannot both pass), and only for an
+    /// environment an agent is bound to. False for a replay.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn accept_transfer(&self, environment: u64, counter: u64) -> Result<bool, StoreError>;
+
+    /// The environment's transfer counter, rate cap (bytes a second, 0:
+    /// none) and download window (`HH:MM-HH:MM` UTC, empty: any time).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`]; when the database fails.
+    fn transfer_limits(&self, environment: u64) -> Result<(u64, u64, String), StoreError>;
+
+    /// Sets the rate cap and download window (checked by the caller).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`]; when the database fails.
+    fn set_transfer_limits(&self, environment: u64, rate: u64, window: &str) -> Result<(), StoreError>;
 }
 
 const COLUMNS: &str = "id, reference, status, error, image_id, layers, size, created_at, updated_at";
@@ -174,6 +202,48 @@ impl ImageStore for Tx<'_> {
 
     fn remove_image(&self, id: u64) -> Result<bool, StoreError> {
         Ok(self.conn.execute("DELETE FROM images WHERE id = ?1", [sql_id(id)])? == 1)
+    }
+
+    fn held_image(&self, image_id: &str) -> Result<Option<ImageRecord>, StoreError> {
+        self.conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM images WHERE image_id = ?1 AND status = 'held' ORDER BY id LIMIT 1"),
+                [image_id],
+                row,
+            )
+            .optional()?
+            .map(finish)
+            .transpose()
+    }
+
+    fn accept_transfer(&self, environment: u64, counter: u64) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "UPDATE environments SET transfer_counter = ?2
+             WHERE id = ?1 AND transfer_counter < ?2 AND edge_id IS NOT NULL",
+            params![sql_id(environment), i64::try_from(counter).unwrap_or(i64::MAX)],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn transfer_limits(&self, environment: u64) -> Result<(u64, u64, String), StoreError> {
+        self.conn
+            .query_row(
+                "SELECT transfer_counter, transfer_rate, transfer_window FROM environments WHERE id = ?1",
+                [sql_id(environment)],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get(2)?)),
+            )
+            .optional()?
+            .ok_or(StoreError::NotFound(environment))
+    }
+
+    fn set_transfer_limits(&self, environment: u64, rate: u64, window: &str) -> Result<(), StoreError> {
+        match self.conn.execute(
+            "UPDATE environments SET transfer_rate = ?2, transfer_window = ?3 WHERE id = ?1",
+            params![sql_id(environment), i64::try_from(rate).unwrap_or(i64::MAX), window],
+        )? {
+            0 => Err(StoreError::NotFound(environment)),
+            _ => Ok(()),
+        }
     }
 }
 

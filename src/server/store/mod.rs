@@ -382,6 +382,12 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL,
         updated_at INTEGER NOT NULL
     );",
+    // 14: image transfers (`server::transfers`): the counter of the
+    // agent's transfer lane, and the operator's rate cap (bytes a second,
+    // 0: none) and download window (`HH:MM-HH:MM` UTC, '': any time).
+    "ALTER TABLE environments ADD COLUMN transfer_counter INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE environments ADD COLUMN transfer_rate INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE environments ADD COLUMN transfer_window TEXT NOT NULL DEFAULT '';",
 ];
 
 /// The interval every timer runs at when neither the environment nor the

@@ -36,3 +36,36 @@ pub struct HeldImageView {
     /// When its status last changed (Unix seconds).
     pub updated_at: i64,
 }
+
+/// `POST /api/images/{id}/deliver`: send a held image to environments as
+/// transfers (an `image.fetch` command each).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverImage {
+    /// The environments.
+    pub environments: Vec<u64>,
+}
+
+/// One environment's `image.fetch` command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryView {
+    /// The environment.
+    pub environment: u64,
+    /// The command (`GET /api/environments/{environment}/commands/{command}`).
+    pub command: u64,
+}
+
+/// An environment's transfer limits (`GET`/`PUT
+/// /api/environments/{id}/transfer-limits`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferLimitsView {
+    /// The most a transfer may use of the link, in kbit/s (1000 bits); 0:
+    /// no cap.
+    #[serde(default)]
+    pub rate_kbit: u64,
+    /// When transfers may run, `HH:MM-HH:MM` in UTC (it may wrap
+    /// midnight); empty: any time.
+    #[serde(default)]
+    pub window: String,
+}

@@ -10,7 +10,10 @@
 //! * the agent killed mid-download resumes from its verified chunks after
 //!   a restart: the link carries the payload about once, not twice;
 //! * a delivery of an image the server does not hold, or to an environment
-//!   that does not exist, is refused and queues nothing.
+//!   that does not exist, is refused and queues nothing;
+//! * a chunk that arrives wrong is refused and fetched again (four times,
+//!   then the command fails), and a payload that does not rebuild its
+//!   layer's digest is discarded: neither becomes a visible image.
 
 #![cfg(all(feature = "agent", feature = "server"))]
 
@@ -49,7 +52,7 @@ fn build(dir: &Path, base: &str, blob: &[u8], tag: &str) {
     assert!(out.status.success(), "docker build {tag}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-async fn held(api: &mut Api, reference: &str) -> Value {
+async fn held_image(api: &mut Api, reference: &str) -> Value {
     let v = api.ok("POST", "/api/images", Some(json!({ "reference": reference })), 202).await;
     let id = v["id"].as_u64().unwrap();
     let deadline = Deadline::new(Duration::from_secs(60));
@@ -88,56 +91,155 @@ fn image_id_of(reference: &str) -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
+/// Three versions of an image in a private registry and held by a server;
+/// an environment whose agent runs on the local engine, which has version 1
+/// only. Version 2 is version 1 with 4 KiB changed in its 3 MiB application
+/// layer; version 3 has another 3 MiB there.
+struct Lab {
+    objects: Objects,
+    dir: std::path::PathBuf,
+    registry: Option<Registry>,
+    server: Server,
+    api: Api,
+    env: u64,
+    vars: Vec<(String, String)>,
+    agent_data: std::path::PathBuf,
+    /// The versions' references, held images and application bytes.
+    refs: [String; 3],
+    held: [Value; 3],
+    blobs: [Vec<u8>; 3],
+}
+
+impl Lab {
+    async fn new(name: &str) -> Self {
+        let prefix = format!("tern-test-{name}-{}", std::process::id());
+        let objects = Objects::new(&prefix);
+        let dir = tempdir(&format!("tern-{name}"));
+        let registry = Registry::start(&prefix);
+        // Bytes of this test's own: tests running at once must not share
+        // layers (the engine would hold one test's layers for the other).
+        let seed = prefix.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        let v1 = noise(3 << 20, seed);
+        let mut v2 = v1.clone();
+        v2[1 << 20..(1 << 20) + 4096].copy_from_slice(&noise(4096, seed + 1));
+        let v3 = noise(3 << 20, seed + 2);
+        let blobs = [v1, v2, v3];
+        let repo = format!("{prefix}/app");
+        let mut refs: [String; 3] = Default::default();
+        for (i, blob) in blobs.iter().enumerate() {
+            let local = format!("{prefix}-app:{}", i + 1);
+            build(&dir, &objects.image, blob, &local);
+            refs[i] = registry.push(&local, &repo, &(i + 1).to_string());
+        }
+        let server = Server::start(&dir.join("server"), "127.0.0.1:0");
+        let mut api = server.api();
+        let body =
+            json!({"name": "private", "url": registry.addr, "username": registry.user, "password": registry.password});
+        api.ok("POST", "/api/registries", Some(body), 201).await;
+        let mut held: [Value; 3] = Default::default();
+        for (i, r) in refs.iter().enumerate() {
+            held[i] = held_image(&mut api, r).await;
+        }
+        // The host has version 1 only.
+        docker(&["rmi", &refs[1], &format!("{prefix}-app:2"), &refs[2], &format!("{prefix}-app:3")]);
+        assert!(image_id_of(&refs[1]).is_none() && image_id_of(&refs[0]).is_some());
+        let intervals = json!({"ping": 1, "snapshot": 1, "command": 1});
+        let created = api
+            .ok(
+                "POST",
+                "/api/environments",
+                Some(json!({"name": name, "url": server.url(), "intervals": intervals})),
+                201,
+            )
+            .await;
+        let env = created["id"].as_u64().unwrap();
+        let agent_data = dir.join("agent");
+        let vars = vec![
+            ("EDGE_KEY".to_owned(), created["edge_key"].as_str().unwrap().to_owned()),
+            ("DATA_PATH".to_owned(), agent_data.to_str().unwrap().to_owned()),
+        ];
+        Self { objects, dir, registry: Some(registry), server, api, env, vars, agent_data, refs, held, blobs }
+    }
+
+    fn agent(&self, log: &str) -> AgentProcess {
+        let vars: Vec<(&str, &str)> = self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        AgentProcess::start(&vars, &self.dir.join(log))
+    }
+
+    fn image(&self, version: usize) -> u64 {
+        self.held[version - 1]["id"].as_u64().unwrap()
+    }
+
+    fn image_id(&self, version: usize) -> Option<&str> {
+        self.held[version - 1]["image_id"].as_str()
+    }
+
+    /// Delivers a version; returns its command.
+    async fn deliver(&mut self, version: usize) -> u64 {
+        let path = format!("/api/images/{}/deliver", self.image(version));
+        let queued = self.api.ok("POST", &path, Some(json!({"environments": [self.env]})), 202).await;
+        queued[0]["command"].as_u64().unwrap()
+    }
+
+    async fn rate(&mut self, kbit: u64) {
+        let path = format!("/api/environments/{}/transfer-limits", self.env);
+        self.api.ok("PUT", &path, Some(json!({"rate_kbit": kbit})), 200).await;
+    }
+
+    /// The agent's `.part` file once it holds `at_least` bytes.
+    async fn part(&self, at_least: u64) -> std::path::PathBuf {
+        let transfers = self.agent_data.join("transfers");
+        let deadline = Deadline::new(Duration::from_secs(60));
+        loop {
+            let part = std::fs::read_dir(&transfers)
+                .ok()
+                .and_then(|d| d.filter_map(Result::ok).find(|e| e.path().extension().is_some_and(|x| x == "part")));
+            if let Some(p) = part.filter(|p| p.metadata().is_ok_and(|m| m.len() >= at_least)) {
+                return p.path();
+            }
+            deadline.tick(format_args!("{at_least} B of a transfer on the agent's disk")).await;
+        }
+    }
+
+    /// The server's payload of `len` bytes or more (a whole 3 MiB layer), or
+    /// the smallest (a delta).
+    fn server_payload(&self, large: bool) -> std::path::PathBuf {
+        let mut files: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(self.server.data.join("transfers"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| (e.metadata().unwrap().len(), e.path()))
+            .collect();
+        files.sort();
+        let f = if large { files.last() } else { files.first() };
+        f.unwrap().1.clone()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.server.stop();
+        drop(self.registry.take());
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = &self.objects;
+    }
+}
+
+fn flip(path: &Path, at_end: u64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let i = bytes.len() - at_end as usize;
+    bytes[i] ^= 0x55;
+    std::fs::write(path, bytes).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_version_travels_as_a_small_delta_resumes_after_a_restart_and_is_loaded() {
-    let prefix = format!("tern-test-xfer-{}", std::process::id());
-    let objects = Objects::new(&prefix);
-    let dir = tempdir("tern-transfers");
-    let registry = Registry::start(&prefix);
-    // Version 1: the base and 3 MiB of application; version 2: the same
-    // with 4 KiB changed; version 3: another 3 MiB (sent whole, against
-    // the closest layer, and cut by a restart).
-    let v1 = noise(3 << 20, 1);
-    let mut v2 = v1.clone();
-    v2[1 << 20..(1 << 20) + 4096].copy_from_slice(&noise(4096, 2));
-    let v3 = noise(3 << 20, 3);
-    let (local1, local2, local3) = (format!("{prefix}-app:1"), format!("{prefix}-app:2"), format!("{prefix}-app:3"));
-    build(&dir, &objects.image, &v1, &local1);
-    build(&dir, &objects.image, &v2, &local2);
-    build(&dir, &objects.image, &v3, &local3);
-    let repo = format!("{prefix}/app");
-    let (ref1, ref2, ref3) =
-        (registry.push(&local1, &repo, "1"), registry.push(&local2, &repo, "2"), registry.push(&local3, &repo, "3"));
-
-    let mut server = Server::start(&dir.join("server"), "127.0.0.1:0");
-    let mut api = server.api();
-    let body =
-        json!({"name": "private", "url": registry.addr, "username": registry.user, "password": registry.password});
-    api.ok("POST", "/api/registries", Some(body), 201).await;
-    let _held1 = held(&mut api, &ref1).await;
-    let held2 = held(&mut api, &ref2).await;
-    let held3 = held(&mut api, &ref3).await;
-    // The host has version 1 only.
-    docker(&["rmi", &ref2, &local2, &ref3, &local3]);
-    assert!(image_id_of(&ref2).is_none() && image_id_of(&ref1).is_some());
-
-    let created = api
-        .ok(
-            "POST",
-            "/api/environments",
-            Some(json!({"name": "xfer", "url": server.url(), "intervals": {"ping": 1, "snapshot": 1, "command": 1}})),
-            201,
-        )
-        .await;
-    let env = created["id"].as_u64().unwrap();
-    let key = created["edge_key"].as_str().unwrap().to_owned();
-    let agent_data = dir.join("agent");
-    let data = agent_data.to_str().unwrap().to_owned();
-    let vars = [("EDGE_KEY", key.as_str()), ("DATA_PATH", data.as_str())];
-    let mut agent = AgentProcess::start(&vars, &dir.join("agent.log"));
+    let mut lab = Lab::new("xfer").await;
+    let mut agent = lab.agent("agent.log");
+    let env = lab.env;
 
     // Bad deliveries queue nothing.
-    let id2 = held2["id"].as_u64().unwrap();
+    let id2 = lab.image(2);
+    let api = &mut lab.api;
     api.ok("POST", &format!("/api/images/{id2}/deliver"), Some(json!({"environments": [env, 999]})), 404).await;
     api.ok("POST", "/api/images/999/deliver", Some(json!({"environments": [env]})), 404).await;
     api.ok("POST", &format!("/api/images/{id2}/deliver"), Some(json!({"environments": []})), 422).await;
@@ -145,61 +247,101 @@ async fn a_new_version_travels_as_a_small_delta_resumes_after_a_restart_and_is_l
     assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
 
     // Version 2: the base skipped, the application layer as a delta.
-    let queued = api.ok("POST", &format!("/api/images/{id2}/deliver"), Some(json!({"environments": [env]})), 202).await;
-    let command = queued[0]["command"].as_u64().unwrap();
-    let c = finished(&mut api, command, Duration::from_secs(120)).await;
+    let command = lab.deliver(2).await;
+    let c = finished(&mut lab.api, command, Duration::from_secs(120)).await;
     assert_eq!(c["status"], "ok", "{c}\n{}", agent.log());
     let output = c["output"].as_str().unwrap_or_default().to_owned();
     assert!(output.contains("1 already here, 1 fetched"), "{output}");
     let payload = payload_bytes(&output);
     assert!(payload < 32 << 10, "a 4 KiB change in 3 MiB cost {payload} B: {output}");
-    assert_eq!(image_id_of(&ref2).as_deref(), held2["image_id"].as_str(), "loaded under its id, tagged");
-    let sum = docker(&["run", "--rm", "--name", &objects.name("check"), &ref2, "/bin/busybox", "md5sum", "/app/blob"]);
-    let want = format!("{:032x}", md5_of(&v2));
+    assert_eq!(image_id_of(&lab.refs[1]).as_deref(), lab.image_id(2), "loaded under its id, tagged");
+    let check = lab.objects.name("check");
+    let sum = docker(&["run", "--rm", "--name", &check, &lab.refs[1], "/bin/busybox", "md5sum", "/app/blob"]);
+    let want = format!("{:032x}", md5_of(&lab.blobs[1]));
     assert!(sum.starts_with(&want), "{sum} vs {want}");
 
     // Again: already there, nothing fetched.
-    let queued = api.ok("POST", &format!("/api/images/{id2}/deliver"), Some(json!({"environments": [env]})), 202).await;
-    let c = finished(&mut api, queued[0]["command"].as_u64().unwrap(), Duration::from_secs(60)).await;
+    let command = lab.deliver(2).await;
+    let c = finished(&mut lab.api, command, Duration::from_secs(60)).await;
     assert_eq!(c["status"], "ok", "{c}");
     assert!(c["output"].as_str().unwrap().contains("already on this host"), "{c}");
 
     // Version 3, at 2 Mbit/s: the agent is killed mid-download, and
     // resumes after its restart from the chunks it kept.
-    api.ok("PUT", &format!("/api/environments/{env}/transfer-limits"), Some(json!({"rate_kbit": 2000})), 200).await;
-    let id3 = held3["id"].as_u64().unwrap();
-    let queued = api.ok("POST", &format!("/api/images/{id3}/deliver"), Some(json!({"environments": [env]})), 202).await;
-    let command = queued[0]["command"].as_u64().unwrap();
-    let transfers = agent_data.join("transfers");
-    let deadline = Deadline::new(Duration::from_secs(60));
-    let part = loop {
-        let part = std::fs::read_dir(&transfers)
-            .ok()
-            .and_then(|d| d.filter_map(Result::ok).find(|e| e.path().extension().is_some_and(|x| x == "part")));
-        if let Some(p) = part.filter(|p| p.metadata().is_ok_and(|m| m.len() >= 1 << 20)) {
-            break p.path();
-        }
-        deadline.tick("a third of version 3 on the agent's disk").await;
-    };
+    lab.rate(2000).await;
+    let command = lab.deliver(3).await;
+    let part = lab.part(1 << 20).await;
     agent.stop();
     let kept = std::fs::metadata(&part).unwrap().len();
-    let mut agent = AgentProcess::start(&vars, &dir.join("agent2.log"));
-    let c = finished(&mut api, command, Duration::from_secs(120)).await;
+    let mut agent = lab.agent("agent2.log");
+    let c = finished(&mut lab.api, command, Duration::from_secs(120)).await;
     assert_eq!(c["status"], "ok", "{c}\n{}", agent.log());
     let output = c["output"].as_str().unwrap().to_owned();
-    let down: u64 = output.split(" B down").next().and_then(|s| s.rsplit(' ').next()).unwrap().parse().unwrap();
     let payload = payload_bytes(&output);
+    let down = down_bytes(&output);
     assert!(
         down < payload - kept + (256 << 10),
         "after the restart the link carried {down} B of a {payload} B payload, {kept} B of which were kept: {output}"
     );
-    assert_eq!(image_id_of(&ref3).as_deref(), held3["image_id"].as_str());
+    assert_eq!(image_id_of(&lab.refs[2]).as_deref(), lab.image_id(3));
     assert!(!part.exists(), "work files go once the image is loaded");
-
     agent.stop();
-    server.stop();
-    drop(registry);
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_chunk_is_fetched_again_and_a_transfer_that_does_not_rebuild_is_never_loaded() {
+    let mut lab = Lab::new("xfer-bad").await;
+    let mut agent = lab.agent("agent.log");
+
+    // A chunk that arrives wrong (the server's copy damaged after the plan
+    // named its chunks): refused, fetched again, and after four tries the
+    // command fails; nothing is loaded.
+    lab.rate(4000).await;
+    let command = lab.deliver(3).await;
+    lab.part(256 << 10).await;
+    let payload = lab.server_payload(true);
+    flip(&payload, 10);
+    let c = finished(&mut lab.api, command, Duration::from_secs(120)).await;
+    assert_eq!(c["status"], "failed", "{c}");
+    let error = c["error"].as_str().unwrap();
+    assert!(error.contains("does not match its hash, 4 times"), "{error}");
+    assert!(agent.log().contains("refused, fetching it again"), "{}", agent.log());
+    assert!(image_id_of(&lab.refs[2]).is_none(), "nothing loaded");
+    // Mended: asked again, it resumes (only the last chunk travels).
+    flip(&payload, 10);
+    let command = lab.deliver(3).await;
+    let c = finished(&mut lab.api, command, Duration::from_secs(120)).await;
+    assert_eq!(c["status"], "ok", "{c}\n{}", agent.log());
+    let down = down_bytes(c["output"].as_str().unwrap());
+    assert!(down < 512 << 10, "resumed, {down} B down: {c}");
+    assert_eq!(image_id_of(&lab.refs[2]).as_deref(), lab.image_id(3));
+
+    // A payload whose chunks check out but which does not rebuild the
+    // layer its diff_id names: discarded, reported, nothing loaded.
+    lab.rate(0).await;
+    let command = lab.deliver(2).await;
+    assert_eq!(finished(&mut lab.api, command, Duration::from_secs(120)).await["status"], "ok");
+    docker(&["rmi", &lab.refs[1]]);
+    let delta = lab.server_payload(false);
+    let len = std::fs::metadata(&delta).unwrap().len();
+    flip(&delta, len / 2);
+    let command = lab.deliver(2).await;
+    let c = finished(&mut lab.api, command, Duration::from_secs(120)).await;
+    assert_eq!(c["status"], "failed", "{c}");
+    let error = c["error"].as_str().unwrap();
+    assert!(error.contains("did not rebuild") && error.contains("nothing was loaded"), "{error}");
+    assert!(image_id_of(&lab.refs[1]).is_none(), "nothing loaded");
+    // The server builds it again once its copy is gone.
+    std::fs::remove_file(&delta).unwrap();
+    let command = lab.deliver(2).await;
+    let c = finished(&mut lab.api, command, Duration::from_secs(120)).await;
+    assert_eq!(c["status"], "ok", "{c}");
+    assert_eq!(image_id_of(&lab.refs[1]).as_deref(), lab.image_id(2));
+    agent.stop();
+}
+
+fn down_bytes(output: &str) -> u64 {
+    output.split(" B down").next().and_then(|s| s.rsplit(' ').next()).and_then(|n| n.parse().ok()).unwrap()
 }
 
 fn md5_of(bytes: &[u8]) -> u128 {

@@ -115,6 +115,18 @@ fn free_bytes(dir: &Path) -> Option<u64> {
     (unsafe { libc::statvfs(path.as_ptr(), &mut st) } == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
+/// Fails, saying so, when `dir`'s file system has less than `need` bytes
+/// free (before a byte is fetched).
+fn check_disk(dir: &Path, need: u64) -> Result<(), String> {
+    match free_bytes(dir) {
+        Some(free) if free < need => Err(format!(
+            "not enough disk for the transfer in {}: it needs {need} B, {free} B are free; nothing was fetched",
+            dir.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl Fetcher {
     /// A fetcher for the server at `url`, as the environment whose poll key
     /// is `poll_key`; work files under `data/transfers`.
@@ -275,15 +287,7 @@ impl Fetcher {
         // (each at most the layers' size), and the bases read out.
         let left: u64 = pieces.iter().map(|p| p.payload_len.saturating_sub(self.on_disk(&p.payload))).sum::<u64>();
         let layers_len: u64 = offer.layers.iter().map(|(_, s)| *s).sum();
-        let need = left + 2 * layers_len;
-        if let Some(free) = free_bytes(&self.dir)
-            && free < need
-        {
-            return Err(format!(
-                "not enough disk for the transfer in {}: it needs {need} B, {free} B are free; nothing was fetched",
-                self.dir.display()
-            ));
-        }
+        check_disk(&self.dir, left + 2 * layers_len)?;
         for piece in &pieces {
             let got = self.download(client, piece).await?;
             *carried += got;
@@ -733,4 +737,53 @@ async fn tag(docker: &Docker, image_id: &str, reference: &str) -> Result<(), Str
     };
     let options = bollard::query_parameters::TagImageOptions { repo: Some(repo.to_owned()), tag: Some(tag.to_owned()) };
     docker.tag_image(image_id, Some(options)).await.map_err(|e| format!("tagging {reference}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("tern-fetch-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_transfer_that_does_not_fit_on_the_disk_fails_before_it_starts() {
+        let d = dir("disk");
+        assert!(check_disk(&d, 1).is_ok());
+        let e = check_disk(&d, u64::MAX / 2).unwrap_err();
+        assert!(e.contains("not enough disk") && e.contains("nothing was fetched"), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_damaged_or_half_written_chunk_on_disk_is_cut_and_fetched_again() {
+        let d = dir("prefix");
+        let payload: Vec<u8> = (0..CHUNK_SIZE * 2 + 1000).map(|i| (i * 7 % 251) as u8).collect();
+        let piece = Piece {
+            layer: 0,
+            base: None,
+            payload: "whole-x".into(),
+            payload_len: payload.len() as u64,
+            chunks: crate::transfer::chunk_names(&payload),
+        };
+        let part = d.join("whole-x.part");
+        // Two whole chunks and half of the last one: the half goes.
+        std::fs::write(&part, &payload[..CHUNK_SIZE * 2 + 500]).unwrap();
+        assert_eq!(verified_prefix(&part, &piece).unwrap(), 2 * CHUNK_SIZE as u64);
+        assert_eq!(std::fs::metadata(&part).unwrap().len(), 2 * CHUNK_SIZE as u64);
+        // A flipped byte in the second chunk: only the first stays.
+        let mut damaged = payload.clone();
+        damaged[CHUNK_SIZE + 10] ^= 1;
+        std::fs::write(&part, &damaged).unwrap();
+        assert_eq!(verified_prefix(&part, &piece).unwrap(), CHUNK_SIZE as u64);
+        // All of it, whole: kept.
+        std::fs::write(&part, &payload).unwrap();
+        assert_eq!(verified_prefix(&part, &piece).unwrap(), payload.len() as u64);
+        assert_eq!(verified_prefix(&d.join("none.part"), &piece).unwrap(), 0, "nothing yet");
+        let _ = std::fs::remove_dir_all(&d);
+    }
 }

@@ -360,10 +360,11 @@ impl Fetcher {
         let start = have;
         let mut bad = (u64::MAX, 0u32);
         let mut retry = self.retry();
+        let on_disk = || std::fs::metadata(&part).map_or(0, |m| m.len());
         while have < piece.payload_len {
-            let before = have;
+            let before = on_disk();
             let r = self.stream_into(client, piece, &part, &mut have).await;
-            if have > before {
+            if on_disk() > before {
                 // Progress: the backoff starts again from its shortest.
                 retry = self.retry();
             }
@@ -390,8 +391,11 @@ impl Fetcher {
         Ok(have - start)
     }
 
-    /// One request for a payload from `*have`; every chunk that checks out
-    /// is appended to `part` and counted in `*have`.
+    /// One request for a payload, from the end of what `part` holds: `*have`
+    /// bytes of whole chunks that checked out, then the start of the next
+    /// chunk (kept across a cut, so a cut costs only its reconnection).
+    /// Every byte is appended as it arrives; each chunk is checked once
+    /// whole, and one that does not match is cut off again.
     async fn stream_into(
         &self,
         client: &mut Client,
@@ -399,8 +403,24 @@ impl Fetcher {
         part: &Path,
         have: &mut u64,
     ) -> Result<(), Failure> {
+        let fatal = |e: std::io::Error| Failure::Fatal(format!("{}: {e}", part.display()));
+        let chunk_len = |at: u64| (piece.payload_len - at).min(CHUNK_SIZE as u64) as usize;
+        let mut file = std::fs::OpenOptions::new().create(true).read(true).append(true).open(part).map_err(fatal)?;
+        // The chunk begun before: its bytes so far.
+        let mut buf: Vec<u8> = Vec::with_capacity(CHUNK_SIZE);
+        {
+            use std::io::Seek;
+            file.seek(std::io::SeekFrom::Start(*have)).map_err(fatal)?;
+            (&mut file).take(chunk_len(*have) as u64).read_to_end(&mut buf).map_err(fatal)?;
+            if buf.len() >= chunk_len(*have) {
+                // Cannot be (a whole chunk is checked before it counts): start it again.
+                buf.clear();
+                file.set_len(*have).map_err(fatal)?;
+            }
+        }
         let counter = self.next_counter()?;
-        let request = TransferRequest::Payload { payload: piece.payload.clone(), offset: *have };
+        let offset = *have + buf.len() as u64;
+        let request = TransferRequest::Payload { payload: piece.payload.clone(), offset };
         let wire = seal_request(self.environment, counter, &self.key, &request.encode());
         let (status, mut body) = client.post_streaming(crate::wire::TRANSFER_PATH, wire).await?;
         if status != 200 {
@@ -416,13 +436,6 @@ impl Fetcher {
                 _ => Err(Failure::Fatal("the server answered a payload request with something else".into())),
             };
         }
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(part)
-            .map_err(|e| Failure::Fatal(format!("{}: {e}", part.display())))?;
-        let mut buf: Vec<u8> = Vec::with_capacity(CHUNK_SIZE);
-        let chunk_len = |at: u64| (piece.payload_len - at).min(CHUNK_SIZE as u64) as usize;
         loop {
             let frame = match tokio::time::timeout(STALL, body.frame()).await {
                 Err(_) => return Err(Failure::Link(format!("no byte for {} s", STALL.as_secs()))),
@@ -431,14 +444,19 @@ impl Fetcher {
                 Ok(Some(Ok(frame))) => frame,
             };
             let Ok(data) = frame.into_data() else { continue };
+            let room = (piece.payload_len - *have) as usize - buf.len();
+            if data.len() > room {
+                return Err(Failure::Fatal("the server sent more than the payload's length".into()));
+            }
+            file.write_all(&data).map_err(fatal)?;
             buf.extend_from_slice(&data);
             while *have < piece.payload_len && buf.len() >= chunk_len(*have) {
                 let n = chunk_len(*have);
                 let i = *have / CHUNK_SIZE as u64;
                 if !crate::transfer::is_chunk(&buf[..n], &piece.chunks[i as usize]) {
+                    file.set_len(*have).map_err(fatal)?;
                     return Err(Failure::Link(format!("chunk {i} of {} does not match its hash", piece.payload)));
                 }
-                file.write_all(&buf[..n]).map_err(|e| Failure::Fatal(format!("{}: {e}", part.display())))?;
                 buf.drain(..n);
                 *have += n as u64;
             }
@@ -446,7 +464,7 @@ impl Fetcher {
                 break;
             }
         }
-        file.sync_data().map_err(|e| Failure::Fatal(format!("{}: {e}", part.display())))?;
+        file.sync_data().map_err(fatal)?;
         if *have < piece.payload_len {
             return Err(Failure::Link("the payload stopped short".into()));
         }
@@ -540,22 +558,31 @@ fn text(f: Failure) -> String {
     }
 }
 
-/// The bytes of `part` that are whole chunks matching their names; the
-/// file is cut there (a chunk half-written when the agent stopped, or
-/// damaged on disk, is fetched again).
+/// The bytes of `part` that are whole chunks matching their names. A
+/// chunk cut short (the link dropped, the agent stopped) stays after them,
+/// to be finished; the file is cut at the first whole chunk that does not
+/// match (damaged on disk, or half-written when the host lost power),
+/// which is fetched again.
 fn verified_prefix(part: &Path, piece: &Piece) -> std::io::Result<u64> {
     let Ok(mut file) = std::fs::File::open(part) else { return Ok(0) };
+    let len = file.metadata()?.len().min(piece.payload_len);
     let mut good = 0u64;
     let mut buf = vec![0u8; CHUNK_SIZE];
+    let mut keep = len;
     for name in &piece.chunks {
-        let n = (piece.payload_len - good).min(CHUNK_SIZE as u64) as usize;
-        match file.read_exact(&mut buf[..n]) {
-            Ok(()) if crate::transfer::is_chunk(&buf[..n], name) => good += n as u64,
-            _ => break,
+        let n = (piece.payload_len - good).min(CHUNK_SIZE as u64);
+        if good + n > len {
+            break;
         }
+        file.read_exact(&mut buf[..n as usize])?;
+        if !crate::transfer::is_chunk(&buf[..n as usize], name) {
+            keep = good;
+            break;
+        }
+        good += n;
     }
     drop(file);
-    std::fs::OpenOptions::new().write(true).open(part)?.set_len(good)?;
+    std::fs::OpenOptions::new().write(true).open(part)?.set_len(keep)?;
     Ok(good)
 }
 
@@ -760,7 +787,7 @@ mod tests {
     }
 
     #[test]
-    fn a_damaged_or_half_written_chunk_on_disk_is_cut_and_fetched_again() {
+    fn a_damaged_chunk_on_disk_is_cut_and_fetched_again_and_one_cut_short_is_finished() {
         let d = dir("prefix");
         let payload: Vec<u8> = (0..CHUNK_SIZE * 2 + 1000).map(|i| (i * 7 % 251) as u8).collect();
         let piece = Piece {
@@ -771,15 +798,17 @@ mod tests {
             chunks: crate::transfer::chunk_names(&payload),
         };
         let part = d.join("whole-x.part");
-        // Two whole chunks and half of the last one: the half goes.
+        // Two whole chunks and half of the last one: the half stays, to be
+        // finished.
         std::fs::write(&part, &payload[..CHUNK_SIZE * 2 + 500]).unwrap();
         assert_eq!(verified_prefix(&part, &piece).unwrap(), 2 * CHUNK_SIZE as u64);
-        assert_eq!(std::fs::metadata(&part).unwrap().len(), 2 * CHUNK_SIZE as u64);
+        assert_eq!(std::fs::metadata(&part).unwrap().len(), 2 * CHUNK_SIZE as u64 + 500);
         // A flipped byte in the second chunk: only the first stays.
         let mut damaged = payload.clone();
         damaged[CHUNK_SIZE + 10] ^= 1;
         std::fs::write(&part, &damaged).unwrap();
         assert_eq!(verified_prefix(&part, &piece).unwrap(), CHUNK_SIZE as u64);
+        assert_eq!(std::fs::metadata(&part).unwrap().len(), CHUNK_SIZE as u64);
         // All of it, whole: kept.
         std::fs::write(&part, &payload).unwrap();
         assert_eq!(verified_prefix(&part, &piece).unwrap(), payload.len() as u64);

@@ -10,8 +10,13 @@
 //! **The base.** For a layer at position *i* of the new image, the
 //! candidates are the layers at position *i* of the images of the same
 //! repository that the host has (the previous versions: a rebuilt
-//! application layer sits where it sat), then any layer of those images;
-//! the one closest in size wins. A layer nothing resembles is sent whole.
+//! application layer sits where it sat), else any layer of those images;
+//! the [`TRIED`] closest in size are kept. One candidate is the base. Of
+//! several, size says little (two versions of a layer are often the same
+//! size to the byte), so the delta is built against each and the smallest
+//! wins; the choice is kept (`<layer>-<candidates>.base`), so the next host
+//! with the same candidates costs nothing, and the losing payloads built
+//! for it are deleted. A layer nothing resembles is sent whole.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -110,19 +115,102 @@ fn hex_of(digest: &str) -> &str {
     digest.strip_prefix("sha256:").unwrap_or(digest)
 }
 
-/// The base for layer `i` (of `len` bytes) among the host's images of the
-/// same repository (their layer lists), by the rule in the module doc.
-fn choose_base(data: &Path, i: usize, len: u64, host_images: &[Vec<String>]) -> Option<String> {
+/// How many candidate bases a layer's delta is built against, at most.
+pub const TRIED: usize = 3;
+
+/// The candidate bases for layer `i` (of `len` bytes) among the host's
+/// images of the same repository (their layer lists), by the rule in the
+/// module doc: closest in size first, then by digest, so the order is the
+/// same whatever order the host listed its images in.
+fn candidates(data: &Path, i: usize, len: u64, host_images: &[Vec<String>], layer: &str) -> Vec<String> {
     let size = |l: &String| blob_path(data, l).and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len());
     let closest = |candidates: Vec<&String>| {
-        candidates
+        let mut c: Vec<(u64, String)> = candidates
             .into_iter()
-            .filter_map(|l| size(l).map(|s| (s.abs_diff(len), l)))
-            .min_by_key(|(d, _)| *d)
-            .map(|(_, l)| l.clone())
+            .filter(|l| *l != layer)
+            .filter_map(|l| size(l).map(|s| (s.abs_diff(len), l.clone())))
+            .collect();
+        c.sort();
+        c.dedup();
+        c.into_iter().take(TRIED).map(|(_, l)| l).collect::<Vec<_>>()
     };
-    closest(host_images.iter().filter_map(|layers| layers.get(i)).collect())
-        .or_else(|| closest(host_images.iter().flatten().collect()))
+    let at_place = closest(host_images.iter().filter_map(|layers| layers.get(i)).collect());
+    if at_place.is_empty() { closest(host_images.iter().flatten().collect()) } else { at_place }
+}
+
+/// A payload's name: its base (or `whole`) and its layer.
+fn payload_name(base: Option<&str>, layer: &str) -> String {
+    format!("{}-{}", base.map_or("whole", hex_of), hex_of(layer))
+}
+
+/// The payload that makes `layer` (at `target_path`) from `base`: read if
+/// built before, else built and kept. Returns its bytes, its file and
+/// whether this call built it.
+fn payload(
+    dir: &Path,
+    data: &Path,
+    base: Option<&str>,
+    layer: &str,
+    target_path: &Path,
+) -> Result<(Vec<u8>, PathBuf, bool), String> {
+    let name = payload_name(base, layer);
+    let path = dir.join(format!("{name}.zst"));
+    if path.exists() {
+        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        return Ok((bytes, path, false));
+    }
+    let target = std::fs::read(target_path).map_err(|e| format!("layer {layer}: {e}"))?;
+    let base_bytes = match base {
+        Some(b) => std::fs::read(blob_path(data, b).ok_or("base")?).map_err(|e| format!("layer {b}: {e}"))?,
+        None => Vec::new(),
+    };
+    let bytes = transfer::encode(&base_bytes, &target).map_err(|e| e.to_string())?;
+    let tmp = dir.join(format!("{name}.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, &bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((bytes, path, true))
+}
+
+/// The base `layer` goes against, of `candidates`, with its payload (see
+/// the module doc). Returns (base, bytes, file, payloads built).
+fn choose(
+    dir: &Path,
+    data: &Path,
+    layer: &str,
+    target_path: &Path,
+    candidates: &[String],
+) -> Result<(Option<String>, Vec<u8>, PathBuf, usize), String> {
+    if candidates.len() <= 1 {
+        let base = candidates.first().cloned();
+        let (bytes, path, built) = payload(dir, data, base.as_deref(), layer, target_path)?;
+        return Ok((base, bytes, path, usize::from(built)));
+    }
+    let set = blake3::hash(candidates.join(",").as_bytes()).to_hex();
+    let choice = dir.join(format!("{}-{}.base", hex_of(layer), &set[..32]));
+    if let Some(base) = std::fs::read_to_string(&choice).ok().filter(|b| candidates.contains(b)) {
+        let (bytes, path, built) = payload(dir, data, Some(&base), layer, target_path)?;
+        return Ok((Some(base), bytes, path, usize::from(built)));
+    }
+    let mut tried = Vec::new();
+    for base in candidates {
+        let (bytes, path, built) = payload(dir, data, Some(base), layer, target_path)?;
+        tried.push((bytes.len(), base.clone(), bytes, path, built));
+    }
+    tried.sort_by_key(|t| t.0);
+    let built = tried.iter().filter(|t| t.4).count();
+    let mut tried = tried.into_iter();
+    let (_, base, bytes, path, _) = tried.next().expect("two candidates or more");
+    // The losers built now: no host was told of them.
+    for (_, _, _, loser, fresh) in tried {
+        if fresh {
+            let _ = std::fs::remove_file(loser);
+        }
+    }
+    let tmp = dir.join(format!("{}-{}.{}.tmp", hex_of(layer), &set[..32], std::process::id()));
+    std::fs::write(&tmp, &base)
+        .and_then(|()| std::fs::rename(&tmp, &choice))
+        .map_err(|e| format!("{}: {e}", choice.display()))?;
+    Ok((Some(base), bytes, path, built))
 }
 
 /// Plans (and builds, where not built yet) the transfer of `image` to a
@@ -148,24 +236,9 @@ pub fn plan(
         }
         let target_path = blob_path(data, layer).ok_or_else(|| format!("layer {layer:?}"))?;
         let len = std::fs::metadata(&target_path).map_err(|e| format!("layer {layer}: {e}"))?.len();
-        let base = choose_base(data, i, len, host_images).filter(|b| b != layer);
-        let name = format!("{}-{}", base.as_deref().map_or("whole", hex_of), hex_of(layer));
-        let payload = dir.join(format!("{name}.zst"));
-        let bytes = if payload.exists() {
-            std::fs::read(&payload).map_err(|e| format!("{}: {e}", payload.display()))?
-        } else {
-            let target = std::fs::read(&target_path).map_err(|e| format!("layer {layer}: {e}"))?;
-            let base_bytes = match &base {
-                Some(b) => std::fs::read(blob_path(data, b).ok_or("base")?).map_err(|e| format!("layer {b}: {e}"))?,
-                None => Vec::new(),
-            };
-            let bytes = transfer::encode(&base_bytes, &target).map_err(|e| e.to_string())?;
-            let tmp = dir.join(format!("{name}.{}.tmp", std::process::id()));
-            std::fs::write(&tmp, &bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
-            std::fs::rename(&tmp, &payload).map_err(|e| format!("{}: {e}", payload.display()))?;
-            plan.built += 1;
-            bytes
-        };
+        let candidates = candidates(data, i, len, host_images, layer);
+        let (base, bytes, payload, built) = choose(&dir, data, layer, &target_path, &candidates)?;
+        plan.built += built;
         plan.pieces.push(Piece {
             layer: layer.clone(),
             base,
@@ -259,7 +332,9 @@ mod tests {
         let decoded =
             transfer::decode(base_bytes.as_deref().unwrap_or(&[]), &std::fs::read(&new.payload).unwrap(), new.len);
         assert_eq!(decoded.unwrap(), fresh);
-        assert_eq!(plan.built, 2);
+        // One delta for the application layer; for the new one, a delta
+        // against each of the host's two layers (the smaller kept).
+        assert_eq!(plan.built, 3);
         // Another host with the same layers: nothing computed again.
         let again = super::plan(&data, &v2, &host, &[v1_layers]).unwrap();
         assert_eq!((again.built, again.payload_bytes()), (0, plan.payload_bytes()));
@@ -267,6 +342,44 @@ mod tests {
         let bare = super::plan(&data, &v2, &BTreeSet::new(), &[]).unwrap();
         assert!(bare.skipped.is_empty() && bare.pieces.iter().all(|p| p.base.is_none()));
         assert!(bare.payload_bytes() > plan.payload_bytes());
+        let _ = std::fs::remove_dir_all(&data);
+    }
+
+    #[test]
+    fn of_two_bases_the_same_size_the_one_that_makes_the_smaller_delta_wins_in_any_order() {
+        let data = std::env::temp_dir().join(format!("tern-transfers-choice-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        let v1 = noise(1 << 20, 11);
+        let v3 = noise(1 << 20, 13);
+        let mut v2 = v1.clone();
+        v2[500_000..504_096].copy_from_slice(&noise(4096, 12));
+        let (l1, l2, l3) = (put(&data, &v1), put(&data, &v2), put(&data, &v3));
+        let image = ImageRecord {
+            id: 2,
+            reference: "10.0.0.5:5000/app:2".into(),
+            status: "held".into(),
+            error: String::new(),
+            image_id: Some(put(&data, b"{\"config\":2}")),
+            layers: vec![l2.clone()],
+            size: 0,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let host: BTreeSet<String> = [l1.clone(), l3.clone()].into();
+        let first = plan(&data, &image, &host, &[vec![l3.clone()], vec![l1.clone()]]).unwrap();
+        assert_eq!(first.pieces[0].base.as_deref(), Some(l1.as_str()), "the version it was made from");
+        assert_eq!(first.built, 2, "a delta against each");
+        assert!(first.payload_bytes() < 16 << 10, "{}", first.payload_bytes());
+        let loser = data.join(TRANSFERS).join(format!("{}.zst", payload_name(Some(&l3), &l2)));
+        assert!(!loser.exists(), "the losing payload is not kept");
+        // The host listing its images the other way round: the same base,
+        // from the choice kept, nothing computed.
+        let again = plan(&data, &image, &host, &[vec![l1.clone()], vec![l3.clone()]]).unwrap();
+        assert_eq!((again.pieces[0].base.as_deref(), again.built), (Some(l1.as_str()), 0));
+        // Its payload gone: built again against the same base.
+        std::fs::remove_file(&again.pieces[0].payload).unwrap();
+        let rebuilt = plan(&data, &image, &host, &[vec![l3], vec![l1.clone()]]).unwrap();
+        assert_eq!((rebuilt.pieces[0].base.as_deref(), rebuilt.built), (Some(l1.as_str()), 1));
         let _ = std::fs::remove_dir_all(&data);
     }
 }

@@ -27,6 +27,19 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ("GET", "/api/images", "images", "List the images the server holds or is pulling."),
     ("GET", "/api/images/{id}", "images", "One image: status, image id, layers."),
     ("DELETE", "/api/images/{id}", "images", "Forget an image."),
+    (
+        "POST",
+        "/api/images/{id}/deliver",
+        "images",
+        "Deliver a held image to environments as a transfer (a delta against what each host has); 202.",
+    ),
+    (
+        "GET",
+        "/api/environments/{id}/transfer-limits",
+        "images",
+        "An environment's rate cap (kbit/s) and download window (UTC).",
+    ),
+    ("PUT", "/api/environments/{id}/transfer-limits", "images", "Set an environment's rate cap and download window."),
     // Private registries.
     (
         "POST",

@@ -23,59 +23,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::images::{build, finished, held_image, image_id_of, noise};
 use common::registry::Registry;
 use common::{AgentProcess, Api, Deadline, Objects, Server, docker, tempdir};
 use serde_json::{Value, json};
-
-/// Deterministic bytes that do not compress.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-/// `docker build` (the classic builder: no BuildKit needed) of `FROM base`
-/// plus `blob` at `/app/blob`, tagged `tag`.
-fn build(dir: &Path, base: &str, blob: &[u8], tag: &str) {
-    let ctx = dir.join(tag.replace([':', '/'], "-"));
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::write(ctx.join("blob"), blob).unwrap();
-    std::fs::write(ctx.join("Dockerfile"), format!("FROM {base}\nCOPY blob /app/blob\n")).unwrap();
-    let out =
-        Command::new("docker").args(["build", "-q", "-t", tag]).arg(&ctx).env("DOCKER_BUILDKIT", "0").output().unwrap();
-    assert!(out.status.success(), "docker build {tag}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-async fn held_image(api: &mut Api, reference: &str) -> Value {
-    let v = api.ok("POST", "/api/images", Some(json!({ "reference": reference })), 202).await;
-    let id = v["id"].as_u64().unwrap();
-    let deadline = Deadline::new(Duration::from_secs(60));
-    loop {
-        let v = api.ok("GET", &format!("/api/images/{id}"), None, 200).await;
-        if v["status"] == "held" {
-            return v;
-        }
-        assert_ne!(v["status"], "failed", "{v}");
-        deadline.tick(format_args!("image {reference}: {v}")).await;
-    }
-}
-
-async fn finished(api: &mut Api, command: u64, limit: Duration) -> Value {
-    let deadline = Deadline::new(limit);
-    loop {
-        let c = api.ok("GET", &format!("/api/commands/{command}"), None, 200).await;
-        if matches!(c["status"].as_str(), Some("ok" | "failed" | "rejected" | "cancelled")) {
-            return c;
-        }
-        deadline.tick(format_args!("command {command}: {c}")).await;
-    }
-}
 
 fn payload_bytes(output: &str) -> u64 {
     output
@@ -84,11 +35,6 @@ fn payload_bytes(output: &str) -> u64 {
         .and_then(|s| s.rsplit(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no payload figure in {output:?}"))
-}
-
-fn image_id_of(reference: &str) -> Option<String> {
-    let out = Command::new("docker").args(["image", "inspect", "--format", "{{.Id}}", reference]).output().unwrap();
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// Three versions of an image in a private registry and held by a server;
@@ -176,9 +122,8 @@ impl Lab {
 
     /// Delivers a version; returns its command.
     async fn deliver(&mut self, version: usize) -> u64 {
-        let path = format!("/api/images/{}/deliver", self.image(version));
-        let queued = self.api.ok("POST", &path, Some(json!({"environments": [self.env]})), 202).await;
-        queued[0]["command"].as_u64().unwrap()
+        let (image, env) = (self.image(version), self.env);
+        common::images::deliver(&mut self.api, image, env).await
     }
 
     async fn rate(&mut self, kbit: u64) {
@@ -207,6 +152,7 @@ impl Lab {
         let mut files: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(self.server.data.join("transfers"))
             .unwrap()
             .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "zst"))
             .map(|e| (e.metadata().unwrap().len(), e.path()))
             .collect();
         files.sort();

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod images;
+pub mod proxy;
 pub mod registry;
 
 use std::io::{BufRead, BufReader};

@@ -215,7 +215,7 @@ impl Registry {
     /// The docker CLI with this registry's client configuration directory
     /// (`DOCKER_CONFIG`), bounded to 120 s; panics with its output (and the
     /// registry's log) on failure.
-    fn client(&self, args: &[&str], stdin: Option<&str>) -> String {
+    pub fn client(&self, args: &[&str], stdin: Option<&str>) -> String {
         let mut child = Command::new("timeout")
             .arg("120")
             .arg("docker")

@@ -13,7 +13,11 @@
 //!   that does not exist, is refused and queues nothing;
 //! * a chunk that arrives wrong is refused and fetched again (four times,
 //!   then the command fails), and a payload that does not rebuild its
-//!   layer's digest is discarded: neither becomes a visible image.
+//!   layer's digest is discarded: neither becomes a visible image;
+//! * a stack naming an image the server holds gets it as a transfer before
+//!   the stack is touched (pre-fetch, then swap: while a rate-capped
+//!   fetch runs, the old container runs on), and a moving tag (`:latest`)
+//!   pulled again into the server is fetched again on the next deploy.
 
 #![cfg(all(feature = "agent", feature = "server"))]
 
@@ -25,7 +29,7 @@ use std::time::Duration;
 
 use common::images::{build, finished, held_image, image_id_of, noise};
 use common::registry::Registry;
-use common::{AgentProcess, Api, Deadline, Objects, Server, docker, tempdir};
+use common::{AgentProcess, Api, ComposeProject, Deadline, Objects, Server, docker, tempdir};
 use serde_json::{Value, json};
 
 fn payload_bytes(output: &str) -> u64 {
@@ -296,4 +300,106 @@ fn md5_of(bytes: &[u8]) -> u128 {
     let out = Command::new("md5sum").arg(&tmp).output().unwrap();
     let _ = std::fs::remove_file(&tmp);
     u128::from_str_radix(String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap(), 16).unwrap()
+}
+
+/// Points `tag` of the lab's repository at a version (pulled, tagged and
+/// pushed, then gone from the host again); returns its reference.
+fn point(lab: &Lab, version: usize, tag: &str) -> String {
+    let registry = lab.registry.as_ref().unwrap();
+    let from = &lab.refs[version - 1];
+    let to = format!("{}:{tag}", from.rsplit_once(':').unwrap().0);
+    let had = image_id_of(from).is_some();
+    registry.client(&["pull", from], None);
+    docker(&["tag", from, &to]);
+    registry.client(&["push", &to], None);
+    docker(&["rmi", &to]);
+    if !had {
+        docker(&["rmi", from]);
+    }
+    to
+}
+
+/// The stack's deployment on the lab's environment.
+async fn deployment(lab: &mut Lab, stack: u64) -> Value {
+    let s = lab.api.ok("GET", &format!("/api/stacks/{stack}"), None, 200).await;
+    s["environments"].as_array().unwrap().iter().find(|d| d["environment"] == lab.env).cloned().unwrap_or(Value::Null)
+}
+
+async fn wait_deployment(lab: &mut Lab, stack: u64, version: u64, want: &str) -> Value {
+    let deadline = Deadline::new(Duration::from_secs(120));
+    loop {
+        let d = deployment(lab, stack).await;
+        assert_ne!(d["status"], "failed", "{d}");
+        if d["version"] == version && d["status"] == want {
+            return d;
+        }
+        deadline.tick(format_args!("stack {stack} v{version} {want}: {d}")).await;
+    }
+}
+
+fn stack_container(project: &str) -> String {
+    let names = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=com.docker.compose.project={project}"),
+        "--format",
+        "{{.Names}}",
+    ]);
+    let names: Vec<&str> = names.lines().collect();
+    assert_eq!(names.len(), 1, "one container: {names:?}");
+    names[0].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stack_gets_its_held_images_as_transfers_before_it_is_switched_and_a_moving_tag_is_fetched_again() {
+    let mut lab = Lab::new("xfer-stack").await;
+    let mut agent = lab.agent("agent.log");
+    let project = format!("tern-test-xfer-stack-{}", std::process::id());
+    let _project = ComposeProject(project.clone());
+
+    // `:latest` is version 2; the server holds it.
+    let latest = point(&lab, 2, "latest");
+    let held = held_image(&mut lab.api, &latest).await;
+    assert_eq!(held["image_id"].as_str(), lab.image_id(2));
+    assert!(image_id_of(&latest).is_none() && image_id_of(&lab.refs[1]).is_none());
+
+    let compose = "services:\n  app:\n    image: ${REF}\n    command: [\"/bin/busybox\", \"sh\", \"-c\", \"trap 'exit 0' TERM; while :; do /bin/busybox sleep 1; done\"]\n";
+    let body =
+        json!({"name": project, "compose": compose, "env": {"REF": latest}, "targets": {"environments": [lab.env]}});
+    let s = lab.api.ok("POST", "/api/stacks", Some(body), 201).await;
+    let stack = s["id"].as_u64().unwrap();
+    let d = wait_deployment(&mut lab, stack, 1, "running").await;
+    let container = stack_container(&project);
+    assert_eq!(docker(&["inspect", "--format", "{{.Image}}", &container]).trim(), lab.image_id(2).unwrap());
+    // It came as a transfer (a delta against version 1), not a pull.
+    let c = lab.api.ok("GET", &format!("/api/commands/{}", d["command"]), None, 200).await;
+    let output = c["output"].as_str().unwrap_or_default();
+    assert!(output.contains("1 already here, 1 fetched"), "{c}");
+    assert!(payload_bytes(output) < 16 << 10, "{c}");
+
+    // `:latest` moves to version 3, pulled again into the server; a
+    // redeploy fetches it (3 MiB at 2 Mbit/s: some 12 s), and all that
+    // time the container of version 2 runs on, untouched.
+    let latest3 = point(&lab, 3, "latest");
+    assert_eq!(latest3, latest);
+    let again = held_image(&mut lab.api, &latest).await;
+    assert_eq!(again["image_id"].as_str(), lab.image_id(3), "the tag moved");
+    lab.rate(2000).await;
+    let update = json!({"env": {"REF": latest}});
+    lab.api.ok("PUT", &format!("/api/stacks/{stack}"), Some(update), 200).await;
+    wait_deployment(&mut lab, stack, 2, "fetching").await;
+    lab.part(512 << 10).await;
+    assert_eq!(
+        docker(&["inspect", "--format", "{{.State.Running}} {{.Image}}", &container]).trim(),
+        format!("true {}", lab.image_id(2).unwrap()),
+        "the old container runs on while the new image travels"
+    );
+    let d = wait_deployment(&mut lab, stack, 2, "running").await;
+    let container = stack_container(&project);
+    assert_eq!(docker(&["inspect", "--format", "{{.Image}}", &container]).trim(), lab.image_id(3).unwrap());
+    let c = lab.api.ok("GET", &format!("/api/commands/{}", d["command"]), None, 200).await;
+    assert!(c["output"].as_str().unwrap_or_default().contains("1 fetched"), "{c}");
+    lab.rate(0).await;
+    agent.stop();
 }

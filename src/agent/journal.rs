@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 
 use super::run::Engine;
 use super::store::{Journal, Store, StoreError, StoredCommand, StoredResult};
-use crate::wire::poll::{Action, Command, ContainerOp, ResultStatus};
+use crate::wire::poll::{Action, Command, ContainerOp, PHASE_FETCHING_IMAGES, ResultStatus};
 
 /// The text of a result the agent cannot settle after a restart.
 pub const UNCERTAIN: &str = "the agent restarted while this command was running; it may or may not have taken effect";
@@ -161,8 +161,14 @@ pub fn recover(ledger: &Ledger, now: i64) -> (Vec<(u64, Action, i64)>, Vec<Comma
             match (decode_action(&c.action), c.started_at) {
                 (None, _) => unreadable.push(id),
                 // Reading logs changes nothing: run it again. A transfer
-                // resumes where it stopped (its verified chunks are on disk).
-                (Some(action @ (Action::ContainerLogs(..) | Action::ImageFetch(_))), _) | (Some(action), None) => {
+                // resumes where it stopped (its verified chunks are on disk),
+                // and so does a stack deploy that fetches its images (a
+                // deploy again is the same deploy).
+                (Some(action), _) if runs_again(&action) => {
+                    c.started_at = None;
+                    rerun.push(Command { id, action });
+                }
+                (Some(action), None) => {
                     c.started_at = None;
                     rerun.push(Command { id, action });
                 }
@@ -176,6 +182,14 @@ pub fn recover(ledger: &Ledger, now: i64) -> (Vec<(u64, Action, i64)>, Vec<Comma
         }
         (settle, rerun)
     })
+}
+
+fn runs_again(action: &Action) -> bool {
+    match action {
+        Action::ContainerLogs(..) | Action::ImageFetch(_) => true,
+        Action::StackDeploy(s) => !s.images.is_empty(),
+        _ => false,
+    }
 }
 
 /// What became of a container command, from the container's state (`None`:
@@ -212,6 +226,7 @@ pub async fn work<E: Engine>(
     done: mpsc::UnboundedSender<u64>,
 ) {
     let now = super::run::now_unix;
+    let stacks = StackTurns::default();
     for (id, action, started_at) in interrupted {
         let settled = engine.settle(&action, started_at).await;
         tracing::warn!(command = id, ?settled, "the agent stopped while this command ran; the engine was asked");
@@ -273,6 +288,26 @@ pub async fn work<E: Engine>(
         if !ledger.read(|j| j.received.get(&cmd.id).is_some_and(|c| c.started_at.is_some())) {
             continue;
         }
+        let stack = match &cmd.action {
+            Action::StackDeploy(s) => Some(s.name.clone()),
+            Action::StackRemove(name) => Some(name.clone()),
+            _ => None,
+        };
+        if let Some(name) = &stack {
+            stacks.lock().await.insert(name.clone(), cmd.id);
+        }
+        if matches!(&cmd.action, Action::StackDeploy(s) if !s.images.is_empty()) {
+            // Its images come from the server first, beside the queue (a
+            // transfer may take hours); the stack is touched only once
+            // they are all here.
+            ledger.record(|j| {
+                j.results.insert(cmd.id, stored(cmd.id, ResultStatus::Progress, "", &[], PHASE_FETCHING_IMAGES, now()))
+            });
+            let _ = done.send(cmd.id);
+            let (engine, ledger, done, stacks) = (engine.clone(), ledger.clone(), done.clone(), stacks.clone());
+            tokio::spawn(async move { fetch_then_deploy(&*engine, &ledger, cmd, &done, &stacks).await });
+            continue;
+        }
         // Long commands say what step they are at before they start.
         let phase = match cmd.action {
             Action::StackDeploy(_) => Some("deploying"),
@@ -297,10 +332,85 @@ pub async fn work<E: Engine>(
             tokio::spawn(async move { finish(&*engine, &ledger, cmd, &done).await });
             continue;
         }
+        // A stack's commands run one at a time with those that fetched
+        // their images first.
+        let _stack = match &stack {
+            Some(_) => Some(stacks.lock().await),
+            None => None,
+        };
         if !finish(&*engine, &ledger, cmd, &done).await {
             return;
         }
     }
+}
+
+/// The last command the queue took for each stack (by name): a deploy
+/// whose images came after a later command for its stack was taken is
+/// superseded. Held while a stack command runs.
+type StackTurns = Arc<tokio::sync::Mutex<std::collections::HashMap<String, u64>>>;
+
+/// A stack deploy naming images the server holds: each is fetched (or
+/// found here already), then, unless a later command for the stack came
+/// meanwhile, the stack is deployed. The output lists what each fetch
+/// carried.
+async fn fetch_then_deploy<E: Engine>(
+    engine: &E,
+    ledger: &Ledger,
+    cmd: Command,
+    done: &mpsc::UnboundedSender<u64>,
+    stacks: &StackTurns,
+) {
+    let now = super::run::now_unix;
+    let Action::StackDeploy(spec) = &cmd.action else { return };
+    let mut output = Vec::new();
+    let mut failed = None;
+    for f in &spec.images {
+        match engine.run(&Action::ImageFetch(f.clone())).await {
+            Ok(out) => {
+                output.extend_from_slice(&out);
+                output.push(b'\n');
+            }
+            Err(e) => {
+                failed = Some(format!("image {}: {e}; the stack was not touched", f.reference));
+                break;
+            }
+        }
+    }
+    let result = match failed {
+        Some(e) => stored(cmd.id, ResultStatus::Failed, &e, &output, "", now()),
+        None => {
+            let turns = stacks.lock().await;
+            match turns.get(&spec.name) {
+                Some(&later) if later != cmd.id => stored(
+                    cmd.id,
+                    ResultStatus::Failed,
+                    &format!("superseded by command {later} for this stack, which came while its images were fetched"),
+                    &output,
+                    "",
+                    now(),
+                ),
+                _ => {
+                    ledger.record(|j| {
+                        j.results.insert(cmd.id, stored(cmd.id, ResultStatus::Progress, "", &[], "deploying", now()))
+                    });
+                    let _ = done.send(cmd.id);
+                    match engine.run(&cmd.action).await {
+                        Ok(out) => {
+                            output.extend_from_slice(&out);
+                            stored(cmd.id, ResultStatus::Ok, "", &output, "", now())
+                        }
+                        Err(e) => stored(cmd.id, ResultStatus::Failed, &e, &output, "", now()),
+                    }
+                }
+            }
+        }
+    };
+    tracing::info!(command = cmd.id, status = %result.status, error = %result.error, "command finished");
+    ledger.record(|j| {
+        j.received.remove(&cmd.id);
+        j.results.insert(cmd.id, result);
+    });
+    let _ = done.send(cmd.id);
 }
 
 /// Runs a command that has started and records its result. False when
@@ -361,15 +471,131 @@ mod tests {
         j.received.insert(3, StoredCommand { action: encode_action(&logs), started_at: Some(60) });
         j.received.insert(4, waiting(&stop));
         j.received.insert(5, StoredCommand { action: "!!".into(), started_at: None });
+        let fetching = Action::StackDeploy(crate::wire::poll::StackSpec {
+            name: "web".into(),
+            images: vec![crate::wire::poll::ImageFetch {
+                reference: "app:2".into(),
+                image_id: format!("sha256:{}", "ab".repeat(32)),
+            }],
+            ..Default::default()
+        });
+        let plain = Action::StackDeploy(crate::wire::poll::StackSpec { name: "db".into(), ..Default::default() });
+        j.received.insert(6, StoredCommand { action: encode_action(&fetching), started_at: Some(65) });
+        j.received.insert(7, StoredCommand { action: encode_action(&plain), started_at: Some(66) });
         let ledger = Ledger::new(j, store);
         let (settle, rerun) = recover(&ledger, 70);
-        assert_eq!(settle, vec![(2, stop.clone(), 50)]);
-        assert_eq!(rerun.iter().map(|c| c.id).collect::<Vec<_>>(), [3, 4], "logs run again, and what never started");
+        assert_eq!(settle, vec![(2, stop.clone(), 50), (7, plain, 66)]);
+        assert_eq!(
+            rerun.iter().map(|c| c.id).collect::<Vec<_>>(),
+            [3, 4, 6],
+            "logs run again, a stack deploy that fetches its images, and what never started"
+        );
         ledger.read(|j| {
             assert_eq!(j.results[&1].error, UNCERTAIN, "an old journal's running command");
             assert!(j.results[&5].error.contains("unreadable"));
             assert!(j.running.is_empty() && !j.received.contains_key(&5));
         });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Stack commands in the order the engine ran them; image fetches wait
+    /// for the gate.
+    #[derive(Default)]
+    struct StackEngine {
+        ran: Mutex<Vec<String>>,
+        gate: tokio::sync::Notify,
+    }
+
+    impl Engine for StackEngine {
+        async fn state(&self) -> Result<crate::sync::State, String> {
+            Err("no state".into())
+        }
+        async fn run(&self, action: &Action) -> Result<Vec<u8>, String> {
+            let what = match action {
+                Action::ImageFetch(f) => {
+                    self.gate.notified().await;
+                    return Ok(format!("fetched {}", f.reference).into_bytes());
+                }
+                Action::StackDeploy(s) => format!("deploy {} v{}", s.name, s.version),
+                Action::StackRemove(name) => format!("remove {name}"),
+                other => format!("{other:?}"),
+            };
+            self.ran.lock().unwrap().push(what);
+            Ok(Vec::new())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stack_deploy_fetches_beside_the_queue_and_a_later_command_for_its_stack_supersedes_it() {
+        let dir = std::env::temp_dir().join(format!("tern-journal-stacks-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let image = crate::wire::poll::ImageFetch {
+            reference: "10.0.0.5:5000/app:2".into(),
+            image_id: format!("sha256:{}", "ab".repeat(32)),
+        };
+        let deploy = |version| {
+            Action::StackDeploy(crate::wire::poll::StackSpec {
+                name: "web".into(),
+                version,
+                images: vec![image.clone()],
+                ..Default::default()
+            })
+        };
+        let commands = [
+            (1, deploy(1)),
+            (2, Action::StackRemove("web".into())),
+            (3, Action::ContainerLogs(crate::sync::state::Id([1; 32]), 5)),
+            (4, deploy(2)),
+        ];
+        let mut j = Journal::default();
+        for (id, a) in &commands {
+            j.received.insert(*id, waiting(a));
+        }
+        let ledger = Ledger::new(j, Store::open(&dir).unwrap());
+        let engine = Arc::new(StackEngine::default());
+        let (queue_tx, queue) = mpsc::unbounded_channel();
+        // Results are read off the journal; the receiver stays open (the
+        // worker stops when nobody listens).
+        let (done, _finished) = mpsc::unbounded_channel();
+        let worker = tokio::spawn(work(engine.clone(), ledger.clone(), Vec::new(), queue, done));
+        let result = |id: u64| ledger.read(|j| j.results.get(&id).cloned());
+        let wait_for = |id: u64, want: fn(&StoredResult) -> bool| {
+            let ledger = ledger.clone();
+            async move {
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                loop {
+                    let r = ledger.read(|j| j.results.get(&id).cloned());
+                    if r.as_ref().is_some_and(want) {
+                        return;
+                    }
+                    assert!(std::time::Instant::now() < deadline, "command {id}: {r:?}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        for (id, action) in commands.iter().take(3) {
+            queue_tx.send(Command { id: *id, action: action.clone() }).unwrap();
+        }
+        // The deploy waits for its image; the queue goes on without it.
+        wait_for(3, |r| r.status == "ok").await;
+        assert_eq!(result(1).unwrap().phase, PHASE_FETCHING_IMAGES);
+        assert_eq!(engine.ran.lock().unwrap().len(), 2);
+        assert_eq!(engine.ran.lock().unwrap()[0], "remove web");
+        // Its image here, it finds the removal came after it: not deployed.
+        engine.gate.notify_one();
+        wait_for(1, |r| r.status == "failed").await;
+        assert!(result(1).unwrap().error.contains("superseded by command 2"), "{:?}", result(1));
+        assert_eq!(engine.ran.lock().unwrap().len(), 2, "{:?}", engine.ran.lock().unwrap());
+        // The next deploy, the latest for its stack, deploys once fetched.
+        queue_tx.send(Command { id: 4, action: commands[3].1.clone() }).unwrap();
+        wait_for(4, |r| r.phase == PHASE_FETCHING_IMAGES).await;
+        engine.gate.notify_one();
+        wait_for(4, |r| r.status == "ok").await;
+        assert!(result(4).unwrap().output.contains("fetched 10.0.0.5:5000/app:2"));
+        assert_eq!(engine.ran.lock().unwrap().last().map(String::as_str), Some("deploy web v2"));
+        assert!(ledger.read(|j| j.received.is_empty()));
+        drop(queue_tx);
+        worker.await.unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -36,7 +36,7 @@ use tern::sync::state::Id;
 use tern::sync::{Delta, State, apply, diff};
 use tern::wire::codec::{Codec, Limits};
 use tern::wire::poll::{
-    Action, AgentInfo, Command, CommandResult, ContainerOp, Intervals, JobRun, JobSpec, PollReply, PollRequest,
+    Action, AgentInfo, ImageFetch, Command, CommandResult, ContainerOp, Intervals, JobRun, JobSpec, PollReply, PollRequest,
     ResultStatus, StackSpec,
 };
 
@@ -211,6 +211,10 @@ fn replies(codec: &mut Codec) -> Result<Seeds, Box<dyn std::error::Error>> {
             compose,
             env: [("NGINX_TAG".to_owned(), "1.25.3".to_owned())].into(),
             version: 2,
+            images: vec![ImageFetch {
+                reference: "10.0.0.5:5000/shop/web:2".into(),
+                image_id: "sha256:".to_owned() + &"cd".repeat(32),
+            }],
         }),
         Action::StackRemove("shop".into()),
         Action::Job(JobSpec {

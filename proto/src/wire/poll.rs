@@ -230,6 +230,10 @@ pub enum Action {
     ImageFetch(ImageFetch),
 }
 
+/// The phase of a stack deploy whose images the agent is fetching from the
+/// server (the stack is not touched yet).
+pub const PHASE_FETCHING_IMAGES: &str = "fetching images";
+
 /// An image to fetch from the server (see `wire::transfer`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ImageFetch {
@@ -250,6 +254,10 @@ pub struct StackSpec {
     pub env: std::collections::BTreeMap<String, String>,
     /// The server's version of the stack.
     pub version: u32,
+    /// The services' images the server holds, fetched as transfers before
+    /// the stack is deployed (pre-fetch, then swap); the others are pulled
+    /// from their registry as before.
+    pub images: Vec<ImageFetch>,
 }
 
 /// An edge job.
@@ -500,6 +508,11 @@ impl Action {
                 compose: st.compose.clone(),
                 env: st.env.clone(),
                 version: st.version,
+                images: st
+                    .images
+                    .iter()
+                    .map(|f| pb::ImageFetch { reference: f.reference.clone(), image_id: f.image_id.clone() })
+                    .collect(),
             }),
             Action::StackRemove(name) => A::StackRemove(pb::StackRemove { name: name.clone() }),
             Action::Job(j) => A::Job(pb::Job {
@@ -542,7 +555,20 @@ impl Action {
             Some(A::NetworkRemove(n)) => Action::NetworkRemove(id(&n.network_id)?),
             Some(A::ContainerLogs(l)) => Action::ContainerLogs(id(&l.container_id)?, l.tail),
             Some(A::StackDeploy(st)) => {
-                Action::StackDeploy(StackSpec { name: st.name, compose: st.compose, env: st.env, version: st.version })
+                let mut images = Vec::with_capacity(st.images.len());
+                for f in st.images {
+                    if crate::wire::transfer::digest_bytes(&f.image_id).is_none() {
+                        return Err(PollError::UnknownAction(0));
+                    }
+                    images.push(ImageFetch { reference: f.reference, image_id: f.image_id });
+                }
+                Action::StackDeploy(StackSpec {
+                    name: st.name,
+                    compose: st.compose,
+                    env: st.env,
+                    version: st.version,
+                    images,
+                })
             }
             Some(A::StackRemove(st)) => Action::StackRemove(st.name),
             Some(A::Job(j)) => Action::Job(JobSpec {

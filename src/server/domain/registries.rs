@@ -163,6 +163,7 @@ mod tests {
             compose: "services:\n  a:\n    image: ${REG}/team/a:2\n  b:\n    image: busybox\n".into(),
             env,
             version: 1,
+            images: Vec::new(),
         };
         let job = JobSpec { job: 1, image: "10.0.0.5:5000/tools".into(), ..JobSpec::default() };
         let both = credentials_for(&tx, &key, &[cmd(1, Action::StackDeploy(stack)), cmd(2, Action::Job(job))]).unwrap();

@@ -20,12 +20,25 @@
 //!   again retries the environments whose removal failed, and once it is
 //!   `removed`, purges its record.
 //!
+//! * **Images the server holds travel as transfers.** A deploy names, for
+//!   each service image the server holds (`tern image pull`), the image id
+//!   it holds under that reference, resolved when the deploy is queued: the
+//!   agent fetches those as deltas against what its host has, beside its
+//!   command queue, and only then touches the running stack (pre-fetch,
+//!   then swap). A moving tag (`:latest`) pulled again into the server
+//!   gets a new image id, so the next deploy of the stack fetches it. Other
+//!   images are pulled from their registry by the host, as before.
+//!
 //! Each operation applies whole or not at all ([`super::atomic`]).
 
+use std::collections::BTreeSet;
+use std::path::Path;
+
 use super::atomic;
+use crate::compose::Project;
 use crate::server::store::stacks::{NewStack, StackChange, StackError};
 use crate::server::store::{StoreError, Transaction};
-use crate::wire::poll::Action;
+use crate::wire::poll::{Action, ImageFetch, StackSpec};
 
 /// What removing a stack did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,9 +88,35 @@ pub fn reconcile(
     })
 }
 
+/// The stack's spec with the held images its services name (see the module
+/// doc).
+fn deployable(tx: &(impl Transaction + ?Sized), stack: u64) -> Result<StackSpec, StackError> {
+    let mut spec = tx.stack_spec(stack)?;
+    // Stored stacks were checked when written; one that no longer parses
+    // (an older server's) deploys as before, and the agent says why.
+    let Ok(project) = Project::parse(&spec.name, &spec.compose, &spec.env, Path::new("/")) else {
+        return Ok(spec);
+    };
+    let references: BTreeSet<&str> =
+        project.services.values().map(|s| s.image.as_str()).filter(|i| !i.is_empty()).collect();
+    for reference in references {
+        // `app` is `app:latest`, as the engine reads it.
+        let tagged = (!reference.contains('@') && !reference.rsplit('/').next().unwrap_or("").contains(':'))
+            .then(|| format!("{reference}:latest"));
+        let held = match tx.held_reference(reference)? {
+            Some(id) => Some(id),
+            None => tagged.as_deref().map(|t| tx.held_reference(t)).transpose()?.flatten(),
+        };
+        if let Some(image_id) = held {
+            spec.images.push(ImageFetch { reference: reference.to_owned(), image_id });
+        }
+    }
+    Ok(spec)
+}
+
 fn deploy_pairs(tx: &(impl Transaction + ?Sized), pairs: &[(u64, u64)], now: i64) -> Result<usize, StackError> {
     for &(stack, env) in pairs {
-        let spec = tx.stack_spec(stack)?;
+        let spec = deployable(tx, stack)?;
         let version = spec.version;
         send(tx, stack, env, &Action::StackDeploy(spec), version, false, now)?;
     }
@@ -120,7 +159,7 @@ pub trait StackRules: Transaction {
     fn update_stack(&self, id: u64, change: &StackChange, now: i64) -> Result<(), StackError> {
         atomic(self, || {
             self.revise_stack(id, change.compose.as_deref(), change.env.as_ref(), now)?;
-            let spec = self.stack_spec(id)?;
+            let spec = deployable(self, id)?;
             let deployed = self.stack_deployments(id)?;
             let targeted = match &change.targets {
                 Some(targets) => {

@@ -21,6 +21,7 @@
 //! |---|---|---|
 //! | queued, sent | pending | removing |
 //! | delivered | acknowledged | removing |
+//! | phase `fetching images` (its held images, as transfers) | fetching | |
 //! | phase `deploying` / `removing` | deploying | removing |
 //! | ok | running | removed |
 //! | failed, rejected | failed (with the error) | failed (with the error) |
@@ -53,6 +54,10 @@ pub fn status_window(effective: Intervals, reported: Option<Intervals>) -> i64 {
     2 * own.max(agent) + STATUS_SLACK
 }
 
+/// The phase an agent reports while it fetches a stack's images from the
+/// server, before it touches the running stack.
+pub const FETCHING_IMAGES: &str = crate::wire::poll::PHASE_FETCHING_IMAGES;
+
 /// The status of a stack on one environment (see the module doc) from its
 /// last command's status and phase, and whether that command removes it.
 #[must_use]
@@ -64,6 +69,7 @@ pub fn deployment_status(removing: bool, status: Option<&str>, phase: Option<&st
         (Some("failed" | "rejected"), _) => "failed",
         (Some("cancelled"), _) => "cancelled",
         (Some(_), true) => "removing",
+        (Some("delivered"), false) if phase == Some(FETCHING_IMAGES) => "fetching",
         (Some("delivered"), false) if phase.is_some_and(|p| !p.is_empty()) => "deploying",
         (Some("delivered"), false) => "acknowledged",
         // Queued, sent (not yet recorded by the agent).

@@ -85,6 +85,13 @@ pub trait ImageStore {
     /// When the database fails.
     fn held_image(&self, image_id: &str) -> Result<Option<ImageRecord>, StoreError>;
 
+    /// The image id of the held image of this reference, if the server
+    /// holds one (what a stack naming it is sent as a transfer).
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn held_reference(&self, reference: &str) -> Result<Option<String>, StoreError>;
+
     /// Accepts a transfer request's counter: raises the environment's
     /// transfer counter to it only if it is higher (a conditional update,
     /// so two racing requests cannot both pass), and only for an
@@ -214,6 +221,17 @@ impl ImageStore for Tx<'_> {
             .optional()?
             .map(finish)
             .transpose()
+    }
+
+    fn held_reference(&self, reference: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT image_id FROM images WHERE reference = ?1 AND status = 'held' AND image_id IS NOT NULL",
+                [reference],
+                |r| r.get(0),
+            )
+            .optional()?)
     }
 
     fn accept_transfer(&self, environment: u64, counter: u64) -> Result<bool, StoreError> {

@@ -462,7 +462,7 @@ impl Tx<'_> {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })?;
         let env = serde_json::from_str(&env).map_err(|_| StoreError::Corrupt { what: "stack env", environment: 0 })?;
-        Ok(StackSpec { name, compose, env, version: u32::try_from(version).unwrap_or(u32::MAX) })
+        Ok(StackSpec { name, compose, env, version: u32::try_from(version).unwrap_or(u32::MAX), images: Vec::new() })
     }
 
     fn targets_of(&self, stack: i64) -> Result<Vec<Target>, StackError> {

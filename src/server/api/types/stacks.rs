@@ -54,7 +54,8 @@ pub struct DeploymentView {
     pub environment: u64,
     /// Its name.
     pub environment_name: String,
-    /// pending, acknowledged, deploying, running, failed; removing,
+    /// pending, acknowledged, fetching (its held images, as transfers;
+    /// the running stack untouched), deploying, running, failed; removing,
     /// removed; cancelled.
     pub status: String,
     /// The agent's error, when failed.

@@ -232,8 +232,22 @@ impl Api {
     /// # Errors
     /// When the server cannot be reached or answers with an error.
     pub fn call(&mut self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
-        let method = hyper::Method::from_bytes(method.as_bytes())?;
         let body = body.map(serde_json::to_vec).transpose()?;
+        self.call_with(method, path, body)
+    }
+
+    /// `method path` with a body of raw bytes (an image upload's piece),
+    /// read as the typed reply `T`.
+    ///
+    /// # Errors
+    /// As [`Self::send`].
+    pub fn send_bytes<T: DeserializeOwned>(&mut self, method: &str, path: &str, body: Vec<u8>) -> anyhow::Result<T> {
+        let v = self.call_with(method, path, Some(body))?;
+        typed(v, method, path)
+    }
+
+    fn call_with(&mut self, method: &str, path: &str, body: Option<Vec<u8>>) -> anyhow::Result<Value> {
+        let method = hyper::Method::from_bytes(method.as_bytes())?;
         let (status, reply) = self
             .rt
             .block_on(self.client.api(method.clone(), path, &self.token, body))

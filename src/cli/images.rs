@@ -1,11 +1,12 @@
 //! `tern image`: images the server holds (pulled from their registry, with
 //! a registered registry's credentials), through the server's API.
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 
 use super::{Api, ApiArgs};
 use crate::server::api::types::{
-    CommandView, DeliverImage, DeliveryView, HeldImageView, PullImage, TransferLimitsView,
+    BlobDone, BlobQuery, CommandView, DeliverImage, DeliveryView, HeldImageView, MissingBlob, MissingBlobs, PullImage,
+    PushImage, TransferLimitsView,
 };
 
 /// `tern image ...`
@@ -26,6 +27,18 @@ pub enum ImageCommand {
     Rm {
         /// Its id (from `tern image list`).
         id: u64,
+    },
+    /// Upload an image from this machine's Docker engine to the server,
+    /// which then holds it (for images in no registry the server can
+    /// reach): only the layers the server lacks travel, zstd-compressed,
+    /// in pieces; run it again after a link drop and it resumes.
+    Push {
+        /// The image in the engine (a tag or an id).
+        image: String,
+        /// The reference the server holds it by, and hosts tag it as
+        /// (default: IMAGE).
+        #[arg(long = "as")]
+        reference: Option<String>,
     },
     /// Send a held image to environments as transfers: each host fetches
     /// only the layers it lacks, as deltas against the layers it has, and
@@ -101,6 +114,14 @@ pub fn run(command: ImageCommand, args: &ApiArgs) -> anyhow::Result<()> {
                 println!("image {id} removed");
             }
         }
+        ImageCommand::Push { image, reference } => {
+            let reference = reference.unwrap_or_else(|| image.clone());
+            let (held, summary) = push(&mut api, &image, &reference)?;
+            api.show(&held, |i| {
+                line(i);
+                println!("{summary}");
+            });
+        }
         ImageCommand::Deliver { image, env, wait, timeout } => deliver(&mut api, &image, &env, wait, timeout)?,
         ImageCommand::Limits { env, rate_kbit, window } => {
             let id = super::fleet::env_id(&mut api, &env)?;
@@ -172,4 +193,200 @@ fn deliver(api: &mut Api, image: &str, envs: &[String], wait: bool, timeout: u64
         bail!("the transfer failed on environments {failed:?}");
     }
     Ok(())
+}
+
+/// What `docker save` wrote, as far as a push needs it.
+struct Saved {
+    /// The config, byte for byte.
+    config: String,
+    /// The layers' `diff_id`s, bottom first.
+    diff_ids: Vec<String>,
+    /// Each layer's tar's path in the archive (links followed).
+    layer_paths: Vec<String>,
+}
+
+/// `a/../b/layer.tar` → `b/layer.tar`.
+fn normalize(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for p in path.split('/') {
+        match p {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    parts.join("/")
+}
+
+/// Reads the manifest, the config and the links of a `docker save`
+/// archive (the legacy layout of Docker before 25, `<id>/layer.tar`, and
+/// the OCI one after, `blobs/sha256/<hex>`).
+fn read_saved(archive: &std::path::Path) -> anyhow::Result<Saved> {
+    use std::io::Read;
+    let mut files: std::collections::HashMap<String, Vec<u8>> = std::collections::HashMap::new();
+    let mut links: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let mut small = Vec::new();
+    let mut tar = tar::Archive::new(std::fs::File::open(archive)?);
+    for entry in tar.entries()? {
+        let mut entry = entry?;
+        let path = normalize(&entry.path()?.to_string_lossy());
+        if entry.header().entry_type().is_symlink() {
+            if let Some(target) = entry.link_name()? {
+                let dir = path.rsplit_once('/').map_or("", |(d, _)| d).to_owned();
+                links.insert(path, normalize(&format!("{dir}/{}", target.to_string_lossy())));
+            }
+            continue;
+        }
+        // The manifest and configs are small; layers are read later.
+        if entry.size() <= (crate::wire::transfer::MAX_CONFIG as u64) {
+            small.clear();
+            entry.read_to_end(&mut small)?;
+            files.insert(path, small.clone());
+        }
+    }
+    let resolve = |p: &str| {
+        let mut p = normalize(p);
+        for _ in 0..8 {
+            match links.get(&p) {
+                Some(t) => p = t.clone(),
+                None => break,
+            }
+        }
+        p
+    };
+    let manifest: serde_json::Value =
+        serde_json::from_slice(files.get("manifest.json").context("docker save wrote no manifest.json")?)?;
+    let first = &manifest[0];
+    let config_path = resolve(first["Config"].as_str().context("the manifest names no config")?);
+    let config = String::from_utf8(files.get(&config_path).context("the config is not in the archive")?.clone())
+        .context("the config is not UTF-8")?;
+    let parsed: serde_json::Value = serde_json::from_str(&config)?;
+    let diff_ids: Vec<String> = parsed["rootfs"]["diff_ids"]
+        .as_array()
+        .context("the config has no rootfs.diff_ids")?
+        .iter()
+        .filter_map(|d| d.as_str().map(str::to_owned))
+        .collect();
+    let layer_paths: Vec<String> = first["Layers"]
+        .as_array()
+        .context("the manifest names no layers")?
+        .iter()
+        .filter_map(|l| l.as_str().map(&resolve))
+        .collect();
+    if layer_paths.len() != diff_ids.len() {
+        bail!("the manifest names {} layers, the config {}", layer_paths.len(), diff_ids.len());
+    }
+    Ok(Saved { config, diff_ids, layer_paths })
+}
+
+/// Compresses the archive's entries at `wanted` (path → file to write).
+fn compress_layers(
+    archive: &std::path::Path,
+    wanted: &std::collections::HashMap<String, std::path::PathBuf>,
+) -> anyhow::Result<std::collections::HashMap<String, u64>> {
+    let mut sizes = std::collections::HashMap::new();
+    let mut tar = tar::Archive::new(std::fs::File::open(archive)?);
+    for entry in tar.entries()? {
+        let mut entry = entry?;
+        let path = normalize(&entry.path()?.to_string_lossy());
+        let Some(out) = wanted.get(&path) else { continue };
+        if sizes.contains_key(&path) {
+            continue;
+        }
+        let file = std::fs::File::create(out)?;
+        let mut enc = zstd::stream::write::Encoder::new(file, tern_proto::transfer::LEVEL)?;
+        enc.long_distance_matching(true)?;
+        let n = std::io::copy(&mut entry, &mut enc)?;
+        enc.finish()?.sync_all()?;
+        sizes.insert(path, n);
+    }
+    Ok(sizes)
+}
+
+/// Uploads the layers of `image` the server lacks, then its config.
+fn push(api: &mut Api, image: &str, reference: &str) -> anyhow::Result<(HeldImageView, String)> {
+    let dir = std::env::temp_dir().join(format!("tern-push-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let r = push_in(api, image, reference, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
+fn push_in(
+    api: &mut Api,
+    image: &str,
+    reference: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<(HeldImageView, String)> {
+    let archive = dir.join("image.tar");
+    let out = std::process::Command::new("docker")
+        .args(["image", "save", "-o"])
+        .arg(&archive)
+        .arg(image)
+        .output()
+        .context("running docker (tern image push reads the image with `docker image save`)")?;
+    if !out.status.success() {
+        bail!("docker image save {image}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let saved = read_saved(&archive)?;
+    let query = BlobQuery { digests: saved.diff_ids.clone() };
+    let missing: MissingBlobs = api.send("POST", "/api/images/blobs/missing", &query)?;
+    let mut wanted = std::collections::HashMap::new();
+    for m in &missing.missing {
+        let i = saved.diff_ids.iter().position(|d| *d == m.digest).context("the server named a layer not asked")?;
+        wanted.insert(saved.layer_paths[i].clone(), dir.join(format!("{i}.zst")));
+    }
+    let sizes = compress_layers(&archive, &wanted)?;
+    let _ = std::fs::remove_file(&archive);
+    let mut sent = 0u64;
+    for m in &missing.missing {
+        let i = saved.diff_ids.iter().position(|d| *d == m.digest).context("layer")?;
+        let path = &saved.layer_paths[i];
+        let size = *sizes.get(path).with_context(|| format!("layer {} is not in the archive", m.digest))?;
+        let compressed = std::fs::read(&wanted[path])?;
+        sent += upload(api, m, &compressed, size)?;
+    }
+    let held: HeldImageView =
+        api.send("POST", "/api/images/push", &PushImage { reference: reference.to_owned(), config: saved.config })?;
+    let summary = format!(
+        "{} layers: {} uploaded as {sent} B, {} already on the server",
+        saved.diff_ids.len(),
+        missing.missing.len(),
+        saved.diff_ids.len() - missing.missing.len()
+    );
+    Ok((held, summary))
+}
+
+/// Uploads one layer's zstd stream from where the server's copy ends;
+/// returns the bytes sent. A copy that was not this stream's start (another
+/// zstd made it, or it was damaged) does not check out when whole: the
+/// server discards it, and the layer is sent again from its start, once.
+fn upload(api: &mut Api, m: &MissingBlob, compressed: &[u8], size: u64) -> anyhow::Result<u64> {
+    let done = format!("/api/images/blobs/{}/done", m.digest);
+    let mut have = m.have;
+    if have > compressed.len() as u64 {
+        let _ = api.send::<_, serde_json::Value>("POST", &done, &BlobDone { size });
+        have = 0;
+    }
+    let mut sent = send_from(api, m, compressed, have)?;
+    if have > 0 && api.send::<_, serde_json::Value>("POST", &done, &BlobDone { size }).is_err() {
+        sent += send_from(api, m, compressed, 0)?;
+    }
+    api.send::<_, serde_json::Value>("POST", &done, &BlobDone { size })?;
+    Ok(sent)
+}
+
+fn send_from(api: &mut Api, m: &MissingBlob, compressed: &[u8], mut have: u64) -> anyhow::Result<u64> {
+    let mut sent = 0;
+    let piece = crate::server::api::uploads::PIECE;
+    while (have as usize) < compressed.len() {
+        let end = (have as usize + piece).min(compressed.len());
+        let path = format!("/api/images/blobs/{}?offset={have}", m.digest);
+        let reply: MissingBlob = api.send_bytes("PATCH", &path, compressed[have as usize..end].to_vec())?;
+        sent += (end - have as usize) as u64;
+        have = reply.have;
+    }
+    Ok(sent)
 }

@@ -153,7 +153,14 @@ async fn fetch_layer(
     r
 }
 
-async fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+/// Writes `bytes` to `path` whole or not at all (its directory made).
+///
+/// # Errors
+/// The disk's.
+pub async fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir).await.map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
     let tmp = path.with_extension("tmp");
     tokio::fs::write(&tmp, bytes).await.map_err(|e| format!("{}: {e}", tmp.display()))?;
     tokio::fs::rename(&tmp, path).await.map_err(|e| format!("{}: {e}", path.display()))

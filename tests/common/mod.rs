@@ -238,9 +238,17 @@ impl Api {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> (u16, serde_json::Value) {
+        self.send(method, path, body.map(|b| b.to_string().into_bytes())).await
+    }
+
+    /// A call with a body of raw bytes (an image upload's piece).
+    pub async fn raw(&mut self, method: &str, path: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
+        self.send(method, path, Some(body)).await
+    }
+
+    async fn send(&mut self, method: &str, path: &str, body: Option<Vec<u8>>) -> (u16, serde_json::Value) {
         let method = hyper::Method::from_bytes(method.as_bytes()).unwrap();
-        let (status, bytes) =
-            self.client.api(method, path, &self.token, body.map(|b| b.to_string().into_bytes())).await.unwrap();
+        let (status, bytes) = self.client.api(method, path, &self.token, body).await.unwrap();
         let json = if bytes.is_empty() {
             serde_json::Value::Null
         } else {

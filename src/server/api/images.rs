@@ -8,6 +8,7 @@
 //! | `DELETE /api/images/{id}` | forget it (204; its blobs stay while another image shares them) |
 //! | `POST /api/images/{id}/deliver` | `{environments}`: send a held image to them as transfers, an `image.fetch` command each (202) |
 //! | `GET`, `PUT /api/environments/{id}/transfer-limits` | `{rate_kbit, window}`: an environment's rate cap and download window (UTC) |
+//! | `POST /api/images/push`, `.../blobs/...` | images uploaded from an operator's engine: see [`super::uploads`] |
 
 use std::sync::Arc;
 
@@ -24,7 +25,7 @@ use crate::server::store::StoreError;
 use crate::server::store::images::ImageRecord;
 use crate::wire::poll::{Action, ImageFetch};
 
-fn view(r: ImageRecord) -> HeldImageView {
+pub(super) fn view(r: ImageRecord) -> HeldImageView {
     HeldImageView {
         id: r.id,
         reference: r.reference,
@@ -42,12 +43,9 @@ fn not_found(id: u64) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, format!("no image {id}"))
 }
 
-/// `POST /api/images`.
-pub async fn pull_image(
-    State(state): State<Arc<AppState>>,
-    ApiJson(body): ApiJson<PullImage>,
-) -> Result<(StatusCode, Json<HeldImageView>), ApiError> {
-    let reference = body.reference.trim().to_owned();
+/// A reference as the operator gave it, trimmed, if it is one.
+pub(super) fn check_reference(reference: &str) -> Result<String, ApiError> {
+    let reference = reference.trim().to_owned();
     if reference.is_empty()
         || reference.len() > MAX_TARGET_LEN
         || reference.chars().any(|c| c.is_whitespace() || c.is_control())
@@ -59,6 +57,15 @@ pub async fn pull_image(
     if reference.parse::<oci_client::Reference>().is_err() {
         return Err(ApiError::invalid(format!("reference: {reference:?} is not an image reference")));
     }
+    Ok(reference)
+}
+
+/// `POST /api/images`.
+pub async fn pull_image(
+    State(state): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<PullImage>,
+) -> Result<(StatusCode, Json<HeldImageView>), ApiError> {
+    let reference = check_reference(&body.reference)?;
     let shared = state.clone();
     let asked = reference.clone();
     let (id, auth, under_way) = with_store(&state, move |tx| {
@@ -175,5 +182,9 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/images", post(pull_image).get(list_images))
         .route("/api/images/{id}", get(image).delete(delete_image))
         .route("/api/images/{id}/deliver", post(deliver_image))
+        .route("/api/images/push", post(super::uploads::push))
+        .route("/api/images/blobs/missing", post(super::uploads::missing))
+        .route("/api/images/blobs/{digest}", axum::routing::patch(super::uploads::append))
+        .route("/api/images/blobs/{digest}/done", post(super::uploads::done))
         .route("/api/environments/{id}/transfer-limits", get(transfer_limits).put(set_transfer_limits))
 }

@@ -36,6 +36,7 @@ pub mod registries;
 pub mod stacks;
 pub(crate) mod target;
 pub mod types;
+pub mod uploads;
 pub mod usage;
 pub mod view;
 

@@ -40,6 +40,26 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "An environment's rate cap (kbit/s) and download window (UTC).",
     ),
     ("PUT", "/api/environments/{id}/transfer-limits", "images", "Set an environment's rate cap and download window."),
+    // Images uploaded from an operator's engine (`tern image push`).
+    (
+        "POST",
+        "/api/images/blobs/missing",
+        "images",
+        "Which of these layers the server lacks, and how much of each upload it kept.",
+    ),
+    (
+        "PATCH",
+        "/api/images/blobs/{digest}",
+        "images",
+        "Append a piece (at most 2 MiB) of a layer's zstd stream at ?offset=N.",
+    ),
+    (
+        "POST",
+        "/api/images/blobs/{digest}/done",
+        "images",
+        "The upload is whole: decoded, checked against its digest, kept (or discarded, 422).",
+    ),
+    ("POST", "/api/images/push", "images", "Hold an image whose layers the server has, by its config (201)."),
     // Private registries.
     (
         "POST",

@@ -69,3 +69,47 @@ pub struct TransferLimitsView {
     #[serde(default)]
     pub window: String,
 }
+
+/// `POST /api/images/blobs/missing`: which of these layers (`diff_id`s)
+/// the server lacks, before `tern image push` uploads them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobQuery {
+    /// The layers' `diff_id`s (`sha256:...`).
+    pub digests: Vec<String>,
+}
+
+/// A layer the server lacks, and how much of its upload it has kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissingBlob {
+    /// The layer's `diff_id`.
+    pub digest: String,
+    /// Bytes of its compressed upload the server has (resume from there).
+    pub have: u64,
+}
+
+/// The answer to a [`BlobQuery`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissingBlobs {
+    /// The layers the server lacks, in the order asked.
+    pub missing: Vec<MissingBlob>,
+}
+
+/// `POST /api/images/blobs/{digest}/done`: the upload is whole.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobDone {
+    /// The layer's size, uncompressed (its tar).
+    pub size: u64,
+}
+
+/// `POST /api/images/push`: an image whose layers the server has, by its
+/// config (`tern image push`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushImage {
+    /// The reference it is held (and tagged on the hosts) by.
+    pub reference: String,
+    /// The image's config, byte for byte (its sha256 is the image id).
+    pub config: String,
+}

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use common::images::{build, finished, held_image, image_id_of, noise};
 use common::registry::Registry;
-use common::{AgentProcess, Api, ComposeProject, Deadline, Objects, Server, docker, tempdir};
+use common::{AgentProcess, Api, ComposeProject, Deadline, Objects, Server, docker, tempdir, tern_cli, tern_ok};
 use serde_json::{Value, json};
 
 fn payload_bytes(output: &str) -> u64 {
@@ -210,11 +210,15 @@ async fn a_new_version_travels_as_a_small_delta_resumes_after_a_restart_and_is_l
     let want = format!("{:032x}", md5_of(&lab.blobs[1]));
     assert!(sum.starts_with(&want), "{sum} vs {want}");
 
-    // Again: already there, nothing fetched.
-    let command = lab.deliver(2).await;
-    let c = finished(&mut lab.api, command, Duration::from_secs(60)).await;
-    assert_eq!(c["status"], "ok", "{c}");
-    assert!(c["output"].as_str().unwrap().contains("already on this host"), "{c}");
+    // Again, by the CLI to a tag the environment has: already there,
+    // nothing fetched. A group that does not exist queues nothing.
+    lab.api.ok("PATCH", &format!("/api/environments/{env}"), Some(json!({"tags": ["fleet-a"]})), 200).await;
+    let e = tern_cli(&lab.server, &["image", "deliver", &lab.refs[1], "--group", "nope"]).unwrap_err();
+    assert!(e.contains("422"), "{e}");
+    let out = tern_ok(&lab.server, &["image", "deliver", &lab.refs[1], "--tag", "fleet-a", "--wait"]);
+    assert!(out.contains("already on this host"), "{out}");
+    let listed = lab.api.ok("GET", &format!("/api/environments/{env}/commands"), None, 200).await;
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
 
     // Version 3, at 2 Mbit/s: the agent is killed mid-download, and
     // resumes after its restart from the chunks it kept.

@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use super::{Api, ApiArgs};
 use crate::server::api::types::{
     BlobDone, BlobQuery, CommandView, DeliverImage, DeliveryView, HeldImageView, MissingBlob, MissingBlobs, PullImage,
-    PushImage, TransferLimitsView,
+    PushImage, RefBody, TransferLimitsView,
 };
 
 /// `tern image ...`
@@ -47,8 +47,14 @@ pub enum ImageCommand {
         /// The image: its id or reference (from `tern image list`).
         image: String,
         /// The environments (ids or names).
-        #[arg(long = "env", required = true, num_args = 1..)]
+        #[arg(long = "env", num_args = 1.., required_unless_present_any = ["group", "tag"])]
         env: Vec<String>,
+        /// Groups (names or ids): every environment in them now.
+        #[arg(long = "group", num_args = 1..)]
+        group: Vec<String>,
+        /// Tags (names or ids): every environment with one now.
+        #[arg(long = "tag", num_args = 1..)]
+        tag: Vec<String>,
         /// Wait until every transfer ends.
         #[arg(long)]
         wait: bool,
@@ -122,7 +128,9 @@ pub fn run(command: ImageCommand, args: &ApiArgs) -> anyhow::Result<()> {
                 println!("{summary}");
             });
         }
-        ImageCommand::Deliver { image, env, wait, timeout } => deliver(&mut api, &image, &env, wait, timeout)?,
+        ImageCommand::Deliver { image, env, group, tag, wait, timeout } => {
+            deliver(&mut api, &image, (&env, &group, &tag), wait, timeout)?;
+        }
         ImageCommand::Limits { env, rate_kbit, window } => {
             let id = super::fleet::env_id(&mut api, &env)?;
             let path = format!("/api/environments/{id}/transfer-limits");
@@ -142,7 +150,16 @@ pub fn run(command: ImageCommand, args: &ApiArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn deliver(api: &mut Api, image: &str, envs: &[String], wait: bool, timeout: u64) -> anyhow::Result<()> {
+/// Environments, groups and tags, as named on the command line.
+type Targets<'a> = (&'a [String], &'a [String], &'a [String]);
+
+fn deliver(
+    api: &mut Api,
+    image: &str,
+    (envs, groups, tags): Targets<'_>,
+    wait: bool,
+    timeout: u64,
+) -> anyhow::Result<()> {
     let id = match image.parse::<u64>() {
         Ok(id) => id,
         Err(_) => {
@@ -154,8 +171,11 @@ fn deliver(api: &mut Api, image: &str, envs: &[String], wait: bool, timeout: u64
         }
     };
     let environments = envs.iter().map(|e| super::fleet::env_id(api, e)).collect::<anyhow::Result<Vec<u64>>>()?;
-    let queued: Vec<DeliveryView> =
-        api.send("POST", &format!("/api/images/{id}/deliver"), &DeliverImage { environments })?;
+    let queued: Vec<DeliveryView> = api.send(
+        "POST",
+        &format!("/api/images/{id}/deliver"),
+        &DeliverImage { environments, groups: refs(groups), tags: refs(tags) },
+    )?;
     api.show(&queued, |q| {
         q.iter().for_each(|d| println!("environment {}: command {} (image.fetch)", d.environment, d.command));
     });
@@ -389,4 +409,9 @@ fn send_from(api: &mut Api, m: &MissingBlob, compressed: &[u8], mut have: u64) -
         have = reply.have;
     }
     Ok(sent)
+}
+
+/// Names or ids, as the API takes them.
+fn refs(names: &[String]) -> Vec<RefBody> {
+    names.iter().map(|n| n.parse().map_or_else(|_| RefBody::Name(n.clone()), RefBody::Id)).collect()
 }

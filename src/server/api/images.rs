@@ -6,7 +6,7 @@
 //! | `POST /api/images` | `{reference}`: pull it into the server (202, `pulling`; then `held` or `failed` with the reason); again: pull it again (a moving tag) |
 //! | `GET /api/images`, `GET /api/images/{id}` | the list; one, with its layers |
 //! | `DELETE /api/images/{id}` | forget it (204; its blobs stay while another image shares them) |
-//! | `POST /api/images/{id}/deliver` | `{environments}`: send a held image to them as transfers, an `image.fetch` command each (202) |
+//! | `POST /api/images/{id}/deliver` | `{environments?, groups?, tags?}`: send a held image to them (groups and tags as they are now) as transfers, an `image.fetch` command each (202) |
 //! | `GET`, `PUT /api/environments/{id}/transfer-limits` | `{rate_kbit, window}`: an environment's rate cap and download window (UTC) |
 //! | `POST /api/images/push`, `.../blobs/...` | images uploaded from an operator's engine: see [`super::uploads`] |
 
@@ -17,7 +17,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
-use super::types::{DeliverImage, DeliveryView, HeldImageView, PullImage, TransferLimitsView};
+use super::types::{DeliverImage, DeliveryView, HeldImageView, PullImage, TargetsBody, TransferLimitsView};
 use super::{ApiError, ApiJson, MAX_TARGET_LEN, PathId, read_store, with_store};
 use crate::server::domain::registries;
 use crate::server::http::{AppState, now};
@@ -118,10 +118,26 @@ pub async fn deliver_image(
     PathId(id): PathId,
     ApiJson(body): ApiJson<DeliverImage>,
 ) -> Result<(StatusCode, Json<Vec<DeliveryView>>), ApiError> {
-    if body.environments.is_empty() || body.environments.len() > MAX_DELIVERY {
-        return Err(ApiError::invalid(format!("environments: from 1 to {MAX_DELIVERY} environment ids")));
+    if body.environments.len() > MAX_DELIVERY {
+        return Err(ApiError::invalid(format!("environments: at most {MAX_DELIVERY} environment ids")));
     }
+    let groups = (!body.groups.is_empty() || !body.tags.is_empty())
+        .then(|| TargetsBody { environments: Vec::new(), groups: body.groups, tags: body.tags }.check())
+        .transpose()?;
+    if body.environments.is_empty() && groups.is_none() {
+        return Err(ApiError::invalid("environments: name at least one environment, group or tag"));
+    }
+    let mut environments = body.environments;
     let queued = with_store(&state, move |tx| {
+        if let Some(refs) = groups {
+            let more = tx.resolve_job_targets(&[], &refs.groups, &refs.tags)?.map_err(ApiError::invalid)?;
+            environments.extend(more);
+        }
+        environments.sort_unstable();
+        environments.dedup();
+        if environments.len() > MAX_DELIVERY {
+            return Err(ApiError::invalid(format!("targets: at most {MAX_DELIVERY} environments")));
+        }
         let image = tx.image(id)?.ok_or_else(|| not_found(id))?;
         let image_id = match (image.status.as_str(), image.image_id) {
             ("held", Some(image_id)) => image_id,
@@ -133,8 +149,8 @@ pub async fn deliver_image(
             }
         };
         let action = Action::ImageFetch(ImageFetch { reference: image.reference, image_id });
-        let mut out = Vec::with_capacity(body.environments.len());
-        for environment in body.environments {
+        let mut out = Vec::with_capacity(environments.len());
+        for environment in environments {
             let command = tx.enqueue_command(environment, &action, now()).map_err(|e| match e {
                 StoreError::NotFound(n) => ApiError::new(
                     StatusCode::NOT_FOUND,

@@ -42,8 +42,15 @@ pub struct HeldImageView {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliverImage {
-    /// The environments.
+    /// The environments (ids).
+    #[serde(default)]
     pub environments: Vec<u64>,
+    /// Group names (or ids): every environment in them now.
+    #[serde(default)]
+    pub groups: Vec<super::RefBody>,
+    /// Tag names (or ids): every environment with one now.
+    #[serde(default)]
+    pub tags: Vec<super::RefBody>,
 }
 
 /// One environment's `image.fetch` command.

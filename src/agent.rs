@@ -17,6 +17,7 @@ pub mod jobs;
 pub mod journal;
 pub mod run;
 pub mod store;
+pub mod update;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,6 +55,27 @@ pub enum AgentCommand {
         #[arg(long, env = "DATA_PATH", default_value = config::DEFAULT_DATA_PATH)]
         data_path: std::path::PathBuf,
     },
+    /// The helper an agent update starts (see `agent::update`): replaces
+    /// the agent's container by one from the new image, and puts it back
+    /// if the new agent does not poll in time.
+    #[command(hide = true)]
+    UpdateHelper {
+        /// The agent's container.
+        #[arg(long)]
+        container: String,
+        /// The new image's id.
+        #[arg(long)]
+        image: String,
+        /// Seconds the new agent has to poll.
+        #[arg(long)]
+        timeout: u64,
+        /// The update command's id.
+        #[arg(long)]
+        command: u64,
+        /// The agent's data directory (shared with the agent).
+        #[arg(long, env = "DATA_PATH", default_value = config::DEFAULT_DATA_PATH)]
+        data_path: std::path::PathBuf,
+    },
 }
 
 /// `tern agent [COMMAND]`. Running the agent exits 2 for a configuration
@@ -70,6 +92,14 @@ pub fn main(command: Option<AgentCommand>) -> std::process::ExitCode {
                     ExitCode::FAILURE
                 }
             };
+        }
+        Some(AgentCommand::UpdateHelper { container, image, timeout, command, data_path }) => {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return ExitCode::FAILURE;
+            };
+            let timeout = std::time::Duration::from_secs(timeout);
+            let code = rt.block_on(update::helper(&container, &image, timeout, command, &data_path));
+            return ExitCode::from(u8::try_from(code).unwrap_or(1));
         }
         Some(AgentCommand::Health { data_path }) => {
             let verdict = health::check(&data_path, crate::clock::unix_now());
@@ -183,7 +213,9 @@ pub async fn execute(docker: &Docker, stacks: &compose::Stacks, action: &Action)
         Action::Job(_) | Action::JobRemove(_) => {
             return jobs::execute(docker, None, &stacks.registries, action).await;
         }
-        Action::ImageFetch(_) => return Err("this agent has no server to fetch images from".into()),
+        Action::ImageFetch(_) | Action::AgentUpdate(_) => {
+            return Err("this agent has no server to fetch images from".into());
+        }
     };
     r.map(|()| Vec::new()).map_err(engine_error)
 }
@@ -295,6 +327,8 @@ pub struct DockerEngine {
     /// Images fetched from the server as transfers (without it,
     /// `image.fetch` fails: no server to fetch from).
     fetcher: Option<Arc<fetch::Fetcher>>,
+    /// The data directory, where an update's helper leaves its note.
+    data_path: Option<std::path::PathBuf>,
 }
 
 impl DockerEngine {
@@ -306,12 +340,14 @@ impl DockerEngine {
             jobs: None,
             stacks: compose::Stacks::default(),
             fetcher: None,
+            data_path: None,
         }
     }
 
-    /// With a fetcher for `image.fetch`.
-    pub fn with_fetcher(self, fetcher: Arc<fetch::Fetcher>) -> Self {
-        Self { fetcher: Some(fetcher), ..self }
+    /// With a fetcher for `image.fetch` and `agent.update`, whose notes go
+    /// in `data_path`.
+    pub fn with_fetcher(self, fetcher: Arc<fetch::Fetcher>, data_path: &std::path::Path) -> Self {
+        Self { fetcher: Some(fetcher), data_path: Some(data_path.to_owned()), ..self }
     }
 
     /// With these stack settings.
@@ -330,6 +366,27 @@ impl DockerEngine {
     }
 }
 
+impl DockerEngine {
+    /// An `agent.update`: its image fetched (or here already), then the
+    /// helper started (see [`update`]); not again once the helper put the
+    /// old agent back (its note names the update).
+    async fn update(
+        &self,
+        fetcher: &fetch::Fetcher,
+        data: &std::path::Path,
+        u: &crate::wire::poll::AgentUpdate,
+    ) -> Result<Vec<u8>, String> {
+        let command = u.update;
+        if let Some(r) = update::rollback_of(data, command) {
+            return Err(format!("rolled back: {}; this agent runs its earlier image again", r.reason));
+        }
+        let mut out = fetcher.fetch(&self.docker, &u.image).await?;
+        out.push(b'\n');
+        out.extend(update::start(&self.docker, command, u).await?);
+        Ok(out)
+    }
+}
+
 impl run::Engine for DockerEngine {
     async fn state(&self) -> Result<State, String> {
         let raw = collect(&self.docker).await.map_err(|e| e.to_string())?;
@@ -342,6 +399,9 @@ impl run::Engine for DockerEngine {
         }
         if let (Some(fetcher), Action::ImageFetch(f)) = (&self.fetcher, action) {
             return fetcher.fetch(&self.docker, f).await;
+        }
+        if let (Some(fetcher), Some(data), Action::AgentUpdate(u)) = (&self.fetcher, &self.data_path, action) {
+            return self.update(fetcher, data, u).await;
         }
         execute(&self.docker, &self.stacks, action).await
     }
@@ -411,6 +471,8 @@ async fn settle_now(docker: &Docker, action: &Action, started_at: i64) -> journa
         },
         Action::ImagePull(r) => presence(docker.inspect_image(r).await.map(drop), true, "image"),
         Action::ImageFetch(f) => presence(docker.inspect_image(&f.image_id).await.map(drop), true, "image"),
+        // Run again after a restart (see `journal::recover`), never settled.
+        Action::AgentUpdate(_) => Settled::Unknown,
         Action::ImageRemove(r) => presence(docker.inspect_image(r).await.map(drop), false, "image"),
         Action::VolumeRemove(v) => presence(docker.inspect_volume(v).await.map(drop), false, "volume"),
         Action::NetworkRemove(n) => presence(
@@ -508,7 +570,10 @@ pub async fn start(
     let jobs = jobs::Jobs::open(&config.data_path, docker.clone(), job_config, &edge_id, job_runs)?;
     let scheduler = tokio::spawn(jobs.clone().run());
     let stacks = compose::Stacks { dir: config.data_path.join("stacks"), mode: config.compose, registries };
-    let engine = DockerEngine::new(docker).with_jobs(jobs).with_stacks(stacks).with_fetcher(Arc::new(fetcher));
+    let engine = DockerEngine::new(docker)
+        .with_jobs(jobs)
+        .with_stacks(stacks)
+        .with_fetcher(Arc::new(fetcher), &config.data_path);
     let mut agent = run::Agent::new(settings, engine, transport, store, changed)?;
     agent.set_job_runs(job_runs_rx);
     let r = agent.run(shutdown).await;

@@ -186,7 +186,10 @@ pub fn recover(ledger: &Ledger, now: i64) -> (Vec<(u64, Action, i64)>, Vec<Comma
 
 fn runs_again(action: &Action) -> bool {
     match action {
-        Action::ContainerLogs(..) | Action::ImageFetch(_) => true,
+        // An update runs again too: it finds the agent on its image (the
+        // new agent: updated) or the helper's rollback note (the old one,
+        // put back), or resumes its fetch.
+        Action::ContainerLogs(..) | Action::ImageFetch(_) | Action::AgentUpdate(_) => true,
         Action::StackDeploy(s) => !s.images.is_empty(),
         _ => false,
     }
@@ -320,7 +323,7 @@ pub async fn work<E: Engine>(
                 return;
             }
         }
-        if matches!(cmd.action, Action::ImageFetch(_)) {
+        if matches!(cmd.action, Action::ImageFetch(_) | Action::AgentUpdate(_)) {
             // A transfer may take hours (a slow link, a download window):
             // it runs beside the queue, which goes on (the fetcher runs one
             // transfer at a time).

@@ -825,6 +825,7 @@ fn action_summary(action: &Action) -> String {
         Action::Job(j) => format!("job {} v{}", j.job, j.version),
         Action::JobRemove(job) => format!("job remove {job}"),
         Action::ImageFetch(f) => format!("image fetch {} ({})", f.reference, f.image_id),
+        Action::AgentUpdate(u) => format!("agent update to {} ({})", u.image.reference, u.image.image_id),
     }
 }
 

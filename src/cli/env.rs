@@ -273,6 +273,7 @@ fn print_detail(full: &EnvironmentFull) {
             .collect();
     line("intervals", intervals.join(", "));
     line("edge id", or_dash(e.edge_id.as_ref()));
+    line("agent version", or_dash(e.agent_version.as_ref()));
     line("deploy edge id", or_dash(full.deploy_edge_id.as_ref()));
     line("url", full.url.clone());
     line("env vars", if full.env_vars.is_empty() { "-".into() } else { full.env_vars.join(",") });

@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use super::{Api, ApiArgs};
 use crate::server::api::types::{
     BlobDone, BlobQuery, CommandView, DeliverImage, DeliveryView, HeldImageView, MissingBlob, MissingBlobs, PullImage,
-    PushImage, RefBody, TransferLimitsView,
+    PushImage, RefBody, TransferLimitsView, UpdateAgents,
 };
 
 /// `tern image ...`
@@ -60,6 +60,35 @@ pub enum ImageCommand {
         wait: bool,
         /// With --wait: give up waiting after this many seconds (the
         /// transfers go on).
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
+    /// Update the agents of environments to an agent image the server
+    /// holds (`tern image push tern-agent:NEW`): each fetches it as a
+    /// transfer, and a helper container recreates the agent's container
+    /// from it with the same settings; if the new agent has not polled in
+    /// time, the old one is put back and the command fails, "rolled back",
+    /// with the reason. With --wait, until every one has ended.
+    UpdateAgent {
+        /// The agent image: its id or reference (from `tern image list`).
+        image: String,
+        /// The environments (ids or names).
+        #[arg(long = "env", num_args = 1.., required_unless_present_any = ["group", "tag"])]
+        env: Vec<String>,
+        /// Groups (names or ids): every environment in them now.
+        #[arg(long = "group", num_args = 1..)]
+        group: Vec<String>,
+        /// Tags (names or ids): every environment with one now.
+        #[arg(long = "tag", num_args = 1..)]
+        tag: Vec<String>,
+        /// Seconds the new agent has to poll before the old one is put
+        /// back (30 to 86400; default 300).
+        #[arg(long)]
+        poll_within: Option<u32>,
+        /// Wait until every update ends.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up waiting after this many seconds.
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
     },
@@ -129,7 +158,10 @@ pub fn run(command: ImageCommand, args: &ApiArgs) -> anyhow::Result<()> {
             });
         }
         ImageCommand::Deliver { image, env, group, tag, wait, timeout } => {
-            deliver(&mut api, &image, (&env, &group, &tag), wait, timeout)?;
+            deliver(&mut api, &image, (&env, &group, &tag), &Send::Fetch, wait, timeout)?;
+        }
+        ImageCommand::UpdateAgent { image, env, group, tag, poll_within, wait, timeout } => {
+            deliver(&mut api, &image, (&env, &group, &tag), &Send::AgentUpdate(poll_within), wait, timeout)?;
         }
         ImageCommand::Limits { env, rate_kbit, window } => {
             let id = super::fleet::env_id(&mut api, &env)?;
@@ -153,10 +185,17 @@ pub fn run(command: ImageCommand, args: &ApiArgs) -> anyhow::Result<()> {
 /// Environments, groups and tags, as named on the command line.
 type Targets<'a> = (&'a [String], &'a [String], &'a [String]);
 
+/// What a delivery sends: image.fetch, or agent.update with its time.
+enum Send {
+    Fetch,
+    AgentUpdate(Option<u32>),
+}
+
 fn deliver(
     api: &mut Api,
     image: &str,
     (envs, groups, tags): Targets<'_>,
+    what: &Send,
     wait: bool,
     timeout: u64,
 ) -> anyhow::Result<()> {
@@ -171,13 +210,18 @@ fn deliver(
         }
     };
     let environments = envs.iter().map(|e| super::fleet::env_id(api, e)).collect::<anyhow::Result<Vec<u64>>>()?;
-    let queued: Vec<DeliveryView> = api.send(
-        "POST",
-        &format!("/api/images/{id}/deliver"),
-        &DeliverImage { environments, groups: refs(groups), tags: refs(tags) },
-    )?;
+    let (queued, action): (Vec<DeliveryView>, &str) = match what {
+        Send::Fetch => {
+            let body = DeliverImage { environments, groups: refs(groups), tags: refs(tags) };
+            (api.send("POST", &format!("/api/images/{id}/deliver"), &body)?, "image.fetch")
+        }
+        Send::AgentUpdate(timeout_s) => {
+            let body = UpdateAgents { environments, groups: refs(groups), tags: refs(tags), timeout_s: *timeout_s };
+            (api.send("POST", &format!("/api/images/{id}/update-agents"), &body)?, "agent.update")
+        }
+    };
     api.show(&queued, |q| {
-        q.iter().for_each(|d| println!("environment {}: command {} (image.fetch)", d.environment, d.command));
+        q.iter().for_each(|d| println!("environment {}: command {} ({action})", d.environment, d.command));
     });
     if !wait {
         return Ok(());
@@ -199,7 +243,7 @@ fn deliver(
                     if !api.json {
                         println!("environment {}: {s}: {why}", d.environment);
                     }
-                    failed.push(d.environment);
+                    failed.push(format!("environment {}: {s}: {why}", d.environment));
                     break;
                 }
                 _ if std::time::Instant::now() > deadline => {
@@ -210,7 +254,7 @@ fn deliver(
         }
     }
     if !failed.is_empty() {
-        bail!("the transfer failed on environments {failed:?}");
+        bail!("{action} did not succeed everywhere:\n{}", failed.join("\n"));
     }
     Ok(())
 }

@@ -231,6 +231,11 @@ pub fn apply(
             Refusal::BoundToAnother(env_id)
         });
     }
+    if let Some(agent) = &request.agent {
+        // Kept short: what an agent says is shown, not trusted.
+        let version: String = agent.version.chars().filter(|c| !c.is_control()).take(64).collect();
+        store.set_agent_version(env_id, &version)?;
+    }
     let mut replica = store.replica(env_id)?;
     let before = replica.current().0;
     let received = replica.receive(request.base, request.delta.as_ref());

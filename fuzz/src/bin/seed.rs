@@ -36,7 +36,7 @@ use tern::sync::state::Id;
 use tern::sync::{Delta, State, apply, diff};
 use tern::wire::codec::{Codec, Limits};
 use tern::wire::poll::{
-    Action, AgentInfo, ImageFetch, Command, CommandResult, ContainerOp, Intervals, JobRun, JobSpec, PollReply, PollRequest,
+    Action, AgentInfo, AgentUpdate, ImageFetch, Command, CommandResult, ContainerOp, Intervals, JobRun, JobSpec, PollReply, PollRequest,
     ResultStatus, StackSpec,
 };
 
@@ -226,6 +226,14 @@ fn replies(codec: &mut Codec) -> Result<Seeds, Box<dyn std::error::Error>> {
             version: 2,
         }),
         Action::JobRemove(3),
+        Action::AgentUpdate(AgentUpdate {
+            image: ImageFetch {
+                reference: "10.0.0.5:5000/tern-agent:0.3.0".into(),
+                image_id: "sha256:".to_owned() + &"ef".repeat(32),
+            },
+            timeout_s: 300,
+            update: 77,
+        }),
     ];
     let commands: Vec<Command> = actions.into_iter().zip(10..).map(|(action, id)| Command { id, action }).collect();
     let all = PollReply {

@@ -228,6 +228,21 @@ pub enum Action {
     JobRemove(u64),
     /// Fetch an image the server holds, as a transfer, and load it.
     ImageFetch(ImageFetch),
+    /// Update the agent itself to an image the server holds.
+    AgentUpdate(AgentUpdate),
+}
+
+/// An agent update: the image (fetched as [`Action::ImageFetch`] does) and
+/// how long the new agent has to poll before the old one is put back.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AgentUpdate {
+    /// The agent image.
+    pub image: ImageFetch,
+    /// Seconds the new agent has to poll; 0: the agent's default.
+    pub timeout_s: u32,
+    /// The server's number for this update: a rollback's note names it,
+    /// so the same update is not tried again.
+    pub update: u64,
 }
 
 /// The phase of a stack deploy whose images the agent is fetching from the
@@ -527,6 +542,14 @@ impl Action {
             Action::ImageFetch(f) => {
                 A::ImageFetch(pb::ImageFetch { reference: f.reference.clone(), image_id: f.image_id.clone() })
             }
+            Action::AgentUpdate(u) => A::AgentUpdate(pb::AgentUpdate {
+                image: Some(pb::ImageFetch {
+                    reference: u.image.reference.clone(),
+                    image_id: u.image.image_id.clone(),
+                }),
+                timeout_s: u.timeout_s,
+                update: u.update,
+            }),
         }
     }
 
@@ -585,6 +608,17 @@ impl Action {
                     return Err(PollError::UnknownAction(0));
                 }
                 Action::ImageFetch(ImageFetch { reference: f.reference, image_id: f.image_id })
+            }
+            Some(A::AgentUpdate(u)) => {
+                let f = u.image.unwrap_or_default();
+                if crate::wire::transfer::digest_bytes(&f.image_id).is_none() {
+                    return Err(PollError::UnknownAction(0));
+                }
+                Action::AgentUpdate(AgentUpdate {
+                    image: ImageFetch { reference: f.reference, image_id: f.image_id },
+                    timeout_s: u.timeout_s,
+                    update: u.update,
+                })
             }
             None => return Err(PollError::UnknownAction(0)),
         })

@@ -98,6 +98,7 @@ fn view_of(item: FleetItem, now: i64) -> EnvironmentView {
         status: item.status.as_str().to_owned(),
         status_window_s: item.window,
         edge_id: item.edge_id,
+        agent_version: (!item.agent_version.is_empty()).then_some(item.agent_version),
         created_at: item.created_at,
         last_poll_at: item.last_poll_at,
         last_poll_age_s: item.last_poll_at.map(|t| (now - t).max(0)),

@@ -8,6 +8,7 @@
 //! | `DELETE /api/images/{id}` | forget it (204; its blobs stay while another image shares them) |
 //! | `POST /api/images/{id}/deliver` | `{environments?, groups?, tags?}`: send a held image to them (groups and tags as they are now) as transfers, an `image.fetch` command each (202) |
 //! | `GET`, `PUT /api/environments/{id}/transfer-limits` | `{rate_kbit, window}`: an environment's rate cap and download window (UTC) |
+//! | `POST /api/images/{id}/update-agents` | `{environments?, groups?, tags?, timeout_s?}`: the agents there update themselves to this (agent) image, an `agent.update` command each (202); see `agent::update` |
 //! | `POST /api/images/push`, `.../blobs/...` | images uploaded from an operator's engine: see [`super::uploads`] |
 
 use std::sync::Arc;
@@ -17,13 +18,15 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
-use super::types::{DeliverImage, DeliveryView, HeldImageView, PullImage, TargetsBody, TransferLimitsView};
+use super::types::{
+    DeliverImage, DeliveryView, HeldImageView, PullImage, TargetsBody, TransferLimitsView, UpdateAgents,
+};
 use super::{ApiError, ApiJson, MAX_TARGET_LEN, PathId, read_store, with_store};
 use crate::server::domain::registries;
 use crate::server::http::{AppState, now};
 use crate::server::store::StoreError;
 use crate::server::store::images::ImageRecord;
-use crate::wire::poll::{Action, ImageFetch};
+use crate::wire::poll::{Action, AgentUpdate, ImageFetch};
 
 pub(super) fn view(r: ImageRecord) -> HeldImageView {
     HeldImageView {
@@ -118,6 +121,39 @@ pub async fn deliver_image(
     PathId(id): PathId,
     ApiJson(body): ApiJson<DeliverImage>,
 ) -> Result<(StatusCode, Json<Vec<DeliveryView>>), ApiError> {
+    let queued = queue_for(&state, id, body, Action::ImageFetch).await?;
+    Ok((StatusCode::ACCEPTED, Json(queued)))
+}
+
+/// The most seconds a new agent may be given to poll.
+pub const MAX_UPDATE_TIMEOUT: u32 = 24 * 3600;
+
+/// `POST /api/images/{id}/update-agents`.
+pub async fn update_agents(
+    State(state): State<Arc<AppState>>,
+    PathId(id): PathId,
+    ApiJson(body): ApiJson<UpdateAgents>,
+) -> Result<(StatusCode, Json<Vec<DeliveryView>>), ApiError> {
+    let timeout_s = body.timeout_s.unwrap_or(0);
+    if timeout_s != 0 && !(30..=MAX_UPDATE_TIMEOUT).contains(&timeout_s) {
+        return Err(ApiError::invalid(format!("timeout_s: from 30 to {MAX_UPDATE_TIMEOUT} seconds")));
+    }
+    // The helper's rollback note names it: any number unique to this update.
+    let update = fastrand::u64(1..);
+    let targets = DeliverImage { environments: body.environments, groups: body.groups, tags: body.tags };
+    let queued =
+        queue_for(&state, id, targets, move |image| Action::AgentUpdate(AgentUpdate { image, timeout_s, update }))
+            .await?;
+    Ok((StatusCode::ACCEPTED, Json(queued)))
+}
+
+/// Queues `action(the held image)` on every environment `body` names.
+async fn queue_for(
+    state: &Arc<AppState>,
+    id: u64,
+    body: DeliverImage,
+    action: impl FnOnce(ImageFetch) -> Action + Send + 'static,
+) -> Result<Vec<DeliveryView>, ApiError> {
     if body.environments.len() > MAX_DELIVERY {
         return Err(ApiError::invalid(format!("environments: at most {MAX_DELIVERY} environment ids")));
     }
@@ -128,7 +164,7 @@ pub async fn deliver_image(
         return Err(ApiError::invalid("environments: name at least one environment, group or tag"));
     }
     let mut environments = body.environments;
-    let queued = with_store(&state, move |tx| {
+    with_store(state, move |tx| {
         if let Some(refs) = groups {
             let more = tx.resolve_job_targets(&[], &refs.groups, &refs.tags)?.map_err(ApiError::invalid)?;
             environments.extend(more);
@@ -148,7 +184,7 @@ pub async fn deliver_image(
                 ));
             }
         };
-        let action = Action::ImageFetch(ImageFetch { reference: image.reference, image_id });
+        let action = action(ImageFetch { reference: image.reference, image_id });
         let mut out = Vec::with_capacity(environments.len());
         for environment in environments {
             let command = tx.enqueue_command(environment, &action, now()).map_err(|e| match e {
@@ -162,8 +198,7 @@ pub async fn deliver_image(
         }
         Ok(out)
     })
-    .await?;
-    Ok((StatusCode::ACCEPTED, Json(queued)))
+    .await
 }
 
 /// `GET /api/environments/{id}/transfer-limits`.
@@ -198,6 +233,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/images", post(pull_image).get(list_images))
         .route("/api/images/{id}", get(image).delete(delete_image))
         .route("/api/images/{id}/deliver", post(deliver_image))
+        .route("/api/images/{id}/update-agents", post(update_agents))
         .route("/api/images/push", post(super::uploads::push))
         .route("/api/images/blobs/missing", post(super::uploads::missing))
         .route("/api/images/blobs/{digest}", axum::routing::patch(super::uploads::append))

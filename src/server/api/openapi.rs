@@ -40,6 +40,12 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "An environment's rate cap (kbit/s) and download window (UTC).",
     ),
     ("PUT", "/api/environments/{id}/transfer-limits", "images", "Set an environment's rate cap and download window."),
+    (
+        "POST",
+        "/api/images/{id}/update-agents",
+        "images",
+        "Update the agents of environments to this agent image; put back if the new one does not poll in time (202).",
+    ),
     // Images uploaded from an operator's engine (`tern image push`).
     (
         "POST",

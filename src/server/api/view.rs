@@ -144,6 +144,7 @@ pub fn action_name(action: &Action) -> &'static str {
         Action::Job(_) => return "job.schedule",
         Action::JobRemove(_) => return "job.remove",
         Action::ImageFetch(_) => return "image.fetch",
+        Action::AgentUpdate(_) => return "agent.update",
     };
     ACTIONS.iter().find(|(_, k)| *k == kind).map_or("unknown", |(name, _)| name)
 }
@@ -156,6 +157,7 @@ fn action_target(action: &Action) -> String {
         Action::Job(j) => j.job.to_string(),
         Action::JobRemove(job) => job.to_string(),
         Action::ImageFetch(f) => f.reference.clone(),
+        Action::AgentUpdate(u) => u.image.reference.clone(),
     }
 }
 

@@ -202,6 +202,8 @@ pub struct FleetItem {
     pub seq: u64,
     /// The stored state's root digest.
     pub root: [u8; 32],
+    /// The version its agent reported ('' before it did).
+    pub agent_version: String,
 }
 
 /// What an environment was created with, for its deploy commands.
@@ -292,7 +294,7 @@ const FLEET_COLUMNS: &str = "f.id, f.name, f.group_id, g.name, f.edge_id, f.crea
         (SELECT t.name FROM environment_tags et JOIN tags t ON t.id = et.tag
          WHERE et.environment = f.id ORDER BY t.name COLLATE NOCASE)),
     f.n_containers, f.n_running, f.n_paused, f.n_stopped, f.n_unhealthy,
-    f.n_images, f.n_volumes, f.n_networks, f.n_stacks, f.state_seq, f.state_root";
+    f.n_images, f.n_volumes, f.n_networks, f.n_stacks, f.state_seq, f.state_root, f.agent_version";
 
 /// Groups and tags share their code: which table, and how environments
 /// belong to one.
@@ -468,6 +470,12 @@ pub trait FleetStore {
     /// An agent names itself (`edge_id`) on its first poll after a start;
     /// later polls may leave it out, but only once the environment is bound.
     fn accept_poll(&self, id: u64, counter: u64, edge_id: Option<&str>, now: i64) -> Result<bool, StoreError>;
+
+    /// Records the version the environment's agent reports.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn set_agent_version(&self, id: u64, version: &str) -> Result<(), StoreError>;
 
     /// Raises the accepted counter to `counter` (if it is higher) without
     /// accepting a poll: a body that did not match its authentic header
@@ -789,6 +797,14 @@ impl FleetStore for Tx<'_> {
                     last_counter: last_counter as u64,
                 })
             })
+    }
+
+    fn set_agent_version(&self, id: u64, version: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE environments SET agent_version = ?2 WHERE id = ?1 AND agent_version != ?2",
+            params![id as i64, version],
+        )?;
+        Ok(())
     }
 
     fn accept_poll(&self, id: u64, counter: u64, edge_id: Option<&str>, now: i64) -> Result<bool, StoreError> {
@@ -1379,6 +1395,7 @@ impl Tx<'_> {
                 },
                 seq: r.get::<_, Option<i64>>(21)?.map_or(0, |v| v as u64),
                 root: root.and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok()).unwrap_or_else(empty_root),
+                agent_version: r.get(23)?,
             })
         })?;
         let items = rows.collect::<Result<Vec<_>, _>>()?;

@@ -388,6 +388,9 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE environments ADD COLUMN transfer_counter INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE environments ADD COLUMN transfer_rate INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE environments ADD COLUMN transfer_window TEXT NOT NULL DEFAULT '';",
+    // 15: the version its agent reported (on first contact and after an
+    // update), shown with the environment.
+    "ALTER TABLE environments ADD COLUMN agent_version TEXT NOT NULL DEFAULT '';",
 ];
 
 /// The interval every timer runs at when neither the environment nor the

@@ -137,7 +137,9 @@ async fn render(ui: &Ui, id: u64, refused: Option<Refused<'_>>, saved: Option<&s
             h2 { "Agent binding" }
             @match env.item.edge_id.as_deref() {
                 Some(edge) => {
-                    p { "Bound to the agent " code { (edge) } ". Polls from any other agent are refused. \
+                    p { "Bound to the agent " code { (edge) }
+                        @if let Some(v) = env.item.agent_version.as_deref() { " (version " (v) ")" }
+                        ". Polls from any other agent are refused. \
                         If that host was replaced, let the next agent that polls take the environment over." }
                     form method="post" action={ "/environments/" (id) "/reset-binding" } data-confirm="Let another agent take this environment over?" {
                         (csrf_field(&ui.csrf))

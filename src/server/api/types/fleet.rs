@@ -261,6 +261,9 @@ pub struct EnvironmentView {
     pub status_window_s: i64,
     /// The EDGE_ID of the agent bound to it.
     pub edge_id: Option<String>,
+    /// The version its agent reported (none before its first poll).
+    #[serde(default)]
+    pub agent_version: Option<String>,
     /// When it was created.
     pub created_at: i64,
     /// When its agent last polled.

@@ -120,3 +120,23 @@ pub struct PushImage {
     /// The image's config, byte for byte (its sha256 is the image id).
     pub config: String,
 }
+
+/// `POST /api/images/{id}/update-agents`: the agents of these
+/// environments update themselves to this image (an agent image).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateAgents {
+    /// The environments (ids).
+    #[serde(default)]
+    pub environments: Vec<u64>,
+    /// Group names (or ids): every environment in them now.
+    #[serde(default)]
+    pub groups: Vec<super::RefBody>,
+    /// Tag names (or ids): every environment with one now.
+    #[serde(default)]
+    pub tags: Vec<super::RefBody>,
+    /// Seconds the new agent has to poll before the old one is put back
+    /// (30 to 86400; the agent's default, 300, when absent).
+    #[serde(default)]
+    pub timeout_s: Option<u32>,
+}

@@ -5,8 +5,8 @@ use anyhow::{Context, bail};
 
 use super::{Api, ApiArgs};
 use crate::server::api::types::{
-    BlobDone, BlobQuery, CommandView, DeliverImage, DeliveryView, HeldImageView, MissingBlob, MissingBlobs, PullImage,
-    PushImage, RefBody, TransferLimitsView, UpdateAgents,
+    BlobDone, BlobQuery, CommandView, CreateRollout, DeliverImage, DeliveryView, HeldImageView, MissingBlob,
+    MissingBlobs, PullImage, PushImage, RefBody, RolloutView, TransferLimitsView, UpdateAgents,
 };
 
 /// `tern image ...`
@@ -85,12 +85,22 @@ pub enum ImageCommand {
         /// back (30 to 86400; default 300).
         #[arg(long)]
         poll_within: Option<u32>,
+        /// A staged rollout: this percentage of the environments first,
+        /// the rest only once every one of those updated (1 to 99).
+        #[arg(long)]
+        first: Option<u8>,
         /// Wait until every update ends.
         #[arg(long)]
         wait: bool,
         /// With --wait: give up waiting after this many seconds.
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
+    },
+    /// Show staged agent updates (all, or one with each environment's
+    /// wave and command).
+    Rollouts {
+        /// One rollout's id.
+        id: Option<u64>,
     },
     /// Show or set an environment's transfer limits: a rate cap and a
     /// download window (UTC).
@@ -160,8 +170,19 @@ pub fn run(command: ImageCommand, args: &ApiArgs) -> anyhow::Result<()> {
         ImageCommand::Deliver { image, env, group, tag, wait, timeout } => {
             deliver(&mut api, &image, (&env, &group, &tag), &Send::Fetch, wait, timeout)?;
         }
-        ImageCommand::UpdateAgent { image, env, group, tag, poll_within, wait, timeout } => {
+        ImageCommand::UpdateAgent { image, env, group, tag, poll_within, first: Some(share), wait, timeout } => {
+            rollout(&mut api, &image, (&env, &group, &tag), share, poll_within, wait, timeout)?;
+        }
+        ImageCommand::UpdateAgent { image, env, group, tag, poll_within, first: None, wait, timeout } => {
             deliver(&mut api, &image, (&env, &group, &tag), &Send::AgentUpdate(poll_within), wait, timeout)?;
+        }
+        ImageCommand::Rollouts { id: Some(id) } => {
+            let r: RolloutView = api.get_as(&format!("/api/rollouts/{id}"))?;
+            api.show(&r, show_rollout);
+        }
+        ImageCommand::Rollouts { id: None } => {
+            let list: Vec<RolloutView> = api.get_as("/api/rollouts")?;
+            api.show(&list, |l| l.iter().for_each(rollout_line));
         }
         ImageCommand::Limits { env, rate_kbit, window } => {
             let id = super::fleet::env_id(&mut api, &env)?;
@@ -191,6 +212,69 @@ enum Send {
     AgentUpdate(Option<u32>),
 }
 
+fn rollout_line(r: &RolloutView) {
+    let first = r.environments.iter().filter(|m| m.wave == 1).count();
+    println!(
+        "rollout {}  {}  {:<7}  {} environments, {first} first  {}",
+        r.id,
+        r.reference,
+        r.status,
+        r.environments.len(),
+        r.reason
+    );
+}
+
+fn show_rollout(r: &RolloutView) {
+    rollout_line(r);
+    for m in &r.environments {
+        let command = m.command.map_or_else(|| "not sent yet".to_owned(), |c| format!("command {c}"));
+        println!("  environment {}  wave {}  {command}  {}", m.environment, m.wave, m.status.as_deref().unwrap_or(""));
+    }
+}
+
+/// Resolves an image named by id, reference or image id.
+fn image_id(api: &mut Api, image: &str) -> anyhow::Result<u64> {
+    if let Ok(id) = image.parse::<u64>() {
+        return Ok(id);
+    }
+    let list: Vec<HeldImageView> = api.get_as("/api/images")?;
+    match list.iter().find(|i| i.reference == image || i.image_id.as_deref() == Some(image)) {
+        Some(i) => Ok(i.id),
+        None => bail!("the server holds no image {image:?} (tern image list; tern image pull {image} --wait)"),
+    }
+}
+
+fn rollout(
+    api: &mut Api,
+    image: &str,
+    (envs, groups, tags): Targets<'_>,
+    first_share: u8,
+    timeout_s: Option<u32>,
+    wait: bool,
+    timeout: u64,
+) -> anyhow::Result<()> {
+    let image = image_id(api, image)?;
+    let environments = envs.iter().map(|e| super::fleet::env_id(api, e)).collect::<anyhow::Result<Vec<u64>>>()?;
+    let body = CreateRollout { image, environments, groups: refs(groups), tags: refs(tags), first_share, timeout_s };
+    let mut r: RolloutView = api.send("POST", "/api/rollouts", &body)?;
+    api.show(&r, show_rollout);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+    while wait && matches!(r.status.as_str(), "first" | "rest") {
+        if std::time::Instant::now() > deadline {
+            bail!("rollout {} is still {:?} after {timeout} s; it goes on", r.id, r.status);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        r = api.get_as(&format!("/api/rollouts/{}", r.id))?;
+    }
+    if wait {
+        api.show(&r, show_rollout);
+        if r.status == "halted" {
+            bail!("rollout {} halted: {}", r.id, r.reason);
+        }
+    }
+    Ok(())
+}
+
 fn deliver(
     api: &mut Api,
     image: &str,
@@ -199,16 +283,7 @@ fn deliver(
     wait: bool,
     timeout: u64,
 ) -> anyhow::Result<()> {
-    let id = match image.parse::<u64>() {
-        Ok(id) => id,
-        Err(_) => {
-            let list: Vec<HeldImageView> = api.get_as("/api/images")?;
-            match list.iter().find(|i| i.reference == image || i.image_id.as_deref() == Some(image)) {
-                Some(i) => i.id,
-                None => bail!("the server holds no image {image:?} (tern image list; tern image pull {image} --wait)"),
-            }
-        }
-    };
+    let id = image_id(api, image)?;
     let environments = envs.iter().map(|e| super::fleet::env_id(api, e)).collect::<anyhow::Result<Vec<u64>>>()?;
     let (queued, action): (Vec<DeliveryView>, &str) = match what {
         Send::Fetch => {

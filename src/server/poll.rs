@@ -254,7 +254,11 @@ pub fn apply(
         Received::Resync => PollReply { acked: replica.current().0, resync: true, ..PollReply::default() },
     };
     for result in &request.results {
-        store.store_result(env_id, result, now)?;
+        let stored = store.store_result(env_id, result, now)?;
+        if stored && result.status != crate::wire::poll::ResultStatus::Progress {
+            // A staged agent update moves on with its results.
+            crate::server::domain::rollouts::advance(store, result.id, now)?;
+        }
         reply.results_acked.push(result.id);
     }
     // Runs of scheduled jobs: stored once each, acknowledged every time

@@ -9,6 +9,7 @@
 //! | `POST /api/images/{id}/deliver` | `{environments?, groups?, tags?}`: send a held image to them (groups and tags as they are now) as transfers, an `image.fetch` command each (202) |
 //! | `GET`, `PUT /api/environments/{id}/transfer-limits` | `{rate_kbit, window}`: an environment's rate cap and download window (UTC) |
 //! | `POST /api/images/{id}/update-agents` | `{environments?, groups?, tags?, timeout_s?}`: the agents there update themselves to this (agent) image, an `agent.update` command each (202); see `agent::update` |
+//! | `POST /api/rollouts`; `GET /api/rollouts`, `.../{id}` | `{image, environments?, groups?, tags?, first_share, timeout_s?}`: a staged agent update (`domain::rollouts`), 201; the list; one, with each environment's wave and command status |
 //! | `POST /api/images/push`, `.../blobs/...` | images uploaded from an operator's engine: see [`super::uploads`] |
 
 use std::sync::Arc;
@@ -19,7 +20,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use super::types::{
-    DeliverImage, DeliveryView, HeldImageView, PullImage, TargetsBody, TransferLimitsView, UpdateAgents,
+    CreateRollout, DeliverImage, DeliveryView, HeldImageView, PullImage, RolloutMember, RolloutView, TargetsBody,
+    TransferLimitsView, UpdateAgents,
 };
 use super::{ApiError, ApiJson, MAX_TARGET_LEN, PathId, read_store, with_store};
 use crate::server::domain::registries;
@@ -147,6 +149,61 @@ pub async fn update_agents(
     Ok((StatusCode::ACCEPTED, Json(queued)))
 }
 
+/// The checked targets of a delivery, an update or a rollout.
+struct Targets {
+    environments: Vec<u64>,
+    labels: Option<crate::server::store::stacks::TargetRefs>,
+}
+
+fn check_targets(body: DeliverImage) -> Result<Targets, ApiError> {
+    if body.environments.len() > MAX_DELIVERY {
+        return Err(ApiError::invalid(format!("environments: at most {MAX_DELIVERY} environment ids")));
+    }
+    let labels = (!body.groups.is_empty() || !body.tags.is_empty())
+        .then(|| TargetsBody { environments: Vec::new(), groups: body.groups, tags: body.tags }.check())
+        .transpose()?;
+    if body.environments.is_empty() && labels.is_none() {
+        return Err(ApiError::invalid("environments: name at least one environment, group or tag"));
+    }
+    Ok(Targets { environments: body.environments, labels })
+}
+
+/// The environments the targets name, now.
+fn resolve(tx: &dyn crate::server::store::Transaction, t: Targets) -> Result<Vec<u64>, ApiError> {
+    let mut environments = t.environments;
+    if let Some(refs) = t.labels {
+        let more = tx.resolve_job_targets(&[], &refs.groups, &refs.tags)?.map_err(ApiError::invalid)?;
+        environments.extend(more);
+    }
+    environments.sort_unstable();
+    environments.dedup();
+    if environments.len() > MAX_DELIVERY {
+        return Err(ApiError::invalid(format!("targets: at most {MAX_DELIVERY} environments")));
+    }
+    Ok(environments)
+}
+
+/// The held image `id` as a fetch of it; 404, or 409 when not held.
+fn held(tx: &dyn crate::server::store::Transaction, id: u64) -> Result<ImageFetch, ApiError> {
+    let image = tx.image(id)?.ok_or_else(|| not_found(id))?;
+    match (image.status.as_str(), image.image_id) {
+        ("held", Some(image_id)) => Ok(ImageFetch { reference: image.reference, image_id }),
+        (status, _) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("image {id} is {status}, not held: pull it first (`tern image pull --wait`)"),
+        )),
+    }
+}
+
+fn no_environment(e: StoreError) -> ApiError {
+    match e {
+        StoreError::NotFound(n) => {
+            ApiError::new(StatusCode::NOT_FOUND, format!("environments: no environment {n}; nothing was queued"))
+        }
+        e => e.into(),
+    }
+}
+
 /// Queues `action(the held image)` on every environment `body` names.
 async fn queue_for(
     state: &Arc<AppState>,
@@ -154,51 +211,89 @@ async fn queue_for(
     body: DeliverImage,
     action: impl FnOnce(ImageFetch) -> Action + Send + 'static,
 ) -> Result<Vec<DeliveryView>, ApiError> {
-    if body.environments.len() > MAX_DELIVERY {
-        return Err(ApiError::invalid(format!("environments: at most {MAX_DELIVERY} environment ids")));
-    }
-    let groups = (!body.groups.is_empty() || !body.tags.is_empty())
-        .then(|| TargetsBody { environments: Vec::new(), groups: body.groups, tags: body.tags }.check())
-        .transpose()?;
-    if body.environments.is_empty() && groups.is_none() {
-        return Err(ApiError::invalid("environments: name at least one environment, group or tag"));
-    }
-    let mut environments = body.environments;
+    let targets = check_targets(body)?;
     with_store(state, move |tx| {
-        if let Some(refs) = groups {
-            let more = tx.resolve_job_targets(&[], &refs.groups, &refs.tags)?.map_err(ApiError::invalid)?;
-            environments.extend(more);
-        }
-        environments.sort_unstable();
-        environments.dedup();
-        if environments.len() > MAX_DELIVERY {
-            return Err(ApiError::invalid(format!("targets: at most {MAX_DELIVERY} environments")));
-        }
-        let image = tx.image(id)?.ok_or_else(|| not_found(id))?;
-        let image_id = match (image.status.as_str(), image.image_id) {
-            ("held", Some(image_id)) => image_id,
-            (status, _) => {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    format!("image {id} is {status}, not held: pull it first (`tern image pull --wait`)"),
-                ));
-            }
-        };
-        let action = action(ImageFetch { reference: image.reference, image_id });
+        let environments = resolve(tx, targets)?;
+        let action = action(held(tx, id)?);
         let mut out = Vec::with_capacity(environments.len());
         for environment in environments {
-            let command = tx.enqueue_command(environment, &action, now()).map_err(|e| match e {
-                StoreError::NotFound(n) => ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    format!("environments: no environment {n}; nothing was queued"),
-                ),
-                e => e.into(),
-            })?;
+            let command = tx.enqueue_command(environment, &action, now()).map_err(no_environment)?;
             out.push(DeliveryView { environment, command });
         }
         Ok(out)
     })
     .await
+}
+
+fn rollout_view(r: crate::server::store::images::RolloutRecord) -> RolloutView {
+    RolloutView {
+        id: r.id,
+        reference: r.reference,
+        image_id: r.image_id,
+        status: r.status,
+        reason: r.reason,
+        timeout_s: r.timeout_s,
+        created_at: r.created_at,
+        updated_at: r.updated_at,
+        environments: r
+            .members
+            .into_iter()
+            .map(|(environment, wave, command, status)| RolloutMember { environment, wave, command, status })
+            .collect(),
+    }
+}
+
+/// `POST /api/rollouts`.
+pub async fn create_rollout(
+    State(state): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<CreateRollout>,
+) -> Result<(StatusCode, Json<RolloutView>), ApiError> {
+    if !(1..=99).contains(&body.first_share) {
+        return Err(ApiError::invalid("first_share: the percentage updated first, 1 to 99"));
+    }
+    let timeout_s = body.timeout_s.unwrap_or(0);
+    if timeout_s != 0 && !(30..=MAX_UPDATE_TIMEOUT).contains(&timeout_s) {
+        return Err(ApiError::invalid(format!("timeout_s: from 30 to {MAX_UPDATE_TIMEOUT} seconds")));
+    }
+    let targets =
+        check_targets(DeliverImage { environments: body.environments, groups: body.groups, tags: body.tags })?;
+    let (image, share, update) = (body.image, body.first_share, fastrand::u64(1..));
+    let view = with_store(&state, move |tx| {
+        let environments = resolve(tx, targets)?;
+        if environments.is_empty() {
+            return Err(ApiError::invalid("targets: the groups and tags given hold no environment"));
+        }
+        let fetch = held(tx, image)?;
+        let id = crate::server::domain::rollouts::start(tx, fetch, &environments, share, timeout_s, update, now())
+            .map_err(no_environment)?;
+        tx.rollout(id)?.map(rollout_view).ok_or_else(ApiError::internal)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// `GET /api/rollouts`.
+pub async fn list_rollouts(State(state): State<Arc<AppState>>) -> Result<Json<Vec<RolloutView>>, ApiError> {
+    let list = read_store(&state, |tx| {
+        let mut out = Vec::new();
+        for id in tx.rollout_ids()? {
+            out.extend(tx.rollout(id)?.map(rollout_view));
+        }
+        Ok(out)
+    })
+    .await?;
+    Ok(Json(list))
+}
+
+/// `GET /api/rollouts/{id}`.
+pub async fn rollout(State(state): State<Arc<AppState>>, PathId(id): PathId) -> Result<Json<RolloutView>, ApiError> {
+    let v = read_store(&state, move |tx| {
+        tx.rollout(id)?
+            .map(rollout_view)
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no rollout {id}")))
+    })
+    .await?;
+    Ok(Json(v))
 }
 
 /// `GET /api/environments/{id}/transfer-limits`.
@@ -234,6 +329,8 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/images/{id}", get(image).delete(delete_image))
         .route("/api/images/{id}/deliver", post(deliver_image))
         .route("/api/images/{id}/update-agents", post(update_agents))
+        .route("/api/rollouts", post(create_rollout).get(list_rollouts))
+        .route("/api/rollouts/{id}", get(rollout))
         .route("/api/images/push", post(super::uploads::push))
         .route("/api/images/blobs/missing", post(super::uploads::missing))
         .route("/api/images/blobs/{digest}", axum::routing::patch(super::uploads::append))

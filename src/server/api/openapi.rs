@@ -46,6 +46,19 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "images",
         "Update the agents of environments to this agent image; put back if the new one does not poll in time (202).",
     ),
+    (
+        "POST",
+        "/api/rollouts",
+        "images",
+        "A staged agent update: a share of the environments first, the rest once those updated (201).",
+    ),
+    ("GET", "/api/rollouts", "images", "Staged agent updates, newest first."),
+    (
+        "GET",
+        "/api/rollouts/{id}",
+        "images",
+        "One staged agent update: status, why it halted, each environment's wave and command.",
+    ),
     // Images uploaded from an operator's engine (`tern image push`).
     (
         "POST",

@@ -20,6 +20,7 @@
 pub mod deploy;
 pub mod jobs;
 pub mod registries;
+pub mod rollouts;
 pub mod stacks;
 pub mod status;
 

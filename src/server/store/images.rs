@@ -31,6 +31,32 @@ pub struct ImageRecord {
     pub updated_at: i64,
 }
 
+/// A staged agent update as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutRecord {
+    /// Its id.
+    pub id: u64,
+    /// The agent image's reference and id.
+    pub reference: String,
+    /// Its image id.
+    pub image_id: String,
+    /// The update's number (in every command it sends).
+    pub update: u64,
+    /// Seconds each new agent has to poll (0: the agent's default).
+    pub timeout_s: u32,
+    /// `first` (the first wave is updating), `rest`, `done` or `halted`.
+    pub status: String,
+    /// Why it halted.
+    pub reason: String,
+    /// When it was made.
+    pub created_at: i64,
+    /// When its status last changed.
+    pub updated_at: i64,
+    /// Its environments: (environment, wave 1 or 2, command once sent,
+    /// that command's status).
+    pub members: Vec<(u64, u8, Option<u64>, Option<String>)>,
+}
+
 /// Images the server holds.
 pub trait ImageStore {
     /// Asks for `reference`: a new row, or the existing one set back to
@@ -91,6 +117,42 @@ pub trait ImageStore {
     /// # Errors
     /// When the database fails.
     fn held_reference(&self, reference: &str) -> Result<Option<String>, StoreError>;
+
+    /// Makes a rollout (status `first`) of these environments in waves.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn insert_rollout(&self, r: &RolloutRecord, now: i64) -> Result<u64, StoreError>;
+
+    /// Records the command that carries the update to a member.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn set_rollout_command(&self, rollout: u64, environment: u64, command: u64) -> Result<(), StoreError>;
+
+    /// The rollout (and wave) a command belongs to, if any.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn rollout_of_command(&self, command: u64) -> Result<Option<(u64, u8)>, StoreError>;
+
+    /// Sets a rollout's status and reason.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn set_rollout_status(&self, rollout: u64, status: &str, reason: &str, now: i64) -> Result<(), StoreError>;
+
+    /// One rollout with its members.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn rollout(&self, id: u64) -> Result<Option<RolloutRecord>, StoreError>;
+
+    /// Every rollout's id, newest first.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn rollout_ids(&self) -> Result<Vec<u64>, StoreError>;
 
     /// Accepts a transfer request's counter: raises the environment's
     /// transfer counter to it only if it is higher (a conditional update,
@@ -221,6 +283,95 @@ impl ImageStore for Tx<'_> {
             .optional()?
             .map(finish)
             .transpose()
+    }
+
+    fn insert_rollout(&self, r: &RolloutRecord, now: i64) -> Result<u64, StoreError> {
+        self.conn.execute(
+            "INSERT INTO rollouts (reference, image_id, update_no, timeout_s, status, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, 'first', ?5, ?5)",
+            params![r.reference, r.image_id, sql_id(r.update), i64::from(r.timeout_s), now],
+        )?;
+        let id = self.conn.last_insert_rowid();
+        for (environment, wave, _, _) in &r.members {
+            self.conn.execute(
+                "INSERT INTO rollout_members (rollout, environment, wave) VALUES (?1, ?2, ?3)",
+                params![id, sql_id(*environment), i64::from(*wave)],
+            )?;
+        }
+        Ok(id as u64)
+    }
+
+    fn set_rollout_command(&self, rollout: u64, environment: u64, command: u64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE rollout_members SET command = ?3 WHERE rollout = ?1 AND environment = ?2",
+            params![sql_id(rollout), sql_id(environment), sql_id(command)],
+        )?;
+        Ok(())
+    }
+
+    fn rollout_of_command(&self, command: u64) -> Result<Option<(u64, u8)>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT rollout, wave FROM rollout_members WHERE command = ?1", [sql_id(command)], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u8))
+            })
+            .optional()?)
+    }
+
+    fn set_rollout_status(&self, rollout: u64, status: &str, reason: &str, now: i64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE rollouts SET status = ?2, reason = ?3, updated_at = ?4 WHERE id = ?1",
+            params![sql_id(rollout), status, reason, now],
+        )?;
+        Ok(())
+    }
+
+    fn rollout(&self, id: u64) -> Result<Option<RolloutRecord>, StoreError> {
+        let Some(mut r) = self
+            .conn
+            .query_row(
+                "SELECT id, reference, image_id, update_no, timeout_s, status, reason, created_at, updated_at
+                 FROM rollouts WHERE id = ?1",
+                [sql_id(id)],
+                |r| {
+                    Ok(RolloutRecord {
+                        id: r.get::<_, i64>(0)? as u64,
+                        reference: r.get(1)?,
+                        image_id: r.get(2)?,
+                        update: r.get::<_, i64>(3)? as u64,
+                        timeout_s: u32::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
+                        status: r.get(5)?,
+                        reason: r.get(6)?,
+                        created_at: r.get(7)?,
+                        updated_at: r.get(8)?,
+                        members: Vec::new(),
+                    })
+                },
+            )
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT m.environment, m.wave, m.command, c.status FROM rollout_members m
+             LEFT JOIN commands c ON c.id = m.command WHERE m.rollout = ?1 ORDER BY m.wave, m.environment",
+        )?;
+        r.members = stmt
+            .query_map([sql_id(id)], |row| {
+                Ok((
+                    row.get::<_, i64>(0)? as u64,
+                    row.get::<_, i64>(1)? as u8,
+                    row.get::<_, Option<i64>>(2)?.map(|c| c as u64),
+                    row.get::<_, Option<String>>(3)?,
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(Some(r))
+    }
+
+    fn rollout_ids(&self) -> Result<Vec<u64>, StoreError> {
+        let mut stmt = self.conn.prepare_cached("SELECT id FROM rollouts ORDER BY id DESC")?;
+        Ok(stmt.query_map([], |r| r.get::<_, i64>(0).map(|v| v as u64))?.collect::<Result<_, _>>()?)
     }
 
     fn held_reference(&self, reference: &str) -> Result<Option<String>, StoreError> {

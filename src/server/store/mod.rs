@@ -391,6 +391,27 @@ const MIGRATIONS: &[&str] = &[
     // 15: the version its agent reported (on first contact and after an
     // update), shown with the environment.
     "ALTER TABLE environments ADD COLUMN agent_version TEXT NOT NULL DEFAULT '';",
+    // 16: staged agent updates (`domain::rollouts`): a share of the
+    // environments first, the rest once every one of those updated.
+    "CREATE TABLE rollouts (
+        id INTEGER PRIMARY KEY,
+        reference TEXT NOT NULL,
+        image_id TEXT NOT NULL,
+        update_no INTEGER NOT NULL,
+        timeout_s INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE rollout_members (
+        rollout INTEGER NOT NULL REFERENCES rollouts(id) ON DELETE CASCADE,
+        environment INTEGER NOT NULL REFERENCES environments(id) ON DELETE CASCADE,
+        wave INTEGER NOT NULL,
+        command INTEGER REFERENCES commands(id) ON DELETE SET NULL,
+        PRIMARY KEY (rollout, environment)
+    ) WITHOUT ROWID;
+    CREATE INDEX rollout_members_by_command ON rollout_members(command);",
 ];
 
 /// The interval every timer runs at when neither the environment nor the

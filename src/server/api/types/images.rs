@@ -140,3 +140,64 @@ pub struct UpdateAgents {
     #[serde(default)]
     pub timeout_s: Option<u32>,
 }
+
+/// `POST /api/rollouts`: a staged agent update, `first_share` percent of
+/// the environments first, the rest once every one of those updated.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRollout {
+    /// The held agent image's id (`tern image list`).
+    pub image: u64,
+    /// The environments (ids).
+    #[serde(default)]
+    pub environments: Vec<u64>,
+    /// Group names (or ids): every environment in them now.
+    #[serde(default)]
+    pub groups: Vec<super::RefBody>,
+    /// Tag names (or ids): every environment with one now.
+    #[serde(default)]
+    pub tags: Vec<super::RefBody>,
+    /// The percentage of the environments updated first (1 to 99; at
+    /// least one environment).
+    pub first_share: u8,
+    /// Seconds each new agent has to poll (30 to 86400; default 300).
+    #[serde(default)]
+    pub timeout_s: Option<u32>,
+}
+
+/// One environment of a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutMember {
+    /// The environment.
+    pub environment: u64,
+    /// 1: the first wave; 2: the rest.
+    pub wave: u8,
+    /// Its `agent.update` command, once sent.
+    pub command: Option<u64>,
+    /// That command's status.
+    pub status: Option<String>,
+}
+
+/// A staged agent update.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutView {
+    /// Its id.
+    pub id: u64,
+    /// The agent image.
+    pub reference: String,
+    /// Its image id.
+    pub image_id: String,
+    /// `first` (the first wave updating), `rest`, `done` or `halted`.
+    pub status: String,
+    /// Why it halted: the environment and its error.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// Seconds each new agent has to poll (0: the agent's default).
+    pub timeout_s: u32,
+    /// When it was made.
+    pub created_at: i64,
+    /// When its status last changed.
+    pub updated_at: i64,
+    /// Its environments.
+    pub environments: Vec<RolloutMember>,
+}

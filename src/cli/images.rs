@@ -9,6 +9,20 @@ use crate::server::api::types::{
     MissingBlobs, PullImage, PushImage, RefBody, RolloutView, TransferLimitsView, UpdateAgents,
 };
 
+/// The environments a delivery or an update goes to.
+#[derive(Debug, clap::Args)]
+pub struct TargetArgs {
+    /// The environments (ids or names).
+    #[arg(long = "env", num_args = 1.., required_unless_present_any = ["group", "tag"])]
+    env: Vec<String>,
+    /// Groups (names or ids): every environment in them now.
+    #[arg(long = "group", num_args = 1..)]
+    group: Vec<String>,
+    /// Tags (names or ids): every environment with one now.
+    #[arg(long = "tag", num_args = 1..)]
+    tag: Vec<String>,
+}
+
 /// `tern image ...`
 #[derive(Debug, clap::Subcommand)]
 pub enum ImageCommand {
@@ -46,15 +60,9 @@ pub enum ImageCommand {
     Deliver {
         /// The image: its id or reference (from `tern image list`).
         image: String,
-        /// The environments (ids or names).
-        #[arg(long = "env", num_args = 1.., required_unless_present_any = ["group", "tag"])]
-        env: Vec<String>,
-        /// Groups (names or ids): every environment in them now.
-        #[arg(long = "group", num_args = 1..)]
-        group: Vec<String>,
-        /// Tags (names or ids): every environment with one now.
-        #[arg(long = "tag", num_args = 1..)]
-        tag: Vec<String>,
+        /// Where it goes.
+        #[command(flatten)]
+        to: TargetArgs,
         /// Wait until every transfer ends.
         #[arg(long)]
         wait: bool,
@@ -72,15 +80,9 @@ pub enum ImageCommand {
     UpdateAgent {
         /// The agent image: its id or reference (from `tern image list`).
         image: String,
-        /// The environments (ids or names).
-        #[arg(long = "env", num_args = 1.., required_unless_present_any = ["group", "tag"])]
-        env: Vec<String>,
-        /// Groups (names or ids): every environment in them now.
-        #[arg(long = "group", num_args = 1..)]
-        group: Vec<String>,
-        /// Tags (names or ids): every environment with one now.
-        #[arg(long = "tag", num_args = 1..)]
-        tag: Vec<String>,
+        /// Where it goes.
+        #[command(flatten)]
+        to: TargetArgs,
         /// Seconds the new agent has to poll before the old one is put
         /// back (30 to 86400; default 300).
         #[arg(long)]
@@ -167,14 +169,14 @@ pub fn run(command: ImageCommand, args: &ApiArgs) -> anyhow::Result<()> {
                 println!("{summary}");
             });
         }
-        ImageCommand::Deliver { image, env, group, tag, wait, timeout } => {
-            deliver(&mut api, &image, (&env, &group, &tag), &Send::Fetch, wait, timeout)?;
+        ImageCommand::Deliver { image, to, wait, timeout } => {
+            deliver(&mut api, &image, &to, &Send::Fetch, wait, timeout)?;
         }
-        ImageCommand::UpdateAgent { image, env, group, tag, poll_within, first: Some(share), wait, timeout } => {
-            rollout(&mut api, &image, (&env, &group, &tag), share, poll_within, wait, timeout)?;
+        ImageCommand::UpdateAgent { image, to, poll_within, first: Some(share), wait, timeout } => {
+            rollout(&mut api, &image, &to, share, poll_within, wait, timeout)?;
         }
-        ImageCommand::UpdateAgent { image, env, group, tag, poll_within, first: None, wait, timeout } => {
-            deliver(&mut api, &image, (&env, &group, &tag), &Send::AgentUpdate(poll_within), wait, timeout)?;
+        ImageCommand::UpdateAgent { image, to, poll_within, first: None, wait, timeout } => {
+            deliver(&mut api, &image, &to, &Send::AgentUpdate(poll_within), wait, timeout)?;
         }
         ImageCommand::Rollouts { id: Some(id) } => {
             let r: RolloutView = api.get_as(&format!("/api/rollouts/{id}"))?;
@@ -202,9 +204,6 @@ pub fn run(command: ImageCommand, args: &ApiArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
-
-/// Environments, groups and tags, as named on the command line.
-type Targets<'a> = (&'a [String], &'a [String], &'a [String]);
 
 /// What a delivery sends: image.fetch, or agent.update with its time.
 enum Send {
@@ -247,14 +246,15 @@ fn image_id(api: &mut Api, image: &str) -> anyhow::Result<u64> {
 fn rollout(
     api: &mut Api,
     image: &str,
-    (envs, groups, tags): Targets<'_>,
+    to: &TargetArgs,
     first_share: u8,
     timeout_s: Option<u32>,
     wait: bool,
     timeout: u64,
 ) -> anyhow::Result<()> {
     let image = image_id(api, image)?;
-    let environments = envs.iter().map(|e| super::fleet::env_id(api, e)).collect::<anyhow::Result<Vec<u64>>>()?;
+    let environments = to.env.iter().map(|e| super::fleet::env_id(api, e)).collect::<anyhow::Result<Vec<u64>>>()?;
+    let (groups, tags) = (&to.group, &to.tag);
     let body = CreateRollout { image, environments, groups: refs(groups), tags: refs(tags), first_share, timeout_s };
     let mut r: RolloutView = api.send("POST", "/api/rollouts", &body)?;
     api.show(&r, show_rollout);
@@ -275,16 +275,10 @@ fn rollout(
     Ok(())
 }
 
-fn deliver(
-    api: &mut Api,
-    image: &str,
-    (envs, groups, tags): Targets<'_>,
-    what: &Send,
-    wait: bool,
-    timeout: u64,
-) -> anyhow::Result<()> {
+fn deliver(api: &mut Api, image: &str, to: &TargetArgs, what: &Send, wait: bool, timeout: u64) -> anyhow::Result<()> {
     let id = image_id(api, image)?;
-    let environments = envs.iter().map(|e| super::fleet::env_id(api, e)).collect::<anyhow::Result<Vec<u64>>>()?;
+    let environments = to.env.iter().map(|e| super::fleet::env_id(api, e)).collect::<anyhow::Result<Vec<u64>>>()?;
+    let (groups, tags) = (&to.group, &to.tag);
     let (queued, action): (Vec<DeliveryView>, &str) = match what {
         Send::Fetch => {
             let body = DeliverImage { environments, groups: refs(groups), tags: refs(tags) };

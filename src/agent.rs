@@ -560,6 +560,11 @@ pub async fn start(
         environment = config.token.environment,
         server = %config.token.url,
         data = %config.data_path.display(),
+        version = env!("CARGO_PKG_VERSION"),
+        // A note a build can carry (TERN_BUILD_NOTE at build time): what
+        // makes a local build told apart; tests/image_bytes.rs builds the
+        // agent twice, once with a note, as an update with a one-line change.
+        build = option_env!("TERN_BUILD_NOTE").unwrap_or(""),
         "agent starting"
     );
     let (job_runs, job_runs_rx) = tokio::sync::mpsc::unbounded_channel();

@@ -13,7 +13,12 @@
 //! * (b) a 5 MiB application layer rebuilt with small changes (40 edits
 //!   and an insertion that shifts everything after it);
 //! * (c) a new 20 MiB base layer, under an unchanged application layer;
-//! * and (c) again at a rate cap, cut five times at spread points.
+//! * and (c) again at a rate cap, cut five times at spread points;
+//! * (d) the agent updated to a build with a one-line change: in CI, where
+//!   `.ci/run` builds the agent twice (the second time with a build note,
+//!   `TERN_AGENT_UPDATE` names the two binaries), the payload that moves
+//!   the agent image's binary layer from one to the other, against the
+//!   image's size (target: ≤ 1/20). Outside CI without them it is skipped.
 //!
 //! Targets (the issue's), on the count with polls: (a) ≤ 1/100 of `docker
 //! pull`, (b) ≤ 1/10, (c) no worse, five cuts ≤ 1.05× the uninterrupted
@@ -28,6 +33,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use common::images::{build_context, deliver, finished, held_image, image_id_of, noise, realistic, realistic_with};
@@ -252,4 +258,34 @@ async fn moving_an_image_to_its_next_version_costs_a_fraction_of_docker_pull() {
     drop(pull_relay);
     drop(registry);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_agent_update_with_a_one_line_change_costs_at_most_a_twentieth_of_its_image() {
+    let ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    let Some(dir) = std::env::var_os("TERN_AGENT_UPDATE") else {
+        assert!(!ci, "CI: .ci/run builds the agent twice and sets TERN_AGENT_UPDATE");
+        eprintln!("SKIPPED (d): TERN_AGENT_UPDATE names no two agent builds (see .ci/run)");
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let (from, to) = (std::fs::read(dir.join("from")).unwrap(), std::fs::read(dir.join("to")).unwrap());
+    assert_ne!(from, to, "the two builds differ");
+    // The image's other layers are the same in both: only the binary's
+    // layer travels, as a delta against the running agent's.
+    let payload = tern::transfer::encode(&from, &to).unwrap();
+    assert_eq!(tern::transfer::decode(&from, &payload, to.len() as u64).unwrap(), to);
+    let out = Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Size}}", tern::server::domain::deploy::AGENT_IMAGE])
+        .output()
+        .unwrap();
+    let image: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("the agent image (.ci/run builds it)");
+    let differ = from.iter().zip(&to).filter(|(a, b)| a != b).count();
+    eprintln!(
+        "| (d) agent update, one line changed | image {image} B | binary {} B, {differ} bytes differ | payload {} B | 1/{} of the image |",
+        to.len(),
+        payload.len(),
+        image / payload.len() as u64
+    );
+    assert!(payload.len() as u64 * 20 <= image, "(d): {} B of payload for a {image} B image", payload.len());
 }

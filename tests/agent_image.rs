@@ -25,7 +25,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Api, Deadline, Objects, Server, docker, tempdir};
+use common::{Api, Deadline, Objects, Server, agent_image as image, bridge_gateway, docker, tempdir};
 use serde_json::{Value, json};
 use tern::server::domain::deploy::AGENT_IMAGE;
 
@@ -33,48 +33,6 @@ const WAIT: Duration = Duration::from_secs(90);
 
 /// The image's user (the Dockerfile's `USER`).
 const AGENT_UID: &str = "65532";
-
-/// The image to test, `None` to skip (outside CI only).
-fn image() -> Option<String> {
-    let exists = |image: &str| {
-        Command::new("docker")
-            .args(["image", "inspect", "--format", "{{.Id}}", image])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if let Some(named) = std::env::var("TERN_AGENT_IMAGE").ok().filter(|v| !v.trim().is_empty()) {
-        assert!(exists(&named), "TERN_AGENT_IMAGE={named}: no such image in the local engine");
-        return Some(named);
-    }
-    if exists(AGENT_IMAGE) {
-        return Some(AGENT_IMAGE.to_owned());
-    }
-    let ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
-    assert!(
-        !ci,
-        "CI: the image {AGENT_IMAGE} does not exist; `.ci/run` builds it with scripts/agent-image.sh before the tests"
-    );
-    eprintln!(
-        "SKIPPED agent_image: no image {AGENT_IMAGE} in the local engine (build it with scripts/agent-image.sh, or \
-         name another with TERN_AGENT_IMAGE)"
-    );
-    None
-}
-
-/// This host as a container on the default bridge network sees it: the
-/// container's default gateway (the bridge's IPAM config may not name it).
-fn bridge_gateway(image: &str) -> String {
-    let route = docker(&["run", "--rm", image, "/bin/busybox", "ip", "-4", "route", "show", "default"]);
-    route
-        .split_whitespace()
-        .skip_while(|w| *w != "via")
-        .nth(1)
-        .filter(|a| a.parse::<std::net::Ipv4Addr>().is_ok())
-        .unwrap_or_else(|| {
-            panic!("no IPv4 default gateway on the bridge network ({route:?}): a container cannot reach this host")
-        })
-        .to_owned()
-}
 
 fn inspect(name: &str, format: &str) -> String {
     docker(&["inspect", "--format", format, name])

@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use super::{Api, ApiArgs};
 use crate::server::api::types::{
     BlobDone, BlobQuery, CommandView, CreateRollout, DeliverImage, DeliveryView, HeldImageView, MissingBlob,
-    MissingBlobs, PullImage, PushImage, RefBody, RolloutView, TransferLimitsView, UpdateAgents,
+    MissingBlobs, PullImage, PushImage, RefBody, RolloutView, TransferLimitsView,
 };
 
 /// The environments a delivery or an update goes to.
@@ -76,7 +76,8 @@ pub enum ImageCommand {
     /// transfer, and a helper container recreates the agent's container
     /// from it with the same settings; if the new agent has not polled in
     /// time, the old one is put back and the command fails, "rolled back",
-    /// with the reason. With --wait, until every one has ended.
+    /// with the reason. Every update is a rollout (`tern image
+    /// rollouts`); with --first, a staged one. With --wait, until it ends.
     UpdateAgent {
         /// The agent image: its id or reference (from `tern image list`).
         image: String,
@@ -98,8 +99,8 @@ pub enum ImageCommand {
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
     },
-    /// Show staged agent updates (all, or one with each environment's
-    /// wave and command).
+    /// Show agent updates (all, or one with each environment's wave and
+    /// command).
     Rollouts {
         /// One rollout's id.
         id: Option<u64>,
@@ -170,13 +171,10 @@ pub fn run(command: ImageCommand, args: &ApiArgs) -> anyhow::Result<()> {
             });
         }
         ImageCommand::Deliver { image, to, wait, timeout } => {
-            deliver(&mut api, &image, &to, &Send::Fetch, wait, timeout)?;
+            deliver(&mut api, &image, &to, wait, timeout)?;
         }
-        ImageCommand::UpdateAgent { image, to, poll_within, first: Some(share), wait, timeout } => {
-            rollout(&mut api, &image, &to, share, poll_within, wait, timeout)?;
-        }
-        ImageCommand::UpdateAgent { image, to, poll_within, first: None, wait, timeout } => {
-            deliver(&mut api, &image, &to, &Send::AgentUpdate(poll_within), wait, timeout)?;
+        ImageCommand::UpdateAgent { image, to, poll_within, first, wait, timeout } => {
+            rollout(&mut api, &image, &to, first, poll_within, wait, timeout)?;
         }
         ImageCommand::Rollouts { id: Some(id) } => {
             let r: RolloutView = api.get_as(&format!("/api/rollouts/{id}"))?;
@@ -203,12 +201,6 @@ pub fn run(command: ImageCommand, args: &ApiArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// What a delivery sends: image.fetch, or agent.update with its time.
-enum Send {
-    Fetch,
-    AgentUpdate(Option<u32>),
 }
 
 fn rollout_line(r: &RolloutView) {
@@ -247,7 +239,7 @@ fn rollout(
     api: &mut Api,
     image: &str,
     to: &TargetArgs,
-    first_share: u8,
+    first_share: Option<u8>,
     timeout_s: Option<u32>,
     wait: bool,
     timeout: u64,
@@ -275,20 +267,12 @@ fn rollout(
     Ok(())
 }
 
-fn deliver(api: &mut Api, image: &str, to: &TargetArgs, what: &Send, wait: bool, timeout: u64) -> anyhow::Result<()> {
+fn deliver(api: &mut Api, image: &str, to: &TargetArgs, wait: bool, timeout: u64) -> anyhow::Result<()> {
     let id = image_id(api, image)?;
     let environments = to.env.iter().map(|e| super::fleet::env_id(api, e)).collect::<anyhow::Result<Vec<u64>>>()?;
-    let (groups, tags) = (&to.group, &to.tag);
-    let (queued, action): (Vec<DeliveryView>, &str) = match what {
-        Send::Fetch => {
-            let body = DeliverImage { environments, groups: refs(groups), tags: refs(tags) };
-            (api.send("POST", &format!("/api/images/{id}/deliver"), &body)?, "image.fetch")
-        }
-        Send::AgentUpdate(timeout_s) => {
-            let body = UpdateAgents { environments, groups: refs(groups), tags: refs(tags), timeout_s: *timeout_s };
-            (api.send("POST", &format!("/api/images/{id}/update-agents"), &body)?, "agent.update")
-        }
-    };
+    let body = DeliverImage { environments, groups: refs(&to.group), tags: refs(&to.tag) };
+    let queued: Vec<DeliveryView> = api.send("POST", &format!("/api/images/{id}/deliver"), &body)?;
+    let action = "image.fetch";
     api.show(&queued, |q| {
         q.iter().for_each(|d| println!("environment {}: command {} ({action})", d.environment, d.command));
     });

@@ -626,3 +626,48 @@ pub fn tern_cli(server: &Server, args: &[&str]) -> Result<String, String> {
 pub fn tern_ok(server: &Server, args: &[&str]) -> String {
     tern_cli(server, args).unwrap_or_else(|e| panic!("tern {args:?}: {e}"))
 }
+
+/// The agent image to test (`tern-agent:latest`, or the one
+/// `TERN_AGENT_IMAGE` names), `None` to skip (outside CI only: `.ci/run`
+/// builds it).
+pub fn agent_image() -> Option<String> {
+    use tern::server::domain::deploy::AGENT_IMAGE;
+    let exists = |image: &str| {
+        Command::new("docker")
+            .args(["image", "inspect", "--format", "{{.Id}}", image])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if let Some(named) = std::env::var("TERN_AGENT_IMAGE").ok().filter(|v| !v.trim().is_empty()) {
+        assert!(exists(&named), "TERN_AGENT_IMAGE={named}: no such image in the local engine");
+        return Some(named);
+    }
+    if exists(AGENT_IMAGE) {
+        return Some(AGENT_IMAGE.to_owned());
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    assert!(
+        !ci,
+        "CI: the image {AGENT_IMAGE} does not exist; `.ci/run` builds it with scripts/agent-image.sh before the tests"
+    );
+    eprintln!(
+        "SKIPPED: no image {AGENT_IMAGE} in the local engine (build it with scripts/agent-image.sh, or \
+         name another with TERN_AGENT_IMAGE)"
+    );
+    None
+}
+
+/// This host as a container on the default bridge network sees it: the
+/// container's default gateway (the bridge's IPAM config may not name it).
+pub fn bridge_gateway(image: &str) -> String {
+    let route = docker(&["run", "--rm", image, "/bin/busybox", "ip", "-4", "route", "show", "default"]);
+    route
+        .split_whitespace()
+        .skip_while(|w| *w != "via")
+        .nth(1)
+        .filter(|a| a.parse::<std::net::Ipv4Addr>().is_ok())
+        .unwrap_or_else(|| {
+            panic!("no IPv4 default gateway on the bridge network ({route:?}): a container cannot reach this host")
+        })
+        .to_owned()
+}

@@ -8,8 +8,7 @@
 //! | `DELETE /api/images/{id}` | forget it (204; its blobs stay while another image shares them) |
 //! | `POST /api/images/{id}/deliver` | `{environments?, groups?, tags?}`: send a held image to them (groups and tags as they are now) as transfers, an `image.fetch` command each (202) |
 //! | `GET`, `PUT /api/environments/{id}/transfer-limits` | `{rate_kbit, window}`: an environment's rate cap and download window (UTC) |
-//! | `POST /api/images/{id}/update-agents` | `{environments?, groups?, tags?, timeout_s?}`: the agents there update themselves to this (agent) image, an `agent.update` command each (202); see `agent::update` |
-//! | `POST /api/rollouts`; `GET /api/rollouts`, `.../{id}` | `{image, environments?, groups?, tags?, first_share, timeout_s?}`: a staged agent update (`domain::rollouts`), 201; the list; one, with each environment's wave and command status |
+//! | `POST /api/rollouts`; `GET /api/rollouts`, `.../{id}` | `{image, environments?, groups?, tags?, first_share?, timeout_s?}`: agents update themselves to a held agent image (`agent::update`), staged with `first_share` (`domain::rollouts`), 201; the list; one, with each environment's wave and command status |
 //! | `POST /api/images/push`, `.../blobs/...` | images uploaded from an operator's engine: see [`super::uploads`] |
 
 use std::sync::Arc;
@@ -21,14 +20,14 @@ use axum::{Json, Router};
 
 use super::types::{
     CreateRollout, DeliverImage, DeliveryView, HeldImageView, PullImage, RolloutMember, RolloutView, TargetsBody,
-    TransferLimitsView, UpdateAgents,
+    TransferLimitsView,
 };
 use super::{ApiError, ApiJson, MAX_TARGET_LEN, PathId, read_store, with_store};
 use crate::server::domain::registries;
 use crate::server::http::{AppState, now};
 use crate::server::store::StoreError;
 use crate::server::store::images::ImageRecord;
-use crate::wire::poll::{Action, AgentUpdate, ImageFetch};
+use crate::wire::poll::{Action, ImageFetch};
 
 pub(super) fn view(r: ImageRecord) -> HeldImageView {
     HeldImageView {
@@ -123,33 +122,11 @@ pub async fn deliver_image(
     PathId(id): PathId,
     ApiJson(body): ApiJson<DeliverImage>,
 ) -> Result<(StatusCode, Json<Vec<DeliveryView>>), ApiError> {
-    let queued = queue_for(&state, id, body, Action::ImageFetch).await?;
+    let queued = queue_for(&state, id, body).await?;
     Ok((StatusCode::ACCEPTED, Json(queued)))
 }
 
-/// The most seconds a new agent may be given to poll.
-pub const MAX_UPDATE_TIMEOUT: u32 = 24 * 3600;
-
-/// `POST /api/images/{id}/update-agents`.
-pub async fn update_agents(
-    State(state): State<Arc<AppState>>,
-    PathId(id): PathId,
-    ApiJson(body): ApiJson<UpdateAgents>,
-) -> Result<(StatusCode, Json<Vec<DeliveryView>>), ApiError> {
-    let timeout_s = body.timeout_s.unwrap_or(0);
-    if timeout_s != 0 && !(30..=MAX_UPDATE_TIMEOUT).contains(&timeout_s) {
-        return Err(ApiError::invalid(format!("timeout_s: from 30 to {MAX_UPDATE_TIMEOUT} seconds")));
-    }
-    // The helper's rollback note names it: any number unique to this update.
-    let update = fastrand::u64(1..);
-    let targets = DeliverImage { environments: body.environments, groups: body.groups, tags: body.tags };
-    let queued =
-        queue_for(&state, id, targets, move |image| Action::AgentUpdate(AgentUpdate { image, timeout_s, update }))
-            .await?;
-    Ok((StatusCode::ACCEPTED, Json(queued)))
-}
-
-/// The checked targets of a delivery, an update or a rollout.
+/// The checked targets of a delivery or a rollout.
 struct Targets {
     environments: Vec<u64>,
     labels: Option<crate::server::store::stacks::TargetRefs>,
@@ -204,17 +181,13 @@ fn no_environment(e: StoreError) -> ApiError {
     }
 }
 
-/// Queues `action(the held image)` on every environment `body` names.
-async fn queue_for(
-    state: &Arc<AppState>,
-    id: u64,
-    body: DeliverImage,
-    action: impl FnOnce(ImageFetch) -> Action + Send + 'static,
-) -> Result<Vec<DeliveryView>, ApiError> {
+/// Queues an `image.fetch` of the held image on every environment `body`
+/// names.
+async fn queue_for(state: &Arc<AppState>, id: u64, body: DeliverImage) -> Result<Vec<DeliveryView>, ApiError> {
     let targets = check_targets(body)?;
     with_store(state, move |tx| {
         let environments = resolve(tx, targets)?;
-        let action = action(held(tx, id)?);
+        let action = Action::ImageFetch(held(tx, id)?);
         let mut out = Vec::with_capacity(environments.len());
         for environment in environments {
             let command = tx.enqueue_command(environment, &action, now()).map_err(no_environment)?;
@@ -243,21 +216,28 @@ fn rollout_view(r: crate::server::store::images::RolloutRecord) -> RolloutView {
     }
 }
 
+/// The most seconds a new agent may be given to poll.
+pub const MAX_UPDATE_TIMEOUT: u32 = 24 * 3600;
+
 /// `POST /api/rollouts`.
 pub async fn create_rollout(
     State(state): State<Arc<AppState>>,
     ApiJson(body): ApiJson<CreateRollout>,
 ) -> Result<(StatusCode, Json<RolloutView>), ApiError> {
-    if !(1..=99).contains(&body.first_share) {
-        return Err(ApiError::invalid("first_share: the percentage updated first, 1 to 99"));
-    }
+    // No share: one wave, every environment at once.
+    let share = match body.first_share {
+        None => 100,
+        Some(s) if (1..=99).contains(&s) => s,
+        Some(_) => return Err(ApiError::invalid("first_share: the percentage updated first, 1 to 99")),
+    };
     let timeout_s = body.timeout_s.unwrap_or(0);
     if timeout_s != 0 && !(30..=MAX_UPDATE_TIMEOUT).contains(&timeout_s) {
         return Err(ApiError::invalid(format!("timeout_s: from 30 to {MAX_UPDATE_TIMEOUT} seconds")));
     }
     let targets =
         check_targets(DeliverImage { environments: body.environments, groups: body.groups, tags: body.tags })?;
-    let (image, share, update) = (body.image, body.first_share, fastrand::u64(1..));
+    // The helper's rollback note names it: any number unique to this update.
+    let (image, update) = (body.image, fastrand::u64(1..));
     let view = with_store(&state, move |tx| {
         let environments = resolve(tx, targets)?;
         if environments.is_empty() {
@@ -328,7 +308,6 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/images", post(pull_image).get(list_images))
         .route("/api/images/{id}", get(image).delete(delete_image))
         .route("/api/images/{id}/deliver", post(deliver_image))
-        .route("/api/images/{id}/update-agents", post(update_agents))
         .route("/api/rollouts", post(create_rollout).get(list_rollouts))
         .route("/api/rollouts/{id}", get(rollout))
         .route("/api/images/push", post(super::uploads::push))

@@ -42,17 +42,11 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ("PUT", "/api/environments/{id}/transfer-limits", "images", "Set an environment's rate cap and download window."),
     (
         "POST",
-        "/api/images/{id}/update-agents",
-        "images",
-        "Update the agents of environments to this agent image; put back if the new one does not poll in time (202).",
-    ),
-    (
-        "POST",
         "/api/rollouts",
         "images",
-        "A staged agent update: a share of the environments first, the rest once those updated (201).",
+        "Agents update themselves to a held agent image; staged: a share first, the rest once those updated (201).",
     ),
-    ("GET", "/api/rollouts", "images", "Staged agent updates, newest first."),
+    ("GET", "/api/rollouts", "images", "Agent updates, newest first."),
     (
         "GET",
         "/api/rollouts/{id}",

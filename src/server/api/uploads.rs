@@ -160,7 +160,7 @@ fn keep(data: &Path, digest: &str, size: u64) -> Result<(), String> {
                 if len > size { "more" } else { "fewer" }
             ));
         }
-        let got: String = hash.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let got = super::view::hex(hash.finish().as_ref());
         if format!("sha256:{got}") != digest {
             return Err(format!("its tar is sha256:{got}, not {digest}"));
         }
@@ -227,11 +227,7 @@ pub async fn push(
     }
     let image_id = format!(
         "sha256:{}",
-        ring::digest::digest(&ring::digest::SHA256, body.config.as_bytes())
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
+        super::view::hex(ring::digest::digest(&ring::digest::SHA256, body.config.as_bytes()).as_ref())
     );
     let config = blob_path(&state.data, &image_id).ok_or_else(ApiError::internal)?;
     crate::server::images::write_atomic(&config, body.config.as_bytes())

@@ -1,5 +1,7 @@
-//! Staged agent updates: a share of the environments first, the rest only
-//! once every one of those has updated (issue #14).
+//! Agent updates, staged: a share of the environments first, the rest only
+//! once every one of those has updated (issue #14). An update asked for
+//! without a share is a rollout of one wave (a share of 100 %), so every
+//! agent update has a status and a reason to show.
 //!
 //! * **Start** splits the environments (by id) into a first wave of the
 //!   share asked for (at least one) and the rest, and sends the first

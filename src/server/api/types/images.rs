@@ -121,28 +121,9 @@ pub struct PushImage {
     pub config: String,
 }
 
-/// `POST /api/images/{id}/update-agents`: the agents of these
-/// environments update themselves to this image (an agent image).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateAgents {
-    /// The environments (ids).
-    #[serde(default)]
-    pub environments: Vec<u64>,
-    /// Group names (or ids): every environment in them now.
-    #[serde(default)]
-    pub groups: Vec<super::RefBody>,
-    /// Tag names (or ids): every environment with one now.
-    #[serde(default)]
-    pub tags: Vec<super::RefBody>,
-    /// Seconds the new agent has to poll before the old one is put back
-    /// (30 to 86400; the agent's default, 300, when absent).
-    #[serde(default)]
-    pub timeout_s: Option<u32>,
-}
-
-/// `POST /api/rollouts`: a staged agent update, `first_share` percent of
-/// the environments first, the rest once every one of those updated.
+/// `POST /api/rollouts`: agents update themselves to a held agent image;
+/// staged with `first_share`: that percentage of the environments first,
+/// the rest once every one of those updated.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRollout {
@@ -158,8 +139,9 @@ pub struct CreateRollout {
     #[serde(default)]
     pub tags: Vec<super::RefBody>,
     /// The percentage of the environments updated first (1 to 99; at
-    /// least one environment).
-    pub first_share: u8,
+    /// least one environment); absent, all of them at once.
+    #[serde(default)]
+    pub first_share: Option<u8>,
     /// Seconds each new agent has to poll (30 to 86400; default 300).
     #[serde(default)]
     pub timeout_s: Option<u32>,

@@ -26,6 +26,18 @@ pub struct ServerConfig {
     pub cert: Option<(PathBuf, PathBuf)>,
     /// Names for the self-signed certificate.
     pub names: Vec<String>,
+    /// A PostgreSQL URL (`--database`); `None`: SQLite in the data
+    /// directory.
+    pub database: Option<String>,
+}
+
+impl ServerConfig {
+    /// The embedded default: SQLite in `data`, the self-signed certificate
+    /// for `localhost`.
+    #[must_use]
+    pub fn new(data: PathBuf) -> Self {
+        Self { data, cert: None, names: vec!["localhost".into()], database: None }
+    }
 }
 
 /// Why the server could not start.
@@ -93,21 +105,32 @@ pub fn prepare(config: &ServerConfig) -> Result<Prepared, StartError> {
         Some((cert, key)) => crate::tls::ServerIdentity::load(cert, key)?,
         None => crate::tls::ServerIdentity::load_or_create(&config.data, &config.names)?,
     };
-    let store = store::Store::open(&config.data.join("tern.db"))?;
+    let pool = match &config.database {
+        Some(url) => {
+            let pg = store::postgres::PgPool::connect(url)?;
+            store::Store::postgres(pg.get()?).backfill()?;
+            store::pool::Pool::postgres(pg)
+        }
+        None => store::pool::Pool::new(store::Store::open(&config.data.join("tern.db"))?),
+    };
+    tracing::info!("database {}", pool.shown());
+    let now = crate::clock::unix_now();
     // Stacks are queued for an environment when it joins a targeted group
     // or tag (api::fleet); a database written before that rule, when polls
     // and listings looked for them, is brought up to it once.
-    crate::server::domain::stacks::reconcile(&store.autocommit(), None, None, crate::clock::unix_now())?;
-    // Image pulls die with the process that ran them.
-    let interrupted = store::ImageStore::interrupt_pulls(&store.autocommit(), crate::clock::unix_now())?;
+    pool.write(|tx| crate::server::domain::stacks::reconcile(tx, None, None, now))?;
+    // Image pulls die with the process that ran them. (With replicas on
+    // one PostgreSQL, another replica's pull may be under way: only pulls
+    // no replica has touched for a while are given up.)
+    let stale = if config.database.is_some() { now - store::images::PULL_STALE_SECS } else { i64::MAX };
+    let interrupted = pool.write(|tx| tx.interrupt_pulls(stale, now))?;
     if interrupted > 0 {
         tracing::warn!("{interrupted} image pull(s) were under way when the server stopped: marked failed");
     }
-    // Before the server serves: nothing else holds the database.
     let initial_admin_password =
-        api::access::ensure_admin(&store.autocommit(), |k| std::env::var(k).ok()).map_err(StartError::Admin)?;
+        pool.write(|tx| api::access::ensure_admin(tx, |k| std::env::var(k).ok()).map_err(StartError::Admin))?;
     let mut admin_token = admin_token(&config.data)?;
-    if api::access::token_revoked(&store.autocommit(), &admin_token)? {
+    if pool.read(|tx| api::access::token_revoked(tx, &admin_token))? {
         // An operator revoked it: a new one replaces it.
         let path = admin_token_path(&config.data);
         tracing::warn!("the admin token in {} was revoked; writing a new one", path.display());
@@ -119,7 +142,13 @@ pub fn prepare(config: &ServerConfig) -> Result<Prepared, StartError> {
         fingerprint,
         initial_admin_password,
         tls: Arc::new(identity.server_config()?),
-        state: http::AppState::new(store, crate::wire::codec::Limits::default(), &admin_token, fingerprint)?,
+        state: http::AppState::with_pool(
+            pool,
+            Some(config.data.clone()),
+            crate::wire::codec::Limits::default(),
+            &admin_token,
+            fingerprint,
+        )?,
     })
 }
 
@@ -209,6 +238,13 @@ pub struct ServeArgs {
     /// Data directory (database, certificate, key).
     #[arg(long, env = "TERN_DATA", default_value = "tern-data")]
     pub data: PathBuf,
+    /// A PostgreSQL database to keep everything in instead of SQLite in
+    /// the data directory (`postgres://user:password@host:5432/tern`, or
+    /// `postgres:///tern?host=/run/postgresql` on a Unix socket). Several
+    /// servers on one database serve one fleet; give them the same
+    /// certificate and key (--tls-cert/--tls-key) and TERN_SECRET_KEY.
+    #[arg(long, env = "TERN_DATABASE_URL", hide_env_values = true)]
+    pub database: Option<String>,
     /// PEM certificate chain to use instead of the self-signed one.
     #[arg(long, env = "TERN_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -249,7 +285,12 @@ impl ServeArgs {
         if let Some(idle) = self.idle_timeout {
             limits.idle = idle;
         }
-        let config = ServerConfig { data: self.data, cert: self.tls_cert.zip(self.tls_key), names: self.cert_names };
+        let config = ServerConfig {
+            data: self.data,
+            cert: self.tls_cert.zip(self.tls_key),
+            names: self.cert_names,
+            database: self.database,
+        };
         let prepared = prepare(&config)?;
         if std::env::args().any(|a| a == "--agent-secret" || a.starts_with("--agent-secret=")) {
             tracing::warn!(
@@ -298,7 +339,7 @@ mod tests {
     fn the_agent_secret_given_at_start_is_kept_until_cleared() {
         let data = std::env::temp_dir().join(format!("tern-server-prepare-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data);
-        let config = ServerConfig { data: data.clone(), cert: None, names: vec!["localhost".into()] };
+        let config = ServerConfig::new(data.clone());
         let first = prepare(&config).unwrap();
         assert!(!first.requires_agent_secret().unwrap());
         first.set_agent_secret(Some("s3cret")).unwrap();

@@ -30,7 +30,7 @@ fn tempdir(name: &str) -> std::path::PathBuf {
 #[tokio::test]
 async fn idle_and_resumed_polls_stay_within_their_byte_budgets() {
     let dir = tempdir("server");
-    let config = tern::server::ServerConfig { data: dir.clone(), cert: None, names: vec!["localhost".into()] };
+    let config = tern::server::ServerConfig::new(dir.clone());
     let prepared = tern::server::prepare(&config).unwrap();
     let fingerprint = prepared.fingerprint;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

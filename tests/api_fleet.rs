@@ -41,7 +41,7 @@ impl Fleet {
     async fn start(name: &str) -> Self {
         let data = std::env::temp_dir().join(format!("tern-api-fleet-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data);
-        let config = tern::server::ServerConfig { data: data.clone(), cert: None, names: vec!["localhost".into()] };
+        let config = tern::server::ServerConfig::new(data.clone());
         let prepared = tern::server::prepare(&config).unwrap();
         let fingerprint = prepared.fingerprint;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -53,7 +53,7 @@ async fn refused_poll(client: &mut Client) -> (u64, u64) {
 #[tokio::test]
 async fn default_clients_get_x25519_and_pq_clients_get_the_hybrid_from_the_real_server() {
     let dir = tempdir("server");
-    let config = tern::server::ServerConfig { data: dir.clone(), cert: None, names: vec!["localhost".into()] };
+    let config = tern::server::ServerConfig::new(dir.clone());
     let prepared = tern::server::prepare(&config).unwrap();
     let trust = Trust::Pinned(prepared.fingerprint);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

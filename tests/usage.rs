@@ -46,7 +46,7 @@ struct TestServer {
 impl TestServer {
     async fn start(name: &str) -> Self {
         let dir = tempdir(&format!("tern-usage-{name}"));
-        let config = tern::server::ServerConfig { data: dir.clone(), cert: None, names: vec!["localhost".into()] };
+        let config = tern::server::ServerConfig::new(dir.clone());
         let prepared = tern::server::prepare(&config).unwrap();
         let fingerprint = prepared.fingerprint;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

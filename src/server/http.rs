@@ -92,10 +92,27 @@ impl AppState {
         admin_token: &str,
         fingerprint: [u8; 32],
     ) -> Result<Arc<Self>, super::StartError> {
-        store.autocommit().ensure_data_directory_token(&super::store::access::secret_hash(admin_token), now())?;
         // Beside the database, never in it; a database in memory (tests)
         // gets a key of its own.
         let dir = store.path().as_deref().and_then(std::path::Path::parent).map(std::path::Path::to_owned);
+        Self::with_pool(Pool::new(store), dir, limits, admin_token, fingerprint)
+    }
+
+    /// [`Self::new`] on a pool of either database, with the data directory
+    /// (the server key, image blobs) given: `None` for a database in
+    /// memory, which gets a temporary one and a key of its own.
+    ///
+    /// # Errors
+    /// When the codec cannot be set up or the store fails.
+    pub fn with_pool(
+        store: Pool,
+        dir: Option<std::path::PathBuf>,
+        limits: Limits,
+        admin_token: &str,
+        fingerprint: [u8; 32],
+    ) -> Result<Arc<Self>, super::StartError> {
+        let hash = super::store::access::secret_hash(admin_token);
+        store.write(|tx| tx.ensure_data_directory_token(&hash, now()))?;
         let secrets = match &dir {
             Some(dir) => super::secrets::SecretKey::load_or_create(dir, std::env::var(super::secrets::KEY_VAR).ok())
                 .map_err(super::StartError::Secrets)?,
@@ -107,7 +124,7 @@ impl AppState {
             std::env::temp_dir().join(format!("tern-memory-{}-{n}", std::process::id()))
         });
         Ok(Arc::new(Self {
-            store: Pool::new(store),
+            store,
             codecs: Mutex::new(vec![Codec::new(limits)?]),
             limits,
             decoding: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_DECODES)),

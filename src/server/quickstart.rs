@@ -33,8 +33,10 @@ impl QuickstartArgs {
     /// When the server or the agent cannot start.
     pub fn run(self) -> anyhow::Result<()> {
         let QuickstartArgs { listen, data, interval } = self;
-        let config =
-            super::ServerConfig { data: data.clone(), cert: None, names: vec!["localhost".into(), "127.0.0.1".into()] };
+        let config = super::ServerConfig {
+            names: vec!["localhost".into(), "127.0.0.1".into()],
+            ..super::ServerConfig::new(data.clone())
+        };
         let prepared = super::prepare(&config)?;
         let agent_secret = prepared.agent_secret()?;
         let fingerprint = prepared.fingerprint;

@@ -11,7 +11,7 @@
 //! held that long (the agents' polls wait on it).
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use rusqlite::{OptionalExtension, params};
+use super::sql::{OptionalExtension, Row, params};
 
 use super::{StoreError, Tx, sql_id};
 
@@ -358,7 +358,7 @@ impl AccessStore for Tx<'_> {
                 |r| {
                     Ok(Session {
                         id_hash: hash_of(r.get(0)?),
-                        user_id: r.get::<_, i64>(1)? as u64,
+                        user_id: r.get::<i64>(1)? as u64,
                         username: r.get(2)?,
                         csrf: r.get(3)?,
                         created_at: r.get(4)?,
@@ -384,11 +384,10 @@ impl AccessStore for Tx<'_> {
     }
 
     fn create_api_token(&self, name: &str, token_hash: &[u8; 32], now: i64) -> Result<ApiToken, StoreError> {
-        self.conn.execute(
+        let id = self.conn.insert(
             "INSERT INTO api_tokens (name, token_hash, created_at) VALUES (?1, ?2, ?3)",
             params![name, &token_hash[..], now],
-        )?;
-        let id = self.conn.last_insert_rowid() as u64;
+        )? as u64;
         Ok(ApiToken {
             id,
             name: name.to_owned(),
@@ -455,9 +454,9 @@ impl AccessStore for Tx<'_> {
 }
 
 impl Tx<'_> {
-    fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+    fn user_row(r: &Row) -> super::sql::Result<User> {
         Ok(User {
-            id: r.get::<_, i64>(0)? as u64,
+            id: r.get::<i64>(0)? as u64,
             name: r.get(1)?,
             password_hash: r.get(2)?,
             created_at: r.get(3)?,
@@ -467,9 +466,9 @@ impl Tx<'_> {
 
     const TOKEN_COLUMNS: &'static str = "id, name, created_at, last_used_at, revoked_at, data_directory";
 
-    fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiToken> {
+    fn token_row(r: &Row) -> super::sql::Result<ApiToken> {
         Ok(ApiToken {
-            id: r.get::<_, i64>(0)? as u64,
+            id: r.get::<i64>(0)? as u64,
             name: r.get(1)?,
             created_at: r.get(2)?,
             last_used_at: r.get(3)?,

@@ -74,15 +74,15 @@ pub trait CommandStore {
 
 impl CommandStore for Tx<'_> {
     fn enqueue_command(&self, environment: u64, action: &Action, now: i64) -> Result<u64, StoreError> {
-        let n = self.conn.execute(
-            "INSERT INTO commands (environment, action, status, created_at)
-             SELECT id, ?2, 'queued', ?3 FROM environments WHERE id = ?1",
-            params![sql_id(environment), action.encode(), now],
-        )?;
-        if n == 0 {
-            return Err(StoreError::NotFound(environment));
-        }
-        Ok(self.conn.last_insert_rowid() as u64)
+        let id = self
+            .conn
+            .insert(
+                "INSERT INTO commands (environment, action, status, created_at)
+                 SELECT id, ?2, 'queued', ?3 FROM environments WHERE id = ?1",
+                params![sql_id(environment), action.encode(), now],
+            )
+            .optional()?;
+        Ok(id.ok_or(StoreError::NotFound(environment))? as u64)
     }
 
     fn commands_due(&self, environment: u64, now: i64, limit: usize) -> Result<Vec<Command>, StoreError> {
@@ -122,7 +122,7 @@ impl CommandStore for Tx<'_> {
         let env = sql_id(environment);
         let tx = self.tx()?;
         tx.execute(
-            "UPDATE environments SET commands_seen = MAX(commands_seen, MIN(?2,
+            "UPDATE environments SET commands_seen = GREATEST(commands_seen, LEAST(?2,
                 (SELECT COALESCE(MAX(id), 0) FROM commands WHERE environment = ?1 AND sent_at IS NOT NULL)))
              WHERE id = ?1",
             params![env, sql_id(seen)],
@@ -159,7 +159,7 @@ impl CommandStore for Tx<'_> {
         // the server heard of it, so it is held between the two.
         let finished_at = if result.finished_at > 0 { result.finished_at.min(now) } else { now };
         let n = self.conn.execute(
-            "UPDATE commands SET status = ?3, error = ?4, finished_at = MAX(?5, created_at),
+            "UPDATE commands SET status = ?3, error = ?4, finished_at = GREATEST(?5, created_at),
                                  delivered_at = COALESCE(delivered_at, ?6)
              WHERE id = ?1 AND environment = ?2 AND status IN ('queued', 'delivered', 'cancelled')",
             params![id, sql_id(environment), status, truncate(&result.error, MAX_ERROR_LEN), finished_at, now],
@@ -231,10 +231,10 @@ impl Tx<'_> {
 
     /// Reads a row of [`Self::COMMAND_COLUMNS`]; the action and status are
     /// checked by [`Self::finish_record`], outside SQLite's callback.
-    fn command_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawCommand> {
+    fn command_row(r: &Row) -> super::sql::Result<RawCommand> {
         Ok(RawCommand {
-            id: r.get::<_, i64>(0)? as u64,
-            environment: r.get::<_, i64>(1)? as u64,
+            id: r.get::<i64>(0)? as u64,
+            environment: r.get::<i64>(1)? as u64,
             action: r.get(2)?,
             status: r.get(3)?,
             error: r.get(4)?,

@@ -15,8 +15,8 @@
 //!
 //! Group and tag names are unique regardless of case.
 
-use rusqlite::types::ToSql;
-use rusqlite::{Connection, OptionalExtension, params};
+use super::sql::ToSql;
+use super::sql::{Connection, OptionalExtension, Row, params};
 
 use super::*;
 use crate::auth::Secret;
@@ -288,12 +288,27 @@ const FLEET_CTE: &str = "WITH f AS (
     FROM environments e
 )";
 
-const FLEET_COLUMNS: &str = "f.id, f.name, f.group_id, g.name, f.edge_id, f.created_at, f.last_poll_at, f.snapshot_at,
-    COALESCE(f.state_as_of, f.snapshot_at), f.online, f.win,
-    (SELECT json_group_array(name) FROM
-        (SELECT t.name FROM environment_tags et JOIN tags t ON t.id = et.tag
-         WHERE et.environment = f.id ORDER BY t.name COLLATE NOCASE)),
-    f.n_containers, f.n_running, f.n_paused, f.n_stopped, f.n_unhealthy,
+fn fleet_columns(dialect: super::sql::Dialect) -> String {
+    // An environment's tags as a JSON array, in name order: the two
+    // databases spell the aggregate differently.
+    let tags = match dialect {
+        super::sql::Dialect::Sqlite => {
+            "(SELECT json_group_array(name) FROM
+                (SELECT t.name FROM environment_tags et JOIN tags t ON t.id = et.tag
+                 WHERE et.environment = f.id ORDER BY t.name COLLATE NOCASE))"
+        }
+        super::sql::Dialect::Postgres => {
+            "COALESCE((SELECT json_agg(t.name ORDER BY t.name) FROM environment_tags et JOIN tags t ON t.id = et.tag
+                 WHERE et.environment = f.id), '[]')"
+        }
+    };
+    format!("{FLEET_COLUMNS_HEAD}, {tags}, {FLEET_COLUMNS_TAIL}")
+}
+
+const FLEET_COLUMNS_HEAD: &str = "f.id, f.name, f.group_id, g.name, f.edge_id, f.created_at, f.last_poll_at, f.snapshot_at,
+    COALESCE(f.state_as_of, f.snapshot_at), f.online, f.win";
+
+const FLEET_COLUMNS_TAIL: &str = "f.n_containers, f.n_running, f.n_paused, f.n_stopped, f.n_unhealthy,
     f.n_images, f.n_volumes, f.n_networks, f.n_stacks, f.state_seq, f.state_root, f.agent_version";
 
 /// Groups and tags share their code: which table, and how environments
@@ -341,21 +356,21 @@ impl Kind {
     }
 }
 
-fn is_constraint(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
+fn is_constraint(e: &super::sql::Error) -> bool {
+    matches!(e, super::sql::Error::Constraint(_))
 }
 
 /// The id a reference names, if it names one.
 fn find(conn: &Connection, kind: Kind, r: &Ref) -> Result<Option<u64>, StoreError> {
     let by_id = |id: u64| -> Result<Option<u64>, StoreError> {
         let sql = format!("SELECT id FROM {} WHERE id = ?1", kind.table());
-        Ok(conn.query_row(&sql, [sql_id(id)], |r| r.get::<_, i64>(0)).optional()?.map(|v| v as u64))
+        Ok(conn.query_row(&sql, [sql_id(id)], |r| r.get::<i64>(0)).optional()?.map(|v| v as u64))
     };
     match r {
         Ref::Id(id) => by_id(*id),
         Ref::Name(name) => {
             let sql = format!("SELECT id FROM {} WHERE name = ?1", kind.table());
-            match conn.query_row(&sql, [name], |r| r.get::<_, i64>(0)).optional()? {
+            match conn.query_row(&sql, [name], |r| r.get::<i64>(0)).optional()? {
                 Some(id) => Ok(Some(id as u64)),
                 None => match name.parse::<u64>() {
                     Ok(id) => by_id(id),
@@ -378,8 +393,7 @@ fn set_tags(conn: &Connection, env: u64, tags: &[Ref]) -> Result<(), StoreError>
         let id = match (find(conn, Kind::Tag, t)?, t) {
             (Some(id), _) => id,
             (None, Ref::Name(name)) => {
-                conn.execute("INSERT INTO tags (name) VALUES (?1)", [name])?;
-                conn.last_insert_rowid() as u64
+                conn.insert("INSERT INTO tags (name) VALUES (?1)", [name])? as u64
             }
             (None, Ref::Id(_)) => return Err(Kind::Tag.unknown(t).into()),
         };
@@ -423,7 +437,7 @@ pub(super) fn save_counts(conn: &Connection, id: u64, seq: u64, state: &State, n
     Ok(())
 }
 
-/// Named parameters as rusqlite takes them.
+/// Named parameters as [`Connection`] takes them.
 fn refs<'a>(v: &'a [(&'static str, Box<dyn ToSql>)]) -> Vec<(&'static str, &'a dyn ToSql)> {
     v.iter().map(|(k, b)| (*k, b.as_ref())).collect()
 }
@@ -757,18 +771,17 @@ impl FleetStore for Tx<'_> {
         now: i64,
     ) -> Result<Environment, StoreError> {
         let tx = self.tx()?;
-        let r = self.conn.execute(
+        let r = self.conn.insert(
             "INSERT INTO environments (name, secret, created_at, ping_interval, snapshot_interval, command_interval)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![name, &secret.0[..], now, intervals.ping, intervals.snapshot, intervals.command],
         );
-        match r {
-            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+        let id = match r {
+            Err(super::sql::Error::Constraint(_)) => {
                 return Err(StoreError::NameTaken(name.to_owned()));
             }
-            r => r?,
+            r => r? as u64,
         };
-        let id = self.conn.last_insert_rowid() as u64;
         self.refresh_status_windows(Some(id))?;
         tx.commit()?;
         Ok(Environment { id, name: name.to_owned(), secret, edge_id: None, last_counter: 0 })
@@ -781,7 +794,7 @@ impl FleetStore for Tx<'_> {
                 [id as i64],
                 |r| {
                     let secret: Vec<u8> = r.get(2)?;
-                    Ok((r.get::<_, i64>(0)?, r.get(1)?, secret, r.get(3)?, r.get::<_, i64>(4)?))
+                    Ok((r.get::<i64>(0)?, r.get(1)?, secret, r.get(3)?, r.get::<i64>(4)?))
                 },
             )
             .optional()?
@@ -860,10 +873,10 @@ impl FleetStore for Tx<'_> {
                 [id as i64],
                 |r| {
                     Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, Vec<u8>>(1)?,
-                        r.get::<_, Option<i64>>(2)?,
-                        r.get::<_, Option<Vec<u8>>>(3)?,
+                        r.get::<i64>(0)?,
+                        r.get::<Vec<u8>>(1)?,
+                        r.get::<Option<i64>>(2)?,
+                        r.get::<Option<Vec<u8>>>(3)?,
                     ))
                 },
             )
@@ -932,7 +945,7 @@ impl FleetStore for Tx<'_> {
                         command: opt_u32(r.get(8)?),
                     };
                     let agent = Self::agent_intervals_of(r.get(9)?, r.get(10)?, r.get(11)?);
-                    Ok((Self::info_row(r)?, intervals, agent, r.get::<_, i64>(12)? as u64))
+                    Ok((Self::info_row(r)?, intervals, agent, r.get::<i64>(12)? as u64))
                 },
             )
             .optional()?;
@@ -1075,7 +1088,7 @@ impl FleetStore for Tx<'_> {
     fn update_environment(&self, id: u64, change: &EnvironmentChange) -> Result<(), StoreError> {
         let tx = self.tx()?;
         self.environment(id)?;
-        let set = |column: &str, value: &dyn ToSql| -> Result<(), rusqlite::Error> {
+        let set = |column: &str, value: &dyn ToSql| -> Result<(), super::sql::Error> {
             tx.execute(&format!("UPDATE environments SET {column} = ?2 WHERE id = ?1"), params![sql_id(id), value])
                 .map(drop)
         };
@@ -1138,7 +1151,7 @@ impl FleetStore for Tx<'_> {
                 |r| {
                     Ok(FleetOptions {
                         url: r.get(0)?,
-                        env_vars: split_vars(&r.get::<_, String>(1)?),
+                        env_vars: split_vars(&r.get::<String>(1)?),
                         allow_self_signed: r.get(2)?,
                         volume_path: r.get(3)?,
                         deploy_edge_id: r.get(4)?,
@@ -1161,7 +1174,7 @@ impl FleetStore for Tx<'_> {
 
     fn commands_seen(&self, id: u64) -> Result<u64, StoreError> {
         self.conn
-            .query_row("SELECT commands_seen FROM environments WHERE id = ?1", [sql_id(id)], |r| r.get::<_, i64>(0))
+            .query_row("SELECT commands_seen FROM environments WHERE id = ?1", [sql_id(id)], |r| r.get::<i64>(0))
             .optional()?
             .map(|v| v as u64)
             .ok_or(StoreError::NotFound(id))
@@ -1238,9 +1251,9 @@ impl FleetStore for Tx<'_> {
 }
 
 impl Tx<'_> {
-    fn info_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EnvironmentInfo> {
+    fn info_row(r: &Row) -> super::sql::Result<EnvironmentInfo> {
         Ok(EnvironmentInfo {
-            id: r.get::<_, i64>(0)? as u64,
+            id: r.get::<i64>(0)? as u64,
             name: r.get(1)?,
             edge_id: r.get(2)?,
             created_at: r.get(3)?,
@@ -1278,7 +1291,7 @@ impl Tx<'_> {
         let stale: Vec<(i64, i64, Vec<u8>, Option<i64>)> = {
             let mut stmt = self.conn.prepare(
                 "SELECT r.environment, r.seq, r.state, e.snapshot_at FROM replicas r
-                 JOIN environments e ON e.id = r.environment WHERE e.state_seq IS NOT r.seq",
+                 JOIN environments e ON e.id = r.environment WHERE e.state_seq IS DISTINCT FROM r.seq",
             )?;
             stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect::<Result<_, _>>()?
         };
@@ -1355,23 +1368,24 @@ impl Tx<'_> {
         let total: i64 =
             self.conn
                 .query_row(&format!("{FLEET_CTE} SELECT COUNT(*) FROM f {where_sql}"), &*refs(&named), |r| r.get(0))?;
-        named.push((":limit", Box::new(filter.limit.map_or(-1, sql_id))));
+        named.push((":limit", Box::new(filter.limit.map_or(i64::MAX, sql_id))));
         named.push((":offset", Box::new(sql_id(filter.offset))));
         let sql = format!(
-            "{FLEET_CTE} SELECT {FLEET_COLUMNS} FROM f LEFT JOIN groups g ON g.id = f.group_id {where_sql}
-             ORDER BY f.id LIMIT :limit OFFSET :offset"
+            "{FLEET_CTE} SELECT {} FROM f LEFT JOIN groups g ON g.id = f.group_id {where_sql}
+             ORDER BY f.id LIMIT :limit OFFSET :offset",
+            fleet_columns(self.conn.dialect())
         );
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(&*refs(&named), |r| {
-            let group = match (r.get::<_, Option<i64>>(2)?, r.get::<_, Option<String>>(3)?) {
+            let group = match (r.get::<Option<i64>>(2)?, r.get::<Option<String>>(3)?) {
                 (Some(id), Some(name)) => Some((id as u64, name)),
                 _ => None,
             };
             let tags: String = r.get(11)?;
-            let n = |i: usize| r.get::<_, i64>(i).map(|v| v as u64);
+            let n = |i: usize| r.get::<i64>(i).map(|v| v as u64);
             let root: Option<Vec<u8>> = r.get(22)?;
             Ok(FleetItem {
-                id: r.get::<_, i64>(0)? as u64,
+                id: r.get::<i64>(0)? as u64,
                 name: r.get(1)?,
                 group,
                 tags: serde_json::from_str(&tags).unwrap_or_default(),
@@ -1380,7 +1394,7 @@ impl Tx<'_> {
                 last_poll_at: r.get(6)?,
                 snapshot_at: r.get(7)?,
                 as_of: r.get(8)?,
-                status: if r.get::<_, bool>(9)? { Status::Online } else { Status::Offline },
+                status: if r.get::<bool>(9)? { Status::Online } else { Status::Offline },
                 window: r.get(10)?,
                 counts: FleetCounts {
                     containers: n(12)?,
@@ -1393,7 +1407,7 @@ impl Tx<'_> {
                     networks: n(19)?,
                     stacks: n(20)?,
                 },
-                seq: r.get::<_, Option<i64>>(21)?.map_or(0, |v| v as u64),
+                seq: r.get::<Option<i64>>(21)?.map_or(0, |v| v as u64),
                 root: root.and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok()).unwrap_or_else(empty_root),
                 agent_version: r.get(23)?,
             })
@@ -1405,11 +1419,11 @@ impl Tx<'_> {
     // ----- groups and tags -----
 
     fn label_create(&self, kind: Kind, name: &str) -> Result<Label, StoreError> {
-        match self.conn.execute(&format!("INSERT INTO {} (name) VALUES (?1)", kind.table()), [name]) {
+        match self.conn.insert(&format!("INSERT INTO {} (name) VALUES (?1)", kind.table()), [name]) {
             Err(e) if is_constraint(&e) => Err(kind.taken(name).into()),
             r => {
-                r?;
-                Ok(Label { id: self.conn.last_insert_rowid() as u64, name: name.to_owned(), environments: 0 })
+                let id = r?;
+                Ok(Label { id: id as u64, name: name.to_owned(), environments: 0 })
             }
         }
     }
@@ -1419,7 +1433,7 @@ impl Tx<'_> {
             format!("SELECT x.id, x.name, {} FROM {} x ORDER BY x.name COLLATE NOCASE", kind.members(), kind.table());
         let mut stmt = self.conn.prepare(&sql)?;
         let rows = stmt.query_map([], |r| {
-            Ok(Label { id: r.get::<_, i64>(0)? as u64, name: r.get(1)?, environments: r.get::<_, i64>(2)? as u64 })
+            Ok(Label { id: r.get::<i64>(0)? as u64, name: r.get(1)?, environments: r.get::<i64>(2)? as u64 })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -1428,7 +1442,7 @@ impl Tx<'_> {
         let sql = format!("SELECT x.id, x.name, {} FROM {} x WHERE x.id = ?1", kind.members(), kind.table());
         self.conn
             .query_row(&sql, [sql_id(id)], |r| {
-                Ok(Label { id: r.get::<_, i64>(0)? as u64, name: r.get(1)?, environments: r.get::<_, i64>(2)? as u64 })
+                Ok(Label { id: r.get::<i64>(0)? as u64, name: r.get(1)?, environments: r.get::<i64>(2)? as u64 })
             })
             .optional()?
             .ok_or_else(|| kind.not_found(id).into())
@@ -1558,7 +1572,7 @@ mod tests {
         let path = dir.join("tern.db");
         let st = state();
         {
-            let conn = Connection::open(&path).unwrap();
+            let conn = rusqlite::Connection::open(&path).unwrap();
             for sql in &super::super::MIGRATIONS[..3] {
                 conn.execute_batch(sql).unwrap();
             }
@@ -1687,7 +1701,7 @@ mod tests {
             .conn
             .prepare("EXPLAIN QUERY PLAN SELECT 1 FROM environment_tags WHERE tag = 1")
             .unwrap()
-            .query_map([], |r| r.get::<_, String>(3))
+            .query_map([], |r| r.get::<String>(3))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();

@@ -4,7 +4,7 @@
 //! image id (the config's digest) and layers (their `diff_id`s, the
 //! digests of the layer tars the blob store keeps: `server::images`).
 
-use rusqlite::{OptionalExtension, params};
+use super::sql::{OptionalExtension, Row, params};
 
 use super::{StoreError, Tx, sql_id};
 
@@ -91,13 +91,14 @@ pub trait ImageStore {
     /// When the database fails.
     fn images(&self) -> Result<Vec<ImageRecord>, StoreError>;
 
-    /// Marks the pulls under way as failed: a server that stops drops
-    /// them (at its start, so that asking again pulls again). Returns how
-    /// many.
+    /// Marks the pulls under way since before `started_before` as failed:
+    /// a server that stops drops them (at its start, so that asking again
+    /// pulls again; with replicas on one database, only pulls older than
+    /// any a live replica would still run). Returns how many.
     ///
     /// # Errors
     /// When the database fails.
-    fn interrupt_pulls(&self, now: i64) -> Result<usize, StoreError>;
+    fn interrupt_pulls(&self, started_before: i64, now: i64) -> Result<usize, StoreError>;
 
     /// Forgets an image. False when there is none.
     ///
@@ -177,18 +178,23 @@ pub trait ImageStore {
     fn set_transfer_limits(&self, environment: u64, rate: u64, window: &str) -> Result<(), StoreError>;
 }
 
+/// With replicas on one PostgreSQL, a pull no replica finished in this
+/// long is taken for one whose replica stopped (pulls run on the server's
+/// own link to the registry: six hours is well past a slow one).
+pub const PULL_STALE_SECS: i64 = 6 * 3600;
+
 const COLUMNS: &str = "id, reference, status, error, image_id, layers, size, created_at, updated_at";
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(ImageRecord, String)> {
+fn row(r: &Row) -> super::sql::Result<(ImageRecord, String)> {
     Ok((
         ImageRecord {
-            id: r.get::<_, i64>(0)? as u64,
+            id: r.get::<i64>(0)? as u64,
             reference: r.get(1)?,
             status: r.get(2)?,
             error: r.get(3)?,
             image_id: r.get(4)?,
             layers: Vec::new(),
-            size: r.get::<_, i64>(6)? as u64,
+            size: r.get::<i64>(6)? as u64,
             created_at: r.get(7)?,
             updated_at: r.get(8)?,
         },
@@ -220,11 +226,11 @@ impl ImageStore for Tx<'_> {
                 Ok((id as u64, false))
             }
             None => {
-                self.conn.execute(
+                let id = self.conn.insert(
                     "INSERT INTO images (reference, status, created_at, updated_at) VALUES (?1, 'pulling', ?2, ?2)",
                     params![reference, now],
                 )?;
-                Ok((self.conn.last_insert_rowid() as u64, false))
+                Ok((id as u64, false))
             }
         }
     }
@@ -261,11 +267,11 @@ impl ImageStore for Tx<'_> {
         rows.into_iter().map(finish).collect()
     }
 
-    fn interrupt_pulls(&self, now: i64) -> Result<usize, StoreError> {
+    fn interrupt_pulls(&self, started_before: i64, now: i64) -> Result<usize, StoreError> {
         Ok(self.conn.execute(
             "UPDATE images SET status = 'failed', error = 'the server stopped during the pull; ask again',
-                    updated_at = ?1 WHERE status = 'pulling'",
-            [now],
+                    updated_at = ?1 WHERE status = 'pulling' AND updated_at < ?2",
+            [now, started_before],
         )?)
     }
 
@@ -286,12 +292,11 @@ impl ImageStore for Tx<'_> {
     }
 
     fn insert_rollout(&self, r: &RolloutRecord, now: i64) -> Result<u64, StoreError> {
-        self.conn.execute(
+        let id = self.conn.insert(
             "INSERT INTO rollouts (reference, image_id, update_no, timeout_s, status, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, 'first', ?5, ?5)",
             params![r.reference, r.image_id, sql_id(r.update), i64::from(r.timeout_s), now],
         )?;
-        let id = self.conn.last_insert_rowid();
         for (environment, wave, _, _) in &r.members {
             self.conn.execute(
                 "INSERT INTO rollout_members (rollout, environment, wave) VALUES (?1, ?2, ?3)",
@@ -313,7 +318,7 @@ impl ImageStore for Tx<'_> {
         Ok(self
             .conn
             .query_row("SELECT rollout, wave FROM rollout_members WHERE command = ?1", [sql_id(command)], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u8))
+                Ok((r.get::<i64>(0)? as u64, r.get::<i64>(1)? as u8))
             })
             .optional()?)
     }
@@ -335,11 +340,11 @@ impl ImageStore for Tx<'_> {
                 [sql_id(id)],
                 |r| {
                     Ok(RolloutRecord {
-                        id: r.get::<_, i64>(0)? as u64,
+                        id: r.get::<i64>(0)? as u64,
                         reference: r.get(1)?,
                         image_id: r.get(2)?,
-                        update: r.get::<_, i64>(3)? as u64,
-                        timeout_s: u32::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
+                        update: r.get::<i64>(3)? as u64,
+                        timeout_s: u32::try_from(r.get::<i64>(4)?).unwrap_or(0),
                         status: r.get(5)?,
                         reason: r.get(6)?,
                         created_at: r.get(7)?,
@@ -359,10 +364,10 @@ impl ImageStore for Tx<'_> {
         r.members = stmt
             .query_map([sql_id(id)], |row| {
                 Ok((
-                    row.get::<_, i64>(0)? as u64,
-                    row.get::<_, i64>(1)? as u8,
-                    row.get::<_, Option<i64>>(2)?.map(|c| c as u64),
-                    row.get::<_, Option<String>>(3)?,
+                    row.get::<i64>(0)? as u64,
+                    row.get::<i64>(1)? as u8,
+                    row.get::<Option<i64>>(2)?.map(|c| c as u64),
+                    row.get::<Option<String>>(3)?,
                 ))
             })?
             .collect::<Result<_, _>>()?;
@@ -371,7 +376,7 @@ impl ImageStore for Tx<'_> {
 
     fn rollout_ids(&self) -> Result<Vec<u64>, StoreError> {
         let mut stmt = self.conn.prepare_cached("SELECT id FROM rollouts ORDER BY id DESC")?;
-        Ok(stmt.query_map([], |r| r.get::<_, i64>(0).map(|v| v as u64))?.collect::<Result<_, _>>()?)
+        Ok(stmt.query_map([], |r| r.get::<i64>(0).map(|v| v as u64))?.collect::<Result<_, _>>()?)
     }
 
     fn held_reference(&self, reference: &str) -> Result<Option<String>, StoreError> {
@@ -399,7 +404,7 @@ impl ImageStore for Tx<'_> {
             .query_row(
                 "SELECT transfer_counter, transfer_rate, transfer_window FROM environments WHERE id = ?1",
                 [sql_id(environment)],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get(2)?)),
+                |r| Ok((r.get::<i64>(0)? as u64, r.get::<i64>(1)? as u64, r.get(2)?)),
             )
             .optional()?
             .ok_or(StoreError::NotFound(environment))
@@ -428,12 +433,12 @@ mod tests {
         let (id, under_way) = tx.request_image("10.0.0.5:5000/app:1", 1).unwrap();
         assert!(!under_way);
         assert_eq!(tx.request_image("10.0.0.5:5000/app:1", 2).unwrap(), (id, true), "one pull at a time");
-        assert_eq!(tx.interrupt_pulls(3).unwrap(), 1);
+        assert_eq!(tx.interrupt_pulls(i64::MAX, 3).unwrap(), 1);
         let r = tx.image(id).unwrap().unwrap();
         assert_eq!((r.status.as_str(), r.error.contains("stopped")), ("failed", true));
         assert_eq!(tx.request_image("10.0.0.5:5000/app:1", 4).unwrap(), (id, false), "asked again, pulled again");
         tx.image_held(id, "sha256:c", &["sha256:l".into()], 10, 5).unwrap();
-        assert_eq!(tx.interrupt_pulls(6).unwrap(), 0);
+        assert_eq!(tx.interrupt_pulls(i64::MAX, 6).unwrap(), 0);
         assert_eq!(tx.image(id).unwrap().unwrap().layers, ["sha256:l"]);
     }
 }

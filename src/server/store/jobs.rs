@@ -21,7 +21,7 @@
 //! ([`crate::server::domain::jobs`]): a job and all of its commands are
 //! queued, or nothing is.
 
-use rusqlite::{OptionalExtension, params};
+use super::sql::{OptionalExtension, Row, params};
 
 use super::prelude::*;
 use super::{CommandStatus, MAX_ERROR_LEN, MAX_OUTPUT_LEN, StoreError, Tx, sql_id, truncate};
@@ -240,7 +240,7 @@ impl JobStore for Tx<'_> {
             ("tags", "tag", tags, "tags", "SELECT environment FROM environment_tags WHERE tag = ?1"),
         ] {
             for r in refs {
-                let lookup = |column: &str, value: &dyn rusqlite::ToSql| -> Result<Option<i64>, StoreError> {
+                let lookup = |column: &str, value: &dyn super::sql::ToSql| -> Result<Option<i64>, StoreError> {
                     Ok(self
                         .conn
                         .query_row(&format!("SELECT id FROM {table} WHERE {column} = ?1"), [value], |r| r.get(0))
@@ -263,7 +263,7 @@ impl JobStore for Tx<'_> {
                     }));
                 };
                 let mut stmt = self.conn.prepare_cached(members)?;
-                for id in stmt.query_map([label], |r| r.get::<_, i64>(0))? {
+                for id in stmt.query_map([label], |r| r.get::<i64>(0))? {
                     out.insert(id? as u64);
                 }
             }
@@ -272,12 +272,12 @@ impl JobStore for Tx<'_> {
     }
 
     fn insert_job(&self, job: &NewJob, now: i64) -> Result<u64, StoreError> {
-        self.conn.execute(
+        let id = self.conn.insert(
             "INSERT INTO jobs (name, script, image, cron, timeout_s, version, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?6)",
             params![job.name, job.script, job.image, job.cron, job.timeout_s, now],
         )?;
-        Ok(self.conn.last_insert_rowid() as u64)
+        Ok(id as u64)
     }
 
     fn revise_job(&self, id: u64, job: &NewJob, version: u32, now: i64) -> Result<(), StoreError> {
@@ -299,7 +299,7 @@ impl JobStore for Tx<'_> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT environment FROM job_targets WHERE job = ?1 AND removed = 0 ORDER BY environment",
         )?;
-        let rows = stmt.query_map([sql_id(id)], |r| r.get::<_, i64>(0).map(|v| v as u64))?;
+        let rows = stmt.query_map([sql_id(id)], |r| r.get::<i64>(0).map(|v| v as u64))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -359,7 +359,7 @@ impl JobStore for Tx<'_> {
                  WHERE t.job = ?1 ORDER BY t.environment",
             )?;
             stmt.query_map([sql_id(id)], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok((r.get::<i64>(0)? as u64, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })?
             .collect::<Result<_, _>>()?
         };
@@ -456,9 +456,9 @@ impl Tx<'_> {
     const JOB_COLUMNS: &'static str =
         "id, name, script, image, cron, timeout_s, version, created_at, updated_at, removed_at";
 
-    fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
+    fn job_row(r: &Row) -> super::sql::Result<JobRecord> {
         Ok(JobRecord {
-            id: r.get::<_, i64>(0)? as u64,
+            id: r.get::<i64>(0)? as u64,
             job: NewJob { name: r.get(1)?, script: r.get(2)?, image: r.get(3)?, cron: r.get(4)?, timeout_s: r.get(5)? },
             version: r.get(6)?,
             created_at: r.get(7)?,
@@ -536,8 +536,8 @@ impl Tx<'_> {
             params![sql_id(id), environment.map(sql_id), i64::try_from(limit).unwrap_or(i64::MAX)],
             |r| {
                 Ok(JobRunRecord {
-                    environment: r.get::<_, i64>(0)? as u64,
-                    run: r.get::<_, i64>(1)? as u64,
+                    environment: r.get::<i64>(0)? as u64,
+                    run: r.get::<i64>(1)? as u64,
                     version: r.get(2)?,
                     started_at: r.get(3)?,
                     finished_at: r.get(4)?,

@@ -31,13 +31,16 @@ pub mod fleet;
 pub mod images;
 pub mod jobs;
 pub mod pool;
+pub mod postgres;
 pub mod registries;
+pub mod sql;
+pub mod sqlite;
 pub mod stacks;
 pub mod usage;
 
 use std::path::Path;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use sql::{Connection, OptionalExtension, Row, params};
 
 use crate::auth::Secret;
 use crate::sync::State;
@@ -97,9 +100,15 @@ pub enum StoreError {
     Fleet(fleet::FleetError),
 }
 
+impl From<sql::Error> for StoreError {
+    fn from(e: sql::Error) -> Self {
+        Self::Backend(Box::new(e))
+    }
+}
+
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        Self::Backend(Box::new(e))
+        sqlite::from(e).into()
     }
 }
 
@@ -114,7 +123,8 @@ impl StoreError {
 /// The most output bytes kept per command (the agent's cap too).
 pub const MAX_OUTPUT_LEN: usize = 64 * 1024;
 
-/// Migrations, in order. Never edit one that has shipped; add another.
+/// Migrations, in order. Never edit one that has shipped; add another, here
+/// and to PostgreSQL's (`postgres::MIGRATIONS`, one for one).
 const MIGRATIONS: &[&str] = &[
     // 1: environments, replicas, commands.
     "CREATE TABLE environments (
@@ -619,7 +629,7 @@ pub struct Environment {
     pub last_counter: u64,
 }
 
-/// The database.
+/// A connection to the database, SQLite's or PostgreSQL's.
 #[derive(Debug)]
 pub struct Store {
     conn: Connection,
@@ -786,7 +796,7 @@ impl Store {
     /// # Errors
     /// When SQLite fails or the schema is newer than this build.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path)?;
+        let conn = rusqlite::Connection::open(path)?;
         // It holds every environment's secret: the server's alone (SQLite
         // gives its -wal and -shm files the same mode).
         #[cfg(unix)]
@@ -803,10 +813,41 @@ impl Store {
     /// # Errors
     /// When SQLite fails.
     pub fn in_memory() -> Result<Self, StoreError> {
-        Self::migrate(Connection::open_in_memory()?)
+        Self::migrate(rusqlite::Connection::open_in_memory()?)
     }
 
-    fn migrate(mut conn: Connection) -> Result<Self, StoreError> {
+    /// A store on a connection of PostgreSQL's pool (which migrated the
+    /// database when it connected).
+    #[must_use]
+    pub fn postgres(conn: postgres::Pg) -> Self {
+        Self { conn: Connection::new(Box::new(conn)), depth: std::cell::Cell::new(0), reader: false }
+    }
+
+    /// A store whose every statement fails with `why` (see
+    /// `pool::Unavailable`).
+    fn unavailable(why: String) -> Self {
+        Self { conn: Connection::new(Box::new(pool::Unavailable(why))), depth: std::cell::Cell::new(0), reader: true }
+    }
+
+    /// Which database this is.
+    #[must_use]
+    pub fn dialect(&self) -> sql::Dialect {
+        self.conn.dialect()
+    }
+
+    /// Brings the counts and status windows up to this build's rules
+    /// (after migrating; on PostgreSQL once per replica start).
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub fn backfill(&self) -> Result<(), StoreError> {
+        let tx = self.tx()?;
+        tx.backfill_counts()?;
+        tx.refresh_status_windows(None)?;
+        tx.commit()
+    }
+
+    fn migrate(mut conn: rusqlite::Connection) -> Result<Self, StoreError> {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -821,13 +862,9 @@ impl Store {
             tx.pragma_update(None, "user_version", i as i64 + 1)?;
             tx.commit()?;
         }
-        let store = Self { conn, depth: std::cell::Cell::new(0), reader: false };
-        {
-            let tx = store.tx()?;
-            tx.backfill_counts()?;
-            tx.refresh_status_windows(None)?;
-            tx.commit()?;
-        }
+        let store =
+            Self { conn: Connection::new(Box::new(sqlite::Sqlite::new(conn)?)), depth: std::cell::Cell::new(0), reader: false };
+        store.backfill()?;
         Ok(store)
     }
 
@@ -841,7 +878,7 @@ impl Store {
     /// # Errors
     /// When SQLite fails, or the schema is not exactly this build's.
     pub fn open_reader(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path)?;
+        let conn = rusqlite::Connection::open(path)?;
         conn.pragma_update(None, "query_only", "ON")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -849,13 +886,13 @@ impl Store {
         if version != supported {
             return Err(StoreError::OtherSchema { found: version, supported });
         }
-        Ok(Self { conn, depth: std::cell::Cell::new(0), reader: true })
+        Ok(Self { conn: Connection::new(Box::new(sqlite::Sqlite::new(conn)?)), depth: std::cell::Cell::new(0), reader: true })
     }
 
     /// The file this store is on (`None`: in memory).
     #[must_use]
     pub fn path(&self) -> Option<std::path::PathBuf> {
-        self.conn.path().filter(|p| !p.is_empty()).map(std::path::PathBuf::from)
+        self.conn.path()
     }
 
     /// Opens a transaction, or a savepoint inside the one open: see [`Tx`].
@@ -877,12 +914,11 @@ impl Store {
 
     fn begin(&self, read: bool) -> Result<Tx<'_>, StoreError> {
         let level = self.depth.get();
-        let sql = match (level, read) {
-            (0, false) => "BEGIN IMMEDIATE".to_owned(),
-            (0, true) => "BEGIN DEFERRED".to_owned(),
-            _ => format!("SAVEPOINT tern_sp{level}"),
-        };
-        self.conn.execute_batch(&sql)?;
+        if level == 0 {
+            self.conn.db().begin(read)?;
+        } else {
+            self.conn.execute_batch(&format!("SAVEPOINT tern_sp{level}"))?;
+        }
         self.depth.set(level + 1);
         Ok(Tx { store: self, conn: &self.conn, level, done: false, autocommit: false })
     }
@@ -954,7 +990,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("tern.db");
-        Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
+        rusqlite::Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
         assert!(matches!(Store::open(&path), Err(StoreError::TooNew { found: 99, .. })));
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -1179,7 +1215,7 @@ mod tests {
     fn a_database_of_schema_1_is_migrated_and_keeps_its_data() {
         let (dir, path) = tempdb("v1");
         {
-            let conn = Connection::open(&path).unwrap();
+            let conn = rusqlite::Connection::open(&path).unwrap();
             conn.execute_batch(MIGRATIONS[0]).unwrap();
             conn.pragma_update(None, "user_version", 1).unwrap();
             conn.execute("INSERT INTO environments (name, secret, created_at) VALUES ('old', ?1, 1)", [&[5u8; 32][..]])

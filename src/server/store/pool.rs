@@ -19,6 +19,8 @@
 use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 
+use super::postgres::PgPool;
+use super::sql::{Db, Dialect, Error, Row, Value};
 use super::{Store, StoreError, Transaction};
 
 /// Reading connections kept open when idle; more open when more reads run
@@ -26,13 +28,24 @@ use super::{Store, StoreError, Transaction};
 /// and close when they end.
 const IDLE_READERS: usize = 4;
 
-/// One writing connection and a pool of reading ones (see the module doc).
+/// The server's connections to its database (see the module doc).
 #[derive(Debug)]
 pub struct Pool {
-    writer: Mutex<Store>,
-    /// The file, for reading connections (`None`: in memory).
-    path: Option<PathBuf>,
-    readers: Mutex<Vec<Store>>,
+    backend: Backend,
+}
+
+#[derive(Debug)]
+enum Backend {
+    /// One writing connection and a pool of reading ones.
+    Sqlite {
+        writer: Mutex<Store>,
+        /// The file, for reading connections (`None`: in memory).
+        path: Option<PathBuf>,
+        readers: Mutex<Vec<Store>>,
+    },
+    /// PostgreSQL's pool: any connection reads or writes; writers take the
+    /// database's write lock (see `postgres.rs`).
+    Postgres(PgPool),
 }
 
 impl Pool {
@@ -40,38 +53,106 @@ impl Pool {
     /// [`Store::in_memory`]).
     #[must_use]
     pub fn new(writer: Store) -> Self {
-        Self { path: writer.path(), writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) }
+        Self {
+            backend: Backend::Sqlite {
+                path: writer.path(),
+                writer: Mutex::new(writer),
+                readers: Mutex::new(Vec::new()),
+            },
+        }
     }
 
-    /// Runs `f` in one write transaction on the writing connection (call
-    /// from a blocking thread), committed when `f` returns `Ok`, rolled
-    /// back when it returns `Err` (or panics): nothing half-written.
-    /// Writers run one at a time, in the order they came.
+    /// A pool of PostgreSQL connections.
+    #[must_use]
+    pub fn postgres(pool: PgPool) -> Self {
+        Self { backend: Backend::Postgres(pool) }
+    }
+
+    /// The SQLite file (`None`: in memory, or PostgreSQL).
+    #[must_use]
+    pub fn path(&self) -> Option<PathBuf> {
+        match &self.backend {
+            Backend::Sqlite { path, .. } => path.clone(),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// Which database this is.
+    #[must_use]
+    pub fn dialect(&self) -> Dialect {
+        match &self.backend {
+            Backend::Sqlite { .. } => Dialect::Sqlite,
+            Backend::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    /// What to call the database in messages (the file, or the URL with
+    /// its password hidden).
+    #[must_use]
+    pub fn shown(&self) -> String {
+        match &self.backend {
+            Backend::Sqlite { path: Some(p), .. } => p.display().to_string(),
+            Backend::Sqlite { path: None, .. } => "memory".into(),
+            Backend::Postgres(pg) => pg.shown().to_owned(),
+        }
+    }
+
+    /// Runs `f` in one write transaction (call from a blocking thread),
+    /// committed when `f` returns `Ok`, rolled back when it returns `Err`
+    /// (or panics): nothing half-written. Writers run one at a time, in the
+    /// order they came (PostgreSQL: across every replica, in the order
+    /// they took the database's write lock).
     ///
     /// # Errors
     /// `f`'s, or the store's when the transaction cannot begin or commit.
     pub fn write<T, E: From<StoreError>>(&self, f: impl FnOnce(&dyn Transaction) -> Result<T, E>) -> Result<T, E> {
-        let guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let tx = guard.tx()?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
+        match &self.backend {
+            Backend::Sqlite { writer, .. } => {
+                let guard = writer.lock().unwrap_or_else(PoisonError::into_inner);
+                let tx = guard.tx()?;
+                let out = f(&tx)?;
+                tx.commit()?;
+                Ok(out)
+            }
+            Backend::Postgres(pg) => {
+                let store = Store::postgres(pg.get()?);
+                let tx = store.tx()?;
+                let out = f(&tx)?;
+                tx.commit()?;
+                Ok(out)
+            }
+        }
     }
 
     /// Runs `f` with a reading connection, inside one read transaction, so
     /// everything `f` reads is one consistent state (call from a blocking
-    /// thread). A write in `f` fails (`query_only`). Where no reader can be
-    /// had (in memory, or one failed to open), `f` runs on the writer.
+    /// thread). A write in `f` fails. SQLite: where no reader can be had
+    /// (in memory, or one failed to open), `f` runs on the writer, made
+    /// read-only for the while. PostgreSQL: where no connection can be
+    /// had, every call of `f`'s fails with the reason.
     pub fn read<T>(&self, f: impl FnOnce(&dyn Transaction) -> T) -> T {
-        let Some(path) = &self.path else { return self.read_on_writer(f) };
-        let pooled = self.readers.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let (writer, path, readers) = match &self.backend {
+            Backend::Sqlite { writer, path, readers } => (writer, path, readers),
+            Backend::Postgres(pg) => {
+                let store = match pg.get() {
+                    Ok(conn) => Store::postgres(conn),
+                    Err(e) => Store::unavailable(e.to_string()),
+                };
+                return match store.read_tx() {
+                    Ok(tx) => f(&tx),
+                    Err(e) => f(&Store::unavailable(e.to_string()).autocommit()),
+                };
+            }
+        };
+        let Some(path) = path else { return Self::read_on_writer(writer, f) };
+        let pooled = readers.lock().unwrap_or_else(PoisonError::into_inner).pop();
         let reader = match pooled {
             Some(r) => r,
             None => match Store::open_reader(path) {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!("database: no reading connection ({e}); reading on the writer");
-                    return self.read_on_writer(f);
+                    return Self::read_on_writer(writer, f);
                 }
             },
         };
@@ -85,13 +166,13 @@ impl Pool {
             }
             Err(e) => {
                 tracing::warn!("database: cannot begin a read ({e}); reading on the writer");
-                return self.read_on_writer(f);
+                return Self::read_on_writer(writer, f);
             }
         };
         // A reader left inside a transaction (a panic in `f` unwinds past
         // this, and the connection with it) is not reused.
         if reader.depth.get() == 0 {
-            let mut idle = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut idle = readers.lock().unwrap_or_else(PoisonError::into_inner);
             if idle.len() < IDLE_READERS {
                 idle.push(reader);
             }
@@ -102,11 +183,11 @@ impl Pool {
     /// [`Self::read`] on the writing connection, made read-only for the
     /// while (`query_only`), so a read that writes fails here as it would
     /// on a reader, in memory too.
-    fn read_on_writer<T>(&self, f: impl FnOnce(&dyn Transaction) -> T) -> T {
-        let guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+    fn read_on_writer<T>(writer: &Mutex<Store>, f: impl FnOnce(&dyn Transaction) -> T) -> T {
+        let guard = writer.lock().unwrap_or_else(PoisonError::into_inner);
         let store: &Store = &guard;
         {
-            let guarded = store.conn.pragma_update(None, "query_only", "ON").map(|()| store.read_tx());
+            let guarded = store.conn.db().set_read_only(true).map(|()| store.read_tx());
             let out = match guarded {
                 Ok(Ok(tx)) => {
                     let out = f(&tx);
@@ -117,7 +198,7 @@ impl Pool {
                 // still gets its answer, unguarded.
                 _ => f(&store.autocommit()),
             };
-            if let Err(e) = store.conn.pragma_update(None, "query_only", "OFF") {
+            if let Err(e) = store.conn.db().set_read_only(false) {
                 tracing::error!("database: the writer stays read-only ({e})");
             }
             out
@@ -128,6 +209,31 @@ impl Pool {
 impl From<Store> for Pool {
     fn from(writer: Store) -> Self {
         Self::new(writer)
+    }
+}
+
+/// A database that cannot be reached: every statement fails with why
+/// (what a read is handed when PostgreSQL has no connection to give).
+pub(super) struct Unavailable(pub String);
+
+impl Db for Unavailable {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+    fn execute(&self, _: &str, _: &[Value]) -> Result<usize, Error> {
+        Err(Error::Backend(self.0.clone().into()))
+    }
+    fn query(&self, _: &str, _: &[Value]) -> Result<Vec<Row>, Error> {
+        Err(Error::Backend(self.0.clone().into()))
+    }
+    fn execute_batch(&self, _: &str) -> Result<(), Error> {
+        Err(Error::Backend(self.0.clone().into()))
+    }
+    fn begin(&self, _: bool) -> Result<(), Error> {
+        Err(Error::Backend(self.0.clone().into()))
+    }
+    fn set_read_only(&self, _: bool) -> Result<(), Error> {
+        Err(Error::Backend(self.0.clone().into()))
     }
 }
 
@@ -159,13 +265,15 @@ mod tests {
         // The writer is held (as by a poll being applied): a read still
         // answers, from the last committed state.
         std::thread::scope(|scope| {
-            let held = pool.writer.lock().unwrap();
+            let Backend::Sqlite { writer, .. } = &pool.backend else { unreachable!() };
+            let held = writer.lock().unwrap();
             let read = scope.spawn(|| pool.read(|s| s.environment(env.id).map(|e| e.name)));
             let name = read.join().unwrap().unwrap();
             assert_eq!(name, "site");
             drop(held);
         });
-        assert_eq!(pool.readers.lock().unwrap().len(), 1, "the reader is kept for the next read");
+        let Backend::Sqlite { readers, .. } = &pool.backend else { unreachable!() };
+        assert_eq!(readers.lock().unwrap().len(), 1, "the reader is kept for the next read");
     }
 
     #[test]
@@ -189,7 +297,8 @@ mod tests {
         let env = pool.write(|s| s.create_environment("site", Secret([1; 32]), 0)).unwrap();
         assert_eq!(pool.read(|s| s.environment(env.id).unwrap().name), "site");
         assert!(pool.read(|s| s.burn_counter(env.id, 6)).is_err(), "a read cannot write");
-        assert!(pool.readers.lock().unwrap().is_empty());
+        let Backend::Sqlite { readers, .. } = &pool.backend else { unreachable!() };
+        assert!(readers.lock().unwrap().is_empty());
         pool.write(|s| s.burn_counter(env.id, 6)).expect("the writer writes again after");
         assert_eq!(pool.read(|s| s.environment(env.id).unwrap().last_counter), 6);
     }

@@ -3,7 +3,7 @@
 //! token sealed under the server key (`server::secrets`): the store keeps
 //! ciphertext only and never sees the key.
 
-use rusqlite::{OptionalExtension, params};
+use super::sql::{OptionalExtension, Row, params};
 
 use super::{StoreError, Tx, sql_id};
 
@@ -24,8 +24,8 @@ pub enum RegistryError {
     ServerTaken(String),
 }
 
-impl From<rusqlite::Error> for RegistryError {
-    fn from(e: rusqlite::Error) -> Self {
+impl From<super::sql::Error> for RegistryError {
+    fn from(e: super::sql::Error) -> Self {
         Self::Store(e.into())
     }
 }
@@ -119,9 +119,9 @@ pub trait RegistryStore {
 
 const COLUMNS: &str = "id, name, server, username, secret, created_at, updated_at";
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RegistryRecord> {
+fn row(r: &Row) -> super::sql::Result<RegistryRecord> {
     Ok(RegistryRecord {
-        id: r.get::<_, i64>(0)? as u64,
+        id: r.get::<i64>(0)? as u64,
         name: r.get(1)?,
         server: r.get(2)?,
         username: r.get(3)?,
@@ -170,12 +170,11 @@ impl RegistryStore for Tx<'_> {
             return Err(e);
         }
         let tx = self.tx()?;
-        tx.execute(
+        let id = tx.insert(
             "INSERT INTO registries (name, server, username, secret, created_at, updated_at)
-             VALUES (?1, ?2, ?3, x'', ?4, ?4)",
-            params![name, server, username, now],
-        )?;
-        let id = tx.last_insert_rowid() as u64;
+             VALUES (?1, ?2, ?3, ?5, ?4, ?4)",
+            params![name, server, username, now, Vec::<u8>::new()],
+        )? as u64;
         tx.execute("UPDATE registries SET secret = ?2 WHERE id = ?1", params![sql_id(id), seal(id)])?;
         tx.commit()?;
         Ok(id)

@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use super::sql::{Connection, OptionalExtension, Row, params};
 
 use super::{StoreError, Tx, sql_id};
 use crate::wire::poll::StackSpec;
@@ -34,8 +34,8 @@ pub enum StackError {
     UnknownTarget(String),
 }
 
-impl From<rusqlite::Error> for StackError {
-    fn from(e: rusqlite::Error) -> Self {
+impl From<super::sql::Error> for StackError {
+    fn from(e: super::sql::Error) -> Self {
         Self::Store(e.into())
     }
 }
@@ -282,7 +282,7 @@ impl StackStore for Tx<'_> {
     fn undeployed_stacks(&self, stack: Option<u64>, environment: Option<u64>) -> Result<Vec<(u64, u64)>, StoreError> {
         let mut stmt = self.conn.prepare_cached(UNDEPLOYED)?;
         let rows = stmt.query_map(params![stack.map(sql_id), environment.map(sql_id)], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+            Ok((r.get::<i64>(0)? as u64, r.get::<i64>(1)? as u64))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -292,23 +292,22 @@ impl StackStore for Tx<'_> {
             "AND NOT EXISTS (SELECT 1 FROM stack_deployments d WHERE d.stack = x.stack AND d.environment = x.environment)",
             "",
         ))?;
-        let rows = stmt.query_map(params![sql_id(stack), None::<i64>], |r| r.get::<_, i64>(1).map(|e| e as u64))?;
+        let rows = stmt.query_map(params![sql_id(stack), None::<i64>], |r| r.get::<i64>(1).map(|e| e as u64))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn insert_stack(&self, new: &NewStack, now: i64) -> Result<u64, StackError> {
         let env = serde_json::to_string(&new.env).unwrap_or_else(|_| "{}".into());
-        let r = self.conn.execute(
+        let r = self.conn.insert(
             "INSERT INTO stacks (name, compose, env, version, created_at, updated_at) VALUES (?1, ?2, ?3, 1, ?4, ?4)",
             params![new.name, new.compose, env, now],
         );
-        match r {
-            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+        let id = match r {
+            Err(super::sql::Error::Constraint(_)) => {
                 return Err(StackError::NameTaken(new.name.clone()));
             }
             r => r?,
         };
-        let id = self.conn.last_insert_rowid();
         Self::set_targets(self.conn, id, &new.targets)?;
         Ok(id as u64)
     }
@@ -348,7 +347,7 @@ impl StackStore for Tx<'_> {
     fn stack_deployments(&self, stack: u64) -> Result<Vec<(u64, bool)>, StoreError> {
         let mut stmt =
             self.conn.prepare_cached("SELECT environment, removing FROM stack_deployments WHERE stack = ?1")?;
-        let rows = stmt.query_map([sql_id(stack)], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?;
+        let rows = stmt.query_map([sql_id(stack)], |r| Ok((r.get::<i64>(0)? as u64, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -413,7 +412,7 @@ impl Tx<'_> {
         let by_id = |id: u64| -> Result<Option<Target>, StackError> {
             Ok(tx
                 .query_row(&format!("SELECT id, name FROM {table} WHERE id = ?1"), [sql_id(id)], |r| {
-                    Ok(Target { kind, id: r.get::<_, i64>(0)? as u64, name: r.get(1)? })
+                    Ok(Target { kind, id: r.get::<i64>(0)? as u64, name: r.get(1)? })
                 })
                 .optional()?)
         };
@@ -423,7 +422,7 @@ impl Tx<'_> {
                 let collate = if kind == "environment" { "" } else { " COLLATE NOCASE" };
                 let by_name = tx
                     .query_row(&format!("SELECT id, name FROM {table} WHERE name = ?1{collate}"), [name], |r| {
-                        Ok(Target { kind, id: r.get::<_, i64>(0)? as u64, name: r.get(1)? })
+                        Ok(Target { kind, id: r.get::<i64>(0)? as u64, name: r.get(1)? })
                     })
                     .optional()?;
                 match by_name {
@@ -481,7 +480,7 @@ impl Tx<'_> {
                 "group" => "group",
                 _ => "tag",
             };
-            Ok(Target { kind, id: r.get::<_, i64>(1)? as u64, name: r.get(2)? })
+            Ok(Target { kind, id: r.get::<i64>(1)? as u64, name: r.get(2)? })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -501,12 +500,12 @@ impl Tx<'_> {
             let error: Option<String> = r.get(7)?;
             let s = crate::server::domain::status::deployment_status(r.get(3)?, status.as_deref(), phase.as_deref());
             Ok(Deployment {
-                environment: r.get::<_, i64>(0)? as u64,
+                environment: r.get::<i64>(0)? as u64,
                 environment_name: r.get(1)?,
-                version: u32::try_from(r.get::<_, i64>(2)?).unwrap_or(u32::MAX),
+                version: u32::try_from(r.get::<i64>(2)?).unwrap_or(u32::MAX),
                 status: s,
                 error: error.filter(|e| !e.is_empty() && s == "failed"),
-                command: r.get::<_, Option<i64>>(4)?.map(|c| c as u64),
+                command: r.get::<Option<i64>>(4)?.map(|c| c as u64),
                 queued_at: r.get(8)?,
                 finished_at: r.get(9)?,
             })
@@ -514,7 +513,7 @@ impl Tx<'_> {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn stack_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StackRow> {
+    fn stack_row(r: &Row) -> super::sql::Result<StackRow> {
         Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
     }
 

@@ -10,7 +10,7 @@
 //! that, so pruning costs one indexed delete per environment and hour.
 //! A write is one `UPDATE` (one `INSERT` when the hour's row is new).
 
-use rusqlite::{OptionalExtension, params};
+use super::sql::{OptionalExtension, Row, params};
 
 use super::{StoreError, Tx, sql_id};
 
@@ -72,8 +72,8 @@ impl Usage {
         *self == Self::default()
     }
 
-    fn from_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Self> {
-        let get = |i: usize| r.get::<_, i64>(first + i).map(|v| v.max(0) as u64);
+    fn from_row(r: &Row, first: usize) -> super::sql::Result<Self> {
+        let get = |i: usize| r.get::<i64>(first + i).map(|v| v.max(0) as u64);
         Ok(Self { tls_up: get(0)?, tls_down: get(1)?, body_up: get(2)?, body_down: get(3)?, polls: get(4)? })
     }
 }
@@ -325,7 +325,7 @@ impl UsageStore for Tx<'_> {
         for &id in ids {
             let row = stmt
                 .query_row(params![from, today_from, sql_id(id)], |r| {
-                    let n = |i| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
+                    let n = |i| r.get::<i64>(i).map(|v| v.max(0) as u64);
                     Ok(((n(1)?, n(2)?), (n(3)?, n(4)?)))
                 })
                 .optional()?;
@@ -353,7 +353,7 @@ impl UsageStore for Tx<'_> {
         )?;
         let rows = stmt.query_map([from, today_from], |r| {
             Ok(EnvironmentUsage {
-                id: r.get::<_, i64>(0)? as u64,
+                id: r.get::<i64>(0)? as u64,
                 name: r.get(1)?,
                 today: Usage::from_row(r, 2)?,
                 period: Usage::from_row(r, 7)?,
@@ -370,7 +370,7 @@ impl UsageStore for Tx<'_> {
                  FROM usage_unattributed WHERE hour >= ?1",
             )?
             .query_row([from, today_from], |r| {
-                let get = |i: usize| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
+                let get = |i: usize| r.get::<i64>(i).map(|v| v.max(0) as u64);
                 Ok((
                     Unattributed { tls_up: get(0)?, tls_down: get(1)?, connections: get(2)? },
                     Unattributed { tls_up: get(3)?, tls_down: get(4)?, connections: get(5)? },

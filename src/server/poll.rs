@@ -423,7 +423,7 @@ mod tests {
     }
 
     fn setup() -> (Pool, Codec, Agent) {
-        let store = Pool::new(Store::in_memory().unwrap());
+        let store = Pool::new(Store::scratch().unwrap());
         let e = store.write(|s| s.create_environment("site", Secret([8; 32]), 0)).unwrap();
         let agent = Agent {
             env: e.id,

@@ -806,7 +806,7 @@ mod tests {
         let vars = |pairs: &'static [(&'static str, &'static str)]| {
             move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
         };
-        let s_db = Store::in_memory().unwrap();
+        let s_db = Store::scratch().unwrap();
         let s = s_db.autocommit();
         assert_eq!(
             ensure_admin(&s, vars(&[(PASSWORD_ENV, "short")])).unwrap_err(),
@@ -820,7 +820,7 @@ mod tests {
         assert_eq!(ensure_admin(&s, vars(&[(PASSWORD_ENV, "another long password")])).unwrap(), None);
         assert_eq!(s.user(ADMIN).unwrap().unwrap(), admin);
 
-        let s_db = Store::in_memory().unwrap();
+        let s_db = Store::scratch().unwrap();
 
         let s = s_db.autocommit();
         let generated = ensure_admin(&s, vars(&[(PASSWORD_ENV, "")])).unwrap().expect("generated and returned");

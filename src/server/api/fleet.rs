@@ -915,7 +915,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_list_says_its_total_in_a_header_and_pages_by_id() {
-        let state = AppState::new(Store::in_memory().unwrap(), Limits::default(), TOKEN, [7; 32]).unwrap();
+        let state = AppState::new(Store::scratch().unwrap(), Limits::default(), TOKEN, [7; 32]).unwrap();
         let service = TowerToHyperService::new(crate::server::http::router(state));
         for i in 0..7 {
             let body = serde_json::json!({ "name": format!("e{i}"), "url": "https://ops.example.com" });
@@ -932,7 +932,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_environment_given_a_targeted_tag_or_group_gets_the_stack_with_the_change() {
-        let state = AppState::new(Store::in_memory().unwrap(), Limits::default(), TOKEN, [7; 32]).unwrap();
+        let state = AppState::new(Store::scratch().unwrap(), Limits::default(), TOKEN, [7; 32]).unwrap();
         let service = TowerToHyperService::new(crate::server::http::router(state));
         let post = |path: &'static str, body: Value| {
             let service = &service;

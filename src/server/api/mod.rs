@@ -456,7 +456,7 @@ mod tests {
 
     impl Api {
         fn new() -> Self {
-            let state = AppState::new(Store::in_memory().unwrap(), Limits::default(), TOKEN, [7; 32]).unwrap();
+            let state = AppState::new(Store::scratch().unwrap(), Limits::default(), TOKEN, [7; 32]).unwrap();
             Self { service: TowerToHyperService::new(super::super::http::router(state.clone())), state }
         }
 

@@ -142,7 +142,7 @@ mod tests {
 
     #[test]
     fn a_reply_carries_the_credentials_of_the_registries_its_commands_pull_from_only() {
-        let db = Store::in_memory().unwrap();
+        let db = Store::scratch().unwrap();
         let tx = db.autocommit();
         let key = SecretKey::ephemeral();
         create(&tx, &key, "private", "10.0.0.5:5000", "fleet", "s3cret", 1).unwrap();

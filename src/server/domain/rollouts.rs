@@ -156,7 +156,7 @@ mod tests {
 
     #[test]
     fn the_rest_waits_for_the_first_wave_and_a_failure_halts_it() {
-        let db = Store::in_memory().unwrap();
+        let db = Store::scratch().unwrap();
         let tx = db.autocommit();
         let envs: Vec<u64> = (0..5u8)
             .map(|i| tx.create_environment(&format!("e{i}"), crate::auth::Secret([i + 1; 32]), 0).unwrap().id)

@@ -317,7 +317,7 @@ impl AccessStore for Tx<'_> {
             return Ok(None);
         }
         let ended = tx.execute(
-            "DELETE FROM sessions WHERE user_id = ?1 AND (?2 IS NULL OR id_hash <> ?2)",
+            "DELETE FROM sessions WHERE user_id = ?1 AND (id_hash <> ?2 OR ?2 IS NULL)",
             params![sql_id(user_id), keep.map(|k| &k[..])],
         )?;
         tx.commit()?;
@@ -506,7 +506,7 @@ mod tests {
 
     #[test]
     fn the_admin_is_made_once_and_its_password_change_ends_other_sessions() {
-        let s_db = Store::in_memory().unwrap();
+        let s_db = Store::scratch().unwrap();
         let s = s_db.autocommit();
         assert!(s.user(ADMIN).unwrap().is_none());
         assert!(s.create_user(ADMIN, "h1", 10).unwrap());
@@ -542,7 +542,7 @@ mod tests {
 
     #[test]
     fn a_reset_on_a_database_without_an_admin_makes_one() {
-        let s_db = Store::in_memory().unwrap();
+        let s_db = Store::scratch().unwrap();
         let s = s_db.autocommit();
         assert_eq!(s.reset_admin_password("h", 5).unwrap(), 0);
         assert_eq!(s.user(ADMIN).unwrap().unwrap().password_hash, "h");
@@ -550,7 +550,7 @@ mod tests {
 
     #[test]
     fn expired_sessions_are_forgotten() {
-        let s_db = Store::in_memory().unwrap();
+        let s_db = Store::scratch().unwrap();
         let s = s_db.autocommit();
         s.create_user(ADMIN, "h", 0).unwrap();
         let id = s.user(ADMIN).unwrap().unwrap().id;
@@ -564,7 +564,7 @@ mod tests {
 
     #[test]
     fn api_tokens_are_kept_by_hash_listed_without_it_and_revoked() {
-        let s_db = Store::in_memory().unwrap();
+        let s_db = Store::scratch().unwrap();
         let s = s_db.autocommit();
         let h = secret_hash("tern_abc");
         let t = s.create_api_token("ci", &h, 100).unwrap();
@@ -588,7 +588,7 @@ mod tests {
 
     #[test]
     fn the_data_directory_token_is_registered_once_and_a_new_file_replaces_the_old() {
-        let s_db = Store::in_memory().unwrap();
+        let s_db = Store::scratch().unwrap();
         let s = s_db.autocommit();
         let first = s.ensure_data_directory_token(&secret_hash("one"), 10).unwrap();
         assert_eq!((first.name.as_str(), first.data_directory, first.revoked_at), (DATA_DIRECTORY_TOKEN, true, None));

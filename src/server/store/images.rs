@@ -428,7 +428,7 @@ mod tests {
 
     #[test]
     fn a_pull_the_server_stopped_during_fails_and_can_be_asked_again() {
-        let db = Store::in_memory().unwrap();
+        let db = Store::scratch().unwrap();
         let tx = db.autocommit();
         let (id, under_way) = tx.request_image("10.0.0.5:5000/app:1", 1).unwrap();
         assert!(!under_way);

@@ -235,7 +235,7 @@ impl JobStore for Tx<'_> {
     ) -> Result<Result<Vec<u64>, String>, StoreError> {
         let mut out = std::collections::BTreeSet::new();
         for (kind, one, refs, table, members) in [
-            ("environments", "environment", environments, "environments", "SELECT ?1"),
+            ("environments", "environment", environments, "environments", "SELECT CAST(?1 AS BIGINT)"),
             ("groups", "group", groups, "groups", "SELECT id FROM environments WHERE group_id = ?1"),
             ("tags", "tag", tags, "tags", "SELECT environment FROM environment_tags WHERE tag = ?1"),
         ] {
@@ -443,7 +443,7 @@ impl JobStore for Tx<'_> {
             tx.execute(
                 "DELETE FROM job_runs WHERE id IN (
                     SELECT id FROM job_runs WHERE job = ?1 AND environment = ?2
-                    ORDER BY run DESC LIMIT -1 OFFSET ?3)",
+                    ORDER BY run DESC LIMIT 9223372036854775807 OFFSET ?3)",
                 params![job, env, RUNS_KEPT as i64],
             )?;
         }
@@ -500,7 +500,7 @@ impl Tx<'_> {
         let commands: Vec<i64> = {
             let mut stmt = self.conn.prepare_cached(
                 "SELECT j.command FROM job_commands j JOIN commands c ON c.id = j.command
-                 WHERE j.job = ?1 AND (?2 IS NULL OR j.environment = ?2) AND j.once = 1
+                 WHERE j.job = ?1 AND (j.environment = ?2 OR ?2 IS NULL) AND j.once = 1
                    AND c.status IN ('ok', 'failed')
                  ORDER BY c.finished_at DESC, j.command DESC LIMIT ?3",
             )?;
@@ -528,9 +528,9 @@ impl Tx<'_> {
     ) -> Result<Vec<JobRunRecord>, StoreError> {
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT environment, run, version, started_at, finished_at, exit_code, {}, truncated, error
-             FROM job_runs WHERE job = ?1 AND (?2 IS NULL OR environment = ?2)
+             FROM job_runs WHERE job = ?1 AND (environment = ?2 OR ?2 IS NULL)
              ORDER BY finished_at DESC, run DESC LIMIT ?3",
-            if output { "output" } else { "x''" }
+            if output { "output" } else { "substr(output, 1, 0)" }
         ))?;
         let rows = stmt.query_map(
             params![sql_id(id), environment.map(sql_id), i64::try_from(limit).unwrap_or(i64::MAX)],
@@ -589,7 +589,7 @@ mod tests {
 
     #[test]
     fn targets_resolve_by_id_group_and_tag_and_an_unknown_one_is_named() {
-        let s_db = Store::in_memory().unwrap();
+        let s_db = Store::scratch().unwrap();
         let s = s_db.autocommit();
         let a = s.create_environment("a", Secret([1; 32]), 0).unwrap().id;
         let b = s.create_environment("b", Secret([2; 32]), 0).unwrap().id;
@@ -614,7 +614,7 @@ mod tests {
 
     #[test]
     fn a_job_queues_one_command_per_environment_and_an_edit_sends_a_new_version() {
-        let s_db = Store::in_memory().unwrap();
+        let s_db = Store::scratch().unwrap();
         let s = s_db.autocommit();
         let a = s.create_environment("a", Secret([1; 32]), 0).unwrap().id;
         let b = s.create_environment("b", Secret([2; 32]), 0).unwrap().id;
@@ -653,7 +653,7 @@ mod tests {
 
     #[test]
     fn a_job_for_an_unknown_environment_keeps_nothing() {
-        let s_db = Store::in_memory().unwrap();
+        let s_db = Store::scratch().unwrap();
         let s = s_db.autocommit();
         let a = s.create_environment("a", Secret([1; 32]), 0).unwrap().id;
         assert!(matches!(s.create_job(&job(""), &[a, 77], 1), Err(StoreError::NotFound(77))));
@@ -663,7 +663,7 @@ mod tests {
 
     #[test]
     fn runs_are_stored_once_capped_and_only_for_jobs_sent_there() {
-        let s_db = Store::in_memory().unwrap();
+        let s_db = Store::scratch().unwrap();
         let s = s_db.autocommit();
         let a = s.create_environment("a", Secret([1; 32]), 0).unwrap().id;
         let other = s.create_environment("other", Secret([2; 32]), 0).unwrap().id;
@@ -695,7 +695,7 @@ mod tests {
 
     #[test]
     fn a_run_once_jobs_run_is_its_commands_result() {
-        let s_db = Store::in_memory().unwrap();
+        let s_db = Store::scratch().unwrap();
         let s = s_db.autocommit();
         let a = s.create_environment("a", Secret([1; 32]), 0).unwrap().id;
         let b = s.create_environment("b", Secret([2; 32]), 0).unwrap().id;

@@ -816,6 +816,25 @@ impl Store {
         Self::migrate(rusqlite::Connection::open_in_memory()?)
     }
 
+    /// A fresh, empty database for tests: in memory, or, when
+    /// `TERN_TEST_POSTGRES` names a PostgreSQL server (an admin URL, as
+    /// `scripts/postgres.sh` prints), a new database there, so that the
+    /// same tests run on both backends.
+    ///
+    /// # Errors
+    /// When the database cannot be made.
+    pub fn scratch() -> Result<Self, StoreError> {
+        match std::env::var("TERN_TEST_POSTGRES") {
+            Ok(url) if !url.is_empty() => {
+                let pg = postgres::PgPool::scratch(&url, "tern_unit")?;
+                let store = Self::postgres(pg.get()?);
+                store.backfill()?;
+                Ok(store)
+            }
+            _ => Self::in_memory(),
+        }
+    }
+
     /// A store on a connection of PostgreSQL's pool (which migrated the
     /// database when it connected).
     #[must_use]
@@ -944,7 +963,7 @@ mod tests {
 
     #[test]
     fn environments_bind_to_the_first_edge_id_and_refuse_replays() {
-        let s_db = Store::in_memory().unwrap();
+        let s_db = Store::scratch().unwrap();
         let s = s_db.autocommit();
         let e = s.create_environment("ship-1", Secret([1; 32]), 100).unwrap();
         assert!(matches!(s.create_environment("ship-1", Secret([2; 32]), 100), Err(StoreError::NameTaken(_))));
@@ -1013,7 +1032,7 @@ mod tests {
 
     #[test]
     fn a_command_goes_queued_sent_delivered_then_ends_with_its_result() {
-        let s_db = Store::in_memory().unwrap();
+        let s_db = Store::scratch().unwrap();
         let s = s_db.autocommit();
         let e = s.create_environment("site", Secret([1; 32]), 0).unwrap();
         let id = s.enqueue_command(e.id, &stop(7), 10).unwrap();
@@ -1049,7 +1068,7 @@ mod tests {
 
     #[test]
     fn results_for_unknown_or_foreign_commands_change_nothing() {
-        let s_db = Store::in_memory().unwrap();
+        let s_db = Store::scratch().unwrap();
         let s = s_db.autocommit();
         let a = s.create_environment("a", Secret([1; 32]), 0).unwrap();
         let b = s.create_environment("b", Secret([2; 32]), 0).unwrap();
@@ -1073,7 +1092,7 @@ mod tests {
 
     #[test]
     fn a_command_not_yet_delivered_can_be_cancelled_and_is_never_sent_again() {
-        let s_db = Store::in_memory().unwrap();
+        let s_db = Store::scratch().unwrap();
         let s = s_db.autocommit();
         let e = s.create_environment("site", Secret([1; 32]), 0).unwrap();
         let first = s.enqueue_command(e.id, &stop(1), 1).unwrap();
@@ -1098,7 +1117,7 @@ mod tests {
 
     #[test]
     fn commands_seen_only_rises_and_never_past_what_was_sent() {
-        let s_db = Store::in_memory().unwrap();
+        let s_db = Store::scratch().unwrap();
         let s = s_db.autocommit();
         let e = s.create_environment("site", Secret([1; 32]), 0).unwrap();
         let ids: Vec<u64> = (0..5).map(|i| s.enqueue_command(e.id, &stop(i), 1).unwrap()).collect();
@@ -1142,7 +1161,7 @@ mod tests {
 
     #[test]
     fn intervals_are_the_environments_own_else_the_server_defaults() {
-        let s_db = Store::in_memory().unwrap();
+        let s_db = Store::scratch().unwrap();
         let s = s_db.autocommit();
         let sixty = Intervals { ping: 60, snapshot: 60, command: 60 };
         assert_eq!(s.default_intervals().unwrap(), sixty);
@@ -1169,7 +1188,7 @@ mod tests {
 
     #[test]
     fn the_agent_secret_is_optional_and_empty_means_none() {
-        let s_db = Store::in_memory().unwrap();
+        let s_db = Store::scratch().unwrap();
         let s = s_db.autocommit();
         assert_eq!(s.agent_secret().unwrap(), None);
         s.set_agent_secret(Some("one")).unwrap();
@@ -1184,7 +1203,7 @@ mod tests {
 
     #[test]
     fn the_summary_shows_the_stored_state_its_root_and_counts() {
-        let s_db = Store::in_memory().unwrap();
+        let s_db = Store::scratch().unwrap();
         let s = s_db.autocommit();
         let e = s.create_environment("site", Secret([1; 32]), 5).unwrap();
         let empty = s.environment_summary(e.id).unwrap();

@@ -4,8 +4,9 @@
 //! **Driver.** tokio-postgres with deadpool-postgres' pool. The store's
 //! callers are blocking threads (the traits are synchronous), so the pool
 //! and its connections' tasks run on a small runtime of their own and each
-//! statement is a `block_on` there: whichever runtime (or none) the caller
-//! is on, the database's I/O goes on. Statements are prepared once per
+//! statement is waited for on the caller's thread (see [`wait`]):
+//! whichever runtime (or none) the caller is on, the database's I/O goes
+//! on. Statements are prepared once per
 //! connection (deadpool's statement cache), so a statement is one round
 //! trip.
 //!
@@ -321,7 +322,7 @@ pub const MIGRATIONS: &[&str] = &[
 /// their I/O runs on.
 pub struct PgPool {
     pool: deadpool_postgres::Pool,
-    rt: Arc<tokio::runtime::Runtime>,
+    rt: Arc<Runtime>,
     /// The URL with any password hidden, for messages.
     shown: String,
 }
@@ -355,6 +356,44 @@ impl PgPool {
         let shown = redact(url);
         let config: tokio_postgres::Config =
             url.parse().map_err(|e| super::StoreError::Backend(format!("database URL {shown}: {e}").into()))?;
+        Self::connect_with(config, shown)
+    }
+
+    /// A new, empty database on the server at `admin_url` (whose user may
+    /// create databases), migrated: for tests and benchmarks
+    /// (`TERN_TEST_POSTGRES`). Its name starts with `prefix`.
+    ///
+    /// # Errors
+    /// When the server cannot be reached or refuses.
+    pub fn scratch(admin_url: &str, prefix: &str) -> Result<Self, super::StoreError> {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut nonce = [0u8; 4];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce);
+        let name = format!("{prefix}_{}_{n}_{}", std::process::id(), u32::from_be_bytes(nonce));
+        let admin = Self::connect_unmigrated(admin_url)?;
+        admin.get()?.execute_batch(&format!("CREATE DATABASE \"{name}\""))?;
+        let mut config: tokio_postgres::Config = admin_url
+            .parse()
+            .map_err(|e| super::StoreError::Backend(format!("database URL {}: {e}", redact(admin_url)).into()))?;
+        config.dbname(&name);
+        Self::connect_with(config, format!("{} (database {name})", redact(admin_url)))
+    }
+
+    fn connect_unmigrated(url: &str) -> Result<Self, super::StoreError> {
+        let shown = redact(url);
+        let config: tokio_postgres::Config =
+            url.parse().map_err(|e| super::StoreError::Backend(format!("database URL {shown}: {e}").into()))?;
+        Self::pool(config, shown, 1)
+    }
+
+    fn connect_with(config: tokio_postgres::Config, shown: String) -> Result<Self, super::StoreError> {
+        let me = Self::pool(config, shown, POOL_SIZE)?;
+        me.migrate()?;
+        Ok(me)
+    }
+
+    fn pool(config: tokio_postgres::Config, shown: String, size: usize) -> Result<Self, super::StoreError> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("tern-postgres")
@@ -369,16 +408,14 @@ impl PgPool {
         let pool = {
             let _entered = rt.enter();
             deadpool_postgres::Pool::builder(manager)
-                .max_size(POOL_SIZE)
+                .max_size(size)
                 .runtime(deadpool_postgres::Runtime::Tokio1)
                 .wait_timeout(Some(POOL_WAIT))
                 .create_timeout(Some(POOL_WAIT))
                 .build()
                 .map_err(|e| super::StoreError::Backend(Box::new(e)))?
         };
-        let me = Self { pool, rt: Arc::new(rt), shown };
-        me.migrate()?;
-        Ok(me)
+        Ok(Self { pool, rt: Arc::new(Runtime(Some(rt))), shown })
     }
 
     /// The URL, password hidden.
@@ -393,9 +430,7 @@ impl PgPool {
     /// # Errors
     /// When none can be had in [`POOL_WAIT`].
     pub fn get(&self) -> Result<Pg, super::StoreError> {
-        let client = self
-            .rt
-            .block_on(self.pool.get())
+        let client = wait(&self.rt, self.pool.get())
             .map_err(|e| super::StoreError::Backend(format!("database {}: {e}", self.shown).into()))?;
         Ok(Pg { client, rt: self.rt.clone() })
     }
@@ -404,7 +439,10 @@ impl PgPool {
         let pg = self.get()?;
         pg.execute_batch(&format!("SELECT pg_advisory_lock({}, {})", MIGRATE_LOCK.0, MIGRATE_LOCK.1))?;
         let out = (|| -> Result<(), super::StoreError> {
-            pg.execute_batch("CREATE TABLE IF NOT EXISTS tern_schema (version BIGINT NOT NULL)")?;
+            let exists = pg.query("SELECT to_regclass('tern_schema') IS NOT NULL", &[])?;
+            if !exists.first().map(|r| r.get::<bool>(0)).transpose()?.unwrap_or(false) {
+                pg.execute_batch("CREATE TABLE tern_schema (version BIGINT NOT NULL)")?;
+            }
             let rows = pg.query("SELECT version FROM tern_schema", &[])?;
             let version = match rows.first() {
                 Some(r) => r.get::<i64>(0)?,
@@ -442,7 +480,26 @@ impl PgPool {
 /// One pooled connection (see [`PgPool::get`]).
 pub struct Pg {
     client: deadpool_postgres::Object,
-    rt: Arc<tokio::runtime::Runtime>,
+    rt: Arc<Runtime>,
+}
+
+/// The runtime the pool's I/O runs on. Dropped without waiting for its
+/// tasks (the connections, which close with it), so that the last store
+/// may go away anywhere, an async task included.
+struct Runtime(Option<tokio::runtime::Runtime>);
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Runtime {
+    fn get(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("taken only when dropped")
+    }
 }
 
 /// The store's statement in PostgreSQL's spelling (see the module doc).
@@ -492,12 +549,21 @@ pub fn translate(sql: &str) -> String {
 }
 
 fn from(e: tokio_postgres::Error) -> Error {
-    let Some(code) = e.code() else { return Error::Backend(Box::new(e)) };
-    let message = e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_owned());
-    match code.code() {
+    // tokio-postgres shows a server's error as "db error": say what it is.
+    let Some(db) = e.as_db_error() else {
+        use std::error::Error as _;
+        let cause = e.source().map(|s| format!(": {s}")).unwrap_or_default();
+        return Error::Backend(format!("{e}{cause}").into());
+    };
+    let mut message = format!("{} ({})", db.message(), db.code().code());
+    if let Some(detail) = db.detail() {
+        message.push_str(": ");
+        message.push_str(detail);
+    }
+    match db.code().code() {
         c if c.starts_with("23") => Error::Constraint(message),
         "40001" | "40P01" => Error::Conflict(message),
-        _ => Error::Backend(Box::new(e)),
+        _ => Error::Backend(message.into()),
     }
 }
 
@@ -618,9 +684,35 @@ fn numeric(raw: &[u8]) -> std::result::Result<Value, Box<dyn std::error::Error +
     Ok(Value::Real(if sign == 0x4000 { -real } else { real }))
 }
 
+/// Waits for `f` on this thread, inside `rt`'s context (so that what it
+/// spawns and connects goes to `rt`, where the connections' I/O runs).
+/// Not `rt.block_on`: that panics on a thread that already runs a runtime
+/// (an async test calling the store), and this does not need the caller
+/// to be outside one.
+fn wait<T>(rt: &Runtime, f: impl std::future::Future<Output = T>) -> T {
+    let _entered = rt.get().enter();
+    futures_executor::block_on(f)
+}
+
 impl Pg {
     fn run<T>(&self, f: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>) -> Result<T> {
-        self.rt.block_on(f).map_err(from)
+        wait(&self.rt, f).map_err(from)
+    }
+
+    /// [`Self::run`] of one statement: a failure that is not the data's
+    /// (a constraint, a conflict) names the statement, for the log.
+    fn statement<T>(
+        &self,
+        sql: &str,
+        f: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T> {
+        self.run(f).map_err(|e| match e {
+            Error::Backend(b) => {
+                let head: String = sql.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(160).collect();
+                Error::Backend(format!("{b}; in: {head}").into())
+            }
+            e => e,
+        })
     }
 }
 
@@ -633,7 +725,7 @@ impl Db for Pg {
         let sql = translate(sql);
         let binds: Vec<Bind<'_>> = params.iter().map(Bind).collect();
         let refs: Vec<&(dyn PgToSql + Sync)> = binds.iter().map(|b| b as &(dyn PgToSql + Sync)).collect();
-        let n = self.run(async {
+        let n = self.statement(&sql, async {
             let st = self.client.prepare_cached(&sql).await?;
             self.client.execute(&st, &refs).await
         })?;
@@ -644,7 +736,7 @@ impl Db for Pg {
         let sql = translate(sql);
         let binds: Vec<Bind<'_>> = params.iter().map(Bind).collect();
         let refs: Vec<&(dyn PgToSql + Sync)> = binds.iter().map(|b| b as &(dyn PgToSql + Sync)).collect();
-        let rows = self.run(async {
+        let rows = self.statement(&sql, async {
             let st = self.client.prepare_cached(&sql).await?;
             self.client.query(&st, &refs).await
         })?;

@@ -166,16 +166,16 @@ type StackRow = (i64, String, String, String, i64, i64, i64, Option<i64>);
 const UNDEPLOYED: &str = "
     WITH targeted(stack, environment) AS (
         SELECT t.stack, t.environment FROM stack_targets t
-         WHERE t.environment IS NOT NULL AND (?2 IS NULL OR t.environment = ?2)
+         WHERE t.environment IS NOT NULL AND (t.environment = ?2 OR ?2 IS NULL)
         UNION
         SELECT t.stack, e.id FROM stack_targets t JOIN environments e ON e.group_id = t.group_id
-         WHERE t.group_id IS NOT NULL AND (?2 IS NULL OR e.id = ?2)
+         WHERE t.group_id IS NOT NULL AND (e.id = ?2 OR ?2 IS NULL)
         UNION
         SELECT t.stack, et.environment FROM stack_targets t JOIN environment_tags et ON et.tag = t.tag
-         WHERE t.tag IS NOT NULL AND (?2 IS NULL OR et.environment = ?2)
+         WHERE t.tag IS NOT NULL AND (et.environment = ?2 OR ?2 IS NULL)
     )
     SELECT x.stack, x.environment FROM targeted x JOIN stacks s ON s.id = x.stack
-     WHERE s.removed_at IS NULL AND (?1 IS NULL OR x.stack = ?1)
+     WHERE s.removed_at IS NULL AND (x.stack = ?1 OR ?1 IS NULL)
        AND NOT EXISTS (SELECT 1 FROM stack_deployments d WHERE d.stack = x.stack AND d.environment = x.environment)
      ORDER BY x.stack, x.environment";
 
@@ -569,7 +569,7 @@ mod tests {
 
     #[test]
     fn a_stack_is_deployed_tracked_updated_and_removed() {
-        let s_db = Store::in_memory().unwrap();
+        let s_db = Store::scratch().unwrap();
         let s = s_db.autocommit();
         let a = s.create_environment("a", Secret([1; 32]), 0).unwrap().id;
         let b = s.create_environment("b", Secret([2; 32]), 0).unwrap().id;
@@ -642,7 +642,7 @@ mod tests {
 
     #[test]
     fn groups_and_tags_resolve_now_and_later() {
-        let s_db = Store::in_memory().unwrap();
+        let s_db = Store::scratch().unwrap();
         let s = s_db.autocommit();
         let a = s.create_environment("a", Secret([1; 32]), 0).unwrap().id;
         let b = s.create_environment("b", Secret([2; 32]), 0).unwrap().id;

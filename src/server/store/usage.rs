@@ -404,7 +404,7 @@ mod tests {
     }
 
     fn setup() -> (Store, u64, u64) {
-        let store = Store::in_memory().unwrap();
+        let store = Store::scratch().unwrap();
         let a = store.autocommit().create_environment("a", Secret([1; 32]), 0).unwrap().id;
         let b = store.autocommit().create_environment("b", Secret([2; 32]), 0).unwrap().id;
         (store, a, b)

@@ -560,7 +560,7 @@ mod tests {
     /// A router over an in-memory store with `n` environments (the first
     /// page's with 30 days of usage), and a session cookie for it.
     fn fleet(n: u64) -> Router {
-        let store_db = Store::in_memory().unwrap();
+        let store_db = Store::scratch().unwrap();
         let store = store_db.autocommit();
         let now = now();
         store.create_user("admin", "$argon2id$unused", now).unwrap();

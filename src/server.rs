@@ -2,6 +2,7 @@
 //! the store ([`store`], the only module that touches the database).
 
 pub mod api;
+pub mod dbtools;
 pub mod domain;
 pub mod http;
 pub mod images;
@@ -265,6 +266,9 @@ pub struct ServeArgs {
     /// close every connection between polls, as a carrier NAT would.
     #[arg(long, hide = true, value_name = "SECONDS", value_parser = positive_seconds)]
     pub idle_timeout: Option<std::time::Duration>,
+    /// Maintenance of the database instead of serving.
+    #[command(subcommand)]
+    pub command: Option<dbtools::ServerCommand>,
 }
 
 /// A positive number of seconds (`--idle-timeout 0.5`).
@@ -281,6 +285,9 @@ impl ServeArgs {
     /// # Errors
     /// When the server cannot start.
     pub fn run(self) -> anyhow::Result<()> {
+        if let Some(command) = self.command {
+            return dbtools::run(command);
+        }
         let mut limits = http::ConnectionLimits::default();
         if let Some(idle) = self.idle_timeout {
             limits.idle = idle;
@@ -289,7 +296,7 @@ impl ServeArgs {
             data: self.data,
             cert: self.tls_cert.zip(self.tls_key),
             names: self.cert_names,
-            database: self.database,
+            database: self.database.filter(|u| !u.is_empty()),
         };
         let prepared = prepare(&config)?;
         if std::env::args().any(|a| a == "--agent-secret" || a.starts_with("--agent-secret=")) {

@@ -13,7 +13,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{AgentProcess, Api, Deadline, Objects, Server, docker, tempdir};
+use common::{AgentProcess, Api, Deadline, Objects, Server, docker, poll_sizes, tempdir, wait_command};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -72,18 +72,7 @@ async fn command(api: &mut Api, env: u64, action: &str, target: &str) -> Value {
         )
         .await;
     let id = queued["id"].as_u64().unwrap();
-    wait_command(api, id).await
-}
-
-async fn wait_command(api: &mut Api, id: u64) -> Value {
-    let deadline = Deadline::new(WAIT);
-    loop {
-        let c = api.ok("GET", &format!("/api/commands/{id}"), None, 200).await;
-        if matches!(c["status"].as_str(), Some("ok" | "failed" | "rejected")) {
-            return c;
-        }
-        deadline.tick(format_args!("command {id} to finish ({c})")).await;
-    }
+    wait_command(api, id, WAIT).await
 }
 
 /// How many times the engine did `action` to a container since `since`.
@@ -112,16 +101,6 @@ fn chrono_now() -> String {
 
 fn edge_key(created: &Value) -> String {
     created["edge_key"].as_str().unwrap().to_owned()
-}
-
-/// The `up=` figure of each poll the agent logged.
-fn poll_sizes(log: &str) -> Vec<u64> {
-    log.lines()
-        .filter(|l| l.contains(" poll ") || l.ends_with(" poll"))
-        .filter_map(|l| l.split("up=").nth(1))
-        .filter_map(|r| r.split_whitespace().next())
-        .filter_map(|n| n.parse().ok())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,7 +179,7 @@ async fn a_real_agent_keeps_a_real_server_in_sync_and_runs_every_command_once() 
             201,
         )
         .await;
-    let c = wait_command(&mut api, queued["id"].as_u64().unwrap()).await;
+    let c = wait_command(&mut api, queued["id"].as_u64().unwrap(), WAIT).await;
     assert_eq!(c["status"], "ok", "{c}");
     let output = c["output"].as_str().unwrap();
     assert!(output.contains("second") && output.contains("third") && !output.contains("first"), "{output:?}");
@@ -268,7 +247,7 @@ async fn a_real_agent_keeps_a_real_server_in_sync_and_runs_every_command_once() 
     let server = Server::start(&dir.join("server"), &addr);
     let mut api = server.api();
     let _agent = AgentProcess::start(&vars, &dir.join("agent.log"));
-    let c = wait_command(&mut api, queued["id"].as_u64().unwrap()).await;
+    let c = wait_command(&mut api, queued["id"].as_u64().unwrap(), WAIT).await;
     assert_eq!(c["status"], "ok", "{c}");
     assert_eq!(objects.status("late").as_deref(), Some("exited"));
     converged(&mut api, env).await;

@@ -41,7 +41,7 @@ impl Fleet {
     async fn start(name: &str) -> Self {
         let data = std::env::temp_dir().join(format!("tern-api-fleet-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data);
-        let config = tern::server::ServerConfig::new(data.clone());
+        let config = common::server_config(&data);
         let prepared = tern::server::prepare(&config).unwrap();
         let fingerprint = prepared.fingerprint;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -101,9 +101,10 @@ impl Fleet {
     }
 
     /// A second connection to the server's database, to stage what only
-    /// time or an agent would do (SQLite in WAL mode: both see each other).
+    /// time or an agent would do (SQLite in WAL mode, or PostgreSQL: both
+    /// see each other).
     fn store(&self) -> Store {
-        Store::open(&self.data.join("tern.db")).unwrap()
+        common::open_store(&self.data)
     }
 
     /// One poll by the agent holding `edge_key` (and the server's
@@ -342,8 +343,13 @@ async fn the_list_filters_by_group_tag_status_and_name_and_pages_without_decodin
     );
     assert!(e["snapshot_age_s"].as_i64().unwrap() < 5);
     drop(store);
-    let db = rusqlite::Connection::open(f.data.join("tern.db")).unwrap();
-    db.execute("UPDATE replicas SET state = x'00ff' WHERE environment = ?1", [site0 as i64]).unwrap();
+    let db = f.store();
+    db.autocommit()
+        .execute(
+            "UPDATE replicas SET state = ?2 WHERE environment = ?1",
+            tern::sql_params![site0 as i64, vec![0u8, 0xff]],
+        )
+        .unwrap();
     drop(db);
     assert_eq!(f.list("?name=site-0").await[0]["counts"]["containers"], 5, "listing never decodes a state");
 

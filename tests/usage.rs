@@ -46,7 +46,7 @@ struct TestServer {
 impl TestServer {
     async fn start(name: &str) -> Self {
         let dir = tempdir(&format!("tern-usage-{name}"));
-        let config = tern::server::ServerConfig::new(dir.clone());
+        let config = common::server_config(&dir);
         let prepared = tern::server::prepare(&config).unwrap();
         let fingerprint = prepared.fingerprint;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -298,7 +298,7 @@ async fn shutdown_records_what_open_connections_carried() {
     assert!(before.tls_down < received, "the last reply is charged later");
     server.stop().await;
 
-    let db = tern::server::store::Store::open(&server.dir.join("tern.db")).unwrap();
+    let db = common::open_store(&server.dir);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     let total = db.autocommit().usage_report(env, now, 1).unwrap().total;
     assert_eq!((total.tls_up, total.tls_down), (sent, received));

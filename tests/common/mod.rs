@@ -119,6 +119,57 @@ impl Drop for Objects {
     }
 }
 
+/// With `TERN_TEST_POSTGRES` set (an admin URL, as `scripts/postgres.sh
+/// start` prints), servers keep their data in PostgreSQL: one database per
+/// data directory, so that a server restarted on the same directory finds
+/// its data again. `None`: SQLite in the data directory.
+pub fn test_database(data: &Path) -> Option<String> {
+    let admin = std::env::var("TERN_TEST_POSTGRES").ok().filter(|u| !u.is_empty())?;
+    let path = std::fs::canonicalize(data).unwrap_or_else(|_| data.to_owned());
+    let hash = blake3::hash(path.as_os_str().as_encoded_bytes()).to_hex();
+    let name = format!("tern_it_{}", &hash[..16]);
+    Some(tern::server::store::postgres::PgPool::ensure_database(&admin, &name).expect("test database"))
+}
+
+/// A connection of the test's own to the database of the server on
+/// `data` (SQLite's file there, or its PostgreSQL database), to stage what
+/// only time or an agent would do.
+pub fn open_store(data: &Path) -> tern::server::store::Store {
+    use tern::server::store::{Store, postgres::PgPool};
+    match test_database(data) {
+        Some(url) => Store::postgres(PgPool::connect(&url).unwrap().get().unwrap()),
+        None => Store::open(&data.join("tern.db")).unwrap(),
+    }
+}
+
+/// The configuration of an in-process server on `data`: SQLite there, or
+/// PostgreSQL (see [`test_database`]).
+pub fn server_config(data: &Path) -> tern::server::ServerConfig {
+    tern::server::ServerConfig { database: test_database(data), ..tern::server::ServerConfig::new(data.to_owned()) }
+}
+
+/// Waits for a command to end; its JSON.
+pub async fn wait_command(api: &mut Api, id: u64, limit: Duration) -> serde_json::Value {
+    let deadline = Deadline::new(limit);
+    loop {
+        let c = api.ok("GET", &format!("/api/commands/{id}"), None, 200).await;
+        if matches!(c["status"].as_str(), Some("ok" | "failed" | "rejected")) {
+            return c;
+        }
+        deadline.tick(format_args!("command {id} to finish ({c})")).await;
+    }
+}
+
+/// The `up=` figure of each poll an agent logged.
+pub fn poll_sizes(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains(" poll ") || l.ends_with(" poll"))
+        .filter_map(|l| l.split("up=").nth(1))
+        .filter_map(|r| r.split_whitespace().next())
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
 /// `tern server` as a child process.
 pub struct Server {
     child: Child,
@@ -143,11 +194,11 @@ impl Server {
     /// to the command (its stderr, limits).
     pub fn start_as(data: &Path, listen: &str, vars: &[(&str, &str)], setup: impl FnOnce(&mut Command)) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
-        cmd.args(["server", "--listen", listen, "--data"])
-            .arg(data)
-            .envs(vars.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+        cmd.args(["server", "--listen", listen, "--data"]).arg(data);
+        if let Some(url) = test_database(data).filter(|_| !vars.iter().any(|(k, _)| *k == "TERN_DATABASE_URL")) {
+            cmd.env("TERN_DATABASE_URL", url);
+        }
+        cmd.envs(vars.iter().copied()).stdout(Stdio::piped()).stderr(Stdio::null());
         setup(&mut cmd);
         let mut child = cmd.spawn().unwrap();
         let mut out = BufReader::new(child.stdout.take().unwrap());

@@ -10,8 +10,8 @@
 //! milliseconds and a few MiB on purpose, and the store's lock must not be
 //! held that long (the agents' polls wait on it).
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use super::sql::{OptionalExtension, Row, params};
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 
 use super::{StoreError, Tx, sql_id};
 

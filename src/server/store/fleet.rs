@@ -305,7 +305,8 @@ fn fleet_columns(dialect: super::sql::Dialect) -> String {
     format!("{FLEET_COLUMNS_HEAD}, {tags}, {FLEET_COLUMNS_TAIL}")
 }
 
-const FLEET_COLUMNS_HEAD: &str = "f.id, f.name, f.group_id, g.name, f.edge_id, f.created_at, f.last_poll_at, f.snapshot_at,
+const FLEET_COLUMNS_HEAD: &str =
+    "f.id, f.name, f.group_id, g.name, f.edge_id, f.created_at, f.last_poll_at, f.snapshot_at,
     COALESCE(f.state_as_of, f.snapshot_at), f.online, f.win";
 
 const FLEET_COLUMNS_TAIL: &str = "f.n_containers, f.n_running, f.n_paused, f.n_stopped, f.n_unhealthy,
@@ -392,9 +393,7 @@ fn set_tags(conn: &Connection, env: u64, tags: &[Ref]) -> Result<(), StoreError>
     for t in tags {
         let id = match (find(conn, Kind::Tag, t)?, t) {
             (Some(id), _) => id,
-            (None, Ref::Name(name)) => {
-                conn.insert("INSERT INTO tags (name) VALUES (?1)", [name])? as u64
-            }
+            (None, Ref::Name(name)) => conn.insert("INSERT INTO tags (name) VALUES (?1)", [name])? as u64,
             (None, Ref::Id(_)) => return Err(Kind::Tag.unknown(t).into()),
         };
         ids.push(id);
@@ -872,12 +871,7 @@ impl FleetStore for Tx<'_> {
                 "SELECT seq, state, prev_seq, prev_state FROM replicas WHERE environment = ?1",
                 [id as i64],
                 |r| {
-                    Ok((
-                        r.get::<i64>(0)?,
-                        r.get::<Vec<u8>>(1)?,
-                        r.get::<Option<i64>>(2)?,
-                        r.get::<Option<Vec<u8>>>(3)?,
-                    ))
+                    Ok((r.get::<i64>(0)?, r.get::<Vec<u8>>(1)?, r.get::<Option<i64>>(2)?, r.get::<Option<Vec<u8>>>(3)?))
                 },
             )
             .optional()?;
@@ -1589,7 +1583,8 @@ mod tests {
                 [&[6u8; 32][..]],
             )
             .unwrap();
-            conn.execute("INSERT INTO replicas (environment, seq, state) VALUES (2, 1, ?1)", [vec![0u8, 0xff]]).unwrap();
+            conn.execute("INSERT INTO replicas (environment, seq, state) VALUES (2, 1, ?1)", [vec![0u8, 0xff]])
+                .unwrap();
         }
         let s_db = Store::open(&path).unwrap();
         let s = s_db.autocommit();
@@ -1661,8 +1656,11 @@ mod tests {
                 0,
             );
             // Every stored state is garbage: decoding one would fail the list.
-            tx.execute("INSERT INTO replicas (environment, seq, state) VALUES (?1, 1, ?2)", params![id.unwrap() as i64, vec![0u8, 0xff]])
-                .unwrap();
+            tx.execute(
+                "INSERT INTO replicas (environment, seq, state) VALUES (?1, 1, ?2)",
+                params![id.unwrap() as i64, vec![0u8, 0xff]],
+            )
+            .unwrap();
             if i % 3 == 0 {
                 tx.execute(
                     "UPDATE environments SET last_poll_at = 990, n_containers = 7 WHERE id = ?1",

@@ -358,10 +358,8 @@ impl JobStore for Tx<'_> {
                  FROM job_targets t JOIN environments e ON e.id = t.environment
                  WHERE t.job = ?1 ORDER BY t.environment",
             )?;
-            stmt.query_map([sql_id(id)], |r| {
-                Ok((r.get::<i64>(0)? as u64, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })?
-            .collect::<Result<_, _>>()?
+            stmt.query_map([sql_id(id)], |r| Ok((r.get::<i64>(0)? as u64, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
+                .collect::<Result<_, _>>()?
         };
         let mut out = Vec::with_capacity(rows.len());
         for (environment, environment_name, version, command, removed) in rows {

@@ -27,6 +27,7 @@
 
 pub mod access;
 mod commands;
+pub mod copy;
 pub mod fleet;
 pub mod images;
 pub mod jobs;
@@ -881,8 +882,11 @@ impl Store {
             tx.pragma_update(None, "user_version", i as i64 + 1)?;
             tx.commit()?;
         }
-        let store =
-            Self { conn: Connection::new(Box::new(sqlite::Sqlite::new(conn)?)), depth: std::cell::Cell::new(0), reader: false };
+        let store = Self {
+            conn: Connection::new(Box::new(sqlite::Sqlite::new(conn)?)),
+            depth: std::cell::Cell::new(0),
+            reader: false,
+        };
         store.backfill()?;
         Ok(store)
     }
@@ -905,7 +909,11 @@ impl Store {
         if version != supported {
             return Err(StoreError::OtherSchema { found: version, supported });
         }
-        Ok(Self { conn: Connection::new(Box::new(sqlite::Sqlite::new(conn)?)), depth: std::cell::Cell::new(0), reader: true })
+        Ok(Self {
+            conn: Connection::new(Box::new(sqlite::Sqlite::new(conn)?)),
+            depth: std::cell::Cell::new(0),
+            reader: true,
+        })
     }
 
     /// The file this store is on (`None`: in memory).

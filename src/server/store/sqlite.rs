@@ -25,7 +25,8 @@ impl Sqlite {
             conn.create_scalar_function(
                 name,
                 -1,
-                rusqlite::functions::FunctionFlags::SQLITE_UTF8 | rusqlite::functions::FunctionFlags::SQLITE_DETERMINISTIC,
+                rusqlite::functions::FunctionFlags::SQLITE_UTF8
+                    | rusqlite::functions::FunctionFlags::SQLITE_DETERMINISTIC,
                 move |ctx| {
                     let mut best: Option<rusqlite::types::Value> = None;
                     for i in 0..ctx.len() {
@@ -101,9 +102,7 @@ fn read(v: ValueRef<'_>) -> Result<Value> {
         ValueRef::Null => Value::Null,
         ValueRef::Integer(i) => Value::Int(i),
         ValueRef::Real(f) => Value::Real(f),
-        ValueRef::Text(t) => {
-            Value::Text(String::from_utf8(t.to_vec()).map_err(|e| Error::Backend(Box::new(e)))?)
-        }
+        ValueRef::Text(t) => Value::Text(String::from_utf8(t.to_vec()).map_err(|e| Error::Backend(Box::new(e)))?),
         ValueRef::Blob(b) => Value::Blob(b.to_vec()),
     })
 }

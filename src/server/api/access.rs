@@ -31,15 +31,16 @@
 //! a token's `last_used_at` is written at most once a minute, to spare the
 //! disk.
 //!
-//! **Failed logins are rate-limited** in memory (a restart forgets them):
-//! at most [`MAX_FAILURES_PER_CLIENT`] per client address (IPv6 by /64)
+//! **Failed logins are rate-limited** in the database (`login_failures`),
+//! so the limits hold across a restart and across server replicas on one
+//! database: at most [`MAX_FAILURES_PER_CLIENT`] per client address (IPv6 by /64)
 //! within [`FAILURE_WINDOW`]; past that, a login from that address answers
 //! 429 with `Retry-After` without looking at the password. Past
 //! [`MAX_FAILURES_OVERALL`] over all clients, the server slows down, and
 //! turns no one away: attempts from addresses that have failed in the
 //! window go one at a time through one lane, each waiting
 //! [`OVERLOAD_DELAY`] before its password is checked (one guess every 2 s
-//! over the server), while an address with no failure (the admin at their
+//! over each replica), while an address with no failure (the admin at their
 //! desk) is checked at once. (A server-wide refusal would let anyone lock the admin out: twelve
 //! addresses with five wrong tries each used to do it for 15 minutes.) An
 //! attempt counts as failed from the moment it starts until
@@ -49,10 +50,9 @@
 //! client address is the TCP peer: behind a reverse proxy every client
 //! shares the proxy's count (`X-Forwarded-For` is not trusted).
 
-use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::request::Parts;
@@ -154,29 +154,25 @@ pub enum Caller {
     },
 }
 
-/// Failed logins, counted in memory (see the module doc).
+/// Failed logins, counted in the database (`login_failures`), so that the
+/// limits hold however many server replicas share it; what is kept here is
+/// this replica's guard on its own CPU (password checks at once, and the
+/// slow lane).
 #[derive(Debug)]
 pub struct LoginLimiter {
-    failures: Mutex<Failures>,
     verifying: tokio::sync::Semaphore,
     /// While failures overall are past [`MAX_FAILURES_OVERALL`], tries from
     /// addresses that failed go through here one at a time, each waiting
-    /// [`OVERLOAD_DELAY`]: one guess every 2 s over the whole server,
-    /// however many addresses make them.
+    /// [`OVERLOAD_DELAY`]: one guess every 2 s over each replica, however
+    /// many addresses make them.
     slow_lane: tokio::sync::Mutex<()>,
 }
 
-#[derive(Debug, Default)]
-struct Failures {
-    per_client: HashMap<IpAddr, VecDeque<Instant>>,
-    overall: VecDeque<Instant>,
-}
-
-/// A login attempt under way, counted as failed until [`LoginLimiter::succeeded`].
+/// A login attempt under way, counted as failed until
+/// [`LoginLimiter::succeeded`].
 #[derive(Debug)]
 pub struct Attempt {
-    client: IpAddr,
-    at: Instant,
+    client: String,
     /// Wait this long before checking the password (see [`OVERLOAD_DELAY`]).
     pub delay: Duration,
 }
@@ -189,7 +185,6 @@ fn client_key(ip: Option<IpAddr>) -> IpAddr {
 impl Default for LoginLimiter {
     fn default() -> Self {
         Self {
-            failures: Mutex::default(),
             verifying: tokio::sync::Semaphore::new(CONCURRENT_VERIFICATIONS),
             slow_lane: tokio::sync::Mutex::new(()),
         }
@@ -197,36 +192,27 @@ impl Default for LoginLimiter {
 }
 
 impl LoginLimiter {
-    /// Starts an attempt from `ip` at `now`, counted as failed until it
-    /// succeeds; or how long to wait when its address failed too often.
-    /// While failures overall are past [`MAX_FAILURES_OVERALL`], an attempt
-    /// from an address that failed in the window comes with a delay.
+    /// Starts an attempt from `ip` at `now` (Unix seconds), counted as
+    /// failed until it succeeds; or how long to wait when its address
+    /// failed too often. While failures overall are past
+    /// [`MAX_FAILURES_OVERALL`], an attempt from an address that failed in
+    /// the window comes with a delay.
     ///
     /// # Errors
-    /// The time until the oldest failure that blocks leaves the window.
-    pub fn begin(&self, ip: Option<IpAddr>, now: Instant) -> Result<Attempt, Duration> {
-        let client = client_key(ip);
-        let mut f = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let live = |t: &Instant| now.saturating_duration_since(*t) < FAILURE_WINDOW;
-        while f.overall.front().is_some_and(|t| !live(t)) {
-            f.overall.pop_front();
-        }
-        f.per_client.retain(|_, times| {
-            times.retain(live);
-            !times.is_empty()
-        });
-        let failed_before = f.per_client.get(&client).map_or(0, VecDeque::len);
-        if failed_before >= MAX_FAILURES_PER_CLIENT {
-            let oldest = f.per_client.get(&client).and_then(|t| t.front());
-            let left =
-                oldest.map_or(FAILURE_WINDOW, |t| FAILURE_WINDOW.saturating_sub(now.saturating_duration_since(*t)));
-            return Err(left.max(Duration::from_secs(1)));
+    /// The store's; inside, the time until the oldest failure that blocks
+    /// leaves the window.
+    pub fn begin(tx: &dyn Transaction, ip: Option<IpAddr>, now: i64) -> Result<Result<Attempt, Duration>, StoreError> {
+        let client = client_key(ip).to_string();
+        let window = FAILURE_WINDOW.as_secs() as i64;
+        let (failed_before, overall, oldest) =
+            tx.login_attempt(&client, now, now - window + 1, MAX_FAILURES_PER_CLIENT as u64)?;
+        if failed_before >= MAX_FAILURES_PER_CLIENT as u64 {
+            let left = oldest.map_or(window, |t| window - (now - t)).max(1);
+            return Ok(Err(Duration::from_secs(left.unsigned_abs())));
         }
         let delay =
-            if f.overall.len() >= MAX_FAILURES_OVERALL && failed_before > 0 { OVERLOAD_DELAY } else { Duration::ZERO };
-        f.overall.push_back(now);
-        f.per_client.entry(client).or_default().push_back(now);
-        Ok(Attempt { client, at: now, delay })
+            if overall >= MAX_FAILURES_OVERALL as u64 && failed_before > 0 { OVERLOAD_DELAY } else { Duration::ZERO };
+        Ok(Ok(Attempt { client, delay }))
     }
 
     /// Waits out an attempt's delay in the slow lane (see
@@ -242,14 +228,27 @@ impl LoginLimiter {
     }
 
     /// The attempt's password was right: its client's failures are
-    /// forgotten (no other client's), and it no longer counts overall.
-    pub fn succeeded(&self, attempt: Attempt) {
-        let mut f = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        f.per_client.remove(&attempt.client);
-        if let Some(i) = f.overall.iter().position(|t| *t == attempt.at) {
-            f.overall.remove(i);
-        }
+    /// forgotten (no other client's), this attempt's with them.
+    ///
+    /// # Errors
+    /// The store's.
+    pub fn succeeded(tx: &dyn Transaction, attempt: &Attempt) -> Result<(), StoreError> {
+        tx.login_succeeded(&attempt.client)
     }
+}
+
+/// [`LoginLimiter::begin`] on the store, for a handler.
+async fn begin_login(state: &Arc<AppState>, ip: Option<IpAddr>) -> Result<Attempt, Response> {
+    let now = now();
+    with_store(state, move |tx| Ok(LoginLimiter::begin(tx, ip, now)?))
+        .await
+        .map_err(IntoResponse::into_response)?
+        .map_err(too_many)
+}
+
+/// [`LoginLimiter::succeeded`] on the store, for a handler.
+async fn login_succeeded(state: &Arc<AppState>, attempt: Attempt) -> Result<(), Response> {
+    with_store(state, move |tx| Ok(LoginLimiter::succeeded(tx, &attempt)?)).await.map_err(IntoResponse::into_response)
 }
 
 /// `Retry-After` seconds for a wait.
@@ -491,7 +490,7 @@ pub async fn login(
     ClientIp(ip): ClientIp,
     ApiJson(req): ApiJson<Login>,
 ) -> Result<Response, Response> {
-    let attempt = state.logins.begin(ip, Instant::now()).map_err(too_many)?;
+    let attempt = begin_login(&state, ip).await?;
     let _lane = state.logins.wait(&attempt).await;
     let name = req.username.clone();
     let user = read_store(&state, move |store| Ok(store.user(&name)?)).await.map_err(IntoResponse::into_response)?;
@@ -506,7 +505,7 @@ pub async fn login(
         );
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "wrong user name or password").into_response());
     };
-    state.logins.succeeded(attempt);
+    login_succeeded(&state, attempt).await?;
     let id = URL_SAFE_NO_PAD.encode(random_bytes::<32>());
     let csrf_token = URL_SAFE_NO_PAD.encode(random_bytes::<32>());
     let (id_hash, csrf) = (secret_hash(&id), csrf_token.clone());
@@ -570,7 +569,7 @@ pub async fn change_password(
     .await
     .map_err(IntoResponse::into_response)?
     .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such user").into_response())?;
-    let attempt = state.logins.begin(ip, Instant::now()).map_err(too_many)?;
+    let attempt = begin_login(&state, ip).await?;
     let _lane = state.logins.wait(&attempt).await;
     if !check_password(&state, Some(user.password_hash.clone()), req.current)
         .await
@@ -578,7 +577,7 @@ pub async fn change_password(
     {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "current: wrong password").into_response());
     }
-    state.logins.succeeded(attempt);
+    login_succeeded(&state, attempt).await?;
     let hash = hash_new_password(&state, req.new).await.map_err(IntoResponse::into_response)?;
     let ended = with_store(&state, move |store| {
         store
@@ -711,68 +710,70 @@ mod tests {
         Some(s.parse().unwrap())
     }
 
+    /// A store and the limiter's `begin`, at Unix seconds from 1,000,000.
+    fn limiter() -> (Store, impl Fn(&Store, Option<IpAddr>, i64) -> Result<Attempt, Duration>) {
+        (Store::scratch().unwrap(), |s: &Store, ip, t| LoginLimiter::begin(&s.autocommit(), ip, 1_000_000 + t).unwrap())
+    }
+
     #[test]
     fn five_failures_block_a_client_for_the_window_and_not_another() {
-        let l = LoginLimiter::default();
-        let t0 = Instant::now();
+        let (s, begin) = limiter();
+        let window = FAILURE_WINDOW.as_secs() as i64;
         for i in 0..MAX_FAILURES_PER_CLIENT {
-            l.begin(ip("192.0.2.1"), t0 + Duration::from_secs(i as u64)).unwrap();
+            begin(&s, ip("192.0.2.1"), i as i64).unwrap();
         }
-        let wait = l.begin(ip("192.0.2.1"), t0 + Duration::from_secs(60)).unwrap_err();
+        let wait = begin(&s, ip("192.0.2.1"), 60).unwrap_err();
         assert_eq!(wait, FAILURE_WINDOW - Duration::from_secs(60));
         // Another client logs in fine; that does not clear the first one's count.
-        let other = l.begin(ip("192.0.2.2"), t0 + Duration::from_secs(61)).unwrap();
-        l.succeeded(other);
-        assert!(l.begin(ip("192.0.2.1"), t0 + Duration::from_secs(62)).is_err());
+        let other = begin(&s, ip("192.0.2.2"), 61).unwrap();
+        LoginLimiter::succeeded(&s.autocommit(), &other).unwrap();
+        assert!(begin(&s, ip("192.0.2.1"), 62).is_err());
         // Once the oldest failure leaves the window, one more try.
-        assert!(l.begin(ip("192.0.2.1"), t0 + FAILURE_WINDOW).is_ok());
-        assert!(l.begin(ip("192.0.2.1"), t0 + FAILURE_WINDOW).is_err());
+        assert!(begin(&s, ip("192.0.2.1"), window).is_ok());
+        assert!(begin(&s, ip("192.0.2.1"), window).is_err());
     }
 
     #[test]
     fn a_right_password_clears_its_own_clients_count() {
-        let l = LoginLimiter::default();
-        let t0 = Instant::now();
+        let (s, begin) = limiter();
         for _ in 0..MAX_FAILURES_PER_CLIENT - 1 {
-            l.begin(ip("192.0.2.1"), t0).unwrap();
+            begin(&s, ip("192.0.2.1"), 0).unwrap();
         }
-        let ok = l.begin(ip("192.0.2.1"), t0).unwrap();
-        l.succeeded(ok);
+        let ok = begin(&s, ip("192.0.2.1"), 0).unwrap();
+        LoginLimiter::succeeded(&s.autocommit(), &ok).unwrap();
         for _ in 0..MAX_FAILURES_PER_CLIENT {
-            l.begin(ip("192.0.2.1"), t0).unwrap();
+            begin(&s, ip("192.0.2.1"), 0).unwrap();
         }
-        assert!(l.begin(ip("192.0.2.1"), t0).is_err());
+        assert!(begin(&s, ip("192.0.2.1"), 0).is_err());
     }
 
     #[test]
     fn failures_from_many_clients_slow_failing_addresses_down_and_turn_no_clean_one_away() {
         // Twelve addresses with five wrong tries each once refused everyone,
         // the admin with the right password included, for 15 minutes.
-        let l = LoginLimiter::default();
-        let t0 = Instant::now();
+        let (s, begin) = limiter();
         for i in 0..MAX_FAILURES_OVERALL {
-            let a = l.begin(Some(IpAddr::from([10, 0, 0, (i / MAX_FAILURES_PER_CLIENT) as u8])), t0).unwrap();
+            let a = begin(&s, Some(IpAddr::from([10, 0, 0, (i / MAX_FAILURES_PER_CLIENT) as u8])), 0).unwrap();
             assert!(a.delay.is_zero() || i >= MAX_FAILURES_OVERALL, "no delay before the overall limit");
         }
-        let clean = l.begin(ip("198.51.100.7"), t0 + Duration::from_secs(5)).unwrap();
+        let clean = begin(&s, ip("198.51.100.7"), 5).unwrap();
         assert_eq!(clean.delay, Duration::ZERO, "an address with no failure is checked at once");
         // One that failed before is slowed down, not refused.
-        let failed = l.begin(ip("198.51.100.7"), t0 + Duration::from_secs(6)).unwrap();
+        let failed = begin(&s, ip("198.51.100.7"), 6).unwrap();
         assert_eq!(failed.delay, OVERLOAD_DELAY);
         // Once the window has passed, no delay.
-        let later = l.begin(ip("198.51.100.8"), t0 + FAILURE_WINDOW).unwrap();
+        let later = begin(&s, ip("198.51.100.8"), FAILURE_WINDOW.as_secs() as i64).unwrap();
         assert_eq!(later.delay, Duration::ZERO);
     }
 
     #[test]
     fn ipv6_clients_are_counted_by_their_64_and_mapped_ipv4_as_ipv4() {
-        let l = LoginLimiter::default();
-        let t0 = Instant::now();
+        let (s, begin) = limiter();
         for i in 0..MAX_FAILURES_PER_CLIENT {
-            l.begin(ip(&format!("2001:db8:1:2::{i:x}")), t0).unwrap();
+            begin(&s, ip(&format!("2001:db8:1:2::{i:x}")), 0).unwrap();
         }
-        assert!(l.begin(ip("2001:db8:1:2:ffff::1"), t0).is_err(), "same /64");
-        assert!(l.begin(ip("2001:db8:1:3::1"), t0).is_ok(), "another /64");
+        assert!(begin(&s, ip("2001:db8:1:2:ffff::1"), 0).is_err(), "same /64");
+        assert!(begin(&s, ip("2001:db8:1:3::1"), 0).is_ok(), "another /64");
         assert_eq!(client_key(ip("::ffff:192.0.2.9")), IpAddr::from([192, 0, 2, 9]));
         assert_eq!(client_key(None), IpAddr::from([0, 0, 0, 0]));
     }

@@ -267,6 +267,43 @@ pub trait AccessStore {
     /// # Errors
     /// When the database fails.
     fn revoke_api_token(&self, id: u64, now: i64) -> Result<Option<ApiToken>, StoreError>;
+
+    /// The TLS session-ticket keys (sealed) that became or become active
+    /// after `since`, oldest first: `(id, sealed key, active from)`.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn ticket_keys(&self, since: i64) -> Result<Vec<(u64, Vec<u8>, i64)>, StoreError>;
+
+    /// Adds a ticket key (sealed), active from `active_from`; drops those
+    /// that became active before `prune_before`. Returns its id.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn add_ticket_key(&self, sealed: &[u8], active_from: i64, prune_before: i64, now: i64) -> Result<u64, StoreError>;
+
+    /// A login from `client` at `at`: forgets failures from before
+    /// `window_start`, then, unless `client` already has `max_per_client`
+    /// failures in the window, records this one as failed until
+    /// [`Self::login_succeeded`]. Returns how many failures `client` had
+    /// before this one, how many there were overall, and when its oldest
+    /// was.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn login_attempt(
+        &self,
+        client: &str,
+        at: i64,
+        window_start: i64,
+        max_per_client: u64,
+    ) -> Result<(u64, u64, Option<i64>), StoreError>;
+
+    /// A login from `client` succeeded: its failures are forgotten.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn login_succeeded(&self, client: &str) -> Result<(), StoreError>;
 }
 
 impl AccessStore for Tx<'_> {
@@ -450,6 +487,49 @@ impl AccessStore for Tx<'_> {
             params![sql_id(id), now],
         )?;
         self.api_token(id)
+    }
+
+    fn ticket_keys(&self, since: i64) -> Result<Vec<(u64, Vec<u8>, i64)>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT id, secret, active_from FROM tls_ticket_keys WHERE active_from >= ?1 ORDER BY active_from, id",
+            )?
+            .query_map([since], |r| Ok((r.get::<i64>(0)? as u64, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?)
+    }
+
+    fn add_ticket_key(&self, sealed: &[u8], active_from: i64, prune_before: i64, now: i64) -> Result<u64, StoreError> {
+        self.conn.execute("DELETE FROM tls_ticket_keys WHERE active_from < ?1", [prune_before])?;
+        let id = self.conn.insert(
+            "INSERT INTO tls_ticket_keys (secret, active_from, created_at) VALUES (?1, ?2, ?3)",
+            params![sealed, active_from, now],
+        )?;
+        Ok(id as u64)
+    }
+
+    fn login_attempt(
+        &self,
+        client: &str,
+        at: i64,
+        window_start: i64,
+        max_per_client: u64,
+    ) -> Result<(u64, u64, Option<i64>), StoreError> {
+        self.conn.execute("DELETE FROM login_failures WHERE at < ?1", [window_start])?;
+        let (mine, oldest): (i64, Option<i64>) =
+            self.conn.query_row("SELECT COUNT(*), MIN(at) FROM login_failures WHERE client = ?1", [client], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        let overall: i64 = self.conn.query_row("SELECT COUNT(*) FROM login_failures", [], |r| r.get(0))?;
+        if (mine as u64) < max_per_client {
+            self.conn.execute("INSERT INTO login_failures (client, at) VALUES (?1, ?2)", params![client, at])?;
+        }
+        Ok((mine as u64, overall as u64, oldest))
+    }
+
+    fn login_succeeded(&self, client: &str) -> Result<(), StoreError> {
+        self.conn.execute("DELETE FROM login_failures WHERE client = ?1", [client])?;
+        Ok(())
     }
 }
 

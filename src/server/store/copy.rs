@@ -43,6 +43,8 @@ pub const TABLES: &[&str] = &[
     "images",
     "rollouts",
     "rollout_members",
+    "tls_ticket_keys",
+    "login_failures",
 ];
 
 /// Rows read at a time.

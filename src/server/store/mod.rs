@@ -423,6 +423,23 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (rollout, environment)
     ) WITHOUT ROWID;
     CREATE INDEX rollout_members_by_command ON rollout_members(command);",
+    // 17: what several server replicas on one database must share (issue
+    // #15): the keys TLS session tickets are sealed with (sealed in turn
+    // under the server key; `server::tickets`), so a connection resumes on
+    // any replica, and failed logins (`api::access::LoginLimiter`), so the
+    // limits hold across replicas.
+    "CREATE TABLE tls_ticket_keys (
+        id INTEGER PRIMARY KEY,
+        secret BLOB NOT NULL,
+        active_from INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE login_failures (
+        client TEXT NOT NULL,
+        at INTEGER NOT NULL
+    );
+    CREATE INDEX login_failures_by_client ON login_failures(client, at);
+    CREATE INDEX login_failures_by_time ON login_failures(at);",
 ];
 
 /// The interval every timer runs at when neither the environment nor the

@@ -11,6 +11,7 @@ pub mod poll;
 pub mod quickstart;
 pub mod secrets;
 pub mod store;
+pub mod tickets;
 pub mod transfers;
 pub mod ui;
 
@@ -74,6 +75,7 @@ pub struct Prepared {
     pub initial_admin_password: Option<String>,
     tls: Arc<rustls::ServerConfig>,
     state: Arc<http::AppState>,
+    tickets: Arc<tickets::SharedTicketer>,
 }
 
 impl Prepared {
@@ -139,18 +141,18 @@ pub fn prepare(config: &ServerConfig) -> Result<Prepared, StartError> {
         admin_token = crate::server::admin_token(&config.data)?;
     }
     let fingerprint = identity.fingerprint();
-    Ok(Prepared {
+    let state = http::AppState::with_pool(
+        pool,
+        Some(config.data.clone()),
+        crate::wire::codec::Limits::default(),
+        &admin_token,
         fingerprint,
-        initial_admin_password,
-        tls: Arc::new(identity.server_config()?),
-        state: http::AppState::with_pool(
-            pool,
-            Some(config.data.clone()),
-            crate::wire::codec::Limits::default(),
-            &admin_token,
-            fingerprint,
-        )?,
-    })
+    )?;
+    // Session tickets any replica (and this server after a restart) opens.
+    let tickets = tickets::SharedTicketer::load(&state.store, &state.secrets)?;
+    let mut tls = identity.server_config()?;
+    tls.ticketer = tickets.clone();
+    Ok(Prepared { fingerprint, initial_admin_password, tls: Arc::new(tls), state, tickets })
 }
 
 /// The admin token file in a data directory.
@@ -227,6 +229,7 @@ pub async fn run_with(
     shutdown: impl std::future::Future<Output = ()>,
     limits: http::ConnectionLimits,
 ) -> std::io::Result<()> {
+    prepared.tickets.spawn_refresh(prepared.state.clone());
     http::serve_with(listener, prepared.tls, http::router(prepared.state), shutdown, limits).await
 }
 

@@ -251,6 +251,12 @@ impl Server {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// SIGKILL: the machine dies, nothing is flushed.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Server {
@@ -282,6 +288,12 @@ pub struct Api {
 }
 
 impl Api {
+    /// A client for the API at `url` (a load balancer, say), pinned to
+    /// `fingerprint`, with `token`.
+    pub fn new(url: &str, fingerprint: [u8; 32], token: &str) -> Self {
+        Self { client: Client::new(url, Trust::Pinned(fingerprint), 16 << 20).unwrap(), token: token.to_owned() }
+    }
+
     /// Any call; returns the status and the JSON body (Null when empty).
     pub async fn call(
         &mut self,

@@ -150,6 +150,9 @@ mod server {
         /// to the first environment that polls on the connection).
         pub fn attribute(&self, environment: u64, sink: Arc<dyn UsageSink>) -> (u64, u64) {
             let mut marks = self.marks.lock().unwrap_or_else(PoisonError::into_inner);
+            if marks.environment.is_none() {
+                crate::server::metrics::get().agent(1);
+            }
             marks.environment = Some(environment);
             marks.sink = Some(sink);
             self.take(&mut marks)
@@ -168,6 +171,7 @@ mod server {
             let (down, up) = self.wire.get();
             let delta = (up - marks.up, down - marks.down);
             (marks.up, marks.down) = (up, down);
+            crate::server::metrics::get().agent_bytes(delta.0, delta.1);
             delta
         }
 
@@ -203,6 +207,7 @@ mod server {
             let key = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let meter = Arc::new(ConnMeter::default());
             self.live.lock().unwrap_or_else(PoisonError::into_inner).insert(key, meter.clone());
+            crate::server::metrics::get().connection(1);
             (key, meter)
         }
 
@@ -210,6 +215,11 @@ mod server {
         pub fn close(&self, key: u64) {
             let meter = self.live.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
             if let Some(meter) = meter {
+                let metrics = crate::server::metrics::get();
+                metrics.connection(-1);
+                if meter.environment().is_some() {
+                    metrics.agent(-1);
+                }
                 meter.flush();
             }
         }
@@ -217,7 +227,9 @@ mod server {
         /// The connection closed before any request (a failed handshake):
         /// nothing to charge.
         pub fn forget(&self, key: u64) {
-            self.live.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
+            if self.live.lock().unwrap_or_else(PoisonError::into_inner).remove(&key).is_some() {
+                crate::server::metrics::get().connection(-1);
+            }
         }
 
         /// Charges what every open connection has not yet charged

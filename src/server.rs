@@ -6,6 +6,7 @@ pub mod dbtools;
 pub mod domain;
 pub mod http;
 pub mod images;
+pub mod metrics;
 pub mod poll;
 #[cfg(feature = "agent")]
 pub mod quickstart;

@@ -79,3 +79,24 @@ async fn the_server_starts_serves_its_pinned_port_and_keeps_its_identity() {
     assert!(again.stop().is_some_and(|s| s.success()));
     std::fs::remove_dir_all(&data).unwrap();
 }
+
+#[test]
+fn log_format_json_writes_one_json_object_a_line() {
+    let data = std::env::temp_dir().join(format!("tern-server-json-log-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data).unwrap();
+    let log = data.join("server.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut server = Server::start_as(&data.join("data"), "127.0.0.1:0", &[("LOG_FORMAT", "json")], |cmd| {
+        cmd.stderr(file);
+    });
+    server.stop();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(first["level"], "INFO", "{text}");
+    assert!(first["fields"]["message"].as_str().unwrap().starts_with("database "), "{text}");
+    for line in text.lines().filter(|l| !l.starts_with("tern: ")) {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    }
+    let _ = std::fs::remove_dir_all(&data);
+}

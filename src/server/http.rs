@@ -242,6 +242,18 @@ enum Applied {
 /// decoded outside the store's lock, applied in one transaction, and the
 /// reply compressed outside the lock again.
 async fn poll_handler(
+    state: State<Arc<AppState>>,
+    meter: Option<axum::Extension<Arc<crate::meter::ConnMeter>>>,
+    request: axum::extract::Request,
+) -> Response<Body> {
+    let started = std::time::Instant::now();
+    let r = answer_poll(state, meter, request).await;
+    super::metrics::get().poll(r.status().as_u16(), started.elapsed().as_secs_f64());
+    r
+}
+
+/// [`poll_handler`]'s answer.
+async fn answer_poll(
     State(state): State<Arc<AppState>>,
     meter: Option<axum::Extension<Arc<crate::meter::ConnMeter>>>,
     request: axum::extract::Request,

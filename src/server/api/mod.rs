@@ -227,6 +227,21 @@ async fn read_store<T: Send + 'static>(
     blocking(state, move |shared| shared.read_store(f)).await
 }
 
+/// `GET /metrics`: the Prometheus text format (see `server::metrics`),
+/// behind an API token as every route here.
+async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let now = crate::clock::unix_now();
+    let (environments, online, queued, oldest) = read_store(&state, move |tx| Ok(tx.fleet_gauges(now)?)).await?;
+    let gauges = crate::server::metrics::FleetGauges {
+        environments,
+        online,
+        queued,
+        oldest_queued_age: oldest.map_or(0, |t| (now - t).max(0)),
+    };
+    let body = crate::server::metrics::get().render(&gauges);
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response())
+}
+
 /// Runs `f` on the blocking pool; a panic in it is a 500, logged.
 async fn blocking<T: Send + 'static>(
     state: &Arc<AppState>,
@@ -247,6 +262,7 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/api/environments/{id}/commands", post(create_command).get(list_commands))
         .route("/api/commands/{id}", get(command).delete(cancel_command))
         .route("/api/openapi.json", get(openapi::serve))
+        .route("/metrics", get(metrics))
         .merge(fleet::routes())
         .merge(usage::routes())
         .merge(stacks::routes())
@@ -493,6 +509,30 @@ mod tests {
         fn store<T, E: From<StoreError>>(&self, f: impl FnOnce(&dyn Transaction) -> Result<T, E>) -> Result<T, E> {
             self.state.with_store(f)
         }
+    }
+
+    #[tokio::test]
+    async fn metrics_want_a_token_and_show_the_fleet_and_the_database() {
+        let api = Api::new();
+        api.create("site-1", None).await;
+        let id = api.create("site-2", None).await;
+        api.store(|s| s.enqueue_command(id, &crate::wire::poll::Action::ImagePull("nginx".into()), 1)).unwrap();
+        let req = |token: Option<&str>| {
+            let mut r = axum::http::Request::builder().uri("/metrics");
+            if let Some(t) = token {
+                r = r.header("authorization", format!("Bearer {t}"));
+            }
+            r.body(Body::empty()).unwrap()
+        };
+        assert_eq!(api.service.call(req(None)).await.unwrap().status(), 401);
+        let resp = api.service.call(req(Some(TOKEN))).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+        assert!(text.contains("tern_environments 2\n"), "{text}");
+        assert!(text.contains("tern_environments_online 0\n"), "{text}");
+        assert!(text.contains("tern_commands_queued 1\n"), "{text}");
+        assert!(text.contains("tern_db_transaction_seconds_count{kind=\"write\"}"), "{text}");
+        assert!(text.contains("# TYPE tern_poll_duration_seconds histogram"), "{text}");
     }
 
     fn err(v: &Value) -> &str {

@@ -673,6 +673,14 @@ pub trait FleetStore {
     /// [`StoreError::NotFound`], or when the database fails.
     fn commands_seen(&self, id: u64) -> Result<u64, StoreError>;
 
+    /// The fleet in four figures, for the metrics: environments, those
+    /// online at `now`, commands not yet confirmed by their agent, and
+    /// when the oldest of those was queued.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn fleet_gauges(&self, now: i64) -> Result<(i64, i64, i64, Option<i64>), StoreError>;
+
     /// How many environments follow each default interval (their own is
     /// unset), as intervals-shaped counts.
     ///
@@ -1164,6 +1172,21 @@ impl FleetStore for Tx<'_> {
     fn fleet_item(&self, id: u64, now: i64) -> Result<FleetItem, StoreError> {
         let (mut items, _) = self.fleet_where(&Filter::default(), Some(id), now)?;
         items.pop().ok_or(StoreError::NotFound(id))
+    }
+
+    fn fleet_gauges(&self, now: i64) -> Result<(i64, i64, i64, Option<i64>), StoreError> {
+        let (envs, online): (i64, i64) = self.conn.query_row(
+            "SELECT COUNT(*), COUNT(CASE WHEN last_poll_at IS NOT NULL AND ?1 - last_poll_at <= status_window
+                                        THEN 1 END)
+             FROM environments",
+            [now],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let (queued, oldest): (i64, Option<i64>) =
+            self.conn.query_row("SELECT COUNT(*), MIN(created_at) FROM commands WHERE status = 'queued'", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        Ok((envs, online, queued, oldest))
     }
 
     fn commands_seen(&self, id: u64) -> Result<u64, StoreError> {

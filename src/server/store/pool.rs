@@ -106,19 +106,37 @@ impl Pool {
     /// # Errors
     /// `f`'s, or the store's when the transaction cannot begin or commit.
     pub fn write<T, E: From<StoreError>>(&self, f: impl FnOnce(&dyn Transaction) -> Result<T, E>) -> Result<T, E> {
+        let started = std::time::Instant::now();
+        let mut failed = false;
+        let out = self.write_untimed(f, &mut failed);
+        crate::server::metrics::get().transaction(true, started.elapsed().as_secs_f64(), failed);
+        out
+    }
+
+    fn write_untimed<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&dyn Transaction) -> Result<T, E>,
+        failed: &mut bool,
+    ) -> Result<T, E> {
+        // The database's own failures (to begin, to commit) are counted;
+        // `f`'s errors are the caller's (a refused request).
+        let mut db = |e: StoreError| {
+            *failed = true;
+            E::from(e)
+        };
         match &self.backend {
             Backend::Sqlite { writer, .. } => {
                 let guard = writer.lock().unwrap_or_else(PoisonError::into_inner);
-                let tx = guard.tx()?;
+                let tx = guard.tx().map_err(&mut db)?;
                 let out = f(&tx)?;
-                tx.commit()?;
+                tx.commit().map_err(&mut db)?;
                 Ok(out)
             }
             Backend::Postgres(pg) => {
-                let store = Store::postgres(pg.get()?);
-                let tx = store.tx()?;
+                let store = Store::postgres(pg.get().map_err(&mut db)?);
+                let tx = store.tx().map_err(&mut db)?;
                 let out = f(&tx)?;
-                tx.commit()?;
+                tx.commit().map_err(&mut db)?;
                 Ok(out)
             }
         }
@@ -131,6 +149,13 @@ impl Pool {
     /// read-only for the while. PostgreSQL: where no connection can be
     /// had, every call of `f`'s fails with the reason.
     pub fn read<T>(&self, f: impl FnOnce(&dyn Transaction) -> T) -> T {
+        let started = std::time::Instant::now();
+        let out = self.read_untimed(f);
+        crate::server::metrics::get().transaction(false, started.elapsed().as_secs_f64(), false);
+        out
+    }
+
+    fn read_untimed<T>(&self, f: impl FnOnce(&dyn Transaction) -> T) -> T {
         let (writer, path, readers) = match &self.backend {
             Backend::Sqlite { writer, path, readers } => (writer, path, readers),
             Backend::Postgres(pg) => {

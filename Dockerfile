@@ -55,6 +55,26 @@ FROM runtime AS agent-prebuilt
 COPY --from=binary-context /tern /usr/local/bin/tern
 COPY --from=binary-context --chown=65532:65532 /data /data
 
+# ----- the server image (`scripts/agent-image.sh --server`) -----
+# The server role alone (`--no-default-features --features server`), its
+# data directory a volume at /data (certificate, key, server key, SQLite
+# database unless TERN_DATABASE_URL names PostgreSQL), listening on 9443.
+# Replicas on one PostgreSQL share the same certificate, key and server
+# key (mount them, or TERN_TLS_CERT/TERN_TLS_KEY and TERN_SECRET_KEY).
+FROM ${RUNTIME_IMAGE} AS server-runtime
+USER 65532:65532
+ENV TERN_DATA=/data TERN_LISTEN=0.0.0.0:9443
+EXPOSE 9443
+ENTRYPOINT ["/usr/local/bin/tern"]
+CMD ["server"]
+LABEL org.opencontainers.image.title="tern-server" \
+      org.opencontainers.image.description="tern's control server for fleets of Docker hosts on metered links" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+FROM server-runtime AS server-prebuilt
+COPY --from=binary-context /tern /usr/local/bin/tern
+COPY --from=binary-context --chown=65532:65532 /data /data
+
 # ----- the binary from source -----
 FROM ${RUST_IMAGE} AS binary-source
 WORKDIR /src

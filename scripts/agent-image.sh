@@ -15,6 +15,15 @@
 #                                           mmdebstrap with Debian's
 #                                           docker-compose (needs mmdebstrap
 #                                           and Debian's package mirror)
+#   scripts/agent-image.sh --server         the server image instead:
+#                                           tern-server:latest, the server
+#                                           role alone (--features server),
+#                                           target `server-prebuilt`
+#   scripts/agent-image.sh --server --compose
+#                                           tern-server:compose, on Debian
+#                                           bookworm with PostgreSQL and
+#                                           HAProxy too: one image for every
+#                                           service of deploy/compose.yaml
 #
 # Needs: docker, ldd, tar, gzip; cargo unless --binary is given. The base is
 # tagged tern-agent-runtime:local (tern-agent-compose-runtime:local for
@@ -33,9 +42,11 @@ usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' 
 
 binary=
 compose=
+server=
 while [ $# -gt 0 ]; do
   case $1 in
     --compose) compose=1; shift ;;
+    --server) server=1; shift ;;
     --binary) [ $# -ge 2 ] || die "--binary needs a path"; binary=$2; shift 2 ;;
     --binary=*) binary=${1#--binary=}; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -44,8 +55,18 @@ while [ $# -gt 0 ]; do
 done
 
 TAG=latest
+ROLE=agent
+TARGET=agent-prebuilt
+PACKAGES=docker-compose
+if [ -n "$server" ]; then
+  IMAGE=tern-server
+  BASE=tern-server-runtime:local
+  ROLE=server
+  TARGET=server-prebuilt
+  PACKAGES=postgresql,haproxy
+fi
 if [ -n "$compose" ]; then
-  BASE=tern-agent-compose-runtime:local
+  BASE=$IMAGE-compose-runtime:local
   TAG=compose
   command -v mmdebstrap >/dev/null 2>&1 || die "--compose needs mmdebstrap (apt-get install mmdebstrap)"
 fi
@@ -58,8 +79,8 @@ docker version --format '{{.Server.Version}}' >/dev/null 2>&1 || die "the Docker
 
 if [ -z "$binary" ]; then
   command -v cargo >/dev/null 2>&1 || die "cargo is not installed (or pass --binary PATH)"
-  echo "agent-image: building the agent binary (cargo build --release --no-default-features --features agent --bin tern)" >&2
-  (cd "$ROOT" && cargo build --release --quiet --no-default-features --features agent --bin tern)
+  echo "agent-image: building the $ROLE binary (cargo build --release --no-default-features --features $ROLE --bin tern)" >&2
+  (cd "$ROOT" && cargo build --release --quiet --no-default-features --features "$ROLE" --bin tern)
   binary=${CARGO_TARGET_DIR:-$ROOT/target}/release/tern
 fi
 [ -f "$binary" ] || die "$binary: no such file"
@@ -80,7 +101,7 @@ fi
 chmod 0755 "$work/ctx/tern"
 version=$("$work/ctx/tern" --version | awk '{print $2}')
 [ -n "$version" ] || die "$binary --version printed no version"
-if "$work/ctx/tern" --help | grep -qE '^  server '; then
+if [ -z "$server" ] && "$work/ctx/tern" --help | grep -qE '^  server '; then
   echo "agent-image: warning: $binary has the server role too (built without --no-default-features --features agent)" >&2
 fi
 
@@ -114,9 +135,9 @@ tar -C "$work/data" -rf "$work/base.tar" "${tar_opts[@]}" --owner="$AGENT_UID" -
 if [ -n "$compose" ]; then
   # Essential packages and docker-compose's dependencies, without
   # recommends, documentation or translations.
-  echo "agent-image: making a bookworm root filesystem with docker-compose (mmdebstrap)" >&2
+  echo "agent-image: making a bookworm root filesystem with $PACKAGES (mmdebstrap)" >&2
   rm -f "$work/base.tar"
-  mmdebstrap --quiet --variant=essential --include=docker-compose \
+  mmdebstrap --quiet --variant=essential --include="$PACKAGES" \
     --aptopt='APT::Install-Recommends "false"' \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
     --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
@@ -125,15 +146,15 @@ if [ -n "$compose" ]; then
     --customize-hook='rm -rf "$1"/var/cache/apt/* "$1"/var/lib/apt/lists/*' \
     --customize-hook="mkdir -p \"\$1/data\" && chown $AGENT_UID:$AGENT_UID \"\$1/data\" && chmod 0700 \"\$1/data\"" \
     bookworm "$work/base.tar" >&2 || die "mmdebstrap failed"
-  paths="Debian bookworm with docker-compose"
+  paths="Debian bookworm with $PACKAGES"
 fi
 
 old_base=$(docker image inspect --format '{{.Id}}' "$BASE" 2>/dev/null || true)
 old_image=$(docker image inspect --format '{{.Id}}' "$IMAGE:$TAG" 2>/dev/null || true)
-docker import --message "tern agent runtime: $(echo $paths)" "$work/base.tar" "$BASE" >/dev/null
+docker import --message "tern $ROLE runtime: $(echo $paths)" "$work/base.tar" "$BASE" >/dev/null
 
 log=$work/build.log
-if ! docker build --force-rm -f "$ROOT/Dockerfile" --target agent-prebuilt \
+if ! docker build --force-rm -f "$ROOT/Dockerfile" --target "$TARGET" \
   --build-arg RUNTIME_IMAGE="$BASE" --build-arg AGENT_BINARY=tern \
   -t "$IMAGE:$TAG" -t "$IMAGE:$version${compose:+-compose}" "$work/ctx" >"$log" 2>&1; then
   cat "$log" >&2
@@ -157,4 +178,4 @@ binary_size=$(stat -c %s "$work/ctx/tern")
 # What a pull costs: registries serve gzip'd layers.
 pull_size=$(docker save "$IMAGE:$TAG" | gzip -6 | wc -c)
 mb() { awk -v b="$1" 'BEGIN { printf "%.1f MB", b / 1e6 }'; }
-echo "$IMAGE:$TAG ($IMAGE:$version${compose:+-compose}): image $image_size B ($(mb "$image_size")), gzip'd $pull_size B ($(mb "$pull_size")); stripped agent binary $binary_size B ($(mb "$binary_size")); $(( $(date +%s) - start )) s"
+echo "$IMAGE:$TAG ($IMAGE:$version${compose:+-compose}): image $image_size B ($(mb "$image_size")), gzip'd $pull_size B ($(mb "$pull_size")); stripped $ROLE binary $binary_size B ($(mb "$binary_size")); $(( $(date +%s) - start )) s"

@@ -263,10 +263,15 @@ async fn answer_poll(
         let (state, meter) = (state.clone(), meter.clone());
         async move {
             let _ = tokio::task::spawn_blocking(move || {
-                let charged = state.with_store(|store| {
+                let charge = |store: &dyn Transaction| {
                     super::api::usage::charge_poll(store, meter.as_deref(), &state, environment, bodies, now());
                     Ok::<_, StoreError>(())
-                });
+                };
+                // An environment's own rows: beside other environments' polls.
+                let charged = match environment {
+                    Some(env) => state.store.write_for(env, charge),
+                    None => state.with_store(charge),
+                };
                 if let Err(e) = charged {
                     tracing::warn!("data usage not recorded: {e}");
                 }
@@ -354,13 +359,13 @@ async fn answer_poll(
         let applied = match shared.with_codec(|c| poll::open(&a, c, &buf[header_len..])) {
             Err(e) => Applied::Refused(Refusal::BadBody(e.to_string())),
             Ok(Err(Refusal::BodyMac)) => {
-                if let Err(e) = shared.with_store(|s| poll::burn(s, &a)) {
+                if let Err(e) = shared.store.write_for(a.environment, |s| poll::burn(s, &a)) {
                     tracing::error!("poll: {e}");
                 }
                 Applied::BodyMac
             }
             Ok(Err(e)) => Applied::Refused(e),
-            Ok(Ok(request)) => match shared.with_store(|s| poll::apply(s, &a, &request, now())) {
+            Ok(Ok(request)) => match shared.store.write_for(a.environment, |s| poll::apply(s, &a, &request, now())) {
                 Ok(mut reply) => {
                     poll::add_credentials(&shared.store, &shared.secrets, &mut reply);
                     Applied::Reply(reply)

@@ -92,6 +92,9 @@ pub fn start(
 /// When the database fails.
 pub fn advance(tx: &(impl Transaction + ?Sized), command: u64, now: i64) -> Result<(), StoreError> {
     let Some((id, wave)) = tx.rollout_of_command(command)? else { return Ok(()) };
+    // A poll's transaction: other environments' polls may advance the
+    // same rollout at the same time (PostgreSQL).
+    tx.serialize(crate::server::store::Area::Rollouts)?;
     let Some(r) = tx.rollout(id)? else { return Ok(()) };
     let current = match r.status.as_str() {
         "first" => 1,

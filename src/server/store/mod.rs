@@ -713,6 +713,15 @@ impl<
 /// (a stack and every command it queues) apply whole or not at all, also
 /// where no one else opened a transaction around them (tools, tests).
 pub trait Atomic {
+    /// Makes the rest of this transaction wait for any other that asked
+    /// for `area`: for what a poll's transaction reads then writes beyond
+    /// its own environment (PostgreSQL runs polls of different
+    /// environments side by side; SQLite writes one at a time anyway).
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn serialize(&self, area: Area) -> Result<(), StoreError>;
+
     /// Opens a nested unit (SQLite and PostgreSQL: a savepoint). Released
     /// into the transaction around it by [`Nested::release`]; dropped
     /// without, everything written since is rolled back.
@@ -720,6 +729,13 @@ pub trait Atomic {
     /// # Errors
     /// When the database fails.
     fn savepoint(&self) -> Result<Box<dyn Nested + '_>, StoreError>;
+}
+
+/// What [`Atomic::serialize`] waits on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Area {
+    /// Staged agent updates (`domain::rollouts`), advanced by results.
+    Rollouts,
 }
 
 /// A unit opened by [`Atomic::savepoint`].
@@ -734,6 +750,13 @@ pub trait Nested {
 impl Atomic for Tx<'_> {
     fn savepoint(&self) -> Result<Box<dyn Nested + '_>, StoreError> {
         Ok(Box::new(self.tx()?))
+    }
+
+    fn serialize(&self, area: Area) -> Result<(), StoreError> {
+        let key = match area {
+            Area::Rollouts => 1,
+        };
+        Ok(self.conn.db().lock(key)?)
     }
 }
 
@@ -954,6 +977,19 @@ impl Store {
     /// When SQLite fails.
     pub fn read_tx(&self) -> Result<Tx<'_>, StoreError> {
         self.begin(true)
+    }
+
+    /// A write transaction for one environment's poll (see `pool::Pool::write_for`).
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub fn tx_for(&self, environment: u64) -> Result<Tx<'_>, StoreError> {
+        if self.depth.get() > 0 || self.reader {
+            return self.tx();
+        }
+        self.conn.db().begin_for(environment)?;
+        self.depth.set(1);
+        Ok(Tx { store: self, conn: &self.conn, level: 0, done: false, autocommit: false })
     }
 
     fn begin(&self, read: bool) -> Result<Tx<'_>, StoreError> {

@@ -113,6 +113,32 @@ impl Pool {
         out
     }
 
+    /// [`Self::write`] for one environment's poll: on PostgreSQL it runs
+    /// beside other environments' polls (see `postgres.rs`), so `f` writes
+    /// only that environment's rows (or takes [`super::Atomic::serialize`]
+    /// first). On SQLite, the same as [`Self::write`].
+    ///
+    /// # Errors
+    /// As [`Self::write`].
+    pub fn write_for<T, E: From<StoreError>>(
+        &self,
+        environment: u64,
+        f: impl FnOnce(&dyn Transaction) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let Backend::Postgres(pg) = &self.backend else { return self.write(f) };
+        let started = std::time::Instant::now();
+        let mut failed = false;
+        let out = (|| {
+            let store = Store::postgres(pg.get().inspect_err(|_| failed = true)?);
+            let tx = store.tx_for(environment).inspect_err(|_| failed = true)?;
+            let out = f(&tx)?;
+            tx.commit().inspect_err(|_| failed = true)?;
+            Ok(out)
+        })();
+        crate::server::metrics::get().transaction(true, started.elapsed().as_secs_f64(), failed);
+        out
+    }
+
     fn write_untimed<T, E: From<StoreError>>(
         &self,
         f: impl FnOnce(&dyn Transaction) -> Result<T, E>,

@@ -25,7 +25,14 @@
 //! one transaction. Here every write transaction first takes one
 //! transaction-scoped advisory lock, shared by every replica on the
 //! database, so writes stay one at a time across replicas and that code
-//! stays right as it is. Reads take no lock: they run on one snapshot
+//! stays right as it is. The one exception is the hot path: a poll's
+//! transactions (`Pool::write_for`) hold that lock shared, with a lock of
+//! their environment's alone, so polls of different environments run side
+//! by side and those of one environment in turn. What a poll writes is its
+//! environment's rows, and counters added with `INSERT … ON CONFLICT DO
+//! UPDATE`, which PostgreSQL makes atomic; the one shared thing it may
+//! read then write, a staged rollout, takes a lock of its own first
+//! (`Atomic::serialize`). Reads take no lock: they run on one snapshot
 //! (`REPEATABLE READ READ ONLY`), beside the writer, as SQLite's readers
 //! do in WAL mode.
 //!
@@ -44,6 +51,11 @@ use super::sql::{Db, Dialect, Error, Result, Row, Value};
 /// The advisory lock every write transaction takes (see the module doc):
 /// "tern" in ASCII, as the first of the two keys; the second is 0.
 const WRITE_LOCK: (i32, i32) = (0x7465_726e, 0);
+/// Each environment's polls take this key (first of two) with the
+/// environment as the second, after the write lock shared.
+const ENVIRONMENT_LOCK: i32 = 0x7465_726f;
+/// What [`Db::lock`] takes, with its key as the second.
+const AREA_LOCK: i32 = 0x7465_7270;
 /// The session lock migrations run under.
 const MIGRATE_LOCK: (i32, i32) = (0x7465_726e, 1);
 
@@ -803,6 +815,23 @@ impl Db for Pg {
         } else {
             self.execute_batch(&format!("BEGIN; SELECT pg_advisory_xact_lock({}, {})", WRITE_LOCK.0, WRITE_LOCK.1))
         }
+    }
+
+    fn begin_for(&self, environment: u64) -> Result<()> {
+        // Polls of different environments write different rows: they run
+        // side by side (the write lock shared), those of one environment
+        // one at a time, and any other writer (holding the write lock
+        // alone) waits for them all, and they for it.
+        #[allow(clippy::cast_possible_truncation)]
+        let env = environment as i32;
+        self.execute_batch(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock_shared({}, {}); SELECT pg_advisory_xact_lock({ENVIRONMENT_LOCK}, {env})",
+            WRITE_LOCK.0, WRITE_LOCK.1
+        ))
+    }
+
+    fn lock(&self, key: i32) -> Result<()> {
+        self.execute_batch(&format!("SELECT pg_advisory_xact_lock({AREA_LOCK}, {key})"))
     }
 
     fn set_read_only(&self, read_only: bool) -> Result<()> {

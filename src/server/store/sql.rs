@@ -414,6 +414,22 @@ pub trait Db: Send {
     /// # Errors
     /// The database's.
     fn begin(&self, read: bool) -> Result<()>;
+    /// Opens a write transaction for one environment's poll: on a database
+    /// that serializes every writer anyway (SQLite), [`Self::begin`].
+    ///
+    /// # Errors
+    /// The database's.
+    fn begin_for(&self, _environment: u64) -> Result<()> {
+        self.begin(false)
+    }
+    /// Makes the rest of this transaction wait for any other holding the
+    /// same `key` (nothing where writers are one at a time anyway).
+    ///
+    /// # Errors
+    /// The database's.
+    fn lock(&self, _key: i32) -> Result<()> {
+        Ok(())
+    }
     /// The file it is on, for SQLite's reading connections.
     fn path(&self) -> Option<std::path::PathBuf> {
         None

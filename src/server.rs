@@ -53,7 +53,7 @@ pub enum StartError {
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
     /// The database could not be opened.
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] store::StoreError),
     /// The codec could not be set up.
     #[error("{0}")]

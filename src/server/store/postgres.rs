@@ -489,8 +489,19 @@ impl PgPool {
     /// # Errors
     /// When none can be had in [`POOL_WAIT`].
     pub fn get(&self) -> Result<Pg, super::StoreError> {
-        let client = wait(&self.rt, self.pool.get())
-            .map_err(|e| super::StoreError::Backend(format!("database {}: {e}", self.shown).into()))?;
+        let client = wait(&self.rt, self.pool.get()).map_err(|e| {
+            // The pool says "error connecting to server": say why too.
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                let s_text = s.to_string();
+                if !text.contains(&s_text) {
+                    text = format!("{text}: {s_text}");
+                }
+                source = s.source();
+            }
+            super::StoreError::Backend(format!("{}: {text}", self.shown).into())
+        })?;
         Ok(Pg { client, rt: self.rt.clone() })
     }
 

@@ -270,6 +270,15 @@ pub struct ServeArgs {
     /// close every connection between polls, as a carrier NAT would.
     #[arg(long, hide = true, value_name = "SECONDS", value_parser = positive_seconds)]
     pub idle_timeout: Option<std::time::Duration>,
+    /// Connections held at once (default 8192). Each costs a file
+    /// descriptor and about 37 KB: for a large fleet on kept-alive
+    /// connections, raise it with the file limit (`ulimit -n`).
+    #[arg(long, env = "TERN_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Connections held at once from one address (default 512): agents
+    /// behind one carrier NAT or load balancer share it.
+    #[arg(long, env = "TERN_MAX_CONNECTIONS_PER_ADDRESS", value_name = "N")]
+    pub max_connections_per_address: Option<usize>,
     /// Maintenance of the database instead of serving.
     #[command(subcommand)]
     pub command: Option<dbtools::ServerCommand>,
@@ -295,6 +304,12 @@ impl ServeArgs {
         let mut limits = http::ConnectionLimits::default();
         if let Some(idle) = self.idle_timeout {
             limits.idle = idle;
+        }
+        if let Some(max) = self.max_connections {
+            limits.max = max.max(1);
+        }
+        if let Some(max) = self.max_connections_per_address {
+            limits.per_address = max.max(1);
         }
         let config = ServerConfig {
             data: self.data,

@@ -7,6 +7,8 @@
 
 #![cfg(all(feature = "agent", feature = "server"))]
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -42,10 +44,13 @@ impl Server {
     /// Starts it with these variables (and no admin password from the
     /// environment the tests run in), reading its first `lines` stdout lines.
     fn start(data: &Path, vars: &[(&str, &str)], lines: usize) -> Self {
+        // SQLite in the data directory, or PostgreSQL in CI's second pass.
+        let db = common::test_database(data);
         #[allow(clippy::zombie_processes)] // Drop waits for it.
         let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
             .args(["server", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
+            .envs(db.iter().map(|u| ("TERN_DATABASE_URL", u.as_str())))
             .env_remove("TERN_ADMIN_PASSWORD")
             .env_remove("TERN_ADMIN_PASSWORD_FILE")
             .envs(vars.iter().copied())
@@ -587,10 +592,13 @@ async fn a_password_change_ends_the_other_sessions_but_not_the_one_that_asked() 
 }
 
 fn tern(args: &[&str], data: &Path, vars: &[(&str, &str)]) -> (bool, String, String) {
+    // The server's database, as its Server::start gave it.
+    let db = if data.exists() { common::test_database(data) } else { None };
     let out = Command::new(env!("CARGO_BIN_EXE_tern"))
         .args(args)
         .arg("--data")
         .arg(data)
+        .envs(db.iter().map(|u| ("TERN_DATABASE_URL", u.as_str())))
         .env_remove("TERN_TOKEN")
         .env_remove("TERN_ADMIN_PASSWORD")
         .env_remove("TERN_ADMIN_PASSWORD_FILE")

@@ -40,6 +40,9 @@ pub enum AdminCommand {
         /// The server's data directory.
         #[arg(long, env = "TERN_DATA", default_value = "tern-data")]
         data: std::path::PathBuf,
+        /// The server's PostgreSQL database, if it has one.
+        #[arg(long, env = "TERN_DATABASE_URL", hide_env_values = true)]
+        database: Option<String>,
     },
 }
 
@@ -106,16 +109,20 @@ pub fn run_token(command: TokenCommand, args: &ApiArgs) -> anyhow::Result<()> {
 /// acceptable, or the database fails.
 pub fn run_admin(command: AdminCommand) -> anyhow::Result<()> {
     match command {
-        AdminCommand::ResetPassword { data } => {
+        AdminCommand::ResetPassword { data, database } => {
             let db = data.join("tern.db");
-            if !db.exists() {
-                bail!("no server database in {} (--data, TERN_DATA)", data.display());
+            let database = database.filter(|u| !u.is_empty());
+            if database.is_none() && !db.exists() {
+                bail!("no server database in {} (--data, TERN_DATA; --database for PostgreSQL)", data.display());
             }
             let given = given_password(|k| std::env::var(k).ok()).map_err(anyhow::Error::msg)?;
             let generated = given.is_none();
             let password = given.unwrap_or_else(generate_password);
             let hash = hash_password(&password)?;
-            let store = Store::open(&db).with_context(|| format!("opening {}", db.display()))?;
+            let store = match &database {
+                Some(url) => Store::postgres(crate::server::store::postgres::PgPool::connect(url)?.get()?),
+                None => Store::open(&db).with_context(|| format!("opening {}", db.display()))?,
+            };
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
             // `tern admin` runs with the server stopped: nothing else holds it.
             let ended = store.autocommit().reset_admin_password(&hash, now as i64)?;

@@ -22,7 +22,7 @@ use crate::server::secrets::SecretKey;
 use crate::server::store::StoreError;
 use crate::server::store::pool::Pool;
 use crate::server::store::prelude::*;
-use crate::sync::session::Received;
+use crate::sync::session::{Received, Replica};
 use crate::wire::codec::{Codec, CodecError};
 use crate::wire::poll::{PollError, PollReply, PollRequest, RefusalCode, Refused};
 
@@ -236,22 +236,16 @@ pub fn apply(
         let version: String = agent.version.chars().filter(|c| !c.is_control()).take(64).collect();
         store.set_agent_version(env_id, &version)?;
     }
-    let mut replica = store.replica(env_id)?;
-    let before = replica.current().0;
-    let received = replica.receive(request.base, request.delta.as_ref());
-    let mut reply = match received {
-        Received::Acked(seq) => {
-            // The replica changes exactly when its sequence number moves.
-            if seq != before {
-                store.save_replica(env_id, &replica, now)?;
-            } else if request.delta.is_some() {
-                // A snapshot poll that changed nothing: the stored state is
-                // as of now, so its age restarts.
-                store.confirm_snapshot(env_id, now)?;
-            }
-            PollReply { acked: seq, ..PollReply::default() }
+    // A poll without a state (most of them) is answered from the sequence
+    // numbers: no state is read or decoded.
+    let mut reply = if request.delta.is_none() {
+        let (seq, prev_seq) = store.replica_seqs(env_id)?;
+        match Replica::receive_nothing(seq, prev_seq, request.base) {
+            Received::Acked(seq) => PollReply { acked: seq, ..PollReply::default() },
+            Received::Resync => PollReply { acked: seq, resync: true, ..PollReply::default() },
         }
-        Received::Resync => PollReply { acked: replica.current().0, resync: true, ..PollReply::default() },
+    } else {
+        apply_state(store, env_id, request, now)?
     };
     for result in &request.results {
         let stored = store.store_result(env_id, result, now)?;
@@ -279,6 +273,27 @@ pub fn apply(
     }
     reply.commands = store.commands_due(env_id, now, MAX_COMMANDS_PER_REPLY)?;
     Ok(reply)
+}
+
+/// The state part of a poll that reports one: its delta applied to the
+/// stored replica (decoded for it), saved when it moved.
+fn apply_state(store: &dyn Transaction, env_id: u64, request: &PollRequest, now: i64) -> Result<PollReply, Refusal> {
+    let mut replica = store.replica(env_id)?;
+    let before = replica.current().0;
+    Ok(match replica.receive(request.base, request.delta.as_ref()) {
+        Received::Acked(seq) => {
+            // The replica changes exactly when its sequence number moves.
+            if seq != before {
+                store.save_replica(env_id, &replica, now)?;
+            } else {
+                // A snapshot poll that changed nothing: the stored state is
+                // as of now, so its age restarts.
+                store.confirm_snapshot(env_id, now)?;
+            }
+            PollReply { acked: seq, ..PollReply::default() }
+        }
+        Received::Resync => PollReply { acked: replica.current().0, resync: true, ..PollReply::default() },
+    })
 }
 
 /// Adds to `reply` the credentials of the registries its commands pull

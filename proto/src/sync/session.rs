@@ -47,9 +47,8 @@ impl Replica {
     /// no state (a heartbeat or command poll): nothing changes. An empty
     /// delta means "nothing changed since `base`".
     pub fn receive(&mut self, base: u64, delta: Option<&Delta>) -> Received {
-        let known = base == self.seq || base == 0 || self.prev.as_ref().is_some_and(|(s, _)| *s == base);
         let Some(delta) = delta else {
-            return if known { Received::Acked(self.seq) } else { Received::Resync };
+            return Self::receive_nothing(self.seq, self.prev.as_ref().map(|(s, _)| *s), base);
         };
         let empty = State::default();
         let base_state = if base == self.seq {
@@ -69,6 +68,17 @@ impl Replica {
         self.prev = Some((self.seq, old));
         self.seq += 1;
         Received::Acked(self.seq)
+    }
+}
+
+impl Replica {
+    /// [`Self::receive`] of a poll that reports no state, from the stored
+    /// sequence numbers alone (`seq`, and the previous state's): the server
+    /// answers most polls without decoding a state.
+    #[must_use]
+    pub fn receive_nothing(seq: u64, prev_seq: Option<u64>, base: u64) -> Received {
+        let known = base == seq || base == 0 || prev_seq == Some(base);
+        if known { Received::Acked(seq) } else { Received::Resync }
     }
 }
 

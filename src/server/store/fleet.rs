@@ -530,6 +530,13 @@ pub trait FleetStore {
     /// When the database fails or a stored state is corrupt.
     fn replica(&self, id: u64) -> Result<Replica, StoreError>;
 
+    /// The stored replica's sequence number and its previous state's, if
+    /// any ((0, None): none yet), without decoding either state.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn replica_seqs(&self, id: u64) -> Result<(u64, Option<u64>), StoreError>;
+
     /// Stores a replica after a poll changed it.
     ///
     /// # Errors
@@ -870,6 +877,16 @@ impl FleetStore for Tx<'_> {
             0 => Err(StoreError::NotFound(id)),
             _ => Ok(()),
         }
+    }
+
+    fn replica_seqs(&self, id: u64) -> Result<(u64, Option<u64>), StoreError> {
+        let row = self
+            .conn
+            .query_row("SELECT seq, prev_seq FROM replicas WHERE environment = ?1", [id as i64], |r| {
+                Ok((r.get::<i64>(0)?, r.get::<Option<i64>>(1)?))
+            })
+            .optional()?;
+        Ok(row.map_or((0, None), |(s, p)| (s as u64, p.map(|p| p as u64))))
     }
 
     fn replica(&self, id: u64) -> Result<Replica, StoreError> {

@@ -49,6 +49,13 @@ pub struct Shared {
     pub poll_timeout: Duration,
     /// Agents that made their first contact.
     pub first_contacts: AtomicUsize,
+    /// Every agent's second poll carries a change, so that the server holds
+    /// two states of each (the current one and the one before), as it does
+    /// for every agent of a fleet that has run for a while: the database's
+    /// growth is then measured from its steady size, not while it doubles.
+    pub prime: bool,
+    /// Agents whose priming change was stored.
+    pub primed: AtomicUsize,
     /// Commands queued through the API and not yet acknowledged, by
     /// (environment, command): when they were queued.
     pub queued: std::sync::Mutex<HashMap<(u64, u64), Instant>>,
@@ -130,6 +137,8 @@ pub struct Agent {
     results: Vec<CommandResult>,
     conn: Option<Conn>,
     rng: fastrand::Rng,
+    /// Polls answered so far.
+    answered: u64,
 }
 
 thread_local! {
@@ -166,6 +175,7 @@ impl Agent {
             results: Vec::new(),
             conn: None,
             rng: fastrand::Rng::with_seed(seed),
+            answered: 0,
         }
     }
 
@@ -209,7 +219,8 @@ impl Agent {
 
     /// One poll: build, seal, send, check, act on the reply, count.
     pub async fn poll(&mut self, shared: &Shared) {
-        if self.named && !shared.back_to_back && self.rng.f64() < shared.change_per_poll {
+        let priming = shared.prime && self.answered == 1;
+        if self.named && !shared.back_to_back && (priming || self.rng.f64() < shared.change_per_poll) {
             self.current = shared.catalogue.next(self.current);
         }
         let delta = shared.catalogue.delta(self.base, self.current, &self.id.salt, &self.id.name);
@@ -313,8 +324,12 @@ impl Agent {
             let mut q = shared.queued.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             acked.iter().filter_map(|id| q.remove(&(self.id.environment, *id))).map(|t| t.elapsed()).collect()
         };
+        self.answered += 1;
         if first {
             shared.first_contacts.fetch_add(1, Ordering::Relaxed);
+        }
+        if priming && changed && !reply.resync {
+            shared.primed.fetch_add(1, Ordering::Relaxed);
         }
         shared.window.with(|w| {
             w.all.record(elapsed);

@@ -165,11 +165,14 @@ pub struct Simulator {
 pub struct Database {
     /// After enrolment, before any poll.
     pub bytes_enrolled: Option<u64>,
-    /// After every agent's first contact (their full states stored).
+    /// After every agent's first contact and priming change (two full
+    /// states stored each, as for agents that have run a while; see
+    /// `agent::Shared::prime`).
     pub bytes_first_contact: Option<u64>,
     /// At the end of the window.
     pub bytes_end: Option<u64>,
-    /// The first contact's growth per agent (its stored state).
+    /// The growth from enrolment to the steady size, per agent (its
+    /// stored states).
     pub first_contact_per_agent: Option<f64>,
     /// Growth over the window, scaled to one agent and one day.
     pub growth_per_agent_per_day: Option<f64>,
@@ -300,7 +303,7 @@ impl Report {
         row(
             "database",
             format!(
-                "{} enrolled, {} after first contact ({} per agent), {} at end",
+                "{} enrolled, {} with every state stored ({} per agent), {} at end",
                 mb(d.bytes_enrolled),
                 mb(d.bytes_first_contact),
                 opt(d.first_contact_per_agent.map(|b| b / 1024.0), " KB", 1),

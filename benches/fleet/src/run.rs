@@ -85,16 +85,24 @@ struct Reading {
     sim_cpu: Duration,
 }
 
-fn read(target: &Target) -> Reading {
+/// Reads the server process (and its database when `db`: a checkpoint
+/// first, which holds the server's writer for a moment, so it is never
+/// taken inside a measured window).
+fn read(target: &Target, db: bool) -> Reading {
+    let db = if db { target.data.as_deref().map(procfs::database_bytes) } else { None };
     Reading {
         at: Some(Instant::now()),
         cpu: target.pid.and_then(|p| procfs::cpu_time(p).ok()),
         rss: target.pid.and_then(|p| procfs::rss(p).ok()),
         files: target.pid.and_then(procfs::open_files),
-        db: target.data.as_deref().map(procfs::database_bytes),
+        db,
         sim_cpu: procfs::cpu_time(std::process::id()).unwrap_or_default(),
     }
 }
+
+/// Between the start of the database's window and the polls' window: the
+/// checkpoint's stall and the polls it held up pass first.
+const SETTLE: Duration = Duration::from_secs(2);
 
 fn elapsed(a: &Reading, b: &Reading) -> Duration {
     match (a.at, b.at) {
@@ -144,7 +152,7 @@ async fn drive(
         .collect();
     let reconnecting = identities.iter().filter(|i| i.reconnect).count();
 
-    let before = read(target);
+    let before = read(target, true);
     let warmup_interval = if opts.find_capacity {
         Duration::from_secs_f64(n as f64 / opts.start_rate)
     } else {
@@ -160,6 +168,8 @@ async fn drive(
         back_to_back: opts.idle,
         poll_timeout: Duration::from_secs_f64(opts.poll_timeout),
         first_contacts: AtomicUsize::new(0),
+        prime: !opts.idle && opts.change_share > 0.0,
+        primed: AtomicUsize::new(0),
         queued: Default::default(),
         bases: (0..n).map(|_| AtomicU64::new(0)).collect(),
         stop: AtomicBool::new(false),
@@ -182,7 +192,16 @@ async fn drive(
     let first = shared.window.take();
     let contacted = shared.first_contacts.load(Ordering::Relaxed);
     eprintln!("tern-fleet: {contacted} of {n} agents made first contact in {:.1} s", first_contact_time.as_secs_f64());
-    let connected = read(target);
+    // Then every agent's priming change (see `Shared::prime`).
+    if shared.prime {
+        let deadline = Instant::now() + warmup_interval.mul_f64(1.0 + opts.jitter) + Duration::from_secs(120);
+        while shared.primed.load(Ordering::Relaxed) < contacted && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = shared.window.take();
+        eprintln!("tern-fleet: {} agents primed (a second state stored)", shared.primed.load(Ordering::Relaxed));
+    }
+    let connected = read(target, true);
 
     let command_rate: Rate = Arc::new(AtomicU64::new(0));
     let commands_stop = Arc::new(AtomicBool::new(false));
@@ -196,19 +215,22 @@ async fn drive(
         ))
     });
 
-    let (counts, start, end, capacity_report) = if opts.find_capacity {
+    let (counts, start, end, db_start, capacity_report) = if opts.find_capacity {
         let (cap, best) = find_capacity(opts, target, &shared, &command_rate, warmup_interval).await;
-        let (counts, start, end) = best.unwrap_or_else(|| (Counts::default(), read(target), read(target)));
-        (counts, start, end, Some(cap))
+        let (counts, start, end) =
+            best.unwrap_or_else(|| (Counts::default(), read(target, false), read(target, false)));
+        (counts, start, end, None::<Reading>, Some(cap))
     } else {
         command_rate.store((opts.command_rate * 1000.0) as u64, Ordering::Relaxed);
-        let start = read(target);
+        let db_start = read(target, true);
+        tokio::time::sleep(SETTLE).await;
         let _ = shared.window.take();
+        let start = read(target, false);
         eprintln!("tern-fleet: measuring for {} s", opts.duration);
         tokio::time::sleep(Duration::from_secs_f64(opts.duration)).await;
         let counts = shared.window.take();
-        let end = read(target);
-        (counts, start, end, None)
+        let end = read(target, true);
+        (counts, start, end, Some(db_start), None)
     };
     command_rate.store(0, Ordering::Relaxed);
     commands_stop.store(true, Ordering::Relaxed);
@@ -318,10 +340,8 @@ async fn drive(
             bytes_first_contact: connected.db,
             bytes_end: end.db,
             first_contact_per_agent: connected.db.zip(before.db).map(|(c, b)| (c as f64 - b as f64) / n as f64),
-            growth_per_agent_per_day: end
-                .db
-                .zip(start.db)
-                .map(|(e, s)| stats::per_agent_per_day(e as i64 - s as i64, n, window)),
+            growth_per_agent_per_day: db_start
+                .and_then(|s| Some(stats::per_agent_per_day(end.db? as i64 - s.db? as i64, n, elapsed(&s, &end)))),
         },
         errors: counts.errors_by_name(),
         error_total: counts.error_total(),
@@ -420,10 +440,10 @@ async fn find_capacity(
         // Polls scheduled at the old pace happen first.
         tokio::time::sleep(old.mul_f64(1.0 + opts.jitter).min(Duration::from_secs(120)) + Duration::from_secs(1)).await;
         let _ = shared.window.take();
-        let start = read(target);
+        let start = read(target, false);
         tokio::time::sleep(Duration::from_secs_f64(opts.step_duration)).await;
         let counts = shared.window.take();
-        let end = read(target);
+        let end = read(target, false);
         let achieved = stats::per_second(counts.all.count(), elapsed(&start, &end));
         let l = counts.all.summary();
         let held = capacity::holds(rate, achieved, l.p99_ms, counts.error_total(), opts.p99_limit_ms);

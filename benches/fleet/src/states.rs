@@ -98,9 +98,22 @@ impl Catalogue {
         Host { recording, step: rng.usize(..self.recordings[recording].len()), forward: rng.bool() }
     }
 
-    /// The next step: one recorded event later (or earlier, walking back
-    /// from either end, so every change is one recorded event).
+    /// The next step whose state differs: one recorded event later (or
+    /// earlier, walking back from either end, so every change is one
+    /// recorded event). A recording's "nothing happened" step is passed
+    /// over.
     pub fn next(&self, h: Host) -> Host {
+        let mut next = self.step(h);
+        for _ in 0..self.recordings[h.recording].len() {
+            if self.recorded(next) != self.recorded(h) {
+                break;
+            }
+            next = self.step(next);
+        }
+        next
+    }
+
+    fn step(&self, h: Host) -> Host {
         let last = self.recordings[h.recording].len() - 1;
         if last == 0 {
             return h;
@@ -142,6 +155,13 @@ impl Catalogue {
             Some(b) => diff(&self.state(b, salt, name), &self.state(current, salt, name)),
             None => diff(&State::default(), &self.state(current, salt, name)),
         }
+    }
+}
+
+impl Host {
+    /// The same host at another step.
+    pub fn with_step(self, step: usize) -> Self {
+        Self { step, ..self }
     }
 }
 
@@ -213,8 +233,16 @@ mod tests {
         let last = c.recordings[0].len() - 1;
         let end = Host { recording: 0, step: last, forward: true };
         assert_eq!(c.next(end), Host { recording: 0, step: last - 1, forward: false });
-        let start = Host { recording: 0, step: 0, forward: false };
-        assert_eq!(c.next(start), Host { recording: 0, step: 1, forward: true });
+        let start = Host { recording: 0, step: 2, forward: false };
+        assert_eq!(c.next(start), Host { recording: 0, step: 1, forward: false });
+        // Step 1 of host40 is the same host later, nothing done: passed over.
+        assert_eq!(c.recorded(Host { recording: 0, step: 0, forward: true }), c.recorded(start.with_step(1)));
+        let zero = Host { recording: 0, step: 0, forward: false };
+        assert_eq!(c.next(zero), Host { recording: 0, step: 2, forward: true });
+        assert_eq!(
+            c.next(Host { recording: 0, step: 1, forward: false }),
+            Host { recording: 0, step: 2, forward: true }
+        );
         // Applying the delta of one step to the state before it gives the state after it.
         let (a, b) = (Host { recording: 0, step: 2, forward: true }, Host { recording: 0, step: 3, forward: true });
         let d = c.delta(Some(a), b, &[9; 32], "x");

@@ -1,6 +1,7 @@
 //! One simulated agent: the poll protocol as `tern agent` speaks it
 //! (`tern::agent::run`), with the Docker engine replaced by a recorded
-//! host (see [`crate::states`]) and its commands answered at once.
+//! host (see [`crate::states`]) and its commands done at once: their
+//! results go in a poll [`RESULT_DELAY`] later, as the agent's do.
 //!
 //! Each poll carries what a real agent's would: a delta against the base
 //! the server acknowledged (the full state at first contact, the explicit
@@ -139,7 +140,14 @@ pub struct Agent {
     rng: fastrand::Rng,
     /// Polls answered so far.
     answered: u64,
+    /// An extra poll to report results, as the agent makes one
+    /// [`RESULT_DELAY`] after a command finishes.
+    report_at: Option<Instant>,
 }
+
+/// How soon after a command finishes the agent polls to report it
+/// (`tern::agent::run::Settings::result_delay`'s default).
+pub const RESULT_DELAY: Duration = Duration::from_secs(2);
 
 thread_local! {
     /// One codec per worker thread: a codec holds zstd contexts with the
@@ -176,6 +184,7 @@ impl Agent {
             conn: None,
             rng: fastrand::Rng::with_seed(seed),
             answered: 0,
+            report_at: None,
         }
     }
 
@@ -196,15 +205,22 @@ impl Agent {
             if shared.stop.load(Ordering::Acquire) {
                 break;
             }
+            let wake = self.report_at.map_or(next, |r| r.min(next));
             tokio::select! {
-                () = tokio::time::sleep_until(next) => {}
+                () = tokio::time::sleep_until(wake) => {}
                 () = stopped => break,
             }
             if shared.stop.load(Ordering::Acquire) {
                 break;
             }
+            let extra = wake < next;
+            self.report_at = None;
             self.poll(&shared).await;
             let now = Instant::now();
+            if extra {
+                // The regular schedule goes on.
+                continue;
+            }
             next = if shared.back_to_back {
                 now
             } else {
@@ -317,6 +333,9 @@ impl Agent {
                 output: Vec::new(),
                 phase: String::new(),
             });
+        }
+        if new_commands > 0 && !shared.back_to_back {
+            self.report_at = Some(Instant::now() + RESULT_DELAY);
         }
         let round_trips: Vec<Duration> = if acked.is_empty() {
             Vec::new()

@@ -137,16 +137,18 @@ impl Conn {
     }
 }
 
-/// The source addresses to spread `agents` connections over: 127.0.0.1
-/// and up, `per_address` connections each (the server's cap per client
-/// address is 512, and one address has about 28,000 ephemeral ports).
-/// `None` when the server is not on loopback (the kernel picks).
+/// The source addresses to spread `agents` connections over: 127.0.0.2
+/// and up (127.0.0.1 is left to the API calls), `per_address` connections
+/// each (the server's cap per client address is 512, a closing
+/// connection still counts for a moment, and one address has about 28,000
+/// ephemeral ports). Empty when the server is not on IPv4 loopback (the
+/// kernel picks).
 pub fn loopback_sources(server: IpAddr, agents: usize, per_address: usize, given: Option<usize>) -> Vec<IpAddr> {
     if !server.is_loopback() || !server.is_ipv4() {
         return Vec::new();
     }
     let n = given.unwrap_or_else(|| agents.div_ceil(per_address.max(1))).clamp(1, 250 * 250);
-    (0..n).map(|i| IpAddr::from([127, 0, (i / 250) as u8, (i % 250 + 1) as u8])).collect()
+    (0..n).map(|i| IpAddr::from([127, 0, (i / 250) as u8, (i % 250 + 2) as u8])).collect()
 }
 
 #[cfg(test)]
@@ -157,11 +159,12 @@ mod tests {
     fn loopback_sources_cover_the_fleet_within_the_per_address_cap() {
         let ips = loopback_sources("127.0.0.1".parse().unwrap(), 5_000, 500, None);
         assert_eq!(ips.len(), 10);
-        assert_eq!(ips[0], "127.0.0.1".parse::<IpAddr>().unwrap());
-        assert_eq!(ips[9], "127.0.0.10".parse::<IpAddr>().unwrap());
+        assert_eq!(ips[0], "127.0.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!(ips[9], "127.0.0.11".parse::<IpAddr>().unwrap());
         let many = loopback_sources("127.0.0.1".parse().unwrap(), 200_000, 500, None);
         assert_eq!(many.len(), 400);
-        assert_eq!(many[250], "127.0.1.1".parse::<IpAddr>().unwrap());
+        assert_eq!(many[249], "127.0.0.251".parse::<IpAddr>().unwrap());
+        assert_eq!(many[250], "127.0.1.2".parse::<IpAddr>().unwrap());
         assert_eq!(loopback_sources("127.0.0.1".parse().unwrap(), 10, 500, Some(3)).len(), 3);
         assert!(loopback_sources("10.0.0.1".parse().unwrap(), 10, 500, None).is_empty());
     }

@@ -17,7 +17,7 @@
 //!  │   maybe step its host one recorded event       │
 //!  │   delta vs acked base, results, seal (MAC) ──▶ POST /q ─▶ store
 //!  │   check reply MAC, adopt base, take commands ◀─ sealed reply
-//!  │   (from 127.0.0.x: one source address per 500 agents)
+//!  │   (from 127.0.0.2, .3, ...: one source address per 400 agents)
 //!  ├─ commands: POST /api/environments/{id}/commands at a rate (Poisson)
 //!  └─ readings: /proc/<server pid>/stat, status, fd; the data directory's tern.db*
 //! ```

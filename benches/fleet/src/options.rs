@@ -72,13 +72,13 @@ pub struct Options {
     #[arg(long, env = "AGENT_SECRET", hide_env_values = true)]
     pub agent_secret: Option<String>,
 
-    /// Loopback source addresses to spread connections over (127.0.0.1,
-    /// 127.0.0.2, ...); default: one per --per-address agents.
+    /// Loopback source addresses to spread connections over (127.0.0.2,
+    /// 127.0.0.3, ...); default: one per --per-address agents.
     #[arg(long)]
     pub source_addrs: Option<usize>,
     /// Connections per source address (the server allows 512 per client
-    /// address).
-    #[arg(long, default_value_t = 500)]
+    /// address, and a closing connection counts until it is closed).
+    #[arg(long, default_value_t = 400)]
     pub per_address: usize,
     /// API calls at once while creating environments.
     #[arg(long, default_value_t = 16)]

@@ -44,7 +44,12 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         Some(s) => s.target.clone(),
         None => attach(opts)?,
     };
-    let result = drive(opts, &target, catalogue, open_files, spawned.is_some()).await;
+    // Ctrl-C or SIGTERM ends the run, and still stops the spawned server
+    // and removes its directory.
+    let result = tokio::select! {
+        r = drive(opts, &target, catalogue, open_files, spawned.is_some()) => r,
+        () = tern::signal::shutdown() => Err(anyhow::anyhow!("interrupted")),
+    };
     // Stopping the server blocks (it waits for the process).
     if let Some(s) = spawned {
         tokio::task::spawn_blocking(move || drop(s)).await?;

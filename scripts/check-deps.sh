@@ -30,7 +30,7 @@ forbid() {
 }
 # The bench lab stays out of the product: `tern` never links tern-bench,
 # nor the crates only the lab uses.
-forbid "the tern crate (default features)" tern tern-bench json-patch
+forbid "the tern crate (default features)" tern tern-bench tern-fleet json-patch hdrhistogram
 forbid "the agent-only build" tern tern-bench json-patch -- --no-default-features --features agent
 # flate2 only as tower-http's gzip for the web UI, never a direct dependency.
 if cargo tree -q -p tern -e normal --depth 1 --prefix none | sed 's/ .*//' | grep -qx flate2; then

@@ -51,7 +51,7 @@ impl Haproxy {
         );
         let path = dir.join("haproxy.cfg");
         std::fs::write(&path, cfg).unwrap();
-        let child = Command::new("haproxy")
+        let mut child = Command::new("haproxy")
             .args(["-f", path.to_str().unwrap(), "-db", "-q"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -63,6 +63,8 @@ impl Haproxy {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("haproxy did not start");
     }
 }
@@ -165,7 +167,7 @@ async fn two_replicas_behind_haproxy_lose_no_command_when_one_is_killed() {
     // after each handshake counts with the handshake).
     let mut handshakes = Vec::new();
     for _ in 0..4 {
-        let mut request = async |client: &mut Client| {
+        let request = async |client: &mut Client| {
             let before = client.wire.get();
             let (status, _) = client.api(hyper::Method::GET, "/api/environments", &token, None).await.unwrap();
             assert_eq!(status, 200);

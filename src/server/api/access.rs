@@ -710,8 +710,11 @@ mod tests {
         Some(s.parse().unwrap())
     }
 
+    /// The limiter's `begin` on a store, at `t` seconds after 1,000,000.
+    type Begin = fn(&Store, Option<IpAddr>, i64) -> Result<Attempt, Duration>;
+
     /// A store and the limiter's `begin`, at Unix seconds from 1,000,000.
-    fn limiter() -> (Store, impl Fn(&Store, Option<IpAddr>, i64) -> Result<Attempt, Duration>) {
+    fn limiter() -> (Store, Begin) {
         (Store::scratch().unwrap(), |s: &Store, ip, t| LoginLimiter::begin(&s.autocommit(), ip, 1_000_000 + t).unwrap())
     }
 

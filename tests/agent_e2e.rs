@@ -18,25 +18,8 @@ use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// The engine's root digest, read the way the agent reads it.
-async fn engine_root() -> String {
-    let docker = tern::agent::connect().await.unwrap();
-    let state = tern::agent::collect(&docker).await.unwrap().canonical(&Default::default()).unwrap();
-    blake3::Hash::from(state.root()).to_hex().to_string()
-}
-
-/// Waits until the server's copy equals the engine (other tests may be
-/// changing the engine too, so both sides are re-read until they agree).
 async fn converged(api: &mut Api, env: u64) {
-    let deadline = Deadline::new(WAIT);
-    loop {
-        let summary = api.ok("GET", &format!("/api/environments/{env}"), None, 200).await;
-        let engine = engine_root().await;
-        if summary["root"].as_str() == Some(engine.as_str()) {
-            return;
-        }
-        deadline.tick(format_args!("the server's root {} to equal the engine's {engine}", summary["root"])).await;
-    }
+    common::converged(api, env, WAIT).await;
 }
 
 /// The status of a container in the server's stored state (None: absent).

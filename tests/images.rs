@@ -107,7 +107,8 @@ async fn an_image_pushed_from_the_operators_engine_is_held_checked_and_delivered
     let server = Server::start(&dir.join("server"), "127.0.0.1:0");
     let mut api = server.api();
     let seed = u64::from(std::process::id());
-    let (v1, v2) = (format!("{prefix}/app:1"), format!("{prefix}/app:2"));
+    // Named under the prefix, so the objects guard removes them.
+    let (v1, v2) = (format!("{prefix}-app:1"), format!("{prefix}-app:2"));
     build(&dir, &objects.image, &noise(3 << 20, seed), &v1);
     build(&dir, &objects.image, &noise(3 << 20, seed + 1), &v2);
 

@@ -76,23 +76,8 @@ impl Drop for Haproxy {
     }
 }
 
-/// The engine's root digest, read the way the agent reads it.
-async fn engine_root() -> String {
-    let docker = tern::agent::connect().await.unwrap();
-    let state = tern::agent::collect(&docker).await.unwrap().canonical(&Default::default()).unwrap();
-    blake3::Hash::from(state.root()).to_hex().to_string()
-}
-
 async fn converged(api: &mut Api, env: u64) {
-    let deadline = Deadline::new(WAIT);
-    loop {
-        let summary = api.ok("GET", &format!("/api/environments/{env}"), None, 200).await;
-        let engine = engine_root().await;
-        if summary["root"].as_str() == Some(engine.as_str()) {
-            return;
-        }
-        deadline.tick(format_args!("environment {env} to converge")).await;
-    }
+    common::converged(api, env, WAIT).await;
 }
 
 fn restarts(container: &str, since: &str) -> usize {

@@ -148,6 +148,28 @@ pub fn server_config(data: &Path) -> tern::server::ServerConfig {
     tern::server::ServerConfig { database: test_database(data), ..tern::server::ServerConfig::new(data.to_owned()) }
 }
 
+/// The engine's root digest, read the way the agent reads it.
+pub async fn engine_root() -> String {
+    let docker = tern::agent::connect().await.unwrap();
+    let state = tern::agent::collect(&docker).await.unwrap().canonical(&Default::default()).unwrap();
+    blake3::Hash::from(state.root()).to_hex().to_string()
+}
+
+/// Waits until the server's copy of `env` equals the engine (other tests
+/// may be changing the engine too, so both sides are re-read until they
+/// agree).
+pub async fn converged(api: &mut Api, env: u64, limit: Duration) {
+    let deadline = Deadline::new(limit);
+    loop {
+        let summary = api.ok("GET", &format!("/api/environments/{env}"), None, 200).await;
+        let engine = engine_root().await;
+        if summary["root"].as_str() == Some(engine.as_str()) {
+            return;
+        }
+        deadline.tick(format_args!("the server's root {} to equal the engine's {engine}", summary["root"])).await;
+    }
+}
+
 /// Waits for a command to end; its JSON.
 pub async fn wait_command(api: &mut Api, id: u64, limit: Duration) -> serde_json::Value {
     let deadline = Deadline::new(limit);

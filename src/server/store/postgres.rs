@@ -358,6 +358,13 @@ impl std::fmt::Debug for PgPool {
     }
 }
 
+/// A database URL parsed, and as it may be shown.
+fn parse(url: &str) -> Result<(tokio_postgres::Config, String), super::StoreError> {
+    let shown = redact(url);
+    let config = url.parse().map_err(|e| super::StoreError::Backend(format!("database URL {shown}: {e}").into()))?;
+    Ok((config, shown))
+}
+
 /// A URL with its password (if any) replaced, for logs and errors.
 #[must_use]
 pub fn redact(url: &str) -> String {
@@ -378,9 +385,7 @@ impl PgPool {
     /// When the URL does not parse, the database cannot be reached, or its
     /// schema is newer than this build's.
     pub fn connect(url: &str) -> Result<Self, super::StoreError> {
-        let shown = redact(url);
-        let config: tokio_postgres::Config =
-            url.parse().map_err(|e| super::StoreError::Backend(format!("database URL {shown}: {e}").into()))?;
+        let (config, shown) = parse(url)?;
         Self::connect_with(config, shown)
     }
 
@@ -398,9 +403,7 @@ impl PgPool {
         let name = format!("{prefix}_{}_{n}_{}", std::process::id(), u32::from_be_bytes(nonce));
         let admin = Self::connect_unmigrated(admin_url)?;
         admin.get()?.execute_batch(&format!("CREATE DATABASE \"{name}\""))?;
-        let mut config: tokio_postgres::Config = admin_url
-            .parse()
-            .map_err(|e| super::StoreError::Backend(format!("database URL {}: {e}", redact(admin_url)).into()))?;
+        let (mut config, _) = parse(admin_url)?;
         config.dbname(&name);
         Self::connect_with(config, format!("{} (database {name})", redact(admin_url)))
     }
@@ -440,9 +443,7 @@ impl PgPool {
     }
 
     fn connect_unmigrated(url: &str) -> Result<Self, super::StoreError> {
-        let shown = redact(url);
-        let config: tokio_postgres::Config =
-            url.parse().map_err(|e| super::StoreError::Backend(format!("database URL {shown}: {e}").into()))?;
+        let (config, shown) = parse(url)?;
         Self::pool(config, shown, 1)
     }
 

@@ -13,7 +13,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{AgentProcess, Api, Deadline, Objects, Server, docker, poll_sizes, tempdir, wait_command};
+use common::{
+    AgentProcess, Api, Deadline, Objects, Server, chrono_now, docker, engine_events, poll_sizes, tempdir, wait_command,
+};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -56,30 +58,6 @@ async fn command(api: &mut Api, env: u64, action: &str, target: &str) -> Value {
         .await;
     let id = queued["id"].as_u64().unwrap();
     wait_command(api, id, WAIT).await
-}
-
-/// How many times the engine did `action` to a container since `since`.
-fn engine_events(container: &str, since: &str, action: &str) -> usize {
-    let until = chrono_now();
-    docker(&[
-        "events",
-        "--since",
-        since,
-        "--until",
-        &until,
-        "--filter",
-        &format!("container={container}"),
-        "--filter",
-        &format!("event={action}"),
-        "--format",
-        "{{.Action}}",
-    ])
-    .lines()
-    .count()
-}
-
-fn chrono_now() -> String {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string()
 }
 
 fn edge_key(created: &Value) -> String {

@@ -21,7 +21,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{AgentProcess, Api, Deadline, Objects, Server, docker, tempdir, wait_command};
+use common::{AgentProcess, Api, Deadline, Objects, Server, tempdir, wait_command};
 use serde_json::json;
 use tern::agent::client::Client;
 use tern::tls::Trust;
@@ -78,25 +78,6 @@ impl Drop for Haproxy {
 
 async fn converged(api: &mut Api, env: u64) {
     common::converged(api, env, WAIT).await;
-}
-
-fn restarts(container: &str, since: &str) -> usize {
-    let until = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string();
-    docker(&[
-        "events",
-        "--since",
-        since,
-        "--until",
-        &until,
-        "--filter",
-        &format!("container={container}"),
-        "--filter",
-        "event=restart",
-        "--format",
-        "{{.Action}}",
-    ])
-    .lines()
-    .count()
 }
 
 async fn queue_restarts(api: &mut Api, envs: &[(u64, String)]) -> Vec<u64> {
@@ -224,11 +205,11 @@ async fn two_replicas_behind_haproxy_lose_no_command_when_one_is_killed() {
         assert_eq!(ours.len(), 3, "{list}");
         assert!(ours.iter().all(|c| c["status"] == "ok" && c["finished_at"].is_i64()));
         let deadline = Deadline::new(WAIT);
-        while restarts(container, &since) < 3 {
+        while common::engine_events(container, &since, "restart") < 3 {
             deadline.tick(format_args!("{container} restarted 3 times")).await;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(restarts(container, &since), 3, "{container}: each restart ran once");
+        assert_eq!(common::engine_events(container, &since, "restart"), 3, "{container}: each restart ran once");
         converged(&mut api, *env).await;
     }
     for mut a in agents {

@@ -131,7 +131,8 @@ impl SecretKey {
     }
 }
 
-fn parse_hex(text: &str) -> Option<[u8; 32]> {
+/// 64 hex digits as 32 bytes.
+pub(crate) fn parse_hex(text: &str) -> Option<[u8; 32]> {
     if text.len() != 64 || !text.is_ascii() {
         return None;
     }

@@ -102,7 +102,7 @@ impl SharedTicketer {
                 tracing::warn!("TLS ticket key {id} does not open with this server's key (TERN_SECRET_KEY differs?)");
                 continue;
             };
-            let Some(raw) = parse_hex(&hex) else { continue };
+            let Some(raw) = super::secrets::parse_hex(&hex) else { continue };
             let Ok(unbound) = UnboundKey::new(&CHACHA20_POLY1305, &raw) else { continue };
             keys.push(Key { id: u32::try_from(id).unwrap_or(u32::MAX), key: LessSafeKey::new(unbound), active_from });
         }
@@ -126,17 +126,6 @@ impl SharedTicketer {
             }
         });
     }
-}
-
-fn parse_hex(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 impl rustls::server::ProducesTickets for SharedTicketer {

@@ -170,6 +170,31 @@ pub async fn converged(api: &mut Api, env: u64, limit: Duration) {
     }
 }
 
+/// How many times the engine did `action` to a container since `since`.
+pub fn engine_events(container: &str, since: &str, action: &str) -> usize {
+    let until = chrono_now();
+    docker(&[
+        "events",
+        "--since",
+        since,
+        "--until",
+        &until,
+        "--filter",
+        &format!("container={container}"),
+        "--filter",
+        &format!("event={action}"),
+        "--format",
+        "{{.Action}}",
+    ])
+    .lines()
+    .count()
+}
+
+/// Now, in Unix seconds, as `docker events --since` takes it.
+pub fn chrono_now() -> String {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string()
+}
+
 /// Waits for a command to end; its JSON.
 pub async fn wait_command(api: &mut Api, id: u64, limit: Duration) -> serde_json::Value {
     let deadline = Deadline::new(limit);

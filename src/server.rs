@@ -6,6 +6,7 @@ pub mod dbtools;
 pub mod domain;
 pub mod http;
 pub mod images;
+pub mod ledger;
 pub mod metrics;
 pub mod poll;
 #[cfg(feature = "agent")]
@@ -231,7 +232,24 @@ pub async fn run_with(
     limits: http::ConnectionLimits,
 ) -> std::io::Result<()> {
     prepared.tickets.spawn_refresh(prepared.state.clone());
-    http::serve_with(listener, prepared.tls, http::router(prepared.state), shutdown, limits).await
+    let state = prepared.state.clone();
+    let flusher = tokio::spawn(keep_flushing_usage(state.clone()));
+    let served = http::serve_with(listener, prepared.tls, http::router(prepared.state), shutdown, limits).await;
+    // Last: the charges of the connections the shutdown closed.
+    flusher.abort();
+    let _ = tokio::task::spawn_blocking(move || state.usage.settle(&state.store)).await;
+    served
+}
+
+/// Writes the data usage charged in memory every [`ledger::FLUSH_EVERY`].
+async fn keep_flushing_usage(state: std::sync::Arc<http::AppState>) {
+    let mut every = tokio::time::interval(ledger::FLUSH_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let state = state.clone();
+        let _ = tokio::task::spawn_blocking(move || state.usage.settle(&state.store)).await;
+    }
 }
 
 /// `tern server`'s options.

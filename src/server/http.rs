@@ -54,6 +54,8 @@ pub struct AppState {
     pub fingerprint: [u8; 32],
     /// Failed logins, counted in memory (see [`super::api::access`]).
     pub logins: super::api::access::LoginLimiter,
+    /// Data usage charged and not yet written (see [`super::ledger`]).
+    pub usage: super::ledger::Ledger,
     /// The key operators' secrets are sealed under (see [`super::secrets`]).
     pub secrets: super::secrets::SecretKey,
     /// The data directory (the database's), where held images' blobs go
@@ -132,6 +134,7 @@ impl AppState {
             api_bodies: Arc::new(tokio::sync::Semaphore::new(MAX_API_BODY_BYTES_IN_FLIGHT)),
             fingerprint,
             logins: super::api::access::LoginLimiter::default(),
+            usage: super::ledger::Ledger::default(),
             secrets,
             data,
         }))
@@ -259,25 +262,9 @@ async fn answer_poll(
     request: axum::extract::Request,
 ) -> Response<Body> {
     let meter = meter.map(|m| m.0);
+    // In memory: written in batches (see `server::ledger`).
     let charge = |environment: Option<u64>, bodies: Option<(usize, usize)>| {
-        let (state, meter) = (state.clone(), meter.clone());
-        async move {
-            let _ = tokio::task::spawn_blocking(move || {
-                let charge = |store: &dyn Transaction| {
-                    super::api::usage::charge_poll(store, meter.as_deref(), &state, environment, bodies, now());
-                    Ok::<_, StoreError>(())
-                };
-                // An environment's own rows: beside other environments' polls.
-                let charged = match environment {
-                    Some(env) => state.store.write_for(env, charge),
-                    None => state.with_store(charge),
-                };
-                if let Err(e) = charged {
-                    tracing::warn!("data usage not recorded: {e}");
-                }
-            })
-            .await;
-        }
+        super::api::usage::charge_poll(meter.as_deref(), &state, environment, bodies, now());
     };
     let Some(len) = request
         .headers()
@@ -288,7 +275,7 @@ async fn answer_poll(
         return status(StatusCode::LENGTH_REQUIRED, "a poll needs a Content-Length");
     };
     if len > state.limits.max_encoded + crate::auth::MAX_REQUEST_HEADER {
-        charge(None, None).await;
+        charge(None, None);
         return status(StatusCode::PAYLOAD_TOO_LARGE, "");
     }
     let mut body = request.into_body();
@@ -300,15 +287,15 @@ async fn answer_poll(
         Err(_) => return status(StatusCode::REQUEST_TIMEOUT, "the poll's header came too slowly"),
     }
     let Ok((header, header_len)) = crate::auth::RequestHeader::parse(&buf) else {
-        charge(None, None).await;
+        charge(None, None);
         return status(StatusCode::UNAUTHORIZED, "");
     };
     let body_len = len - header_len;
     let shared = state.clone();
-    let auth = match blocking(move || shared.read_store(|s| poll::authenticate(s, &header, body_len))).await {
+    let auth = match blocking(move || shared.store.read_one(|s| poll::authenticate(s, &header, body_len))).await {
         Ok(Ok(auth)) => auth,
         Ok(Err(e)) => {
-            charge(None, None).await;
+            charge(None, None);
             return refused_unsealed(&e);
         }
         Err(r) => return r,
@@ -338,7 +325,7 @@ async fn answer_poll(
         }
     };
     if let Some(e) = auth.early_refusal() {
-        charge(Some(environment), None).await;
+        charge(Some(environment), None);
         return refuse(e).await;
     }
     let Some(room) = state.poll_room(body_len).await else {
@@ -379,11 +366,11 @@ async fn answer_poll(
     let (reply, up) = match applied {
         Ok((Applied::Reply(reply), up)) => (reply, up),
         Ok((Applied::BodyMac, _)) => {
-            charge(None, None).await;
+            charge(None, None);
             return status(StatusCode::UNAUTHORIZED, "");
         }
         Ok((Applied::Refused(e), _)) => {
-            charge(Some(environment), None).await;
+            charge(Some(environment), None);
             return refuse(e).await;
         }
         Err(r) => return r,
@@ -391,7 +378,7 @@ async fn answer_poll(
     let (shared, a) = (state.clone(), auth.clone());
     match blocking(move || shared.with_codec(|c| poll::seal(&a, c, &reply))).await {
         Ok(Ok(Ok(wire))) => {
-            charge(Some(environment), Some((up, wire.len()))).await;
+            charge(Some(environment), Some((up, wire.len())));
             Response::new(Body::from(wire))
         }
         Ok(Ok(Err(e))) => {

@@ -140,12 +140,12 @@ pub fn authenticate(
     header: &RequestHeader,
     body_len: usize,
 ) -> Result<Authenticated, Refusal> {
-    let env = match store.environment(header.environment) {
-        Ok(env) => env,
+    let (env, agent_secret) = match store.poll_credentials(header.environment) {
+        Ok(found) => found,
         Err(StoreError::NotFound(_)) => return Err(Refusal::Unauthenticated),
         Err(e) => return Err(e.into()),
     };
-    authenticate_with(header, body_len, &env.secret, env.last_counter, store.agent_secret()?.as_deref())
+    authenticate_with(header, body_len, &env.secret, env.last_counter, agent_secret.as_deref())
 }
 
 /// [`authenticate`] against an environment's secret and last accepted
@@ -236,9 +236,16 @@ pub fn apply(
         let version: String = agent.version.chars().filter(|c| !c.is_control()).take(64).collect();
         store.set_agent_version(env_id, &version)?;
     }
-    // A poll without a state (most of them) is answered from the sequence
+    // A poll without a state, or with a snapshot that says nothing changed
+    // since the stored state (most of them), is answered from the sequence
     // numbers: no state is read or decoded.
-    let mut reply = if request.delta.is_none() {
+    let unchanged = request.delta.as_ref().is_some_and(|d| d.is_empty() && d.root().is_empty());
+    let mut reply = if unchanged && store.replica_seqs(env_id)?.0 == request.base {
+        // What `apply_state` would do, without decoding the stored state:
+        // an empty delta on the current state leaves it as it is.
+        store.confirm_snapshot(env_id, now)?;
+        PollReply { acked: request.base, ..PollReply::default() }
+    } else if request.delta.is_none() {
         let (seq, prev_seq) = store.replica_seqs(env_id)?;
         match Replica::receive_nothing(seq, prev_seq, request.base) {
             Received::Acked(seq) => PollReply { acked: seq, ..PollReply::default() },
@@ -267,8 +274,8 @@ pub fn apply(
     if let Some(intervals) = request.intervals {
         store.set_agent_intervals(env_id, intervals)?;
     }
-    let effective = store.effective_intervals(env_id)?;
-    if store.agent_intervals(env_id)? != Some(effective) {
+    let (effective, agent) = store.poll_intervals(env_id)?;
+    if agent != Some(effective) {
         reply.intervals = Some(effective);
     }
     reply.commands = store.commands_due(env_id, now, MAX_COMMANDS_PER_REPLY)?;
@@ -359,7 +366,7 @@ pub fn handle_with(
     now: i64,
 ) -> Result<Vec<u8>, Refusal> {
     let envelope = RequestEnvelope::parse(wire).map_err(|_| Refusal::Unauthenticated)?;
-    let auth = db.read(|tx| authenticate(tx, &envelope.header, envelope.body.len()))?;
+    let auth = db.read_one(|tx| authenticate(tx, &envelope.header, envelope.body.len()))?;
     if let Some(refusal) = auth.early_refusal() {
         return Err(refusal);
     }

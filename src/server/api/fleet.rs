@@ -40,7 +40,7 @@ use super::types::{
     UpdateEnvironment, UsageTotals,
 };
 use super::view;
-use super::{ApiError, ApiJson, PathId, check_intervals, read_store, with_store};
+use super::{ApiError, ApiJson, PathId, check_intervals, read_store, read_usage, with_store};
 use crate::auth::Secret;
 use crate::server::domain::deploy::{self, LINUX_VOLUMES, WINDOWS_VOLUMES, is_windows_path};
 use crate::server::http::AppState;
@@ -451,7 +451,7 @@ pub async fn list_environments(
 ) -> Result<Response, ApiError> {
     let filter = parse_filter(query.as_deref())?;
     let now = now();
-    let (items, usage, total) = read_store(&state, move |store| {
+    let (items, usage, total) = read_usage(&state, move |store| {
         let (items, total) = store.fleet(&filter, now)?;
         let ids: Vec<u64> = items.iter().map(|i| i.id).collect();
         Ok((items, store.usage_totals(&ids, now)?, total))
@@ -474,7 +474,7 @@ pub async fn environment(
     State(state): State<Arc<AppState>>,
     PathId(id): PathId,
 ) -> Result<Json<EnvironmentFull>, ApiError> {
-    Ok(Json(read_store(&state, move |store| full_of(store, id, now())).await?))
+    Ok(Json(read_usage(&state, move |store| full_of(store, id, now())).await?))
 }
 
 /// `PATCH /api/environments/{id}`.

@@ -227,6 +227,20 @@ async fn read_store<T: Send + 'static>(
     blocking(state, move |shared| shared.read_store(f)).await
 }
 
+/// [`read_store`] of data usage: this server's charges not yet written
+/// (see [`crate::server::ledger`]) are written first, so what it shows
+/// includes its own last polls.
+async fn read_usage<T: Send + 'static>(
+    state: &Arc<AppState>,
+    f: impl FnOnce(&dyn Transaction) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    blocking(state, move |shared| {
+        shared.usage.settle(&shared.store);
+        shared.read_store(f)
+    })
+    .await
+}
+
 /// `GET /metrics`: the Prometheus text format (see `server::metrics`),
 /// behind an API token as every route here.
 async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {

@@ -35,10 +35,9 @@ use axum::routing::get;
 use super::types::{
     DayView, EnvironmentUsageView, FleetLine, FleetUsageView, HourView, Span, UnattributedView, UsageView,
 };
-use super::{ApiError, PathId, read_store};
+use super::{ApiError, PathId, read_usage};
 use crate::meter::{ConnMeter, UsageSink};
 use crate::server::http::AppState;
-use crate::server::store::prelude::*;
 use crate::server::store::usage::{KEPT_DAYS, Unattributed, Usage};
 
 /// The days a report covers when `days` is not given.
@@ -93,7 +92,7 @@ pub async fn environment_usage(
 ) -> Result<Json<EnvironmentUsageView>, ApiError> {
     let days = days(query.as_deref())?;
     let now = super::super::http::now();
-    let (name, report) = read_store(&state, move |store| {
+    let (name, report) = read_usage(&state, move |store| {
         let name = store.environment_info(id)?.name;
         Ok((name, store.usage_report(id, now, days)?))
     })
@@ -122,7 +121,7 @@ pub async fn fleet_usage(
 ) -> Result<Json<FleetUsageView>, ApiError> {
     let days = days(query.as_deref())?;
     let now = super::super::http::now();
-    let fleet = read_store(&state, move |store| Ok(store.fleet_usage(now, days)?)).await?;
+    let fleet = read_usage(&state, move |store| Ok(store.fleet_usage(now, days)?)).await?;
     let mut total = Span::<UsageView>::default();
     let environments = fleet
         .environments
@@ -148,12 +147,9 @@ pub async fn fleet_usage(
 impl UsageSink for AppState {
     fn charge_wire(&self, environment: Option<u64>, up: u64, down: u64, connections: u64) {
         let now = super::super::http::now();
-        let result = self.with_store(|store| match environment {
-            Some(env) => store.record_usage(env, now, &Usage { tls_up: up, tls_down: down, ..Usage::default() }),
-            None => store.record_unattributed(now, up, down, connections),
-        });
-        if let Err(e) = result {
-            tracing::warn!("data usage not recorded: {e}");
+        match environment {
+            Some(env) => self.usage.charge(env, now, Usage { tls_up: up, tls_down: down, ..Usage::default() }),
+            None => self.usage.charge_unattributed(now, up, down, connections),
         }
     }
 }
@@ -163,7 +159,6 @@ impl UsageSink for AppState {
 /// request and reply body sizes of an answered poll, `meter` the
 /// connection's, when the poll came over a connection the server counts.
 pub fn charge_poll(
-    store: &dyn Transaction,
     meter: Option<&ConnMeter>,
     state: &Arc<AppState>,
     environment: Option<u64>,
@@ -184,9 +179,7 @@ pub fn charge_poll(
         usage.body_down = down as u64;
         usage.polls = 1;
     }
-    if let Err(e) = store.record_usage(environment, now, &usage) {
-        tracing::warn!("data usage not recorded: {e}");
-    }
+    state.usage.charge(environment, now, usage);
 }
 
 #[cfg(test)]

@@ -87,9 +87,8 @@ impl CommandStore for Tx<'_> {
 
     fn commands_due(&self, environment: u64, now: i64, limit: usize) -> Result<Vec<Command>, StoreError> {
         let env = sql_id(environment);
-        let tx = self.tx()?;
         let rows: Vec<(i64, Vec<u8>)> = {
-            let mut stmt = tx.prepare_cached(
+            let mut stmt = self.conn.prepare_cached(
                 "SELECT c.id, c.action FROM commands c JOIN environments e ON e.id = c.environment
                  WHERE c.environment = ?1 AND c.status = 'queued' AND c.id > e.commands_seen
                  ORDER BY c.id LIMIT ?2",
@@ -97,6 +96,11 @@ impl CommandStore for Tx<'_> {
             stmt.query_map(params![env, i64::try_from(limit).unwrap_or(i64::MAX)], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?
         };
+        if rows.is_empty() {
+            // Most polls: nothing to mark, no savepoint to pay for.
+            return Ok(Vec::new());
+        }
+        let tx = self.tx()?;
         let mut due = Vec::with_capacity(rows.len());
         for (id, bytes) in rows {
             match Action::decode(&bytes) {

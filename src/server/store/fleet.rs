@@ -382,6 +382,14 @@ fn find(conn: &Connection, kind: Kind, r: &Ref) -> Result<Option<u64>, StoreErro
     }
 }
 
+/// A default interval's stored setting, [`DEFAULT_INTERVAL`] when unset.
+fn default_interval(key: &'static str, stored: Option<String>) -> Result<u32, StoreError> {
+    match stored {
+        None => Ok(DEFAULT_INTERVAL),
+        Some(v) => v.parse().map_err(|_| StoreError::CorruptSetting(key)),
+    }
+}
+
 /// The id a reference names, or [`FleetError::UnknownGroup`] / `UnknownTag`.
 fn resolve(conn: &Connection, kind: Kind, r: &Ref) -> Result<u64, StoreError> {
     find(conn, kind, r)?.ok_or_else(|| kind.unknown(r).into())
@@ -472,6 +480,13 @@ pub trait FleetStore {
     /// # Errors
     /// When it does not exist or the database fails.
     fn environment(&self, id: u64) -> Result<Environment, StoreError>;
+
+    /// [`Self::environment`] and the server's [`Self::agent_secret`], in
+    /// one query: what authenticates a poll.
+    ///
+    /// # Errors
+    /// As [`Self::environment`].
+    fn poll_credentials(&self, id: u64) -> Result<(Environment, Option<String>), StoreError>;
 
     /// Records an accepted poll: raises the counter only if it is higher
     /// (so two racing requests cannot both pass), binds the EDGE_ID if none
@@ -595,6 +610,14 @@ pub trait FleetStore {
     /// # Errors
     /// When it does not exist or the database fails.
     fn effective_intervals(&self, id: u64) -> Result<Intervals, StoreError>;
+
+    /// [`Self::effective_intervals`] and [`Self::agent_intervals`] in one
+    /// query: what every poll asks.
+    ///
+    /// # Errors
+    /// When it does not exist, the database fails or a stored default is
+    /// not a number of seconds.
+    fn poll_intervals(&self, id: u64) -> Result<(Intervals, Option<Intervals>), StoreError>;
 
     /// The server-wide default intervals ([`DEFAULT_INTERVAL`] each until
     /// set).
@@ -802,28 +825,12 @@ impl FleetStore for Tx<'_> {
     }
 
     fn environment(&self, id: u64) -> Result<Environment, StoreError> {
-        self.conn
-            .query_row(
-                "SELECT id, name, secret, edge_id, last_counter FROM environments WHERE id = ?1",
-                [id as i64],
-                |r| {
-                    let secret: Vec<u8> = r.get(2)?;
-                    Ok((r.get::<i64>(0)?, r.get(1)?, secret, r.get(3)?, r.get::<i64>(4)?))
-                },
-            )
-            .optional()?
-            .ok_or(StoreError::NotFound(id))
-            .and_then(|(id, name, secret, edge_id, last_counter)| {
-                let secret = <[u8; 32]>::try_from(secret.as_slice())
-                    .map_err(|_| StoreError::Corrupt { what: "secret", environment: id as u64 })?;
-                Ok(Environment {
-                    id: id as u64,
-                    name,
-                    secret: Secret(secret),
-                    edge_id,
-                    last_counter: last_counter as u64,
-                })
-            })
+        Ok(self.environment_and(id, "NULL")?.0)
+    }
+
+    fn poll_credentials(&self, id: u64) -> Result<(Environment, Option<String>), StoreError> {
+        let (env, agent_secret) = self.environment_and(id, "(SELECT value FROM settings WHERE key = ?2)")?;
+        Ok((env, agent_secret.filter(|s| !s.is_empty())))
     }
 
     fn set_agent_version(&self, id: u64, version: &str) -> Result<(), StoreError> {
@@ -1047,13 +1054,38 @@ impl FleetStore for Tx<'_> {
         Ok(self.intervals(id)?.resolve(self.default_intervals()?))
     }
 
-    fn default_intervals(&self) -> Result<Intervals, StoreError> {
-        let get = |key: &'static str| -> Result<u32, StoreError> {
-            match self.setting(key)? {
-                None => Ok(DEFAULT_INTERVAL),
-                Some(v) => v.parse().map_err(|_| StoreError::CorruptSetting(key)),
-            }
+    fn poll_intervals(&self, id: u64) -> Result<(Intervals, Option<Intervals>), StoreError> {
+        type Found = (IntervalSettings, Option<Intervals>, [Option<String>; 3]);
+        let found: Option<Found> = self
+            .conn
+            .query_row(
+                "SELECT ping_interval, snapshot_interval, command_interval, agent_ping, agent_snapshot, agent_command,
+                    (SELECT value FROM settings WHERE key = ?2), (SELECT value FROM settings WHERE key = ?3),
+                    (SELECT value FROM settings WHERE key = ?4)
+                 FROM environments WHERE id = ?1",
+                params![sql_id(id), SETTING_PING, SETTING_SNAPSHOT, SETTING_COMMAND],
+                |r| {
+                    let own = IntervalSettings {
+                        ping: opt_u32(r.get(0)?),
+                        snapshot: opt_u32(r.get(1)?),
+                        command: opt_u32(r.get(2)?),
+                    };
+                    let agent = Self::agent_intervals_of(r.get(3)?, r.get(4)?, r.get(5)?);
+                    Ok((own, agent, [r.get(6)?, r.get(7)?, r.get(8)?]))
+                },
+            )
+            .optional()?;
+        let (own, agent, [ping, snapshot, command]) = found.ok_or(StoreError::NotFound(id))?;
+        let defaults = Intervals {
+            ping: default_interval(SETTING_PING, ping)?,
+            snapshot: default_interval(SETTING_SNAPSHOT, snapshot)?,
+            command: default_interval(SETTING_COMMAND, command)?,
         };
+        Ok((own.resolve(defaults), agent))
+    }
+
+    fn default_intervals(&self) -> Result<Intervals, StoreError> {
+        let get = |key: &'static str| default_interval(key, self.setting(key)?);
         Ok(Intervals { ping: get(SETTING_PING)?, snapshot: get(SETTING_SNAPSHOT)?, command: get(SETTING_COMMAND)? })
     }
 
@@ -1298,6 +1330,34 @@ impl Tx<'_> {
 
     fn agent_intervals_of(ping: Option<i64>, snapshot: Option<i64>, command: Option<i64>) -> Option<Intervals> {
         Some(Intervals { ping: opt_u32(ping)?, snapshot: opt_u32(snapshot)?, command: opt_u32(command)? })
+    }
+
+    /// An environment's row, and the text `extra` selects beside it (a
+    /// scalar subquery, given [`SETTING_AGENT_SECRET`] as `?2`).
+    fn environment_and(&self, id: u64, extra: &str) -> Result<(Environment, Option<String>), StoreError> {
+        let sql = format!("SELECT id, name, secret, edge_id, last_counter, {extra} FROM environments WHERE id = ?1");
+        let params: &[&dyn ToSql] =
+            if extra.contains("?2") { params![id as i64, SETTING_AGENT_SECRET] } else { params![id as i64] };
+        self.conn
+            .prepare_cached(&sql)?
+            .query_row(params, |r| {
+                let secret: Vec<u8> = r.get(2)?;
+                Ok((r.get::<i64>(0)?, r.get(1)?, secret, r.get(3)?, r.get::<i64>(4)?, r.get::<Option<String>>(5)?))
+            })
+            .optional()?
+            .ok_or(StoreError::NotFound(id))
+            .and_then(|(id, name, secret, edge_id, last_counter, extra)| {
+                let secret = <[u8; 32]>::try_from(secret.as_slice())
+                    .map_err(|_| StoreError::Corrupt { what: "secret", environment: id as u64 })?;
+                let env = Environment {
+                    id: id as u64,
+                    name,
+                    secret: Secret(secret),
+                    edge_id,
+                    last_counter: last_counter as u64,
+                };
+                Ok((env, extra))
+            })
     }
 
     fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {

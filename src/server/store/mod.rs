@@ -979,15 +979,16 @@ impl Store {
         self.begin(true)
     }
 
-    /// A write transaction for one environment's poll (see `pool::Pool::write_for`).
+    /// A write transaction of `scope` (see `pool::Pool::write_in`), or a
+    /// savepoint inside the one open.
     ///
     /// # Errors
     /// When the database fails.
-    pub fn tx_for(&self, environment: u64) -> Result<Tx<'_>, StoreError> {
+    pub fn tx_in(&self, scope: sql::Scope) -> Result<Tx<'_>, StoreError> {
         if self.depth.get() > 0 || self.reader {
             return self.tx();
         }
-        self.conn.db().begin_for(environment)?;
+        self.conn.db().begin_write(scope)?;
         self.depth.set(1);
         Ok(Tx { store: self, conn: &self.conn, level: 0, done: false, autocommit: false })
     }

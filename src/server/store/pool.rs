@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 
 use super::postgres::PgPool;
-use super::sql::{Db, Dialect, Error, Row, Value};
+use super::sql::{Db, Dialect, Error, Row, Scope, Value};
 use super::{Store, StoreError, Transaction};
 
 /// Reading connections kept open when idle; more open when more reads run
@@ -106,17 +106,14 @@ impl Pool {
     /// # Errors
     /// `f`'s, or the store's when the transaction cannot begin or commit.
     pub fn write<T, E: From<StoreError>>(&self, f: impl FnOnce(&dyn Transaction) -> Result<T, E>) -> Result<T, E> {
-        let started = std::time::Instant::now();
-        let mut failed = false;
-        let out = self.write_untimed(f, &mut failed);
-        crate::server::metrics::get().transaction(true, started.elapsed().as_secs_f64(), failed);
-        out
+        self.write_in(Scope::Alone, f)
     }
 
     /// [`Self::write`] for one environment's poll: on PostgreSQL it runs
-    /// beside other environments' polls (see `postgres.rs`), so `f` writes
-    /// only that environment's rows (or takes [`super::Atomic::serialize`]
-    /// first). On SQLite, the same as [`Self::write`].
+    /// beside other environments' polls (see [`Scope::Environment`]), so
+    /// `f` writes only that environment's rows (or takes
+    /// [`super::Atomic::serialize`] first). On SQLite, the same as
+    /// [`Self::write`].
     ///
     /// # Errors
     /// As [`Self::write`].
@@ -125,22 +122,29 @@ impl Pool {
         environment: u64,
         f: impl FnOnce(&dyn Transaction) -> Result<T, E>,
     ) -> Result<T, E> {
-        let Backend::Postgres(pg) = &self.backend else { return self.write(f) };
+        self.write_in(Scope::Environment(environment), f)
+    }
+
+    /// [`Self::write`] in `scope` (see [`Scope`]; SQLite has one writer at
+    /// a time whatever the scope).
+    ///
+    /// # Errors
+    /// As [`Self::write`].
+    pub fn write_in<T, E: From<StoreError>>(
+        &self,
+        scope: Scope,
+        f: impl FnOnce(&dyn Transaction) -> Result<T, E>,
+    ) -> Result<T, E> {
         let started = std::time::Instant::now();
         let mut failed = false;
-        let out = (|| {
-            let store = Store::postgres(pg.get().inspect_err(|_| failed = true)?);
-            let tx = store.tx_for(environment).inspect_err(|_| failed = true)?;
-            let out = f(&tx)?;
-            tx.commit().inspect_err(|_| failed = true)?;
-            Ok(out)
-        })();
+        let out = self.write_untimed(scope, f, &mut failed);
         crate::server::metrics::get().transaction(true, started.elapsed().as_secs_f64(), failed);
         out
     }
 
     fn write_untimed<T, E: From<StoreError>>(
         &self,
+        scope: Scope,
         f: impl FnOnce(&dyn Transaction) -> Result<T, E>,
         failed: &mut bool,
     ) -> Result<T, E> {
@@ -150,21 +154,15 @@ impl Pool {
             *failed = true;
             E::from(e)
         };
+        let run = |store: &Store, db: &mut dyn FnMut(StoreError) -> E| {
+            let tx = store.tx_in(scope).map_err(&mut *db)?;
+            let out = f(&tx)?;
+            tx.commit().map_err(db)?;
+            Ok(out)
+        };
         match &self.backend {
-            Backend::Sqlite { writer, .. } => {
-                let guard = writer.lock().unwrap_or_else(PoisonError::into_inner);
-                let tx = guard.tx().map_err(&mut db)?;
-                let out = f(&tx)?;
-                tx.commit().map_err(&mut db)?;
-                Ok(out)
-            }
-            Backend::Postgres(pg) => {
-                let store = Store::postgres(pg.get().map_err(&mut db)?);
-                let tx = store.tx().map_err(&mut db)?;
-                let out = f(&tx)?;
-                tx.commit().map_err(&mut db)?;
-                Ok(out)
-            }
+            Backend::Sqlite { writer, .. } => run(&writer.lock().unwrap_or_else(PoisonError::into_inner), &mut db),
+            Backend::Postgres(pg) => run(&Store::postgres(pg.get().map_err(&mut db)?), &mut db),
         }
     }
 
@@ -177,6 +175,22 @@ impl Pool {
     pub fn read<T>(&self, f: impl FnOnce(&dyn Transaction) -> T) -> T {
         let started = std::time::Instant::now();
         let out = self.read_untimed(f);
+        crate::server::metrics::get().transaction(false, started.elapsed().as_secs_f64(), false);
+        out
+    }
+
+    /// [`Self::read`] of one statement: on PostgreSQL it runs without a
+    /// transaction of its own (one statement is one snapshot anyway), which
+    /// saves the round trips of `BEGIN` and `ROLLBACK`. Every poll's
+    /// authentication is one. A `f` that runs more statements sees each
+    /// one's own snapshot.
+    pub fn read_one<T>(&self, f: impl FnOnce(&dyn Transaction) -> T) -> T {
+        let Backend::Postgres(pg) = &self.backend else { return self.read(f) };
+        let started = std::time::Instant::now();
+        let out = match pg.get() {
+            Ok(conn) => f(&Store::postgres(conn).autocommit()),
+            Err(e) => f(&Store::unavailable(e.to_string()).autocommit()),
+        };
         crate::server::metrics::get().transaction(false, started.elapsed().as_secs_f64(), false);
         out
     }

@@ -46,7 +46,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use postgres_types::{FromSql as PgFromSql, IsNull, ToSql as PgToSql, Type};
 
-use super::sql::{Db, Dialect, Error, Result, Row, Value};
+use super::sql::{Db, Dialect, Error, Result, Row, Scope, Value};
 
 /// The advisory lock every write transaction takes (see the module doc):
 /// "tern" in ASCII, as the first of the two keys; the second is 0.
@@ -825,21 +825,27 @@ impl Db for Pg {
         if read {
             self.execute_batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         } else {
-            self.execute_batch(&format!("BEGIN; SELECT pg_advisory_xact_lock({}, {})", WRITE_LOCK.0, WRITE_LOCK.1))
+            self.begin_write(Scope::Alone)
         }
     }
 
-    fn begin_for(&self, environment: u64) -> Result<()> {
+    fn begin_write(&self, scope: Scope) -> Result<()> {
         // Polls of different environments write different rows: they run
         // side by side (the write lock shared), those of one environment
         // one at a time, and any other writer (holding the write lock
         // alone) waits for them all, and they for it.
-        #[allow(clippy::cast_possible_truncation)]
-        let env = environment as i32;
-        self.execute_batch(&format!(
-            "BEGIN; SELECT pg_advisory_xact_lock_shared({}, {}); SELECT pg_advisory_xact_lock({ENVIRONMENT_LOCK}, {env})",
-            WRITE_LOCK.0, WRITE_LOCK.1
-        ))
+        let (a, b) = WRITE_LOCK;
+        match scope {
+            Scope::Alone => self.execute_batch(&format!("BEGIN; SELECT pg_advisory_xact_lock({a}, {b})")),
+            Scope::Beside => self.execute_batch(&format!("BEGIN; SELECT pg_advisory_xact_lock_shared({a}, {b})")),
+            Scope::Environment(environment) => {
+                #[allow(clippy::cast_possible_truncation)]
+                let env = environment as i32;
+                self.execute_batch(&format!(
+                    "BEGIN; SELECT pg_advisory_xact_lock_shared({a}, {b}); SELECT pg_advisory_xact_lock({ENVIRONMENT_LOCK}, {env})"
+                ))
+            }
+        }
     }
 
     fn lock(&self, key: i32) -> Result<()> {

@@ -390,6 +390,22 @@ macro_rules! sql_params {
 }
 pub use crate::sql_params as params;
 
+/// What a write transaction may run beside, where the database lets
+/// writers run side by side (PostgreSQL; SQLite has one writer at a time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Alone: every other writer waits for it, and it for them.
+    Alone,
+    /// One environment's poll: beside other environments' polls and
+    /// [`Self::Beside`] writers, one at a time per environment; it writes
+    /// only that environment's rows (or takes `Atomic::serialize` first).
+    Environment(u64),
+    /// Beside polls and other such writers, never beside an
+    /// [`Self::Alone`] one: for writes that are atomic by themselves and
+    /// touch no row a poll does (usage counters' upserts).
+    Beside,
+}
+
 /// A database connection as a backend gives it (see the module doc).
 pub trait Db: Send {
     /// Which database.
@@ -414,12 +430,12 @@ pub trait Db: Send {
     /// # Errors
     /// The database's.
     fn begin(&self, read: bool) -> Result<()>;
-    /// Opens a write transaction for one environment's poll: on a database
-    /// that serializes every writer anyway (SQLite), [`Self::begin`].
+    /// Opens a write transaction of `scope`: on a database that serializes
+    /// every writer anyway (SQLite), [`Self::begin`] whatever the scope.
     ///
     /// # Errors
     /// The database's.
-    fn begin_for(&self, _environment: u64) -> Result<()> {
+    fn begin_write(&self, _scope: Scope) -> Result<()> {
         self.begin(false)
     }
     /// Makes the rest of this transaction wait for any other holding the

@@ -229,8 +229,15 @@ impl UsageStore for Tx<'_> {
             let inserted = self
                 .conn
                 .prepare_cached(
+                    // Another replica may insert the hour's row first: then
+                    // this adds to it.
                     "INSERT INTO usage_hourly (environment, hour, tls_up, tls_down, body_up, body_down, polls)
-                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE EXISTS (SELECT 1 FROM environments WHERE id = ?1)",
+                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE EXISTS (SELECT 1 FROM environments WHERE id = ?1)
+                     ON CONFLICT (environment, hour) DO UPDATE SET tls_up = usage_hourly.tls_up + excluded.tls_up,
+                     tls_down = usage_hourly.tls_down + excluded.tls_down,
+                     body_up = usage_hourly.body_up + excluded.body_up,
+                     body_down = usage_hourly.body_down + excluded.body_down,
+                     polls = usage_hourly.polls + excluded.polls",
                 )?
                 .execute(values)?;
             if inserted > 0 {
@@ -252,7 +259,10 @@ impl UsageStore for Tx<'_> {
         if updated == 0 {
             self.conn
                 .prepare_cached(
-                    "INSERT INTO usage_unattributed (hour, tls_up, tls_down, connections) VALUES (?1, ?2, ?3, ?4)",
+                    "INSERT INTO usage_unattributed (hour, tls_up, tls_down, connections) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (hour) DO UPDATE SET tls_up = usage_unattributed.tls_up + excluded.tls_up,
+                     tls_down = usage_unattributed.tls_down + excluded.tls_down,
+                     connections = usage_unattributed.connections + excluded.connections",
                 )?
                 .execute(values)?;
             self.prune_usage(now)?;

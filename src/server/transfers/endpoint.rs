@@ -97,7 +97,7 @@ pub async fn handler(
                     .map(|l| l.0)));
             }
             let meter = meter.as_ref().map(|m| &*m.0);
-            super::super::api::usage::charge_poll(s, meter, &shared, Some(environment), None, now());
+            super::super::api::usage::charge_poll(meter, &shared, Some(environment), None, now());
             Ok(Ok(()))
         })
     })

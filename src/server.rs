@@ -293,10 +293,24 @@ pub struct ServeArgs {
     /// connections, raise it with the file limit (`ulimit -n`).
     #[arg(long, env = "TERN_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
-    /// Connections held at once from one address (default 512): agents
-    /// behind one carrier NAT or load balancer share it.
+    /// Connections held at once from one address (an IPv6 /64) that no
+    /// poll has authenticated yet (default 512; 0 for no cap). An agent's
+    /// connection stops counting once its poll is accepted, so agents
+    /// behind one carrier NAT all get in; a flood that proves nothing is
+    /// held to this.
     #[arg(long, env = "TERN_MAX_CONNECTIONS_PER_ADDRESS", value_name = "N")]
     pub max_connections_per_address: Option<usize>,
+    /// The same per IPv4 /24 and IPv6 /64 (default 2048; 0 for no cap).
+    #[arg(long, env = "TERN_MAX_CONNECTIONS_PER_PREFIX", value_name = "N")]
+    pub max_connections_per_prefix: Option<usize>,
+    /// Load balancers that send a PROXY protocol v2 header (HAProxy's
+    /// `send-proxy-v2`): addresses or networks, comma-separated
+    /// (`10.0.0.5,10.1.0.0/16`). Their connections must carry one, and
+    /// every per-client rule (connection caps, login limits, logs) applies
+    /// to the client it names. A PROXY header from any other address is
+    /// refused.
+    #[arg(long, env = "TERN_PROXY_PROTOCOL", value_name = "ADDRESSES")]
+    pub proxy_protocol: Option<http::proxy::Trusted>,
     /// Maintenance of the database instead of serving.
     #[command(subcommand)]
     pub command: Option<dbtools::ServerCommand>,
@@ -326,8 +340,16 @@ impl ServeArgs {
         if let Some(max) = self.max_connections {
             limits.max = max.max(1);
         }
+        // 0: no cap.
+        let cap = |n: usize| if n == 0 { usize::MAX } else { n };
         if let Some(max) = self.max_connections_per_address {
-            limits.per_address = max.max(1);
+            limits.per_address = cap(max);
+        }
+        if let Some(max) = self.max_connections_per_prefix {
+            limits.per_prefix = cap(max);
+        }
+        if let Some(proxies) = self.proxy_protocol {
+            limits.proxies = proxies;
         }
         let config = ServerConfig {
             data: self.data,

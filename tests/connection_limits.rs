@@ -71,6 +71,7 @@ async fn silent_idle_and_excess_connections_are_closed_and_a_good_client_still_g
         per_address: 3,
         handshake: Duration::from_millis(500),
         idle: Duration::from_millis(800),
+        ..ConnectionLimits::default()
     };
     let TestServer { dir, addr, fingerprint, stop, server } = TestServer::start("tern-limits", limits).await;
 

@@ -17,10 +17,9 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::haproxy::{Haproxy, PROXY_SOURCE, free_port};
 use common::{AgentProcess, Api, Deadline, Objects, Server, tempdir, wait_command};
 use serde_json::json;
 use tern::agent::client::Client;
@@ -28,53 +27,6 @@ use tern::tls::Trust;
 
 const WAIT: Duration = Duration::from_secs(90);
 const AGENTS: usize = 4;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// HAProxy in front of the replicas, in TCP mode, round robin, checking
-/// each replica every 300 ms.
-struct Haproxy(Child);
-
-impl Haproxy {
-    fn start(dir: &Path, front: u16, replicas: &[String]) -> Self {
-        let servers: String = replicas
-            .iter()
-            .enumerate()
-            .map(|(i, addr)| format!("  server r{} {addr} check inter 300ms fall 2 rise 1\n", i + 1))
-            .collect();
-        let cfg = format!(
-            "defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 10m\n  timeout server 10m\n\
-             frontend tern\n  bind 127.0.0.1:{front}\n  default_backend replicas\n\
-             backend replicas\n  balance roundrobin\n{servers}"
-        );
-        let path = dir.join("haproxy.cfg");
-        std::fs::write(&path, cfg).unwrap();
-        let mut child = Command::new("haproxy")
-            .args(["-f", path.to_str().unwrap(), "-db", "-q"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("haproxy (apt-get install haproxy)");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", front)).is_ok() {
-                return Self(child);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("haproxy did not start");
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn converged(api: &mut Api, env: u64) {
     common::converged(api, env, WAIT).await;
@@ -108,7 +60,8 @@ async fn two_replicas_behind_haproxy_lose_no_command_when_one_is_killed() {
         &format!("tern_replicas_{}", std::process::id()),
     )
     .unwrap();
-    let db = [("TERN_DATABASE_URL", url.as_str())];
+    // HAProxy passes each client's address on (PROXY protocol v2).
+    let db = [("TERN_DATABASE_URL", url.as_str()), ("TERN_PROXY_PROTOCOL", PROXY_SOURCE)];
     // Replica 1 makes the identity; replica 2 is given the same files (as
     // a shared volume or a copy would): certificate, key, server key.
     let (data1, data2) = (dir.join("r1"), dir.join("r2"));
@@ -121,7 +74,7 @@ async fn two_replicas_behind_haproxy_lose_no_command_when_one_is_killed() {
     assert_eq!(r1.fingerprint(), r2.fingerprint());
     let (addr1, addr2) = (r1.addr(), r2.addr());
     let front = free_port();
-    let _haproxy = Haproxy::start(&dir, front, &[addr1.clone(), addr2.clone()]);
+    let _haproxy = Haproxy::start(&dir, front, &[addr1.clone(), addr2.clone()], true);
     let front_url = format!("https://127.0.0.1:{front}");
     let token = std::fs::read_to_string(data1.join("admin-token")).unwrap().trim().to_owned();
 

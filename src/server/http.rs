@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 pub mod gate;
+pub mod proxy;
 
 use super::poll::{self, Refusal};
 use super::store::pool::Pool;
@@ -247,10 +248,11 @@ enum Applied {
 async fn poll_handler(
     state: State<Arc<AppState>>,
     meter: Option<axum::Extension<Arc<crate::meter::ConnMeter>>>,
+    agent: Option<axum::Extension<gate::Authenticate>>,
     request: axum::extract::Request,
 ) -> Response<Body> {
     let started = std::time::Instant::now();
-    let r = answer_poll(state, meter, request).await;
+    let r = answer_poll(state, meter, agent.map(|a| a.0), request).await;
     super::metrics::get().poll(r.status().as_u16(), started.elapsed().as_secs_f64());
     r
 }
@@ -259,6 +261,7 @@ async fn poll_handler(
 async fn answer_poll(
     State(state): State<Arc<AppState>>,
     meter: Option<axum::Extension<Arc<crate::meter::ConnMeter>>>,
+    agent: Option<gate::Authenticate>,
     request: axum::extract::Request,
 ) -> Response<Body> {
     let meter = meter.map(|m| m.0);
@@ -379,6 +382,11 @@ async fn answer_poll(
     match blocking(move || shared.with_codec(|c| poll::seal(&a, c, &reply))).await {
         Ok(Ok(Ok(wire))) => {
             charge(Some(environment), Some((up, wire.len())));
+            // An agent's connection: no longer held against its address's
+            // cap (see `gate`). Only an accepted poll counts, not a replay.
+            if let Some(agent) = &agent {
+                agent.mark();
+            }
             Response::new(Body::from(wire))
         }
         Ok(Ok(Err(e))) => {
@@ -479,9 +487,13 @@ pub async fn body_budget(
 /// once (an attacker holding sockets cannot take the server's memory).
 pub const MAX_CONNECTIONS: usize = 8192;
 
-/// The most connections one address may hold at once. Generous, because a
-/// carrier NAT puts many agents behind one address.
+/// The most connections one address may hold at once that no poll
+/// authenticated yet (agents' connections stop counting once one does, so
+/// a carrier NAT's thousand agents all get in).
 pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 512;
+
+/// The same for a prefix (IPv4 /24, IPv6 /64): a few addresses' worth.
+pub const MAX_CONNECTIONS_PER_PREFIX: usize = 2048;
 
 /// A TLS handshake must finish within this (a few round trips and a few KB,
 /// seconds even on a 2G link).
@@ -503,12 +515,17 @@ pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5)
 
 /// The connection limits [`serve`] applies (the constants above, unless a
 /// test shortens them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionLimits {
     /// Connections at once.
     pub max: usize,
-    /// Connections at once from one address.
+    /// Connections at once from one address that no poll authenticated
+    /// yet (`usize::MAX`: no cap); see [`gate`].
     pub per_address: usize,
+    /// The same per IPv4 /24 or IPv6 /64.
+    pub per_prefix: usize,
+    /// The load balancers whose PROXY headers are believed.
+    pub proxies: proxy::Trusted,
     /// For the TLS handshake.
     pub handshake: std::time::Duration,
     /// Idle between requests, or reading a request's headers.
@@ -520,6 +537,8 @@ impl Default for ConnectionLimits {
         Self {
             max: MAX_CONNECTIONS,
             per_address: MAX_CONNECTIONS_PER_ADDRESS,
+            per_prefix: MAX_CONNECTIONS_PER_PREFIX,
+            proxies: proxy::Trusted::none(),
             handshake: HANDSHAKE_TIMEOUT,
             idle: IDLE_TIMEOUT,
         }
@@ -620,9 +639,10 @@ pub async fn serve_with(
             limits.max
         );
     }
-    // One address never takes every slot: three quarters at most.
-    let per_address = limits.per_address.min((max * 3 / 4).max(1));
-    let gate = gate::Gate::new(max, per_address);
+    // One address or prefix never takes every slot: three quarters at most.
+    let most = (max * 3 / 4).max(1);
+    let caps = gate::Caps { per_address: limits.per_address.min(most), per_prefix: limits.per_prefix.min(most) };
+    let gate = gate::Gate::with_caps(max, caps);
     let mut accept_errors = Quiet::default();
     let refusals = Arc::new(Mutex::new(Quiet::default()));
     // Told to every connection at shutdown; each holds a `done` sender, so
@@ -663,20 +683,57 @@ pub async fn serve_with(
                 let (acceptor, router, meters, gate) = (acceptor.clone(), router.clone(), meters.clone(), gate.clone());
                 let refusals = refusals.clone();
                 let (mut drain, done) = (drain_rx.clone(), done_tx.clone());
+                let from_proxy = limits.proxies.trusts(peer.ip());
+                let handshake_limit = limits.handshake;
                 tokio::spawn(async move {
                     let _done = done;
+                    let refuse = |reason: &'static str, what: std::fmt::Arguments<'_>| {
+                        super::metrics::get().refused(reason);
+                        refusals.lock().unwrap_or_else(std::sync::PoisonError::into_inner).warn(what);
+                    };
+                    // Behind a trusted load balancer, the client is the one
+                    // its PROXY header names (see `proxy`).
+                    let mut tcp = tcp;
+                    let peer = if from_proxy {
+                        match tokio::time::timeout(handshake_limit, proxy::read_header(&mut tcp)).await {
+                            Ok(Ok(client)) => client.unwrap_or(peer),
+                            Ok(Err(e)) => {
+                                return refuse("proxy", format_args!("refusing a connection from proxy {peer}: {e}"));
+                            }
+                            Err(_) => return,
+                        }
+                    } else {
+                        peer
+                    };
                     // When the server is full, another connection may give
                     // way; this waits (briefly) for its slot.
                     let admission = match gate.admit(peer.ip()).await {
-                        Ok(a) => a,
+                        Ok(a) => Arc::new(a),
                         Err(e) => {
-                            refusals
-                                .lock()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                                .warn(format_args!("refusing a connection from {}: {e}", peer.ip()));
-                            return;
+                            let reason = match e {
+                                gate::Refused::Address(..) => "address",
+                                gate::Refused::Prefix(..) => "prefix",
+                                gate::Refused::Full(_) => "full",
+                            };
+                            return refuse(reason, format_args!("refusing a connection from {}: {e}", peer.ip()));
                         }
                     };
+                    if !from_proxy {
+                        // A PROXY header from anyone else: a load balancer
+                        // the server was not told about, or a client
+                        // choosing its own address. Admitted first, so a
+                        // silent connection waits here within its caps.
+                        let peeked = tokio::time::timeout(handshake_limit, proxy::sends_header(&tcp)).await;
+                        if let Ok(Ok(true)) = peeked {
+                            return refuse(
+                                "proxy",
+                                format_args!(
+                                    "refusing a connection from {peer}: it sent a PROXY protocol header and is not a \
+                                     trusted proxy (--proxy-protocol)"
+                                ),
+                            );
+                        }
+                    }
                     let (key, meter) = meters.open();
                     let tcp = crate::meter::Counting::new(tcp, meter.wire());
                     let handshake = tokio::time::timeout(limits.handshake, acceptor.accept(tcp));
@@ -707,11 +764,13 @@ pub async fn serve_with(
                     let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
                     admission.serving(requests.clone());
                     let in_flight = requests.clone();
+                    let admission_for_requests = admission.clone();
                     let inner = TowerToHyperService::new(router);
                     let service = hyper::service::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
                         // The peer's address, as axum's `ConnectInfo`: the login rate limit counts by it.
                         req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
                         req.extensions_mut().insert(meter.clone());
+                        req.extensions_mut().insert(gate::Authenticate(admission_for_requests.clone()));
                         let busy = Busy::new(&requests);
                         let call = hyper::service::Service::call(&inner, req);
                         async move {

@@ -28,6 +28,13 @@ pub struct Outcome {
     pub outcome: &'static str,
 }
 
+/// Why a connection was refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    /// `address`, `prefix`, `full` or `proxy`.
+    pub reason: &'static str,
+}
+
 /// A direction.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Direction {
@@ -49,6 +56,7 @@ pub struct Metrics {
     poll_seconds: Histogram,
     bytes: Family<Direction, Counter>,
     connections: Gauge,
+    refused: Family<Reason, Counter>,
     agents: Gauge,
     db_seconds: Family<Kind, Histogram>,
     db_errors: Family<Kind, Counter>,
@@ -82,6 +90,8 @@ impl Metrics {
         registry.register("agent_bytes", "Bytes through agents' connections (TLS records)", bytes.clone());
         let connections = Gauge::default();
         registry.register("connections_open", "TLS connections open", connections.clone());
+        let refused = Family::<Reason, Counter>::default();
+        registry.register("connections_refused", "Connections refused, by reason", refused.clone());
         let agents = Gauge::default();
         registry.register("agents_connected", "Open connections an agent's poll authenticated on", agents.clone());
         let db_seconds =
@@ -107,6 +117,7 @@ impl Metrics {
             poll_seconds,
             bytes,
             connections,
+            refused,
             agents,
             db_seconds,
             db_errors,
@@ -115,6 +126,12 @@ impl Metrics {
             queued,
             queued_age,
         }
+    }
+
+    /// A connection was refused: `reason` is `address`, `prefix`, `full`
+    /// or `proxy` (a PROXY header that is missing, bad or untrusted).
+    pub fn refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&Reason { reason }).inc();
     }
 
     /// A poll was answered with `status` after `seconds`.

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod haproxy;
 pub mod images;
 pub mod proxy;
 pub mod registry;

@@ -6,7 +6,15 @@
 //!   usually holds a whole /64, so counting exact IPv6 addresses would let
 //!   one host open connections without end); see [`address_key`].
 //! * Past the per-address cap a new connection from that address is closed
-//!   at once: an address's own excess is its own problem.
+//!   at once: an address's own excess is its own problem. The same holds
+//!   per prefix (an IPv4 /24, an IPv6 /64: a site's or a carrier's block;
+//!   see [`prefix_key`]) with a cap of its own.
+//! * Both caps count connections that have not yet carried a poll that
+//!   authenticated: once one has ([`Authenticate::mark`]), the connection
+//!   is an agent's, and no longer counts against its address or prefix
+//!   (it still takes a slot of the server-wide cap). So a thousand agents
+//!   behind one carrier NAT or load balancer all get in, while a flood of
+//!   connections that prove nothing is still capped per address.
 //! * Past the server-wide cap, the newcomer does not simply lose: the
 //!   address holding the most connections still in their TLS handshake
 //!   gives up its oldest one (if it is not the newcomer's own), or, when no
@@ -41,6 +49,24 @@ pub fn address_key(ip: Option<IpAddr>) -> IpAddr {
     }
 }
 
+/// The key of the per-prefix cap: an IPv4 address's /24 (IPv4-mapped
+/// IPv6 as IPv4), an IPv6 address's /64.
+pub fn prefix_key(ip: IpAddr) -> IpAddr {
+    match address_key(Some(ip)) {
+        IpAddr::V4(v4) => IpAddr::V4((u32::from(v4) & 0xffff_ff00).into()),
+        v6 => v6,
+    }
+}
+
+/// The per-client caps (`usize::MAX`: none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    /// Unauthenticated connections from one address key ([`address_key`]).
+    pub per_address: usize,
+    /// Unauthenticated connections from one prefix ([`prefix_key`]).
+    pub per_prefix: usize,
+}
+
 /// What a connection is doing, as far as eviction cares.
 #[derive(Debug)]
 enum Phase {
@@ -54,6 +80,10 @@ enum Phase {
 #[derive(Debug)]
 struct Entry {
     key: IpAddr,
+    prefix: IpAddr,
+    /// Counted against its address's and prefix's caps: until a poll on it
+    /// authenticates.
+    counted: bool,
     phase: Phase,
     close: Arc<Notify>,
     /// Asked to close already: not asked again for another newcomer.
@@ -64,8 +94,10 @@ struct Entry {
 struct Table {
     /// Open connections by admission order (the oldest first).
     open: BTreeMap<u64, Entry>,
-    /// Connections per address key.
+    /// Unauthenticated connections per address key.
     per_address: HashMap<IpAddr, usize>,
+    /// Unauthenticated connections per prefix.
+    per_prefix: HashMap<IpAddr, usize>,
     next: u64,
 }
 
@@ -73,16 +105,23 @@ struct Table {
 #[derive(Debug)]
 pub struct Gate {
     slots: Arc<Semaphore>,
-    per_address: usize,
+    caps: Caps,
     table: Mutex<Table>,
 }
 
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
-    /// Its address holds its share already.
-    #[error("its address holds {0} connections already")]
-    Address(usize),
+    /// Its address holds its share already: (held, cap).
+    #[error(
+        "its address holds {0} connections that have not authenticated, the cap (--max-connections-per-address) is {1}"
+    )]
+    Address(usize, usize),
+    /// Its prefix holds its share already: (prefix, held, cap).
+    #[error(
+        "its prefix {0} holds {1} connections that have not authenticated, the cap (--max-connections-per-prefix) is {2}"
+    )]
+    Prefix(IpAddr, usize, usize),
     /// The server is full and nothing could give way.
     #[error("{0} connections are open and none could give way")]
     Full(usize),
@@ -99,9 +138,15 @@ pub struct Admission {
 }
 
 impl Gate {
-    /// A gate for at most `max` connections, `per_address` from one address key.
+    /// A gate for at most `max` connections, `per_address` unauthenticated
+    /// ones from one address key (no prefix cap).
     pub fn new(max: usize, per_address: usize) -> Arc<Self> {
-        Arc::new(Self { slots: Arc::new(Semaphore::new(max.max(1))), per_address, table: Mutex::default() })
+        Self::with_caps(max, Caps { per_address, per_prefix: usize::MAX })
+    }
+
+    /// A gate for at most `max` connections within `caps`.
+    pub fn with_caps(max: usize, caps: Caps) -> Arc<Self> {
+        Arc::new(Self { slots: Arc::new(Semaphore::new(max.max(1))), caps, table: Mutex::default() })
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, Table> {
@@ -115,16 +160,21 @@ impl Gate {
     /// # Errors
     /// [`Refused`] when it may not have a connection.
     pub async fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admission, Refused> {
-        let key = address_key(Some(ip));
+        let (key, prefix) = (address_key(Some(ip)), prefix_key(ip));
         // Counted from the start, so a burst from one address cannot pass
         // its cap while its connections wait for slots.
         let id = {
             let mut t = self.table();
-            let n = t.per_address.entry(key).or_insert(0);
-            if *n >= self.per_address {
-                return Err(Refused::Address(*n));
+            let held = t.per_address.get(&key).copied().unwrap_or(0);
+            if held >= self.caps.per_address {
+                return Err(Refused::Address(held, self.caps.per_address));
             }
-            *n += 1;
+            let in_prefix = t.per_prefix.get(&prefix).copied().unwrap_or(0);
+            if in_prefix >= self.caps.per_prefix {
+                return Err(Refused::Prefix(prefix, in_prefix, self.caps.per_prefix));
+            }
+            *t.per_address.entry(key).or_insert(0) += 1;
+            *t.per_prefix.entry(prefix).or_insert(0) += 1;
             t.next += 1;
             t.next
         };
@@ -136,20 +186,23 @@ impl Gate {
             Err(_) => None,
         };
         let Some(slot) = slot else {
-            self.release(key);
+            Self::release(&mut self.table(), key, prefix);
             return Err(Refused::Full(self.table().open.len()));
         };
         let close = Arc::new(Notify::new());
-        self.table().open.insert(id, Entry { key, phase: Phase::Handshake, close: close.clone(), evicted: false });
+        let entry = Entry { key, prefix, counted: true, phase: Phase::Handshake, close: close.clone(), evicted: false };
+        self.table().open.insert(id, entry);
         Ok(Admission { gate: self.clone(), id, _slot: slot, close })
     }
 
-    fn release(&self, key: IpAddr) {
-        let mut t = self.table();
-        if let Some(n) = t.per_address.get_mut(&key) {
-            *n -= 1;
-            if *n == 0 {
-                t.per_address.remove(&key);
+    /// One unauthenticated connection less for `key` and `prefix`.
+    fn release(t: &mut Table, key: IpAddr, prefix: IpAddr) {
+        for (map, k) in [(&mut t.per_address, key), (&mut t.per_prefix, prefix)] {
+            if let Some(n) = map.get_mut(&k) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&k);
+                }
             }
         }
     }
@@ -192,11 +245,37 @@ impl Admission {
     }
 }
 
+impl Admission {
+    /// A poll on this connection authenticated (see the module's notes):
+    /// it no longer counts against its address's and prefix's caps.
+    /// Returns true the first time.
+    pub fn authenticated(&self) -> bool {
+        let mut t = self.gate.table();
+        let Some(e) = t.open.get_mut(&self.id).filter(|e| e.counted) else { return false };
+        e.counted = false;
+        let (key, prefix) = (e.key, e.prefix);
+        Gate::release(&mut t, key, prefix);
+        true
+    }
+}
+
+/// A handle on a connection's [`Admission`] for its requests (in their
+/// extensions): the poll handler marks the connection an agent's.
+#[derive(Debug, Clone)]
+pub struct Authenticate(pub Arc<Admission>);
+
+impl Authenticate {
+    /// See [`Admission::authenticated`].
+    pub fn mark(&self) -> bool {
+        self.0.authenticated()
+    }
+}
+
 impl Drop for Admission {
     fn drop(&mut self) {
-        let key = self.gate.table().open.remove(&self.id).map(|e| e.key);
-        if let Some(key) = key {
-            self.gate.release(key);
+        let mut t = self.gate.table();
+        if let Some(e) = t.open.remove(&self.id).filter(|e| e.counted) {
+            Gate::release(&mut t, e.key, e.prefix);
         }
     }
 }
@@ -273,10 +352,51 @@ mod tests {
         let gate = Gate::new(100, 2);
         let _a = gate.admit(ip("2001:db8::1")).await.unwrap();
         let _b = gate.admit(ip("2001:db8::2")).await.unwrap();
-        assert_eq!(gate.admit(ip("2001:db8::3")).await.unwrap_err(), Refused::Address(2));
+        assert_eq!(gate.admit(ip("2001:db8::3")).await.unwrap_err(), Refused::Address(2, 2));
         let _c = gate.admit(ip("2001:db8:0:1::3")).await.unwrap();
         drop(_a);
         let _d = gate.admit(ip("2001:db8::4")).await.unwrap();
+    }
+
+    #[test]
+    fn prefixes_are_ipv4_slash_24_and_ipv6_slash_64() {
+        assert_eq!(prefix_key(ip("192.0.2.9")), ip("192.0.2.0"));
+        assert_eq!(prefix_key(ip("::ffff:192.0.2.200")), ip("192.0.2.0"));
+        assert_ne!(prefix_key(ip("192.0.3.9")), ip("192.0.2.0"));
+        assert_eq!(prefix_key(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+    }
+
+    #[tokio::test]
+    async fn authenticated_connections_leave_their_address_and_prefix_caps() {
+        let gate = Gate::with_caps(100, Caps { per_address: 2, per_prefix: 3 });
+        let a = gate.admit(ip("192.0.2.1")).await.unwrap();
+        let b = gate.admit(ip("192.0.2.1")).await.unwrap();
+        assert_eq!(gate.admit(ip("192.0.2.1")).await.unwrap_err(), Refused::Address(2, 2));
+        // Another address of the same /24 gets one, then the prefix is full.
+        let c = gate.admit(ip("192.0.2.2")).await.unwrap();
+        assert_eq!(gate.admit(ip("192.0.2.3")).await.unwrap_err(), Refused::Prefix(ip("192.0.2.0"), 3, 3));
+        // Agents: their connections stop counting, once each.
+        assert!(a.authenticated());
+        assert!(!a.authenticated());
+        assert!(b.authenticated());
+        let many: Vec<Admission> = futures_util::future::join_all((0..2).map(|_| gate.admit(ip("192.0.2.1"))))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        for m in &many {
+            assert!(m.authenticated());
+        }
+        // Dropping an authenticated connection gives back no cap it no longer holds.
+        drop((a, b, many));
+        let d = gate.admit(ip("192.0.2.1")).await.unwrap();
+        let e = gate.admit(ip("192.0.2.4")).await.unwrap();
+        assert_eq!(gate.admit(ip("192.0.2.5")).await.unwrap_err(), Refused::Prefix(ip("192.0.2.0"), 3, 3));
+        drop((c, d));
+        assert_eq!(gate.table().per_prefix[&ip("192.0.2.0")], 1);
+        assert_eq!(gate.table().per_address.keys().collect::<Vec<_>>(), vec![&ip("192.0.2.4")]);
+        drop(e);
+        assert!(gate.table().per_address.is_empty() && gate.table().per_prefix.is_empty());
     }
 
     #[tokio::test]

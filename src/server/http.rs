@@ -723,15 +723,22 @@ pub async fn serve_with(
                         // the server was not told about, or a client
                         // choosing its own address. Admitted first, so a
                         // silent connection waits here within its caps.
-                        let peeked = tokio::time::timeout(handshake_limit, proxy::sends_header(&tcp)).await;
-                        if let Ok(Ok(true)) = peeked {
-                            return refuse(
+                        let peeked = tokio::select! {
+                            p = tokio::time::timeout(handshake_limit, proxy::sends_header(&tcp)) => p,
+                            () = admission.close.notified() => return,
+                            () = draining(&mut drain) => return,
+                        };
+                        match peeked {
+                            Ok(Ok(false)) => {}
+                            // Silent for the whole handshake limit, or gone.
+                            Err(_) | Ok(Err(_)) => return,
+                            Ok(Ok(true)) => return refuse(
                                 "proxy",
                                 format_args!(
                                     "refusing a connection from {peer}: it sent a PROXY protocol header and is not a \
                                      trusted proxy (--proxy-protocol)"
                                 ),
-                            );
+                            ),
                         }
                     }
                     let (key, meter) = meters.open();

@@ -639,9 +639,13 @@ pub async fn serve_with(
             limits.max
         );
     }
-    // One address or prefix never takes every slot: three quarters at most.
-    let most = (max * 3 / 4).max(1);
-    let caps = gate::Caps { per_address: limits.per_address.min(most), per_prefix: limits.per_prefix.min(most) };
+    // One address never takes more than half the slots, one prefix three
+    // quarters: under a low file limit (256 files, 192 slots) a flood from
+    // one address still leaves room for its neighbours in the same /24.
+    let caps = gate::Caps {
+        per_address: limits.per_address.min((max / 2).max(1)),
+        per_prefix: limits.per_prefix.min((max * 3 / 4).max(1)),
+    };
     let gate = gate::Gate::with_caps(max, caps);
     let mut accept_errors = Quiet::default();
     let refusals = Arc::new(Mutex::new(Quiet::default()));

@@ -20,8 +20,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{AgentProcess, Api, Deadline, tempdir};
-use serde_json::json;
+use common::{Api, Deadline, tempdir};
 
 const WAIT: Duration = Duration::from_secs(120);
 const IMAGE: &str = "tern-server:compose";
@@ -85,8 +84,7 @@ async fn the_compose_file_serves_an_agent_through_haproxy_and_two_replicas() {
         if let (Some(hex), Ok(token)) = (out.lines().find_map(|l| l.strip_prefix("certificate sha256 ")), token)
             && token.status.success()
         {
-            let bytes: Vec<u8> = hex.trim().split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect();
-            break (<[u8; 32]>::try_from(bytes).unwrap(), String::from_utf8(token.stdout).unwrap().trim().to_owned());
+            break (common::parse_fingerprint(hex), String::from_utf8(token.stdout).unwrap().trim().to_owned());
         }
         deadline.tick(format_args!("tern1 to start: {out}")).await;
     };
@@ -105,21 +103,7 @@ async fn the_compose_file_serves_an_agent_through_haproxy_and_two_replicas() {
     let mut api = Api::new(&url, fingerprint, &token);
 
     // A real agent, enrolled and polling through HAProxy.
-    let created = api
-        .ok(
-            "POST",
-            "/api/environments",
-            Some(json!({"name": "through-compose", "url": url, "intervals": {"ping": 1, "snapshot": 1, "command": 1}})),
-            201,
-        )
-        .await;
-    let env = created["id"].as_u64().unwrap();
-    let agent_data = dir.join("agent");
-    let vars = [("EDGE_KEY", created["edge_key"].as_str().unwrap()), ("DATA_PATH", agent_data.to_str().unwrap())];
-    let _agent = AgentProcess::start(&vars, &dir.join("agent.log"));
-    common::converged(&mut api, env, WAIT).await;
-    let summary = api.ok("GET", &format!("/api/environments/{env}"), None, 200).await;
-    assert_eq!(summary["status"], "online", "{summary}");
+    let _agent = common::enrol_host_agent(&mut api, &url, "through-compose", &dir, WAIT).await;
 
     // Both replicas serve: HAProxy's least-connections spreads new
     // connections, and each replica logs what it served at debug level

@@ -19,8 +19,7 @@ use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{AgentProcess, Api, Deadline, docker, docker_quiet, tempdir};
-use serde_json::json;
+use common::{Api, Deadline, docker, docker_quiet, tempdir};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -66,8 +65,7 @@ async fn the_server_image_serves_an_agent_from_its_data_volume() {
         let logs = Command::new("docker").args(["logs", &name]).output().unwrap();
         let out = String::from_utf8_lossy(&logs.stdout).into_owned();
         if let Some(hex) = out.lines().find_map(|l| l.strip_prefix("certificate sha256 ")) {
-            let bytes: Vec<u8> = hex.trim().split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect();
-            break <[u8; 32]>::try_from(bytes).unwrap();
+            break common::parse_fingerprint(hex);
         }
         deadline.tick(format_args!("the server in {name} to start: {out}")).await;
     };
@@ -79,20 +77,6 @@ async fn the_server_image_serves_an_agent_from_its_data_volume() {
     let mut api = Api::new(&url, fingerprint, &token);
 
     // An agent on this host, enrolled through the containerised server.
-    let created = api
-        .ok(
-            "POST",
-            "/api/environments",
-            Some(json!({"name": "from-image", "url": url, "intervals": {"ping": 1, "snapshot": 1, "command": 1}})),
-            201,
-        )
-        .await;
-    let env = created["id"].as_u64().unwrap();
-    let agent_data = dir.join("agent");
-    let vars = [("EDGE_KEY", created["edge_key"].as_str().unwrap()), ("DATA_PATH", agent_data.to_str().unwrap())];
-    let _agent = AgentProcess::start(&vars, &dir.join("agent.log"));
-    common::converged(&mut api, env, WAIT).await;
-    let summary = api.ok("GET", &format!("/api/environments/{env}"), None, 200).await;
-    assert_eq!(summary["status"], "online", "{summary}");
+    let _agent = common::enrol_host_agent(&mut api, &url, "from-image", &dir, WAIT).await;
     std::fs::remove_dir_all(&dir).ok();
 }

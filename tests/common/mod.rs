@@ -218,6 +218,35 @@ pub fn poll_sizes(log: &str) -> Vec<u64> {
         .collect()
 }
 
+/// A certificate fingerprint as `tern server` prints it (`aa:bb:...`).
+pub fn parse_fingerprint(hex: &str) -> [u8; 32] {
+    let bytes: Vec<u8> = hex.trim().split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect();
+    bytes.try_into().unwrap()
+}
+
+/// Creates an environment named `name` on the server at `url` (its
+/// agents poll there, a load balancer say), starts a real `tern agent`
+/// for it on this host (data and log in `dir`), and waits until the
+/// server holds this engine's state and shows it online.
+pub async fn enrol_host_agent(api: &mut Api, url: &str, name: &str, dir: &Path, limit: Duration) -> AgentProcess {
+    let created = api
+        .ok(
+            "POST",
+            "/api/environments",
+            Some(serde_json::json!({"name": name, "url": url, "intervals": {"ping": 1, "snapshot": 1, "command": 1}})),
+            201,
+        )
+        .await;
+    let env = created["id"].as_u64().unwrap();
+    let data = dir.join(format!("{name}-agent"));
+    let vars = [("EDGE_KEY", created["edge_key"].as_str().unwrap()), ("DATA_PATH", data.to_str().unwrap())];
+    let agent = AgentProcess::start(&vars, &dir.join(format!("{name}-agent.log")));
+    converged(api, env, limit).await;
+    let summary = api.ok("GET", &format!("/api/environments/{env}"), None, 200).await;
+    assert_eq!(summary["status"], "online", "{summary}");
+    agent
+}
+
 /// `tern server` as a child process.
 pub struct Server {
     child: Child,
@@ -277,9 +306,7 @@ impl Server {
 
     /// The certificate fingerprint it printed.
     pub fn fingerprint(&self) -> [u8; 32] {
-        let bytes: Vec<u8> =
-            self.value("certificate sha256 ").split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect();
-        bytes.try_into().unwrap()
+        parse_fingerprint(&self.value("certificate sha256 "))
     }
 
     /// An API client with the admin token.

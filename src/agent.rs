@@ -15,6 +15,7 @@ mod image;
 pub mod inspect;
 pub mod jobs;
 pub mod journal;
+pub mod keepalive;
 pub mod run;
 pub mod store;
 pub mod update;
@@ -537,7 +538,8 @@ pub async fn start(
         );
     }
     let max_reply = crate::wire::codec::Limits::default().max_encoded + 64;
-    let transport = client::Client::with_tls(&config.token.url, trust, tls, max_reply)?;
+    let mut transport = client::Client::with_tls(&config.token.url, trust, tls, max_reply)?;
+    transport.offer_session(config.session);
     let key = config.token.secret.with_agent_secret(config.agent_secret.as_ref().map(|s| s.0.as_str()));
     let fetcher = fetch::Fetcher::new(
         &config.token.url,
@@ -554,6 +556,8 @@ pub async fn start(
     let events = tokio::spawn(follow_events(docker.clone(), changed.clone()));
     let mut settings = run::Settings::new(config.token.environment, key, edge_id.clone());
     settings.request_timeout = config.poll_timeout;
+    settings.session = config.session;
+    settings.keepalive_start = config.keepalive_start;
     settings.key_id = config.token.key_id();
     tracing::info!(
         edge_id = %edge_id,

@@ -16,6 +16,7 @@ pub mod store;
 pub mod tickets;
 pub mod transfers;
 pub mod ui;
+pub mod wakes;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -234,7 +235,11 @@ pub async fn run_with(
     prepared.tickets.spawn_refresh(prepared.state.clone());
     let state = prepared.state.clone();
     let flusher = tokio::spawn(keep_flushing_usage(state.clone()));
-    let served = http::serve_with(listener, prepared.tls, http::router(prepared.state), shutdown, limits).await;
+    // PostgreSQL: the commands other replicas queue wake the agents held
+    // here (`wakes`); stopped when this returns (or is dropped).
+    let wake_listener = state.store.listen();
+    let served = http::serve_app(listener, prepared.tls, prepared.state, shutdown, limits).await;
+    drop(wake_listener);
     // Last: the charges of the connections the shutdown closed.
     flusher.abort();
     let _ = tokio::task::spawn_blocking(move || state.usage.settle(&state.store)).await;

@@ -19,6 +19,8 @@ pub const KNOWN: &[&str] = &[
     "EDGE_JOB_PRIVILEGED",
     "EDGE_JOB_CHROOT",
     "EDGE_POLL_TIMEOUT",
+    "EDGE_SESSION",
+    "EDGE_SESSION_KEEPALIVE",
 ];
 
 /// Variables from Portainer's edge agent command that tern accepts and

@@ -20,5 +20,58 @@ pub(crate) mod pb {
 /// it could be authenticated; see `auth`.)
 pub const POLL_PATH: &str = "/q";
 
+/// The held session's ALPN protocol name: an agent that offers it (beside
+/// `http/1.1`) and a server that picks it speak tern's frames on the TLS
+/// connection, with no HTTP at all (see [`frame`]). A server that does not
+/// know it picks `http/1.1`, and the agent polls.
+pub const SESSION_ALPN: &[u8] = b"tern/1";
+
+pub mod frame {
+    //! The held session's frames: a varint, then that many bytes. Up (agent
+    //! to server) the varint is the length and the bytes a sealed poll, as
+    //! `POST /q` carries. Down it is `length << 1 | held`, and the bytes a
+    //! sealed reply: `held` set for the reply to the poll the server holds,
+    //! clear for the replies to the others, which come in their order.
+
+    /// The longest varint of a frame's header.
+    pub const MAX_HEADER: usize = 10;
+
+    /// Encodes a frame's header.
+    pub fn header(value: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(MAX_HEADER);
+        prost::encoding::encode_varint(value, &mut out);
+        out
+    }
+
+    /// Reads a frame header at the start of `buf`: `Ok(None)` while it is
+    /// incomplete, else the value and the header's length.
+    ///
+    /// # Errors
+    /// When the varint is longer than ten bytes.
+    pub fn parse_header(buf: &[u8]) -> Result<Option<(u64, usize)>, &'static str> {
+        let mut value = 0u64;
+        for (i, b) in buf.iter().enumerate().take(MAX_HEADER) {
+            value |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(Some((value, i + 1)));
+            }
+        }
+        if buf.len() >= MAX_HEADER { Err("a frame header longer than ten bytes") } else { Ok(None) }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn headers_round_trip_and_wait_for_their_last_byte() {
+            for v in [0u64, 1, 127, 128, 300, 1 << 33, u64::MAX] {
+                let h = super::header(v);
+                assert_eq!(super::parse_header(&h), Ok(Some((v, h.len()))));
+                assert_eq!(super::parse_header(&h[..h.len() - 1]), Ok(None));
+            }
+            assert!(super::parse_header(&[0xff; 11]).is_err());
+        }
+    }
+}
+
 /// The transfer endpoint's path (`wire::transfer`).
 pub const TRANSFER_PATH: &str = "/t";

@@ -39,12 +39,37 @@ pub enum ClientError {
 /// How long a closing connection waits for the server's side of the close.
 pub const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// A held session on one TLS connection (see `server::http::session`):
+/// frames up are written here; frames down are read by a task of their own
+/// and queued.
+struct SessionConn {
+    writer: tokio::io::WriteHalf<tokio_rustls::client::TlsStream<Counting<TcpStream>>>,
+    /// Replies to immediate polls, in order, and the held poll's reply.
+    replies: tokio::sync::mpsc::Receiver<(bool, Bytes)>,
+    /// The held poll's reply, read while waiting for another.
+    held: Option<Bytes>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SessionConn {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
 /// A poll client for one server.
 pub struct Client {
     host: String,
     port: u16,
     authority: String,
     connector: tokio_rustls::TlsConnector,
+    /// The same, offering a held session (ALPN `tern/1` before
+    /// `http/1.1`); `None` when the agent polls (EDGE_SESSION=off).
+    session_connector: Option<tokio_rustls::TlsConnector>,
+    session: Option<SessionConn>,
+    /// The server picked `http/1.1` on a connection that offered a session:
+    /// it does not hold sessions.
+    pub server_polls_only: bool,
     conn: Option<SendRequest<Full<Bytes>>>,
     /// The task driving the current connection; it closes it when done.
     driver: Option<tokio::task::JoinHandle<()>>,
@@ -94,12 +119,16 @@ impl Client {
         let authority = uri.authority().ok_or_else(bad)?.as_str().to_owned();
         let host = uri.host().ok_or_else(bad)?.trim_matches(['[', ']']).to_owned();
         let port = uri.port_u16().unwrap_or(443);
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config_with(trust, options)?));
+        let config = client_config_with(trust, options)?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         Ok(Self {
             host,
             port,
             authority,
             connector,
+            session_connector: None,
+            session: None,
+            server_polls_only: false,
             conn: None,
             driver: None,
             linger: Arc::default(),
@@ -110,16 +139,50 @@ impl Client {
         })
     }
 
-    async fn connect(&mut self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+    /// Offers a held session on the connections it opens from now on
+    /// (the same TLS settings, the same session-ticket store, so a new
+    /// connection resumes either way).
+    pub fn offer_session(&mut self, on: bool) {
+        if !on {
+            self.session_connector = None;
+            self.session = None;
+            return;
+        }
+        if self.session_connector.is_none() {
+            let mut config = (*self.connector.config().clone()).clone();
+            config.alpn_protocols = vec![crate::wire::SESSION_ALPN.to_vec(), b"http/1.1".to_vec()];
+            self.session_connector = Some(tokio_rustls::TlsConnector::from(Arc::new(config)));
+        }
+    }
+
+    /// True while a held session is open.
+    pub fn in_session(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| !s.reader.is_finished())
+    }
+
+    /// Opens a connection: a held session when one is offered and the
+    /// server picks it (then `Ok(None)`), else HTTP/1.1.
+    async fn connect(&mut self) -> Result<Option<SendRequest<Full<Bytes>>>, ClientError> {
         let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
         tcp.set_nodelay(true)?;
         // A pinned certificate is checked by fingerprint, not name; the name
         // is still sent (SNI) for servers behind a proxy.
         let name = ServerName::try_from(self.host.clone()).map_err(|_| ClientError::BadUrl(self.authority.clone()))?;
         let tcp = Counting::new(tcp, self.wire.clone());
-        let tls = self.connector.connect(name, tcp).await?;
+        let offered = self.session_connector.is_some();
+        let connector = self.session_connector.as_ref().unwrap_or(&self.connector);
+        let tls = connector.connect(name, tcp).await?;
         if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
             self.resumed += 1;
+        }
+        if offered {
+            if tls.get_ref().1.alpn_protocol() == Some(crate::wire::SESSION_ALPN) {
+                self.connections += 1;
+                self.server_polls_only = false;
+                self.session = Some(start_session(tls, self.max_reply));
+                return Ok(None);
+            }
+            self.server_polls_only = true;
         }
         let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
@@ -148,13 +211,121 @@ impl Client {
             }
         }));
         self.connections += 1;
-        Ok(send)
+        Ok(Some(send))
+    }
+
+    /// An HTTP/1.1 connection, whatever is offered.
+    async fn connect_http(&mut self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+        let offered = self.session_connector.take();
+        let r = self.connect().await;
+        self.session_connector = offered;
+        r?.ok_or_else(|| ClientError::Http("a session where HTTP was asked for".into()))
     }
 
     /// Drops the kept-alive connection (the next request opens a new one,
     /// resuming the TLS session when it can); it closes in the background.
     pub fn disconnect(&mut self) {
         self.conn = None;
+        self.session = None;
+    }
+
+    /// Makes sure a held session is open (connecting when none is).
+    /// `Ok(false)`: the server answered the offer with HTTP, so polls go
+    /// as requests on that connection.
+    ///
+    /// # Errors
+    /// When no connection can be made.
+    pub async fn ensure_session(&mut self) -> Result<bool, ClientError> {
+        if self.session_connector.is_none() {
+            return Ok(false);
+        }
+        if self.in_session() {
+            return Ok(true);
+        }
+        self.session = None;
+        if self.conn.as_ref().is_some_and(|c| !c.is_closed()) && self.server_polls_only {
+            return Ok(false);
+        }
+        match self.connect().await? {
+            None => Ok(true),
+            Some(send) => {
+                self.conn = Some(send);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Sends a poll on the held session and returns its reply: one frame
+    /// up, and the next frame down that is not the held poll's (kept for
+    /// [`Self::held_reply`]).
+    ///
+    /// # Errors
+    /// When the session is not open or breaks.
+    pub async fn session_poll(&mut self, wire: &[u8]) -> Result<Bytes, ClientError> {
+        self.session_send(wire).await?;
+        let s = self.session.as_mut().ok_or_else(|| ClientError::Http("no session".into()))?;
+        loop {
+            match s.replies.recv().await {
+                Some((false, bytes)) => return Ok(bytes),
+                Some((true, bytes)) => s.held = Some(bytes),
+                None => {
+                    self.session = None;
+                    return Err(ClientError::Http("the session closed".into()));
+                }
+            }
+        }
+    }
+
+    /// Sends a frame up on the held session (a held poll: its reply comes
+    /// through [`Self::held_reply`]).
+    ///
+    /// # Errors
+    /// When the session is not open or the write fails.
+    pub async fn session_send(&mut self, wire: &[u8]) -> Result<(), ClientError> {
+        let s = self.session.as_mut().ok_or_else(|| ClientError::Http("no session".into()))?;
+        let mut out = crate::wire::frame::header(wire.len() as u64);
+        out.extend_from_slice(wire);
+        let written = async {
+            tokio::io::AsyncWriteExt::write_all(&mut s.writer, &out).await?;
+            tokio::io::AsyncWriteExt::flush(&mut s.writer).await
+        }
+        .await;
+        if let Err(e) = written {
+            self.session = None;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// The held poll's reply, when it comes. Cancel-safe. Pending for ever
+    /// without a session.
+    ///
+    /// # Errors
+    /// When the session closes first.
+    pub async fn held_reply(&mut self) -> Result<Bytes, ClientError> {
+        let Some(s) = self.session.as_mut() else { return std::future::pending().await };
+        if let Some(b) = s.held.take() {
+            return Ok(b);
+        }
+        loop {
+            match s.replies.recv().await {
+                Some((true, bytes)) => return Ok(bytes),
+                Some((false, bytes)) if bytes.is_empty() => {
+                    self.session = None;
+                    return Err(ClientError::Http(
+                        "the server does not accept this agent's EDGE_KEY (a wrong or deleted environment, or an \
+                         AGENT_SECRET that does not match the server's)"
+                            .into(),
+                    ));
+                }
+                // A reply nobody waits for (its poll timed out): dropped.
+                Some((false, _)) => {}
+                None => {
+                    self.session = None;
+                    return Err(ClientError::Http("the session closed".into()));
+                }
+            }
+        }
     }
 
     /// Closes the kept-alive connection and waits (at most [`CLOSE_WAIT`])
@@ -216,7 +387,7 @@ impl Client {
         for attempt in 0..2 {
             let mut send = match self.conn.take() {
                 Some(s) if !s.is_closed() => s,
-                _ => self.connect().await?,
+                _ => self.connect_http().await?,
             };
             if send.ready().await.is_err() {
                 continue;
@@ -260,7 +431,7 @@ impl Client {
         for attempt in 0..2 {
             let mut send = match self.conn.take() {
                 Some(s) if !s.is_closed() => s,
-                _ => self.connect().await?,
+                _ => self.connect_http().await?,
             };
             if send.ready().await.is_err() {
                 continue;
@@ -291,4 +462,44 @@ impl Client {
         }
         Err(ClientError::Http("the connection closed twice".into()))
     }
+}
+
+/// Splits a session's connection: frames down are read by a task of their
+/// own (at most `max_reply` bytes each) and queued.
+fn start_session(tls: tokio_rustls::client::TlsStream<Counting<TcpStream>>, max_reply: usize) -> SessionConn {
+    let (mut reader, writer) = tokio::io::split(tls);
+    let (tx, replies) = tokio::sync::mpsc::channel(8);
+    let reader = tokio::spawn(async move {
+        let mut buf: Vec<u8> = Vec::new();
+        let mut chunk = vec![0u8; 16 * 1024];
+        loop {
+            // Every whole frame in the buffer.
+            loop {
+                let Ok(Some((value, at))) = crate::wire::frame::parse_header(&buf) else {
+                    if buf.len() >= crate::wire::frame::MAX_HEADER {
+                        return;
+                    }
+                    break;
+                };
+                let len = usize::try_from(value >> 1).unwrap_or(usize::MAX);
+                if len > max_reply {
+                    tracing::warn!("a session frame of {len} bytes (at most {max_reply}): closing");
+                    return;
+                }
+                if buf.len() < at + len {
+                    break;
+                }
+                let frame = Bytes::copy_from_slice(&buf[at..at + len]);
+                buf.drain(..at + len);
+                if tx.send((value & 1 == 1, frame)).await.is_err() {
+                    return;
+                }
+            }
+            match tokio::io::AsyncReadExt::read(&mut reader, &mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    });
+    SessionConn { writer, replies, held: None, reader }
 }

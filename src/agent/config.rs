@@ -77,6 +77,14 @@ pub struct AgentConfig {
     /// connection. It is how long a silently dead link (a blackhole, a
     /// carrier NAT that forgot the flow) can hold a poll.
     pub poll_timeout: std::time::Duration,
+    /// EDGE_SESSION (`on`; off by default until the held session passes
+    /// the on-wire budgets and the link-fault matrix): hold a session with the server,
+    /// which delivers commands as soon as they are queued and costs a
+    /// keepalive per NAT timeout when idle, rather than poll.
+    pub session: bool,
+    /// EDGE_SESSION_KEEPALIVE: the first keepalive period the session
+    /// tries, in seconds (default 90); it then learns the path's NAT.
+    pub keepalive_start: std::time::Duration,
 }
 
 /// The default of EDGE_POLL_TIMEOUT: a 12 KB first snapshot on a 50 kbit/s
@@ -213,6 +221,30 @@ impl AgentConfig {
             },
             jobs: jobs_config(env)?,
             poll_timeout: poll_timeout(env)?,
+            session: match env.get("EDGE_SESSION").map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+                Some("1" | "on" | "true" | "yes") => true,
+                None | Some("" | "0" | "off" | "false" | "no") => false,
+                Some(v) => {
+                    return Err(ConfigError::BadValue {
+                        name: "EDGE_SESSION",
+                        value: v.to_owned(),
+                        why: "use on or off (default off)",
+                    });
+                }
+            },
+            keepalive_start: match env.get("EDGE_SESSION_KEEPALIVE").map(|v| v.trim()) {
+                None | Some("") => crate::agent::keepalive::DEFAULT_START,
+                Some(v) => match v.parse::<u64>() {
+                    Ok(s) if (1..=7200).contains(&s) => std::time::Duration::from_secs(s),
+                    _ => {
+                        return Err(ConfigError::BadValue {
+                            name: "EDGE_SESSION_KEEPALIVE",
+                            value: v.to_owned(),
+                            why: "use whole seconds from 1 to 7200 (default 90)",
+                        });
+                    }
+                },
+            },
         })
     }
 }
@@ -342,6 +374,26 @@ mod tests {
         let e = AgentConfig::from_env(&env(&[("EDGE_KEY", &k), ("EDGE_ID", "a b")])).unwrap_err();
         assert!(e.to_string().starts_with("EDGE_ID=\"a b\" is invalid"));
         assert!(!e.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn edge_session_turns_the_held_session_on_and_its_keepalive_is_bounded() {
+        let k = key();
+        let c = AgentConfig::from_env(&env(&[("EDGE_KEY", &k)])).unwrap();
+        assert!(!c.session, "off by default, for now");
+        assert_eq!(c.keepalive_start, crate::agent::keepalive::DEFAULT_START);
+        for on in ["on", "1", "ON", "true"] {
+            assert!(AgentConfig::from_env(&env(&[("EDGE_KEY", &k), ("EDGE_SESSION", on)])).unwrap().session);
+        }
+        for off in ["off", "0", "OFF", "false"] {
+            assert!(!AgentConfig::from_env(&env(&[("EDGE_KEY", &k), ("EDGE_SESSION", off)])).unwrap().session);
+        }
+        assert!(AgentConfig::from_env(&env(&[("EDGE_KEY", &k), ("EDGE_SESSION", "sometimes")])).is_err());
+        let c = AgentConfig::from_env(&env(&[("EDGE_KEY", &k), ("EDGE_SESSION_KEEPALIVE", "600")])).unwrap();
+        assert_eq!(c.keepalive_start, std::time::Duration::from_secs(600));
+        for bad in ["0", "7201", "1m"] {
+            assert!(AgentConfig::from_env(&env(&[("EDGE_KEY", &k), ("EDGE_SESSION_KEEPALIVE", bad)])).is_err());
+        }
     }
 
     #[test]

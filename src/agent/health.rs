@@ -58,6 +58,10 @@ pub struct Record {
     /// Why the last poll failed; `None` when it went through.
     #[serde(default)]
     pub error: Option<String>,
+    /// How it reaches the server: "session, keepalive 290 s", or
+    /// "polling: " and why.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mode: String,
 }
 
 /// The decision, with the reason in words.
@@ -189,7 +193,7 @@ impl Recorder {
     pub fn start(dir: &Path, now: i64) -> Self {
         let path = dir.join(FILE);
         let earlier = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Record>(&b).ok());
-        let record = Record { started_at: now, ok_at: earlier.and_then(|r| r.ok_at), error: None };
+        let record = Record { started_at: now, ok_at: earlier.and_then(|r| r.ok_at), error: None, mode: String::new() };
         let mut r = Self { path, record, written: None, writes: 0 };
         r.write();
         r
@@ -210,6 +214,15 @@ impl Recorder {
             self.write();
         } else {
             self.maybe_write();
+        }
+    }
+
+    /// How the agent reaches the server now (written at once when it
+    /// changed: an operator reads why it polls).
+    pub fn mode(&mut self, mode: &str) {
+        if self.record.mode != mode {
+            mode.clone_into(&mut self.record.mode);
+            self.write();
         }
     }
 
@@ -259,7 +272,12 @@ mod tests {
     const NOW: i64 = 1_800_000_000;
 
     fn rec(started_ago: i64, ok_ago: Option<i64>, error: Option<&str>) -> Record {
-        Record { started_at: NOW - started_ago, ok_at: ok_ago.map(|a| NOW - a), error: error.map(str::to_owned) }
+        Record {
+            started_at: NOW - started_ago,
+            ok_at: ok_ago.map(|a| NOW - a),
+            error: error.map(str::to_owned),
+            mode: String::new(),
+        }
     }
 
     fn minute() -> Intervals {
@@ -366,7 +384,11 @@ mod tests {
         std::fs::write(dir.join(FILE), serde_json::to_vec(&rec(9000, Some(8000), None)).unwrap()).unwrap();
         let mut r = Recorder::start(&dir, NOW);
         assert_eq!(r.writes, 1);
-        assert_eq!(r.record(), &Record { started_at: NOW, ok_at: Some(NOW - 8000), error: None }, "kept");
+        assert_eq!(
+            r.record(),
+            &Record { started_at: NOW, ok_at: Some(NOW - 8000), error: None, mode: String::new() },
+            "kept"
+        );
         // This run's first success is written at once; then, with a poll
         // every 5 s for 10 minutes, a write a minute, not one a poll.
         r.success(NOW);
@@ -390,7 +412,7 @@ mod tests {
         r.success(NOW + 800);
         assert_eq!(r.writes, 14);
         let file: Record = serde_json::from_slice(&std::fs::read(dir.join(FILE)).unwrap()).unwrap();
-        assert_eq!(file, Record { started_at: NOW, ok_at: Some(NOW + 800), error: None });
+        assert_eq!(file, Record { started_at: NOW, ok_at: Some(NOW + 800), error: None, mode: String::new() });
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -61,13 +61,101 @@ pub trait Engine: Send + Sync + 'static {
 pub trait Transport: Send {
     /// Sends one sealed poll; returns the HTTP status and the reply body.
     fn send_poll(&mut self, wire: Vec<u8>) -> impl Future<Output = Result<(u16, Bytes), String>> + Send;
+
+    /// Opens a held session if none is open: `Ok(true)` when one is,
+    /// `Ok(false)` when the server does not hold sessions (or none is
+    /// offered: EDGE_SESSION=off).
+    fn open_session(&mut self) -> impl Future<Output = Result<bool, String>> + Send {
+        async { Ok(false) }
+    }
+
+    /// Sends a held poll on the open session; its reply comes through
+    /// [`Self::held_reply`].
+    fn send_held(&mut self, wire: Vec<u8>) -> impl Future<Output = Result<(), String>> + Send {
+        let _ = wire;
+        async { Err("no session".to_owned()) }
+    }
+
+    /// The held poll's reply (pending for ever without a session).
+    /// Cancel-safe.
+    fn held_reply(&mut self) -> impl Future<Output = Result<Bytes, String>> + Send {
+        std::future::pending()
+    }
+
+    /// Drops the session (found dead): the next poll reconnects.
+    fn drop_session(&mut self) {}
 }
 
 impl Transport for super::client::Client {
     async fn send_poll(&mut self, wire: Vec<u8>) -> Result<(u16, Bytes), String> {
+        match self.ensure_session().await {
+            // An empty frame: the server did not authenticate the poll
+            // (`POST /q` answers that 401).
+            Ok(true) => {
+                return self
+                    .session_poll(&wire)
+                    .await
+                    .map(|b| if b.is_empty() { (401, b) } else { (200, b) })
+                    .map_err(|e| e.to_string());
+            }
+            Ok(false) => {}
+            Err(e) => return Err(e.to_string()),
+        }
         self.post(crate::wire::POLL_PATH, wire).await.map_err(|e| e.to_string())
     }
+
+    async fn open_session(&mut self) -> Result<bool, String> {
+        self.ensure_session().await.map_err(|e| e.to_string())
+    }
+
+    async fn send_held(&mut self, wire: Vec<u8>) -> Result<(), String> {
+        self.session_send(&wire).await.map_err(|e| e.to_string())
+    }
+
+    async fn held_reply(&mut self) -> Result<Bytes, String> {
+        super::client::Client::held_reply(self).await.map_err(|e| e.to_string())
+    }
+
+    fn drop_session(&mut self) {
+        self.disconnect();
+    }
 }
+
+/// The held session's side of the loop (see `server::http::session`).
+#[derive(Debug)]
+struct SessionState {
+    learner: super::keepalive::Learner,
+    /// The held poll: its counter, when it is lost if unanswered, the
+    /// period it asked for and when it was sent.
+    held: Option<HeldPoll>,
+    /// Polling instead, until then.
+    fallback_until: Option<Instant>,
+    /// The fallback reason the server last heard ("" : none).
+    told: String,
+    /// Why the agent polls now ("" while it holds a session).
+    why: String,
+    /// When the server closed the session lately (for the fallback rule).
+    breaks: std::collections::VecDeque<Instant>,
+    /// When keepalives at the learner's floor were lost lately.
+    floor_losses: std::collections::VecDeque<Instant>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct HeldPoll {
+    counter: u64,
+    deadline: Instant,
+    period: Duration,
+    sent_at: Instant,
+    seen: u64,
+}
+
+/// Session breaks within [`BREAK_WINDOW`] that make the agent fall back to
+/// polling for [`FALLBACK_FOR`].
+const BREAKS_TO_FALL_BACK: usize = 3;
+const BREAK_WINDOW: Duration = Duration::from_secs(600);
+/// How long the agent polls after it fell back, before it tries a session
+/// again.
+pub const FALLBACK_FOR: Duration = Duration::from_secs(3600);
 
 /// Who the agent is and how it behaves.
 #[derive(Debug, Clone)]
@@ -92,6 +180,10 @@ pub struct Settings {
     pub result_delay: Duration,
     /// At most this many results in one poll.
     pub results_per_poll: usize,
+    /// Hold a session (EDGE_SESSION, on by default) rather than poll.
+    pub session: bool,
+    /// The first keepalive period the session tries (EDGE_SESSION_KEEPALIVE).
+    pub keepalive_start: Duration,
     /// The join token's [`crate::auth::JoinToken::key_id`]: the persisted
     /// counter belongs to it.
     pub key_id: String,
@@ -120,6 +212,8 @@ impl Settings {
             // the same poll as its result.
             result_delay: Duration::from_secs(2),
             results_per_poll: 100,
+            session: false,
+            keepalive_start: super::keepalive::DEFAULT_START,
         }
     }
 }
@@ -214,6 +308,8 @@ pub struct Agent<E: Engine, T: Transport> {
     job_runs: Option<mpsc::UnboundedReceiver<poll::JobRun>>,
     /// The health record (`tern agent health`).
     health: Recorder,
+    /// The held session, when EDGE_SESSION is on.
+    session: Option<SessionState>,
     /// Counters.
     pub stats: Stats,
 }
@@ -329,6 +425,18 @@ impl<E: Engine, T: Transport> Agent<E, T> {
             exec,
             finished,
             job_runs: None,
+            session: settings.session.then(|| {
+                let max = intervals.ping.unwrap_or(super::keepalive::MAX_PERIOD);
+                SessionState {
+                    learner: super::keepalive::Learner::new(settings.keepalive_start, max, Some(store.dir())),
+                    held: None,
+                    fallback_until: None,
+                    told: String::new(),
+                    why: String::new(),
+                    breaks: std::collections::VecDeque::new(),
+                    floor_losses: std::collections::VecDeque::new(),
+                }
+            }),
             health: Recorder::start(store.dir(), now_unix()),
             stats: Stats::default(),
             store,
@@ -380,9 +488,15 @@ impl<E: Engine, T: Transport> Agent<E, T> {
     pub async fn run(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
         tokio::pin!(shutdown);
         loop {
+            self.hold().await?;
             let wake = self.sched.next_wake().map(|d| self.epoch + d);
+            let held = self.session.as_ref().and_then(|s| s.held);
             tokio::select! {
                 () = &mut shutdown => return Ok(()),
+                reply = self.transport.held_reply(), if held.is_some() => self.on_held(reply)?,
+                () = tokio::time::sleep_until(held.map_or_else(Instant::now, |h| h.deadline)), if held.is_some() => {
+                    self.hold_lost();
+                }
                 Some(id) = self.finished.recv() => self.finished(id),
                 Some(run) = async {
                     match self.job_runs.as_mut() {
@@ -405,6 +519,220 @@ impl<E: Engine, T: Transport> Agent<E, T> {
                     Outcome::Idle => {}
                 },
             }
+        }
+    }
+
+    /// Sends the held poll when a session is wanted and none is held:
+    /// after first contact, not while backing off or polling after a
+    /// fallback.
+    async fn hold(&mut self) -> Result<(), RunError> {
+        let Some(s) = self.session.as_mut() else { return Ok(()) };
+        if s.held.is_some() || !self.named || self.sched.backing_off() {
+            return Ok(());
+        }
+        if let Some(until) = s.fallback_until {
+            if Instant::now() < until {
+                return Ok(());
+            }
+            s.fallback_until = None;
+            tracing::info!("trying a held session again");
+        }
+        let timeout = self.settings.request_timeout;
+        let opened = tokio::time::timeout(timeout, self.transport.open_session()).await;
+        match opened {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
+                self.fall_back("the server does not hold sessions (it is older than this agent)");
+                return Ok(());
+            }
+            Ok(Err(e)) => {
+                self.note_failure(&format!("session: {e}"));
+                return Ok(());
+            }
+            Err(_) => {
+                self.transport.drop_session();
+                self.note_failure(&format!("session: no connection within {} s", timeout.as_secs()));
+                return Ok(());
+            }
+        }
+        let Some(s) = self.session.as_mut() else { return Ok(()) };
+        let period = s.learner.period();
+        let seen = self.ledger.read(|j| j.seen);
+        let fallback = if s.told.is_empty() { String::new() } else { "-".to_owned() };
+        let request = PollRequest {
+            base: self.sync.base().0,
+            hold: u32::try_from(period.as_secs()).unwrap_or(u32::MAX),
+            commands_seen: if seen > self.seen_reported { seen } else { 0 },
+            fallback,
+            ..PollRequest::default()
+        };
+        let (counter, wire) = self.seal(&request)?;
+        match tokio::time::timeout(timeout, self.transport.send_held(wire)).await {
+            Ok(Ok(())) => {
+                let now = Instant::now();
+                // Dead if unanswered a timeout after the hold ends.
+                let grace = self.settings.request_timeout.min(Duration::from_secs(30));
+                let s = self.session.as_mut().expect("checked above");
+                s.held = Some(HeldPoll { counter, deadline: now + period + grace, period, sent_at: now, seen });
+                if !s.why.is_empty() {
+                    tracing::info!("holding a session: keepalive {} s", period.as_secs());
+                    s.why.clear();
+                }
+                self.health.mode(&format!("session, keepalive {} s", period.as_secs()));
+            }
+            Ok(Err(e)) => {
+                self.transport.drop_session();
+                self.note_failure(&format!("session: {e}"));
+            }
+            Err(_) => {
+                self.transport.drop_session();
+                self.note_failure("session: the held poll could not be sent in time");
+            }
+        }
+        Ok(())
+    }
+
+    /// The held poll's reply came (or the session closed first).
+    fn on_held(&mut self, reply: Result<Bytes, String>) -> Result<(), RunError> {
+        let Some(held) = self.session.as_mut().and_then(|s| s.held.take()) else { return Ok(()) };
+        let bytes = match reply {
+            Ok(b) => b,
+            Err(e) => {
+                // Closed by the server (a restart, an eviction): not the
+                // NAT, which closes nothing; reconnect.
+                self.session_broke(&format!("the session closed: {e}"));
+                self.note_failure(&e);
+                return Ok(());
+            }
+        };
+        let reply = match self.open(held.counter, &bytes) {
+            Ok(r) => r,
+            Err(why) => {
+                self.transport.drop_session();
+                self.note_failure(&why);
+                return Ok(());
+            }
+        };
+        if let Some(refused) = &reply.refused {
+            let why = self.refused(0, refused, &[]);
+            self.transport.drop_session();
+            self.note_failure(&why);
+            return Ok(());
+        }
+        // The whole hold went by: the path kept the connection that long.
+        let lasted = held.sent_at.elapsed() + Duration::from_millis(500) >= held.period;
+        if lasted && let Some(s) = self.session.as_mut() {
+            let before = s.learner.period();
+            s.learner.survived();
+            if s.learner.period() != before {
+                tracing::debug!("keepalive {} s survived; next {} s", before.as_secs(), s.learner.period().as_secs());
+                self.health.mode(&format!("session, keepalive {} s", s.learner.period().as_secs()));
+            }
+        }
+        self.seen_reported = self.seen_reported.max(held.seen);
+        let commands = self.take_reply(&reply, &[])?;
+        if commands > 0 {
+            tracing::debug!(commands, "commands pushed on the session");
+        }
+        if reply.resync {
+            self.sched.hurry(self.now());
+        }
+        if let Some(i) = reply.intervals {
+            let new = Intervals::from_secs(i.ping, i.snapshot, i.command);
+            self.sched.on_success(self.now(), Due::default(), Some(new));
+            self.apply_intervals();
+        }
+        self.health.success(now_unix());
+        Ok(())
+    }
+
+    /// The held poll's reply did not come within its hold and a timeout:
+    /// the path dropped the connection silently (a NAT that forgot it).
+    fn hold_lost(&mut self) {
+        let Some(s) = self.session.as_mut() else { return };
+        let Some(held) = s.held.take() else { return };
+        s.learner.failed();
+        tracing::info!(
+            "no keepalive within {} s: the path dropped the connection; reconnecting, keepalive now {} s",
+            held.period.as_secs(),
+            s.learner.period().as_secs()
+        );
+        self.transport.drop_session();
+        // Losing a keepalive is how the learner finds the NAT's timeout; a
+        // path that loses even the shortest ones cannot hold a session.
+        let now = Instant::now();
+        if s.learner.at_floor() {
+            s.floor_losses.push_back(now);
+        }
+        while s.floor_losses.front().is_some_and(|t| now.duration_since(*t) > BREAK_WINDOW) {
+            s.floor_losses.pop_front();
+        }
+        if s.floor_losses.len() >= BREAKS_TO_FALL_BACK {
+            s.floor_losses.clear();
+            let text = format!(
+                "{BREAKS_TO_FALL_BACK} keepalives of {} s or less lost in {} minutes",
+                s.learner.period().as_secs(),
+                BREAK_WINDOW.as_secs() / 60
+            );
+            self.fall_back(&text);
+        }
+    }
+
+    /// The session broke: reconnect, unless it keeps breaking, then poll
+    /// for a while.
+    fn session_broke(&mut self, why: &str) {
+        self.transport.drop_session();
+        let Some(s) = self.session.as_mut() else { return };
+        s.held = None;
+        let now = Instant::now();
+        s.breaks.push_back(now);
+        while s.breaks.front().is_some_and(|t| now.duration_since(*t) > BREAK_WINDOW) {
+            s.breaks.pop_front();
+        }
+        if s.breaks.len() >= BREAKS_TO_FALL_BACK {
+            s.breaks.clear();
+            let text = format!(
+                "the session broke {BREAKS_TO_FALL_BACK} times in {} minutes ({why})",
+                BREAK_WINDOW.as_secs() / 60
+            );
+            self.fall_back(&text);
+        }
+    }
+
+    /// Polls at the intervals for [`FALLBACK_FOR`], saying why.
+    fn fall_back(&mut self, why: &str) {
+        let Some(s) = self.session.as_mut() else { return };
+        tracing::warn!("polling instead of holding a session for {} min: {why}", FALLBACK_FOR.as_secs() / 60);
+        s.fallback_until = Some(Instant::now() + FALLBACK_FOR);
+        s.held = None;
+        s.why = why.to_owned();
+        self.health.mode(&format!("polling: {why}"));
+        self.transport.drop_session();
+    }
+
+    /// A session step failed: back off as a failed poll does.
+    fn note_failure(&mut self, why: &str) {
+        self.stats.failures += 1;
+        self.health.failure(why);
+        let retry_in = self.sched.on_failure(self.now());
+        tracing::warn!("{why}; retrying in {:.1} s", retry_in.as_secs_f64());
+    }
+
+    /// Keeps the intervals in force on disk and caps the keepalive by the
+    /// ping interval.
+    fn apply_intervals(&mut self) {
+        let now = interval_array(self.sched.intervals());
+        if self.meta.intervals != Some(now) {
+            tracing::info!("intervals from the server: {:?}", self.sched.intervals());
+            self.meta.intervals = Some(now);
+            if let Err(e) = self.store.save_meta(&self.meta) {
+                tracing::warn!("{e}: the new intervals are not on disk");
+            }
+            self.intervals_reported = false;
+        }
+        let ping = self.sched.intervals().ping;
+        if let Some(s) = self.session.as_mut() {
+            s.learner.set_max(ping.unwrap_or(super::keepalive::MAX_PERIOD));
         }
     }
 
@@ -537,20 +865,23 @@ impl<E: Engine, T: Transport> Agent<E, T> {
             commands_seen: seen,
             intervals: sent_intervals,
             job_runs,
+            hold: 0,
+            fallback: self.fallback_note(),
         };
-        let body = self.codec.encode(&request.encode())?;
-        let (counter, reserve) = self.counters.take();
-        if let Some(end) = reserve {
-            self.meta.counter_end = end;
-            // Not on disk (a full disk): after a restart the agent would
-            // reuse counters, the server would refuse the first poll as a
-            // replay, sealed, and the agent would jump above: one poll lost,
-            // nothing else. Better than not polling.
-            if let Err(e) = self.store.save_meta(&self.meta) {
-                tracing::warn!("{e}: the poll counter's reservation is not on disk");
-            }
+        // In a held session, a poll with nothing to say is not sent: the
+        // held poll is the heartbeat, and it fetches the commands.
+        if self.session.as_ref().is_some_and(|s| s.held.is_some())
+            && request.fallback.is_empty()
+            && request.results.is_empty()
+            && request.job_runs.is_empty()
+            && request.agent.is_none()
+            && request.intervals.is_none()
+            && request.delta.as_ref().is_none_or(|d| d.is_empty() && d.root().is_empty())
+        {
+            self.sched.on_success(self.now(), asked, None);
+            return Ok(Outcome::Idle);
         }
-        let wire = seal_request(self.settings.environment, counter, &self.settings.key, &body);
+        let (counter, wire) = self.seal(&request)?;
         let up = wire.len();
         let sent = tokio::time::timeout(self.settings.request_timeout, self.transport.send_poll(wire)).await;
         let reply = match sent {
@@ -577,9 +908,21 @@ impl<E: Engine, T: Transport> Agent<E, T> {
                 self.stats.failures += 1;
                 self.health.failure(&why);
                 let retry_in = self.sched.on_failure(self.now());
+                if let Some(s) = self.session.as_mut() {
+                    // A reply that may still come would be taken for the
+                    // next poll's: a new connection instead.
+                    s.held = None;
+                    self.transport.drop_session();
+                }
                 return Ok(Outcome::Failed { why, retry_in });
             }
         };
+        if let Some(s) = self.session.as_mut() {
+            s.told.clone_from(&request.fallback);
+            if s.told == "-" {
+                s.told.clear();
+            }
+        }
         self.stats.polls += 1;
         self.stats.bytes_up += up as u64;
         self.stats.bytes_down += down as u64;
@@ -608,12 +951,7 @@ impl<E: Engine, T: Transport> Agent<E, T> {
         let before = self.sched.intervals();
         self.sched.on_success(self.now(), asked, new_intervals);
         if self.sched.intervals() != before {
-            tracing::info!("intervals from the server: {:?}", self.sched.intervals());
-            self.meta.intervals = Some(interval_array(self.sched.intervals()));
-            if let Err(e) = self.store.save_meta(&self.meta) {
-                tracing::warn!("{e}: the new intervals are not on disk");
-            }
-            self.intervals_reported = false;
+            self.apply_intervals();
         }
         if resync {
             tracing::info!("the server asked for the whole state");
@@ -626,6 +964,33 @@ impl<E: Engine, T: Transport> Agent<E, T> {
         }
         self.health.success(now_unix());
         Ok(Outcome::Sent { up, down, resync, commands })
+    }
+
+    /// What a poll tells the server about the mode, when that changed:
+    /// why the agent polls (it fell back, or EDGE_SESSION=off).
+    fn fallback_note(&self) -> String {
+        match &self.session {
+            None => String::new(),
+            Some(s) if !s.why.is_empty() && s.told != s.why => s.why.clone(),
+            Some(_) => String::new(),
+        }
+    }
+
+    /// Encodes a request and seals it with the next counter; returns both.
+    fn seal(&mut self, request: &PollRequest) -> Result<(u64, Vec<u8>), RunError> {
+        let body = self.codec.encode(&request.encode())?;
+        let (counter, reserve) = self.counters.take();
+        if let Some(end) = reserve {
+            self.meta.counter_end = end;
+            // Not on disk (a full disk): after a restart the agent would
+            // reuse counters, the server would refuse the first poll as a
+            // replay, sealed, and the agent would jump above: one poll lost,
+            // nothing else. Better than not polling.
+            if let Err(e) = self.store.save_meta(&self.meta) {
+                tracing::warn!("{e}: the poll counter's reservation is not on disk");
+            }
+        }
+        Ok((counter, seal_request(self.settings.environment, counter, &self.settings.key, &body)))
     }
 
     /// Opens, checks and decodes a reply.

@@ -21,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 
 pub mod gate;
 pub mod proxy;
+pub mod session;
 
 use super::poll::{self, Refusal};
 use super::store::pool::Pool;
@@ -230,11 +231,75 @@ pub const HEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What became of a poll's body, in the blocking task that decodes and
 /// applies it.
-enum Applied {
-    Reply(crate::wire::poll::PollReply),
+pub(crate) enum Applied {
+    /// Applied: the reply to seal, and what the request asked of a held
+    /// session (its `hold`, 0 outside one).
+    Reply(crate::wire::poll::PollReply, u32),
     Refused(Refusal),
     /// Not the body its header was sealed with: its counter was burnt.
     BodyMac,
+}
+
+/// How the poll came: `POST /q`, or a frame of a held session (see
+/// [`session`]) whose agent last said it keeps alive every `recorded`
+/// seconds (`None`: nothing recorded on this session yet).
+#[derive(Debug, Clone, Copy)]
+pub enum Via {
+    /// `POST /q`.
+    Post,
+    /// A held session's frame.
+    Session {
+        /// The keepalive period this session last recorded.
+        recorded: Option<u32>,
+    },
+}
+
+/// A poll whose header is authenticated and whose whole envelope is in
+/// `buf` (its body from `header_len`): the body is checked, decoded and
+/// applied in one transaction, on the blocking pool, holding `room` (its
+/// bytes' place under [`MAX_BODY_BYTES_IN_FLIGHT`]) and a decoding slot
+/// until it is applied. Returns what became of it and the envelope's
+/// length. The held session and `POST /q` share it.
+pub(crate) async fn apply_body(
+    state: &Arc<AppState>,
+    auth: &Arc<poll::Authenticated>,
+    buf: Vec<u8>,
+    header_len: usize,
+    room: tokio::sync::OwnedSemaphorePermit,
+    via: Via,
+) -> Result<(Applied, usize), Response<Body>> {
+    // The permits go into the blocking task: they are held until the poll
+    // is applied even if this request is dropped meanwhile (a timeout, a
+    // client gone), so at most two decoded polls (up to 16 MiB each) exist
+    // at once, one in the store, the other waiting for it.
+    let Ok(decoding) = state.decoding.clone().acquire_owned().await else { return Err(busy()) };
+    let (shared, a) = (state.clone(), auth.clone());
+    blocking(move || {
+        let _held = (room, decoding);
+        let applied = match shared.with_codec(|c| poll::open(&a, c, &buf[header_len..])) {
+            Err(e) => Applied::Refused(Refusal::BadBody(e.to_string())),
+            Ok(Err(Refusal::BodyMac)) => {
+                if let Err(e) = shared.store.write_for(a.environment, |s| poll::burn(s, &a)) {
+                    tracing::error!("poll: {e}");
+                }
+                Applied::BodyMac
+            }
+            Ok(Err(e)) => Applied::Refused(e),
+            Ok(Ok(request)) => match shared.store.write_for(a.environment, |s| {
+                let reply = poll::apply(s, &a, &request, now())?;
+                poll::record_mode(s, a.environment, &request, via)?;
+                Ok(reply)
+            }) {
+                Ok(mut reply) => {
+                    poll::add_credentials(&shared.store, &shared.secrets, &mut reply);
+                    Applied::Reply(reply, request.hold)
+                }
+                Err(e) => Applied::Refused(e),
+            },
+        };
+        (applied, buf.len())
+    })
+    .await
 }
 
 /// The poll endpoint. A poll is read in two steps: its header (at most
@@ -338,36 +403,9 @@ async fn answer_poll(
         return r;
     }
     drop(body);
-    // The permits go into the blocking task: they are held until the poll
-    // is applied even if this request is dropped meanwhile (a timeout, a
-    // client gone), so at most two decoded polls (up to 16 MiB each) exist
-    // at once, one in the store, the other waiting for it.
-    let Ok(decoding) = state.decoding.clone().acquire_owned().await else { return busy() };
-    let (shared, a) = (state.clone(), auth.clone());
-    let applied = blocking(move || {
-        let _held = (room, decoding);
-        let applied = match shared.with_codec(|c| poll::open(&a, c, &buf[header_len..])) {
-            Err(e) => Applied::Refused(Refusal::BadBody(e.to_string())),
-            Ok(Err(Refusal::BodyMac)) => {
-                if let Err(e) = shared.store.write_for(a.environment, |s| poll::burn(s, &a)) {
-                    tracing::error!("poll: {e}");
-                }
-                Applied::BodyMac
-            }
-            Ok(Err(e)) => Applied::Refused(e),
-            Ok(Ok(request)) => match shared.store.write_for(a.environment, |s| poll::apply(s, &a, &request, now())) {
-                Ok(mut reply) => {
-                    poll::add_credentials(&shared.store, &shared.secrets, &mut reply);
-                    Applied::Reply(reply)
-                }
-                Err(e) => Applied::Refused(e),
-            },
-        };
-        (applied, buf.len())
-    })
-    .await;
+    let applied = apply_body(&state, &auth, buf, header_len, room, Via::Post).await;
     let (reply, up) = match applied {
-        Ok((Applied::Reply(reply), up)) => (reply, up),
+        Ok((Applied::Reply(reply, _), up)) => (reply, up),
         Ok((Applied::BodyMac, _)) => {
             charge(None, None);
             return status(StatusCode::UNAUTHORIZED, "");
@@ -402,7 +440,7 @@ async fn answer_poll(
 }
 
 /// The HTTP status of a refusal.
-fn refusal_status(e: &Refusal) -> StatusCode {
+pub(crate) fn refusal_status(e: &Refusal) -> StatusCode {
     match e {
         Refusal::Unauthenticated | Refusal::BodyMac => StatusCode::UNAUTHORIZED,
         Refusal::Replay(_) | Refusal::BoundToAnother(_) => StatusCode::CONFLICT,
@@ -625,6 +663,40 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()>,
     limits: ConnectionLimits,
 ) -> std::io::Result<()> {
+    serve_inner(listener, tls, router, None, shutdown, limits).await
+}
+
+/// [`serve_with`] the server's routes on `state`, and held sessions (see
+/// [`session`]) on connections that negotiate them.
+///
+/// # Errors
+/// As [`serve_with`].
+pub async fn serve_app(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()>,
+    limits: ConnectionLimits,
+) -> std::io::Result<()> {
+    let router = router(state.clone());
+    serve_inner(listener, tls, router, Some(state), shutdown, limits).await
+}
+
+async fn serve_inner(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: Router,
+    sessions: Option<Arc<AppState>>,
+    shutdown: impl Future<Output = ()>,
+    limits: ConnectionLimits,
+) -> std::io::Result<()> {
+    let mut tls = tls;
+    if sessions.is_some() {
+        // Offered first: an agent that asks for a session gets one; a
+        // browser or the CLI asks for http/1.1 only.
+        let config = Arc::make_mut(&mut tls);
+        config.alpn_protocols = vec![crate::wire::SESSION_ALPN.to_vec(), b"http/1.1".to_vec()];
+    }
     let acceptor = TlsAcceptor::from(tls);
     // Each connection's bytes under TLS, charged to the environment whose
     // agent polls on it (see `api::usage`).
@@ -685,6 +757,7 @@ pub async fn serve_with(
                 };
                 let _ = tcp.set_nodelay(true);
                 let (acceptor, router, meters, gate) = (acceptor.clone(), router.clone(), meters.clone(), gate.clone());
+                let sessions = sessions.clone();
                 let refusals = refusals.clone();
                 let (mut drain, done) = (drain_rx.clone(), done_tx.clone());
                 let from_proxy = limits.proxies.trusts(peer.ip());
@@ -774,6 +847,20 @@ pub async fn serve_with(
                     };
                     let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
                     admission.serving(requests.clone());
+                    if let Some(state) = sessions.filter(|_| tls.get_ref().1.alpn_protocol() == Some(crate::wire::SESSION_ALPN)) {
+                        // A held session: tern's frames, no HTTP. It counts
+                        // as idle for eviction (its agent reconnects).
+                        let closing = async {
+                            tokio::select! {
+                                () = admission.close.notified() => {}
+                                () = draining(&mut drain) => {}
+                            }
+                        };
+                        session::serve(state, tls, meter, gate::Authenticate(admission.clone()), closing).await;
+                        drop(admission);
+                        let _ = tokio::task::spawn_blocking(move || meters.close(key)).await;
+                        return;
+                    }
                     let in_flight = requests.clone();
                     let admission_for_requests = admission.clone();
                     let inner = TowerToHyperService::new(router);

@@ -282,6 +282,39 @@ pub fn apply(
     Ok(reply)
 }
 
+/// Records how the agent reaches the server, when that changed (see
+/// [`crate::server::store::fleet::FleetStore::set_session`]): a session
+/// frame with a new keepalive period, or a poll saying why the agent polls
+/// (`fallback`, sent once when that changes; "-" clears it).
+///
+/// # Errors
+/// When the database fails.
+pub fn record_mode(
+    store: &dyn Transaction,
+    environment: u64,
+    request: &PollRequest,
+    via: crate::server::http::Via,
+) -> Result<(), StoreError> {
+    match via {
+        crate::server::http::Via::Session { recorded } => {
+            if request.hold > 0 && recorded != Some(request.hold) {
+                store.set_session(environment, request.hold.min(MAX_HOLD), "")?;
+            }
+        }
+        crate::server::http::Via::Post => {
+            if !request.fallback.is_empty() {
+                let note = if request.fallback == "-" { "" } else { request.fallback.as_str() };
+                store.set_session(environment, 0, note)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The longest a held session's poll is held, in seconds: two hours, the
+/// least idle timeout RFC 5382 asks of a NAT (`REQ-5`: 2 h 4 min).
+pub const MAX_HOLD: u32 = 7200;
+
 /// The state part of a poll that reports one: its delta applied to the
 /// stored replica (decoded for it), saved when it moved.
 fn apply_state(store: &dyn Transaction, env_id: u64, request: &PollRequest, now: i64) -> Result<PollReply, Refusal> {

@@ -250,6 +250,7 @@ impl Agent {
             commands_seen: seen,
             intervals: self.intervals,
             job_runs: Vec::new(),
+            ..PollRequest::default()
         };
         let body = match with_codec(|c| c.encode(&request.encode())) {
             Ok(b) => b,

@@ -423,6 +423,12 @@ pub struct PollRequest {
     pub intervals: Option<Intervals>,
     /// Runs of scheduled jobs not yet acknowledged.
     pub job_runs: Vec<JobRun>,
+    /// Held session: hold the reply up to this many seconds (0: answer at
+    /// once); the agent's keepalive period.
+    pub hold: u32,
+    /// Why the agent polls instead of holding a session, when that changed
+    /// ("-": it holds one again); empty otherwise.
+    pub fallback: String,
 }
 
 /// The body the server replies with.
@@ -671,6 +677,8 @@ impl PollRequest {
             commands_seen: self.commands_seen,
             intervals: self.intervals.map(Intervals::to_pb),
             job_runs: self.job_runs.iter().map(JobRun::to_pb).collect(),
+            hold: self.hold,
+            fallback: self.fallback.clone(),
         }
         .encode_to_vec()
     }
@@ -714,6 +722,8 @@ impl PollRequest {
             commands_seen: p.commands_seen,
             intervals: p.intervals.map(Intervals::from_pb),
             job_runs: p.job_runs.into_iter().map(JobRun::from_pb).collect(),
+            hold: p.hold,
+            fallback: p.fallback,
         })
     }
 }
@@ -895,6 +905,8 @@ mod tests {
             agent: Some(AgentInfo { version: "0.1.0".into(), edge_id: "edge-1".into() }),
             commands_seen: 12,
             intervals: Some(Intervals { ping: 60, snapshot: 0, command: 5 }),
+            hold: 290,
+            fallback: "EDGE_SESSION=off".into(),
             job_runs: vec![JobRun {
                 job: 4,
                 version: 1,

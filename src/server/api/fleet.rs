@@ -107,6 +107,9 @@ fn view_of(item: FleetItem, now: i64) -> EnvironmentView {
         snapshot_age_s: item.as_of.map(|t| (now - t).max(0)),
         counts: c.into(),
         usage: UsageTotals::default(),
+        mode: if item.session_hold > 0 { "session" } else { "polling" }.to_owned(),
+        keepalive_s: (item.session_hold > 0).then_some(item.session_hold),
+        mode_note: (!item.session_note.is_empty()).then_some(item.session_note),
     }
 }
 

@@ -11,7 +11,10 @@
 //! (its reported intervals differ), the larger of the two smallest values
 //! counts, so that shortening an interval does not mark the agent offline
 //! before it has heard of the change. An environment that never polled is
-//! offline.
+//! offline. While the agent holds a session (issue #16), its polls are the
+//! session's keepalives, at most `hold` seconds apart (the keepalive period
+//! it learned from its path's NAT): the window is then `2 × hold + 20`, so
+//! one lost keepalive and the reconnect after it do not mark it offline.
 //!
 //! **A stack on one environment** is read off the last command sent to it
 //! for the stack (a `StackDeploy`, or a `StackRemove` once it is being
@@ -48,9 +51,13 @@ fn smallest(i: Intervals) -> Option<u32> {
 /// (`refresh_status_windows`, whenever an input changes), so the
 /// SQL that filters, counts and pages by status compares a time with it
 /// and states no rule of its own.
-pub fn status_window(effective: Intervals, reported: Option<Intervals>) -> i64 {
+pub fn status_window(effective: Intervals, reported: Option<Intervals>, session_hold: u32) -> i64 {
     let own = smallest(effective).map_or(OFF, i64::from);
     let agent = reported.map_or(0, |r| smallest(r).map_or(OFF, i64::from));
+    if session_hold > 0 {
+        // A held session: its keepalives are the agent's polls.
+        return 2 * i64::from(session_hold) + STATUS_SLACK;
+    }
     2 * own.max(agent) + STATUS_SLACK
 }
 

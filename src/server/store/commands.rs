@@ -5,7 +5,10 @@ use super::*;
 
 /// Commands queued for agents, their delivery and results.
 pub trait CommandStore {
-    /// Queues a command for an environment's agent; returns its id.
+    /// Queues a command for an environment's agent; returns its id. When
+    /// the transaction commits, the environment's held sessions are woken
+    /// ([`crate::server::wakes`]): on this server by the pool that ran
+    /// it, on the others through PostgreSQL's `NOTIFY`.
     ///
     /// # Errors
     /// When the environment does not exist or the database fails.
@@ -82,7 +85,14 @@ impl CommandStore for Tx<'_> {
                 params![sql_id(environment), action.encode(), now],
             )
             .optional()?;
-        Ok(id.ok_or(StoreError::NotFound(environment))? as u64)
+        let id = id.ok_or(StoreError::NotFound(environment))? as u64;
+        if self.conn.dialect() == sql::Dialect::Postgres {
+            // Delivered on commit, to every replica's listener (this one's
+            // too); dropped with the transaction if it rolls back.
+            self.conn.execute("SELECT pg_notify(?1, ?2)", params![postgres::WAKE_CHANNEL, environment.to_string()])?;
+        }
+        self.store.queued_for(environment);
+        Ok(id)
     }
 
     fn commands_due(&self, environment: u64, now: i64, limit: usize) -> Result<Vec<Command>, StoreError> {

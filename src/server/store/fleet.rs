@@ -204,6 +204,11 @@ pub struct FleetItem {
     pub root: [u8; 32],
     /// The version its agent reported ('' before it did).
     pub agent_version: String,
+    /// The keepalive period of the session its agent holds, in seconds (0:
+    /// it polls).
+    pub session_hold: u32,
+    /// Why its agent polls rather than holding a session, as it said.
+    pub session_note: String,
 }
 
 /// What an environment was created with, for its deploy commands.
@@ -310,7 +315,8 @@ const FLEET_COLUMNS_HEAD: &str =
     COALESCE(f.state_as_of, f.snapshot_at), f.online, f.win";
 
 const FLEET_COLUMNS_TAIL: &str = "f.n_containers, f.n_running, f.n_paused, f.n_stopped, f.n_unhealthy,
-    f.n_images, f.n_volumes, f.n_networks, f.n_stacks, f.state_seq, f.state_root, f.agent_version";
+    f.n_images, f.n_volumes, f.n_networks, f.n_stacks, f.state_seq, f.state_root, f.agent_version,
+    f.session_hold, f.session_note";
 
 /// Groups and tags share their code: which table, and how environments
 /// belong to one.
@@ -504,6 +510,15 @@ pub trait FleetStore {
     /// # Errors
     /// When the database fails.
     fn set_agent_version(&self, id: u64, version: &str) -> Result<(), StoreError>;
+
+    /// Records how the agent reaches the server: a held session with this
+    /// keepalive period in seconds, or polling (`hold` 0) and why (`note`,
+    /// kept to 200 characters). The status window follows (see
+    /// [`status_window`]). Writes only when something changed.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn set_session(&self, id: u64, hold: u32, note: &str) -> Result<(), StoreError>;
 
     /// Raises the accepted counter to `counter` (if it is higher) without
     /// accepting a poll: a body that did not match its authentic header
@@ -839,6 +854,20 @@ impl FleetStore for Tx<'_> {
             params![id as i64, version],
         )?;
         Ok(())
+    }
+
+    fn set_session(&self, id: u64, hold: u32, note: &str) -> Result<(), StoreError> {
+        let note: String = note.chars().filter(|c| !c.is_control()).take(200).collect();
+        let tx = self.tx()?;
+        let n = self.conn.execute(
+            "UPDATE environments SET session_hold = ?2, session_note = ?3
+             WHERE id = ?1 AND (session_hold != ?2 OR session_note != ?3)",
+            params![sql_id(id), i64::from(hold), note],
+        )?;
+        if n > 0 {
+            self.refresh_status_windows(Some(id))?;
+        }
+        tx.commit()
     }
 
     fn accept_poll(&self, id: u64, counter: u64, edge_id: Option<&str>, now: i64) -> Result<bool, StoreError> {
@@ -1408,10 +1437,10 @@ impl Tx<'_> {
     pub(super) fn refresh_status_windows(&self, id: Option<u64>) -> Result<(), StoreError> {
         let defaults = self.default_intervals()?;
         let tx = self.tx()?;
-        let rows: Vec<(i64, IntervalSettings, Option<Intervals>, i64)> = {
+        let rows: Vec<(i64, IntervalSettings, Option<Intervals>, i64, i64)> = {
             let mut stmt = self.conn.prepare(
                 "SELECT id, ping_interval, snapshot_interval, command_interval,
-                        agent_ping, agent_snapshot, agent_command, status_window
+                        agent_ping, agent_snapshot, agent_command, status_window, session_hold
                  FROM environments WHERE id = ?1 OR ?1 IS NULL",
             )?;
             stmt.query_map([id.map(sql_id)], |r| {
@@ -1420,13 +1449,13 @@ impl Tx<'_> {
                     snapshot: super::opt_u32(r.get(2)?),
                     command: super::opt_u32(r.get(3)?),
                 };
-                Ok((r.get(0)?, own, Self::agent_intervals_of(r.get(4)?, r.get(5)?, r.get(6)?), r.get(7)?))
+                Ok((r.get(0)?, own, Self::agent_intervals_of(r.get(4)?, r.get(5)?, r.get(6)?), r.get(7)?, r.get(8)?))
             })?
             .collect::<Result<_, _>>()?
         };
         let mut update = self.conn.prepare("UPDATE environments SET status_window = ?2 WHERE id = ?1")?;
-        for (id, own, reported, stored) in rows {
-            let window = status_window(own.resolve(defaults), reported);
+        for (id, own, reported, stored, hold) in rows {
+            let window = status_window(own.resolve(defaults), reported, u32::try_from(hold).unwrap_or(0));
             if window != stored {
                 update.execute(params![id, window])?;
             }
@@ -1504,6 +1533,8 @@ impl Tx<'_> {
                 seq: r.get::<Option<i64>>(21)?.map_or(0, |v| v as u64),
                 root: root.and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok()).unwrap_or_else(empty_root),
                 agent_version: r.get(23)?,
+                session_hold: u32::try_from(r.get::<i64>(24)?).unwrap_or(0),
+                session_note: r.get(25)?,
             })
         })?;
         let items = rows.collect::<Result<Vec<_>, _>>()?;
@@ -1719,7 +1750,7 @@ mod tests {
                 if let Some(r) = reported {
                     s.set_agent_intervals(id, *r).unwrap();
                 }
-                let want = status_window(intervals.resolve(defaults), *reported);
+                let want = status_window(intervals.resolve(defaults), *reported, 0);
                 let item = s.fleet_item(id, 1000).unwrap();
                 assert_eq!(item.window, want, "{intervals:?} {reported:?} over {defaults:?}");
                 // Never polled: offline. Polled at the window's edge: online; one second more: offline.
@@ -1729,12 +1760,18 @@ mod tests {
                 assert_eq!(s.fleet_item(id, 1001 + want).unwrap().status, Status::Offline);
             }
         }
-        assert_eq!(status_window(Intervals { ping: 60, snapshot: 60, command: 60 }, None), 140);
-        assert_eq!(status_window(Intervals { ping: 0, snapshot: 300, command: 3600 }, None), 620);
+        assert_eq!(status_window(Intervals { ping: 60, snapshot: 60, command: 60 }, None, 0), 140);
+        assert_eq!(status_window(Intervals { ping: 0, snapshot: 300, command: 3600 }, None, 0), 620);
+        assert_eq!(
+            status_window(Intervals { ping: 60, snapshot: 60, command: 60 }, None, 1500),
+            3020,
+            "a held session's keepalives are its polls"
+        );
         assert_eq!(
             status_window(
                 Intervals { ping: 60, snapshot: 0, command: 0 },
-                Some(Intervals { ping: 600, snapshot: 0, command: 0 })
+                Some(Intervals { ping: 600, snapshot: 0, command: 0 }),
+                0
             ),
             1220,
             "while the agent still runs with a longer interval, that counts"

@@ -440,6 +440,10 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX login_failures_by_client ON login_failures(client, at);
     CREATE INDEX login_failures_by_time ON login_failures(at);",
+    // 18: the held session (issue #16): the keepalive period of the session
+    // the agent holds (0: it polls), and why it polls when it fell back.
+    "ALTER TABLE environments ADD COLUMN session_hold INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE environments ADD COLUMN session_note TEXT NOT NULL DEFAULT '';",
 ];
 
 /// The interval every timer runs at when neither the environment nor the
@@ -655,6 +659,11 @@ pub struct Store {
     /// inside the outer, so a whole poll is one transaction even though
     /// each store call makes its own.
     depth: std::cell::Cell<u32>,
+    /// The environments a command was queued for since
+    /// [`Store::take_queued`] last emptied it ([`CommandStore::enqueue_command`]):
+    /// whose held sessions [`pool::Pool`] wakes when its transaction
+    /// commits. Each environment once.
+    queued: std::cell::RefCell<Vec<u64>>,
     /// A reading connection ([`Store::open_reader`]): it refuses writes,
     /// and its transactions begin deferred, on a WAL snapshot.
     reader: bool,
@@ -880,13 +889,23 @@ impl Store {
     /// database when it connected).
     #[must_use]
     pub fn postgres(conn: postgres::Pg) -> Self {
-        Self { conn: Connection::new(Box::new(conn)), depth: std::cell::Cell::new(0), reader: false }
+        Self {
+            conn: Connection::new(Box::new(conn)),
+            depth: std::cell::Cell::new(0),
+            queued: std::cell::RefCell::default(),
+            reader: false,
+        }
     }
 
     /// A store whose every statement fails with `why` (see
     /// `pool::Unavailable`).
     fn unavailable(why: String) -> Self {
-        Self { conn: Connection::new(Box::new(pool::Unavailable(why))), depth: std::cell::Cell::new(0), reader: true }
+        Self {
+            conn: Connection::new(Box::new(pool::Unavailable(why))),
+            depth: std::cell::Cell::new(0),
+            queued: std::cell::RefCell::default(),
+            reader: true,
+        }
     }
 
     /// Which database this is.
@@ -925,6 +944,7 @@ impl Store {
         let store = Self {
             conn: Connection::new(Box::new(sqlite::Sqlite::new(conn)?)),
             depth: std::cell::Cell::new(0),
+            queued: std::cell::RefCell::default(),
             reader: false,
         };
         store.backfill()?;
@@ -952,6 +972,7 @@ impl Store {
         Ok(Self {
             conn: Connection::new(Box::new(sqlite::Sqlite::new(conn)?)),
             depth: std::cell::Cell::new(0),
+            queued: std::cell::RefCell::default(),
             reader: true,
         })
     }
@@ -1002,6 +1023,25 @@ impl Store {
         }
         self.depth.set(level + 1);
         Ok(Tx { store: self, conn: &self.conn, level, done: false, autocommit: false })
+    }
+
+    /// Notes that a command was queued for `environment` (see
+    /// [`Store::take_queued`]).
+    fn queued_for(&self, environment: u64) {
+        let mut queued = self.queued.borrow_mut();
+        if !queued.contains(&environment) {
+            queued.push(environment);
+        }
+    }
+
+    /// The environments a command was queued for since this was last
+    /// called, each once; empties the list. [`pool::Pool`] calls it before
+    /// a transaction (dropping what an earlier one, rolled back, left) and
+    /// after it commits (the environments to wake). A command queued in a
+    /// savepoint that was rolled back inside a committed transaction is
+    /// counted all the same: a wake that finds nothing is harmless.
+    pub(crate) fn take_queued(&self) -> Vec<u64> {
+        self.queued.take()
     }
 
     /// The storage traits on this connection without a transaction of

@@ -15,13 +15,18 @@
 //!
 //! A database in memory (tests) cannot be shared between connections, so
 //! there every call uses the writer.
+//!
+//! A write that queued a command wakes, once committed, the sessions held
+//! for its environments ([`Pool::wakes`]; other replicas on PostgreSQL
+//! hear of it through [`Pool::listen`]).
 
 use std::path::PathBuf;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::postgres::PgPool;
 use super::sql::{Db, Dialect, Error, Row, Scope, Value};
 use super::{Store, StoreError, Transaction};
+use crate::server::wakes::Wakes;
 
 /// Reading connections kept open when idle; more open when more reads run
 /// at once (each read runs on a blocking thread, so the threads bound them)
@@ -32,6 +37,9 @@ const IDLE_READERS: usize = 4;
 #[derive(Debug)]
 pub struct Pool {
     backend: Backend,
+    /// The sessions held for an environment, woken when a command is
+    /// queued for it.
+    wakes: Arc<Wakes>,
 }
 
 #[derive(Debug)]
@@ -59,13 +67,37 @@ impl Pool {
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
             },
+            wakes: Arc::default(),
         }
     }
 
     /// A pool of PostgreSQL connections.
     #[must_use]
     pub fn postgres(pool: PgPool) -> Self {
-        Self { backend: Backend::Postgres(pool) }
+        Self { backend: Backend::Postgres(pool), wakes: Arc::default() }
+    }
+
+    /// The sessions waiting for their environment's commands: woken when a
+    /// write that queued one for it commits (see [`Self::write`]).
+    #[must_use]
+    pub fn wakes(&self) -> &Arc<Wakes> {
+        &self.wakes
+    }
+
+    /// Starts hearing of the commands other replicas queue (PostgreSQL:
+    /// `LISTEN`, see [`PgPool::listen`]), on the current Tokio runtime, to
+    /// wake this pool's [`Self::wakes`]. It stops when the returned
+    /// [`Listener`] is dropped. `None` on SQLite, where this process is
+    /// the only writer.
+    ///
+    /// # Panics
+    /// When called outside a Tokio runtime.
+    #[must_use]
+    pub fn listen(&self) -> Option<Listener> {
+        match &self.backend {
+            Backend::Sqlite { .. } => None,
+            Backend::Postgres(pg) => Some(Listener(tokio::spawn(pg.listen(self.wakes.clone())))),
+        }
     }
 
     /// The SQLite file (`None`: in memory, or PostgreSQL).
@@ -101,7 +133,9 @@ impl Pool {
     /// committed when `f` returns `Ok`, rolled back when it returns `Err`
     /// (or panics): nothing half-written. Writers run one at a time, in the
     /// order they came (PostgreSQL: across every replica, in the order
-    /// they took the database's write lock).
+    /// they took the database's write lock). Once it committed, the
+    /// sessions held for each environment `f` queued a command for are
+    /// woken ([`Self::wakes`]); a rolled-back transaction wakes none.
     ///
     /// # Errors
     /// `f`'s, or the store's when the transaction cannot begin or commit.
@@ -154,16 +188,25 @@ impl Pool {
             *failed = true;
             E::from(e)
         };
-        let run = |store: &Store, db: &mut dyn FnMut(StoreError) -> E| {
+        let run = |store: &Store, db: &mut dyn FnMut(StoreError) -> E| -> Result<(T, Vec<u64>), E> {
+            // What a transaction rolled back before this one queued is not
+            // to be woken for.
+            store.take_queued();
             let tx = store.tx_in(scope).map_err(&mut *db)?;
             let out = f(&tx)?;
             tx.commit().map_err(db)?;
-            Ok(out)
+            Ok((out, store.take_queued()))
         };
-        match &self.backend {
+        let (out, queued) = match &self.backend {
             Backend::Sqlite { writer, .. } => run(&writer.lock().unwrap_or_else(PoisonError::into_inner), &mut db),
             Backend::Postgres(pg) => run(&Store::postgres(pg.get().map_err(&mut db)?), &mut db),
+        }?;
+        // After the writer is let go: a woken session's first step is a
+        // write of its own.
+        for environment in queued {
+            self.wakes.wake(environment);
         }
+        Ok(out)
     }
 
     /// Runs `f` with a reading connection, inside one read transaction, so
@@ -277,6 +320,18 @@ impl From<Store> for Pool {
     }
 }
 
+/// The task that forwards other replicas' wakes ([`Pool::listen`]);
+/// dropped, it stops, and its connection closes.
+#[derive(Debug)]
+#[must_use = "the listener stops when dropped"]
+pub struct Listener(tokio::task::JoinHandle<()>);
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A database that cannot be reached: every statement fails with why
 /// (what a read is handed when PostgreSQL has no connection to give).
 pub(super) struct Unavailable(pub String);
@@ -354,6 +409,46 @@ mod tests {
             assert!(refused.is_err(), "a reader refuses writes: {refused:?}");
         });
         assert_eq!(pool.read(|s| s.environment(env.id).unwrap().last_counter), 5, "the next read sees it");
+    }
+
+    #[test]
+    fn a_committed_command_wakes_its_environment_and_a_rolled_back_one_does_not() {
+        let pool = Pool::new(Store::in_memory().unwrap());
+        let (a, b) = pool
+            .write(|s| {
+                Ok::<_, StoreError>((
+                    s.create_environment("a", Secret([1; 32]), 0)?,
+                    s.create_environment("b", Secret([2; 32]), 0)?,
+                ))
+            })
+            .unwrap();
+        let pull = crate::wire::poll::Action::ImagePull("nginx".into());
+        let sub_a = pool.wakes().subscribe(a.id);
+        let sub_b = pool.wakes().subscribe(b.id);
+        // Rolled back: nobody is woken, and nothing is left to wake later.
+        let refused: Result<(), StoreError> = pool.write(|s| {
+            s.enqueue_command(a.id, &pull, 1)?;
+            Err(StoreError::NotFound(0))
+        });
+        assert!(refused.is_err());
+        assert!(!sub_a.is_woken() && !sub_b.is_woken(), "a rolled-back command wakes no one");
+        pool.write(|s| s.burn_counter(b.id, 1)).unwrap();
+        assert!(!sub_a.is_woken(), "nor does the next transaction, which queued nothing");
+        // Committed: its environment's sessions only, once it committed.
+        pool.write(|s| {
+            s.enqueue_command(a.id, &pull, 2)?;
+            s.enqueue_command(a.id, &pull, 2)?;
+            assert!(!sub_a.is_woken(), "not before the commit");
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+        assert!(sub_a.is_woken());
+        assert!(!sub_b.is_woken());
+        // A poll's transaction too.
+        pool.write_for(b.id, |s| s.enqueue_command(b.id, &pull, 3)).unwrap();
+        assert!(sub_b.is_woken());
+        drop((sub_a, sub_b));
+        assert_eq!(pool.wakes().environments(), 0);
     }
 
     #[test]

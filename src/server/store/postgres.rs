@@ -341,6 +341,8 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX login_failures_by_client ON login_failures(client, at);
     CREATE INDEX login_failures_by_time ON login_failures(at);"#,
+    r#"ALTER TABLE environments ADD COLUMN session_hold BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE environments ADD COLUMN session_note TEXT NOT NULL DEFAULT '';"#,
 ];
 
 /// A pool of connections to one PostgreSQL database, with the runtime
@@ -348,6 +350,9 @@ pub const MIGRATIONS: &[&str] = &[
 pub struct PgPool {
     pool: deadpool_postgres::Pool,
     rt: Arc<Runtime>,
+    /// Where the pool connects, for connections of their own
+    /// ([`Self::listen`]).
+    config: tokio_postgres::Config,
     /// The URL with any password hidden, for messages.
     shown: String,
 }
@@ -461,7 +466,7 @@ impl PgPool {
             .build()
             .map_err(|e| super::StoreError::Backend(Box::new(e)))?;
         let manager = deadpool_postgres::Manager::from_config(
-            config,
+            config.clone(),
             tokio_postgres::NoTls,
             deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Fast },
         );
@@ -475,7 +480,7 @@ impl PgPool {
                 .build()
                 .map_err(|e| super::StoreError::Backend(Box::new(e)))?
         };
-        Ok(Self { pool, rt: Arc::new(Runtime(Some(rt))), shown })
+        Ok(Self { pool, rt: Arc::new(Runtime(Some(rt))), config, shown })
     }
 
     /// The URL, password hidden.
@@ -545,6 +550,132 @@ impl PgPool {
         out?;
         unlock?;
         Ok(())
+    }
+}
+
+/// The channel a transaction that queues a command notifies, with the
+/// environment's id as the payload (`store::commands`), and every
+/// replica's [`PgPool::listen`] listens on.
+pub const WAKE_CHANNEL: &str = "tern_wake";
+
+/// [`PgPool::listen`]'s waits before connecting again: from 1 s, doubling
+/// (with jitter) up to 30 s.
+const LISTEN_RETRY: (std::time::Duration, std::time::Duration) =
+    (std::time::Duration::from_secs(1), std::time::Duration::from_secs(30));
+
+impl PgPool {
+    /// Forwards every replica's wakes (PostgreSQL's notifications on
+    /// [`WAKE_CHANNEL`], sent when a command is queued) to `wakes`, on a
+    /// connection of its own (`LISTEN` holds a session; the pool's
+    /// connections are shared). When the connection fails it connects
+    /// again, waiting longer each time it cannot (see [`LISTEN_RETRY`]);
+    /// each time it listens again it wakes every subscription, for the
+    /// notifications it may have missed.
+    ///
+    /// Runs for as long as the future is polled: spawn it on the runtime
+    /// that should carry the connection (the server's), and abort the task
+    /// to stop it. Its connection closes with it.
+    pub fn listen(&self, wakes: Arc<crate::server::wakes::Wakes>) -> impl Future<Output = ()> + Send + 'static {
+        let mut config = self.config.clone();
+        // The connection idles between notifications: a peer gone without
+        // a word (a NAT's dropped mapping, a crashed host) is noticed by
+        // keepalives in about a minute rather than the system's two hours.
+        config
+            .keepalives(true)
+            .keepalives_idle(std::time::Duration::from_secs(30))
+            .keepalives_interval(std::time::Duration::from_secs(10))
+            .keepalives_retries(3);
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(POOL_WAIT);
+        }
+        let shown = self.shown.clone();
+        async move { listen(&config, &shown, &wakes).await }
+    }
+}
+
+/// [`PgPool::listen`]'s loop: one connection after another, forever.
+async fn listen(config: &tokio_postgres::Config, shown: &str, wakes: &crate::server::wakes::Wakes) {
+    use backon::BackoffBuilder;
+    let fresh = || {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(LISTEN_RETRY.0)
+            .with_max_delay(LISTEN_RETRY.1)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    };
+    let mut backoff = fresh();
+    // Said once per outage, not at every attempt.
+    let mut failing = false;
+    loop {
+        let (listened, why) = listen_once(config, wakes, || {
+            if failing {
+                tracing::info!("database {shown}: listening for wakes again");
+            }
+        })
+        .await;
+        if listened {
+            backoff = fresh();
+            failing = false;
+        }
+        let wait = backoff.next().unwrap_or(LISTEN_RETRY.1);
+        if failing {
+            tracing::debug!("database {shown}: wake listener: {why}; again in {wait:?}");
+        } else {
+            tracing::warn!(
+                "database {shown}: the wake listener has no connection ({why}); connecting again in {wait:?} \
+                 (until then, commands queued through other replicas reach the agents held here late)"
+            );
+            failing = true;
+        }
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// One connection of [`listen`]: connects, listens, and forwards
+/// notifications until the connection ends. Whether it came to listen,
+/// and why it ended.
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    wakes: &crate::server::wakes::Wakes,
+    on_listening: impl FnOnce(),
+) -> (bool, String) {
+    let (client, mut connection) = match config.connect(tokio_postgres::NoTls).await {
+        Ok(c) => c,
+        Err(e) => return (false, from(e).to_string()),
+    };
+    let statement = format!("LISTEN {WAKE_CHANNEL}");
+    // The connection is driven here, beside the statement: its messages
+    // (the statement's answer too) come through `poll_message`.
+    let mut listen = std::pin::pin!(client.batch_execute(&statement));
+    let mut on_listening = Some(on_listening);
+    loop {
+        tokio::select! {
+            done = &mut listen, if on_listening.is_some() => match done {
+                Ok(()) => {
+                    if let Some(f) = on_listening.take() {
+                        f();
+                    }
+                    // Whatever was queued while no one listened.
+                    wakes.wake_all();
+                }
+                Err(e) => return (false, from(e).to_string()),
+            },
+            message = std::future::poll_fn(|cx| connection.poll_message(cx)) => match message {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                    // Anything but an environment id is not ours: ignored.
+                    if n.channel() == WAKE_CHANNEL
+                        && let Ok(environment) = n.payload().parse::<u64>()
+                    {
+                        wakes.wake(environment);
+                    }
+                }
+                // Notices: nothing to do.
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return (on_listening.is_none(), from(e).to_string()),
+                None => return (on_listening.is_none(), "the server closed the connection".into()),
+            },
+        }
     }
 }
 
@@ -1007,6 +1138,97 @@ mod tests {
             assert_eq!(table, &postgres.0[name], "table {name}");
         }
         assert_eq!(sqlite.1, postgres.1, "indexes");
+    }
+
+    /// Two replicas on one database, each with its listener: a command
+    /// queued through one wakes the sessions held on the other, and one
+    /// rolled back wakes nothing. Needs `TERN_TEST_POSTGRES`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_command_queued_on_one_replica_wakes_the_others_sessions() {
+        use crate::server::store::StoreError;
+        use crate::server::store::pool::Pool;
+        use crate::server::store::prelude::*;
+        use std::time::Duration;
+        let Some(url) = std::env::var("TERN_TEST_POSTGRES").ok().filter(|u| !u.is_empty()) else {
+            eprintln!("skipped: TERN_TEST_POSTGRES is not set");
+            return;
+        };
+        let name = format!("tern_wake_{}_{}", std::process::id(), fastrand::u32(..));
+        let (a, b, raw) = tokio::task::spawn_blocking(move || {
+            let db = PgPool::ensure_database(&url, &name).unwrap();
+            let pool = || PgPool::connect(&db).unwrap();
+            (Pool::postgres(pool()), Pool::postgres(pool()), pool())
+        })
+        .await
+        .unwrap();
+        let (a, b) = (Arc::new(a), Arc::new(b));
+        let write = |pool: &Arc<Pool>, f: fn(&dyn Transaction) -> Result<u64, StoreError>| {
+            let pool = pool.clone();
+            tokio::task::spawn_blocking(move || pool.write(f))
+        };
+        let env = write(&a, |s| Ok(s.create_environment("site", crate::auth::Secret([1; 32]), 0)?.id))
+            .await
+            .unwrap()
+            .unwrap();
+        let other = write(&a, |s| Ok(s.create_environment("yard", crate::auth::Secret([2; 32]), 0)?.id))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut on_a = a.wakes().subscribe(env);
+        let mut on_b = b.wakes().subscribe(env);
+        let mut other_on_b = b.wakes().subscribe(other);
+        let _listening_a = a.listen().expect("PostgreSQL listens");
+        let _listening_b = b.listen().expect("PostgreSQL listens");
+        let soon = Duration::from_secs(5);
+        // The work handed to `write` names no environment: it looks for
+        // this one.
+        fn site(s: &dyn Transaction) -> Result<u64, StoreError> {
+            Ok(s.environments()?.into_iter().find(|e| e.name == "site").map(|e| e.id).unwrap_or_default())
+        }
+        // Each listener wakes everything once it listens (it may have
+        // missed some): after that, it hears every notification.
+        tokio::time::timeout(soon, on_a.woken()).await.expect("a listens");
+        tokio::time::timeout(soon, on_b.woken()).await.expect("b listens");
+        tokio::time::timeout(soon, other_on_b.woken()).await.expect("b listens");
+        // Rolled back on a: b hears nothing.
+        let refused = write(&a, |s| {
+            s.enqueue_command(site(s)?, &crate::wire::poll::Action::ImagePull("x".into()), 1)?;
+            Err(StoreError::NotFound(0))
+        });
+        assert!(refused.await.unwrap().is_err());
+        assert!(tokio::time::timeout(Duration::from_millis(500), on_b.woken()).await.is_err(), "rolled back");
+        // Committed on a: b's session for that environment wakes, soon.
+        let id = write(&a, |s| s.enqueue_command(site(s)?, &crate::wire::poll::Action::ImagePull("nginx".into()), 2));
+        id.await.unwrap().unwrap();
+        tokio::time::timeout(soon, on_b.woken()).await.expect("b heard of a's command");
+        tokio::time::timeout(soon, on_a.woken()).await.expect("a woke its own");
+        assert!(!other_on_b.is_woken(), "another environment's session sleeps on");
+        // A payload that names no environment is ignored.
+        let raw = Arc::new(raw);
+        let run = |sql: &'static str, params: Vec<String>| {
+            let raw = raw.clone();
+            tokio::task::spawn_blocking(move || {
+                let params: Vec<Value> = params.into_iter().map(Value::Text).collect();
+                raw.get().unwrap().execute(sql, &params).unwrap()
+            })
+        };
+        run("SELECT pg_notify($1, 'not a number')", vec![WAKE_CHANNEL.into()]).await.unwrap();
+        run("SELECT pg_notify('elsewhere', $1)", vec![other.to_string()]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!on_b.is_woken() && !other_on_b.is_woken(), "not our channel, or not an environment");
+        // The listeners' connections are cut: each connects again, wakes
+        // everything (it may have missed some), and hears again.
+        let killed = run(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND query = $1",
+            vec![format!("LISTEN {WAKE_CHANNEL}")],
+        );
+        assert_eq!(killed.await.unwrap(), 2, "both listeners");
+        tokio::time::timeout(soon, on_b.woken()).await.expect("b listens again");
+        tokio::time::timeout(soon, other_on_b.woken()).await.expect("b listens again");
+        tokio::time::timeout(soon, on_a.woken()).await.expect("a listens again");
+        run("SELECT pg_notify($1, $2)", vec![WAKE_CHANNEL.into(), other.to_string()]).await.unwrap();
+        tokio::time::timeout(soon, other_on_b.woken()).await.expect("b hears again");
+        assert!(!on_b.is_woken());
     }
 
     #[test]

@@ -141,6 +141,15 @@ async fn render(ui: &Ui, id: u64, refused: Option<Refused<'_>>, saved: Option<&s
                         @if let Some(v) = env.item.agent_version.as_deref() { " (version " (v) ")" }
                         ". Polls from any other agent are refused. \
                         If that host was replaced, let the next agent that polls take the environment over." }
+                    p id="mode" {
+                        @if env.item.mode == "session" {
+                            "It holds a session: commands reach it as soon as they are queued. Keepalive every "
+                            (env.item.keepalive_s.unwrap_or(0)) " s, the longest silence its path's NAT allows (learned by the agent)."
+                        } @else {
+                            "It polls: commands wait for its next command poll."
+                            @if let Some(note) = env.item.mode_note.as_deref() { " Why: " (note) "." }
+                        }
+                    }
                     form method="post" action={ "/environments/" (id) "/reset-binding" } data-confirm="Let another agent take this environment over?" {
                         (csrf_field(&ui.csrf))
                         button type="submit" { "Reset the binding" }

@@ -282,6 +282,18 @@ pub struct EnvironmentView {
     /// last 30 days (see `GET /api/environments/{id}/usage` for detail).
     #[serde(default)]
     pub usage: UsageTotals,
+    /// How its agent reaches the server: `session` (a held session, which
+    /// delivers commands at once) or `polling`.
+    #[serde(default)]
+    pub mode: String,
+    /// In a held session: its keepalive period in seconds, the longest
+    /// silence the agent's path allows (learned from its NAT).
+    #[serde(default)]
+    pub keepalive_s: Option<u32>,
+    /// Why the agent polls rather than holding a session, as it said
+    /// (`EDGE_SESSION=off`, or what broke the session).
+    #[serde(default)]
+    pub mode_note: Option<String>,
 }
 
 /// Socket bytes of an environment's polls, up (from the agent) and down.

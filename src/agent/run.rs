@@ -130,6 +130,9 @@ struct SessionState {
     held: Option<HeldPoll>,
     /// Polling instead, until then.
     fallback_until: Option<Instant>,
+    /// No held poll before then: the last one's commands could not be
+    /// recorded (a full disk), and the next would bring them straight back.
+    pause_until: Option<Instant>,
     /// The fallback reason the server last heard ("" : none).
     told: String,
     /// Why the agent polls now ("" while it holds a session).
@@ -147,6 +150,9 @@ struct HeldPoll {
     period: Duration,
     sent_at: Instant,
     seen: u64,
+    /// It reported the intervals in force (they changed since the last
+    /// report): the server stops sending them once it has them.
+    intervals: bool,
 }
 
 /// Session breaks within [`BREAK_WINDOW`] that make the agent fall back to
@@ -431,6 +437,7 @@ impl<E: Engine, T: Transport> Agent<E, T> {
                     learner: super::keepalive::Learner::new(settings.keepalive_start, max, Some(store.dir())),
                     held: None,
                     fallback_until: None,
+                    pause_until: None,
                     told: String::new(),
                     why: String::new(),
                     breaks: std::collections::VecDeque::new(),
@@ -537,6 +544,12 @@ impl<E: Engine, T: Transport> Agent<E, T> {
             s.fallback_until = None;
             tracing::info!("trying a held session again");
         }
+        if let Some(until) = s.pause_until {
+            if Instant::now() < until {
+                return Ok(());
+            }
+            s.pause_until = None;
+        }
         let timeout = self.settings.request_timeout;
         let opened = tokio::time::timeout(timeout, self.transport.open_session()).await;
         match opened {
@@ -559,11 +572,19 @@ impl<E: Engine, T: Transport> Agent<E, T> {
         let period = s.learner.period();
         let seen = self.ledger.read(|j| j.seen);
         let fallback = if s.told.is_empty() { String::new() } else { "-".to_owned() };
+        // Intervals the server sent and the agent has not confirmed: until
+        // it does, the server sends them again, answering at once every
+        // held poll that leaves them out.
+        let intervals = (!self.intervals_reported).then(|| {
+            let [ping, snapshot, command] = interval_array(self.sched.intervals());
+            poll::Intervals { ping, snapshot, command }
+        });
         let request = PollRequest {
             base: self.sync.base().0,
             hold: u32::try_from(period.as_secs()).unwrap_or(u32::MAX),
             commands_seen: if seen > self.seen_reported { seen } else { 0 },
             fallback,
+            intervals,
             ..PollRequest::default()
         };
         let (counter, wire) = self.seal(&request)?;
@@ -573,7 +594,14 @@ impl<E: Engine, T: Transport> Agent<E, T> {
                 // Dead if unanswered a timeout after the hold ends.
                 let grace = self.settings.request_timeout.min(Duration::from_secs(30));
                 let s = self.session.as_mut().expect("checked above");
-                s.held = Some(HeldPoll { counter, deadline: now + period + grace, period, sent_at: now, seen });
+                s.held = Some(HeldPoll {
+                    counter,
+                    deadline: now + period + grace,
+                    period,
+                    sent_at: now,
+                    seen,
+                    intervals: intervals.is_some(),
+                });
                 if !s.why.is_empty() {
                     tracing::info!("holding a session: keepalive {} s", period.as_secs());
                     s.why.clear();
@@ -630,9 +658,29 @@ impl<E: Engine, T: Transport> Agent<E, T> {
             }
         }
         self.seen_reported = self.seen_reported.max(held.seen);
+        if held.intervals {
+            self.intervals_reported = true;
+        }
+        tracing::debug!(
+            after_ms = held.sent_at.elapsed().as_millis() as u64,
+            commands = reply.commands.len(),
+            resync = reply.resync,
+            intervals = reply.intervals.is_some(),
+            "held poll answered"
+        );
+        let seen = self.ledger.read(|j| j.seen);
+        let offered = reply.commands.iter().any(|c| c.id > seen) || reply.unknown_commands.iter().any(|&id| id > seen);
         let commands = self.take_reply(&reply, &[])?;
         if commands > 0 {
             tracing::debug!(commands, "commands pushed on the session");
+        } else if offered {
+            // Not taken (the journal cannot be written): the server would
+            // answer the next held poll with them at once, round after
+            // round. Polls at the command interval try again meanwhile.
+            let wait = self.sched.intervals().command.unwrap_or(Duration::from_secs(60));
+            if let Some(s) = self.session.as_mut() {
+                s.pause_until = Some(Instant::now() + wait);
+            }
         }
         if reply.resync {
             self.sched.hurry(self.now());

@@ -68,6 +68,8 @@ pub struct Spec {
     pub faketime: bool,
     /// Seeds the link's loss.
     pub seed: u64,
+    /// The agent holds a session (`EDGE_SESSION=on`) instead of polling.
+    pub session: bool,
 }
 
 impl Spec {
@@ -82,7 +84,14 @@ impl Spec {
             data_tmpfs_kib: None,
             faketime: false,
             seed: 12,
+            session: false,
         }
+    }
+
+    /// The scenario's name with its mode: `flap` polls, `flap-session`
+    /// holds a session.
+    pub fn label(&self) -> String {
+        if self.session { format!("{}-session", self.name) } else { self.name.to_owned() }
     }
 }
 
@@ -507,7 +516,7 @@ impl Rig {
             .api_ok(
                 "POST",
                 "/api/environments",
-                Some(json!({"name": spec.name, "url": url, "intervals": {"ping": i, "snapshot": i, "command": i}})),
+                Some(json!({"name": spec.label(), "url": url, "intervals": {"ping": i, "snapshot": i, "command": i}})),
                 201,
             )
             .await;
@@ -535,6 +544,8 @@ impl Rig {
         if let Some(t) = spec.poll_timeout {
             vars.push(("EDGE_POLL_TIMEOUT".to_owned(), t.to_string()));
         }
+        // In a session the keepalive is capped by the ping interval: 5 s.
+        vars.push(("EDGE_SESSION".to_owned(), if spec.session { "on" } else { "off" }.to_owned()));
         if spec.faketime {
             vars.extend([
                 ("LD_PRELOAD".to_owned(), LIBFAKETIME.to_owned()),
@@ -575,7 +586,7 @@ impl Rig {
 
     /// Says what happens, with the scenario's clock.
     pub fn say(&self, msg: impl std::fmt::Display) {
-        eprintln!("[{} {:>6.1} s] {msg}", self.spec.name, self.t0.elapsed().as_secs_f64());
+        eprintln!("[{} {:>6.1} s] {msg}", self.spec.label(), self.t0.elapsed().as_secs_f64());
     }
 
     // ----- the API -----
@@ -624,9 +635,15 @@ impl Rig {
         let n = self.polls().await;
         let deadline = Instant::now() + Duration::from_secs(u64::from(INTERVAL) * 6 + 30);
         while self.polls().await == n {
-            assert!(Instant::now() < deadline, "{}: no poll for a long while", self.spec.name);
+            assert!(Instant::now() < deadline, "{}: no poll for a long while", self.spec.label());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The agent's failed attempts to reach the server so far: failed
+    /// polls, session steps that failed, and held polls found dead.
+    pub fn failed_attempts(&self) -> usize {
+        self.agent_log().lines().filter(|l| l.contains("; retrying in ") || l.contains("no keepalive within")).count()
     }
 
     /// The root digest the server holds.
@@ -698,7 +715,7 @@ impl Rig {
             assert!(
                 Instant::now() < deadline,
                 "{}: no {action} event of {name} within {limit:?}; agent log tail:\n{}",
-                self.spec.name,
+                self.spec.label(),
                 self.agent_log_tail(30)
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -738,7 +755,7 @@ impl Rig {
                 if t.elapsed() > limit {
                     panic!(
                         "{}: {what}: no poll answered within {limit:?}\nagent exits: {:?}\nagent log tail:\n{}",
-                        self.spec.name,
+                        self.spec.label(),
                         self.agent_exits(),
                         self.agent_log_tail(40)
                     );
@@ -763,7 +780,7 @@ impl Rig {
             if t.elapsed() > limit {
                 panic!(
                     "{}: {what}: no convergence within {limit:?} ({last})\nagent exits: {:?}\nagent log tail:\n{}\nserver log tail:\n{}",
-                    self.spec.name,
+                    self.spec.label(),
                     self.agent_exits(),
                     self.agent_log_tail(40),
                     tail(&self.server_log, 20)
@@ -892,7 +909,7 @@ impl Rig {
         let exits = self.agent_exits();
         println!(
             "link-fault {}: converged in {:.1} s; bytes up {} / down {} from queueing to convergence ({} / {} in all; {} of {} packets lost up, {} of {} down); commands queued {}, ran {} (engine events), results at server {} (ok {}, uncertain {}){}{}",
-            self.spec.name,
+            self.spec.label(),
             converge.as_secs_f64(),
             fault.up.bytes,
             fault.down.bytes,
@@ -933,13 +950,15 @@ impl Rig {
                 .collect();
             panic!(
                 "{}: {}\nengine events:\n  {}\nagent exits: {exits:?}\nagent log (commands, polls that failed):\n{}",
-                self.spec.name,
+                self.spec.label(),
                 failures.join("\n"),
                 events.join("\n  "),
                 self.agent_log()
                     .lines()
                     .filter(|l| l.contains("command")
                         || l.contains("failed")
+                        || l.contains("session")
+                        || l.contains("keepalive")
                         || l.contains("ERROR")
                         || l.contains("rror"))
                     .take(60)
@@ -955,7 +974,7 @@ impl Drop for Rig {
     /// Keeps the scenario's logs (agent, server, engine) in
     /// `target/tmp/link_faults/<name>/` before the run's directory goes.
     fn drop(&mut self) {
-        let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join("link_faults").join(self.spec.name);
+        let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join("link_faults").join(self.spec.label());
         let _ = std::fs::remove_dir_all(&keep);
         if std::fs::create_dir_all(&keep).is_ok() {
             for f in ["agent.log", "server.log", "dockerd.log"] {

@@ -25,6 +25,9 @@ use tern_bench::wirebench::{Options, Profile, markdown, setup};
 /// keep the test near three minutes (the benchmark runs 60).
 const IDLE_POLLS: u64 = 15;
 
+/// Commands in each mode, polling and holding a session (issue #16).
+const COMMANDS: usize = 5;
+
 #[test]
 fn clean_link_bytes_stay_within_their_budgets() {
     if !setup::privileged() {
@@ -41,6 +44,7 @@ fn clean_link_bytes_stay_within_their_budgets() {
         repo: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
         seed: 1,
         restarts: 3,
+        commands: COMMANDS,
         verbose: true,
     };
     let report = tern_bench::wirebench::run(&options).expect("the on-wire benchmark runs");
@@ -86,6 +90,31 @@ fn clean_link_bytes_stay_within_their_budgets() {
         churn.baseline.bytes(),
         churn.baseline.bytes() as f64 / churn.tern.bytes() as f64
     );
+
+    // The held session's targets (issue #16), on the same run: a keepalive
+    // cheaper than an idle poll, the churn trace no dearer than polling's,
+    // commands delivered within a round trip (nothing, on this link) plus
+    // 100 ms at the median, and no reconnect on a clean link.
+    let x = report.session.as_ref().expect("the run measured the held session");
+    let median = |v: &[u64]| {
+        let mut v = v.to_vec();
+        v.sort_unstable();
+        v.get(v.len() / 2).copied().unwrap_or(u64::MAX)
+    };
+    let delivered = median(&x.session_commands.delivered_ms);
+    let session_checks = [
+        ("held session: a keepalive, both ways (B)", x.idle.per_poll(), per_poll("idle_kept_alive") - 1),
+        ("held session: the churn trace (B)", x.churn.bytes(), churn.tern.bytes()),
+        ("held session: command delivered, median (ms)", delivered, 100),
+        ("held session: reconnects", x.reconnects, 0),
+    ];
+    for (what, got, target) in session_checks {
+        println!("target: {what}: {got} (at most {target})");
+        if got > target {
+            failures.push(format!("{what}: {got} > {target}"));
+        }
+    }
+    assert!(!x.churn_ms.is_empty() && x.session_commands.result_ms.len() == COMMANDS, "{x:?}");
 
     // Every byte the devices saw, the link counted.
     let c = &report.crosscheck;

@@ -1018,6 +1018,10 @@ impl<E: Engine, T: Transport> Agent<E, T> {
     /// why the agent polls (it fell back, or EDGE_SESSION=off).
     fn fallback_note(&self) -> String {
         match &self.session {
+            // Polling as configured (EDGE_SESSION=off): said in the first
+            // poll, so a server that saw this agent hold a session before
+            // its restart shows it polling.
+            None if !self.named => "-".to_owned(),
             None => String::new(),
             Some(s) if !s.why.is_empty() && s.told != s.why => s.why.clone(),
             Some(_) => String::new(),

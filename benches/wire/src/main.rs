@@ -47,6 +47,10 @@ struct WireArgs {
     /// Polls in each idle scenario.
     #[arg(long, default_value_t = 60)]
     idle_polls: u64,
+    /// Commands queued in each mode, polling and holding a session, for
+    /// their latency (issue #16); 0 leaves the held session out.
+    #[arg(long, default_value_t = 20)]
+    commands: usize,
     /// Where the results go (<profile>.md, <profile>.json, results.md).
     #[arg(long, default_value = "wirebench-results")]
     out: PathBuf,
@@ -94,7 +98,7 @@ fn main() -> ExitCode {
 #[cfg(target_os = "linux")]
 fn wire(args: WireArgs) -> anyhow::Result<()> {
     use tern_bench::wirebench::{self, Options, Profile, Report};
-    let WireArgs { profile, idle_polls, out, svg, seed, repo, tern, agent, report: saved } = args;
+    let WireArgs { profile, idle_polls, commands, out, svg, seed, repo, tern, agent, report: saved } = args;
     if !saved && !repo.join("scripts/make-fixtures.sh").is_file() {
         anyhow::bail!(
             "{} is not tern's source tree (no scripts/make-fixtures.sh): run from its root or pass --repo",
@@ -132,6 +136,7 @@ fn wire(args: WireArgs) -> anyhow::Result<()> {
                 repo: repo.clone(),
                 seed,
                 restarts: 3,
+                commands,
                 verbose: true,
             };
             wirebench::run(&options).with_context(|| format!("profile {name}"))?

@@ -123,6 +123,10 @@ pub struct Options {
     /// Agent and server restarts, each; their figures are the median
     /// restart's.
     pub restarts: usize,
+    /// Commands queued one at a time in each mode, polling and holding a
+    /// session, for their latency; 0 leaves the held session's scenarios
+    /// out.
+    pub commands: usize,
     /// Print progress on stderr.
     pub verbose: bool,
 }
@@ -211,6 +215,52 @@ pub struct Latencies {
     pub baseline_delivery_ms: Vec<u64>,
     /// Events tern's server had not seen within the limit.
     pub missed: Vec<String>,
+}
+
+/// Commands queued one at a time (`container.logs`, one line: it changes
+/// nothing the agent reports), each right after the one before has its
+/// result, at a point of the interval that moves from one to the next.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CommandLatency {
+    /// From the queueing request to the agent starting the command (its
+    /// log's `running command` line, the same machine's clock), ms.
+    pub delivered_ms: Vec<u64>,
+    /// From the queueing request to the server holding its result (`GET
+    /// /api/commands/{id}` read every 10 ms), ms.
+    pub result_ms: Vec<u64>,
+    /// Every byte of tern's flow from before the first to after the last.
+    pub bytes: u64,
+    /// Polls (held polls and keepalives included) meanwhile.
+    pub polls: u64,
+}
+
+/// The held session (issue #16) against polling, on the same host, link,
+/// server and agent: the agent restarted with `EDGE_SESSION=on`, its
+/// keepalive capped at the run's interval (the ping interval).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SessionFigures {
+    /// The keepalive the agent held in the idle scenario (the ping
+    /// interval, which caps it, set to the run's interval), seconds.
+    pub keepalive_s: u64,
+    /// The keepalive during the commands and the churn trace, seconds: the
+    /// ping interval off, so it is the agent's own (its first, 90 s, on a
+    /// path that has not failed one), as in the field, where it is minutes
+    /// against a snapshot interval of a minute.
+    #[serde(default)]
+    pub held_s: u64,
+    /// Idle keepalives (each a held poll and its empty answer).
+    pub idle: Side,
+    /// The churn trace again, in the session.
+    pub churn: Side,
+    /// Event to server for each churn event, ms (as `Latencies::tern_ms`).
+    pub churn_ms: Vec<u64>,
+    /// Commands while polling at the run's interval.
+    pub polling_commands: CommandLatency,
+    /// Commands in the session.
+    pub session_commands: CommandLatency,
+    /// Held polls found dead and connections made again during the
+    /// session's scenarios (the agent's log).
+    pub reconnects: u64,
 }
 
 /// The link's counters against the devices' own.
@@ -336,6 +386,10 @@ pub struct Report {
     /// The gap `baseline_body_gap` was measured over, seconds (about 60
     /// with the benchmark's 60 polls a second apart; shorter in the CI test).
     pub baseline_body_gap_s: u64,
+    /// The held session against polling (none when `commands` was 0, or
+    /// in runs saved before it was measured).
+    #[serde(default)]
+    pub session: Option<SessionFigures>,
     /// Forwarder against devices.
     pub crosscheck: CrossCheck,
     /// Seconds to build the host.
@@ -521,6 +575,7 @@ impl AgentProc {
         data: &Path,
         docker_host: &str,
         log: &Path,
+        session: bool,
     ) -> anyhow::Result<Self> {
         let logfile = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
         // A clean environment: the agent refuses EDGE_*/AGENT_* it does not know.
@@ -534,7 +589,10 @@ impl AgentProc {
             .env("DATA_PATH", data)
             .env("DOCKER_HOST", docker_host)
             .env("EDGE_COMPOSE", "builtin")
+            .env("EDGE_SESSION", if session { "on" } else { "off" })
             .env("LOG_LEVEL", "info")
+            // One JSON object a line: the command latencies read its times.
+            .env("LOG_FORMAT", "json")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(logfile)
@@ -686,6 +744,63 @@ impl Bench<'_> {
         Side { packets: self.link.packets(class, from.at, to.at), ..Side::new(from, to, Vec::new()) }
     }
 
+    /// Queues `count` commands one at a time and times each (see
+    /// [`CommandLatency`]).
+    async fn commands(&mut self, agent_log: &Path, count: usize, target: &str) -> anyhow::Result<CommandLatency> {
+        let mut out = CommandLatency::default();
+        let limit = self.interval() * 4 + Duration::from_secs(30);
+        let m0 = self.mark(Class::Tern).await?;
+        for i in 0..count {
+            // Where in the interval a command falls is what polling's wait
+            // depends on: spread them over it (i × 3/7 of an interval on).
+            let phase = self.interval().mul_f64((i * 3 % 7) as f64 / 7.0);
+            tokio::time::sleep(phase + Duration::from_millis(50)).await;
+            let body = serde_json::json!({"action": "container.logs", "target": target, "tail": 1});
+            let path = format!("/api/environments/{}/commands", self.api.env);
+            // From the request (a session's push can reach the agent before
+            // the API's answer reaches the operator).
+            let (queued, at) = (time::OffsetDateTime::now_utc(), Instant::now());
+            let (status, v) = self.api.call(hyper::Method::POST, &path, Some(body)).await?;
+            if status != 201 {
+                bail!("queueing a command: {status} {v}");
+            }
+            let id = v["id"].as_u64().context("command id")?;
+            loop {
+                let (_, c) = self.api.call(hyper::Method::GET, &format!("/api/commands/{id}"), None).await?;
+                match c["status"].as_str() {
+                    Some("ok") => break,
+                    Some(s @ ("failed" | "rejected" | "cancelled")) => bail!("command {id} {s}: {c}"),
+                    _ if at.elapsed() > limit => bail!("command {id} has no result after {limit:?}: {c}"),
+                    _ => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+            out.result_ms.push(at.elapsed().as_millis() as u64);
+            let ran = ran_at(agent_log, id).with_context(|| format!("command {id}: no 'running command' line"))?;
+            out.delivered_ms.push(u64::try_from((ran - queued).whole_milliseconds()).unwrap_or(0));
+        }
+        let m1 = self.mark(Class::Tern).await?;
+        out.bytes = m1.counts.since(&m0.counts).bytes();
+        out.polls = m1.polls - m0.polls;
+        Ok(out)
+    }
+
+    /// Waits until the server says the agent is in `mode` (`session` or
+    /// `polling`); the environment as it says so.
+    async fn wait_mode(&mut self, mode: &str, limit: Duration) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let (_, v) =
+                self.api.call(hyper::Method::GET, &format!("/api/environments/{}", self.api.env), None).await?;
+            if v["mode"] == mode {
+                return Ok(v);
+            }
+            if Instant::now() > deadline {
+                bail!("the agent is not in mode {mode} after {limit:?}: {v}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn engine_root(&self) -> anyhow::Result<String> {
         let raw = tern::agent::collect(&self.docker).await?;
         let state = raw.canonical(&tern::agent::CanonicalOptions::default())?;
@@ -713,6 +828,27 @@ impl Bench<'_> {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
+}
+
+/// When the agent's JSON log says it started command `id`.
+fn ran_at(log: &Path, id: u64) -> Option<time::OffsetDateTime> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find_map(|v| {
+        let f = &v["fields"];
+        (f["message"] == "running command" && f["command"].as_u64() == Some(id))
+            .then(|| v["timestamp"].as_str())
+            .flatten()
+            .and_then(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())
+    })
+}
+
+/// Lines of the agent's JSON log whose message starts with one of `what`.
+fn log_count(log: &Path, what: &[&str]) -> u64 {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["fields"]["message"].as_str().is_some_and(|m| what.iter().any(|w| m.starts_with(w))))
+        .count() as u64
 }
 
 /// The churn trace: docker CLI events on the fixture host, each quick (so
@@ -958,7 +1094,7 @@ async fn run_async(options: &Options) -> anyhow::Result<Report> {
     let agent_log = run.dir.join("agent.log");
     let agent_data = run.dir.join("agent");
     let mut agent =
-        AgentProc::start(&options.agent, &run.netns, &edge_key, &agent_data, &run.docker_host(), &agent_log)?;
+        AgentProc::start(&options.agent, &run.netns, &edge_key, &agent_data, &run.docker_host(), &agent_log, false)?;
     b.baseline = Some(portainer::Client::start(portainer::ClientConfig {
         ip: host_ip.clone(),
         port: sink.port,
@@ -1030,6 +1166,7 @@ async fn run_async(options: &Options) -> anyhow::Result<Report> {
 
     // 3. The churn trace.
     let events = churn_events();
+    let events_of_trace = events.clone();
     let mut latency = Latencies::default();
     let (t0, b0) = (b.mark(Class::Tern).await?, b.mark(Class::Baseline).await?);
     let cpu0 = cpu_ms(agent.child.id())?;
@@ -1086,7 +1223,15 @@ async fn run_async(options: &Options) -> anyhow::Result<Report> {
     for _ in 0..options.restarts.max(1) {
         let (t0, b0) = (b.mark(Class::Tern).await?, b.mark(Class::Baseline).await?);
         agent.stop();
-        agent = AgentProc::start(&options.agent, &run.netns, &edge_key, &agent_data, &run.docker_host(), &agent_log)?;
+        agent = AgentProc::start(
+            &options.agent,
+            &run.netns,
+            &edge_key,
+            &agent_data,
+            &run.docker_host(),
+            &agent_log,
+            false,
+        )?;
         b.baseline.as_ref().expect("started").restart();
         b.wait_polls(Class::Tern, t0.polls + 1, limit).await?;
         let t1 = b.mark(Class::Tern).await?;
@@ -1112,7 +1257,99 @@ async fn run_async(options: &Options) -> anyhow::Result<Report> {
     }
     scenarios.push(median_of("server_restart", "server restart", sides));
 
-    // 6. Idle polls, every connection closed between polls. The server
+    // 6. The held session against polling (issue #16): commands while
+    // polling, then the agent again with EDGE_SESSION=on: idle
+    // keepalives, commands, the churn trace; then polling again.
+    let session = if options.commands > 0 {
+        let target = "shop_web_1";
+        b.say("commands, polling");
+        let polling_commands = b.commands(&agent_log, options.commands, target).await?;
+        let lost0 = log_count(&agent_log, &["no keepalive within", "the session closed"]);
+        agent.stop();
+        agent =
+            AgentProc::start(&options.agent, &run.netns, &edge_key, &agent_data, &run.docker_host(), &agent_log, true)?;
+        let env = b.wait_mode("session", limit).await?;
+        let keepalive_s = env["keepalive_s"].as_u64().unwrap_or(0);
+        b.say(format!("holding a session, keepalive {keepalive_s} s"));
+        // Idle keepalives: a held poll and its empty answer each.
+        let keepalives = n.min(20);
+        let t0 = b.mark(Class::Tern).await?;
+        b.wait_polls(Class::Tern, t0.polls + keepalives, limit + interval * 3 * keepalives as u32).await?;
+        let t1 = b.mark(Class::Tern).await?;
+        let idle = Side::new(&t0, &t1, b.cycles(Class::Tern, &t0, &t1));
+        b.say(format!("session idle: {} B a keepalive", idle.per_poll()));
+        // The rest with the ping interval off: the keepalive is the agent's
+        // own, minutes as in the field, not the run's interval.
+        let path = format!("/api/environments/{}/intervals", b.api.env);
+        let (i, body) = (profile.interval, |ping| serde_json::json!({"ping": ping, "snapshot": i, "command": i}));
+        let (status, v) = b.api.call(hyper::Method::PUT, &path, Some(body(0))).await?;
+        if status != 200 {
+            bail!("setting the ping interval off: {status} {v}");
+        }
+        let held_s = {
+            let deadline = Instant::now() + limit;
+            loop {
+                let (_, v) = b.api.call(hyper::Method::GET, &format!("/api/environments/{}", b.api.env), None).await?;
+                let k = v["keepalive_s"].as_u64().unwrap_or(0);
+                if k > u64::from(i) * 4 {
+                    break k;
+                }
+                if Instant::now() > deadline {
+                    bail!("the keepalive did not grow with the ping interval off: {v}");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        b.say(format!("commands, session (keepalive {held_s} s)"));
+        let session_commands = b.commands(&agent_log, options.commands, target).await?;
+        // The churn trace again. It removed the fixture's volume `scratch`:
+        // made again first, outside the measurement.
+        run.docker(&["volume", "create", "scratch"]).context("volume create scratch")?;
+        b.converge(limit).await?;
+        let mut churn_ms = Vec::new();
+        let t0 = b.mark(Class::Tern).await?;
+        for (what, args) in &events_of_trace {
+            b.mark(Class::Tern).await?;
+            run.docker(args).with_context(|| format!("churn event {what} (session)"))?;
+            match b.converge(limit).await? {
+                Some(d) => churn_ms.push(d.as_millis() as u64),
+                None => latency.missed.push(format!("{what} (session)")),
+            }
+        }
+        let t1 = b.mark(Class::Tern).await?;
+        let churn = Side::new(&t0, &t1, Vec::new());
+        b.say(format!("session churn: {} B", churn.bytes()));
+        let reconnects = log_count(&agent_log, &["no keepalive within", "the session closed"]) - lost0;
+        let (status, v) = b.api.call(hyper::Method::PUT, &path, Some(body(i))).await?;
+        if status != 200 {
+            bail!("setting the ping interval back: {status} {v}");
+        }
+        agent.stop();
+        agent = AgentProc::start(
+            &options.agent,
+            &run.netns,
+            &edge_key,
+            &agent_data,
+            &run.docker_host(),
+            &agent_log,
+            false,
+        )?;
+        b.wait_mode("polling", limit).await?;
+        Some(SessionFigures {
+            keepalive_s,
+            held_s,
+            idle,
+            churn,
+            churn_ms,
+            polling_commands,
+            session_commands,
+            reconnects,
+        })
+    } else {
+        None
+    };
+
+    // 7. Idle polls, every connection closed between polls. The server
     // restarts with the short idle timeout (not measured), then settles.
     server.stop();
     server = ServerProc::start(
@@ -1171,6 +1408,7 @@ async fn run_async(options: &Options) -> anyhow::Result<Report> {
         baseline_body_gap,
         baseline_body_interval,
         baseline_body_gap_s: gap,
+        session,
         crosscheck,
         setup_s,
         total_s: start.elapsed().as_secs_f64(),

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::{Report, Side};
+use super::{Report, SessionFigures, Side};
 
 /// `12307` as `12,307`.
 pub fn thousands(n: u64) -> String {
@@ -139,6 +139,9 @@ pub fn markdown(r: &Report) -> String {
             a.peak_rss_kib as f64 / 1024.0
         );
     }
+    if let Some(x) = &r.session {
+        session_markdown(&mut out, r, x);
+    }
     let c = &r.crosscheck;
     let _ = writeln!(
         out,
@@ -157,6 +160,78 @@ pub fn markdown(r: &Report) -> String {
         r.total_s
     );
     out
+}
+
+/// The held session against polling, on the same run.
+fn session_markdown(out: &mut String, r: &Report, x: &SessionFigures) {
+    let interval = r.profile.interval;
+    let idle_poll = r.scenario("idle_kept_alive").map_or(0, |s| s.tern.per_poll());
+    let churn = r.scenario("churn_trace").map(|s| &s.tern);
+    let p = |v: &[u64], q: f64| thousands(percentile(v, q));
+    let _ = writeln!(
+        out,
+        "\n**Held session against polling** (the same agent restarted with `EDGE_SESSION=on`; idle keepalives \
+         of {} s, capped by the ping interval; then the ping interval off, as a field agent behind a NAT runs, \
+         for the commands and the churn trace: keepalive {} s, snapshot and command intervals {interval} s; {} \
+         commands each, `container.logs` of one line, spread over the interval):\n",
+        x.keepalive_s,
+        x.held_s,
+        x.polling_commands.result_ms.len()
+    );
+    let _ = writeln!(out, "| | polling every {interval} s | held session |");
+    let _ = writeln!(out, "|---|---:|---:|");
+    let _ = writeln!(
+        out,
+        "| idle: one poll / one keepalive (median cycle) | {} B | {} B |",
+        thousands(idle_poll),
+        thousands(x.idle.per_poll())
+    );
+    let (pc, sc) = (&x.polling_commands, &x.session_commands);
+    let _ = writeln!(
+        out,
+        "| command queued → delivered, p50 / p99 | {} / {} ms | {} / {} ms |",
+        p(&pc.delivered_ms, 0.5),
+        p(&pc.delivered_ms, 0.99),
+        p(&sc.delivered_ms, 0.5),
+        p(&sc.delivered_ms, 0.99)
+    );
+    let _ = writeln!(
+        out,
+        "| command queued → result at the server, p50 / p99 | {} / {} ms | {} / {} ms |",
+        p(&pc.result_ms, 0.5),
+        p(&pc.result_ms, 0.99),
+        p(&sc.result_ms, 0.5),
+        p(&sc.result_ms, 0.99)
+    );
+    let _ = writeln!(
+        out,
+        "| the commands' bytes (polls meanwhile) | {} B ({}) | {} B ({}) |",
+        thousands(pc.bytes),
+        pc.polls,
+        thousands(sc.bytes),
+        sc.polls
+    );
+    if let Some(c) = churn {
+        let _ = writeln!(
+            out,
+            "| churn trace ({} events): bytes (polls) | {} B ({}) | {} B ({}) |",
+            r.events.len(),
+            thousands(c.bytes()),
+            c.polls,
+            thousands(x.churn.bytes()),
+            x.churn.polls
+        );
+    }
+    let _ = writeln!(
+        out,
+        "| churn: event to server, median / 90th percentile | {} / {} ms | {} / {} ms |",
+        p(&r.latency.tern_ms, 0.5),
+        p(&r.latency.tern_ms, 0.9),
+        p(&x.churn_ms, 0.5),
+        p(&x.churn_ms, 0.9)
+    );
+    let _ = writeln!(out, "| reconnects during the session's scenarios | | {} |", x.reconnects);
+    let _ = writeln!(out);
 }
 
 /// The profiles side by side.

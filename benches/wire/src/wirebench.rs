@@ -104,6 +104,10 @@ impl Profile {
     }
 }
 
+/// How old the baseline's containers read in the scenario of containers
+/// hours old (`idle_kept_alive_aged`).
+pub const BASELINE_AGE: Duration = Duration::from_secs(2 * 3600);
+
 /// How to run.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -418,6 +422,13 @@ impl Report {
     pub fn baseline_per_day(&self, new_connection: bool) -> u64 {
         let key = if new_connection { "idle_new_connection" } else { "idle_kept_alive" };
         self.scenario(key).map_or(0, |s| s.baseline.per_poll() * 1440)
+    }
+
+    /// The baseline's bytes a day, kept alive, its host as in the field
+    /// (containers hours old, images in one order; `None` in runs saved
+    /// before that scenario).
+    pub fn baseline_aged_per_day(&self) -> Option<u64> {
+        self.scenario("idle_kept_alive_aged").map(|s| s.baseline.per_poll() * 1440)
     }
 
     /// What the churn trace cost above idling, (tern, baseline): its bytes
@@ -1164,6 +1175,41 @@ async fn run_async(options: &Options) -> anyhow::Result<Report> {
         scenarios[1].baseline.per_poll()
     ));
 
+    // 2b. The same, the baseline reading its engine as a field host's:
+    // containers as if started hours ago (their status texts, "Up 2
+    // hours", then change once an hour, not at every poll) and images in
+    // one order (see `portainer::field_image_order`). Its first poll after
+    // the switch (every text changes at once) is left out.
+    let baseline = b.baseline.as_ref().expect("started");
+    baseline.set_age(BASELINE_AGE);
+    let p = baseline.polls();
+    b.wait_polls(Class::Baseline, p + 2, limit).await?;
+    let (t0, b0) = (b.mark(Class::Tern).await?, b.mark(Class::Baseline).await?);
+    let wait = limit + (interval * 2 + Duration::from_secs(5)) * n as u32;
+    b.wait_polls(Class::Tern, t0.polls + n, wait).await?;
+    let t1 = b.mark(Class::Tern).await?;
+    b.wait_polls(Class::Baseline, b0.polls + n, wait).await?;
+    let b1 = b.mark(Class::Baseline).await?;
+    let (tc, bc) = (b.cycles(Class::Tern, &t0, &t1), b.cycles(Class::Baseline, &b0, &b1));
+    scenarios.push(Scenario {
+        key: "idle_kept_alive_aged".into(),
+        name: format!(
+            "{n} idle polls, kept alive, the baseline's host as in the field (containers {} h old)",
+            BASELINE_AGE.as_secs() / 3600
+        ),
+        tern: Side::new(&t0, &t1, tc),
+        baseline: Side::new(&b0, &b1, bc),
+    });
+    b.say(format!(
+        "idle, the baseline's host as in the field: tern {} B/poll, baseline {} B/poll",
+        scenarios[2].tern.per_poll(),
+        scenarios[2].baseline.per_poll()
+    ));
+    // The rest as before: containers as the engine has them.
+    b.baseline.as_ref().expect("started").set_age(Duration::ZERO);
+    let p = b.polls(Class::Baseline).await?;
+    b.wait_polls(Class::Baseline, p + 2, limit).await?;
+
     // 3. The churn trace.
     let events = churn_events();
     let events_of_trace = events.clone();
@@ -1216,7 +1262,7 @@ async fn run_async(options: &Options) -> anyhow::Result<Report> {
         tern: Side::new(&t0, &t1, Vec::new()),
         baseline: Side::new(&b0, &b1, Vec::new()),
     });
-    b.say(format!("churn: tern {} B, baseline {} B", scenarios[2].tern.bytes(), scenarios[2].baseline.bytes()));
+    b.say(format!("churn: tern {} B, baseline {} B", scenarios[3].tern.bytes(), scenarios[3].baseline.bytes()));
 
     // 4. Agent restarts (and the baseline client's).
     let mut sides = Vec::new();

@@ -128,6 +128,80 @@ pub fn docker_snapshot(json: &RawJson, time: i64) -> Value {
     })
 }
 
+/// Go's `units.HumanDuration` (docker/go-units), which the engine's status
+/// texts use.
+pub fn human_duration(secs: i64) -> String {
+    let secs = secs.max(0);
+    let (minutes, hours) = (secs / 60, (secs as f64 / 3600.0).round() as i64);
+    match () {
+        () if secs < 1 => "Less than a second".into(),
+        () if secs == 1 => "1 second".into(),
+        () if secs < 60 => format!("{secs} seconds"),
+        () if minutes == 1 => "About a minute".into(),
+        () if minutes < 60 => format!("{minutes} minutes"),
+        () if hours == 1 => "About an hour".into(),
+        () if hours < 48 => format!("{hours} hours"),
+        () if hours < 24 * 7 * 2 => format!("{} days", hours / 24),
+        () if hours < 24 * 30 * 2 => format!("{} weeks", hours / 24 / 7),
+        () if hours < 24 * 365 * 2 => format!("{} months", hours / 24 / 30),
+        () => format!("{} years", secs / 3600 / 24 / 365),
+    }
+}
+
+/// Rewrites each listed container's status text as the engine would write
+/// it had the container started (running, paused) or stopped (exited)
+/// `age` earlier than its inspect says: "Up 3 seconds (healthy)" becomes
+/// "Up 2 hours (healthy)", "Exited (0) 5 seconds ago" "Exited (0) 2 hours
+/// ago". Other states ("Created", "Restarting") are left as they are.
+pub fn age_statuses(json: &mut RawJson, age: Duration, now: i64) {
+    let parse = |t: &Value| {
+        t.as_str()
+            .and_then(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())
+            .map(time::OffsetDateTime::unix_timestamp)
+    };
+    let age = age.as_secs() as i64;
+    let times: std::collections::HashMap<String, (Option<i64>, Option<i64>)> = json
+        .inspects
+        .iter()
+        .filter_map(|i| {
+            let id = i["Id"].as_str()?.to_owned();
+            Some((id, (parse(&i["State"]["StartedAt"]), parse(&i["State"]["FinishedAt"]))))
+        })
+        .collect();
+    for c in json.containers_list.as_array_mut().into_iter().flatten() {
+        let Some((started, finished)) = c["Id"].as_str().and_then(|id| times.get(id)).copied() else { continue };
+        let Some(status) = c["Status"].as_str().map(str::to_owned) else { continue };
+        let aged = if let (Some(rest), Some(started)) = (status.strip_prefix("Up "), started) {
+            let suffix = rest.find(" (").map_or("", |i| &rest[i..]);
+            format!("Up {}{suffix}", human_duration(now - started + age))
+        } else if let (true, Some(finished), Some(close)) =
+            (status.starts_with("Exited ("), finished, status.find(") "))
+        {
+            format!("{} {} ago", &status[..=close], human_duration(now - finished + age))
+        } else {
+            continue;
+        };
+        c["Status"] = Value::String(aged);
+    }
+}
+
+/// Orders the images as the engine lists images whose creation times all
+/// differ (newest first), ties broken by id. The fixture host builds many
+/// of its images within the same second, and the engine's order among
+/// images of the same `Created` changes from one call to the next (it
+/// sorts by that time alone, not stably): every poll of the baseline then
+/// carried a patch moving images around, some 2 KB of its 2.6 KB body on
+/// the fixture host. A field host's images were built or pulled at
+/// different times, so this is the order its engine gives every time.
+pub fn field_image_order(json: &mut RawJson) {
+    if let Some(images) = json.images.as_array_mut() {
+        images.sort_by(|a, b| {
+            let created = |v: &Value| v["Created"].as_i64().unwrap_or(0);
+            created(b).cmp(&created(a)).then_with(|| a["Id"].as_str().cmp(&b["Id"].as_str()))
+        });
+    }
+}
+
 /// FNV-1a, 32 bits (Go's `hash/fnv` New32a), of the snapshot's JSON.
 pub fn fnv32a(bytes: &[u8]) -> u32 {
     bytes.iter().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
@@ -244,6 +318,8 @@ enum Control {
     /// Stop as the process would (sockets closed by the kernel), then start
     /// afresh: no session cache, no last snapshot.
     Restart,
+    /// Read the containers as if started (or stopped) this much earlier.
+    Age(Duration),
     Stop,
 }
 
@@ -311,6 +387,19 @@ impl Client {
         let _ = self.control.send(Control::Restart);
     }
 
+    /// From the next poll on, reads the engine as a field host's would
+    /// read: its containers as if they had been started (or had stopped)
+    /// `age` earlier, their status texts ("Up 2 hours", "Exited (0) 3
+    /// hours ago") the engine's for containers that old (see
+    /// [`age_statuses`]), and its images in one order (see
+    /// [`field_image_order`]). Field containers are hours or days old, and
+    /// their texts then change once an hour or a day, not at every poll as
+    /// a container started seconds ago does. `Duration::ZERO`: the engine
+    /// as it answers.
+    pub fn set_age(&self, age: Duration) {
+        let _ = self.control.send(Control::Age(age));
+    }
+
     /// Polls answered so far.
     pub fn polls(&self) -> u64 {
         self.stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).polls
@@ -348,6 +437,7 @@ async fn client_loop(
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut scratch = [0u8; 512];
+    let mut age = Duration::ZERO;
     loop {
         tokio::select! {
             c = control.recv() => match c {
@@ -358,6 +448,7 @@ async fn client_loop(
                     tls = connector();
                     ticker.reset_immediately();
                 }
+                Some(Control::Age(a)) => age = a,
                 Some(Control::Stop) | None => return,
             },
             // The server closed the kept-alive connection: Go's read loop
@@ -374,7 +465,7 @@ async fn client_loop(
             }
             _ = ticker.tick() => {
                 let read_at = Instant::now();
-                match poll(&config, &host, edge_id, &tls, &mut conn, &mut last, &stats).await {
+                match poll(&config, (&host, edge_id), &tls, &mut conn, &mut last, &stats, age).await {
                     Ok((body_up, full)) => {
                         let mut s = stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                         s.polls += 1;
@@ -391,17 +482,22 @@ async fn client_loop(
     }
 }
 
+/// One poll; `who` is the Host header and the EdgeID.
 async fn poll(
     config: &ClientConfig,
-    host: &str,
-    edge_id: &str,
+    (host, edge_id): (&str, &str),
     tls: &tokio_rustls::TlsConnector,
     conn: &mut Option<Tls>,
     last: &mut Option<Value>,
     stats: &Mutex<ClientStats>,
+    age: Duration,
 ) -> anyhow::Result<(usize, bool)> {
-    let json = read_engine(&config.docker_socket).await?;
+    let mut json = read_engine(&config.docker_socket).await?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    if !age.is_zero() {
+        age_statuses(&mut json, age, now);
+        field_image_order(&mut json);
+    }
     let current = docker_snapshot(&json, now);
     let (snapshot, full) = match last.as_ref() {
         None => (json!({ "docker": current }), true),
@@ -558,6 +654,41 @@ async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_texts_age_as_the_engine_writes_them() {
+        assert_eq!(human_duration(0), "Less than a second");
+        assert_eq!(human_duration(5), "5 seconds");
+        assert_eq!(human_duration(90), "About a minute");
+        assert_eq!(human_duration(7200 + 5), "2 hours");
+        assert_eq!(human_duration(3 * 86400), "3 days");
+        let mut raw = RawJson {
+            inspects: vec![
+                json!({"Id": "a", "State": {"StartedAt": "2026-01-01T00:00:00.123456789Z", "FinishedAt": "0001-01-01T00:00:00Z"}}),
+                json!({"Id": "b", "State": {"StartedAt": "2026-01-01T00:00:00Z", "FinishedAt": "2026-01-01T00:00:10Z"}}),
+                json!({"Id": "c", "State": {"StartedAt": "0001-01-01T00:00:00Z", "FinishedAt": "0001-01-01T00:00:00Z"}}),
+            ],
+            containers_list: json!([
+                {"Id": "a", "Status": "Up 5 seconds (healthy)"},
+                {"Id": "b", "Status": "Exited (137) Less than a second ago"},
+                {"Id": "c", "Status": "Created"},
+            ]),
+            images: json!([]),
+            volumes: json!({}),
+            networks: json!([]),
+            info: json!({}),
+            version: json!({}),
+        };
+        let t0 = 1_767_225_600; // 2026-01-01T00:00:00Z
+        age_statuses(&mut raw, Duration::from_secs(2 * 3600), t0 + 5);
+        let st: Vec<&str> =
+            raw.containers_list.as_array().unwrap().iter().map(|c| c["Status"].as_str().unwrap()).collect();
+        assert_eq!(st, ["Up 2 hours (healthy)", "Exited (137) 2 hours ago", "Created"]);
+        raw.images = json!([{"Id": "b", "Created": 5}, {"Id": "c", "Created": 9}, {"Id": "a", "Created": 5}]);
+        field_image_order(&mut raw);
+        let ids: Vec<&str> = raw.images.as_array().unwrap().iter().map(|i| i["Id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["c", "a", "b"]);
+    }
 
     #[test]
     fn fnv32a_matches_go() {

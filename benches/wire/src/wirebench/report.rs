@@ -93,6 +93,16 @@ pub fn markdown(r: &Report) -> String {
             ratio(b, t)
         );
     }
+    if let Some(b) = r.baseline_aged_per_day() {
+        let t = r.tern_per_day(false);
+        let _ = writeln!(
+            out,
+            "| **bytes per day, idle, 60 s intervals, kept alive, the baseline's host as in the field** | 1,440 | | | **{}** | | {} | | {} |",
+            size(t),
+            size(b),
+            ratio(b, t)
+        );
+    }
     let (t, b) = r.churn_above_idle();
     let _ = writeln!(
         out,

@@ -7,7 +7,8 @@
 //!   the mode and the period;
 //! * an idle session costs its budget (`budgets.toml`, `[session]`) per
 //!   keepalive, in TLS bytes both ways as the server meters them;
-//! * `EDGE_SESSION=off` (for now the default) polls.
+//! * `EDGE_SESSION=off` polls; the default holds a session (the
+//!   replicas test starts its agent without EDGE_SESSION).
 
 #![cfg(all(feature = "agent", feature = "server"))]
 
@@ -236,10 +237,9 @@ async fn a_command_queued_on_one_replica_reaches_a_session_held_by_another() {
     let (env, key) = hourly(&mut api1, &r1, "held-on-1").await;
     let data = dir.join("agent");
     let data_s = data.to_str().unwrap().to_owned();
-    let _agent = AgentProcess::start(
-        &[("EDGE_KEY", key.as_str()), ("DATA_PATH", data_s.as_str()), ("EDGE_SESSION", "on")],
-        &dir.join("agent.log"),
-    );
+    // No EDGE_SESSION: a session is the default.
+    let _agent =
+        AgentProcess::start(&[("EDGE_KEY", key.as_str()), ("DATA_PATH", data_s.as_str())], &dir.join("agent.log"));
     wait_mode(&mut api1, env, "session").await;
     let objects = Objects::new(&format!("tern-test-session-rep-{}", std::process::id()));
     let web = objects.name("web");

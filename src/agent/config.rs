@@ -222,13 +222,13 @@ impl AgentConfig {
             jobs: jobs_config(env)?,
             poll_timeout: poll_timeout(env)?,
             session: match env.get("EDGE_SESSION").map(|v| v.trim().to_ascii_lowercase()).as_deref() {
-                Some("1" | "on" | "true" | "yes") => true,
-                None | Some("" | "0" | "off" | "false" | "no") => false,
+                None | Some("" | "1" | "on" | "true" | "yes") => true,
+                Some("0" | "off" | "false" | "no") => false,
                 Some(v) => {
                     return Err(ConfigError::BadValue {
                         name: "EDGE_SESSION",
                         value: v.to_owned(),
-                        why: "use on or off (default off)",
+                        why: "use on or off (default on)",
                     });
                 }
             },
@@ -380,7 +380,7 @@ mod tests {
     fn edge_session_turns_the_held_session_on_and_its_keepalive_is_bounded() {
         let k = key();
         let c = AgentConfig::from_env(&env(&[("EDGE_KEY", &k)])).unwrap();
-        assert!(!c.session, "off by default, for now");
+        assert!(c.session, "on by default");
         assert_eq!(c.keepalive_start, crate::agent::keepalive::DEFAULT_START);
         for on in ["on", "1", "ON", "true"] {
             assert!(AgentConfig::from_env(&env(&[("EDGE_KEY", &k), ("EDGE_SESSION", on)])).unwrap().session);

@@ -935,9 +935,11 @@ impl<E: Engine, T: Transport> Agent<E, T> {
         let reply = match sent {
             Err(_) => Err(format!("no reply within {} s", self.settings.request_timeout.as_secs())),
             Ok(Err(e)) => Err(e),
+            // 200 is also how a held session frames every reply: a sealed
+            // refusal in it is as authentic as one with an HTTP status.
             Ok(Ok((200, bytes))) => match self.open(counter, &bytes) {
-                Ok(r) if r.refused.is_none() => Ok((r, bytes.len())),
-                Ok(_) => Err("a refusal with status 200".to_owned()),
+                Ok(PollReply { refused: Some(refused), .. }) => Err(self.refused(0, &refused, &carried)),
+                Ok(r) => Ok((r, bytes.len())),
                 Err(e) => Err(e),
             },
             Ok(Ok((status, bytes))) => match self.open(counter, &bytes) {
@@ -1100,9 +1102,9 @@ impl<E: Engine, T: Transport> Agent<E, T> {
                 } else {
                     self.give_up_first(sent, &refused.detail);
                 }
-                format!("refused (HTTP {status}): {}", refused.detail)
+                format!("refused{}: {}", via(status), refused.detail)
             }
-            RefusalCode::Other => format!("refused (HTTP {status}): {}", refused.detail),
+            RefusalCode::Other => format!("refused{}: {}", via(status), refused.detail),
         }
     }
 
@@ -1248,6 +1250,12 @@ fn action_summary(action: &Action) -> String {
 
 /// Job runs kept while the server cannot be reached; the oldest go first.
 const MAX_PENDING_JOB_RUNS: usize = 200;
+
+/// How a sealed refusal came, for the log: " (HTTP 413)" on a request, ""
+/// in a held session's frame (status 0 or 200).
+fn via(status: u16) -> String {
+    if status == 0 || status == 200 { String::new() } else { format!(" (HTTP {status})") }
+}
 
 /// A refusal's meaning, for the log.
 /// Unauthenticated: anything on the way could have written it, so it is

@@ -625,6 +625,9 @@ impl Drop for AgentProc {
     }
 }
 
+/// The longest an API call may take.
+const API_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The server's API, as the operator uses it.
 struct Api {
     client: tern::agent::client::Client,
@@ -635,7 +638,14 @@ struct Api {
 impl Api {
     async fn call(&mut self, method: hyper::Method, path: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
         let body = body.map(|b| b.to_string().into_bytes());
-        let (status, bytes) = self.client.api(method, path, &self.token, body).await?;
+        // Bounded: a call that never returns would stall the whole run
+        // without a word (the satellite run once did, in its last phase).
+        let Ok(answer) = tokio::time::timeout(API_TIMEOUT, self.client.api(method.clone(), path, &self.token, body)).await
+        else {
+            self.client.disconnect();
+            bail!("{method} {path}: no answer within {} s", API_TIMEOUT.as_secs());
+        };
+        let (status, bytes) = answer?;
         let json = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
         Ok((status, json))
     }

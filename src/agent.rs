@@ -16,6 +16,7 @@ pub mod inspect;
 pub mod jobs;
 pub mod journal;
 pub mod keepalive;
+pub mod proxy;
 pub mod run;
 pub mod store;
 pub mod update;
@@ -540,6 +541,10 @@ pub async fn start(
     let max_reply = crate::wire::codec::Limits::default().max_encoded + 64;
     let mut transport = client::Client::with_tls(&config.token.url, trust, tls, max_reply)?;
     transport.offer_session(config.session);
+    if let Some(p) = &config.proxy {
+        tracing::info!(proxy = %p, "connecting to the server through the proxy {p} ({})", p.from);
+    }
+    transport.set_proxy(config.proxy.clone());
     let key = config.token.secret.with_agent_secret(config.agent_secret.as_ref().map(|s| s.0.as_str()));
     let fetcher = fetch::Fetcher::new(
         &config.token.url,
@@ -550,7 +555,8 @@ pub async fn start(
         &config.token.key_id(),
         &config.data_path,
     )
-    .map_err(|source| store::StoreError::Io { path: config.data_path.join("transfers"), source })?;
+    .map_err(|source| store::StoreError::Io { path: config.data_path.join("transfers"), source })?
+    .with_proxy(config.proxy.clone());
     let docker = connect().await?;
     let changed = Arc::new(AtomicBool::new(true));
     let events = tokio::spawn(follow_events(docker.clone(), changed.clone()));
@@ -578,7 +584,9 @@ pub async fn start(
     let job_config = jobs::JobConfig { registries: registries.clone(), ..config.jobs.clone() };
     let jobs = jobs::Jobs::open(&config.data_path, docker.clone(), job_config, &edge_id, job_runs)?;
     let scheduler = tokio::spawn(jobs.clone().run());
-    let stacks = compose::Stacks { dir: config.data_path.join("stacks"), mode: config.compose, registries };
+    // Read once: what the host passed through when the agent started.
+    let host_vars = config.host_vars.iter().filter_map(|k| Some((k.clone(), std::env::var(k).ok()?))).collect();
+    let stacks = compose::Stacks { dir: config.data_path.join("stacks"), mode: config.compose, registries, host_vars };
     let engine = DockerEngine::new(docker)
         .with_jobs(jobs)
         .with_stacks(stacks)

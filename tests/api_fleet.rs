@@ -199,6 +199,7 @@ async fn an_environment_is_created_with_every_option_and_both_deploy_commands_ca
              -e AGENT_SECRET \\\n  \
              -e HTTP_PROXY \\\n  \
              -e https_proxy \\\n  \
+             -e EDGE_HOST_VARS=HTTP_PROXY,https_proxy \\\n  \
              tern-agent:latest agent"
         )
     );
@@ -219,7 +220,7 @@ async fn an_environment_is_created_with_every_option_and_both_deploy_commands_ca
     assert_eq!(
         c["commands"]["windows"].as_str().unwrap(),
         format!(
-            r"docker run -d --name tern-agent --restart always -v \\.\pipe\docker_engine:\\.\pipe\docker_engine -v C:\ProgramData\docker\volumes:C:\ProgramData\docker\volumes -v tern-agent-data:C:\data -e DATA_PATH=C:\data -e EDGE_KEY={key} -e EDGE_ID={edge_id} -e EDGE_INSECURE_POLL=1 -e AGENT_SECRET -e HTTP_PROXY -e https_proxy tern-agent:latest agent"
+            r"docker run -d --name tern-agent --restart always -v \\.\pipe\docker_engine:\\.\pipe\docker_engine -v C:\ProgramData\docker\volumes:C:\ProgramData\docker\volumes -v tern-agent-data:C:\data -e DATA_PATH=C:\data -e EDGE_KEY={key} -e EDGE_ID={edge_id} -e EDGE_INSECURE_POLL=1 -e AGENT_SECRET -e HTTP_PROXY -e https_proxy -e EDGE_HOST_VARS=HTTP_PROXY,https_proxy tern-agent:latest agent"
         )
     );
     // Stored: shown in detail, and the deploy commands come back the same.

@@ -21,6 +21,7 @@ pub const KNOWN: &[&str] = &[
     "EDGE_POLL_TIMEOUT",
     "EDGE_SESSION",
     "EDGE_SESSION_KEEPALIVE",
+    "EDGE_HOST_VARS",
 ];
 
 /// Variables from Portainer's edge agent command that tern accepts and
@@ -30,7 +31,8 @@ pub const PORTAINER_NO_OPS: &[&str] = &["EDGE", "EDGE_ASYNC"];
 
 /// Variables the deploy commands set themselves, so they cannot be passed
 /// through from the host.
-pub const SET_BY_DEPLOY: &[&str] = &["EDGE_KEY", "EDGE_ID", "EDGE_INSECURE_POLL", "AGENT_SECRET", "DATA_PATH"];
+pub const SET_BY_DEPLOY: &[&str] =
+    &["EDGE_KEY", "EDGE_ID", "EDGE_INSECURE_POLL", "AGENT_SECRET", "DATA_PATH", "EDGE_HOST_VARS"];
 
 /// Whether `name` is in the agent's own namespace (`EDGE*`, `AGENT_*`).
 pub fn is_agents(name: &str) -> bool {

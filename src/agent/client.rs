@@ -84,6 +84,8 @@ pub struct Client {
     /// Bytes through the TCP socket (TLS records, handshakes included),
     /// over every connection: what the link carries above TCP/IP.
     pub wire: Arc<WireBytes>,
+    /// The site's HTTP proxy, when the agent must go through one.
+    proxy: Option<super::proxy::Proxy>,
 }
 
 use crate::meter::Counting;
@@ -136,7 +138,13 @@ impl Client {
             connections: 0,
             resumed: 0,
             wire: Arc::default(),
+            proxy: None,
         })
+    }
+
+    /// Connects through `proxy` (an HTTP CONNECT tunnel) from now on.
+    pub fn set_proxy(&mut self, proxy: Option<super::proxy::Proxy>) {
+        self.proxy = proxy;
     }
 
     /// Offers a held session on the connections it opens from now on
@@ -163,12 +171,24 @@ impl Client {
     /// Opens a connection: a held session when one is offered and the
     /// server picks it (then `Ok(None)`), else HTTP/1.1.
     async fn connect(&mut self) -> Result<Option<SendRequest<Full<Bytes>>>, ClientError> {
-        let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
+        let (to_host, to_port) = match &self.proxy {
+            Some(p) => (p.host.as_str(), p.port),
+            None => (self.host.as_str(), self.port),
+        };
+        let tcp = TcpStream::connect((to_host, to_port)).await.map_err(|e| match &self.proxy {
+            Some(p) => std::io::Error::new(e.kind(), format!("the proxy {p} ({}): {e}", p.from)),
+            None => e,
+        })?;
         tcp.set_nodelay(true)?;
         // A pinned certificate is checked by fingerprint, not name; the name
         // is still sent (SNI) for servers behind a proxy.
         let name = ServerName::try_from(self.host.clone()).map_err(|_| ClientError::BadUrl(self.authority.clone()))?;
-        let tcp = Counting::new(tcp, self.wire.clone());
+        let mut tcp = Counting::new(tcp, self.wire.clone());
+        // Through a site's proxy: a tunnel first (its bytes count), then
+        // TLS to the server inside it, pinned as ever.
+        if let Some(p) = &self.proxy {
+            p.tunnel(&mut tcp, &self.host, self.port).await.map_err(std::io::Error::from)?;
+        }
         let offered = self.session_connector.is_some();
         let connector = self.session_connector.as_ref().unwrap_or(&self.connector);
         let tls = connector.connect(name, tcp).await?;

@@ -111,6 +111,10 @@ pub struct Stacks {
     pub mode: ComposeMode,
     /// Private registries' credentials for the images' pulls.
     pub registries: super::Registries,
+    /// Host variables offered to the stacks' `${VAR}` (EDGE_HOST_VARS,
+    /// with their values as the agent started): a stack's own variable of
+    /// the same name wins.
+    pub host_vars: BTreeMap<String, String>,
 }
 
 impl Default for Stacks {
@@ -122,6 +126,7 @@ impl Default for Stacks {
             dir: std::env::temp_dir().join("tern-stacks"),
             mode: ComposeMode::Auto,
             registries: super::Registries::default(),
+            host_vars: BTreeMap::new(),
         }
     }
 }
@@ -140,6 +145,17 @@ impl Stacks {
     /// The tool's or the engine's error, or what is wrong with the file.
     pub async fn deploy(&self, docker: &Docker, spec: &StackSpec) -> Result<Vec<u8>, String> {
         check_name(&spec.name).map_err(|e| format!("stack name {e}"))?;
+        let merged;
+        let spec = if self.host_vars.keys().any(|k| !spec.env.contains_key(k)) {
+            let mut s = spec.clone();
+            for (k, v) in &self.host_vars {
+                s.env.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+            merged = s;
+            &merged
+        } else {
+            spec
+        };
         let dir = self.stack_dir(&spec.name);
         // What the server checks (the same parse), checked again: a stack
         // from an older server (or any other sender) must not reach the

@@ -77,14 +77,19 @@ pub struct AgentConfig {
     /// connection. It is how long a silently dead link (a blackhole, a
     /// carrier NAT that forgot the flow) can hold a poll.
     pub poll_timeout: std::time::Duration,
-    /// EDGE_SESSION (`on`; off by default until the held session passes
-    /// the on-wire budgets and the link-fault matrix): hold a session with the server,
+    /// EDGE_SESSION (`on` by default; `off` forces polling): hold a session with the server,
     /// which delivers commands as soon as they are queued and costs a
     /// keepalive per NAT timeout when idle, rather than poll.
     pub session: bool,
     /// EDGE_SESSION_KEEPALIVE: the first keepalive period the session
     /// tries, in seconds (default 90); it then learns the path's NAT.
     pub keepalive_start: std::time::Duration,
+    /// EDGE_HOST_VARS: the host variables passed through to the agent
+    /// (the wizard's list) that its stacks' `${VAR}` may use.
+    pub host_vars: Vec<String>,
+    /// HTTPS_PROXY (or HTTP_PROXY) unless NO_PROXY lists the server: the
+    /// agent reaches its server through this proxy's tunnel.
+    pub proxy: Option<crate::agent::proxy::Proxy>,
 }
 
 /// The default of EDGE_POLL_TIMEOUT: a 12 KB first snapshot on a 50 kbit/s
@@ -114,6 +119,9 @@ pub enum ConfigError {
     /// An EDGE_* / AGENT_* variable tern does not know: most likely a typo.
     #[error("unknown setting {0}{1}")]
     Unknown(String, String),
+    /// HTTPS_PROXY or HTTP_PROXY names no usable proxy.
+    #[error("{0}")]
+    Proxy(#[from] crate::agent::proxy::ProxyError),
 }
 
 use crate::edge_env::KNOWN;
@@ -176,6 +184,10 @@ impl AgentConfig {
         }
         let key = env.get("EDGE_KEY").map(|k| k.trim()).filter(|k| !k.is_empty()).ok_or(ConfigError::MissingKey)?;
         let token = JoinToken::parse(key).map_err(ConfigError::BadKey)?;
+        let proxy = match crate::agent::proxy::server_of(&token.url) {
+            Some((host, port)) => crate::agent::proxy::from_env(env, &host, port)?,
+            None => None,
+        };
         let edge_id = match env.get("EDGE_ID").map(|v| v.trim().to_owned()) {
             None => None,
             Some(v) if v.is_empty() => None,
@@ -245,8 +257,35 @@ impl AgentConfig {
                     }
                 },
             },
+            host_vars: host_vars(env)?,
+            proxy,
         })
     }
+}
+
+/// EDGE_HOST_VARS: variable names, comma- or space-separated; none of the
+/// agent's own (`EDGE*`, `AGENT_*`: its key and secret never reach a
+/// stack).
+fn host_vars(env: &BTreeMap<String, String>) -> Result<Vec<String>, ConfigError> {
+    let Some(list) = env.get("EDGE_HOST_VARS") else { return Ok(Vec::new()) };
+    let mut out: Vec<String> = Vec::new();
+    for v in list.split([',', ' ']).map(str::trim).filter(|v| !v.is_empty()) {
+        let mut chars = v.chars();
+        let name = v.len() <= 128
+            && chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !name || crate::edge_env::is_agents(v) {
+            return Err(ConfigError::BadValue {
+                name: "EDGE_HOST_VARS",
+                value: list.clone(),
+                why: "list variable names (letters, digits, _), none of the agent's own EDGE*/AGENT_* settings",
+            });
+        }
+        if !out.iter().any(|o| o == v) {
+            out.push(v.to_owned());
+        }
+    }
+    Ok(out)
 }
 
 /// EDGE_POLL_TIMEOUT: whole seconds, 5 to 3600.

@@ -78,6 +78,8 @@ pub struct Fetcher {
     lane: tokio::sync::Mutex<()>,
     /// Backoff bounds between attempts (shortened by tests).
     pub backoff: (Duration, Duration),
+    /// The site's HTTP proxy, if the agent goes through one.
+    proxy: Option<super::proxy::Proxy>,
 }
 
 /// How a step failed: worth another try (the link), or not.
@@ -162,7 +164,15 @@ impl Fetcher {
             counters: std::sync::Mutex::new(CounterReservation::resume(end, COUNTER_BLOCK)),
             lane: tokio::sync::Mutex::new(()),
             backoff: (Duration::from_secs(2), Duration::from_secs(300)),
+            proxy: None,
         })
+    }
+
+    /// Fetches through the site's HTTP proxy, as polls go.
+    #[must_use]
+    pub fn with_proxy(mut self, proxy: Option<super::proxy::Proxy>) -> Self {
+        self.proxy = proxy;
+        self
     }
 
     fn save_counter(&self, end: u64) -> Result<(), Failure> {
@@ -194,7 +204,10 @@ impl Fetcher {
     }
 
     fn client(&self) -> Result<Client, Failure> {
-        Client::with_tls(&self.url, self.trust, self.tls, MAX_REPLY).map_err(|e| Failure::Fatal(e.to_string()))
+        let mut client =
+            Client::with_tls(&self.url, self.trust, self.tls, MAX_REPLY).map_err(|e| Failure::Fatal(e.to_string()))?;
+        client.set_proxy(self.proxy.clone());
+        Ok(client)
     }
 
     /// A sealed request, and its sealed reply.

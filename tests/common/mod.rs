@@ -420,9 +420,24 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Starts with these environment variables (plus LOG_LEVEL=debug).
     pub fn start(vars: &[(&str, &str)], log: &Path) -> Self {
+        Self::spawn(Command::new(env!("CARGO_BIN_EXE_tern")), vars, log)
+    }
+
+    /// Starts in the network namespace `netns` (`ip netns exec`, which
+    /// execs the agent: the child is the agent itself).
+    pub fn start_in(netns: &str, vars: &[(&str, &str)], log: &Path) -> Self {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_tern")]);
+        Self::spawn(cmd, vars, log)
+    }
+
+    fn spawn(mut cmd: Command, vars: &[(&str, &str)], log: &Path) -> Self {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
         cmd.arg("agent").env("LOG_LEVEL", "debug").stdout(Stdio::null()).stderr(file);
+        // A proxy set on the machine running the tests is not the test's.
+        for name in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"] {
+            cmd.env_remove(name);
+        }
         for (k, v) in vars {
             cmd.env(k, v);
         }

@@ -640,7 +640,8 @@ impl Api {
         let body = body.map(|b| b.to_string().into_bytes());
         // Bounded: a call that never returns would stall the whole run
         // without a word (the satellite run once did, in its last phase).
-        let Ok(answer) = tokio::time::timeout(API_TIMEOUT, self.client.api(method.clone(), path, &self.token, body)).await
+        let Ok(answer) =
+            tokio::time::timeout(API_TIMEOUT, self.client.api(method.clone(), path, &self.token, body)).await
         else {
             self.client.disconnect();
             bail!("{method} {path}: no answer within {} s", API_TIMEOUT.as_secs());

@@ -71,6 +71,12 @@ fn env_args(o: &DeployOptions<'_>) -> Vec<String> {
     }
     // No value: docker takes the host's.
     args.extend(o.env_vars.iter().map(|v| format!("-e {v}")));
+    // And the agent offers them to its stacks' `${VAR}` (not its own
+    // settings, which a passthrough list may hold too).
+    let offered: Vec<&str> = o.env_vars.iter().map(String::as_str).filter(|v| !crate::edge_env::is_agents(v)).collect();
+    if !offered.is_empty() {
+        args.push(format!("-e EDGE_HOST_VARS={}", offered.join(",")));
+    }
     args
 }
 
@@ -207,5 +213,20 @@ mod tests {
         assert!(!kept.contains("--sysctl") && kept.contains("--group-add"), "{kept}");
         let secret = linux_command(&DeployOptions { edge_key: "k", agent_secret: true, ..DeployOptions::default() });
         assert!(secret.contains("-e AGENT_SECRET \\\n"), "the name alone: docker takes the shell's value\n{secret}");
+    }
+
+    #[test]
+    fn passed_through_variables_are_offered_to_stacks_but_not_the_agents_own() {
+        let vars = ["HTTP_PROXY".to_owned(), "EDGE_SESSION".to_owned(), "SITE".to_owned()];
+        let cmd = linux_command(&DeployOptions { edge_key: "k", env_vars: &vars, ..DeployOptions::default() });
+        assert!(
+            cmd.contains(
+                "-e HTTP_PROXY \\\n  -e EDGE_SESSION \\\n  -e SITE \\\n  -e EDGE_HOST_VARS=HTTP_PROXY,SITE \\\n"
+            ),
+            "{cmd}"
+        );
+        let only_own = ["EDGE_SESSION".to_owned()];
+        let cmd = linux_command(&DeployOptions { edge_key: "k", env_vars: &only_own, ..DeployOptions::default() });
+        assert!(!cmd.contains("EDGE_HOST_VARS"), "{cmd}");
     }
 }

@@ -4,6 +4,7 @@
 //! them, and `main.rs` only flattens it into the binary's commands.
 
 pub mod access;
+pub mod audit;
 pub mod env;
 pub mod fleet;
 pub mod images;
@@ -121,6 +122,14 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// The audit log: every change and login, who, what, which target,
+    /// when and from where; --jsonl exports it.
+    Audit {
+        #[command(flatten)]
+        audit: audit::AuditArgs,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Data usage through the server's API: what each environment's polls
     /// cost at the TLS socket and in poll bodies, per day and in total.
     Usage {
@@ -147,6 +156,7 @@ impl Command {
             Self::Token { command, api } => access::run_token(command, &api),
             Self::Admin { command } => access::run_admin(command),
             Self::Usage { usage, api } => usage::run(&usage, &api),
+            Self::Audit { audit, api } => audit::run(&audit, &api),
             Self::Job { command, api } => jobs::run(command, &api),
             Self::Stack { command, api } => stacks::run(command, &api),
             Self::Logs { logs, api } => logs::run(&logs, &api),

@@ -490,6 +490,28 @@ pub async fn login(
     ClientIp(ip): ClientIp,
     ApiJson(req): ApiJson<Login>,
 ) -> Result<Response, Response> {
+    // Every attempt goes in the audit log, with the name as typed (at most
+    // 64 characters) and never the password.
+    let actor = format!("user:{}", req.username.chars().filter(|c| !c.is_control()).take(64).collect::<String>());
+    let r = login_checked(&state, ip, req).await;
+    let status = match &r {
+        Ok(resp) | Err(resp) => resp.status().as_u16(),
+    };
+    let entry = crate::server::store::audit::AuditEntry {
+        id: 0,
+        at: now(),
+        actor,
+        action: "login".into(),
+        target: "/api/auth/login".into(),
+        status,
+        addr: ip.map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
+    };
+    super::audit::record(&state, entry).await;
+    r
+}
+
+async fn login_checked(state: &Arc<AppState>, ip: Option<IpAddr>, req: Login) -> Result<Response, Response> {
+    let state = state.clone();
     let attempt = begin_login(&state, ip).await?;
     let _lane = state.logins.wait(&attempt).await;
     let name = req.username.clone();

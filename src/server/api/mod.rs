@@ -28,6 +28,7 @@
 //! Handlers are thin: the store's calls run on the blocking pool.
 
 pub mod access;
+pub mod audit;
 pub mod fleet;
 pub mod images;
 pub mod jobs;
@@ -284,6 +285,10 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .merge(registries::routes())
         .merge(images::routes())
         .merge(access::routes())
+        .merge(audit::routes())
+        // Innermost: every call that changes something, recorded with its
+        // caller (known by then) and the status it was answered with.
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), audit::middleware))
         // Inside the credential check (a route layer added later runs
         // first): only an authenticated caller's body is counted.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::server::http::body_budget))

@@ -22,6 +22,13 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ("POST", "/api/tokens", "access", "Create an API token (the secret is shown once)."),
     ("GET", "/api/tokens", "access", "List API tokens (never their secrets)."),
     ("DELETE", "/api/tokens/{id}", "access", "Revoke an API token."),
+    (
+        "GET",
+        "/api/audit",
+        "access",
+        "The audit log, newest first: every change and login (filters: actor, action, target, since, until; \
+         format=jsonl exports).",
+    ),
     // Images the server holds.
     ("POST", "/api/images", "images", "Pull an image into the server (with a registered registry's credentials)."),
     ("GET", "/api/images", "images", "List the images the server holds or is pulling."),

@@ -45,6 +45,7 @@ pub const TABLES: &[&str] = &[
     "rollout_members",
     "tls_ticket_keys",
     "login_failures",
+    "audit",
 ];
 
 /// Rows read at a time.

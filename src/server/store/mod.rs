@@ -26,6 +26,7 @@
 //! refused rather than guessed at.
 
 pub mod access;
+pub mod audit;
 mod commands;
 pub mod copy;
 pub mod fleet;
@@ -444,6 +445,18 @@ const MIGRATIONS: &[&str] = &[
     // the agent holds (0: it polls), and why it polls when it fell back.
     "ALTER TABLE environments ADD COLUMN session_hold INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE environments ADD COLUMN session_note TEXT NOT NULL DEFAULT '';",
+    // 19: the audit log (issue #17; `store::audit`): who did what to which
+    // target, when, from where, and how it ended.
+    "CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        addr TEXT NOT NULL
+    );
+    CREATE INDEX audit_by_time ON audit(at);",
 ];
 
 /// The interval every timer runs at when neither the environment nor the
@@ -699,7 +712,16 @@ impl std::ops::Deref for Tx<'_> {
 /// Everything the server stores, on one transaction: what the domain and
 /// the API work through, whatever the backend. SQLite's is [`Tx`].
 pub trait Transaction:
-    Atomic + FleetStore + CommandStore + StackStore + JobStore + AccessStore + UsageStore + RegistryStore + ImageStore
+    Atomic
+    + FleetStore
+    + CommandStore
+    + StackStore
+    + JobStore
+    + AccessStore
+    + AuditStore
+    + UsageStore
+    + RegistryStore
+    + ImageStore
 {
 }
 
@@ -710,6 +732,7 @@ impl<
         + StackStore
         + JobStore
         + AccessStore
+        + AuditStore
         + UsageStore
         + RegistryStore
         + ImageStore
@@ -776,6 +799,7 @@ impl Nested for Tx<'_> {
 }
 
 pub use access::AccessStore;
+pub use audit::AuditStore;
 pub use commands::CommandStore;
 pub use fleet::FleetStore;
 pub use images::ImageStore;
@@ -788,8 +812,8 @@ pub use usage::UsageStore;
 /// [`Transaction`] (its methods are the traits').
 pub mod prelude {
     pub use super::{
-        AccessStore, Atomic, CommandStore, FleetStore, ImageStore, JobStore, RegistryStore, StackStore, Transaction,
-        UsageStore,
+        AccessStore, Atomic, AuditStore, CommandStore, FleetStore, ImageStore, JobStore, RegistryStore, StackStore,
+        Transaction, UsageStore,
     };
 }
 

@@ -35,6 +35,7 @@
 //! | `/jobs`, `/jobs/new`, `/jobs/{id}` | edge jobs |
 //! | `/settings` | default intervals, AGENT_SECRET, groups, tags, registries, API tokens, password |
 
+pub mod audit;
 pub mod chart;
 pub mod envs;
 pub mod jobs;
@@ -121,6 +122,7 @@ pub fn routes(api: Router, state: Arc<AppState>) -> Router<Arc<AppState>> {
         .merge(stacks::routes())
         .merge(jobs::routes())
         .merge(settings::routes())
+        .merge(audit::routes())
         // Every handler checks the session before it reads a body, so a
         // stranger's request is answered (and its room given back) at once.
         .route_layer(axum::middleware::from_fn_with_state(state, crate::server::http::body_budget))
@@ -468,6 +470,8 @@ pub enum Nav {
     Stacks,
     /// Jobs.
     Jobs,
+    /// The audit log.
+    Audit,
     /// Settings.
     Settings,
     /// None (login, errors).
@@ -503,6 +507,7 @@ pub fn page(ui: &Ui, nav: Nav, title: &str, body: Markup) -> Markup {
                         (item(Nav::Environments, "/environments", "Environments"))
                         (item(Nav::Stacks, "/stacks", "Stacks"))
                         (item(Nav::Jobs, "/jobs", "Jobs"))
+                        (item(Nav::Audit, "/audit", "Audit"))
                         (item(Nav::Settings, "/settings", "Settings"))
                     }
                     form.logout method="post" action="/logout" {

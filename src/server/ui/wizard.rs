@@ -236,7 +236,7 @@ async fn render_deploy(
                 (csrf_field(&ui.csrf))
                 (form_error(err, &["env_vars", "allow_self_signed", "volume_path", "tcp_timestamps"]))
                 (text_field("env_vars", "Environment variables", &env_vars, err, FieldAttrs {
-                    hint: Some("Comma-separated names of host variables passed to the agent, e.g. HTTP_PROXY, HTTPS_PROXY."),
+                    hint: Some("Comma-separated names of host variables passed to the agent (it uses HTTPS_PROXY, HTTP_PROXY and NO_PROXY itself) and offered to its stacks, e.g. HTTP_PROXY, HTTPS_PROXY."),
                     ..FieldAttrs::default()
                 }))
                 div.check {

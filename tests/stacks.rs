@@ -422,3 +422,95 @@ async fn the_cli_deploys_shows_updates_and_removes_a_stack() {
     drop(objects);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Versions and rollback (issue #17): every update is kept; a rollback
+/// deploys an earlier version again as a new version (CLI and API); a
+/// rollback to a version whose image is gone fails on the agent before
+/// anything of the running version is stopped, and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stack_rolls_back_to_an_earlier_version_and_one_whose_image_is_gone_stops_nothing() {
+    let prefix = format!("tern-test-stk-{}-rb", std::process::id());
+    let objects = Objects::new(&prefix);
+    let _project = ComposeProject(prefix.clone());
+    let dir = tempdir("tern-stacks-rollback");
+    let password = "a long admin password for rollbacks";
+    let server = Server::start_with(&dir.join("server"), "127.0.0.1:0", &[("TERN_ADMIN_PASSWORD", password)]);
+    let mut api = server.api();
+    let created = api
+        .ok(
+            "POST",
+            "/api/environments",
+            Some(json!({"name": "rb-env", "url": server.url(), "intervals": {"ping": 1, "snapshot": 1, "command": 1}})),
+            201,
+        )
+        .await;
+    let env = created["id"].as_u64().unwrap();
+    let key = created["edge_key"].as_str().unwrap().to_owned();
+    let data = dir.join("agent").to_str().unwrap().to_owned();
+    let _agent = AgentProcess::start(
+        &[("EDGE_KEY", key.as_str()), ("DATA_PATH", data.as_str()), ("EDGE_COMPOSE", "builtin")],
+        &dir.join("agent.log"),
+    );
+    // Version 1 runs an image tagged for a registry nobody serves (nothing
+    // to pull from): it is on the host now, and will be gone later.
+    let old_image = format!("127.0.0.1:9/{prefix}:old");
+    docker(&["tag", &objects.image, &old_image]);
+    let body =
+        json!({"name": prefix, "compose": COMPOSE, "env": {"IMAGE": old_image}, "targets": {"environments": [env]}});
+    let stack = api.ok("POST", "/api/stacks", Some(body), 201).await["id"].as_u64().unwrap();
+    wait_status(&mut api, stack, env, "running", 1).await;
+    // Version 2: the test's image, another greeting.
+    let v2 = json!({"env": {"IMAGE": objects.image, "GREETING": "bonjour"}});
+    api.ok("PUT", &format!("/api/stacks/{stack}"), Some(v2), 200).await;
+    wait_status(&mut api, stack, env, "running", 2).await;
+    let web = project_containers(&prefix, "web")[0].clone();
+    assert!(inspect(&web, "{{json .Config.Env}}").contains("GREETING=bonjour"));
+
+    let versions = api.ok("GET", &format!("/api/stacks/{stack}/versions"), None, 200).await;
+    let list = versions.as_array().unwrap();
+    assert_eq!(list.iter().map(|v| v["version"].as_u64().unwrap()).collect::<Vec<_>>(), [2, 1], "{versions}");
+    assert_eq!((list[0]["current"].as_bool(), list[1]["current"].as_bool()), (Some(true), Some(false)));
+    assert_eq!(list[1]["env"]["IMAGE"], old_image.as_str());
+    // Bad rollbacks change nothing.
+    api.ok("POST", &format!("/api/stacks/{stack}/rollback"), Some(json!({"version": 9})), 404).await;
+    api.ok("POST", &format!("/api/stacks/{stack}/rollback"), Some(json!({"version": 2})), 422).await;
+    api.ok("POST", &format!("/api/stacks/{stack}/rollback"), Some(json!({"to": 1})), 422).await;
+    assert_eq!(api.ok("GET", &format!("/api/stacks/{stack}"), None, 200).await["version"], 2);
+
+    // Version 1's image is gone from the host: the rollback (version 3)
+    // fails on the agent, which says so, and version 2 keeps running as it
+    // was (the same container).
+    let web_id = inspect(&web, "{{.Id}}");
+    docker(&["rmi", &old_image]);
+    let out = tern(&server, &["stack", "rollback", &prefix, "--to", "1"]);
+    assert!(out.contains("version 3"), "{out}");
+    let deadline = Deadline::new(WAIT);
+    let failed = loop {
+        let s = api.ok("GET", &format!("/api/stacks/{stack}"), None, 200).await;
+        let d = &s["environments"][0];
+        if d["status"] == "failed" && d["version"] == 3 {
+            break d.clone();
+        }
+        deadline.tick(format_args!("the rollback to a gone image to fail: {s}")).await;
+    };
+    assert!(failed["error"].as_str().unwrap_or("").contains(&format!("pulling {old_image}")), "{failed}");
+    assert_eq!(inspect(&web, "{{.Id}}"), web_id, "nothing was stopped or replaced");
+    assert_eq!(inspect(&web, "{{.State.Status}}"), "running");
+
+    // Back to version 2 with the CLI, waiting: version 4, running, its
+    // greeting; the history says what each version came from.
+    let out = tern(&server, &["stack", "rollback", &prefix, "--to", "2", "--wait"]);
+    assert!(out.contains("version 4  running"), "{out}");
+    let web = project_containers(&prefix, "web")[0].clone();
+    assert!(inspect(&web, "{{json .Config.Env}}").contains("GREETING=bonjour"));
+    let table = tern(&server, &["stack", "versions", &prefix]);
+    assert!(table.contains("4 (current)") && table.contains("rolled back to version 2"), "{table}");
+    assert!(table.contains("rolled back to version 1"), "{table}");
+    // The UI's versions page offers a rollback to every other version.
+    let page = common::UiClient::login(&server, password).await.get(&format!("/stacks/{stack}/versions")).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    for v in 1..=3 {
+        assert!(page.body.contains(&format!("id=\"rollback-{v}\"")), "{}", page.body);
+    }
+    assert!(!page.body.contains("id=\"rollback-4\""), "not to the current one");
+}

@@ -21,7 +21,7 @@ use anyhow::{Context, bail};
 use super::fleet::print_table;
 use super::{Api, ApiArgs};
 use crate::server::api::types::{
-    CreateStack, RefBody, StackDetail, StackItem, StackTargetView, TargetsBody, UpdateStack,
+    CreateStack, RefBody, Rollback, StackDetail, StackItem, StackTargetView, StackVersionView, TargetsBody, UpdateStack,
 };
 
 /// Where a stack goes: repeat any of them.
@@ -94,6 +94,23 @@ pub enum StackCommand {
         /// Where it goes.
         #[command(flatten)]
         targets: Targets,
+        /// Wait until every environment reports.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Every version of a stack, newest first (the current one marked).
+    Versions {
+        /// Id or name.
+        stack: String,
+    },
+    /// Deploy an earlier version again, as a new version, where the stack
+    /// is.
+    Rollback {
+        /// Id or name.
+        stack: String,
+        /// The version to go back to.
+        #[arg(long = "to", value_name = "VERSION")]
+        to: u32,
         /// Wait until every environment reports.
         #[arg(long)]
         wait: bool,
@@ -259,6 +276,33 @@ pub fn run(command: StackCommand, api_args: &ApiArgs) -> anyhow::Result<()> {
                 targets: if targets.is_empty() { None } else { Some(targets.to_body()) },
             };
             let mut v: StackDetail = api.send("PUT", &format!("/api/stacks/{id}"), &body)?;
+            if w {
+                v = wait(&mut api, id)?;
+            }
+            api.show(&v, print_stack);
+        }
+        StackCommand::Versions { stack } => {
+            let id = stack_id(&mut api, &stack)?;
+            let v: Vec<StackVersionView> = api.get_as(&format!("/api/stacks/{id}/versions"))?;
+            api.show(&v, |v| {
+                let mut rows = vec![vec!["VERSION".into(), "MADE (UTC)".into(), "VARIABLES".into(), "NOTE".into()]];
+                for ver in v {
+                    let mark = if ver.current { " (current)" } else { "" };
+                    let vars: Vec<String> = ver.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    rows.push(vec![
+                        format!("{}{mark}", ver.version),
+                        crate::server::ui::utc(ver.created_at),
+                        vars.join(" "),
+                        ver.note.clone(),
+                    ]);
+                }
+                print_table(&rows);
+            });
+        }
+        StackCommand::Rollback { stack, to, wait: w } => {
+            let id = stack_id(&mut api, &stack)?;
+            let body = Rollback { version: to };
+            let mut v: StackDetail = api.send("POST", &format!("/api/stacks/{id}/rollback"), &body)?;
             if w {
                 v = wait(&mut api, id)?;
             }

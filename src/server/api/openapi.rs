@@ -150,6 +150,18 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ("GET", "/api/stacks/{id}", "stacks", "One stack: compose file, variables, targets, status per environment."),
     ("PUT", "/api/stacks/{id}", "stacks", "A new version of a stack, redeployed everywhere."),
     ("DELETE", "/api/stacks/{id}", "stacks", "Remove a stack everywhere (202); once removed, purge it (204)."),
+    (
+        "GET",
+        "/api/stacks/{id}/versions",
+        "stacks",
+        "Every version of a stack, newest first, with its file and variables.",
+    ),
+    (
+        "POST",
+        "/api/stacks/{id}/rollback",
+        "stacks",
+        "Deploy an earlier version again, as a new version, where the stack is.",
+    ),
     // Edge jobs.
     ("POST", "/api/jobs", "jobs", "Create a job (a script, once or on a cron schedule) and queue it on its targets."),
     ("GET", "/api/jobs", "jobs", "List jobs."),

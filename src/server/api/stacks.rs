@@ -34,7 +34,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use super::types::{
-    CreateStack, DeploymentView, RefBody, StackDetail, StackItem, StackTargetView, TargetsBody, UpdateStack,
+    CreateStack, DeploymentView, RefBody, Rollback, StackDetail, StackItem, StackTargetView, StackVersionView,
+    TargetsBody, UpdateStack,
 };
 use super::{ApiError, ApiJson, PathId, read_store, with_store};
 use crate::server::http::AppState;
@@ -61,6 +62,7 @@ impl From<StackError> for ApiError {
             StackError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, e.to_string()),
             StackError::NameTaken(_) => Self::new(StatusCode::CONFLICT, e.to_string()),
             StackError::UnknownTarget(_) => Self::invalid(e.to_string()),
+            StackError::NoVersion(..) => Self::new(StatusCode::NOT_FOUND, e.to_string()),
         }
     }
 }
@@ -267,11 +269,56 @@ pub async fn remove_stack(State(state): State<Arc<AppState>>, PathId(id): PathId
     })
 }
 
+/// `GET /api/stacks/{id}/versions`: newest first.
+pub async fn stack_versions(
+    State(state): State<Arc<AppState>>,
+    PathId(id): PathId,
+) -> Result<Json<Vec<StackVersionView>>, ApiError> {
+    let (record, versions) = read_store(&state, move |store| Ok((store.stack(id)?, store.stack_versions(id)?))).await?;
+    Ok(Json(
+        versions
+            .into_iter()
+            .map(|v| StackVersionView {
+                current: v.version == record.version,
+                version: v.version,
+                created_at: v.created_at,
+                note: v.note,
+                compose: v.compose,
+                env: v.env,
+            })
+            .collect(),
+    ))
+}
+
+/// `POST /api/stacks/{id}/rollback`: an earlier version deployed again, as
+/// a new version.
+pub async fn rollback_stack(
+    State(state): State<Arc<AppState>>,
+    PathId(id): PathId,
+    ApiJson(body): ApiJson<Rollback>,
+) -> Result<Json<StackDetail>, ApiError> {
+    let record = with_store(&state, move |store| {
+        let current = store.stack(id)?;
+        if current.removed_at.is_some() {
+            return Err(StackError::NotFound(id).into());
+        }
+        if body.version == current.version {
+            return Err(ApiError::invalid(format!("version: {} is the stack's version already", body.version)));
+        }
+        store.rollback_stack(id, body.version, crate::server::http::now())?;
+        Ok(store.stack(id)?)
+    })
+    .await?;
+    Ok(Json(record.into()))
+}
+
 /// The stack routes (behind the API's credential check).
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/api/stacks", post(create_stack).get(list_stacks))
         .route("/api/stacks/{id}", get(stack).put(update_stack).delete(remove_stack))
+        .route("/api/stacks/{id}/versions", get(stack_versions))
+        .route("/api/stacks/{id}/rollback", post(rollback_stack))
 }
 
 #[cfg(test)]

@@ -180,6 +180,24 @@ pub trait StackRules: Transaction {
         })
     }
 
+    /// Rolls a stack back to an earlier version: that version's file and
+    /// variables become a new version (so the history stays in order and a
+    /// rollback can itself be undone), deployed where the stack is, as an
+    /// update is. The targets stay as they are.
+    ///
+    /// # Errors
+    /// [`StackError::NotFound`], [`StackError::NoVersion`], or when the
+    /// database fails. Nothing is changed then.
+    fn rollback_stack(&self, id: u64, version: u32, now: i64) -> Result<u32, StackError> {
+        let old = self.stack_version(id, version)?;
+        atomic(self, || {
+            let change = StackChange { compose: Some(old.compose.clone()), env: Some(old.env.clone()), targets: None };
+            self.update_stack(id, &change, now)?;
+            self.note_stack_version(id, &format!("rolled back to version {version}"))?;
+            Ok(self.stack(id)?.version)
+        })
+    }
+
     /// Removes a stack (see the module doc).
     ///
     /// # Errors

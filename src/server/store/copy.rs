@@ -35,6 +35,7 @@ pub const TABLES: &[&str] = &[
     "stacks",
     "stack_targets",
     "stack_deployments",
+    "stack_versions",
     "jobs",
     "job_targets",
     "job_commands",

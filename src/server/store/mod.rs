@@ -457,6 +457,20 @@ const MIGRATIONS: &[&str] = &[
         addr TEXT NOT NULL
     );
     CREATE INDEX audit_by_time ON audit(at);",
+    // 20: every version of a stack (issue #17; `store::stacks`), kept for
+    // its history and for rollbacks; the versions stacks are at now are
+    // the first rows.
+    "CREATE TABLE stack_versions (
+        stack INTEGER NOT NULL REFERENCES stacks(id) ON DELETE CASCADE,
+        version INTEGER NOT NULL,
+        compose TEXT NOT NULL,
+        env TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        note TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (stack, version)
+    ) WITHOUT ROWID;
+    INSERT INTO stack_versions (stack, version, compose, env, created_at)
+        SELECT id, version, compose, env, updated_at FROM stacks;",
 ];
 
 /// The interval every timer runs at when neither the environment nor the

@@ -354,6 +354,18 @@ pub const MIGRATIONS: &[&str] = &[
         addr TEXT COLLATE "C" NOT NULL
     );
     CREATE INDEX audit_by_time ON audit(at);"#,
+    // 20: stack versions.
+    r#"CREATE TABLE stack_versions (
+        stack BIGINT NOT NULL REFERENCES stacks(id) ON DELETE CASCADE,
+        version BIGINT NOT NULL,
+        compose TEXT COLLATE "C" NOT NULL,
+        env TEXT COLLATE "C" NOT NULL,
+        created_at BIGINT NOT NULL,
+        note TEXT COLLATE "C" NOT NULL DEFAULT '',
+        PRIMARY KEY (stack, version)
+    );
+    INSERT INTO stack_versions (stack, version, compose, env, created_at)
+        SELECT id, version, compose, env, updated_at FROM stacks;"#,
 ];
 
 /// A pool of connections to one PostgreSQL database, with the runtime

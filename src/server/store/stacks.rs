@@ -32,6 +32,24 @@ pub enum StackError {
     /// A target names nothing.
     #[error("{0}")]
     UnknownTarget(String),
+    /// The stack has no such version.
+    #[error("stack {0} has no version {1}")]
+    NoVersion(u64, u32),
+}
+
+/// One version of a stack, as kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackVersion {
+    /// Its number.
+    pub version: u32,
+    /// The compose file.
+    pub compose: String,
+    /// Its variables.
+    pub env: BTreeMap<String, String>,
+    /// When it was made.
+    pub created_at: i64,
+    /// What made it, when not an edit (`rolled back to version 2`).
+    pub note: String,
 }
 
 impl From<super::sql::Error> for StackError {
@@ -231,6 +249,24 @@ pub trait StackStore {
     /// When the database fails or the stored stack is corrupt.
     fn stack_spec(&self, stack: u64) -> Result<StackSpec, StackError>;
 
+    /// A stack's versions, newest first.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn stack_versions(&self, stack: u64) -> Result<Vec<StackVersion>, StackError>;
+
+    /// One version of a stack.
+    ///
+    /// # Errors
+    /// [`StackError::NoVersion`], or when the database fails.
+    fn stack_version(&self, stack: u64, version: u32) -> Result<StackVersion, StackError>;
+
+    /// Notes what made the stack's current version (a rollback's origin).
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn note_stack_version(&self, stack: u64, note: &str) -> Result<(), StackError>;
+
     /// The environments a stack has a deployment on, and whether the last
     /// command there removes it.
     ///
@@ -309,6 +345,7 @@ impl StackStore for Tx<'_> {
             r => r?,
         };
         Self::set_targets(self.conn, id, &new.targets)?;
+        Self::keep_version(self.conn, id)?;
         Ok(id as u64)
     }
 
@@ -337,11 +374,39 @@ impl StackStore for Tx<'_> {
         }
         self.conn
             .execute("UPDATE stacks SET version = version + 1, updated_at = ?2 WHERE id = ?1", params![stack, now])?;
+        Self::keep_version(self.conn, stack)?;
         Ok(())
     }
 
     fn stack_spec(&self, stack: u64) -> Result<StackSpec, StackError> {
         Self::spec_of(self.conn, sql_id(stack))
+    }
+
+    fn stack_versions(&self, stack: u64) -> Result<Vec<StackVersion>, StackError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT version, compose, env, created_at, note FROM stack_versions WHERE stack = ?1 ORDER BY version DESC",
+        )?;
+        let rows: Vec<_> = stmt.query_map([sql_id(stack)], Self::version_row)?.collect::<Result<_, _>>()?;
+        rows.into_iter().collect()
+    }
+
+    fn stack_version(&self, stack: u64, version: u32) -> Result<StackVersion, StackError> {
+        self.conn
+            .query_row(
+                "SELECT version, compose, env, created_at, note FROM stack_versions WHERE stack = ?1 AND version = ?2",
+                params![sql_id(stack), i64::from(version)],
+                Self::version_row,
+            )
+            .optional()?
+            .ok_or(StackError::NoVersion(stack, version))?
+    }
+
+    fn note_stack_version(&self, stack: u64, note: &str) -> Result<(), StackError> {
+        self.conn.execute(
+            "UPDATE stack_versions SET note = ?2 WHERE stack = ?1 AND version = (SELECT version FROM stacks WHERE id = ?1)",
+            params![sql_id(stack), note],
+        )?;
+        Ok(())
     }
 
     fn stack_deployments(&self, stack: u64) -> Result<Vec<(u64, bool)>, StoreError> {
@@ -403,6 +468,30 @@ impl StackStore for Tx<'_> {
 }
 
 impl Tx<'_> {
+    /// Copies the stack's current version into `stack_versions`.
+    fn keep_version(tx: &Connection, stack: i64) -> Result<(), StackError> {
+        tx.execute(
+            "INSERT INTO stack_versions (stack, version, compose, env, created_at)
+             SELECT id, version, compose, env, updated_at FROM stacks WHERE id = ?1",
+            [stack],
+        )?;
+        Ok(())
+    }
+
+    fn version_row(r: &Row) -> super::sql::Result<Result<StackVersion, StackError>> {
+        let (version, compose, env, created_at, note): (i64, String, String, i64, String) =
+            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+        Ok(serde_json::from_str(&env)
+            .map(|env| StackVersion {
+                version: u32::try_from(version).unwrap_or(u32::MAX),
+                compose,
+                env,
+                created_at,
+                note,
+            })
+            .map_err(|_| StackError::Store(StoreError::Corrupt { what: "stack version env", environment: 0 })))
+    }
+
     fn resolve_one(tx: &Connection, kind: &'static str, r: &TargetRef) -> Result<Target, StackError> {
         let table = match kind {
             "environment" => "environments",

@@ -27,8 +27,8 @@ use super::{
     text_field, utc, wants_json, when,
 };
 use crate::server::api::types::{
-    CreateStack, DeploymentView, EnvironmentView, RefBody, StackDetail, StackItem, StackTargetView, TargetsBody,
-    UpdateStack,
+    CreateStack, DeploymentView, EnvironmentView, RefBody, Rollback, StackDetail, StackItem, StackTargetView,
+    StackVersionView, TargetsBody, UpdateStack,
 };
 use crate::server::http::AppState;
 
@@ -54,6 +54,8 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/stacks/{id}/edit", post(edit))
         .route("/stacks/{id}/redeploy", post(redeploy))
         .route("/stacks/{id}/remove", post(remove))
+        .route("/stacks/{id}/versions", get(versions_page))
+        .route("/stacks/{id}/rollback", post(rollback))
 }
 
 // ----- helpers shared with the jobs pages -----
@@ -567,6 +569,7 @@ fn stack_view(
                 }
             }
         }
+        p { a href={ "/stacks/" (id) "/versions" } id="versions" { "Versions and rollback (version " (stack.item.version) " now)" } }
         section.danger-zone {
             h2 { "Redeploy or remove" }
             div.actions {
@@ -676,5 +679,80 @@ async fn remove(ui: Ui, Path(id): Path<String>, headers: HeaderMap, axum::Form(f
         Ok(r) if r.json.is_null() => done(&headers, StatusCode::NO_CONTENT, Value::Null, "/stacks"),
         Ok(r) => done(&headers, StatusCode::ACCEPTED, r.json, &format!("/stacks/{id}#status")),
         Err(e) => button_refused(&ui, Nav::Stacks, &headers, &e, &format!("/stacks/{id}")),
+    }
+}
+
+/// A stack's versions, newest first, each with its variables and file,
+/// and a button deploying an earlier one again (as a new version).
+async fn versions_page(ui: Ui, Path(id): Path<String>) -> Response {
+    let (id, stack) = match load_stack(&ui, &id).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let versions: Vec<StackVersionView> = match ui.load_as(&format!("/api/stacks/{id}/versions")).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let now = now();
+    let removed = stack.item.removed_at.is_some();
+    let name = &stack.item.name;
+    let body = html! {
+        p { a href={ "/stacks/" (id) } { "← " (name) } }
+        h1 { "Versions of " (name) }
+        p.muted { "Every update is a version. A rollback deploys an earlier version again, as a new version, on \
+                   every environment the stack is on; the environments' status shows it arrive." }
+        div.scroll { table.list id="stack-versions" {
+            thead { tr {
+                th scope="col".num { "Version" }
+                th scope="col" { "Made" }
+                th scope="col" { "Variables" }
+                th scope="col" { "Note" }
+                th scope="col" { "File" }
+                th scope="col" { "" }
+            } }
+            tbody { @for v in &versions {
+                tr data-version=(v.version) {
+                    td.num { (v.version) @if v.current { " " span.badge.ok { "current" } } }
+                    td { (when(Some(v.created_at), now)) }
+                    td.mono { @for (k, val) in &v.env { (k) "=" (val) br; } }
+                    td { (v.note) }
+                    td { details { summary { (v.compose.lines().count()) " lines" } pre { (v.compose) } } }
+                    td {
+                        @if !v.current && !removed {
+                            form method="post" action={ "/stacks/" (id) "/rollback" }
+                                data-confirm={ "Deploy version " (v.version) " of " (name) " again, everywhere it is?" } {
+                                (csrf_field(&ui.csrf))
+                                input type="hidden" name="version" value=(v.version);
+                                button type="submit" id={ "rollback-" (v.version) } { "Roll back to this" }
+                            }
+                        }
+                    }
+                }
+            } }
+        } }
+    };
+    page(&ui, Nav::Stacks, &format!("Versions of {name}"), body).into_response()
+}
+
+/// The rollback button's form.
+#[derive(Debug, Default, Deserialize)]
+struct RollbackForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    version: u32,
+}
+
+async fn rollback(
+    ui: Ui,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    axum::Form(f): axum::Form<RollbackForm>,
+) -> Response {
+    let Some(id) = path_id(&id) else { return no_such("stack") };
+    let body = Rollback { version: f.version };
+    match ui.send_as(Method::POST, &format!("/api/stacks/{id}/rollback"), &body, &f.csrf).await {
+        Ok(r) => done(&headers, StatusCode::OK, r.json, &format!("/stacks/{id}#status")),
+        Err(e) => button_refused(&ui, Nav::Stacks, &headers, &e, &format!("/stacks/{id}/versions")),
     }
 }

@@ -93,6 +93,31 @@ pub struct StackItem {
     pub removed_at: Option<i64>,
 }
 
+/// One version of a stack (`GET /api/stacks/{id}/versions`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackVersionView {
+    /// Its number.
+    pub version: u32,
+    /// When it was made.
+    pub created_at: i64,
+    /// What made it, when not an edit (`rolled back to version 2`).
+    pub note: String,
+    /// Whether it is the stack's version now.
+    pub current: bool,
+    /// The compose file.
+    pub compose: String,
+    /// Its variables.
+    pub env: BTreeMap<String, String>,
+}
+
+/// `POST /api/stacks/{id}/rollback`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rollback {
+    /// The earlier version to deploy again (as a new version).
+    pub version: u32,
+}
+
 /// One stack in detail.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StackDetail {

@@ -513,4 +513,22 @@ async fn a_stack_rolls_back_to_an_earlier_version_and_one_whose_image_is_gone_st
         assert!(page.body.contains(&format!("id=\"rollback-{v}\"")), "{}", page.body);
     }
     assert!(!page.body.contains("id=\"rollback-4\""), "not to the current one");
+
+    // A whole stack's logs: one command per container, each line after
+    // its container's name.
+    let talk = format!("{prefix}-talk");
+    let compose = "services:\n  a:\n    image: ${IMAGE}\n    command: [\"/bin/busybox\", \"sh\", \"-c\", \"echo hello from a; exec /bin/busybox sleep 600\"]\n  \
+                   b:\n    image: ${IMAGE}\n    command: [\"/bin/busybox\", \"sh\", \"-c\", \"echo hello from b; exec /bin/busybox sleep 600\"]\n";
+    let body =
+        json!({"name": talk, "compose": compose, "env": {"IMAGE": objects.image}, "targets": {"environments": [env]}});
+    let talk_id = api.ok("POST", "/api/stacks", Some(body), 201).await["id"].as_u64().unwrap();
+    wait_status(&mut api, talk_id, env, "running", 1).await;
+    wait_stored_stack(&mut api, env, &talk, true).await;
+    let out = tern(&server, &["logs", "rb-env", "--stack", &talk, "--tail", "5"]);
+    assert!(out.contains(&format!("{talk}-a-1 | hello from a")), "{out}");
+    assert!(out.contains(&format!("{talk}-b-1 | hello from b")), "{out}");
+    let none =
+        api.ok("POST", &format!("/api/environments/{env}/stacks/no-such-stack/logs"), Some(json!({})), 404).await;
+    assert!(none["error"].as_str().unwrap().contains("no stack"), "{none}");
+    api.ok("POST", &format!("/api/environments/{env}/stacks/{talk}/logs"), Some(json!({"tail": 0})), 400).await;
 }

@@ -50,7 +50,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 
-use self::types::{CommandView, CreateCommand, ErrorBody, IntervalsBody, IntervalsReply};
+use self::types::{
+    CommandView, CreateCommand, ErrorBody, IntervalsBody, IntervalsReply, StackLogsPart, StackLogsRequest,
+    StackLogsView,
+};
 use self::view::{ACTIONS, Kind};
 use super::http::AppState;
 use super::store::{IntervalSettings, StoreError};
@@ -275,6 +278,7 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .route("/api/environments/{id}/intervals", put(set_intervals))
         .route("/api/environments/{id}/commands", post(create_command).get(list_commands))
+        .route("/api/environments/{id}/stacks/{name}/logs", post(stack_logs))
         .route("/api/commands/{id}", get(command).delete(cancel_command))
         .route("/api/openapi.json", get(openapi::serve))
         .route("/metrics", get(metrics))
@@ -427,6 +431,55 @@ pub async fn create_command(
     })
     .await?;
     Ok((StatusCode::CREATED, Json(record.into())))
+}
+
+/// `POST /api/environments/{id}/stacks/{name}/logs`: a whole stack's logs,
+/// as one `container.logs` command per container of the stack in the
+/// stored state, queued in one transaction (so they reach the agent in one
+/// poll and come back together).
+pub async fn stack_logs(
+    State(state): State<Arc<AppState>>,
+    Path((id, name)): Path<(String, String)>,
+    ApiJson(req): ApiJson<StackLogsRequest>,
+) -> Result<(StatusCode, Json<StackLogsView>), ApiError> {
+    let id: u64 = id.parse().map_err(|_| {
+        ApiError::bad_request(format!("bad id {:?}: ids are numbers", id.chars().take(40).collect::<String>()))
+    })?;
+    let tail = match req.tail {
+        None => 100,
+        Some(n) if (1..=MAX_LOG_LINES).contains(&n) => n,
+        Some(_) => return Err(ApiError::bad_request(format!("tail: from 1 to {MAX_LOG_LINES} lines"))),
+    };
+    let view = with_store(&state, move |store| {
+        store.environment(id)?;
+        let replica = store.replica(id)?;
+        let current = &replica.current().1;
+        let mut parts: Vec<(String, String, crate::sync::state::Id)> = current
+            .containers
+            .iter()
+            .filter(|c| c.labels.get("com.docker.compose.project") == Some(&name))
+            .map(|c| {
+                let service = c.labels.get("com.docker.compose.service").cloned().unwrap_or_default();
+                (service, c.name.clone(), c.id)
+            })
+            .collect();
+        if parts.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no stack {:?} in environment {id}'s state", name.chars().take(64).collect::<String>()),
+            ));
+        }
+        parts.sort();
+        let now = super::http::now();
+        let mut out = Vec::with_capacity(parts.len());
+        for (service, container, cid) in parts {
+            let command = store.enqueue_command(id, &Action::ContainerLogs(cid, tail), now)?;
+            out.push(StackLogsPart { service, container, command: store.command(command)?.into() });
+        }
+        Ok(StackLogsView { stack: name, parts: out })
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(view)))
 }
 
 /// `GET /api/environments/{id}/commands`: newest first.

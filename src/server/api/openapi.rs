@@ -151,6 +151,12 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ("PUT", "/api/stacks/{id}", "stacks", "A new version of a stack, redeployed everywhere."),
     ("DELETE", "/api/stacks/{id}", "stacks", "Remove a stack everywhere (202); once removed, purge it (204)."),
     (
+        "POST",
+        "/api/environments/{id}/stacks/{name}/logs",
+        "stacks",
+        "A whole stack's logs: one container.logs command per container of the stack, queued together (201).",
+    ),
+    (
         "GET",
         "/api/stacks/{id}/versions",
         "stacks",

@@ -18,6 +18,36 @@ pub struct CreateCommand {
     pub tail: Option<u32>,
 }
 
+/// `POST /api/environments/{id}/stacks/{name}/logs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StackLogsRequest {
+    /// Lines from the end of each container's log (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<u32>,
+}
+
+/// One container's share of a stack's logs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackLogsPart {
+    /// Its compose service.
+    pub service: String,
+    /// The container's name.
+    pub container: String,
+    /// The `container.logs` command fetching its lines.
+    pub command: CommandView,
+}
+
+/// The answer: one `container.logs` command per container of the stack,
+/// queued together (they travel in the same poll).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackLogsView {
+    /// The stack.
+    pub stack: String,
+    /// By service, then container name.
+    pub parts: Vec<StackLogsPart>,
+}
+
 /// A command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandView {

@@ -36,6 +36,9 @@ pub enum ClientError {
     TooLarge(usize),
 }
 
+/// How long a proxy may take to answer CONNECT.
+pub const PROXY_ANSWER: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How long a closing connection waits for the server's side of the close.
 pub const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -187,7 +190,17 @@ impl Client {
         // Through a site's proxy: a tunnel first (its bytes count), then
         // TLS to the server inside it, pinned as ever.
         if let Some(p) = &self.proxy {
-            p.tunnel(&mut tcp, &self.host, self.port).await.map_err(std::io::Error::from)?;
+            // Bounded: a proxy that takes the connection and never answers
+            // must not hold a transfer (which has no deadline of its own).
+            tokio::time::timeout(PROXY_ANSWER, p.tunnel(&mut tcp, &self.host, self.port))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("the proxy {p} did not answer CONNECT within {} s", PROXY_ANSWER.as_secs()),
+                    )
+                })?
+                .map_err(std::io::Error::from)?;
         }
         let offered = self.session_connector.is_some();
         let connector = self.session_connector.as_ref().unwrap_or(&self.connector);

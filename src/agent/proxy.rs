@@ -86,13 +86,14 @@ pub fn from_env(
     let Some((name, value)) = get(["HTTPS_PROXY", "https_proxy"]).or_else(|| get(["HTTP_PROXY", "http_proxy"])) else {
         return Ok(None);
     };
-    let proxy = parse(name, value)?;
+    // NO_PROXY first: a proxy the server bypasses is not used, so its URL
+    // does not matter.
     if let Some((_, no)) = get(["NO_PROXY", "no_proxy"])
         && bypassed(no, server_host, server_port)
     {
         return Ok(None);
     }
-    Ok(Some(proxy))
+    parse(name, value).map(Some)
 }
 
 /// The server's host and port in a join token's `https://host[:port]`.
@@ -354,6 +355,8 @@ mod tests {
         assert_eq!(from_env(&env(&[("HTTPS_PROXY", " ")]), "srv", 443).unwrap(), None);
         let e = env(&[("HTTPS_PROXY", "http://squid:3128"), ("NO_PROXY", "localhost,.corp.example")]);
         assert_eq!(from_env(&e, "tern.corp.example", 443).unwrap(), None);
+        let odd = env(&[("HTTPS_PROXY", "socks5://x:1"), ("NO_PROXY", "*")]);
+        assert_eq!(from_env(&odd, "srv", 443).unwrap(), None, "a bypassed proxy's URL does not matter");
         assert!(from_env(&e, "tern.example", 443).unwrap().is_some());
     }
 

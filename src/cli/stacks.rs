@@ -288,7 +288,9 @@ pub fn run(command: StackCommand, api_args: &ApiArgs) -> anyhow::Result<()> {
                 let mut rows = vec![vec!["VERSION".into(), "MADE (UTC)".into(), "VARIABLES".into(), "NOTE".into()]];
                 for ver in v {
                     let mark = if ver.current { " (current)" } else { "" };
-                    let vars: Vec<String> = ver.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    // Names only: an old version may hold a rotated password
+                    // (`--json` has the values).
+                    let vars: Vec<String> = ver.env.keys().cloned().collect();
                     rows.push(vec![
                         format!("{}{mark}", ver.version),
                         crate::server::ui::utc(ver.created_at),

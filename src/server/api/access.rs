@@ -490,24 +490,38 @@ pub async fn login(
     ClientIp(ip): ClientIp,
     ApiJson(req): ApiJson<Login>,
 ) -> Result<Response, Response> {
-    // Every attempt goes in the audit log, with the name as typed (at most
-    // 64 characters) and never the password.
-    let actor = format!("user:{}", req.username.chars().filter(|c| !c.is_control()).take(64).collect::<String>());
-    let r = login_checked(&state, ip, req).await;
-    let status = match &r {
-        Ok(resp) | Err(resp) => resp.status().as_u16(),
-    };
-    let entry = crate::server::store::audit::AuditEntry {
-        id: 0,
-        at: now(),
-        actor,
-        action: "login".into(),
-        target: "/api/auth/login".into(),
-        status,
-        addr: ip.map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
-    };
-    super::audit::record(&state, entry).await;
-    r
+    // Every attempt the limiter lets through goes in the audit log, with
+    // the name as typed (at most 64 characters, `unverified:` unless the
+    // password was right) and never the password. Attempts refused by the
+    // limiter (429) are not: they never reach a password check, and an
+    // unauthenticated flood must not grow the log without bound (the
+    // limiter lets 5 failures per address and 60 overall through every 15
+    // minutes).
+    let name = req.username.chars().filter(|c| !c.is_control()).take(64).collect::<String>();
+    let task = tokio::spawn(async move {
+        let r = login_checked(&state, ip, req).await;
+        let status = match &r {
+            Ok(resp) | Err(resp) => resp.status(),
+        };
+        if status != StatusCode::TOO_MANY_REQUESTS {
+            let prefix = if status.is_success() { "user:" } else { super::audit::FAILED_LOGIN_ACTOR };
+            let entry = crate::server::store::audit::AuditEntry {
+                id: 0,
+                at: now(),
+                actor: format!("{prefix}{name}"),
+                action: "login".into(),
+                target: "/api/auth/login".into(),
+                status: status.as_u16(),
+                addr: ip.map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
+            };
+            super::audit::record(&state, entry).await;
+        }
+        r
+    });
+    task.await.unwrap_or_else(|e| {
+        tracing::error!("login handler panicked: {e}");
+        Err(ApiError::internal().into_response())
+    })
 }
 
 async fn login_checked(state: &Arc<AppState>, ip: Option<IpAddr>, req: Login) -> Result<Response, Response> {

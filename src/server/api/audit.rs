@@ -86,6 +86,10 @@ pub fn kept_days() -> i64 {
     })
 }
 
+/// The actor of a login attempt that did not succeed: the name as typed,
+/// which proves nothing (so it is not `user:`).
+pub const FAILED_LOGIN_ACTOR: &str = "unverified:";
+
 /// Who a caller is, for the log.
 pub fn actor_of(caller: &Caller) -> String {
     match caller {
@@ -135,18 +139,27 @@ pub async fn middleware(State(state): State<Arc<AppState>>, request: Request, ne
     let action = format!("{} {route}", request.method());
     let actor = request.extensions().get::<Caller>().map_or_else(|| "-".to_owned(), actor_of);
     let addr = addr_of(&request);
-    let response = next.run(request).await;
-    let entry = AuditEntry {
-        id: 0,
-        at: crate::clock::unix_now(),
-        actor,
-        action,
-        target: path,
-        status: response.status().as_u16(),
-        addr,
-    };
-    record(&state, entry).await;
-    response
+    // On a task of its own: a client that hangs up mid-request drops this
+    // future, but not the change it asked for (its store work goes on), so
+    // neither may it drop the entry.
+    let task = tokio::spawn(async move {
+        let response = next.run(request).await;
+        let entry = AuditEntry {
+            id: 0,
+            at: crate::clock::unix_now(),
+            actor,
+            action,
+            target: path,
+            status: response.status().as_u16(),
+            addr,
+        };
+        record(&state, entry).await;
+        response
+    });
+    task.await.unwrap_or_else(|e| {
+        tracing::error!("api handler panicked: {e}");
+        ApiError::internal().into_response()
+    })
 }
 
 /// The routes (behind the API's credential check).

@@ -435,8 +435,8 @@ pub async fn create_command(
 
 /// `POST /api/environments/{id}/stacks/{name}/logs`: a whole stack's logs,
 /// as one `container.logs` command per container of the stack in the
-/// stored state, queued in one transaction (so they reach the agent in one
-/// poll and come back together).
+/// stored state, queued in one transaction (so they reach the agent
+/// together, as many to a poll as a poll carries, and come back together).
 pub async fn stack_logs(
     State(state): State<Arc<AppState>>,
     Path((id, name)): Path<(String, String)>,

@@ -305,6 +305,10 @@ pub async fn rollback_stack(
         if body.version == current.version {
             return Err(ApiError::invalid(format!("version: {} is the stack's version already", body.version)));
         }
+        // The old file goes through today's checks, as an update's would.
+        let old = store.stack_version(id, body.version)?;
+        check_compose(&old.compose, &old.env)
+            .map_err(|e| ApiError::invalid(format!("version {}: {}", body.version, e.message)))?;
         store.rollback_stack(id, body.version, crate::server::http::now())?;
         Ok(store.stack(id)?)
     })

@@ -71,7 +71,8 @@ pub trait AuditStore {
 
 fn like(text: &Option<String>) -> Option<String> {
     text.as_ref().filter(|t| !t.is_empty()).map(|t| {
-        let escaped = t.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+        // ASCII only, as SQLite's lower() folds.
+        let escaped = t.to_ascii_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
         format!("%{escaped}%")
     })
 }

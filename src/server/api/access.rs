@@ -518,10 +518,13 @@ pub async fn login(
         }
         r
     });
-    task.await.unwrap_or_else(|e| {
-        tracing::error!("login handler panicked: {e}");
-        Err(ApiError::internal().into_response())
-    })
+    match task.await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("login handler panicked: {e}");
+            Err(ApiError::internal().into_response())
+        }
+    }
 }
 
 async fn login_checked(state: &Arc<AppState>, ip: Option<IpAddr>, req: Login) -> Result<Response, Response> {

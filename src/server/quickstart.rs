@@ -144,7 +144,7 @@ impl QuickstartArgs {
             }
             let _ = writeln!(
                 banner,
-                "  environment  local, polling every {interval} s; agent state in {}",
+                "  environment  local, checking in every {interval} s (a held session; polling where none can be held); agent state in {}",
                 agent_dir.display()
             );
             let _ = writeln!(banner);

@@ -1418,15 +1418,6 @@ async fn run_async(options: &Options) -> anyhow::Result<Report> {
         &server_log,
     )?;
     sink.set_idle(profile.close_after);
-    // The session phase ends with the churn trace, which makes the host's
-    // containers new again: the baseline reads them as minutes old, as
-    // they were here before that phase existed, so their status texts do
-    // not change at every poll (on the satellite link, a changed text on
-    // every new connection left the baseline no quiet point to measure
-    // from).
-    if session.is_some() {
-        b.baseline.as_ref().expect("started").set_age(Duration::from_secs(600));
-    }
     let p = b.polls(Class::Tern).await?;
     b.wait_polls(Class::Tern, p + 2, limit).await?;
     let (t0, b0) = (b.mark(Class::Tern).await?, b.mark(Class::Baseline).await?);

@@ -9,6 +9,7 @@ pub mod canonical;
 pub mod client;
 pub mod compose;
 pub mod config;
+pub mod enrol;
 pub mod fetch;
 pub mod health;
 mod image;
@@ -518,9 +519,10 @@ pub enum AgentError {
 /// When the data directory, the engine connection or TLS cannot be set up
 /// at start, or the data directory fails later.
 pub async fn start(
-    config: config::AgentConfig,
+    mut config: config::AgentConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    let mut shutdown = std::pin::pin!(shutdown);
     let store = store::Store::open(&config.data_path)?;
     let edge_id = store.edge_id(config.edge_id.as_deref())?;
     let trust = if config.insecure_poll {
@@ -540,11 +542,34 @@ pub async fn start(
     }
     let max_reply = crate::wire::codec::Limits::default().max_encoded + 64;
     let mut transport = client::Client::with_tls(&config.token.url, trust, tls, max_reply)?;
-    transport.offer_session(config.session);
     if let Some(p) = &config.proxy {
         tracing::info!(proxy = %p, "connecting to the server through the proxy {p} ({})", p.from);
     }
     transport.set_proxy(config.proxy.clone());
+    let docker = connect().await?;
+    if let Some(fleet) = config.fleet.clone() {
+        // A device with a fleet join token: admitted first (over plain
+        // requests; the session is an environment's).
+        let description = enrol::describe(&docker).await;
+        let secret = config.agent_secret.as_ref().map(|s| s.0.as_str());
+        let mut enrolment = enrol::Enrolment::open(&store, &fleet, secret, &edge_id, description)?;
+        let mut health = health::Recorder::start(store.dir(), crate::clock::unix_now());
+        match enrol::until_admitted(&mut enrolment, &mut transport, &mut health, shutdown.as_mut()).await? {
+            Some(token) => {
+                config.token = token;
+                // A session is picked in the TLS handshake: the enrolment's
+                // connection cannot become one (the next resumes its TLS).
+                if config.session {
+                    transport.disconnect();
+                }
+            }
+            None => {
+                transport.close().await;
+                return Ok(());
+            }
+        }
+    }
+    transport.offer_session(config.session);
     let key = config.token.secret.with_agent_secret(config.agent_secret.as_ref().map(|s| s.0.as_str()));
     let fetcher = fetch::Fetcher::new(
         &config.token.url,
@@ -557,7 +582,6 @@ pub async fn start(
     )
     .map_err(|source| store::StoreError::Io { path: config.data_path.join("transfers"), source })?
     .with_proxy(config.proxy.clone());
-    let docker = connect().await?;
     let changed = Arc::new(AtomicBool::new(true));
     let events = tokio::spawn(follow_events(docker.clone(), changed.clone()));
     let mut settings = run::Settings::new(config.token.environment, key, edge_id.clone());

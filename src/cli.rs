@@ -4,6 +4,7 @@
 //! them, and `main.rs` only flattens it into the binary's commands.
 
 pub mod access;
+pub mod admission;
 pub mod audit;
 pub mod env;
 pub mod fleet;
@@ -122,6 +123,23 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Fleet join tokens: one EDGE_KEY and one command for a whole batch
+    /// of devices, which wait in the waiting room (`tern device`) until
+    /// admitted.
+    FleetToken {
+        #[command(subcommand)]
+        command: admission::FleetTokenCommand,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// The waiting room: devices that asked to join with a fleet token;
+    /// admit, reject or forget them.
+    Device {
+        #[command(subcommand)]
+        command: admission::DeviceCommand,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// The audit log: every change and login, who, what, which target,
     /// when and from where; --jsonl exports it.
     Audit {
@@ -157,6 +175,8 @@ impl Command {
             Self::Admin { command } => access::run_admin(command),
             Self::Usage { usage, api } => usage::run(&usage, &api),
             Self::Audit { audit, api } => audit::run(&audit, &api),
+            Self::FleetToken { command, api } => admission::run_token(command, &api),
+            Self::Device { command, api } => admission::run_device(command, &api),
             Self::Job { command, api } => jobs::run(command, &api),
             Self::Stack { command, api } => stacks::run(command, &api),
             Self::Logs { logs, api } => logs::run(&logs, &api),

@@ -35,7 +35,7 @@
 // The protocol core is its own crate (`proto/`, tern-proto), kept free of
 // I/O by its dependencies; its modules are re-exported under their old
 // names, so `tern::sync::State` is `tern_proto::sync::State`.
-pub use tern_proto::{auth, clock, compose, cron, edge_env, registry, stack, sync, transfer, wire};
+pub use tern_proto::{auth, clock, compose, cron, edge_env, enrol, registry, stack, sync, transfer, wire};
 
 #[cfg(feature = "agent")]
 pub mod agent;

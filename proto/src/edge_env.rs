@@ -22,6 +22,8 @@ pub const KNOWN: &[&str] = &[
     "EDGE_SESSION",
     "EDGE_SESSION_KEEPALIVE",
     "EDGE_HOST_VARS",
+    "EDGE_GROUP",
+    "EDGE_TAGS",
 ];
 
 /// Variables from Portainer's edge agent command that tern accepts and

@@ -24,6 +24,7 @@ pub mod clock;
 pub mod compose;
 pub mod cron;
 pub mod edge_env;
+pub mod enrol;
 pub mod registry;
 pub mod stack;
 pub mod sync;

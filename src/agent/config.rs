@@ -49,8 +49,13 @@ impl LogLevel {
 /// The agent's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentConfig {
-    /// From EDGE_KEY.
+    /// From EDGE_KEY. With a fleet join token ([`Self::fleet`]) it holds
+    /// only the token's server URL and certificate pin until the device is
+    /// admitted (`agent::enrol`), which fills in the rest.
     pub token: JoinToken,
+    /// EDGE_KEY when it is a fleet join token (`tern1f_…`): the device asks
+    /// to join (`agent::enrol`), with EDGE_GROUP and EDGE_TAGS.
+    pub fleet: Option<Fleet>,
     /// EDGE_ID; generated and persisted in the data path when absent.
     pub edge_id: Option<String>,
     /// EDGE_INSECURE_POLL=1: accept any server certificate (loudly).
@@ -90,6 +95,49 @@ pub struct AgentConfig {
     /// HTTPS_PROXY (or HTTP_PROXY) unless NO_PROXY lists the server: the
     /// agent reaches its server through this proxy's tunnel.
     pub proxy: Option<crate::agent::proxy::Proxy>,
+}
+
+/// A fleet join token and what the device asks for with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fleet {
+    /// The token.
+    pub token: crate::enrol::FleetToken,
+    /// EDGE_GROUP: the group the device asks to be admitted into.
+    pub group: String,
+    /// EDGE_TAGS: the tags it asks for (comma-separated).
+    pub tags: Vec<String>,
+}
+
+/// EDGE_GROUP and EDGE_TAGS, checked as the server will.
+fn fleet_asks(env: &BTreeMap<String, String>) -> Result<(String, Vec<String>), ConfigError> {
+    use crate::enrol::{MAX_TAG, MAX_TAGS, MAX_TEXT};
+    let group = env.get("EDGE_GROUP").map(|g| g.trim().to_owned()).unwrap_or_default();
+    if group.len() > MAX_TEXT || group.chars().any(char::is_control) {
+        return Err(ConfigError::BadValue {
+            name: "EDGE_GROUP",
+            value: group,
+            why: "use a group name of at most 128 bytes",
+        });
+    }
+    let mut tags: Vec<String> = Vec::new();
+    if let Some(list) = env.get("EDGE_TAGS") {
+        for t in list.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if t.len() > MAX_TAG || t.chars().any(char::is_control) {
+                return Err(ConfigError::BadValue {
+                    name: "EDGE_TAGS",
+                    value: list.clone(),
+                    why: "use comma-separated tags of at most 64 bytes each",
+                });
+            }
+            if !tags.iter().any(|x| x == t) {
+                tags.push(t.to_owned());
+            }
+        }
+        if tags.len() > MAX_TAGS {
+            return Err(ConfigError::BadValue { name: "EDGE_TAGS", value: list.clone(), why: "use at most 16 tags" });
+        }
+    }
+    Ok((group, tags))
 }
 
 /// The default of EDGE_POLL_TIMEOUT: a 12 KB first snapshot on a 50 kbit/s
@@ -183,7 +231,38 @@ impl AgentConfig {
             }
         }
         let key = env.get("EDGE_KEY").map(|k| k.trim()).filter(|k| !k.is_empty()).ok_or(ConfigError::MissingKey)?;
-        let token = JoinToken::parse(key).map_err(ConfigError::BadKey)?;
+        let (token, fleet) = if crate::enrol::is_fleet_key(key) {
+            let fleet = crate::enrol::FleetToken::parse(key).map_err(ConfigError::BadKey)?;
+            if flag(env, "EDGE_INSECURE_POLL")? {
+                return Err(ConfigError::BadValue {
+                    name: "EDGE_INSECURE_POLL",
+                    value: "1".into(),
+                    why: "not with a fleet join token: a device sends its key once when it asks to join, and only \
+                          the certificate the token pins keeps it private",
+                });
+            }
+            let (group, tags) = fleet_asks(env)?;
+            // Until admitted: where the server is, and its pin.
+            let token = JoinToken {
+                url: fleet.url.clone(),
+                environment: 0,
+                secret: crate::auth::Secret([0; 32]),
+                cert_sha256: fleet.cert_sha256,
+            };
+            (token, Some(Fleet { token: fleet, group, tags }))
+        } else {
+            for name in ["EDGE_GROUP", "EDGE_TAGS"] {
+                if let Some(v) = env.get(name).filter(|v| !v.trim().is_empty()) {
+                    return Err(ConfigError::BadValue {
+                        name,
+                        value: v.clone(),
+                        why: "only with a fleet join token (tern1f_…): an environment's own token has its group \
+                              and tags on the server",
+                    });
+                }
+            }
+            (JoinToken::parse(key).map_err(ConfigError::BadKey)?, None)
+        };
         let proxy = match crate::agent::proxy::server_of(&token.url) {
             Some((host, port)) => crate::agent::proxy::from_env(env, &host, port)?,
             None => None,
@@ -216,6 +295,7 @@ impl AgentConfig {
         };
         Ok(Self {
             token,
+            fleet,
             edge_id,
             insecure_poll: flag(env, "EDGE_INSECURE_POLL")?,
             tls_pq: flag(env, "EDGE_TLS_PQ")?,

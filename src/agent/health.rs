@@ -173,7 +173,19 @@ pub fn check(data_path: &Path, now: i64) -> Verdict {
         Err(e) => return unhealthy(e.to_string()),
     };
     let intervals = meta.intervals.map_or_else(Intervals::default, |[p, s, c]| Intervals::from_secs(p, s, c));
-    judge(&record, intervals, now)
+    let mut verdict = judge(&record, intervals, now);
+    // A device with a fleet join token that is not an environment yet
+    // says where it stands (`agent::enrol`).
+    // A refused or rejected one will not work until someone acts: it is
+    // unhealthy, with the server's words.
+    if record.mode.starts_with(super::enrol::NOT_ADMITTED) {
+        let why = record.error.as_deref().unwrap_or(super::enrol::NOT_ADMITTED);
+        return Verdict { healthy: false, why: why.to_owned() };
+    }
+    if record.mode.starts_with(super::enrol::WAITING) {
+        verdict.why = format!("{}; {}", record.mode, verdict.why);
+    }
+    verdict
 }
 
 /// Keeps the record for the running agent, writing it only when it must.

@@ -207,7 +207,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 const BASE_LEVEL: i32 = 3;
 
 /// Replaces `path` with `bytes` atomically.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let tmp = path.with_extension("tmp");
     let written = (|| {
         let mut f = std::fs::File::create(&tmp)?;

@@ -19,6 +19,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+pub mod enrol;
 pub mod gate;
 pub mod proxy;
 pub mod session;
@@ -480,6 +481,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(POLL_PATH, post(poll_handler))
         .route(OLD_POLL_PATH, post(old_poll))
         .route(crate::wire::TRANSFER_PATH, post(super::transfers::endpoint::handler))
+        .route(crate::enrol::ENROL_PATH, post(enrol::handler))
         // The API's JSON goes gzip'd to a client that asks (a browser; the
         // CLI and the agents do not ask, and the poll endpoint is outside).
         .merge(super::api::routes(state.clone()).layer(tower_http::compression::CompressionLayer::new()))

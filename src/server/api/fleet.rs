@@ -158,7 +158,7 @@ pub(crate) fn check_label(field: &str, name: &str) -> Result<String, ApiError> {
 }
 
 /// The server URL as the edge sees it: `https://host[:port][/path]`.
-fn check_url(url: &str) -> Result<String, ApiError> {
+pub(super) fn check_url(url: &str) -> Result<String, ApiError> {
     let url = url.trim().trim_end_matches('/');
     let bad = || ApiError::invalid("url: the server URL as the edge sees it, https://host:port");
     let rest = url.strip_prefix("https://").ok_or_else(bad)?;
@@ -233,21 +233,21 @@ fn check_volume_path(path: &str) -> Result<Option<String>, ApiError> {
     Ok(Some(trimmed.to_owned()))
 }
 
-fn check_tags(tags: &[NameOrId]) -> Result<Vec<Ref>, ApiError> {
+pub(super) fn check_tags(tags: &[NameOrId]) -> Result<Vec<Ref>, ApiError> {
     if tags.len() > MAX_TAGS {
         return Err(ApiError::invalid(format!("tags: at most {MAX_TAGS}")));
     }
     tags.iter().map(|t| Ok(to_ref(&check_ref("tags", t)?))).collect()
 }
 
-fn check_ref(field: &str, r: &NameOrId) -> Result<NameOrId, ApiError> {
+pub(super) fn check_ref(field: &str, r: &NameOrId) -> Result<NameOrId, ApiError> {
     Ok(match r {
         NameOrId::Id(id) => NameOrId::Id(*id),
         NameOrId::Name(n) => NameOrId::Name(check_label(field, n)?),
     })
 }
 
-fn to_ref(r: &NameOrId) -> Ref {
+pub(super) fn to_ref(r: &NameOrId) -> Ref {
     match r {
         NameOrId::Id(id) => Ref::Id(*id),
         NameOrId::Name(n) => Ref::Name(n.clone()),

@@ -28,6 +28,7 @@
 //! Handlers are thin: the store's calls run on the blocking pool.
 
 pub mod access;
+pub mod admission;
 pub mod audit;
 pub mod fleet;
 pub mod images;
@@ -290,6 +291,7 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .merge(images::routes())
         .merge(access::routes())
         .merge(audit::routes())
+        .merge(admission::routes())
         // Innermost: every call that changes something, recorded with its
         // caller (known by then) and the status it was answered with.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), audit::middleware))

@@ -29,6 +29,37 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "The audit log, newest first: every change and login (filters: actor, action, target, since, until; \
          format=jsonl exports).",
     ),
+    // Onboarding many devices: fleet join tokens and the waiting room.
+    (
+        "POST",
+        "/api/fleet-tokens",
+        "fleet",
+        "Create a fleet join token (expiry, use count, group, tags, auto-admit rule); its EDGE_KEY and the one \
+         command to flash onto many devices (201).",
+    ),
+    ("GET", "/api/fleet-tokens", "fleet", "List fleet join tokens (never their secrets), with their state."),
+    ("GET", "/api/fleet-tokens/{id}", "fleet", "One fleet join token, with its EDGE_KEY and deploy commands."),
+    (
+        "DELETE",
+        "/api/fleet-tokens/{id}",
+        "fleet",
+        "Revoke a fleet join token: its devices are refused, waiting or new.",
+    ),
+    (
+        "GET",
+        "/api/devices",
+        "fleet",
+        "The waiting room: devices that asked to join with a fleet token (status=pending|admitted|rejected).",
+    ),
+    ("GET", "/api/devices/{id}", "fleet", "One device: what it said of itself, and the decision."),
+    ("DELETE", "/api/devices/{id}", "fleet", "Forget a device; it may ask again (its environment, if any, stays)."),
+    (
+        "POST",
+        "/api/devices/{id}/admit",
+        "fleet",
+        "Admit a device: it becomes an environment (name, group, tags optional) and is told in its next request (201).",
+    ),
+    ("POST", "/api/devices/{id}/reject", "fleet", "Reject a device, with a reason its health output shows."),
     // Images the server holds.
     ("POST", "/api/images", "images", "Pull an image into the server (with a registered registry's credentials)."),
     ("GET", "/api/images", "images", "List the images the server holds or is pulling."),

@@ -192,6 +192,31 @@ pub fn deploy(tx: &(impl Transaction + ?Sized), id: u64, fingerprint: [u8; 32]) 
     Ok(Deploy { name: env.name, edge_key, edge_id: o.deploy_edge_id, agent_secret, linux, windows })
 }
 
+/// A fleet join token's EDGE_KEY and its deploy commands (Linux,
+/// Windows): no EDGE_ID (each device makes its own and keeps it in its
+/// data volume), so one command can be flashed onto a batch of devices;
+/// a device asks for a group or tags with `-e EDGE_GROUP=… -e EDGE_TAGS=…`
+/// added to it.
+///
+/// # Errors
+/// When the database fails.
+pub fn fleet_deploy(
+    tx: &(impl Transaction + ?Sized),
+    token: &crate::server::store::admission::FleetTokenRow,
+    fingerprint: [u8; 32],
+) -> Result<(String, String, String), StoreError> {
+    let edge_key = crate::enrol::FleetToken {
+        url: token.url.clone(),
+        id: token.id,
+        secret: token.secret.clone(),
+        cert_sha256: fingerprint,
+    }
+    .encode();
+    let d = DeployOptions { edge_key: &edge_key, agent_secret: tx.agent_secret()?.is_some(), ..Default::default() };
+    let (linux, windows) = (linux_command(&d), windows_command(&d));
+    Ok((edge_key, linux, windows))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@
 //! whole ([`atomic`]). It must not touch SQL, HTTP or HTML: its errors are
 //! the store's backend-neutral enums, which the API words for HTTP.
 
+pub mod admission;
 pub mod deploy;
 pub mod jobs;
 pub mod registries;

@@ -47,6 +47,8 @@ pub const TABLES: &[&str] = &[
     "tls_ticket_keys",
     "login_failures",
     "audit",
+    "fleet_tokens",
+    "devices",
 ];
 
 /// Rows read at a time.

@@ -26,6 +26,7 @@
 //! refused rather than guessed at.
 
 pub mod access;
+pub mod admission;
 pub mod audit;
 mod commands;
 pub mod copy;
@@ -471,6 +472,47 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     INSERT INTO stack_versions (stack, version, compose, env, created_at)
         SELECT id, version, compose, env, updated_at FROM stacks;",
+    // 21: onboarding many devices (issue #17; `store::admission`): fleet
+    // join tokens (the secret every device flashed with one shares; what
+    // its devices are admitted with; its rule; its limits) and the devices
+    // that asked to join with one (what each said of itself, the key it
+    // is bound to, and the operator's or the rule's decision).
+    "CREATE TABLE fleet_tokens (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        secret BLOB NOT NULL,
+        url TEXT NOT NULL,
+        group_id INTEGER REFERENCES groups(id) ON DELETE SET NULL,
+        tags TEXT NOT NULL DEFAULT '[]',
+        auto_admit TEXT NOT NULL DEFAULT 'off',
+        auto_tags TEXT NOT NULL DEFAULT '[]',
+        max_uses INTEGER,
+        uses INTEGER NOT NULL DEFAULT 0,
+        expires_at INTEGER,
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    );
+    CREATE TABLE devices (
+        id INTEGER PRIMARY KEY,
+        token INTEGER NOT NULL REFERENCES fleet_tokens(id) ON DELETE CASCADE,
+        edge_id TEXT NOT NULL,
+        device_key BLOB NOT NULL,
+        hostname TEXT NOT NULL DEFAULT '',
+        agent_version TEXT NOT NULL DEFAULT '',
+        engine TEXT NOT NULL DEFAULT '',
+        group_name TEXT NOT NULL DEFAULT '',
+        tags TEXT NOT NULL DEFAULT '[]',
+        addr TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL DEFAULT 'pending',
+        reason TEXT NOT NULL DEFAULT '',
+        environment INTEGER REFERENCES environments(id) ON DELETE SET NULL,
+        last_counter INTEGER NOT NULL DEFAULT 0,
+        first_seen INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL,
+        decided_at INTEGER,
+        decided_by TEXT NOT NULL DEFAULT '',
+        UNIQUE (token, edge_id)
+    );",
 ];
 
 /// The interval every timer runs at when neither the environment nor the
@@ -733,6 +775,7 @@ pub trait Transaction:
     + JobStore
     + AccessStore
     + AuditStore
+    + AdmissionStore
     + UsageStore
     + RegistryStore
     + ImageStore
@@ -747,6 +790,7 @@ impl<
         + JobStore
         + AccessStore
         + AuditStore
+        + AdmissionStore
         + UsageStore
         + RegistryStore
         + ImageStore
@@ -813,6 +857,7 @@ impl Nested for Tx<'_> {
 }
 
 pub use access::AccessStore;
+pub use admission::AdmissionStore;
 pub use audit::AuditStore;
 pub use commands::CommandStore;
 pub use fleet::FleetStore;
@@ -826,8 +871,8 @@ pub use usage::UsageStore;
 /// [`Transaction`] (its methods are the traits').
 pub mod prelude {
     pub use super::{
-        AccessStore, Atomic, AuditStore, CommandStore, FleetStore, ImageStore, JobStore, RegistryStore, StackStore,
-        Transaction, UsageStore,
+        AccessStore, AdmissionStore, Atomic, AuditStore, CommandStore, FleetStore, ImageStore, JobStore, RegistryStore,
+        StackStore, Transaction, UsageStore,
     };
 }
 

@@ -37,6 +37,7 @@
 
 pub mod audit;
 pub mod chart;
+pub mod devices;
 pub mod envs;
 pub mod jobs;
 pub mod manage;
@@ -123,6 +124,7 @@ pub fn routes(api: Router, state: Arc<AppState>) -> Router<Arc<AppState>> {
         .merge(jobs::routes())
         .merge(settings::routes())
         .merge(audit::routes())
+        .merge(devices::routes())
         // Every handler checks the session before it reads a body, so a
         // stranger's request is answered (and its room given back) at once.
         .route_layer(axum::middleware::from_fn_with_state(state, crate::server::http::body_budget))
@@ -470,6 +472,8 @@ pub enum Nav {
     Stacks,
     /// Jobs.
     Jobs,
+    /// The waiting room and fleet tokens.
+    Devices,
     /// The audit log.
     Audit,
     /// Settings.
@@ -507,6 +511,7 @@ pub fn page(ui: &Ui, nav: Nav, title: &str, body: Markup) -> Markup {
                         (item(Nav::Environments, "/environments", "Environments"))
                         (item(Nav::Stacks, "/stacks", "Stacks"))
                         (item(Nav::Jobs, "/jobs", "Jobs"))
+                        (item(Nav::Devices, "/devices", "Waiting room"))
                         (item(Nav::Audit, "/audit", "Audit"))
                         (item(Nav::Settings, "/settings", "Settings"))
                     }

@@ -1,0 +1,452 @@
+//! Onboarding many devices (issue #17): what a device that asks to join
+//! with a fleet token is told, and what admitting or rejecting it does.
+//!
+//! * A token that is revoked turns every device away, waiting or new; one
+//!   that is expired or used up turns away new devices only (those in the
+//!   waiting room stay for the operator to decide).
+//! * A new device is one more use of its token, counted when it is first
+//!   stored; one that is forgotten and asks again counts again.
+//! * A device is bound to the key it first sent: another key for the same
+//!   token and EDGE_ID is refused, so a sibling cannot take its place.
+//! * Nothing a pending device says is acted on: it is shown. Admission
+//!   (the operator's, or the token's rule) makes it an environment whose
+//!   name, group and tags come from the operator, else from what it asked
+//!   for, else from the token.
+
+use crate::enrol::{Description, EnrolReply, EnrolRequest, EnrolState, admitted_secret};
+use crate::server::store::admission::{AutoAdmit, Device, DeviceStatus, FleetTokenRow};
+use crate::server::store::fleet::{FleetOptions, NewEnvironment, Ref};
+use crate::server::store::{IntervalSettings, StoreError, Transaction};
+
+/// What became of an enrolment request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enrolled {
+    /// The reply to seal, and who was admitted by the token's rule just
+    /// now (for the audit log).
+    Reply(EnrolReply, Option<AdmittedByRule>),
+    /// A counter not above the device's last: a replay, answered with
+    /// nothing.
+    Replay,
+}
+
+/// A device the token's rule admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdmittedByRule {
+    /// The device's id.
+    pub device: u64,
+    /// The environment it is now.
+    pub environment: u64,
+    /// Who decided: `rule:TOKEN`.
+    pub by: String,
+}
+
+/// Why a device cannot be admitted or rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmitError {
+    /// No such device.
+    #[error("no device {0} in the waiting room")]
+    NotFound(u64),
+    /// It was admitted already.
+    #[error("device {0} was admitted already, as environment {1}")]
+    Admitted(u64, u64),
+    /// The store's.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What the operator admits a device with; `None` takes what the device
+/// asked for, else the token's.
+#[derive(Debug, Clone, Default)]
+pub struct AdmitWith {
+    /// The environment's name.
+    pub name: Option<String>,
+    /// Its group.
+    pub group: Option<Ref>,
+    /// Its tags.
+    pub tags: Option<Vec<Ref>>,
+}
+
+/// How long a device waits between requests, in seconds: the server's
+/// default ping interval (the one an idle agent polls at), so waiting
+/// costs what an idle agent costs.
+fn waiting_interval(tx: &dyn Transaction) -> Result<u32, StoreError> {
+    // 0: the ping is disabled; a waiting device still asks once a minute.
+    let ping = tx.default_intervals()?.ping;
+    Ok(if ping == 0 { 60 } else { ping.min(3600) })
+}
+
+fn time_text(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t, 0).map_or_else(|| t.to_string(), |d| d.format("%Y-%m-%d %H:%M UTC").to_string())
+}
+
+/// Why a token takes no new device now, if it does not.
+pub fn closed_to_new(token: &FleetTokenRow, now: i64) -> Option<String> {
+    if token.revoked_at.is_some() {
+        return Some(format!("the fleet join token {:?} was revoked", token.name));
+    }
+    if let Some(at) = token.expires_at
+        && now >= at
+    {
+        return Some(format!("the fleet join token {:?} expired at {}", token.name, time_text(at)));
+    }
+    if let Some(max) = token.max_uses
+        && token.uses >= max
+    {
+        return Some(format!("the fleet join token {:?} is used up ({} of {max} devices)", token.name, token.uses));
+    }
+    None
+}
+
+/// Whether the token's rule admits a device that asked for `tags`.
+fn rule_admits(token: &FleetTokenRow, tags: &[String]) -> bool {
+    match token.auto_admit {
+        AutoAdmit::Off => false,
+        AutoAdmit::All => true,
+        AutoAdmit::Tags => tags.iter().any(|t| token.auto_tags.iter().any(|r| r.eq_ignore_ascii_case(t))),
+    }
+}
+
+fn described(token: u64, edge_id: &str, d: &Description, counter: u64, addr: &str, now: i64) -> Device {
+    Device {
+        id: 0,
+        token: (token, String::new()),
+        edge_id: edge_id.to_owned(),
+        device_key: d.device_key,
+        hostname: d.hostname.clone(),
+        agent_version: d.agent_version.clone(),
+        engine: d.engine.clone(),
+        group: d.group.clone(),
+        tags: d.tags.clone(),
+        addr: addr.to_owned(),
+        status: DeviceStatus::Pending,
+        reason: String::new(),
+        environment: None,
+        last_counter: counter,
+        first_seen: now,
+        last_seen: now,
+        decided_at: None,
+        decided_by: String::new(),
+    }
+}
+
+/// Answers a device's request (its envelope already authenticated with
+/// `token`'s key), in the caller's transaction.
+///
+/// # Errors
+/// The store's.
+pub fn enrol(
+    tx: &dyn Transaction,
+    token: &FleetTokenRow,
+    counter: u64,
+    request: &EnrolRequest,
+    addr: &str,
+    now: i64,
+) -> Result<Enrolled, StoreError> {
+    let interval = waiting_interval(tx)?;
+    let reply = |state| Ok(Enrolled::Reply(EnrolReply { state, interval }, None));
+    if token.revoked_at.is_some() {
+        return reply(EnrolState::Refused(closed_to_new(token, now).unwrap_or_default()));
+    }
+    let Some(device) = tx.device_of(token.id, &request.edge_id)? else {
+        let Some(description) = &request.description else {
+            return reply(EnrolState::Describe);
+        };
+        if let Some(why) = closed_to_new(token, now) {
+            return reply(EnrolState::Refused(why));
+        }
+        let new = described(token.id, &request.edge_id, description, counter, addr, now);
+        let id = tx.insert_device(&new)?;
+        tx.count_fleet_token_use(token.id)?;
+        if rule_admits(token, &description.tags) {
+            let by = format!("rule:{}", token.name);
+            let environment = admit(tx, id, &AdmitWith::default(), &by, now).map_err(|e| match e {
+                AdmitError::Store(e) => e,
+                other => StoreError::Backend(other.to_string().into()),
+            })?;
+            return Ok(Enrolled::Reply(
+                EnrolReply { state: EnrolState::Admitted(environment), interval },
+                Some(AdmittedByRule { device: id, environment, by }),
+            ));
+        }
+        return reply(EnrolState::Pending);
+    };
+    if counter <= device.last_counter {
+        return Ok(Enrolled::Replay);
+    }
+    if let Some(d) = &request.description
+        && d.device_key != device.device_key
+    {
+        return reply(EnrolState::Refused(format!(
+            "EDGE_ID {:?} already asked to join with another device key: another device uses this EDGE_ID, or \
+             this one lost its DATA_PATH; the operator can forget the entry in the waiting room",
+            request.edge_id
+        )));
+    }
+    let seen = request.description.as_ref().map(|d| described(token.id, &request.edge_id, d, counter, addr, now));
+    tx.device_seen(device.id, counter, addr, seen.as_ref(), now)?;
+    match device.status {
+        DeviceStatus::Pending => reply(EnrolState::Pending),
+        DeviceStatus::Admitted => match device.environment {
+            Some(env) => reply(EnrolState::Admitted(env)),
+            None => reply(EnrolState::Refused(
+                "the environment this device was admitted as was deleted; the operator can forget the entry in \
+                 the waiting room to let it ask again"
+                    .into(),
+            )),
+        },
+        DeviceStatus::Rejected => reply(EnrolState::Rejected(if device.reason.is_empty() {
+            "the operator rejected this device".into()
+        } else {
+            format!("the operator rejected this device: {}", device.reason)
+        })),
+    }
+}
+
+/// An environment name from what a device said: its hostname (else its
+/// EDGE_ID), in the characters names take.
+fn name_for(device: &Device) -> String {
+    let base = if device.hostname.is_empty() { &device.edge_id } else { &device.hostname };
+    let name: String = base
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '-' })
+        .take(56)
+        .collect();
+    if name.is_empty() { format!("device-{}", device.id) } else { name }
+}
+
+/// The group a device asked for, made when it does not exist yet.
+fn group_named(tx: &dyn Transaction, name: &str) -> Result<u64, StoreError> {
+    if let Some(g) = tx.groups()?.into_iter().find(|g| g.name.eq_ignore_ascii_case(name)) {
+        return Ok(g.id);
+    }
+    Ok(tx.create_group(name)?.id)
+}
+
+/// Admits a device (pending or rejected): it becomes an environment, with
+/// the secret both ends derive from its key. Returns the environment's id.
+///
+/// # Errors
+/// [`AdmitError`].
+pub fn admit(tx: &dyn Transaction, device_id: u64, with: &AdmitWith, by: &str, now: i64) -> Result<u64, AdmitError> {
+    let device = tx.device(device_id)?.ok_or(AdmitError::NotFound(device_id))?;
+    if let (DeviceStatus::Admitted, Some(env)) = (device.status, device.environment) {
+        return Err(AdmitError::Admitted(device_id, env));
+    }
+    let token = tx.fleet_token(device.token.0)?.ok_or(AdmitError::NotFound(device_id))?;
+    let group = match (&with.group, device.group.is_empty(), &token.group) {
+        (Some(g), _, _) => Some(g.clone()),
+        (None, false, _) => Some(Ref::Id(group_named(tx, &device.group)?)),
+        (None, true, Some((id, _))) => Some(Ref::Id(*id)),
+        (None, true, None) => None,
+    };
+    let tags = match &with.tags {
+        Some(t) => t.clone(),
+        None => {
+            let mut names: Vec<String> = token.tags.clone();
+            for t in &device.tags {
+                if !names.iter().any(|n| n.eq_ignore_ascii_case(t)) {
+                    names.push(t.clone());
+                }
+            }
+            names.into_iter().map(Ref::Name).collect()
+        }
+    };
+    let secret = admitted_secret(&device.device_key, token.id, &device.edge_id);
+    let base = with.name.clone().unwrap_or_else(|| name_for(&device));
+    let mut env = None;
+    for n in 1..=100u32 {
+        let name = if n == 1 { base.clone() } else { format!("{base}-{n}") };
+        let new = NewEnvironment {
+            name,
+            secret: secret.clone(),
+            intervals: IntervalSettings::default(),
+            group: group.clone(),
+            tags: tags.clone(),
+            options: FleetOptions {
+                url: token.url.clone(),
+                env_vars: Vec::new(),
+                allow_self_signed: false,
+                volume_path: None,
+                deploy_edge_id: Some(device.edge_id.clone()),
+                tcp_timestamps: false,
+            },
+        };
+        match tx.create_fleet_environment(&new, now) {
+            Ok(id) => {
+                env = Some(id);
+                break;
+            }
+            // The operator's own name is theirs to change; a derived one
+            // takes the next free suffix.
+            Err(StoreError::NameTaken(_)) if with.name.is_none() => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let Some(env) = env else {
+        return Err(StoreError::NameTaken(base).into());
+    };
+    crate::server::domain::stacks::reconcile(tx, None, Some(env), now)?;
+    tx.decide_device(device_id, DeviceStatus::Admitted, Some(env), "", by, now)?;
+    Ok(env)
+}
+
+/// Rejects a pending device: it is told so (with `reason`) and asks again
+/// only rarely.
+///
+/// # Errors
+/// [`AdmitError`].
+pub fn reject(tx: &dyn Transaction, device_id: u64, reason: &str, by: &str, now: i64) -> Result<(), AdmitError> {
+    let device = tx.device(device_id)?.ok_or(AdmitError::NotFound(device_id))?;
+    if let (DeviceStatus::Admitted, Some(env)) = (device.status, device.environment) {
+        return Err(AdmitError::Admitted(device_id, env));
+    }
+    tx.decide_device(device_id, DeviceStatus::Rejected, None, reason, by, now)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Secret;
+    use crate::server::store::Store;
+    use crate::server::store::admission::NewFleetToken;
+    use crate::server::store::prelude::*;
+
+    fn token(tx: &dyn Transaction, rule: AutoAdmit, max_uses: Option<u64>, expires_at: Option<i64>) -> FleetTokenRow {
+        let new = NewFleetToken {
+            name: "batch".into(),
+            secret: Secret([1; 32]),
+            url: "https://ops:9443".into(),
+            group: None,
+            tags: vec!["field".into()],
+            auto_admit: rule,
+            auto_tags: vec!["trusted".into()],
+            max_uses,
+            expires_at,
+        };
+        let id = tx.create_fleet_token(&new, 10).unwrap();
+        tx.fleet_token(id).unwrap().unwrap()
+    }
+
+    fn ask(edge_id: &str, key: u8, tags: &[&str]) -> EnrolRequest {
+        EnrolRequest {
+            edge_id: edge_id.into(),
+            description: Some(Description {
+                device_key: [key; 32],
+                hostname: format!("host {edge_id}"),
+                agent_version: "0.1.0".into(),
+                engine: "Docker 27".into(),
+                group: "north".into(),
+                tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+            }),
+        }
+    }
+
+    fn state(e: Enrolled) -> EnrolState {
+        match e {
+            Enrolled::Reply(r, _) => r.state,
+            Enrolled::Replay => panic!("a replay"),
+        }
+    }
+
+    #[test]
+    fn a_device_waits_is_admitted_and_then_polls_with_the_derived_secret() {
+        let store = Store::scratch().unwrap();
+        let tx = store.autocommit();
+        let t = token(&tx, AutoAdmit::Off, None, None);
+        let req = ask("cam-1", 7, &["solar"]);
+        assert_eq!(state(enrol(&tx, &t, 1, &req, "192.0.2.1", 100).unwrap()), EnrolState::Pending);
+        assert_eq!(enrol(&tx, &t, 1, &req, "192.0.2.1", 100).unwrap(), Enrolled::Replay);
+        let short = EnrolRequest { edge_id: "cam-1".into(), description: None };
+        assert_eq!(state(enrol(&tx, &t, 2, &short, "192.0.2.1", 160).unwrap()), EnrolState::Pending);
+        let unknown = EnrolRequest { edge_id: "cam-9".into(), description: None };
+        assert_eq!(state(enrol(&tx, &t, 1, &unknown, "192.0.2.1", 160).unwrap()), EnrolState::Describe);
+        // Nothing is an environment yet.
+        assert!(tx.environments().unwrap().is_empty());
+        let d = tx.device_of(t.id, "cam-1").unwrap().unwrap();
+        let env = admit(&tx, d.id, &AdmitWith::default(), "user:admin", 200).unwrap();
+        let e = tx.environment(env).unwrap();
+        assert_eq!(e.secret, admitted_secret(&[7; 32], t.id, "cam-1"));
+        let item = tx.fleet_item(env, 200).unwrap();
+        assert_eq!(item.name, "host-cam-1");
+        assert_eq!(item.group.map(|g| g.1), Some("north".into()));
+        assert_eq!(item.tags, ["field", "solar"]);
+        assert_eq!(state(enrol(&tx, &t, 3, &short, "192.0.2.1", 260).unwrap()), EnrolState::Admitted(env));
+        assert!(matches!(admit(&tx, d.id, &AdmitWith::default(), "user:admin", 300), Err(AdmitError::Admitted(..))));
+        assert!(matches!(reject(&tx, d.id, "", "user:admin", 300), Err(AdmitError::Admitted(..))));
+        // A second device with the same hostname gets the next free name.
+        let mut other = ask("cam-2", 8, &[]);
+        other.description.as_mut().unwrap().hostname = "host cam-1".into();
+        enrol(&tx, &t, 1, &other, "a", 300).unwrap();
+        let d2 = tx.device_of(t.id, "cam-2").unwrap().unwrap();
+        let env2 = admit(&tx, d2.id, &AdmitWith::default(), "user:admin", 300).unwrap();
+        assert_eq!(tx.fleet_item(env2, 300).unwrap().name, "host-cam-1-2");
+    }
+
+    #[test]
+    fn a_sibling_with_another_key_is_refused_and_changes_nothing() {
+        let store = Store::scratch().unwrap();
+        let tx = store.autocommit();
+        let t = token(&tx, AutoAdmit::Off, None, None);
+        enrol(&tx, &t, 1, &ask("cam-1", 7, &[]), "a", 100).unwrap();
+        let r = state(enrol(&tx, &t, 5, &ask("cam-1", 9, &[]), "b", 110).unwrap());
+        assert!(matches!(&r, EnrolState::Refused(w) if w.contains("another device key")), "{r:?}");
+        let d = tx.device_of(t.id, "cam-1").unwrap().unwrap();
+        assert_eq!((d.device_key, d.last_counter, d.addr.as_str()), ([7; 32], 1, "a"));
+    }
+
+    #[test]
+    fn expired_used_up_and_revoked_tokens_are_refused_with_why() {
+        let store = Store::scratch().unwrap();
+        let tx = store.autocommit();
+        let t = token(&tx, AutoAdmit::Off, Some(1), Some(1_000));
+        assert_eq!(state(enrol(&tx, &t, 1, &ask("a", 1, &[]), "x", 100).unwrap()), EnrolState::Pending);
+        let t = tx.fleet_token(t.id).unwrap().unwrap();
+        let r = state(enrol(&tx, &t, 1, &ask("b", 2, &[]), "x", 100).unwrap());
+        assert!(matches!(&r, EnrolState::Refused(w) if w.contains("used up (1 of 1")), "{r:?}");
+        // The one waiting already stays.
+        assert_eq!(state(enrol(&tx, &t, 2, &ask("a", 1, &[]), "x", 100).unwrap()), EnrolState::Pending);
+        let t2 = token(&tx, AutoAdmit::Off, None, Some(1_000));
+        let r = state(enrol(&tx, &t2, 1, &ask("c", 3, &[]), "x", 1_000).unwrap());
+        assert!(matches!(&r, EnrolState::Refused(w) if w.contains("expired at 1970-01-01 00:16 UTC")), "{r:?}");
+        tx.revoke_fleet_token(t.id, 150).unwrap();
+        let t = tx.fleet_token(t.id).unwrap().unwrap();
+        let r = state(enrol(&tx, &t, 3, &ask("a", 1, &[]), "x", 160).unwrap());
+        assert!(matches!(&r, EnrolState::Refused(w) if w.contains("was revoked")), "{r:?}");
+        assert_eq!(tx.devices(None).unwrap().len(), 1, "no refused device was stored");
+    }
+
+    #[test]
+    fn rules_admit_by_token_or_by_tag_and_say_who_decided() {
+        let store = Store::scratch().unwrap();
+        let tx = store.autocommit();
+        let by_tag = token(&tx, AutoAdmit::Tags, None, None);
+        assert_eq!(state(enrol(&tx, &by_tag, 1, &ask("a", 1, &["cam"]), "x", 100).unwrap()), EnrolState::Pending);
+        let Enrolled::Reply(r, Some(who)) = enrol(&tx, &by_tag, 1, &ask("b", 2, &["Trusted"]), "x", 100).unwrap()
+        else {
+            panic!("not admitted by the rule")
+        };
+        assert_eq!(r.state, EnrolState::Admitted(who.environment));
+        assert_eq!(who.by, "rule:batch");
+        let all = token(&tx, AutoAdmit::All, None, None);
+        assert!(matches!(state(enrol(&tx, &all, 1, &ask("c", 3, &[]), "x", 100).unwrap()), EnrolState::Admitted(_)));
+        let d = tx.device_of(all.id, "c").unwrap().unwrap();
+        assert_eq!((d.status, d.decided_by.as_str()), (DeviceStatus::Admitted, "rule:batch"));
+    }
+
+    #[test]
+    fn a_rejected_device_is_told_why_and_can_still_be_admitted() {
+        let store = Store::scratch().unwrap();
+        let tx = store.autocommit();
+        let t = token(&tx, AutoAdmit::Off, None, None);
+        enrol(&tx, &t, 1, &ask("a", 1, &[]), "x", 100).unwrap();
+        let d = tx.device_of(t.id, "a").unwrap().unwrap();
+        reject(&tx, d.id, "not one of ours", "user:admin", 110).unwrap();
+        let r = state(enrol(&tx, &t, 2, &ask("a", 1, &[]), "x", 120).unwrap());
+        assert_eq!(r, EnrolState::Rejected("the operator rejected this device: not one of ours".into()));
+        let env = admit(&tx, d.id, &AdmitWith { name: Some("cam-a".into()), ..Default::default() }, "user:admin", 130)
+            .unwrap();
+        assert_eq!(tx.fleet_item(env, 130).unwrap().name, "cam-a");
+        assert!(matches!(admit(&tx, 99, &AdmitWith::default(), "u", 1), Err(AdmitError::NotFound(99))));
+    }
+}

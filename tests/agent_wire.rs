@@ -103,3 +103,94 @@ async fn idle_and_resumed_polls_stay_within_their_byte_budgets() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&agent_dir);
 }
+
+/// Issue #17: a device waiting for admission costs the link no more than
+/// an idle poll. Measured the same way, in one run: its requests to join
+/// on a kept-alive connection (after the first, which describes it), then,
+/// admitted, the same agent's idle polls on the same connection.
+#[tokio::test]
+async fn a_waiting_device_costs_no_more_than_an_idle_poll() {
+    let dir = tempdir("server-fleet");
+    let config = tern::server::ServerConfig::new(dir.clone());
+    let prepared = tern::server::prepare(&config).unwrap();
+    let fingerprint = prepared.fingerprint;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://localhost:{}", listener.local_addr().unwrap().port());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tern::server::run(prepared, listener, async {
+        let _ = stopped.await;
+    }));
+    let admin = std::fs::read_to_string(tern::server::admin_token_path(&dir)).unwrap();
+    let mut api = Client::new(&url, Trust::Pinned(fingerprint), 1 << 20).unwrap();
+    let body = serde_json::json!({ "name": "batch", "url": url });
+    let (status, created) = api.post_json("/api/fleet-tokens", admin.trim(), body.to_string().into()).await.unwrap();
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&created));
+    let created: serde_json::Value = serde_json::from_slice(&created).unwrap();
+    let token = tern::enrol::FleetToken::parse(created["edge_key"].as_str().unwrap()).unwrap();
+
+    let agent_dir = tempdir("agent-fleet");
+    let store = store::Store::open(&agent_dir).unwrap();
+    let fleet = tern::agent::config::Fleet { token: token.clone(), group: "north".into(), tags: vec!["cam".into()] };
+    let docker = tern::agent::connect().await.unwrap();
+    let description = tern::agent::enrol::describe(&docker).await;
+    let mut enrolment =
+        tern::agent::enrol::Enrolment::open(&store, &fleet, None, "edge-wire-fleet", description).unwrap();
+    let mut client = Client::new(&token.url, Trust::Pinned(token.cert_sha256), 1 << 20).unwrap();
+    let wire = client.wire.clone();
+    let mut ask = async |client: &mut Client| {
+        let (s0, r0) = wire.get();
+        let reply = enrolment.ask(client).await.unwrap();
+        let (s1, r1) = wire.get();
+        (s1 - s0, r1 - r0, reply.state)
+    };
+    let first = ask(&mut client).await;
+    let waiting = ask(&mut client).await;
+    let waiting_again = ask(&mut client).await;
+    assert_eq!(waiting.2, tern::enrol::EnrolState::Pending);
+    assert_eq!(waiting.0 + waiting.1, waiting_again.0 + waiting_again.1, "every wait costs the same");
+
+    let (status, devices) = api.api(hyper::Method::GET, "/api/devices", admin.trim(), None).await.unwrap();
+    assert_eq!(status, 200);
+    let devices: serde_json::Value = serde_json::from_slice(&devices).unwrap();
+    let path = format!("/api/devices/{}/admit", devices[0]["id"]);
+    let (status, _) = api.post_json(&path, admin.trim(), Vec::new()).await.unwrap();
+    assert_eq!(status, 201);
+    let admitted = ask(&mut client).await;
+    let tern::enrol::EnrolState::Admitted(environment) = admitted.2 else { panic!("{admitted:?}") };
+    drop(ask);
+    let joined = enrolment.admitted().unwrap();
+    assert_eq!(joined.environment, environment);
+
+    // The same connection, now polling as the environment.
+    let settings = Settings::new(joined.environment, joined.secret.clone(), "edge-wire-fleet".into());
+    let mut agent =
+        Agent::new(settings, DockerEngine::new(docker), client, store, Arc::new(AtomicBool::new(false))).unwrap();
+    let mut poll = async |agent: &mut Agent<DockerEngine, Client>| {
+        let (s0, r0) = wire.get();
+        let outcome = agent.poll_now().await.unwrap();
+        assert!(matches!(outcome, Outcome::Sent { .. }), "{outcome:?}");
+        let (s1, r1) = wire.get();
+        (s1 - s0, r1 - r0)
+    };
+    let _snapshot = poll(&mut agent).await;
+    let _settle = poll(&mut agent).await;
+    let idle = poll(&mut agent).await;
+    assert_eq!(agent.transport_mut().connections, 1, "one connection, kept alive, all along");
+
+    for (name, (up, down)) in [
+        ("asking to join, first (described)", (first.0, first.1)),
+        ("waiting for admission, kept alive", (waiting.0, waiting.1)),
+        ("the answer that admits it", (admitted.0, admitted.1)),
+        ("idle poll as the environment", idle),
+    ] {
+        println!("{name:<36} {up:>6} B up {down:>6} B down {:>6} B total", up + down);
+    }
+    let waiting_total = waiting.0 + waiting.1;
+    let idle_total = idle.0 + idle.1;
+    assert!(waiting_total <= idle_total, "a wait costs {waiting_total} B, an idle poll {idle_total} B");
+
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&agent_dir);
+}

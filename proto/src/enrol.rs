@@ -143,8 +143,11 @@ pub struct Description {
 /// An enrolment request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnrolRequest {
-    /// The device's EDGE_ID.
+    /// The device's EDGE_ID (empty when it asks by [`Self::device`]).
     pub edge_id: String,
+    /// The number the server gave the device (0: none yet), which names it
+    /// in fewer bytes than its EDGE_ID.
+    pub device: u64,
     /// Present on a run's first request and when the server asks.
     pub description: Option<Description>,
 }
@@ -184,6 +187,7 @@ impl EnrolRequest {
             engine: d.engine,
             group: d.group,
             tags: d.tags,
+            device: self.device,
         }
         .encode_to_vec()
     }
@@ -196,8 +200,11 @@ impl EnrolRequest {
     pub fn decode(body: &[u8]) -> Result<Self, EnrolError> {
         let m = pb::EnrolRequest::decode(body).map_err(|_| EnrolError::Malformed)?;
         let edge_id = clean("EDGE_ID", &m.edge_id, MAX_EDGE_ID)?;
-        if edge_id.is_empty() {
+        if edge_id.is_empty() && (m.device == 0 || !m.device_key.is_empty()) {
             return Err(EnrolError::Field("EDGE_ID is empty".into()));
+        }
+        if m.device > i64::MAX as u64 {
+            return Err(EnrolError::Field("the device number is out of range".into()));
         }
         let description = if m.device_key.is_empty() {
             None
@@ -226,7 +233,7 @@ impl EnrolRequest {
                 tags,
             })
         };
-        Ok(Self { edge_id, description })
+        Ok(Self { edge_id, device: m.device, description })
     }
 }
 
@@ -253,6 +260,8 @@ pub struct EnrolReply {
     pub state: EnrolState,
     /// Seconds until it should ask again (0: its default).
     pub interval: u32,
+    /// The device's number, to ask by from now on (0: not sent).
+    pub device: u64,
 }
 
 /// The longest reason text a reply carries.
@@ -277,7 +286,8 @@ impl EnrolReply {
             }
             reason.truncate(end);
         }
-        pb::EnrolReply { state: state as i32, environment, reason, interval: self.interval }.encode_to_vec()
+        pb::EnrolReply { state: state as i32, environment, reason, interval: self.interval, device: self.device }
+            .encode_to_vec()
     }
 
     /// Decodes a reply (after its tag was checked).
@@ -297,7 +307,10 @@ impl EnrolReply {
             State::Refused => EnrolState::Refused(m.reason),
             State::Describe => EnrolState::Describe,
         };
-        Ok(Self { state, interval: m.interval })
+        if m.device > i64::MAX as u64 {
+            return Err(EnrolError::Field("the device number is out of range".into()));
+        }
+        Ok(Self { state, interval: m.interval, device: m.device })
     }
 }
 
@@ -330,6 +343,7 @@ mod tests {
     fn requests_round_trip_and_a_waiting_one_is_small() {
         let described = EnrolRequest {
             edge_id: "tern-0123456789abcdef".into(),
+            device: 0,
             description: Some(Description {
                 device_key: [7; 32],
                 hostname: "cam-17".into(),
@@ -341,10 +355,15 @@ mod tests {
         };
         let back = EnrolRequest::decode(&described.encode()).unwrap();
         assert_eq!(back.description.as_ref().unwrap().tags, ["solar", "cam"], "duplicates dropped");
-        let waiting = EnrolRequest { edge_id: described.edge_id.clone(), description: None };
+        let waiting = EnrolRequest { edge_id: described.edge_id.clone(), device: 0, description: None };
         let body = waiting.encode();
         assert_eq!(EnrolRequest::decode(&body).unwrap(), waiting);
         assert!(body.len() <= 24, "{} B", body.len());
+        // Once numbered, a waiting device's request is a few bytes.
+        let numbered = EnrolRequest { edge_id: String::new(), device: 1234, description: None };
+        let body = numbered.encode();
+        assert_eq!(EnrolRequest::decode(&body).unwrap(), numbered);
+        assert!(body.len() <= 3, "{} B", body.len());
     }
 
     #[test]
@@ -353,7 +372,10 @@ mod tests {
             pb::EnrolRequest { edge_id: edge_id.into(), device_key: key, tags, ..Default::default() }.encode_to_vec()
         };
         assert_eq!(EnrolRequest::decode(b"\xff\xff"), Err(EnrolError::Malformed));
-        assert!(EnrolRequest::decode(&req("", vec![], vec![])).is_err());
+        assert!(EnrolRequest::decode(&req("", vec![], vec![])).is_err(), "no EDGE_ID and no number");
+        let described_by_number =
+            pb::EnrolRequest { device: 5, device_key: vec![1; 32], ..Default::default() }.encode_to_vec();
+        assert!(EnrolRequest::decode(&described_by_number).is_err(), "a description comes with its EDGE_ID");
         assert!(EnrolRequest::decode(&req(&"x".repeat(200), vec![], vec![])).is_err());
         assert!(EnrolRequest::decode(&req("a\nb", vec![], vec![])).is_err());
         assert!(EnrolRequest::decode(&req("a", vec![1; 31], vec![])).is_err());
@@ -370,12 +392,12 @@ mod tests {
             EnrolState::Refused("the token expired".into()),
             EnrolState::Describe,
         ] {
-            let r = EnrolReply { state, interval: 60 };
+            let r = EnrolReply { state, interval: 60, device: 9 };
             assert_eq!(EnrolReply::decode(&r.encode()).unwrap(), r);
         }
         let zero = pb::EnrolReply { state: 1, ..Default::default() }.encode_to_vec();
         assert!(EnrolReply::decode(&zero).is_err());
-        let long = EnrolReply { state: EnrolState::Refused("é".repeat(400)), interval: 0 };
+        let long = EnrolReply { state: EnrolState::Refused("é".repeat(400)), interval: 0, device: 0 };
         assert!(EnrolReply::decode(&long.encode()).is_ok());
     }
 

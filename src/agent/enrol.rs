@@ -90,6 +90,8 @@ pub struct Enrolment {
     description: Description,
     /// The server has the description (sent on this run).
     described: bool,
+    /// The number the server gave it, to ask by (0: none yet).
+    device: u64,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -152,6 +154,7 @@ impl Enrolment {
             edge_id: edge_id.to_owned(),
             description,
             described: false,
+            device: 0,
         })
     }
 
@@ -178,9 +181,12 @@ impl Enrolment {
         let counter = self.saved.counter + 1;
         self.saved.counter = counter;
         Self::save_to(&self.dir, &self.saved)?;
+        let describe = !self.described;
+        let by_number = self.device != 0 && !describe;
         let request = EnrolRequest {
-            edge_id: self.edge_id.clone(),
-            description: (!self.described).then(|| self.description.clone()),
+            edge_id: if by_number { String::new() } else { self.edge_id.clone() },
+            device: if by_number { self.device } else { 0 },
+            description: describe.then(|| self.description.clone()),
         };
         let wire = seal_request(self.fleet.token.id, counter, &self.key, &request.encode());
         let (status, body) = client.post(ENROL_PATH, wire).await?;
@@ -200,6 +206,11 @@ impl Enrolment {
         let reply =
             EnrolReply::decode(body).map_err(|e| AskError::Refused(format!("a reply that does not decode: {e}")))?;
         self.described = reply.state != EnrolState::Describe;
+        if reply.state == EnrolState::Describe {
+            self.device = 0;
+        } else if reply.device != 0 {
+            self.device = reply.device;
+        }
         if let EnrolState::Admitted(environment) = reply.state {
             self.saved.environment = Some(environment);
             Self::save_to(&self.dir, &self.saved)?;

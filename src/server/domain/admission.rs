@@ -143,16 +143,23 @@ pub fn enrol(
     now: i64,
 ) -> Result<Enrolled, StoreError> {
     let interval = waiting_interval(tx)?;
-    let reply = |state| Ok(Enrolled::Reply(EnrolReply { state, interval }, None));
+    // A device that asked by EDGE_ID is given its number, to ask by next.
+    let numbered = |device: u64| if request.device == 0 { device } else { 0 };
+    let reply = |state, device| Ok(Enrolled::Reply(EnrolReply { state, interval, device }, None));
     if token.revoked_at.is_some() {
-        return reply(EnrolState::Refused(closed_to_new(token, now).unwrap_or_default()));
+        return reply(EnrolState::Refused(closed_to_new(token, now).unwrap_or_default()), 0);
     }
-    let Some(device) = tx.device_of(token.id, &request.edge_id)? else {
+    let found = if request.device == 0 {
+        tx.device_of(token.id, &request.edge_id)?
+    } else {
+        tx.device(request.device)?.filter(|d| d.token.0 == token.id)
+    };
+    let Some(device) = found else {
         let Some(description) = &request.description else {
-            return reply(EnrolState::Describe);
+            return reply(EnrolState::Describe, 0);
         };
         if let Some(why) = closed_to_new(token, now) {
-            return reply(EnrolState::Refused(why));
+            return reply(EnrolState::Refused(why), 0);
         }
         let new = described(token.id, &request.edge_id, description, counter, addr, now);
         let id = tx.insert_device(&new)?;
@@ -164,42 +171,47 @@ pub fn enrol(
                 other => StoreError::Backend(other.to_string().into()),
             })?;
             return Ok(Enrolled::Reply(
-                EnrolReply { state: EnrolState::Admitted(environment), interval },
+                EnrolReply { state: EnrolState::Admitted(environment), interval, device: id },
                 Some(AdmittedByRule { device: id, environment, by }),
             ));
         }
-        return reply(EnrolState::Pending);
+        return reply(EnrolState::Pending, id);
     };
+    let number = numbered(device.id);
     if counter <= device.last_counter {
         return Ok(Enrolled::Replay);
     }
     if let Some(d) = &request.description
         && d.device_key != device.device_key
     {
-        return reply(EnrolState::Refused(format!(
-            "EDGE_ID {:?} already asked to join with another device key: another device uses this EDGE_ID, or \
-             this one lost its DATA_PATH; the operator can forget the entry in the waiting room",
-            request.edge_id
-        )));
+        return reply(
+            EnrolState::Refused(format!(
+                "EDGE_ID {:?} already asked to join with another device key: another device uses this EDGE_ID, \
+                 or this one lost its DATA_PATH; the operator can forget the entry in the waiting room",
+                request.edge_id
+            )),
+            0,
+        );
     }
     let seen = request.description.as_ref().map(|d| described(token.id, &request.edge_id, d, counter, addr, now));
     tx.device_seen(device.id, counter, addr, seen.as_ref(), now)?;
-    match device.status {
-        DeviceStatus::Pending => reply(EnrolState::Pending),
+    let state = match device.status {
+        DeviceStatus::Pending => EnrolState::Pending,
         DeviceStatus::Admitted => match device.environment {
-            Some(env) => reply(EnrolState::Admitted(env)),
-            None => reply(EnrolState::Refused(
+            Some(env) => EnrolState::Admitted(env),
+            None => EnrolState::Refused(
                 "the environment this device was admitted as was deleted; the operator can forget the entry in \
                  the waiting room to let it ask again"
                     .into(),
-            )),
+            ),
         },
-        DeviceStatus::Rejected => reply(EnrolState::Rejected(if device.reason.is_empty() {
+        DeviceStatus::Rejected => EnrolState::Rejected(if device.reason.is_empty() {
             "the operator rejected this device".into()
         } else {
             format!("the operator rejected this device: {}", device.reason)
-        })),
-    }
+        }),
+    };
+    reply(state, number)
 }
 
 /// An environment name from what a device said: its hostname (else its
@@ -331,6 +343,7 @@ mod tests {
     fn ask(edge_id: &str, key: u8, tags: &[&str]) -> EnrolRequest {
         EnrolRequest {
             edge_id: edge_id.into(),
+            device: 0,
             description: Some(Description {
                 device_key: [key; 32],
                 hostname: format!("host {edge_id}"),
@@ -357,13 +370,19 @@ mod tests {
         let req = ask("cam-1", 7, &["solar"]);
         assert_eq!(state(enrol(&tx, &t, 1, &req, "192.0.2.1", 100).unwrap()), EnrolState::Pending);
         assert_eq!(enrol(&tx, &t, 1, &req, "192.0.2.1", 100).unwrap(), Enrolled::Replay);
-        let short = EnrolRequest { edge_id: "cam-1".into(), description: None };
-        assert_eq!(state(enrol(&tx, &t, 2, &short, "192.0.2.1", 160).unwrap()), EnrolState::Pending);
-        let unknown = EnrolRequest { edge_id: "cam-9".into(), description: None };
+        let d = tx.device_of(t.id, "cam-1").unwrap().unwrap();
+        let short = EnrolRequest { edge_id: String::new(), device: d.id, description: None };
+        let Enrolled::Reply(r, None) = enrol(&tx, &t, 2, &short, "192.0.2.1", 160).unwrap() else { panic!() };
+        assert_eq!((r.state, r.device), (EnrolState::Pending, 0), "no number again to one that asked by it");
+        let by_edge_id = EnrolRequest { edge_id: "cam-1".into(), device: 0, description: None };
+        let Enrolled::Reply(r, None) = enrol(&tx, &t, 3, &by_edge_id, "192.0.2.1", 160).unwrap() else { panic!() };
+        assert_eq!((r.state, r.device), (EnrolState::Pending, d.id), "its number to one that asked by EDGE_ID");
+        let unknown = EnrolRequest { edge_id: "cam-9".into(), device: 0, description: None };
         assert_eq!(state(enrol(&tx, &t, 1, &unknown, "192.0.2.1", 160).unwrap()), EnrolState::Describe);
+        let other_token = EnrolRequest { edge_id: String::new(), device: d.id + 100, description: None };
+        assert_eq!(state(enrol(&tx, &t, 1, &other_token, "192.0.2.1", 160).unwrap()), EnrolState::Describe);
         // Nothing is an environment yet.
         assert!(tx.environments().unwrap().is_empty());
-        let d = tx.device_of(t.id, "cam-1").unwrap().unwrap();
         let env = admit(&tx, d.id, &AdmitWith::default(), "user:admin", 200).unwrap();
         let e = tx.environment(env).unwrap();
         assert_eq!(e.secret, admitted_secret(&[7; 32], t.id, "cam-1"));
@@ -371,7 +390,7 @@ mod tests {
         assert_eq!(item.name, "host-cam-1");
         assert_eq!(item.group.map(|g| g.1), Some("north".into()));
         assert_eq!(item.tags, ["field", "solar"]);
-        assert_eq!(state(enrol(&tx, &t, 3, &short, "192.0.2.1", 260).unwrap()), EnrolState::Admitted(env));
+        assert_eq!(state(enrol(&tx, &t, 4, &short, "192.0.2.1", 260).unwrap()), EnrolState::Admitted(env));
         assert!(matches!(admit(&tx, d.id, &AdmitWith::default(), "user:admin", 300), Err(AdmitError::Admitted(..))));
         assert!(matches!(reject(&tx, d.id, "", "user:admin", 300), Err(AdmitError::Admitted(..))));
         // A second device with the same hostname gets the next free name.

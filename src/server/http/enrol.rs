@@ -93,7 +93,7 @@ async fn answer(
         let counter = header.counter;
         let reply = match EnrolRequest::decode(body) {
             Err(e) => Enrolled::Reply(
-                EnrolReply { state: EnrolState::Refused(format!("a bad request: {e}")), interval: 0 },
+                EnrolReply { state: EnrolState::Refused(format!("a bad request: {e}")), interval: 0, device: 0 },
                 None,
             ),
             Ok(request) => match shared.store.write(|tx| admission::enrol(tx, &token, counter, &request, &addr, now)) {

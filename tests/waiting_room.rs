@@ -235,3 +235,64 @@ async fn a_batch_waits_is_admitted_and_polls_as_environments_and_bad_tokens_are_
     assert!(y.log().contains("not with a fleet join token"), "{}", y.log());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The UI's Waiting room page, as a browser without a script uses it: a
+/// token made through its form (a bad one comes back with the error by its
+/// field), its page with the command to flash, a waiting device admitted
+/// with its button, the token revoked with its.
+#[tokio::test]
+async fn the_waiting_room_page_makes_tokens_and_admits_devices() {
+    const PASSWORD: &str = "a long admin password for the waiting room";
+    let dir = tempdir("waiting-room-ui");
+    let server = Server::start_with(&dir.join("server"), "127.0.0.1:0", &[("TERN_ADMIN_PASSWORD", PASSWORD)]);
+    let mut api = server.api();
+    let mut b = common::UiClient::login(&server, PASSWORD).await;
+    let page = b.get("/devices").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("id=\"no-pending\"") && page.body.contains("id=\"new-token\""), "{}", page.body);
+
+    let url = server.url();
+    let r = b.submit("/fleet-tokens", &[("name", ""), ("url", &url), ("auto_admit", "off")]).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(common::text_by_id(&r.body, "f-name-error").is_some_and(|t| t.contains("1 to 128")), "{}", r.body);
+    assert_eq!(api.ok("GET", "/api/fleet-tokens", None, 200).await, json!([]), "nothing made");
+    let r =
+        b.submit("/fleet-tokens", &[("name", "site-a"), ("url", &url), ("auto_admit", "off"), ("max_uses", "5")]).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let to = r.location.clone().unwrap();
+    let shown = b.get(&to).await;
+    let command = common::text_by_id(&shown.body, "fleet-command").unwrap();
+    assert!(command.contains("EDGE_KEY=tern1f_") && !command.contains("EDGE_ID"), "{command}");
+    let id: u64 = to.rsplit('/').next().unwrap().parse().unwrap();
+    let token = api.ok("GET", &format!("/api/fleet-tokens/{id}"), None, 200).await;
+    assert_eq!(token["max_uses"], 5);
+
+    // A device asks to join (the agent's own code, in process).
+    let fleet_token = tern::enrol::FleetToken::parse(token["edge_key"].as_str().unwrap()).unwrap();
+    let store = tern::agent::store::Store::open(dir.join("device")).unwrap();
+    let fleet = tern::agent::config::Fleet { token: fleet_token.clone(), group: String::new(), tags: vec![] };
+    let description = tern::enrol::Description { hostname: "cam-9".into(), ..Default::default() };
+    let mut device = tern::agent::enrol::Enrolment::open(&store, &fleet, None, "cam-9-id", description).unwrap();
+    let pin = tern::tls::Trust::Pinned(fleet_token.cert_sha256);
+    let mut client = tern::agent::client::Client::new(&url, pin, 1 << 20).unwrap();
+    assert_eq!(device.ask(&mut client).await.unwrap().state, tern::enrol::EnrolState::Pending);
+
+    let page = b.get("/devices").await;
+    let listed = api.ok("GET", "/api/devices?status=pending", None, 200).await;
+    let dev = listed[0]["id"].as_u64().unwrap();
+    assert!(page.body.contains(&format!("id=\"admit-{dev}\"")) && page.body.contains("cam-9"), "{}", page.body);
+    let r = b.submit(&format!("/devices/{dev}/admit"), &[]).await;
+    assert_eq!((r.status, r.location.as_deref()), (303, Some("/devices")), "{}", r.body);
+    let d = api.ok("GET", &format!("/api/devices/{dev}"), None, 200).await;
+    assert_eq!((d["status"].as_str(), d["decided_by"].as_str()), (Some("admitted"), Some("user:admin")), "{d}");
+    let env = d["environment"].as_u64().unwrap();
+    assert_eq!(device.ask(&mut client).await.unwrap().state, tern::enrol::EnrolState::Admitted(env));
+    let e = api.ok("GET", &format!("/api/environments/{env}"), None, 200).await;
+    assert_eq!(e["name"], "cam-9");
+
+    let r = b.submit(&format!("/fleet-tokens/{id}/revoke"), &[]).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let token = api.ok("GET", &format!("/api/fleet-tokens/{id}"), None, 200).await;
+    assert!(token["revoked_at"].is_number() && token["state"].as_str().unwrap().contains("revoked"), "{token}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

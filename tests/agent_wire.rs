@@ -157,7 +157,6 @@ async fn a_waiting_device_costs_no_more_than_an_idle_poll() {
     assert_eq!(status, 201);
     let admitted = ask(&mut client).await;
     let tern::enrol::EnrolState::Admitted(environment) = admitted.2 else { panic!("{admitted:?}") };
-    drop(ask);
     let joined = enrolment.admitted().unwrap();
     assert_eq!(joined.environment, environment);
 
@@ -165,7 +164,7 @@ async fn a_waiting_device_costs_no_more_than_an_idle_poll() {
     let settings = Settings::new(joined.environment, joined.secret.clone(), "edge-wire-fleet".into());
     let mut agent =
         Agent::new(settings, DockerEngine::new(docker), client, store, Arc::new(AtomicBool::new(false))).unwrap();
-    let mut poll = async |agent: &mut Agent<DockerEngine, Client>| {
+    let poll = async |agent: &mut Agent<DockerEngine, Client>| {
         let (s0, r0) = wire.get();
         let outcome = agent.poll_now().await.unwrap();
         assert!(matches!(outcome, Outcome::Sent { .. }), "{outcome:?}");

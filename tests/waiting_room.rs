@@ -99,6 +99,8 @@ async fn a_batch_waits_is_admitted_and_polls_as_environments_and_bad_tokens_are_
     // Devices ask (and agents poll) every second here.
     api.ok("PUT", "/api/settings", Some(json!({"intervals": {"ping": 1, "snapshot": 1, "command": 1}})), 200).await;
     let run = format!("wr{}", std::process::id());
+    // The group device A asks for exists (a device's ask never makes one).
+    api.ok("POST", "/api/groups", Some(json!({"name": "north"})), 201).await;
 
     // The operator makes one token for a batch, with the CLI.
     let (ok, out) =
@@ -186,7 +188,7 @@ async fn a_batch_waits_is_admitted_and_polls_as_environments_and_bad_tokens_are_
     assert_eq!(b["decided_by"], "rule:auto");
     online(&mut api, b["environment"].as_u64().unwrap()).await;
     let audit = api.ok("GET", "/api/audit?actor=rule:auto", None, 200).await;
-    assert_eq!(audit["entries"][0]["action"], "admit", "{audit}");
+    assert_eq!(audit["entries"][0]["action"], "admit (rule)", "{audit}");
     let c_data = dir.join("c");
     let _c = start_device(&c_data, &auto_key, &format!("{run}-c"), &[("EDGE_TAGS", "trusted")]);
     let line = wait_health(&c_data, false, "used up").await;
@@ -276,10 +278,19 @@ async fn the_waiting_room_page_makes_tokens_and_admits_devices() {
     let pin = tern::tls::Trust::Pinned(fleet_token.cert_sha256);
     let mut client = tern::agent::client::Client::new(&url, pin, 1 << 20).unwrap();
     assert_eq!(device.ask(&mut client).await.unwrap().state, tern::enrol::EnrolState::Pending);
+    // Forgotten, it is a stranger under its own key: told so (401), it
+    // describes itself again and is back in the waiting room.
+    let first = api.ok("GET", "/api/devices?status=pending", None, 200).await[0]["id"].as_u64().unwrap();
+    assert_eq!(device.ask(&mut client).await.unwrap().state, tern::enrol::EnrolState::Pending);
+    api.ok("DELETE", &format!("/api/devices/{first}"), None, 204).await;
+    let e = device.ask(&mut client).await.unwrap_err();
+    assert!(matches!(e, tern::agent::enrol::AskError::Unknown), "{e}");
+    assert_eq!(device.ask(&mut client).await.unwrap().state, tern::enrol::EnrolState::Pending);
 
     let page = b.get("/devices").await;
     let listed = api.ok("GET", "/api/devices?status=pending", None, 200).await;
     let dev = listed[0]["id"].as_u64().unwrap();
+    assert!(dev > first, "a new entry, a new number (never reused)");
     assert!(page.body.contains(&format!("id=\"admit-{dev}\"")) && page.body.contains("cam-9"), "{}", page.body);
     let r = b.submit(&format!("/devices/{dev}/admit"), &[]).await;
     assert_eq!((r.status, r.location.as_deref()), (303, Some("/devices")), "{}", r.body);

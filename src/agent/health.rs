@@ -62,6 +62,10 @@ pub struct Record {
     /// "polling: " and why.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub mode: String,
+    /// While a device waits for admission (`agent::enrol`): how often it
+    /// asks, in seconds, which the check judges it by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_s: Option<u64>,
 }
 
 /// The decision, with the reason in words.
@@ -172,7 +176,12 @@ pub fn check(data_path: &Path, now: i64) -> Verdict {
         Ok(m) => m,
         Err(e) => return unhealthy(e.to_string()),
     };
-    let intervals = meta.intervals.map_or_else(Intervals::default, |[p, s, c]| Intervals::from_secs(p, s, c));
+    let mut intervals = meta.intervals.map_or_else(Intervals::default, |[p, s, c]| Intervals::from_secs(p, s, c));
+    if let Some(wait) = record.wait_s.filter(|_| record.mode.starts_with(super::enrol::WAITING)) {
+        // Waiting for admission: judged by how often it asks.
+        let wait = u32::try_from(wait).unwrap_or(u32::MAX);
+        intervals = Intervals::from_secs(wait, 0, 0);
+    }
     let mut verdict = judge(&record, intervals, now);
     // A device with a fleet join token that is not an environment yet
     // says where it stands (`agent::enrol`).
@@ -205,7 +214,13 @@ impl Recorder {
     pub fn start(dir: &Path, now: i64) -> Self {
         let path = dir.join(FILE);
         let earlier = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Record>(&b).ok());
-        let record = Record { started_at: now, ok_at: earlier.and_then(|r| r.ok_at), error: None, mode: String::new() };
+        let record = Record {
+            started_at: now,
+            ok_at: earlier.and_then(|r| r.ok_at),
+            error: None,
+            mode: String::new(),
+            wait_s: None,
+        };
         let mut r = Self { path, record, written: None, writes: 0 };
         r.write();
         r
@@ -232,8 +247,20 @@ impl Recorder {
     /// How the agent reaches the server now (written at once when it
     /// changed: an operator reads why it polls).
     pub fn mode(&mut self, mode: &str) {
-        if self.record.mode != mode {
+        if self.record.mode != mode || self.record.wait_s.is_some() {
+            self.record.wait_s = None;
             mode.clone_into(&mut self.record.mode);
+            self.write();
+        }
+    }
+
+    /// The device waits for admission, asking every `interval` (written at
+    /// once when that changed).
+    pub fn waiting(&mut self, mode: &str, interval: std::time::Duration) {
+        let wait = Some(interval.as_secs());
+        if self.record.mode != mode || self.record.wait_s != wait {
+            mode.clone_into(&mut self.record.mode);
+            self.record.wait_s = wait;
             self.write();
         }
     }
@@ -289,6 +316,7 @@ mod tests {
             ok_at: ok_ago.map(|a| NOW - a),
             error: error.map(str::to_owned),
             mode: String::new(),
+            wait_s: None,
         }
     }
 
@@ -398,7 +426,7 @@ mod tests {
         assert_eq!(r.writes, 1);
         assert_eq!(
             r.record(),
-            &Record { started_at: NOW, ok_at: Some(NOW - 8000), error: None, mode: String::new() },
+            &Record { started_at: NOW, ok_at: Some(NOW - 8000), error: None, mode: String::new(), wait_s: None },
             "kept"
         );
         // This run's first success is written at once; then, with a poll
@@ -424,7 +452,10 @@ mod tests {
         r.success(NOW + 800);
         assert_eq!(r.writes, 14);
         let file: Record = serde_json::from_slice(&std::fs::read(dir.join(FILE)).unwrap()).unwrap();
-        assert_eq!(file, Record { started_at: NOW, ok_at: Some(NOW + 800), error: None, mode: String::new() });
+        assert_eq!(
+            file,
+            Record { started_at: NOW, ok_at: Some(NOW + 800), error: None, mode: String::new(), wait_s: None }
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -72,6 +72,11 @@ struct WireArgs {
     /// image holds (scripts/agent-image.sh), for its memory figures.
     #[arg(long)]
     agent: Option<PathBuf>,
+    /// Leave out the last scenario (idle polls on new connections), whose
+    /// baseline side does not go quiet on the satellite link after the
+    /// session phase.
+    #[arg(long)]
+    skip_new_connection: bool,
     /// Run nothing: print the tables of the runs saved in --out
     /// (<profile>.json) and write --svg from them.
     #[arg(long)]
@@ -98,7 +103,19 @@ fn main() -> ExitCode {
 #[cfg(target_os = "linux")]
 fn wire(args: WireArgs) -> anyhow::Result<()> {
     use tern_bench::wirebench::{self, Options, Profile, Report};
-    let WireArgs { profile, idle_polls, commands, out, svg, seed, repo, tern, agent, report: saved } = args;
+    let WireArgs {
+        profile,
+        idle_polls,
+        commands,
+        out,
+        svg,
+        seed,
+        repo,
+        tern,
+        agent,
+        skip_new_connection,
+        report: saved,
+    } = args;
     if !saved && !repo.join("scripts/make-fixtures.sh").is_file() {
         anyhow::bail!(
             "{} is not tern's source tree (no scripts/make-fixtures.sh): run from its root or pass --repo",
@@ -138,6 +155,7 @@ fn wire(args: WireArgs) -> anyhow::Result<()> {
                 restarts: 3,
                 commands,
                 verbose: true,
+                skip_new_connection,
             };
             wirebench::run(&options).with_context(|| format!("profile {name}"))?
         };

@@ -129,26 +129,33 @@ fn described(token: u64, edge_id: &str, d: &Description, counter: u64, addr: &st
     }
 }
 
-/// Answers a device's request (its envelope already authenticated with
-/// `token`'s key), in the caller's transaction.
+/// Answers a device's request, in the caller's (write) transaction. The
+/// envelope was authenticated before: a request that describes the device
+/// with `token`'s key, one that does not with the key of the device it
+/// names, whose device key is `verified` (see `http::enrol`). The token is
+/// read again here, so a revocation or the last use counts at once.
 ///
 /// # Errors
 /// The store's.
 pub fn enrol(
     tx: &dyn Transaction,
-    token: &FleetTokenRow,
+    token_id: u64,
+    verified: Option<[u8; 32]>,
     counter: u64,
     request: &EnrolRequest,
     addr: &str,
     now: i64,
 ) -> Result<Enrolled, StoreError> {
     let interval = waiting_interval(tx)?;
+    let Some(token) = tx.fleet_token(token_id)? else {
+        return Ok(Enrolled::Reply(
+            EnrolReply { state: EnrolState::Refused("the fleet join token is gone".into()), interval, device: 0 },
+            None,
+        ));
+    };
     // A device that asked by EDGE_ID is given its number, to ask by next.
     let numbered = |device: u64| if request.device == 0 { device } else { 0 };
     let reply = |state, device| Ok(Enrolled::Reply(EnrolReply { state, interval, device }, None));
-    if token.revoked_at.is_some() {
-        return reply(EnrolState::Refused(closed_to_new(token, now).unwrap_or_default()), 0);
-    }
     let found = if request.device == 0 {
         tx.device_of(token.id, &request.edge_id)?
     } else {
@@ -158,13 +165,13 @@ pub fn enrol(
         let Some(description) = &request.description else {
             return reply(EnrolState::Describe, 0);
         };
-        if let Some(why) = closed_to_new(token, now) {
+        if let Some(why) = closed_to_new(&token, now) {
             return reply(EnrolState::Refused(why), 0);
         }
         let new = described(token.id, &request.edge_id, description, counter, addr, now);
         let id = tx.insert_device(&new)?;
         tx.count_fleet_token_use(token.id)?;
-        if rule_admits(token, &description.tags) {
+        if rule_admits(&token, &description.tags) {
             let by = format!("rule:{}", token.name);
             let environment = admit(tx, id, &AdmitWith::default(), &by, now).map_err(|e| match e {
                 AdmitError::Store(e) => e,
@@ -177,13 +184,19 @@ pub fn enrol(
         }
         return reply(EnrolState::Pending, id);
     };
-    let number = numbered(device.id);
-    if counter <= device.last_counter {
-        return Ok(Enrolled::Replay);
-    }
-    if let Some(d) = &request.description
-        && d.device_key != device.device_key
-    {
+    // The key first: another device's request changes nothing, not even
+    // the counter.
+    let key_matches = match (&request.description, verified) {
+        (Some(d), _) => d.device_key == device.device_key,
+        (None, Some(k)) => k == device.device_key,
+        (None, None) => false,
+    };
+    if !key_matches {
+        if request.description.is_none() {
+            // Authenticated for another entry since (forgotten, asked
+            // again): the device describes itself anew.
+            return reply(EnrolState::Describe, 0);
+        }
         return reply(
             EnrolState::Refused(format!(
                 "EDGE_ID {:?} already asked to join with another device key: another device uses this EDGE_ID, \
@@ -193,19 +206,23 @@ pub fn enrol(
             0,
         );
     }
+    if counter <= device.last_counter {
+        return Ok(Enrolled::Replay);
+    }
     let seen = request.description.as_ref().map(|d| described(token.id, &request.edge_id, d, counter, addr, now));
     tx.device_seen(device.id, counter, addr, seen.as_ref(), now)?;
-    let state = match device.status {
-        DeviceStatus::Pending => EnrolState::Pending,
-        DeviceStatus::Admitted => match device.environment {
-            Some(env) => EnrolState::Admitted(env),
-            None => EnrolState::Refused(
-                "the environment this device was admitted as was deleted; the operator can forget the entry in \
-                 the waiting room to let it ask again"
-                    .into(),
-            ),
-        },
-        DeviceStatus::Rejected => EnrolState::Rejected(if device.reason.is_empty() {
+    let number = numbered(device.id);
+    let state = match (device.status, device.environment) {
+        // Admitted is admitted, whatever became of the token since.
+        (DeviceStatus::Admitted, Some(env)) => EnrolState::Admitted(env),
+        (DeviceStatus::Admitted, None) => EnrolState::Refused(
+            "the environment this device was admitted as was deleted: the operator can forget its entry in the \
+             waiting room, and deploy it again with a new DATA_PATH"
+                .into(),
+        ),
+        _ if token.revoked_at.is_some() => EnrolState::Refused(closed_to_new(&token, now).unwrap_or_default()),
+        (DeviceStatus::Pending, _) => EnrolState::Pending,
+        (DeviceStatus::Rejected, _) => EnrolState::Rejected(if device.reason.is_empty() {
             "the operator rejected this device".into()
         } else {
             format!("the operator rejected this device: {}", device.reason)
@@ -226,12 +243,10 @@ fn name_for(device: &Device) -> String {
     if name.is_empty() { format!("device-{}", device.id) } else { name }
 }
 
-/// The group a device asked for, made when it does not exist yet.
-fn group_named(tx: &dyn Transaction, name: &str) -> Result<u64, StoreError> {
-    if let Some(g) = tx.groups()?.into_iter().find(|g| g.name.eq_ignore_ascii_case(name)) {
-        return Ok(g.id);
-    }
-    Ok(tx.create_group(name)?.id)
+/// The group a device asked for, when it exists (a device's ask never
+/// makes one).
+fn existing_group(tx: &dyn Transaction, name: &str) -> Result<Option<u64>, StoreError> {
+    Ok(tx.groups()?.into_iter().find(|g| g.name.eq_ignore_ascii_case(name)).map(|g| g.id))
 }
 
 /// Admits a device (pending or rejected): it becomes an environment, with
@@ -245,17 +260,24 @@ pub fn admit(tx: &dyn Transaction, device_id: u64, with: &AdmitWith, by: &str, n
         return Err(AdmitError::Admitted(device_id, env));
     }
     let token = tx.fleet_token(device.token.0)?.ok_or(AdmitError::NotFound(device_id))?;
-    let group = match (&with.group, device.group.is_empty(), &token.group) {
+    // A rule admits with what the token says: the device's own asks are
+    // unproven (anyone holding the token can ask for a group that stacks
+    // target), so only the rule's own tags among them count. The operator
+    // has seen them: the group it asked for, when it exists, and its tags.
+    let by_rule = by.starts_with("rule:");
+    let asked_group = if by_rule || device.group.is_empty() { None } else { existing_group(tx, &device.group)? };
+    let group = match (&with.group, asked_group, &token.group) {
         (Some(g), _, _) => Some(g.clone()),
-        (None, false, _) => Some(Ref::Id(group_named(tx, &device.group)?)),
-        (None, true, Some((id, _))) => Some(Ref::Id(*id)),
-        (None, true, None) => None,
+        (None, Some(id), _) => Some(Ref::Id(id)),
+        (None, None, Some((id, _))) => Some(Ref::Id(*id)),
+        (None, None, None) => None,
     };
     let tags = match &with.tags {
         Some(t) => t.clone(),
         None => {
             let mut names: Vec<String> = token.tags.clone();
-            for t in &device.tags {
+            let allowed = |t: &String| !by_rule || token.auto_tags.iter().any(|r| r.eq_ignore_ascii_case(t));
+            for t in device.tags.iter().filter(|t| allowed(t)) {
                 if !names.iter().any(|n| n.eq_ignore_ascii_case(t)) {
                     names.push(t.clone());
                 }
@@ -265,9 +287,13 @@ pub fn admit(tx: &dyn Transaction, device_id: u64, with: &AdmitWith, by: &str, n
     };
     let secret = admitted_secret(&device.device_key, token.id, &device.edge_id);
     let base = with.name.clone().unwrap_or_else(|| name_for(&device));
+    // A batch flashed alike shares a hostname: a few suffixes, then the
+    // device's own number, which no other device has.
+    let mut names: Vec<String> = vec![base.clone()];
+    names.extend((2..=5).map(|n| format!("{base}-{n}")));
+    names.push(format!("{base}-d{}", device.id));
     let mut env = None;
-    for n in 1..=100u32 {
-        let name = if n == 1 { base.clone() } else { format!("{base}-{n}") };
+    for name in names {
         let new = NewEnvironment {
             name,
             secret: secret.clone(),
@@ -366,21 +392,33 @@ mod tests {
     fn a_device_waits_is_admitted_and_then_polls_with_the_derived_secret() {
         let store = Store::scratch().unwrap();
         let tx = store.autocommit();
+        tx.create_group("north").unwrap();
         let t = token(&tx, AutoAdmit::Off, None, None);
         let req = ask("cam-1", 7, &["solar"]);
-        assert_eq!(state(enrol(&tx, &t, 1, &req, "192.0.2.1", 100).unwrap()), EnrolState::Pending);
-        assert_eq!(enrol(&tx, &t, 1, &req, "192.0.2.1", 100).unwrap(), Enrolled::Replay);
+        assert_eq!(state(enrol(&tx, t.id, None, 1, &req, "192.0.2.1", 100).unwrap()), EnrolState::Pending);
+        assert_eq!(enrol(&tx, t.id, None, 1, &req, "192.0.2.1", 100).unwrap(), Enrolled::Replay);
         let d = tx.device_of(t.id, "cam-1").unwrap().unwrap();
         let short = EnrolRequest { edge_id: String::new(), device: d.id, description: None };
-        let Enrolled::Reply(r, None) = enrol(&tx, &t, 2, &short, "192.0.2.1", 160).unwrap() else { panic!() };
+        let Enrolled::Reply(r, None) = enrol(&tx, t.id, Some([7; 32]), 2, &short, "192.0.2.1", 160).unwrap() else {
+            panic!()
+        };
         assert_eq!((r.state, r.device), (EnrolState::Pending, 0), "no number again to one that asked by it");
         let by_edge_id = EnrolRequest { edge_id: "cam-1".into(), device: 0, description: None };
-        let Enrolled::Reply(r, None) = enrol(&tx, &t, 3, &by_edge_id, "192.0.2.1", 160).unwrap() else { panic!() };
+        let Enrolled::Reply(r, None) = enrol(&tx, t.id, Some([7; 32]), 3, &by_edge_id, "192.0.2.1", 160).unwrap()
+        else {
+            panic!()
+        };
         assert_eq!((r.state, r.device), (EnrolState::Pending, d.id), "its number to one that asked by EDGE_ID");
         let unknown = EnrolRequest { edge_id: "cam-9".into(), device: 0, description: None };
-        assert_eq!(state(enrol(&tx, &t, 1, &unknown, "192.0.2.1", 160).unwrap()), EnrolState::Describe);
+        assert_eq!(
+            state(enrol(&tx, t.id, Some([7; 32]), 1, &unknown, "192.0.2.1", 160).unwrap()),
+            EnrolState::Describe
+        );
         let other_token = EnrolRequest { edge_id: String::new(), device: d.id + 100, description: None };
-        assert_eq!(state(enrol(&tx, &t, 1, &other_token, "192.0.2.1", 160).unwrap()), EnrolState::Describe);
+        assert_eq!(
+            state(enrol(&tx, t.id, Some([7; 32]), 1, &other_token, "192.0.2.1", 160).unwrap()),
+            EnrolState::Describe
+        );
         // Nothing is an environment yet.
         assert!(tx.environments().unwrap().is_empty());
         let env = admit(&tx, d.id, &AdmitWith::default(), "user:admin", 200).unwrap();
@@ -390,16 +428,88 @@ mod tests {
         assert_eq!(item.name, "host-cam-1");
         assert_eq!(item.group.map(|g| g.1), Some("north".into()));
         assert_eq!(item.tags, ["field", "solar"]);
-        assert_eq!(state(enrol(&tx, &t, 4, &short, "192.0.2.1", 260).unwrap()), EnrolState::Admitted(env));
+        assert_eq!(
+            state(enrol(&tx, t.id, Some([7; 32]), 4, &short, "192.0.2.1", 260).unwrap()),
+            EnrolState::Admitted(env)
+        );
         assert!(matches!(admit(&tx, d.id, &AdmitWith::default(), "user:admin", 300), Err(AdmitError::Admitted(..))));
         assert!(matches!(reject(&tx, d.id, "", "user:admin", 300), Err(AdmitError::Admitted(..))));
         // A second device with the same hostname gets the next free name.
         let mut other = ask("cam-2", 8, &[]);
         other.description.as_mut().unwrap().hostname = "host cam-1".into();
-        enrol(&tx, &t, 1, &other, "a", 300).unwrap();
+        enrol(&tx, t.id, None, 1, &other, "a", 300).unwrap();
         let d2 = tx.device_of(t.id, "cam-2").unwrap().unwrap();
         let env2 = admit(&tx, d2.id, &AdmitWith::default(), "user:admin", 300).unwrap();
         assert_eq!(tx.fleet_item(env2, 300).unwrap().name, "host-cam-1-2");
+    }
+
+    #[test]
+    fn a_request_authenticated_for_another_device_changes_nothing() {
+        let store = Store::scratch().unwrap();
+        let tx = store.autocommit();
+        let t = token(&tx, AutoAdmit::Off, None, None);
+        enrol(&tx, t.id, None, 1, &ask("cam-1", 7, &[]), "a", 100).unwrap();
+        let d = tx.device_of(t.id, "cam-1").unwrap().unwrap();
+        // A sibling's request by the victim's number, under its own key.
+        let by_number = EnrolRequest { edge_id: String::new(), device: d.id, description: None };
+        let r = state(enrol(&tx, t.id, Some([9; 32]), i64::MAX as u64, &by_number, "evil", 110).unwrap());
+        assert_eq!(r, EnrolState::Describe);
+        let after = tx.device(d.id).unwrap().unwrap();
+        assert_eq!((after.last_counter, after.addr.as_str()), (1, "a"), "not even its counter moved");
+        // The victim goes on.
+        assert_eq!(state(enrol(&tx, t.id, Some([7; 32]), 2, &by_number, "a", 120).unwrap()), EnrolState::Pending);
+    }
+
+    #[test]
+    fn a_rule_admits_with_the_tokens_group_and_only_its_own_tags() {
+        let store = Store::scratch().unwrap();
+        let tx = store.autocommit();
+        tx.create_group("production").unwrap();
+        let t = token(&tx, AutoAdmit::Tags, None, None);
+        let mut req = ask("cam-1", 7, &["trusted", "payments"]);
+        req.description.as_mut().unwrap().group = "production".into();
+        let Enrolled::Reply(r, Some(_)) = enrol(&tx, t.id, None, 1, &req, "a", 100).unwrap() else { panic!() };
+        let EnrolState::Admitted(env) = r.state else { panic!("{r:?}") };
+        let item = tx.fleet_item(env, 100).unwrap();
+        assert_eq!(item.group, None, "the device's ask for a group is not a rule's to grant");
+        assert_eq!(item.tags, ["field", "trusted"], "only the rule's own tags among those asked");
+        // Nor does any ask make a group.
+        let mut req = ask("cam-2", 8, &[]);
+        req.description.as_mut().unwrap().group = "made-up".into();
+        enrol(&tx, t.id, None, 1, &req, "a", 100).unwrap();
+        let d = tx.device_of(t.id, "cam-2").unwrap().unwrap();
+        let env = admit(&tx, d.id, &AdmitWith::default(), "user:admin", 110).unwrap();
+        assert_eq!(tx.fleet_item(env, 110).unwrap().group, None);
+        assert!(tx.groups().unwrap().iter().all(|g| g.name != "made-up"));
+    }
+
+    #[test]
+    fn an_admitted_device_is_told_so_after_its_token_is_revoked() {
+        let store = Store::scratch().unwrap();
+        let tx = store.autocommit();
+        let t = token(&tx, AutoAdmit::Off, None, None);
+        enrol(&tx, t.id, None, 1, &ask("cam-1", 7, &[]), "a", 100).unwrap();
+        let d = tx.device_of(t.id, "cam-1").unwrap().unwrap();
+        tx.revoke_fleet_token(t.id, 110).unwrap();
+        let env = admit(&tx, d.id, &AdmitWith::default(), "user:admin", 120).unwrap();
+        assert_eq!(
+            state(enrol(&tx, t.id, None, 2, &ask("cam-1", 7, &[]), "a", 130).unwrap()),
+            EnrolState::Admitted(env)
+        );
+    }
+
+    #[test]
+    fn a_batch_sharing_a_hostname_gets_names_past_the_suffixes() {
+        let store = Store::scratch().unwrap();
+        let tx = store.autocommit();
+        let t = token(&tx, AutoAdmit::All, None, None);
+        for i in 0..8u8 {
+            let mut req = ask(&format!("pi-{i}"), i, &[]);
+            req.description.as_mut().unwrap().hostname = "raspberrypi".into();
+            let r = state(enrol(&tx, t.id, None, 1, &req, "a", 100).unwrap());
+            assert!(matches!(r, EnrolState::Admitted(_)), "device {i}: {r:?}");
+        }
+        assert_eq!(tx.environments().unwrap().len(), 8);
     }
 
     #[test]
@@ -407,8 +517,8 @@ mod tests {
         let store = Store::scratch().unwrap();
         let tx = store.autocommit();
         let t = token(&tx, AutoAdmit::Off, None, None);
-        enrol(&tx, &t, 1, &ask("cam-1", 7, &[]), "a", 100).unwrap();
-        let r = state(enrol(&tx, &t, 5, &ask("cam-1", 9, &[]), "b", 110).unwrap());
+        enrol(&tx, t.id, None, 1, &ask("cam-1", 7, &[]), "a", 100).unwrap();
+        let r = state(enrol(&tx, t.id, None, 5, &ask("cam-1", 9, &[]), "b", 110).unwrap());
         assert!(matches!(&r, EnrolState::Refused(w) if w.contains("another device key")), "{r:?}");
         let d = tx.device_of(t.id, "cam-1").unwrap().unwrap();
         assert_eq!((d.device_key, d.last_counter, d.addr.as_str()), ([7; 32], 1, "a"));
@@ -419,18 +529,18 @@ mod tests {
         let store = Store::scratch().unwrap();
         let tx = store.autocommit();
         let t = token(&tx, AutoAdmit::Off, Some(1), Some(1_000));
-        assert_eq!(state(enrol(&tx, &t, 1, &ask("a", 1, &[]), "x", 100).unwrap()), EnrolState::Pending);
+        assert_eq!(state(enrol(&tx, t.id, None, 1, &ask("a", 1, &[]), "x", 100).unwrap()), EnrolState::Pending);
         let t = tx.fleet_token(t.id).unwrap().unwrap();
-        let r = state(enrol(&tx, &t, 1, &ask("b", 2, &[]), "x", 100).unwrap());
+        let r = state(enrol(&tx, t.id, None, 1, &ask("b", 2, &[]), "x", 100).unwrap());
         assert!(matches!(&r, EnrolState::Refused(w) if w.contains("used up (1 of 1")), "{r:?}");
         // The one waiting already stays.
-        assert_eq!(state(enrol(&tx, &t, 2, &ask("a", 1, &[]), "x", 100).unwrap()), EnrolState::Pending);
+        assert_eq!(state(enrol(&tx, t.id, None, 2, &ask("a", 1, &[]), "x", 100).unwrap()), EnrolState::Pending);
         let t2 = token(&tx, AutoAdmit::Off, None, Some(1_000));
-        let r = state(enrol(&tx, &t2, 1, &ask("c", 3, &[]), "x", 1_000).unwrap());
+        let r = state(enrol(&tx, t2.id, None, 1, &ask("c", 3, &[]), "x", 1_000).unwrap());
         assert!(matches!(&r, EnrolState::Refused(w) if w.contains("expired at 1970-01-01 00:16 UTC")), "{r:?}");
         tx.revoke_fleet_token(t.id, 150).unwrap();
         let t = tx.fleet_token(t.id).unwrap().unwrap();
-        let r = state(enrol(&tx, &t, 3, &ask("a", 1, &[]), "x", 160).unwrap());
+        let r = state(enrol(&tx, t.id, None, 3, &ask("a", 1, &[]), "x", 160).unwrap());
         assert!(matches!(&r, EnrolState::Refused(w) if w.contains("was revoked")), "{r:?}");
         assert_eq!(tx.devices(None).unwrap().len(), 1, "no refused device was stored");
     }
@@ -440,15 +550,22 @@ mod tests {
         let store = Store::scratch().unwrap();
         let tx = store.autocommit();
         let by_tag = token(&tx, AutoAdmit::Tags, None, None);
-        assert_eq!(state(enrol(&tx, &by_tag, 1, &ask("a", 1, &["cam"]), "x", 100).unwrap()), EnrolState::Pending);
-        let Enrolled::Reply(r, Some(who)) = enrol(&tx, &by_tag, 1, &ask("b", 2, &["Trusted"]), "x", 100).unwrap()
+        assert_eq!(
+            state(enrol(&tx, by_tag.id, None, 1, &ask("a", 1, &["cam"]), "x", 100).unwrap()),
+            EnrolState::Pending
+        );
+        let Enrolled::Reply(r, Some(who)) =
+            enrol(&tx, by_tag.id, None, 1, &ask("b", 2, &["Trusted"]), "x", 100).unwrap()
         else {
             panic!("not admitted by the rule")
         };
         assert_eq!(r.state, EnrolState::Admitted(who.environment));
         assert_eq!(who.by, "rule:batch");
         let all = token(&tx, AutoAdmit::All, None, None);
-        assert!(matches!(state(enrol(&tx, &all, 1, &ask("c", 3, &[]), "x", 100).unwrap()), EnrolState::Admitted(_)));
+        assert!(matches!(
+            state(enrol(&tx, all.id, None, 1, &ask("c", 3, &[]), "x", 100).unwrap()),
+            EnrolState::Admitted(_)
+        ));
         let d = tx.device_of(all.id, "c").unwrap().unwrap();
         assert_eq!((d.status, d.decided_by.as_str()), (DeviceStatus::Admitted, "rule:batch"));
     }
@@ -458,10 +575,10 @@ mod tests {
         let store = Store::scratch().unwrap();
         let tx = store.autocommit();
         let t = token(&tx, AutoAdmit::Off, None, None);
-        enrol(&tx, &t, 1, &ask("a", 1, &[]), "x", 100).unwrap();
+        enrol(&tx, t.id, None, 1, &ask("a", 1, &[]), "x", 100).unwrap();
         let d = tx.device_of(t.id, "a").unwrap().unwrap();
         reject(&tx, d.id, "not one of ours", "user:admin", 110).unwrap();
-        let r = state(enrol(&tx, &t, 2, &ask("a", 1, &[]), "x", 120).unwrap());
+        let r = state(enrol(&tx, t.id, None, 2, &ask("a", 1, &[]), "x", 120).unwrap());
         assert_eq!(r, EnrolState::Rejected("the operator rejected this device: not one of ours".into()));
         let env = admit(&tx, d.id, &AdmitWith { name: Some("cam-a".into()), ..Default::default() }, "user:admin", 130)
             .unwrap();

@@ -19,7 +19,7 @@ use axum::http::{Response, StatusCode};
 
 use super::{AppState, blocking, gate, read_to, status};
 use crate::auth::{RequestHeader, seal_reply};
-use crate::enrol::{EnrolReply, EnrolRequest, EnrolState, MAX_REQUEST};
+use crate::enrol::{EnrolReply, EnrolRequest, EnrolState, MAX_REQUEST, device_mac_key};
 use crate::server::domain::admission::{self, Enrolled};
 use crate::server::store::audit::AuditEntry;
 
@@ -73,59 +73,86 @@ async fn answer(
     let shared = state.clone();
     let r = blocking(move || {
         let now = crate::clock::unix_now();
-        let (token, agent_secret) = match shared.store.read(|tx| {
-            Ok::<_, crate::server::store::StoreError>((tx.fleet_token(header.environment)?, tx.agent_secret()?))
-        }) {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::error!("enrolment: {e}");
-                return Err(StatusCode::INTERNAL_SERVER_ERROR);
-            }
+        let internal = |e: crate::server::store::StoreError| {
+            tracing::error!("enrolment: {e}");
+            StatusCode::INTERNAL_SERVER_ERROR
         };
-        let Some(token) = token else { return Err(StatusCode::UNAUTHORIZED) };
-        let key = token.secret.with_agent_secret(agent_secret.as_deref());
         let body = &buf[header_len..];
+        // Read before it is authenticated (at most 4 KiB, checked as it is
+        // decoded): it names the device whose key seals it.
+        let request = EnrolRequest::decode(body);
+        let (token, agent_secret, device) = shared
+            .store
+            .read(|tx| {
+                let token = tx.fleet_token(header.environment)?;
+                let device = match (&request, &token) {
+                    (Ok(r), Some(t)) if r.description.is_none() => match r.device {
+                        0 => tx.device_of(t.id, &r.edge_id)?,
+                        n => tx.device(n)?.filter(|d| d.token.0 == t.id),
+                    },
+                    _ => None,
+                };
+                Ok::<_, crate::server::store::StoreError>((token, tx.agent_secret()?, device))
+            })
+            .map_err(internal)?;
+        let Some(token) = token else { return Err(StatusCode::UNAUTHORIZED) };
+        let fleet_key = token.secret.with_agent_secret(agent_secret.as_deref());
+        // A request that describes the device is sealed with the token's
+        // key; one that does not, with its device's (see `crate::enrol`).
+        let described = request.as_ref().is_ok_and(|r| r.description.is_some());
+        let key = match (&request, &device) {
+            (Ok(r), _) if r.description.is_some() => fleet_key.clone(),
+            (Ok(_), Some(d)) => device_mac_key(&fleet_key, &d.device_key),
+            (Ok(_), None) => return Err(StatusCode::UNAUTHORIZED),
+            (Err(_), _) => fleet_key.clone(),
+        };
         // Counters are the device's own: the token's check is the MAC; the
         // device's entry refuses a replay (`domain::admission`).
         if header.verify(&key, body.len(), 0).is_err() || header.verify_body(&key, body).is_err() {
             return Err(StatusCode::UNAUTHORIZED);
         }
         let counter = header.counter;
-        let reply = match EnrolRequest::decode(body) {
+        let verified = if described { None } else { device.map(|d| d.device_key) };
+        let reply = match request {
             Err(e) => Enrolled::Reply(
                 EnrolReply { state: EnrolState::Refused(format!("a bad request: {e}")), interval: 0, device: 0 },
                 None,
             ),
-            Ok(request) => match shared.store.write(|tx| admission::enrol(tx, &token, counter, &request, &addr, now)) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!("enrolment: {e}");
-                    return Err(StatusCode::INTERNAL_SERVER_ERROR);
-                }
-            },
+            Ok(request) => shared
+                .store
+                .write(|tx| {
+                    let r = admission::enrol(tx, token.id, verified, counter, &request, &addr, now)?;
+                    // In the same transaction: an admission by a rule is in
+                    // the log exactly when it happened.
+                    if let Enrolled::Reply(_, Some(rule)) = &r {
+                        tx.audit_append(&AuditEntry {
+                            id: 0,
+                            at: now,
+                            actor: rule.by.clone(),
+                            action: "admit (rule)".into(),
+                            target: format!("/api/devices/{}", rule.device),
+                            status: 201,
+                            addr: addr.clone(),
+                        })?;
+                    }
+                    Ok::<_, crate::server::store::StoreError>(r)
+                })
+                .map_err(internal)?,
         };
         let Enrolled::Reply(reply, ruled) = reply else { return Err(StatusCode::CONFLICT) };
         if let Some(r) = ruled {
             tracing::info!(device = r.device, environment = r.environment, "{} admitted a device", r.by);
-            let entry = AuditEntry {
-                id: 0,
-                at: now,
-                actor: r.by,
-                action: "admit".into(),
-                target: format!("/api/devices/{}", r.device),
-                status: 201,
-                addr: addr.clone(),
-            };
-            if let Err(e) = shared.store.write(|tx| tx.audit_append(&entry)) {
-                tracing::error!("audit: {e}");
-            }
         }
-        Ok(seal_reply(counter, &key, &reply.encode()))
+        let welcome = !matches!(reply.state, EnrolState::Refused(_));
+        Ok((seal_reply(counter, &key, &reply.encode()), welcome))
     })
     .await;
     match r {
-        Ok(Ok(sealed)) => {
-            if let Some(agent) = &agent {
+        Ok(Ok((sealed, welcome))) => {
+            // A device the server listens to holds its connection as an
+            // agent does (not against its address's cap); a refused one
+            // does not.
+            if let Some(agent) = agent.as_ref().filter(|_| welcome) {
                 agent.mark();
             }
             Response::new(Body::from(sealed))

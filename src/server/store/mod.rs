@@ -476,7 +476,9 @@ const MIGRATIONS: &[&str] = &[
     // join tokens (the secret every device flashed with one shares; what
     // its devices are admitted with; its rule; its limits) and the devices
     // that asked to join with one (what each said of itself, the key it
-    // is bound to, and the operator's or the rule's decision).
+    // is bound to, and the operator's or the rule's decision). A device's
+    // number is never used again (AUTOINCREMENT): a forgotten device that
+    // still asks by it finds no other's entry.
     "CREATE TABLE fleet_tokens (
         id INTEGER PRIMARY KEY,
         name TEXT NOT NULL,
@@ -493,7 +495,7 @@ const MIGRATIONS: &[&str] = &[
         revoked_at INTEGER
     );
     CREATE TABLE devices (
-        id INTEGER PRIMARY KEY,
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
         token INTEGER NOT NULL REFERENCES fleet_tokens(id) ON DELETE CASCADE,
         edge_id TEXT NOT NULL,
         device_key BLOB NOT NULL,

@@ -257,10 +257,12 @@ pub fn summary_markdown(reports: &[Report]) -> String {
         let churn = r.scenario("churn_trace");
         let _ = writeln!(
             out,
-            "| {} | {} B | {} B | {} / {} | {} / {} | {} / {} | {} / {} ms |",
+            "| {} | {} B | {} | {} / {} | {} / {} | {} / {} | {} / {} ms |",
             r.profile.name,
             thousands(per_poll("idle_kept_alive")),
-            thousands(per_poll("idle_new_connection")),
+            // Left out of a run with --skip-new-connection.
+            r.scenario("idle_new_connection")
+                .map_or_else(|| "—".to_owned(), |s| format!("{} B", thousands(s.tern.per_poll()))),
             size(r.tern_per_day(false)),
             size(r.baseline_per_day(false)),
             size(r.tern_per_day(true)),

@@ -24,6 +24,12 @@
 #                                           bookworm with PostgreSQL and
 #                                           HAProxy too: one image for every
 #                                           service of deploy/compose.yaml
+#   ... --compose --rootfs-only TAR         make the Debian root filesystem
+#                                           of that variant into TAR and
+#                                           stop (no binary needed): CI
+#                                           makes both while it compiles
+#   ... --compose --rootfs TAR              use that root filesystem
+#                                           instead of running mmdebstrap
 #
 # Needs: docker, ldd, tar, gzip; cargo unless --binary is given. The base is
 # tagged tern-agent-runtime:local (tern-agent-compose-runtime:local for
@@ -43,10 +49,14 @@ usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' 
 binary=
 compose=
 server=
+rootfs=
+rootfs_only=
 while [ $# -gt 0 ]; do
   case $1 in
     --compose) compose=1; shift ;;
     --server) server=1; shift ;;
+    --rootfs) [ $# -ge 2 ] || die "--rootfs needs a path"; rootfs=$2; shift 2 ;;
+    --rootfs-only) [ $# -ge 2 ] || die "--rootfs-only needs a path"; rootfs_only=$2; shift 2 ;;
     --binary) [ $# -ge 2 ] || die "--binary needs a path"; binary=$2; shift 2 ;;
     --binary=*) binary=${1#--binary=}; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -70,6 +80,32 @@ if [ -n "$compose" ]; then
   TAG=compose
   command -v mmdebstrap >/dev/null 2>&1 || die "--compose needs mmdebstrap (apt-get install mmdebstrap)"
 fi
+
+if [ -n "$rootfs$rootfs_only" ] && [ -z "$compose" ]; then
+  die "--rootfs and --rootfs-only are for the --compose variants (the others' base is made from the binary)"
+fi
+
+# The Debian root filesystem of a --compose variant: essential packages and
+# the variant's, without recommends, documentation or translations.
+debian_rootfs() {
+  echo "agent-image: making a bookworm root filesystem with $PACKAGES (mmdebstrap)" >&2
+  mmdebstrap --quiet --variant=essential --include="$PACKAGES" \
+    --aptopt='APT::Install-Recommends "false"' \
+    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
+    --customize-hook="echo 'nonroot:x:$AGENT_UID:$AGENT_UID:nonroot:/home/nonroot:/sbin/nologin' >>\"\$1/etc/passwd\"" \
+    --customize-hook="echo 'nonroot:x:$AGENT_UID:' >>\"\$1/etc/group\"" \
+    --customize-hook='rm -rf "$1"/var/cache/apt/* "$1"/var/lib/apt/lists/*' \
+    --customize-hook="mkdir -p \"\$1/data\" && chown $AGENT_UID:$AGENT_UID \"\$1/data\" && chmod 0700 \"\$1/data\"" \
+    bookworm "$1" >&2 || die "mmdebstrap failed"
+}
+if [ -n "$rootfs_only" ]; then
+  start=$(date +%s)
+  debian_rootfs "$rootfs_only"
+  echo "agent-image: $rootfs_only: $(stat -c %s "$rootfs_only") B, $(( $(date +%s) - start )) s" >&2
+  exit 0
+fi
+[ -z "$rootfs" ] || [ -f "$rootfs" ] || die "--rootfs $rootfs: no such file"
 
 start=$(date +%s)
 for tool in docker ldd tar gzip; do
@@ -133,19 +169,12 @@ tar -C "$work/rootfs" -cf "$work/base.tar" "${tar_opts[@]}" --owner=0 --group=0 
 tar -C "$work/data" -rf "$work/base.tar" "${tar_opts[@]}" --owner="$AGENT_UID" --group="$AGENT_UID" ./data
 
 if [ -n "$compose" ]; then
-  # Essential packages and docker-compose's dependencies, without
-  # recommends, documentation or translations.
-  echo "agent-image: making a bookworm root filesystem with $PACKAGES (mmdebstrap)" >&2
   rm -f "$work/base.tar"
-  mmdebstrap --quiet --variant=essential --include="$PACKAGES" \
-    --aptopt='APT::Install-Recommends "false"' \
-    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
-    --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
-    --customize-hook="echo 'nonroot:x:$AGENT_UID:$AGENT_UID:nonroot:/home/nonroot:/sbin/nologin' >>\"\$1/etc/passwd\"" \
-    --customize-hook="echo 'nonroot:x:$AGENT_UID:' >>\"\$1/etc/group\"" \
-    --customize-hook='rm -rf "$1"/var/cache/apt/* "$1"/var/lib/apt/lists/*' \
-    --customize-hook="mkdir -p \"\$1/data\" && chown $AGENT_UID:$AGENT_UID \"\$1/data\" && chmod 0700 \"\$1/data\"" \
-    bookworm "$work/base.tar" >&2 || die "mmdebstrap failed"
+  if [ -n "$rootfs" ]; then
+    cp "$rootfs" "$work/base.tar"
+  else
+    debian_rootfs "$work/base.tar"
+  fi
   paths="Debian bookworm with $PACKAGES"
 fi
 

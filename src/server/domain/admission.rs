@@ -79,6 +79,11 @@ fn time_text(t: i64) -> String {
     chrono::DateTime::from_timestamp(t, 0).map_or_else(|| t.to_string(), |d| d.format("%Y-%m-%d %H:%M UTC").to_string())
 }
 
+/// The most devices that may wait under one token: a token leaked from one
+/// device (its EDGE_KEY is in the container's environment) cannot fill
+/// the waiting room past this; the operator revokes it.
+pub const MAX_WAITING: u64 = 5_000;
+
 /// Why a token takes no new device now, if it does not.
 pub fn closed_to_new(token: &FleetTokenRow, now: i64) -> Option<String> {
     if token.revoked_at.is_some() {
@@ -167,6 +172,17 @@ pub fn enrol(
         };
         if let Some(why) = closed_to_new(&token, now) {
             return reply(EnrolState::Refused(why), 0);
+        }
+        let waiting = tx.waiting_devices(token.id)?;
+        if waiting >= MAX_WAITING {
+            return reply(
+                EnrolState::Refused(format!(
+                    "the waiting room is full for the fleet join token {:?} ({waiting} devices wait): the operator \
+                     admits or rejects some first",
+                    token.name
+                )),
+                0,
+            );
         }
         let new = described(token.id, &request.edge_id, description, counter, addr, now);
         let id = tx.insert_device(&new)?;

@@ -218,6 +218,12 @@ pub trait AdmissionStore {
     /// When the database fails.
     fn devices(&self, status: Option<DeviceStatus>) -> Result<Vec<Device>, StoreError>;
 
+    /// How many devices of a token wait.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn waiting_devices(&self, token: u64) -> Result<u64, StoreError>;
+
     /// Stores a new device (its `id`, `token.1` and decisions ignored);
     /// its id.
     ///
@@ -405,6 +411,15 @@ impl AdmissionStore for Tx<'_> {
         Ok(rows)
     }
 
+    fn waiting_devices(&self, token: u64) -> Result<u64, StoreError> {
+        let n: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM devices WHERE token = ?1 AND status = 'pending'",
+            [sql_id(token)],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
     fn insert_device(&self, d: &Device) -> Result<u64, StoreError> {
         let id = self.conn.insert(
             "INSERT INTO devices (token, edge_id, device_key, hostname, agent_version, engine, group_name, tags, \
@@ -542,6 +557,7 @@ mod tests {
             (9, "192.0.2.10", "cam-1b", 160)
         );
         assert_eq!(tx.devices(Some(DeviceStatus::Pending)).unwrap().len(), 1);
+        assert_eq!((tx.waiting_devices(id).unwrap(), tx.waiting_devices(id + 1).unwrap()), (1, 0));
         tx.decide_device(d, DeviceStatus::Rejected, None, "not ours", "user:admin", 170).unwrap();
         assert!(tx.devices(Some(DeviceStatus::Pending)).unwrap().is_empty());
         let got = tx.device(d).unwrap().unwrap();

@@ -494,6 +494,10 @@ async fn a_stack_rolls_back_to_an_earlier_version_and_one_whose_image_is_gone_st
         deadline.tick(format_args!("the rollback to a gone image to fail: {s}")).await;
     };
     assert!(failed["error"].as_str().unwrap_or("").contains(&format!("pulling {old_image}")), "{failed}");
+    // Version 3 was sent; version 2 is what runs there, and says so.
+    assert_eq!(failed["running_version"], 2, "{failed}");
+    let shown = tern(&server, &["stack", "show", &prefix]);
+    assert!(shown.lines().any(|l| l.contains("failed") && l.contains(" 3 ") && l.contains(" 2 ")), "{shown}");
     assert_eq!(inspect(&web, "{{.Id}}"), web_id, "nothing was stopped or replaced");
     assert_eq!(inspect(&web, "{{.State.Status}}"), "running");
 
@@ -501,6 +505,8 @@ async fn a_stack_rolls_back_to_an_earlier_version_and_one_whose_image_is_gone_st
     // greeting; the history says what each version came from.
     let out = tern(&server, &["stack", "rollback", &prefix, "--to", "2", "--wait"]);
     assert!(out.contains("version 4  running"), "{out}");
+    let s = api.ok("GET", &format!("/api/stacks/{stack}"), None, 200).await;
+    assert_eq!(s["environments"][0]["running_version"], 4, "{s}");
     let web = project_containers(&prefix, "web")[0].clone();
     assert!(inspect(&web, "{{json .Config.Env}}").contains("GREETING=bonjour"));
     let table = tern(&server, &["stack", "versions", &prefix]);

@@ -178,13 +178,15 @@ fn print_stack(v: &StackDetail) {
         st.status,
         targets_text(&st.targets)
     );
-    let mut rows = vec![vec!["ENV".into(), "NAME".into(), "STATUS".into(), "VERSION".into(), "ERROR".into()]];
+    let mut rows =
+        vec![vec!["ENV".into(), "NAME".into(), "STATUS".into(), "SENT".into(), "RUNS".into(), "ERROR".into()]];
     for d in &v.environments {
         rows.push(vec![
             d.environment.to_string(),
             d.environment_name.clone(),
             d.status.clone(),
             d.version.to_string(),
+            d.running_version.map_or_else(|| "-".into(), |v| v.to_string()),
             d.error.clone().unwrap_or_default(),
         ]);
     }

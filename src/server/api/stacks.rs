@@ -116,6 +116,7 @@ impl From<Deployment> for DeploymentView {
             status: d.status.to_owned(),
             error: d.error,
             version: d.version,
+            running_version: d.running_version,
             command: d.command,
             queued_at: d.queued_at,
             finished_at: d.finished_at,

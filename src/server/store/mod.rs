@@ -515,6 +515,11 @@ const MIGRATIONS: &[&str] = &[
         decided_by TEXT NOT NULL DEFAULT '',
         UNIQUE (token, edge_id)
     );",
+    // 22: the stack version each environment runs (issue #17): the
+    // version of its last deploy that ended ok, apart from the version last
+    // sent (a failed deploy leaves the earlier one running). NULL: none
+    // known (before this migration, or nothing deployed yet).
+    "ALTER TABLE stack_deployments ADD COLUMN running_version INTEGER;",
 ];
 
 /// The interval every timer runs at when neither the environment nor the

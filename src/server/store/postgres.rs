@@ -403,6 +403,8 @@ pub const MIGRATIONS: &[&str] = &[
         decided_by TEXT COLLATE "C" NOT NULL DEFAULT '',
         UNIQUE (token, edge_id)
     );"#,
+    // 22: the stack version each environment runs.
+    r#"ALTER TABLE stack_deployments ADD COLUMN running_version BIGINT;"#,
 ];
 
 /// A pool of connections to one PostgreSQL database, with the runtime

@@ -138,6 +138,9 @@ pub struct Deployment {
     pub environment_name: String,
     /// The stack version last sent to it.
     pub version: u32,
+    /// The version it runs: its last deploy that ended ok (`None`: none
+    /// known yet).
+    pub running_version: Option<u32>,
     /// See the module doc.
     pub status: &'static str,
     /// The agent's error, when failed.
@@ -577,7 +580,7 @@ impl Tx<'_> {
     fn deployments_of(&self, stack: i64) -> Result<Vec<Deployment>, StackError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT d.environment, e.name, d.version, d.removing, d.command,
-                    c.status, c.phase, c.error, c.created_at, c.finished_at
+                    c.status, c.phase, c.error, c.created_at, c.finished_at, d.running_version
                FROM stack_deployments d
                JOIN environments e ON e.id = d.environment
                LEFT JOIN commands c ON c.id = d.command
@@ -592,6 +595,7 @@ impl Tx<'_> {
                 environment: r.get::<i64>(0)? as u64,
                 environment_name: r.get(1)?,
                 version: u32::try_from(r.get::<i64>(2)?).unwrap_or(u32::MAX),
+                running_version: r.get::<Option<i64>>(10)?.map(|v| u32::try_from(v).unwrap_or(u32::MAX)),
                 status: s,
                 error: error.filter(|e| !e.is_empty() && s == "failed"),
                 command: r.get::<Option<i64>>(4)?.map(|c| c as u64),

@@ -462,7 +462,8 @@ fn status_part(id: u64, stack: &StackDetail, q: &StatusQuery) -> Markup {
                     thead { tr {
                         th scope="col" { "Environment" }
                         th scope="col" { "Status" }
-                        th scope="col".num { "Version" }
+                        th scope="col".num { "Sent" }
+                        th scope="col".num { "Runs" }
                         th scope="col" { "Queued" }
                         th scope="col" { "Finished" }
                         th scope="col" { "Error" }
@@ -481,6 +482,11 @@ fn status_part(id: u64, stack: &StackDetail, q: &StatusQuery) -> Markup {
                                 }
                             }
                             td.num { (d.version) }
+                            td.num.running { @match d.running_version {
+                                Some(v) if v != d.version => strong title="a later deploy did not end ok" { (v) },
+                                Some(v) => (v),
+                                None => "—",
+                            } }
                             td { (when(d.queued_at, now)) }
                             td { @if d.finished_at.is_some() { (when(d.finished_at, now)) } }
                             td { @if let Some(e) = d.error.as_deref() { span.error { (e) } } }

@@ -62,6 +62,10 @@ pub struct DeploymentView {
     pub error: Option<String>,
     /// The stack version last sent there.
     pub version: u32,
+    /// The version it runs: its last deploy that ended ok (absent: none
+    /// known yet). Below `version` after a failed deploy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_version: Option<u32>,
     /// The command that carries it (`GET /api/commands/{id}`).
     pub command: Option<u64>,
     /// When that command was queued.

@@ -235,6 +235,7 @@ pub async fn run_with(
     prepared.tickets.spawn_refresh(prepared.state.clone());
     let state = prepared.state.clone();
     let flusher = tokio::spawn(keep_flushing_usage(state.clone()));
+    let retries = tokio::spawn(keep_retrying_deploys(state.clone()));
     // PostgreSQL: the commands other replicas queue wake the agents held
     // here (`wakes`); stopped when this returns (or is dropped).
     let wake_listener = state.store.listen();
@@ -242,8 +243,37 @@ pub async fn run_with(
     drop(wake_listener);
     // Last: the charges of the connections the shutdown closed.
     flusher.abort();
+    retries.abort();
     let _ = tokio::task::spawn_blocking(move || state.usage.settle(&state.store)).await;
     served
+}
+
+/// How often the server looks for failed stack deploys due to be tried
+/// again (`domain::stacks::retry_due`).
+const RETRY_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Sends the stack deploys due to be tried again: one read every
+/// [`RETRY_CHECK`], a write only when one is due.
+async fn keep_retrying_deploys(state: std::sync::Arc<http::AppState>) {
+    let mut every = tokio::time::interval(RETRY_CHECK);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let state = state.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let now = crate::clock::unix_now();
+            let due = state.store.read(|tx| tx.due_stack_retries(now).map(|d| !d.is_empty()));
+            match due {
+                Ok(true) => match state.store.write(|tx| crate::server::domain::stacks::retry_due(tx, now)) {
+                    Ok(n) => tracing::info!("sent {n} stack deploy(s) again after a failure"),
+                    Err(e) => tracing::warn!("stack deploy retries: {e}"),
+                },
+                Ok(false) => {}
+                Err(e) => tracing::warn!("stack deploy retries: {e}"),
+            }
+        })
+        .await;
+    }
 }
 
 /// Writes the data usage charged in memory every [`ledger::FLUSH_EVERY`].

@@ -538,3 +538,70 @@ async fn a_stack_rolls_back_to_an_earlier_version_and_one_whose_image_is_gone_st
     assert!(none["error"].as_str().unwrap().contains("no stack"), "{none}");
     api.ok("POST", &format!("/api/environments/{env}/stacks/{talk}/logs"), Some(json!({"tail": 0})), 400).await;
 }
+
+/// Retries (issue #17): a deploy that fails is sent again on its own, with
+/// backoff, and the status says which attempt it is on; once the cause is
+/// gone (here: its image arrives on the host), an attempt succeeds and that
+/// version runs. The server's first retry delay is shortened to a second
+/// (`TERN_DEPLOY_RETRY`; 60 s by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_deploy_is_retried_with_backoff_and_runs_once_its_image_arrives() {
+    let prefix = format!("tern-test-stk-{}-rt", std::process::id());
+    let objects = Objects::new(&prefix);
+    let _project = ComposeProject(prefix.clone());
+    let dir = tempdir("tern-stacks-retry");
+    let server = Server::start_with(&dir.join("server"), "127.0.0.1:0", &[("TERN_DEPLOY_RETRY", "1")]);
+    let mut api = server.api();
+    let created = api
+        .ok(
+            "POST",
+            "/api/environments",
+            Some(json!({"name": "rt-env", "url": server.url(), "intervals": {"ping": 1, "snapshot": 1, "command": 1}})),
+            201,
+        )
+        .await;
+    let env = created["id"].as_u64().unwrap();
+    let key = created["edge_key"].as_str().unwrap().to_owned();
+    let data = dir.join("agent").to_str().unwrap().to_owned();
+    let _agent = AgentProcess::start(
+        &[("EDGE_KEY", key.as_str()), ("DATA_PATH", data.as_str()), ("EDGE_COMPOSE", "builtin")],
+        &dir.join("agent.log"),
+    );
+    // An image tagged for a registry nobody serves, not on the host yet.
+    let image = format!("127.0.0.1:9/{prefix}:late");
+    let body = json!({"name": prefix, "compose": COMPOSE, "env": {"IMAGE": image}, "targets": {"environments": [env]}});
+    let stack = api.ok("POST", "/api/stacks", Some(body), 201).await["id"].as_u64().unwrap();
+    // It fails, and is sent again: attempt 2 (or later), with a time.
+    let deadline = Deadline::new(WAIT);
+    let retrying = loop {
+        let s = api.ok("GET", &format!("/api/stacks/{stack}"), None, 200).await;
+        let d = s["environments"][0].clone();
+        if d["attempt"].as_u64() >= Some(2) {
+            break d;
+        }
+        deadline.tick(format_args!("a second attempt: {s}")).await;
+    };
+    assert_eq!(retrying["max_attempts"], 5, "{retrying}");
+    assert_eq!(retrying["version"], 1, "{retrying}");
+    assert!(retrying["running_version"].is_null(), "nothing runs yet: {retrying}");
+    let shown = tern(&server, &["stack", "show", &prefix]);
+    assert!(shown.contains("attempt ") && shown.contains(" of 5"), "{shown}");
+    // The image arrives; a later attempt runs it.
+    docker(&["tag", &objects.image, &image]);
+    let deadline = Deadline::new(WAIT);
+    let ran = loop {
+        let s = api.ok("GET", &format!("/api/stacks/{stack}"), None, 200).await;
+        let d = s["environments"][0].clone();
+        if d["status"] == "running" {
+            break d;
+        }
+        assert!(d["status"] != "failed" || !d["retry_at"].is_null(), "it gave up: {s}");
+        deadline.tick(format_args!("a later attempt to run: {s}")).await;
+    };
+    assert_eq!(ran["running_version"], 1, "{ran}");
+    assert!(ran["attempt"].as_u64().unwrap() >= 2, "{ran}");
+    assert!(ran["retry_at"].is_null(), "{ran}");
+    assert_eq!(project_containers(&prefix, "web").len(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+    docker(&["rmi", &image]);
+}

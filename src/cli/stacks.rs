@@ -168,6 +168,19 @@ fn targets_text(targets: &[StackTargetView]) -> String {
     parts.join(", ")
 }
 
+/// A deployment's status, with its attempt and retry when there is one:
+/// `failed (attempt 2 of 5; again at 14:03:10 UTC)`.
+fn status_text(d: &crate::server::api::types::DeploymentView) -> String {
+    let mut notes = Vec::new();
+    if d.attempt > 1 {
+        notes.push(format!("attempt {} of {}", d.attempt, d.max_attempts));
+    }
+    if let Some(at) = d.retry_at.and_then(|t| chrono::DateTime::from_timestamp(t, 0)) {
+        notes.push(format!("again at {}", at.format("%H:%M:%S UTC")));
+    }
+    if notes.is_empty() { d.status.clone() } else { format!("{} ({})", d.status, notes.join("; ")) }
+}
+
 fn print_stack(v: &StackDetail) {
     let st = &v.item;
     println!(
@@ -184,7 +197,7 @@ fn print_stack(v: &StackDetail) {
         rows.push(vec![
             d.environment.to_string(),
             d.environment_name.clone(),
-            d.status.clone(),
+            status_text(d),
             d.version.to_string(),
             d.running_version.map_or_else(|| "-".into(), |v| v.to_string()),
             d.error.clone().unwrap_or_default(),
@@ -203,10 +216,10 @@ fn wait(api: &mut Api, id: u64) -> anyhow::Result<StackDetail> {
     let start = Instant::now();
     loop {
         let v: StackDetail = api.get_as(&format!("/api/stacks/{id}"))?;
-        let busy = v
-            .environments
-            .iter()
-            .any(|d| matches!(d.status.as_str(), "pending" | "acknowledged" | "deploying" | "removing"));
+        // A failed deploy that will be sent again is still on its way.
+        let busy = v.environments.iter().any(|d| {
+            matches!(d.status.as_str(), "pending" | "acknowledged" | "deploying" | "removing") || d.retry_at.is_some()
+        });
         if !busy {
             if v.item.status == "failed" {
                 print_stack(&v);

@@ -257,8 +257,10 @@ pub fn apply(
     for result in &request.results {
         let stored = store.store_result(env_id, result, now)?;
         if stored && result.status != crate::wire::poll::ResultStatus::Progress {
-            // A staged agent update moves on with its results.
+            // A staged agent update moves on with its results; a stack's
+            // failed deploy is tried again later.
             crate::server::domain::rollouts::advance(store, result.id, now)?;
+            crate::server::domain::stacks::after_result(store, env_id, result, now)?;
         }
         reply.results_acked.push(result.id);
     }

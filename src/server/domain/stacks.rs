@@ -49,6 +49,79 @@ pub enum Removal {
     Purged,
 }
 
+/// How many times a stack's deploy is sent to an environment before its
+/// failure stands: the first and four retries.
+pub const MAX_DEPLOY_ATTEMPTS: u32 = 5;
+
+/// The variable that sets the first retry's delay, in seconds (default
+/// [`DEFAULT_RETRY_SECONDS`]); each next one doubles, up to an hour.
+pub const RETRY_VAR: &str = "TERN_DEPLOY_RETRY";
+
+/// The first retry's delay: a registry that hiccupped, a link that dropped
+/// mid-pull, an engine restarting.
+pub const DEFAULT_RETRY_SECONDS: i64 = 60;
+
+/// How long after the failure of `attempt` the next one is sent: the
+/// first delay doubled per attempt, capped at an hour, with up to 20 % of
+/// jitter, so a fleet that failed at once (a registry down) does not pull
+/// at once again.
+pub fn retry_delay(attempt: u32) -> i64 {
+    let first =
+        std::env::var(RETRY_VAR).ok().and_then(|v| v.trim().parse::<i64>().ok()).filter(|s| (1..=3600).contains(s));
+    let first = first.unwrap_or(DEFAULT_RETRY_SECONDS);
+    let base = first.saturating_mul(1 << attempt.saturating_sub(1).min(12)).min(3600);
+    base + fastrand::i64(0..=base / 5)
+}
+
+/// After a command's final result on `environment`: a stack deploy that
+/// failed (not one the agent rejected, nor a cancelled one) is tried again
+/// after [`retry_delay`], up to [`MAX_DEPLOY_ATTEMPTS`] in all.
+///
+/// # Errors
+/// When the database fails.
+pub fn after_result(
+    tx: &(impl Transaction + ?Sized),
+    environment: u64,
+    result: &crate::wire::poll::CommandResult,
+    now: i64,
+) -> Result<(), StoreError> {
+    if result.status != crate::wire::poll::ResultStatus::Failed {
+        return Ok(());
+    }
+    if let Some((stack, attempt)) = tx.deploy_of_command(environment, result.id)?
+        && attempt < MAX_DEPLOY_ATTEMPTS
+    {
+        tx.set_stack_retry(stack, environment, Some(now + retry_delay(attempt)))?;
+    }
+    Ok(())
+}
+
+/// Sends the retries that are due: the stack's current version again, as
+/// the next attempt. Each is claimed first, so of several replicas one
+/// sends it. Returns how many were sent.
+///
+/// # Errors
+/// When the database fails.
+pub fn retry_due(tx: &(impl Transaction + ?Sized), now: i64) -> Result<usize, StoreError> {
+    let mut sent = 0;
+    for (stack, environment) in tx.due_stack_retries(now)? {
+        if !tx.claim_stack_retry(stack, environment, now)? {
+            continue;
+        }
+        let spec = match deployable(tx, stack) {
+            Ok(spec) => spec,
+            Err(StackError::Store(e)) => return Err(e),
+            // Gone or corrupt since: nothing to send.
+            Err(_) => continue,
+        };
+        let version = spec.version;
+        let command = tx.enqueue_command(environment, &Action::StackDeploy(spec), now)?;
+        tx.record_stack_retry(stack, environment, command, version)?;
+        sent += 1;
+    }
+    Ok(sent)
+}
+
 /// Queues `action` for `environment` and records it as the stack's last
 /// command there.
 fn send(

@@ -515,11 +515,15 @@ const MIGRATIONS: &[&str] = &[
         decided_by TEXT NOT NULL DEFAULT '',
         UNIQUE (token, edge_id)
     );",
-    // 22: the stack version each environment runs (issue #17): the
-    // version of its last deploy that ended ok, apart from the version last
-    // sent (a failed deploy leaves the earlier one running). NULL: none
-    // known (before this migration, or nothing deployed yet).
-    "ALTER TABLE stack_deployments ADD COLUMN running_version INTEGER;",
+    // 22: deploys (issue #17): the stack version each environment runs
+    // (the version of its last deploy that ended ok, apart from the version
+    // last sent: a failed deploy leaves the earlier one running; NULL: none
+    // known), which attempt of the version last sent is on its way, and
+    // when a failed one is tried again (`domain::stacks::after_result`).
+    "ALTER TABLE stack_deployments ADD COLUMN running_version INTEGER;
+    ALTER TABLE stack_deployments ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE stack_deployments ADD COLUMN retry_at INTEGER;
+    CREATE INDEX stack_deployments_retry ON stack_deployments(retry_at) WHERE retry_at IS NOT NULL;",
 ];
 
 /// The interval every timer runs at when neither the environment nor the

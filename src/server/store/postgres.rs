@@ -403,8 +403,11 @@ pub const MIGRATIONS: &[&str] = &[
         decided_by TEXT COLLATE "C" NOT NULL DEFAULT '',
         UNIQUE (token, edge_id)
     );"#,
-    // 22: the stack version each environment runs.
-    r#"ALTER TABLE stack_deployments ADD COLUMN running_version BIGINT;"#,
+    // 22: the stack version each environment runs, and deploy retries.
+    r#"ALTER TABLE stack_deployments ADD COLUMN running_version BIGINT;
+    ALTER TABLE stack_deployments ADD COLUMN attempt BIGINT NOT NULL DEFAULT 1;
+    ALTER TABLE stack_deployments ADD COLUMN retry_at BIGINT;
+    CREATE INDEX stack_deployments_retry ON stack_deployments(retry_at) WHERE retry_at IS NOT NULL;"#,
 ];
 
 /// A pool of connections to one PostgreSQL database, with the runtime

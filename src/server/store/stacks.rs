@@ -141,6 +141,10 @@ pub struct Deployment {
     /// The version it runs: its last deploy that ended ok (`None`: none
     /// known yet).
     pub running_version: Option<u32>,
+    /// Which attempt of the version last sent is on its way (1: the first).
+    pub attempt: u32,
+    /// When a failed deploy is tried again.
+    pub retry_at: Option<i64>,
     /// See the module doc.
     pub status: &'static str,
     /// The agent's error, when failed.
@@ -291,6 +295,40 @@ pub trait StackStore {
         removing: bool,
     ) -> Result<(), StoreError>;
 
+    /// The stack and attempt of a deploy (not a removal) that `command`
+    /// carries to `environment`, if it is the stack's last command there.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn deploy_of_command(&self, environment: u64, command: u64) -> Result<Option<(u64, u32)>, StoreError>;
+
+    /// When the stack's deploy on `environment` is tried again (`None`:
+    /// not).
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn set_stack_retry(&self, stack: u64, environment: u64, at: Option<i64>) -> Result<(), StoreError>;
+
+    /// The `(stack, environment)` deploys due to be tried again at `now`.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn due_stack_retries(&self, now: i64) -> Result<Vec<(u64, u64)>, StoreError>;
+
+    /// Takes a due retry: true for the one transaction (of any replica)
+    /// that is to send it.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn claim_stack_retry(&self, stack: u64, environment: u64, now: i64) -> Result<bool, StoreError>;
+
+    /// Records `command` as the next attempt of the stack's deploy on
+    /// `environment`.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn record_stack_retry(&self, stack: u64, environment: u64, command: u64, version: u32) -> Result<(), StoreError>;
+
     /// Marks a stack as being removed (its name is free from then on); the
     /// first time counts.
     ///
@@ -429,8 +467,54 @@ impl StackStore for Tx<'_> {
     ) -> Result<(), StoreError> {
         self.conn.execute(
             "INSERT INTO stack_deployments (stack, environment, version, command, removing) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT(stack, environment) DO UPDATE SET version = ?3, command = ?4, removing = ?5",
+             ON CONFLICT(stack, environment) DO UPDATE SET version = ?3, command = ?4, removing = ?5,
+                 attempt = 1, retry_at = NULL",
             params![sql_id(stack), sql_id(environment), version, sql_id(command), removing],
+        )?;
+        Ok(())
+    }
+
+    fn deploy_of_command(&self, environment: u64, command: u64) -> Result<Option<(u64, u32)>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT stack, attempt FROM stack_deployments WHERE environment = ?1 AND command = ?2 AND removing = 0",
+                params![sql_id(environment), sql_id(command)],
+                |r| Ok((r.get::<i64>(0)? as u64, u32::try_from(r.get::<i64>(1)?).unwrap_or(u32::MAX))),
+            )
+            .optional()?)
+    }
+
+    fn set_stack_retry(&self, stack: u64, environment: u64, at: Option<i64>) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE stack_deployments SET retry_at = ?3 WHERE stack = ?1 AND environment = ?2",
+            params![sql_id(stack), sql_id(environment), at],
+        )?;
+        Ok(())
+    }
+
+    fn due_stack_retries(&self, now: i64) -> Result<Vec<(u64, u64)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT stack, environment FROM stack_deployments WHERE retry_at IS NOT NULL AND retry_at <= ?1
+             ORDER BY retry_at LIMIT 500",
+        )?;
+        let rows = stmt.query_map([now], |r| Ok((r.get::<i64>(0)? as u64, r.get::<i64>(1)? as u64)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn claim_stack_retry(&self, stack: u64, environment: u64, now: i64) -> Result<bool, StoreError> {
+        Ok(self.conn.execute(
+            "UPDATE stack_deployments SET retry_at = NULL
+             WHERE stack = ?1 AND environment = ?2 AND removing = 0 AND retry_at IS NOT NULL AND retry_at <= ?3",
+            params![sql_id(stack), sql_id(environment), now],
+        )? == 1)
+    }
+
+    fn record_stack_retry(&self, stack: u64, environment: u64, command: u64, version: u32) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE stack_deployments SET command = ?3, version = ?4, attempt = attempt + 1, retry_at = NULL
+             WHERE stack = ?1 AND environment = ?2",
+            params![sql_id(stack), sql_id(environment), sql_id(command), version],
         )?;
         Ok(())
     }
@@ -580,7 +664,7 @@ impl Tx<'_> {
     fn deployments_of(&self, stack: i64) -> Result<Vec<Deployment>, StackError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT d.environment, e.name, d.version, d.removing, d.command,
-                    c.status, c.phase, c.error, c.created_at, c.finished_at, d.running_version
+                    c.status, c.phase, c.error, c.created_at, c.finished_at, d.running_version, d.attempt, d.retry_at
                FROM stack_deployments d
                JOIN environments e ON e.id = d.environment
                LEFT JOIN commands c ON c.id = d.command
@@ -596,6 +680,8 @@ impl Tx<'_> {
                 environment_name: r.get(1)?,
                 version: u32::try_from(r.get::<i64>(2)?).unwrap_or(u32::MAX),
                 running_version: r.get::<Option<i64>>(10)?.map(|v| u32::try_from(v).unwrap_or(u32::MAX)),
+                attempt: u32::try_from(r.get::<i64>(11)?).unwrap_or(u32::MAX),
+                retry_at: r.get(12)?,
                 status: s,
                 error: error.filter(|e| !e.is_empty() && s == "failed"),
                 command: r.get::<Option<i64>>(4)?.map(|c| c as u64),
@@ -658,6 +744,56 @@ mod tests {
 
     fn statuses(s: &dyn Transaction, id: u64) -> Vec<(u64, &'static str)> {
         s.stack(id).unwrap().deployments.iter().map(|d| (d.environment, d.status)).collect()
+    }
+
+    #[test]
+    fn a_failed_deploy_is_sent_again_with_backoff_up_to_its_attempts_and_a_new_version_starts_over() {
+        use crate::server::domain::stacks::{MAX_DEPLOY_ATTEMPTS, after_result, retry_due};
+        let s_db = Store::scratch().unwrap();
+        let s = s_db.autocommit();
+        let a = s.create_environment("a", Secret([1; 32]), 0).unwrap().id;
+        let targets = TargetRefs { environments: vec![TargetRef::Id(a)], ..TargetRefs::default() };
+        let id = s.create_stack(&new("web", targets), 10).unwrap();
+        let deployment = |s: &dyn Transaction| s.stack(id).unwrap().deployments[0].clone();
+        let mut now = 100;
+        for attempt in 1..=MAX_DEPLOY_ATTEMPTS {
+            let d = deployment(&s);
+            assert_eq!((d.attempt, d.retry_at, d.status), (attempt, None, "pending"), "attempt {attempt}");
+            let failed = result(d.command.unwrap(), ResultStatus::Failed, "", "pulling busybox: no route to host");
+            assert!(s.store_result(a, &failed, now).unwrap());
+            after_result(&s, a, &failed, now).unwrap();
+            let d = deployment(&s);
+            assert_eq!(d.status, "failed");
+            if attempt == MAX_DEPLOY_ATTEMPTS {
+                assert_eq!(d.retry_at, None, "the last attempt's failure stands");
+                break;
+            }
+            let at = d.retry_at.expect("a retry");
+            // 60 s doubling per attempt (the default), up to 20 % later.
+            let base = 60 * (1 << (attempt - 1));
+            assert!((now + base..=now + base + base / 5).contains(&at), "attempt {attempt}: again at +{}", at - now);
+            assert_eq!(retry_due(&s, at - 1).unwrap(), 0, "not before it is due");
+            now = at;
+            assert_eq!(retry_due(&s, now).unwrap(), 1);
+            assert_eq!(retry_due(&s, now).unwrap(), 0, "sent once");
+        }
+        assert_eq!(s.commands(a, 100).unwrap().len(), MAX_DEPLOY_ATTEMPTS as usize);
+        // A rejected deploy (the agent refused it) is not tried again.
+        let change = StackChange { env: Some(BTreeMap::from([("K".into(), "w".into())])), ..StackChange::default() };
+        s.update_stack(id, &change, now).unwrap();
+        let d = deployment(&s);
+        assert_eq!((d.version, d.attempt, d.retry_at), (2, 1, None), "a new version starts over");
+        let rejected = result(d.command.unwrap(), ResultStatus::Rejected, "", "bad file");
+        s.store_result(a, &rejected, now).unwrap();
+        after_result(&s, a, &rejected, now).unwrap();
+        assert_eq!(deployment(&s).retry_at, None);
+        // One that ends ok is what runs.
+        s.update_stack(id, &StackChange { env: Some(BTreeMap::new()), ..StackChange::default() }, now).unwrap();
+        let ok = result(deployment(&s).command.unwrap(), ResultStatus::Ok, "", "");
+        s.store_result(a, &ok, now).unwrap();
+        after_result(&s, a, &ok, now).unwrap();
+        let d = deployment(&s);
+        assert_eq!((d.status, d.version, d.running_version, d.retry_at), ("running", 3, Some(3), None));
     }
 
     #[test]

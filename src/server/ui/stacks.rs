@@ -480,6 +480,12 @@ fn status_part(id: u64, stack: &StackDetail, q: &StatusQuery) -> Markup {
                                     },
                                     None => span.state.(status) { (status) },
                                 }
+                                @if d.attempt > 1 || d.retry_at.is_some() {
+                                    " " span.muted.attempt {
+                                        @if d.attempt > 1 { "attempt " (d.attempt) " of " (d.max_attempts) }
+                                        @if let Some(at) = d.retry_at { @if d.attempt > 1 { "; " } "sent again at " time datetime=(at) { (utc(at)) } }
+                                    }
+                                }
                             }
                             td.num { (d.version) }
                             td.num.running { @match d.running_version {

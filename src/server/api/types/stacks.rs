@@ -66,12 +66,26 @@ pub struct DeploymentView {
     /// known yet). Below `version` after a failed deploy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running_version: Option<u32>,
+    /// Which attempt of `version` this is (1: the first; a failed deploy
+    /// is sent again, up to `max_attempts`).
+    #[serde(default = "one")]
+    pub attempt: u32,
+    /// How many attempts a deploy gets.
+    #[serde(default = "one")]
+    pub max_attempts: u32,
+    /// When a failed deploy is sent again (absent: it is not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<i64>,
     /// The command that carries it (`GET /api/commands/{id}`).
     pub command: Option<u64>,
     /// When that command was queued.
     pub queued_at: Option<i64>,
     /// When it ended.
     pub finished_at: Option<i64>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// A stack in the list.

@@ -265,6 +265,7 @@ async fn keep_retrying_deploys(state: std::sync::Arc<http::AppState>) {
             let due = state.store.read(|tx| tx.due_stack_retries(now).map(|d| !d.is_empty()));
             match due {
                 Ok(true) => match state.store.write(|tx| crate::server::domain::stacks::retry_due(tx, now)) {
+                    Ok(0) => {}
                     Ok(n) => tracing::info!("sent {n} stack deploy(s) again after a failure"),
                     Err(e) => tracing::warn!("stack deploy retries: {e}"),
                 },

@@ -543,14 +543,15 @@ async fn a_stack_rolls_back_to_an_earlier_version_and_one_whose_image_is_gone_st
 /// backoff, and the status says which attempt it is on; once the cause is
 /// gone (here: its image arrives on the host), an attempt succeeds and that
 /// version runs. The server's first retry delay is shortened to a second
-/// (`TERN_DEPLOY_RETRY`; 60 s by default).
+/// to 3 s (`TERN_DEPLOY_RETRY`; 60 s by default): five attempts take about
+/// 45 s, room to tag the image after the second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_deploy_is_retried_with_backoff_and_runs_once_its_image_arrives() {
     let prefix = format!("tern-test-stk-{}-rt", std::process::id());
     let objects = Objects::new(&prefix);
     let _project = ComposeProject(prefix.clone());
     let dir = tempdir("tern-stacks-retry");
-    let server = Server::start_with(&dir.join("server"), "127.0.0.1:0", &[("TERN_DEPLOY_RETRY", "1")]);
+    let server = Server::start_with(&dir.join("server"), "127.0.0.1:0", &[("TERN_DEPLOY_RETRY", "3")]);
     let mut api = server.api();
     let created = api
         .ok(

@@ -216,13 +216,19 @@ fn wait(api: &mut Api, id: u64) -> anyhow::Result<StackDetail> {
     let start = Instant::now();
     loop {
         let v: StackDetail = api.get_as(&format!("/api/stacks/{id}"))?;
-        // A failed deploy that will be sent again is still on its way.
+        // A failed deploy that will be sent again within the wait is still
+        // on its way; one due later is not waited for.
+        let deadline = crate::clock::unix_now() + WAIT.saturating_sub(start.elapsed()).as_secs() as i64;
         let busy = v.environments.iter().any(|d| {
-            matches!(d.status.as_str(), "pending" | "acknowledged" | "deploying" | "removing") || d.retry_at.is_some()
+            matches!(d.status.as_str(), "pending" | "acknowledged" | "fetching" | "deploying" | "removing")
+                || d.retry_at.is_some_and(|at| at <= deadline)
         });
         if !busy {
             if v.item.status == "failed" {
                 print_stack(&v);
+                if v.environments.iter().any(|d| d.retry_at.is_some()) {
+                    bail!("stack {id} failed on some environments; their next attempts come later (not waited for)");
+                }
                 bail!("stack {id} failed on some environments");
             }
             return Ok(v);

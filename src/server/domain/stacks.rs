@@ -66,11 +66,29 @@ pub const DEFAULT_RETRY_SECONDS: i64 = 60;
 /// jitter, so a fleet that failed at once (a registry down) does not pull
 /// at once again.
 pub fn retry_delay(attempt: u32) -> i64 {
-    let first =
-        std::env::var(RETRY_VAR).ok().and_then(|v| v.trim().parse::<i64>().ok()).filter(|s| (1..=3600).contains(s));
-    let first = first.unwrap_or(DEFAULT_RETRY_SECONDS);
+    let first = retry_first().unwrap_or(DEFAULT_RETRY_SECONDS);
     let base = first.saturating_mul(1 << attempt.saturating_sub(1).min(12)).min(3600);
-    base + fastrand::i64(0..=base / 5)
+    // From half to one and a half times the base: a fleet that failed
+    // together spreads over a whole base of time.
+    base / 2 + fastrand::i64(0..=base)
+}
+
+/// The first retry's delay, read once from [`RETRY_VAR`]: `None` when it
+/// is 0 (retries off). A value that is not 0 to 3600 is refused loudly
+/// (the default is kept).
+fn retry_first() -> Option<i64> {
+    static FIRST: std::sync::OnceLock<Option<i64>> = std::sync::OnceLock::new();
+    *FIRST.get_or_init(|| match std::env::var(RETRY_VAR) {
+        Err(_) => Some(DEFAULT_RETRY_SECONDS),
+        Ok(v) => match v.trim().parse::<i64>() {
+            Ok(0) => None,
+            Ok(s) if (1..=3600).contains(&s) => Some(s),
+            _ => {
+                tracing::warn!("{RETRY_VAR}={v:?} is not 0 (off) to 3600 seconds; the first retry waits 60 s");
+                Some(DEFAULT_RETRY_SECONDS)
+            }
+        },
+    })
 }
 
 /// After a command's final result on `environment`: a stack deploy that
@@ -85,15 +103,19 @@ pub fn after_result(
     result: &crate::wire::poll::CommandResult,
     now: i64,
 ) -> Result<(), StoreError> {
-    if result.status != crate::wire::poll::ResultStatus::Failed {
-        return Ok(());
+    match result.status {
+        crate::wire::poll::ResultStatus::Ok => tx.stack_command_ok(environment, result.id),
+        crate::wire::poll::ResultStatus::Failed => {
+            if retry_first().is_some()
+                && let Some((stack, attempt)) = tx.deploy_of_command(environment, result.id)?
+                && attempt < MAX_DEPLOY_ATTEMPTS
+            {
+                tx.set_stack_retry(stack, environment, Some(now + retry_delay(attempt)))?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
     }
-    if let Some((stack, attempt)) = tx.deploy_of_command(environment, result.id)?
-        && attempt < MAX_DEPLOY_ATTEMPTS
-    {
-        tx.set_stack_retry(stack, environment, Some(now + retry_delay(attempt)))?;
-    }
-    Ok(())
 }
 
 /// Sends the retries that are due: the stack's current version again, as
@@ -108,14 +130,18 @@ pub fn retry_due(tx: &(impl Transaction + ?Sized), now: i64) -> Result<usize, St
         if !tx.claim_stack_retry(stack, environment, now)? {
             continue;
         }
+        // A stack gone or corrupt since is skipped (its claim kept): one bad
+        // row does not hold up every other retry.
         let spec = match deployable(tx, stack) {
             Ok(spec) => spec,
-            Err(StackError::Store(e)) => return Err(e),
-            // Gone or corrupt since: nothing to send.
-            Err(_) => continue,
+            Err(e) => {
+                tracing::warn!(stack, environment, "a retry not sent: {e}");
+                continue;
+            }
         };
         let version = spec.version;
         let command = tx.enqueue_command(environment, &Action::StackDeploy(spec), now)?;
+        tx.note_stack_command(command, stack, version)?;
         tx.record_stack_retry(stack, environment, command, version)?;
         sent += 1;
     }
@@ -134,6 +160,9 @@ fn send(
     now: i64,
 ) -> Result<(), StoreError> {
     let command = tx.enqueue_command(environment, action, now)?;
+    if !removing {
+        tx.note_stack_command(command, stack, version)?;
+    }
     tx.record_stack_command(stack, environment, command, version, removing)
 }
 

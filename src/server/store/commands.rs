@@ -178,15 +178,6 @@ impl CommandStore for Tx<'_> {
              WHERE id = ?1 AND environment = ?2 AND status IN ('queued', 'delivered', 'cancelled')",
             params![id, sql_id(environment), status, truncate(&result.error, MAX_ERROR_LEN), finished_at, now],
         )?;
-        if n == 1 && status == "ok" {
-            // A stack's deploy that ended ok: that version runs there now
-            // (a failed one leaves the one before running).
-            self.conn.execute(
-                "UPDATE stack_deployments SET running_version = version
-                 WHERE environment = ?2 AND command = ?1 AND removing = 0",
-                params![id, sql_id(environment)],
-            )?;
-        }
         if n == 1 && !result.output.is_empty() {
             // The agent caps outputs; a forged or buggy one is cut to the
             // same size here, keeping the end (the latest log lines).

@@ -36,6 +36,7 @@ pub const TABLES: &[&str] = &[
     "stack_targets",
     "stack_deployments",
     "stack_versions",
+    "stack_commands",
     "jobs",
     "job_targets",
     "job_commands",

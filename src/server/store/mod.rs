@@ -520,10 +520,19 @@ const MIGRATIONS: &[&str] = &[
     // last sent: a failed deploy leaves the earlier one running; NULL: none
     // known), which attempt of the version last sent is on its way, and
     // when a failed one is tried again (`domain::stacks::after_result`).
+    // Which stack version each deploy command carries, so an ok result for
+    // an older command still counts once a newer one was sent.
     "ALTER TABLE stack_deployments ADD COLUMN running_version INTEGER;
     ALTER TABLE stack_deployments ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;
     ALTER TABLE stack_deployments ADD COLUMN retry_at INTEGER;
-    CREATE INDEX stack_deployments_retry ON stack_deployments(retry_at) WHERE retry_at IS NOT NULL;",
+    CREATE INDEX stack_deployments_retry ON stack_deployments(retry_at) WHERE retry_at IS NOT NULL;
+    CREATE TABLE stack_commands (
+        command INTEGER PRIMARY KEY REFERENCES commands(id) ON DELETE CASCADE,
+        stack INTEGER NOT NULL REFERENCES stacks(id) ON DELETE CASCADE,
+        version INTEGER NOT NULL
+    );
+    UPDATE stack_deployments SET running_version = version
+        WHERE removing = 0 AND command IN (SELECT id FROM commands WHERE status = 'ok');",
 ];
 
 /// The interval every timer runs at when neither the environment nor the

@@ -407,7 +407,14 @@ pub const MIGRATIONS: &[&str] = &[
     r#"ALTER TABLE stack_deployments ADD COLUMN running_version BIGINT;
     ALTER TABLE stack_deployments ADD COLUMN attempt BIGINT NOT NULL DEFAULT 1;
     ALTER TABLE stack_deployments ADD COLUMN retry_at BIGINT;
-    CREATE INDEX stack_deployments_retry ON stack_deployments(retry_at) WHERE retry_at IS NOT NULL;"#,
+    CREATE INDEX stack_deployments_retry ON stack_deployments(retry_at) WHERE retry_at IS NOT NULL;
+    CREATE TABLE stack_commands (
+        command BIGINT PRIMARY KEY REFERENCES commands(id) ON DELETE CASCADE,
+        stack BIGINT NOT NULL REFERENCES stacks(id) ON DELETE CASCADE,
+        version BIGINT NOT NULL
+    );
+    UPDATE stack_deployments SET running_version = version
+        WHERE removing = 0 AND command IN (SELECT id FROM commands WHERE status = 'ok');"#,
 ];
 
 /// A pool of connections to one PostgreSQL database, with the runtime

@@ -295,6 +295,20 @@ pub trait StackStore {
         removing: bool,
     ) -> Result<(), StoreError>;
 
+    /// Records that `command` deploys `version` of `stack`.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn note_stack_command(&self, command: u64, stack: u64, version: u32) -> Result<(), StoreError>;
+
+    /// An ok result of `command` on `environment`: a deploy makes its
+    /// version the one running there (unless a later one already is); the
+    /// removal that is the deployment's last command clears it.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn stack_command_ok(&self, environment: u64, command: u64) -> Result<(), StoreError>;
+
     /// The stack and attempt of a deploy (not a removal) that `command`
     /// carries to `environment`, if it is the stack's last command there.
     ///
@@ -474,6 +488,38 @@ impl StackStore for Tx<'_> {
         Ok(())
     }
 
+    fn note_stack_command(&self, command: u64, stack: u64, version: u32) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO stack_commands (command, stack, version) VALUES (?1, ?2, ?3) ON CONFLICT (command) DO NOTHING",
+            params![sql_id(command), sql_id(stack), version],
+        )?;
+        Ok(())
+    }
+
+    fn stack_command_ok(&self, environment: u64, command: u64) -> Result<(), StoreError> {
+        let carried = self
+            .conn
+            .query_row("SELECT stack, version FROM stack_commands WHERE command = ?1", [sql_id(command)], |r| {
+                Ok((r.get::<i64>(0)?, r.get::<i64>(1)?))
+            })
+            .optional()?;
+        if let Some((stack, version)) = carried {
+            self.conn.execute(
+                "UPDATE stack_deployments SET running_version = ?3
+                 WHERE stack = ?1 AND environment = ?2 AND removing = 0
+                   AND (running_version IS NULL OR running_version < ?3)",
+                params![stack, sql_id(environment), version],
+            )?;
+        } else {
+            self.conn.execute(
+                "UPDATE stack_deployments SET running_version = NULL
+                 WHERE environment = ?1 AND command = ?2 AND removing = 1",
+                params![sql_id(environment), sql_id(command)],
+            )?;
+        }
+        Ok(())
+    }
+
     fn deploy_of_command(&self, environment: u64, command: u64) -> Result<Option<(u64, u32)>, StoreError> {
         Ok(self
             .conn
@@ -496,7 +542,7 @@ impl StackStore for Tx<'_> {
     fn due_stack_retries(&self, now: i64) -> Result<Vec<(u64, u64)>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT stack, environment FROM stack_deployments WHERE retry_at IS NOT NULL AND retry_at <= ?1
-             ORDER BY retry_at LIMIT 500",
+             ORDER BY retry_at LIMIT 100",
         )?;
         let rows = stmt.query_map([now], |r| Ok((r.get::<i64>(0)? as u64, r.get::<i64>(1)? as u64)))?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -769,9 +815,14 @@ mod tests {
                 break;
             }
             let at = d.retry_at.expect("a retry");
-            // 60 s doubling per attempt (the default), up to 20 % later.
+            // 60 s doubling per attempt (the default), from half to one and
+            // a half times that.
             let base = 60 * (1 << (attempt - 1));
-            assert!((now + base..=now + base + base / 5).contains(&at), "attempt {attempt}: again at +{}", at - now);
+            assert!(
+                (now + base / 2..=now + base / 2 + base).contains(&at),
+                "attempt {attempt}: again at +{}",
+                at - now
+            );
             assert_eq!(retry_due(&s, at - 1).unwrap(), 0, "not before it is due");
             now = at;
             assert_eq!(retry_due(&s, now).unwrap(), 1);
@@ -794,6 +845,34 @@ mod tests {
         after_result(&s, a, &ok, now).unwrap();
         let d = deployment(&s);
         assert_eq!((d.status, d.version, d.running_version, d.retry_at), ("running", 3, Some(3), None));
+    }
+
+    #[test]
+    fn the_running_version_counts_an_older_commands_ok_and_a_removal_clears_it() {
+        use crate::server::domain::stacks::after_result;
+        let s_db = Store::scratch().unwrap();
+        let s = s_db.autocommit();
+        let a = s.create_environment("a", Secret([1; 32]), 0).unwrap().id;
+        let targets = TargetRefs { environments: vec![TargetRef::Id(a)], ..TargetRefs::default() };
+        let id = s.create_stack(&new("web", targets), 10).unwrap();
+        let deployment = |s: &dyn Transaction| s.stack(id).unwrap().deployments[0].clone();
+        let v1 = deployment(&s).command.unwrap();
+        // Version 2 is sent before version 1's result comes back.
+        let change = StackChange { env: Some(BTreeMap::from([("K".into(), "w".into())])), ..StackChange::default() };
+        s.update_stack(id, &change, 20).unwrap();
+        let v2 = deployment(&s).command.unwrap();
+        let finish = |command: u64, status: ResultStatus| {
+            let r = result(command, status, "", "");
+            assert!(s.store_result(a, &r, 30).unwrap());
+            after_result(&s, a, &r, 30).unwrap();
+        };
+        finish(v1, ResultStatus::Ok);
+        assert_eq!((deployment(&s).version, deployment(&s).running_version), (2, Some(1)));
+        finish(v2, ResultStatus::Failed);
+        assert_eq!(deployment(&s).running_version, Some(1), "a failed deploy leaves the one before");
+        assert_eq!(s.remove_stack(id, 40).unwrap(), Removal::Removing);
+        finish(deployment(&s).command.unwrap(), ResultStatus::Ok);
+        assert!(s.stack(id).map(|st| st.deployments.iter().all(|d| d.running_version.is_none())).unwrap_or(true));
     }
 
     #[test]

@@ -441,7 +441,7 @@ impl StatusQuery {
 /// of the chosen status). `data-pending` says it is still changing.
 fn status_part(id: u64, stack: &StackDetail, q: &StatusQuery) -> Markup {
     let all = &stack.environments;
-    let pending = all.iter().any(|d| !final_status(&d.status));
+    let pending = all.iter().any(|d| !final_status(&d.status) || d.retry_at.is_some());
     let rows: Vec<&DeploymentView> = all.iter().filter(|d| q.status.is_empty() || d.status == q.status).collect();
     let page_no = q.page.unwrap_or(1).clamp(1, rows.len().div_ceil(ROWS).max(1));
     let now = now();
@@ -489,7 +489,7 @@ fn status_part(id: u64, stack: &StackDetail, q: &StatusQuery) -> Markup {
                             }
                             td.num { (d.version) }
                             td.num.running { @match d.running_version {
-                                Some(v) if v != d.version => strong title="a later deploy did not end ok" { (v) },
+                                Some(v) if v != d.version => strong title="the last version that deployed ok here; the one sent since has not (yet)" { (v) },
                                 Some(v) => (v),
                                 None => "—",
                             } }

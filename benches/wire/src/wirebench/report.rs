@@ -84,6 +84,10 @@ pub fn markdown(r: &Report) -> String {
         }
     }
     for (name, new) in [("kept alive", false), ("new connection every poll", true)] {
+        // Left out of a run with --skip-new-connection: no row, not 0 B.
+        if new && r.scenario("idle_new_connection").is_none() {
+            continue;
+        }
         let (t, b) = (r.tern_per_day(new), r.baseline_per_day(new));
         let _ = writeln!(
             out,
@@ -265,8 +269,8 @@ pub fn summary_markdown(reports: &[Report]) -> String {
                 .map_or_else(|| "—".to_owned(), |s| format!("{} B", thousands(s.tern.per_poll()))),
             size(r.tern_per_day(false)),
             size(r.baseline_per_day(false)),
-            size(r.tern_per_day(true)),
-            size(r.baseline_per_day(true)),
+            r.scenario("idle_new_connection").map_or_else(|| "—".to_owned(), |_| size(r.tern_per_day(true))),
+            r.scenario("idle_new_connection").map_or_else(|| "—".to_owned(), |_| size(r.baseline_per_day(true))),
             size(churn.map_or(0, |s| s.tern.bytes())),
             size(churn.map_or(0, |s| s.baseline.bytes())),
             thousands(percentile(&r.latency.tern_delivery_ms, 0.5)),

@@ -71,6 +71,26 @@ fn inspect(name: &str, format: &str) -> String {
 
 /// Waits until the stack's status on `env` is `want` with `version`;
 /// fails at once on "failed".
+/// An environment named `name` polling every second, and a real agent for
+/// it (data and log in `dir`) deploying stacks with `compose`.
+async fn env_with_agent(
+    api: &mut Api,
+    server: &Server,
+    dir: &std::path::Path,
+    name: &str,
+    compose: &str,
+) -> (u64, AgentProcess) {
+    let body = json!({"name": name, "url": server.url(), "intervals": {"ping": 1, "snapshot": 1, "command": 1}});
+    let created = api.ok("POST", "/api/environments", Some(body), 201).await;
+    let key = created["edge_key"].as_str().unwrap().to_owned();
+    let data = dir.join("agent").to_str().unwrap().to_owned();
+    let agent = AgentProcess::start(
+        &[("EDGE_KEY", key.as_str()), ("DATA_PATH", data.as_str()), ("EDGE_COMPOSE", compose)],
+        &dir.join("agent.log"),
+    );
+    (created["id"].as_u64().unwrap(), agent)
+}
+
 async fn wait_status(api: &mut Api, stack: u64, env: u64, want: &str, version: u32) -> Value {
     let deadline = Deadline::new(WAIT);
     loop {
@@ -110,22 +130,7 @@ async fn a_stack_lives_and_dies(mode: &str) {
     let dir = tempdir(&format!("tern-stacks-{mode}"));
     let server = Server::start(&dir.join("server"), "127.0.0.1:0");
     let mut api = server.api();
-    let created = api
-        .ok(
-            "POST",
-            "/api/environments",
-            Some(json!({"name": mode, "url": server.url(), "intervals": {"ping": 1, "snapshot": 1, "command": 1}})),
-            201,
-        )
-        .await;
-    let env = created["id"].as_u64().unwrap();
-    let key = created["edge_key"].as_str().unwrap().to_owned();
-    let data = dir.join("agent");
-    let data_s = data.to_str().unwrap().to_owned();
-    let _agent = AgentProcess::start(
-        &[("EDGE_KEY", key.as_str()), ("DATA_PATH", data_s.as_str()), ("EDGE_COMPOSE", mode)],
-        &dir.join("agent.log"),
-    );
+    let (env, _agent) = env_with_agent(&mut api, &server, &dir, mode, mode).await;
 
     // Deploy.
     let name = prefix.clone();
@@ -208,7 +213,7 @@ async fn a_stack_lives_and_dies(mode: &str) {
     assert!(project_containers(&name, "web").is_empty() && project_containers(&name, "side").is_empty());
     assert!(docker(&["network", "ls", "-q", "--filter", &format!("name={name}_default")]).is_empty());
     assert!(!docker(&["volume", "ls", "-q", "--filter", &format!("name={name}_data")]).is_empty());
-    assert!(!data.join("stacks").join(&name).exists(), "the stack's files are removed");
+    assert!(!dir.join("agent").join("stacks").join(&name).exists(), "the stack's files are removed");
     wait_stored_stack(&mut api, env, &name, false).await;
     // Removed everywhere: a second DELETE purges the record.
     api.ok("DELETE", &format!("/api/stacks/{stack}"), None, 204).await;
@@ -240,21 +245,7 @@ async fn a_stack_that_cannot_start_reports_the_engines_error() {
     let dir = tempdir("tern-stacks-fail");
     let server = Server::start(&dir.join("server"), "127.0.0.1:0");
     let mut api = server.api();
-    let created = api
-        .ok(
-            "POST",
-            "/api/environments",
-            Some(json!({"name": "fail", "url": server.url(), "intervals": {"ping": 1, "snapshot": 1, "command": 1}})),
-            201,
-        )
-        .await;
-    let env = created["id"].as_u64().unwrap();
-    let key = created["edge_key"].as_str().unwrap().to_owned();
-    let data = dir.join("agent").to_str().unwrap().to_owned();
-    let _agent = AgentProcess::start(
-        &[("EDGE_KEY", key.as_str()), ("DATA_PATH", data.as_str()), ("EDGE_COMPOSE", "builtin")],
-        &dir.join("agent.log"),
-    );
+    let (env, _agent) = env_with_agent(&mut api, &server, &dir, "fail", "builtin").await;
     // No registry is reachable: an image the engine does not have cannot
     // be pulled, and the agent says so.
     let compose = format!("services:\n  a:\n    image: {prefix}-nowhere/none:1\n");
@@ -380,22 +371,7 @@ async fn the_cli_deploys_shows_updates_and_removes_a_stack() {
     let dir = tempdir("tern-stacks-cli");
     let server = Server::start(&dir.join("server"), "127.0.0.1:0");
     let mut api = server.api();
-    let created = api
-        .ok(
-            "POST",
-            "/api/environments",
-            Some(
-                json!({"name": "cli-env", "url": server.url(), "intervals": {"ping": 1, "snapshot": 1, "command": 1}}),
-            ),
-            201,
-        )
-        .await;
-    let key = created["edge_key"].as_str().unwrap().to_owned();
-    let data = dir.join("agent").to_str().unwrap().to_owned();
-    let _agent = AgentProcess::start(
-        &[("EDGE_KEY", key.as_str()), ("DATA_PATH", data.as_str()), ("EDGE_COMPOSE", "builtin")],
-        &dir.join("agent.log"),
-    );
+    let (_, _agent) = env_with_agent(&mut api, &server, &dir, "cli-env", "builtin").await;
     let file = dir.join("compose.yml");
     std::fs::write(&file, COMPOSE).unwrap();
     let file = file.to_str().unwrap();
@@ -436,21 +412,7 @@ async fn a_stack_rolls_back_to_an_earlier_version_and_one_whose_image_is_gone_st
     let password = "a long admin password for rollbacks";
     let server = Server::start_with(&dir.join("server"), "127.0.0.1:0", &[("TERN_ADMIN_PASSWORD", password)]);
     let mut api = server.api();
-    let created = api
-        .ok(
-            "POST",
-            "/api/environments",
-            Some(json!({"name": "rb-env", "url": server.url(), "intervals": {"ping": 1, "snapshot": 1, "command": 1}})),
-            201,
-        )
-        .await;
-    let env = created["id"].as_u64().unwrap();
-    let key = created["edge_key"].as_str().unwrap().to_owned();
-    let data = dir.join("agent").to_str().unwrap().to_owned();
-    let _agent = AgentProcess::start(
-        &[("EDGE_KEY", key.as_str()), ("DATA_PATH", data.as_str()), ("EDGE_COMPOSE", "builtin")],
-        &dir.join("agent.log"),
-    );
+    let (env, _agent) = env_with_agent(&mut api, &server, &dir, "rb-env", "builtin").await;
     // Version 1 runs an image tagged for a registry nobody serves (nothing
     // to pull from): it is on the host now, and will be gone later.
     let old_image = format!("127.0.0.1:9/{prefix}:old");
@@ -553,21 +515,7 @@ async fn a_failed_deploy_is_retried_with_backoff_and_runs_once_its_image_arrives
     let dir = tempdir("tern-stacks-retry");
     let server = Server::start_with(&dir.join("server"), "127.0.0.1:0", &[("TERN_DEPLOY_RETRY", "3")]);
     let mut api = server.api();
-    let created = api
-        .ok(
-            "POST",
-            "/api/environments",
-            Some(json!({"name": "rt-env", "url": server.url(), "intervals": {"ping": 1, "snapshot": 1, "command": 1}})),
-            201,
-        )
-        .await;
-    let env = created["id"].as_u64().unwrap();
-    let key = created["edge_key"].as_str().unwrap().to_owned();
-    let data = dir.join("agent").to_str().unwrap().to_owned();
-    let _agent = AgentProcess::start(
-        &[("EDGE_KEY", key.as_str()), ("DATA_PATH", data.as_str()), ("EDGE_COMPOSE", "builtin")],
-        &dir.join("agent.log"),
-    );
+    let (env, _agent) = env_with_agent(&mut api, &server, &dir, "rt-env", "builtin").await;
     // An image tagged for a registry nobody serves, not on the host yet.
     let image = format!("127.0.0.1:9/{prefix}:late");
     let body = json!({"name": prefix, "compose": COMPOSE, "env": {"IMAGE": image}, "targets": {"environments": [env]}});

@@ -209,6 +209,12 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     })
 }
 
+/// A request's `Content-Length`, when it has a valid one (the poll and
+/// enrolment endpoints size their reads by it).
+pub(crate) fn content_length(request: &axum::extract::Request) -> Option<usize> {
+    request.headers().get(axum::http::header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
 /// Reads `body` until `buf` holds `want` bytes (the request's
 /// `Content-Length` makes hyper end the body there).
 async fn read_to(body: &mut Body, buf: &mut Vec<u8>, want: usize) -> Result<(), Response<Body>> {
@@ -335,12 +341,7 @@ async fn answer_poll(
     let charge = |environment: Option<u64>, bodies: Option<(usize, usize)>| {
         super::api::usage::charge_poll(meter.as_deref(), &state, environment, bodies, now());
     };
-    let Some(len) = request
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-    else {
+    let Some(len) = content_length(&request) else {
         return status(StatusCode::LENGTH_REQUIRED, "a poll needs a Content-Length");
     };
     if len > state.limits.max_encoded + crate::auth::MAX_REQUEST_HEADER {

@@ -21,7 +21,7 @@ use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::access::Caller;
-use super::fleet::{MAX_TAGS, check_label, check_name, check_ref, check_tags, check_url, to_ref};
+use super::fleet::{MAX_TAGS, check_label, check_name, check_ref, check_tags, check_url, new_secret, to_ref};
 use super::types::NameOrId;
 use super::{ApiError, ApiJson, PathId, read_store, with_store};
 use crate::server::domain::admission::{self, AdmitError, AdmitWith};
@@ -245,15 +245,6 @@ fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Resul
 
 fn now() -> i64 {
     crate::clock::unix_now()
-}
-
-fn new_secret() -> Result<crate::auth::Secret, ApiError> {
-    let mut secret = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret).map_err(|_| {
-        tracing::error!("no randomness for a fleet token's secret");
-        ApiError::internal()
-    })?;
-    Ok(crate::auth::Secret(secret))
 }
 
 /// A token request's group, tags and rule tags, checked.

@@ -302,8 +302,8 @@ fn deploy_of(store: &dyn Transaction, id: u64, fingerprint: [u8; 32]) -> Result<
 use crate::clock::unix_now as now;
 use crate::server::store::prelude::*;
 
-/// 32 random bytes: an environment's secret.
-fn new_secret() -> Result<Secret, ApiError> {
+/// 32 random bytes: an environment's secret (a fleet token's too).
+pub(super) fn new_secret() -> Result<Secret, ApiError> {
     let mut secret = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret).map_err(|_| {
         tracing::error!("no randomness for an environment's secret");

@@ -48,12 +48,7 @@ async fn answer(
     addr: String,
     request: axum::extract::Request,
 ) -> Response<Body> {
-    let Some(len) = request
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-    else {
+    let Some(len) = super::content_length(&request) else {
         return status(StatusCode::LENGTH_REQUIRED, "an enrolment request needs a Content-Length");
     };
     if len > MAX_REQUEST {

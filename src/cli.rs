@@ -52,6 +52,14 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Users and their roles (viewer, operator, admin), through the
+    /// server's API (an admin's token).
+    User {
+        #[command(subcommand)]
+        command: access::UserCommand,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// The admin account, offline on the server's data directory.
     Admin {
         #[command(subcommand)]
@@ -172,6 +180,7 @@ impl Command {
             Self::Cmd { cmd, api } => fleet::run_cmd(&cmd, &api),
             Self::Commands { env, api } => fleet::run_commands(&env, &api),
             Self::Token { command, api } => access::run_token(command, &api),
+            Self::User { command, api } => access::run_user(command, &api),
             Self::Admin { command } => access::run_admin(command),
             Self::Usage { usage, api } => usage::run(&usage, &api),
             Self::Audit { audit, api } => audit::run(&audit, &api),

@@ -1,11 +1,12 @@
-//! `tern token` (API tokens, through the server's API) and `tern admin`
-//! (the admin account, offline on the server's data directory).
+//! `tern token` (API tokens) and `tern user` (users and roles), through
+//! the server's API, and `tern admin` (the admin account, offline on the
+//! server's data directory).
 
 use anyhow::{Context, bail};
 
 use super::{Api, ApiArgs};
 use crate::server::api::access::{PASSWORD_ENV, PASSWORD_FILE_ENV, given_password};
-use crate::server::api::types::{CreateToken, CreatedToken, TokenView};
+use crate::server::api::types::{CreateToken, CreateUser, CreatedToken, TokenView, UpdateUser, UserChanged, UserView};
 use crate::server::store::Store;
 use crate::server::store::access::{ADMIN, generate_password, hash_password};
 use crate::server::store::prelude::*;
@@ -19,8 +20,12 @@ pub enum TokenCommand {
         /// What it is for.
         #[arg(long)]
         name: String,
+        /// The most it may do: viewer, operator or admin (at most your
+        /// own; default: as much as you, whatever that becomes).
+        #[arg(long, value_parser = ["viewer", "operator", "admin"])]
+        role: Option<String>,
     },
-    /// List the API tokens (never their secrets).
+    /// List your API tokens (an admin's: every one), never their secrets.
     List,
     /// Revoke a token: it is refused from now on.
     Revoke {
@@ -28,6 +33,49 @@ pub enum TokenCommand {
         id: u64,
     },
 }
+
+/// `tern user ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum UserCommand {
+    /// Create a user; prints a generated password this once, unless one
+    /// is given in TERN_USER_PASSWORD.
+    Create {
+        /// Its name (letters, digits, . _ - @).
+        name: String,
+        /// viewer (looks), operator (acts on what runs) or admin.
+        #[arg(long, value_parser = ["viewer", "operator", "admin"])]
+        role: String,
+    },
+    /// List users and their roles.
+    List,
+    /// Change a user's role, or disable or enable it; either ends its
+    /// sessions.
+    Set {
+        /// Its name or id.
+        user: String,
+        /// viewer, operator or admin.
+        #[arg(long, value_parser = ["viewer", "operator", "admin"])]
+        role: Option<String>,
+        /// It can no longer log in and its tokens are refused.
+        #[arg(long, conflicts_with = "enable")]
+        disable: bool,
+        /// It may log in again.
+        #[arg(long)]
+        enable: bool,
+        /// Set a new password: a generated one, printed, or the one in
+        /// TERN_USER_PASSWORD.
+        #[arg(long)]
+        reset_password: bool,
+    },
+    /// Delete a user with its sessions and API tokens.
+    Delete {
+        /// Its name or id.
+        user: String,
+    },
+}
+
+/// The variable a new or reset user password is read from.
+pub const USER_PASSWORD_ENV: &str = "TERN_USER_PASSWORD";
 
 /// `tern admin ...`
 #[derive(Debug, clap::Subcommand)]
@@ -60,10 +108,10 @@ fn when(t: Option<i64>) -> String {
 pub fn run_token(command: TokenCommand, args: &ApiArgs) -> anyhow::Result<()> {
     let mut api = Api::new(args)?;
     match command {
-        TokenCommand::Create { name } => {
-            let created: CreatedToken = api.send("POST", "/api/tokens", &CreateToken { name })?;
+        TokenCommand::Create { name, role } => {
+            let created: CreatedToken = api.send("POST", "/api/tokens", &CreateToken { name, role })?;
             api.show(&created, |c| {
-                println!("token {} ({})", c.id, c.name);
+                println!("token {} ({}) of {}, {}", c.id, c.name, c.user, c.role.as_deref().unwrap_or("as its user"));
                 println!();
                 println!("{}", c.token);
                 println!();
@@ -73,14 +121,19 @@ pub fn run_token(command: TokenCommand, args: &ApiArgs) -> anyhow::Result<()> {
         TokenCommand::List => {
             let list: Vec<TokenView> = api.get_as("/api/tokens")?;
             api.show(&list, |l| {
-                println!("{:>4}  {:<32}  {:<20}  {:<20}  {:<20}", "ID", "NAME", "CREATED", "LAST USED", "REVOKED");
+                println!(
+                    "{:>4}  {:<32}  {:<16}  {:<8}  {:<20}  {:<20}  {:<20}",
+                    "ID", "NAME", "USER", "LIMIT", "CREATED", "LAST USED", "REVOKED"
+                );
                 for t in l {
                     // The id is not padded: this printed a JSON number,
                     // which ignores widths.
                     println!(
-                        "{}  {:<32}  {:<20}  {:<20}  {:<20}",
+                        "{}  {:<32}  {:<16}  {:<8}  {:<20}  {:<20}  {:<20}",
                         t.id,
                         t.name,
+                        t.user.as_deref().unwrap_or("-"),
+                        t.role.as_deref().unwrap_or("-"),
                         when(Some(t.created_at)),
                         when(t.last_used_at),
                         when(t.revoked_at),
@@ -96,6 +149,85 @@ pub fn run_token(command: TokenCommand, args: &ApiArgs) -> anyhow::Result<()> {
                 if t.data_directory {
                     println!("It was the data directory's admin token: the server writes a new one at its next start.");
                 }
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The id of a user given by name or id.
+fn user_id(api: &mut Api, user: &str) -> anyhow::Result<u64> {
+    if let Ok(id) = user.parse() {
+        return Ok(id);
+    }
+    let users: Vec<UserView> = api.get_as("/api/users")?;
+    users.iter().find(|u| u.name == user).map(|u| u.id).with_context(|| format!("no user {user:?}"))
+}
+
+fn user_line(u: &UserView) {
+    let state = u.disabled_at.map_or_else(|| "enabled".to_owned(), |t| format!("disabled {}", when(Some(t))));
+    println!("{}  {:<24}  {:<8}  {:<20}  {state}", u.id, u.name, u.role, when(Some(u.created_at)));
+}
+
+fn password_from_env() -> Option<String> {
+    std::env::var(USER_PASSWORD_ENV).ok().filter(|p| !p.is_empty())
+}
+
+/// Runs a `tern user` subcommand.
+///
+/// # Errors
+/// When the server cannot be reached or refuses (only an admin may).
+pub fn run_user(command: UserCommand, args: &ApiArgs) -> anyhow::Result<()> {
+    let mut api = Api::new(args)?;
+    let changed = |c: &UserChanged| {
+        user_line(&c.user);
+        if let Some(p) = &c.password {
+            println!();
+            println!("password {p}");
+            println!();
+            println!("This is the only time it is shown: give it to the user, who changes it.");
+        }
+        if c.sessions_ended > 0 {
+            println!("{} sessions ended", c.sessions_ended);
+        }
+    };
+    match command {
+        UserCommand::Create { name, role } => {
+            let password = password_from_env();
+            let c: UserChanged = api.send("POST", "/api/users", &CreateUser { name, role, password })?;
+            api.show(&c, changed);
+        }
+        UserCommand::List => {
+            let users: Vec<UserView> = api.get_as("/api/users")?;
+            api.show(&users, |l| {
+                println!("{:>4}  {:<24}  {:<8}  {:<20}  STATE", "ID", "NAME", "ROLE", "CREATED");
+                for u in l {
+                    user_line(u);
+                }
+            });
+        }
+        UserCommand::Set { user, role, disable, enable, reset_password } => {
+            let id = user_id(&mut api, &user)?;
+            let disabled = if disable { Some(true) } else if enable { Some(false) } else { None };
+            let mut password = None;
+            if reset_password {
+                password = Some(password_from_env().unwrap_or_else(generate_password));
+            }
+            if role.is_none() && disabled.is_none() && password.is_none() {
+                bail!("nothing to change: give --role, --disable, --enable or --reset-password");
+            }
+            let shown = password.clone().filter(|_| password_from_env().is_none());
+            let path = format!("/api/users/{id}");
+            let mut c: UserChanged = api.send("PATCH", &path, &UpdateUser { role, disabled, password })?;
+            c.password = shown;
+            api.show(&c, changed);
+        }
+        UserCommand::Delete { user } => {
+            let id = user_id(&mut api, &user)?;
+            let path = format!("/api/users/{id}");
+            let c: UserChanged = super::typed(api.call("DELETE", &path, None)?, "DELETE", &path)?;
+            api.show(&c, |c| {
+                println!("user {} deleted, with its API tokens; {} sessions ended", c.user.name, c.sessions_ended);
             });
         }
     }
@@ -125,7 +257,20 @@ pub fn run_admin(command: AdminCommand) -> anyhow::Result<()> {
             };
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
             // `tern admin` runs with the server stopped: nothing else holds it.
-            let ended = store.autocommit().reset_admin_password(&hash, now as i64)?;
+            let tx = store.autocommit();
+            let ended = tx.reset_admin_password(&hash, now as i64)?;
+            // Recorded as the API's changes are: who (the data directory's
+            // holder, at this host), what, when; never the password.
+            let host = std::env::var("HOSTNAME").unwrap_or_default();
+            tx.audit_append(&crate::server::store::audit::AuditEntry {
+                id: 0,
+                at: now as i64,
+                actor: "cli:tern admin".into(),
+                action: "reset-password".into(),
+                target: format!("user:{ADMIN}"),
+                status: 200,
+                addr: if host.is_empty() { "local".into() } else { format!("local:{host}") },
+            })?;
             if generated {
                 println!("admin password {password}");
             } else {

@@ -589,7 +589,23 @@ impl UiClient {
         self.post_form(path, &all).await
     }
 
+    /// An API call with the session's cookie and CSRF token (as the UI's
+    /// script makes them), with a JSON body.
+    pub async fn api_json(&mut self, method: &str, path: &str, json: &str) -> UiReply {
+        self.request_with(method, path, Some(("application/json", json.to_owned())), true).await
+    }
+
     async fn request(&mut self, method: &str, path: &str, form: Option<String>) -> UiReply {
+        self.request_with(method, path, form.map(|f| ("application/x-www-form-urlencoded", f)), false).await
+    }
+
+    async fn request_with(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, String)>,
+        api: bool,
+    ) -> UiReply {
         use http_body_util::BodyExt as _;
         // A browser keeps the fragment (`#section`) to itself.
         let path = path.split('#').next().unwrap_or(path);
@@ -603,15 +619,18 @@ impl UiClient {
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, &self.authority)
-            .header(hyper::header::ACCEPT, "text/html");
+            .header(hyper::header::ACCEPT, if api { "application/json" } else { "text/html" });
+        if api {
+            req = req.header("x-csrf-token", &self.csrf);
+        }
         if !self.cookies.is_empty() {
             let jar = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
             req = req.header(hyper::header::COOKIE, jar);
         }
-        let body = match form {
-            Some(f) => {
+        let body = match body {
+            Some((kind, f)) => {
                 req = req
-                    .header(hyper::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .header(hyper::header::CONTENT_TYPE, kind)
                     .header(hyper::header::ORIGIN, format!("https://{}", self.authority));
                 bytes::Bytes::from(f)
             }

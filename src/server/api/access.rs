@@ -68,7 +68,9 @@ use super::types::{ChangePassword, CreateToken, CreatedToken, LoggedIn, Login, M
 use super::{ApiError, ApiJson, PathId, read_store, with_store};
 use crate::server::http::{AppState, now};
 use crate::server::store::StoreError;
-use crate::server::store::access::{ADMIN, ApiToken, hash_password, random_bytes, secret_hash, verify_password};
+use crate::server::store::access::{
+    ADMIN, ApiToken, Role, hash_password, random_bytes, secret_hash, verify_password,
+};
 use crate::server::store::prelude::*;
 
 /// The session cookie's name.
@@ -138,6 +140,13 @@ pub enum Caller {
         id: u64,
         /// Its name.
         name: String,
+        /// Its user (`None`: a data-directory token older than users, which
+        /// acts as the admin).
+        user_id: Option<u64>,
+        /// Its user's name.
+        username: String,
+        /// What it may do now.
+        role: Role,
     },
     /// A UI session.
     Session {
@@ -151,7 +160,106 @@ pub enum Caller {
         csrf: String,
         /// When it ends unless used.
         expires_at: i64,
+        /// Its user's role.
+        role: Role,
     },
+}
+
+impl Caller {
+    /// What the caller may do.
+    pub const fn role(&self) -> Role {
+        match self {
+            Self::Token { role, .. } | Self::Session { role, .. } => *role,
+        }
+    }
+
+    /// The caller's user.
+    pub const fn user_id(&self) -> Option<u64> {
+        match self {
+            Self::Token { user_id, .. } => *user_id,
+            Self::Session { user_id, .. } => Some(*user_id),
+        }
+    }
+
+    /// The caller's user's name.
+    pub fn username(&self) -> &str {
+        match self {
+            Self::Token { username, .. } | Self::Session { username, .. } => username,
+        }
+    }
+}
+
+/// The least role a call needs, by its method and route template (see
+/// the README's "Users and roles"):
+/// * **viewer**: every read but the admin's; the caller's own session,
+///   password and API tokens;
+/// * **operator**: acting on what runs: commands, whole-stack logs, poll
+///   intervals, stacks, jobs, images (pulls, uploads, deliveries) and
+///   transfer limits;
+/// * **admin**: everything else: environments (creating, changing,
+///   deleting, their join tokens and secrets), onboarding (fleet tokens,
+///   the waiting room), groups, tags, settings, registries, agent updates,
+///   users; and reading join tokens, fleet keys, users and the audit log.
+///
+/// A route not named here needs the admin for anything but a read.
+pub fn needs(method: &Method, route: &str) -> Role {
+    let under = |prefix: &str| route == prefix || route.strip_prefix(prefix).is_some_and(|r| r.starts_with('/'));
+    // Secrets, and the record of who did what: the admin's, reads too.
+    if under("/api/users")
+        || under("/api/audit")
+        || route == "/api/environments/{id}/deploy"
+        || route == "/api/fleet-tokens/{id}"
+    {
+        return Role::Admin;
+    }
+    // One's own session, password and tokens.
+    if under("/api/auth") || under("/api/tokens") {
+        return Role::Viewer;
+    }
+    if matches!(*method, Method::GET | Method::HEAD) {
+        return Role::Viewer;
+    }
+    const OPERATOR: &[&str] = &[
+        "/api/environments/{id}/commands",
+        "/api/commands",
+        "/api/environments/{id}/stacks",
+        "/api/environments/{id}/intervals",
+        "/api/environments/{id}/transfer-limits",
+        "/api/stacks",
+        "/api/jobs",
+        "/api/images",
+    ];
+    if OPERATOR.iter().any(|p| under(p)) {
+        return Role::Operator;
+    }
+    Role::Admin
+}
+
+/// The middleware behind the credential check (and inside the audit log's,
+/// so a refusal is recorded): a caller whose role is less than the route
+/// [`needs`] gets a 403 saying so, before the body is read.
+pub async fn require_role(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| request.uri().path().to_owned(), |m| m.as_str().to_owned());
+    let need = needs(request.method(), &route);
+    let Some(caller) = request.extensions().get::<Caller>() else {
+        return ApiError::new(StatusCode::UNAUTHORIZED, UNAUTHENTICATED).into_response();
+    };
+    let role = caller.role();
+    if role < need {
+        let who = match caller {
+            Caller::Token { name, username, .. } => format!("the API token {name:?} of {username:?}"),
+            Caller::Session { username, .. } => format!("{username:?}"),
+        };
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("{} {route} needs the {need} role; {who} has the {role} role. Nothing was changed.", request.method()),
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// Failed logins, counted in the database (`login_failures`), so that the
@@ -324,17 +432,20 @@ pub async fn authenticate(state: &Arc<AppState>, method: &Method, headers: &Head
             // Checked on a reading connection; the rare touch (once a
             // minute per token) is the only write.
             let now = now();
+            // A revoked token, or one whose user is disabled or gone, is
+            // refused alike.
             let found = read_store(state, move |store| match store.api_token_by_hash(&hash)? {
-                Some(t) if t.revoked_at.is_none() => Ok(Some(t)),
+                Some(t) if t.revoked_at.is_none() => Ok(t.rights().map(|role| (t, role))),
                 _ => Ok(None),
             })
             .await?;
-            let t = found.ok_or_else(unauthenticated)?;
+            let (t, role) = found.ok_or_else(unauthenticated)?;
             if t.last_used_at.is_none_or(|used| now - used >= TOUCH_EVERY) {
                 let id = t.id;
                 with_store(state, move |store| Ok(store.touch_api_token(id, now)?)).await?;
             }
-            Ok(Caller::Token { id: t.id, name: t.name })
+            let (user_id, username) = t.owner.map_or((None, ADMIN.to_owned()), |(id, name, ..)| (Some(id), name));
+            Ok(Caller::Token { id: t.id, name: t.name, user_id, username, role })
         }
         Presented::Cookie(id) => {
             if id.is_empty() {
@@ -363,6 +474,7 @@ pub async fn authenticate(state: &Arc<AppState>, method: &Method, headers: &Head
                     username: s.username,
                     csrf: s.csrf,
                     expires_at: expires_at.max(s.expires_at),
+                    role: s.role,
                 };
                 Ok((caller, touch))
             })
@@ -400,6 +512,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/tokens/{id}", delete(revoke_token))
 }
 
+
 /// The routes open to anyone: login (its body is small).
 pub fn public_routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -416,6 +529,8 @@ impl From<ApiToken> for TokenView {
             last_used_at: t.last_used_at,
             revoked_at: t.revoked_at,
             data_directory: t.data_directory,
+            user: t.owner.map(|(_, name, ..)| name),
+            role: t.role.map(|r| r.as_str().to_owned()),
         }
     }
 }
@@ -536,7 +651,9 @@ async fn login_checked(state: &Arc<AppState>, ip: Option<IpAddr>, req: Login) ->
     let right = check_password(&state, user.as_ref().map(|u| u.password_hash.clone()), req.password)
         .await
         .map_err(IntoResponse::into_response)?;
-    let Some(user) = user.filter(|_| right) else {
+    // A disabled user is told the same as a wrong password: the answer
+    // says nothing of which names exist.
+    let Some(user) = user.filter(|u| right && u.disabled_at.is_none()) else {
         tracing::info!(
             "failed login for {:?} from {}",
             req.username.chars().take(64).collect::<String>(),
@@ -557,7 +674,8 @@ async fn login_checked(state: &Arc<AppState>, ip: Option<IpAddr>, req: Login) ->
     .await
     .map_err(IntoResponse::into_response)?;
     tracing::info!("{} logged in from {}", user.name, client_key(ip));
-    let mut r = Json(LoggedIn { username: user.name, csrf_token, expires_at }).into_response();
+    let mut r = Json(LoggedIn { username: user.name, csrf_token, expires_at, role: user.role.as_str().to_owned() })
+        .into_response();
     r.headers_mut().insert(header::SET_COOKIE, session_cookie(&id, SESSION_LIFETIME));
     r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(r)
@@ -582,13 +700,17 @@ pub async fn logout(State(state): State<Arc<AppState>>, Extension(caller): Exten
 /// `GET /api/auth/me`.
 pub async fn me(Extension(caller): Extension<Caller>) -> Json<Me> {
     Json(match caller {
-        Caller::Token { id, name } => Me::Token { token: MeToken { id, name } },
-        Caller::Session { username, csrf, expires_at, .. } => Me::Session { csrf_token: csrf, expires_at, username },
+        Caller::Token { id, name, username, role, .. } => {
+            Me::Token { token: MeToken { id, name }, username, role: role.as_str().to_owned() }
+        }
+        Caller::Session { username, csrf, expires_at, role, .. } => {
+            Me::Session { csrf_token: csrf, expires_at, username, role: role.as_str().to_owned() }
+        }
     })
 }
 
 /// `PUT /api/auth/password`: the caller's password (an API token's caller
-/// is the admin), given the current one. Every session of the user but the
+/// is its user), given the current one. Every session of the user but the
 /// caller's ends.
 pub async fn change_password(
     State(state): State<Arc<AppState>>,
@@ -597,10 +719,11 @@ pub async fn change_password(
     ApiJson(req): ApiJson<ChangePassword>,
 ) -> Result<Json<serde_json::Value>, Response> {
     check_new_password("new", &req.new).map_err(|e| ApiError::invalid(e).into_response())?;
-    let (user_id, keep) = match &caller {
-        Caller::Session { user_id, id_hash, .. } => (Some(*user_id), Some(*id_hash)),
-        Caller::Token { .. } => (None, None),
+    let keep = match &caller {
+        Caller::Session { id_hash, .. } => Some(*id_hash),
+        Caller::Token { .. } => None,
     };
+    let user_id = caller.user_id();
     let user = with_store(&state, move |store| match user_id {
         Some(id) => Ok(store.user_by_id(id)?),
         None => Ok(store.user(ADMIN)?),
@@ -645,36 +768,98 @@ pub(crate) fn check_token_name(name: &str) -> Result<String, ApiError> {
     Ok(name)
 }
 
-/// `POST /api/tokens`.
+/// A role's name from a request.
+///
+/// # Errors
+/// A 422 naming `field` and the roles there are.
+pub(crate) fn parse_role(field: &str, name: &str) -> Result<Role, ApiError> {
+    Role::parse(name.trim()).ok_or_else(|| ApiError::invalid(format!("{field}: viewer, operator or admin")))
+}
+
+/// The user whose tokens the caller sees and makes: its own. `None` for a
+/// data-directory token older than users (the admin's, and the admin sees
+/// every token anyway).
+fn token_owner(caller: &Caller) -> Option<u64> {
+    caller.user_id()
+}
+
+/// `POST /api/tokens`: a token of the caller's user, with at most the
+/// caller's rights.
 pub async fn create_token(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<CreateToken>,
 ) -> Result<(StatusCode, [(header::HeaderName, HeaderValue); 1], Json<CreatedToken>), ApiError> {
     let name = check_token_name(&req.name)?;
+    let limit = req.role.as_deref().map(|r| parse_role("role", r)).transpose()?;
+    if let Some(limit) = limit.filter(|l| *l > caller.role()) {
+        return Err(ApiError::invalid(format!(
+            "role: at most your own ({}); {limit} was asked",
+            caller.role()
+        )));
+    }
+    // A token made by a limited token is limited as it is.
+    let limit = match (&caller, limit) {
+        (Caller::Token { role, .. }, None) => Some(*role),
+        (_, l) => l,
+    };
     let token = new_token();
     let hash = secret_hash(&token);
-    let t = with_store(&state, move |store| Ok(store.create_api_token(&name, &hash, now())?)).await?;
-    tracing::info!("API token {} ({:?}) created", t.id, t.name);
+    let owner = token_owner(&caller);
+    let t = with_store(&state, move |store| {
+        let user = match owner {
+            Some(id) => id,
+            None => store.user(ADMIN)?.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no admin user"))?.id,
+        };
+        Ok(store.create_api_token(&name, &hash, user, limit, now())?)
+    })
+    .await?;
+    tracing::info!("API token {} ({:?}) created by {}", t.id, t.name, caller.username());
+    let user = t.owner.as_ref().map_or_else(|| caller.username().to_owned(), |(_, n, ..)| n.clone());
     // The secret is in this reply only: no cache may keep it.
     Ok((
         StatusCode::CREATED,
         [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
-        Json(CreatedToken { id: t.id, name: t.name, token, created_at: t.created_at }),
+        Json(CreatedToken {
+            id: t.id,
+            name: t.name,
+            token,
+            created_at: t.created_at,
+            user,
+            role: t.role.map(|r| r.as_str().to_owned()),
+        }),
     ))
 }
 
-/// `GET /api/tokens`.
-pub async fn list_tokens(State(state): State<Arc<AppState>>) -> Result<Json<Vec<TokenView>>, ApiError> {
-    let list = read_store(&state, |store| Ok(store.api_tokens()?)).await?;
-    Ok(Json(list.into_iter().map(Into::into).collect()))
+/// Whether the caller may see and revoke `t`: an admin any, others their
+/// own.
+fn may_see_token(caller: &Caller, t: &ApiToken) -> bool {
+    caller.role() == Role::Admin || t.owner.as_ref().is_some_and(|(id, ..)| Some(*id) == caller.user_id())
 }
 
-/// `DELETE /api/tokens/{id}`: revokes it (again: no change).
-pub async fn revoke_token(State(state): State<Arc<AppState>>, PathId(id): PathId) -> Result<Json<TokenView>, ApiError> {
+/// `GET /api/tokens`: an admin's lists every token, anyone else's their own.
+pub async fn list_tokens(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Vec<TokenView>>, ApiError> {
+    let list = read_store(&state, |store| Ok(store.api_tokens()?)).await?;
+    Ok(Json(list.into_iter().filter(|t| may_see_token(&caller, t)).map(Into::into).collect()))
+}
+
+/// `DELETE /api/tokens/{id}`: revokes it (again: no change). Another
+/// user's token is not found unless the caller is an admin.
+pub async fn revoke_token(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    PathId(id): PathId,
+) -> Result<Json<TokenView>, ApiError> {
     let t = with_store(&state, move |store| {
-        store
-            .revoke_api_token(id, now())?
-            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no API token {id}")))
+        let not_found = || ApiError::new(StatusCode::NOT_FOUND, format!("no API token {id}"));
+        let t = store.api_token(id)?.ok_or_else(not_found)?;
+        if !may_see_token(&caller, &t) {
+            return Err(not_found());
+        }
+        store.revoke_api_token(id, now())?.ok_or_else(not_found)
     })
     .await?;
     tracing::info!("API token {} ({:?}) revoked", t.id, t.name);
@@ -726,7 +911,7 @@ pub fn ensure_admin(store: &dyn Transaction, var: impl Fn(&str) -> Option<String
         None => (crate::server::store::access::generate_password(), true),
     };
     let hash = hash_password(&password).map_err(|e| e.to_string())?;
-    store.create_user(ADMIN, &hash, now()).map_err(db)?;
+    store.create_user(ADMIN, &hash, Role::Admin, now()).map_err(db)?;
     Ok(generated.then_some(password))
 }
 

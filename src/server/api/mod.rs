@@ -40,6 +40,7 @@ pub(crate) mod target;
 pub mod types;
 pub mod uploads;
 pub mod usage;
+pub mod users;
 pub mod view;
 
 use std::sync::Arc;
@@ -292,8 +293,12 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .merge(access::routes())
         .merge(audit::routes())
         .merge(admission::routes())
-        // Innermost: every call that changes something, recorded with its
-        // caller (known by then) and the status it was answered with.
+        .merge(users::routes())
+        // Innermost: the caller's role against what the route needs
+        // (a refusal is a 403 the audit log below records).
+        .route_layer(axum::middleware::from_fn(access::require_role))
+        // Every call that changes something, recorded with its caller
+        // (known by then) and the status it was answered with.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), audit::middleware))
         // Inside the credential check (a route layer added later runs
         // first): only an authenticated caller's body is counted.

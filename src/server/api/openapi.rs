@@ -18,10 +18,31 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ("POST", "/api/auth/login", "access", "Log in with a user name and password; sets the session cookie."),
     ("POST", "/api/auth/logout", "access", "End the current session."),
     ("GET", "/api/auth/me", "access", "Who is logged in (session or API token)."),
-    ("PUT", "/api/auth/password", "access", "Change the admin password."),
-    ("POST", "/api/tokens", "access", "Create an API token (the secret is shown once)."),
-    ("GET", "/api/tokens", "access", "List API tokens (never their secrets)."),
-    ("DELETE", "/api/tokens/{id}", "access", "Revoke an API token."),
+    ("PUT", "/api/auth/password", "access", "Change the caller's own password."),
+    (
+        "POST",
+        "/api/tokens",
+        "access",
+        "Create an API token of the caller's, with at most the caller's role (the secret is shown once).",
+    ),
+    ("GET", "/api/tokens", "access", "List the caller's API tokens (an admin's: every one), never their secrets."),
+    ("DELETE", "/api/tokens/{id}", "access", "Revoke an API token (the caller's own; an admin, any)."),
+    // Users and roles.
+    (
+        "POST",
+        "/api/users",
+        "access",
+        "Create a user with a role (viewer, operator, admin); a generated password is shown once (201).",
+    ),
+    ("GET", "/api/users", "access", "List users and their roles (never a password)."),
+    ("GET", "/api/users/{id}", "access", "One user."),
+    (
+        "PATCH",
+        "/api/users/{id}",
+        "access",
+        "Change a user's role, disable or enable it, or set its password; each ends its sessions.",
+    ),
+    ("DELETE", "/api/users/{id}", "access", "Delete a user, its sessions and its API tokens."),
     (
         "GET",
         "/api/audit",
@@ -243,6 +264,11 @@ pub fn document() -> Value {
         }
         if path == "/api/auth/login" {
             op["security"] = json!([]);
+        } else {
+            // The least role the call needs (see the README's "Users and
+            // roles"); a lesser one gets a 403.
+            let m = axum::http::Method::from_bytes(method.as_bytes()).unwrap_or(axum::http::Method::POST);
+            op["x-tern-role"] = json!(super::access::needs(&m, path).as_str());
         }
         let entry = paths.entry(path.to_owned()).or_insert_with(|| json!({}));
         entry[method.to_lowercase()] = op;
@@ -254,6 +280,7 @@ pub fn document() -> Value {
             "version": env!("CARGO_PKG_VERSION"),
             "description": "The tern control server's REST API. Every call but login needs an API token \
                 (Authorization: Bearer) or a session cookie with its X-CSRF-Token header on changes. \
+                Each operation's x-tern-role is the least role it needs: viewer, operator or admin. \
                 Errors are JSON: {\"error\": \"...\"}.",
         },
         "security": [{ "bearer": [] }, { "session": [] }],
@@ -265,7 +292,8 @@ pub fn document() -> Value {
             "responses": {
                 "Error": {
                     "description": "Refused: a missing or wrong credential (401), bad input (400, 413, 422), \
-                        not found (404), a conflict (409), too many failed logins (429).",
+                        a role that may not make the call (403, nothing changed), not found (404), a conflict (409), too \
+                        many failed logins (429).",
                     "content": { "application/json": { "schema": {
                         "type": "object",
                         "properties": { "error": { "type": "string" } },

@@ -1,4 +1,5 @@
-//! Operators (migration 3): the admin account, UI sessions and API tokens.
+//! Operators (migrations 3 and 23): users and their roles, UI sessions and
+//! API tokens.
 //!
 //! Nothing secret is stored in the clear: a password is kept as an
 //! argon2id PHC string, a session id and an API token as their blake3
@@ -21,6 +22,52 @@ pub const ADMIN: &str = "admin";
 /// The name of the API token whose secret is `<data>/admin-token`.
 pub const DATA_DIRECTORY_TOKEN: &str = "data-directory admin token";
 
+/// What a user may do. Ordered: each role may do what the one before it
+/// may, and more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// Looks: every read but secrets (join tokens, fleet keys) and the
+    /// audit log; changes only its own password and tokens.
+    Viewer,
+    /// Acts on what runs: commands, stacks, jobs, images and their
+    /// delivery.
+    Operator,
+    /// Everything: environments and onboarding, users, settings,
+    /// registries, agent updates, the audit log.
+    Admin,
+}
+
+impl Role {
+    /// Every role, least first.
+    pub const ALL: [Self; 3] = [Self::Viewer, Self::Operator, Self::Admin];
+
+    /// Its name in the API and the database.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Operator => "operator",
+            Self::Admin => "admin",
+        }
+    }
+
+    /// The role of that name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
+    /// A stored role; an unknown one (written by a newer build) gives the
+    /// least rights.
+    fn stored(name: &str) -> Self {
+        Self::parse(name).unwrap_or(Self::Viewer)
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
@@ -34,6 +81,22 @@ pub struct User {
     pub created_at: i64,
     /// When its password was last set.
     pub password_changed_at: i64,
+    /// What it may do.
+    pub role: Role,
+    /// When it was disabled: it cannot log in, and its tokens are refused.
+    pub disabled_at: Option<i64>,
+}
+
+/// What changing or deleting a user came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserChange {
+    /// Done: the user as it is now (as it was, when deleted), and how many
+    /// of its sessions ended.
+    Done(User, usize),
+    /// No such user.
+    NotFound,
+    /// Refused: no enabled admin would be left (nothing changed).
+    LastAdmin,
 }
 
 /// A live UI session.
@@ -45,6 +108,8 @@ pub struct Session {
     pub user_id: u64,
     /// Its user's name.
     pub username: String,
+    /// Its user's role.
+    pub role: Role,
     /// The token every non-GET request of this session must carry in
     /// `X-CSRF-Token`.
     pub csrf: String,
@@ -69,6 +134,25 @@ pub struct ApiToken {
     pub revoked_at: Option<i64>,
     /// Whether it is the one in `<data>/admin-token`.
     pub data_directory: bool,
+    /// The user who made it: `(id, name, role, disabled)`; `None` for a
+    /// token older than users (the data-directory token acts as the admin).
+    pub owner: Option<(u64, String, Role, bool)>,
+    /// The most it may do, when less than its user may.
+    pub role: Option<Role>,
+}
+
+impl ApiToken {
+    /// What it may do now: the least of its own limit and its user's role;
+    /// `None` when it may do nothing (its user is disabled or gone).
+    pub fn rights(&self) -> Option<Role> {
+        let user = match &self.owner {
+            Some((_, _, _, true)) => return None,
+            Some((_, _, role, false)) => *role,
+            None if self.data_directory => Role::Admin,
+            None => return None,
+        };
+        Some(self.role.map_or(user, |r| r.min(user)))
+    }
 }
 
 /// Why a password could not be hashed.
@@ -152,12 +236,39 @@ pub trait AccessStore {
     /// When the database fails.
     fn user_by_id(&self, id: u64) -> Result<Option<User>, StoreError>;
 
+    /// Every user, by name.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn users(&self) -> Result<Vec<User>, StoreError>;
+
     /// Makes a user unless one of that name exists; returns whether it was
     /// made.
     ///
     /// # Errors
     /// When the database fails.
-    fn create_user(&self, name: &str, password_hash: &str, now: i64) -> Result<bool, StoreError>;
+    fn create_user(&self, name: &str, password_hash: &str, role: Role, now: i64) -> Result<bool, StoreError>;
+
+    /// Sets a user's role and whether it is disabled (`None`: unchanged).
+    /// A change of either ends every session of the user. Refused when it
+    /// would leave no enabled admin.
+    ///
+    /// # Errors
+    /// When the database fails (then nothing changed).
+    fn update_user(
+        &self,
+        id: u64,
+        role: Option<Role>,
+        disabled: Option<bool>,
+        now: i64,
+    ) -> Result<UserChange, StoreError>;
+
+    /// Deletes a user, its sessions and its tokens. Refused when it is the
+    /// last enabled admin.
+    ///
+    /// # Errors
+    /// When the database fails (then nothing changed).
+    fn delete_user(&self, id: u64) -> Result<UserChange, StoreError>;
 
     /// Sets a user's password (already hashed) and ends that user's
     /// sessions, all but `keep` (the session that asked for the change).
@@ -224,7 +335,14 @@ pub trait AccessStore {
     ///
     /// # Errors
     /// When the database fails (a hash already stored among them).
-    fn create_api_token(&self, name: &str, token_hash: &[u8; 32], now: i64) -> Result<ApiToken, StoreError>;
+    fn create_api_token(
+        &self,
+        name: &str,
+        token_hash: &[u8; 32],
+        user_id: u64,
+        role: Option<Role>,
+        now: i64,
+    ) -> Result<ApiToken, StoreError>;
 
     /// Makes sure the token in `<data>/admin-token` is an API token, named
     /// [`DATA_DIRECTORY_TOKEN`]; when the file holds a new one (the old file
@@ -311,7 +429,7 @@ impl AccessStore for Tx<'_> {
         Ok(self
             .conn
             .query_row(
-                "SELECT id, name, password_hash, created_at, password_changed_at FROM users WHERE name = ?1",
+                &format!("SELECT {} FROM users WHERE name = ?1", Self::USER_COLUMNS),
                 [name],
                 Self::user_row,
             )
@@ -322,20 +440,74 @@ impl AccessStore for Tx<'_> {
         Ok(self
             .conn
             .query_row(
-                "SELECT id, name, password_hash, created_at, password_changed_at FROM users WHERE id = ?1",
+                &format!("SELECT {} FROM users WHERE id = ?1", Self::USER_COLUMNS),
                 [sql_id(id)],
                 Self::user_row,
             )
             .optional()?)
     }
 
-    fn create_user(&self, name: &str, password_hash: &str, now: i64) -> Result<bool, StoreError> {
+    fn users(&self) -> Result<Vec<User>, StoreError> {
+        let mut stmt = self.conn.prepare(&format!("SELECT {} FROM users ORDER BY name", Self::USER_COLUMNS))?;
+        Ok(stmt.query_map([], Self::user_row)?.collect::<Result<_, _>>()?)
+    }
+
+    fn create_user(&self, name: &str, password_hash: &str, role: Role, now: i64) -> Result<bool, StoreError> {
         let n = self.conn.execute(
-            "INSERT INTO users (name, password_hash, created_at, password_changed_at) VALUES (?1, ?2, ?3, ?3)
+            "INSERT INTO users (name, password_hash, created_at, password_changed_at, role)
+             VALUES (?1, ?2, ?3, ?3, ?4)
              ON CONFLICT(name) DO NOTHING",
-            params![name, password_hash, now],
+            params![name, password_hash, now, role.as_str()],
         )?;
         Ok(n == 1)
+    }
+
+    fn update_user(
+        &self,
+        id: u64,
+        role: Option<Role>,
+        disabled: Option<bool>,
+        now: i64,
+    ) -> Result<UserChange, StoreError> {
+        let tx = self.tx()?;
+        let Some(before) = tx.user_by_id(id)? else {
+            return Ok(UserChange::NotFound);
+        };
+        let role = role.unwrap_or(before.role);
+        let disabled_at = match disabled {
+            None => before.disabled_at,
+            Some(false) => None,
+            Some(true) => before.disabled_at.or(Some(now)),
+        };
+        if role == before.role && disabled_at == before.disabled_at {
+            return Ok(UserChange::Done(before, 0));
+        }
+        tx.execute(
+            "UPDATE users SET role = ?2, disabled_at = ?3 WHERE id = ?1",
+            params![sql_id(id), role.as_str(), disabled_at],
+        )?;
+        if tx.enabled_admins()? == 0 {
+            return Ok(UserChange::LastAdmin);
+        }
+        let ended = tx.execute("DELETE FROM sessions WHERE user_id = ?1", [sql_id(id)])?;
+        let after = tx.user_by_id(id)?.ok_or_else(|| StoreError::vanished("user"))?;
+        tx.commit()?;
+        Ok(UserChange::Done(after, ended))
+    }
+
+    fn delete_user(&self, id: u64) -> Result<UserChange, StoreError> {
+        let tx = self.tx()?;
+        let Some(user) = tx.user_by_id(id)? else {
+            return Ok(UserChange::NotFound);
+        };
+        let ended = tx.execute("DELETE FROM sessions WHERE user_id = ?1", [sql_id(id)])?;
+        tx.execute("DELETE FROM api_tokens WHERE user_id = ?1", [sql_id(id)])?;
+        tx.execute("DELETE FROM users WHERE id = ?1", [sql_id(id)])?;
+        if tx.enabled_admins()? == 0 {
+            return Ok(UserChange::LastAdmin);
+        }
+        tx.commit()?;
+        Ok(UserChange::Done(user, ended))
     }
 
     fn set_password(
@@ -362,11 +534,16 @@ impl AccessStore for Tx<'_> {
     }
 
     fn reset_admin_password(&self, password_hash: &str, now: i64) -> Result<usize, StoreError> {
-        if self.create_user(ADMIN, password_hash, now)? {
+        if self.create_user(ADMIN, password_hash, Role::Admin, now)? {
             return Ok(0);
         }
         let admin = self.user(ADMIN)?.ok_or_else(|| StoreError::vanished("admin user"))?;
-        Ok(self.set_password(admin.id, password_hash, None, now)?.unwrap_or(0))
+        // The way back in: the account is an enabled admin again.
+        let tx = self.tx()?;
+        tx.execute("UPDATE users SET role = 'admin', disabled_at = NULL WHERE id = ?1", [sql_id(admin.id)])?;
+        let ended = tx.set_password(admin.id, password_hash, None, now)?.unwrap_or(0);
+        tx.commit()?;
+        Ok(ended)
     }
 
     fn create_session(
@@ -388,9 +565,9 @@ impl AccessStore for Tx<'_> {
         Ok(self
             .conn
             .query_row(
-                "SELECT s.id_hash, s.user_id, u.name, s.csrf, s.created_at, s.expires_at
+                "SELECT s.id_hash, s.user_id, u.name, s.csrf, s.created_at, s.expires_at, u.role
                  FROM sessions s JOIN users u ON u.id = s.user_id
-                 WHERE s.id_hash = ?1 AND s.expires_at > ?2",
+                 WHERE s.id_hash = ?1 AND s.expires_at > ?2 AND u.disabled_at IS NULL",
                 params![&id_hash[..], now],
                 |r| {
                     Ok(Session {
@@ -400,6 +577,7 @@ impl AccessStore for Tx<'_> {
                         csrf: r.get(3)?,
                         created_at: r.get(4)?,
                         expires_at: r.get(5)?,
+                        role: Role::stored(&r.get::<String>(6)?),
                     })
                 },
             )
@@ -420,19 +598,19 @@ impl AccessStore for Tx<'_> {
         Ok(self.conn.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now])?)
     }
 
-    fn create_api_token(&self, name: &str, token_hash: &[u8; 32], now: i64) -> Result<ApiToken, StoreError> {
+    fn create_api_token(
+        &self,
+        name: &str,
+        token_hash: &[u8; 32],
+        user_id: u64,
+        role: Option<Role>,
+        now: i64,
+    ) -> Result<ApiToken, StoreError> {
         let id = self.conn.insert(
-            "INSERT INTO api_tokens (name, token_hash, created_at) VALUES (?1, ?2, ?3)",
-            params![name, &token_hash[..], now],
+            "INSERT INTO api_tokens (name, token_hash, created_at, user_id, role) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![name, &token_hash[..], now, sql_id(user_id), role.map(Role::as_str)],
         )? as u64;
-        Ok(ApiToken {
-            id,
-            name: name.to_owned(),
-            created_at: now,
-            last_used_at: None,
-            revoked_at: None,
-            data_directory: false,
-        })
+        self.api_token(id)?.ok_or_else(|| StoreError::vanished("API token"))
     }
 
     fn ensure_data_directory_token(&self, token_hash: &[u8; 32], now: i64) -> Result<ApiToken, StoreError> {
@@ -441,9 +619,12 @@ impl AccessStore for Tx<'_> {
             return Ok(t);
         }
         tx.execute("UPDATE api_tokens SET revoked_at = ?1 WHERE data_directory = 1 AND revoked_at IS NULL", [now])?;
+        // It acts as the admin: whoever holds the data directory holds
+        // the server.
         tx.execute(
-            "INSERT INTO api_tokens (name, token_hash, created_at, data_directory) VALUES (?1, ?2, ?3, 1)",
-            params![DATA_DIRECTORY_TOKEN, &token_hash[..], now],
+            "INSERT INTO api_tokens (name, token_hash, created_at, data_directory, user_id)
+             VALUES (?1, ?2, ?3, 1, (SELECT id FROM users WHERE name = ?4))",
+            params![DATA_DIRECTORY_TOKEN, &token_hash[..], now, ADMIN],
         )?;
         tx.commit()?;
         self.api_token_by_hash(token_hash)?.ok_or_else(|| StoreError::vanished("data directory's token"))
@@ -453,7 +634,7 @@ impl AccessStore for Tx<'_> {
         Ok(self
             .conn
             .query_row(
-                &format!("SELECT {} FROM api_tokens WHERE token_hash = ?1", Self::TOKEN_COLUMNS),
+                &format!("SELECT {} WHERE t.token_hash = ?1", Self::TOKEN_COLUMNS),
                 [&token_hash[..]],
                 Self::token_row,
             )
@@ -464,7 +645,7 @@ impl AccessStore for Tx<'_> {
         Ok(self
             .conn
             .query_row(
-                &format!("SELECT {} FROM api_tokens WHERE id = ?1", Self::TOKEN_COLUMNS),
+                &format!("SELECT {} WHERE t.id = ?1", Self::TOKEN_COLUMNS),
                 [sql_id(id)],
                 Self::token_row,
             )
@@ -472,7 +653,7 @@ impl AccessStore for Tx<'_> {
     }
 
     fn api_tokens(&self) -> Result<Vec<ApiToken>, StoreError> {
-        let mut stmt = self.conn.prepare(&format!("SELECT {} FROM api_tokens ORDER BY id", Self::TOKEN_COLUMNS))?;
+        let mut stmt = self.conn.prepare(&format!("SELECT {} ORDER BY t.id", Self::TOKEN_COLUMNS))?;
         Ok(stmt.query_map([], Self::token_row)?.collect::<Result<_, _>>()?)
     }
 
@@ -534,6 +715,8 @@ impl AccessStore for Tx<'_> {
 }
 
 impl Tx<'_> {
+    const USER_COLUMNS: &'static str = "id, name, password_hash, created_at, password_changed_at, role, disabled_at";
+
     fn user_row(r: &Row) -> super::sql::Result<User> {
         Ok(User {
             id: r.get::<i64>(0)? as u64,
@@ -541,12 +724,37 @@ impl Tx<'_> {
             password_hash: r.get(2)?,
             created_at: r.get(3)?,
             password_changed_at: r.get(4)?,
+            role: Role::stored(&r.get::<String>(5)?),
+            disabled_at: r.get(6)?,
         })
     }
 
-    const TOKEN_COLUMNS: &'static str = "id, name, created_at, last_used_at, revoked_at, data_directory";
+    /// How many users are enabled admins.
+    fn enabled_admins(&self) -> Result<i64, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled_at IS NULL",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// The columns of a token and its user, then the `FROM` (a `WHERE`
+    /// follows).
+    const TOKEN_COLUMNS: &'static str = "t.id, t.name, t.created_at, t.last_used_at, t.revoked_at, t.data_directory, \
+         t.user_id, u.name, u.role, u.disabled_at, t.role FROM api_tokens t LEFT JOIN users u ON u.id = t.user_id";
 
     fn token_row(r: &Row) -> super::sql::Result<ApiToken> {
+        let user: Option<i64> = r.get(6)?;
+        let user_name: Option<String> = r.get(7)?;
+        let owner = match (user, user_name) {
+            (Some(id), Some(name)) => Some((
+                id as u64,
+                name,
+                Role::stored(&r.get::<String>(8)?),
+                r.get::<Option<i64>>(9)?.is_some(),
+            )),
+            _ => None,
+        };
         Ok(ApiToken {
             id: r.get::<i64>(0)? as u64,
             name: r.get(1)?,
@@ -554,6 +762,8 @@ impl Tx<'_> {
             last_used_at: r.get(3)?,
             revoked_at: r.get(4)?,
             data_directory: r.get(5)?,
+            owner,
+            role: r.get::<Option<String>>(10)?.as_deref().map(Role::stored),
         })
     }
 }
@@ -589,8 +799,8 @@ mod tests {
         let s_db = Store::scratch().unwrap();
         let s = s_db.autocommit();
         assert!(s.user(ADMIN).unwrap().is_none());
-        assert!(s.create_user(ADMIN, "h1", 10).unwrap());
-        assert!(!s.create_user(ADMIN, "h2", 11).unwrap(), "never twice");
+        assert!(s.create_user(ADMIN, "h1", Role::Admin, 10).unwrap());
+        assert!(!s.create_user(ADMIN, "h2", Role::Admin, 11).unwrap(), "never twice");
         let admin = s.user(ADMIN).unwrap().unwrap();
         assert_eq!((admin.password_hash.as_str(), admin.created_at), ("h1", 10));
         assert_eq!(s.user_by_id(admin.id).unwrap(), Some(admin.clone()));
@@ -632,7 +842,7 @@ mod tests {
     fn expired_sessions_are_forgotten() {
         let s_db = Store::scratch().unwrap();
         let s = s_db.autocommit();
-        s.create_user(ADMIN, "h", 0).unwrap();
+        s.create_user(ADMIN, "h", Role::Admin, 0).unwrap();
         let id = s.user(ADMIN).unwrap().unwrap().id;
         s.create_session(&[1; 32], id, "x", 0, 10).unwrap();
         s.create_session(&[2; 32], id, "y", 0, 20).unwrap();
@@ -646,13 +856,15 @@ mod tests {
     fn api_tokens_are_kept_by_hash_listed_without_it_and_revoked() {
         let s_db = Store::scratch().unwrap();
         let s = s_db.autocommit();
+        s.create_user(ADMIN, "h", Role::Admin, 0).unwrap();
+        let admin = s.user(ADMIN).unwrap().unwrap().id;
         let h = secret_hash("tern_abc");
-        let t = s.create_api_token("ci", &h, 100).unwrap();
+        let t = s.create_api_token("ci", &h, admin, None, 100).unwrap();
         assert_eq!(s.api_token_by_hash(&h).unwrap(), Some(t.clone()));
         assert!(s.api_token_by_hash(&secret_hash("tern_abd")).unwrap().is_none());
-        assert!(s.create_api_token("again", &h, 101).is_err(), "a hash is stored once");
+        assert!(s.create_api_token("again", &h, admin, None, 101).is_err(), "a hash is stored once");
         s.touch_api_token(t.id, 160).unwrap();
-        let other = s.create_api_token("backup", &secret_hash("tern_x"), 170).unwrap();
+        let other = s.create_api_token("backup", &secret_hash("tern_x"), admin, None, 170).unwrap();
         let list = s.api_tokens().unwrap();
         assert_eq!(
             list.iter().map(|t| (t.name.as_str(), t.last_used_at)).collect::<Vec<_>>(),
@@ -670,10 +882,12 @@ mod tests {
     fn the_data_directory_token_is_registered_once_and_a_new_file_replaces_the_old() {
         let s_db = Store::scratch().unwrap();
         let s = s_db.autocommit();
+        s.create_user(ADMIN, "h", Role::Admin, 0).unwrap();
+        let admin = s.user(ADMIN).unwrap().unwrap().id;
         let first = s.ensure_data_directory_token(&secret_hash("one"), 10).unwrap();
         assert_eq!((first.name.as_str(), first.data_directory, first.revoked_at), (DATA_DIRECTORY_TOKEN, true, None));
         assert_eq!(s.ensure_data_directory_token(&secret_hash("one"), 20).unwrap(), first, "a restart changes nothing");
-        let ci = s.create_api_token("ci", &secret_hash("ci"), 25).unwrap();
+        let ci = s.create_api_token("ci", &secret_hash("ci"), admin, None, 25).unwrap();
         // The file was deleted and the server made a new one.
         let second = s.ensure_data_directory_token(&secret_hash("two"), 30).unwrap();
         assert_ne!(second.id, first.id);
@@ -682,5 +896,62 @@ mod tests {
         // A revoked one stays revoked: the caller makes a new file.
         s.revoke_api_token(second.id, 40).unwrap();
         assert_eq!(s.ensure_data_directory_token(&secret_hash("two"), 50).unwrap().revoked_at, Some(40));
+    }
+
+    #[test]
+    fn roles_end_sessions_when_changed_limit_tokens_and_never_leave_no_admin() {
+        let s_db = Store::scratch().unwrap();
+        let s = s_db.autocommit();
+        s.create_user(ADMIN, "h", Role::Admin, 0).unwrap();
+        let admin = s.user(ADMIN).unwrap().unwrap();
+        assert!(s.create_user("ops", "h", Role::Operator, 1).unwrap());
+        let ops = s.user("ops").unwrap().unwrap();
+        assert_eq!((ops.role, ops.disabled_at), (Role::Operator, None));
+        assert_eq!(s.users().unwrap().iter().map(|u| u.name.as_str()).collect::<Vec<_>>(), [ADMIN, "ops"]);
+
+        // A token of the operator's, and one limited to viewing.
+        let full = s.create_api_token("full", &secret_hash("a"), ops.id, None, 2).unwrap();
+        let view = s.create_api_token("view", &secret_hash("b"), ops.id, Some(Role::Viewer), 2).unwrap();
+        assert_eq!((full.rights(), view.rights()), (Some(Role::Operator), Some(Role::Viewer)));
+        // A token's limit never lifts it above its user.
+        let over = s.create_api_token("over", &secret_hash("c"), ops.id, Some(Role::Admin), 2).unwrap();
+        assert_eq!(over.rights(), Some(Role::Operator));
+
+        s.create_session(&[1; 32], ops.id, "x", 3, 100).unwrap();
+        assert_eq!(s.session(&[1; 32], 4).unwrap().unwrap().role, Role::Operator);
+        // The same role again changes nothing and ends nothing.
+        assert!(matches!(s.update_user(ops.id, Some(Role::Operator), None, 5).unwrap(), UserChange::Done(_, 0)));
+        assert!(s.session(&[1; 32], 5).unwrap().is_some());
+        // A new role ends its sessions; its tokens follow the role.
+        let UserChange::Done(u, 1) = s.update_user(ops.id, Some(Role::Viewer), None, 6).unwrap() else { panic!() };
+        assert_eq!(u.role, Role::Viewer);
+        assert!(s.session(&[1; 32], 6).unwrap().is_none());
+        assert_eq!(s.api_token(full.id).unwrap().unwrap().rights(), Some(Role::Viewer));
+        // Disabled: no session is found, no token has rights.
+        s.create_session(&[2; 32], ops.id, "x", 7, 100).unwrap();
+        let UserChange::Done(u, 1) = s.update_user(ops.id, None, Some(true), 8).unwrap() else { panic!() };
+        assert_eq!(u.disabled_at, Some(8));
+        assert_eq!(s.api_token(full.id).unwrap().unwrap().rights(), None);
+        s.create_session(&[3; 32], ops.id, "x", 9, 100).unwrap();
+        assert!(s.session(&[3; 32], 9).unwrap().is_none(), "a disabled user's session is not found");
+        let UserChange::Done(u, _) = s.update_user(ops.id, None, Some(false), 10).unwrap() else { panic!() };
+        assert_eq!(u.disabled_at, None);
+
+        // The last enabled admin can be neither demoted, disabled nor deleted.
+        assert_eq!(s.update_user(admin.id, Some(Role::Operator), None, 11).unwrap(), UserChange::LastAdmin);
+        assert_eq!(s.update_user(admin.id, None, Some(true), 11).unwrap(), UserChange::LastAdmin);
+        assert_eq!(s.delete_user(admin.id).unwrap(), UserChange::LastAdmin);
+        assert_eq!(s.user(ADMIN).unwrap().unwrap(), admin, "nothing changed");
+        assert_eq!(s.update_user(99, None, Some(true), 11).unwrap(), UserChange::NotFound);
+        // With a second admin, the first may go; the reset brings it back.
+        s.update_user(ops.id, Some(Role::Admin), None, 12).unwrap();
+        assert!(matches!(s.update_user(admin.id, None, Some(true), 13).unwrap(), UserChange::Done(..)));
+        s.reset_admin_password("h2", 14).unwrap();
+        let back = s.user(ADMIN).unwrap().unwrap();
+        assert_eq!((back.role, back.disabled_at), (Role::Admin, None));
+        // Deleting a user deletes its tokens.
+        assert!(matches!(s.delete_user(ops.id).unwrap(), UserChange::Done(..)));
+        assert!(s.api_token(full.id).unwrap().is_none());
+        assert!(s.user("ops").unwrap().is_none());
     }
 }

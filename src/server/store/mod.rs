@@ -533,6 +533,16 @@ const MIGRATIONS: &[&str] = &[
     );
     UPDATE stack_deployments SET running_version = version
         WHERE removing = 0 AND command IN (SELECT id FROM commands WHERE status = 'ok');",
+    // 23: users with roles (issue #17; `store::access`): a user is an
+    // admin, an operator or a viewer, and may be disabled (its sessions end
+    // and its tokens are refused). An API token belongs to the user who
+    // made it and may carry fewer rights than they have (`role`; NULL: as
+    // many as the user). The admin made every token there was.
+    "ALTER TABLE users ADD COLUMN role TEXT NOT NULL DEFAULT 'admin';
+    ALTER TABLE users ADD COLUMN disabled_at INTEGER;
+    ALTER TABLE api_tokens ADD COLUMN user_id INTEGER REFERENCES users(id) ON DELETE CASCADE;
+    ALTER TABLE api_tokens ADD COLUMN role TEXT;
+    UPDATE api_tokens SET user_id = (SELECT id FROM users WHERE name = 'admin');",
 ];
 
 /// The interval every timer runs at when neither the environment nor the

@@ -415,6 +415,12 @@ pub const MIGRATIONS: &[&str] = &[
     );
     UPDATE stack_deployments SET running_version = version
         WHERE removing = 0 AND command IN (SELECT id FROM commands WHERE status = 'ok');"#,
+    // 23: users with roles, and the user each API token belongs to.
+    r#"ALTER TABLE users ADD COLUMN role TEXT COLLATE "C" NOT NULL DEFAULT 'admin';
+    ALTER TABLE users ADD COLUMN disabled_at BIGINT;
+    ALTER TABLE api_tokens ADD COLUMN user_id BIGINT REFERENCES users(id) ON DELETE CASCADE;
+    ALTER TABLE api_tokens ADD COLUMN role TEXT COLLATE "C";
+    UPDATE api_tokens SET user_id = (SELECT id FROM users WHERE name = 'admin');"#,
 ];
 
 /// A pool of connections to one PostgreSQL database, with the runtime

@@ -563,7 +563,7 @@ mod tests {
         let store_db = Store::scratch().unwrap();
         let store = store_db.autocommit();
         let now = now();
-        store.create_user("admin", "$argon2id$unused", now).unwrap();
+        store.create_user("admin", "$argon2id$unused", crate::server::store::access::Role::Admin, now).unwrap();
         let user = store.user("admin").unwrap().unwrap();
         store.create_session(&secret_hash("test-session"), user.id, "csrf-1", now, now + 3600).unwrap();
         store.create_group("north").unwrap();

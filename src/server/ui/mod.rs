@@ -34,6 +34,7 @@
 //! | `/stacks`, `/stacks/new`, `/stacks/{id}` | edge stacks |
 //! | `/jobs`, `/jobs/new`, `/jobs/{id}` | edge jobs |
 //! | `/settings` | default intervals, AGENT_SECRET, groups, tags, registries, API tokens, password |
+//! | `/users` | users and their roles: add, change the role, disable, reset the password, delete (the admin's) |
 
 pub mod audit;
 pub mod chart;
@@ -43,6 +44,7 @@ pub mod jobs;
 pub mod manage;
 pub mod settings;
 pub mod stacks;
+pub mod users;
 pub mod wizard;
 
 use std::net::SocketAddr;
@@ -125,6 +127,7 @@ pub fn routes(api: Router, state: Arc<AppState>) -> Router<Arc<AppState>> {
         .merge(settings::routes())
         .merge(audit::routes())
         .merge(devices::routes())
+        .merge(users::routes())
         // Every handler checks the session before it reads a body, so a
         // stranger's request is answered (and its room given back) at once.
         .route_layer(axum::middleware::from_fn_with_state(state, crate::server::http::body_budget))
@@ -278,8 +281,18 @@ pub struct Ui {
     peer: Option<ConnectInfo<SocketAddr>>,
     /// The operator.
     pub username: String,
+    /// The operator's role (`viewer`, `operator`, `admin`): pages leave
+    /// out what it may not use (the API refuses it anyway).
+    pub role: String,
     /// The session's CSRF token, for the forms of the page.
     pub csrf: String,
+}
+
+impl Ui {
+    /// Whether the operator is an admin.
+    pub fn admin(&self) -> bool {
+        self.role == "admin"
+    }
 }
 
 impl FromRequestParts<Arc<AppState>> for Ui {
@@ -294,6 +307,7 @@ impl FromRequestParts<Arc<AppState>> for Ui {
             cookie: parts.headers.get(header::COOKIE).cloned(),
             peer: parts.extensions.get::<ConnectInfo<SocketAddr>>().cloned(),
             username: String::new(),
+            role: String::new(),
             csrf: String::new(),
         };
         let back = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
@@ -302,8 +316,9 @@ impl FromRequestParts<Arc<AppState>> for Ui {
             return Err(to_login());
         }
         match ui.get_as::<Me>("/api/auth/me").await {
-            Ok(Me::Session { username, csrf_token, .. }) => {
+            Ok(Me::Session { username, csrf_token, role, .. }) => {
                 ui.username = username;
+                ui.role = role;
                 ui.csrf = csrf_token;
                 Ok(ui)
             }
@@ -476,6 +491,8 @@ pub enum Nav {
     Devices,
     /// The audit log.
     Audit,
+    /// Users and roles.
+    Users,
     /// Settings.
     Settings,
     /// None (login, errors).
@@ -512,12 +529,15 @@ pub fn page(ui: &Ui, nav: Nav, title: &str, body: Markup) -> Markup {
                         (item(Nav::Stacks, "/stacks", "Stacks"))
                         (item(Nav::Jobs, "/jobs", "Jobs"))
                         (item(Nav::Devices, "/devices", "Waiting room"))
-                        (item(Nav::Audit, "/audit", "Audit"))
+                        @if ui.admin() {
+                            (item(Nav::Audit, "/audit", "Audit"))
+                            (item(Nav::Users, "/users", "Users"))
+                        }
                         (item(Nav::Settings, "/settings", "Settings"))
                     }
                     form.logout method="post" action="/logout" {
                         (csrf_field(&ui.csrf))
-                        span.user { (ui.username) }
+                        span.user { (ui.username) @if !ui.role.is_empty() { " (" (ui.role) ")" } }
                         button type="submit" { "Log out" }
                     }
                 }

@@ -1149,7 +1149,7 @@ fn tokens_section(ui: &Ui, tokens: &[TokenView], view: &View, now: i64, notice: 
 }
 
 async fn create_token(ui: Ui, Form(f): Form<NameForm>) -> Response {
-    let created = match ui.send_as(Method::POST, "/api/tokens", &CreateToken { name: f.name.clone() }, &f.csrf).await {
+    let created = match ui.send_as(Method::POST, "/api/tokens", &CreateToken { name: f.name.clone(), role: None }, &f.csrf).await {
         Ok(r) => r.parse::<CreatedToken>("/api/tokens"),
         Err(e) => Err(e),
     };
@@ -1274,6 +1274,7 @@ mod tests {
             cookie: None,
             peer: None,
             username: "admin".to_owned(),
+            role: "admin".to_owned(),
             csrf: "tok".to_owned(),
         };
         let r = RegistryView {

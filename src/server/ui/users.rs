@@ -1,0 +1,215 @@
+//! The users page (issue #17): users and their roles, a form that adds
+//! one (its generated password shown once), and per user a role to set,
+//! Disable or Enable, Reset password and Delete. The admin's only: the
+//! API refuses anyone else, and the page says so.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::Path;
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use maud::{Markup, html};
+use serde::Deserialize;
+
+use super::stacks::{button_refused, done, no_such, path_id};
+use super::{ApiFail, FieldAttrs, Nav, Ui, csrf_field, form_error, now, page, text_field, when};
+use crate::server::api::types::{CreateUser, UpdateUser, UserChanged, UserView};
+use crate::server::http::AppState;
+
+/// The routes.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/users", get(list).post(create))
+        .route("/users/{id}/role", post(set_role))
+        .route("/users/{id}/disable", post(disable))
+        .route("/users/{id}/enable", post(enable))
+        .route("/users/{id}/password", post(reset_password))
+        .route("/users/{id}/delete", post(delete))
+}
+
+/// The new user form, and the buttons' forms.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct UserForm {
+    csrf: String,
+    name: String,
+    role: String,
+}
+
+const ROLES: [(&str, &str); 3] = [
+    ("viewer", "viewer: looks"),
+    ("operator", "operator: acts on what runs"),
+    ("admin", "admin: everything"),
+];
+
+fn role_select(id: &str, selected: &str) -> Markup {
+    html! {
+        select id=(id) name="role" aria-label="Role" {
+            @for (value, label) in ROLES {
+                option value=(value) selected[selected == value] { (label) }
+            }
+        }
+    }
+}
+
+async fn list(ui: Ui) -> Response {
+    render(&ui, &UserForm { role: "viewer".into(), ..UserForm::default() }, None, None, StatusCode::OK).await
+}
+
+/// The page; `shown` is a password to show once (a new user's, a reset's).
+async fn render(
+    ui: &Ui,
+    f: &UserForm,
+    err: Option<&ApiFail>,
+    shown: Option<&UserChanged>,
+    status: StatusCode,
+) -> Response {
+    let users: Vec<UserView> = match ui.load_as("/api/users").await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let now = now();
+    let body = html! {
+        h1 { "Users" }
+        p.muted { "A viewer looks; an operator also acts on what runs (commands, stacks, jobs, images); an admin \
+                   does everything, users and onboarding included. A new role, disabling and a new password each \
+                   end the user's sessions; a user's API tokens follow the user." }
+        @if let Some(c) = shown {
+            @if let Some(p) = &c.password {
+                div.notice role="status" id="shown-password" {
+                    p { "The password of " strong { (c.user.name) } ", shown this once:" }
+                    pre.command { (p) }
+                }
+            }
+        }
+        div.scroll { table.list id="users" {
+            thead { tr {
+                th scope="col" { "Name" } th scope="col" { "Role" } th scope="col" { "State" }
+                th scope="col" { "Created" } th scope="col" { "Password set" } th scope="col" { "" }
+            } }
+            tbody { @for u in &users {
+                tr data-user=(u.name) {
+                    td { (u.name) @if u.name == ui.username { " (you)" } }
+                    td {
+                        form.inline method="post" action={ "/users/" (u.id) "/role" } {
+                            (csrf_field(&ui.csrf))
+                            (role_select(&format!("role-{}", u.id), &u.role))
+                            button type="submit" id={ "set-role-" (u.id) } { "Set" }
+                        }
+                    }
+                    td { @match u.disabled_at { Some(t) => { "disabled " (when(Some(t), now)) }, None => { "enabled" } } }
+                    td { (when(Some(u.created_at), now)) }
+                    td { (when(Some(u.password_changed_at), now)) }
+                    td {
+                        @if u.disabled_at.is_some() {
+                            form.inline method="post" action={ "/users/" (u.id) "/enable" } {
+                                (csrf_field(&ui.csrf))
+                                button type="submit" id={ "enable-" (u.id) } { "Enable" }
+                            }
+                        } @else {
+                            form.inline method="post" action={ "/users/" (u.id) "/disable" }
+                                data-confirm={ "Disable " (u.name) "? Their sessions end and their tokens are refused." } {
+                                (csrf_field(&ui.csrf))
+                                button type="submit" id={ "disable-" (u.id) } { "Disable" }
+                            }
+                        }
+                        form.inline method="post" action={ "/users/" (u.id) "/password" }
+                            data-confirm={ "Give " (u.name) " a new generated password? Their sessions end." } {
+                            (csrf_field(&ui.csrf))
+                            button type="submit" id={ "reset-" (u.id) } { "Reset password" }
+                        }
+                        form.inline method="post" action={ "/users/" (u.id) "/delete" }
+                            data-confirm={ "Delete " (u.name) " and their API tokens?" } {
+                            (csrf_field(&ui.csrf))
+                            button type="submit" id={ "delete-" (u.id) } { "Delete" }
+                        }
+                    }
+                }
+            } }
+        } }
+        h2 { "New user" }
+        form method="post" action="/users" id="new-user" {
+            (csrf_field(&ui.csrf))
+            (form_error(err, &["name", "role"]))
+            (text_field("name", "Name", &f.name, err, FieldAttrs { required: true, placeholder: Some("ops.alice"), autocomplete: Some("off"), ..FieldAttrs::default() }))
+            div.field {
+                label for="f-role" { "Role" }
+                (role_select("f-role", &f.role))
+            }
+            p.muted { "A password is generated and shown once; the user changes it in Settings." }
+            button type="submit" id="create-user" { "Add user" }
+        }
+    };
+    (status, page(ui, Nav::Users, "Users", body)).into_response()
+}
+
+async fn create(ui: Ui, headers: HeaderMap, axum::Form(f): axum::Form<UserForm>) -> Response {
+    let body = CreateUser { name: f.name.clone(), role: f.role.clone(), password: None };
+    match ui.send_as(Method::POST, "/api/users", &body, &f.csrf).await {
+        Ok(r) if super::wants_json(&headers) => done(&headers, StatusCode::CREATED, r.json, "/users"),
+        Ok(r) => match serde_json::from_value::<UserChanged>(r.json) {
+            Ok(c) => render(&ui, &UserForm { role: "viewer".into(), ..UserForm::default() }, None, Some(&c), StatusCode::CREATED).await,
+            Err(_) => done(&headers, StatusCode::CREATED, serde_json::Value::Null, "/users"),
+        },
+        Err(e) if e.status == StatusCode::UNAUTHORIZED || e.status == StatusCode::FORBIDDEN => {
+            button_refused(&ui, Nav::Users, &headers, &e, "/users")
+        }
+        Err(e) => {
+            let e = e.conflict_on("name");
+            render(&ui, &f, Some(&e), None, e.status).await
+        }
+    }
+}
+
+/// A PATCH of one user, from a button.
+async fn patch(ui: &Ui, headers: &HeaderMap, id: u64, body: UpdateUser, csrf: &str) -> Response {
+    let show = body.password.is_some();
+    match ui.send_as(Method::PATCH, &format!("/api/users/{id}"), &body, csrf).await {
+        Ok(r) if show && !super::wants_json(headers) => {
+            let mut c: UserChanged = match serde_json::from_value(r.json) {
+                Ok(c) => c,
+                Err(_) => return done(headers, StatusCode::OK, serde_json::Value::Null, "/users"),
+            };
+            c.password = body.password;
+            render(ui, &UserForm { role: "viewer".into(), ..UserForm::default() }, None, Some(&c), StatusCode::OK).await
+        }
+        Ok(r) => done(headers, StatusCode::OK, r.json, "/users"),
+        Err(e) => button_refused(ui, Nav::Users, headers, &e, "/users"),
+    }
+}
+
+async fn set_role(ui: Ui, Path(id): Path<String>, headers: HeaderMap, axum::Form(f): axum::Form<UserForm>) -> Response {
+    let Some(id) = path_id(&id) else { return no_such("user") };
+    patch(&ui, &headers, id, UpdateUser { role: Some(f.role), ..UpdateUser::default() }, &f.csrf).await
+}
+
+async fn disable(ui: Ui, Path(id): Path<String>, headers: HeaderMap, axum::Form(f): axum::Form<UserForm>) -> Response {
+    let Some(id) = path_id(&id) else { return no_such("user") };
+    patch(&ui, &headers, id, UpdateUser { disabled: Some(true), ..UpdateUser::default() }, &f.csrf).await
+}
+
+async fn enable(ui: Ui, Path(id): Path<String>, headers: HeaderMap, axum::Form(f): axum::Form<UserForm>) -> Response {
+    let Some(id) = path_id(&id) else { return no_such("user") };
+    patch(&ui, &headers, id, UpdateUser { disabled: Some(false), ..UpdateUser::default() }, &f.csrf).await
+}
+
+async fn reset_password(
+    ui: Ui,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    axum::Form(f): axum::Form<UserForm>,
+) -> Response {
+    let Some(id) = path_id(&id) else { return no_such("user") };
+    let password = crate::server::store::access::generate_password();
+    patch(&ui, &headers, id, UpdateUser { password: Some(password), ..UpdateUser::default() }, &f.csrf).await
+}
+
+async fn delete(ui: Ui, Path(id): Path<String>, headers: HeaderMap, axum::Form(f): axum::Form<UserForm>) -> Response {
+    let Some(id) = path_id(&id) else { return no_such("user") };
+    match ui.send(Method::DELETE, &format!("/api/users/{id}"), &serde_json::Value::Null, &f.csrf).await {
+        Ok(r) => done(&headers, StatusCode::OK, r.json, "/users"),
+        Err(e) => button_refused(&ui, Nav::Users, &headers, &e, "/users"),
+    }
+}

@@ -1,0 +1,302 @@
+//! Users and roles (issue #17, item 4), on the real server: every route of
+//! the OpenAPI document walked as a viewer, an operator, an admin and a
+//! token limited below its user, allowed against refused; what a refusal
+//! leaves (nothing changed, an audit entry); disabled users and role
+//! changes ending sessions and tokens; the last admin kept; the CLI and
+//! the UI's users page.
+
+#![cfg(all(feature = "agent", feature = "server"))]
+
+mod common;
+
+use common::{Api, Server, UiClient};
+use serde_json::{Value, json};
+use tern::server::api::openapi::{ENDPOINTS, document};
+
+/// The least role each call needs, written here on its own (not read from
+/// the server's table), so the test and the server can disagree: the
+/// admin's reads, the viewer's and the operator's writes; every other
+/// write is the admin's and every other read the viewer's.
+fn expected(method: &str, path: &str) -> &'static str {
+    const ADMIN_READS: &[&str] =
+        &["/api/audit", "/api/users", "/api/users/{id}", "/api/environments/{id}/deploy", "/api/fleet-tokens/{id}"];
+    const VIEWER_WRITES: &[&str] =
+        &["/api/auth/logout", "/api/auth/password", "/api/tokens", "/api/tokens/{id}"];
+    const OPERATOR_WRITES: &[&str] = &[
+        "/api/environments/{id}/commands",
+        "/api/commands/{id}",
+        "/api/environments/{id}/stacks/{name}/logs",
+        "/api/environments/{id}/intervals",
+        "/api/environments/{id}/transfer-limits",
+        "/api/stacks",
+        "/api/stacks/{id}",
+        "/api/stacks/{id}/rollback",
+        "/api/jobs",
+        "/api/jobs/{id}",
+        "/api/images",
+        "/api/images/{id}",
+        "/api/images/{id}/deliver",
+        "/api/images/blobs/missing",
+        "/api/images/blobs/{digest}",
+        "/api/images/blobs/{digest}/done",
+        "/api/images/push",
+    ];
+    if method == "GET" {
+        return if ADMIN_READS.contains(&path) { "admin" } else { "viewer" };
+    }
+    if VIEWER_WRITES.contains(&path) {
+        "viewer"
+    } else if OPERATOR_WRITES.contains(&path) {
+        "operator"
+    } else {
+        "admin"
+    }
+}
+
+fn rank(role: &str) -> u8 {
+    match role {
+        "viewer" => 0,
+        "operator" => 1,
+        "admin" => 2,
+        other => panic!("no role {other:?}"),
+    }
+}
+
+/// A user made through the API, with a password given, and a token of
+/// its own (limited to `limit`, when given).
+async fn user_with_token(admin: &mut Api, server: &Server, name: &str, role: &str, limit: Option<&str>) -> Api {
+    let made = admin
+        .ok("POST", "/api/users", Some(json!({ "name": name, "role": role, "password": PASSWORD })), 201)
+        .await;
+    assert_eq!(made["user"]["role"], role, "{made}");
+    assert!(made.get("password").is_none(), "a given password is not echoed: {made}");
+    // The user makes its own token, logged in through the UI's session.
+    let mut ui = UiClient::new(server);
+    let r = ui.try_login(name, PASSWORD).await;
+    assert_eq!(r.status, 303, "{name} logs in: {}", r.body);
+    let page = ui.get("/settings").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains(&format!("{name} ({role})")), "the header names the user and role");
+    let mut body = json!({ "name": format!("{name}-token") });
+    if let Some(l) = limit {
+        body["role"] = json!(l);
+    }
+    // Tokens are made through the API with the admin's help here (the UI
+    // makes tokens without a limit): a token is the caller's own, so the
+    // user's first token comes from a session. The session's CSRF token is
+    // the page's.
+    let made = ui_api(&mut ui, "POST", "/api/tokens", &body).await;
+    assert_eq!(made.0, 201, "{}", made.1);
+    assert_eq!(made.1["user"], name);
+    Api::new(&server.url(), server.fingerprint(), made.1["token"].as_str().unwrap())
+}
+
+/// An API call with a UI session's cookie and CSRF token: (status, JSON).
+async fn ui_api(ui: &mut UiClient, method: &str, path: &str, body: &Value) -> (u16, Value) {
+    let r = ui.api_json(method, path, &body.to_string()).await;
+    (r.status, serde_json::from_str(&r.body).unwrap_or(Value::Null))
+}
+
+const PASSWORD: &str = "a long enough password";
+
+#[tokio::test]
+async fn every_route_is_allowed_or_refused_by_role_as_documented() {
+    let dir = common::tempdir("tern-roles");
+    let server = Server::start(&dir.join("server"), "127.0.0.1:0");
+    let mut admin = server.api();
+
+    let viewer = user_with_token(&mut admin, &server, "vera", "viewer", None).await;
+    let operator = user_with_token(&mut admin, &server, "otto", "operator", None).await;
+    // An operator's token limited to viewing does what a viewer does.
+    let limited = user_with_token(&mut admin, &server, "olga", "operator", Some("viewer")).await;
+    let mut callers = [("viewer", viewer), ("operator", operator), ("viewer", limited), ("admin", server.api())];
+
+    let doc = document();
+    let mut walked = 0;
+    for &(method, path, _, _) in ENDPOINTS {
+        if path == "/api/auth/login" {
+            continue;
+        }
+        let need = expected(method, path);
+        assert_eq!(
+            doc["paths"][path][method.to_lowercase()]["x-tern-role"], need,
+            "{method} {path}: the document's x-tern-role"
+        );
+        // Ids no row has, so an allowed call finds nothing to change.
+        let concrete = path
+            .replace("{id}", "999999")
+            .replace("{part}", "containers")
+            .replace("{name}", "none")
+            .replace("{digest}", "sha256:0000000000000000000000000000000000000000000000000000000000000000");
+        let body = matches!(method, "POST" | "PUT" | "PATCH").then(|| json!({}));
+        for (role, api) in &mut callers {
+            // Logging out a token is a 400, not a way to end the walk.
+            let (status, reply) = api.call(method, &concrete, body.clone()).await;
+            assert_ne!(status, 401, "{method} {path} as {role}: {reply}");
+            let refused = status == 403 && reply["error"].as_str().is_some_and(|e| e.contains("role"));
+            if rank(role) < rank(need) {
+                assert!(refused, "{method} {path} must be refused to a {role}: {status} {reply}");
+                assert!(
+                    reply["error"].as_str().unwrap().contains(&format!("needs the {need} role")),
+                    "the refusal says what is needed: {reply}"
+                );
+            } else {
+                assert!(!refused, "{method} {path} must be allowed to a {role}: {status} {reply}");
+            }
+            walked += 1;
+        }
+    }
+    assert_eq!(walked, 4 * (ENDPOINTS.len() - 1), "every route but login, as each caller");
+
+    // A refusal changes nothing, and is in the audit log.
+    let (_, viewer) = &mut callers[0];
+    let (status, _) = viewer.call("POST", "/api/groups", Some(json!({ "name": "vera-was-here" }))).await;
+    assert_eq!(status, 403);
+    let groups = admin.ok("GET", "/api/groups", None, 200).await;
+    assert!(!groups.to_string().contains("vera-was-here"), "{groups}");
+    let audit = admin.ok("GET", "/api/audit?actor=vera&action=POST%20/api/groups", None, 200).await;
+    assert_eq!(audit["entries"][0]["status"], 403, "{audit}");
+    assert_eq!(audit["entries"][0]["actor"], "token:vera-token", "{audit}");
+
+    // Each sees its own tokens; the admin sees every one, with its user.
+    let mine = viewer.ok("GET", "/api/tokens", None, 200).await;
+    assert_eq!(mine.as_array().unwrap().len(), 1, "{mine}");
+    assert_eq!(mine[0]["user"], "vera");
+    let all = admin.ok("GET", "/api/tokens", None, 200).await;
+    assert!(all.as_array().unwrap().len() >= 4, "{all}");
+    let otto_token = all.as_array().unwrap().iter().find(|t| t["user"] == "otto").unwrap()["id"].as_u64().unwrap();
+    let (status, _) = viewer.call("DELETE", &format!("/api/tokens/{otto_token}"), None).await;
+    assert_eq!(status, 404, "another user's token is not the viewer's to revoke");
+    // No token is made with more than its maker may do.
+    let (_, operator) = &mut callers[1];
+    let (status, reply) = operator.call("POST", "/api/tokens", Some(json!({ "name": "up", "role": "admin" }))).await;
+    assert_eq!(status, 422, "{reply}");
+    assert!(reply["error"].as_str().unwrap().starts_with("role: at most your own (operator)"), "{reply}");
+    let me = operator.ok("GET", "/api/auth/me", None, 200).await;
+    assert_eq!((me["username"].as_str(), me["role"].as_str()), (Some("otto"), Some("operator")), "{me}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn disabling_or_a_new_role_ends_sessions_and_the_last_admin_stays() {
+    let dir = common::tempdir("tern-roles-change");
+    let server = Server::start(&dir.join("server"), "127.0.0.1:0");
+    let mut admin = server.api();
+    let mut otto = user_with_token(&mut admin, &server, "otto", "operator", None).await;
+    let users = admin.ok("GET", "/api/users", None, 200).await;
+    let id = |name: &str| users.as_array().unwrap().iter().find(|u| u["name"] == name).unwrap()["id"].as_u64().unwrap();
+    let (otto_id, admin_id) = (id("otto"), id("admin"));
+
+    // A session of otto's, then a new role: the session ends, the token
+    // does what the new role allows.
+    let mut ui = UiClient::new(&server);
+    assert_eq!(ui.try_login("otto", PASSWORD).await.status, 303);
+    assert_eq!(ui.get("/stacks").await.status, 200);
+    let changed = admin.ok("PATCH", &format!("/api/users/{otto_id}"), Some(json!({ "role": "viewer" })), 200).await;
+    // Two: this one, and the one that made otto's token.
+    assert_eq!(changed["sessions_ended"], 2, "{changed}");
+    let r = ui.get("/stacks").await;
+    assert_eq!(r.status, 303, "the ended session goes back to the login page: {}", r.body);
+    let (status, reply) = otto.call("POST", "/api/stacks", Some(json!({}))).await;
+    assert_eq!(status, 403, "the token follows the role: {reply}");
+
+    // Disabled: no login, no token, no session.
+    assert_eq!(ui.try_login("otto", PASSWORD).await.status, 303);
+    admin.ok("PATCH", &format!("/api/users/{otto_id}"), Some(json!({ "disabled": true })), 200).await;
+    assert_eq!(ui.get("/stacks").await.status, 303, "a disabled user's session ends");
+    let r = UiClient::new(&server).try_login("otto", PASSWORD).await;
+    assert_ne!(r.status, 303, "a disabled user cannot log in");
+    assert!(r.body.contains("wrong user name or password"), "and is told no more than a wrong password: {}", r.body);
+    let (status, _) = otto.call("GET", "/api/environments", None).await;
+    assert_eq!(status, 401, "a disabled user's token is refused");
+    admin.ok("PATCH", &format!("/api/users/{otto_id}"), Some(json!({ "disabled": false })), 200).await;
+    otto.ok("GET", "/api/environments", None, 200).await;
+
+    // The last enabled admin can be neither demoted, disabled nor deleted.
+    for body in [json!({ "role": "operator" }), json!({ "disabled": true })] {
+        let (status, reply) = admin.call("PATCH", &format!("/api/users/{admin_id}"), Some(body)).await;
+        assert_eq!(status, 409, "{reply}");
+    }
+    assert_eq!(admin.call("DELETE", &format!("/api/users/{admin_id}"), None).await.0, 409);
+    admin.ok("GET", "/api/users", None, 200).await;
+    // Bad input changes nothing.
+    for body in [json!({ "role": "root" }), json!({ "password": "short" }), json!({ "colour": "red" })] {
+        let (status, _) = admin.call("PATCH", &format!("/api/users/{otto_id}"), Some(body.clone())).await;
+        assert!(status == 422 || status == 400, "{body}: {status}");
+    }
+    for body in [
+        json!({ "name": "bad name", "role": "viewer" }),
+        json!({ "name": "x", "role": "superuser" }),
+        json!({ "name": "otto", "role": "viewer" }),
+    ] {
+        let (status, _) = admin.call("POST", "/api/users", Some(body.clone())).await;
+        assert!(status == 422 || status == 409, "{body}: {status}");
+    }
+    let users = admin.ok("GET", "/api/users", None, 200).await;
+    assert_eq!(users.as_array().unwrap().len(), 2, "{users}");
+    assert_eq!(users.as_array().unwrap().iter().find(|u| u["name"] == "otto").unwrap()["role"], "viewer");
+
+    // A password reset by the admin: the old one stops working.
+    admin.ok("PATCH", &format!("/api/users/{otto_id}"), Some(json!({ "password": "another long password" })), 200).await;
+    assert_ne!(UiClient::new(&server).try_login("otto", PASSWORD).await.status, 303);
+    assert_eq!(UiClient::new(&server).try_login("otto", "another long password").await.status, 303);
+
+    // Deleting a user deletes its tokens.
+    admin.ok("DELETE", &format!("/api/users/{otto_id}"), None, 200).await;
+    assert_eq!(otto.call("GET", "/api/environments", None).await.0, 401);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn users_are_managed_from_the_cli_and_the_ui() {
+    let dir = common::tempdir("tern-roles-cli");
+    let server = Server::start(&dir.join("server"), "127.0.0.1:0");
+    let cli = |args: &[&str], vars: &[(&str, &str)]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args(args)
+            .args(["--server", &server.url(), "--data"])
+            .arg(&server.data)
+            .env_remove("TERN_TOKEN")
+            .env_remove("TERN_USER_PASSWORD")
+            .envs(vars.iter().copied())
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (ok, out) = cli(&["user", "create", "ada", "--role", "operator"], &[]);
+    assert!(ok, "{out}");
+    let password = out.lines().find_map(|l| l.strip_prefix("password ")).expect("a generated password, shown").to_owned();
+    assert!(password.len() >= 20, "{out}");
+    let (ok, out) = cli(&["user", "create", "bob", "--role", "viewer"], &[("TERN_USER_PASSWORD", PASSWORD)]);
+    assert!(ok && !out.contains("password "), "a given password is not printed: {out}");
+    let (ok, out) = cli(&["user", "list"], &[]);
+    assert!(ok && out.contains("ada") && out.contains("operator") && out.contains("bob"), "{out}");
+    let (ok, out) = cli(&["user", "set", "bob", "--disable"], &[]);
+    assert!(ok && out.contains("disabled"), "{out}");
+    let (ok, out) = cli(&["user", "set", "admin", "--role", "viewer"], &[]);
+    assert!(!ok && out.contains("no enabled admin"), "{out}");
+    let (ok, out) = cli(&["user", "set", "ada", "--role", "admin"], &[]);
+    assert!(ok, "{out}");
+
+    // The generated password logs in; the viewer's forms are refused with
+    // the role's message, and the users page is the admin's.
+    let mut ada = UiClient::new(&server);
+    assert_eq!(ada.try_login("ada", &password).await.status, 303);
+    let page = ada.get("/users").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("bob") && page.body.contains("disabled"), "{}", page.body);
+    let made = ada.submit("/users", &[("name", "cleo"), ("role", "viewer")]).await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    assert!(made.body.contains("id=\"shown-password\""), "the new user's password is shown once");
+    let cleo_password = made.body.split("<pre class=\"command\">").nth(1).unwrap().split('<').next().unwrap().to_owned();
+    let mut cleo = UiClient::new(&server);
+    assert_eq!(cleo.try_login("cleo", &cleo_password).await.status, 303);
+    assert_eq!(cleo.get("/environments").await.status, 200);
+    let users_page = cleo.get("/users").await;
+    assert_eq!(users_page.status, 403, "{}", users_page.body);
+    assert!(!cleo.get("/environments").await.body.contains("href=\"/users\""), "no Users link for a viewer");
+    let r = cleo.submit("/settings/groups", &[("name", "cleos-group")]).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("needs the admin role"), "{}", r.body);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -831,10 +831,18 @@ pub async fn create_token(
     ))
 }
 
-/// Whether the caller may see and revoke `t`: an admin any, others their
-/// own.
+/// Whether the caller may see `t`: an admin any, others their own.
 fn may_see_token(caller: &Caller, t: &ApiToken) -> bool {
     caller.role() == Role::Admin || t.owner.as_ref().is_some_and(|(id, ..)| Some(*id) == caller.user_id())
+}
+
+/// Whether the caller may revoke `t`: one it may see, that does no more
+/// than the caller may (a token limited to looking cannot revoke its
+/// user's full tokens), and the data directory's only as an admin.
+fn may_revoke_token(caller: &Caller, t: &ApiToken) -> bool {
+    may_see_token(caller, t)
+        && t.rights().is_none_or(|r| r <= caller.role())
+        && (!t.data_directory || caller.role() == Role::Admin)
 }
 
 /// `GET /api/tokens`: an admin's lists every token, anyone else's their own.
@@ -858,6 +866,12 @@ pub async fn revoke_token(
         let t = store.api_token(id)?.ok_or_else(not_found)?;
         if !may_see_token(&caller, &t) {
             return Err(not_found());
+        }
+        if !may_revoke_token(&caller, &t) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("API token {id} may do more than this caller ({}): it is not this caller's to revoke", caller.role()),
+            ));
         }
         store.revoke_api_token(id, now())?.ok_or_else(not_found)
     })

@@ -93,7 +93,9 @@ pub const FAILED_LOGIN_ACTOR: &str = "unverified:";
 /// Who a caller is, for the log.
 pub fn actor_of(caller: &Caller) -> String {
     match caller {
-        Caller::Token { name, .. } => format!("token:{name}"),
+        // The token's id and user too: its name is free text, and need
+        // not be unique.
+        Caller::Token { id, name, username, .. } => format!("token:{name}#{id} user:{username}"),
         Caller::Session { username, .. } => format!("user:{username}"),
     }
 }

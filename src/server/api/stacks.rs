@@ -31,14 +31,16 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 
 use super::types::{
     CreateStack, DeploymentView, RefBody, Rollback, StackDetail, StackItem, StackTargetView, StackVersionView,
     TargetsBody, UpdateStack,
 };
 use super::{ApiError, ApiJson, PathId, read_store, with_store};
+use super::access::Caller;
 use crate::server::http::AppState;
+use crate::server::store::access::Role;
 use crate::server::store::stacks::{
     Deployment, NewStack, StackChange, StackError, StackRecord, Target, TargetRef, TargetRefs,
 };
@@ -150,7 +152,13 @@ impl From<&StackRecord> for StackItem {
 impl From<StackRecord> for StackDetail {
     fn from(s: StackRecord) -> Self {
         let item = StackItem::from(&s);
-        Self { item, compose: s.compose, env: s.env, environments: s.deployments.into_iter().map(Into::into).collect() }
+        Self {
+            item,
+            compose: s.compose,
+            env: s.env,
+            env_hidden: false,
+            environments: s.deployments.into_iter().map(Into::into).collect(),
+        }
     }
 }
 
@@ -228,10 +236,27 @@ pub async fn list_stacks(State(state): State<Arc<AppState>>) -> Result<Json<Vec<
     Ok(Json(list.iter().map(StackItem::from).collect()))
 }
 
+/// Empties a stack's variable values for a caller who may only look (a
+/// viewer): they are where a stack's passwords usually are. Their names
+/// stay. Returns whether it did.
+fn hide_env(caller: &Caller, env: &mut BTreeMap<String, String>) -> bool {
+    if caller.role() >= Role::Operator {
+        return false;
+    }
+    env.values_mut().for_each(String::clear);
+    true
+}
+
 /// `GET /api/stacks/{id}`.
-pub async fn stack(State(state): State<Arc<AppState>>, PathId(id): PathId) -> Result<Json<StackDetail>, ApiError> {
+pub async fn stack(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    PathId(id): PathId,
+) -> Result<Json<StackDetail>, ApiError> {
     let record = read_store(&state, move |store| Ok(store.stack(id)?)).await?;
-    Ok(Json(record.into()))
+    let mut detail = StackDetail::from(record);
+    detail.env_hidden = hide_env(&caller, &mut detail.env);
+    Ok(Json(detail))
 }
 
 /// `PUT /api/stacks/{id}`.
@@ -276,19 +301,24 @@ pub async fn remove_stack(State(state): State<Arc<AppState>>, PathId(id): PathId
 /// `GET /api/stacks/{id}/versions`: newest first.
 pub async fn stack_versions(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     PathId(id): PathId,
 ) -> Result<Json<Vec<StackVersionView>>, ApiError> {
     let (record, versions) = read_store(&state, move |store| Ok((store.stack(id)?, store.stack_versions(id)?))).await?;
     Ok(Json(
         versions
             .into_iter()
-            .map(|v| StackVersionView {
-                current: v.version == record.version,
-                version: v.version,
-                created_at: v.created_at,
-                note: v.note,
-                compose: v.compose,
-                env: v.env,
+            .map(|mut v| {
+                let env_hidden = hide_env(&caller, &mut v.env);
+                StackVersionView {
+                    current: v.version == record.version,
+                    version: v.version,
+                    created_at: v.created_at,
+                    note: v.note,
+                    compose: v.compose,
+                    env: v.env,
+                    env_hidden,
+                }
             })
             .collect(),
     ))

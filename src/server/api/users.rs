@@ -20,13 +20,13 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 
-use super::access::{check_new_password, parse_role};
+use super::access::{Caller, check_new_password, parse_role};
 use super::types::{CreateUser, UpdateUser, UserChanged, UserView};
 use super::{ApiError, ApiJson, PathId, read_store, with_store};
 use crate::server::http::{AppState, now};
-use crate::server::store::access::{User, UserChange, generate_password, hash_password};
+use crate::server::store::access::{ADMIN, User, UserChange, generate_password, hash_password};
 
 /// The longest user name, in characters.
 pub const MAX_USER_NAME: usize = 64;
@@ -134,9 +134,15 @@ async fn show(State(state): State<Arc<AppState>>, PathId(id): PathId) -> Result<
 /// transaction; refused whole when one part is.
 async fn update(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     PathId(id): PathId,
     ApiJson(req): ApiJson<UpdateUser>,
 ) -> Result<Json<UserChanged>, ApiError> {
+    if req.password.is_some() && caller.user_id() == Some(id) {
+        return Err(ApiError::invalid(
+            "password: change your own with PUT /api/auth/password, which asks for the current one",
+        ));
+    }
     let role = req.role.as_deref().map(|r| parse_role("role", r)).transpose()?;
     let hash = match req.password {
         Some(p) => {
@@ -169,10 +175,20 @@ async fn update(
 
 /// `DELETE /api/users/{id}`: the user as it was.
 async fn remove(State(state): State<Arc<AppState>>, PathId(id): PathId) -> Result<Json<UserChanged>, ApiError> {
-    let (user, ended) = with_store(&state, move |store| match store.delete_user(id)? {
+    let (user, ended) = with_store(&state, move |store| {
+        // The server makes `admin` again at its next start when there is
+        // none (with a new password): it is disabled instead.
+        if store.user_by_id(id)?.is_some_and(|u| u.name == ADMIN) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "the admin account is not deleted (the server would make it again at its next start): disable it",
+            ));
+        }
+        match store.delete_user(id)? {
         UserChange::Done(u, n) => Ok((u, n)),
         UserChange::NotFound => Err(no_user(id)),
         UserChange::LastAdmin => Err(last_admin()),
+        }
     })
     .await?;
     tracing::info!("user {} deleted; {ended} sessions ended", user.name);

@@ -145,10 +145,14 @@ impl ApiToken {
     /// What it may do now: the least of its own limit and its user's role;
     /// `None` when it may do nothing (its user is disabled or gone).
     pub fn rights(&self) -> Option<Role> {
+        // Whoever holds the data directory holds the server: its token is
+        // the admin's whatever becomes of the `admin` account.
+        if self.data_directory {
+            return Some(Role::Admin);
+        }
         let user = match &self.owner {
             Some((_, _, _, true)) => return None,
             Some((_, _, role, false)) => *role,
-            None if self.data_directory => Role::Admin,
             None => return None,
         };
         Some(self.role.map_or(user, |r| r.min(user)))

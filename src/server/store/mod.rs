@@ -538,7 +538,8 @@ const MIGRATIONS: &[&str] = &[
     // and its tokens are refused). An API token belongs to the user who
     // made it and may carry fewer rights than they have (`role`; NULL: as
     // many as the user). The admin made every token there was.
-    "ALTER TABLE users ADD COLUMN role TEXT NOT NULL DEFAULT 'admin';
+    "ALTER TABLE users ADD COLUMN role TEXT NOT NULL DEFAULT 'viewer';
+    UPDATE users SET role = 'admin' WHERE name = 'admin';
     ALTER TABLE users ADD COLUMN disabled_at INTEGER;
     ALTER TABLE api_tokens ADD COLUMN user_id INTEGER REFERENCES users(id) ON DELETE CASCADE;
     ALTER TABLE api_tokens ADD COLUMN role TEXT;

@@ -416,7 +416,8 @@ pub const MIGRATIONS: &[&str] = &[
     UPDATE stack_deployments SET running_version = version
         WHERE removing = 0 AND command IN (SELECT id FROM commands WHERE status = 'ok');"#,
     // 23: users with roles, and the user each API token belongs to.
-    r#"ALTER TABLE users ADD COLUMN role TEXT COLLATE "C" NOT NULL DEFAULT 'admin';
+    r#"ALTER TABLE users ADD COLUMN role TEXT COLLATE "C" NOT NULL DEFAULT 'viewer';
+    UPDATE users SET role = 'admin' WHERE name = 'admin';
     ALTER TABLE users ADD COLUMN disabled_at BIGINT;
     ALTER TABLE api_tokens ADD COLUMN user_id BIGINT REFERENCES users(id) ON DELETE CASCADE;
     ALTER TABLE api_tokens ADD COLUMN role TEXT COLLATE "C";

@@ -124,8 +124,12 @@ pub struct StackVersionView {
     pub current: bool,
     /// The compose file.
     pub compose: String,
-    /// Its variables.
+    /// Its variables (their values empty for a viewer: see `env_hidden`).
     pub env: BTreeMap<String, String>,
+    /// The values of `env` were left out: the caller is a viewer, and
+    /// variables are where a stack's passwords usually are.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub env_hidden: bool,
 }
 
 /// `POST /api/stacks/{id}/rollback`.
@@ -144,8 +148,11 @@ pub struct StackDetail {
     pub item: StackItem,
     /// The compose file.
     pub compose: String,
-    /// Its variables.
+    /// Its variables (their values empty for a viewer: see `env_hidden`).
     pub env: BTreeMap<String, String>,
+    /// The values of `env` were left out (the caller is a viewer).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub env_hidden: bool,
     /// Per environment.
     pub environments: Vec<DeploymentView>,
 }

@@ -60,6 +60,14 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Teams: which groups of environments their users (not admins) see
+    /// and act on.
+    Team {
+        #[command(subcommand)]
+        command: access::TeamCommand,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// The admin account, offline on the server's data directory.
     Admin {
         #[command(subcommand)]
@@ -181,6 +189,7 @@ impl Command {
             Self::Commands { env, api } => fleet::run_commands(&env, &api),
             Self::Token { command, api } => access::run_token(command, &api),
             Self::User { command, api } => access::run_user(command, &api),
+            Self::Team { command, api } => access::run_team(command, &api),
             Self::Admin { command } => access::run_admin(command),
             Self::Usage { usage, api } => usage::run(&usage, &api),
             Self::Audit { audit, api } => audit::run(&audit, &api),

@@ -19,8 +19,15 @@ use tern::server::api::openapi::{ENDPOINTS, document};
 /// secret reaches viewers unnoticed); the viewer's and the operator's
 /// writes are named, and every other write is the admin's.
 fn expected(method: &str, path: &str) -> &'static str {
-    const ADMIN_READS: &[&str] =
-        &["/api/audit", "/api/users", "/api/users/{id}", "/api/environments/{id}/deploy", "/api/fleet-tokens/{id}"];
+    const ADMIN_READS: &[&str] = &[
+        "/api/audit",
+        "/api/users",
+        "/api/users/{id}",
+        "/api/teams",
+        "/api/teams/{id}",
+        "/api/environments/{id}/deploy",
+        "/api/fleet-tokens/{id}",
+    ];
     const VIEWER_READS: &[&str] = &[
         "/api/openapi.json",
         "/api/auth/me",
@@ -55,8 +62,7 @@ fn expected(method: &str, path: &str) -> &'static str {
         "/api/environments/{id}/commands",
         "/api/commands/{id}",
     ];
-    const VIEWER_WRITES: &[&str] =
-        &["/api/auth/logout", "/api/auth/password", "/api/tokens", "/api/tokens/{id}"];
+    const VIEWER_WRITES: &[&str] = &["/api/auth/logout", "/api/auth/password", "/api/tokens", "/api/tokens/{id}"];
     const OPERATOR_WRITES: &[&str] = &[
         "/api/environments/{id}/commands",
         "/api/commands/{id}",
@@ -104,9 +110,8 @@ fn rank(role: &str) -> u8 {
 /// A user made through the API, with a password given, and a token of
 /// its own (limited to `limit`, when given).
 async fn user_with_token(admin: &mut Api, server: &Server, name: &str, role: &str, limit: Option<&str>) -> Api {
-    let made = admin
-        .ok("POST", "/api/users", Some(json!({ "name": name, "role": role, "password": PASSWORD })), 201)
-        .await;
+    let made =
+        admin.ok("POST", "/api/users", Some(json!({ "name": name, "role": role, "password": PASSWORD })), 201).await;
     assert_eq!(made["user"]["role"], role, "{made}");
     assert!(made.get("password").is_none(), "a given password is not echoed: {made}");
     // The user makes its own token, logged in through the UI's session.
@@ -158,7 +163,8 @@ async fn every_route_is_allowed_or_refused_by_role_as_documented() {
         }
         let need = expected(method, path);
         assert_eq!(
-            doc["paths"][path][method.to_lowercase()]["x-tern-role"], need,
+            doc["paths"][path][method.to_lowercase()]["x-tern-role"],
+            need,
             "{method} {path}: the document's x-tern-role"
         );
         // Ids no row has, so an allowed call finds nothing to change.
@@ -224,12 +230,22 @@ async fn every_route_is_allowed_or_refused_by_role_as_documented() {
     let dd = all.as_array().unwrap().iter().find(|t| t["data_directory"] == true).unwrap()["id"].as_u64().unwrap();
     assert_eq!(operator.call("DELETE", &format!("/api/tokens/{dd}"), None).await.0, 404);
 
-    // A stack's variable values are an operator's to read, not a viewer's.
+    // A stack's variable values are an operator's to read, not a viewer's
+    // (both in a team that sees the environment's group).
+    admin.ok("POST", "/api/groups", Some(json!({ "name": "north" })), 201).await;
     let env = admin
-        .ok("POST", "/api/environments", Some(json!({ "name": "site", "url": server.url() })), 201)
+        .ok("POST", "/api/environments", Some(json!({ "name": "site", "url": server.url(), "group": "north" })), 201)
         .await["id"]
         .as_u64()
         .unwrap();
+    admin
+        .ok(
+            "POST",
+            "/api/teams",
+            Some(json!({ "name": "field", "members": ["vera", "otto"], "groups": ["north"] })),
+            201,
+        )
+        .await;
     let compose = "services:\n  web:\n    image: ${IMAGE}\n";
     let body = json!({ "name": "web", "compose": compose, "env": { "IMAGE": "x:1", "DB_PASSWORD": "s3cret" },
                         "targets": { "environments": [env] } });
@@ -237,7 +253,10 @@ async fn every_route_is_allowed_or_refused_by_role_as_documented() {
     for path in [format!("/api/stacks/{stack}"), format!("/api/stacks/{stack}/versions")] {
         let (_, viewer) = &mut callers[0];
         let seen = viewer.ok("GET", &path, None, 200).await.to_string();
-        assert!(!seen.contains("s3cret") && seen.contains("DB_PASSWORD") && seen.contains("\"env_hidden\":true"), "{seen}");
+        assert!(
+            !seen.contains("s3cret") && seen.contains("DB_PASSWORD") && seen.contains("\"env_hidden\":true"),
+            "{seen}"
+        );
         let (_, operator) = &mut callers[1];
         assert!(operator.ok("GET", &path, None, 200).await.to_string().contains("s3cret"));
     }
@@ -287,8 +306,9 @@ async fn disabling_or_a_new_role_ends_sessions_and_the_last_admin_stays() {
     assert_eq!(admin.call("DELETE", &format!("/api/users/{admin_id}"), None).await.0, 409);
     admin.ok("GET", "/api/users", None, 200).await;
     // The admin's own password is changed with the current one.
-    let (status, reply) =
-        admin.call("PATCH", &format!("/api/users/{admin_id}"), Some(json!({ "password": "a new long password" }))).await;
+    let (status, reply) = admin
+        .call("PATCH", &format!("/api/users/{admin_id}"), Some(json!({ "password": "a new long password" })))
+        .await;
     assert_eq!(status, 422, "{reply}");
     // Bad input changes nothing.
     for body in [json!({ "role": "root" }), json!({ "password": "short" }), json!({ "colour": "red" })] {
@@ -308,7 +328,9 @@ async fn disabling_or_a_new_role_ends_sessions_and_the_last_admin_stays() {
     assert_eq!(users.as_array().unwrap().iter().find(|u| u["name"] == "otto").unwrap()["role"], "viewer");
 
     // A password reset by the admin: the old one stops working.
-    admin.ok("PATCH", &format!("/api/users/{otto_id}"), Some(json!({ "password": "another long password" })), 200).await;
+    admin
+        .ok("PATCH", &format!("/api/users/{otto_id}"), Some(json!({ "password": "another long password" })), 200)
+        .await;
     assert_ne!(UiClient::new(&server).try_login("otto", PASSWORD).await.status, 303);
     assert_eq!(UiClient::new(&server).try_login("otto", "another long password").await.status, 303);
 
@@ -332,11 +354,15 @@ async fn users_are_managed_from_the_cli_and_the_ui() {
             .envs(vars.iter().copied())
             .output()
             .unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
     };
     let (ok, out) = cli(&["user", "create", "ada", "--role", "operator"], &[]);
     assert!(ok, "{out}");
-    let password = out.lines().find_map(|l| l.strip_prefix("password ")).expect("a generated password, shown").to_owned();
+    let password =
+        out.lines().find_map(|l| l.strip_prefix("password ")).expect("a generated password, shown").to_owned();
     assert!(password.len() >= 20, "{out}");
     let (ok, out) = cli(&["user", "create", "bob", "--role", "viewer"], &[("TERN_USER_PASSWORD", PASSWORD)]);
     assert!(ok && !out.contains("password "), "a given password is not printed: {out}");
@@ -348,6 +374,13 @@ async fn users_are_managed_from_the_cli_and_the_ui() {
     assert!(!ok && out.contains("no enabled admin"), "{out}");
     let (ok, out) = cli(&["user", "set", "ada", "--role", "admin"], &[]);
     assert!(ok, "{out}");
+    server.api().ok("POST", "/api/groups", Some(json!({ "name": "coast" })), 201).await;
+    let (ok, out) = cli(&["team", "create", "coastal", "--members", "bob", "--groups", "coast"], &[]);
+    assert!(ok && out.contains("members: bob") && out.contains("groups: coast"), "{out}");
+    let (ok, out) = cli(&["team", "set", "coastal", "--members", "ada,bob"], &[]);
+    assert!(ok && out.contains("members: ada,bob"), "{out}");
+    let (ok, out) = cli(&["team", "create", "x", "--groups", "nowhere"], &[]);
+    assert!(!ok && out.contains("no group"), "{out}");
 
     // The generated password logs in; the viewer's forms are refused with
     // the role's message, and the users page is the admin's.
@@ -356,10 +389,15 @@ async fn users_are_managed_from_the_cli_and_the_ui() {
     let page = ada.get("/users").await;
     assert_eq!(page.status, 200, "{}", page.body);
     assert!(page.body.contains("bob") && page.body.contains("disabled"), "{}", page.body);
+    assert!(page.body.contains("data-team=\"coastal\""), "the team is on the page");
+    let r = ada.submit("/teams", &[("name", "inland"), ("members", "ada"), ("groups", "coast")]).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert!(ada.get("/users").await.body.contains("data-team=\"inland\""));
     let made = ada.submit("/users", &[("name", "cleo"), ("role", "viewer")]).await;
     assert_eq!(made.status, 201, "{}", made.body);
     assert!(made.body.contains("id=\"shown-password\""), "the new user's password is shown once");
-    let cleo_password = made.body.split("<pre class=\"command\">").nth(1).unwrap().split('<').next().unwrap().to_owned();
+    let cleo_password =
+        made.body.split("<pre class=\"command\">").nth(1).unwrap().split('<').next().unwrap().to_owned();
     let mut cleo = UiClient::new(&server);
     assert_eq!(cleo.try_login("cleo", &cleo_password).await.status, 303);
     assert_eq!(cleo.get("/environments").await.status, 200);
@@ -369,5 +407,153 @@ async fn users_are_managed_from_the_cli_and_the_ui() {
     let r = cleo.submit("/settings/groups", &[("name", "cleos-group")]).await;
     assert_eq!(r.status, 403, "{}", r.body);
     assert!(r.body.contains("needs the admin role"), "{}", r.body);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_team_sees_and_acts_on_its_groups_environments_only() {
+    let dir = common::tempdir("tern-teams");
+    let server = Server::start(&dir.join("server"), "127.0.0.1:0");
+    let mut admin = server.api();
+    for g in ["north", "south"] {
+        admin.ok("POST", "/api/groups", Some(json!({ "name": g })), 201).await;
+    }
+    let env = |name: &str, group: Option<&str>| {
+        let mut body = json!({ "name": name, "url": server.url() });
+        if let Some(g) = group {
+            body["group"] = json!(g);
+        }
+        body
+    };
+    let mut ids = Vec::new();
+    for (name, group) in [("n1", Some("north")), ("s1", Some("south")), ("loose", None)] {
+        ids.push(admin.ok("POST", "/api/environments", Some(env(name, group)), 201).await["id"].as_u64().unwrap());
+    }
+    let (n1, s1, loose) = (ids[0], ids[1], ids[2]);
+    let mut otto = user_with_token(&mut admin, &server, "otto", "operator", None).await;
+
+    // In no team: no environment at all.
+    let seen = otto.ok("GET", "/api/environments", None, 200).await;
+    assert_eq!(seen.as_array().unwrap().len(), 0, "{seen}");
+    let team = admin
+        .ok("POST", "/api/teams", Some(json!({ "name": "north-ops", "members": ["otto"], "groups": ["north"] })), 201)
+        .await;
+    assert_eq!((team["members"][0].as_str(), team["groups"][0].as_str()), (Some("otto"), Some("north")), "{team}");
+
+    // The list, one environment, its state and usage: north only.
+    let seen = otto.ok("GET", "/api/environments", None, 200).await;
+    let names: Vec<&str> = seen.as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["n1"]);
+    otto.ok("GET", &format!("/api/environments/{n1}"), None, 200).await;
+    for id in [s1, loose] {
+        for path in [
+            format!("/api/environments/{id}"),
+            format!("/api/environments/{id}/state"),
+            format!("/api/environments/{id}/usage"),
+        ] {
+            let (status, reply) = otto.call("GET", &path, None).await;
+            assert_eq!(status, 404, "{path}: {reply}");
+            assert_eq!(reply["error"], format!("no environment {id}"), "out of scope reads as not there");
+        }
+        let (status, _) = otto
+            .call(
+                "POST",
+                &format!("/api/environments/{id}/commands"),
+                Some(json!({ "action": "container.stop", "target": "x" })),
+            )
+            .await;
+        assert_eq!(status, 404);
+    }
+    let usage = otto.ok("GET", "/api/usage", None, 200).await;
+    let listed: Vec<u64> =
+        usage["environments"].as_array().unwrap().iter().map(|e| e["id"].as_u64().unwrap()).collect();
+    assert!(listed.iter().all(|id| *id == n1), "{usage}");
+    // A command the admin queued on the south is not the operator's.
+    let c = admin
+        .ok(
+            "POST",
+            &format!("/api/environments/{s1}/commands"),
+            Some(json!({ "action": "image.pull", "target": "busybox:1" })),
+            201,
+        )
+        .await["id"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(otto.call("GET", &format!("/api/commands/{c}"), None).await.0, 404);
+    assert_eq!(otto.call("DELETE", &format!("/api/commands/{c}"), None).await.0, 404);
+    let mine = otto
+        .ok(
+            "POST",
+            &format!("/api/environments/{n1}/commands"),
+            Some(json!({ "action": "image.pull", "target": "busybox:1" })),
+            201,
+        )
+        .await["id"]
+        .as_u64()
+        .unwrap();
+    otto.ok("GET", &format!("/api/commands/{mine}"), None, 200).await;
+
+    // Stacks and jobs: only targets inside the team's groups; a refused one
+    // leaves nothing behind.
+    let compose = "services:\n  web:\n    image: busybox\n";
+    let stack = |targets: Value| json!({ "name": "web", "compose": compose, "targets": targets });
+    for targets in
+        [json!({ "environments": [s1] }), json!({ "groups": ["south"] }), json!({ "environments": [n1, loose] })]
+    {
+        let (status, reply) = otto.call("POST", "/api/stacks", Some(stack(targets.clone()))).await;
+        assert_eq!(status, 403, "{targets}: {reply}");
+        assert!(reply["error"].as_str().unwrap().contains("outside your teams' groups"), "{reply}");
+    }
+    assert_eq!(admin.ok("GET", "/api/stacks", None, 200).await.as_array().unwrap().len(), 0, "nothing was made");
+    let ours = otto.ok("POST", "/api/stacks", Some(stack(json!({ "groups": ["north"] }))), 201).await;
+    let ours = ours["id"].as_u64().unwrap_or_else(|| panic!("{ours}"));
+    let theirs = admin
+        .ok(
+            "POST",
+            "/api/stacks",
+            Some(json!({ "name": "db", "compose": compose, "targets": { "groups": ["south"] } })),
+            201,
+        )
+        .await["id"]
+        .as_u64()
+        .unwrap();
+    let listed = otto.ok("GET", "/api/stacks", None, 200).await;
+    assert_eq!(listed.as_array().unwrap().iter().map(|s| s["id"].as_u64().unwrap()).collect::<Vec<_>>(), [ours]);
+    assert_eq!(otto.call("GET", &format!("/api/stacks/{theirs}"), None).await.0, 404);
+    assert_eq!(otto.call("DELETE", &format!("/api/stacks/{theirs}"), None).await.0, 404);
+    // Moving its own stack to the south is refused, and changes nothing.
+    let (status, _) =
+        otto.call("PUT", &format!("/api/stacks/{ours}"), Some(json!({ "targets": { "groups": ["south"] } }))).await;
+    assert_eq!(status, 403);
+    let kept = admin.ok("GET", &format!("/api/stacks/{ours}"), None, 200).await;
+    assert!(!kept["targets"].to_string().contains("south"), "{kept}");
+    let job = |envs: Vec<u64>| json!({ "name": "j", "script": "true", "targets": { "environments": envs } });
+    assert_eq!(otto.call("POST", "/api/jobs", Some(job(vec![s1]))).await.0, 403);
+    otto.ok("POST", "/api/jobs", Some(job(vec![n1])), 201).await;
+    admin.ok("POST", "/api/jobs", Some(job(vec![s1])), 201).await;
+    assert_eq!(otto.ok("GET", "/api/jobs", None, 200).await.as_array().unwrap().len(), 1);
+
+    // The admin sees all of it; the UI's list is the API's.
+    assert_eq!(admin.ok("GET", "/api/environments", None, 200).await.as_array().unwrap().len(), 3);
+    let mut ui = UiClient::new(&server);
+    assert_eq!(ui.try_login("otto", PASSWORD).await.status, 303);
+    let page = ui.get("/environments").await;
+    assert!(page.body.contains(">n1<") && !page.body.contains(">s1<"), "{}", page.body);
+    assert_eq!(ui.get(&format!("/environments/{s1}")).await.status, 404);
+
+    // Out of the team: nothing again.
+    let team_id = team["id"].as_u64().unwrap();
+    admin.ok("PATCH", &format!("/api/teams/{team_id}"), Some(json!({ "members": [] })), 200).await;
+    assert_eq!(otto.ok("GET", "/api/environments", None, 200).await.as_array().unwrap().len(), 0);
+    // Bad input changes nothing.
+    for body in [
+        json!({ "name": "x", "members": ["nobody"] }),
+        json!({ "name": "x", "groups": ["nowhere"] }),
+        json!({ "name": "north-ops" }),
+    ] {
+        let (status, reply) = admin.call("POST", "/api/teams", Some(body.clone())).await;
+        assert!(status == 422 || status == 409, "{body}: {status} {reply}");
+    }
+    assert_eq!(admin.ok("GET", "/api/teams", None, 200).await.as_array().unwrap().len(), 1);
     let _ = std::fs::remove_dir_all(&dir);
 }

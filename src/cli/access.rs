@@ -6,6 +6,7 @@ use anyhow::{Context, bail};
 
 use super::{Api, ApiArgs};
 use crate::server::api::access::{PASSWORD_ENV, PASSWORD_FILE_ENV, given_password};
+use crate::server::api::teams::{TeamBody, TeamView};
 use crate::server::api::types::{CreateToken, CreateUser, CreatedToken, TokenView, UpdateUser, UserChanged, UserView};
 use crate::server::store::Store;
 use crate::server::store::access::{ADMIN, generate_password, hash_password};
@@ -71,6 +72,43 @@ pub enum UserCommand {
     Delete {
         /// Its name or id.
         user: String,
+    },
+}
+
+/// `tern team ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum TeamCommand {
+    /// Create a team.
+    Create {
+        /// Its name.
+        name: String,
+        /// Its users, comma-separated names.
+        #[arg(long, value_delimiter = ',')]
+        members: Vec<String>,
+        /// Its groups, comma-separated names or ids.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+    },
+    /// List teams with their users and groups.
+    List,
+    /// Change a team: each list given replaces the team's.
+    Set {
+        /// Its name or id.
+        team: String,
+        /// A new name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Its users (comma-separated; empty: none).
+        #[arg(long, value_delimiter = ',')]
+        members: Option<Vec<String>>,
+        /// Its groups (comma-separated; empty: none).
+        #[arg(long, value_delimiter = ',')]
+        groups: Option<Vec<String>>,
+    },
+    /// Delete a team (its users and groups stay).
+    Delete {
+        /// Its name or id.
+        team: String,
     },
 }
 
@@ -208,7 +246,13 @@ pub fn run_user(command: UserCommand, args: &ApiArgs) -> anyhow::Result<()> {
         }
         UserCommand::Set { user, role, disable, enable, reset_password } => {
             let id = user_id(&mut api, &user)?;
-            let disabled = if disable { Some(true) } else if enable { Some(false) } else { None };
+            let disabled = if disable {
+                Some(true)
+            } else if enable {
+                Some(false)
+            } else {
+                None
+            };
             let mut password = None;
             if reset_password {
                 password = Some(password_from_env().unwrap_or_else(generate_password));
@@ -229,6 +273,62 @@ pub fn run_user(command: UserCommand, args: &ApiArgs) -> anyhow::Result<()> {
             api.show(&c, |c| {
                 println!("user {} deleted, with its API tokens; {} sessions ended", c.user.name, c.sessions_ended);
             });
+        }
+    }
+    Ok(())
+}
+
+fn group_refs(names: Vec<String>) -> Vec<crate::server::api::types::NameOrId> {
+    use crate::server::api::types::NameOrId;
+    names
+        .into_iter()
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .map(|n| n.parse().map_or(NameOrId::Name(n), NameOrId::Id))
+        .collect()
+}
+
+fn clean(names: Vec<String>) -> Vec<String> {
+    names.into_iter().map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()).collect()
+}
+
+fn team_line(t: &TeamView) {
+    println!("{}  {:<24}  members: {}  groups: {}", t.id, t.name, t.members.join(","), t.groups.join(","));
+}
+
+/// Runs a `tern team` subcommand.
+///
+/// # Errors
+/// When the server cannot be reached or refuses (only an admin may).
+pub fn run_team(command: TeamCommand, args: &ApiArgs) -> anyhow::Result<()> {
+    let mut api = Api::new(args)?;
+    let team_id = |api: &mut Api, team: &str| -> anyhow::Result<u64> {
+        if let Ok(id) = team.parse() {
+            return Ok(id);
+        }
+        let teams: Vec<TeamView> = api.get_as("/api/teams")?;
+        teams.iter().find(|t| t.name == team).map(|t| t.id).with_context(|| format!("no team {team:?}"))
+    };
+    match command {
+        TeamCommand::Create { name, members, groups } => {
+            let body = TeamBody { name: Some(name), members: Some(clean(members)), groups: Some(group_refs(groups)) };
+            let t: TeamView = api.send("POST", "/api/teams", &body)?;
+            api.show(&t, team_line);
+        }
+        TeamCommand::List => {
+            let teams: Vec<TeamView> = api.get_as("/api/teams")?;
+            api.show(&teams, |l| l.iter().for_each(team_line));
+        }
+        TeamCommand::Set { team, name, members, groups } => {
+            let id = team_id(&mut api, &team)?;
+            let body = TeamBody { name, members: members.map(clean), groups: groups.map(group_refs) };
+            let t: TeamView = api.send("PATCH", &format!("/api/teams/{id}"), &body)?;
+            api.show(&t, team_line);
+        }
+        TeamCommand::Delete { team } => {
+            let id = team_id(&mut api, &team)?;
+            api.call("DELETE", &format!("/api/teams/{id}"), None)?;
+            println!("team {team} deleted");
         }
     }
     Ok(())

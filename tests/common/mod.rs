@@ -599,13 +599,7 @@ impl UiClient {
         self.request_with(method, path, form.map(|f| ("application/x-www-form-urlencoded", f)), false).await
     }
 
-    async fn request_with(
-        &mut self,
-        method: &str,
-        path: &str,
-        body: Option<(&str, String)>,
-        api: bool,
-    ) -> UiReply {
+    async fn request_with(&mut self, method: &str, path: &str, body: Option<(&str, String)>, api: bool) -> UiReply {
         use http_body_util::BodyExt as _;
         // A browser keeps the fragment (`#section`) to itself.
         let path = path.split('#').next().unwrap_or(path);

@@ -68,9 +68,7 @@ use super::types::{ChangePassword, CreateToken, CreatedToken, LoggedIn, Login, M
 use super::{ApiError, ApiJson, PathId, read_store, with_store};
 use crate::server::http::{AppState, now};
 use crate::server::store::StoreError;
-use crate::server::store::access::{
-    ADMIN, ApiToken, Role, hash_password, random_bytes, secret_hash, verify_password,
-};
+use crate::server::store::access::{ADMIN, ApiToken, Role, hash_password, random_bytes, secret_hash, verify_password};
 use crate::server::store::prelude::*;
 
 /// The session cookie's name.
@@ -206,6 +204,7 @@ pub fn needs(method: &Method, route: &str) -> Role {
     let under = |prefix: &str| route == prefix || route.strip_prefix(prefix).is_some_and(|r| r.starts_with('/'));
     // Secrets, and the record of who did what: the admin's, reads too.
     if under("/api/users")
+        || under("/api/teams")
         || under("/api/audit")
         || route == "/api/environments/{id}/deploy"
         || route == "/api/fleet-tokens/{id}"
@@ -255,7 +254,10 @@ pub async fn require_role(request: Request, next: Next) -> Response {
         };
         return ApiError::new(
             StatusCode::FORBIDDEN,
-            format!("{} {route} needs the {need} role; {who} has the {role} role. Nothing was changed.", request.method()),
+            format!(
+                "{} {route} needs the {need} role; {who} has the {role} role. Nothing was changed.",
+                request.method()
+            ),
         )
         .into_response();
     }
@@ -511,7 +513,6 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/tokens", post(create_token).get(list_tokens))
         .route("/api/tokens/{id}", delete(revoke_token))
 }
-
 
 /// The routes open to anyone: login (its body is small).
 pub fn public_routes() -> Router<Arc<AppState>> {
@@ -793,10 +794,7 @@ pub async fn create_token(
     let name = check_token_name(&req.name)?;
     let limit = req.role.as_deref().map(|r| parse_role("role", r)).transpose()?;
     if let Some(limit) = limit.filter(|l| *l > caller.role()) {
-        return Err(ApiError::invalid(format!(
-            "role: at most your own ({}); {limit} was asked",
-            caller.role()
-        )));
+        return Err(ApiError::invalid(format!("role: at most your own ({}); {limit} was asked", caller.role())));
     }
     // A token made by a limited token is limited as it is.
     let limit = match (&caller, limit) {
@@ -870,7 +868,10 @@ pub async fn revoke_token(
         if !may_revoke_token(&caller, &t) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
-                format!("API token {id} may do more than this caller ({}): it is not this caller's to revoke", caller.role()),
+                format!(
+                    "API token {id} may do more than this caller ({}): it is not this caller's to revoke",
+                    caller.role()
+                ),
             ));
         }
         store.revoke_api_token(id, now())?.ok_or_else(not_found)

@@ -450,9 +450,11 @@ fn parse_filter(query: Option<&str>) -> Result<crate::server::store::fleet::Filt
 /// `X-Total-Count`.
 pub async fn list_environments(
     State(state): State<Arc<AppState>>,
+    axum::Extension(scope): axum::Extension<super::teams::Scope>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let filter = parse_filter(query.as_deref())?;
+    let mut filter = parse_filter(query.as_deref())?;
+    filter.user = scope.0;
     let now = now();
     let (items, usage, total) = read_usage(&state, move |store| {
         let (items, total) = store.fleet(&filter, now)?;

@@ -119,10 +119,11 @@ pub const MAX_DELIVERY: usize = 10_000;
 /// `POST /api/images/{id}/deliver`.
 pub async fn deliver_image(
     State(state): State<Arc<AppState>>,
+    axum::Extension(scope): axum::Extension<super::teams::Scope>,
     PathId(id): PathId,
     ApiJson(body): ApiJson<DeliverImage>,
 ) -> Result<(StatusCode, Json<Vec<DeliveryView>>), ApiError> {
-    let queued = queue_for(&state, id, body).await?;
+    let queued = queue_for(&state, id, body, scope).await?;
     Ok((StatusCode::ACCEPTED, Json(queued)))
 }
 
@@ -183,10 +184,16 @@ fn no_environment(e: StoreError) -> ApiError {
 
 /// Queues an `image.fetch` of the held image on every environment `body`
 /// names.
-async fn queue_for(state: &Arc<AppState>, id: u64, body: DeliverImage) -> Result<Vec<DeliveryView>, ApiError> {
+async fn queue_for(
+    state: &Arc<AppState>,
+    id: u64,
+    body: DeliverImage,
+    scope: super::teams::Scope,
+) -> Result<Vec<DeliveryView>, ApiError> {
     let targets = check_targets(body)?;
     with_store(state, move |tx| {
         let environments = resolve(tx, targets)?;
+        super::teams::environments_in_scope(tx, scope, &environments, "delivery")?;
         let action = Action::ImageFetch(held(tx, id)?);
         let mut out = Vec::with_capacity(environments.len());
         for environment in environments {

@@ -207,12 +207,14 @@ fn resolve(store: &dyn Transaction, refs: &TargetRefs) -> Result<Vec<u64>, ApiEr
 /// `POST /api/jobs`.
 pub async fn create_job(
     State(state): State<Arc<AppState>>,
+    axum::Extension(scope): axum::Extension<super::teams::Scope>,
     ApiJson(body): ApiJson<CreateJob>,
 ) -> Result<(StatusCode, Json<JobDetail>), ApiError> {
     let (job, refs) = body.check()?;
     let view = with_store(&state, move |store| {
         let envs = resolve(store, &refs)?;
         let id = store.create_job(&job, &envs, super::super::http::now())?;
+        super::teams::job_stays_in_scope(store, scope, id)?;
         detail(store, id)
     })
     .await?;
@@ -220,8 +222,24 @@ pub async fn create_job(
 }
 
 /// `GET /api/jobs`.
-pub async fn list_jobs(State(state): State<Arc<AppState>>) -> Result<Json<Vec<JobItem>>, ApiError> {
-    let jobs = read_store(&state, |store| Ok(store.jobs()?)).await?;
+pub async fn list_jobs(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(scope): axum::Extension<super::teams::Scope>,
+) -> Result<Json<Vec<JobItem>>, ApiError> {
+    let jobs = read_store(&state, move |store| {
+        let mut jobs = store.jobs()?;
+        if let Some(user) = scope.0 {
+            let mut kept = Vec::with_capacity(jobs.len());
+            for j in jobs {
+                if store.job_in_scope(user, j.id)? == Some(true) {
+                    kept.push(j);
+                }
+            }
+            jobs = kept;
+        }
+        Ok(jobs)
+    })
+    .await?;
     Ok(Json(jobs.iter().map(JobItem::from).collect()))
 }
 
@@ -233,6 +251,7 @@ pub async fn job(State(state): State<Arc<AppState>>, PathId(id): PathId) -> Resu
 /// `PUT /api/jobs/{id}`.
 pub async fn update_job(
     State(state): State<Arc<AppState>>,
+    axum::Extension(scope): axum::Extension<super::teams::Scope>,
     PathId(id): PathId,
     ApiJson(body): ApiJson<UpdateJob>,
 ) -> Result<Json<JobDetail>, ApiError> {
@@ -251,6 +270,7 @@ pub async fn update_job(
         })?;
         let envs = refs.as_ref().map(|r| resolve(store, r)).transpose()?;
         store.update_job(id, &job, envs.as_deref(), super::super::http::now())?.ok_or_else(|| not_found(id))?;
+        super::teams::job_stays_in_scope(store, scope, id)?;
         detail(store, id)
     })
     .await?;

@@ -37,6 +37,7 @@ pub mod openapi;
 pub mod registries;
 pub mod stacks;
 pub(crate) mod target;
+pub mod teams;
 pub mod types;
 pub mod uploads;
 pub mod usage;
@@ -294,7 +295,12 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .merge(audit::routes())
         .merge(admission::routes())
         .merge(users::routes())
-        // Innermost: the caller's role against what the route needs
+        .merge(teams::routes())
+        // Innermost: what the caller may see (its teams' groups), for the
+        // handlers, and a 404 for an environment, command, stack or job
+        // out of it.
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), teams::require_scope))
+        // Then the caller's role against what the route needs
         // (a refusal is a 403 the audit log below records).
         .route_layer(axum::middleware::from_fn(access::require_role))
         // Every call that changes something, recorded with its caller

@@ -43,6 +43,17 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "Change a user's role, disable or enable it, or set its password; each ends its sessions.",
     ),
     ("DELETE", "/api/users/{id}", "access", "Delete a user, its sessions and its API tokens."),
+    // Teams: the groups of environments users who are not admins see.
+    (
+        "POST",
+        "/api/teams",
+        "access",
+        "Create a team: users (by name) and the groups of environments they see and act on (201).",
+    ),
+    ("GET", "/api/teams", "access", "List teams with their members and groups."),
+    ("GET", "/api/teams/{id}", "access", "One team."),
+    ("PATCH", "/api/teams/{id}", "access", "Rename a team, or replace its members or groups."),
+    ("DELETE", "/api/teams/{id}", "access", "Delete a team (its users and groups stay)."),
     (
         "GET",
         "/api/audit",

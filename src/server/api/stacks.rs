@@ -33,12 +33,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 
+use super::access::Caller;
+use super::teams::{Scope, stack_stays_in_scope};
 use super::types::{
     CreateStack, DeploymentView, RefBody, Rollback, StackDetail, StackItem, StackTargetView, StackVersionView,
     TargetsBody, UpdateStack,
 };
 use super::{ApiError, ApiJson, PathId, read_store, with_store};
-use super::access::Caller;
 use crate::server::http::AppState;
 use crate::server::store::access::Role;
 use crate::server::store::stacks::{
@@ -215,6 +216,7 @@ pub fn check_compose(compose: &str, env: &BTreeMap<String, String>) -> Result<()
 /// `POST /api/stacks`.
 pub async fn create_stack(
     State(state): State<Arc<AppState>>,
+    Extension(scope): Extension<Scope>,
     ApiJson(body): ApiJson<CreateStack>,
 ) -> Result<(StatusCode, Json<StackDetail>), ApiError> {
     check_name(&body.name)?;
@@ -224,6 +226,7 @@ pub async fn create_stack(
     let new = NewStack { name: body.name, compose: body.compose, env: body.env, targets };
     let record = with_store(&state, move |store| {
         let id = store.create_stack(&new, crate::server::http::now())?;
+        stack_stays_in_scope(store, scope, id)?;
         Ok(store.stack(id)?)
     })
     .await?;
@@ -231,8 +234,24 @@ pub async fn create_stack(
 }
 
 /// `GET /api/stacks`.
-pub async fn list_stacks(State(state): State<Arc<AppState>>) -> Result<Json<Vec<StackItem>>, ApiError> {
-    let list = read_store(&state, move |store| Ok(store.stacks()?)).await?;
+pub async fn list_stacks(
+    State(state): State<Arc<AppState>>,
+    Extension(scope): Extension<Scope>,
+) -> Result<Json<Vec<StackItem>>, ApiError> {
+    let list = read_store(&state, move |store| {
+        let mut list = store.stacks()?;
+        if let Some(user) = scope.0 {
+            let mut kept = Vec::with_capacity(list.len());
+            for s in list {
+                if store.stack_in_scope(user, s.id)? == Some(true) {
+                    kept.push(s);
+                }
+            }
+            list = kept;
+        }
+        Ok(list)
+    })
+    .await?;
     Ok(Json(list.iter().map(StackItem::from).collect()))
 }
 
@@ -262,6 +281,7 @@ pub async fn stack(
 /// `PUT /api/stacks/{id}`.
 pub async fn update_stack(
     State(state): State<Arc<AppState>>,
+    Extension(scope): Extension<Scope>,
     PathId(id): PathId,
     ApiJson(body): ApiJson<UpdateStack>,
 ) -> Result<Json<StackDetail>, ApiError> {
@@ -279,6 +299,7 @@ pub async fn update_stack(
     let change = StackChange { compose: body.compose, env: body.env, targets };
     let record = with_store(&state, move |store| {
         store.update_stack(id, &change, crate::server::http::now())?;
+        stack_stays_in_scope(store, scope, id)?;
         Ok(store.stack(id)?)
     })
     .await?;

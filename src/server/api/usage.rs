@@ -117,11 +117,23 @@ pub async fn environment_usage(
 /// `GET /api/usage?days=N`.
 pub async fn fleet_usage(
     State(state): State<Arc<AppState>>,
+    axum::Extension(scope): axum::Extension<super::teams::Scope>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<FleetUsageView>, ApiError> {
     let days = days(query.as_deref())?;
     let now = super::super::http::now();
-    let fleet = read_usage(&state, move |store| Ok(store.fleet_usage(now, days)?)).await?;
+    let (mut fleet, seen) = read_usage(&state, move |store| {
+        let seen = scope.0.map(|user| store.scoped_environments(user)).transpose()?;
+        Ok((store.fleet_usage(now, days)?, seen))
+    })
+    .await?;
+    // Out of the caller's teams' groups: neither the environments nor the
+    // bytes no environment is charged for.
+    if let Some(seen) = seen {
+        fleet.environments.retain(|e| seen.contains(&e.id));
+        fleet.unattributed_today = Default::default();
+        fleet.unattributed_period = Default::default();
+    }
     let mut total = Span::<UsageView>::default();
     let environments = fleet
         .environments

@@ -185,9 +185,9 @@ async fn remove(State(state): State<Arc<AppState>>, PathId(id): PathId) -> Resul
             ));
         }
         match store.delete_user(id)? {
-        UserChange::Done(u, n) => Ok((u, n)),
-        UserChange::NotFound => Err(no_user(id)),
-        UserChange::LastAdmin => Err(last_admin()),
+            UserChange::Done(u, n) => Ok((u, n)),
+            UserChange::NotFound => Err(no_user(id)),
+            UserChange::LastAdmin => Err(last_admin()),
         }
     })
     .await?;

@@ -432,22 +432,14 @@ impl AccessStore for Tx<'_> {
     fn user(&self, name: &str) -> Result<Option<User>, StoreError> {
         Ok(self
             .conn
-            .query_row(
-                &format!("SELECT {} FROM users WHERE name = ?1", Self::USER_COLUMNS),
-                [name],
-                Self::user_row,
-            )
+            .query_row(&format!("SELECT {} FROM users WHERE name = ?1", Self::USER_COLUMNS), [name], Self::user_row)
             .optional()?)
     }
 
     fn user_by_id(&self, id: u64) -> Result<Option<User>, StoreError> {
         Ok(self
             .conn
-            .query_row(
-                &format!("SELECT {} FROM users WHERE id = ?1", Self::USER_COLUMNS),
-                [sql_id(id)],
-                Self::user_row,
-            )
+            .query_row(&format!("SELECT {} FROM users WHERE id = ?1", Self::USER_COLUMNS), [sql_id(id)], Self::user_row)
             .optional()?)
     }
 
@@ -648,11 +640,7 @@ impl AccessStore for Tx<'_> {
     fn api_token(&self, id: u64) -> Result<Option<ApiToken>, StoreError> {
         Ok(self
             .conn
-            .query_row(
-                &format!("SELECT {} WHERE t.id = ?1", Self::TOKEN_COLUMNS),
-                [sql_id(id)],
-                Self::token_row,
-            )
+            .query_row(&format!("SELECT {} WHERE t.id = ?1", Self::TOKEN_COLUMNS), [sql_id(id)], Self::token_row)
             .optional()?)
     }
 
@@ -735,11 +723,9 @@ impl Tx<'_> {
 
     /// How many users are enabled admins.
     fn enabled_admins(&self) -> Result<i64, StoreError> {
-        Ok(self.conn.query_row(
-            "SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled_at IS NULL",
-            [],
-            |r| r.get(0),
-        )?)
+        Ok(self
+            .conn
+            .query_row("SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled_at IS NULL", [], |r| r.get(0))?)
     }
 
     /// The columns of a token and its user, then the `FROM` (a `WHERE`
@@ -751,12 +737,9 @@ impl Tx<'_> {
         let user: Option<i64> = r.get(6)?;
         let user_name: Option<String> = r.get(7)?;
         let owner = match (user, user_name) {
-            (Some(id), Some(name)) => Some((
-                id as u64,
-                name,
-                Role::stored(&r.get::<String>(8)?),
-                r.get::<Option<i64>>(9)?.is_some(),
-            )),
+            (Some(id), Some(name)) => {
+                Some((id as u64, name, Role::stored(&r.get::<String>(8)?), r.get::<Option<i64>>(9)?.is_some()))
+            }
             _ => None,
         };
         Ok(ApiToken {

@@ -50,6 +50,9 @@ pub const TABLES: &[&str] = &[
     "audit",
     "fleet_tokens",
     "devices",
+    "teams",
+    "team_members",
+    "team_groups",
 ];
 
 /// Rows read at a time.

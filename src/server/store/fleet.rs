@@ -279,6 +279,9 @@ pub struct Filter {
     pub status: Option<Status>,
     /// Whose name contains this (ASCII case-insensitive).
     pub name: Option<String>,
+    /// Only those this user may see through their teams' groups
+    /// (`store::teams`); `None`: all.
+    pub user: Option<u64>,
     /// At most this many (`None`: all).
     pub limit: Option<u64>,
     /// Skipping this many first.
@@ -1483,6 +1486,13 @@ impl Tx<'_> {
             wheres.push("f.online = :online");
             named.push((":online", Box::new(s == Status::Online)));
         }
+        if let Some(u) = filter.user {
+            wheres.push(
+                "f.group_id IN (SELECT tg.group_id FROM team_groups tg JOIN team_members tm ON tm.team = tg.team
+                                WHERE tm.user_id = :scope_user)",
+            );
+            named.push((":scope_user", Box::new(sql_id(u))));
+        }
         if let Some(n) = &filter.name {
             wheres.push("instr(lower(f.name), lower(:name)) > 0");
             named.push((":name", Box::new(n.clone())));
@@ -1816,6 +1826,7 @@ mod tests {
             tag: Some(Ref::Name("solar".into())),
             status: Some(Status::Online),
             name: Some("SITE-1".into()),
+            user: None,
             limit: Some(1000),
             offset: 0,
         };

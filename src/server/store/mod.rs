@@ -39,6 +39,7 @@ pub mod registries;
 pub mod sql;
 pub mod sqlite;
 pub mod stacks;
+pub mod teams;
 pub mod usage;
 
 use std::path::Path;
@@ -544,6 +545,24 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE api_tokens ADD COLUMN user_id INTEGER REFERENCES users(id) ON DELETE CASCADE;
     ALTER TABLE api_tokens ADD COLUMN role TEXT;
     UPDATE api_tokens SET user_id = (SELECT id FROM users WHERE name = 'admin');",
+    // 24: teams (issue #17; `store::teams`): users, and the groups of
+    // environments those users may see and act on (an admin sees all).
+    "CREATE TABLE teams (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE team_members (
+        team INTEGER NOT NULL REFERENCES teams(id) ON DELETE CASCADE,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        PRIMARY KEY (team, user_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX team_members_by_user ON team_members(user_id);
+    CREATE TABLE team_groups (
+        team INTEGER NOT NULL REFERENCES teams(id) ON DELETE CASCADE,
+        group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+        PRIMARY KEY (team, group_id)
+    ) WITHOUT ROWID;",
 ];
 
 /// The interval every timer runs at when neither the environment nor the
@@ -810,6 +829,7 @@ pub trait Transaction:
     + UsageStore
     + RegistryStore
     + ImageStore
+    + TeamStore
 {
 }
 
@@ -825,6 +845,7 @@ impl<
         + UsageStore
         + RegistryStore
         + ImageStore
+        + TeamStore
         + ?Sized,
 > Transaction for T
 {
@@ -896,6 +917,7 @@ pub use images::ImageStore;
 pub use jobs::JobStore;
 pub use registries::RegistryStore;
 pub use stacks::StackStore;
+pub use teams::TeamStore;
 pub use usage::UsageStore;
 
 /// The storage traits, for `use store::prelude::*` where work is done on a
@@ -903,7 +925,7 @@ pub use usage::UsageStore;
 pub mod prelude {
     pub use super::{
         AccessStore, AdmissionStore, Atomic, AuditStore, CommandStore, FleetStore, ImageStore, JobStore, RegistryStore,
-        StackStore, Transaction, UsageStore,
+        StackStore, TeamStore, Transaction, UsageStore,
     };
 }
 

@@ -1149,10 +1149,12 @@ fn tokens_section(ui: &Ui, tokens: &[TokenView], view: &View, now: i64, notice: 
 }
 
 async fn create_token(ui: Ui, Form(f): Form<NameForm>) -> Response {
-    let created = match ui.send_as(Method::POST, "/api/tokens", &CreateToken { name: f.name.clone(), role: None }, &f.csrf).await {
-        Ok(r) => r.parse::<CreatedToken>("/api/tokens"),
-        Err(e) => Err(e),
-    };
+    let created =
+        match ui.send_as(Method::POST, "/api/tokens", &CreateToken { name: f.name.clone(), role: None }, &f.csrf).await
+        {
+            Ok(r) => r.parse::<CreatedToken>("/api/tokens"),
+            Err(e) => Err(e),
+        };
     match created {
         // The secret is in this answer only (pages are sent `no-store`).
         Ok(t) => render(&ui, View { new_token: Some(t), ..View::default() }).await,

@@ -13,9 +13,10 @@ use axum::routing::{get, post};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::stacks::{button_refused, done, no_such, path_id};
+use super::stacks::{button_refused, done, no_such, path_id, split_names};
 use super::{ApiFail, FieldAttrs, Nav, Ui, csrf_field, form_error, now, page, text_field, when};
-use crate::server::api::types::{CreateUser, UpdateUser, UserChanged, UserView};
+use crate::server::api::teams::{TeamBody, TeamView};
+use crate::server::api::types::{CreateUser, NameOrId, UpdateUser, UserChanged, UserView};
 use crate::server::http::AppState;
 
 /// The routes.
@@ -27,6 +28,29 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/users/{id}/enable", post(enable))
         .route("/users/{id}/password", post(reset_password))
         .route("/users/{id}/delete", post(delete))
+        .route("/teams", post(create_team))
+        .route("/teams/{id}", post(save_team))
+        .route("/teams/{id}/delete", post(delete_team))
+}
+
+/// A team's form.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct TeamForm {
+    csrf: String,
+    name: String,
+    members: String,
+    groups: String,
+}
+
+impl TeamForm {
+    fn body(&self, name: bool) -> TeamBody {
+        TeamBody {
+            name: name.then(|| self.name.clone()),
+            members: Some(split_names(&self.members)),
+            groups: Some(split_names(&self.groups).into_iter().map(NameOrId::Name).collect()),
+        }
+    }
 }
 
 /// The new user form, and the buttons' forms.
@@ -38,11 +62,8 @@ struct UserForm {
     role: String,
 }
 
-const ROLES: [(&str, &str); 3] = [
-    ("viewer", "viewer: looks"),
-    ("operator", "operator: acts on what runs"),
-    ("admin", "admin: everything"),
-];
+const ROLES: [(&str, &str); 3] =
+    [("viewer", "viewer: looks"), ("operator", "operator: acts on what runs"), ("admin", "admin: everything")];
 
 fn role_select(id: &str, selected: &str) -> Markup {
     html! {
@@ -67,6 +88,10 @@ async fn render(
     status: StatusCode,
 ) -> Response {
     let users: Vec<UserView> = match ui.load_as("/api/users").await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let teams: Vec<TeamView> = match ui.load_as("/api/teams").await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -141,6 +166,46 @@ async fn render(
             p.muted { "A password is generated and shown once; the user changes it in Settings." }
             button type="submit" id="create-user" { "Add user" }
         }
+        h2 id="teams" { "Teams" }
+        p.muted { "A user who is not an admin sees, and acts on, only the environments in the groups of their teams, \
+                   and the stacks, jobs, commands and usage of those; a user in no team sees no environment." }
+        @if teams.is_empty() {
+            p.muted id="no-teams" { "No team yet." }
+        } @else {
+            div.scroll { table.list id="teams-list" {
+                thead { tr {
+                    th scope="col" { "Team" } th scope="col" { "Members and groups (comma-separated)" } th scope="col" { "" }
+                } }
+                tbody { @for t in &teams {
+                    tr data-team=(t.name) {
+                        td { (t.name) }
+                        td {
+                            form.inline method="post" action={ "/teams/" (t.id) } {
+                                (csrf_field(&ui.csrf))
+                                input type="text" name="members" value=(t.members.join(", ")) aria-label="Members";
+                                input type="text" name="groups" value=(t.groups.join(", ")) aria-label="Groups";
+                                button type="submit" id={ "save-team-" (t.id) } { "Save" }
+                            }
+                        }
+                        td {
+                            form.inline method="post" action={ "/teams/" (t.id) "/delete" }
+                                data-confirm={ "Delete the team " (t.name) "? Its users lose what it gave them." } {
+                                (csrf_field(&ui.csrf))
+                                button type="submit" id={ "delete-team-" (t.id) } { "Delete" }
+                            }
+                        }
+                    }
+                } }
+            } }
+        }
+        h3 { "New team" }
+        form method="post" action="/teams" id="new-team" {
+            (csrf_field(&ui.csrf))
+            (text_field("name", "Name", "", None, FieldAttrs { required: true, placeholder: Some("north-ops"), ..FieldAttrs::default() }))
+            (text_field("members", "Members", "", None, FieldAttrs { placeholder: Some("alice, bob"), ..FieldAttrs::default() }))
+            (text_field("groups", "Groups", "", None, FieldAttrs { placeholder: Some("north, coast"), ..FieldAttrs::default() }))
+            button type="submit" id="create-team" { "Add team" }
+        }
     };
     (status, page(ui, Nav::Users, "Users", body)).into_response()
 }
@@ -150,7 +215,16 @@ async fn create(ui: Ui, headers: HeaderMap, axum::Form(f): axum::Form<UserForm>)
     match ui.send_as(Method::POST, "/api/users", &body, &f.csrf).await {
         Ok(r) if super::wants_json(&headers) => done(&headers, StatusCode::CREATED, r.json, "/users"),
         Ok(r) => match serde_json::from_value::<UserChanged>(r.json) {
-            Ok(c) => render(&ui, &UserForm { role: "viewer".into(), ..UserForm::default() }, None, Some(&c), StatusCode::CREATED).await,
+            Ok(c) => {
+                render(
+                    &ui,
+                    &UserForm { role: "viewer".into(), ..UserForm::default() },
+                    None,
+                    Some(&c),
+                    StatusCode::CREATED,
+                )
+                .await
+            }
             Err(_) => done(&headers, StatusCode::CREATED, serde_json::Value::Null, "/users"),
         },
         Err(e) if e.status == StatusCode::UNAUTHORIZED || e.status == StatusCode::FORBIDDEN => {
@@ -211,5 +285,38 @@ async fn delete(ui: Ui, Path(id): Path<String>, headers: HeaderMap, axum::Form(f
     match ui.send(Method::DELETE, &format!("/api/users/{id}"), &serde_json::Value::Null, &f.csrf).await {
         Ok(r) => done(&headers, StatusCode::OK, r.json, "/users"),
         Err(e) => button_refused(&ui, Nav::Users, &headers, &e, "/users"),
+    }
+}
+
+async fn create_team(ui: Ui, headers: HeaderMap, axum::Form(f): axum::Form<TeamForm>) -> Response {
+    match ui.send_as(Method::POST, "/api/teams", &f.body(true), &f.csrf).await {
+        Ok(r) => done(&headers, StatusCode::CREATED, r.json, "/users#teams"),
+        Err(e) => button_refused(&ui, Nav::Users, &headers, &e, "/users#teams"),
+    }
+}
+
+async fn save_team(
+    ui: Ui,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    axum::Form(f): axum::Form<TeamForm>,
+) -> Response {
+    let Some(id) = path_id(&id) else { return no_such("team") };
+    match ui.send_as(Method::PATCH, &format!("/api/teams/{id}"), &f.body(false), &f.csrf).await {
+        Ok(r) => done(&headers, StatusCode::OK, r.json, "/users#teams"),
+        Err(e) => button_refused(&ui, Nav::Users, &headers, &e, "/users#teams"),
+    }
+}
+
+async fn delete_team(
+    ui: Ui,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    axum::Form(f): axum::Form<TeamForm>,
+) -> Response {
+    let Some(id) = path_id(&id) else { return no_such("team") };
+    match ui.send(Method::DELETE, &format!("/api/teams/{id}"), &serde_json::Value::Null, &f.csrf).await {
+        Ok(r) => done(&headers, StatusCode::NO_CONTENT, r.json, "/users#teams"),
+        Err(e) => button_refused(&ui, Nav::Users, &headers, &e, "/users#teams"),
     }
 }

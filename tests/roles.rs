@@ -27,19 +27,19 @@ fn expected(method: &str, path: &str) -> &'static str {
         "/api/teams/{id}",
         "/api/environments/{id}/deploy",
         "/api/fleet-tokens/{id}",
+        "/api/fleet-tokens",
+        "/api/devices",
+        "/api/devices/{id}",
+        "/api/rollouts",
+        "/api/rollouts/{id}",
     ];
     const VIEWER_READS: &[&str] = &[
         "/api/openapi.json",
         "/api/auth/me",
         "/api/tokens",
-        "/api/fleet-tokens",
-        "/api/devices",
-        "/api/devices/{id}",
         "/api/images",
         "/api/images/{id}",
         "/api/environments/{id}/transfer-limits",
-        "/api/rollouts",
-        "/api/rollouts/{id}",
         "/api/registries",
         "/api/registries/{id}",
         "/api/environments",
@@ -464,6 +464,14 @@ async fn a_team_sees_and_acts_on_its_groups_environments_only() {
             .await;
         assert_eq!(status, 404);
     }
+    // An id spelled with %-escapes is the same id to the check as to the
+    // handler.
+    let escaped = |id: u64| id.to_string().bytes().map(|b| format!("%{b:02X}")).collect::<String>();
+    for path in [format!("/api/environments/{}", escaped(s1)), format!("/api/environments/{}/state", escaped(s1))] {
+        assert_eq!(otto.call("GET", &path, None).await.0, 404, "{path}");
+    }
+    otto.ok("GET", &format!("/api/environments/{}", escaped(n1)), None, 200).await;
+    assert_eq!(otto.call("GET", "/api/environments/x1", None).await.0, 404, "an id that is no number is refused");
     let usage = otto.ok("GET", "/api/usage", None, 200).await;
     let listed: Vec<u64> =
         usage["environments"].as_array().unwrap().iter().map(|e| e["id"].as_u64().unwrap()).collect();
@@ -517,6 +525,20 @@ async fn a_team_sees_and_acts_on_its_groups_environments_only() {
         .await["id"]
         .as_u64()
         .unwrap();
+    // A stack whose every target is gone is the admin's, not everyone's.
+    let gone = admin.ok("POST", "/api/environments", Some(env("gone", None)), 201).await["id"].as_u64().unwrap();
+    let orphan = admin
+        .ok(
+            "POST",
+            "/api/stacks",
+            Some(json!({ "name": "orphan", "compose": compose, "targets": { "environments": [gone] } })),
+            201,
+        )
+        .await["id"]
+        .as_u64()
+        .unwrap();
+    admin.call("DELETE", &format!("/api/environments/{gone}"), None).await;
+    assert_eq!(otto.call("GET", &format!("/api/stacks/{orphan}"), None).await.0, 404);
     let listed = otto.ok("GET", "/api/stacks", None, 200).await;
     assert_eq!(listed.as_array().unwrap().iter().map(|s| s["id"].as_u64().unwrap()).collect::<Vec<_>>(), [ours]);
     assert_eq!(otto.call("GET", &format!("/api/stacks/{theirs}"), None).await.0, 404);

@@ -145,6 +145,9 @@ pub enum Caller {
         username: String,
         /// What it may do now.
         role: Role,
+        /// Its user's own role (what decides what it sees: see
+        /// `teams::Scope`).
+        user_role: Role,
     },
     /// A UI session.
     Session {
@@ -168,6 +171,14 @@ impl Caller {
     pub const fn role(&self) -> Role {
         match self {
             Self::Token { role, .. } | Self::Session { role, .. } => *role,
+        }
+    }
+
+    /// The caller's user's own role (a token's may be limited below it).
+    pub const fn user_role(&self) -> Role {
+        match self {
+            Self::Token { user_role, .. } => *user_role,
+            Self::Session { role, .. } => *role,
         }
     }
 
@@ -197,7 +208,9 @@ impl Caller {
 /// * **admin**: everything else: environments (creating, changing,
 ///   deleting, their join tokens and secrets), onboarding (fleet tokens,
 ///   the waiting room), groups, tags, settings, registries, agent updates,
-///   users; and reading join tokens, fleet keys, users and the audit log.
+///   users, teams; and reading join tokens, fleet keys, the waiting room
+///   and agent updates (they name environments of every team), users,
+///   teams and the audit log.
 ///
 /// A route not named here needs the admin for anything but a read.
 pub fn needs(method: &Method, route: &str) -> Role {
@@ -206,8 +219,10 @@ pub fn needs(method: &Method, route: &str) -> Role {
     if under("/api/users")
         || under("/api/teams")
         || under("/api/audit")
+        || under("/api/rollouts")
+        || under("/api/devices")
+        || under("/api/fleet-tokens")
         || route == "/api/environments/{id}/deploy"
-        || route == "/api/fleet-tokens/{id}"
     {
         return Role::Admin;
     }
@@ -446,8 +461,10 @@ pub async fn authenticate(state: &Arc<AppState>, method: &Method, headers: &Head
                 let id = t.id;
                 with_store(state, move |store| Ok(store.touch_api_token(id, now)?)).await?;
             }
+            // The data directory's token is the admin's whatever its owner.
+            let user_role = if t.data_directory { Role::Admin } else { t.owner.as_ref().map_or(role, |o| o.2) };
             let (user_id, username) = t.owner.map_or((None, ADMIN.to_owned()), |(id, name, ..)| (Some(id), name));
-            Ok(Caller::Token { id: t.id, name: t.name, user_id, username, role })
+            Ok(Caller::Token { id: t.id, name: t.name, user_id, username, role, user_role })
         }
         Presented::Cookie(id) => {
             if id.is_empty() {

@@ -20,7 +20,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{FromRequestParts as _, MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -46,8 +46,10 @@ pub struct Scope(pub Option<u64>);
 
 impl Scope {
     /// The caller's.
+    /// By the user's own role, not a token's limit: an admin's token
+    /// limited to operating still sees the fleet (and acts as an operator).
     pub fn of(caller: &Caller) -> Self {
-        if caller.role() == Role::Admin { Self(None) } else { Self(Some(caller.user_id().unwrap_or(0))) }
+        if caller.user_role() == Role::Admin { Self(None) } else { Self(Some(caller.user_id().unwrap_or(0))) }
     }
 }
 
@@ -206,21 +208,21 @@ async fn remove(State(state): State<Arc<AppState>>, PathId(id): PathId) -> Resul
     if gone { Ok(StatusCode::NO_CONTENT) } else { Err(no_team(id)) }
 }
 
-/// What a route acts on that has an environment: `(kind, id)` from the
-/// path, for the routes under `/api/environments/{id}`, `/api/commands/{id}`,
-/// `/api/stacks/{id}` and `/api/jobs/{id}`.
-fn scoped_object(route: &str, path: &str) -> Option<(&'static str, u64)> {
-    let kind = [
-        ("/api/environments/{id}", "environment"),
-        ("/api/commands/{id}", "command"),
-        ("/api/stacks/{id}", "stack"),
-        ("/api/jobs/{id}", "job"),
-    ]
-    .into_iter()
-    .find(|(prefix, _)| route == *prefix || route.strip_prefix(prefix).is_some_and(|r| r.starts_with('/')))?
-    .1;
-    let id = path.split('/').nth(3)?.parse().ok()?;
-    Some((kind, id))
+/// What kind of thing a route acts on that belongs to environments: for
+/// the routes under `/api/environments/{id}`, `/api/commands/{id}`,
+/// `/api/stacks/{id}` and `/api/jobs/{id}`; its id is the route's `{id}`.
+fn scoped_kind(route: &str) -> Option<&'static str> {
+    Some(
+        [
+            ("/api/environments/{id}", "environment"),
+            ("/api/commands/{id}", "command"),
+            ("/api/stacks/{id}", "stack"),
+            ("/api/jobs/{id}", "job"),
+        ]
+        .into_iter()
+        .find(|(prefix, _)| route == *prefix || route.strip_prefix(prefix).is_some_and(|r| r.starts_with('/')))?
+        .1,
+    )
 }
 
 /// The middleware behind the role check: hands handlers the caller's
@@ -232,7 +234,19 @@ pub async fn require_scope(State(state): State<Arc<AppState>>, mut request: Requ
     request.extensions_mut().insert(scope);
     let Some(user) = scope.0 else { return next.run(request).await };
     let route = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_default();
-    if let Some((kind, id)) = scoped_object(&route, request.uri().path()) {
+    if let Some(kind) = scoped_kind(&route) {
+        // The id as the handler reads it: percent-decoded (`%31` is 1), so
+        // the two cannot disagree; one that does not read as a number is
+        // refused here (fail closed), not passed on.
+        let (mut parts, body) = request.into_parts();
+        let id = axum::extract::RawPathParams::from_request_parts(&mut parts, &())
+            .await
+            .ok()
+            .and_then(|p| p.iter().find(|(k, _)| *k == "id").and_then(|(_, v)| v.parse::<u64>().ok()));
+        request = Request::from_parts(parts, body);
+        let Some(id) = id else {
+            return ApiError::new(StatusCode::NOT_FOUND, format!("no such {kind}: ids are numbers")).into_response();
+        };
         let seen = read_store(&state, move |s| {
             Ok(match kind {
                 "environment" => s.environment_in_scope(user, id)?,
@@ -301,16 +315,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_object_of_a_route_is_read_from_its_path() {
-        assert_eq!(
-            scoped_object("/api/environments/{id}/state/{part}", "/api/environments/7/state/x"),
-            Some(("environment", 7))
-        );
-        assert_eq!(scoped_object("/api/commands/{id}", "/api/commands/12"), Some(("command", 12)));
-        assert_eq!(scoped_object("/api/stacks/{id}/versions", "/api/stacks/3/versions"), Some(("stack", 3)));
-        assert_eq!(scoped_object("/api/jobs/{id}/runs", "/api/jobs/4/runs"), Some(("job", 4)));
-        assert_eq!(scoped_object("/api/environments", "/api/environments"), None);
-        assert_eq!(scoped_object("/api/environments/{id}", "/api/environments/abc"), None, "the handler's 400");
-        assert_eq!(scoped_object("/api/stacks", "/api/stacks"), None);
+    fn the_kind_of_a_route_is_read_from_its_template() {
+        assert_eq!(scoped_kind("/api/environments/{id}/state/{part}"), Some("environment"));
+        assert_eq!(scoped_kind("/api/environments/{id}"), Some("environment"));
+        assert_eq!(scoped_kind("/api/commands/{id}"), Some("command"));
+        assert_eq!(scoped_kind("/api/stacks/{id}/versions"), Some("stack"));
+        assert_eq!(scoped_kind("/api/jobs/{id}/runs"), Some("job"));
+        assert_eq!(scoped_kind("/api/environments"), None);
+        assert_eq!(scoped_kind("/api/stacks"), None);
+        assert_eq!(scoped_kind("/api/stacksx/{id}"), None);
     }
 }

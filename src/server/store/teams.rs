@@ -87,16 +87,17 @@ pub trait TeamStore {
     /// When the database fails.
     fn command_in_scope(&self, user: u64, id: u64) -> Result<Option<bool>, StoreError>;
 
-    /// Whether `user` may see stack `id`: every target of it is one of
-    /// their groups or an environment in one (a tag may reach beyond
-    /// them), and so is every environment it is on. `None`: no such stack.
+    /// Whether `user` may see stack `id`: it has a target, every target of
+    /// it is one of their groups or an environment in one (a tag may reach
+    /// beyond them), and so is every environment it is on (a stack whose
+    /// targets are all gone is the admin's). `None`: no such stack.
     ///
     /// # Errors
     /// When the database fails.
     fn stack_in_scope(&self, user: u64, id: u64) -> Result<Option<bool>, StoreError>;
 
-    /// Whether `user` may see job `id`: every environment it targets is in
-    /// their groups. `None`: no such job.
+    /// Whether `user` may see job `id`: it targets an environment, and
+    /// every one is in their groups. `None`: no such job.
     ///
     /// # Errors
     /// When the database fails.
@@ -240,7 +241,8 @@ impl TeamStore for Tx<'_> {
             .conn
             .query_row(
                 &format!(
-                    "SELECT NOT EXISTS (SELECT 1 FROM stack_targets t WHERE t.stack = s.id AND NOT (
+                    "SELECT EXISTS (SELECT 1 FROM stack_targets t WHERE t.stack = s.id)
+                     AND NOT EXISTS (SELECT 1 FROM stack_targets t WHERE t.stack = s.id AND NOT (
                             (t.group_id IS NOT NULL AND t.group_id IN ({SCOPE_GROUPS}))
                          OR (t.environment IS NOT NULL AND t.environment IN ({envs}))))
                      AND NOT EXISTS (SELECT 1 FROM stack_deployments d WHERE d.stack = s.id
@@ -258,7 +260,8 @@ impl TeamStore for Tx<'_> {
             .conn
             .query_row(
                 &format!(
-                    "SELECT NOT EXISTS (SELECT 1 FROM job_targets t WHERE t.job = j.id AND t.environment NOT IN ({}))
+                    "SELECT EXISTS (SELECT 1 FROM job_targets t WHERE t.job = j.id)
+                     AND NOT EXISTS (SELECT 1 FROM job_targets t WHERE t.job = j.id AND t.environment NOT IN ({}))
                      FROM jobs j WHERE j.id = ?2",
                     scoped_envs()
                 ),

@@ -528,8 +528,8 @@ pub fn page(ui: &Ui, nav: Nav, title: &str, body: Markup) -> Markup {
                         (item(Nav::Environments, "/environments", "Environments"))
                         (item(Nav::Stacks, "/stacks", "Stacks"))
                         (item(Nav::Jobs, "/jobs", "Jobs"))
-                        (item(Nav::Devices, "/devices", "Waiting room"))
                         @if ui.admin() {
+                            (item(Nav::Devices, "/devices", "Waiting room"))
                             (item(Nav::Audit, "/audit", "Audit"))
                             (item(Nav::Users, "/users", "Users"))
                         }

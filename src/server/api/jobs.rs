@@ -227,17 +227,7 @@ pub async fn list_jobs(
     axum::Extension(scope): axum::Extension<super::teams::Scope>,
 ) -> Result<Json<Vec<JobItem>>, ApiError> {
     let jobs = read_store(&state, move |store| {
-        let mut jobs = store.jobs()?;
-        if let Some(user) = scope.0 {
-            let mut kept = Vec::with_capacity(jobs.len());
-            for j in jobs {
-                if store.job_in_scope(user, j.id)? == Some(true) {
-                    kept.push(j);
-                }
-            }
-            jobs = kept;
-        }
-        Ok(jobs)
+        super::teams::keep_in_scope(store, scope, store.jobs()?, |j| j.id, |s, user, id| s.job_in_scope(user, id))
     })
     .await?;
     Ok(Json(jobs.iter().map(JobItem::from).collect()))

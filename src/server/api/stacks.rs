@@ -239,17 +239,7 @@ pub async fn list_stacks(
     Extension(scope): Extension<Scope>,
 ) -> Result<Json<Vec<StackItem>>, ApiError> {
     let list = read_store(&state, move |store| {
-        let mut list = store.stacks()?;
-        if let Some(user) = scope.0 {
-            let mut kept = Vec::with_capacity(list.len());
-            for s in list {
-                if store.stack_in_scope(user, s.id)? == Some(true) {
-                    kept.push(s);
-                }
-            }
-            list = kept;
-        }
-        Ok(list)
+        super::teams::keep_in_scope(store, scope, store.stacks()?, |s| s.id, |s, user, id| s.stack_in_scope(user, id))
     })
     .await?;
     Ok(Json(list.iter().map(StackItem::from).collect()))

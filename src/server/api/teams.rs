@@ -300,6 +300,28 @@ pub fn job_stays_in_scope(store: &dyn Transaction, scope: Scope, id: u64) -> Res
     }
 }
 
+/// The items of a list the caller may see (all, for an admin): `id` reads
+/// an item's id, `seen` asks the store whether `user` may see it.
+///
+/// # Errors
+/// The store's.
+pub fn keep_in_scope<T>(
+    store: &dyn Transaction,
+    scope: Scope,
+    items: Vec<T>,
+    id: impl Fn(&T) -> u64,
+    seen: impl Fn(&dyn Transaction, u64, u64) -> Result<Option<bool>, crate::server::store::StoreError>,
+) -> Result<Vec<T>, ApiError> {
+    let Some(user) = scope.0 else { return Ok(items) };
+    let mut kept = Vec::with_capacity(items.len());
+    for item in items {
+        if seen(store, user, id(&item))? == Some(true) {
+            kept.push(item);
+        }
+    }
+    Ok(kept)
+}
+
 /// Refuses environments the caller may not see.
 ///
 /// # Errors

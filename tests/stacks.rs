@@ -554,3 +554,48 @@ async fn a_failed_deploy_is_retried_with_backoff_and_runs_once_its_image_arrives
     let _ = std::fs::remove_dir_all(&dir);
     docker(&["rmi", &image]);
 }
+
+/// A stack variable with a value of the environment's own (issue #17): the
+/// environment's value is what the stack's containers get there, from the
+/// stack's next deploy; the stack keeps its own; names the stack does not
+/// declare are not passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_environment_gives_a_stack_variable_its_own_value() {
+    let prefix = format!("tern-test-stk-{}-ev", std::process::id());
+    let objects = Objects::new(&prefix);
+    let _project = ComposeProject(prefix.clone());
+    let dir = tempdir("tern-stacks-env-values");
+    let server = Server::start(&dir.join("server"), "127.0.0.1:0");
+    let mut api = server.api();
+    let (env, _agent) = env_with_agent(&mut api, &server, &dir, "ev-env", "builtin").await;
+    let vars = format!("/api/environments/{env}/variables");
+    // Bad input changes nothing.
+    api.ok("PUT", &vars, Some(json!({"1BAD": "x"})), 422).await;
+    api.ok("PUT", &vars, Some(json!({"PATH": "/tmp"})), 422).await;
+    api.ok("PUT", "/api/environments/999/variables", Some(json!({})), 404).await;
+    assert_eq!(api.ok("GET", &vars, None, 200).await["variables"], json!({}));
+    let set = api.ok("PUT", &vars, Some(json!({"GREETING": "hej from site 7", "UNUSED": "x"})), 200).await;
+    assert_eq!(set["variables"]["GREETING"], "hej from site 7", "{set}");
+
+    let body = json!({"name": prefix, "compose": COMPOSE, "env": {"IMAGE": objects.image, "GREETING": "hello"},
+                      "targets": {"environments": [env]}});
+    let stack = api.ok("POST", "/api/stacks", Some(body), 201).await["id"].as_u64().unwrap();
+    let shown = wait_status(&mut api, stack, env, "running", 1).await;
+    assert_eq!(shown["env"]["GREETING"], "hello", "the stack keeps its own value: {shown}");
+    let web = project_containers(&prefix, "web")[0].clone();
+    let seen = inspect(&web, "{{json .Config.Env}}");
+    assert!(seen.contains("GREETING=hej from site 7"), "{seen}");
+    assert!(!seen.contains("UNUSED"), "{seen}");
+
+    // Set from the CLI; the stack's next version takes it.
+    let out = tern(&server, &["env", "vars", "ev-env", "GREETING=second"]);
+    assert!(out.contains("GREETING=second"), "{out}");
+    let v2 = json!({"env": {"IMAGE": objects.image, "GREETING": "hello", "V": "2"}});
+    api.ok("PUT", &format!("/api/stacks/{stack}"), Some(v2), 200).await;
+    wait_status(&mut api, stack, env, "running", 2).await;
+    let web = project_containers(&prefix, "web")[0].clone();
+    assert!(inspect(&web, "{{json .Config.Env}}").contains("GREETING=second"));
+    let out = tern(&server, &["env", "vars", "ev-env", "--clear"]);
+    assert!(out.trim().is_empty(), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -171,6 +171,19 @@ pub enum EnvCommand {
         /// Its id or name.
         env: String,
     },
+    /// This environment's own values of stack variables: with NAME=VALUE
+    /// arguments, sets them (replacing all; --clear removes them all); a
+    /// stack that declares a NAME is deployed here with its VALUE, from the
+    /// stack's next deploy.
+    Vars {
+        /// Its id or name.
+        env: String,
+        /// NAME=VALUE pairs.
+        values: Vec<String>,
+        /// Remove every value.
+        #[arg(long, conflicts_with = "values")]
+        clear: bool,
+    },
     /// The stored state: a summary, or one part of it.
     State {
         /// Its id or name.
@@ -464,6 +477,27 @@ pub fn run(command: EnvCommand, args: &ApiArgs) -> anyhow::Result<()> {
             let body = UpdateEnvironment { tags: Some(now), ..UpdateEnvironment::default() };
             let e: EnvironmentFull = api.send("PATCH", &format!("/api/environments/{id}"), &body)?;
             api.show(&e, |e| println!("environment {id} tags: {}", tags(&e.item)));
+        }
+        EnvCommand::Vars { env, values, clear } => {
+            let id = env_id(&mut api, &env)?;
+            let path = format!("/api/environments/{id}/variables");
+            let v: crate::server::api::stacks::EnvironmentVariables = if values.is_empty() && !clear {
+                api.get_as(&path)?
+            } else {
+                let mut map = std::collections::BTreeMap::new();
+                for pair in values {
+                    let Some((k, v)) = pair.split_once('=') else {
+                        anyhow::bail!("{pair:?}: give NAME=VALUE");
+                    };
+                    map.insert(k.to_owned(), v.to_owned());
+                }
+                api.send("PUT", &path, &map)?
+            };
+            api.show(&v, |v| {
+                for (k, value) in &v.variables {
+                    if v.env_hidden { println!("{k}") } else { println!("{k}={value}") }
+                }
+            });
         }
         EnvCommand::Rm { env } => {
             let id = env_id(&mut api, &env)?;

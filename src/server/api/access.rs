@@ -238,6 +238,7 @@ pub fn needs(method: &Method, route: &str) -> Role {
         "/api/commands",
         "/api/environments/{id}/stacks",
         "/api/environments/{id}/intervals",
+        "/api/environments/{id}/variables",
         "/api/environments/{id}/transfer-limits",
         "/api/stacks",
         "/api/jobs",

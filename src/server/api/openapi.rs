@@ -192,6 +192,18 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "environments",
         "A new secret and join token; the old ones are refused at once. Answers as .../deploy.",
     ),
+    (
+        "GET",
+        "/api/environments/{id}/variables",
+        "stacks",
+        "An environment's own values of stack variables (names only, for a viewer).",
+    ),
+    (
+        "PUT",
+        "/api/environments/{id}/variables",
+        "stacks",
+        "Replace them: a stack declaring one of these names is deployed here with this value, from its next deploy.",
+    ),
     ("GET", "/api/environments/{id}/usage", "usage", "Bytes used by one environment: per hour, per day, total."),
     ("GET", "/api/usage", "usage", "Bytes used by every environment, today and over N days."),
     // Groups, tags, settings.

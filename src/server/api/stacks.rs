@@ -368,6 +368,52 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/stacks/{id}", get(stack).put(update_stack).delete(remove_stack))
         .route("/api/stacks/{id}/versions", get(stack_versions))
         .route("/api/stacks/{id}/rollback", post(rollback_stack))
+        .route("/api/environments/{id}/variables", get(environment_variables).put(set_environment_variables))
+}
+
+/// An environment's own values of stack variables.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EnvironmentVariables {
+    /// Name to value (values empty for a viewer: see `env_hidden`).
+    pub variables: BTreeMap<String, String>,
+    /// The values were left out: the caller is a viewer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub env_hidden: bool,
+}
+
+/// `GET /api/environments/{id}/variables`.
+pub async fn environment_variables(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    PathId(id): PathId,
+) -> Result<Json<EnvironmentVariables>, ApiError> {
+    let mut variables = read_store(&state, move |store| {
+        store.environment(id)?;
+        Ok(store.environment_variables(id)?)
+    })
+    .await?;
+    let env_hidden = hide_env(&caller, &mut variables);
+    Ok(Json(EnvironmentVariables { variables, env_hidden }))
+}
+
+/// `PUT /api/environments/{id}/variables`: replaces them. A stack that
+/// declares one of these names is deployed on this environment with its
+/// value, from its next deploy (an update, a rollback, a retry, a
+/// redeploy); what runs now is not redeployed.
+pub async fn set_environment_variables(
+    State(state): State<Arc<AppState>>,
+    PathId(id): PathId,
+    ApiJson(body): ApiJson<BTreeMap<String, String>>,
+) -> Result<Json<EnvironmentVariables>, ApiError> {
+    check_env(&body)?;
+    let variables = with_store(&state, move |store| {
+        if !store.set_environment_variables(id, &body)? {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no environment {id}")));
+        }
+        Ok(store.environment_variables(id)?)
+    })
+    .await?;
+    Ok(Json(EnvironmentVariables { variables, env_hidden: false }))
 }
 
 #[cfg(test)]

@@ -140,7 +140,9 @@ pub fn retry_due(tx: &(impl Transaction + ?Sized), now: i64) -> Result<usize, St
             }
         };
         let version = spec.version;
-        let command = tx.enqueue_command(environment, &Action::StackDeploy(spec), now)?;
+        let action = Action::StackDeploy(spec);
+        let own = for_environment(tx, environment, &action)?;
+        let command = tx.enqueue_command(environment, own.as_ref().unwrap_or(&action), now)?;
         tx.note_stack_command(command, stack, version)?;
         tx.record_stack_retry(stack, environment, command, version)?;
         sent += 1;
@@ -150,6 +152,29 @@ pub fn retry_due(tx: &(impl Transaction + ?Sized), now: i64) -> Result<usize, St
 
 /// Queues `action` for `environment` and records it as the stack's last
 /// command there.
+/// A deploy as it goes to one environment: each variable the stack
+/// declares that the environment has a value of its own for takes that
+/// value (an environment's values name no variable a stack does not
+/// declare: a stack's file decides what it reads).
+fn for_environment(
+    tx: &(impl Transaction + ?Sized),
+    environment: u64,
+    action: &Action,
+) -> Result<Option<Action>, StoreError> {
+    let Action::StackDeploy(spec) = action else { return Ok(None) };
+    let own = tx.environment_variables(environment)?;
+    if !own.keys().any(|k| spec.env.contains_key(k)) {
+        return Ok(None);
+    }
+    let mut spec = spec.clone();
+    for (name, value) in own {
+        if let Some(v) = spec.env.get_mut(&name) {
+            *v = value;
+        }
+    }
+    Ok(Some(Action::StackDeploy(spec)))
+}
+
 fn send(
     tx: &(impl Transaction + ?Sized),
     stack: u64,
@@ -159,7 +184,8 @@ fn send(
     removing: bool,
     now: i64,
 ) -> Result<(), StoreError> {
-    let command = tx.enqueue_command(environment, action, now)?;
+    let own = for_environment(tx, environment, action)?;
+    let command = tx.enqueue_command(environment, own.as_ref().unwrap_or(action), now)?;
     if !removing {
         tx.note_stack_command(command, stack, version)?;
     }

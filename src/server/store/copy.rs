@@ -53,6 +53,7 @@ pub const TABLES: &[&str] = &[
     "teams",
     "team_members",
     "team_groups",
+    "environment_variables",
 ];
 
 /// Rows read at a time.

@@ -563,6 +563,15 @@ const MIGRATIONS: &[&str] = &[
         group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
         PRIMARY KEY (team, group_id)
     ) WITHOUT ROWID;",
+    // 25: stack variables with a value of an environment's own (issue
+    // #17; `store::stacks`): a stack declaring the name is deployed there
+    // with it.
+    "CREATE TABLE environment_variables (
+        environment INTEGER NOT NULL REFERENCES environments(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (environment, name)
+    ) WITHOUT ROWID;",
 ];
 
 /// The interval every timer runs at when neither the environment nor the

@@ -439,6 +439,13 @@ pub const MIGRATIONS: &[&str] = &[
         group_id BIGINT NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
         PRIMARY KEY (team, group_id)
     );"#,
+    // 25: stack variables with a value of an environment's own.
+    r#"CREATE TABLE environment_variables (
+        environment BIGINT NOT NULL REFERENCES environments(id) ON DELETE CASCADE,
+        name TEXT COLLATE "C" NOT NULL,
+        value TEXT COLLATE "C" NOT NULL,
+        PRIMARY KEY (environment, name)
+    );"#,
 ];
 
 /// A pool of connections to one PostgreSQL database, with the runtime

@@ -262,6 +262,25 @@ pub trait StackStore {
     /// When the database fails.
     fn stack_versions(&self, stack: u64) -> Result<Vec<StackVersion>, StackError>;
 
+    /// An environment's own stack variable values (migration 25): a stack
+    /// that declares one of these names is deployed there with this value
+    /// instead of its own.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn environment_variables(&self, environment: u64) -> Result<BTreeMap<String, String>, StoreError>;
+
+    /// Replaces an environment's own values; `false` when there is no such
+    /// environment (nothing changed).
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn set_environment_variables(
+        &self,
+        environment: u64,
+        values: &BTreeMap<String, String>,
+    ) -> Result<bool, StoreError>;
+
     /// One version of a stack.
     ///
     /// # Errors
@@ -435,6 +454,37 @@ impl StackStore for Tx<'_> {
 
     fn stack_spec(&self, stack: u64) -> Result<StackSpec, StackError> {
         Self::spec_of(self.conn, sql_id(stack))
+    }
+
+    fn environment_variables(&self, environment: u64) -> Result<BTreeMap<String, String>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT name, value FROM environment_variables WHERE environment = ?1")?
+            .query_map([sql_id(environment)], |r| Ok((r.get::<String>(0)?, r.get::<String>(1)?)))?
+            .collect::<Result<_, _>>()?)
+    }
+
+    fn set_environment_variables(
+        &self,
+        environment: u64,
+        values: &BTreeMap<String, String>,
+    ) -> Result<bool, StoreError> {
+        let tx = self.tx()?;
+        let exists: Option<i64> = tx
+            .query_row("SELECT id FROM environments WHERE id = ?1", [sql_id(environment)], |r| r.get(0))
+            .optional()?;
+        if exists.is_none() {
+            return Ok(false);
+        }
+        tx.execute("DELETE FROM environment_variables WHERE environment = ?1", [sql_id(environment)])?;
+        for (name, value) in values {
+            tx.execute(
+                "INSERT INTO environment_variables (environment, name, value) VALUES (?1, ?2, ?3)",
+                params![sql_id(environment), name, value],
+            )?;
+        }
+        tx.commit()?;
+        Ok(true)
     }
 
     fn stack_versions(&self, stack: u64) -> Result<Vec<StackVersion>, StackError> {

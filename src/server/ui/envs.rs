@@ -38,6 +38,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/environments/{id}", get(environment))
         .route("/environments/{id}/part", get(part))
         .route("/environments/{id}/commands", post(command))
+        .route("/environments/{id}/variables", post(save_variables))
         .route("/environments/{id}/commands/{cid}", get(command_page))
         .route("/environments/{id}/commands/{cid}/cancel", post(cancel))
 }
@@ -207,6 +208,10 @@ async fn environment(ui: Ui, Path(id): Path<u64>, Query(q): Query<EnvQuery>) -> 
     };
     let usage = usage.ok();
     let cmds = cmds.unwrap_or_default();
+    let vars = ui
+        .get_as::<crate::server::api::stacks::EnvironmentVariables>(&format!("/api/environments/{id}/variables"))
+        .await
+        .ok();
     let now = now();
     let h = &st.host;
     let name = env.item.name.clone();
@@ -255,6 +260,24 @@ async fn environment(ui: Ui, Path(id): Path<u64>, Query(q): Query<EnvQuery>) -> 
         section.history {
             h2 { "Command history" }
             (history(&ui, id, &cmds, &names_by_id(&st), now))
+        }
+        @if let Some(v) = &vars {
+            section.variables id="variables" {
+                h2 { "Stack variables" }
+                p.muted { "This environment's own values: a stack that declares one of these names is deployed here \
+                           with this value instead of its own, from the stack's next deploy." }
+                @if v.env_hidden {
+                    p { @for k in v.variables.keys() { code { (k) } " " } }
+                } @else {
+                    form method="post" action={ "/environments/" (id) "/variables" } id="env-variables" {
+                        (super::csrf_field(&ui.csrf))
+                        textarea name="variables" rows="4" aria-label="NAME=value, one a line" {
+                            @for (k, value) in &v.variables { (k) "=" (value) "\n" }
+                        }
+                        button type="submit" id="save-variables" { "Save" }
+                    }
+                }
+            }
         }
     };
     page(&ui, Nav::Environments, &name, body).into_response()
@@ -539,6 +562,32 @@ async fn command_page(ui: Ui, Path((id, cid)): Path<(u64, u64)>) -> Response {
         }
     };
     page(&ui, Nav::Environments, &format!("Command {cid}"), body).into_response()
+}
+
+/// The stack variables form.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct VariablesForm {
+    csrf: String,
+    variables: String,
+}
+
+async fn save_variables(
+    ui: Ui,
+    Path(id): Path<u64>,
+    headers: axum::http::HeaderMap,
+    axum::Form(f): axum::Form<VariablesForm>,
+) -> Response {
+    let mut map = std::collections::BTreeMap::new();
+    for line in f.variables.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let (k, v) = line.split_once('=').unwrap_or((line, ""));
+        map.insert(k.trim().to_owned(), v.to_owned());
+    }
+    let back = format!("/environments/{id}#variables");
+    match ui.send_as(axum::http::Method::PUT, &format!("/api/environments/{id}/variables"), &map, &f.csrf).await {
+        Ok(r) => super::stacks::done(&headers, StatusCode::OK, r.json, &back),
+        Err(e) => super::stacks::button_refused(&ui, Nav::Environments, &headers, &e, &back),
+    }
 }
 
 #[cfg(test)]

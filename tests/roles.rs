@@ -57,6 +57,7 @@ fn expected(method: &str, path: &str) -> &'static str {
         "/api/stacks",
         "/api/stacks/{id}",
         "/api/stacks/{id}/versions",
+        "/api/stacks/{id}/history",
         "/api/jobs",
         "/api/jobs/{id}",
         "/api/jobs/{id}/runs",

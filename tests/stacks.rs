@@ -551,6 +551,19 @@ async fn a_failed_deploy_is_retried_with_backoff_and_runs_once_its_image_arrives
     assert!(ran["attempt"].as_u64().unwrap() >= 2, "{ran}");
     assert!(ran["retry_at"].is_null(), "{ran}");
     assert_eq!(project_containers(&prefix, "web").len(), 1);
+    // The environment's deploy history has every attempt: the failed ones
+    // with the engine's error, then the one that ran.
+    let history = api.ok("GET", &format!("/api/stacks/{stack}/history?environment={env}"), None, 200).await;
+    let list = history.as_array().unwrap();
+    assert!(list.len() as u64 >= ran["attempt"].as_u64().unwrap(), "one entry an attempt: {history}");
+    assert_eq!((list[0]["status"].as_str(), list[0]["version"].as_u64()), (Some("ok"), Some(1)), "{history}");
+    assert!(list[1..].iter().all(|d| d["status"] == "failed" && !d["error"].as_str().unwrap().is_empty()), "{history}");
+    assert_eq!(api.ok("GET", &format!("/api/stacks/{stack}/history?environment=999"), None, 200).await, json!([]));
+    api.ok("GET", &format!("/api/stacks/{stack}/history?limit=x"), None, 400).await;
+    api.ok("GET", &format!("/api/stacks/{stack}/history?since=1"), None, 400).await;
+    api.ok("GET", "/api/stacks/999/history", None, 404).await;
+    let out = tern(&server, &["stack", "history", &prefix, "--env", "rt-env"]);
+    assert!(out.contains("rt-env") && out.contains("ok") && out.contains("failed"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
     docker(&["rmi", &image]);
 }

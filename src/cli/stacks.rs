@@ -103,6 +103,18 @@ pub enum StackCommand {
         /// Id or name.
         stack: String,
     },
+    /// A stack's deploys, newest first, every attempt: environment,
+    /// version, status, times, error.
+    History {
+        /// Id or name.
+        stack: String,
+        /// Only on this environment (id or name).
+        #[arg(long = "env")]
+        environment: Option<String>,
+        /// How many (at most 1,000).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
     /// Deploy an earlier version again, as a new version, where the stack
     /// is.
     Rollback {
@@ -317,6 +329,35 @@ pub fn run(command: StackCommand, api_args: &ApiArgs) -> anyhow::Result<()> {
                         crate::server::ui::utc(ver.created_at),
                         vars.join(" "),
                         ver.note.clone(),
+                    ]);
+                }
+                print_table(&rows);
+            });
+        }
+        StackCommand::History { stack, environment, limit } => {
+            let id = stack_id(&mut api, &stack)?;
+            let mut path = format!("/api/stacks/{id}/history?limit={limit}");
+            if let Some(e) = environment {
+                path.push_str(&format!("&environment={}", super::fleet::env_id(&mut api, &e)?));
+            }
+            let list: Vec<crate::server::api::stacks::DeployView> = api.get_as(&path)?;
+            api.show(&list, |l| {
+                let mut rows = vec![vec![
+                    "ENVIRONMENT".into(),
+                    "VERSION".into(),
+                    "STATUS".into(),
+                    "QUEUED (UTC)".into(),
+                    "ENDED (UTC)".into(),
+                    "ERROR".into(),
+                ]];
+                for d in l {
+                    rows.push(vec![
+                        d.environment_name.clone(),
+                        d.version.to_string(),
+                        d.status.clone(),
+                        crate::server::ui::utc(d.queued_at),
+                        d.finished_at.map_or_else(|| "-".into(), crate::server::ui::utc),
+                        d.error.lines().next().unwrap_or_default().to_owned(),
                     ]);
                 }
                 print_table(&rows);

@@ -238,6 +238,12 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "Every version of a stack, newest first, with its file and variables.",
     ),
     (
+        "GET",
+        "/api/stacks/{id}/history",
+        "stacks",
+        "A stack's deploys, newest first, every attempt (?environment=E&limit=N): version, status, times, error.",
+    ),
+    (
         "POST",
         "/api/stacks/{id}/rollback",
         "stacks",

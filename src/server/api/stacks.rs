@@ -368,7 +368,87 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/stacks/{id}", get(stack).put(update_stack).delete(remove_stack))
         .route("/api/stacks/{id}/versions", get(stack_versions))
         .route("/api/stacks/{id}/rollback", post(rollback_stack))
+        .route("/api/stacks/{id}/history", get(stack_history))
         .route("/api/environments/{id}/variables", get(environment_variables).put(set_environment_variables))
+}
+
+/// One deploy, as `GET /api/stacks/{id}/history` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeployView {
+    /// The stack version it carried.
+    pub version: u32,
+    /// Its command (`GET /api/commands/{id}` has its output).
+    pub command: u64,
+    /// The environment.
+    pub environment: u64,
+    /// Its name.
+    pub environment_name: String,
+    /// queued, delivered, ok, failed, rejected or cancelled.
+    pub status: String,
+    /// The agent's error, when it failed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+    /// When it was queued.
+    pub queued_at: i64,
+    /// When the agent took it.
+    pub delivered_at: Option<i64>,
+    /// When it ended.
+    pub finished_at: Option<i64>,
+}
+
+/// The most deploys one history answer lists.
+pub const MAX_HISTORY: u32 = 1000;
+
+/// `GET /api/stacks/{id}/history?environment=E&limit=N`: the stack's
+/// deploys, newest first (every attempt; 100 unless `limit`, at most
+/// [`MAX_HISTORY`]).
+pub async fn stack_history(
+    State(state): State<Arc<AppState>>,
+    Extension(scope): Extension<Scope>,
+    PathId(id): PathId,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Result<Json<Vec<DeployView>>, ApiError> {
+    let (mut environment, mut limit) = (None, 100);
+    for (k, v) in super::query_pairs(query.as_deref())? {
+        let number = || v.parse::<u64>().map_err(|_| ApiError::bad_request(format!("{k}: a number")));
+        match k.as_str() {
+            "environment" => environment = Some(number()?),
+            "limit" => limit = u32::try_from(number()?).unwrap_or(u32::MAX).clamp(1, MAX_HISTORY),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown parameter {k:?}; the history takes environment, limit"
+                )));
+            }
+        }
+    }
+    let list = read_store(&state, move |store| {
+        store.stack(id)?;
+        let list = store.stack_history(id, environment, limit)?;
+        // An environment the stack left may be another team's.
+        super::teams::keep_in_scope(
+            store,
+            scope,
+            list,
+            |d| d.environment,
+            |s, user, env| s.environment_in_scope(user, env),
+        )
+    })
+    .await?;
+    Ok(Json(
+        list.into_iter()
+            .map(|d| DeployView {
+                version: d.version,
+                command: d.command,
+                environment: d.environment,
+                environment_name: d.environment_name,
+                status: d.status,
+                error: d.error,
+                queued_at: d.queued_at,
+                delivered_at: d.delivered_at,
+                finished_at: d.finished_at,
+            })
+            .collect(),
+    ))
 }
 
 /// An environment's own values of stack variables.

@@ -52,6 +52,30 @@ pub struct StackVersion {
     pub note: String,
 }
 
+/// One deploy of a stack on one environment, as the history shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployRecord {
+    /// The stack version it carried.
+    pub version: u32,
+    /// Its command.
+    pub command: u64,
+    /// The environment.
+    pub environment: u64,
+    /// Its name.
+    pub environment_name: String,
+    /// The command's status: queued, delivered, ok, failed, rejected,
+    /// cancelled.
+    pub status: String,
+    /// The agent's error, when it failed.
+    pub error: String,
+    /// When it was queued.
+    pub queued_at: i64,
+    /// When the agent took it.
+    pub delivered_at: Option<i64>,
+    /// When it ended.
+    pub finished_at: Option<i64>,
+}
+
 impl From<super::sql::Error> for StackError {
     fn from(e: super::sql::Error) -> Self {
         Self::Store(e.into())
@@ -262,6 +286,13 @@ pub trait StackStore {
     /// When the database fails.
     fn stack_versions(&self, stack: u64) -> Result<Vec<StackVersion>, StackError>;
 
+    /// A stack's deploys, newest first, on one environment or all: every
+    /// attempt, retries included, as long as their commands are kept.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn stack_history(&self, stack: u64, environment: Option<u64>, limit: u32) -> Result<Vec<DeployRecord>, StoreError>;
+
     /// An environment's own stack variable values (migration 25): a stack
     /// that declares one of these names is deployed there with this value
     /// instead of its own.
@@ -454,6 +485,33 @@ impl StackStore for Tx<'_> {
 
     fn stack_spec(&self, stack: u64) -> Result<StackSpec, StackError> {
         Self::spec_of(self.conn, sql_id(stack))
+    }
+
+    fn stack_history(&self, stack: u64, environment: Option<u64>, limit: u32) -> Result<Vec<DeployRecord>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT sc.version, c.id, c.environment, e.name, c.status, c.error, c.created_at, c.delivered_at,
+                        c.finished_at
+                 FROM stack_commands sc JOIN commands c ON c.id = sc.command
+                 JOIN environments e ON e.id = c.environment
+                 WHERE sc.stack = ?1 AND (c.environment = ?2 OR ?2 IS NULL)
+                 ORDER BY c.id DESC LIMIT ?3",
+            )?
+            .query_map(params![sql_id(stack), environment.map(sql_id), i64::from(limit)], |r| {
+                Ok(DeployRecord {
+                    version: r.get::<i64>(0)? as u32,
+                    command: r.get::<i64>(1)? as u64,
+                    environment: r.get::<i64>(2)? as u64,
+                    environment_name: r.get(3)?,
+                    status: r.get(4)?,
+                    error: r.get(5)?,
+                    queued_at: r.get(6)?,
+                    delivered_at: r.get(7)?,
+                    finished_at: r.get(8)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?)
     }
 
     fn environment_variables(&self, environment: u64) -> Result<BTreeMap<String, String>, StoreError> {

@@ -705,6 +705,11 @@ async fn versions_page(ui: Ui, Path(id): Path<String>) -> Response {
         Ok(v) => v,
         Err(r) => return r,
     };
+    let history: Vec<crate::server::api::stacks::DeployView> =
+        match ui.load_as(&format!("/api/stacks/{id}/history?limit=100")).await {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
     let now = now();
     let removed = stack.item.removed_at.is_some();
     let name = &stack.item.name;
@@ -742,6 +747,28 @@ async fn versions_page(ui: Ui, Path(id): Path<String>) -> Response {
                 }
             } }
         } }
+        h2 id="history" { "Deploy history" }
+        p.muted { "Every deploy on every environment, newest first (the last 100), retries included." }
+        @if history.is_empty() {
+            p.muted { "No deploy yet." }
+        } @else {
+            div.scroll { table.list id="deploy-history" {
+                thead { tr {
+                    th scope="col" { "Environment" } th scope="col".num { "Version" } th scope="col" { "Status" }
+                    th scope="col" { "Queued" } th scope="col" { "Ended" } th scope="col" { "Error" }
+                } }
+                tbody { @for d in &history {
+                    tr data-command=(d.command) {
+                        td { a href={ "/environments/" (d.environment) } { (d.environment_name) } }
+                        td.num { (d.version) }
+                        td { a href={ "/environments/" (d.environment) "/commands/" (d.command) } { (d.status) } }
+                        td { (when(Some(d.queued_at), now)) }
+                        td { (when(d.finished_at, now)) }
+                        td.mono { (d.error) }
+                    }
+                } }
+            } }
+        }
     };
     page(&ui, Nav::Stacks, &format!("Versions of {name}"), body).into_response()
 }

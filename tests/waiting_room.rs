@@ -292,14 +292,18 @@ async fn the_waiting_room_page_makes_tokens_and_admits_devices() {
     let dev = listed[0]["id"].as_u64().unwrap();
     assert!(dev > first, "a new entry, a new number (never reused)");
     assert!(page.body.contains(&format!("id=\"admit-{dev}\"")) && page.body.contains("cam-9"), "{}", page.body);
-    let r = b.submit(&format!("/devices/{dev}/admit"), &[]).await;
+    // Admitted from the page with a name and tags of the operator's.
+    let r = b
+        .submit(&format!("/devices/{dev}/admit"), &[("name", "cam-nine"), ("group", ""), ("tags", "cam, field")])
+        .await;
     assert_eq!((r.status, r.location.as_deref()), (303, Some("/devices")), "{}", r.body);
     let d = api.ok("GET", &format!("/api/devices/{dev}"), None, 200).await;
     assert_eq!((d["status"].as_str(), d["decided_by"].as_str()), (Some("admitted"), Some("user:admin")), "{d}");
     let env = d["environment"].as_u64().unwrap();
     assert_eq!(device.ask(&mut client).await.unwrap().state, tern::enrol::EnrolState::Admitted(env));
     let e = api.ok("GET", &format!("/api/environments/{env}"), None, 200).await;
-    assert_eq!(e["name"], "cam-9");
+    assert_eq!(e["name"], "cam-nine", "{e}");
+    assert_eq!(e["tags"], json!(["cam", "field"]), "{e}");
 
     let r = b.submit(&format!("/fleet-tokens/{id}/revoke"), &[]).await;
     assert_eq!(r.status, 303, "{}", r.body);

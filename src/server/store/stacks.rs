@@ -52,6 +52,10 @@ pub struct StackVersion {
     pub note: String,
 }
 
+/// How many versions of a stack are kept (the newest; older ones can no
+/// longer be rolled back to).
+pub const VERSIONS_KEPT: i64 = 100;
+
 /// One deploy of a stack on one environment, as the history shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeployRecord {
@@ -709,12 +713,19 @@ impl StackStore for Tx<'_> {
 }
 
 impl Tx<'_> {
-    /// Copies the stack's current version into `stack_versions`.
+    /// Copies the stack's current version into `stack_versions`, and
+    /// forgets those older than the newest [`VERSIONS_KEPT`] (a stack
+    /// updated by a script every hour would otherwise grow without end).
     fn keep_version(tx: &Connection, stack: i64) -> Result<(), StackError> {
         tx.execute(
             "INSERT INTO stack_versions (stack, version, compose, env, created_at)
              SELECT id, version, compose, env, updated_at FROM stacks WHERE id = ?1",
             [stack],
+        )?;
+        tx.execute(
+            "DELETE FROM stack_versions WHERE stack = ?1
+             AND version <= (SELECT version FROM stacks WHERE id = ?1) - ?2",
+            params![stack, VERSIONS_KEPT],
         )?;
         Ok(())
     }
@@ -898,6 +909,31 @@ mod tests {
 
     fn statuses(s: &dyn Transaction, id: u64) -> Vec<(u64, &'static str)> {
         s.stack(id).unwrap().deployments.iter().map(|d| (d.environment, d.status)).collect()
+    }
+
+    #[test]
+    fn the_newest_versions_are_kept_and_a_stacks_history_lists_its_deploys() {
+        let s_db = Store::scratch().unwrap();
+        let s = s_db.autocommit();
+        let a = s.create_environment("a", Secret([1; 32]), 0).unwrap().id;
+        let targets = TargetRefs { environments: vec![TargetRef::Id(a)], ..TargetRefs::default() };
+        let id = s.create_stack(&new("web", targets), 10).unwrap();
+        for i in 0..VERSIONS_KEPT + 5 {
+            let change =
+                StackChange { env: Some(BTreeMap::from([("K".into(), format!("v{i}"))])), ..Default::default() };
+            s.update_stack(id, &change, 20 + i).unwrap();
+        }
+        let versions = s.stack_versions(id).unwrap();
+        assert_eq!(versions.len() as i64, VERSIONS_KEPT);
+        assert_eq!(versions[0].version as i64, VERSIONS_KEPT + 6, "the newest first");
+        assert_eq!(versions.last().unwrap().version, 7, "the oldest kept");
+        // Every deploy is in the history, newest first.
+        let history = s.stack_history(id, Some(a), 1000).unwrap();
+        assert_eq!(history.len() as i64, VERSIONS_KEPT + 6);
+        assert_eq!(history[0].version as i64, VERSIONS_KEPT + 6);
+        assert_eq!((history[0].environment_name.as_str(), history[0].status.as_str()), ("a", "queued"));
+        assert_eq!(s.stack_history(id, Some(a), 3).unwrap().len(), 3);
+        assert!(s.stack_history(id, Some(a + 1), 10).unwrap().is_empty());
     }
 
     #[test]

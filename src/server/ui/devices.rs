@@ -70,6 +70,10 @@ fn device_row(ui: &Ui, d: &DeviceView, now: i64, pending: bool) -> Markup {
                 td {
                     form.inline method="post" action={ "/devices/" (d.id) "/admit" } {
                         (csrf_field(&ui.csrf))
+                        input type="text" name="name" placeholder=(d.hostname) aria-label="Environment name (default: its hostname)";
+                        input type="text" name="group" placeholder=(if d.group.is_empty() { "group" } else { d.group.as_str() })
+                            aria-label="Group (default: the one it asked for, else the token's)";
+                        input type="text" name="tags" placeholder="tags" aria-label="Tags, comma-separated (default: the token's and those it asked for)";
                         button type="submit" id={ "admit-" (d.id) } { "Admit" }
                     }
                     form.inline method="post" action={ "/devices/" (d.id) "/reject" }
@@ -276,11 +280,20 @@ async fn token_page(ui: Ui, Path(id): Path<String>) -> Response {
 struct ButtonForm {
     csrf: String,
     reason: String,
+    name: String,
+    group: String,
+    tags: String,
 }
 
 async fn admit(ui: Ui, Path(id): Path<String>, headers: HeaderMap, axum::Form(f): axum::Form<ButtonForm>) -> Response {
     let Some(id) = path_id(&id) else { return no_such("device") };
-    match ui.send_as(Method::POST, &format!("/api/devices/{id}/admit"), &AdmitBody::default(), &f.csrf).await {
+    // What is left empty is the device's ask, or the token's.
+    let body = AdmitBody {
+        name: Some(f.name.trim().to_owned()).filter(|n| !n.is_empty()),
+        group: Some(f.group.trim()).filter(|g| !g.is_empty()).map(|g| NameOrId::Name(g.to_owned())),
+        tags: Some(split_names(&f.tags)).filter(|t| !t.is_empty()).map(|t| t.into_iter().map(NameOrId::Name).collect()),
+    };
+    match ui.send_as(Method::POST, &format!("/api/devices/{id}/admit"), &body, &f.csrf).await {
         Ok(r) => done(&headers, StatusCode::CREATED, r.json, "/devices"),
         Err(e) => button_refused(&ui, Nav::Devices, &headers, &e, "/devices"),
     }

@@ -484,14 +484,7 @@ pub fn run(command: EnvCommand, args: &ApiArgs) -> anyhow::Result<()> {
             let v: crate::server::api::stacks::EnvironmentVariables = if values.is_empty() && !clear {
                 api.get_as(&path)?
             } else {
-                let mut map = std::collections::BTreeMap::new();
-                for pair in values {
-                    let Some((k, v)) = pair.split_once('=') else {
-                        anyhow::bail!("{pair:?}: give NAME=VALUE");
-                    };
-                    map.insert(k.to_owned(), v.to_owned());
-                }
-                api.send("PUT", &path, &map)?
+                api.send("PUT", &path, &super::stacks::parse_env(&values)?)?
             };
             api.show(&v, |v| {
                 for (k, value) in &v.variables {

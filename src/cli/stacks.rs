@@ -140,7 +140,7 @@ pub enum StackCommand {
 /// How long `--wait` waits.
 const WAIT: Duration = Duration::from_secs(600);
 
-fn parse_env(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+pub(super) fn parse_env(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     pairs
         .iter()
         .map(|p| {

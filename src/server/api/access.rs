@@ -608,7 +608,9 @@ pub fn check_new_password(what: &str, password: &str) -> Result<(), String> {
     Ok(())
 }
 
-async fn hash_new_password(state: &Arc<AppState>, password: String) -> Result<String, ApiError> {
+/// Hashes a new password on the blocking pool, a few at a time (see
+/// [`CONCURRENT_VERIFICATIONS`]).
+pub(super) async fn hash_new_password(state: &Arc<AppState>, password: String) -> Result<String, ApiError> {
     let _permit = state.logins.verifying.acquire().await.map_err(|_| ApiError::internal())?;
     tokio::task::spawn_blocking(move || hash_password(&password)).await.map_err(|_| ApiError::internal())?.map_err(
         |e| {
@@ -795,13 +797,6 @@ pub(crate) fn parse_role(field: &str, name: &str) -> Result<Role, ApiError> {
     Role::parse(name.trim()).ok_or_else(|| ApiError::invalid(format!("{field}: viewer, operator or admin")))
 }
 
-/// The user whose tokens the caller sees and makes: its own. `None` for a
-/// data-directory token older than users (the admin's, and the admin sees
-/// every token anyway).
-fn token_owner(caller: &Caller) -> Option<u64> {
-    caller.user_id()
-}
-
 /// `POST /api/tokens`: a token of the caller's user, with at most the
 /// caller's rights.
 pub async fn create_token(
@@ -821,7 +816,9 @@ pub async fn create_token(
     };
     let token = new_token();
     let hash = secret_hash(&token);
-    let owner = token_owner(&caller);
+    // The caller's user; `None` for a data-directory token older than
+    // users, whose tokens are the admin's.
+    let owner = caller.user_id();
     let t = with_store(&state, move |store| {
         let user = match owner {
             Some(id) => id,

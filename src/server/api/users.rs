@@ -22,11 +22,11 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 
-use super::access::{Caller, check_new_password, parse_role};
+use super::access::{Caller, check_new_password, hash_new_password, parse_role};
 use super::types::{CreateUser, UpdateUser, UserChanged, UserView};
 use super::{ApiError, ApiJson, PathId, read_store, with_store};
 use crate::server::http::{AppState, now};
-use crate::server::store::access::{ADMIN, User, UserChange, generate_password, hash_password};
+use crate::server::store::access::{ADMIN, User, UserChange, generate_password};
 
 /// The longest user name, in characters.
 pub const MAX_USER_NAME: usize = 64;
@@ -67,16 +67,6 @@ pub fn check_user_name(name: &str) -> Result<String, ApiError> {
     Ok(name.to_owned())
 }
 
-/// Hashes a password on the blocking pool (argon2 takes tens of ms).
-async fn hashed(password: String) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || hash_password(&password)).await.map_err(|_| ApiError::internal())?.map_err(
-        |e| {
-            tracing::error!("{e}");
-            ApiError::internal()
-        },
-    )
-}
-
 fn last_admin() -> ApiError {
     ApiError::new(
         StatusCode::CONFLICT,
@@ -102,7 +92,7 @@ async fn create(
         }
         None => (generate_password(), true),
     };
-    let hash = hashed(password.clone()).await?;
+    let hash = hash_new_password(&state, password.clone()).await?;
     let user = with_store(&state, move |store| {
         if !store.create_user(&name, &hash, role, now())? {
             return Err(ApiError::new(StatusCode::CONFLICT, format!("name: a user {name:?} exists")));
@@ -147,7 +137,7 @@ async fn update(
     let hash = match req.password {
         Some(p) => {
             check_new_password("password", &p).map_err(ApiError::invalid)?;
-            Some(hashed(p).await?)
+            Some(hash_new_password(&state, p).await?)
         }
         None => None,
     };

@@ -907,6 +907,13 @@ mod tests {
         CommandResult { id, status, error: error.into(), finished_at: 500, output: Vec::new(), phase: phase.into() }
     }
 
+    /// An environment `a` and a stack `web` on it: `(a, stack)`.
+    fn web_on_a(s: &dyn Transaction) -> (u64, u64) {
+        let a = s.create_environment("a", Secret([1; 32]), 0).unwrap().id;
+        let targets = TargetRefs { environments: vec![TargetRef::Id(a)], ..TargetRefs::default() };
+        (a, s.create_stack(&new("web", targets), 10).unwrap())
+    }
+
     fn statuses(s: &dyn Transaction, id: u64) -> Vec<(u64, &'static str)> {
         s.stack(id).unwrap().deployments.iter().map(|d| (d.environment, d.status)).collect()
     }
@@ -915,9 +922,7 @@ mod tests {
     fn the_newest_versions_are_kept_and_a_stacks_history_lists_its_deploys() {
         let s_db = Store::scratch().unwrap();
         let s = s_db.autocommit();
-        let a = s.create_environment("a", Secret([1; 32]), 0).unwrap().id;
-        let targets = TargetRefs { environments: vec![TargetRef::Id(a)], ..TargetRefs::default() };
-        let id = s.create_stack(&new("web", targets), 10).unwrap();
+        let (a, id) = web_on_a(&s);
         for i in 0..VERSIONS_KEPT + 5 {
             let change =
                 StackChange { env: Some(BTreeMap::from([("K".into(), format!("v{i}"))])), ..Default::default() };
@@ -941,9 +946,7 @@ mod tests {
         use crate::server::domain::stacks::{MAX_DEPLOY_ATTEMPTS, after_result, retry_due};
         let s_db = Store::scratch().unwrap();
         let s = s_db.autocommit();
-        let a = s.create_environment("a", Secret([1; 32]), 0).unwrap().id;
-        let targets = TargetRefs { environments: vec![TargetRef::Id(a)], ..TargetRefs::default() };
-        let id = s.create_stack(&new("web", targets), 10).unwrap();
+        let (a, id) = web_on_a(&s);
         let deployment = |s: &dyn Transaction| s.stack(id).unwrap().deployments[0].clone();
         let mut now = 100;
         for attempt in 1..=MAX_DEPLOY_ATTEMPTS {
@@ -996,9 +999,7 @@ mod tests {
         use crate::server::domain::stacks::after_result;
         let s_db = Store::scratch().unwrap();
         let s = s_db.autocommit();
-        let a = s.create_environment("a", Secret([1; 32]), 0).unwrap().id;
-        let targets = TargetRefs { environments: vec![TargetRef::Id(a)], ..TargetRefs::default() };
-        let id = s.create_stack(&new("web", targets), 10).unwrap();
+        let (a, id) = web_on_a(&s);
         let deployment = |s: &dyn Transaction| s.stack(id).unwrap().deployments[0].clone();
         let v1 = deployment(&s).command.unwrap();
         // Version 2 is sent before version 1's result comes back.

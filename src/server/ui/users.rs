@@ -65,6 +65,17 @@ struct UserForm {
 const ROLES: [(&str, &str); 3] =
     [("viewer", "viewer: looks"), ("operator", "operator: acts on what runs"), ("admin", "admin: everything")];
 
+/// A one-button form posting to `action` with the session's CSRF token,
+/// asking `confirm` first when given.
+fn button(ui: &Ui, action: &str, confirm: Option<&str>, id: &str, label: &str) -> Markup {
+    html! {
+        form.inline method="post" action=(action) data-confirm=[confirm] {
+            (csrf_field(&ui.csrf))
+            button type="submit" id=(id) { (label) }
+        }
+    }
+}
+
 fn role_select(id: &str, selected: &str) -> Markup {
     html! {
         select id=(id) name="role" aria-label="Role" {
@@ -129,27 +140,18 @@ async fn render(
                     td { (when(Some(u.password_changed_at), now)) }
                     td {
                         @if u.disabled_at.is_some() {
-                            form.inline method="post" action={ "/users/" (u.id) "/enable" } {
-                                (csrf_field(&ui.csrf))
-                                button type="submit" id={ "enable-" (u.id) } { "Enable" }
-                            }
+                            (button(ui, &format!("/users/{}/enable", u.id), None, &format!("enable-{}", u.id), "Enable"))
                         } @else {
-                            form.inline method="post" action={ "/users/" (u.id) "/disable" }
-                                data-confirm={ "Disable " (u.name) "? Their sessions end and their tokens are refused." } {
-                                (csrf_field(&ui.csrf))
-                                button type="submit" id={ "disable-" (u.id) } { "Disable" }
-                            }
+                            (button(ui, &format!("/users/{}/disable", u.id),
+                                Some(&format!("Disable {}? Their sessions end and their tokens are refused.", u.name)),
+                                &format!("disable-{}", u.id), "Disable"))
                         }
-                        form.inline method="post" action={ "/users/" (u.id) "/password" }
-                            data-confirm={ "Give " (u.name) " a new generated password? Their sessions end." } {
-                            (csrf_field(&ui.csrf))
-                            button type="submit" id={ "reset-" (u.id) } { "Reset password" }
-                        }
-                        form.inline method="post" action={ "/users/" (u.id) "/delete" }
-                            data-confirm={ "Delete " (u.name) " and their API tokens?" } {
-                            (csrf_field(&ui.csrf))
-                            button type="submit" id={ "delete-" (u.id) } { "Delete" }
-                        }
+                        (button(ui, &format!("/users/{}/password", u.id),
+                            Some(&format!("Give {} a new generated password? Their sessions end.", u.name)),
+                            &format!("reset-{}", u.id), "Reset password"))
+                        (button(ui, &format!("/users/{}/delete", u.id),
+                            Some(&format!("Delete {} and their API tokens?", u.name)),
+                            &format!("delete-{}", u.id), "Delete"))
                     }
                 }
             } }
@@ -188,11 +190,9 @@ async fn render(
                             }
                         }
                         td {
-                            form.inline method="post" action={ "/teams/" (t.id) "/delete" }
-                                data-confirm={ "Delete the team " (t.name) "? Its users lose what it gave them." } {
-                                (csrf_field(&ui.csrf))
-                                button type="submit" id={ "delete-team-" (t.id) } { "Delete" }
-                            }
+                            (button(ui, &format!("/teams/{}/delete", t.id),
+                                Some(&format!("Delete the team {}? Its users lose what it gave them.", t.name)),
+                                &format!("delete-team-{}", t.id), "Delete"))
                         }
                     }
                 } }
@@ -254,19 +254,29 @@ async fn patch(ui: &Ui, headers: &HeaderMap, id: u64, body: UpdateUser, csrf: &s
     }
 }
 
-async fn set_role(ui: Ui, Path(id): Path<String>, headers: HeaderMap, axum::Form(f): axum::Form<UserForm>) -> Response {
+/// A button of a user's row: the change `make` builds from its form.
+async fn patch_with(
+    ui: Ui,
+    id: String,
+    headers: HeaderMap,
+    f: UserForm,
+    make: impl FnOnce(UserForm) -> UpdateUser,
+) -> Response {
     let Some(id) = path_id(&id) else { return no_such("user") };
-    patch(&ui, &headers, id, UpdateUser { role: Some(f.role), ..UpdateUser::default() }, &f.csrf).await
+    let csrf = f.csrf.clone();
+    patch(&ui, &headers, id, make(f), &csrf).await
+}
+
+async fn set_role(ui: Ui, Path(id): Path<String>, headers: HeaderMap, axum::Form(f): axum::Form<UserForm>) -> Response {
+    patch_with(ui, id, headers, f, |f| UpdateUser { role: Some(f.role), ..UpdateUser::default() }).await
 }
 
 async fn disable(ui: Ui, Path(id): Path<String>, headers: HeaderMap, axum::Form(f): axum::Form<UserForm>) -> Response {
-    let Some(id) = path_id(&id) else { return no_such("user") };
-    patch(&ui, &headers, id, UpdateUser { disabled: Some(true), ..UpdateUser::default() }, &f.csrf).await
+    patch_with(ui, id, headers, f, |_| UpdateUser { disabled: Some(true), ..UpdateUser::default() }).await
 }
 
 async fn enable(ui: Ui, Path(id): Path<String>, headers: HeaderMap, axum::Form(f): axum::Form<UserForm>) -> Response {
-    let Some(id) = path_id(&id) else { return no_such("user") };
-    patch(&ui, &headers, id, UpdateUser { disabled: Some(false), ..UpdateUser::default() }, &f.csrf).await
+    patch_with(ui, id, headers, f, |_| UpdateUser { disabled: Some(false), ..UpdateUser::default() }).await
 }
 
 async fn reset_password(
@@ -275,9 +285,8 @@ async fn reset_password(
     headers: HeaderMap,
     axum::Form(f): axum::Form<UserForm>,
 ) -> Response {
-    let Some(id) = path_id(&id) else { return no_such("user") };
     let password = crate::server::store::access::generate_password();
-    patch(&ui, &headers, id, UpdateUser { password: Some(password), ..UpdateUser::default() }, &f.csrf).await
+    patch_with(ui, id, headers, f, |_| UpdateUser { password: Some(password), ..UpdateUser::default() }).await
 }
 
 async fn delete(ui: Ui, Path(id): Path<String>, headers: HeaderMap, axum::Form(f): axum::Form<UserForm>) -> Response {

@@ -213,12 +213,16 @@ async fn deploy_and_check(image: &str, compose_impl: Compose) {
     // implementation (compose v2's container names); the compose variant's
     // bundled docker-compose (v1) names it `<project>_web_1`.
     let stack_name = objects.name("stack");
+    // Its configuration file, mounted by relative path: the agent writes it
+    // in its data volume, and the engine finds it where that volume is on
+    // the host.
     let compose = "services:\n  web:\n    image: ${IMAGE}\n    command: [\"/bin/busybox\", \"sh\", \"-c\", \"trap 'exit 0' \
-                   TERM; while :; do /bin/busybox sleep 1; done\"]\n";
+                   TERM; while :; do /bin/busybox sleep 1; done\"]\n    volumes:\n      - ./conf/app.conf:/etc/app.conf:ro\n";
     let body = json!({
         "name": stack_name,
         "compose": compose,
         "env": {"IMAGE": objects.image},
+        "files": {"conf/app.conf": "shipped=yes\n"},
         "targets": {"environments": [env]},
     });
     let stack = api.ok("POST", "/api/stacks", Some(body), 201).await["id"].as_u64().unwrap();
@@ -232,6 +236,11 @@ async fn deploy_and_check(image: &str, compose_impl: Compose) {
         }
         deadline.tick(format_args!("stack {stack} to run: {s}")).await;
     }
+    let stack_web = match compose_impl {
+        Compose::BuiltIn => format!("{stack_name}-web-1"),
+        Compose::Bundled => format!("{stack_name}_web_1"),
+    };
+    assert_eq!(docker(&["exec", &stack_web, "/bin/busybox", "cat", "/etc/app.conf"]), "shipped=yes");
     match compose_impl {
         Compose::BuiltIn => {
             assert_eq!(inspect(&format!("{stack_name}-web-1"), "{{.State.Status}}"), "running");

@@ -251,7 +251,7 @@ async fn every_route_is_allowed_or_refused_by_role_as_documented() {
         .await;
     let compose = "services:\n  web:\n    image: ${IMAGE}\n";
     let body = json!({ "name": "web", "compose": compose, "env": { "IMAGE": "x:1", "DB_PASSWORD": "s3cret" },
-                        "targets": { "environments": [env] } });
+                        "files": { "tls/key.pem": "PRIVATE-k3y" }, "targets": { "environments": [env] } });
     let stack = operator.ok("POST", "/api/stacks", Some(body), 201).await["id"].as_u64().unwrap();
     for path in [format!("/api/stacks/{stack}"), format!("/api/stacks/{stack}/versions")] {
         let (_, viewer) = &mut callers[0];
@@ -260,8 +260,14 @@ async fn every_route_is_allowed_or_refused_by_role_as_documented() {
             !seen.contains("s3cret") && seen.contains("DB_PASSWORD") && seen.contains("\"env_hidden\":true"),
             "{seen}"
         );
+        // A stack's files too: keys and certificates travel there.
+        assert!(
+            !seen.contains("PRIVATE-k3y") && seen.contains("tls/key.pem") && seen.contains("\"files_hidden\":true"),
+            "{seen}"
+        );
         let (_, operator) = &mut callers[1];
-        assert!(operator.ok("GET", &path, None, 200).await.to_string().contains("s3cret"));
+        let seen = operator.ok("GET", &path, None, 200).await.to_string();
+        assert!(seen.contains("s3cret") && seen.contains("PRIVATE-k3y"), "{seen}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -612,3 +612,110 @@ async fn an_environment_gives_a_stack_variable_its_own_value() {
     assert!(out.trim().is_empty(), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A service that mounts two of its stack's configuration files by
+/// relative path, and one that mounts none.
+const FILES_COMPOSE: &str = r#"
+services:
+  web:
+    image: ${IMAGE}
+    command: ["/bin/busybox", "sh", "-c", "trap 'exit 0' TERM; while :; do /bin/busybox sleep 1; done"]
+    volumes:
+      - ./conf/app.conf:/etc/app.conf:ro
+      - type: bind
+        source: ./motd
+        target: /etc/motd
+        read_only: true
+  side:
+    image: ${IMAGE}
+    command: ["/bin/busybox", "sh", "-c", "trap 'exit 0' TERM; while :; do /bin/busybox sleep 1; done"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configuration_files_ship_with_a_stack_and_its_services_mount_them() {
+    files_ship_with_a_stack("builtin").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configuration_files_ship_with_a_stack_deployed_by_the_hosts_compose_tool() {
+    files_ship_with_a_stack("tool").await;
+}
+
+/// Ships a stack's files, changes one and drops one, and rolls back, with
+/// an agent whose `EDGE_COMPOSE` is `mode`.
+async fn files_ship_with_a_stack(mode: &str) {
+    let prefix = format!("tern-test-stk-{}-cf{}", std::process::id(), &mode[..1]);
+    let objects = Objects::new(&prefix);
+    let _project = ComposeProject(prefix.clone());
+    let dir = tempdir(&format!("tern-stacks-files-{mode}"));
+    let server = Server::start(&dir.join("server"), "127.0.0.1:0");
+    let mut api = server.api();
+    let (env, _agent) = env_with_agent(&mut api, &server, &dir, "cf-env", mode).await;
+    let env_vars = json!({"IMAGE": objects.image});
+    let with_files = |name: &str, files: Value| {
+        json!({"name": name, "compose": FILES_COMPOSE, "env": env_vars, "files": files,
+               "targets": {"environments": [env]}})
+    };
+
+    // Bad files are refused and leave nothing.
+    for (files, status) in [
+        (json!({"../escape": "x"}), 422),
+        (json!({"/etc/passwd": "x"}), 422),
+        (json!({"compose.yml": "x"}), 422),
+        (json!({"conf": "x", "conf/app.conf": "y"}), 422),
+        (json!({"a": "nul\u{0}"}), 422),
+        (json!({"big": "x".repeat(1024 * 1024 + 1)}), 413),
+    ] {
+        let e = api.ok("POST", "/api/stacks", Some(with_files(&prefix, files.clone())), status).await;
+        assert!(e["error"].as_str().is_some_and(|m| m.starts_with("files")), "{files:.60}: {e}");
+    }
+    assert_eq!(api.ok("GET", "/api/stacks", None, 200).await, json!([]));
+
+    let files = json!({"conf/app.conf": "level=1\n", "motd": "hello from tern\n", "notes/readme.txt": "ops\n"});
+    let stack = api.ok("POST", "/api/stacks", Some(with_files(&prefix, files)), 201).await;
+    assert_eq!(stack["files_bytes"], 28, "{stack}");
+    let id = stack["id"].as_u64().unwrap();
+    wait_status(&mut api, id, env, "running", 1).await;
+    let web = project_containers(&prefix, "web")[0].clone();
+    let side = project_containers(&prefix, "side")[0].clone();
+    assert_eq!(
+        docker(&["exec", &web, "/bin/busybox", "cat", "/etc/app.conf", "/etc/motd"]),
+        "level=1\nhello from tern"
+    );
+    let stack_dir = dir.join("agent").join("stacks").join(&prefix);
+    assert_eq!(std::fs::read_to_string(stack_dir.join("conf/app.conf")).unwrap(), "level=1\n");
+
+    // The CLI ships a changed file, the same motd, and drops the notes: the
+    // service that mounts the changed file is made again and reads the new
+    // text; the other one runs on.
+    std::fs::create_dir_all(dir.join("local/conf")).unwrap();
+    std::fs::write(dir.join("local/conf/app.conf"), "level=2\n").unwrap();
+    std::fs::write(dir.join("local/motd"), "hello from tern\n").unwrap();
+    let arg = format!("{}/", dir.join("local").display());
+    let arg = format!("={arg}");
+    let out = tern(&server, &["stack", "update", &prefix, "--config", &arg, "--wait"]);
+    assert!(out.contains("files (24 B in each deploy): conf/app.conf (8 B), motd (16 B)"), "{out}");
+    wait_status(&mut api, id, env, "running", 2).await;
+    let web2 = project_containers(&prefix, "web")[0].clone();
+    assert_eq!(docker(&["exec", &web2, "/bin/busybox", "cat", "/etc/app.conf"]), "level=2");
+    if mode == "builtin" {
+        // (the tool cannot be told which services mount a file: it makes
+        // them all again)
+        assert_eq!(inspect(&side, "{{.State.Running}}"), "true", "the service that mounts no file keeps running");
+        assert_eq!(project_containers(&prefix, "side"), vec![side.clone()]);
+    }
+    assert!(!stack_dir.join("notes").exists(), "a file the new version drops is deleted, and its directory");
+
+    // A rollback brings the files of version 1 back.
+    api.ok("POST", &format!("/api/stacks/{id}/rollback"), Some(json!({"version": 1})), 200).await;
+    wait_status(&mut api, id, env, "running", 3).await;
+    let web3 = project_containers(&prefix, "web")[0].clone();
+    assert_eq!(
+        docker(&["exec", &web3, "/bin/busybox", "cat", "/etc/app.conf", "/etc/motd"]),
+        "level=1\nhello from tern"
+    );
+    let versions = api.ok("GET", &format!("/api/stacks/{id}/versions"), None, 200).await;
+    assert_eq!(versions[1]["files"], json!({"conf/app.conf": "level=2\n", "motd": "hello from tern\n"}), "{versions}");
+    assert_eq!(std::fs::read_to_string(stack_dir.join("notes/readme.txt")).unwrap(), "ops\n");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -150,6 +150,24 @@ async fn stack_and_job_forms_show_api_errors_by_their_field_and_refuse_a_missing
     field_error(&r, 422, "f-targets-error", "nowhere");
     let r = b.post_form("/stacks/new", &[("csrf", &csrf), ("name", "web"), ("compose", good)]).await;
     field_error(&r, 422, "f-targets-error", "at least one");
+    // A configuration file whose path leaves the stack's directory: the
+    // error over the files, the row kept.
+    let r = b
+        .post_form(
+            "/stacks/new",
+            &[
+                ("csrf", &csrf),
+                ("name", "web"),
+                ("compose", good),
+                ("environments", "ship-1"),
+                ("file_path_0", "../x.conf"),
+                ("file_text_0", "a=1"),
+            ],
+        )
+        .await;
+    field_error(&r, 422, "f-files-error", "../x.conf");
+    assert_eq!(input_by_id(&r, "f-file_path_0").as_deref(), Some("../x.conf"));
+    assert_eq!(textarea(&r, "f-file_text_0"), "a=1");
     assert_eq!(api.ok("GET", "/api/stacks", None, 200).await, json!([]), "refused forms stored nothing");
 
     // Without the CSRF field, or with another: 403, nothing stored.
@@ -172,6 +190,10 @@ async fn stack_and_job_forms_show_api_errors_by_their_field_and_refuse_a_missing
                 ("environments", "ship-1"),
                 ("groups", "North Sea"),
                 ("tags", ""),
+                ("file_path_0", " conf/site.conf "),
+                ("file_text_0", "listen 80;\r\n"),
+                ("file_path_1", ""),
+                ("file_text_1", ""),
             ],
         )
         .await;
@@ -182,6 +204,7 @@ async fn stack_and_job_forms_show_api_errors_by_their_field_and_refuse_a_missing
     let stack = api.ok("GET", &format!("/api/stacks/{id}"), None, 200).await;
     assert_eq!(stack["compose"], good, "stored with LF line ends");
     assert_eq!(stack["env"], json!({ "TAG": "1.25" }));
+    assert_eq!(stack["files"], json!({ "conf/site.conf": "listen 80;\n" }), "an empty row ships nothing");
     let targets: Vec<(&str, &str)> = stack["targets"]
         .as_array()
         .unwrap()
@@ -193,6 +216,8 @@ async fn stack_and_job_forms_show_api_errors_by_their_field_and_refuse_a_missing
     // Its page: the per-environment status, refreshing itself while pending.
     let p = b.get(&format!("/stacks/{id}")).await;
     assert_eq!(p.status, 200);
+    assert_eq!(input_by_id(&p, "f-file_path_0").as_deref(), Some("conf/site.conf"), "its file, to edit");
+    assert_eq!(input_by_id(&p, "f-file_path_1").as_deref(), Some(""), "and a row for one more");
     let row = p.body.find("<tr data-env-name=\"ship-1\"").expect("ship-1's row");
     assert!(p.body[..row].contains("id=\"stack-status\""), "in #stack-status");
     assert!(p.body[row..].contains("<td class=\"status\">"), "{}", &p.body[row..]);

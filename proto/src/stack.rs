@@ -98,6 +98,82 @@ pub fn check_variable(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The most configuration files a stack ships.
+pub const MAX_FILES: usize = 64;
+
+/// The most bytes of configuration files (their contents) a stack ships:
+/// they travel in its deploy command, inside one poll reply.
+pub const MAX_FILES_BYTES: usize = 1024 * 1024;
+
+/// The longest path of a configuration file, in bytes.
+pub const MAX_FILE_PATH: usize = 255;
+
+/// What the agent keeps in a stack's directory beside its configuration
+/// files, which no file may be: the compose file, the variables, and the
+/// list of the files it wrote (so it deletes those a later version drops).
+pub const AGENT_FILES: &[&str] = &["compose.yml", "stack.env", ".tern-files"];
+
+/// Checks a configuration file's path: relative to the stack's directory,
+/// `/`-separated names of letters, digits, `.`, `-`, `_` and `@`, none
+/// `.` or `..` (nothing reaches outside the directory), at most
+/// [`MAX_FILE_PATH`] bytes, and none of [`AGENT_FILES`].
+///
+/// # Errors
+/// What is wrong with it.
+pub fn check_file_path(path: &str) -> Result<(), String> {
+    let shown = || path.chars().take(70).collect::<String>();
+    if path.is_empty() || path.len() > MAX_FILE_PATH {
+        return Err(format!("file path {:?}: 1 to {MAX_FILE_PATH} bytes", shown()));
+    }
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n != "."
+            && n != ".."
+            && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '@'))
+    };
+    if !path.split('/').all(name_ok) {
+        return Err(format!(
+            "file path {:?}: a path relative to the stack's directory, of names made of letters, digits, '.', '-', \
+             '_' and '@' separated by '/' (no leading '/', no '.' or '..')",
+            shown()
+        ));
+    }
+    if AGENT_FILES.contains(&path) {
+        return Err(format!("file path {path:?}: the agent's own file in the stack's directory"));
+    }
+    Ok(())
+}
+
+/// Checks a stack's configuration files: each path ([`check_file_path`]),
+/// at most [`MAX_FILES`] of them and [`MAX_FILES_BYTES`] in all, and no
+/// path that is another's directory (`conf` and `conf/a.ini`).
+///
+/// # Errors
+/// What is wrong, naming the file.
+pub fn check_files<V: AsRef<[u8]>>(files: &BTreeMap<String, V>) -> Result<(), String> {
+    if files.len() > MAX_FILES {
+        return Err(format!("{} files; at most {MAX_FILES}", files.len()));
+    }
+    let total: usize = files.values().map(|v| v.as_ref().len()).sum();
+    if total > MAX_FILES_BYTES {
+        return Err(format!("{total} bytes of files; at most {MAX_FILES_BYTES} (1 MiB)"));
+    }
+    for path in files.keys() {
+        check_file_path(path)?;
+        // In key order, a directory's files follow it (`conf`, `conf/a`),
+        // but `conf-x` or `conf.d` may sit between: look each prefix up.
+        let mut at = 0;
+        while let Some(i) = path[at..].find('/') {
+            let dir = &path[..at + i];
+            if files.contains_key(dir) {
+                return Err(format!("file path {path:?}: {dir:?} is a file too"));
+            }
+            at += i + 1;
+        }
+    }
+    Ok(())
+}
+
 /// The project name and directory a file is checked under where the
 /// stack's own directory is not known (the server): neither changes
 /// whether a file parses, only the engine names and paths in the project.
@@ -313,6 +389,44 @@ mod tests {
 
     fn interp(text: &str, e: &BTreeMap<String, String>) -> Result<String, String> {
         interpolate(text, e, &mut BTreeSet::new())
+    }
+
+    #[test]
+    fn configuration_file_paths_stay_in_the_stacks_directory() {
+        for ok in ["nginx.conf", "conf.d/site.conf", "certs/tls@2.pem", "a/b/c/d.txt", ".htpasswd", "compose.yml.bak"] {
+            check_file_path(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a/./b",
+            "a//b",
+            "a/",
+            "a\\b",
+            "a b",
+            "é",
+            "compose.yml",
+            "stack.env",
+            ".tern-files",
+            "a\0b",
+        ] {
+            assert!(check_file_path(bad).is_err(), "{bad:?} passed");
+        }
+        assert!(check_file_path(&"a".repeat(MAX_FILE_PATH + 1)).is_err());
+        let files = |paths: &[&str]| paths.iter().map(|p| ((*p).to_owned(), b"x".to_vec())).collect::<BTreeMap<_, _>>();
+        check_files(&files(&["conf", "conf-x", "conf.d/a"])).unwrap();
+        let e = check_files(&files(&["conf", "conf-x", "conf/a"])).unwrap_err();
+        assert!(e.contains("\"conf\" is a file too"), "{e}");
+        let many: Vec<String> = (0..=MAX_FILES).map(|i| format!("f{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(check_files(&files(&many)).unwrap_err().contains("at most 64"));
+        let big = BTreeMap::from([
+            ("a".to_owned(), vec![0u8; MAX_FILES_BYTES / 2 + 1]),
+            ("b".to_owned(), vec![0u8; MAX_FILES_BYTES / 2]),
+        ]);
+        assert!(check_files(&big).unwrap_err().contains("at most 1048576"));
     }
 
     #[test]

@@ -56,6 +56,11 @@ pub const LABEL_CONFIG_HASH: &str = "io.tern.stack.config-hash";
 /// containers the built-in implementation made, which carry
 /// [`LABEL_STACK_VERSION`]) so an upgrade replaces no unchanged container.
 const LEGACY_LABEL_CONFIG_HASH: &str = "com.docker.compose.config-hash";
+/// A digest of the configuration files a service's bind mounts reach: a
+/// changed file changes the service's configuration hash, so its
+/// container is made again and mounts the new file (a bind-mounted file
+/// is the inode that was there when the container started).
+pub const LABEL_FILES_HASH: &str = "io.tern.stack.files-hash";
 /// The stack version (the server's) that created a container.
 pub const LABEL_STACK_VERSION: &str = "io.tern.stack.version";
 
@@ -65,6 +70,10 @@ pub const COMPOSE_FILE: &str = "compose.yml";
 /// The variables are written here too (for an operator on the host; the
 /// tool gets them through its environment, which wins over any `.env`).
 pub const ENV_FILE: &str = "stack.env";
+
+/// The list of configuration files the agent wrote in a stack's directory
+/// (one path a line), so the next version deletes those it no longer ships.
+pub const FILES_LIST: &str = ".tern-files";
 
 /// A compose tool run that takes longer than this is killed and failed:
 /// the agent runs one command at a time, so a hung tool must not block the
@@ -157,12 +166,17 @@ impl Stacks {
             spec
         };
         let dir = self.stack_dir(&spec.name);
+        crate::stack::check_files(&spec.files).map_err(|e| format!("stack files: {e}"))?;
+        // Relative bind mounts (`./nginx.conf:/etc/nginx/nginx.conf`) are
+        // the engine's to resolve, on the host: when the agent runs in a
+        // container, its stack directory is elsewhere there.
+        let host_dir = host_path(docker, &dir).await;
         // What the server checks (the same parse), checked again: a stack
         // from an older server (or any other sender) must not reach the
         // tool otherwise.
-        let mut project = crate::stack::check_stack(&spec.name, &spec.compose, &spec.env, &dir)
+        let mut project = crate::stack::check_stack(&spec.name, &spec.compose, &spec.env, &host_dir)
             .map_err(|e| format!("compose file: {e}"))?;
-        write_files(&dir, spec).await?;
+        let changed = write_files(&dir, spec).await?;
         match self.tool().await? {
             Some(tool) => {
                 tracing::info!(stack = %spec.name, version = spec.version, tool = %tool.join(" "), "deploying with the compose tool");
@@ -172,7 +186,16 @@ impl Stacks {
                 // credentials for are pulled first, here, through the
                 // engine, so those never reach the tool or the disk.
                 self.pull_private(docker, &project).await?;
-                run_tool(&tool, &dir, &spec.name, &file, &["up", "-d", "--remove-orphans"], &spec.env).await?;
+                // In a container, relative paths are to resolve on the host.
+                let project_dir = (host_dir != dir).then_some(host_dir.as_path());
+                // The tool cannot be told which services mount a changed
+                // file: all are made again then.
+                let args: &[&str] = if changed {
+                    &["up", "-d", "--remove-orphans", "--force-recreate"]
+                } else {
+                    &["up", "-d", "--remove-orphans"]
+                };
+                run_tool(&tool, &dir, project_dir, &spec.name, &file, args, &spec.env).await?;
             }
             None => {
                 tracing::info!(stack = %spec.name, version = spec.version, "deploying with the built-in compose");
@@ -183,6 +206,7 @@ impl Stacks {
                     tracing::warn!(stack = %spec.name, "{w}");
                 }
                 project.expand_home(&std::env::var("HOME").unwrap_or_else(|_| "/root".into()));
+                label_files(&mut project, &host_dir, &spec.files);
                 deploy_builtin(docker, &project, spec.version, &self.registries).await?;
             }
         }
@@ -217,7 +241,7 @@ impl Stacks {
             && tokio::fs::try_exists(&file).await.unwrap_or(false)
         {
             tracing::info!(stack = %name, tool = %tool.join(" "), "removing with the compose tool");
-            run_tool(&tool, &dir, name, &file, &["down", "--remove-orphans"], &BTreeMap::new()).await?;
+            run_tool(&tool, &dir, None, name, &file, &["down", "--remove-orphans"], &BTreeMap::new()).await?;
         }
         // Whatever the tool left (or everything, without a tool): by label.
         remove_builtin(docker, name).await?;
@@ -282,6 +306,7 @@ fn tool_command(words: &[impl AsRef<std::ffi::OsStr>]) -> tokio::process::Comman
 async fn run_tool(
     tool: &[String],
     dir: &Path,
+    project_dir: Option<&Path>,
     name: &str,
     file: &Path,
     args: &[&str],
@@ -292,7 +317,11 @@ async fn run_tool(
     let dir = std::path::absolute(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let file = std::path::absolute(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let mut cmd = tool_command(tool);
-    cmd.arg("-p").arg(name).arg("-f").arg(&file).args(args).current_dir(&dir).envs(env);
+    cmd.arg("-p").arg(name).arg("-f").arg(&file);
+    if let Some(p) = project_dir {
+        cmd.arg("--project-directory").arg(p);
+    }
+    cmd.args(args).current_dir(&dir).envs(env);
     cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
     let child = cmd.spawn().map_err(|e| format!("{}: {e}", tool.join(" ")))?;
     let out = match tokio::time::timeout(TOOL_TIMEOUT, child.wait_with_output()).await {
@@ -314,7 +343,34 @@ async fn run_tool(
     Err(format!("{} {} failed ({}): {}{tail}", tool.join(" "), args[0], out.status, if start > 0 { "…" } else { "" }))
 }
 
-async fn write_files(dir: &Path, spec: &StackSpec) -> Result<(), String> {
+/// Labels each service with a digest of the configuration files its bind
+/// mounts reach ([`LABEL_FILES_HASH`]); a service that mounts none gets no
+/// label, so a file change leaves it running.
+pub fn label_files(project: &mut Project, host_dir: &Path, files: &BTreeMap<String, Vec<u8>>) {
+    for service in project.services.values_mut() {
+        let mut h = blake3::Hasher::new();
+        let mut any = false;
+        for (path, content) in files {
+            let at = host_dir.join(path);
+            let mounted =
+                service.volumes.iter().any(|m| matches!(&m.source, MountSource::Bind(src) if at.starts_with(src)));
+            if mounted {
+                any = true;
+                h.update(&(path.len() as u64).to_le_bytes());
+                h.update(path.as_bytes());
+                h.update(&(content.len() as u64).to_le_bytes());
+                h.update(content);
+            }
+        }
+        if any {
+            service.labels.insert(LABEL_FILES_HASH.to_owned(), h.finalize().to_hex()[..16].to_owned());
+        }
+    }
+}
+
+/// Writes the stack's files; returns whether a configuration file changed
+/// (one written with new text, or one deleted).
+async fn write_files(dir: &Path, spec: &StackSpec) -> Result<bool, String> {
     let io = |what: &str, e: std::io::Error| format!("writing the stack's {what} in {}: {e}", dir.display());
     tokio::fs::create_dir_all(dir).await.map_err(|e| io("directory", e))?;
     tokio::fs::write(dir.join(COMPOSE_FILE), &spec.compose).await.map_err(|e| io("compose file", e))?;
@@ -332,7 +388,109 @@ async fn write_files(dir: &Path, spec: &StackSpec) -> Result<(), String> {
             .await
             .map_err(|e| io("permissions", e))?;
     }
-    Ok(())
+    let dir = dir.to_owned();
+    let files = spec.files.clone();
+    tokio::task::spawn_blocking(move || write_config_files(&dir, &files))
+        .await
+        .map_err(|e| format!("writing the stack's files: {e}"))?
+}
+
+/// Writes a stack's configuration files in its directory and deletes those
+/// the previous version wrote that this one does not ship ([`FILES_LIST`]).
+///
+/// Each is written to a temporary file and renamed over its path, so a
+/// container reading it sees the old or the new text, never half; a
+/// container that mounts a directory of the stack read-write may have
+/// made a name in it a symbolic link, so no path is followed through one
+/// (a file would otherwise be written wherever the link points, on the
+/// host). Files are 0644: the services read them as whatever user they
+/// run as.
+fn write_config_files(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> Result<bool, String> {
+    use std::io::Write as _;
+    let list_path = dir.join(FILES_LIST);
+    let previous = std::fs::read_to_string(&list_path).unwrap_or_default();
+    let mut changed = false;
+    for (path, content) in files {
+        let err = |e: std::io::Error| format!("stack file {path}: {e}");
+        let target = dir.join(path);
+        let mut at = dir.to_path_buf();
+        let parts: Vec<&str> = path.split('/').collect();
+        for part in &parts[..parts.len() - 1] {
+            at.push(part);
+            match std::fs::symlink_metadata(&at) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => return Err(format!("stack file {path}: {} is not a directory", at.display())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir(&at).map_err(err)?,
+                Err(e) => return Err(err(e)),
+            }
+        }
+        match std::fs::symlink_metadata(&target) {
+            // The engine makes a bind mount's missing source a directory:
+            // an empty one, from a version that did not ship the file,
+            // gives way to it.
+            Ok(m) if m.is_dir() => {
+                std::fs::remove_dir(&target)
+                    .map_err(|_| format!("stack file {path}: {} is a directory", target.display()))?;
+                changed = true;
+            }
+            Ok(m) if m.is_file() && std::fs::read(&target).is_ok_and(|old| old == *content) => continue,
+            _ => changed = true,
+        }
+        let tmp = at.join(format!(".{}.tern-new", parts[parts.len() - 1]));
+        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        f.write_all(content).and_then(|()| f.sync_all()).map_err(err)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(err)?;
+        }
+        drop(f);
+        std::fs::rename(&tmp, &target).map_err(err)?;
+    }
+    for old in previous.lines().filter(|p| !p.is_empty() && !files.contains_key(*p)) {
+        // Only what this list may name: a list edited on the host must not
+        // delete outside the directory.
+        if crate::stack::check_file_path(old).is_err() {
+            continue;
+        }
+        let path = dir.join(old);
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+            changed = true;
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!("removing the stack's old file {}: {e}", path.display());
+            }
+            // Its directories, when that left them empty.
+            let mut parent = path.parent();
+            while let Some(p) = parent.filter(|p| *p != dir) {
+                if std::fs::remove_dir(p).is_err() {
+                    break;
+                }
+                parent = p.parent();
+            }
+        }
+    }
+    let list: String = files.keys().map(|k| format!("{k}\n")).collect();
+    std::fs::write(&list_path, list).map_err(|e| format!("writing {}: {e}", list_path.display()))?;
+    Ok(changed)
+}
+
+/// Where `path` (in this process's filesystem) is on the engine's host:
+/// itself, unless the agent runs in a container and `path` is under one of
+/// its mounts (the `DATA_PATH` volume), whose host directory
+/// (`Mountpoint`, a bind's source) stands in for the mount's destination.
+pub async fn host_path(docker: &Docker, path: &Path) -> PathBuf {
+    let Ok(abs) = std::path::absolute(path) else { return path.to_owned() };
+    let Some(me) = super::update::own_container(docker).await else { return abs };
+    let mounts = me.mounts.unwrap_or_default();
+    let best = mounts
+        .iter()
+        .filter_map(|m| {
+            let dest = Path::new(m.destination.as_deref()?);
+            let rest = abs.strip_prefix(dest).ok()?;
+            Some((dest.components().count(), Path::new(m.source.as_deref()?).join(rest)))
+        })
+        .max_by_key(|(depth, _)| *depth);
+    best.map_or(abs, |(_, host)| host)
 }
 
 // ---------------------------------------------------------------------------

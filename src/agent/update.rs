@@ -69,7 +69,7 @@ pub fn rollback_of(data_path: &Path, update: u64) -> Option<Rollback> {
 
 /// The id of the container this process runs in, if it runs in one: the
 /// engine's record of the container whose hostname file is this one's.
-async fn own_container(docker: &Docker) -> Option<bollard::models::ContainerInspectResponse> {
+pub(crate) async fn own_container(docker: &Docker) -> Option<bollard::models::ContainerInspectResponse> {
     // The engine mounts /etc/hostname from its containers/<id>/ directory.
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let id = mountinfo.lines().find_map(|l| {

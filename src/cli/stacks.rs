@@ -5,12 +5,21 @@
 //! tern stack list
 //! tern stack show web            # per-environment status
 //! tern stack update web --file compose.yml --env TAG=1.26 [--wait]
+//! tern stack deploy --name web --file compose.yml --config nginx.conf --config certs/ --tag gps
 //! tern stack rm web [--wait]
 //! ```
 //!
 //! A stack is named by id or by name. `--env` on `update` replaces every
 //! variable (left out: they stay); `--env-id`, `--group` or `--tag` on
-//! `update` replace every target (left out: they stay).
+//! `update` replace every target (left out: they stay); `--config` on
+//! `update` replaces every configuration file (`--no-config` ships none).
+//!
+//! `--config [PATH=]LOCAL` ships a configuration file with the stack, at
+//! `PATH` in the stack's directory on the host, where a relative bind mount
+//! (`./nginx.conf:/etc/nginx/nginx.conf:ro`) finds it. Without `PATH=`, a
+//! relative `LOCAL` keeps its path (`conf/site.conf`) and an absolute one
+//! its file name; a directory ships every file under it (`=DIR`: at the
+//! top of the stack's directory).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -66,6 +75,10 @@ pub enum StackCommand {
         /// A variable for the file's ${VAR} interpolation (repeat).
         #[arg(long = "env", value_name = "KEY=VALUE")]
         env: Vec<String>,
+        /// A configuration file (or directory) shipped with the stack, for
+        /// its relative bind mounts (repeat; see `tern stack --help`).
+        #[arg(long = "config", value_name = "[PATH=]LOCAL")]
+        config: Vec<String>,
         /// Where it goes.
         #[command(flatten)]
         targets: Targets,
@@ -91,6 +104,12 @@ pub enum StackCommand {
         /// The variables, all of them (repeat).
         #[arg(long = "env", value_name = "KEY=VALUE")]
         env: Vec<String>,
+        /// The configuration files, all of them (repeat).
+        #[arg(long = "config", value_name = "[PATH=]LOCAL")]
+        config: Vec<String>,
+        /// Ship no configuration file any more.
+        #[arg(long = "no-config", conflicts_with = "config")]
+        no_config: bool,
         /// Where it goes.
         #[command(flatten)]
         targets: Targets,
@@ -155,6 +174,54 @@ fn read_file(path: &PathBuf) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
+/// Reads `--config [PATH=]LOCAL` arguments into a stack's files (see the
+/// module doc). The server checks the paths and sizes.
+fn read_configs(args: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut files = BTreeMap::new();
+    for arg in args {
+        let (path, local) = match arg.split_once('=') {
+            Some((p, l)) => (Some(p.trim_matches('/').to_owned()), PathBuf::from(l)),
+            None => (None, PathBuf::from(arg)),
+        };
+        let base = path.unwrap_or_else(|| {
+            if local.is_absolute() {
+                local.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+            } else {
+                let clean: Vec<String> = local
+                    .components()
+                    .filter(|c| !matches!(c, std::path::Component::CurDir))
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect();
+                clean.join("/")
+            }
+        });
+        add_config(&mut files, &base, &local).with_context(|| format!("--config {arg:?}"))?;
+    }
+    Ok(files)
+}
+
+fn add_config(files: &mut BTreeMap<String, String>, path: &str, local: &std::path::Path) -> anyhow::Result<()> {
+    let meta = std::fs::metadata(local).with_context(|| format!("reading {}", local.display()))?;
+    if meta.is_dir() {
+        let mut entries: Vec<_> = std::fs::read_dir(local)
+            .with_context(|| format!("reading {}", local.display()))?
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("reading {}", local.display()))?;
+        entries.sort_by_key(std::fs::DirEntry::file_name);
+        for e in entries {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let sub = if path.is_empty() { name } else { format!("{path}/{name}") };
+            add_config(files, &sub, &e.path())?;
+        }
+        return Ok(());
+    }
+    let text = std::fs::read(local).with_context(|| format!("reading {}", local.display()))?;
+    let text = String::from_utf8(text)
+        .map_err(|_| anyhow::anyhow!("{} is not UTF-8 text (binary files are not shipped)", local.display()))?;
+    files.insert(path.to_owned(), text);
+    Ok(())
+}
+
 /// The id of a stack named by id or name (a live one before a removed one).
 fn stack_id(api: &mut Api, stack: &str) -> anyhow::Result<u64> {
     if let Ok(id) = stack.parse() {
@@ -203,6 +270,15 @@ fn print_stack(v: &StackDetail) {
         st.status,
         targets_text(&st.targets)
     );
+    if !v.files.is_empty() {
+        let list: Vec<String> = v
+            .files
+            .iter()
+            .map(|(p, t)| if v.files_hidden { p.clone() } else { format!("{p} ({} B)", t.len()) })
+            .collect();
+        let hidden = if v.files_hidden { ", their text hidden" } else { "" };
+        println!("files ({} B in each deploy{hidden}): {}", v.files_bytes, list.join(", "));
+    }
     let mut rows =
         vec![vec!["ENV".into(), "NAME".into(), "STATUS".into(), "SENT".into(), "RUNS".into(), "ERROR".into()]];
     for d in &v.environments {
@@ -260,12 +336,17 @@ fn wait(api: &mut Api, id: u64) -> anyhow::Result<StackDetail> {
 pub fn run(command: StackCommand, api_args: &ApiArgs) -> anyhow::Result<()> {
     let mut api = Api::new(api_args)?;
     match command {
-        StackCommand::Deploy { name, file, env, targets, wait: w } => {
+        StackCommand::Deploy { name, file, env, config, targets, wait: w } => {
             if targets.is_empty() {
                 bail!("say where: --env-id, --group or --tag (repeat them as needed)");
             }
-            let body =
-                CreateStack { name, compose: read_file(&file)?, env: parse_env(&env)?, targets: targets.to_body() };
+            let body = CreateStack {
+                name,
+                compose: read_file(&file)?,
+                env: parse_env(&env)?,
+                files: read_configs(&config)?,
+                targets: targets.to_body(),
+            };
             let mut v: StackDetail = api.send("POST", "/api/stacks", &body)?;
             if w {
                 v = wait(&mut api, v.item.id)?;
@@ -301,11 +382,18 @@ pub fn run(command: StackCommand, api_args: &ApiArgs) -> anyhow::Result<()> {
             let v: StackDetail = api.get_as(&format!("/api/stacks/{id}"))?;
             api.show(&v, print_stack);
         }
-        StackCommand::Update { stack, file, env, targets, wait: w } => {
+        StackCommand::Update { stack, file, env, config, no_config, targets, wait: w } => {
             let id = stack_id(&mut api, &stack)?;
             let body = UpdateStack {
                 compose: file.as_ref().map(read_file).transpose()?,
                 env: if env.is_empty() { None } else { Some(parse_env(&env)?) },
+                files: if no_config {
+                    Some(BTreeMap::new())
+                } else if config.is_empty() {
+                    None
+                } else {
+                    Some(read_configs(&config)?)
+                },
                 targets: if targets.is_empty() { None } else { Some(targets.to_body()) },
             };
             let mut v: StackDetail = api.send("PUT", &format!("/api/stacks/{id}"), &body)?;

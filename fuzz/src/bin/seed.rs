@@ -215,6 +215,7 @@ fn replies(codec: &mut Codec) -> Result<Seeds, Box<dyn std::error::Error>> {
                 reference: "10.0.0.5:5000/shop/web:2".into(),
                 image_id: "sha256:".to_owned() + &"cd".repeat(32),
             }],
+            files: [("conf/nginx.conf".to_owned(), b"worker_processes 1;\n".to_vec())].into(),
         }),
         Action::StackRemove("shop".into()),
         Action::Job(JobSpec {

@@ -220,9 +220,19 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ("GET", "/api/settings", "settings", "Edge compute defaults: intervals, whether an AGENT_SECRET is set."),
     ("PUT", "/api/settings", "settings", "Change the default intervals or the AGENT_SECRET."),
     // Edge stacks.
-    ("POST", "/api/stacks", "stacks", "Create a stack (compose file, variables, targets) and deploy it."),
+    (
+        "POST",
+        "/api/stacks",
+        "stacks",
+        "Create a stack (compose file, variables, configuration files, targets) and deploy it.",
+    ),
     ("GET", "/api/stacks", "stacks", "List stacks with their status and counts of environments by status."),
-    ("GET", "/api/stacks/{id}", "stacks", "One stack: compose file, variables, targets, status per environment."),
+    (
+        "GET",
+        "/api/stacks/{id}",
+        "stacks",
+        "One stack: compose file, variables, configuration files, targets, status per environment.",
+    ),
     ("PUT", "/api/stacks/{id}", "stacks", "A new version of a stack, redeployed everywhere."),
     ("DELETE", "/api/stacks/{id}", "stacks", "Remove a stack everywhere (202); once removed, purge it (204)."),
     (

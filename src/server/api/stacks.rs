@@ -158,6 +158,9 @@ impl From<StackRecord> for StackDetail {
             compose: s.compose,
             env: s.env,
             env_hidden: false,
+            files_bytes: s.files.values().map(|v| v.len() as u64).sum(),
+            files: s.files,
+            files_hidden: false,
             environments: s.deployments.into_iter().map(Into::into).collect(),
         }
     }
@@ -196,6 +199,27 @@ pub fn check_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Checks a stack's configuration files ([`crate::stack::check_files`]:
+/// paths inside the stack's directory, at most 64 files and 1 MiB), and
+/// that they are text without NUL.
+///
+/// # Errors
+/// A 413 when they are too large, a 422 naming the bad file otherwise.
+pub fn check_files(files: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    let total: usize = files.values().map(String::len).sum();
+    if total > crate::stack::MAX_FILES_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("files: {total} bytes; at most {} (1 MiB)", crate::stack::MAX_FILES_BYTES),
+        ));
+    }
+    crate::stack::check_files(files).map_err(|e| ApiError::invalid(format!("files: {e}")))?;
+    if let Some(path) = files.iter().find_map(|(p, v)| v.contains('\0').then_some(p)) {
+        return Err(ApiError::invalid(format!("files: {path}: text without NUL characters")));
+    }
+    Ok(())
+}
+
 /// Checks a compose file with the variables it will be deployed with,
 /// before it is stored and sent: the agent's own check
 /// ([`crate::stack::check_file`], the built-in compose's parse), so what
@@ -222,8 +246,9 @@ pub async fn create_stack(
     check_name(&body.name)?;
     check_env(&body.env)?;
     check_compose(&body.compose, &body.env)?;
+    check_files(&body.files)?;
     let targets = body.targets.check()?;
-    let new = NewStack { name: body.name, compose: body.compose, env: body.env, targets };
+    let new = NewStack { name: body.name, compose: body.compose, env: body.env, files: body.files, targets };
     let record = with_store(&state, move |store| {
         let id = store.create_stack(&new, crate::server::http::now())?;
         stack_stays_in_scope(store, scope, id)?;
@@ -245,9 +270,9 @@ pub async fn list_stacks(
     Ok(Json(list.iter().map(StackItem::from).collect()))
 }
 
-/// Empties a stack's variable values for a caller who may only look (a
-/// viewer): they are where a stack's passwords usually are. Their names
-/// stay. Returns whether it did.
+/// Empties a stack's variable values (or its files' text) for a caller who
+/// may only look (a viewer): they are where a stack's passwords, keys and
+/// certificates usually are. Their names stay. Returns whether it did.
 fn hide_env(caller: &Caller, env: &mut BTreeMap<String, String>) -> bool {
     if caller.role() >= Role::Operator {
         return false;
@@ -265,6 +290,7 @@ pub async fn stack(
     let record = read_store(&state, move |store| Ok(store.stack(id)?)).await?;
     let mut detail = StackDetail::from(record);
     detail.env_hidden = hide_env(&caller, &mut detail.env);
+    detail.files_hidden = hide_env(&caller, &mut detail.files);
     Ok(Json(detail))
 }
 
@@ -278,6 +304,9 @@ pub async fn update_stack(
     if let Some(e) = &body.env {
         check_env(e)?;
     }
+    if let Some(f) = &body.files {
+        check_files(f)?;
+    }
     if body.compose.is_some() || body.env.is_some() {
         // The file and the variables it will be deployed with, one of them
         // perhaps as stored.
@@ -286,7 +315,7 @@ pub async fn update_stack(
         check_compose(compose, body.env.as_ref().unwrap_or(&stored.env))?;
     }
     let targets = body.targets.map(TargetsBody::check).transpose()?;
-    let change = StackChange { compose: body.compose, env: body.env, targets };
+    let change = StackChange { compose: body.compose, env: body.env, files: body.files, targets };
     let record = with_store(&state, move |store| {
         store.update_stack(id, &change, crate::server::http::now())?;
         stack_stays_in_scope(store, scope, id)?;
@@ -321,6 +350,7 @@ pub async fn stack_versions(
             .into_iter()
             .map(|mut v| {
                 let env_hidden = hide_env(&caller, &mut v.env);
+                let files_hidden = hide_env(&caller, &mut v.files);
                 StackVersionView {
                     current: v.version == record.version,
                     version: v.version,
@@ -329,6 +359,8 @@ pub async fn stack_versions(
                     compose: v.compose,
                     env: v.env,
                     env_hidden,
+                    files: v.files,
+                    files_hidden,
                 }
             })
             .collect(),

@@ -164,6 +164,7 @@ mod tests {
             env,
             version: 1,
             images: Vec::new(),
+            files: Default::default(),
         };
         let job = JobSpec { job: 1, image: "10.0.0.5:5000/tools".into(), ..JobSpec::default() };
         let both = credentials_for(&tx, &key, &[cmd(1, Action::StackDeploy(stack)), cmd(2, Action::Job(job))]).unwrap();

@@ -286,7 +286,7 @@ pub trait StackRules: Transaction {
     /// changed then.
     fn update_stack(&self, id: u64, change: &StackChange, now: i64) -> Result<(), StackError> {
         atomic(self, || {
-            self.revise_stack(id, change.compose.as_deref(), change.env.as_ref(), now)?;
+            self.revise_stack(id, change, now)?;
             let spec = deployable(self, id)?;
             let deployed = self.stack_deployments(id)?;
             let targeted = match &change.targets {
@@ -319,7 +319,12 @@ pub trait StackRules: Transaction {
     fn rollback_stack(&self, id: u64, version: u32, now: i64) -> Result<u32, StackError> {
         let old = self.stack_version(id, version)?;
         atomic(self, || {
-            let change = StackChange { compose: Some(old.compose.clone()), env: Some(old.env.clone()), targets: None };
+            let change = StackChange {
+                compose: Some(old.compose.clone()),
+                env: Some(old.env.clone()),
+                files: Some(old.files.clone()),
+                targets: None,
+            };
             self.update_stack(id, &change, now)?;
             self.note_stack_version(id, &format!("rolled back to version {version}"))?;
             Ok(self.stack(id)?.version)

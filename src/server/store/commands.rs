@@ -3,6 +3,13 @@
 
 use super::*;
 
+/// The most bytes of stored actions one reply carries (but for its first
+/// command, whatever its size): half of what an agent decodes
+/// (`Limits::max_decoded`), leaving room for the rest of the reply. A
+/// stack's deploy carries its compose file and configuration files (up to
+/// about 1.3 MiB), so a queue of them is spread over several replies.
+pub const MAX_REPLY_ACTION_BYTES: usize = 8 << 20;
+
 /// Commands queued for agents, their delivery and results.
 pub trait CommandStore {
     /// Queues a command for an environment's agent; returns its id. When
@@ -15,7 +22,8 @@ pub trait CommandStore {
     fn enqueue_command(&self, environment: u64, action: &Action, now: i64) -> Result<u64, StoreError>;
 
     /// The commands to put in a reply to this environment's agent: queued
-    /// ones it has not confirmed, oldest first, at most `limit`. Each is
+    /// ones it has not confirmed, oldest first, at most `limit` and (but for
+    /// the first) [`MAX_REPLY_ACTION_BYTES`] of actions. Each is
     /// stamped as sent now. A command whose stored action no longer decodes
     /// (which this build never writes) is failed rather than left to block
     /// the queue.
@@ -112,7 +120,15 @@ impl CommandStore for Tx<'_> {
         }
         let tx = self.tx()?;
         let mut due = Vec::with_capacity(rows.len());
+        let mut total = 0;
         for (id, bytes) in rows {
+            // Stack deploys carry their files: a queue of them must not
+            // make a reply larger than an agent takes. The rest wait for
+            // the next reply.
+            total += bytes.len();
+            if total > MAX_REPLY_ACTION_BYTES && !due.is_empty() {
+                break;
+            }
             match Action::decode(&bytes) {
                 Ok(action) => {
                     tx.execute("UPDATE commands SET sent_at = ?2 WHERE id = ?1", params![id, now])?;

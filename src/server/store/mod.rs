@@ -572,6 +572,10 @@ const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL,
         PRIMARY KEY (environment, name)
     ) WITHOUT ROWID;",
+    // 26: configuration files shipped with a stack (issue #17;
+    // `store::stacks`): a JSON object of path to text, kept per version.
+    "ALTER TABLE stacks ADD COLUMN files TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE stack_versions ADD COLUMN files TEXT NOT NULL DEFAULT '{}';",
 ];
 
 /// The interval every timer runs at when neither the environment nor the
@@ -1203,6 +1207,8 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::store::commands::MAX_REPLY_ACTION_BYTES;
+    use std::collections::BTreeMap;
 
     use crate::sync::diff;
     use crate::sync::session::Received;
@@ -1275,6 +1281,36 @@ mod tests {
 
     fn result(id: u64, status: ResultStatus, error: &str) -> CommandResult {
         CommandResult { output: Vec::new(), phase: String::new(), id, status, error: error.into(), finished_at: 0 }
+    }
+
+    #[test]
+    fn a_reply_carries_at_most_its_bytes_of_actions_and_the_rest_follow() {
+        let s_db = Store::scratch().unwrap();
+        let s = s_db.autocommit();
+        let e = s.create_environment("site", Secret([1; 32]), 0).unwrap();
+        // Three deploys of 3 MiB each (a compose file and its files): two
+        // fit in 8 MiB, the third waits; a lone one larger than the budget
+        // still goes.
+        let deploy = |n: usize| {
+            Action::StackDeploy(crate::wire::poll::StackSpec {
+                name: format!("s{n}"),
+                files: BTreeMap::from([("big".to_owned(), vec![b'x'; 3 << 20])]),
+                ..Default::default()
+            })
+        };
+        let ids: Vec<u64> = (0..3).map(|n| s.enqueue_command(e.id, &deploy(n), 10).unwrap()).collect();
+        let first: Vec<u64> = s.commands_due(e.id, 11, 100).unwrap().iter().map(|c| c.id).collect();
+        assert_eq!(first, ids[..2]);
+        s.mark_seen(e.id, ids[1], 12).unwrap();
+        let next: Vec<u64> = s.commands_due(e.id, 13, 100).unwrap().iter().map(|c| c.id).collect();
+        assert_eq!(next, ids[2..]);
+        let huge = Action::StackDeploy(crate::wire::poll::StackSpec {
+            files: BTreeMap::from([("big".to_owned(), vec![b'x'; MAX_REPLY_ACTION_BYTES + 1])]),
+            ..Default::default()
+        });
+        s.mark_seen(e.id, ids[2], 14).unwrap();
+        let h = s.enqueue_command(e.id, &huge, 15).unwrap();
+        assert_eq!(s.commands_due(e.id, 16, 100).unwrap().iter().map(|c| c.id).collect::<Vec<_>>(), vec![h]);
     }
 
     #[test]

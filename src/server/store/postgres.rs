@@ -446,6 +446,9 @@ pub const MIGRATIONS: &[&str] = &[
         value TEXT COLLATE "C" NOT NULL,
         PRIMARY KEY (environment, name)
     );"#,
+    // 26: configuration files shipped with a stack.
+    r#"ALTER TABLE stacks ADD COLUMN files TEXT COLLATE "C" NOT NULL DEFAULT '{}';
+    ALTER TABLE stack_versions ADD COLUMN files TEXT COLLATE "C" NOT NULL DEFAULT '{}';"#,
 ];
 
 /// A pool of connections to one PostgreSQL database, with the runtime

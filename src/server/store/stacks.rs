@@ -46,11 +46,17 @@ pub struct StackVersion {
     pub compose: String,
     /// Its variables.
     pub env: BTreeMap<String, String>,
+    /// Its configuration files, by path.
+    pub files: StackFiles,
     /// When it was made.
     pub created_at: i64,
     /// What made it, when not an edit (`rolled back to version 2`).
     pub note: String,
 }
+
+/// A stack's configuration files: their paths relative to the stack's
+/// directory on the host, and their text.
+pub type StackFiles = BTreeMap<String, String>;
 
 /// How many versions of a stack are kept (the newest; older ones can no
 /// longer be rolled back to).
@@ -142,6 +148,8 @@ pub struct NewStack {
     pub compose: String,
     /// Variables for interpolation.
     pub env: BTreeMap<String, String>,
+    /// Configuration files shipped with it.
+    pub files: StackFiles,
     /// Where it goes.
     pub targets: TargetRefs,
 }
@@ -153,6 +161,8 @@ pub struct StackChange {
     pub compose: Option<String>,
     /// New variables (replacing all of them).
     pub env: Option<BTreeMap<String, String>>,
+    /// New configuration files (replacing all of them).
+    pub files: Option<StackFiles>,
     /// New targets (replacing all of them).
     pub targets: Option<TargetRefs>,
 }
@@ -196,6 +206,8 @@ pub struct StackRecord {
     pub compose: String,
     /// Variables.
     pub env: BTreeMap<String, String>,
+    /// Configuration files.
+    pub files: StackFiles,
     /// Bumped by every update.
     pub version: u32,
     /// When created.
@@ -210,8 +222,9 @@ pub struct StackRecord {
     pub deployments: Vec<Deployment>,
 }
 
-/// A `stacks` row: id, name, compose, env, version, created, updated, removed.
-type StackRow = (i64, String, String, String, i64, i64, i64, Option<i64>);
+/// A `stacks` row: id, name, compose, env, version, created, updated,
+/// removed, files.
+type StackRow = (i64, String, String, String, i64, i64, i64, Option<i64>, String);
 
 /// The environments a stack's targets name now: `(stack, environment)`
 /// pairs without a deployment yet, for one stack and/or one environment
@@ -264,19 +277,14 @@ pub trait StackStore {
     /// [`StackError::UnknownTarget`], or when the database fails.
     fn set_stack_targets(&self, stack: u64, targets: &TargetRefs) -> Result<(), StackError>;
 
-    /// A new version of a live stack: its file and/or variables replaced
-    /// where given, its version bumped.
+    /// A new version of a live stack: its file, variables and/or
+    /// configuration files replaced where given (its targets are not
+    /// touched here), its version bumped.
     ///
     /// # Errors
     /// [`StackError::NotFound`] (also for a stack being removed), or when
     /// the database fails.
-    fn revise_stack(
-        &self,
-        id: u64,
-        compose: Option<&str>,
-        env: Option<&BTreeMap<String, String>>,
-        now: i64,
-    ) -> Result<(), StackError>;
+    fn revise_stack(&self, id: u64, change: &StackChange, now: i64) -> Result<(), StackError>;
 
     /// What a `StackDeploy` of the stack's current version carries.
     ///
@@ -443,9 +451,11 @@ impl StackStore for Tx<'_> {
 
     fn insert_stack(&self, new: &NewStack, now: i64) -> Result<u64, StackError> {
         let env = serde_json::to_string(&new.env).unwrap_or_else(|_| "{}".into());
+        let files = serde_json::to_string(&new.files).unwrap_or_else(|_| "{}".into());
         let r = self.conn.insert(
-            "INSERT INTO stacks (name, compose, env, version, created_at, updated_at) VALUES (?1, ?2, ?3, 1, ?4, ?4)",
-            params![new.name, new.compose, env, now],
+            "INSERT INTO stacks (name, compose, env, version, created_at, updated_at, files)
+             VALUES (?1, ?2, ?3, 1, ?4, ?4, ?5)",
+            params![new.name, new.compose, env, now, files],
         );
         let id = match r {
             Err(super::sql::Error::Constraint(_)) => {
@@ -462,24 +472,22 @@ impl StackStore for Tx<'_> {
         Self::set_targets(self.conn, sql_id(stack), targets)
     }
 
-    fn revise_stack(
-        &self,
-        id: u64,
-        compose: Option<&str>,
-        env: Option<&BTreeMap<String, String>>,
-        now: i64,
-    ) -> Result<(), StackError> {
+    fn revise_stack(&self, id: u64, change: &StackChange, now: i64) -> Result<(), StackError> {
         let live: Option<i64> = self
             .conn
             .query_row("SELECT id FROM stacks WHERE id = ?1 AND removed_at IS NULL", [sql_id(id)], |r| r.get(0))
             .optional()?;
         let stack = live.ok_or(StackError::NotFound(id))?;
-        if let Some(compose) = compose {
+        if let Some(compose) = &change.compose {
             self.conn.execute("UPDATE stacks SET compose = ?2 WHERE id = ?1", params![stack, compose])?;
         }
-        if let Some(env) = env {
+        if let Some(env) = &change.env {
             let env = serde_json::to_string(env).unwrap_or_else(|_| "{}".into());
             self.conn.execute("UPDATE stacks SET env = ?2 WHERE id = ?1", params![stack, env])?;
+        }
+        if let Some(files) = &change.files {
+            let files = serde_json::to_string(files).unwrap_or_else(|_| "{}".into());
+            self.conn.execute("UPDATE stacks SET files = ?2 WHERE id = ?1", params![stack, files])?;
         }
         self.conn
             .execute("UPDATE stacks SET version = version + 1, updated_at = ?2 WHERE id = ?1", params![stack, now])?;
@@ -551,7 +559,7 @@ impl StackStore for Tx<'_> {
 
     fn stack_versions(&self, stack: u64) -> Result<Vec<StackVersion>, StackError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT version, compose, env, created_at, note FROM stack_versions WHERE stack = ?1 ORDER BY version DESC",
+            "SELECT version, compose, env, created_at, note, files FROM stack_versions WHERE stack = ?1 ORDER BY version DESC",
         )?;
         let rows: Vec<_> = stmt.query_map([sql_id(stack)], Self::version_row)?.collect::<Result<_, _>>()?;
         rows.into_iter().collect()
@@ -560,7 +568,8 @@ impl StackStore for Tx<'_> {
     fn stack_version(&self, stack: u64, version: u32) -> Result<StackVersion, StackError> {
         self.conn
             .query_row(
-                "SELECT version, compose, env, created_at, note FROM stack_versions WHERE stack = ?1 AND version = ?2",
+                "SELECT version, compose, env, created_at, note, files FROM stack_versions WHERE stack = ?1
+                 AND version = ?2",
                 params![sql_id(stack), i64::from(version)],
                 Self::version_row,
             )
@@ -718,8 +727,8 @@ impl Tx<'_> {
     /// updated by a script every hour would otherwise grow without end).
     fn keep_version(tx: &Connection, stack: i64) -> Result<(), StackError> {
         tx.execute(
-            "INSERT INTO stack_versions (stack, version, compose, env, created_at)
-             SELECT id, version, compose, env, updated_at FROM stacks WHERE id = ?1",
+            "INSERT INTO stack_versions (stack, version, compose, env, created_at, files)
+             SELECT id, version, compose, env, updated_at, files FROM stacks WHERE id = ?1",
             [stack],
         )?;
         tx.execute(
@@ -731,17 +740,19 @@ impl Tx<'_> {
     }
 
     fn version_row(r: &Row) -> super::sql::Result<Result<StackVersion, StackError>> {
-        let (version, compose, env, created_at, note): (i64, String, String, i64, String) =
-            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
-        Ok(serde_json::from_str(&env)
-            .map(|env| StackVersion {
+        let (version, compose, env, created_at, note, files): (i64, String, String, i64, String, String) =
+            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?);
+        let corrupt = |_| StackError::Store(StoreError::Corrupt { what: "stack version", environment: 0 });
+        Ok((|| {
+            Ok(StackVersion {
                 version: u32::try_from(version).unwrap_or(u32::MAX),
                 compose,
-                env,
+                env: serde_json::from_str(&env).map_err(corrupt)?,
+                files: serde_json::from_str(&files).map_err(corrupt)?,
                 created_at,
                 note,
             })
-            .map_err(|_| StackError::Store(StoreError::Corrupt { what: "stack version env", environment: 0 })))
+        })())
     }
 
     fn resolve_one(tx: &Connection, kind: &'static str, r: &TargetRef) -> Result<Target, StackError> {
@@ -797,12 +808,21 @@ impl Tx<'_> {
     }
 
     fn spec_of(tx: &Connection, stack: i64) -> Result<StackSpec, StackError> {
-        let (name, compose, env, version): (String, String, String, i64) =
-            tx.query_row("SELECT name, compose, env, version FROM stacks WHERE id = ?1", [stack], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        let (name, compose, env, version, files): (String, String, String, i64, String) =
+            tx.query_row("SELECT name, compose, env, version, files FROM stacks WHERE id = ?1", [stack], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })?;
         let env = serde_json::from_str(&env).map_err(|_| StoreError::Corrupt { what: "stack env", environment: 0 })?;
-        Ok(StackSpec { name, compose, env, version: u32::try_from(version).unwrap_or(u32::MAX), images: Vec::new() })
+        let files: StackFiles =
+            serde_json::from_str(&files).map_err(|_| StoreError::Corrupt { what: "stack files", environment: 0 })?;
+        Ok(StackSpec {
+            name,
+            compose,
+            env,
+            version: u32::try_from(version).unwrap_or(u32::MAX),
+            images: Vec::new(),
+            files: files.into_iter().map(|(k, v)| (k, v.into_bytes())).collect(),
+        })
     }
 
     fn targets_of(&self, stack: i64) -> Result<Vec<Target>, StackError> {
@@ -858,18 +878,20 @@ impl Tx<'_> {
     }
 
     fn stack_row(r: &Row) -> super::sql::Result<StackRow> {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
     }
 
     fn finish_stack(
         &self,
-        (id, name, compose, env, version, created_at, updated_at, removed_at): StackRow,
+        (id, name, compose, env, version, created_at, updated_at, removed_at, files): StackRow,
     ) -> Result<StackRecord, StackError> {
         Ok(StackRecord {
             id: id as u64,
             name,
             compose,
             env: serde_json::from_str(&env).map_err(|_| StoreError::Corrupt { what: "stack env", environment: 0 })?,
+            files: serde_json::from_str(&files)
+                .map_err(|_| StoreError::Corrupt { what: "stack files", environment: 0 })?,
             version: u32::try_from(version).unwrap_or(u32::MAX),
             created_at,
             updated_at,
@@ -879,7 +901,7 @@ impl Tx<'_> {
         })
     }
 
-    const STACK_COLUMNS: &'static str = "id, name, compose, env, version, created_at, updated_at, removed_at";
+    const STACK_COLUMNS: &'static str = "id, name, compose, env, version, created_at, updated_at, removed_at, files";
 }
 
 #[cfg(test)]
@@ -899,6 +921,7 @@ mod tests {
             name: name.into(),
             compose: "services:\n  a:\n    image: busybox\n".into(),
             env: BTreeMap::from([("K".into(), "v".into())]),
+            files: StackFiles::new(),
             targets,
         }
     }

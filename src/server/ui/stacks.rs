@@ -296,6 +296,9 @@ struct StackForm {
     groups: String,
     #[serde(default)]
     tags: String,
+    /// The configuration files' rows: `file_path_N` and `file_text_N`.
+    #[serde(flatten)]
+    rows: BTreeMap<String, String>,
 }
 
 impl StackForm {
@@ -307,7 +310,13 @@ impl StackForm {
         }
         let joined = |k: &str| by_kind.get(k).map(|v| v.join(", ")).unwrap_or_default();
         let env = stack.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        let mut rows = BTreeMap::new();
+        for (i, (path, text)) in stack.files.iter().enumerate() {
+            rows.insert(format!("file_path_{i}"), path.clone());
+            rows.insert(format!("file_text_{i}"), text.clone());
+        }
         Self {
+            rows,
             csrf: String::new(),
             name: stack.item.name.clone(),
             compose: stack.compose.clone(),
@@ -346,6 +355,71 @@ impl StackForm {
     fn targets(&self) -> TargetsBody {
         targets_body(&self.environments, &self.groups, &self.tags)
     }
+
+    /// The configuration files' rows as the form holds them (path, text),
+    /// in order; the page adds an empty one for a new file.
+    fn file_rows(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for i in 0..=crate::stack::MAX_FILES {
+            let path = self.rows.get(&format!("file_path_{i}"));
+            let text = self.rows.get(&format!("file_text_{i}"));
+            if path.is_none() && text.is_none() {
+                break;
+            }
+            out.push((path.cloned().unwrap_or_default(), text.cloned().unwrap_or_default()));
+        }
+        out
+    }
+
+    /// The configuration files: the rows with a path (a row whose path was
+    /// emptied drops its file). The API checks the paths.
+    fn files(&self) -> Result<BTreeMap<String, String>, ApiFail> {
+        let mut files = BTreeMap::new();
+        for (path, text) in self.file_rows() {
+            let path = path.trim();
+            if path.is_empty() {
+                continue;
+            }
+            if files.insert(path.to_owned(), unix_lines(&text)).is_some() {
+                return Err(ApiFail {
+                    status: StatusCode::UNPROCESSABLE_ENTITY,
+                    message: format!("files: {path} is given twice"),
+                    field: Some("files".to_owned()),
+                });
+            }
+        }
+        Ok(files)
+    }
+}
+
+/// The configuration files' fieldset: a path and a text per file, and an
+/// empty row for one more.
+fn files_fieldset(f: &StackForm, err: Option<&ApiFail>) -> Markup {
+    let mut rows = f.file_rows();
+    if rows.last().is_none_or(|(p, t)| !p.trim().is_empty() || !t.is_empty()) {
+        rows.push((String::new(), String::new()));
+    }
+    let whole = err.and_then(|e| e.for_field("files"));
+    html! {
+        fieldset.files id="files" aria-describedby=[whole.map(|_| "f-files-error")] {
+            legend { "Configuration files" }
+            p.hint { "Shipped with the stack into its directory on the host, where a relative bind mount finds                       them (./nginx.conf:/etc/nginx/nginx.conf:ro). Text, at most 64 files and 1 MiB; every deploy                       carries them. Empty a path to drop its file. Optional." }
+            @if let Some(m) = whole { p.field-error id="f-files-error" role="alert" { (m) } }
+            @for (i, (path, text)) in rows.iter().enumerate() {
+                div.file-row {
+                    (text_field(&format!("file_path_{i}"), "Path", path, None, FieldAttrs {
+                        autocomplete: Some("off"),
+                        placeholder: Some("conf/nginx.conf"),
+                        ..FieldAttrs::default()
+                    }))
+                    (text_field(&format!("file_text_{i}"), "Text", text, None, FieldAttrs {
+                        multiline: true,
+                        ..FieldAttrs::default()
+                    }))
+                }
+            }
+        }
+    }
 }
 
 /// The fields of the form; `edit` leaves the name (fixed once created) out.
@@ -371,6 +445,7 @@ fn stack_fields(f: &StackForm, err: Option<&ApiFail>, lists: &Markup, edit: bool
             hint: Some("One NAME=value a line, for ${NAME} in the compose file. Optional."),
             ..FieldAttrs::default()
         }))
+        (files_fieldset(f, err))
         (targets_fieldset("Deploy to", [&f.environments, &f.groups, &f.tags], err, lists,
             Some("At least one environment, group or tag. Environments that join a targeted group or get a \
                   targeted tag later get the stack too.")))
@@ -383,7 +458,7 @@ fn new_form(ui: &Ui, f: &StackForm, err: Option<&ApiFail>, lists: &Markup) -> Ma
         p { a href="/stacks" { "← Stacks" } }
         form.form-wide method="post" action="/stacks/new" {
             (csrf_field(&ui.csrf))
-            (form_error(err, &["name", "compose", "env", "targets"]))
+            (form_error(err, &["name", "compose", "env", "files", "targets"]))
             (stack_fields(f, err, lists, false))
             button.primary type="submit" id="deploy" { "Deploy" }
         }
@@ -397,12 +472,13 @@ async fn new_page(ui: Ui) -> Response {
 }
 
 async fn create(ui: Ui, headers: HeaderMap, axum::Form(f): axum::Form<StackForm>) -> Response {
-    let result = match f.variables() {
-        Ok(env) => {
+    let result = match f.variables().and_then(|env| Ok((env, f.files()?))) {
+        Ok((env, files)) => {
             let body = CreateStack {
                 name: f.name.trim().to_owned(),
                 compose: unix_lines(&f.compose),
                 env,
+                files,
                 targets: f.targets(),
             };
             ui.send_as(Method::POST, "/api/stacks", &body, &f.csrf).await.map_err(form_fail)
@@ -575,7 +651,7 @@ fn stack_view(
                           new targets leave get a removal." }
                 form.form-wide method="post" action={ "/stacks/" (id) "/edit" } {
                     (csrf_field(&ui.csrf))
-                    (form_error(err, &["compose", "env", "targets"]))
+                    (form_error(err, &["compose", "env", "files", "targets"]))
                     (stack_fields(form, err, lists, true))
                     button.primary type="submit" id="save" { "Save and redeploy" }
                 }
@@ -628,10 +704,14 @@ async fn status_fragment(ui: Ui, Path(id): Path<String>, Query(q): Query<StatusQ
 
 async fn edit(ui: Ui, Path(id): Path<String>, headers: HeaderMap, axum::Form(f): axum::Form<StackForm>) -> Response {
     let Some(id) = path_id(&id) else { return no_such("stack") };
-    let result = match f.variables() {
-        Ok(env) => {
-            let body =
-                UpdateStack { compose: Some(unix_lines(&f.compose)), env: Some(env), targets: Some(f.targets()) };
+    let result = match f.variables().and_then(|env| Ok((env, f.files()?))) {
+        Ok((env, files)) => {
+            let body = UpdateStack {
+                compose: Some(unix_lines(&f.compose)),
+                env: Some(env),
+                files: Some(files),
+                targets: Some(f.targets()),
+            };
             ui.send_as(Method::PUT, &format!("/api/stacks/{id}"), &body, &f.csrf).await.map_err(form_fail)
         }
         Err(e) => Err(e),

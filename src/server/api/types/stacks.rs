@@ -17,6 +17,11 @@ pub struct CreateStack {
     /// Variables for `${VAR}` interpolation.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Configuration files shipped with it: their paths relative to the
+    /// stack's directory (where `./path` bind mounts find them), and their
+    /// text.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
     /// Where it goes.
     pub targets: TargetsBody,
 }
@@ -31,6 +36,9 @@ pub struct UpdateStack {
     /// New variables (all of them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<BTreeMap<String, String>>,
+    /// New configuration files (all of them; `{}` ships none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<BTreeMap<String, String>>,
     /// New targets (all of them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub targets: Option<TargetsBody>,
@@ -130,6 +138,14 @@ pub struct StackVersionView {
     /// variables are where a stack's passwords usually are.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub env_hidden: bool,
+    /// Its configuration files (their text empty for a viewer: see
+    /// `files_hidden`).
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+    /// The text of `files` was left out (the caller is a viewer: keys and
+    /// certificates travel there).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub files_hidden: bool,
 }
 
 /// `POST /api/stacks/{id}/rollback`.
@@ -153,6 +169,17 @@ pub struct StackDetail {
     /// The values of `env` were left out (the caller is a viewer).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub env_hidden: bool,
+    /// Configuration files shipped with it, by path (their text empty for
+    /// a viewer: see `files_hidden`).
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+    /// The bytes of the files' text, which every deploy of this version
+    /// carries (before the reply's compression).
+    #[serde(default)]
+    pub files_bytes: u64,
+    /// The text of `files` was left out (the caller is a viewer).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub files_hidden: bool,
     /// Per environment.
     pub environments: Vec<DeploymentView>,
 }

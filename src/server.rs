@@ -262,6 +262,16 @@ async fn keep_retrying_deploys(state: std::sync::Arc<http::AppState>) {
         let state = state.clone();
         let _ = tokio::task::spawn_blocking(move || {
             let now = crate::clock::unix_now();
+            // Deploys whose window closed before they were sent wait for
+            // the next one (one read; a write only when one is to wait).
+            let closed = state.store.read(|tx| tx.unsent_windowed_deploys().map(|d| !d.is_empty()));
+            if matches!(closed, Ok(true)) {
+                match state.store.write(|tx| crate::server::domain::stacks::hold_closed(tx, now)) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!("{n} stack deploy(s) not sent in their window wait for the next one"),
+                    Err(e) => tracing::warn!("stack deploy windows: {e}"),
+                }
+            }
             let due = state.store.read(|tx| tx.due_stack_retries(now).map(|d| !d.is_empty()));
             match due {
                 Ok(true) => match state.store.write(|tx| crate::server::domain::stacks::retry_due(tx, now)) {

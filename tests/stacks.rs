@@ -719,3 +719,56 @@ async fn files_ship_with_a_stack(mode: &str) {
     assert_eq!(std::fs::read_to_string(stack_dir.join("notes/readme.txt")).unwrap(), "ops\n");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_waits_for_its_window_and_goes_when_it_opens() {
+    let prefix = format!("tern-test-stk-{}-win", std::process::id());
+    let objects = Objects::new(&prefix);
+    let _project = ComposeProject(prefix.clone());
+    let dir = tempdir("tern-stacks-window");
+    let server = Server::start(&dir.join("server"), "127.0.0.1:0");
+    let mut api = server.api();
+    let (env, _agent) = env_with_agent(&mut api, &server, &dir, "win-env", "builtin").await;
+    let hour = (tern::clock::unix_now() / 3600).rem_euclid(24);
+    let at = |h: i64| format!("{:02}:00", h.rem_euclid(24));
+    // Two hours from now for one hour: closed now. Written with an offset
+    // it is the same hours.
+    let closed = format!("{}-{} UTC+01:00", at(hour + 3), at(hour + 4));
+    let body = |window: &str| {
+        json!({"name": prefix, "compose": COMPOSE, "env": {"IMAGE": objects.image}, "window": window,
+               "targets": {"environments": [env]}})
+    };
+    for bad in ["1-5", "01:00-01:00", "01:00-02:00 CET"] {
+        let e = api.ok("POST", "/api/stacks", Some(body(bad)), 422).await;
+        assert!(e["error"].as_str().unwrap().starts_with("window:"), "{e}");
+    }
+    let created = api.ok("POST", "/api/stacks", Some(body(&closed)), 201).await;
+    assert_eq!(created["window"], format!("{}-{} UTC+01:00", at(hour + 3), at(hour + 4)));
+    let id = created["id"].as_u64().unwrap();
+    let d = &created["environments"][0];
+    assert_eq!(d["status"], "waiting", "{created}");
+    let opens = d["retry_at"].as_i64().unwrap();
+    assert_eq!(opens.rem_euclid(86_400), (hour + 2).rem_euclid(24) * 3600, "it opens at {} UTC", at(hour + 2));
+    // The agent polls every second; nothing is deployed meanwhile.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(project_containers(&prefix, "web").is_empty(), "nothing runs outside the window");
+    let shown = tern(&server, &["stack", "show", &prefix]);
+    assert!(shown.contains("deploys start only within") && shown.contains("waiting"), "{shown}");
+
+    // The environment's window (open now) and the stack's never meet: it
+    // still waits. The stack's window cleared (no new version), the
+    // environment's alone is open: it goes within seconds.
+    api.ok("PUT", &format!("/api/environments/{env}/window"), Some(json!({"window": "25:00-01:00"})), 422).await;
+    let out = tern(&server, &["env", "window", "win-env", &format!("{}-{}", at(hour - 1), at(hour + 2))]);
+    assert!(out.contains("deploys start only within"), "{out}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(project_containers(&prefix, "web").is_empty(), "windows that never meet: nothing runs");
+    let out = tern(&server, &["stack", "update", &prefix, "--window", ""]);
+    assert!(!out.contains("deploys start only within"), "{out}");
+    let s = wait_status(&mut api, id, env, "running", 1).await;
+    assert_eq!((s["version"].as_u64(), s["environments"][0]["attempt"].as_u64()), (Some(1), Some(1)), "{s}");
+    assert_eq!(project_containers(&prefix, "web").len(), 1);
+    let out = tern(&server, &["env", "window", "win-env", "--clear"]);
+    assert!(out.contains("no deploy window"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

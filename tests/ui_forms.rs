@@ -168,6 +168,14 @@ async fn stack_and_job_forms_show_api_errors_by_their_field_and_refuse_a_missing
     field_error(&r, 422, "f-files-error", "../x.conf");
     assert_eq!(input_by_id(&r, "f-file_path_0").as_deref(), Some("../x.conf"));
     assert_eq!(textarea(&r, "f-file_text_0"), "a=1");
+    let r = b
+        .post_form(
+            "/stacks/new",
+            &[("csrf", &csrf), ("name", "web"), ("compose", good), ("environments", "ship-1"), ("window", "1-5")],
+        )
+        .await;
+    field_error(&r, 422, "f-window-error", "HH:MM-HH:MM");
+    assert_eq!(input_by_id(&r, "f-window").as_deref(), Some("1-5"));
     assert_eq!(api.ok("GET", "/api/stacks", None, 200).await, json!([]), "refused forms stored nothing");
 
     // Without the CSRF field, or with another: 403, nothing stored.

@@ -184,6 +184,18 @@ pub enum EnvCommand {
         #[arg(long, conflicts_with = "values")]
         clear: bool,
     },
+    /// This environment's deploy window: with WINDOW ("01:00-05:00
+    /// UTC+02:00"), sets it (--clear removes it); a stack's deploy here
+    /// starts only while it is open.
+    Window {
+        /// Its id or name.
+        env: String,
+        /// HH:MM-HH:MM, then UTC or UTC+HH:MM.
+        window: Option<String>,
+        /// Remove it: deploys start at any time.
+        #[arg(long, conflicts_with = "window")]
+        clear: bool,
+    },
     /// The stored state: a summary, or one part of it.
     State {
         /// Its id or name.
@@ -489,6 +501,23 @@ pub fn run(command: EnvCommand, args: &ApiArgs) -> anyhow::Result<()> {
             api.show(&v, |v| {
                 for (k, value) in &v.variables {
                     if v.env_hidden { println!("{k}") } else { println!("{k}={value}") }
+                }
+            });
+        }
+        EnvCommand::Window { env, window, clear } => {
+            let id = env_id(&mut api, &env)?;
+            let path = format!("/api/environments/{id}/window");
+            let v: crate::server::api::stacks::WindowBody = match (window, clear) {
+                (None, false) => api.get_as(&path)?,
+                (w, _) => {
+                    api.send("PUT", &path, &crate::server::api::stacks::WindowBody { window: w.unwrap_or_default() })?
+                }
+            };
+            api.show(&v, |v| {
+                if v.window.is_empty() {
+                    println!("environment {id}: no deploy window (deploys start at any time)");
+                } else {
+                    println!("environment {id}: deploys start only within {}", v.window);
                 }
             });
         }

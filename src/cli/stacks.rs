@@ -79,6 +79,9 @@ pub enum StackCommand {
         /// its relative bind mounts (repeat; see `tern stack --help`).
         #[arg(long = "config", value_name = "[PATH=]LOCAL")]
         config: Vec<String>,
+        /// When its deploys may start: "HH:MM-HH:MM UTC[+HH:MM]".
+        #[arg(long)]
+        window: Option<String>,
         /// Where it goes.
         #[command(flatten)]
         targets: Targets,
@@ -110,6 +113,10 @@ pub enum StackCommand {
         /// Ship no configuration file any more.
         #[arg(long = "no-config", conflicts_with = "config")]
         no_config: bool,
+        /// A new deploy window ("" for none); alone, it makes no new
+        /// version.
+        #[arg(long)]
+        window: Option<String>,
         /// Where it goes.
         #[command(flatten)]
         targets: Targets,
@@ -270,6 +277,9 @@ fn print_stack(v: &StackDetail) {
         st.status,
         targets_text(&st.targets)
     );
+    if !v.window.is_empty() {
+        println!("deploys start only within {}", v.window);
+    }
     if !v.files.is_empty() {
         let list: Vec<String> = v
             .files
@@ -336,7 +346,7 @@ fn wait(api: &mut Api, id: u64) -> anyhow::Result<StackDetail> {
 pub fn run(command: StackCommand, api_args: &ApiArgs) -> anyhow::Result<()> {
     let mut api = Api::new(api_args)?;
     match command {
-        StackCommand::Deploy { name, file, env, config, targets, wait: w } => {
+        StackCommand::Deploy { name, file, env, config, window, targets, wait: w } => {
             if targets.is_empty() {
                 bail!("say where: --env-id, --group or --tag (repeat them as needed)");
             }
@@ -345,6 +355,7 @@ pub fn run(command: StackCommand, api_args: &ApiArgs) -> anyhow::Result<()> {
                 compose: read_file(&file)?,
                 env: parse_env(&env)?,
                 files: read_configs(&config)?,
+                window: window.unwrap_or_default(),
                 targets: targets.to_body(),
             };
             let mut v: StackDetail = api.send("POST", "/api/stacks", &body)?;
@@ -382,7 +393,7 @@ pub fn run(command: StackCommand, api_args: &ApiArgs) -> anyhow::Result<()> {
             let v: StackDetail = api.get_as(&format!("/api/stacks/{id}"))?;
             api.show(&v, print_stack);
         }
-        StackCommand::Update { stack, file, env, config, no_config, targets, wait: w } => {
+        StackCommand::Update { stack, file, env, config, no_config, window, targets, wait: w } => {
             let id = stack_id(&mut api, &stack)?;
             let body = UpdateStack {
                 compose: file.as_ref().map(read_file).transpose()?,
@@ -394,6 +405,7 @@ pub fn run(command: StackCommand, api_args: &ApiArgs) -> anyhow::Result<()> {
                 } else {
                     Some(read_configs(&config)?)
                 },
+                window,
                 targets: if targets.is_empty() { None } else { Some(targets.to_body()) },
             };
             let mut v: StackDetail = api.send("PUT", &format!("/api/stacks/{id}"), &body)?;

@@ -30,28 +30,19 @@ pub mod endpoint;
 /// Where payloads go, under the data directory.
 pub const TRANSFERS: &str = "transfers";
 
-/// A download window, `HH:MM-HH:MM` in UTC (it may wrap midnight:
-/// `22:00-04:00`), as minutes of the day; the empty text is "any time".
+/// A download window: a deploy window's format
+/// ([`crate::server::domain::windows`]: `HH:MM-HH:MM`, in UTC unless an
+/// offset follows, wrapping midnight when it ends before it starts); the
+/// empty text is "any time". Returns it as the window.
 ///
 /// # Errors
 /// Text that is not that, or a window of no length.
-pub fn parse_window(text: &str) -> Result<Option<(u32, u32)>, String> {
+pub fn parse_window(text: &str) -> Result<Option<crate::server::domain::windows::Window>, String> {
     let text = text.trim();
     if text.is_empty() {
         return Ok(None);
     }
-    let bad = || format!("{text:?} is not a window like 01:00-05:00 (UTC)");
-    let minutes = |t: &str| -> Option<u32> {
-        let (h, m) = t.trim().split_once(':')?;
-        let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
-        (h < 24 && m < 60 && t.trim().len() == 5).then_some(h * 60 + m)
-    };
-    let (from, to) = text.split_once('-').ok_or_else(bad)?;
-    let (from, to) = (minutes(from).ok_or_else(bad)?, minutes(to).ok_or_else(bad)?);
-    if from == to {
-        return Err(format!("{text:?} is a window of no length"));
-    }
-    Ok(Some((from, to)))
+    crate::server::domain::windows::Window::parse(text).map(Some)
 }
 
 /// When the window opens next, if it is closed at `now` (unix seconds);
@@ -59,16 +50,8 @@ pub fn parse_window(text: &str) -> Result<Option<(u32, u32)>, String> {
 /// the API refuses those before they are kept).
 #[must_use]
 pub fn window_opens(window: &str, now: i64) -> Option<i64> {
-    let (from, to) = parse_window(window).ok()??;
-    let day = now.div_euclid(86_400) * 86_400;
-    let minute = (now - day) / 60;
-    let (from, to) = (i64::from(from), i64::from(to));
-    let open = if from < to { minute >= from && minute < to } else { minute >= from || minute < to };
-    if open {
-        return None;
-    }
-    let at = day + from * 60;
-    Some(if at > now { at } else { at + 86_400 })
+    let w = parse_window(window).ok()??;
+    crate::server::domain::windows::next_open(&[w], now).filter(|t| *t != now)
 }
 
 /// One layer's part of a transfer.

@@ -239,6 +239,7 @@ pub fn needs(method: &Method, route: &str) -> Role {
         "/api/environments/{id}/stacks",
         "/api/environments/{id}/intervals",
         "/api/environments/{id}/variables",
+        "/api/environments/{id}/window",
         "/api/environments/{id}/transfer-limits",
         "/api/stacks",
         "/api/jobs",

@@ -204,6 +204,13 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "stacks",
         "Replace them: a stack declaring one of these names is deployed here with this value, from its next deploy.",
     ),
+    ("GET", "/api/environments/{id}/window", "stacks", "Its deploy window: when a stack's deploy may start here."),
+    (
+        "PUT",
+        "/api/environments/{id}/window",
+        "stacks",
+        "Set it (\"01:00-05:00 UTC+02:00\"; \"\": none); deploys wait for it and the stack's own window.",
+    ),
     ("GET", "/api/environments/{id}/usage", "usage", "Bytes used by one environment: per hour, per day, total."),
     ("GET", "/api/usage", "usage", "Bytes used by every environment, today and over N days."),
     // Groups, tags, settings.

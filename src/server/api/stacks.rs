@@ -161,6 +161,7 @@ impl From<StackRecord> for StackDetail {
             files_bytes: s.files.values().map(|v| v.len() as u64).sum(),
             files: s.files,
             files_hidden: false,
+            window: s.window,
             environments: s.deployments.into_iter().map(Into::into).collect(),
         }
     }
@@ -220,6 +221,15 @@ pub fn check_files(files: &BTreeMap<String, String>) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Checks a deploy window (see [`crate::server::domain::windows`]) and
+/// writes it the one way it is stored.
+///
+/// # Errors
+/// A 422 saying what a window is.
+pub fn check_window(text: &str) -> Result<String, ApiError> {
+    crate::server::domain::windows::normalize(text).map_err(|e| ApiError::invalid(format!("window: {e}")))
+}
+
 /// Checks a compose file with the variables it will be deployed with,
 /// before it is stored and sent: the agent's own check
 /// ([`crate::stack::check_file`], the built-in compose's parse), so what
@@ -247,8 +257,9 @@ pub async fn create_stack(
     check_env(&body.env)?;
     check_compose(&body.compose, &body.env)?;
     check_files(&body.files)?;
+    let window = check_window(&body.window)?;
     let targets = body.targets.check()?;
-    let new = NewStack { name: body.name, compose: body.compose, env: body.env, files: body.files, targets };
+    let new = NewStack { name: body.name, compose: body.compose, env: body.env, files: body.files, window, targets };
     let record = with_store(&state, move |store| {
         let id = store.create_stack(&new, crate::server::http::now())?;
         stack_stays_in_scope(store, scope, id)?;
@@ -307,6 +318,7 @@ pub async fn update_stack(
     if let Some(f) = &body.files {
         check_files(f)?;
     }
+    let window = body.window.as_deref().map(check_window).transpose()?;
     if body.compose.is_some() || body.env.is_some() {
         // The file and the variables it will be deployed with, one of them
         // perhaps as stored.
@@ -315,7 +327,7 @@ pub async fn update_stack(
         check_compose(compose, body.env.as_ref().unwrap_or(&stored.env))?;
     }
     let targets = body.targets.map(TargetsBody::check).transpose()?;
-    let change = StackChange { compose: body.compose, env: body.env, files: body.files, targets };
+    let change = StackChange { compose: body.compose, env: body.env, files: body.files, window, targets };
     let record = with_store(&state, move |store| {
         store.update_stack(id, &change, crate::server::http::now())?;
         stack_stays_in_scope(store, scope, id)?;
@@ -402,6 +414,48 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/stacks/{id}/rollback", post(rollback_stack))
         .route("/api/stacks/{id}/history", get(stack_history))
         .route("/api/environments/{id}/variables", get(environment_variables).put(set_environment_variables))
+        .route("/api/environments/{id}/window", get(environment_window).put(set_environment_window))
+}
+
+/// An environment's deploy window.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowBody {
+    /// `HH:MM-HH:MM UTC[+HH:MM]`; `""`: none.
+    pub window: String,
+}
+
+/// `GET /api/environments/{id}/window`.
+pub async fn environment_window(
+    State(state): State<Arc<AppState>>,
+    PathId(id): PathId,
+) -> Result<Json<WindowBody>, ApiError> {
+    let window = read_store(&state, move |store| {
+        store.environment(id)?;
+        Ok(store.deploy_windows(0, id)?.1)
+    })
+    .await?;
+    Ok(Json(WindowBody { window }))
+}
+
+/// `PUT /api/environments/{id}/window`: a stack's deploy here starts only
+/// while it (and the stack's own window) is open; the deploys waiting for
+/// it are looked at again at once.
+pub async fn set_environment_window(
+    State(state): State<Arc<AppState>>,
+    PathId(id): PathId,
+    ApiJson(body): ApiJson<WindowBody>,
+) -> Result<Json<WindowBody>, ApiError> {
+    let window = check_window(&body.window)?;
+    let stored = window.clone();
+    with_store(&state, move |store| {
+        if !store.set_deploy_window(None, Some(id), &stored, crate::server::http::now())? {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no environment {id}")));
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(Json(WindowBody { window }))
 }
 
 /// One deploy, as `GET /api/stacks/{id}/history` shows it.

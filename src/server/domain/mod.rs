@@ -24,6 +24,7 @@ pub mod registries;
 pub mod rollouts;
 pub mod stacks;
 pub mod status;
+pub mod windows;
 
 use crate::server::store::{Atomic, StoreError};
 

@@ -140,6 +140,12 @@ pub fn retry_due(tx: &(impl Transaction + ?Sized), now: i64) -> Result<usize, St
             }
         };
         let version = spec.version;
+        // Its window may have closed since (a server down across the
+        // opening, a window changed): the next opening, then.
+        if let Some(at) = window_wait(tx, stack, environment, now)? {
+            tx.set_stack_retry(stack, environment, Some(at))?;
+            continue;
+        }
         let action = Action::StackDeploy(spec);
         let own = for_environment(tx, environment, &action)?;
         let command = tx.enqueue_command(environment, own.as_ref().unwrap_or(&action), now)?;
@@ -150,8 +156,57 @@ pub fn retry_due(tx: &(impl Transaction + ?Sized), now: i64) -> Result<usize, St
     Ok(sent)
 }
 
-/// Queues `action` for `environment` and records it as the stack's last
-/// command there.
+/// When a deploy of `stack` on `environment` is to wait for its windows
+/// (see [`super::windows`]): `None` when they are open now (or there are
+/// none), else the next minute they all are (or, when they never meet, a
+/// day from now, to look again).
+///
+/// # Errors
+/// When the database fails.
+fn window_wait(
+    tx: &(impl Transaction + ?Sized),
+    stack: u64,
+    environment: u64,
+    now: i64,
+) -> Result<Option<i64>, StoreError> {
+    let (a, b) = tx.deploy_windows(stack, environment)?;
+    if a.is_empty() && b.is_empty() {
+        return Ok(None);
+    }
+    Ok(match super::windows::next_open(&super::windows::windows(&[&a, &b]), now) {
+        Some(t) if t == now => None,
+        Some(t) => Some(t),
+        None => Some(now + super::windows::NEVER_RECHECK),
+    })
+}
+
+/// Takes back the deploys queued and not yet sent whose window has closed
+/// (the agent did not poll while it was open): each is cancelled and waits
+/// for the next opening. Returns how many.
+///
+/// # Errors
+/// When the database fails.
+pub fn hold_closed(tx: &(impl Transaction + ?Sized), now: i64) -> Result<usize, StoreError> {
+    let mut held = 0;
+    for d in tx.unsent_windowed_deploys()? {
+        let windows = super::windows::windows(&[&d.windows[0], &d.windows[1]]);
+        let at = match super::windows::next_open(&windows, now) {
+            Some(t) if t == now => continue,
+            Some(t) => t,
+            None => now + super::windows::NEVER_RECHECK,
+        };
+        match tx.cancel_command(d.command, now) {
+            Ok(()) => {}
+            // Sent or taken meanwhile: it stands.
+            Err(StoreError::AlreadyDelivered(..)) => continue,
+            Err(e) => return Err(e),
+        }
+        tx.wait_stack_deploy(d.stack, d.environment, d.version, at)?;
+        held += 1;
+    }
+    Ok(held)
+}
+
 /// A deploy as it goes to one environment: each variable the stack
 /// declares that the environment has a value of its own for takes that
 /// value (an environment's values name no variable a stack does not
@@ -175,6 +230,9 @@ fn for_environment(
     Ok(Some(Action::StackDeploy(spec)))
 }
 
+/// Queues `action` for `environment` and records it as the stack's last
+/// command there; a deploy whose window is closed waits instead (see
+/// [`super::windows`]).
 fn send(
     tx: &(impl Transaction + ?Sized),
     stack: u64,
@@ -184,6 +242,9 @@ fn send(
     removing: bool,
     now: i64,
 ) -> Result<(), StoreError> {
+    if !removing && let Some(at) = window_wait(tx, stack, environment, now)? {
+        return tx.wait_stack_deploy(stack, environment, version, at);
+    }
     let own = for_environment(tx, environment, action)?;
     let command = tx.enqueue_command(environment, own.as_ref().unwrap_or(action), now)?;
     if !removing {
@@ -278,7 +339,9 @@ pub trait StackRules: Transaction {
 
     /// Updates a stack: a new version, redeployed on every environment it
     /// is deployed to and on those its (new) targets name; environments the
-    /// new targets no longer name get a `StackRemove`.
+    /// new targets no longer name get a `StackRemove`. A change of its
+    /// deploy window alone is no new version: it only moves the deploys
+    /// waiting for it.
     ///
     /// # Errors
     /// [`StackError::NotFound`] (also for a stack being removed),
@@ -286,6 +349,16 @@ pub trait StackRules: Transaction {
     /// changed then.
     fn update_stack(&self, id: u64, change: &StackChange, now: i64) -> Result<(), StackError> {
         atomic(self, || {
+            if let Some(window) = &change.window {
+                let live = self.stack(id)?.removed_at.is_none();
+                if !live || !self.set_deploy_window(Some(id), None, window, now)? {
+                    return Err(StackError::NotFound(id));
+                }
+                let only_window = StackChange { window: None, ..change.clone() } == StackChange::default();
+                if only_window {
+                    return Ok(());
+                }
+            }
             self.revise_stack(id, change, now)?;
             let spec = deployable(self, id)?;
             let deployed = self.stack_deployments(id)?;
@@ -323,6 +396,7 @@ pub trait StackRules: Transaction {
                 compose: Some(old.compose.clone()),
                 env: Some(old.env.clone()),
                 files: Some(old.files.clone()),
+                window: None,
                 targets: None,
             };
             self.update_stack(id, &change, now)?;

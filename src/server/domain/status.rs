@@ -29,6 +29,9 @@
 //! | ok | running | removed |
 //! | failed, rejected | failed (with the error) | failed (with the error) |
 //! | cancelled | cancelled | cancelled |
+//!
+//! A deploy with no command yet, due later (`retry_at`), is `waiting`: its
+//! deploy window is closed (see [`super::windows`]).
 
 use crate::server::store::stacks::StackRecord;
 use crate::wire::poll::Intervals;
@@ -60,6 +63,9 @@ pub fn status_window(effective: Intervals, reported: Option<Intervals>, session_
     }
     2 * own.max(agent) + STATUS_SLACK
 }
+
+/// A deployment whose deploy window is closed.
+pub const WAITING: &str = "waiting";
 
 /// The phase an agent reports while it fetches a stack's images from the
 /// server, before it touches the running stack.

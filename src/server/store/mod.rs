@@ -576,6 +576,10 @@ const MIGRATIONS: &[&str] = &[
     // `store::stacks`): a JSON object of path to text, kept per version.
     "ALTER TABLE stacks ADD COLUMN files TEXT NOT NULL DEFAULT '{}';
     ALTER TABLE stack_versions ADD COLUMN files TEXT NOT NULL DEFAULT '{}';",
+    // 27: deploy windows (issue #17; `domain::windows`), a stack's and an
+    // environment's: `HH:MM-HH:MM UTC[+HH:MM]`, empty for none.
+    "ALTER TABLE stacks ADD COLUMN deploy_window TEXT NOT NULL DEFAULT '';
+    ALTER TABLE environments ADD COLUMN deploy_window TEXT NOT NULL DEFAULT '';",
 ];
 
 /// The interval every timer runs at when neither the environment nor the

@@ -449,6 +449,9 @@ pub const MIGRATIONS: &[&str] = &[
     // 26: configuration files shipped with a stack.
     r#"ALTER TABLE stacks ADD COLUMN files TEXT COLLATE "C" NOT NULL DEFAULT '{}';
     ALTER TABLE stack_versions ADD COLUMN files TEXT COLLATE "C" NOT NULL DEFAULT '{}';"#,
+    // 27: deploy windows.
+    r#"ALTER TABLE stacks ADD COLUMN deploy_window TEXT COLLATE "C" NOT NULL DEFAULT '';
+    ALTER TABLE environments ADD COLUMN deploy_window TEXT COLLATE "C" NOT NULL DEFAULT '';"#,
 ];
 
 /// A pool of connections to one PostgreSQL database, with the runtime

@@ -139,6 +139,21 @@ pub struct Target {
     pub name: String,
 }
 
+/// A deploy queued and not yet sent, under a deploy window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsentDeploy {
+    /// The stack.
+    pub stack: u64,
+    /// The environment.
+    pub environment: u64,
+    /// Its command.
+    pub command: u64,
+    /// The stack's window and the environment's (`""`: none).
+    pub windows: [String; 2],
+    /// The version it carries.
+    pub version: u32,
+}
+
 /// A new stack.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewStack {
@@ -150,6 +165,8 @@ pub struct NewStack {
     pub env: BTreeMap<String, String>,
     /// Configuration files shipped with it.
     pub files: StackFiles,
+    /// Its deploy window (`""`: none; see `domain::windows`).
+    pub window: String,
     /// Where it goes.
     pub targets: TargetRefs,
 }
@@ -163,6 +180,9 @@ pub struct StackChange {
     pub env: Option<BTreeMap<String, String>>,
     /// New configuration files (replacing all of them).
     pub files: Option<StackFiles>,
+    /// A new deploy window (`""`: none). Not part of the version: it
+    /// says when, not what.
+    pub window: Option<String>,
     /// New targets (replacing all of them).
     pub targets: Option<TargetRefs>,
 }
@@ -208,6 +228,8 @@ pub struct StackRecord {
     pub env: BTreeMap<String, String>,
     /// Configuration files.
     pub files: StackFiles,
+    /// Its deploy window (`""`: none).
+    pub window: String,
     /// Bumped by every update.
     pub version: u32,
     /// When created.
@@ -223,8 +245,8 @@ pub struct StackRecord {
 }
 
 /// A `stacks` row: id, name, compose, env, version, created, updated,
-/// removed, files.
-type StackRow = (i64, String, String, String, i64, i64, i64, Option<i64>, String);
+/// removed, files, window.
+type StackRow = (i64, String, String, String, i64, i64, i64, Option<i64>, String, String);
 
 /// The environments a stack's targets name now: `(stack, environment)`
 /// pairs without a deployment yet, for one stack and/or one environment
@@ -312,6 +334,42 @@ pub trait StackStore {
     /// # Errors
     /// When the database fails.
     fn environment_variables(&self, environment: u64) -> Result<BTreeMap<String, String>, StoreError>;
+
+    /// The deploy windows of a stack and of an environment (`""`: none).
+    ///
+    /// # Errors
+    /// When the database fails (a stack or environment that is not there
+    /// has none).
+    fn deploy_windows(&self, stack: u64, environment: u64) -> Result<(String, String), StoreError>;
+
+    /// Sets a stack's (`stack`) or an environment's deploy window (checked
+    /// and written one way by the caller; `""`: none); its deployments
+    /// waiting for a window are looked at again at once. `false` when there
+    /// is no such stack or environment.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn set_deploy_window(
+        &self,
+        stack: Option<u64>,
+        environment: Option<u64>,
+        window: &str,
+        now: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Records a deploy of `version` that waits for its window: no command
+    /// yet, sent at `at` (by the retry scheduler) as its first attempt.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn wait_stack_deploy(&self, stack: u64, environment: u64, version: u32, at: i64) -> Result<(), StoreError>;
+
+    /// Deploys queued and not yet sent whose stack or environment has a
+    /// deploy window, at most 100.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn unsent_windowed_deploys(&self) -> Result<Vec<UnsentDeploy>, StoreError>;
 
     /// Replaces an environment's own values; `false` when there is no such
     /// environment (nothing changed).
@@ -453,9 +511,9 @@ impl StackStore for Tx<'_> {
         let env = serde_json::to_string(&new.env).unwrap_or_else(|_| "{}".into());
         let files = serde_json::to_string(&new.files).unwrap_or_else(|_| "{}".into());
         let r = self.conn.insert(
-            "INSERT INTO stacks (name, compose, env, version, created_at, updated_at, files)
-             VALUES (?1, ?2, ?3, 1, ?4, ?4, ?5)",
-            params![new.name, new.compose, env, now, files],
+            "INSERT INTO stacks (name, compose, env, version, created_at, updated_at, files, deploy_window)
+             VALUES (?1, ?2, ?3, 1, ?4, ?4, ?5, ?6)",
+            params![new.name, new.compose, env, now, files, new.window],
         );
         let id = match r {
             Err(super::sql::Error::Constraint(_)) => {
@@ -524,6 +582,80 @@ impl StackStore for Tx<'_> {
                 })
             })?
             .collect::<Result<_, _>>()?)
+    }
+
+    fn deploy_windows(&self, stack: u64, environment: u64) -> Result<(String, String), StoreError> {
+        let stack_window: Option<String> = self
+            .conn
+            .query_row("SELECT deploy_window FROM stacks WHERE id = ?1", [sql_id(stack)], |r| r.get(0))
+            .optional()?;
+        let env_window: Option<String> = self
+            .conn
+            .query_row("SELECT deploy_window FROM environments WHERE id = ?1", [sql_id(environment)], |r| r.get(0))
+            .optional()?;
+        Ok((stack_window.unwrap_or_default(), env_window.unwrap_or_default()))
+    }
+
+    fn set_deploy_window(
+        &self,
+        stack: Option<u64>,
+        environment: Option<u64>,
+        window: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let (table, column, id) = match (stack, environment) {
+            (Some(s), _) => ("stacks", "stack", s),
+            (None, Some(e)) => ("environments", "environment", e),
+            (None, None) => return Ok(false),
+        };
+        let n = self
+            .conn
+            .execute(&format!("UPDATE {table} SET deploy_window = ?2 WHERE id = ?1"), params![sql_id(id), window])?;
+        if n == 0 {
+            return Ok(false);
+        }
+        self.conn.execute(
+            &format!(
+                "UPDATE stack_deployments SET retry_at = ?2
+                 WHERE {column} = ?1 AND command IS NULL AND removing = 0 AND retry_at IS NOT NULL"
+            ),
+            params![sql_id(id), now],
+        )?;
+        Ok(true)
+    }
+
+    fn wait_stack_deploy(&self, stack: u64, environment: u64, version: u32, at: i64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO stack_deployments (stack, environment, version, command, removing, attempt, retry_at)
+             VALUES (?1, ?2, ?3, NULL, 0, 0, ?4)
+             ON CONFLICT(stack, environment) DO UPDATE SET version = ?3, command = NULL, removing = 0,
+                 attempt = 0, retry_at = ?4",
+            params![sql_id(stack), sql_id(environment), version, at],
+        )?;
+        Ok(())
+    }
+
+    fn unsent_windowed_deploys(&self) -> Result<Vec<UnsentDeploy>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT d.stack, d.environment, d.command, s.deploy_window, e.deploy_window, d.version
+               FROM stack_deployments d
+               JOIN commands c ON c.id = d.command
+               JOIN stacks s ON s.id = d.stack
+               JOIN environments e ON e.id = d.environment
+              WHERE c.status = 'queued' AND c.sent_at IS NULL AND d.removing = 0
+                AND (s.deploy_window <> '' OR e.deploy_window <> '')
+              LIMIT 100",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(UnsentDeploy {
+                stack: r.get::<i64>(0)? as u64,
+                environment: r.get::<i64>(1)? as u64,
+                command: r.get::<i64>(2)? as u64,
+                windows: [r.get(3)?, r.get(4)?],
+                version: u32::try_from(r.get::<i64>(5)?).unwrap_or(u32::MAX),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn environment_variables(&self, environment: u64) -> Result<BTreeMap<String, String>, StoreError> {
@@ -859,14 +991,20 @@ impl Tx<'_> {
             let status: Option<String> = r.get(5)?;
             let phase: Option<String> = r.get(6)?;
             let error: Option<String> = r.get(7)?;
-            let s = crate::server::domain::status::deployment_status(r.get(3)?, status.as_deref(), phase.as_deref());
+            let retry_at: Option<i64> = r.get(12)?;
+            let s = if status.is_none() && retry_at.is_some() {
+                // No command yet: its deploy window is closed.
+                crate::server::domain::status::WAITING
+            } else {
+                crate::server::domain::status::deployment_status(r.get(3)?, status.as_deref(), phase.as_deref())
+            };
             Ok(Deployment {
                 environment: r.get::<i64>(0)? as u64,
                 environment_name: r.get(1)?,
                 version: u32::try_from(r.get::<i64>(2)?).unwrap_or(u32::MAX),
                 running_version: r.get::<Option<i64>>(10)?.map(|v| u32::try_from(v).unwrap_or(u32::MAX)),
                 attempt: u32::try_from(r.get::<i64>(11)?).unwrap_or(u32::MAX),
-                retry_at: r.get(12)?,
+                retry_at,
                 status: s,
                 error: error.filter(|e| !e.is_empty() && s == "failed"),
                 command: r.get::<Option<i64>>(4)?.map(|c| c as u64),
@@ -878,12 +1016,23 @@ impl Tx<'_> {
     }
 
     fn stack_row(r: &Row) -> super::sql::Result<StackRow> {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+            r.get(7)?,
+            r.get(8)?,
+            r.get(9)?,
+        ))
     }
 
     fn finish_stack(
         &self,
-        (id, name, compose, env, version, created_at, updated_at, removed_at, files): StackRow,
+        (id, name, compose, env, version, created_at, updated_at, removed_at, files, window): StackRow,
     ) -> Result<StackRecord, StackError> {
         Ok(StackRecord {
             id: id as u64,
@@ -892,6 +1041,7 @@ impl Tx<'_> {
             env: serde_json::from_str(&env).map_err(|_| StoreError::Corrupt { what: "stack env", environment: 0 })?,
             files: serde_json::from_str(&files)
                 .map_err(|_| StoreError::Corrupt { what: "stack files", environment: 0 })?,
+            window,
             version: u32::try_from(version).unwrap_or(u32::MAX),
             created_at,
             updated_at,
@@ -901,7 +1051,8 @@ impl Tx<'_> {
         })
     }
 
-    const STACK_COLUMNS: &'static str = "id, name, compose, env, version, created_at, updated_at, removed_at, files";
+    const STACK_COLUMNS: &'static str =
+        "id, name, compose, env, version, created_at, updated_at, removed_at, files, deploy_window";
 }
 
 #[cfg(test)]
@@ -922,6 +1073,7 @@ mod tests {
             compose: "services:\n  a:\n    image: busybox\n".into(),
             env: BTreeMap::from([("K".into(), "v".into())]),
             files: StackFiles::new(),
+            window: String::new(),
             targets,
         }
     }
@@ -962,6 +1114,56 @@ mod tests {
         assert_eq!((history[0].environment_name.as_str(), history[0].status.as_str()), ("a", "queued"));
         assert_eq!(s.stack_history(id, Some(a), 3).unwrap().len(), 3);
         assert!(s.stack_history(id, Some(a + 1), 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_deploy_waits_for_its_window_and_one_not_sent_when_it_closes_waits_for_the_next() {
+        use crate::server::domain::stacks::{hold_closed, retry_due};
+        let s_db = Store::scratch().unwrap();
+        let s = s_db.autocommit();
+        // 2026-12-08 00:00 UTC; the stack's window is 01:00-05:00 UTC+02:00,
+        // 23:00-03:00 UTC.
+        let midnight = 1_796_688_000;
+        let a = s.create_environment("a", Secret([1; 32]), 0).unwrap().id;
+        let targets = TargetRefs { environments: vec![TargetRef::Id(a)], ..TargetRefs::default() };
+        let noon = midnight + 12 * 3600;
+        let mut web = new("web", targets);
+        web.window = "01:00-05:00 UTC+02:00".into();
+        let id = s.create_stack(&web, noon).unwrap();
+        let d = s.stack(id).unwrap().deployments[0].clone();
+        let opens = midnight + 23 * 3600;
+        assert_eq!((d.status, d.command, d.retry_at, d.attempt), ("waiting", None, Some(opens), 0));
+        assert!(s.commands_due(a, noon, 10).unwrap().is_empty(), "nothing sent outside the window");
+        assert_eq!(retry_due(&s, opens - 1).unwrap(), 0);
+        assert_eq!(retry_due(&s, opens).unwrap(), 1, "sent when it opens");
+        let d = s.stack(id).unwrap().deployments[0].clone();
+        assert_eq!((d.status, d.attempt, d.retry_at), ("pending", 1, None));
+        // The agent did not poll while it was open: at 03:00 UTC the unsent
+        // deploy is taken back (cancelled) and waits for the next opening.
+        assert_eq!(hold_closed(&s, opens + 3600).unwrap(), 0, "still open");
+        let closed = midnight + 27 * 3600;
+        assert_eq!(hold_closed(&s, closed).unwrap(), 1);
+        let taken = s.command(d.command.unwrap()).unwrap();
+        assert_eq!(taken.status, crate::server::store::CommandStatus::Cancelled);
+        let d = s.stack(id).unwrap().deployments[0].clone();
+        assert_eq!((d.status, d.retry_at), ("waiting", Some(opens + 24 * 3600)));
+        // An environment window that never meets the stack's: looked at
+        // again in a day; clearing it looks again at once.
+        assert!(s.set_deploy_window(None, Some(a), "12:00-13:00 UTC", closed).unwrap());
+        assert_eq!(s.stack(id).unwrap().deployments[0].retry_at, Some(closed), "looked at again at once");
+        assert_eq!(retry_due(&s, closed).unwrap(), 0);
+        assert_eq!(s.stack(id).unwrap().deployments[0].retry_at, Some(closed + 24 * 3600), "never meets: a day later");
+        // Cleared windows: it goes at once.
+        assert!(s.set_deploy_window(None, Some(a), "", closed + 10).unwrap());
+        s.update_stack(id, &StackChange { window: Some(String::new()), ..Default::default() }, closed + 10).unwrap();
+        assert_eq!(s.stack(id).unwrap().version, 1, "a window alone makes no new version");
+        assert_eq!(retry_due(&s, closed + 10).unwrap(), 1);
+        assert_eq!(s.stack(id).unwrap().deployments[0].status, "pending");
+        // A removal is never held.
+        s.update_stack(id, &StackChange { window: Some("01:00-02:00 UTC".into()), ..Default::default() }, noon)
+            .unwrap();
+        assert_eq!(s.remove_stack(id, noon).unwrap(), Removal::Removing);
+        assert_eq!(s.stack(id).unwrap().deployments[0].status, "removing");
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/environments/{id}/part", get(part))
         .route("/environments/{id}/commands", post(command))
         .route("/environments/{id}/variables", post(save_variables))
+        .route("/environments/{id}/window", post(save_window))
         .route("/environments/{id}/commands/{cid}", get(command_page))
         .route("/environments/{id}/commands/{cid}/cancel", post(cancel))
 }
@@ -212,6 +213,8 @@ async fn environment(ui: Ui, Path(id): Path<u64>, Query(q): Query<EnvQuery>) -> 
         .get_as::<crate::server::api::stacks::EnvironmentVariables>(&format!("/api/environments/{id}/variables"))
         .await
         .ok();
+    let window =
+        ui.get_as::<crate::server::api::stacks::WindowBody>(&format!("/api/environments/{id}/window")).await.ok();
     let now = now();
     let h = &st.host;
     let name = env.item.name.clone();
@@ -276,6 +279,19 @@ async fn environment(ui: Ui, Path(id): Path<u64>, Query(q): Query<EnvQuery>) -> 
                         }
                         button type="submit" id="save-variables" { "Save" }
                     }
+                }
+            }
+        }
+        @if let Some(w) = &window {
+            section.window id="window" {
+                h2 { "Deploy window" }
+                p.muted { "When a stack's deploy may start here (a stack's own window applies too): HH:MM-HH:MM, \
+                           then UTC or UTC+HH:MM. A deploy queued outside it waits for it. Empty: any time." }
+                form method="post" action={ "/environments/" (id) "/window" } id="env-window" {
+                    (super::csrf_field(&ui.csrf))
+                    input type="text" name="window" value=(w.window) placeholder="01:00-05:00 UTC+02:00"
+                        aria-label="Deploy window" autocomplete="off";
+                    button type="submit" id="save-window" { "Save" }
                 }
             }
         }
@@ -585,6 +601,28 @@ async fn save_variables(
     }
     let back = format!("/environments/{id}#variables");
     match ui.send_as(axum::http::Method::PUT, &format!("/api/environments/{id}/variables"), &map, &f.csrf).await {
+        Ok(r) => super::stacks::done(&headers, StatusCode::OK, r.json, &back),
+        Err(e) => super::stacks::button_refused(&ui, Nav::Environments, &headers, &e, &back),
+    }
+}
+
+/// The deploy window form.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct WindowForm {
+    csrf: String,
+    window: String,
+}
+
+async fn save_window(
+    ui: Ui,
+    Path(id): Path<u64>,
+    headers: axum::http::HeaderMap,
+    axum::Form(f): axum::Form<WindowForm>,
+) -> Response {
+    let back = format!("/environments/{id}#window");
+    let body = crate::server::api::stacks::WindowBody { window: f.window.trim().to_owned() };
+    match ui.send_as(axum::http::Method::PUT, &format!("/api/environments/{id}/window"), &body, &f.csrf).await {
         Ok(r) => super::stacks::done(&headers, StatusCode::OK, r.json, &back),
         Err(e) => super::stacks::button_refused(&ui, Nav::Environments, &headers, &e, &back),
     }

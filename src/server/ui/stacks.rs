@@ -296,6 +296,8 @@ struct StackForm {
     groups: String,
     #[serde(default)]
     tags: String,
+    #[serde(default)]
+    window: String,
     /// The configuration files' rows: `file_path_N` and `file_text_N`.
     #[serde(flatten)]
     rows: BTreeMap<String, String>,
@@ -317,6 +319,7 @@ impl StackForm {
         }
         Self {
             rows,
+            window: stack.window.clone(),
             csrf: String::new(),
             name: stack.item.name.clone(),
             compose: stack.compose.clone(),
@@ -446,6 +449,14 @@ fn stack_fields(f: &StackForm, err: Option<&ApiFail>, lists: &Markup, edit: bool
             ..FieldAttrs::default()
         }))
         (files_fieldset(f, err))
+        (text_field("window", "Deploy window", &f.window, err, FieldAttrs {
+            autocomplete: Some("off"),
+            placeholder: Some("01:00-05:00 UTC+02:00"),
+            hint: Some("When its deploys may start on an environment: HH:MM-HH:MM, then UTC or UTC+HH:MM. A \
+                        deploy queued outside it waits (and one not yet sent when it closes waits for the next); an \
+                        environment's own window applies too. Empty: any time."),
+            ..FieldAttrs::default()
+        }))
         (targets_fieldset("Deploy to", [&f.environments, &f.groups, &f.tags], err, lists,
             Some("At least one environment, group or tag. Environments that join a targeted group or get a \
                   targeted tag later get the stack too.")))
@@ -458,7 +469,7 @@ fn new_form(ui: &Ui, f: &StackForm, err: Option<&ApiFail>, lists: &Markup) -> Ma
         p { a href="/stacks" { "← Stacks" } }
         form.form-wide method="post" action="/stacks/new" {
             (csrf_field(&ui.csrf))
-            (form_error(err, &["name", "compose", "env", "files", "targets"]))
+            (form_error(err, &["name", "compose", "env", "files", "window", "targets"]))
             (stack_fields(f, err, lists, false))
             button.primary type="submit" id="deploy" { "Deploy" }
         }
@@ -479,6 +490,7 @@ async fn create(ui: Ui, headers: HeaderMap, axum::Form(f): axum::Form<StackForm>
                 compose: unix_lines(&f.compose),
                 env,
                 files,
+                window: f.window.trim().to_owned(),
                 targets: f.targets(),
             };
             ui.send_as(Method::POST, "/api/stacks", &body, &f.csrf).await.map_err(form_fail)
@@ -651,7 +663,7 @@ fn stack_view(
                           new targets leave get a removal." }
                 form.form-wide method="post" action={ "/stacks/" (id) "/edit" } {
                     (csrf_field(&ui.csrf))
-                    (form_error(err, &["compose", "env", "files", "targets"]))
+                    (form_error(err, &["compose", "env", "files", "window", "targets"]))
                     (stack_fields(form, err, lists, true))
                     button.primary type="submit" id="save" { "Save and redeploy" }
                 }
@@ -710,6 +722,7 @@ async fn edit(ui: Ui, Path(id): Path<String>, headers: HeaderMap, axum::Form(f):
                 compose: Some(unix_lines(&f.compose)),
                 env: Some(env),
                 files: Some(files),
+                window: Some(f.window.trim().to_owned()),
                 targets: Some(f.targets()),
             };
             ui.send_as(Method::PUT, &format!("/api/stacks/{id}"), &body, &f.csrf).await.map_err(form_fail)

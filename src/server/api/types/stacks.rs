@@ -22,6 +22,10 @@ pub struct CreateStack {
     /// text.
     #[serde(default)]
     pub files: BTreeMap<String, String>,
+    /// When its deploys may start: `HH:MM-HH:MM UTC[+HH:MM]` (empty:
+    /// any time).
+    #[serde(default)]
+    pub window: String,
     /// Where it goes.
     pub targets: TargetsBody,
 }
@@ -39,6 +43,10 @@ pub struct UpdateStack {
     /// New configuration files (all of them; `{}` ships none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<BTreeMap<String, String>>,
+    /// A new deploy window (`""`: none). Given alone, it makes no new
+    /// version: it moves the deploys waiting for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
     /// New targets (all of them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub targets: Option<TargetsBody>,
@@ -180,6 +188,9 @@ pub struct StackDetail {
     /// The text of `files` was left out (the caller is a viewer).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub files_hidden: bool,
+    /// Its deploy window (`""`: none); an environment's own applies too.
+    #[serde(default)]
+    pub window: String,
     /// Per environment.
     pub environments: Vec<DeploymentView>,
 }

@@ -311,3 +311,48 @@ async fn the_waiting_room_page_makes_tokens_and_admits_devices() {
     assert!(token["revoked_at"].is_number() && token["state"].as_str().unwrap().contains("revoked"), "{token}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn the_waiting_room_lists_a_batch_a_page_at_a_time() {
+    const PASSWORD: &str = "a long admin password for the waiting room";
+    let dir = tempdir("waiting-room-pages");
+    let server = Server::start_with(&dir.join("server"), "127.0.0.1:0", &[("TERN_ADMIN_PASSWORD", PASSWORD)]);
+    let mut api = server.api();
+    let url = server.url();
+    let body = json!({"name": "batch", "url": url, "auto_admit": "off"});
+    let token = api.ok("POST", "/api/fleet-tokens", Some(body), 201).await;
+    let fleet_token = tern::enrol::FleetToken::parse(token["edge_key"].as_str().unwrap()).unwrap();
+    let pin = tern::tls::Trust::Pinned(fleet_token.cert_sha256);
+    let mut client = tern::agent::client::Client::new(&url, pin, 1 << 20).unwrap();
+    // Three devices of a batch ask to join (the agent's own code, in process).
+    for n in 0..3 {
+        let store = tern::agent::store::Store::open(dir.join(format!("device-{n}"))).unwrap();
+        let fleet = tern::agent::config::Fleet { token: fleet_token.clone(), group: String::new(), tags: vec![] };
+        let description = tern::enrol::Description { hostname: format!("cam-{n}"), ..Default::default() };
+        let mut device =
+            tern::agent::enrol::Enrolment::open(&store, &fleet, None, &format!("cam-{n}-id"), description).unwrap();
+        assert_eq!(device.ask(&mut client).await.unwrap().state, tern::enrol::EnrolState::Pending);
+    }
+    let page = |limit: u64, offset: u64| format!("/api/devices?status=pending&limit={limit}&offset={offset}");
+    let first = api.ok("GET", &page(2, 0), None, 200).await;
+    let second = api.ok("GET", &page(2, 2), None, 200).await;
+    let names = |v: &Value| {
+        v.as_array().unwrap().iter().map(|d| d["hostname"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+    };
+    let (mut seen, rest) = (names(&first), names(&second));
+    assert_eq!((seen.len(), rest.len()), (2, 1), "{first} {second}");
+    seen.extend(rest);
+    seen.sort();
+    assert_eq!(seen, ["cam-0", "cam-1", "cam-2"], "every device once over the pages");
+    assert_eq!(api.ok("GET", "/api/devices?status=decided", None, 200).await, json!([]));
+    api.ok("GET", "/api/devices?limit=1001", None, 422).await;
+    api.ok("GET", "/api/devices?status=maybe", None, 422).await;
+    api.ok("GET", "/api/devices?page=2", None, 400).await;
+    // The page counts them all (the API's X-Total-Count) and the CLI pages.
+    let mut b = common::UiClient::login(&server, PASSWORD).await;
+    let shown = b.get("/devices").await;
+    assert!(shown.body.contains("Waiting (3)"), "{}", shown.body);
+    let (ok, out) = cli(&server, &["device", "list", "--limit", "1", "--offset", "1"]);
+    assert!(ok && out.lines().count() == 2, "a header and one device: {out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -63,9 +63,15 @@ pub enum FleetTokenCommand {
 pub enum DeviceCommand {
     /// Devices that asked to join (default: those waiting).
     List {
-        /// pending, admitted, rejected or all.
-        #[arg(long, default_value = "pending", value_parser = ["pending", "admitted", "rejected", "all"])]
+        /// pending, admitted, rejected, decided (admitted or rejected) or all.
+        #[arg(long, default_value = "pending", value_parser = ["pending", "admitted", "rejected", "decided", "all"])]
         status: String,
+        /// How many (at most 1,000), the last to ask first.
+        #[arg(long, default_value_t = 1000)]
+        limit: u64,
+        /// Skip this many (the next page: --offset 1000).
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
     },
     /// Admit a device: it becomes an environment and is told on its next
     /// request.
@@ -210,9 +216,11 @@ pub fn run_token(command: FleetTokenCommand, args: &ApiArgs) -> anyhow::Result<(
 pub fn run_device(command: DeviceCommand, args: &ApiArgs) -> anyhow::Result<()> {
     let mut api = Api::new(args)?;
     match command {
-        DeviceCommand::List { status } => {
-            let path =
-                if status == "all" { "/api/devices".to_owned() } else { format!("/api/devices?status={status}") };
+        DeviceCommand::List { status, limit, offset } => {
+            let mut path = format!("/api/devices?limit={limit}&offset={offset}");
+            if status != "all" {
+                path.push_str(&format!("&status={status}"));
+            }
             let list: Vec<DeviceView> = api.get_as(&path)?;
             api.show(&list, |l| {
                 println!(

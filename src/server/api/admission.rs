@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
@@ -365,25 +366,33 @@ async fn revoke_token(
     Ok(Json(FleetTokenView::of(&t, now)))
 }
 
-/// `GET /api/devices[?status=pending|admitted|rejected]`.
-async fn list_devices(
-    State(state): State<Arc<AppState>>,
-    RawQuery(query): RawQuery,
-) -> Result<Json<Vec<DeviceView>>, ApiError> {
-    let mut status = None;
+/// `GET /api/devices[?status=pending|admitted|rejected|decided][&limit=N][&offset=M]`:
+/// the last to ask first, at most [`super::fleet::MAX_PAGE`] at a time;
+/// how many there are in all is in `X-Total-Count`.
+async fn list_devices(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+    let mut statuses = Vec::new();
+    let (mut limit, mut offset) = (super::fleet::MAX_PAGE, 0);
+    let number = |k: &str, v: &str, most: u64| {
+        v.parse::<u64>().ok().filter(|n| *n <= most).ok_or_else(|| ApiError::invalid(format!("{k}: 0 to {most}")))
+    };
     for (k, v) in super::query_pairs(query.as_deref())? {
         match k.as_str() {
+            "status" if v == "decided" => statuses = vec![DeviceStatus::Admitted, DeviceStatus::Rejected],
             "status" => {
-                status = Some(
+                statuses = vec![
                     DeviceStatus::parse(&v)
-                        .ok_or_else(|| ApiError::invalid("status: pending, admitted or rejected"))?,
-                );
+                        .ok_or_else(|| ApiError::invalid("status: pending, admitted, rejected or decided"))?,
+                ];
             }
-            _ => return Err(ApiError::bad_request("unknown parameter; the list takes status")),
+            "limit" => limit = number("limit", &v, super::fleet::MAX_PAGE)?,
+            "offset" => offset = number("offset", &v, i64::MAX as u64)?,
+            _ => return Err(ApiError::bad_request("unknown parameter; the list takes status, limit and offset")),
         }
     }
-    let devices = read_store(&state, move |tx| Ok(tx.devices(status)?)).await?;
-    Ok(Json(devices.into_iter().map(DeviceView::from).collect()))
+    let (devices, total) = read_store(&state, move |tx| Ok(tx.device_page(&statuses, limit, offset)?)).await?;
+    let mut resp = Json(devices.into_iter().map(DeviceView::from).collect::<Vec<_>>()).into_response();
+    resp.headers_mut().insert("x-total-count", axum::http::HeaderValue::from(total));
+    Ok(resp)
 }
 
 fn no_device(id: u64) -> ApiError {

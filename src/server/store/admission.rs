@@ -216,7 +216,18 @@ pub trait AdmissionStore {
     ///
     /// # Errors
     /// When the database fails.
-    fn devices(&self, status: Option<DeviceStatus>) -> Result<Vec<Device>, StoreError>;
+    fn devices(&self, status: Option<DeviceStatus>) -> Result<Vec<Device>, StoreError> {
+        Ok(self.device_page(status.as_slice(), u64::MAX, 0)?.0)
+    }
+
+    /// A page of the devices in any of `statuses` (all when empty), the
+    /// last to ask first: at most `limit` from `offset`, and how many there
+    /// are in all.
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn device_page(&self, statuses: &[DeviceStatus], limit: u64, offset: u64)
+    -> Result<(Vec<Device>, u64), StoreError>;
 
     /// How many devices of a token wait.
     ///
@@ -394,21 +405,30 @@ impl AdmissionStore for Tx<'_> {
         Ok(self.conn.query_row(&sql, [sql_id(id)], device_row).optional()?)
     }
 
-    fn devices(&self, status: Option<DeviceStatus>) -> Result<Vec<Device>, StoreError> {
-        let base = format!("SELECT {DEVICE_COLUMNS} FROM devices d JOIN fleet_tokens t ON t.id = d.token");
-        let rows = match status {
-            Some(s) => self
-                .conn
-                .prepare(&format!("{base} WHERE d.status = ?1 ORDER BY d.last_seen DESC, d.id DESC"))?
-                .query_map([s.as_str()], device_row)?
-                .collect::<Result<_, _>>()?,
-            None => self
-                .conn
-                .prepare(&format!("{base} ORDER BY d.last_seen DESC, d.id DESC"))?
-                .query_map([], device_row)?
-                .collect::<Result<_, _>>()?,
+    fn device_page(
+        &self,
+        statuses: &[DeviceStatus],
+        limit: u64,
+        offset: u64,
+    ) -> Result<(Vec<Device>, u64), StoreError> {
+        // The statuses are this code's own words, not the caller's text.
+        let filter = if statuses.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = statuses.iter().map(|s| format!("'{}'", s.as_str())).collect();
+            format!(" WHERE d.status IN ({})", list.join(", "))
         };
-        Ok(rows)
+        let total: i64 = self.conn.query_row(&format!("SELECT COUNT(*) FROM devices d{filter}"), [], |r| r.get(0))?;
+        let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let rows = self
+            .conn
+            .prepare(&format!(
+                "SELECT {DEVICE_COLUMNS} FROM devices d JOIN fleet_tokens t ON t.id = d.token{filter}
+                 ORDER BY d.last_seen DESC, d.id DESC LIMIT ?1 OFFSET ?2"
+            ))?
+            .query_map(params![clamp(limit), clamp(offset)], device_row)?
+            .collect::<Result<_, _>>()?;
+        Ok((rows, total as u64))
     }
 
     fn waiting_devices(&self, token: u64) -> Result<u64, StoreError> {

@@ -6,14 +6,14 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::Path;
+use axum::extract::{Path, Query};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::stacks::{button_refused, done, no_such, path_id, split_names};
+use super::stacks::{ROWS, button_refused, done, no_such, pager, path_id, split_names};
 use super::{FieldAttrs, Nav, Ui, csrf_field, form_error, now, page, text_field, utc, when};
 use crate::server::api::admission::{AdmitBody, CreateFleetToken, DeviceView, FleetTokenView, RejectBody};
 use crate::server::api::types::NameOrId;
@@ -47,11 +47,18 @@ struct TokenForm {
     expires_days: String,
 }
 
-async fn list(ui: Ui, headers: HeaderMap) -> Response {
+/// `?page=N` of the devices that wait.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct PageQuery {
+    page: Option<usize>,
+}
+
+async fn list(ui: Ui, headers: HeaderMap, Query(q): Query<PageQuery>) -> Response {
     let url =
         headers.get(header::HOST).and_then(|h| h.to_str().ok()).map_or_else(String::new, |h| format!("https://{h}"));
     let form = TokenForm { url, ..TokenForm::default() };
-    render(&ui, &form, None, StatusCode::OK).await
+    render_page(&ui, &form, None, StatusCode::OK, q.page.unwrap_or(1)).await
 }
 
 fn device_row(ui: &Ui, d: &DeviceView, now: i64, pending: bool) -> Markup {
@@ -114,21 +121,44 @@ fn device_head(last: &str) -> Markup {
 }
 
 async fn render(ui: &Ui, f: &TokenForm, err: Option<&super::ApiFail>, status: StatusCode) -> Response {
-    let devices: Vec<DeviceView> = match ui.load_as("/api/devices").await {
-        Ok(v) => v,
-        Err(r) => return r,
+    render_page(ui, f, err, status, 1).await
+}
+
+/// A page of devices (and its total) from the API.
+async fn devices(ui: &Ui, path: &str) -> Result<(Vec<DeviceView>, usize), Response> {
+    let reply = ui.get(path).await.map_err(|e| super::fail_page(&e))?;
+    let total = usize::try_from(reply.total()).unwrap_or(usize::MAX);
+    reply.parse::<Vec<DeviceView>>(path).map(|d| (d, total)).map_err(|e| super::fail_page(&e))
+}
+
+/// The page: the devices that wait, [`ROWS`] to a page (a batch of
+/// hundreds flashed at once pages), the newest decided ones, the tokens.
+async fn render_page(
+    ui: &Ui,
+    f: &TokenForm,
+    err: Option<&super::ApiFail>,
+    status: StatusCode,
+    page_no: usize,
+) -> Response {
+    let page_no = page_no.max(1);
+    let first = (page_no - 1).saturating_mul(ROWS);
+    let waiting = format!("/api/devices?status=pending&limit={ROWS}&offset={first}");
+    let decided = format!("/api/devices?status=decided&limit={ROWS}");
+    let (pending, decided) = tokio::join!(devices(ui, &waiting), devices(ui, &decided));
+    let ((pending, waiting_total), (decided, decided_total)) = match (pending, decided) {
+        (Ok(p), Ok(d)) => (p, d),
+        (Err(r), _) | (_, Err(r)) => return r,
     };
     let tokens: Vec<FleetTokenView> = match ui.load_as("/api/fleet-tokens").await {
         Ok(v) => v,
         Err(r) => return r,
     };
     let now = now();
-    let (pending, decided): (Vec<_>, Vec<_>) = devices.iter().partition(|d| d.status == DeviceStatus::Pending);
     let body = html! {
         h1 { "Waiting room" }
         p.muted { "Devices deployed with a fleet join token ask to join here. Nothing they send is trusted until \
                    they are admitted: admitting one makes it an environment, which it learns on its next request." }
-        h2 { "Waiting (" (pending.len()) ")" }
+        h2 { "Waiting (" (waiting_total) ")" }
         @if pending.is_empty() {
             p.muted id="no-pending" { "No device is waiting." }
         } @else {
@@ -136,9 +166,14 @@ async fn render(ui: &Ui, f: &TokenForm, err: Option<&super::ApiFail>, status: St
                 (device_head("Actions"))
                 tbody { @for d in &pending { (device_row(ui, d, now, true)) } }
             } }
+            (pager(page_no, waiting_total, |p| format!("/devices?page={p}")))
         }
         @if !decided.is_empty() {
             h2 { "Decided" }
+            @if decided_total > decided.len() {
+                p.muted { "The newest " (decided.len()) " of " (decided_total) " (tern device list --status decided \
+                           has them all)." }
+            }
             div.scroll { table.list id="decided" {
                 (device_head("Decision"))
                 tbody { @for d in &decided { (device_row(ui, d, now, false)) } }

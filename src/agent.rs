@@ -19,6 +19,7 @@ pub mod journal;
 pub mod keepalive;
 pub mod proxy;
 pub mod run;
+pub mod stackfiles;
 pub mod store;
 pub mod update;
 

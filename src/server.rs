@@ -264,7 +264,8 @@ async fn keep_retrying_deploys(state: std::sync::Arc<http::AppState>) {
             let now = crate::clock::unix_now();
             // Deploys whose window closed before they were sent wait for
             // the next one (one read; a write only when one is to wait).
-            let closed = state.store.read(|tx| tx.unsent_windowed_deploys().map(|d| !d.is_empty()));
+            let closed =
+                state.store.read(|tx| crate::server::domain::stacks::closed_unsent(tx, now).map(|d| !d.is_empty()));
             if matches!(closed, Ok(true)) {
                 match state.store.write(|tx| crate::server::domain::stacks::hold_closed(tx, now)) {
                     Ok(0) => {}

@@ -111,7 +111,7 @@ pub const MAX_FILE_PATH: usize = 255;
 /// What the agent keeps in a stack's directory beside its configuration
 /// files, which no file may be: the compose file, the variables, and the
 /// list of the files it wrote (so it deletes those a later version drops).
-pub const AGENT_FILES: &[&str] = &["compose.yml", "stack.env", ".tern-files"];
+pub const AGENT_FILES: &[&str] = &["compose.yml", "stack.env", ".tern-files", ".tern-applied"];
 
 /// Checks a configuration file's path: relative to the stack's directory,
 /// `/`-separated names of letters, digits, `.`, `-`, `_` and `@`, none

@@ -71,9 +71,7 @@ pub const COMPOSE_FILE: &str = "compose.yml";
 /// tool gets them through its environment, which wins over any `.env`).
 pub const ENV_FILE: &str = "stack.env";
 
-/// The list of configuration files the agent wrote in a stack's directory
-/// (one path a line), so the next version deletes those it no longer ships.
-pub const FILES_LIST: &str = ".tern-files";
+pub use super::stackfiles::FILES_LIST;
 
 /// A compose tool run that takes longer than this is killed and failed:
 /// the agent runs one command at a time, so a hung tool must not block the
@@ -176,7 +174,7 @@ impl Stacks {
         // tool otherwise.
         let mut project = crate::stack::check_stack(&spec.name, &spec.compose, &spec.env, &host_dir)
             .map_err(|e| format!("compose file: {e}"))?;
-        let changed = write_files(&dir, spec).await?;
+        let base = write_files(&dir, spec).await?;
         match self.tool().await? {
             Some(tool) => {
                 tracing::info!(stack = %spec.name, version = spec.version, tool = %tool.join(" "), "deploying with the compose tool");
@@ -189,13 +187,21 @@ impl Stacks {
                 // In a container, relative paths are to resolve on the host.
                 let project_dir = (host_dir != dir).then_some(host_dir.as_path());
                 // The tool cannot be told which services mount a changed
-                // file: all are made again then.
+                // file: all are made again when the files differ from those
+                // it last brought up (a failed attempt's files included).
+                let digest = super::stackfiles::digest(&spec.files);
+                let applied = super::stackfiles::read_own(&base, super::stackfiles::APPLIED);
+                let changed = applied.trim() != digest && !(applied.is_empty() && spec.files.is_empty());
                 let args: &[&str] = if changed {
                     &["up", "-d", "--remove-orphans", "--force-recreate"]
                 } else {
                     &["up", "-d", "--remove-orphans"]
                 };
                 run_tool(&tool, &dir, project_dir, &spec.name, &file, args, &spec.env).await?;
+                let applied = super::stackfiles::APPLIED;
+                if let Err(e) = super::stackfiles::write(&base, applied, digest.as_bytes(), 0o600) {
+                    tracing::warn!(stack = %spec.name, "noting the files brought up: {e}");
+                }
             }
             None => {
                 tracing::info!(stack = %spec.name, version = spec.version, "deploying with the built-in compose");
@@ -368,110 +374,28 @@ pub fn label_files(project: &mut Project, host_dir: &Path, files: &BTreeMap<Stri
     }
 }
 
-/// Writes the stack's files; returns whether a configuration file changed
-/// (one written with new text, or one deleted).
-async fn write_files(dir: &Path, spec: &StackSpec) -> Result<bool, String> {
-    let io = |what: &str, e: std::io::Error| format!("writing the stack's {what} in {}: {e}", dir.display());
-    tokio::fs::create_dir_all(dir).await.map_err(|e| io("directory", e))?;
-    tokio::fs::write(dir.join(COMPOSE_FILE), &spec.compose).await.map_err(|e| io("compose file", e))?;
-    let mut env = String::new();
-    for (k, v) in &spec.env {
-        let v = v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n").replace('$', "\\$");
-        env.push_str(&format!("{k}=\"{v}\"\n"));
-    }
-    tokio::fs::write(dir.join(ENV_FILE), env).await.map_err(|e| io("variables", e))?;
-    // Stack variables hold passwords: the agent's alone.
-    #[cfg(unix)]
-    for name in [COMPOSE_FILE, ENV_FILE] {
-        use std::os::unix::fs::PermissionsExt;
-        tokio::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o600))
-            .await
-            .map_err(|e| io("permissions", e))?;
-    }
+/// Writes the stack's compose file, variables and configuration files in
+/// its directory, none through a link a service may have put there
+/// ([`super::stackfiles`]). Returns the directory, opened.
+async fn write_files(dir: &Path, spec: &StackSpec) -> Result<std::os::fd::OwnedFd, String> {
     let dir = dir.to_owned();
-    let files = spec.files.clone();
-    tokio::task::spawn_blocking(move || write_config_files(&dir, &files))
-        .await
-        .map_err(|e| format!("writing the stack's files: {e}"))?
-}
-
-/// Writes a stack's configuration files in its directory and deletes those
-/// the previous version wrote that this one does not ship ([`FILES_LIST`]).
-///
-/// Each is written to a temporary file and renamed over its path, so a
-/// container reading it sees the old or the new text, never half; a
-/// container that mounts a directory of the stack read-write may have
-/// made a name in it a symbolic link, so no path is followed through one
-/// (a file would otherwise be written wherever the link points, on the
-/// host). Files are 0644: the services read them as whatever user they
-/// run as.
-fn write_config_files(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> Result<bool, String> {
-    use std::io::Write as _;
-    let list_path = dir.join(FILES_LIST);
-    let previous = std::fs::read_to_string(&list_path).unwrap_or_default();
-    let mut changed = false;
-    for (path, content) in files {
-        let err = |e: std::io::Error| format!("stack file {path}: {e}");
-        let target = dir.join(path);
-        let mut at = dir.to_path_buf();
-        let parts: Vec<&str> = path.split('/').collect();
-        for part in &parts[..parts.len() - 1] {
-            at.push(part);
-            match std::fs::symlink_metadata(&at) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => return Err(format!("stack file {path}: {} is not a directory", at.display())),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir(&at).map_err(err)?,
-                Err(e) => return Err(err(e)),
-            }
+    let spec = spec.clone();
+    tokio::task::spawn_blocking(move || {
+        let io = |e: String| format!("writing the stack's files in {}: {e}", dir.display());
+        let base = super::stackfiles::open_dir(&dir).map_err(io)?;
+        let mut env = String::new();
+        for (k, v) in &spec.env {
+            let v = v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n").replace('$', "\\$");
+            env.push_str(&format!("{k}=\"{v}\"\n"));
         }
-        match std::fs::symlink_metadata(&target) {
-            // The engine makes a bind mount's missing source a directory:
-            // an empty one, from a version that did not ship the file,
-            // gives way to it.
-            Ok(m) if m.is_dir() => {
-                std::fs::remove_dir(&target)
-                    .map_err(|_| format!("stack file {path}: {} is a directory", target.display()))?;
-                changed = true;
-            }
-            Ok(m) if m.is_file() && std::fs::read(&target).is_ok_and(|old| old == *content) => continue,
-            _ => changed = true,
-        }
-        let tmp = at.join(format!(".{}.tern-new", parts[parts.len() - 1]));
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
-        f.write_all(content).and_then(|()| f.sync_all()).map_err(err)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            f.set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(err)?;
-        }
-        drop(f);
-        std::fs::rename(&tmp, &target).map_err(err)?;
-    }
-    for old in previous.lines().filter(|p| !p.is_empty() && !files.contains_key(*p)) {
-        // Only what this list may name: a list edited on the host must not
-        // delete outside the directory.
-        if crate::stack::check_file_path(old).is_err() {
-            continue;
-        }
-        let path = dir.join(old);
-        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
-            changed = true;
-            if let Err(e) = std::fs::remove_file(&path) {
-                tracing::warn!("removing the stack's old file {}: {e}", path.display());
-            }
-            // Its directories, when that left them empty.
-            let mut parent = path.parent();
-            while let Some(p) = parent.filter(|p| *p != dir) {
-                if std::fs::remove_dir(p).is_err() {
-                    break;
-                }
-                parent = p.parent();
-            }
-        }
-    }
-    let list: String = files.keys().map(|k| format!("{k}\n")).collect();
-    std::fs::write(&list_path, list).map_err(|e| format!("writing {}: {e}", list_path.display()))?;
-    Ok(changed)
+        // Stack variables hold passwords: the agent's alone.
+        super::stackfiles::write(&base, COMPOSE_FILE, spec.compose.as_bytes(), 0o600).map_err(io)?;
+        super::stackfiles::write(&base, ENV_FILE, env.as_bytes(), 0o600).map_err(io)?;
+        super::stackfiles::write_config_files(&base, &spec.files).map_err(io)?;
+        Ok(base)
+    })
+    .await
+    .map_err(|e| format!("writing the stack's files: {e}"))?
 }
 
 /// Where `path` (in this process's filesystem) is on the engine's host:

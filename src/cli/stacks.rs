@@ -329,6 +329,15 @@ fn wait(api: &mut Api, id: u64) -> anyhow::Result<StackDetail> {
                 }
                 bail!("stack {id} failed on some environments");
             }
+            let waiting: Vec<i64> =
+                v.environments.iter().filter(|d| d.status == "waiting").filter_map(|d| d.retry_at).collect();
+            if let Some(first) = waiting.iter().min().and_then(|t| chrono::DateTime::from_timestamp(*t, 0)) {
+                eprintln!(
+                    "{} environment(s) wait for the deploy window (not waited for); the first opens at {}",
+                    waiting.len(),
+                    first.format("%Y-%m-%d %H:%M UTC")
+                );
+            }
             return Ok(v);
         }
         if start.elapsed() > WAIT {

@@ -188,6 +188,30 @@ fn window_wait(
 /// When the database fails.
 pub fn hold_closed(tx: &(impl Transaction + ?Sized), now: i64) -> Result<usize, StoreError> {
     let mut held = 0;
+    for (d, at) in closed_unsent(tx, now)? {
+        match tx.cancel_command(d.command, now) {
+            Ok(()) => {}
+            // Sent or taken meanwhile: it stands.
+            Err(StoreError::AlreadyDelivered(..)) => continue,
+            Err(e) => return Err(e),
+        }
+        tx.hold_stack_deploy(d.stack, d.environment, at)?;
+        held += 1;
+    }
+    Ok(held)
+}
+
+/// The deploys queued and not yet sent whose window is closed at `now`,
+/// each with when it opens next (a read: the server's check writes only
+/// when there is one).
+///
+/// # Errors
+/// When the database fails.
+pub fn closed_unsent(
+    tx: &(impl Transaction + ?Sized),
+    now: i64,
+) -> Result<Vec<(crate::server::store::stacks::UnsentDeploy, i64)>, StoreError> {
+    let mut out = Vec::new();
     for d in tx.unsent_windowed_deploys()? {
         let windows = super::windows::windows(&[&d.windows[0], &d.windows[1]]);
         let at = match super::windows::next_open(&windows, now) {
@@ -195,16 +219,9 @@ pub fn hold_closed(tx: &(impl Transaction + ?Sized), now: i64) -> Result<usize, 
             Some(t) => t,
             None => now + super::windows::NEVER_RECHECK,
         };
-        match tx.cancel_command(d.command, now) {
-            Ok(()) => {}
-            // Sent or taken meanwhile: it stands.
-            Err(StoreError::AlreadyDelivered(..)) => continue,
-            Err(e) => return Err(e),
-        }
-        tx.wait_stack_deploy(d.stack, d.environment, d.version, at)?;
-        held += 1;
+        out.push((d, at));
     }
-    Ok(held)
+    Ok(out)
 }
 
 /// A deploy as it goes to one environment: each variable the stack

@@ -4,11 +4,13 @@
 use super::*;
 
 /// The most bytes of stored actions one reply carries (but for its first
-/// command, whatever its size): half of what an agent decodes
-/// (`Limits::max_decoded`), leaving room for the rest of the reply. A
-/// stack's deploy carries its compose file and configuration files (up to
-/// about 1.3 MiB), so a queue of them is spread over several replies.
-pub const MAX_REPLY_ACTION_BYTES: usize = 8 << 20;
+/// command, whatever its size). A reply is refused by its own encoder past
+/// 4 MiB after zstd (`Limits::max_encoded`), and files of keys and
+/// certificates hardly compress: 3 MiB leaves room for the rest of the
+/// reply whatever the actions hold. A stack's deploy carries its compose
+/// file and configuration files (up to about 1.3 MiB), so a queue of them
+/// is spread over several replies.
+pub const MAX_REPLY_ACTION_BYTES: usize = 3 << 20;
 
 /// Commands queued for agents, their delivery and results.
 pub trait CommandStore {

@@ -1292,19 +1292,26 @@ mod tests {
         let s_db = Store::scratch().unwrap();
         let s = s_db.autocommit();
         let e = s.create_environment("site", Secret([1; 32]), 0).unwrap();
-        // Three deploys of 3 MiB each (a compose file and its files): two
-        // fit in 8 MiB, the third waits; a lone one larger than the budget
-        // still goes.
+        // Three deploys of 1 MiB each (a compose file and its files, of
+        // random bytes: keys hardly compress): two fit in the budget, the
+        // third waits; a lone one larger than the budget still goes. What
+        // the budget lets through encodes within the reply's limit.
         let deploy = |n: usize| {
+            let random: Vec<u8> = (0..1 << 20).map(|_| fastrand::u8(..)).collect();
             Action::StackDeploy(crate::wire::poll::StackSpec {
                 name: format!("s{n}"),
-                files: BTreeMap::from([("big".to_owned(), vec![b'x'; 3 << 20])]),
+                files: BTreeMap::from([("big".to_owned(), random)]),
                 ..Default::default()
             })
         };
         let ids: Vec<u64> = (0..3).map(|n| s.enqueue_command(e.id, &deploy(n), 10).unwrap()).collect();
-        let first: Vec<u64> = s.commands_due(e.id, 11, 100).unwrap().iter().map(|c| c.id).collect();
+        let due = s.commands_due(e.id, 11, 100).unwrap();
+        let first: Vec<u64> = due.iter().map(|c| c.id).collect();
         assert_eq!(first, ids[..2]);
+        let reply = crate::wire::poll::PollReply { commands: due, ..Default::default() };
+        let limits = crate::wire::codec::Limits::default();
+        let encoded = crate::wire::codec::Codec::new(limits).unwrap().encode(&reply.encode());
+        assert!(encoded.is_ok_and(|b| b.len() <= limits.max_encoded), "a full reply encodes within the limit");
         s.mark_seen(e.id, ids[1], 12).unwrap();
         let next: Vec<u64> = s.commands_due(e.id, 13, 100).unwrap().iter().map(|c| c.id).collect();
         assert_eq!(next, ids[2..]);

@@ -364,8 +364,16 @@ pub trait StackStore {
     /// When the database fails.
     fn wait_stack_deploy(&self, stack: u64, environment: u64, version: u32, at: i64) -> Result<(), StoreError>;
 
+    /// Takes back a deploy whose command was cancelled before it was sent:
+    /// no command, sent again at `at` as the attempt it was (the one taken
+    /// back did not count).
+    ///
+    /// # Errors
+    /// When the database fails.
+    fn hold_stack_deploy(&self, stack: u64, environment: u64, at: i64) -> Result<(), StoreError>;
+
     /// Deploys queued and not yet sent whose stack or environment has a
-    /// deploy window, at most 100.
+    /// deploy window (open or not: the caller reads the windows).
     ///
     /// # Errors
     /// When the database fails.
@@ -635,6 +643,16 @@ impl StackStore for Tx<'_> {
         Ok(())
     }
 
+    fn hold_stack_deploy(&self, stack: u64, environment: u64, at: i64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE stack_deployments SET command = NULL, retry_at = ?3,
+                 attempt = CASE WHEN attempt > 0 THEN attempt - 1 ELSE 0 END
+             WHERE stack = ?1 AND environment = ?2",
+            params![sql_id(stack), sql_id(environment), at],
+        )?;
+        Ok(())
+    }
+
     fn unsent_windowed_deploys(&self) -> Result<Vec<UnsentDeploy>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT d.stack, d.environment, d.command, s.deploy_window, e.deploy_window, d.version
@@ -643,8 +661,7 @@ impl StackStore for Tx<'_> {
                JOIN stacks s ON s.id = d.stack
                JOIN environments e ON e.id = d.environment
               WHERE c.status = 'queued' AND c.sent_at IS NULL AND d.removing = 0
-                AND (s.deploy_window <> '' OR e.deploy_window <> '')
-              LIMIT 100",
+                AND (s.deploy_window <> '' OR e.deploy_window <> '')",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(UnsentDeploy {
@@ -1146,7 +1163,11 @@ mod tests {
         let taken = s.command(d.command.unwrap()).unwrap();
         assert_eq!(taken.status, crate::server::store::CommandStatus::Cancelled);
         let d = s.stack(id).unwrap().deployments[0].clone();
-        assert_eq!((d.status, d.retry_at), ("waiting", Some(opens + 24 * 3600)));
+        assert_eq!(
+            (d.status, d.retry_at, d.attempt),
+            ("waiting", Some(opens + 24 * 3600), 0),
+            "the attempt not counted"
+        );
         // An environment window that never meets the stack's: looked at
         // again in a day; clearing it looks again at once.
         assert!(s.set_deploy_window(None, Some(a), "12:00-13:00 UTC", closed).unwrap());

@@ -44,8 +44,6 @@ pub fn final_status(status: &str) -> bool {
     matches!(status, "running" | "failed" | "removed" | "cancelled" | "unknown")
 }
 
-use crate::server::domain::status::WAITING;
-
 /// The routes.
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -532,10 +530,9 @@ impl StatusQuery {
 fn status_part(id: u64, stack: &StackDetail, q: &StatusQuery) -> Markup {
     let all = &stack.environments;
     let now = now();
-    // Changing now, or soon: a deploy waiting hours for its window does
-    // not keep the page asking every few seconds.
-    let due = |d: &DeploymentView| d.retry_at.is_some_and(|t| d.status != WAITING || t <= now + 600);
-    let pending = all.iter().any(|d| (!final_status(&d.status) && d.status != WAITING) || due(d));
+    // A deploy due later (a retry, one waiting for its window) keeps the
+    // page asking: the page's script stops for good once nothing is.
+    let pending = all.iter().any(|d| !final_status(&d.status) || d.retry_at.is_some());
     let rows: Vec<&DeploymentView> = all.iter().filter(|d| q.status.is_empty() || d.status == q.status).collect();
     let page_no = q.page.unwrap_or(1).clamp(1, rows.len().div_ceil(ROWS).max(1));
     html! {

@@ -91,9 +91,10 @@ fn retry_first() -> Option<i64> {
     })
 }
 
-/// After a command's final result on `environment`: a stack deploy that
-/// failed (not one the agent rejected, nor a cancelled one) is tried again
-/// after [`retry_delay`], up to [`MAX_DEPLOY_ATTEMPTS`] in all.
+/// After a command's final result on `environment`: a stack deploy or
+/// removal that failed (not one the agent rejected, nor a cancelled one)
+/// is tried again after [`retry_delay`], up to [`MAX_DEPLOY_ATTEMPTS`] in
+/// all.
 ///
 /// # Errors
 /// When the database fails.
@@ -107,7 +108,7 @@ pub fn after_result(
         crate::wire::poll::ResultStatus::Ok => tx.stack_command_ok(environment, result.id),
         crate::wire::poll::ResultStatus::Failed => {
             if retry_first().is_some()
-                && let Some((stack, attempt)) = tx.deploy_of_command(environment, result.id)?
+                && let Some((stack, attempt, _)) = tx.deploy_of_command(environment, result.id)?
                 && attempt < MAX_DEPLOY_ATTEMPTS
             {
                 tx.set_stack_retry(stack, environment, Some(now + retry_delay(attempt)))?;
@@ -127,7 +128,20 @@ pub fn after_result(
 pub fn retry_due(tx: &(impl Transaction + ?Sized), now: i64) -> Result<usize, StoreError> {
     let mut sent = 0;
     for (stack, environment) in tx.due_stack_retries(now)? {
-        if !tx.claim_stack_retry(stack, environment, now)? {
+        let Some(removing) = tx.claim_stack_retry(stack, environment, now)? else { continue };
+        if removing {
+            // A removal that failed: sent again as it was (no window holds
+            // a removal).
+            let spec = match tx.stack_spec(stack) {
+                Ok(spec) => spec,
+                Err(e) => {
+                    tracing::warn!(stack, environment, "a removal's retry not sent: {e}");
+                    continue;
+                }
+            };
+            let command = tx.enqueue_command(environment, &Action::StackRemove(spec.name), now)?;
+            tx.record_stack_retry(stack, environment, command, spec.version)?;
+            sent += 1;
             continue;
         }
         // A stack gone or corrupt since is skipped (its claim kept): one bad

@@ -437,12 +437,12 @@ pub trait StackStore {
     /// When the database fails.
     fn stack_command_ok(&self, environment: u64, command: u64) -> Result<(), StoreError>;
 
-    /// The stack and attempt of a deploy (not a removal) that `command`
+    /// The stack and attempt of a deploy or removal (`true`) that `command`
     /// carries to `environment`, if it is the stack's last command there.
     ///
     /// # Errors
     /// When the database fails.
-    fn deploy_of_command(&self, environment: u64, command: u64) -> Result<Option<(u64, u32)>, StoreError>;
+    fn deploy_of_command(&self, environment: u64, command: u64) -> Result<Option<(u64, u32, bool)>, StoreError>;
 
     /// When the stack's deploy on `environment` is tried again (`None`:
     /// not).
@@ -457,12 +457,12 @@ pub trait StackStore {
     /// When the database fails.
     fn due_stack_retries(&self, now: i64) -> Result<Vec<(u64, u64)>, StoreError>;
 
-    /// Takes a due retry: true for the one transaction (of any replica)
-    /// that is to send it.
+    /// Takes a due retry: for the one transaction (of any replica) that is
+    /// to send it, whether it is a removal's (`Some(true)`) or a deploy's.
     ///
     /// # Errors
     /// When the database fails.
-    fn claim_stack_retry(&self, stack: u64, environment: u64, now: i64) -> Result<bool, StoreError>;
+    fn claim_stack_retry(&self, stack: u64, environment: u64, now: i64) -> Result<Option<bool>, StoreError>;
 
     /// Records `command` as the next attempt of the stack's deploy on
     /// `environment`.
@@ -790,13 +790,19 @@ impl StackStore for Tx<'_> {
         Ok(())
     }
 
-    fn deploy_of_command(&self, environment: u64, command: u64) -> Result<Option<(u64, u32)>, StoreError> {
+    fn deploy_of_command(&self, environment: u64, command: u64) -> Result<Option<(u64, u32, bool)>, StoreError> {
         Ok(self
             .conn
             .query_row(
-                "SELECT stack, attempt FROM stack_deployments WHERE environment = ?1 AND command = ?2 AND removing = 0",
+                "SELECT stack, attempt, removing FROM stack_deployments WHERE environment = ?1 AND command = ?2",
                 params![sql_id(environment), sql_id(command)],
-                |r| Ok((r.get::<i64>(0)? as u64, u32::try_from(r.get::<i64>(1)?).unwrap_or(u32::MAX))),
+                |r| {
+                    Ok((
+                        r.get::<i64>(0)? as u64,
+                        u32::try_from(r.get::<i64>(1)?).unwrap_or(u32::MAX),
+                        r.get::<i64>(2)? != 0,
+                    ))
+                },
             )
             .optional()?)
     }
@@ -818,12 +824,17 @@ impl StackStore for Tx<'_> {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn claim_stack_retry(&self, stack: u64, environment: u64, now: i64) -> Result<bool, StoreError> {
-        Ok(self.conn.execute(
-            "UPDATE stack_deployments SET retry_at = NULL
-             WHERE stack = ?1 AND environment = ?2 AND removing = 0 AND retry_at IS NOT NULL AND retry_at <= ?3",
-            params![sql_id(stack), sql_id(environment), now],
-        )? == 1)
+    fn claim_stack_retry(&self, stack: u64, environment: u64, now: i64) -> Result<Option<bool>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "UPDATE stack_deployments SET retry_at = NULL
+                 WHERE stack = ?1 AND environment = ?2 AND retry_at IS NOT NULL AND retry_at <= ?3
+                 RETURNING removing",
+                params![sql_id(stack), sql_id(environment), now],
+                |r| Ok(r.get::<i64>(0)? != 0),
+            )
+            .optional()?)
     }
 
     fn record_stack_retry(&self, stack: u64, environment: u64, command: u64, version: u32) -> Result<(), StoreError> {
@@ -1238,6 +1249,45 @@ mod tests {
         after_result(&s, a, &ok, now).unwrap();
         let d = deployment(&s);
         assert_eq!((d.status, d.version, d.running_version, d.retry_at), ("running", 3, Some(3), None));
+    }
+
+    #[test]
+    fn a_failed_removal_is_sent_again_with_backoff_even_in_a_closed_window() {
+        use crate::server::domain::stacks::{MAX_DEPLOY_ATTEMPTS, after_result, retry_due};
+        let s_db = Store::scratch().unwrap();
+        let s = s_db.autocommit();
+        let (a, id) = web_on_a(&s);
+        let deployment = |s: &dyn Transaction| s.stack(id).unwrap().deployments[0].clone();
+        // A window that is closed at every time below: removals ignore it.
+        s.set_deploy_window(Some(id), None, "00:00-00:01 UTC", 0).unwrap();
+        assert_eq!(s.remove_stack(id, 100).unwrap(), Removal::Removing);
+        let mut now = 100;
+        for attempt in 1..=MAX_DEPLOY_ATTEMPTS {
+            let d = deployment(&s);
+            assert_eq!((d.attempt, d.status), (attempt, "removing"), "attempt {attempt}");
+            let command = d.command.unwrap();
+            assert_eq!(s.command(command).unwrap().action, Action::StackRemove("web".into()));
+            let failed = result(command, ResultStatus::Failed, "", "removing web-a-1: device busy");
+            assert!(s.store_result(a, &failed, now).unwrap());
+            after_result(&s, a, &failed, now).unwrap();
+            let d = deployment(&s);
+            assert_eq!(d.status, "failed");
+            if attempt == MAX_DEPLOY_ATTEMPTS {
+                assert_eq!(d.retry_at, None, "its failure stands after the last attempt");
+                break;
+            }
+            let at = d.retry_at.expect("a retry is due");
+            assert_eq!(retry_due(&s, at - 1).unwrap(), 0, "not before it is due");
+            now = at;
+            assert_eq!(retry_due(&s, now).unwrap(), 1);
+            assert_eq!(retry_due(&s, now).unwrap(), 0, "sent once");
+        }
+        // Removing it again still retries at once; once removed, it is gone.
+        assert_eq!(s.remove_stack(id, now).unwrap(), Removal::Removing);
+        let ok = result(deployment(&s).command.unwrap(), ResultStatus::Ok, "", "");
+        assert!(s.store_result(a, &ok, now).unwrap());
+        after_result(&s, a, &ok, now).unwrap();
+        assert_eq!(s.stack(id).unwrap().status(), "removed");
     }
 
     #[test]

@@ -349,6 +349,19 @@ async fn stack_and_job_forms_show_api_errors_by_their_field_and_refuse_a_missing
     assert_eq!((detail["script"].as_str(), detail["cron"].as_str()), (Some(script), Some("*/30 * * * *")));
     assert_eq!(detail["environments"][0]["environment"], ship_id);
 
+    // The environment page's sections: stack variables and the deploy
+    // window, each saved through its form and back to its section.
+    let r =
+        b.post_form(&format!("/environments/{ship_id}/window"), &[("csrf", &csrf), ("window", "01:00-02:00")]).await;
+    assert_eq!(r.location, Some(format!("/environments/{ship_id}#window")), "{}", r.body);
+    let w = api.ok("GET", &format!("/api/environments/{ship_id}/window"), None, 200).await;
+    assert_eq!(w["window"], "01:00-02:00 UTC");
+    let vars = [("csrf", csrf.as_str()), ("variables", "SITE=7\n")];
+    let r = b.post_form(&format!("/environments/{ship_id}/variables"), &vars).await;
+    assert_eq!(r.location, Some(format!("/environments/{ship_id}#variables")), "{}", r.body);
+    let v = api.ok("GET", &format!("/api/environments/{ship_id}/variables"), None, 200).await;
+    assert_eq!(v["variables"], json!({ "SITE": "7" }));
+
     let p = b.get(&format!("/jobs/{job}")).await;
     assert_eq!(p.status, 200);
     assert!(p.body.contains("<tr data-env-name=\"ship-1\""), "{}", p.body);

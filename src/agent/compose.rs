@@ -362,10 +362,7 @@ pub fn label_files(project: &mut Project, host_dir: &Path, files: &BTreeMap<Stri
                 service.volumes.iter().any(|m| matches!(&m.source, MountSource::Bind(src) if at.starts_with(src)));
             if mounted {
                 any = true;
-                h.update(&(path.len() as u64).to_le_bytes());
-                h.update(path.as_bytes());
-                h.update(&(content.len() as u64).to_le_bytes());
-                h.update(content);
+                super::stackfiles::hash_file(&mut h, path, content);
             }
         }
         if any {

@@ -190,12 +190,17 @@ pub fn write_config_files(base: &OwnedFd, files: &BTreeMap<String, Vec<u8>>) -> 
 pub fn digest(files: &BTreeMap<String, Vec<u8>>) -> String {
     let mut h = blake3::Hasher::new();
     for (path, bytes) in files {
-        h.update(&(path.len() as u64).to_le_bytes());
-        h.update(path.as_bytes());
-        h.update(&(bytes.len() as u64).to_le_bytes());
-        h.update(bytes);
+        hash_file(&mut h, path, bytes);
     }
     h.finalize().to_hex().to_string()
+}
+
+/// Adds one file (its path and bytes, each length-prefixed) to a digest.
+pub fn hash_file(h: &mut blake3::Hasher, path: &str, bytes: &[u8]) {
+    h.update(&(path.len() as u64).to_le_bytes());
+    h.update(path.as_bytes());
+    h.update(&(bytes.len() as u64).to_le_bytes());
+    h.update(bytes);
 }
 
 #[cfg(test)]

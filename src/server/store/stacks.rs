@@ -150,8 +150,6 @@ pub struct UnsentDeploy {
     pub command: u64,
     /// The stack's window and the environment's (`""`: none).
     pub windows: [String; 2],
-    /// The version it carries.
-    pub version: u32,
 }
 
 /// A new stack.
@@ -655,7 +653,7 @@ impl StackStore for Tx<'_> {
 
     fn unsent_windowed_deploys(&self) -> Result<Vec<UnsentDeploy>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT d.stack, d.environment, d.command, s.deploy_window, e.deploy_window, d.version
+            "SELECT d.stack, d.environment, d.command, s.deploy_window, e.deploy_window
                FROM stack_deployments d
                JOIN commands c ON c.id = d.command
                JOIN stacks s ON s.id = d.stack
@@ -669,7 +667,6 @@ impl StackStore for Tx<'_> {
                 environment: r.get::<i64>(1)? as u64,
                 command: r.get::<i64>(2)? as u64,
                 windows: [r.get(3)?, r.get(4)?],
-                version: u32::try_from(r.get::<i64>(5)?).unwrap_or(u32::MAX),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

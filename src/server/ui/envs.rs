@@ -599,10 +599,23 @@ async fn save_variables(
         let (k, v) = line.split_once('=').unwrap_or((line, ""));
         map.insert(k.trim().to_owned(), v.to_owned());
     }
-    let back = format!("/environments/{id}#variables");
-    match ui.send_as(axum::http::Method::PUT, &format!("/api/environments/{id}/variables"), &map, &f.csrf).await {
-        Ok(r) => super::stacks::done(&headers, StatusCode::OK, r.json, &back),
-        Err(e) => super::stacks::button_refused(&ui, Nav::Environments, &headers, &e, &back),
+    put_section(&ui, &headers, id, "variables", &map, &f.csrf).await
+}
+
+/// PUTs one of the environment page's sections (`variables`, `window`)
+/// to `/api/environments/{id}/{section}` and goes back to it.
+async fn put_section(
+    ui: &Ui,
+    headers: &axum::http::HeaderMap,
+    id: u64,
+    section: &str,
+    body: &impl serde::Serialize,
+    csrf: &str,
+) -> Response {
+    let back = format!("/environments/{id}#{section}");
+    match ui.send_as(axum::http::Method::PUT, &format!("/api/environments/{id}/{section}"), body, csrf).await {
+        Ok(r) => super::stacks::done(headers, StatusCode::OK, r.json, &back),
+        Err(e) => super::stacks::button_refused(ui, Nav::Environments, headers, &e, &back),
     }
 }
 
@@ -620,12 +633,8 @@ async fn save_window(
     headers: axum::http::HeaderMap,
     axum::Form(f): axum::Form<WindowForm>,
 ) -> Response {
-    let back = format!("/environments/{id}#window");
     let body = crate::server::api::stacks::WindowBody { window: f.window.trim().to_owned() };
-    match ui.send_as(axum::http::Method::PUT, &format!("/api/environments/{id}/window"), &body, &f.csrf).await {
-        Ok(r) => super::stacks::done(&headers, StatusCode::OK, r.json, &back),
-        Err(e) => super::stacks::button_refused(&ui, Nav::Environments, &headers, &e, &back),
-    }
+    put_section(&ui, &headers, id, "window", &body, &f.csrf).await
 }
 
 #[cfg(test)]
